@@ -1,0 +1,81 @@
+//! Command-line and environment settings shared by both services.
+//!
+//! Defaults match what `make up` starts on this machine. URLs may carry passwords, so
+//! their values are hidden from `--help` and these types are never logged whole.
+
+use std::time::Duration;
+
+use clap::Args;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::db::pool::{PgPool, build_pool};
+
+#[derive(Args, Clone)]
+pub struct RedisArgs {
+    /// Redis server URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    pub redis_url: String,
+    /// Prepended to every key, so environments can share one Redis. Empty by default.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "")]
+    pub redis_key_prefix: String,
+    /// How long one Redis command may take before the request answers 503.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    /// One multiplexed connection, pipelining every caller's commands over one socket:
+    /// measured far faster than a pool of exclusive connections on the hot path, and
+    /// it reconnects on its own after Redis restarts.
+    pub async fn connect(&self) -> redis::RedisResult<ConnectionManager> {
+        let timeout = Duration::from_millis(self.redis_timeout_ms);
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        ConnectionManager::new_with_config(client, config).await
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Topic the issue events go to; its dead-letter topic is `<topic>.dlq`.
+    #[arg(long, env = "ISSUE_TOPIC", default_value = "coupon-issue")]
+    pub issue_topic: String,
+    /// Partitions for the topics when this process has to create them.
+    #[arg(long, env = "ISSUE_TOPIC_PARTITIONS", default_value_t = 3)]
+    pub topic_partitions: i32,
+    /// Replication factor for the topics when this process has to create them.
+    #[arg(long, env = "ISSUE_TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+}
+
+impl KafkaArgs {
+    pub fn dlq_topic(&self) -> String {
+        format!("{}.dlq", self.issue_topic)
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://coupon:coupon@127.0.0.1:5432/coupon_issuance",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Most connections this process opens.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 8)]
+    pub database_pool_size: usize,
+}
+
+impl DatabaseArgs {
+    pub fn pool(&self) -> Result<PgPool, diesel_async::pooled_connection::deadpool::BuildError> {
+        build_pool(&self.database_url, self.database_pool_size)
+    }
+}

@@ -1,0 +1,7 @@
+//! PostgreSQL: schema, pool, migrations and the queries both services run.
+
+pub mod batch_insert;
+pub mod coupons;
+pub mod migrate;
+pub mod pool;
+pub mod schema;

@@ -1,0 +1,236 @@
+//! The idempotent, quantity-guarded batch insert: where issue events become rows.
+//!
+//! Invariants kept here, in one transaction per batch:
+//! - one row per (coupon, user): the primary key plus `ON CONFLICT DO NOTHING`, so a
+//!   redelivered batch changes nothing;
+//! - rows per coupon never exceed its quantity: the coupon row is locked and its
+//!   `issued_count` checked and advanced with the inserts. Surplus (possible only if Redis
+//!   lost state) is kept as OVER_QUANTITY failed events, in event order, never dropped;
+//! - every event that cannot become a row is recorded in `failed_events` with its reason.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::db::schema::{coupon_issues, coupons, failed_events};
+use crate::event::IssueEvent;
+
+/// PostgreSQL takes at most 65,535 bind parameters per statement; 4 per row.
+const INSERT_CHUNK_ROWS: usize = 10_000;
+
+/// Why an event did not become a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Not a readable issue event.
+    Undecodable,
+    /// The event names a coupon PostgreSQL does not have.
+    CouponNotFound,
+    /// The coupon already holds its full quantity of rows.
+    OverQuantity,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Undecodable => "UNDECODABLE",
+            Self::CouponNotFound => "COUPON_NOT_FOUND",
+            Self::OverQuantity => "OVER_QUANTITY",
+        }
+    }
+}
+
+/// An issue event with where it came from (`kafka:topic/partition/offset`, say), so a
+/// failure can be traced and a redelivery recognised.
+#[derive(Debug, Clone)]
+pub struct SourcedIssue {
+    pub event: IssueEvent,
+    pub source: String,
+}
+
+/// An event set aside, with everything an operator needs to re-drive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedEvent {
+    pub reason: FailureReason,
+    pub detail: String,
+    pub source: String,
+    pub coupon_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub payload: Vec<u8>,
+}
+
+impl FailedEvent {
+    fn for_issue(issue: &SourcedIssue, reason: FailureReason, detail: String) -> Self {
+        Self {
+            reason,
+            detail,
+            source: issue.source.clone(),
+            coupon_id: Some(issue.event.coupon_id.get()),
+            user_id: Some(issue.event.user_id.get()),
+            payload: issue.event.encode(),
+        }
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Rows written by this batch.
+    pub inserted: usize,
+    /// Events whose row was already there (redelivery, or twice in one batch).
+    pub duplicates: usize,
+    /// Everything set aside, the caller's rejects included, in the order recorded.
+    pub failed: Vec<FailedEvent>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = coupon_issues)]
+struct NewIssueRow {
+    coupon_id: i64,
+    user_id: i64,
+    event_id: Uuid,
+    issued_at: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = failed_events)]
+struct NewFailedRow<'a> {
+    reason: &'a str,
+    detail: &'a str,
+    source: &'a str,
+    coupon_id: Option<i64>,
+    user_id: Option<i64>,
+    payload: &'a [u8],
+}
+
+/// Persists one batch atomically: all its rows and failed events, or nothing.
+pub async fn persist_batch(
+    conn: &mut AsyncPgConnection,
+    issues: &[SourcedIssue],
+    rejects: Vec<FailedEvent>,
+) -> QueryResult<BatchOutcome> {
+    conn.transaction(async |conn| {
+        let mut outcome = BatchOutcome {
+            failed: rejects,
+            ..BatchOutcome::default()
+        };
+        // Coupons in id order, so that two workers locking overlapping coupons (during a
+        // rebalance) always lock in the same order and cannot deadlock.
+        let mut by_coupon: BTreeMap<i64, Vec<&SourcedIssue>> = BTreeMap::new();
+        for issue in issues {
+            by_coupon
+                .entry(issue.event.coupon_id.get())
+                .or_default()
+                .push(issue);
+        }
+        for (coupon_id, events) in by_coupon {
+            persist_coupon(conn, coupon_id, &events, &mut outcome).await?;
+        }
+        record_failed(conn, &outcome.failed).await?;
+        Ok(outcome)
+    })
+    .await
+}
+
+async fn persist_coupon(
+    conn: &mut AsyncPgConnection,
+    coupon_id: i64,
+    events: &[&SourcedIssue],
+    outcome: &mut BatchOutcome,
+) -> QueryResult<()> {
+    let stock: Option<(i64, i64)> = coupons::table
+        .find(coupon_id)
+        .select((coupons::total_quantity, coupons::issued_count))
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?;
+    let Some((quantity, issued)) = stock else {
+        let detail = format!("coupon {coupon_id} does not exist");
+        outcome.failed.extend(events.iter().map(|issue| {
+            FailedEvent::for_issue(issue, FailureReason::CouponNotFound, detail.clone())
+        }));
+        return Ok(());
+    };
+
+    let users: Vec<i64> = events.iter().map(|e| e.event.user_id.get()).collect();
+    let mut seen: HashSet<i64> = coupon_issues::table
+        .filter(coupon_issues::coupon_id.eq(coupon_id))
+        .filter(coupon_issues::user_id.eq_any(&users))
+        .select(coupon_issues::user_id)
+        .load(conn)
+        .await?
+        .into_iter()
+        .collect();
+
+    let mut room = usize::try_from(quantity - issued).unwrap_or(0);
+    let mut rows = Vec::with_capacity(events.len().min(room));
+    for issue in events {
+        let event = &issue.event;
+        if !seen.insert(event.user_id.get()) {
+            outcome.duplicates += 1;
+        } else if room == 0 {
+            let detail = format!("coupon {coupon_id} already holds its quantity of {quantity}");
+            outcome.failed.push(FailedEvent::for_issue(
+                issue,
+                FailureReason::OverQuantity,
+                detail,
+            ));
+        } else {
+            room -= 1;
+            rows.push(NewIssueRow {
+                coupon_id,
+                user_id: event.user_id.get(),
+                event_id: event.event_id,
+                issued_at: event.issued_at,
+            });
+        }
+    }
+
+    let mut inserted = 0;
+    for chunk in rows.chunks(INSERT_CHUNK_ROWS) {
+        // The coupon row lock serialises writers of this coupon, so the pre-read above is
+        // exact; the conflict clause is a second belt should that ever change.
+        inserted += diesel::insert_into(coupon_issues::table)
+            .values(chunk)
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+    }
+    if inserted > 0 {
+        diesel::update(coupons::table.find(coupon_id))
+            .set(coupons::issued_count.eq(coupons::issued_count + inserted as i64))
+            .execute(conn)
+            .await?;
+    }
+    outcome.inserted += inserted;
+    outcome.duplicates += rows.len() - inserted;
+    Ok(())
+}
+
+async fn record_failed(conn: &mut AsyncPgConnection, failed: &[FailedEvent]) -> QueryResult<()> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<NewFailedRow<'_>> = failed
+        .iter()
+        .map(|f| NewFailedRow {
+            reason: f.reason.as_str(),
+            detail: &f.detail,
+            source: &f.source,
+            coupon_id: f.coupon_id,
+            user_id: f.user_id,
+            payload: &f.payload,
+        })
+        .collect();
+    for chunk in rows.chunks(INSERT_CHUNK_ROWS / 2) {
+        diesel::insert_into(failed_events::table)
+            .values(chunk)
+            .on_conflict(failed_events::source)
+            .do_nothing()
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}

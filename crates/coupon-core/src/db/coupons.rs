@@ -1,0 +1,94 @@
+//! Queries on coupons and their issued rows, as the API needs them.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::Error;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::db::schema::{coupon_issues, coupons};
+use crate::domain::{Coupon, CouponId, UserId};
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = coupons, check_for_backend(diesel::pg::Pg))]
+struct CouponRow {
+    id: i64,
+    name: String,
+    total_quantity: i64,
+    issued_count: i64,
+    starts_at: Option<DateTime<Utc>>,
+    ends_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<CouponRow> for Coupon {
+    type Error = Error;
+
+    fn try_from(row: CouponRow) -> Result<Self, Error> {
+        Ok(Coupon {
+            id: CouponId::new(row.id).map_err(|e| Error::DeserializationError(Box::new(e)))?,
+            name: row.name,
+            total_quantity: row.total_quantity,
+            issued_count: row.issued_count,
+            starts_at: row.starts_at,
+            ends_at: row.ends_at,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = coupons)]
+pub struct NewCoupon {
+    pub name: String,
+    pub total_quantity: i64,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+pub async fn insert_coupon(conn: &mut AsyncPgConnection, new: &NewCoupon) -> QueryResult<Coupon> {
+    diesel::insert_into(coupons::table)
+        .values(new)
+        .returning(CouponRow::as_returning())
+        .get_result(conn)
+        .await?
+        .try_into()
+}
+
+pub async fn find_coupon(
+    conn: &mut AsyncPgConnection,
+    id: CouponId,
+) -> QueryResult<Option<Coupon>> {
+    coupons::table
+        .find(id.get())
+        .select(CouponRow::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .map(Coupon::try_from)
+        .transpose()
+}
+
+/// When the user's row for this coupon was written by admission, if it is in PostgreSQL.
+pub async fn find_issue(
+    conn: &mut AsyncPgConnection,
+    coupon: CouponId,
+    user: UserId,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    coupon_issues::table
+        .find((coupon.get(), user.get()))
+        .select(coupon_issues::issued_at)
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Every coupon the user holds in PostgreSQL, oldest first.
+pub async fn user_coupons(
+    conn: &mut AsyncPgConnection,
+    user: UserId,
+) -> QueryResult<Vec<(i64, DateTime<Utc>)>> {
+    coupon_issues::table
+        .filter(coupon_issues::user_id.eq(user.get()))
+        .select((coupon_issues::coupon_id, coupon_issues::issued_at))
+        .order((coupon_issues::issued_at.asc(), coupon_issues::coupon_id.asc()))
+        .load(conn)
+        .await
+}

@@ -1,0 +1,30 @@
+//! The PostgreSQL connection pool, built in one place with explicit timeouts.
+
+use std::time::Duration;
+
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use deadpool::{Runtime, managed::Timeouts};
+use diesel_async::pooled_connection::deadpool::{BuildError, Pool};
+
+pub type PgPool = Pool<AsyncPgConnection>;
+pub use diesel_async::pooled_connection::deadpool::PoolError;
+
+/// Waiting longer than this for a connection means the database is saturated or
+/// gone; callers answer "unavailable, retry" rather than queueing without bound.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
+const CREATE_TIMEOUT: Duration = Duration::from_secs(3);
+const RECYCLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn build_pool(database_url: &str, max_size: usize) -> Result<PgPool, BuildError> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+    Pool::builder(manager)
+        .max_size(max_size)
+        .timeouts(Timeouts {
+            wait: Some(WAIT_TIMEOUT),
+            create: Some(CREATE_TIMEOUT),
+            recycle: Some(RECYCLE_TIMEOUT),
+        })
+        .runtime(Runtime::Tokio1)
+        .build()
+}

@@ -1,0 +1,43 @@
+//! Diesel's view of the tables that `migrations/` creates (the migrations are the source).
+
+diesel::table! {
+    coupons (id) {
+        id -> Int8,
+        name -> Text,
+        total_quantity -> Int8,
+        issued_count -> Int8,
+        starts_at -> Nullable<Timestamptz>,
+        ends_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    coupon_issues (coupon_id, user_id) {
+        coupon_id -> Int8,
+        user_id -> Int8,
+        event_id -> Uuid,
+        issued_at -> Timestamptz,
+        persisted_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    failed_events (id) {
+        id -> Int8,
+        reason -> Text,
+        detail -> Text,
+        source -> Text,
+        coupon_id -> Nullable<Int8>,
+        user_id -> Nullable<Int8>,
+        payload -> Bytea,
+        status -> Text,
+        attempts -> Int4,
+        next_retry_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(coupon_issues -> coupons (coupon_id));
+diesel::allow_tables_to_appear_in_same_query!(coupons, coupon_issues, failed_events);

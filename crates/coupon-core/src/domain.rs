@@ -1,0 +1,115 @@
+//! The words of the domain: ids, coupons, and what admission can answer.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Why a text or JSON value is not an id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} must be a positive 64-bit integer")]
+pub struct InvalidId(pub &'static str);
+
+/// Ids are positive 64-bit integers everywhere (JSON, paths, events, database);
+/// the newtypes keep coupon and user ids from being swapped and refuse 0 and negatives
+/// at the edge, so nothing downstream has to check again.
+macro_rules! positive_id {
+    ($name:ident, $what:literal) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(i64);
+
+        impl $name {
+            pub fn new(value: i64) -> Result<Self, InvalidId> {
+                if value > 0 { Ok(Self(value)) } else { Err(InvalidId($what)) }
+            }
+
+            pub fn get(self) -> i64 {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidId;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                // `i64::from_str` accepts a leading '+'; an id in a path should be plain digits.
+                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(InvalidId($what));
+                }
+                s.parse::<i64>().map_err(|_| InvalidId($what)).and_then(Self::new)
+            }
+        }
+
+        /// JSON ids must be integers: `"7"`, `7.0` and `-7` are refused.
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let value = i64::deserialize(d)
+                    .map_err(|_| serde::de::Error::custom(InvalidId($what)))?;
+                Self::new(value).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+positive_id!(CouponId, "couponId");
+positive_id!(UserId, "userId");
+
+/// A coupon as PostgreSQL holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coupon {
+    pub id: CouponId,
+    pub name: String,
+    pub total_quantity: i64,
+    pub issued_count: i64,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+/// What the admission script decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Admission {
+    /// A slot was taken for this user just now.
+    Success,
+    AlreadyIssued,
+    SoldOut,
+    NotStarted,
+    Ended,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_accept_positive_integers_only() {
+        assert_eq!("42".parse::<CouponId>().map(CouponId::get), Ok(42));
+        assert_eq!(
+            "9223372036854775807".parse::<UserId>().map(UserId::get),
+            Ok(i64::MAX)
+        );
+        for bad in ["0", "-1", "+1", "", "1.5", "abc", "9223372036854775808", " 1"] {
+            assert!(bad.parse::<UserId>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn json_ids_must_be_integers() {
+        assert_eq!(
+            serde_json::from_str::<UserId>("7").map(UserId::get).ok(),
+            Some(7)
+        );
+        for bad in ["\"7\"", "7.0", "-7", "0", "null", "18446744073709551615"] {
+            let err = serde_json::from_str::<UserId>(bad).expect_err(bad);
+            assert!(err.to_string().contains("userId must be a positive"), "{err}");
+        }
+    }
+}

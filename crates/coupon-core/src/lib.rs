@@ -1,0 +1,12 @@
+//! What issuer-api and issuer-worker share: the domain, the event, Redis admission,
+//! the database layer, Kafka settings, configuration and telemetry.
+
+pub mod admission;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod event;
+pub mod kafka;
+pub mod redis_keys;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,39 @@
+//! Where a coupon lives in Redis.
+//!
+//! Every key of one coupon carries the coupon id as its hash tag (`coupon:{42}:…`), so
+//! they sit on one Redis Cluster slot and one script may touch them all atomically.
+
+use crate::domain::CouponId;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CouponKeys {
+    /// Hash: `quantity`, and `starts_at` / `ends_at` in epoch milliseconds when set.
+    pub meta: String,
+    /// Set of admitted user ids: its size is the number of slots taken.
+    pub issued: String,
+}
+
+impl CouponKeys {
+    /// `prefix` lets several environments (or test runs) share one Redis without
+    /// sharing coupons; it is prepended verbatim and may be empty.
+    pub fn new(prefix: &str, coupon: CouponId) -> Self {
+        Self {
+            meta: format!("{prefix}coupon:{{{coupon}}}:meta"),
+            issued: format!("{prefix}coupon:{{{coupon}}}:issued"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_coupon_share_its_hash_tag() {
+        let keys = CouponKeys::new("", CouponId::new(42).unwrap());
+        assert_eq!(keys.meta, "coupon:{42}:meta");
+        assert_eq!(keys.issued, "coupon:{42}:issued");
+        let prefixed = CouponKeys::new("test-1:", CouponId::new(7).unwrap());
+        assert_eq!(prefixed.issued, "test-1:coupon:{7}:issued");
+    }
+}

@@ -1,0 +1,167 @@
+//! The HTTP contract: request and response bodies, camelCase JSON, and their validation.
+
+use chrono::{DateTime, Utc};
+use coupon_core::db::coupons::NewCoupon;
+use coupon_core::domain::{Admission, Coupon, CouponId, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+const MAX_NAME_CHARS: usize = 200;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateCouponRequest {
+    pub name: String,
+    pub total_quantity: i64,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+impl CreateCouponRequest {
+    pub fn validate(self) -> Result<NewCoupon, ApiError> {
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+            return Err(ApiError::InvalidRequest(format!(
+                "name must be 1 to {MAX_NAME_CHARS} characters"
+            )));
+        }
+        if self.total_quantity <= 0 {
+            return Err(ApiError::InvalidRequest(
+                "totalQuantity must be a positive integer".into(),
+            ));
+        }
+        if let (Some(starts), Some(ends)) = (self.starts_at, self.ends_at)
+            && starts >= ends
+        {
+            return Err(ApiError::InvalidRequest(
+                "startsAt must be before endsAt".into(),
+            ));
+        }
+        Ok(NewCoupon {
+            name: name.to_owned(),
+            total_quantity: self.total_quantity,
+            starts_at: self.starts_at,
+            ends_at: self.ends_at,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CouponCreated {
+    pub coupon_id: CouponId,
+    pub name: String,
+    pub total_quantity: i64,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+impl From<Coupon> for CouponCreated {
+    fn from(c: Coupon) -> Self {
+        Self {
+            coupon_id: c.id,
+            name: c.name,
+            total_quantity: c.total_quantity,
+            starts_at: c.starts_at,
+            ends_at: c.ends_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CouponView {
+    pub coupon_id: CouponId,
+    pub name: String,
+    pub total_quantity: i64,
+    /// Admitted in Redis.
+    pub issued_count: i64,
+    pub remaining: i64,
+    /// Rows in PostgreSQL.
+    pub persisted_count: i64,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssueRequest {
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssueAnswer {
+    pub result: Admission,
+    pub coupon_id: CouponId,
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum IssueStatus {
+    /// The row is in PostgreSQL.
+    Issued,
+    /// Admitted in Redis; the worker has not written the row yet.
+    Pending,
+    None,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssueStatusView {
+    pub coupon_id: CouponId,
+    pub user_id: UserId,
+    pub status: IssueStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserCoupon {
+    pub coupon_id: i64,
+    pub issued_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserCouponsView {
+    pub user_id: UserId,
+    pub coupons: Vec<UserCoupon>,
+}
+
+/// Ids in paths are parsed here rather than by the router, so that a bad one answers
+/// the contract's 400 JSON body.
+pub fn path_id<T: std::str::FromStr<Err = coupon_core::domain::InvalidId>>(
+    raw: &str,
+) -> Result<T, ApiError> {
+    raw.parse()
+        .map_err(|e: coupon_core::domain::InvalidId| ApiError::InvalidRequest(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: &str) -> Result<NewCoupon, String> {
+        serde_json::from_str::<CreateCouponRequest>(json)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn coupon_requests_are_validated() {
+        let ok = request(r#"{"name":" Flash ","totalQuantity":500}"#).unwrap();
+        assert_eq!((ok.name.as_str(), ok.total_quantity), ("Flash", 500));
+        assert!(request(r#"{"name":"","totalQuantity":5}"#).is_err());
+        assert!(request(r#"{"name":"x","totalQuantity":0}"#).is_err());
+        assert!(request(r#"{"name":"x","totalQuantity":1.5}"#).is_err());
+        assert!(request(r#"{"name":"x"}"#).is_err());
+        let backwards = r#"{"name":"x","totalQuantity":1,"startsAt":"2030-01-02T00:00:00Z","endsAt":"2030-01-01T00:00:00Z"}"#;
+        assert_eq!(request(backwards).unwrap_err(), "startsAt must be before endsAt");
+        assert!(request(r#"{"name":"x","totalQuantity":1,"startsAt":"tomorrow"}"#).is_err());
+    }
+}

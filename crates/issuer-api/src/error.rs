@@ -1,0 +1,144 @@
+//! Every failure a request can meet, and the one place that turns it into a status.
+//!
+//! Infrastructure errors answer 503 with `Retry-After` ("unknown, retry": the retry tells
+//! the truth, see DESIGN invariant 5); bad input answers 4xx and changed nothing.
+//! Internal details are logged, never sent.
+
+use actix_web::error::{JsonPayloadError, ResponseError};
+use actix_web::http::StatusCode;
+use actix_web::http::header::RETRY_AFTER;
+use actix_web::{HttpResponse, HttpResponseBuilder};
+use coupon_core::db::pool::PoolError;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("a valid admin bearer token is required")]
+    Unauthorized,
+    #[error("coupon {0} does not exist")]
+    CouponNotFound(i64),
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    /// A dependency failed or timed out: the outcome is unknown, the client should retry.
+    #[error("{what} is unavailable")]
+    Unavailable {
+        what: &'static str,
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn unavailable(
+        what: &'static str,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Unavailable {
+            what,
+            cause: cause.into(),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "INVALID_REQUEST",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::CouponNotFound(_) => "COUPON_NOT_FOUND",
+            Self::RouteNotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::Unavailable { .. } => "UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::CouponNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponseBuilder::new(self.status_code());
+        match self {
+            Self::Unavailable { what, cause } => {
+                tracing::warn!(dependency = what, error = %cause, "answering 503");
+                response.insert_header((RETRY_AFTER, "1"));
+            }
+            Self::Internal(cause) => tracing::error!(error = %cause, "answering 500"),
+            _ => {}
+        }
+        response.json(ErrorBody {
+            error: self.code(),
+            message: self.to_string(),
+        })
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    fn from(err: redis::RedisError) -> Self {
+        Self::unavailable("redis", err)
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(err: PoolError) -> Self {
+        Self::unavailable("postgresql", err)
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(err: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match err {
+            // A connection that broke mid-query or a conflict between transactions: the
+            // database is fine in principle, retrying is the right move.
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection
+                | DatabaseErrorKind::SerializationFailure
+                | DatabaseErrorKind::Unknown,
+                _,
+            )
+            | Error::BrokenTransactionManager => Self::unavailable("postgresql", err),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<JsonPayloadError> for ApiError {
+    fn from(err: JsonPayloadError) -> Self {
+        match err {
+            JsonPayloadError::OverflowKnownLength { limit, .. }
+            | JsonPayloadError::Overflow { limit } => Self::PayloadTooLarge { limit },
+            JsonPayloadError::ContentType => Self::UnsupportedMediaType,
+            JsonPayloadError::Deserialize(e) => Self::InvalidRequest(format!("invalid JSON body: {e}")),
+            other => Self::InvalidRequest(format!("unreadable body: {other}")),
+        }
+    }
+}

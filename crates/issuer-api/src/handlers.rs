@@ -1,0 +1,205 @@
+//! Request handlers: parse, call the domain, answer with the contract's shapes.
+
+use std::future::{Ready, ready};
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use coupon_core::db::coupons::{find_coupon, find_issue, insert_coupon, user_coupons};
+use coupon_core::domain::{Admission, CouponId, UserId};
+use diesel_async::RunQueryDsl;
+use redis::AsyncCommands;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::contract::{
+    CouponCreated, CouponView, CreateCouponRequest, IssueAnswer, IssueRequest, IssueStatus,
+    IssueStatusView, UserCoupon, UserCouponsView, path_id,
+};
+use crate::error::ApiError;
+use crate::issuing::Issuer;
+
+pub struct AppState {
+    pub issuer: Issuer,
+    pub admin_token: String,
+}
+
+/// Proof that the request carried the admin bearer token. As the first extractor of a
+/// handler it is checked before the body is read, so a stranger learns nothing about
+/// what a valid body would look like.
+pub struct AdminAuth;
+
+impl FromRequest for AdminAuth {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let expected = req
+            .app_data::<web::Data<AppState>>()
+            .map(|state| state.admin_token.as_bytes());
+        let given = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::as_bytes);
+        ready(match (expected, given) {
+            // Constant-time, so response timing does not reveal the token's prefix.
+            (Some(expected), Some(given)) if bool::from(expected.ct_eq(given)) => Ok(AdminAuth),
+            _ => Err(ApiError::Unauthorized),
+        })
+    }
+}
+
+pub async fn create_coupon(
+    _: AdminAuth,
+    state: web::Data<AppState>,
+    body: web::Json<CreateCouponRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let new = body.into_inner().validate()?;
+    let issuer = &state.issuer;
+    let coupon = {
+        let mut conn = issuer.pool.get().await?;
+        insert_coupon(&mut conn, &new).await?
+    };
+    // Pre-warm Redis so the sale's first request does not pay for the load. If Redis is
+    // down now, the first request loads it lazily instead: the coupon exists either way.
+    if let Err(err) = issuer.scripts.load_meta(&mut issuer.redis.clone(), &coupon).await {
+        tracing::warn!(coupon = %coupon.id, error = %err, "could not pre-warm Redis");
+    }
+    tracing::info!(coupon = %coupon.id, quantity = coupon.total_quantity, "coupon created");
+    Ok(HttpResponse::Created().json(CouponCreated::from(coupon)))
+}
+
+pub async fn issue_coupon(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<IssueRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let coupon: CouponId = path_id(&path)?;
+    let user = body.user_id;
+    let result = state.issuer.issue(coupon, user).await?;
+    let status = match result {
+        Admission::Success => StatusCode::CREATED,
+        Admission::AlreadyIssued => StatusCode::CONFLICT,
+        Admission::SoldOut => StatusCode::GONE,
+        Admission::NotStarted | Admission::Ended => StatusCode::FORBIDDEN,
+    };
+    Ok(HttpResponse::build(status).json(IssueAnswer {
+        result,
+        coupon_id: coupon,
+        user_id: user,
+    }))
+}
+
+pub async fn get_coupon(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id: CouponId = path_id(&path)?;
+    let issuer = &state.issuer;
+    let coupon = {
+        let mut conn = issuer.pool.get().await?;
+        find_coupon(&mut conn, id).await?
+    }
+    .ok_or(ApiError::CouponNotFound(id.get()))?;
+    let admitted = issuer.scripts.admitted_count(&mut issuer.redis.clone(), id).await?;
+    Ok(HttpResponse::Ok().json(CouponView {
+        coupon_id: coupon.id,
+        name: coupon.name,
+        total_quantity: coupon.total_quantity,
+        issued_count: admitted,
+        remaining: (coupon.total_quantity - admitted).max(0),
+        persisted_count: coupon.issued_count,
+        starts_at: coupon.starts_at,
+        ends_at: coupon.ends_at,
+    }))
+}
+
+pub async fn issue_status(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (coupon, user): (CouponId, UserId) = (path_id(&path.0)?, path_id(&path.1)?);
+    let issuer = &state.issuer;
+    let issued_at = {
+        let mut conn = issuer.pool.get().await?;
+        if find_coupon(&mut conn, coupon).await?.is_none() {
+            return Err(ApiError::CouponNotFound(coupon.get()));
+        }
+        find_issue(&mut conn, coupon, user).await?
+    };
+    let status = match issued_at {
+        Some(_) => IssueStatus::Issued,
+        None if issuer.scripts.is_admitted(&mut issuer.redis.clone(), coupon, user).await? => {
+            IssueStatus::Pending
+        }
+        None => IssueStatus::None,
+    };
+    Ok(HttpResponse::Ok().json(IssueStatusView {
+        coupon_id: coupon,
+        user_id: user,
+        status,
+        issued_at,
+    }))
+}
+
+pub async fn list_user_coupons(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user: UserId = path_id(&path)?;
+    let mut conn = state.issuer.pool.get().await?;
+    let coupons = user_coupons(&mut conn, user)
+        .await?
+        .into_iter()
+        .map(|(coupon_id, issued_at)| UserCoupon {
+            coupon_id,
+            issued_at,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(UserCouponsView {
+        user_id: user,
+        coupons,
+    }))
+}
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Ready when every dependency answers; each check's outcome is listed so an operator
+/// sees which one is down without reading logs.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let issuer = &state.issuer;
+    let redis = async {
+        let mut con = issuer.redis.clone();
+        con.ping::<String>().await.map(|_| ()).map_err(|e| e.to_string())
+    };
+    let postgres = async {
+        let mut conn = issuer.pool.get().await.map_err(|e| e.to_string())?;
+        diesel::sql_query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let kafka = async { issuer.publisher.check().await.map_err(|e| e.to_string()) };
+    let (redis, postgres, kafka) = tokio::join!(redis, postgres, kafka);
+    let checks = [("redis", redis), ("postgresql", postgres), ("kafka", kafka)];
+    let ready = checks.iter().all(|(_, r)| r.is_ok());
+    let body: serde_json::Map<_, _> = checks
+        .into_iter()
+        .map(|(name, r)| (name.to_owned(), json!(r.err().unwrap_or_else(|| "ok".into()))))
+        .collect();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    HttpResponse::build(status).json(json!({ "ready": ready, "checks": body }))
+}
+
+pub async fn route_not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound)
+}
+
+pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}

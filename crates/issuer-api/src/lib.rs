@@ -1,0 +1,10 @@
+//! issuer-api: answers "may this user have this coupon?" over HTTP, deciding in one
+//! Redis script and publishing each SUCCESS to Kafka before answering it.
+
+pub mod app;
+pub mod config;
+pub mod contract;
+pub mod error;
+pub mod handlers;
+pub mod issuing;
+pub mod publisher;

@@ -1,0 +1,313 @@
+//! The issue pipeline end to end on real Redis, PostgreSQL and a Kafka-API broker:
+//! HTTP → Lua admission → Kafka → worker → PostgreSQL.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::Utc;
+use coupon_core::domain::{CouponId, UserId};
+use coupon_core::event::IssueEvent;
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use support::TestEnv;
+
+/// Fires one request per user, all at once; returns user ids grouped by status.
+async fn issue_all(env: &TestEnv, coupon: i64, users: impl Iterator<Item = i64>) -> BTreeMap<u16, Vec<i64>> {
+    let answers = join_all(users.map(|user| async move { (user, env.issue(coupon, user).await) })).await;
+    let mut by_status: BTreeMap<u16, Vec<i64>> = BTreeMap::new();
+    for (user, (status, body)) in answers {
+        if status == 201 {
+            assert_eq!(body, json!({"result": "SUCCESS", "couponId": coupon, "userId": user}));
+        }
+        by_status.entry(status).or_default().push(user);
+    }
+    for users in by_status.values_mut() {
+        users.sort_unstable();
+    }
+    by_status
+}
+
+fn count(by_status: &BTreeMap<u16, Vec<i64>>, status: u16) -> usize {
+    by_status.get(&status).map_or(0, Vec::len)
+}
+
+#[actix_web::test]
+async fn five_thousand_users_at_once_on_five_hundred_coupons() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(500).await;
+
+    let answers = issue_all(&env, coupon, 1..=5000).await;
+
+    assert_eq!(count(&answers, 201), 500, "{:?}", answers.keys());
+    assert_eq!(count(&answers, 410), 4500);
+    assert_eq!(answers.len(), 2, "no other answer: {:?}", answers.keys());
+    let rows = env.rows_when_settled(coupon, 500).await;
+    assert_eq!(rows, answers[&201], "PostgreSQL holds exactly the winners");
+    assert_eq!(env.redis_set_size(coupon).await, 500);
+    let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
+    assert_eq!(view["issuedCount"], 500);
+    assert_eq!(view["persistedCount"], 500);
+    assert_eq!(view["remaining"], 0);
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn one_user_twenty_times_at_once_gets_one_coupon() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(10).await;
+
+    let answers = join_all((0..20).map(|_| env.issue(coupon, 42))).await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 19, "{statuses:?}");
+    let conflict = answers.iter().find(|(s, _)| *s == 409).unwrap();
+    assert_eq!(conflict.1, json!({"result": "ALREADY_ISSUED", "couponId": coupon, "userId": 42}));
+    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![42]);
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn quantity_one_has_exactly_one_winner() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(1).await;
+
+    let answers = issue_all(&env, coupon, 1..=1000).await;
+
+    assert_eq!(count(&answers, 201), 1);
+    assert_eq!(count(&answers, 410), 999);
+    assert_eq!(env.rows_when_settled(coupon, 1).await, answers[&201]);
+    let (_, sold_out) = env.issue(coupon, 5000).await;
+    assert_eq!(sold_out, json!({"result": "SOLD_OUT", "couponId": coupon, "userId": 5000}));
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn outside_its_window_a_coupon_answers_403_and_changes_nothing() {
+    let env = TestEnv::start(1).await;
+    let hour = chrono::Duration::hours(1);
+    let future = env
+        .create_coupon(json!({"name": "later", "totalQuantity": 5, "startsAt": Utc::now() + hour}))
+        .await;
+    let past = env
+        .create_coupon(json!({"name": "over", "totalQuantity": 5,
+            "startsAt": Utc::now() - hour * 2, "endsAt": Utc::now() - hour}))
+        .await;
+
+    let (status, body) = env.issue(future, 1).await;
+    assert_eq!((status, &body["result"]), (403, &json!("NOT_STARTED")));
+    let (status, body) = env.issue(past, 1).await;
+    assert_eq!((status, &body["result"]), (403, &json!("ENDED")));
+
+    assert_eq!(env.redis_set_size(future).await, 0);
+    assert_eq!(env.redis_set_size(past).await, 0);
+    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    assert!(env.rows(future).await.is_empty());
+    assert!(env.rows(past).await.is_empty());
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn redelivered_events_do_not_duplicate_rows() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(100).await;
+    let answers = issue_all(&env, coupon, 1..=50).await;
+    assert_eq!(count(&answers, 201), 50);
+    assert_eq!(env.rows_when_settled(coupon, 50).await.len(), 50);
+
+    // The same (coupon, user) decisions again, as a producer retry or a replay would send
+    // them, with a marker event behind them so we know the worker has read past them.
+    for user in 1..=50 {
+        let event = IssueEvent::new(CouponId::new(coupon).unwrap(), UserId::new(user).unwrap(), Utc::now());
+        env.produce_raw(&env.topic, &event.key(), &event.encode()).await;
+    }
+    let marker = IssueEvent::new(CouponId::new(coupon).unwrap(), UserId::new(999).unwrap(), Utc::now());
+    env.produce_raw(&env.topic, &marker.key(), &marker.encode()).await;
+
+    let rows = env.rows_when_settled(coupon, 51).await;
+    assert_eq!(rows, (1..=50).chain([999]).collect::<Vec<_>>());
+    let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
+    assert_eq!(view["persistedCount"], 51, "the database's count follows its rows");
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn two_workers_on_three_partitions_persist_every_event_once() {
+    let env = TestEnv::start(2).await;
+    let coupons = [
+        env.coupon_with_quantity(200).await,
+        env.coupon_with_quantity(200).await,
+        env.coupon_with_quantity(200).await,
+        env.coupon_with_quantity(200).await,
+    ];
+    let mut winners = BTreeMap::new();
+    for coupon in coupons {
+        let answers = issue_all(&env, coupon, 1..=150).await;
+        assert_eq!(count(&answers, 201), 150);
+        winners.insert(coupon, answers[&201].clone());
+    }
+    for (coupon, users) in winners {
+        assert_eq!(env.rows_when_settled(coupon, users.len()).await, users);
+    }
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn a_malformed_event_goes_to_the_dead_letter_topic_and_the_partition_flows_on() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(10).await;
+    // Same key as the coupon's events, so the poison sits in front of them on one partition.
+    env.produce_raw(&env.topic, &coupon.to_string(), b"{not an event").await;
+    let answers = issue_all(&env, coupon, 1..=5).await;
+    assert_eq!(count(&answers, 201), 5);
+
+    assert_eq!(env.rows_when_settled(coupon, 5).await, vec![1, 2, 3, 4, 5]);
+    let dead = support::read_topic(&format!("{}.dlq", env.topic), 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, b"{not an event");
+    assert_eq!(dead[0].headers.get("reason").map(String::as_str), Some("UNDECODABLE"));
+    assert!(dead[0].headers["source"].starts_with(&format!("kafka:{}/", env.topic)));
+    let failed = support::failed_events(&env).await;
+    assert_eq!(failed, vec![("UNDECODABLE".to_owned(), b"{not an event".to_vec())]);
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn read_endpoints_report_issued_pending_and_none() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(3).await;
+    let other = env.coupon_with_quantity(3).await;
+    assert_eq!(env.issue(coupon, 7).await.0, 201);
+    assert_eq!(env.issue(other, 7).await.0, 201);
+    env.rows_when_settled(coupon, 1).await;
+    env.rows_when_settled(other, 1).await;
+
+    let (status, issued) = env.get(&format!("/api/v1/coupons/{coupon}/issues/7")).await;
+    assert_eq!(status, 200);
+    assert_eq!(issued["status"], "ISSUED");
+    assert!(issued["issuedAt"].is_string());
+    let (_, none) = env.get(&format!("/api/v1/coupons/{coupon}/issues/8")).await;
+    assert_eq!(none, json!({"couponId": coupon, "userId": 8, "status": "NONE"}));
+
+    // Admitted in Redis but not yet in PostgreSQL: what a user sees while the worker is behind.
+    let mut env = env;
+    env.stop_workers().await;
+    assert_eq!(env.issue(coupon, 9).await.0, 201);
+    let (_, pending) = env.get(&format!("/api/v1/coupons/{coupon}/issues/9")).await;
+    assert_eq!(pending["status"], "PENDING");
+    let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
+    assert_eq!(
+        (view["issuedCount"].clone(), view["persistedCount"].clone(), view["remaining"].clone()),
+        (json!(2), json!(1), json!(1))
+    );
+
+    let (status, mine) = env.get("/api/v1/users/7/coupons").await;
+    assert_eq!(status, 200);
+    let held: BTreeSet<i64> = mine["coupons"].as_array().unwrap().iter().map(|c| c["couponId"].as_i64().unwrap()).collect();
+    assert_eq!(held, BTreeSet::from([coupon, other]));
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn health_and_readiness() {
+    let env = TestEnv::start(0).await;
+    assert_eq!(env.get("/healthz").await, (200, json!({"status": "ok"})));
+    let (status, ready) = env.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"], json!({"redis": "ok", "postgresql": "ok", "kafka": "ok"}));
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
+    let env = TestEnv::start(0).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    let issues = format!("/api/v1/coupons/{coupon}/issues");
+    let json_body = |body: &str| (Some("application/json"), body.to_owned());
+    let huge = format!(r#"{{"userId":1,"pad":"{}"}}"#, "x".repeat(5000));
+
+    // (method, path, content type and body, auth, status, error code)
+    let cases: Vec<(&str, String, Option<&str>, String, Option<&str>, u16, &str)> = vec![
+        ("POST", "/api/v1/coupons".into(), Some("application/json"), r#"{"name":"x","totalQuantity":5}"#.into(), None, 401, "UNAUTHORIZED"),
+        ("POST", "/api/v1/coupons".into(), Some("application/json"), r#"{"name":"x","totalQuantity":5}"#.into(), Some("wrong"), 401, "UNAUTHORIZED"),
+        ("POST", "/api/v1/coupons".into(), Some("application/json"), r#"{"name":"x","totalQuantity":0}"#.into(), Some(support::ADMIN_TOKEN), 400, "INVALID_REQUEST"),
+        ("POST", "/api/v1/coupons".into(), Some("application/json"), r#"{"name":"","totalQuantity":5}"#.into(), Some(support::ADMIN_TOKEN), 400, "INVALID_REQUEST"),
+        ("POST", "/api/v1/coupons".into(), Some("application/json"), r#"{"name":"x","totalQuantity":"5"}"#.into(), Some(support::ADMIN_TOKEN), 400, "INVALID_REQUEST"),
+        ("POST", "/api/v1/coupons".into(), Some("application/json"), r#"{"name":"x","totalQuantity":5,"startsAt":"2030-01-02T00:00:00Z","endsAt":"2030-01-01T00:00:00Z"}"#.into(), Some(support::ADMIN_TOKEN), 400, "INVALID_REQUEST"),
+        ("POST", "/api/v1/coupons".into(), Some("application/json"), "{".into(), Some(support::ADMIN_TOKEN), 400, "INVALID_REQUEST"),
+        ("POST", "/api/v1/coupons".into(), Some("text/plain"), r#"{"name":"x","totalQuantity":5}"#.into(), Some(support::ADMIN_TOKEN), 415, "UNSUPPORTED_MEDIA_TYPE"),
+    ]
+    .into_iter()
+    .chain(
+        [
+            ("{", 400, "INVALID_REQUEST"),
+            ("{}", 400, "INVALID_REQUEST"),
+            (r#"{"userId":"7"}"#, 400, "INVALID_REQUEST"),
+            (r#"{"userId":0}"#, 400, "INVALID_REQUEST"),
+            (r#"{"userId":-1}"#, 400, "INVALID_REQUEST"),
+            (r#"{"userId":1.5}"#, 400, "INVALID_REQUEST"),
+            (r#"{"userId":9223372036854775808}"#, 400, "INVALID_REQUEST"),
+            (r#"{"userId":null}"#, 400, "INVALID_REQUEST"),
+            (huge.as_str(), 413, "PAYLOAD_TOO_LARGE"),
+        ]
+        .into_iter()
+        .map(|(body, status, code)| {
+            let (ct, body) = json_body(body);
+            ("POST", issues.clone(), ct, body, None, status, code)
+        }),
+    )
+    .chain([
+        ("POST", issues.clone(), Some("text/plain"), r#"{"userId":1}"#.into(), None, 415, "UNSUPPORTED_MEDIA_TYPE"),
+        ("POST", issues.clone(), None, r#"{"userId":1}"#.into(), None, 415, "UNSUPPORTED_MEDIA_TYPE"),
+        ("POST", "/api/v1/coupons/abc/issues".into(), Some("application/json"), r#"{"userId":1}"#.into(), None, 400, "INVALID_REQUEST"),
+        ("POST", "/api/v1/coupons/0/issues".into(), Some("application/json"), r#"{"userId":1}"#.into(), None, 400, "INVALID_REQUEST"),
+        ("POST", "/api/v1/coupons/-5/issues".into(), Some("application/json"), r#"{"userId":1}"#.into(), None, 400, "INVALID_REQUEST"),
+        ("POST", "/api/v1/coupons/99999999999999999999/issues".into(), Some("application/json"), r#"{"userId":1}"#.into(), None, 400, "INVALID_REQUEST"),
+        ("POST", "/api/v1/coupons/987654321/issues".into(), Some("application/json"), r#"{"userId":1}"#.into(), None, 404, "COUPON_NOT_FOUND"),
+        ("GET", "/api/v1/coupons/987654321".into(), None, String::new(), None, 404, "COUPON_NOT_FOUND"),
+        ("GET", "/api/v1/coupons/x1".into(), None, String::new(), None, 400, "INVALID_REQUEST"),
+        ("GET", "/api/v1/coupons/987654321/issues/1".into(), None, String::new(), None, 404, "COUPON_NOT_FOUND"),
+        ("GET", format!("/api/v1/coupons/{coupon}/issues/0"), None, String::new(), None, 400, "INVALID_REQUEST"),
+        ("GET", "/api/v1/users/-1/coupons".into(), None, String::new(), None, 400, "INVALID_REQUEST"),
+        ("GET", "/api/v1/nothing-here".into(), None, String::new(), None, 404, "NOT_FOUND"),
+        ("DELETE", format!("/api/v1/coupons/{coupon}"), None, String::new(), None, 405, "METHOD_NOT_ALLOWED"),
+    ])
+    .collect();
+
+    for (method, path, content_type, body, auth, status, code) in cases {
+        let mut request = env
+            .client
+            .request(method.parse().unwrap(), env.url(&path));
+        if let Some(ct) = content_type {
+            request = request.insert_header(("content-type", ct));
+        }
+        if let Some(token) = auth {
+            request = request.bearer_auth(token);
+        }
+        let mut response = request.send_body(body.clone()).await.unwrap();
+        let answer: Value = serde_json::from_slice(&response.body().await.unwrap()).unwrap_or(Value::Null);
+        let what = format!("{method} {path} {content_type:?} {body:.80}: {answer}");
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        assert_eq!(answer["error"], code, "{what}");
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}");
+    }
+
+    // Nothing was created anywhere: one coupon row, and Redis holds only its meta.
+    let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
+    assert_eq!(view["issuedCount"], 0);
+    let coupons: i64 = {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        coupon_core::db::schema::coupons::table.count().get_result(&mut env.pg().await).await.unwrap()
+    };
+    assert_eq!(coupons, 1);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", env.redis_prefix))
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
+    assert_eq!(keys, vec![format!("{}coupon:{{{coupon}}}:meta", env.redis_prefix)]);
+    env.shutdown().await;
+}

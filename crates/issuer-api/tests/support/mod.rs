@@ -1,0 +1,292 @@
+//! Per-test isolation on the real services: a fresh database, topic, consumer group and
+//! Redis key prefix for every test, the API bound to port 0, workers in-process.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::time::{Duration, Instant};
+
+use awc::Client;
+use clap::Parser;
+use coupon_core::db::migrate::run_migrations;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use issuer_api::app::Application;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// The services `make up` starts; override with the usual variables.
+fn base_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://coupon:coupon@127.0.0.1:5432/coupon_issuance".into())
+}
+
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub struct TestEnv {
+    pub base: String,
+    pub client: Client,
+    pub database_url: String,
+    pub topic: String,
+    pub group: String,
+    pub redis_prefix: String,
+    api: actix_web::dev::ServerHandle,
+    workers: Vec<CancellationToken>,
+}
+
+impl TestEnv {
+    /// A running API and `workers` worker instances (each its own group member).
+    pub async fn start(workers: usize) -> TestEnv {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let database_url = create_database(&format!("coupon_test_{id}")).await;
+        let topic = format!("coupon-issue-test-{id}");
+        let group = format!("coupon-issue-worker-test-{id}");
+        let redis_prefix = format!("test-{id}:");
+        let common = [
+            format!("--database-url={database_url}"),
+            format!("--issue-topic={topic}"),
+            format!("--redis-key-prefix={redis_prefix}"),
+            format!("--kafka-brokers={}", brokers()),
+            "--database-pool-size=4".to_owned(),
+        ];
+
+        let api_config = issuer_api::config::Config::try_parse_from(
+            ["issuer-api", "--listen=127.0.0.1:0", "--http-workers=2", &format!("--admin-token={ADMIN_TOKEN}")]
+                .into_iter()
+                .map(String::from)
+                .chain(common.iter().cloned()),
+        )
+        .unwrap();
+        let app = Application::build(api_config).await.unwrap();
+        let base = format!("http://{}", app.addr());
+        let api = app.handle();
+        actix_web::rt::spawn(app.run(std::future::pending()));
+
+        let mut env = TestEnv {
+            base,
+            client: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .connector(awc::Connector::new().limit(256))
+                .finish(),
+            database_url,
+            topic,
+            group,
+            redis_prefix,
+            api,
+            workers: Vec::new(),
+        };
+        for _ in 0..workers {
+            env.start_worker(500).await;
+        }
+        env
+    }
+
+    pub fn worker_args(&self, batch_size: u32) -> Vec<String> {
+        vec![
+            "issuer-worker".into(),
+            format!("--database-url={}", self.database_url),
+            format!("--issue-topic={}", self.topic),
+            format!("--group-id={}", self.group),
+            format!("--kafka-brokers={}", brokers()),
+            format!("--batch-size={batch_size}"),
+            "--batch-linger-ms=10".into(),
+            "--database-pool-size=2".into(),
+        ]
+    }
+
+    pub async fn start_worker(&mut self, batch_size: u32) {
+        let config =
+            issuer_worker::config::Config::try_parse_from(self.worker_args(batch_size)).unwrap();
+        let worker = issuer_worker::worker::Worker::build(config).await.unwrap();
+        let token = CancellationToken::new();
+        self.workers.push(token.clone());
+        actix_web::rt::spawn(async move { worker.run(token).await.unwrap() });
+    }
+
+    pub async fn stop_workers(&mut self) {
+        for token in self.workers.drain(..) {
+            token.cancel();
+        }
+        // Let them leave the group before a new member joins.
+        actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POST JSON, returning (status, body as JSON or Null).
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let mut response = self.client.post(self.url(path)).send_json(body).await.unwrap();
+        let bytes = response.body().await.unwrap();
+        (response.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let mut response = self.client.get(self.url(path)).send().await.unwrap();
+        let bytes = response.body().await.unwrap();
+        (response.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub async fn create_coupon(&self, body: Value) -> i64 {
+        let mut response = self
+            .client
+            .post(self.url("/api/v1/coupons"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send_json(&body)
+            .await
+            .unwrap();
+        let json: Value = response.json().await.unwrap();
+        assert_eq!(response.status().as_u16(), 201, "{json}");
+        json["couponId"].as_i64().unwrap()
+    }
+
+    pub async fn coupon_with_quantity(&self, quantity: i64) -> i64 {
+        self.create_coupon(json!({ "name": "test", "totalQuantity": quantity })).await
+    }
+
+    pub async fn issue(&self, coupon: i64, user: i64) -> (u16, Value) {
+        self.post(&format!("/api/v1/coupons/{coupon}/issues"), &json!({ "userId": user }))
+            .await
+    }
+
+    pub async fn pg(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.database_url).await.unwrap()
+    }
+
+    /// The users holding `coupon` in PostgreSQL, sorted.
+    pub async fn rows(&self, coupon: i64) -> Vec<i64> {
+        use coupon_core::db::schema::coupon_issues::dsl::*;
+        use diesel::prelude::*;
+        coupon_issues
+            .filter(coupon_id.eq(coupon))
+            .select(user_id)
+            .order(user_id)
+            .load(&mut self.pg().await)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until PostgreSQL holds `expected` rows for `coupon` and then a little longer
+    /// (to catch extra rows arriving late); returns the users.
+    pub async fn rows_when_settled(&self, coupon: i64, expected: usize) -> Vec<i64> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let rows = self.rows(coupon).await;
+            if rows.len() >= expected || Instant::now() > deadline {
+                actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+                return self.rows(coupon).await;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis_client().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    pub async fn redis_set_size(&self, coupon: i64) -> i64 {
+        let key = format!("{}coupon:{{{coupon}}}:issued", self.redis_prefix);
+        redis::cmd("SCARD").arg(key).query_async(&mut self.redis().await).await.unwrap()
+    }
+
+    /// A producer straight to the topic, to play redeliveries and poison messages.
+    pub async fn produce_raw(&self, topic: &str, key: &str, payload: &[u8]) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
+        producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Timeout::After(Duration::from_secs(5)),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    pub async fn shutdown(mut self) {
+        self.stop_workers().await;
+        self.api.stop(true).await;
+    }
+}
+
+pub fn redis_client() -> redis::Client {
+    redis::Client::open(std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()))
+        .unwrap()
+}
+
+/// Creates an empty database next to the configured one and migrates it.
+async fn create_database(name: &str) -> String {
+    let base = base_database_url();
+    let mut admin = AsyncPgConnection::establish(&base).await.unwrap();
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    let url = format!("{server}/{name}");
+    run_migrations(&url).await.unwrap();
+    url
+}
+
+pub struct TopicMessage {
+    pub payload: Vec<u8>,
+    pub headers: std::collections::HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning with a throwaway group until `expected` messages
+/// arrived (or 30 s passed).
+pub async fn read_topic(topic: &str, expected: usize) -> Vec<TopicMessage> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while messages.len() < expected && Instant::now() < deadline {
+        let next = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await;
+        let Ok(Ok(message)) = next else { continue };
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|header| {
+                        let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                        (header.key.to_owned(), value.unwrap_or_default())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        messages.push(TopicMessage {
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+    }
+    messages
+}
+
+/// (reason, payload) of every failed event, oldest first.
+pub async fn failed_events(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
+    use coupon_core::db::schema::failed_events::dsl::*;
+    use diesel::prelude::*;
+    failed_events
+        .select((reason, payload))
+        .order(id)
+        .load(&mut env.pg().await)
+        .await
+        .unwrap()
+}

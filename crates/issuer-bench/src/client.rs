@@ -1,0 +1,83 @@
+//! The bench's view of issuer-api: just the calls a user and an operator make.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use awc::{Client, Connector};
+use serde_json::{Value, json};
+
+pub struct ApiClient {
+    base: String,
+    admin_token: String,
+    client: Client,
+}
+
+impl ApiClient {
+    /// No connection limit and no reuse preference: each concurrent user opens its own
+    /// connection, as the seed's 5,000 browsers did.
+    pub fn new(base: &str, admin_token: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            admin_token: admin_token.to_owned(),
+            client: Client::builder()
+                .connector(Connector::new().limit(0).timeout(Duration::from_secs(10)))
+                .timeout(Duration::from_secs(30))
+                .finish(),
+        }
+    }
+
+    /// Refuses to start a measurement against an API that is not up and ready.
+    pub async fn wait_ready(&self, patience: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + patience;
+        let url = format!("{}/readyz", self.base);
+        loop {
+            let last = match self.client.get(&url).send().await {
+                Ok(mut response) if response.status().is_success() => return Ok(()),
+                Ok(mut response) => {
+                    let body = response.body().await.unwrap_or_default();
+                    format!("{}: {}", response.status(), String::from_utf8_lossy(&body))
+                }
+                Err(err) => err.to_string(),
+            };
+            if Instant::now() >= deadline {
+                bail!("issuer-api at {} is not ready after {patience:?} ({last}); start it with `make run`", self.base);
+            }
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn create_coupon(&self, name: &str, quantity: i64) -> anyhow::Result<i64> {
+        let mut response = self
+            .client
+            .post(format!("{}/api/v1/coupons", self.base))
+            .bearer_auth(&self.admin_token)
+            .send_json(&json!({ "name": name, "totalQuantity": quantity }))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create a coupon: {e}"))?;
+        let body: Value = response.json().await.context("unreadable coupon answer")?;
+        if response.status().as_u16() != 201 {
+            bail!("creating a coupon answered {}: {body}", response.status());
+        }
+        body["couponId"].as_i64().context("no couponId in the answer")
+    }
+
+    /// One issue request; returns the answer's kind (`SUCCESS`, `SOLD_OUT`, `HTTP 503`,
+    /// `ERROR: …`) so every outcome is counted, none hidden.
+    pub async fn issue(&self, coupon: i64, user: i64) -> String {
+        let sent = self
+            .client
+            .post(format!("{}/api/v1/coupons/{coupon}/issues", self.base))
+            .send_json(&json!({ "userId": user }))
+            .await;
+        match sent {
+            Ok(mut response) => match response.json::<Value>().await {
+                Ok(body) => body["result"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("HTTP {}", response.status().as_u16())),
+                Err(_) => format!("HTTP {}", response.status().as_u16()),
+            },
+            Err(err) => format!("ERROR: {err}"),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Brings up Redis, PostgreSQL and a Kafka-API broker on their standard local ports.
+# A service that already answers is reused; a missing one is installed (Debian packages
+# for Redis and PostgreSQL, tansu from crates.io for the broker) and started, and noted in
+# .local/started so that `make down` stops only what this script started. Idempotent.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+STATE="$ROOT/.local"
+STARTED="$STATE/started"
+mkdir -p "$STATE"
+touch "$STARTED"
+
+REDIS_PORT=${REDIS_PORT:-6379}
+PG_PORT=${PG_PORT:-5432}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+DB_NAME=${DB_NAME:-coupon_issuance}
+DB_USER=${DB_USER:-coupon}
+DB_PASSWORD=${DB_PASSWORD:-coupon}
+TANSU_VERSION=0.6.0
+
+log() { echo "[up] $*"; }
+die() { echo "[up] error: $*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local seconds=$1 what=$2
+  shift 2
+  for _ in $(seq $((seconds * 5))); do
+    if "$@"; then return 0; fi
+    sleep 0.2
+  done
+  die "$what did not come up within ${seconds}s"
+}
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else die "need root (or sudo) to run: $*"
+  fi
+}
+
+APT_UPDATED=
+apt_install() {
+  command -v apt-get >/dev/null || die "apt-get not found: install $* yourself"
+  if [ -z "$APT_UPDATED" ]; then as_root apt-get update -qq; APT_UPDATED=1; fi
+  log "installing $* (Debian packages)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- Redis ------------------------------------------------------------------------------
+redis_ping() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" && printf 'PING\r\n' >&3 &&
+    IFS= read -r -t 2 line <&3 && [[ $line == +PONG* ]]) 2>/dev/null
+}
+
+if redis_ping; then
+  log "Redis answers on $REDIS_PORT: reusing it"
+else
+  command -v redis-server >/dev/null || apt_install redis-server
+  mkdir -p "$STATE/redis"
+  # Append-only file, fsync every second: a restart keeps all but the last second.
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" \
+    --dir "$STATE/redis" --appendonly yes --appendfsync everysec \
+    --pidfile "$STATE/redis/redis.pid" --logfile "$STATE/redis/redis.log"
+  wait_for 10 Redis redis_ping
+  grep -qx redis "$STARTED" || echo redis >>"$STARTED"
+  log "Redis started on $REDIS_PORT (data in .local/redis)"
+fi
+
+# --- PostgreSQL -------------------------------------------------------------------------
+if port_open "$PG_PORT"; then
+  log "PostgreSQL answers on $PG_PORT: reusing it"
+else
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql
+  version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+  [ -n "$version" ] || die "no PostgreSQL server found under /usr/lib/postgresql"
+  if ! pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$version main"; then
+    as_root pg_createcluster "$version" main -p "$PG_PORT" >/dev/null
+  fi
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  wait_for 30 PostgreSQL port_open "$PG_PORT"
+  grep -qx "postgresql $version" "$STARTED" || echo "postgresql $version" >>"$STARTED"
+  log "PostgreSQL $version started on $PG_PORT"
+fi
+
+command -v psql >/dev/null || apt_install postgresql-client
+# As the postgres superuser: over the local socket where we can become that user (a stock
+# Debian install allows only that), else over TCP (machines set up with trust auth).
+psql_admin() {
+  if [ "$(id -u)" -eq 0 ] && id postgres >/dev/null 2>&1 && runuser -u postgres -- psql -p "$PG_PORT" -c 'SELECT 1' >/dev/null 2>&1; then
+    runuser -u postgres -- psql -p "$PG_PORT" -v ON_ERROR_STOP=1 -qtA "$@"
+  else
+    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qtA "$@"
+  fi
+}
+psql_admin -c "DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$DB_USER') THEN
+    CREATE ROLE $DB_USER LOGIN PASSWORD '$DB_PASSWORD' CREATEDB;
+  END IF; END \$\$;" >/dev/null
+if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != 1 ]; then
+  psql_admin -c "CREATE DATABASE $DB_NAME OWNER $DB_USER" >/dev/null
+  log "created database $DB_NAME"
+fi
+
+# --- Kafka-API broker -------------------------------------------------------------------
+if port_open "$KAFKA_PORT"; then
+  log "a broker answers on $KAFKA_PORT: reusing it"
+else
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    command -v cargo >/dev/null || die "cargo is needed to install the tansu broker"
+    log "installing tansu $TANSU_VERSION from crates.io (one-off, about 5-9 minutes)"
+    cargo install "tansu@$TANSU_VERSION" --locked --features dynostore,libsql
+  fi
+  mkdir -p "$STATE/tansu"
+  # tansu resolves the sqlite path against its working directory.
+  (cd "$STATE/tansu" && nohup tansu broker \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine "sqlite://tansu.db" >tansu.log 2>&1 &
+    echo $! >tansu.pid)
+  wait_for 30 "the broker" port_open "$KAFKA_PORT"
+  grep -qx tansu "$STARTED" || echo tansu >>"$STARTED"
+  log "tansu broker started on $KAFKA_PORT (log in .local/tansu, messages in .local/tansu/tansu.db)"
+fi
+
+log "ready: redis://127.0.0.1:$REDIS_PORT  postgres://$DB_USER@127.0.0.1:$PG_PORT/$DB_NAME  kafka 127.0.0.1:$KAFKA_PORT"

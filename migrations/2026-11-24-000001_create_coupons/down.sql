@@ -1,0 +1,3 @@
+DROP TABLE failed_events;
+DROP TABLE coupon_issues;
+DROP TABLE coupons;
