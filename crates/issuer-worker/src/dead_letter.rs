@@ -35,12 +35,12 @@ impl DeadLetters {
                 .insert(Header { key: "reason", value: Some(event.reason.as_str()) })
                 .insert(Header { key: "detail", value: Some(event.detail.as_str()) })
                 .insert(Header { key: "source", value: Some(event.source.as_str()) });
-            let key = event.coupon_id.map(|id| id.to_string()).unwrap_or_default();
-            let record = FutureRecord::to(&self.topic)
-                .key(&key)
-                .payload(&event.payload)
-                .headers(headers);
             async move {
+                let key = event.coupon_id.map(|id| id.to_string()).unwrap_or_default();
+                let record = FutureRecord::to(&self.topic)
+                    .key(&key)
+                    .payload(&event.payload)
+                    .headers(headers);
                 self.producer
                     .send(record, Timeout::After(DLQ_MESSAGE_TIMEOUT))
                     .await

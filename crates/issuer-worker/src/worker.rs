@@ -12,7 +12,7 @@ use coupon_core::db::batch_insert::{BatchOutcome, FailedEvent, FailureReason, So
 use coupon_core::db::migrate::run_migrations;
 use coupon_core::db::pool::PgPool;
 use coupon_core::kafka::ensure_topics;
-use rdkafka::consumer::CommitMode;
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;

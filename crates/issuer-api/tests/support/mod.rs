@@ -162,7 +162,7 @@ impl TestEnv {
     /// The users holding `coupon` in PostgreSQL, sorted.
     pub async fn rows(&self, coupon: i64) -> Vec<i64> {
         use coupon_core::db::schema::coupon_issues::dsl::*;
-        use diesel::prelude::*;
+        use diesel::{ExpressionMethods, QueryDsl};
         coupon_issues
             .filter(coupon_id.eq(coupon))
             .select(user_id)
@@ -282,7 +282,7 @@ pub async fn read_topic(topic: &str, expected: usize) -> Vec<TopicMessage> {
 /// (reason, payload) of every failed event, oldest first.
 pub async fn failed_events(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
     use coupon_core::db::schema::failed_events::dsl::*;
-    use diesel::prelude::*;
+    use diesel::QueryDsl;
     failed_events
         .select((reason, payload))
         .order(id)
