@@ -13,7 +13,12 @@ use crate::db::pool::{PgPool, build_pool};
 #[derive(Args, Clone)]
 pub struct RedisArgs {
     /// Redis server URL.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     pub redis_url: String,
     /// Prepended to every key, so environments can share one Redis. Empty by default.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "")]

@@ -22,7 +22,11 @@ macro_rules! positive_id {
 
         impl $name {
             pub fn new(value: i64) -> Result<Self, InvalidId> {
-                if value > 0 { Ok(Self(value)) } else { Err(InvalidId($what)) }
+                if value > 0 {
+                    Ok(Self(value))
+                } else {
+                    Err(InvalidId($what))
+                }
             }
 
             pub fn get(self) -> i64 {
@@ -44,15 +48,17 @@ macro_rules! positive_id {
                 if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(InvalidId($what));
                 }
-                s.parse::<i64>().map_err(|_| InvalidId($what)).and_then(Self::new)
+                s.parse::<i64>()
+                    .map_err(|_| InvalidId($what))
+                    .and_then(Self::new)
             }
         }
 
         /// JSON ids must be integers: `"7"`, `7.0` and `-7` are refused.
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let value = i64::deserialize(d)
-                    .map_err(|_| serde::de::Error::custom(InvalidId($what)))?;
+                let value =
+                    i64::deserialize(d).map_err(|_| serde::de::Error::custom(InvalidId($what)))?;
                 Self::new(value).map_err(serde::de::Error::custom)
             }
         }
@@ -96,7 +102,16 @@ mod tests {
             "9223372036854775807".parse::<UserId>().map(UserId::get),
             Ok(i64::MAX)
         );
-        for bad in ["0", "-1", "+1", "", "1.5", "abc", "9223372036854775808", " 1"] {
+        for bad in [
+            "0",
+            "-1",
+            "+1",
+            "",
+            "1.5",
+            "abc",
+            "9223372036854775808",
+            " 1",
+        ] {
             assert!(bad.parse::<UserId>().is_err(), "{bad:?} was accepted");
         }
     }
@@ -109,7 +124,10 @@ mod tests {
         );
         for bad in ["\"7\"", "7.0", "-7", "0", "null", "18446744073709551615"] {
             let err = serde_json::from_str::<UserId>(bad).expect_err(bad);
-            assert!(err.to_string().contains("userId must be a positive"), "{err}");
+            assert!(
+                err.to_string().contains("userId must be a positive"),
+                "{err}"
+            );
         }
     }
 }

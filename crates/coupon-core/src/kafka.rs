@@ -24,7 +24,11 @@ pub fn client_config(args: &KafkaArgs, client_id: &str) -> ClientConfig {
 
 /// A producer whose acknowledgement means "durably in the log": all in-sync replicas
 /// have it, and retries cannot duplicate or reorder it.
-pub fn producer_config(args: &KafkaArgs, client_id: &str, message_timeout: Duration) -> ClientConfig {
+pub fn producer_config(
+    args: &KafkaArgs,
+    client_id: &str,
+    message_timeout: Duration,
+) -> ClientConfig {
     let mut config = client_config(args, client_id);
     config
         .set("acks", "all")
@@ -32,8 +36,14 @@ pub fn producer_config(args: &KafkaArgs, client_id: &str, message_timeout: Durat
         // A short linger batches concurrent requests into one produce without adding
         // noticeable latency to any of them.
         .set("linger.ms", "2")
-        .set("message.timeout.ms", message_timeout.as_millis().to_string())
-        .set("request.timeout.ms", message_timeout.as_millis().min(30_000).to_string());
+        .set(
+            "message.timeout.ms",
+            message_timeout.as_millis().to_string(),
+        )
+        .set(
+            "request.timeout.ms",
+            message_timeout.as_millis().min(30_000).to_string(),
+        );
     config
 }
 
@@ -52,7 +62,9 @@ pub async fn ensure_topics(args: &KafkaArgs) -> Result<(), KafkaError> {
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {
         match result {
-            Ok(topic) => tracing::info!(%topic, partitions = args.topic_partitions, "created topic"),
+            Ok(topic) => {
+                tracing::info!(%topic, partitions = args.topic_partitions, "created topic")
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
                 tracing::error!(%topic, ?code, "cannot create topic");

@@ -32,16 +32,25 @@ impl Application {
     /// Connects to every dependency (migrating the database and creating missing topics
     /// on the way) and binds the listener; serving starts with [`Application::run`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        anyhow::ensure!(!config.admin_token.is_empty(), "ISSUER_ADMIN_TOKEN must not be empty");
+        anyhow::ensure!(
+            !config.admin_token.is_empty(),
+            "ISSUER_ADMIN_TOKEN must not be empty"
+        );
         let applied = run_migrations(&config.database.database_url).await?;
         tracing::info!(applied, "database schema is current");
-        ensure_topics(&config.kafka).await.context("cannot create the Kafka topics")?;
+        ensure_topics(&config.kafka)
+            .await
+            .context("cannot create the Kafka topics")?;
         let publisher = Publisher::new(
             &config.kafka,
             Duration::from_millis(config.publish_timeout_ms),
         )?;
         let issuer = Issuer {
-            redis: config.redis.connect().await.context("cannot connect to Redis")?,
+            redis: config
+                .redis
+                .connect()
+                .await
+                .context("cannot connect to Redis")?,
             scripts: AdmissionScripts::new(config.redis.redis_key_prefix.clone()),
             pool: config.database.pool()?,
             publisher: publisher.clone(),
@@ -74,7 +83,11 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(%addr, workers, "issuer-api listening");
-        Ok(Self { server, addr, publisher })
+        Ok(Self {
+            server,
+            addr,
+            publisher,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -87,7 +100,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
     /// finish, and flushes the producer.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let handle = self.server.handle();
         tokio::spawn(async move {
             shutdown.await;
@@ -109,15 +125,22 @@ fn json_config() -> web::JsonConfig {
 
 /// The routes of the contract; a known path with another method answers 405 in JSON.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let resource = |path: &str| web::resource(path).default_service(web::to(handlers::method_not_allowed));
+    let resource =
+        |path: &str| web::resource(path).default_service(web::to(handlers::method_not_allowed));
     cfg.service(resource("/api/v1/coupons").route(web::post().to(handlers::create_coupon)))
         .service(resource("/api/v1/coupons/{couponId}").route(web::get().to(handlers::get_coupon)))
-        .service(resource("/api/v1/coupons/{couponId}/issues").route(web::post().to(handlers::issue_coupon)))
+        .service(
+            resource("/api/v1/coupons/{couponId}/issues")
+                .route(web::post().to(handlers::issue_coupon)),
+        )
         .service(
             resource("/api/v1/coupons/{couponId}/issues/{userId}")
                 .route(web::get().to(handlers::issue_status)),
         )
-        .service(resource("/api/v1/users/{userId}/coupons").route(web::get().to(handlers::list_user_coupons)))
+        .service(
+            resource("/api/v1/users/{userId}/coupons")
+                .route(web::get().to(handlers::list_user_coupons)),
+        )
         .service(resource("/healthz").route(web::get().to(handlers::healthz)))
         .service(resource("/readyz").route(web::get().to(handlers::readyz)));
 }

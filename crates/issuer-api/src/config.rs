@@ -7,7 +7,11 @@ use coupon_core::config::{DatabaseArgs, KafkaArgs, RedisArgs};
 use coupon_core::telemetry::LogArgs;
 
 #[derive(Parser, Clone)]
-#[command(name = "issuer-api", version, about = "First-come-first-served coupon issuing API")]
+#[command(
+    name = "issuer-api",
+    version,
+    about = "First-come-first-served coupon issuing API"
+)]
 pub struct Config {
     /// Address the HTTP server listens on.
     #[arg(long, env = "ISSUER_LISTEN", default_value = "127.0.0.1:8080")]

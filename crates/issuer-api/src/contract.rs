@@ -161,7 +161,10 @@ mod tests {
         assert!(request(r#"{"name":"x","totalQuantity":1.5}"#).is_err());
         assert!(request(r#"{"name":"x"}"#).is_err());
         let backwards = r#"{"name":"x","totalQuantity":1,"startsAt":"2030-01-02T00:00:00Z","endsAt":"2030-01-01T00:00:00Z"}"#;
-        assert_eq!(request(backwards).unwrap_err(), "startsAt must be before endsAt");
+        assert_eq!(
+            request(backwards).unwrap_err(),
+            "startsAt must be before endsAt"
+        );
         assert!(request(r#"{"name":"x","totalQuantity":1,"startsAt":"tomorrow"}"#).is_err());
     }
 }

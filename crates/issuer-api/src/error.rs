@@ -137,7 +137,9 @@ impl From<JsonPayloadError> for ApiError {
             JsonPayloadError::OverflowKnownLength { limit, .. }
             | JsonPayloadError::Overflow { limit } => Self::PayloadTooLarge { limit },
             JsonPayloadError::ContentType => Self::UnsupportedMediaType,
-            JsonPayloadError::Deserialize(e) => Self::InvalidRequest(format!("invalid JSON body: {e}")),
+            JsonPayloadError::Deserialize(e) => {
+                Self::InvalidRequest(format!("invalid JSON body: {e}"))
+            }
             other => Self::InvalidRequest(format!("unreadable body: {other}")),
         }
     }

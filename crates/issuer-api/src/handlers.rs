@@ -64,7 +64,11 @@ pub async fn create_coupon(
     };
     // Pre-warm Redis so the sale's first request does not pay for the load. If Redis is
     // down now, the first request loads it lazily instead: the coupon exists either way.
-    if let Err(err) = issuer.scripts.load_meta(&mut issuer.redis.clone(), &coupon).await {
+    if let Err(err) = issuer
+        .scripts
+        .load_meta(&mut issuer.redis.clone(), &coupon)
+        .await
+    {
         tracing::warn!(coupon = %coupon.id, error = %err, "could not pre-warm Redis");
     }
     tracing::info!(coupon = %coupon.id, quantity = coupon.total_quantity, "coupon created");
@@ -103,7 +107,10 @@ pub async fn get_coupon(
         find_coupon(&mut conn, id).await?
     }
     .ok_or(ApiError::CouponNotFound(id.get()))?;
-    let admitted = issuer.scripts.admitted_count(&mut issuer.redis.clone(), id).await?;
+    let admitted = issuer
+        .scripts
+        .admitted_count(&mut issuer.redis.clone(), id)
+        .await?;
     Ok(HttpResponse::Ok().json(CouponView {
         coupon_id: coupon.id,
         name: coupon.name,
@@ -131,7 +138,11 @@ pub async fn issue_status(
     };
     let status = match issued_at {
         Some(_) => IssueStatus::Issued,
-        None if issuer.scripts.is_admitted(&mut issuer.redis.clone(), coupon, user).await? => {
+        None if issuer
+            .scripts
+            .is_admitted(&mut issuer.redis.clone(), coupon, user)
+            .await? =>
+        {
             IssueStatus::Pending
         }
         None => IssueStatus::None,
@@ -174,7 +185,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let issuer = &state.issuer;
     let redis = async {
         let mut con = issuer.redis.clone();
-        con.ping::<String>().await.map(|_| ()).map_err(|e| e.to_string())
+        con.ping::<String>()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
     let postgres = async {
         let mut conn = issuer.pool.get().await.map_err(|e| e.to_string())?;
@@ -190,9 +204,18 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let ready = checks.iter().all(|(_, r)| r.is_ok());
     let body: serde_json::Map<_, _> = checks
         .into_iter()
-        .map(|(name, r)| (name.to_owned(), json!(r.err().unwrap_or_else(|| "ok".into()))))
+        .map(|(name, r)| {
+            (
+                name.to_owned(),
+                json!(r.err().unwrap_or_else(|| "ok".into())),
+            )
+        })
         .collect();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     HttpResponse::build(status).json(json!({ "ready": ready, "checks": body }))
 }
 

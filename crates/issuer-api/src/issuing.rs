@@ -32,7 +32,11 @@ impl Issuer {
             .map_err(|e| ApiError::Internal(e.into()))?
     }
 
-    async fn admit_and_publish(&self, coupon: CouponId, user: UserId) -> Result<Admission, ApiError> {
+    async fn admit_and_publish(
+        &self,
+        coupon: CouponId,
+        user: UserId,
+    ) -> Result<Admission, ApiError> {
         let mut redis = self.redis.clone();
         let mut reply = self.scripts.admit(&mut redis, coupon, user).await?;
         if reply == AdmitReply::NotLoaded {
@@ -72,7 +76,10 @@ impl Issuer {
             .await?
             .ok_or(ApiError::CouponNotFound(id.get()))?;
         drop(conn);
-        let wrote = self.scripts.load_meta(&mut self.redis.clone(), &coupon).await?;
+        let wrote = self
+            .scripts
+            .load_meta(&mut self.redis.clone(), &coupon)
+            .await?;
         tracing::info!(coupon = %id, wrote, "loaded coupon meta into Redis from PostgreSQL");
         Ok(())
     }

@@ -7,5 +7,8 @@ use issuer_api::config::Config;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init(&config.log);
-    Application::build(config).await?.run(shutdown::signal()).await
+    Application::build(config)
+        .await?
+        .run(shutdown::signal())
+        .await
 }

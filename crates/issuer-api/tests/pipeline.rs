@@ -14,12 +14,20 @@ use serde_json::{Value, json};
 use support::TestEnv;
 
 /// Fires one request per user, all at once; returns user ids grouped by status.
-async fn issue_all(env: &TestEnv, coupon: i64, users: impl Iterator<Item = i64>) -> BTreeMap<u16, Vec<i64>> {
-    let answers = join_all(users.map(|user| async move { (user, env.issue(coupon, user).await) })).await;
+async fn issue_all(
+    env: &TestEnv,
+    coupon: i64,
+    users: impl Iterator<Item = i64>,
+) -> BTreeMap<u16, Vec<i64>> {
+    let answers =
+        join_all(users.map(|user| async move { (user, env.issue(coupon, user).await) })).await;
     let mut by_status: BTreeMap<u16, Vec<i64>> = BTreeMap::new();
     for (user, (status, body)) in answers {
         if status == 201 {
-            assert_eq!(body, json!({"result": "SUCCESS", "couponId": coupon, "userId": user}));
+            assert_eq!(
+                body,
+                json!({"result": "SUCCESS", "couponId": coupon, "userId": user})
+            );
         }
         by_status.entry(status).or_default().push(user);
     }
@@ -61,10 +69,21 @@ async fn one_user_twenty_times_at_once_gets_one_coupon() {
     let answers = join_all((0..20).map(|_| env.issue(coupon, 42))).await;
     let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
 
-    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 19, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        19,
+        "{statuses:?}"
+    );
     let conflict = answers.iter().find(|(s, _)| *s == 409).unwrap();
-    assert_eq!(conflict.1, json!({"result": "ALREADY_ISSUED", "couponId": coupon, "userId": 42}));
+    assert_eq!(
+        conflict.1,
+        json!({"result": "ALREADY_ISSUED", "couponId": coupon, "userId": 42})
+    );
     assert_eq!(env.rows_when_settled(coupon, 1).await, vec![42]);
     env.shutdown().await;
 }
@@ -80,7 +99,10 @@ async fn quantity_one_has_exactly_one_winner() {
     assert_eq!(count(&answers, 410), 999);
     assert_eq!(env.rows_when_settled(coupon, 1).await, answers[&201]);
     let (_, sold_out) = env.issue(coupon, 5000).await;
-    assert_eq!(sold_out, json!({"result": "SOLD_OUT", "couponId": coupon, "userId": 5000}));
+    assert_eq!(
+        sold_out,
+        json!({"result": "SOLD_OUT", "couponId": coupon, "userId": 5000})
+    );
     env.shutdown().await;
 }
 
@@ -120,16 +142,29 @@ async fn redelivered_events_do_not_duplicate_rows() {
     // The same (coupon, user) decisions again, as a producer retry or a replay would send
     // them, with a marker event behind them so we know the worker has read past them.
     for user in 1..=50 {
-        let event = IssueEvent::new(CouponId::new(coupon).unwrap(), UserId::new(user).unwrap(), Utc::now());
-        env.produce_raw(&env.topic, &event.key(), &event.encode()).await;
+        let event = IssueEvent::new(
+            CouponId::new(coupon).unwrap(),
+            UserId::new(user).unwrap(),
+            Utc::now(),
+        );
+        env.produce_raw(&env.topic, &event.key(), &event.encode())
+            .await;
     }
-    let marker = IssueEvent::new(CouponId::new(coupon).unwrap(), UserId::new(999).unwrap(), Utc::now());
-    env.produce_raw(&env.topic, &marker.key(), &marker.encode()).await;
+    let marker = IssueEvent::new(
+        CouponId::new(coupon).unwrap(),
+        UserId::new(999).unwrap(),
+        Utc::now(),
+    );
+    env.produce_raw(&env.topic, &marker.key(), &marker.encode())
+        .await;
 
     let rows = env.rows_when_settled(coupon, 51).await;
     assert_eq!(rows, (1..=50).chain([999]).collect::<Vec<_>>());
     let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
-    assert_eq!(view["persistedCount"], 51, "the database's count follows its rows");
+    assert_eq!(
+        view["persistedCount"], 51,
+        "the database's count follows its rows"
+    );
     env.shutdown().await;
 }
 
@@ -159,7 +194,8 @@ async fn a_malformed_event_goes_to_the_dead_letter_topic_and_the_partition_flows
     let env = TestEnv::start(1).await;
     let coupon = env.coupon_with_quantity(10).await;
     // Same key as the coupon's events, so the poison sits in front of them on one partition.
-    env.produce_raw(&env.topic, &coupon.to_string(), b"{not an event").await;
+    env.produce_raw(&env.topic, &coupon.to_string(), b"{not an event")
+        .await;
     let answers = issue_all(&env, coupon, 1..=5).await;
     assert_eq!(count(&answers, 201), 5);
 
@@ -167,10 +203,16 @@ async fn a_malformed_event_goes_to_the_dead_letter_topic_and_the_partition_flows
     let dead = support::read_topic(&format!("{}.dlq", env.topic), 1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload, b"{not an event");
-    assert_eq!(dead[0].headers.get("reason").map(String::as_str), Some("UNDECODABLE"));
+    assert_eq!(
+        dead[0].headers.get("reason").map(String::as_str),
+        Some("UNDECODABLE")
+    );
     assert!(dead[0].headers["source"].starts_with(&format!("kafka:{}/", env.topic)));
     let failed = support::failed_events(&env).await;
-    assert_eq!(failed, vec![("UNDECODABLE".to_owned(), b"{not an event".to_vec())]);
+    assert_eq!(
+        failed,
+        vec![("UNDECODABLE".to_owned(), b"{not an event".to_vec())]
+    );
     env.shutdown().await;
 }
 
@@ -189,7 +231,10 @@ async fn read_endpoints_report_issued_pending_and_none() {
     assert_eq!(issued["status"], "ISSUED");
     assert!(issued["issuedAt"].is_string());
     let (_, none) = env.get(&format!("/api/v1/coupons/{coupon}/issues/8")).await;
-    assert_eq!(none, json!({"couponId": coupon, "userId": 8, "status": "NONE"}));
+    assert_eq!(
+        none,
+        json!({"couponId": coupon, "userId": 8, "status": "NONE"})
+    );
 
     // Admitted in Redis but not yet in PostgreSQL: what a user sees while the worker is behind.
     let mut env = env;
@@ -199,13 +244,22 @@ async fn read_endpoints_report_issued_pending_and_none() {
     assert_eq!(pending["status"], "PENDING");
     let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
     assert_eq!(
-        (view["issuedCount"].clone(), view["persistedCount"].clone(), view["remaining"].clone()),
+        (
+            view["issuedCount"].clone(),
+            view["persistedCount"].clone(),
+            view["remaining"].clone()
+        ),
         (json!(2), json!(1), json!(1))
     );
 
     let (status, mine) = env.get("/api/v1/users/7/coupons").await;
     assert_eq!(status, 200);
-    let held: BTreeSet<i64> = mine["coupons"].as_array().unwrap().iter().map(|c| c["couponId"].as_i64().unwrap()).collect();
+    let held: BTreeSet<i64> = mine["coupons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["couponId"].as_i64().unwrap())
+        .collect();
     assert_eq!(held, BTreeSet::from([coupon, other]));
     env.shutdown().await;
 }
@@ -216,8 +270,58 @@ async fn health_and_readiness() {
     assert_eq!(env.get("/healthz").await, (200, json!({"status": "ok"})));
     let (status, ready) = env.get("/readyz").await;
     assert_eq!(status, 200, "{ready}");
-    assert_eq!(ready["checks"], json!({"redis": "ok", "postgresql": "ok", "kafka": "ok"}));
+    assert_eq!(
+        ready["checks"],
+        json!({"redis": "ok", "postgresql": "ok", "kafka": "ok"})
+    );
     env.shutdown().await;
+}
+
+/// One request the contract refuses, and how.
+struct BadRequest {
+    method: &'static str,
+    path: String,
+    content_type: Option<&'static str>,
+    body: String,
+    token: Option<&'static str>,
+    status: u16,
+    error: &'static str,
+}
+
+impl BadRequest {
+    fn post(path: &str, body: &str, status: u16, error: &'static str) -> Self {
+        Self {
+            method: "POST",
+            path: path.to_owned(),
+            content_type: Some("application/json"),
+            body: body.to_owned(),
+            token: None,
+            status,
+            error,
+        }
+    }
+
+    fn get(path: &str, status: u16, error: &'static str) -> Self {
+        Self {
+            method: "GET",
+            content_type: None,
+            ..Self::post(path, "", status, error)
+        }
+    }
+
+    fn admin(self, token: &'static str) -> Self {
+        Self {
+            token: Some(token),
+            ..self
+        }
+    }
+
+    fn content_type(self, content_type: Option<&'static str>) -> Self {
+        Self {
+            content_type,
+            ..self
+        }
+    }
 }
 
 #[actix_web::test]
@@ -225,82 +329,118 @@ async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
     let env = TestEnv::start(0).await;
     let coupon = env.coupon_with_quantity(5).await;
     let issues = format!("/api/v1/coupons/{coupon}/issues");
-    let json_body = |body: &str| (Some("application/json"), body.to_owned());
+    let create = "/api/v1/coupons";
+    let token = support::ADMIN_TOKEN;
     let huge = format!(r#"{{"userId":1,"pad":"{}"}}"#, "x".repeat(5000));
+    let valid_coupon = r#"{"name":"x","totalQuantity":5}"#;
 
-    // (method, path, content type and body, auth, status, error code)
-    let cases: Vec<(&str, String, Option<&str>, String, Option<&str>, u16, &str)> = vec![
-        ("POST", "/api/v1/coupons".into(), Some("application/json"), r#"{"name":"x","totalQuantity":5}"#.into(), None, 401, "UNAUTHORIZED"),
-        ("POST", "/api/v1/coupons".into(), Some("application/json"), r#"{"name":"x","totalQuantity":5}"#.into(), Some("wrong"), 401, "UNAUTHORIZED"),
-        ("POST", "/api/v1/coupons".into(), Some("application/json"), r#"{"name":"x","totalQuantity":0}"#.into(), Some(support::ADMIN_TOKEN), 400, "INVALID_REQUEST"),
-        ("POST", "/api/v1/coupons".into(), Some("application/json"), r#"{"name":"","totalQuantity":5}"#.into(), Some(support::ADMIN_TOKEN), 400, "INVALID_REQUEST"),
-        ("POST", "/api/v1/coupons".into(), Some("application/json"), r#"{"name":"x","totalQuantity":"5"}"#.into(), Some(support::ADMIN_TOKEN), 400, "INVALID_REQUEST"),
-        ("POST", "/api/v1/coupons".into(), Some("application/json"), r#"{"name":"x","totalQuantity":5,"startsAt":"2030-01-02T00:00:00Z","endsAt":"2030-01-01T00:00:00Z"}"#.into(), Some(support::ADMIN_TOKEN), 400, "INVALID_REQUEST"),
-        ("POST", "/api/v1/coupons".into(), Some("application/json"), "{".into(), Some(support::ADMIN_TOKEN), 400, "INVALID_REQUEST"),
-        ("POST", "/api/v1/coupons".into(), Some("text/plain"), r#"{"name":"x","totalQuantity":5}"#.into(), Some(support::ADMIN_TOKEN), 415, "UNSUPPORTED_MEDIA_TYPE"),
-    ]
-    .into_iter()
-    .chain(
-        [
-            ("{", 400, "INVALID_REQUEST"),
-            ("{}", 400, "INVALID_REQUEST"),
-            (r#"{"userId":"7"}"#, 400, "INVALID_REQUEST"),
-            (r#"{"userId":0}"#, 400, "INVALID_REQUEST"),
-            (r#"{"userId":-1}"#, 400, "INVALID_REQUEST"),
-            (r#"{"userId":1.5}"#, 400, "INVALID_REQUEST"),
-            (r#"{"userId":9223372036854775808}"#, 400, "INVALID_REQUEST"),
-            (r#"{"userId":null}"#, 400, "INVALID_REQUEST"),
-            (huge.as_str(), 413, "PAYLOAD_TOO_LARGE"),
-        ]
-        .into_iter()
-        .map(|(body, status, code)| {
-            let (ct, body) = json_body(body);
-            ("POST", issues.clone(), ct, body, None, status, code)
-        }),
-    )
-    .chain([
-        ("POST", issues.clone(), Some("text/plain"), r#"{"userId":1}"#.into(), None, 415, "UNSUPPORTED_MEDIA_TYPE"),
-        ("POST", issues.clone(), None, r#"{"userId":1}"#.into(), None, 415, "UNSUPPORTED_MEDIA_TYPE"),
-        ("POST", "/api/v1/coupons/abc/issues".into(), Some("application/json"), r#"{"userId":1}"#.into(), None, 400, "INVALID_REQUEST"),
-        ("POST", "/api/v1/coupons/0/issues".into(), Some("application/json"), r#"{"userId":1}"#.into(), None, 400, "INVALID_REQUEST"),
-        ("POST", "/api/v1/coupons/-5/issues".into(), Some("application/json"), r#"{"userId":1}"#.into(), None, 400, "INVALID_REQUEST"),
-        ("POST", "/api/v1/coupons/99999999999999999999/issues".into(), Some("application/json"), r#"{"userId":1}"#.into(), None, 400, "INVALID_REQUEST"),
-        ("POST", "/api/v1/coupons/987654321/issues".into(), Some("application/json"), r#"{"userId":1}"#.into(), None, 404, "COUPON_NOT_FOUND"),
-        ("GET", "/api/v1/coupons/987654321".into(), None, String::new(), None, 404, "COUPON_NOT_FOUND"),
-        ("GET", "/api/v1/coupons/x1".into(), None, String::new(), None, 400, "INVALID_REQUEST"),
-        ("GET", "/api/v1/coupons/987654321/issues/1".into(), None, String::new(), None, 404, "COUPON_NOT_FOUND"),
-        ("GET", format!("/api/v1/coupons/{coupon}/issues/0"), None, String::new(), None, 400, "INVALID_REQUEST"),
-        ("GET", "/api/v1/users/-1/coupons".into(), None, String::new(), None, 400, "INVALID_REQUEST"),
-        ("GET", "/api/v1/nothing-here".into(), None, String::new(), None, 404, "NOT_FOUND"),
-        ("DELETE", format!("/api/v1/coupons/{coupon}"), None, String::new(), None, 405, "METHOD_NOT_ALLOWED"),
-    ])
-    .collect();
+    let mut cases = vec![
+        BadRequest::post(create, valid_coupon, 401, "UNAUTHORIZED"),
+        BadRequest::post(create, valid_coupon, 401, "UNAUTHORIZED").admin("wrong"),
+        BadRequest::post(create, r#"{"name":"x","totalQuantity":0}"#, 400, "INVALID_REQUEST").admin(token),
+        BadRequest::post(create, r#"{"name":"","totalQuantity":5}"#, 400, "INVALID_REQUEST").admin(token),
+        BadRequest::post(create, r#"{"name":"x","totalQuantity":"5"}"#, 400, "INVALID_REQUEST").admin(token),
+        BadRequest::post(
+            create,
+            r#"{"name":"x","totalQuantity":5,"startsAt":"2030-01-02T00:00:00Z","endsAt":"2030-01-01T00:00:00Z"}"#,
+            400,
+            "INVALID_REQUEST",
+        )
+        .admin(token),
+        BadRequest::post(create, "{", 400, "INVALID_REQUEST").admin(token),
+        BadRequest::post(create, valid_coupon, 415, "UNSUPPORTED_MEDIA_TYPE")
+            .admin(token)
+            .content_type(Some("text/plain")),
+    ];
+    for body in [
+        "{",
+        "{}",
+        r#"{"userId":"7"}"#,
+        r#"{"userId":0}"#,
+        r#"{"userId":-1}"#,
+        r#"{"userId":1.5}"#,
+        r#"{"userId":9223372036854775808}"#,
+        r#"{"userId":null}"#,
+    ] {
+        cases.push(BadRequest::post(&issues, body, 400, "INVALID_REQUEST"));
+    }
+    for coupon_path in ["abc", "0", "-5", "99999999999999999999"] {
+        let path = format!("/api/v1/coupons/{coupon_path}/issues");
+        cases.push(BadRequest::post(
+            &path,
+            r#"{"userId":1}"#,
+            400,
+            "INVALID_REQUEST",
+        ));
+    }
+    cases.extend([
+        BadRequest::post(&issues, &huge, 413, "PAYLOAD_TOO_LARGE"),
+        BadRequest::post(&issues, r#"{"userId":1}"#, 415, "UNSUPPORTED_MEDIA_TYPE")
+            .content_type(Some("text/plain")),
+        BadRequest::post(&issues, r#"{"userId":1}"#, 415, "UNSUPPORTED_MEDIA_TYPE")
+            .content_type(None),
+        BadRequest::post(
+            "/api/v1/coupons/987654321/issues",
+            r#"{"userId":1}"#,
+            404,
+            "COUPON_NOT_FOUND",
+        ),
+        BadRequest::get("/api/v1/coupons/987654321", 404, "COUPON_NOT_FOUND"),
+        BadRequest::get("/api/v1/coupons/x1", 400, "INVALID_REQUEST"),
+        BadRequest::get(
+            "/api/v1/coupons/987654321/issues/1",
+            404,
+            "COUPON_NOT_FOUND",
+        ),
+        BadRequest::get(&format!("{issues}/0"), 400, "INVALID_REQUEST"),
+        BadRequest::get("/api/v1/users/-1/coupons", 400, "INVALID_REQUEST"),
+        BadRequest::get("/api/v1/nothing-here", 404, "NOT_FOUND"),
+        BadRequest {
+            method: "DELETE",
+            ..BadRequest::get(
+                &format!("/api/v1/coupons/{coupon}"),
+                405,
+                "METHOD_NOT_ALLOWED",
+            )
+        },
+    ]);
 
-    for (method, path, content_type, body, auth, status, code) in cases {
+    for case in cases {
         let mut request = env
             .client
-            .request(method.parse().unwrap(), env.url(&path));
-        if let Some(ct) = content_type {
-            request = request.insert_header(("content-type", ct));
+            .request(case.method.parse().unwrap(), env.url(&case.path));
+        if let Some(content_type) = case.content_type {
+            request = request.insert_header(("content-type", content_type));
         }
-        if let Some(token) = auth {
+        if let Some(token) = case.token {
             request = request.bearer_auth(token);
         }
-        let mut response = request.send_body(body.clone()).await.unwrap();
-        let answer: Value = serde_json::from_slice(&response.body().await.unwrap()).unwrap_or(Value::Null);
-        let what = format!("{method} {path} {content_type:?} {body:.80}: {answer}");
-        assert_eq!(response.status().as_u16(), status, "{what}");
-        assert_eq!(answer["error"], code, "{what}");
-        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}");
+        let mut response = request.send_body(case.body.clone()).await.unwrap();
+        let answer: Value =
+            serde_json::from_slice(&response.body().await.unwrap()).unwrap_or(Value::Null);
+        let what = format!(
+            "{} {} {:?} {:.80}: {answer}",
+            case.method, case.path, case.content_type, case.body
+        );
+        assert_eq!(response.status().as_u16(), case.status, "{what}");
+        assert_eq!(answer["error"], case.error, "{what}");
+        assert!(
+            answer["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
     }
 
     // Nothing was created anywhere: one coupon row, and Redis holds only its meta.
     let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
     assert_eq!(view["issuedCount"], 0);
     let coupons: i64 = {
-        use diesel::prelude::*;
+        use diesel::QueryDsl;
         use diesel_async::RunQueryDsl;
-        coupon_core::db::schema::coupons::table.count().get_result(&mut env.pg().await).await.unwrap()
+        coupon_core::db::schema::coupons::table
+            .count()
+            .get_result(&mut env.pg().await)
+            .await
+            .unwrap()
     };
     assert_eq!(coupons, 1);
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -308,6 +448,9 @@ async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
         .query_async(&mut env.redis().await)
         .await
         .unwrap();
-    assert_eq!(keys, vec![format!("{}coupon:{{{coupon}}}:meta", env.redis_prefix)]);
+    assert_eq!(
+        keys,
+        vec![format!("{}coupon:{{{coupon}}}:meta", env.redis_prefix)]
+    );
     env.shutdown().await;
 }

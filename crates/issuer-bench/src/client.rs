@@ -32,7 +32,7 @@ impl ApiClient {
         let url = format!("{}/readyz", self.base);
         loop {
             let last = match self.client.get(&url).send().await {
-                Ok(mut response) if response.status().is_success() => return Ok(()),
+                Ok(response) if response.status().is_success() => return Ok(()),
                 Ok(mut response) => {
                     let body = response.body().await.unwrap_or_default();
                     format!("{}: {}", response.status(), String::from_utf8_lossy(&body))
@@ -40,7 +40,10 @@ impl ApiClient {
                 Err(err) => err.to_string(),
             };
             if Instant::now() >= deadline {
-                bail!("issuer-api at {} is not ready after {patience:?} ({last}); start it with `make run`", self.base);
+                bail!(
+                    "issuer-api at {} is not ready after {patience:?} ({last}); start it with `make run`",
+                    self.base
+                );
             }
             actix_rt::time::sleep(Duration::from_millis(200)).await;
         }
@@ -58,7 +61,9 @@ impl ApiClient {
         if response.status().as_u16() != 201 {
             bail!("creating a coupon answered {}: {body}", response.status());
         }
-        body["couponId"].as_i64().context("no couponId in the answer")
+        body["couponId"]
+            .as_i64()
+            .context("no couponId in the answer")
     }
 
     /// One issue request; returns the answer's kind (`SUCCESS`, `SOLD_OUT`, `HTTP 503`,

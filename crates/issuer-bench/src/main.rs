@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use crate::client::ApiClient;
 
 #[derive(Parser)]
-#[command(name = "issuer-bench", version, about = "Load generator for coupon-issuance")]
+#[command(
+    name = "issuer-bench",
+    version,
+    about = "Load generator for coupon-issuance"
+)]
 struct Cli {
     /// Base URL of a running issuer-api.
     #[arg(long, env = "BENCH_API", default_value = "http://127.0.0.1:8080")]
@@ -50,13 +54,18 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Thousands of simultaneous connections need as many descriptors, on both ends.
     let limit = rlimit::increase_nofile_limit(u64::MAX)?;
-    let scenario = cli.scenario.unwrap_or(Scenario::Seed { users: 5000, quantity: 500 });
+    let scenario = cli.scenario.unwrap_or(Scenario::Seed {
+        users: 5000,
+        quantity: 500,
+    });
     let api = ApiClient::new(&cli.api, &cli.admin_token);
     api.wait_ready(Duration::from_secs(30)).await?;
     match scenario {
         Scenario::Seed { users, quantity } => {
             if users + 64 > limit {
-                bail!("{users} connections need more open files than this process may have ({limit})");
+                bail!(
+                    "{users} connections need more open files than this process may have ({limit})"
+                );
             }
             let report = seed::run(&api, &cli.database_url, users, quantity).await?;
             if cli.json {

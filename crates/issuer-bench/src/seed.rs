@@ -35,7 +35,12 @@ pub struct SeedReport {
     pub answers: BTreeMap<String, u64>,
 }
 
-pub async fn run(api: &ApiClient, database_url: &str, users: u64, quantity: i64) -> anyhow::Result<SeedReport> {
+pub async fn run(
+    api: &ApiClient,
+    database_url: &str,
+    users: u64,
+    quantity: i64,
+) -> anyhow::Result<SeedReport> {
     let coupon = api.create_coupon("seed experiment", quantity).await?;
     let mut db = AsyncPgConnection::establish(database_url).await?;
 
@@ -67,7 +72,9 @@ pub async fn run(api: &ApiClient, database_url: &str, users: u64, quantity: i64)
             break rows;
         }
         if phase2_started.elapsed() > PHASE2_PATIENCE {
-            bail!("after {PHASE2_PATIENCE:?} PostgreSQL holds {rows} of {success} SUCCESS rows; is issuer-worker running?");
+            bail!(
+                "after {PHASE2_PATIENCE:?} PostgreSQL holds {rows} of {success} SUCCESS rows; is issuer-worker running?"
+            );
         }
         actix_rt::time::sleep(Duration::from_millis(2)).await;
     };
@@ -124,15 +131,60 @@ impl SeedReport {
         let mut row = |name: &str, seed: String, ours: String, factor: String| {
             out.push_str(&format!("| {name} | {seed} | {ours} | {factor} |\n"));
         };
-        row("Phase 1, answering requests", format!("{:.0} ms", s.phase1_ms), format!("{:.0} ms", self.phase1_ms), faster(s.phase1_ms, self.phase1_ms));
-        row("Phase 2, rows reaching the DB", format!("{:.0} ms", s.phase2_ms), format!("{:.0} ms", self.phase2_ms), faster(s.phase2_ms, self.phase2_ms));
-        row("Total", format!("{:.0} ms", s.total_ms), format!("{:.0} ms", self.total_ms), faster(s.total_ms, self.total_ms));
-        row("SUCCESS answers / rows in DB", "500 / 500".into(), format!("{} / {}", self.success, self.rows), String::new());
-        row("Throughput", format!("{:.0} req/s", s.rps), format!("{:.0} req/s", self.rps), faster(self.rps, s.rps));
-        row("P50 latency", format!("{:.0} ms", s.p50_ms), format!("{:.1} ms", self.p50_ms), faster(s.p50_ms, self.p50_ms));
-        row("P95 latency", "-".into(), format!("{:.1} ms", self.p95_ms), String::new());
-        row("P99 latency", format!("{:.0} ms", s.p99_ms), format!("{:.1} ms", self.p99_ms), faster(s.p99_ms, self.p99_ms));
-        row("Max latency", "-".into(), format!("{:.1} ms", self.max_ms), String::new());
+        row(
+            "Phase 1, answering requests",
+            format!("{:.0} ms", s.phase1_ms),
+            format!("{:.0} ms", self.phase1_ms),
+            faster(s.phase1_ms, self.phase1_ms),
+        );
+        row(
+            "Phase 2, rows reaching the DB",
+            format!("{:.0} ms", s.phase2_ms),
+            format!("{:.0} ms", self.phase2_ms),
+            faster(s.phase2_ms, self.phase2_ms),
+        );
+        row(
+            "Total",
+            format!("{:.0} ms", s.total_ms),
+            format!("{:.0} ms", self.total_ms),
+            faster(s.total_ms, self.total_ms),
+        );
+        row(
+            "SUCCESS answers / rows in DB",
+            "500 / 500".into(),
+            format!("{} / {}", self.success, self.rows),
+            String::new(),
+        );
+        row(
+            "Throughput",
+            format!("{:.0} req/s", s.rps),
+            format!("{:.0} req/s", self.rps),
+            faster(self.rps, s.rps),
+        );
+        row(
+            "P50 latency",
+            format!("{:.0} ms", s.p50_ms),
+            format!("{:.1} ms", self.p50_ms),
+            faster(s.p50_ms, self.p50_ms),
+        );
+        row(
+            "P95 latency",
+            "-".into(),
+            format!("{:.1} ms", self.p95_ms),
+            String::new(),
+        );
+        row(
+            "P99 latency",
+            format!("{:.0} ms", s.p99_ms),
+            format!("{:.1} ms", self.p99_ms),
+            faster(s.p99_ms, self.p99_ms),
+        );
+        row(
+            "Max latency",
+            "-".into(),
+            format!("{:.1} ms", self.max_ms),
+            String::new(),
+        );
         out.push_str("\nAnswers by kind:\n\n| answer | count |\n|---|---:|\n");
         for (kind, count) in &self.answers {
             out.push_str(&format!("| {kind} | {count} |\n"));
@@ -145,10 +197,16 @@ impl SeedReport {
         let mut wrong = Vec::new();
         let expected = self.quantity.min(self.users as i64) as u64;
         if self.success != expected {
-            wrong.push(format!("{} SUCCESS answers, expected {expected}", self.success));
+            wrong.push(format!(
+                "{} SUCCESS answers, expected {expected}",
+                self.success
+            ));
         }
         if self.rows != self.success as i64 {
-            wrong.push(format!("{} rows for {} SUCCESS answers", self.rows, self.success));
+            wrong.push(format!(
+                "{} rows for {} SUCCESS answers",
+                self.rows, self.success
+            ));
         }
         wrong
     }

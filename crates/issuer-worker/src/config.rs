@@ -5,7 +5,11 @@ use coupon_core::config::{DatabaseArgs, KafkaArgs};
 use coupon_core::telemetry::LogArgs;
 
 #[derive(Parser, Clone)]
-#[command(name = "issuer-worker", version, about = "Persists issue events from Kafka into PostgreSQL")]
+#[command(
+    name = "issuer-worker",
+    version,
+    about = "Persists issue events from Kafka into PostgreSQL"
+)]
 pub struct Config {
     /// Kafka consumer group; run one process per partition at most for full parallelism.
     #[arg(long, env = "WORKER_GROUP_ID", default_value = "coupon-issue-worker")]

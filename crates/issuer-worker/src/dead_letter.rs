@@ -32,9 +32,18 @@ impl DeadLetters {
     pub async fn publish(&self, failed: &[FailedEvent]) -> Result<(), KafkaError> {
         try_join_all(failed.iter().map(|event| {
             let headers = OwnedHeaders::new()
-                .insert(Header { key: "reason", value: Some(event.reason.as_str()) })
-                .insert(Header { key: "detail", value: Some(event.detail.as_str()) })
-                .insert(Header { key: "source", value: Some(event.source.as_str()) });
+                .insert(Header {
+                    key: "reason",
+                    value: Some(event.reason.as_str()),
+                })
+                .insert(Header {
+                    key: "detail",
+                    value: Some(event.detail.as_str()),
+                })
+                .insert(Header {
+                    key: "source",
+                    value: Some(event.source.as_str()),
+                });
             async move {
                 let key = event.coupon_id.map(|id| id.to_string()).unwrap_or_default();
                 let record = FutureRecord::to(&self.topic)

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use coupon_core::db::batch_insert::{BatchOutcome, FailedEvent, FailureReason, SourcedIssue, persist_batch};
+use coupon_core::db::batch_insert::{
+    BatchOutcome, FailedEvent, FailureReason, SourcedIssue, persist_batch,
+};
 use coupon_core::db::migrate::run_migrations;
 use coupon_core::db::pool::PgPool;
 use coupon_core::kafka::ensure_topics;
@@ -54,7 +56,9 @@ impl Worker {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let applied = run_migrations(&config.database.database_url).await?;
         tracing::info!(applied, "database schema is current");
-        ensure_topics(&config.kafka).await.context("cannot create the Kafka topics")?;
+        ensure_topics(&config.kafka)
+            .await
+            .context("cannot create the Kafka topics")?;
         Ok(Self {
             pool: config.database.pool()?,
             dead_letters: DeadLetters::new(&config.kafka)?,
@@ -115,7 +119,9 @@ impl Worker {
             deadline.get_or_insert_with(|| {
                 Instant::now() + Duration::from_millis(self.config.batch_linger_ms)
             });
-            batch.next_offsets.insert(message.partition(), message.offset() + 1);
+            batch
+                .next_offsets
+                .insert(message.partition(), message.offset() + 1);
             batch.len += 1;
             match read(&message) {
                 Consumed::Issue(issue) => batch.issues.push(issue),
@@ -128,7 +134,9 @@ impl Worker {
     async fn process(&self, batch: Batch, shutdown: &CancellationToken) {
         let started = Instant::now();
         let Some(outcome) = self
-            .retry(shutdown, "persist batch", async || self.persist(&batch).await)
+            .retry(shutdown, "persist batch", async || {
+                self.persist(&batch).await
+            })
             .await
         else {
             return;
@@ -145,14 +153,21 @@ impl Worker {
             }
         }
         let topic = &self.config.kafka.issue_topic;
-        let mode = if shutdown.is_cancelled() { CommitMode::Sync } else { CommitMode::Async };
+        let mode = if shutdown.is_cancelled() {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
         if let Err(err) = commit(&self.consumer, topic, &batch.next_offsets, mode) {
             // Persisted but not committed: the events will be re-read and found present.
             tracing::warn!(error = %err, "offset commit failed");
         }
         tracing::debug!(
-            events = batch.len, inserted = outcome.inserted, duplicates = outcome.duplicates,
-            failed = outcome.failed.len(), elapsed_ms = started.elapsed().as_millis() as u64,
+            events = batch.len,
+            inserted = outcome.inserted,
+            duplicates = outcome.duplicates,
+            failed = outcome.failed.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "batch persisted"
         );
     }

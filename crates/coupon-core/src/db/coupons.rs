@@ -88,7 +88,10 @@ pub async fn user_coupons(
     coupon_issues::table
         .filter(coupon_issues::user_id.eq(user.get()))
         .select((coupon_issues::coupon_id, coupon_issues::issued_at))
-        .order((coupon_issues::issued_at.asc(), coupon_issues::coupon_id.asc()))
+        .order((
+            coupon_issues::issued_at.asc(),
+            coupon_issues::coupon_id.asc(),
+        ))
         .load(conn)
         .await
 }

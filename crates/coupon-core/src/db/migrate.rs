@@ -37,7 +37,8 @@ pub async fn run_migrations(database_url: &str) -> Result<usize, MigrateError> {
         let applied = conn.run_pending_migrations(MIGRATIONS).map(|v| v.len());
         // Unlock even when migrating failed; closing the connection would too, but
         // saying so keeps the lock's lifetime obvious.
-        let unlocked = conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"));
+        let unlocked =
+            conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"));
         let applied = applied.map_err(|e| failed(&e))?;
         unlocked.map_err(|e| failed(&e))?;
         Ok(applied)

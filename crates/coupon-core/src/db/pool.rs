@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use deadpool::{Runtime, managed::Timeouts};
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use deadpool::{Runtime, managed::Timeouts};
 use diesel_async::pooled_connection::deadpool::{BuildError, Pool};
 
 pub type PgPool = Pool<AsyncPgConnection>;

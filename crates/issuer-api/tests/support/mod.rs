@@ -1,7 +1,9 @@
 //! Per-test isolation on the real services: a fresh database, topic, consumer group and
 //! Redis key prefix for every test, the API bound to port 0, workers in-process.
 
-#![allow(dead_code)] // each test binary uses a different part of the harness
+// Each test binary uses a different part of the harness, and in a harness a panic is
+// exactly the failure report wanted.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
@@ -56,10 +58,15 @@ impl TestEnv {
         ];
 
         let api_config = issuer_api::config::Config::try_parse_from(
-            ["issuer-api", "--listen=127.0.0.1:0", "--http-workers=2", &format!("--admin-token={ADMIN_TOKEN}")]
-                .into_iter()
-                .map(String::from)
-                .chain(common.iter().cloned()),
+            [
+                "issuer-api",
+                "--listen=127.0.0.1:0",
+                "--http-workers=2",
+                &format!("--admin-token={ADMIN_TOKEN}"),
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain(common.iter().cloned()),
         )
         .unwrap();
         let app = Application::build(api_config).await.unwrap();
@@ -122,15 +129,26 @@ impl TestEnv {
 
     /// POST JSON, returning (status, body as JSON or Null).
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let mut response = self.client.post(self.url(path)).send_json(body).await.unwrap();
+        let mut response = self
+            .client
+            .post(self.url(path))
+            .send_json(body)
+            .await
+            .unwrap();
         let bytes = response.body().await.unwrap();
-        (response.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            response.status().as_u16(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let mut response = self.client.get(self.url(path)).send().await.unwrap();
         let bytes = response.body().await.unwrap();
-        (response.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            response.status().as_u16(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     pub async fn create_coupon(&self, body: Value) -> i64 {
@@ -147,16 +165,22 @@ impl TestEnv {
     }
 
     pub async fn coupon_with_quantity(&self, quantity: i64) -> i64 {
-        self.create_coupon(json!({ "name": "test", "totalQuantity": quantity })).await
-    }
-
-    pub async fn issue(&self, coupon: i64, user: i64) -> (u16, Value) {
-        self.post(&format!("/api/v1/coupons/{coupon}/issues"), &json!({ "userId": user }))
+        self.create_coupon(json!({ "name": "test", "totalQuantity": quantity }))
             .await
     }
 
+    pub async fn issue(&self, coupon: i64, user: i64) -> (u16, Value) {
+        self.post(
+            &format!("/api/v1/coupons/{coupon}/issues"),
+            &json!({ "userId": user }),
+        )
+        .await
+    }
+
     pub async fn pg(&self) -> AsyncPgConnection {
-        AsyncPgConnection::establish(&self.database_url).await.unwrap()
+        AsyncPgConnection::establish(&self.database_url)
+            .await
+            .unwrap()
     }
 
     /// The users holding `coupon` in PostgreSQL, sorted.
@@ -187,12 +211,19 @@ impl TestEnv {
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis_client().get_multiplexed_async_connection().await.unwrap()
+        redis_client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
     }
 
     pub async fn redis_set_size(&self, coupon: i64) -> i64 {
         let key = format!("{}coupon:{{{coupon}}}:issued", self.redis_prefix);
-        redis::cmd("SCARD").arg(key).query_async(&mut self.redis().await).await.unwrap()
+        redis::cmd("SCARD")
+            .arg(key)
+            .query_async(&mut self.redis().await)
+            .await
+            .unwrap()
     }
 
     /// A producer straight to the topic, to play redeliveries and poison messages.
@@ -218,8 +249,10 @@ impl TestEnv {
 }
 
 pub fn redis_client() -> redis::Client {
-    redis::Client::open(std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()))
-        .unwrap()
+    redis::Client::open(
+        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+    )
+    .unwrap()
 }
 
 /// Creates an empty database next to the configured one and migrates it.
@@ -265,7 +298,9 @@ pub async fn read_topic(topic: &str, expected: usize) -> Vec<TopicMessage> {
             .map(|h| {
                 h.iter()
                     .map(|header| {
-                        let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                        let value = header
+                            .value
+                            .map(|v| String::from_utf8_lossy(v).into_owned());
                         (header.key.to_owned(), value.unwrap_or_default())
                     })
                     .collect()
