@@ -57,8 +57,9 @@ redis_ping() {
 
 if redis_ping; then
   log "Redis answers on $REDIS_PORT: reusing it"
+elif command -v redis-server >/dev/null || apt_install redis-server; redis_ping; then
+  log "Redis answers on $REDIS_PORT after installing: reusing it"
 else
-  command -v redis-server >/dev/null || apt_install redis-server
   mkdir -p "$STATE/redis"
   # Append-only file, fsync every second: a restart keeps all but the last second.
   redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" \
@@ -72,14 +73,17 @@ fi
 # --- PostgreSQL -------------------------------------------------------------------------
 if port_open "$PG_PORT"; then
   log "PostgreSQL answers on $PG_PORT: reusing it"
+elif command -v pg_ctlcluster >/dev/null || apt_install postgresql; port_open "$PG_PORT"; then
+  log "PostgreSQL answers on $PG_PORT after installing: reusing it"
 else
-  command -v pg_ctlcluster >/dev/null || apt_install postgresql
   version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
   [ -n "$version" ] || die "no PostgreSQL server found under /usr/lib/postgresql"
   if ! pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$version main"; then
     as_root pg_createcluster "$version" main -p "$PG_PORT" >/dev/null
   fi
-  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  # The package may have created the cluster on another port; ours is the one on $PG_PORT.
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main status >/dev/null 2>&1 ||
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
   wait_for 30 PostgreSQL port_open "$PG_PORT"
   grep -qx "postgresql $version" "$STARTED" || echo "postgresql $version" >>"$STARTED"
   log "PostgreSQL $version started on $PG_PORT"
@@ -116,11 +120,14 @@ else
   fi
   mkdir -p "$STATE/tansu"
   # tansu resolves the sqlite path against its working directory.
-  (cd "$STATE/tansu" && nohup tansu broker \
-    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine "sqlite://tansu.db" >tansu.log 2>&1 &
-    echo $! >tansu.pid)
+  (
+    cd "$STATE/tansu"
+    nohup tansu broker \
+      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine "sqlite://tansu.db" >>tansu.log 2>&1 &
+    echo $! >tansu.pid
+  )
   wait_for 30 "the broker" port_open "$KAFKA_PORT"
   grep -qx tansu "$STARTED" || echo tansu >>"$STARTED"
   log "tansu broker started on $KAFKA_PORT (log in .local/tansu, messages in .local/tansu/tansu.db)"
