@@ -186,6 +186,9 @@ async fn two_workers_on_three_partitions_persist_every_event_once() {
     for (coupon, users) in winners {
         assert_eq!(env.rows_when_settled(coupon, users.len()).await, users);
     }
+    // Both topics were created by the services, with the configured partition count.
+    assert_eq!(support::partitions(&env.topic), 3);
+    assert_eq!(support::partitions(&format!("{}.dlq", env.topic)), 3);
     env.shutdown().await;
 }
 
@@ -452,5 +455,29 @@ async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
         keys,
         vec![format!("{}coupon:{{{coupon}}}:meta", env.redis_prefix)]
     );
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn a_coupon_missing_from_redis_is_loaded_from_postgresql() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(2).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    // Redis lost the coupon's meta (not its issued set): the next request loads it again.
+    let meta = format!("{}coupon:{{{coupon}}}:meta", env.redis_prefix);
+    let _: () = redis::cmd("DEL")
+        .arg(&meta)
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
+
+    assert_eq!(env.issue(coupon, 1).await.0, 409, "the issued set was kept");
+    assert_eq!(env.issue(coupon, 2).await.0, 201);
+    assert_eq!(
+        env.issue(coupon, 3).await.0,
+        410,
+        "the quantity came back with the meta"
+    );
+    assert_eq!(env.rows_when_settled(coupon, 2).await, vec![1, 2]);
     env.shutdown().await;
 }

@@ -325,3 +325,16 @@ pub async fn failed_events(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
         .await
         .unwrap()
 }
+
+/// How many partitions the broker reports for `topic`.
+pub fn partitions(topic: &str) -> usize {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    metadata.topics()[0].partitions().len()
+}
