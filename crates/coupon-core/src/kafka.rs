@@ -33,6 +33,9 @@ pub fn producer_config(
     config
         .set("acks", "all")
         .set("enable.idempotence", "true")
+        // Topics are created by `ensure_topics` with the configured partitions; a producer
+        // must never create one by naming it (librdkafka's producer default would).
+        .set("allow.auto.create.topics", "false")
         // A short linger batches concurrent requests into one produce without adding
         // noticeable latency to any of them.
         .set("linger.ms", "2")
@@ -73,4 +76,86 @@ pub async fn ensure_topics(args: &KafkaArgs) -> Result<(), KafkaError> {
         }
     }
     Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupWaitError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("consumer group {group} is still behind on {behind} partition(s) after {waited:?}")]
+    Behind {
+        group: String,
+        behind: usize,
+        waited: Duration,
+    },
+    #[error("waiting for the consumer group failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Waits until consumer group `group` has committed, on every partition of the issue topic,
+/// an offset at or past that partition's high-water mark as it is *now*: then every event
+/// published before this call is in PostgreSQL.
+pub async fn wait_for_group(
+    args: &KafkaArgs,
+    group: &str,
+    patience: Duration,
+) -> Result<(), GroupWaitError> {
+    let args = args.clone();
+    let group = group.to_owned();
+    tokio::task::spawn_blocking(move || wait_for_group_blocking(&args, &group, patience)).await?
+}
+
+fn wait_for_group_blocking(
+    args: &KafkaArgs,
+    group: &str,
+    patience: Duration,
+) -> Result<(), GroupWaitError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+    let started = std::time::Instant::now();
+    let topic = args.issue_topic.as_str();
+    // Reading a group's committed offsets does not join the group, so this never moves
+    // partitions away from the workers.
+    let consumer: BaseConsumer = client_config(args, "coupon-group-watch")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+    let mut targets = Vec::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (_, high) = consumer.fetch_watermarks(topic, partition.id(), REQUEST_TIMEOUT)?;
+        targets.push((partition.id(), high));
+    }
+    let mut list = TopicPartitionList::new();
+    for (partition, _) in &targets {
+        list.add_partition(topic, *partition);
+    }
+    loop {
+        let committed = consumer.committed_offsets(list.clone(), REQUEST_TIMEOUT)?;
+        let behind = targets
+            .iter()
+            .filter(|(partition, high)| {
+                match committed
+                    .find_partition(topic, *partition)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(offset)) => offset < *high,
+                    _ => *high > 0,
+                }
+            })
+            .count();
+        if behind == 0 {
+            return Ok(());
+        }
+        if started.elapsed() >= patience {
+            return Err(GroupWaitError::Behind {
+                group: group.to_owned(),
+                behind,
+                waited: started.elapsed(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

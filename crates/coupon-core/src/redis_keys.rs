@@ -11,6 +11,12 @@ pub struct CouponKeys {
     pub meta: String,
     /// Set of admitted user ids: its size is the number of slots taken.
     pub issued: String,
+    /// Hash user id → event JSON: admitted users whose event may or may not have reached
+    /// Kafka (publish timed out after sending). Their slot stays taken until the event is
+    /// acknowledged on a retry or by the reconciler.
+    pub in_doubt: String,
+    /// Present while one process rebuilds this coupon's state from PostgreSQL.
+    pub rebuilding: String,
 }
 
 impl CouponKeys {
@@ -20,7 +26,16 @@ impl CouponKeys {
         Self {
             meta: format!("{prefix}coupon:{{{coupon}}}:meta"),
             issued: format!("{prefix}coupon:{{{coupon}}}:issued"),
+            in_doubt: format!("{prefix}coupon:{{{coupon}}}:in_doubt"),
+            rebuilding: format!("{prefix}coupon:{{{coupon}}}:rebuilding"),
         }
+    }
+
+    /// Set of coupon ids that have in-doubt entries, so the reconciler finds them without
+    /// scanning the keyspace. A key of its own (another cluster slot), written after the
+    /// coupon's entry.
+    pub fn in_doubt_registry(prefix: &str) -> String {
+        format!("{prefix}coupons:in_doubt")
     }
 }
 
@@ -33,6 +48,7 @@ mod tests {
         let keys = CouponKeys::new("", CouponId::new(42).unwrap());
         assert_eq!(keys.meta, "coupon:{42}:meta");
         assert_eq!(keys.issued, "coupon:{42}:issued");
+        assert_eq!(keys.in_doubt, "coupon:{42}:in_doubt");
         let prefixed = CouponKeys::new("test-1:", CouponId::new(7).unwrap());
         assert_eq!(prefixed.issued, "test-1:coupon:{7}:issued");
     }

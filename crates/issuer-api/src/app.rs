@@ -8,55 +8,106 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use coupon_core::admission::AdmissionScripts;
+use coupon_core::db::coupons::all_coupon_ids;
 use coupon_core::db::migrate::run_migrations;
+use coupon_core::domain::CouponId;
 use coupon_core::kafka::ensure_topics;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::handlers::{self, AppState};
-use crate::issuing::Issuer;
+use crate::issuing::{Issuer, Rebuilt};
 use crate::publisher::Publisher;
+use crate::reconciler;
 
 /// Requests with bodies larger than this are refused with 413 before they are parsed.
 const MAX_BODY_BYTES: usize = 4 * 1024;
 /// How long in-flight requests get to finish, and events to be acknowledged, at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Connects to every dependency, migrating the database and creating missing topics on
+/// the way.
+pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
+    let applied = run_migrations(&config.database.database_url).await?;
+    tracing::info!(applied, "database schema is current");
+    ensure_topics(&config.kafka)
+        .await
+        .context("cannot create the Kafka topics")?;
+    Ok(Issuer {
+        redis: config
+            .redis
+            .connect()
+            .await
+            .context("cannot connect to Redis")?,
+        scripts: AdmissionScripts::new(config.redis.redis_key_prefix.clone()),
+        pool: config.database.pool()?,
+        publisher: Publisher::new(
+            &config.kafka,
+            Duration::from_millis(config.publish_timeout_ms),
+        )?,
+        kafka: config.kafka.clone(),
+        worker_group: config.worker_group_id.clone(),
+        rebuild_timeout: Duration::from_millis(config.rebuild_timeout_ms),
+    })
+}
+
+/// `issuer-api rebuild-redis`: rebuilds one coupon or all, printing what happened to
+/// each; fails if any could not be rebuilt.
+pub async fn rebuild_redis(
+    config: &Config,
+    coupon: Option<CouponId>,
+    all: bool,
+) -> anyhow::Result<()> {
+    let issuer = connect(config).await?;
+    let coupons = match (coupon, all) {
+        (Some(coupon), _) => vec![coupon],
+        (None, true) => {
+            let mut conn = issuer.pool.get().await?;
+            let ids = all_coupon_ids(&mut conn).await?;
+            ids.into_iter()
+                .filter_map(|id| CouponId::new(id).ok())
+                .collect()
+        }
+        (None, false) => anyhow::bail!("name a coupon with --coupon ID, or --all"),
+    };
+    let mut failed = 0;
+    for coupon in coupons {
+        match issuer.rebuild(coupon).await {
+            Ok(Rebuilt::Restored { holders }) => {
+                println!("coupon {coupon}: restored, {holders} holders");
+            }
+            Ok(Rebuilt::AlreadyRunning) => {
+                println!("coupon {coupon}: another process is rebuilding it");
+            }
+            Err(err) => {
+                failed += 1;
+                println!("coupon {coupon}: not rebuilt: {err}");
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} coupon(s) could not be rebuilt");
+    Ok(())
+}
+
 pub struct Application {
     server: Server,
     addr: SocketAddr,
-    publisher: Publisher,
+    issuer: Issuer,
+    reconcile_interval: Duration,
 }
 
 impl Application {
-    /// Connects to every dependency (migrating the database and creating missing topics
-    /// on the way) and binds the listener; serving starts with [`Application::run`].
+    /// Connects to every dependency and binds the listener; serving starts with
+    /// [`Application::run`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         anyhow::ensure!(
             !config.admin_token.is_empty(),
             "ISSUER_ADMIN_TOKEN must not be empty"
         );
-        let applied = run_migrations(&config.database.database_url).await?;
-        tracing::info!(applied, "database schema is current");
-        ensure_topics(&config.kafka)
-            .await
-            .context("cannot create the Kafka topics")?;
-        let publisher = Publisher::new(
-            &config.kafka,
-            Duration::from_millis(config.publish_timeout_ms),
-        )?;
-        let issuer = Issuer {
-            redis: config
-                .redis
-                .connect()
-                .await
-                .context("cannot connect to Redis")?,
-            scripts: AdmissionScripts::new(config.redis.redis_key_prefix.clone()),
-            pool: config.database.pool()?,
-            publisher: publisher.clone(),
-        };
+        let issuer = connect(&config).await?;
         let state = web::Data::new(AppState {
-            issuer,
+            issuer: issuer.clone(),
             admin_token: config.admin_token.clone(),
         });
 
@@ -86,7 +137,8 @@ impl Application {
         Ok(Self {
             server,
             addr,
-            publisher,
+            issuer,
+            reconcile_interval: Duration::from_millis(config.reconcile_interval_ms),
         })
     }
 
@@ -98,20 +150,27 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
-    /// finish, and flushes the producer.
+    /// Serves (and reconciles in-doubt reservations) until `shutdown` resolves, then
+    /// stops accepting, lets in-flight requests finish, and flushes the producer.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let handle = self.server.handle();
+        let stop_reconciler = CancellationToken::new();
+        let reconciling = tokio::spawn(reconciler::run(
+            self.issuer.clone(),
+            self.reconcile_interval,
+            stop_reconciler.clone(),
+        ));
         tokio::spawn(async move {
             shutdown.await;
             handle.stop(true).await;
         });
         self.server.await?;
-        let publisher = self.publisher;
-        tokio::task::spawn_blocking(move || publisher.flush(SHUTDOWN_GRACE)).await??;
+        stop_reconciler.cancel();
+        reconciling.await?;
+        self.issuer.publisher.flush(SHUTDOWN_GRACE).await?;
         tracing::info!("issuer-api stopped");
         Ok(())
     }

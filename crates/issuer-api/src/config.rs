@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use coupon_core::config::{DatabaseArgs, KafkaArgs, RedisArgs};
 use coupon_core::telemetry::LogArgs;
 
@@ -25,6 +25,18 @@ pub struct Config {
     /// How long the broker may take to acknowledge an event before the request answers 503.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 3000)]
     pub publish_timeout_ms: u64,
+    /// How often in-doubt events nobody retried are published again (and how old they
+    /// must be first, so a user's own retry goes first).
+    #[arg(long, env = "RECONCILE_INTERVAL_MS", default_value_t = 5000)]
+    pub reconcile_interval_ms: u64,
+    /// The workers' consumer group: rebuilding a coupon's Redis state waits for it to
+    /// reach the end of the topic.
+    #[arg(long, env = "WORKER_GROUP_ID", default_value = "coupon-issue-worker")]
+    pub worker_group_id: String,
+    /// How long a rebuild waits for the workers before giving up (requests keep answering
+    /// 503 and the next one tries again).
+    #[arg(long, env = "REBUILD_TIMEOUT_MS", default_value_t = 30_000)]
+    pub rebuild_timeout_ms: u64,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
@@ -33,6 +45,25 @@ pub struct Config {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Serve the HTTP API (what runs without a command).
+    Serve,
+    /// Rebuild coupons' Redis state from PostgreSQL after Redis lost it: waits for the
+    /// workers to persist everything already published, then restores quantity, window and
+    /// every holder. Admission for a coupon stays closed (503) until its state is back.
+    RebuildRedis {
+        /// The coupon to rebuild.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        coupon: Option<coupon_core::domain::CouponId>,
+        /// Every coupon PostgreSQL knows.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[cfg(test)]

@@ -34,6 +34,9 @@ pub enum ApiError {
         #[source]
         cause: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Redis lost this coupon's state; admission reopens once it is rebuilt.
+    #[error("coupon {0} is being restored from PostgreSQL; retry shortly")]
+    Rebuilding(i64),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -64,7 +67,7 @@ impl ApiError {
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            Self::Unavailable { .. } => "UNAVAILABLE",
+            Self::Unavailable { .. } | Self::Rebuilding(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -79,7 +82,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Rebuilding(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -89,6 +92,9 @@ impl ResponseError for ApiError {
         match self {
             Self::Unavailable { what, cause } => {
                 tracing::warn!(dependency = what, error = %cause, "answering 503");
+                response.insert_header((RETRY_AFTER, "1"));
+            }
+            Self::Rebuilding(_) => {
                 response.insert_header((RETRY_AFTER, "1"));
             }
             Self::Internal(cause) => tracing::error!(error = %cause, "answering 500"),

@@ -1,17 +1,29 @@
 //! Issuing one coupon to one user: admit in Redis, publish to Kafka, answer.
 //!
-//! Invariant: a SUCCESS answer is given only after the broker acknowledged the event, and
-//! a slot whose event could not be published is given back, so that stock never leaks.
+//! Invariants: a SUCCESS answer is given only after the broker acknowledged the event.
+//! Every slot taken ends either given back (the event certainly never reached the log) or
+//! as exactly one row (the event was, or may have been, published: it is held in doubt
+//! and published again until acknowledged; the sink is idempotent).
+
+use std::time::Duration;
 
 use coupon_core::admission::{AdmissionScripts, AdmitReply};
-use coupon_core::db::coupons::find_coupon;
+use coupon_core::config::KafkaArgs;
+use coupon_core::db::coupons::{coupon_holders, find_coupon};
 use coupon_core::db::pool::PgPool;
 use coupon_core::domain::{Admission, CouponId, UserId};
 use coupon_core::event::IssueEvent;
+use coupon_core::kafka::wait_for_group;
 use redis::aio::ConnectionManager;
 
 use crate::error::ApiError;
+use coupon_core::producer::Persistence;
+
 use crate::publisher::Publisher;
+
+/// A rebuild lease outlives the longest rebuild wait, so two never overlap; a crashed
+/// rebuilder's lease runs out and the next request starts over.
+const REBUILD_LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct Issuer {
@@ -19,6 +31,18 @@ pub struct Issuer {
     pub scripts: AdmissionScripts,
     pub pool: PgPool,
     pub publisher: Publisher,
+    pub kafka: KafkaArgs,
+    pub worker_group: String,
+    pub rebuild_timeout: Duration,
+}
+
+/// What an explicit rebuild did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rebuilt {
+    /// Restored with this many holders.
+    Restored { holders: usize },
+    /// Another process is rebuilding this coupon right now.
+    AlreadyRunning,
 }
 
 impl Issuer {
@@ -37,50 +61,127 @@ impl Issuer {
         coupon: CouponId,
         user: UserId,
     ) -> Result<Admission, ApiError> {
-        let mut redis = self.redis.clone();
-        let mut reply = self.scripts.admit(&mut redis, coupon, user).await?;
-        if reply == AdmitReply::NotLoaded {
-            self.load_coupon(coupon).await?;
-            reply = self.scripts.admit(&mut redis, coupon, user).await?;
-        }
-        let AdmitReply::Decided { admission, at } = reply else {
-            return Err(ApiError::unavailable(
-                "redis",
-                "coupon state vanished from Redis while loading it",
-            ));
-        };
-        if admission != Admission::Success {
-            return Ok(admission);
-        }
-
-        let event = IssueEvent::new(coupon, user, at);
-        match self.publisher.publish(&event).await {
-            Ok(()) => Ok(Admission::Success),
-            Err(publish_err) => {
-                if let Err(release_err) = self.scripts.release(&mut redis, coupon, user).await {
-                    tracing::error!(
-                        coupon = %coupon, user = %user, error = %release_err,
-                        "publish failed and the slot could not be released"
-                    );
-                }
-                Err(ApiError::unavailable("kafka", publish_err))
-            }
+        match self
+            .scripts
+            .admit(&mut self.redis.clone(), coupon, user)
+            .await?
+        {
+            AdmitReply::NotLoaded => Err(self.start_rebuild(coupon).await),
+            AdmitReply::InDoubt(event) => self.republish(&event).await.map(|()| Admission::Success),
+            AdmitReply::Decided {
+                admission: Admission::Success,
+                at,
+            } => self
+                .publish_new(&IssueEvent::new(coupon, user, at))
+                .await
+                .map(|()| Admission::Success),
+            AdmitReply::Decided { admission, .. } => Ok(admission),
         }
     }
 
-    /// Redis has no state for this coupon (first request after a Redis restart, say):
-    /// cache its quantity and window from PostgreSQL, without touching any issued set.
-    async fn load_coupon(&self, id: CouponId) -> Result<(), ApiError> {
-        let mut conn = self.pool.get().await?;
-        let coupon = find_coupon(&mut conn, id)
-            .await?
-            .ok_or(ApiError::CouponNotFound(id.get()))?;
-        drop(conn);
-        let wrote = self
-            .scripts
-            .load_meta(&mut self.redis.clone(), &coupon)
+    async fn publish_new(&self, event: &IssueEvent) -> Result<(), ApiError> {
+        let Err(failure) = self.publisher.publish(event).await else {
+            return Ok(());
+        };
+        let mut redis = self.redis.clone();
+        let (coupon, user) = (event.coupon_id, event.user_id);
+        match failure.persistence {
+            // The event never reached the log: the slot goes back to the stock now.
+            Persistence::NotPersisted => {
+                if let Err(err) = self.scripts.release(&mut redis, coupon, user).await {
+                    tracing::error!(%coupon, %user, error = %err,
+                        "publish certainly failed and the slot could not be released");
+                }
+            }
+            // The broker may have it: keep the slot and publish again until acknowledged.
+            Persistence::PossiblyPersisted => {
+                if let Err(err) = self.scripts.mark_in_doubt(&mut redis, event).await {
+                    tracing::error!(%coupon, %user, error = %err,
+                        "publish may have failed and could not be marked in doubt");
+                } else {
+                    tracing::warn!(%coupon, %user, "publish in doubt; the slot is held");
+                }
+            }
+        }
+        Err(ApiError::unavailable("kafka", failure))
+    }
+
+    /// Publishes an in-doubt event again; on acknowledgement the user's slot is settled.
+    /// A second failure leaves it in doubt, whatever its kind: the first attempt may
+    /// still have reached the log.
+    pub async fn republish(&self, event: &IssueEvent) -> Result<(), ApiError> {
+        self.publisher
+            .publish(event)
+            .await
+            .map_err(|e| ApiError::unavailable("kafka", e))?;
+        self.scripts
+            .resolve_in_doubt(&mut self.redis.clone(), event)
             .await?;
-        tracing::info!(coupon = %id, wrote, "loaded coupon meta into Redis from PostgreSQL");
         Ok(())
+    }
+
+    /// Redis has no state for this coupon (Redis restarted empty, say): answer 404 at once
+    /// if PostgreSQL does not know it either, else start rebuilding in the background and
+    /// answer 503 until admission reopens.
+    async fn start_rebuild(&self, coupon: CouponId) -> ApiError {
+        let exists = async {
+            let mut conn = self.pool.get().await?;
+            Ok::<_, ApiError>(find_coupon(&mut conn, coupon).await?.is_some())
+        };
+        match exists.await {
+            Ok(true) => {}
+            Ok(false) => return ApiError::CouponNotFound(coupon.get()),
+            Err(err) => return err,
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = this.rebuild(coupon).await {
+                tracing::warn!(%coupon, error = %err, "rebuilding the coupon's Redis state failed");
+            }
+        });
+        ApiError::Rebuilding(coupon.get())
+    }
+
+    /// Restores one coupon's Redis state from PostgreSQL, safely: first the workers must
+    /// have persisted every event published so far, so that PostgreSQL's holders plus the
+    /// in-doubt entries are everyone who won. Only then is the meta written, which reopens
+    /// admission.
+    pub async fn rebuild(&self, coupon: CouponId) -> Result<Rebuilt, ApiError> {
+        let mut redis = self.redis.clone();
+        let lease = self.rebuild_timeout + REBUILD_LEASE_MARGIN;
+        if !self
+            .scripts
+            .try_lease_rebuild(&mut redis, coupon, lease)
+            .await?
+        {
+            return Ok(Rebuilt::AlreadyRunning);
+        }
+        let rebuilt = self.rebuild_leased(coupon).await;
+        if let Err(err) = self.scripts.end_rebuild_lease(&mut redis, coupon).await {
+            tracing::warn!(%coupon, error = %err, "rebuild lease not released; it will expire");
+        }
+        rebuilt
+    }
+
+    async fn rebuild_leased(&self, coupon: CouponId) -> Result<Rebuilt, ApiError> {
+        tracing::info!(%coupon, group = %self.worker_group, "rebuild: waiting for the workers to reach the end of the topic");
+        wait_for_group(&self.kafka, &self.worker_group, self.rebuild_timeout)
+            .await
+            .map_err(|e| ApiError::unavailable("kafka", e))?;
+        let (record, mut holders) = {
+            let mut conn = self.pool.get().await?;
+            let record = find_coupon(&mut conn, coupon)
+                .await?
+                .ok_or(ApiError::CouponNotFound(coupon.get()))?;
+            (record, coupon_holders(&mut conn, coupon).await?)
+        };
+        let mut redis = self.redis.clone();
+        let in_doubt = self.scripts.in_doubt_events(&mut redis, coupon).await?;
+        holders.extend(in_doubt.iter().map(|e| e.user_id.get()));
+        self.scripts.restore(&mut redis, &record, &holders).await?;
+        tracing::info!(%coupon, holders = holders.len(), "rebuild: admission reopened");
+        Ok(Rebuilt::Restored {
+            holders: holders.len(),
+        })
     }
 }

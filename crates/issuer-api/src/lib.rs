@@ -8,3 +8,4 @@ pub mod error;
 pub mod handlers;
 pub mod issuing;
 pub mod publisher;
+pub mod reconciler;

@@ -1,14 +1,19 @@
 use clap::Parser;
 use coupon_core::{shutdown, telemetry};
-use issuer_api::app::Application;
-use issuer_api::config::Config;
+use issuer_api::app::{self, Application};
+use issuer_api::config::{Command, Config};
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init(&config.log);
-    Application::build(config)
-        .await?
-        .run(shutdown::signal())
-        .await
+    match config.command.clone().unwrap_or(Command::Serve) {
+        Command::Serve => {
+            Application::build(config)
+                .await?
+                .run(shutdown::signal())
+                .await
+        }
+        Command::RebuildRedis { coupon, all } => app::rebuild_redis(&config, coupon, all).await,
+    }
 }

@@ -459,11 +459,12 @@ async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
 }
 
 #[actix_web::test]
-async fn a_coupon_missing_from_redis_is_loaded_from_postgresql() {
+async fn a_coupon_missing_from_redis_is_rebuilt_from_postgresql() {
     let env = TestEnv::start(1).await;
     let coupon = env.coupon_with_quantity(2).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
-    // Redis lost the coupon's meta (not its issued set): the next request loads it again.
+    env.rows_when_settled(coupon, 1).await;
+    // Redis lost the coupon's meta (not its issued set): admission closes until rebuilt.
     let meta = format!("{}coupon:{{{coupon}}}:meta", env.redis_prefix);
     let _: () = redis::cmd("DEL")
         .arg(&meta)
@@ -471,8 +472,18 @@ async fn a_coupon_missing_from_redis_is_loaded_from_postgresql() {
         .await
         .unwrap();
 
-    assert_eq!(env.issue(coupon, 1).await.0, 409, "the issued set was kept");
-    assert_eq!(env.issue(coupon, 2).await.0, 201);
+    let (status, body) = env.issue(coupon, 2).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &json!("UNAVAILABLE")),
+        "{body}"
+    );
+    assert_eq!(
+        env.issue_retrying(coupon, 1).await.0,
+        409,
+        "the holder is still known"
+    );
+    assert_eq!(env.issue_retrying(coupon, 2).await.0, 201);
     assert_eq!(
         env.issue(coupon, 3).await.0,
         410,

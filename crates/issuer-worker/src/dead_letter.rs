@@ -5,31 +5,29 @@ use std::time::Duration;
 
 use coupon_core::config::KafkaArgs;
 use coupon_core::db::batch_insert::FailedEvent;
-use coupon_core::kafka::producer_config;
+use coupon_core::producer::{Producer, PublishError};
 use futures_util::future::try_join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
 
 const DLQ_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
 }
 
 impl DeadLetters {
     pub fn new(args: &KafkaArgs) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: producer_config(args, "issuer-worker-dlq", DLQ_MESSAGE_TIMEOUT).create()?,
+            producer: Producer::new(args, "issuer-worker-dlq", DLQ_MESSAGE_TIMEOUT)?,
             topic: args.dlq_topic(),
         })
     }
 
     /// Publishes every failed event and waits for all acknowledgements; an error means
     /// some may not have arrived, and the caller must not commit past them.
-    pub async fn publish(&self, failed: &[FailedEvent]) -> Result<(), KafkaError> {
+    pub async fn publish(&self, failed: &[FailedEvent]) -> Result<(), PublishError> {
         try_join_all(failed.iter().map(|event| {
             let headers = OwnedHeaders::new()
                 .insert(Header {
@@ -44,24 +42,18 @@ impl DeadLetters {
                     key: "source",
                     value: Some(event.source.as_str()),
                 });
+            let key = event.coupon_id.map(|id| id.to_string()).unwrap_or_default();
             async move {
-                let key = event.coupon_id.map(|id| id.to_string()).unwrap_or_default();
-                let record = FutureRecord::to(&self.topic)
-                    .key(&key)
-                    .payload(&event.payload)
-                    .headers(headers);
                 self.producer
-                    .send(record, Timeout::After(DLQ_MESSAGE_TIMEOUT))
+                    .send(&self.topic, key.as_bytes(), &event.payload, Some(headers))
                     .await
-                    .map(|_| ())
-                    .map_err(|(err, _)| err)
             }
         }))
         .await
         .map(|_| ())
     }
 
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
+    pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout).await
     }
 }

@@ -84,8 +84,7 @@ impl Worker {
         // Leaving the group now hands our partitions over at once instead of after the
         // session timeout; everything persisted was committed batch by batch.
         self.consumer.unsubscribe();
-        let dead_letters = self.dead_letters;
-        tokio::task::spawn_blocking(move || dead_letters.flush(SHUTDOWN_GRACE)).await??;
+        self.dead_letters.flush(SHUTDOWN_GRACE).await?;
         tracing::info!("issuer-worker stopped");
         Ok(())
     }

@@ -95,3 +95,24 @@ pub async fn user_coupons(
         .load(conn)
         .await
 }
+
+/// Every user holding the coupon in PostgreSQL.
+pub async fn coupon_holders(
+    conn: &mut AsyncPgConnection,
+    coupon: CouponId,
+) -> QueryResult<Vec<i64>> {
+    coupon_issues::table
+        .filter(coupon_issues::coupon_id.eq(coupon.get()))
+        .select(coupon_issues::user_id)
+        .load(conn)
+        .await
+}
+
+/// Every coupon id, oldest first.
+pub async fn all_coupon_ids(conn: &mut AsyncPgConnection) -> QueryResult<Vec<i64>> {
+    coupons::table
+        .select(coupons::id)
+        .order(coupons::id)
+        .load(conn)
+        .await
+}

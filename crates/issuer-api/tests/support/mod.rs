@@ -37,13 +37,26 @@ pub struct TestEnv {
     pub topic: String,
     pub group: String,
     pub redis_prefix: String,
+    pub brokers: String,
     api: actix_web::dev::ServerHandle,
     workers: Vec<CancellationToken>,
 }
 
 impl TestEnv {
-    /// A running API and `workers` worker instances (each its own group member).
+    /// A running API and `workers` worker instances (each its own group member), on the
+    /// `make up` services.
     pub async fn start(workers: usize) -> TestEnv {
+        Self::start_on(&brokers(), workers).await
+    }
+
+    /// The same on the broker at `brokers`.
+    pub async fn start_on(brokers: &str, workers: usize) -> TestEnv {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
+                .with_test_writer()
+                .try_init();
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let database_url = create_database(&format!("coupon_test_{id}")).await;
         let topic = format!("coupon-issue-test-{id}");
@@ -53,8 +66,12 @@ impl TestEnv {
             format!("--database-url={database_url}"),
             format!("--issue-topic={topic}"),
             format!("--redis-key-prefix={redis_prefix}"),
-            format!("--kafka-brokers={}", brokers()),
+            format!("--kafka-brokers={brokers}"),
             "--database-pool-size=4".to_owned(),
+            format!("--worker-group-id={group}"),
+            "--publish-timeout-ms=3000".to_owned(),
+            "--reconcile-interval-ms=500".to_owned(),
+            "--rebuild-timeout-ms=20000".to_owned(),
         ];
 
         let api_config = issuer_api::config::Config::try_parse_from(
@@ -84,6 +101,7 @@ impl TestEnv {
             topic,
             group,
             redis_prefix,
+            brokers: brokers.to_owned(),
             api,
             workers: Vec::new(),
         };
@@ -99,7 +117,7 @@ impl TestEnv {
             format!("--database-url={}", self.database_url),
             format!("--issue-topic={}", self.topic),
             format!("--group-id={}", self.group),
-            format!("--kafka-brokers={}", brokers()),
+            format!("--kafka-brokers={}", self.brokers),
             format!("--batch-size={batch_size}"),
             "--batch-linger-ms=10".into(),
             "--database-pool-size=2".into(),
@@ -107,8 +125,11 @@ impl TestEnv {
     }
 
     pub async fn start_worker(&mut self, batch_size: u32) {
-        let config =
-            issuer_worker::config::Config::try_parse_from(self.worker_args(batch_size)).unwrap();
+        self.start_worker_with(self.worker_args(batch_size)).await;
+    }
+
+    pub async fn start_worker_with(&mut self, args: Vec<String>) {
+        let config = issuer_worker::config::Config::try_parse_from(args).unwrap();
         let worker = issuer_worker::worker::Worker::build(config).await.unwrap();
         let token = CancellationToken::new();
         self.workers.push(token.clone());
@@ -226,10 +247,51 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// Users whose publish is in doubt for `coupon`, sorted.
+    pub async fn in_doubt_entries(&self, coupon: i64) -> Vec<i64> {
+        let key = format!("{}coupon:{{{coupon}}}:in_doubt", self.redis_prefix);
+        let mut users: Vec<i64> = redis::cmd("HKEYS")
+            .arg(key)
+            .query_async(&mut self.redis().await)
+            .await
+            .unwrap();
+        users.sort_unstable();
+        users
+    }
+
+    /// Deletes every Redis key of this test, as FLUSHALL would on a Redis of its own.
+    pub async fn flush_redis(&self) {
+        let mut redis = self.redis().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.redis_prefix))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Issues until the answer is not a 503, as a client honouring Retry-After would.
+    pub async fn issue_retrying(&self, coupon: i64, user: i64) -> (u16, Value) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = self.issue(coupon, user).await;
+            if answer.0 != 503 || Instant::now() > deadline {
+                return answer;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// A producer straight to the topic, to play redeliveries and poison messages.
     pub async fn produce_raw(&self, topic: &str, key: &str, payload: &[u8]) {
         let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", &self.brokers)
             .create()
             .unwrap();
         producer
@@ -326,11 +388,134 @@ pub async fn failed_events(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
         .unwrap()
 }
 
-/// How many partitions the broker reports for `topic`.
+/// A tansu broker of the test's own (in-memory storage), so that the test may kill or
+/// freeze it without disturbing other tests.
+pub struct OwnBroker {
+    pub brokers: String,
+    child: std::process::Child,
+}
+
+impl OwnBroker {
+    pub fn start() -> OwnBroker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu is installed (make up installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OwnBroker {
+            brokers: format!("127.0.0.1:{port}"),
+            child,
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut (every connection dropped,
+/// new ones refused) and restore: a database outage as the worker sees it.
+pub struct CuttableProxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl CuttableProxy {
+    pub async fn start(target: &str) -> CuttableProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let target = target.to_owned();
+        let (cut_flag, generations) = (cut.clone(), generation.clone());
+        actix_web::rt::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if std::sync::atomic::AtomicBool::load(&cut_flag, Ordering::SeqCst) {
+                    continue; // dropped: connection refused, in effect
+                }
+                let target = target.clone();
+                let mut cut_seen = generations.subscribe();
+                actix_web::rt::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_seen.changed() => {}
+                    }
+                });
+            }
+        });
+        CuttableProxy {
+            port,
+            cut,
+            generation,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `database_url` with its host and port replaced by this proxy's.
+    pub fn url_for(&self, database_url: &str) -> String {
+        let (scheme_auth, rest) = database_url.rsplit_once('@').unwrap();
+        let (_, path) = rest.split_once('/').unwrap();
+        format!("{scheme_auth}@127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+/// How many partitions the `make up` broker reports for `topic`.
 pub fn partitions(topic: &str) -> usize {
+    partitions_on(&brokers(), topic)
+}
+
+pub fn partitions_on(brokers: &str, topic: &str) -> usize {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false")
         .create()
         .unwrap();
     let metadata = consumer

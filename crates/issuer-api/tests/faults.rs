@@ -1,0 +1,264 @@
+//! Failure semantics on real infrastructure: publishes that fail for certain or in doubt,
+//! a database outage under the worker, Redis losing a coupon's state, and the database's
+//! own guard against oversell.
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use clap::Parser;
+use coupon_core::domain::{CouponId, UserId};
+use coupon_core::event::IssueEvent;
+use serde_json::json;
+use support::{CuttableProxy, OwnBroker, TestEnv};
+
+#[actix_web::test]
+async fn a_publish_that_never_left_gives_the_slot_back_at_once() {
+    let broker = OwnBroker::start();
+    let env = TestEnv::start_on(&broker.brokers, 0).await;
+    let coupon = env.coupon_with_quantity(1).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    let rival = env.coupon_with_quantity(1).await;
+
+    // The broker is gone: nothing can leave the producer.
+    broker.signal("KILL");
+    let started = std::time::Instant::now();
+    let (status, body) = env.issue(rival, 2).await;
+
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &json!("UNAVAILABLE")),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "503 came fast: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        env.redis_set_size(rival).await,
+        0,
+        "the slot went back to the stock"
+    );
+    assert!(env.in_doubt_entries(rival).await.is_empty());
+    let (_, view) = env.get(&format!("/api/v1/coupons/{rival}")).await;
+    assert_eq!(view["remaining"], 1);
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn publishing_to_a_topic_that_does_not_exist_is_a_certain_failure() {
+    use coupon_core::producer::Persistence;
+    let broker = OwnBroker::start();
+    let topic = format!("no-such-topic-{}", uuid::Uuid::new_v4());
+    let args = coupon_core::config::KafkaArgs {
+        kafka_brokers: broker.brokers.clone(),
+        issue_topic: topic.clone(),
+        topic_partitions: 3,
+        topic_replication: 1,
+    };
+    let publisher =
+        issuer_api::publisher::Publisher::new(&args, Duration::from_millis(2000)).unwrap();
+    let event = IssueEvent::new(
+        CouponId::new(1).unwrap(),
+        UserId::new(1).unwrap(),
+        Utc::now(),
+    );
+
+    let failure = publisher
+        .publish(&event)
+        .await
+        .expect_err("no topic, no acknowledgement");
+
+    assert_eq!(failure.persistence, Persistence::NotPersisted, "{failure}");
+    assert_eq!(
+        support::partitions_on(&broker.brokers, &topic),
+        0,
+        "naming it did not create it"
+    );
+}
+
+#[actix_web::test]
+async fn a_publish_in_doubt_holds_the_slot_and_the_retry_or_the_reconciler_settles_it() {
+    let broker = OwnBroker::start();
+    let env = TestEnv::start_on(&broker.brokers, 1).await;
+    let coupon = env.coupon_with_quantity(3).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    env.rows_when_settled(coupon, 1).await;
+    let mut env = env;
+    env.stop_workers().await;
+
+    // A frozen broker takes the produce request and never answers it: the events left
+    // the producer and may be in the log.
+    broker.signal("STOP");
+    let (a, b) = futures_util::future::join(env.issue(coupon, 2), env.issue(coupon, 3)).await;
+    assert_eq!((a.0, b.0), (503, 503), "{a:?} {b:?}");
+    assert_eq!(env.in_doubt_entries(coupon).await, vec![2, 3]);
+    assert_eq!(
+        env.redis_set_size(coupon).await,
+        3,
+        "in-doubt slots stay taken"
+    );
+    let (_, pending) = env.get(&format!("/api/v1/coupons/{coupon}/issues/2")).await;
+    assert_eq!(pending["status"], "PENDING");
+    assert_eq!(
+        env.issue(coupon, 4).await.0,
+        410,
+        "held slots are not sold twice"
+    );
+
+    broker.signal("CONT");
+    // User 2 retries and is told the truth; user 3 never comes back: the reconciler
+    // publishes theirs.
+    let (status, body) = env.issue_retrying(coupon, 2).await;
+    assert_eq!(
+        (status, &body["result"]),
+        (201, &json!("SUCCESS")),
+        "{body}"
+    );
+    env.start_worker(500).await;
+    assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !env.in_doubt_entries(coupon).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reconciler settled nothing"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(env.issue(coupon, 3).await.0, 409);
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn the_worker_rides_out_a_postgresql_outage_without_skipping_or_duplicating() {
+    let mut env = TestEnv::start(0).await;
+    let proxy = CuttableProxy::start("127.0.0.1:5432").await;
+    let mut args = env.worker_args(10);
+    args[1] = format!("--database-url={}", proxy.url_for(&env.database_url));
+    args.push("--retry-max-ms=500".into());
+    env.start_worker_with(args).await;
+    let coupon = env.coupon_with_quantity(100).await;
+    for user in 1..=5 {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+    env.rows_when_settled(coupon, 5).await;
+
+    proxy.cut();
+    for user in 6..=40 {
+        assert_eq!(
+            env.issue(coupon, user).await.0,
+            201,
+            "the API does not need the worker"
+        );
+    }
+    actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        env.rows(coupon).await.len(),
+        5,
+        "nothing can be written while PostgreSQL is away"
+    );
+
+    proxy.restore();
+    assert_eq!(
+        env.rows_when_settled(coupon, 40).await,
+        (1..=40).collect::<Vec<_>>()
+    );
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn postgresql_refuses_more_rows_than_the_quantity_and_keeps_the_surplus() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    // Admissions Redis never made (as if it had lost its state and admitted again).
+    for user in 1..=8 {
+        let event = IssueEvent::new(
+            CouponId::new(coupon).unwrap(),
+            UserId::new(user).unwrap(),
+            Utc::now(),
+        );
+        env.produce_raw(&env.topic, &event.key(), &event.encode())
+            .await;
+    }
+
+    assert_eq!(
+        env.rows_when_settled(coupon, 5).await,
+        vec![1, 2, 3, 4, 5],
+        "first come, first served"
+    );
+    let failed = support::failed_events(&env).await;
+    let surplus: Vec<i64> = failed
+        .iter()
+        .map(|(reason, payload)| {
+            assert_eq!(reason, "OVER_QUANTITY");
+            IssueEvent::decode(payload).unwrap().user_id.get()
+        })
+        .collect();
+    assert_eq!(surplus, vec![6, 7, 8]);
+    let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
+    assert_eq!(view["persistedCount"], 5);
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn after_redis_loses_everything_the_rebuild_restores_every_holder() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(10).await;
+    for user in 1..=6 {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+
+    env.flush_redis().await;
+    // The operator's explicit rebuild, as `issuer-api rebuild-redis --coupon ID` runs it.
+    let config = issuer_api::config::Config::try_parse_from([
+        "issuer-api".to_owned(),
+        format!("--database-url={}", env.database_url),
+        format!("--issue-topic={}", env.topic),
+        format!("--redis-key-prefix={}", env.redis_prefix),
+        format!("--worker-group-id={}", env.group),
+        "--admin-token=unused".to_owned(),
+        "rebuild-redis".to_owned(),
+        format!("--coupon={coupon}"),
+    ])
+    .unwrap();
+    issuer_api::app::rebuild_redis(&config, Some(CouponId::new(coupon).unwrap()), false)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        env.redis_set_size(coupon).await,
+        6,
+        "every earlier winner is known again"
+    );
+    for user in 1..=6 {
+        assert_eq!(env.issue(coupon, user).await.0, 409);
+    }
+    for user in 7..=10 {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+    assert_eq!(env.issue(coupon, 11).await.0, 410);
+    assert_eq!(
+        env.rows_when_settled(coupon, 10).await,
+        (1..=10).collect::<Vec<_>>()
+    );
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn after_redis_loses_everything_requests_wait_for_the_lazy_rebuild() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(4).await;
+    for user in 1..=3 {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+    env.flush_redis().await;
+
+    assert_eq!(env.issue(coupon, 4).await.0, 503, "closed until rebuilt");
+    assert_eq!(env.issue_retrying(coupon, 2).await.0, 409);
+    assert_eq!(env.issue_retrying(coupon, 4).await.0, 201);
+    assert_eq!(env.issue(coupon, 5).await.0, 410, "never oversold");
+    assert_eq!(env.rows_when_settled(coupon, 4).await, vec![1, 2, 3, 4]);
+    env.shutdown().await;
+}
