@@ -4,12 +4,15 @@
 //! most once. The whole check-and-add runs as one script, so no interleaving of
 //! requests, replicas or connections can break it (the seed lost this race without Lua).
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionLike;
 use redis::{AsyncCommands, RedisError, Script};
+use uuid::Uuid;
 
 use crate::domain::{Admission, Coupon, CouponId, UserId};
-use crate::event::IssueEvent;
+use crate::event::{EVENT_VERSION, IssueEvent};
 use crate::redis_keys::CouponKeys;
 
 /// Users added per SADD when restoring a coupon's issued set, so one command never
@@ -21,13 +24,60 @@ const RESTORE_CHUNK: usize = 10_000;
 pub enum AdmitReply {
     /// Redis holds no state for this coupon: rebuild it from PostgreSQL, then ask again.
     NotLoaded,
-    Decided {
-        admission: Admission,
-        /// Redis's clock at the decision.
-        at: DateTime<Utc>,
-    },
+    /// A slot was taken for this user just now; publish this event.
+    Admitted(IssueEvent),
+    Refused(Admission),
     /// The user holds a slot whose event may not have reached Kafka: publish it again.
     InDoubt(IssueEvent),
+}
+
+/// Where a pending (admitted, not yet acknowledged) slot stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingState {
+    /// Its first publish is under way (or its API died during it).
+    InFlight,
+    /// Its publish ended without knowing whether the broker has it.
+    Doubt,
+}
+
+/// The pending entry's text: `"<eventId> <issuedMs> <state>"`, as the scripts read it.
+fn pending_entry(event: &IssueEvent, state: PendingState) -> String {
+    let state = match state {
+        PendingState::InFlight => "inflight",
+        PendingState::Doubt => "doubt",
+    };
+    format!(
+        "{} {} {state}",
+        event.event_id,
+        event.issued_at.timestamp_millis()
+    )
+}
+
+fn pending_event(coupon: CouponId, user: UserId, entry: &str) -> Result<IssueEvent, RedisError> {
+    let unreadable = || {
+        RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unreadable pending entry",
+            entry.to_owned(),
+        ))
+    };
+    let mut parts = entry.split(' ');
+    let event_id = parts
+        .next()
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(unreadable)?;
+    let issued_at = parts
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .and_then(DateTime::from_timestamp_millis)
+        .ok_or_else(unreadable)?;
+    Ok(IssueEvent {
+        v: EVENT_VERSION,
+        event_id,
+        coupon_id: coupon,
+        user_id: user,
+        issued_at,
+    })
 }
 
 /// The scripts, hashed once; redis-rs runs them by EVALSHA and falls back to EVAL
@@ -36,6 +86,7 @@ pub enum AdmitReply {
 pub struct AdmissionScripts {
     key_prefix: String,
     admit: Script,
+    release: Script,
     load_meta: Script,
 }
 
@@ -44,6 +95,7 @@ impl AdmissionScripts {
         Self {
             key_prefix: key_prefix.into(),
             admit: Script::new(include_str!("scripts/admission.lua")),
+            release: Script::new(include_str!("scripts/release.lua")),
             load_meta: Script::new(include_str!("scripts/load_meta.lua")),
         }
     }
@@ -52,103 +104,124 @@ impl AdmissionScripts {
         CouponKeys::new(&self.key_prefix, coupon)
     }
 
+    /// `publish_window` bounds a first publish (the producer's message timeout plus a
+    /// margin): a pending entry older than that whose publish never reported back belongs
+    /// to an API that died, and is treated as in doubt.
     pub async fn admit<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: CouponId,
         user: UserId,
+        publish_window: Duration,
     ) -> Result<AdmitReply, RedisError> {
         let keys = self.keys(coupon);
+        let event_id = Uuid::new_v4();
         let (code, now_ms, pending): (i64, i64, String) = self
             .admit
             .key(&keys.meta)
             .key(&keys.issued)
-            .key(&keys.in_doubt)
+            .key(&keys.pending)
             .arg(user.get())
+            .arg(event_id.to_string())
+            .arg(publish_window.as_millis() as u64)
             .invoke_async(con)
             .await?;
-        let admission = match code {
-            0 => return Ok(AdmitReply::NotLoaded),
-            6 => return decode_in_doubt(&pending).map(AdmitReply::InDoubt),
-            1 => Admission::Success,
-            2 => Admission::AlreadyIssued,
-            3 => Admission::SoldOut,
-            4 => Admission::NotStarted,
-            5 => Admission::Ended,
-            other => {
-                return Err(RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "admission script returned an unknown code",
-                    other.to_string(),
-                )));
-            }
-        };
         let at = DateTime::from_timestamp_millis(now_ms).unwrap_or_else(Utc::now);
-        Ok(AdmitReply::Decided { admission, at })
+        let refused = |admission| Ok(AdmitReply::Refused(admission));
+        match code {
+            0 => Ok(AdmitReply::NotLoaded),
+            1 => Ok(AdmitReply::Admitted(IssueEvent {
+                v: EVENT_VERSION,
+                event_id,
+                coupon_id: coupon,
+                user_id: user,
+                issued_at: at,
+            })),
+            2 => refused(Admission::AlreadyIssued),
+            3 => refused(Admission::SoldOut),
+            4 => refused(Admission::NotStarted),
+            5 => refused(Admission::Ended),
+            6 => pending_event(coupon, user, &pending).map(AdmitReply::InDoubt),
+            other => Err(RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "admission script returned an unknown code",
+                other.to_string(),
+            ))),
+        }
     }
 
     /// Caches quantity and window beside the issued set, never overwriting a meta that is
-    /// already there. Returns whether this call wrote it.
+    /// already there, and lists the coupon for the reconciler. Returns whether this call
+    /// wrote the meta.
     pub async fn load_meta<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: &Coupon,
     ) -> Result<bool, RedisError> {
         let millis = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis().to_string());
-        self.load_meta
+        let wrote = self
+            .load_meta
             .key(self.keys(coupon.id).meta)
             .arg(coupon.total_quantity)
             .arg(millis(coupon.starts_at).unwrap_or_default())
             .arg(millis(coupon.ends_at).unwrap_or_default())
             .invoke_async(con)
-            .await
+            .await?;
+        let () = con
+            .sadd(
+                CouponKeys::active_registry(&self.key_prefix),
+                coupon.id.get(),
+            )
+            .await?;
+        Ok(wrote)
     }
 
-    /// Gives a reserved slot back. SREM touches only this user, so a concurrent
-    /// admission of someone else is never undone.
+    /// Gives a slot back after its event certainly never reached Kafka; returns whether it
+    /// was released (not if its pending entry changed meanwhile).
     pub async fn release<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
-        coupon: CouponId,
-        user: UserId,
+        event: &IssueEvent,
     ) -> Result<bool, RedisError> {
-        con.srem(self.keys(coupon).issued, user.get()).await
+        let keys = self.keys(event.coupon_id);
+        self.release
+            .key(&keys.issued)
+            .key(&keys.pending)
+            .arg(event.user_id.get())
+            .arg(pending_entry(event, PendingState::InFlight))
+            .invoke_async(con)
+            .await
     }
 
-    /// Records that this user's event may or may not be in Kafka; their slot stays taken
-    /// until the event is acknowledged (see [`Self::resolve_in_doubt`]).
+    /// The publish ended without knowing whether the broker has the event: a retry or the
+    /// reconciler will publish it again.
     pub async fn mark_in_doubt<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         event: &IssueEvent,
     ) -> Result<(), RedisError> {
-        let keys = self.keys(event.coupon_id);
-        let json = String::from_utf8_lossy(&event.encode()).into_owned();
-        let () = con.hset(&keys.in_doubt, event.user_id.get(), json).await?;
-        con.sadd(
-            CouponKeys::in_doubt_registry(&self.key_prefix),
-            event.coupon_id.get(),
-        )
-        .await
+        let pending = self.keys(event.coupon_id).pending;
+        let entry = pending_entry(event, PendingState::Doubt);
+        con.hset(pending, event.user_id.get(), entry).await
     }
 
-    /// The event is acknowledged: the user's slot is settled.
-    pub async fn resolve_in_doubt<C: ConnectionLike + Send + Sync>(
+    /// The event is acknowledged: the slot is settled and nothing is pending any more.
+    pub async fn settle<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         event: &IssueEvent,
     ) -> Result<(), RedisError> {
-        con.hdel(self.keys(event.coupon_id).in_doubt, event.user_id.get())
+        con.hdel(self.keys(event.coupon_id).pending, event.user_id.get())
             .await
     }
 
-    /// Coupons that have in-doubt entries.
-    pub async fn in_doubt_coupons<C: ConnectionLike + Send + Sync>(
+    /// Coupons whose state Redis holds, for the reconciler to look through.
+    pub async fn active_coupons<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
     ) -> Result<Vec<CouponId>, RedisError> {
         let ids: Vec<i64> = con
-            .smembers(CouponKeys::in_doubt_registry(&self.key_prefix))
+            .smembers(CouponKeys::active_registry(&self.key_prefix))
             .await?;
         Ok(ids
             .into_iter()
@@ -156,27 +229,35 @@ impl AdmissionScripts {
             .collect())
     }
 
-    /// The coupon's in-doubt events. When there are none left, the coupon leaves the
-    /// registry; checking again after removing it means an entry marked meanwhile is
-    /// never stranded outside the registry.
-    pub async fn in_doubt_events<C: ConnectionLike + Send + Sync>(
+    /// Drops a coupon from the reconciler's list (its state left Redis; a rebuild lists it
+    /// again).
+    pub async fn forget_coupon<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: CouponId,
-    ) -> Result<Vec<IssueEvent>, RedisError> {
-        let keys = self.keys(coupon);
-        let registry = CouponKeys::in_doubt_registry(&self.key_prefix);
-        let mut entries: Vec<(i64, String)> = con.hgetall(&keys.in_doubt).await?;
-        if entries.is_empty() {
-            let () = con.srem(&registry, coupon.get()).await?;
-            entries = con.hgetall(&keys.in_doubt).await?;
-            if !entries.is_empty() {
-                let () = con.sadd(&registry, coupon.get()).await?;
-            }
-        }
+    ) -> Result<(), RedisError> {
+        con.srem(CouponKeys::active_registry(&self.key_prefix), coupon.get())
+            .await
+    }
+
+    /// Every pending slot of a coupon, with its state.
+    pub async fn pending<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: CouponId,
+    ) -> Result<Vec<(IssueEvent, PendingState)>, RedisError> {
+        let entries: Vec<(i64, String)> = con.hgetall(self.keys(coupon).pending).await?;
         entries
-            .iter()
-            .map(|(_, json)| decode_in_doubt(json))
+            .into_iter()
+            .filter_map(|(user, entry)| UserId::new(user).ok().map(|user| (user, entry)))
+            .map(|(user, entry)| {
+                let state = if entry.ends_with(" doubt") {
+                    PendingState::Doubt
+                } else {
+                    PendingState::InFlight
+                };
+                pending_event(coupon, user, &entry).map(|event| (event, state))
+            })
             .collect()
     }
 
@@ -202,7 +283,7 @@ impl AdmissionScripts {
         &self,
         con: &mut C,
         coupon: CouponId,
-        lease: std::time::Duration,
+        lease: Duration,
     ) -> Result<bool, RedisError> {
         let taken: Option<String> = redis::cmd("SET")
             .arg(self.keys(coupon).rebuilding)
@@ -247,14 +328,4 @@ impl AdmissionScripts {
     ) -> Result<bool, RedisError> {
         con.sismember(self.keys(coupon).issued, user.get()).await
     }
-}
-
-fn decode_in_doubt(json: &str) -> Result<IssueEvent, RedisError> {
-    IssueEvent::decode(json.as_bytes()).map_err(|e| {
-        RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "unreadable in-doubt entry",
-            e.to_string(),
-        ))
-    })
 }

@@ -11,10 +11,10 @@ pub struct CouponKeys {
     pub meta: String,
     /// Set of admitted user ids: its size is the number of slots taken.
     pub issued: String,
-    /// Hash user id → event JSON: admitted users whose event may or may not have reached
-    /// Kafka (publish timed out after sending). Their slot stays taken until the event is
-    /// acknowledged on a retry or by the reconciler.
-    pub in_doubt: String,
+    /// Hash user id → `"<eventId> <issuedMs> <inflight|doubt>"`: admitted users whose event
+    /// the broker has not acknowledged yet. Written by the admission script with the slot,
+    /// removed on acknowledgement or release; what is left is republished.
+    pub pending: String,
     /// Present while one process rebuilds this coupon's state from PostgreSQL.
     pub rebuilding: String,
 }
@@ -26,16 +26,15 @@ impl CouponKeys {
         Self {
             meta: format!("{prefix}coupon:{{{coupon}}}:meta"),
             issued: format!("{prefix}coupon:{{{coupon}}}:issued"),
-            in_doubt: format!("{prefix}coupon:{{{coupon}}}:in_doubt"),
+            pending: format!("{prefix}coupon:{{{coupon}}}:pending"),
             rebuilding: format!("{prefix}coupon:{{{coupon}}}:rebuilding"),
         }
     }
 
-    /// Set of coupon ids that have in-doubt entries, so the reconciler finds them without
-    /// scanning the keyspace. A key of its own (another cluster slot), written after the
-    /// coupon's entry.
-    pub fn in_doubt_registry(prefix: &str) -> String {
-        format!("{prefix}coupons:in_doubt")
+    /// Set of coupon ids whose state is loaded in Redis, so the reconciler finds pending
+    /// entries without scanning the keyspace. A key of its own (another cluster slot).
+    pub fn active_registry(prefix: &str) -> String {
+        format!("{prefix}coupons:active")
     }
 }
 
@@ -48,7 +47,7 @@ mod tests {
         let keys = CouponKeys::new("", CouponId::new(42).unwrap());
         assert_eq!(keys.meta, "coupon:{42}:meta");
         assert_eq!(keys.issued, "coupon:{42}:issued");
-        assert_eq!(keys.in_doubt, "coupon:{42}:in_doubt");
+        assert_eq!(keys.pending, "coupon:{42}:pending");
         let prefixed = CouponKeys::new("test-1:", CouponId::new(7).unwrap());
         assert_eq!(prefixed.issued, "test-1:coupon:{7}:issued");
     }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::handlers::{self, AppState};
-use crate::issuing::{Issuer, Rebuilt};
+use crate::issuing::{Issuer, PUBLISH_REPORT_MARGIN, Rebuilt};
 use crate::publisher::Publisher;
 use crate::reconciler;
 
@@ -49,6 +49,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         kafka: config.kafka.clone(),
         worker_group: config.worker_group_id.clone(),
         rebuild_timeout: Duration::from_millis(config.rebuild_timeout_ms),
+        publish_window: Duration::from_millis(config.publish_timeout_ms) + PUBLISH_REPORT_MARGIN,
     })
 }
 

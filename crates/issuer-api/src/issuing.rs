@@ -24,6 +24,9 @@ use crate::publisher::Publisher;
 /// A rebuild lease outlives the longest rebuild wait, so two never overlap; a crashed
 /// rebuilder's lease runs out and the next request starts over.
 const REBUILD_LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// librdkafka reports every message by its message timeout; this margin covers the
+/// report's way back to the request.
+pub const PUBLISH_REPORT_MARGIN: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Issuer {
@@ -34,6 +37,9 @@ pub struct Issuer {
     pub kafka: KafkaArgs,
     pub worker_group: String,
     pub rebuild_timeout: Duration,
+    /// Longest a first publish can take to report: a pending slot older than this whose
+    /// request never reported belongs to an API that died, and is published by others.
+    pub publish_window: Duration,
 }
 
 /// What an explicit rebuild did.
@@ -61,63 +67,69 @@ impl Issuer {
         coupon: CouponId,
         user: UserId,
     ) -> Result<Admission, ApiError> {
-        match self
+        let mut redis = self.redis.clone();
+        let reply = self
             .scripts
-            .admit(&mut self.redis.clone(), coupon, user)
-            .await?
-        {
+            .admit(&mut redis, coupon, user, self.publish_window)
+            .await?;
+        match reply {
             AdmitReply::NotLoaded => Err(self.start_rebuild(coupon).await),
+            AdmitReply::Admitted(event) => {
+                self.publish_new(&event).await.map(|()| Admission::Success)
+            }
             AdmitReply::InDoubt(event) => self.republish(&event).await.map(|()| Admission::Success),
-            AdmitReply::Decided {
-                admission: Admission::Success,
-                at,
-            } => self
-                .publish_new(&IssueEvent::new(coupon, user, at))
-                .await
-                .map(|()| Admission::Success),
-            AdmitReply::Decided { admission, .. } => Ok(admission),
+            AdmitReply::Refused(admission) => Ok(admission),
         }
     }
 
     async fn publish_new(&self, event: &IssueEvent) -> Result<(), ApiError> {
-        let Err(failure) = self.publisher.publish(event).await else {
-            return Ok(());
-        };
         let mut redis = self.redis.clone();
         let (coupon, user) = (event.coupon_id, event.user_id);
+        let Err(failure) = self.publisher.publish(event).await else {
+            self.settle(event).await;
+            return Ok(());
+        };
         match failure.persistence {
             // The event never reached the log: the slot goes back to the stock now.
-            Persistence::NotPersisted => {
-                if let Err(err) = self.scripts.release(&mut redis, coupon, user).await {
-                    tracing::error!(%coupon, %user, error = %err,
-                        "publish certainly failed and the slot could not be released");
+            Persistence::NotPersisted => match self.scripts.release(&mut redis, event).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(%coupon, %user, "slot changed hands before its release")
                 }
-            }
-            // The broker may have it: keep the slot and publish again until acknowledged.
+                // Still pending: a retry or the reconciler publishes it, which is correct too.
+                Err(err) => tracing::error!(%coupon, %user, error = %err,
+                    "publish certainly failed and the slot could not be released"),
+            },
+            // The broker may have it: keep the slot, to be published again until acknowledged.
             Persistence::PossiblyPersisted => {
+                tracing::warn!(%coupon, %user, "publish in doubt; the slot is held");
                 if let Err(err) = self.scripts.mark_in_doubt(&mut redis, event).await {
-                    tracing::error!(%coupon, %user, error = %err,
-                        "publish may have failed and could not be marked in doubt");
-                } else {
-                    tracing::warn!(%coupon, %user, "publish in doubt; the slot is held");
+                    // Left "inflight", it is treated as in doubt once its window passes.
+                    tracing::warn!(%coupon, %user, error = %err, "could not mark the slot in doubt");
                 }
             }
         }
         Err(ApiError::unavailable("kafka", failure))
     }
 
-    /// Publishes an in-doubt event again; on acknowledgement the user's slot is settled.
-    /// A second failure leaves it in doubt, whatever its kind: the first attempt may
-    /// still have reached the log.
+    /// Publishes a pending event again; on acknowledgement the slot is settled. A failure
+    /// leaves it pending, whatever its kind: an earlier attempt may have reached the log.
     pub async fn republish(&self, event: &IssueEvent) -> Result<(), ApiError> {
         self.publisher
             .publish(event)
             .await
             .map_err(|e| ApiError::unavailable("kafka", e))?;
-        self.scripts
-            .resolve_in_doubt(&mut self.redis.clone(), event)
-            .await?;
+        self.settle(event).await;
         Ok(())
+    }
+
+    /// The event is acknowledged. Should clearing its pending entry fail, the reconciler
+    /// publishes it once more later: a duplicate the worker ignores, never a loss.
+    async fn settle(&self, event: &IssueEvent) {
+        if let Err(err) = self.scripts.settle(&mut self.redis.clone(), event).await {
+            tracing::warn!(coupon = %event.coupon_id, user = %event.user_id, error = %err,
+                "acknowledged, but the pending entry stays until the reconciler sees it");
+        }
     }
 
     /// Redis has no state for this coupon (Redis restarted empty, say): answer 404 at once
@@ -176,8 +188,8 @@ impl Issuer {
             (record, coupon_holders(&mut conn, coupon).await?)
         };
         let mut redis = self.redis.clone();
-        let in_doubt = self.scripts.in_doubt_events(&mut redis, coupon).await?;
-        holders.extend(in_doubt.iter().map(|e| e.user_id.get()));
+        let pending = self.scripts.pending(&mut redis, coupon).await?;
+        holders.extend(pending.iter().map(|(event, _)| event.user_id.get()));
         self.scripts.restore(&mut redis, &record, &holders).await?;
         tracing::info!(%coupon, holders = holders.len(), "rebuild: admission reopened");
         Ok(Rebuilt::Restored {

@@ -41,7 +41,7 @@ async fn a_publish_that_never_left_gives_the_slot_back_at_once() {
         0,
         "the slot went back to the stock"
     );
-    assert!(env.in_doubt_entries(rival).await.is_empty());
+    assert!(env.pending_entries(rival).await.is_empty());
     let (_, view) = env.get(&format!("/api/v1/coupons/{rival}")).await;
     assert_eq!(view["remaining"], 1);
     env.shutdown().await;
@@ -94,7 +94,7 @@ async fn a_publish_in_doubt_holds_the_slot_and_the_retry_or_the_reconciler_settl
     broker.signal("STOP");
     let (a, b) = futures_util::future::join(env.issue(coupon, 2), env.issue(coupon, 3)).await;
     assert_eq!((a.0, b.0), (503, 503), "{a:?} {b:?}");
-    assert_eq!(env.in_doubt_entries(coupon).await, vec![2, 3]);
+    assert_eq!(env.pending_entries(coupon).await, vec![2, 3]);
     assert_eq!(
         env.redis_set_size(coupon).await,
         3,
@@ -120,7 +120,7 @@ async fn a_publish_in_doubt_holds_the_slot_and_the_retry_or_the_reconciler_settl
     env.start_worker(500).await;
     assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !env.in_doubt_entries(coupon).await.is_empty() {
+    while !env.pending_entries(coupon).await.is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "the reconciler settled nothing"
@@ -260,5 +260,34 @@ async fn after_redis_loses_everything_requests_wait_for_the_lazy_rebuild() {
     assert_eq!(env.issue_retrying(coupon, 4).await.0, 201);
     assert_eq!(env.issue(coupon, 5).await.0, 410, "never oversold");
     assert_eq!(env.rows_when_settled(coupon, 4).await, vec![1, 2, 3, 4]);
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn a_slot_whose_api_died_before_publishing_is_published_by_another() {
+    use coupon_core::admission::{AdmissionScripts, AdmitReply};
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    // Exactly what an API does before it publishes, and then it dies (nothing published).
+    let scripts = AdmissionScripts::new(env.redis_prefix.clone());
+    let window = Duration::from_secs(5); // the test API's publish timeout of 3 s + margin
+    let reply = scripts
+        .admit(
+            &mut env.redis().await,
+            CouponId::new(coupon).unwrap(),
+            UserId::new(7).unwrap(),
+            window,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(reply, AdmitReply::Admitted(_)), "{reply:?}");
+    assert_eq!(env.pending_entries(coupon).await, vec![7]);
+
+    // Within the first publish's window, the slot is that request's to finish.
+    assert_eq!(env.issue(coupon, 7).await.0, 409);
+    // After it, the reconciler publishes the event: the slot becomes a row, not a leak.
+    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![7]);
+    assert!(env.pending_entries(coupon).await.is_empty());
+    assert_eq!(env.issue(coupon, 7).await.0, 409);
     env.shutdown().await;
 }

@@ -433,7 +433,8 @@ async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
         );
     }
 
-    // Nothing was created anywhere: one coupon row, and Redis holds only its meta.
+    // Nothing was created anywhere: one coupon row, and Redis holds only its meta (and the
+    // reconciler's list of loaded coupons).
     let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
     assert_eq!(view["issuedCount"], 0);
     let coupons: i64 = {
@@ -451,9 +452,15 @@ async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
         .query_async(&mut env.redis().await)
         .await
         .unwrap();
+    let mut keys = keys;
+    keys.sort();
     assert_eq!(
         keys,
-        vec![format!("{}coupon:{{{coupon}}}:meta", env.redis_prefix)]
+        vec![
+            format!("{}coupon:{{{coupon}}}:meta", env.redis_prefix),
+            format!("{}coupons:active", env.redis_prefix),
+        ],
+        "the meta, and the reconciler's list of loaded coupons"
     );
     env.shutdown().await;
 }

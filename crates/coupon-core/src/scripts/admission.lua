@@ -1,11 +1,16 @@
 -- First-come-first-served admission, decided atomically for one (coupon, user).
--- KEYS[1] coupon meta hash, KEYS[2] issued-user set, KEYS[3] in-doubt hash (same hash tag).
--- ARGV[1] user id.
--- Returns {code, now_ms, event}; now_ms is Redis's clock, so every API replica agrees on
--- the window and on the event's issuedAt; event is '' except for code 6.
+-- KEYS[1] coupon meta hash, KEYS[2] issued-user set, KEYS[3] pending hash (same hash tag).
+-- ARGV[1] user id, ARGV[2] event id for a new admission, ARGV[3] publish window in ms.
+--
+-- A new admission is written ahead into the pending hash (user -> "eventId issuedMs state")
+-- in the same step as the SADD, so no slot can exist without a record of its event: if
+-- the API dies before publishing, the entry outlives it and is published by someone else.
+--
+-- Returns {code, now_ms, pending}; now_ms is Redis's clock (shared by every replica), pending
+-- is the user's pending entry for code 6, else ''.
 --   0 meta not loaded (the caller rebuilds the coupon's state, then asks again)
 --   1 SUCCESS  2 ALREADY_ISSUED  3 SOLD_OUT  4 NOT_STARTED  5 ENDED
---   6 IN_DOUBT: this user's earlier publish may have failed; event is what to publish again
+--   6 IN_DOUBT: this user's event may not have reached Kafka; publish it again
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -15,7 +20,12 @@ if not meta[1] then
 end
 local pending = redis.call('HGET', KEYS[3], ARGV[1])
 if pending then
-  return {6, now, pending}
+  local _, _, issued, state = string.find(pending, '^%S+ (%d+) (%a+)$')
+  -- A first publish still inside its window is someone else's to finish.
+  if state == 'doubt' or now - tonumber(issued) >= tonumber(ARGV[3]) then
+    return {6, now, pending}
+  end
+  return {2, now, ''}
 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   return {2, now, ''}
@@ -30,4 +40,5 @@ if redis.call('SCARD', KEYS[2]) >= tonumber(meta[1]) then
   return {3, now, ''}
 end
 redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. now .. ' inflight')
 return {1, now, ''}

@@ -247,9 +247,9 @@ impl TestEnv {
             .unwrap()
     }
 
-    /// Users whose publish is in doubt for `coupon`, sorted.
-    pub async fn in_doubt_entries(&self, coupon: i64) -> Vec<i64> {
-        let key = format!("{}coupon:{{{coupon}}}:in_doubt", self.redis_prefix);
+    /// Users whose slot in `coupon` is admitted but not yet acknowledged by the broker.
+    pub async fn pending_entries(&self, coupon: i64) -> Vec<i64> {
+        let key = format!("{}coupon:{{{coupon}}}:pending", self.redis_prefix);
         let mut users: Vec<i64> = redis::cmd("HKEYS")
             .arg(key)
             .query_async(&mut self.redis().await)
