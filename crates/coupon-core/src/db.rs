@@ -2,6 +2,7 @@
 
 pub mod batch_insert;
 pub mod coupons;
+pub mod failed_events;
 pub mod migrate;
 pub mod pool;
 pub mod schema;

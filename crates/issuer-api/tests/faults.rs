@@ -291,3 +291,108 @@ async fn a_slot_whose_api_died_before_publishing_is_published_by_another() {
     assert_eq!(env.issue(coupon, 7).await.0, 409);
     env.shutdown().await;
 }
+
+#[actix_web::test]
+async fn poison_events_are_set_aside_retried_on_schedule_and_replayable() {
+    use coupon_core::db::failed_events::Redriven;
+    use support::{make_retries_due, wait_for_failed};
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    let ghost = coupon + 1; // the next coupon id: no such coupon yet
+    let orphan = IssueEvent::new(
+        CouponId::new(ghost).unwrap(),
+        UserId::new(9).unwrap(),
+        Utc::now(),
+    );
+    env.produce_raw(&env.topic, &orphan.key(), &orphan.encode())
+        .await;
+    env.produce_raw(&env.topic, &coupon.to_string(), b"\x00garbage")
+        .await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+
+    // The partition flows on past both; both are dead-lettered with their reason.
+    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![1]);
+    let dead = support::read_topic(&format!("{}.dlq", env.topic), 2).await;
+    let mut reasons: Vec<&str> = dead.iter().map(|m| m.headers["reason"].as_str()).collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, vec!["COUPON_NOT_FOUND", "UNDECODABLE"]);
+    let failed = wait_for_failed(&env, "both recorded", |rows| rows.len() == 2).await;
+    for row in &failed {
+        assert_eq!(
+            (row.status.as_str(), row.attempts),
+            ("PENDING", 0),
+            "{row:?}"
+        );
+        assert!(
+            (25..=30).contains(&row.due_in_seconds.unwrap()),
+            "first retry after 30 s: {row:?}"
+        );
+    }
+    let orphan_id = failed
+        .iter()
+        .find(|r| r.reason == "COUPON_NOT_FOUND")
+        .unwrap()
+        .id;
+    let garbage_id = failed
+        .iter()
+        .find(|r| r.reason == "UNDECODABLE")
+        .unwrap()
+        .id;
+
+    // Their time comes: both are retried and still fail; the next wait is a minute.
+    make_retries_due(&env).await;
+    let failed = wait_for_failed(&env, "first retry", |rows| {
+        rows.iter().all(|r| r.attempts == 1)
+    })
+    .await;
+    for row in &failed {
+        assert_eq!(row.status, "RETRYING", "{row:?}");
+        assert!(
+            (55..=60).contains(&row.due_in_seconds.unwrap()),
+            "second retry after 1 min: {row:?}"
+        );
+    }
+
+    // The coupon now exists: an operator replays the orphan, and it becomes a row.
+    assert_eq!(env.coupon_with_quantity(5).await, ghost);
+    let mut conn = env.pg().await;
+    let replayed = coupon_core::db::failed_events::replay(&mut conn, orphan_id)
+        .await
+        .unwrap();
+    assert_eq!(replayed, Some(Redriven::Recovered));
+    assert_eq!(env.rows(ghost).await, vec![9]);
+
+    // The garbage never decodes: after its third retry it is abandoned for a person.
+    for attempts in 2..=3 {
+        make_retries_due(&env).await;
+        wait_for_failed(&env, "next retry", |rows| {
+            rows.iter()
+                .any(|r| r.id == garbage_id && r.attempts == attempts)
+        })
+        .await;
+    }
+    let failed = support::failed_schedule(&env).await;
+    let garbage = failed.iter().find(|r| r.id == garbage_id).unwrap();
+    assert_eq!(
+        (garbage.status.as_str(), garbage.due_in_seconds),
+        ("ABANDONED", None)
+    );
+    assert_eq!(
+        failed.iter().find(|r| r.id == orphan_id).unwrap().status,
+        "RECOVERED"
+    );
+    let replayed = coupon_core::db::failed_events::replay(&mut conn, garbage_id)
+        .await
+        .unwrap();
+    assert!(
+        matches!(replayed, Some(Redriven::Abandoned(_))),
+        "{replayed:?}"
+    );
+    assert_eq!(
+        coupon_core::db::failed_events::replay(&mut conn, 999_999)
+            .await
+            .unwrap(),
+        None
+    );
+    env.shutdown().await;
+}

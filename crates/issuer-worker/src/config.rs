@@ -1,7 +1,8 @@
 //! issuer-worker's settings: every flag also reads an environment variable.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use coupon_core::config::{DatabaseArgs, KafkaArgs};
+use coupon_core::db::failed_events::Status;
 use coupon_core::telemetry::LogArgs;
 
 #[derive(Parser, Clone)]
@@ -23,12 +24,46 @@ pub struct Config {
     /// Longest pause between retries of a batch PostgreSQL refused (it doubles up to this).
     #[arg(long, env = "WORKER_RETRY_MAX_MS", default_value_t = 5000)]
     pub retry_max_ms: u64,
+    /// How often failed events whose retry time has come are retried.
+    #[arg(long, env = "WORKER_REDRIVE_INTERVAL_MS", default_value_t = 5000)]
+    pub redrive_interval_ms: u64,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum Command {
+    /// Consume and persist (what runs without a command).
+    Run,
+    /// See and re-drive the events set aside in `failed_events` (and the dead-letter topic).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum DlqCommand {
+    /// List failed events, newest first.
+    List {
+        #[arg(long, value_enum)]
+        status: Option<Status>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Retry failed events now, whatever their schedule says.
+    Replay {
+        /// The failed event's id, as `dlq list` shows it.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every failed event not yet recovered.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[cfg(test)]

@@ -4,4 +4,5 @@
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;
+pub mod dlq_commands;
 pub mod worker;

@@ -1,6 +1,7 @@
 use clap::Parser;
 use coupon_core::{shutdown, telemetry};
-use issuer_worker::config::Config;
+use issuer_worker::config::{Command, Config};
+use issuer_worker::dlq_commands;
 use issuer_worker::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
@@ -8,12 +9,17 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init(&config.log);
-    let worker = Worker::build(config).await?;
-    let token = CancellationToken::new();
-    let on_signal = token.clone();
-    tokio::spawn(async move {
-        shutdown::signal().await;
-        on_signal.cancel();
-    });
-    worker.run(token).await
+    match &config.command {
+        Some(Command::Dlq(command)) => dlq_commands::run(&config, command).await,
+        None | Some(Command::Run) => {
+            let worker = Worker::build(config).await?;
+            let token = CancellationToken::new();
+            let on_signal = token.clone();
+            tokio::spawn(async move {
+                shutdown::signal().await;
+                on_signal.cancel();
+            });
+            worker.run(token).await
+        }
+    }
 }

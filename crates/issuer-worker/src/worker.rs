@@ -11,6 +11,7 @@ use anyhow::Context;
 use coupon_core::db::batch_insert::{
     BatchOutcome, FailedEvent, FailureReason, SourcedIssue, persist_batch,
 };
+use coupon_core::db::failed_events::{Redriven, redrive_due};
 use coupon_core::db::migrate::run_migrations;
 use coupon_core::db::pool::PgPool;
 use coupon_core::kafka::ensure_topics;
@@ -75,12 +76,18 @@ impl Worker {
             batch_size = self.config.batch_size, linger_ms = self.config.batch_linger_ms,
             "issuer-worker consuming"
         );
+        let redriving = tokio::spawn(redrive_failed(
+            self.pool.clone(),
+            Duration::from_millis(self.config.redrive_interval_ms),
+            shutdown.clone(),
+        ));
         while !shutdown.is_cancelled() {
             let batch = self.collect(&shutdown).await;
             if batch.len > 0 {
                 self.process(batch, &shutdown).await;
             }
         }
+        redriving.await?;
         // Leaving the group now hands our partitions over at once instead of after the
         // session timeout; everything persisted was committed batch by batch.
         self.consumer.unsubscribe();
@@ -222,5 +229,39 @@ impl Worker {
             delay = (delay * 2).min(max_delay);
         }
         None
+    }
+}
+
+/// Retries failed events on their schedule until shutdown. Several workers may run this
+/// at once: each event is taken under `SKIP LOCKED`.
+async fn redrive_failed(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
+    const BATCH: i64 = 100;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = sleep(interval) => {}
+        }
+        let redriven = match pool.get().await {
+            Ok(mut conn) => redrive_due(&mut conn, BATCH)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        match redriven {
+            Ok(done) => {
+                for (id, result) in done {
+                    match result {
+                        Redriven::Recovered => tracing::info!(id, "failed event recovered"),
+                        Redriven::RetryAt(at) => {
+                            tracing::info!(id, %at, "failed event still failing; retrying later")
+                        }
+                        Redriven::Abandoned(why) => {
+                            tracing::error!(id, %why, "failed event ABANDONED: needs a person (issuer-worker dlq list)")
+                        }
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "could not retry failed events"),
+        }
     }
 }

@@ -15,6 +15,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use crate::db::failed_events::first_retry_at;
 use crate::db::schema::{coupon_issues, coupons, failed_events};
 use crate::event::IssueEvent;
 
@@ -102,6 +103,7 @@ struct NewFailedRow<'a> {
     coupon_id: Option<i64>,
     user_id: Option<i64>,
     payload: &'a [u8],
+    next_retry_at: DateTime<Utc>,
 }
 
 /// Persists one batch atomically: all its rows and failed events, or nothing.
@@ -213,6 +215,7 @@ async fn record_failed(conn: &mut AsyncPgConnection, failed: &[FailedEvent]) -> 
     if failed.is_empty() {
         return Ok(());
     }
+    let next_retry_at = first_retry_at(Utc::now());
     let rows: Vec<NewFailedRow<'_>> = failed
         .iter()
         .map(|f| NewFailedRow {
@@ -222,6 +225,7 @@ async fn record_failed(conn: &mut AsyncPgConnection, failed: &[FailedEvent]) -> 
             coupon_id: f.coupon_id,
             user_id: f.user_id,
             payload: &f.payload,
+            next_retry_at,
         })
         .collect();
     for chunk in rows.chunks(INSERT_CHUNK_ROWS / 2) {

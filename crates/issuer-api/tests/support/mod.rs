@@ -121,6 +121,7 @@ impl TestEnv {
             format!("--batch-size={batch_size}"),
             "--batch-linger-ms=10".into(),
             "--database-pool-size=2".into(),
+            "--redrive-interval-ms=200".into(),
         ]
     }
 
@@ -374,6 +375,74 @@ pub async fn read_topic(topic: &str, expected: usize) -> Vec<TopicMessage> {
         });
     }
     messages
+}
+
+/// A failed event as a test looks at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    pub id: i64,
+    pub reason: String,
+    pub status: String,
+    pub attempts: i32,
+    pub coupon_id: Option<i64>,
+    pub due_in_seconds: Option<i64>,
+}
+
+/// Every failed event with its schedule, oldest first.
+pub async fn failed_schedule(env: &TestEnv) -> Vec<Failed> {
+    use coupon_core::db::schema::failed_events::dsl::*;
+    use diesel::QueryDsl;
+    let rows: Vec<(
+        i64,
+        String,
+        String,
+        i32,
+        Option<i64>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    )> = failed_events
+        .select((id, reason, status, attempts, coupon_id, next_retry_at))
+        .order(id)
+        .load(&mut env.pg().await)
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|(i, r, s, a, c, n)| Failed {
+            id: i,
+            reason: r,
+            status: s,
+            attempts: a,
+            coupon_id: c,
+            due_in_seconds: n.map(|n| (n - chrono::Utc::now()).num_seconds()),
+        })
+        .collect()
+}
+
+/// Makes every scheduled retry due now, as if its wait had passed.
+pub async fn make_retries_due(env: &TestEnv) {
+    use coupon_core::db::schema::failed_events::dsl::*;
+    use diesel::{ExpressionMethods, QueryDsl};
+    diesel::update(failed_events.filter(next_retry_at.is_not_null()))
+        .set(next_retry_at.eq(chrono::Utc::now()))
+        .execute(&mut env.pg().await)
+        .await
+        .unwrap();
+}
+
+/// Waits until `check` holds for the failed events (or panics with what they are).
+pub async fn wait_for_failed(
+    env: &TestEnv,
+    what: &str,
+    check: impl Fn(&[Failed]) -> bool,
+) -> Vec<Failed> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = failed_schedule(env).await;
+        if check(&rows) {
+            return rows;
+        }
+        assert!(Instant::now() < deadline, "{what}: {rows:?}");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// (reason, payload) of every failed event, oldest first.
