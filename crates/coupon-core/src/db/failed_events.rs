@@ -175,8 +175,8 @@ async fn redrive(
             let outcome = persist_batch(conn, &[issue], Vec::new()).await?;
             outcome
                 .failed
-                .iter()
-                .next()
+                .as_slice()
+                .first()
                 .map(|f| format!("{}: {}", f.reason.as_str(), f.detail))
         }
     };
