@@ -388,18 +388,20 @@ pub struct Failed {
     pub due_in_seconds: Option<i64>,
 }
 
+type FailedRow = (
+    i64,
+    String,
+    String,
+    i32,
+    Option<i64>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
 /// Every failed event with its schedule, oldest first.
 pub async fn failed_schedule(env: &TestEnv) -> Vec<Failed> {
     use coupon_core::db::schema::failed_events::dsl::*;
     use diesel::QueryDsl;
-    let rows: Vec<(
-        i64,
-        String,
-        String,
-        i32,
-        Option<i64>,
-        Option<chrono::DateTime<chrono::Utc>>,
-    )> = failed_events
+    let rows: Vec<FailedRow> = failed_events
         .select((id, reason, status, attempts, coupon_id, next_retry_at))
         .order(id)
         .load(&mut env.pg().await)
