@@ -110,6 +110,7 @@ impl Application {
         let state = web::Data::new(AppState {
             issuer: issuer.clone(),
             admin_token: config.admin_token.clone(),
+            counters: Default::default(),
         });
 
         let listener = TcpListener::bind(config.listen)
@@ -201,6 +202,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/api/v1/users/{userId}/coupons")
                 .route(web::get().to(handlers::list_user_coupons)),
         )
+        .service(resource("/metrics").route(web::get().to(handlers::metrics)))
         .service(resource("/healthz").route(web::get().to(handlers::healthz)))
         .service(resource("/readyz").route(web::get().to(handlers::readyz)));
 }

@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use coupon_core::db::coupons::{find_coupon, find_issue, insert_coupon, user_coupons};
+use coupon_core::db::failed_events;
 use coupon_core::domain::{Admission, CouponId, UserId};
 use diesel_async::RunQueryDsl;
 use redis::AsyncCommands;
@@ -18,10 +19,12 @@ use crate::contract::{
 };
 use crate::error::ApiError;
 use crate::issuing::Issuer;
+use crate::metrics::IssueCounters;
 
 pub struct AppState {
     pub issuer: Issuer,
     pub admin_token: String,
+    pub counters: IssueCounters,
 }
 
 /// Proof that the request carried the admin bearer token. As the first extractor of a
@@ -82,7 +85,9 @@ pub async fn issue_coupon(
 ) -> Result<HttpResponse, ApiError> {
     let coupon: CouponId = path_id(&path)?;
     let user = body.user_id;
-    let result = state.issuer.issue(coupon, user).await?;
+    let answer = state.issuer.issue(coupon, user).await;
+    state.counters.record(&answer);
+    let result = answer?;
     let status = match result {
         Admission::Success => StatusCode::CREATED,
         Admission::AlreadyIssued => StatusCode::CONFLICT,
@@ -173,6 +178,16 @@ pub async fn list_user_coupons(
         user_id: user,
         coupons,
     }))
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let failed = {
+        let mut conn = state.issuer.pool.get().await?;
+        failed_events::counts(&mut conn).await?
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.counters.render(&failed)))
 }
 
 pub async fn healthz() -> HttpResponse {

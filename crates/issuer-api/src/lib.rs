@@ -7,5 +7,6 @@ pub mod contract;
 pub mod error;
 pub mod handlers;
 pub mod issuing;
+pub mod metrics;
 pub mod publisher;
 pub mod reconciler;

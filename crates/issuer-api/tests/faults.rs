@@ -197,6 +197,12 @@ async fn postgresql_refuses_more_rows_than_the_quantity_and_keeps_the_surplus() 
         })
         .collect();
     assert_eq!(surplus, vec![6, 7, 8]);
+    let (status, metrics) = env.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("coupon_failed_events{reason=\"OVER_QUANTITY\",status=\"PENDING\"} 3\n"),
+        "counted in a metric:\n{metrics}"
+    );
     let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
     assert_eq!(view["persistedCount"], 5);
     env.shutdown().await;

@@ -210,3 +210,17 @@ async fn redrive(
         .await?;
     Ok(result)
 }
+
+/// How many failed events there are of each (reason, status).
+pub async fn counts(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(String, String, i64)>> {
+    failed_events::table
+        .group_by((failed_events::reason, failed_events::status))
+        .select((
+            failed_events::reason,
+            failed_events::status,
+            diesel::dsl::count_star(),
+        ))
+        .order((failed_events::reason, failed_events::status))
+        .load(conn)
+        .await
+}

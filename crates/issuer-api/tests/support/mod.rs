@@ -173,6 +173,15 @@ impl TestEnv {
         )
     }
 
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let mut response = self.client.get(self.url(path)).send().await.unwrap();
+        let bytes = response.body().await.unwrap();
+        (
+            response.status().as_u16(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
     pub async fn create_coupon(&self, body: Value) -> i64 {
         let mut response = self
             .client
