@@ -160,7 +160,7 @@ impl Issuer {
     /// admission.
     pub async fn rebuild(&self, coupon: CouponId) -> Result<Rebuilt, ApiError> {
         let mut redis = self.redis.clone();
-        let lease = self.rebuild_timeout + REBUILD_LEASE_MARGIN;
+        let lease = self.publish_window + self.rebuild_timeout + REBUILD_LEASE_MARGIN;
         if !self
             .scripts
             .try_lease_rebuild(&mut redis, coupon, lease)
@@ -176,6 +176,11 @@ impl Issuer {
     }
 
     async fn rebuild_leased(&self, coupon: CouponId) -> Result<Rebuilt, ApiError> {
+        // A publish admitted before Redis lost the coupon may still be on its way to the
+        // broker; once a full publish window has passed, every such event has landed (or
+        // failed) and the high-water mark captured next covers it.
+        tracing::info!(%coupon, "rebuild: letting publishes admitted before the loss report");
+        tokio::time::sleep(self.publish_window).await;
         tracing::info!(%coupon, group = %self.worker_group, "rebuild: waiting for the workers to reach the end of the topic");
         wait_for_group(&self.kafka, &self.worker_group, self.rebuild_timeout)
             .await
