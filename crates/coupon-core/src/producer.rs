@@ -1,13 +1,17 @@
 //! The Kafka producer both services use: a send completes only on the broker's
 //! acknowledgement, and a failure says whether the message may still be in the log.
 //!
-//! Two things librdkafka leaves to the application are done here:
+//! Three things librdkafka leaves to the application are done here:
 //! - reading the message persistence status, which lets the API give a slot back at once
 //!   when publishing certainly failed and hold it (in doubt) when the broker may have it;
 //! - replacing the producer after a fatal error (an idempotent producer fenced after a
-//!   timeout, say), which librdkafka requires and which otherwise fails every later send.
+//!   timeout, say), which librdkafka requires and which otherwise fails every later send;
+//! - replacing it when every broker is lost, before the cluster returns: the old session
+//!   would resume with an epoch bumped across the outage, which some Kafka-API brokers
+//!   mishandle (tansu 0.6 panics on it). A fresh session costs nothing on any broker.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use rdkafka::bindings::{rd_kafka_message_status, rd_kafka_msg_status_t};
@@ -41,17 +45,40 @@ pub struct PublishError {
 
 type DeliverySender = oneshot::Sender<Result<(), PublishError>>;
 
-/// Hands each delivery report, with librdkafka's persistence status, back to the sender.
-pub struct DeliveryContext;
+/// Hands each delivery report, with librdkafka's persistence status, back to the sender,
+/// and asks for a fresh producer when every broker is gone.
+pub struct DeliveryContext {
+    session: u64,
+    shared: Arc<OnceLock<Weak<Shared>>>,
+    /// Whether this session ever had a message acknowledged (so holds a producer id).
+    delivered: std::sync::atomic::AtomicBool,
+}
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "Kafka client error");
+        // A session that never delivered has no epoch to resume: keep it, or every failed
+        // reconnect during the outage would start yet another one.
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+            && self.delivered.load(Ordering::Relaxed)
+            && let Some(shared) = self.shared.get().and_then(Weak::upgrade)
+        {
+            let session = self.session;
+            // Not on this (librdkafka's) thread: replacing joins it.
+            std::thread::spawn(move || shared.replace(session, "every broker is down"));
+        }
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<DeliverySender>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, waiter: Box<DeliverySender>) {
         let outcome = match result {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.delivered.store(true, Ordering::Relaxed);
+                Ok(())
+            }
             Err((error, message)) => Err(PublishError {
                 error: error.clone(),
                 persistence: persistence(message),
@@ -76,10 +103,48 @@ fn persistence(message: &BorrowedMessage<'_>) -> Persistence {
 
 type Inner = Arc<ThreadedProducer<DeliveryContext>>;
 
+/// The producer in use and how to make another.
+struct Shared {
+    current: RwLock<Inner>,
+    config: ClientConfig,
+    sessions: AtomicU64,
+    itself: Arc<OnceLock<Weak<Shared>>>,
+}
+
+impl Shared {
+    fn create(&self) -> Result<Inner, KafkaError> {
+        let context = DeliveryContext {
+            session: self.sessions.fetch_add(1, Ordering::Relaxed),
+            shared: self.itself.clone(),
+            delivered: Default::default(),
+        };
+        Ok(Arc::new(self.config.create_with_context(context)?))
+    }
+
+    /// Replaces session `session` (only the first caller for it does anything). Messages the
+    /// old session still holds are failed at once, so that it never resends them.
+    fn replace(&self, session: u64, why: &str) {
+        let old = {
+            let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+            if current.context().session != session {
+                return;
+            }
+            match self.create() {
+                Ok(fresh) => std::mem::replace(&mut *current, fresh),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot recreate the Kafka producer");
+                    return;
+                }
+            }
+        };
+        tracing::warn!(why, "Kafka producer replaced by a fresh session");
+        old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+}
+
 #[derive(Clone)]
 pub struct Producer {
-    current: Arc<RwLock<Inner>>,
-    config: ClientConfig,
+    shared: Arc<Shared>,
 }
 
 impl Producer {
@@ -88,16 +153,26 @@ impl Producer {
         client_id: &str,
         message_timeout: Duration,
     ) -> Result<Self, KafkaError> {
+        let itself = Arc::new(OnceLock::new());
         let config = producer_config(args, client_id, message_timeout);
-        let producer = Arc::new(config.create_with_context(DeliveryContext)?);
-        Ok(Self {
-            current: Arc::new(RwLock::new(producer)),
+        let first = config.create_with_context(DeliveryContext {
+            session: 0,
+            shared: itself.clone(),
+            delivered: Default::default(),
+        })?;
+        let shared = Arc::new(Shared {
+            current: RwLock::new(Arc::new(first)),
             config,
-        })
+            sessions: AtomicU64::new(1),
+            itself: itself.clone(),
+        });
+        let _ = itself.set(Arc::downgrade(&shared));
+        Ok(Self { shared })
     }
 
     fn current(&self) -> Inner {
-        self.current
+        self.shared
+            .current
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -143,7 +218,6 @@ impl Producer {
     /// librdkafka: after a fatal error "the producer instance is no longer usable" and must
     /// be recreated. A producer whose idempotence state the broker refuses (fenced after a
     /// timeout, say) is in the same state without the fatal flag: every later send fails.
-    /// Only the first caller to see a given dead producer replaces it.
     fn replace_if_dead(&self, seen: &Inner, error: &KafkaError) {
         use rdkafka::types::RDKafkaErrorCode::{
             InvalidProducerEpoch, InvalidProducerIdMapping, OutOfOrderSequenceNumber,
@@ -159,20 +233,9 @@ impl Producer {
                     | UnknownProducerId
             )
         );
-        let fatal = seen.client().fatal_error();
-        if fatal.is_none() && !refused_identity {
-            return;
-        }
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&current, seen) {
-            return;
-        }
-        match self.config.create_with_context(DeliveryContext) {
-            Ok(fresh) => {
-                tracing::warn!(?fatal, %error, "Kafka producer is no longer usable; replaced it");
-                *current = Arc::new(fresh);
-            }
-            Err(err) => tracing::error!(error = %err, "cannot recreate the Kafka producer"),
+        if refused_identity || seen.client().fatal_error().is_some() {
+            self.shared
+                .replace(seen.context().session, "the producer is no longer usable");
         }
     }
 

@@ -147,58 +147,85 @@ impl Issuer {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(err) = this.rebuild(coupon).await {
+            if let Err(err) = this.rebuild(&[coupon]).await {
                 tracing::warn!(%coupon, error = %err, "rebuilding the coupon's Redis state failed");
             }
         });
         ApiError::Rebuilding(coupon.get())
     }
 
-    /// Restores one coupon's Redis state from PostgreSQL, safely: first the workers must
-    /// have persisted every event published so far, so that PostgreSQL's holders plus the
-    /// in-doubt entries are everyone who won. Only then is the meta written, which reopens
-    /// admission.
-    pub async fn rebuild(&self, coupon: CouponId) -> Result<Rebuilt, ApiError> {
+    /// Restores coupons' Redis state from PostgreSQL, safely: first the workers must have
+    /// persisted every event published so far, so that PostgreSQL's holders plus the
+    /// pending entries are everyone who won. Only then is each meta written, which reopens
+    /// admission. Many coupons share one wait.
+    pub async fn rebuild(
+        &self,
+        coupons: &[CouponId],
+    ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
         let mut redis = self.redis.clone();
         let lease = self.publish_window + self.rebuild_timeout + REBUILD_LEASE_MARGIN;
-        if !self
-            .scripts
-            .try_lease_rebuild(&mut redis, coupon, lease)
-            .await?
-        {
-            return Ok(Rebuilt::AlreadyRunning);
+        let (mut leased, mut done) = (Vec::new(), Vec::new());
+        for &coupon in coupons {
+            if self
+                .scripts
+                .try_lease_rebuild(&mut redis, coupon, lease)
+                .await?
+            {
+                leased.push(coupon);
+            } else {
+                done.push((coupon, Rebuilt::AlreadyRunning));
+            }
         }
-        let rebuilt = self.rebuild_leased(coupon).await;
-        if let Err(err) = self.scripts.end_rebuild_lease(&mut redis, coupon).await {
-            tracing::warn!(%coupon, error = %err, "rebuild lease not released; it will expire");
+        if leased.is_empty() {
+            return Ok(done);
         }
-        rebuilt
+        let rebuilt = self.rebuild_leased(&leased).await;
+        for &coupon in &leased {
+            if let Err(err) = self.scripts.end_rebuild_lease(&mut redis, coupon).await {
+                tracing::warn!(%coupon, error = %err, "rebuild lease not released; it will expire");
+            }
+        }
+        done.extend(rebuilt?);
+        Ok(done)
     }
 
-    async fn rebuild_leased(&self, coupon: CouponId) -> Result<Rebuilt, ApiError> {
-        // A publish admitted before Redis lost the coupon may still be on its way to the
+    async fn rebuild_leased(
+        &self,
+        coupons: &[CouponId],
+    ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
+        // A publish admitted before Redis lost the coupons may still be on its way to the
         // broker; once a full publish window has passed, every such event has landed (or
         // failed) and the high-water mark captured next covers it.
-        tracing::info!(%coupon, "rebuild: letting publishes admitted before the loss report");
+        tracing::info!(
+            coupons = coupons.len(),
+            "rebuild: letting publishes admitted before the loss report"
+        );
         tokio::time::sleep(self.publish_window).await;
-        tracing::info!(%coupon, group = %self.worker_group, "rebuild: waiting for the workers to reach the end of the topic");
+        tracing::info!(group = %self.worker_group, "rebuild: waiting for the workers to reach the end of the topic");
         wait_for_group(&self.kafka, &self.worker_group, self.rebuild_timeout)
             .await
             .map_err(|e| ApiError::unavailable("kafka", e))?;
-        let (record, mut holders) = {
-            let mut conn = self.pool.get().await?;
-            let record = find_coupon(&mut conn, coupon)
-                .await?
-                .ok_or(ApiError::CouponNotFound(coupon.get()))?;
-            (record, coupon_holders(&mut conn, coupon).await?)
-        };
         let mut redis = self.redis.clone();
-        let pending = self.scripts.pending(&mut redis, coupon).await?;
-        holders.extend(pending.iter().map(|(event, _)| event.user_id.get()));
-        self.scripts.restore(&mut redis, &record, &holders).await?;
-        tracing::info!(%coupon, holders = holders.len(), "rebuild: admission reopened");
-        Ok(Rebuilt::Restored {
-            holders: holders.len(),
-        })
+        let mut rebuilt = Vec::with_capacity(coupons.len());
+        for &coupon in coupons {
+            let (record, mut holders) = {
+                let mut conn = self.pool.get().await?;
+                let record = find_coupon(&mut conn, coupon)
+                    .await?
+                    .ok_or(ApiError::CouponNotFound(coupon.get()))?;
+                (record, coupon_holders(&mut conn, coupon).await?)
+            };
+            let pending = self.scripts.pending(&mut redis, coupon).await?;
+            holders.extend(pending.iter().map(|(event, _)| event.user_id.get()));
+            self.scripts.restore(&mut redis, &record, &holders).await?;
+            tracing::info!(%coupon, holders = holders.len(), "rebuild: admission reopened");
+            rebuilt.push((
+                coupon,
+                Rebuilt::Restored {
+                    holders: holders.len(),
+                },
+            ));
+        }
+        Ok(rebuilt)
     }
 }

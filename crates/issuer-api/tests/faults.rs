@@ -402,3 +402,31 @@ async fn poison_events_are_set_aside_retried_on_schedule_and_replayable() {
     );
     env.shutdown().await;
 }
+
+#[actix_web::test]
+async fn a_broker_killed_and_restarted_loses_no_acknowledged_event() {
+    let mut broker = OwnBroker::start_durable();
+    let env = TestEnv::start_on(&broker.brokers, 1).await;
+    let coupon = env.coupon_with_quantity(1000).await;
+    // Requests in flight while the broker dies.
+    let load =
+        futures_util::future::join_all((1..=1000).map(|user| env.issue_retrying(coupon, user)));
+    let kill = async {
+        actix_web::rt::time::sleep(Duration::from_millis(30)).await;
+        broker.kill_and_restart();
+    };
+    let (answers, ()) = futures_util::future::join(load, kill).await;
+
+    let told_yes: Vec<i64> = (1..=1000)
+        .zip(&answers)
+        .filter(|(_, (s, _))| *s == 201)
+        .map(|(u, _)| u)
+        .collect();
+    assert_eq!(
+        told_yes.len(),
+        1000,
+        "every user got a definite SUCCESS after retrying"
+    );
+    assert_eq!(env.rows_when_settled(coupon, 1000).await, told_yes);
+    env.shutdown().await;
+}

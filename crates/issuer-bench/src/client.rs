@@ -69,20 +69,26 @@ impl ApiClient {
     /// One issue request; returns the answer's kind (`SUCCESS`, `SOLD_OUT`, `HTTP 503`,
     /// `ERROR: …`) so every outcome is counted, none hidden.
     pub async fn issue(&self, coupon: i64, user: i64) -> String {
-        let sent = self
+        match self.try_issue(coupon, user).await {
+            Ok((_, kind)) => kind,
+            Err(err) => format!("ERROR: {err}"),
+        }
+    }
+
+    /// One issue request: the status and the answer's `result` (or `HTTP <status>`), or the
+    /// transport error when no answer came (connection refused or reset, timeout).
+    pub async fn try_issue(&self, coupon: i64, user: i64) -> Result<(u16, String), String> {
+        let mut response = self
             .client
             .post(format!("{}/api/v1/coupons/{coupon}/issues", self.base))
             .send_json(&json!({ "userId": user }))
-            .await;
-        match sent {
-            Ok(mut response) => match response.json::<Value>().await {
-                Ok(body) => body["result"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("HTTP {}", response.status().as_u16())),
-                Err(_) => format!("HTTP {}", response.status().as_u16()),
-            },
-            Err(err) => format!("ERROR: {err}"),
-        }
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let kind = match response.json::<Value>().await {
+            Ok(body) => body["result"].as_str().map(str::to_owned),
+            Err(_) => None,
+        };
+        Ok((status, kind.unwrap_or_else(|| format!("HTTP {status}"))))
     }
 }

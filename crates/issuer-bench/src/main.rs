@@ -1,14 +1,13 @@
 //! issuer-bench: drives a running issuer-api and reads PostgreSQL to see rows land.
 
-mod client;
-mod seed;
-
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
-
-use crate::client::ApiClient;
+use issuer_bench::chaos::{self, ChaosOptions};
+use issuer_bench::client::ApiClient;
+use issuer_bench::seed;
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +46,23 @@ enum Scenario {
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..))]
         quantity: i64,
     },
+    /// Faults under load on a cluster of its own (Redis, broker, two APIs, two workers),
+    /// then every invariant checked; exits non-zero on a violation.
+    Chaos {
+        /// How long the load runs; the faults are spread over it.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(30..))]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        coupons: u64,
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..))]
+        quantity: i64,
+        /// Where issuer-api and issuer-worker are; default: beside this binary.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Keep the chaos database afterwards, to look at.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 #[actix_rt::main]
@@ -58,15 +74,39 @@ async fn main() -> anyhow::Result<()> {
         users: 5000,
         quantity: 500,
     });
-    let api = ApiClient::new(&cli.api, &cli.admin_token);
-    api.wait_ready(Duration::from_secs(30)).await?;
     match scenario {
+        Scenario::Chaos {
+            duration_secs,
+            coupons,
+            quantity,
+            bin_dir,
+            keep,
+        } => {
+            let bin_dir = match bin_dir {
+                Some(dir) => dir,
+                None => std::env::current_exe()?
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
+            };
+            let options = ChaosOptions {
+                duration: Duration::from_secs(duration_secs),
+                coupons: coupons as usize,
+                quantity,
+                keep,
+            };
+            if !chaos::run(&bin_dir, &cli.database_url, options).await? {
+                bail!("chaos: invariants violated (see the tables above)");
+            }
+        }
         Scenario::Seed { users, quantity } => {
             if users + 64 > limit {
                 bail!(
                     "{users} connections need more open files than this process may have ({limit})"
                 );
             }
+            let api = ApiClient::new(&cli.api, &cli.admin_token);
+            api.wait_ready(Duration::from_secs(30)).await?;
             let report = seed::run(&api, &cli.database_url, users, quantity).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -15,6 +15,11 @@ pub struct Config {
     /// Kafka consumer group; run one process per partition at most for full parallelism.
     #[arg(long, env = "WORKER_GROUP_ID", default_value = "coupon-issue-worker")]
     pub group_id: String,
+    /// A stable identity for this worker (static group membership): restarted with the
+    /// same id, it takes its partitions back at once instead of after the dead session
+    /// times out. Give each worker its own (a StatefulSet's pod name, say). Unset: dynamic.
+    #[arg(long, env = "WORKER_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// Most events written in one PostgreSQL transaction.
     #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,

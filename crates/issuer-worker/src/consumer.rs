@@ -31,8 +31,16 @@ impl ConsumerContext for GroupContext {
 
 pub type IssueConsumer = StreamConsumer<GroupContext>;
 
-pub fn subscribe(args: &KafkaArgs, group_id: &str) -> Result<IssueConsumer, KafkaError> {
-    let consumer: IssueConsumer = client_config(args, "issuer-worker")
+pub fn subscribe(
+    args: &KafkaArgs,
+    group_id: &str,
+    instance_id: Option<&str>,
+) -> Result<IssueConsumer, KafkaError> {
+    let mut config = client_config(args, "issuer-worker");
+    if let Some(instance) = instance_id {
+        config.set("group.instance.id", instance);
+    }
+    let consumer: IssueConsumer = config
         .set("group.id", group_id)
         // Offsets are committed by hand after the rows are committed, never before.
         .set("enable.auto.commit", "false")

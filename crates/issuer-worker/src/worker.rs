@@ -63,7 +63,11 @@ impl Worker {
         Ok(Self {
             pool: config.database.pool()?,
             dead_letters: DeadLetters::new(&config.kafka)?,
-            consumer: subscribe(&config.kafka, &config.group_id)?,
+            consumer: subscribe(
+                &config.kafka,
+                &config.group_id,
+                config.instance_id.as_deref(),
+            )?,
             config,
         })
     }

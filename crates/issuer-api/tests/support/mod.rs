@@ -473,13 +473,45 @@ pub async fn failed_events(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
 pub struct OwnBroker {
     pub brokers: String,
     child: std::process::Child,
+    /// Where its durable storage lives, if it has any.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl OwnBroker {
     pub fn start() -> OwnBroker {
-        let port = free_port();
+        Self::start_on(free_port(), None)
+    }
+
+    /// A broker whose messages survive a kill -9 (sqlite storage in a directory of its own).
+    pub fn start_durable() -> OwnBroker {
+        let dir = std::env::temp_dir().join(format!("tansu-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::start_on(free_port(), Some(dir))
+    }
+
+    /// kill -9, then the same broker again on the same port and storage.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.brokers.rsplit_once(':').unwrap().1.parse().unwrap();
+        *self = Self::start_on(port, self.dir.take());
+    }
+
+    fn start_on(port: u16, dir: Option<std::path::PathBuf>) -> OwnBroker {
         let url = format!("tcp://127.0.0.1:{port}");
+        let storage = if dir.is_some() {
+            "sqlite://tansu.db"
+        } else {
+            "memory://tansu/"
+        };
+        let log = match &dir {
+            Some(dir) => {
+                std::process::Stdio::from(std::fs::File::create(dir.join("tansu.log")).unwrap())
+            }
+            None => std::process::Stdio::null(),
+        };
         let child = std::process::Command::new("tansu")
+            .current_dir(dir.clone().unwrap_or_else(std::env::temp_dir))
             .args([
                 "broker",
                 "--listener-url",
@@ -487,9 +519,9 @@ impl OwnBroker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", storage])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("tansu is installed (make up installs it)");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -500,6 +532,7 @@ impl OwnBroker {
         OwnBroker {
             brokers: format!("127.0.0.1:{port}"),
             child,
+            dir,
         }
     }
 

@@ -1,0 +1,295 @@
+//! The cluster the chaos run owns: its own Redis (AOF), its own durable broker, its own
+//! database behind a cuttable proxy, two issuer-api and two issuer-worker processes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use crate::process::{Service, free_port, wait_for_port};
+use crate::proxy::CuttableProxy;
+
+pub const ADMIN_TOKEN: &str = "chaos-admin-token";
+pub const TOPIC: &str = "coupon-issue";
+pub const GROUP: &str = "coupon-issue-worker";
+pub const REPLICAS: usize = 2;
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    bin_dir: PathBuf,
+    pub redis_port: u16,
+    pub kafka_port: u16,
+    pub api_ports: [u16; REPLICAS],
+    /// The chaos database, reached directly (for checks).
+    pub database_url: String,
+    admin_database_url: String,
+    database_name: String,
+    pub postgres: CuttableProxy,
+    redis: Option<Service>,
+    broker: Option<Service>,
+    apis: [Option<Service>; REPLICAS],
+    workers: [Option<Service>; REPLICAS],
+}
+
+impl Cluster {
+    pub async fn start(
+        bin_dir: &Path,
+        admin_database_url: &str,
+        dir: &Path,
+    ) -> anyhow::Result<Cluster> {
+        for binary in ["issuer-api", "issuer-worker"] {
+            if !bin_dir.join(binary).exists() {
+                bail!(
+                    "{binary} not found in {}; build it first (make chaos does)",
+                    bin_dir.display()
+                );
+            }
+        }
+        std::fs::create_dir_all(dir)?;
+        let database_name = format!("coupon_chaos_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = AsyncPgConnection::establish(admin_database_url)
+            .await
+            .context("cannot reach PostgreSQL (is `make up` done?)")?;
+        diesel::sql_query(format!("CREATE DATABASE {database_name}"))
+            .execute(&mut admin)
+            .await?;
+        let (server, _) = admin_database_url
+            .rsplit_once('/')
+            .context("DATABASE_URL has no database")?;
+        let database_url = format!("{server}/{database_name}");
+        let pg_target = server
+            .rsplit_once('@')
+            .map_or(server, |(_, host)| host)
+            .to_owned();
+        let postgres = CuttableProxy::start(&pg_target).await?;
+
+        let mut cluster = Cluster {
+            dir: dir.to_owned(),
+            bin_dir: bin_dir.to_owned(),
+            redis_port: free_port()?,
+            kafka_port: free_port()?,
+            api_ports: [free_port()?, free_port()?],
+            database_url,
+            admin_database_url: admin_database_url.to_owned(),
+            database_name,
+            postgres,
+            redis: None,
+            broker: None,
+            apis: [None, None],
+            workers: [None, None],
+        };
+        cluster.start_redis().await?;
+        cluster.start_broker().await?;
+        for i in 0..REPLICAS {
+            cluster.start_worker(i)?;
+            cluster.start_api(i).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    fn service_env(&self) -> Vec<(String, String)> {
+        let proxied = self
+            .postgres
+            .url_for(&self.database_url)
+            .unwrap_or_default();
+        [
+            (
+                "REDIS_URL",
+                format!("redis://127.0.0.1:{}", self.redis_port),
+            ),
+            ("KAFKA_BROKERS", format!("127.0.0.1:{}", self.kafka_port)),
+            ("DATABASE_URL", proxied),
+            ("DATABASE_POOL_SIZE", "4".into()),
+            ("ISSUE_TOPIC", TOPIC.into()),
+            ("WORKER_GROUP_ID", GROUP.into()),
+            ("ISSUER_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+            ("ISSUER_HTTP_WORKERS", "1".into()),
+            ("PUBLISH_TIMEOUT_MS", "5000".into()),
+            ("RECONCILE_INTERVAL_MS", "1000".into()),
+            ("REBUILD_TIMEOUT_MS", "30000".into()),
+            ("WORKER_BATCH_LINGER_MS", "10".into()),
+            ("WORKER_REDRIVE_INTERVAL_MS", "1000".into()),
+            ("WORKER_RETRY_MAX_MS", "1000".into()),
+            ("RUST_LOG", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    pub async fn start_redis(&mut self) -> anyhow::Result<()> {
+        let data = self.dir.join("redis");
+        std::fs::create_dir_all(&data)?;
+        let port = self.redis_port.to_string();
+        let data_dir = data.to_string_lossy().into_owned();
+        // AOF with fsync every second, as docker-compose and deploy/ configure it.
+        let args = [
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &data_dir,
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+        ];
+        let log = self.log("redis");
+        self.redis = Some(Service::spawn(
+            "redis",
+            Path::new("redis-server"),
+            &args,
+            &[],
+            &self.dir,
+            &log,
+        )?);
+        wait_for_port(self.redis_port, Duration::from_secs(10)).await
+    }
+
+    /// Redis dies and comes back with nothing: every key is gone, AOF included.
+    pub async fn wipe_redis(&mut self) -> anyhow::Result<()> {
+        if let Some(redis) = self.redis.take() {
+            redis.kill9();
+        }
+        let _ = std::fs::remove_dir_all(self.dir.join("redis"));
+        self.start_redis().await
+    }
+
+    pub async fn start_broker(&mut self) -> anyhow::Result<()> {
+        let data = self.dir.join("broker");
+        std::fs::create_dir_all(&data)?;
+        let url = format!("tcp://127.0.0.1:{}", self.kafka_port);
+        // Durable storage: a killed broker comes back with every acknowledged message.
+        let args = [
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "sqlite://tansu.db",
+        ];
+        let log = self.log("broker");
+        let env = [(
+            "RUST_LOG".to_owned(),
+            std::env::var("CHAOS_BROKER_LOG").unwrap_or_else(|_| "warn".into()),
+        )];
+        self.broker = Some(Service::spawn(
+            "broker",
+            Path::new("tansu"),
+            &args,
+            &env,
+            &data,
+            &log,
+        )?);
+        wait_for_port(self.kafka_port, Duration::from_secs(20)).await
+    }
+
+    pub fn kill_broker(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker.kill9();
+        }
+    }
+
+    pub async fn start_api(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut env = self.service_env();
+        env.push((
+            "ISSUER_LISTEN".into(),
+            format!("127.0.0.1:{}", self.api_ports[i]),
+        ));
+        let (program, log) = (
+            self.bin_dir.join("issuer-api"),
+            self.log(&format!("api-{i}")),
+        );
+        self.apis[i] = Some(Service::spawn(
+            &format!("api-{i}"),
+            &program,
+            &[],
+            &env,
+            &self.dir,
+            &log,
+        )?);
+        wait_for_port(self.api_ports[i], Duration::from_secs(60)).await
+    }
+
+    pub fn kill_api(&mut self, i: usize) {
+        if let Some(api) = self.apis[i].take() {
+            api.kill9();
+        }
+    }
+
+    pub fn start_worker(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut env = self.service_env();
+        env.push(("WORKER_INSTANCE_ID".into(), format!("chaos-worker-{i}")));
+        let (program, log) = (
+            self.bin_dir.join("issuer-worker"),
+            self.log(&format!("worker-{i}")),
+        );
+        self.workers[i] = Some(Service::spawn(
+            &format!("worker-{i}"),
+            &program,
+            &[],
+            &env,
+            &self.dir,
+            &log,
+        )?);
+        Ok(())
+    }
+
+    pub fn kill_worker(&mut self, i: usize) {
+        if let Some(worker) = self.workers[i].take() {
+            worker.kill9();
+        }
+    }
+
+    /// `issuer-api rebuild-redis --all`, as an operator would run it after losing Redis.
+    pub fn rebuild_redis(&self) -> anyhow::Result<std::process::Child> {
+        let out = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.log("rebuild"))?;
+        Ok(std::process::Command::new(self.bin_dir.join("issuer-api"))
+            .args(["rebuild-redis", "--all"])
+            .envs(self.service_env())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?)
+    }
+
+    /// Stops the services gracefully, then the infrastructure, and drops the database.
+    pub async fn shut_down(mut self, keep_database: bool) -> anyhow::Result<()> {
+        for service in self
+            .apis
+            .iter_mut()
+            .chain(self.workers.iter_mut())
+            .filter_map(Option::take)
+        {
+            let name = service.name.clone();
+            if !service.terminate(Duration::from_secs(20)) {
+                eprintln!("warning: {name} did not stop cleanly on SIGTERM");
+            }
+        }
+        self.kill_broker();
+        if let Some(redis) = self.redis.take() {
+            redis.kill9();
+        }
+        if !keep_database {
+            let mut admin = AsyncPgConnection::establish(&self.admin_database_url).await?;
+            diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database_name
+            ))
+            .execute(&mut admin)
+            .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,457 @@
+//! `issuer-bench chaos`: sustained load on a cluster of our own while processes die and
+//! state is lost, then a check of every invariant in DESIGN.md against what each user was
+//! told. Exits non-zero on any violation.
+
+mod cluster;
+mod load;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use coupon_core::config::KafkaArgs;
+use coupon_core::db::schema::{coupon_issues, failed_events};
+use coupon_core::domain::{CouponId, UserId};
+use coupon_core::event::IssueEvent;
+use coupon_core::kafka::wait_for_group;
+use coupon_core::producer::Producer;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use self::cluster::{ADMIN_TOKEN, Cluster, GROUP, TOPIC};
+use self::load::{Outcome, drive};
+use crate::client::ApiClient;
+
+pub struct ChaosOptions {
+    pub duration: Duration,
+    pub coupons: usize,
+    pub quantity: i64,
+    pub keep: bool,
+}
+
+const GARBAGE_EVENTS: usize = 5;
+const ORPHAN_EVENTS: usize = 3;
+const GIVE_UP: Duration = Duration::from_secs(60);
+const SETTLE_PATIENCE: Duration = Duration::from_secs(120);
+/// Shorter than the cluster's publish timeout (5 s): tansu 0.6's sqlite engine panics when
+/// an idempotent producer comes back with an epoch bumped across its restart (see README).
+const BROKER_DOWN: Duration = Duration::from_secs(2);
+
+/// What a fault threatens, by invariant name (the check table's first column).
+struct Fault {
+    at: f64,
+    name: &'static str,
+    threatens: &'static [&'static str],
+}
+
+const FAULTS: [Fault; 6] = [
+    Fault {
+        at: 0.06,
+        name: "kill -9 of a worker, restarted (twice)",
+        threatens: &["no lost success", "one per user"],
+    },
+    Fault {
+        at: 0.16,
+        name: "kill -9 of the broker, restarted",
+        threatens: &["no lost success", "no leaked stock"],
+    },
+    Fault {
+        at: 0.30,
+        name: "PostgreSQL gone for 3 s (every connection dropped)",
+        threatens: &["no lost success", "one per user"],
+    },
+    Fault {
+        at: 0.41,
+        name: "kill -9 of an issuer-api with requests in flight",
+        threatens: &["no leaked stock", "no lost success"],
+    },
+    Fault {
+        at: 0.65,
+        name: "Redis restart losing everything, then rebuild-redis --all",
+        threatens: &["no oversell", "one per user", "no lost success"],
+    },
+    Fault {
+        at: 0.77,
+        name: "poison events written straight into the topic",
+        threatens: &["poison recorded", "offsets reach the end"],
+    },
+];
+
+pub async fn run(
+    bin_dir: &Path,
+    admin_database_url: &str,
+    options: ChaosOptions,
+) -> anyhow::Result<bool> {
+    let dir = std::env::current_dir()?.join(".local/chaos");
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("Starting the chaos cluster (logs in {})", dir.display());
+    let mut cluster = Cluster::start(bin_dir, admin_database_url, &dir).await?;
+    let apis: Rc<Vec<ApiClient>> = Rc::new(
+        cluster
+            .api_ports
+            .iter()
+            .map(|port| ApiClient::new(&format!("http://127.0.0.1:{port}"), ADMIN_TOKEN))
+            .collect(),
+    );
+    for api in apis.iter() {
+        api.wait_ready(Duration::from_secs(60)).await?;
+    }
+    let mut quantities = BTreeMap::new();
+    for n in 0..options.coupons {
+        let id = apis[0]
+            .create_coupon(&format!("chaos {n}"), options.quantity)
+            .await?;
+        quantities.insert(id, options.quantity);
+    }
+    // A third more demand than supply, interleaved so that coupons fill across the whole run.
+    let per_coupon = (options.quantity * 4 + 2) / 3;
+    let ids: Vec<i64> = quantities.keys().copied().collect();
+    let attempts: Vec<(i64, i64)> = (0..per_coupon as usize * ids.len())
+        .map(|i| (ids[i % ids.len()], 1_000_000 + i as i64))
+        .collect();
+    println!(
+        "{} coupons of {}, {} users, over {:?}",
+        ids.len(),
+        options.quantity,
+        attempts.len(),
+        options.duration
+    );
+
+    let started = Instant::now();
+    let load = actix_rt::spawn(drive(
+        apis.clone(),
+        attempts,
+        options.duration,
+        GIVE_UP,
+        |i| i % 2,
+    ));
+    let mut burst = None;
+    let mut log = Vec::new();
+    for fault in &FAULTS {
+        let at = options.duration.mul_f64(fault.at);
+        actix_rt::time::sleep_until((started + at).into()).await;
+        let pause = options.duration.mul_f64(0.04).max(Duration::from_secs(3));
+        let detail = match fault.name {
+            name if name.starts_with("kill -9 of a worker") => {
+                for i in 0..cluster::REPLICAS {
+                    cluster.kill_worker(i);
+                    actix_rt::time::sleep(pause).await;
+                    cluster.start_worker(i)?;
+                    actix_rt::time::sleep(pause).await;
+                }
+                format!("each worker down {pause:?}")
+            }
+            name if name.contains("broker") => {
+                cluster.kill_broker();
+                actix_rt::time::sleep(BROKER_DOWN).await;
+                cluster.start_broker().await?;
+                format!("down {BROKER_DOWN:?}")
+            }
+            name if name.starts_with("PostgreSQL") => {
+                cluster.postgres.cut();
+                actix_rt::time::sleep(Duration::from_secs(3)).await;
+                cluster.postgres.restore();
+                "3 s".into()
+            }
+            name if name.contains("issuer-api") => {
+                // A burst at api-0 alone, so that requests are mid-flight when it dies.
+                let extra: Vec<(i64, i64)> = (0..100)
+                    .map(|i| (ids[i % ids.len()], 2_000_000 + i as i64))
+                    .collect();
+                burst = Some(actix_rt::spawn(drive(
+                    apis.clone(),
+                    extra,
+                    Duration::from_millis(20),
+                    GIVE_UP,
+                    |_| 0,
+                )));
+                actix_rt::time::sleep(Duration::from_millis(10)).await;
+                cluster.kill_api(0);
+                actix_rt::time::sleep(pause).await;
+                cluster.start_api(0).await?;
+                format!("100 requests in flight; down {pause:?}")
+            }
+            name if name.starts_with("Redis") => {
+                cluster.wipe_redis().await?;
+                let mut rebuild = cluster.rebuild_redis()?;
+                let status = actix_rt::task::spawn_blocking(move || rebuild.wait()).await??;
+                format!("rebuild-redis --all exited {status}")
+            }
+            _ => {
+                inject_poison(cluster.kafka_port, ids.iter().max().copied().unwrap_or(0)).await?;
+                format!(
+                    "{GARBAGE_EVENTS} undecodable, {ORPHAN_EVENTS} for coupons that do not exist"
+                )
+            }
+        };
+        println!(
+            "{:>6.1}s  {}: {detail}",
+            started.elapsed().as_secs_f64(),
+            fault.name
+        );
+        log.push((fault, detail));
+    }
+
+    let mut outcomes = load.await?;
+    if let Some(burst) = burst {
+        outcomes.extend(burst.await?);
+    }
+    println!(
+        "{:>6.1}s  load done; letting the cluster settle",
+        started.elapsed().as_secs_f64()
+    );
+    let kafka = KafkaArgs {
+        kafka_brokers: format!("127.0.0.1:{}", cluster.kafka_port),
+        issue_topic: TOPIC.into(),
+        topic_partitions: 3,
+        topic_replication: 1,
+    };
+    let settled = settle(&cluster, &kafka).await;
+    let checks = check(&cluster, &quantities, &outcomes, settled).await?;
+    print_report(&log, &checks, &outcomes);
+    let passed = checks.iter().all(|c| c.violations.is_empty());
+    cluster.shut_down(options.keep).await?;
+    Ok(passed)
+}
+
+async fn inject_poison(kafka_port: u16, last_coupon: i64) -> anyhow::Result<()> {
+    let args = KafkaArgs {
+        kafka_brokers: format!("127.0.0.1:{kafka_port}"),
+        issue_topic: TOPIC.into(),
+        topic_partitions: 3,
+        topic_replication: 1,
+    };
+    let producer = Producer::new(&args, "chaos-poison", Duration::from_secs(10))?;
+    for n in 0..GARBAGE_EVENTS {
+        producer
+            .send(
+                TOPIC,
+                n.to_string().as_bytes(),
+                format!("{{not an event {n}").as_bytes(),
+                None,
+            )
+            .await?;
+    }
+    for n in 1..=ORPHAN_EVENTS as i64 {
+        let ghost = CouponId::new(last_coupon + 1000 + n)?;
+        let event = IssueEvent::new(ghost, UserId::new(n)?, chrono::Utc::now());
+        producer
+            .send(TOPIC, event.key().as_bytes(), &event.encode(), None)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Waits until nothing is pending in Redis and the workers have committed to the end of
+/// the topic; returns whether that happened in time.
+async fn settle(cluster: &Cluster, kafka: &KafkaArgs) -> Result<(), String> {
+    let deadline = Instant::now() + SETTLE_PATIENCE;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match pending_slots(cluster.redis_port).await {
+            Ok(0) => match wait_for_group(kafka, GROUP, Duration::from_secs(2)).await {
+                Ok(()) => return Ok(()),
+                Err(err) => last = err.to_string(),
+            },
+            Ok(n) => last = format!("{n} slots still pending in Redis"),
+            Err(err) => last = err.to_string(),
+        }
+        actix_rt::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(last)
+}
+
+async fn pending_slots(redis_port: u16) -> redis::RedisResult<usize> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}"))?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("coupon:*:pending")
+        .query_async(&mut con)
+        .await?;
+    let mut total = 0;
+    for key in keys {
+        let len: usize = redis::cmd("HLEN").arg(key).query_async(&mut con).await?;
+        total += len;
+    }
+    Ok(total)
+}
+
+struct Check {
+    invariant: &'static str,
+    what: String,
+    violations: Vec<String>,
+}
+
+async fn check(
+    cluster: &Cluster,
+    quantities: &BTreeMap<i64, i64>,
+    outcomes: &[Outcome],
+    settled: Result<(), String>,
+) -> anyhow::Result<Vec<Check>> {
+    let mut db = AsyncPgConnection::establish(&cluster.database_url)
+        .await
+        .context("checks need PostgreSQL")?;
+    let rows: Vec<(i64, i64)> = coupon_issues::table
+        .select((coupon_issues::coupon_id, coupon_issues::user_id))
+        .load(&mut db)
+        .await?;
+    let held: HashSet<(i64, i64)> = rows.iter().copied().collect();
+    let mut per_coupon: HashMap<i64, i64> = HashMap::new();
+    for (coupon, _) in &rows {
+        *per_coupon.entry(*coupon).or_default() += 1;
+    }
+    let failed: Vec<String> = failed_events::table
+        .select(failed_events::reason)
+        .load(&mut db)
+        .await?;
+    let count_failed = |reason: &str| failed.iter().filter(|r| *r == reason).count();
+
+    let mut checks = Vec::new();
+    let mut violations = Vec::new();
+    for (coupon, quantity) in quantities {
+        let n = per_coupon.get(coupon).copied().unwrap_or(0);
+        if n > *quantity {
+            violations.push(format!(
+                "coupon {coupon}: {n} rows for a quantity of {quantity}"
+            ));
+        }
+    }
+    checks.push(Check {
+        invariant: "no oversell",
+        what: "rows per coupon ≤ quantity".into(),
+        violations,
+    });
+
+    let violations = if held.len() == rows.len() {
+        vec![]
+    } else {
+        vec![format!("{} duplicate rows", rows.len() - held.len())]
+    };
+    checks.push(Check {
+        invariant: "one per user",
+        what: "no (coupon, user) twice".into(),
+        violations,
+    });
+
+    let told_yes =
+        |o: &Outcome| o.status == Some(201) || (o.status == Some(409) && o.after_unknown);
+    let violations = outcomes
+        .iter()
+        .filter(|o| told_yes(o) && !held.contains(&(o.coupon, o.user)))
+        .map(|o| {
+            format!(
+                "user {} of coupon {} was told {} but has no row",
+                o.user, o.coupon, o.result
+            )
+        })
+        .collect();
+    let yes = outcomes.iter().filter(|o| told_yes(o)).count();
+    checks.push(Check {
+        invariant: "no lost success",
+        what: format!("each of {yes} users told SUCCESS (or 409 after a 503) has a row"),
+        violations,
+    });
+
+    let violations = outcomes
+        .iter()
+        .filter(|o| {
+            matches!(o.status, Some(s) if (400..500).contains(&s) && s != 409)
+                && held.contains(&(o.coupon, o.user))
+        })
+        .map(|o| {
+            format!(
+                "user {} of coupon {} was told {} but has a row",
+                o.user, o.coupon, o.result
+            )
+        })
+        .collect();
+    checks.push(Check {
+        invariant: "errors tell the truth",
+        what: "no row for a user finally refused".into(),
+        violations,
+    });
+
+    let violations = quantities
+        .iter()
+        .filter_map(|(coupon, quantity)| {
+            let n = per_coupon.get(coupon).copied().unwrap_or(0);
+            (n != *quantity).then(|| format!("coupon {coupon}: {n} rows of {quantity}"))
+        })
+        .collect();
+    checks.push(Check {
+        invariant: "no leaked stock",
+        what: "every coupon ends at exactly its quantity".into(),
+        violations,
+    });
+
+    let (garbage, orphans) = (
+        count_failed("UNDECODABLE"),
+        count_failed("COUPON_NOT_FOUND"),
+    );
+    let mut violations = Vec::new();
+    if garbage != GARBAGE_EVENTS || orphans != ORPHAN_EVENTS {
+        violations.push(format!(
+            "failed_events holds {garbage} UNDECODABLE and {orphans} COUPON_NOT_FOUND"
+        ));
+    }
+    checks.push(Check {
+        invariant: "poison recorded",
+        what: format!("{GARBAGE_EVENTS} + {ORPHAN_EVENTS} poison events in failed_events"),
+        violations,
+    });
+
+    checks.push(Check {
+        invariant: "offsets reach the end",
+        what: "nothing pending; committed offsets at the end".into(),
+        violations: settled.err().into_iter().collect(),
+    });
+    Ok(checks)
+}
+
+fn print_report(log: &[(&Fault, String)], checks: &[Check], outcomes: &[Outcome]) {
+    let result = |invariant: &str| {
+        checks
+            .iter()
+            .find(|c| c.invariant == invariant)
+            .map_or("?", |c| {
+                if c.violations.is_empty() {
+                    "PASS"
+                } else {
+                    "FAIL"
+                }
+            })
+    };
+    println!("\n| fault | invariant | result |\n|---|---|---|");
+    for (fault, _) in log {
+        for invariant in fault.threatens {
+            println!("| {} | {invariant} | {} |", fault.name, result(invariant));
+        }
+    }
+    println!("\n| invariant | checked | violations | result |\n|---|---|---:|---|");
+    for c in checks {
+        println!(
+            "| {} | {} | {} | {} |",
+            c.invariant,
+            c.what,
+            c.violations.len(),
+            result(c.invariant)
+        );
+    }
+    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+    for o in outcomes {
+        let key = if o.after_unknown {
+            format!("{} (after a 503 or a broken connection)", o.result)
+        } else {
+            o.result.clone()
+        };
+        *answers.entry(key).or_default() += 1;
+    }
+    println!("\nFinal answers: {answers:?}");
+    for c in checks {
+        for v in c.violations.iter().take(10) {
+            println!("VIOLATION [{}]: {v}", c.invariant);
+        }
+    }
+}

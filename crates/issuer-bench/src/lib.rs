@@ -1,0 +1,8 @@
+//! issuer-bench: load scenarios and the chaos suite against real processes, plus the
+//! pieces of fault injection the integration tests share.
+
+pub mod chaos;
+pub mod client;
+pub mod process;
+pub mod proxy;
+pub mod seed;
