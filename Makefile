@@ -10,7 +10,7 @@ export RUST_LOG ?= info
 RELEASE_BIN := target/release
 SERVICES := -p issuer-api -p issuer-worker
 
-.PHONY: up down build run demo test lint fmt clean-test-dbs
+.PHONY: up down build run demo test chaos lint fmt clean-test-dbs
 
 up: ## Redis, PostgreSQL and a Kafka-API broker on their standard ports (installs what is missing)
 	@bash deploy/local/up.sh
@@ -29,6 +29,13 @@ demo: up build ## the seed's experiment: 500 coupons, 5,000 users at once, outco
 
 test: up clean-test-dbs ## the whole suite against the real services
 	cargo test --workspace --no-fail-fast
+
+# Seconds of load under faults; CI runs a shorter one.
+CHAOS_SECONDS ?= 120
+
+chaos: up ## faults under load on a cluster of its own, then every invariant checked
+	cargo build -p issuer-api -p issuer-worker -p issuer-bench
+	target/debug/issuer-bench chaos --duration-secs $(CHAOS_SECONDS)
 
 lint:
 	cargo fmt --all -- --check

@@ -61,9 +61,9 @@ elif command -v redis-server >/dev/null || apt_install redis-server; redis_ping;
   log "Redis answers on $REDIS_PORT after installing: reusing it"
 else
   mkdir -p "$STATE/redis"
-  # Append-only file, fsync every second: a restart keeps all but the last second.
-  redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" \
-    --dir "$STATE/redis" --appendonly yes --appendfsync everysec \
+  # deploy/redis/redis.conf: append-only file, fsync every second.
+  redis-server "$ROOT/deploy/redis/redis.conf" --daemonize yes --bind 127.0.0.1 \
+    --port "$REDIS_PORT" --dir "$STATE/redis" \
     --pidfile "$STATE/redis/redis.pid" --logfile "$STATE/redis/redis.log"
   wait_for 10 Redis redis_ping
   grep -qx redis "$STARTED" || echo redis >>"$STARTED"

@@ -10,8 +10,9 @@ use chrono::Utc;
 use clap::Parser;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
+use issuer_bench::proxy::CuttableProxy;
 use serde_json::json;
-use support::{CuttableProxy, OwnBroker, TestEnv};
+use support::{OwnBroker, TestEnv};
 
 #[actix_web::test]
 async fn a_publish_that_never_left_gives_the_slot_back_at_once() {
@@ -134,9 +135,12 @@ async fn a_publish_in_doubt_holds_the_slot_and_the_retry_or_the_reconciler_settl
 #[actix_web::test]
 async fn the_worker_rides_out_a_postgresql_outage_without_skipping_or_duplicating() {
     let mut env = TestEnv::start(0).await;
-    let proxy = CuttableProxy::start("127.0.0.1:5432").await;
+    let proxy = CuttableProxy::start("127.0.0.1:5432").await.unwrap();
     let mut args = env.worker_args(10);
-    args[1] = format!("--database-url={}", proxy.url_for(&env.database_url));
+    args[1] = format!(
+        "--database-url={}",
+        proxy.url_for(&env.database_url).unwrap()
+    );
     args.push("--retry-max-ms=500".into());
     env.start_worker_with(args).await;
     let coupon = env.coupon_with_quantity(100).await;

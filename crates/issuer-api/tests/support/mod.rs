@@ -553,70 +553,7 @@ impl Drop for OwnBroker {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A TCP proxy in front of PostgreSQL that a test can cut (every connection dropped,
-/// new ones refused) and restore: a database outage as the worker sees it.
-pub struct CuttableProxy {
-    pub port: u16,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    generation: tokio::sync::watch::Sender<u64>,
-}
-
-impl CuttableProxy {
-    pub async fn start(target: &str) -> CuttableProxy {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (generation, _) = tokio::sync::watch::channel(0u64);
-        let target = target.to_owned();
-        let (cut_flag, generations) = (cut.clone(), generation.clone());
-        actix_web::rt::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if std::sync::atomic::AtomicBool::load(&cut_flag, Ordering::SeqCst) {
-                    continue; // dropped: connection refused, in effect
-                }
-                let target = target.clone();
-                let mut cut_seen = generations.subscribe();
-                actix_web::rt::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut_seen.changed() => {}
-                    }
-                });
-            }
-        });
-        CuttableProxy {
-            port,
-            cut,
-            generation,
-        }
-    }
-
-    pub fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    pub fn restore(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// `database_url` with its host and port replaced by this proxy's.
-    pub fn url_for(&self, database_url: &str) -> String {
-        let (scheme_auth, rest) = database_url.rsplit_once('@').unwrap();
-        let (_, path) = rest.split_once('/').unwrap();
-        format!("{scheme_auth}@127.0.0.1:{}/{path}", self.port)
-    }
+    issuer_bench::process::free_port().unwrap()
 }
 
 /// How many partitions the `make up` broker reports for `topic`.

@@ -127,20 +127,16 @@ impl Cluster {
         std::fs::create_dir_all(&data)?;
         let port = self.redis_port.to_string();
         let data_dir = data.to_string_lossy().into_owned();
-        // AOF with fsync every second, as docker-compose and deploy/ configure it.
+        // The persistence docker-compose and deploy/ ship (AOF, fsync every second).
+        let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/redis/redis.conf");
         let args = [
+            conf,
             "--port",
             &port,
             "--bind",
             "127.0.0.1",
             "--dir",
             &data_dir,
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--save",
-            "",
         ];
         let log = self.log("redis");
         self.redis = Some(Service::spawn(
