@@ -195,24 +195,22 @@ impl Cluster {
         }
     }
 
-    pub async fn start_api(&mut self, i: usize) -> anyhow::Result<()> {
+    /// Starts `binary` (issuer-api or issuer-worker) as replica `i`, logging to `<name>.log`.
+    fn spawn_service(
+        &self,
+        binary: &str,
+        name: &str,
+        extra: (&str, String),
+    ) -> anyhow::Result<Service> {
         let mut env = self.service_env();
-        env.push((
-            "ISSUER_LISTEN".into(),
-            format!("127.0.0.1:{}", self.api_ports[i]),
-        ));
-        let (program, log) = (
-            self.bin_dir.join("issuer-api"),
-            self.log(&format!("api-{i}")),
-        );
-        self.apis[i] = Some(Service::spawn(
-            &format!("api-{i}"),
-            &program,
-            &[],
-            &env,
-            &self.dir,
-            &log,
-        )?);
+        env.push((extra.0.to_owned(), extra.1));
+        let program = self.bin_dir.join(binary);
+        Service::spawn(name, &program, &[], &env, &self.dir, &self.log(name))
+    }
+
+    pub async fn start_api(&mut self, i: usize) -> anyhow::Result<()> {
+        let listen = ("ISSUER_LISTEN", format!("127.0.0.1:{}", self.api_ports[i]));
+        self.apis[i] = Some(self.spawn_service("issuer-api", &format!("api-{i}"), listen)?);
         wait_for_port(self.api_ports[i], Duration::from_secs(60)).await
     }
 
@@ -223,20 +221,10 @@ impl Cluster {
     }
 
     pub fn start_worker(&mut self, i: usize) -> anyhow::Result<()> {
-        let mut env = self.service_env();
-        env.push(("WORKER_INSTANCE_ID".into(), format!("chaos-worker-{i}")));
-        let (program, log) = (
-            self.bin_dir.join("issuer-worker"),
-            self.log(&format!("worker-{i}")),
-        );
-        self.workers[i] = Some(Service::spawn(
-            &format!("worker-{i}"),
-            &program,
-            &[],
-            &env,
-            &self.dir,
-            &log,
-        )?);
+        // A stable identity: a restarted worker takes its partitions back at once.
+        let instance = ("WORKER_INSTANCE_ID", format!("chaos-worker-{i}"));
+        self.workers[i] =
+            Some(self.spawn_service("issuer-worker", &format!("worker-{i}"), instance)?);
         Ok(())
     }
 
