@@ -205,9 +205,11 @@ impl Worker {
         }
     }
 
-    /// Retries `op` with capped exponential backoff until it succeeds. After shutdown was
-    /// requested it keeps trying only for the grace period, then gives up (None), leaving
-    /// the batch uncommitted.
+    /// Retries `op` with capped exponential backoff until it succeeds. Meanwhile the
+    /// partitions are paused but the consumer is still polled, so the worker stays in the
+    /// group however long PostgreSQL is away and resumes exactly where it stopped. After
+    /// shutdown was requested it keeps trying only for the grace period, then gives up
+    /// (None), leaving the batch uncommitted.
     async fn retry<T, E: std::fmt::Display>(
         &self,
         shutdown: &CancellationToken,
@@ -217,23 +219,87 @@ impl Worker {
         let max_delay = Duration::from_millis(self.config.retry_max_ms);
         let mut delay = FIRST_RETRY_DELAY.min(max_delay);
         let mut give_up_at: Option<Instant> = None;
-        for attempt in 1.. {
+        let mut paused: Option<Paused> = None;
+        let mut attempt = 0u32;
+        let outcome = loop {
+            attempt += 1;
             match op().await {
-                Ok(value) => return Some(value),
+                Ok(value) => break Some(value),
                 Err(err) => tracing::warn!(attempt, error = %err, "{what} failed; retrying"),
             }
             if shutdown.is_cancelled() {
                 let at = *give_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_GRACE);
                 if Instant::now() >= at {
                     tracing::warn!("{what}: giving up at shutdown; the batch stays uncommitted");
-                    return None;
+                    break None;
                 }
             }
-            sleep(delay).await;
+            let paused = paused.get_or_insert_with(|| self.pause());
+            self.idle(delay, paused).await;
             delay = (delay * 2).min(max_delay);
+        };
+        if let Some(paused) = paused {
+            self.resume(paused);
         }
-        None
+        outcome
     }
+
+    fn pause(&self) -> Paused {
+        let partitions = self.consumer.assignment().unwrap_or_default();
+        if let Err(err) = self.consumer.pause(&partitions) {
+            tracing::warn!(error = %err, "could not pause fetching");
+        }
+        Paused {
+            partitions,
+            rewind: BTreeMap::new(),
+        }
+    }
+
+    /// Waits `delay` while polling the paused consumer (which keeps its group membership
+    /// alive). A message that still arrives (fetched before the pause, or from a partition
+    /// assigned meanwhile) is noted, to be read again after resuming.
+    async fn idle(&self, delay: Duration, paused: &mut Paused) {
+        let deadline = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = sleep_until(deadline) => return,
+                received = self.consumer.recv() => match received {
+                    Ok(message) => {
+                        let offset = message.offset();
+                        paused
+                            .rewind
+                            .entry(message.partition())
+                            .and_modify(|first| *first = (*first).min(offset))
+                            .or_insert(offset);
+                    }
+                    Err(_) => sleep(FIRST_RETRY_DELAY.min(delay)).await,
+                },
+            }
+        }
+    }
+
+    fn resume(&self, paused: Paused) {
+        if let Err(err) = self.consumer.resume(&paused.partitions) {
+            tracing::warn!(error = %err, "could not resume fetching");
+        }
+        let topic = &self.config.kafka.issue_topic;
+        for (partition, offset) in paused.rewind {
+            let at = rdkafka::Offset::Offset(offset);
+            if let Err(err) = self
+                .consumer
+                .seek(topic, partition, at, Duration::from_secs(5))
+            {
+                // Not ours any more: its new owner starts from the committed offset.
+                tracing::warn!(partition, error = %err, "could not rewind after the pause");
+            }
+        }
+    }
+}
+
+/// Partitions paused while a batch is retried, and where to read again after.
+struct Paused {
+    partitions: rdkafka::TopicPartitionList,
+    rewind: BTreeMap<i32, i64>,
 }
 
 /// Retries failed events on their schedule until shutdown. Several workers may run this
