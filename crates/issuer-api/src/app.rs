@@ -1,7 +1,7 @@
 //! Building and running the HTTP server: dependencies first, then routes, then serve
 //! until the shutdown signal.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -107,14 +107,11 @@ impl Application {
             counters: Default::default(),
         });
 
-        let listener = TcpListener::bind(config.listen)
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let addr = listener.local_addr()?;
         let workers = match config.http_workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let server = HttpServer::new(move || {
+        let bound = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(json_config())
@@ -122,13 +119,20 @@ impl Application {
                 .default_service(web::to(handlers::route_not_found))
         })
         .workers(workers)
-        // Many short connections at once is the flash-sale shape: keep a deep accept queue.
-        .backlog(4096)
+        // Many connections at once is the flash-sale shape: ask for the deepest accept queue
+        // (the kernel caps it at net.core.somaxconn, see docs/performance.md). actix applies
+        // it only to sockets it binds itself, so it binds: a std listener would keep 128.
+        .backlog(65_535)
         .max_connections(50_000)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-        .listen(listener)?
-        .run();
+        .bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = *bound
+            .addrs()
+            .first()
+            .context("the server bound no address")?;
+        let server = bound.run();
         tracing::info!(%addr, workers, "issuer-api listening");
         Ok(Self {
             server,
