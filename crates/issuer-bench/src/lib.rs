@@ -5,4 +5,5 @@ pub mod chaos;
 pub mod client;
 pub mod process;
 pub mod proxy;
+pub mod race;
 pub mod seed;

@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 use issuer_bench::chaos::{self, ChaosOptions};
 use issuer_bench::client::ApiClient;
-use issuer_bench::seed;
+use issuer_bench::{race, seed};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +30,14 @@ struct Cli {
         hide_env_values = true
     )]
     database_url: String,
+    /// Redis, for the `race` scenario (which talks to nothing else).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    redis_url: String,
     /// Write the report as JSON instead of a Markdown table.
     #[arg(long, global = true)]
     json: bool,
@@ -45,6 +53,17 @@ enum Scenario {
         users: u64,
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..))]
         quantity: i64,
+    },
+    /// The seed's "before Lua" race against Redis: a naive SCARD-then-SADD versus the
+    /// admission script, same load; repeats until the naive path goes wrong.
+    Race {
+        #[arg(long, default_value_t = 5000)]
+        users: u64,
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..))]
+        quantity: i64,
+        /// Most trials before reporting that the naive path happened to be right.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        trials: u32,
     },
     /// Faults under load on a cluster of its own (Redis, broker, two APIs, two workers),
     /// then every invariant checked; exits non-zero on a violation.
@@ -75,6 +94,14 @@ async fn main() -> anyhow::Result<()> {
         quantity: 500,
     });
     match scenario {
+        Scenario::Race {
+            users,
+            quantity,
+            trials,
+        } => {
+            let report = race::run(&cli.redis_url, users, quantity, trials).await?;
+            println!("{}", report.markdown());
+        }
         Scenario::Chaos {
             duration_secs,
             coupons,
