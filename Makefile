@@ -10,7 +10,7 @@ export RUST_LOG ?= info
 RELEASE_BIN := target/release
 SERVICES := -p issuer-api -p issuer-worker
 
-.PHONY: up down build run demo test chaos lint fmt clean-test-dbs
+.PHONY: up down build run demo bench test chaos lint fmt clean-test-dbs
 
 up: ## Redis, PostgreSQL and a Kafka-API broker on their standard ports (installs what is missing)
 	@bash deploy/local/up.sh
@@ -26,6 +26,8 @@ run: up build ## both services in the foreground; Ctrl-C stops them
 
 demo: up build ## the seed's experiment: 500 coupons, 5,000 users at once, outcome printed
 	@bash deploy/local/demo.sh
+
+bench: demo ## the seed comparison table (`issuer-bench --help` lists the other scenarios)
 
 test: up clean-test-dbs ## the whole suite against the real services
 	cargo test --workspace --no-fail-fast

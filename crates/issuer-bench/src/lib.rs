@@ -3,6 +3,7 @@
 
 pub mod chaos;
 pub mod client;
+pub mod drain;
 pub mod process;
 pub mod proxy;
 pub mod race;

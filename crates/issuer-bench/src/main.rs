@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 use issuer_bench::chaos::{self, ChaosOptions};
 use issuer_bench::client::ApiClient;
-use issuer_bench::{race, seed};
+use issuer_bench::{drain, race, seed};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +30,9 @@ struct Cli {
         hide_env_values = true
     )]
     database_url: String,
+    /// Kafka bootstrap servers, for the `drain` scenario.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
     /// Redis, for the `race` scenario (which talks to nothing else).
     #[arg(
         long,
@@ -53,6 +56,21 @@ enum Scenario {
         users: u64,
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..))]
         quantity: i64,
+    },
+    /// Persist rate of a backlog published with no worker running, against a bare consumer
+    /// reading it from the same broker; one row per `--worker-batch` size.
+    Drain {
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Worker batch sizes to compare (repeat the flag); 1 is the seed's mode.
+        #[arg(long = "worker-batch", default_values_t = [500, 1])]
+        worker_batch: Vec<u32>,
+        /// Events drained one transaction at a time, at most (the seed's mode is slow).
+        #[arg(long, default_value_t = 3000)]
+        per_message_events: usize,
+        /// Where issuer-worker is; default: beside this binary.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
     },
     /// The seed's "before Lua" race against Redis: a naive SCARD-then-SADD versus the
     /// admission script, same load; repeats until the naive path goes wrong.
@@ -94,6 +112,28 @@ async fn main() -> anyhow::Result<()> {
         quantity: 500,
     });
     match scenario {
+        Scenario::Drain {
+            events,
+            worker_batch,
+            per_message_events,
+            bin_dir,
+        } => {
+            let bin_dir = bin_dir_or_own(bin_dir)?;
+            let report = drain::run(
+                &bin_dir,
+                &cli.kafka_brokers,
+                &cli.database_url,
+                events,
+                &worker_batch,
+                per_message_events,
+            )
+            .await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.markdown());
+            }
+        }
         Scenario::Race {
             users,
             quantity,
@@ -109,13 +149,7 @@ async fn main() -> anyhow::Result<()> {
             bin_dir,
             keep,
         } => {
-            let bin_dir = match bin_dir {
-                Some(dir) => dir,
-                None => std::env::current_exe()?
-                    .parent()
-                    .map(PathBuf::from)
-                    .unwrap_or_default(),
-            };
+            let bin_dir = bin_dir_or_own(bin_dir)?;
             let options = ChaosOptions {
                 duration: Duration::from_secs(duration_secs),
                 coupons: coupons as usize,
@@ -147,6 +181,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The service binaries live beside this one unless said otherwise.
+fn bin_dir_or_own(bin_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match bin_dir {
+        Some(dir) => Ok(dir),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default()),
+    }
 }
 
 #[cfg(test)]
