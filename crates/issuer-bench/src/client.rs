@@ -26,6 +26,23 @@ impl ApiClient {
         }
     }
 
+    /// Keep-alive connections shared by at most `connections` requests at a time: the
+    /// shape of a steady stream rather than a burst of new users.
+    pub fn pooled(base: &str, admin_token: &str, connections: usize) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            admin_token: admin_token.to_owned(),
+            client: Client::builder()
+                .connector(
+                    Connector::new()
+                        .limit(connections)
+                        .timeout(Duration::from_secs(10)),
+                )
+                .timeout(Duration::from_secs(30))
+                .finish(),
+        }
+    }
+
     /// Refuses to start a measurement against an API that is not up and ready.
     pub async fn wait_ready(&self, patience: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + patience;

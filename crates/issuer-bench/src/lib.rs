@@ -8,3 +8,4 @@ pub mod process;
 pub mod proxy;
 pub mod race;
 pub mod seed;
+pub mod sustained;

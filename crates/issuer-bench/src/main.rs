@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 use issuer_bench::chaos::{self, ChaosOptions};
 use issuer_bench::client::ApiClient;
-use issuer_bench::{drain, race, seed};
+use issuer_bench::{drain, race, seed, sustained};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,22 @@ enum Scenario {
         users: u64,
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..))]
         quantity: i64,
+    },
+    /// Many coupons, a stream of requests at a fixed rate (`--rate`, open model, latency
+    /// corrected for coordinated omission) or from fixed clients (`--concurrency`).
+    Sustained {
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        coupons: u64,
+        #[arg(long, default_value_t = 50_000)]
+        requests: u64,
+        /// Quantity of each coupon: at least requests / coupons for all admissions to
+        /// succeed; small for the sold-out shape of a flash sale after its first second.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(1..))]
+        quantity: i64,
+        #[arg(long, conflicts_with = "concurrency")]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
     },
     /// Persist rate of a backlog published with no worker running, against a bare consumer
     /// reading it from the same broker; one row per `--worker-batch` size.
@@ -128,6 +144,33 @@ async fn main() -> anyhow::Result<()> {
                 per_message_events,
             )
             .await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.markdown());
+            }
+        }
+        Scenario::Sustained {
+            coupons,
+            requests,
+            quantity,
+            rate,
+            concurrency,
+        } => {
+            let api = std::rc::Rc::new(ApiClient::pooled(&cli.api, &cli.admin_token, concurrency));
+            api.wait_ready(Duration::from_secs(30)).await?;
+            let mut ids = Vec::new();
+            for n in 0..coupons {
+                ids.push(
+                    api.create_coupon(&format!("sustained {n}"), quantity)
+                        .await?,
+                );
+            }
+            let load = match rate {
+                Some(rate) => sustained::Load::Rate(rate),
+                None => sustained::Load::Concurrency(concurrency),
+            };
+            let report = sustained::run(api, &ids, requests, load).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
