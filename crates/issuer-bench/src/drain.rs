@@ -23,6 +23,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde::Serialize;
 
 use crate::process::Service;
+use crate::report::Report;
 
 const COUPONS: usize = 10;
 const PUBLISH_WAVE: usize = 20_000;
@@ -225,8 +226,8 @@ async fn drain(
     })
 }
 
-impl DrainReport {
-    pub fn markdown(&self) -> String {
+impl Report for DrainReport {
+    fn markdown(&self) -> String {
         let mut out = format!(
             "Drain: a backlog published with no worker running, then persisted\n\n\
              Bare consumer, same broker, same backlog: {:.0} messages/s\n\n\

@@ -4,8 +4,10 @@
 pub mod chaos;
 pub mod client;
 pub mod drain;
+pub mod latency;
 pub mod process;
 pub mod proxy;
 pub mod race;
+pub mod report;
 pub mod seed;
 pub mod sustained;

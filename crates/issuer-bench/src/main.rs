@@ -7,6 +7,7 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 use issuer_bench::chaos::{self, ChaosOptions};
 use issuer_bench::client::ApiClient;
+use issuer_bench::report::Report;
 use issuer_bench::{drain, race, seed, sustained};
 
 #[derive(Parser)]
@@ -144,11 +145,7 @@ async fn main() -> anyhow::Result<()> {
                 per_message_events,
             )
             .await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{}", report.markdown());
-            }
+            report.print(cli.json)?;
         }
         Scenario::Sustained {
             coupons,
@@ -171,19 +168,16 @@ async fn main() -> anyhow::Result<()> {
                 None => sustained::Load::Concurrency(concurrency),
             };
             let report = sustained::run(api, &ids, requests, load).await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{}", report.markdown());
-            }
+            report.print(cli.json)?;
         }
         Scenario::Race {
             users,
             quantity,
             trials,
         } => {
-            let report = race::run(&cli.redis_url, users, quantity, trials).await?;
-            println!("{}", report.markdown());
+            race::run(&cli.redis_url, users, quantity, trials)
+                .await?
+                .print(cli.json)?;
         }
         Scenario::Chaos {
             duration_secs,
@@ -212,11 +206,7 @@ async fn main() -> anyhow::Result<()> {
             let api = ApiClient::new(&cli.api, &cli.admin_token);
             api.wait_ready(Duration::from_secs(30)).await?;
             let report = seed::run(&api, &cli.database_url, users, quantity).await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{}", report.markdown());
-            }
+            report.print(cli.json)?;
             let wrong = report.violations();
             if !wrong.is_empty() {
                 bail!("invariants violated: {}", wrong.join("; "));

@@ -10,12 +10,18 @@ use futures_util::future::join_all;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
+use crate::report::Report;
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RaceRow {
     pub path: &'static str,
     pub told_success: usize,
     pub in_set: i64,
 }
 
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RaceReport {
     pub users: u64,
     pub quantity: i64,
@@ -148,8 +154,8 @@ async fn scripted(
     })
 }
 
-impl RaceReport {
-    pub fn markdown(&self) -> String {
+impl Report for RaceReport {
+    fn markdown(&self) -> String {
         let mut out = format!(
             "Race: {} users at once on a coupon of {} (trial {} of the run)\n\n\
              | path | told SUCCESS | in the Redis set | exact? |\n|---|---:|---:|---|\n",

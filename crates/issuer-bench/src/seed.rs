@@ -9,10 +9,11 @@ use coupon_core::db::schema::coupon_issues;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::future::join_all;
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::client::ApiClient;
+use crate::latency::{Latency, histogram};
+use crate::report::Report;
 
 const PHASE2_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -27,10 +28,8 @@ pub struct SeedReport {
     pub success: u64,
     pub rows: i64,
     pub rps: f64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
+    #[serde(flatten)]
+    pub latency: Latency,
     /// Every answer by kind, SUCCESS included.
     pub answers: BTreeMap<String, u64>,
 }
@@ -53,7 +52,7 @@ pub async fn run(
     .await;
     let phase1 = started.elapsed();
 
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut latency = histogram();
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
     for (kind, took) in answers {
         latency.saturating_record(took.as_micros() as u64);
@@ -81,7 +80,6 @@ pub async fn run(
     let phase2 = phase2_started.elapsed();
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let pct = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     Ok(SeedReport {
         users,
         quantity,
@@ -91,10 +89,7 @@ pub async fn run(
         success,
         rows,
         rps: users as f64 / phase1.as_secs_f64(),
-        p50_ms: pct(0.50),
-        p95_ms: pct(0.95),
-        p99_ms: pct(0.99),
-        max_ms: latency.max() as f64 / 1000.0,
+        latency: Latency::of(&latency),
         answers: kinds,
     })
 }
@@ -118,9 +113,9 @@ const SEED_KAFKA: Seed = Seed {
     p99_ms: 233.0,
 };
 
-impl SeedReport {
+impl Report for SeedReport {
     /// The seed's table with our column beside it; lower is better except throughput.
-    pub fn markdown(&self) -> String {
+    fn markdown(&self) -> String {
         let s = &SEED_KAFKA;
         let faster = |seed: f64, ours: f64| format!("{:.1}×", seed / ours.max(0.001));
         let mut out = format!(
@@ -164,25 +159,25 @@ impl SeedReport {
         row(
             "P50 latency",
             format!("{:.0} ms", s.p50_ms),
-            format!("{:.1} ms", self.p50_ms),
-            faster(s.p50_ms, self.p50_ms),
+            format!("{:.1} ms", self.latency.p50_ms),
+            faster(s.p50_ms, self.latency.p50_ms),
         );
         row(
             "P95 latency",
             "-".into(),
-            format!("{:.1} ms", self.p95_ms),
+            format!("{:.1} ms", self.latency.p95_ms),
             String::new(),
         );
         row(
             "P99 latency",
             format!("{:.0} ms", s.p99_ms),
-            format!("{:.1} ms", self.p99_ms),
-            faster(s.p99_ms, self.p99_ms),
+            format!("{:.1} ms", self.latency.p99_ms),
+            faster(s.p99_ms, self.latency.p99_ms),
         );
         row(
             "Max latency",
             "-".into(),
-            format!("{:.1} ms", self.max_ms),
+            format!("{:.1} ms", self.latency.max_ms),
             String::new(),
         );
         out.push_str("\nAnswers by kind:\n\n| answer | count |\n|---|---:|\n");
@@ -191,7 +186,9 @@ impl SeedReport {
         }
         out
     }
+}
 
+impl SeedReport {
     /// The invariants the run must show: never more winners than coupons, every winner a row.
     pub fn violations(&self) -> Vec<String> {
         let mut wrong = Vec::new();

@@ -14,6 +14,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::client::ApiClient;
+use crate::latency::{Latency, histogram};
+use crate::report::Report;
 
 pub enum Load {
     /// Requests per second, scheduled regardless of answers.
@@ -38,10 +40,8 @@ pub struct SustainedReport {
     pub requests: u64,
     pub duration_ms: f64,
     pub rps: f64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
+    #[serde(flatten)]
+    pub latency: Latency,
     pub answers: BTreeMap<String, u64>,
     pub series: Vec<Second>,
 }
@@ -118,7 +118,7 @@ fn summarise(
         let second = answered.saturating_duration_since(started).as_secs();
         seconds
             .entry(second)
-            .or_insert_with(new_histogram)
+            .or_insert_with(histogram)
             .saturating_record(micros);
         *answers.entry(kind.clone()).or_default() += 1;
     }
@@ -129,10 +129,7 @@ fn summarise(
         requests: results.len() as u64,
         duration_ms: duration.as_secs_f64() * 1000.0,
         rps: results.len() as f64 / duration.as_secs_f64(),
-        p50_ms: ms(all.value_at_quantile(0.50)),
-        p95_ms: ms(all.value_at_quantile(0.95)),
-        p99_ms: ms(all.value_at_quantile(0.99)),
-        max_ms: ms(all.max()),
+        latency: Latency::of(&all),
         answers,
         series: seconds
             .into_iter()
@@ -145,8 +142,8 @@ fn summarise(
     }
 }
 
-impl SustainedReport {
-    pub fn markdown(&self) -> String {
+impl Report for SustainedReport {
+    fn markdown(&self) -> String {
         let mut out = format!(
             "Sustained: {} requests over {} coupons ({})\n\n\
              | throughput | P50 | P95 | P99 | max | duration |\n|---:|---:|---:|---:|---:|---:|\n\
@@ -156,10 +153,10 @@ impl SustainedReport {
             self.coupons,
             self.model,
             self.rps,
-            self.p50_ms,
-            self.p95_ms,
-            self.p99_ms,
-            self.max_ms,
+            self.latency.p50_ms,
+            self.latency.p95_ms,
+            self.latency.p99_ms,
+            self.latency.max_ms,
             self.duration_ms
         );
         for (kind, count) in &self.answers {

@@ -221,10 +221,11 @@ impl Cluster {
     }
 
     pub fn start_worker(&mut self, i: usize) -> anyhow::Result<()> {
-        // A stable identity: a restarted worker takes its partitions back at once.
+        // A stable identity: a restarted worker takes its partitions back at once. (With
+        // dynamic membership, tansu 0.6 keeps a killed member's partitions assigned to it.)
         let instance = ("WORKER_INSTANCE_ID", format!("chaos-worker-{i}"));
-        self.workers[i] =
-            Some(self.spawn_service("issuer-worker", &format!("worker-{i}"), instance)?);
+        let name = format!("worker-{i}");
+        self.workers[i] = Some(self.spawn_service("issuer-worker", &name, instance)?);
         Ok(())
     }
 

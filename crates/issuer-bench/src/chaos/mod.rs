@@ -35,6 +35,10 @@ const GARBAGE_EVENTS: usize = 5;
 const ORPHAN_EVENTS: usize = 3;
 const GIVE_UP: Duration = Duration::from_secs(60);
 const SETTLE_PATIENCE: Duration = Duration::from_secs(120);
+/// Between one fault's end and the next fault: longer than the group session timeout, so the
+/// consumer group has settled. tansu 0.6 can wedge a group for good when it is restarted in
+/// the middle of a rebalance (see README).
+const SETTLE_BETWEEN_FAULTS: Duration = Duration::from_secs(10);
 /// Shorter than the cluster's publish timeout (5 s): tansu 0.6's sqlite engine panics when
 /// an idempotent producer comes back with an epoch bumped across its restart (see README).
 const BROKER_DOWN: Duration = Duration::from_secs(2);
@@ -129,9 +133,11 @@ pub async fn run(
     ));
     let mut burst = None;
     let mut log = Vec::new();
+    let mut previous_end = started;
     for fault in &FAULTS {
-        let at = options.duration.mul_f64(fault.at);
-        actix_rt::time::sleep_until((started + at).into()).await;
+        let at = (started + options.duration.mul_f64(fault.at))
+            .max(previous_end + SETTLE_BETWEEN_FAULTS);
+        actix_rt::time::sleep_until(at.into()).await;
         let pause = options.duration.mul_f64(0.04).max(Duration::from_secs(3));
         let detail = match fault.name {
             name if name.starts_with("kill -9 of a worker") => {
@@ -191,6 +197,7 @@ pub async fn run(
             started.elapsed().as_secs_f64(),
             fault.name
         );
+        previous_end = Instant::now();
         log.push((fault, detail));
     }
 
