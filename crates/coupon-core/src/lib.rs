@@ -10,4 +10,5 @@ pub mod kafka;
 pub mod producer;
 pub mod redis_keys;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;

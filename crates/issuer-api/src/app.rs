@@ -9,9 +9,8 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use coupon_core::admission::AdmissionScripts;
 use coupon_core::db::coupons::all_coupon_ids;
-use coupon_core::db::migrate::run_migrations;
 use coupon_core::domain::CouponId;
-use coupon_core::kafka::ensure_topics;
+use coupon_core::startup::prepare;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -29,11 +28,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Connects to every dependency, migrating the database and creating missing topics on
 /// the way.
 pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
-    let applied = run_migrations(&config.database.database_url).await?;
-    tracing::info!(applied, "database schema is current");
-    ensure_topics(&config.kafka)
-        .await
-        .context("cannot create the Kafka topics")?;
+    prepare(&config.database.database_url, &config.kafka).await?;
     Ok(Issuer {
         redis: config
             .redis

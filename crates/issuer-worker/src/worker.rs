@@ -7,14 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context;
 use coupon_core::db::batch_insert::{
     BatchOutcome, FailedEvent, FailureReason, SourcedIssue, persist_batch,
 };
 use coupon_core::db::failed_events::{Redriven, redrive_due};
-use coupon_core::db::migrate::run_migrations;
 use coupon_core::db::pool::PgPool;
-use coupon_core::kafka::ensure_topics;
+use coupon_core::startup::prepare;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use tokio::time::{Instant, sleep, sleep_until};
@@ -55,11 +53,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let applied = run_migrations(&config.database.database_url).await?;
-        tracing::info!(applied, "database schema is current");
-        ensure_topics(&config.kafka)
-            .await
-            .context("cannot create the Kafka topics")?;
+        prepare(&config.database.database_url, &config.kafka).await?;
         Ok(Self {
             pool: config.database.pool()?,
             dead_letters: DeadLetters::new(&config.kafka)?,

@@ -1,0 +1,23 @@
+//! What every service does before it serves: bring the schema up to date and make sure
+//! the topics exist, so that a fresh database and a fresh cluster both work.
+
+use rdkafka::error::KafkaError;
+
+use crate::config::KafkaArgs;
+use crate::db::migrate::{MigrateError, run_migrations};
+use crate::kafka::ensure_topics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error("cannot create the Kafka topics: {0}")]
+    Topics(#[from] KafkaError),
+}
+
+pub async fn prepare(database_url: &str, kafka: &KafkaArgs) -> Result<(), StartupError> {
+    let applied = run_migrations(database_url).await?;
+    tracing::info!(applied, "database schema is current");
+    ensure_topics(kafka).await?;
+    Ok(())
+}
