@@ -12,13 +12,14 @@ async fn main() -> anyhow::Result<()> {
     match &config.command {
         Some(Command::Dlq(command)) => dlq_commands::run(&config, command).await,
         None | Some(Command::Run) => {
-            let worker = Worker::build(config).await?;
+            let stop = shutdown::signal();
             let token = CancellationToken::new();
             let on_signal = token.clone();
             tokio::spawn(async move {
-                shutdown::signal().await;
+                stop.await;
                 on_signal.cancel();
             });
+            let worker = Worker::build(config).await?;
             worker.run(token).await
         }
     }
