@@ -51,6 +51,9 @@ pub fn subscribe(
         // A killed member's partitions move to a live one within seconds, not the default 45.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
+        // Incremental rebalances: a joining or leaving worker moves only the partitions that
+        // must move, and the others keep consuming meanwhile.
+        .set("partition.assignment.strategy", "cooperative-sticky")
         // Short fetch waits keep the time from acknowledgement to row low when traffic is light.
         .set("fetch.wait.max.ms", "50")
         .create_with_context(GroupContext)?;
