@@ -32,8 +32,10 @@ async fn a_publish_that_never_left_gives_the_slot_back_at_once() {
         (503, &json!("UNAVAILABLE")),
         "{body}"
     );
+    // PUBLISH_TIMEOUT_MS is 3 s; the margin is for this suite's parallel tests and brokers
+    // sharing two cores. The bar: fast and bounded, nothing like 30 s.
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(15),
         "503 came fast: {:?}",
         started.elapsed()
     );
