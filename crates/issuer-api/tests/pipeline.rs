@@ -479,12 +479,7 @@ async fn a_coupon_missing_from_redis_is_rebuilt_from_postgresql() {
         .await
         .unwrap();
 
-    let (status, body) = env.issue(coupon, 2).await;
-    assert_eq!(
-        (status, &body["error"]),
-        (503, &json!("UNAVAILABLE")),
-        "{body}"
-    );
+    support::assert_unavailable(&env.issue(coupon, 2).await);
     assert_eq!(
         env.issue_retrying(coupon, 1).await.0,
         409,

@@ -386,6 +386,15 @@ pub async fn read_topic(topic: &str, expected: usize) -> Vec<TopicMessage> {
     messages
 }
 
+/// The contract's "unknown, retry" answer: 503 with the UNAVAILABLE error body.
+pub fn assert_unavailable((status, body): &(u16, Value)) {
+    assert_eq!(
+        (*status, &body["error"]),
+        (503, &json!("UNAVAILABLE")),
+        "{body}"
+    );
+}
+
 /// A failed event as a test looks at it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failed {
@@ -397,33 +406,23 @@ pub struct Failed {
     pub due_in_seconds: Option<i64>,
 }
 
-type FailedRow = (
-    i64,
-    String,
-    String,
-    i32,
-    Option<i64>,
-    Option<chrono::DateTime<chrono::Utc>>,
-);
-
-/// Every failed event with its schedule, oldest first.
+/// Every failed event with its schedule, oldest first, read through the same query the
+/// operator's `issuer-worker dlq list` uses.
 pub async fn failed_schedule(env: &TestEnv) -> Vec<Failed> {
-    use coupon_core::db::schema::failed_events::dsl::*;
-    use diesel::QueryDsl;
-    let rows: Vec<FailedRow> = failed_events
-        .select((id, reason, status, attempts, coupon_id, next_retry_at))
-        .order(id)
-        .load(&mut env.pg().await)
+    let mut rows = coupon_core::db::failed_events::list(&mut env.pg().await, None, 10_000)
         .await
         .unwrap();
+    rows.reverse();
     rows.into_iter()
-        .map(|(i, r, s, a, c, n)| Failed {
-            id: i,
-            reason: r,
-            status: s,
-            attempts: a,
-            coupon_id: c,
-            due_in_seconds: n.map(|n| (n - chrono::Utc::now()).num_seconds()),
+        .map(|row| Failed {
+            id: row.id,
+            reason: row.reason,
+            status: row.status,
+            attempts: row.attempts,
+            coupon_id: row.coupon_id,
+            due_in_seconds: row
+                .next_retry_at
+                .map(|n| (n - chrono::Utc::now()).num_seconds()),
         })
         .collect()
 }
