@@ -24,7 +24,7 @@ build:
 run: up build ## both services in the foreground; Ctrl-C stops them
 	@bash deploy/local/run.sh
 
-demo: up build ## the seed's experiment: 500 coupons, 5,000 users at once, outcome printed
+demo: up build ## the seed's experiment in both queue modes: 500 coupons, 5,000 users at once
 	@bash deploy/local/demo.sh
 
 bench: demo ## the seed comparison table (`issuer-bench --help` lists the other scenarios)
@@ -35,9 +35,10 @@ test: up clean-test-dbs ## the whole suite against the real services
 # Seconds of load under faults; CI runs a shorter one.
 CHAOS_SECONDS ?= 120
 
-chaos: up ## faults under load on a cluster of its own, then every invariant checked
+chaos: up ## faults under load on a cluster of its own, in each queue mode, then every invariant checked
 	cargo build -p issuer-api -p issuer-worker -p issuer-bench
-	target/debug/issuer-bench chaos --duration-secs $(CHAOS_SECONDS)
+	target/debug/issuer-bench chaos --queue kafka --duration-secs $(CHAOS_SECONDS)
+	target/debug/issuer-bench chaos --queue redis --duration-secs $(CHAOS_SECONDS)
 
 lint:
 	cargo fmt --all -- --check

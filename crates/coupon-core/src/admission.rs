@@ -11,20 +11,24 @@ use redis::aio::ConnectionLike;
 use redis::{AsyncCommands, RedisError, Script};
 use uuid::Uuid;
 
+use crate::config::QueueKind;
 use crate::domain::{Admission, Coupon, CouponId, UserId};
 use crate::event::{EVENT_VERSION, IssueEvent};
 use crate::redis_keys::CouponKeys;
 
-/// Users added per SADD when restoring a coupon's issued set, so one command never
-/// blocks Redis for long.
+/// Users added per SADD when restoring a coupon's issued set (and stream entries read per
+/// XRANGE), so one command never blocks Redis for long.
 const RESTORE_CHUNK: usize = 10_000;
+/// The registry stream only wakes workers; a few recent entries are all it needs to keep.
+const REGISTRY_STREAM_LEN: usize = 1_000;
 
 /// What the admission script said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdmitReply {
     /// Redis holds no state for this coupon: rebuild it from PostgreSQL, then ask again.
     NotLoaded,
-    /// A slot was taken for this user just now; publish this event.
+    /// A slot was taken for this user just now: in Kafka mode publish this event; in the
+    /// Redis queue mode it is already on the coupon's stream.
     Admitted(IssueEvent),
     Refused(Admission),
     /// The user holds a slot whose event may not have reached Kafka: publish it again.
@@ -85,15 +89,17 @@ fn pending_event(coupon: CouponId, user: UserId, entry: &str) -> Result<IssueEve
 #[derive(Clone)]
 pub struct AdmissionScripts {
     key_prefix: String,
+    queue: QueueKind,
     admit: Script,
     release: Script,
     load_meta: Script,
 }
 
 impl AdmissionScripts {
-    pub fn new(key_prefix: impl Into<String>) -> Self {
+    pub fn new(key_prefix: impl Into<String>, queue: QueueKind) -> Self {
         Self {
             key_prefix: key_prefix.into(),
+            queue,
             admit: Script::new(include_str!("scripts/admission.lua")),
             release: Script::new(include_str!("scripts/release.lua")),
             load_meta: Script::new(include_str!("scripts/load_meta.lua")),
@@ -116,14 +122,19 @@ impl AdmissionScripts {
     ) -> Result<AdmitReply, RedisError> {
         let keys = self.keys(coupon);
         let event_id = Uuid::new_v4();
-        let (code, now_ms, pending): (i64, i64, String) = self
-            .admit
+        let mut invocation = self.admit.prepare_invoke();
+        invocation
             .key(&keys.meta)
             .key(&keys.issued)
-            .key(&keys.pending)
+            .key(&keys.pending);
+        if self.queue == QueueKind::Redis {
+            invocation.key(&keys.stream);
+        }
+        let (code, now_ms, pending): (i64, i64, String) = invocation
             .arg(user.get())
             .arg(event_id.to_string())
             .arg(publish_window.as_millis() as u64)
+            .arg(coupon.get())
             .invoke_async(con)
             .await?;
         let at = DateTime::from_timestamp_millis(now_ms).unwrap_or_else(Utc::now);
@@ -167,13 +178,54 @@ impl AdmissionScripts {
             .arg(millis(coupon.ends_at).unwrap_or_default())
             .invoke_async(con)
             .await?;
-        let () = con
+        let added: i64 = con
             .sadd(
                 CouponKeys::active_registry(&self.key_prefix),
                 coupon.id.get(),
             )
             .await?;
+        if added == 1 && self.queue == QueueKind::Redis {
+            let _: String = con
+                .xadd_maxlen(
+                    CouponKeys::registry_stream(&self.key_prefix),
+                    redis::streams::StreamMaxlen::Approx(REGISTRY_STREAM_LEN),
+                    "*",
+                    &[("couponId", coupon.id.get())],
+                )
+                .await?;
+        }
         Ok(wrote)
+    }
+
+    /// Users whose events are still on the coupon's stream (Redis queue mode): entries
+    /// are trimmed only after the workers acknowledged them, so these plus PostgreSQL's
+    /// holders are everyone admitted.
+    pub async fn stream_users<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: CouponId,
+    ) -> Result<Vec<i64>, RedisError> {
+        let stream = self.keys(coupon).stream;
+        let mut users = Vec::new();
+        let mut start = "-".to_owned();
+        loop {
+            let page: redis::streams::StreamRangeReply = con
+                .xrange_count(&stream, &start, "+", RESTORE_CHUNK)
+                .await?;
+            let Some(last) = page.ids.last() else { break };
+            // The next page starts just after this one's last id ("(" = exclusive).
+            start = format!("({}", last.id);
+            let full = page.ids.len() == RESTORE_CHUNK;
+            users.extend(
+                page.ids
+                    .iter()
+                    .filter_map(|entry| entry.get::<i64>("userId")),
+            );
+            if !full {
+                break;
+            }
+        }
+        Ok(users)
     }
 
     /// Gives a slot back after its event certainly never reached Kafka; returns whether it

@@ -10,6 +10,24 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::db::pool::{PgPool, build_pool};
 
+/// Where admitted issue events travel from issuer-api to issuer-worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueKind {
+    /// A Kafka topic: the API answers once the broker acknowledged the event.
+    Kafka,
+    /// A Redis Stream per coupon, appended by the admission script in the same atomic step.
+    Redis,
+}
+
+impl std::fmt::Display for QueueKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kafka => "kafka",
+            Self::Redis => "redis",
+        })
+    }
+}
+
 #[derive(Args, Clone)]
 pub struct RedisArgs {
     /// Redis server URL.
@@ -33,10 +51,16 @@ impl RedisArgs {
     /// measured far faster than a pool of exclusive connections on the hot path, and
     /// it reconnects on its own after Redis restarts.
     pub async fn connect(&self) -> redis::RedisResult<ConnectionManager> {
+        self.connect_blocking(Duration::ZERO).await
+    }
+
+    /// A connection of its own for commands that block on the server for up to `block`:
+    /// on a shared multiplexed connection they would hold up every other caller.
+    pub async fn connect_blocking(&self, block: Duration) -> redis::RedisResult<ConnectionManager> {
         let timeout = Duration::from_millis(self.redis_timeout_ms);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
+            .set_response_timeout(Some(timeout + block));
         let client = redis::Client::open(self.redis_url.as_str())?;
         ConnectionManager::new_with_config(client, config).await
     }

@@ -1,7 +1,11 @@
 //! The issue event: the one message that crosses from issuer-api to issuer-worker.
 //!
 //! Versioned JSON so that a consumer can refuse (and dead-letter) what it does not
-//! understand instead of guessing.
+//! understand instead of guessing. In the Redis queue mode the same fields travel as a
+//! stream entry's field-value pairs (written by the admission script, which cannot format
+//! dates: `issuedAt` is epoch milliseconds there).
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -30,6 +34,8 @@ pub enum EventError {
     Malformed(#[from] serde_json::Error),
     #[error("unsupported event version {0} (this build reads v{EVENT_VERSION})")]
     UnsupportedVersion(u32),
+    #[error("stream entry field {field:?} is missing or invalid")]
+    BadField { field: &'static str },
 }
 
 impl IssueEvent {
@@ -59,6 +65,42 @@ impl IssueEvent {
         }
         Ok(event)
     }
+
+    /// The event as a stream entry's fields, in the order the admission script writes them.
+    pub fn stream_fields(&self) -> [(&'static str, String); 5] {
+        [
+            ("v", self.v.to_string()),
+            ("eventId", self.event_id.to_string()),
+            ("couponId", self.coupon_id.to_string()),
+            ("userId", self.user_id.to_string()),
+            ("issuedAt", self.issued_at.timestamp_millis().to_string()),
+        ]
+    }
+
+    pub fn from_stream_fields(fields: &HashMap<String, String>) -> Result<Self, EventError> {
+        fn field<T: std::str::FromStr>(
+            fields: &HashMap<String, String>,
+            field: &'static str,
+        ) -> Result<T, EventError> {
+            fields
+                .get(field)
+                .and_then(|v| v.parse().ok())
+                .ok_or(EventError::BadField { field })
+        }
+        let v: u32 = field(fields, "v")?;
+        if v != EVENT_VERSION {
+            return Err(EventError::UnsupportedVersion(v));
+        }
+        let issued_ms: i64 = field(fields, "issuedAt")?;
+        Ok(Self {
+            v,
+            event_id: field(fields, "eventId")?,
+            coupon_id: field(fields, "couponId")?,
+            user_id: field(fields, "userId")?,
+            issued_at: DateTime::from_timestamp_millis(issued_ms)
+                .ok_or(EventError::BadField { field: "issuedAt" })?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -80,6 +122,35 @@ mod tests {
         assert_eq!(json["eventId"], event.event_id.to_string());
         assert_eq!(IssueEvent::decode(&event.encode()).unwrap(), event);
         assert_eq!(event.key(), "42");
+    }
+
+    #[test]
+    fn round_trips_as_stream_fields_and_refuses_bad_ones() {
+        let event = IssueEvent::new(
+            CouponId::new(42).unwrap(),
+            UserId::new(7).unwrap(),
+            DateTime::from_timestamp_millis(1_700_000_000_123).unwrap(),
+        );
+        let fields: HashMap<String, String> = event
+            .stream_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(fields["issuedAt"], "1700000000123");
+        assert_eq!(IssueEvent::from_stream_fields(&fields).unwrap(), event);
+
+        let mut bad = fields.clone();
+        bad.insert("userId".into(), "-3".into());
+        assert!(matches!(
+            IssueEvent::from_stream_fields(&bad),
+            Err(EventError::BadField { field: "userId" })
+        ));
+        let mut v2 = fields;
+        v2.insert("v".into(), "2".into());
+        assert!(matches!(
+            IssueEvent::from_stream_fields(&v2),
+            Err(EventError::UnsupportedVersion(2))
+        ));
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct CouponKeys {
     pub pending: String,
     /// Present while one process rebuilds this coupon's state from PostgreSQL.
     pub rebuilding: String,
+    /// Stream of the coupon's issue events in the Redis queue mode, appended by the
+    /// admission script itself; entries are trimmed once the worker group acknowledged them.
+    pub stream: String,
 }
 
 impl CouponKeys {
@@ -28,6 +31,7 @@ impl CouponKeys {
             issued: format!("{prefix}coupon:{{{coupon}}}:issued"),
             pending: format!("{prefix}coupon:{{{coupon}}}:pending"),
             rebuilding: format!("{prefix}coupon:{{{coupon}}}:rebuilding"),
+            stream: format!("{prefix}coupon:{{{coupon}}}:issues"),
         }
     }
 
@@ -35,6 +39,13 @@ impl CouponKeys {
     /// entries without scanning the keyspace. A key of its own (another cluster slot).
     pub fn active_registry(prefix: &str) -> String {
         format!("{prefix}coupons:active")
+    }
+
+    /// Stream with one entry per coupon newly added to the registry: in the Redis queue
+    /// mode the workers block on it beside the coupon streams, so a new coupon's first
+    /// events are read at once rather than after the next registry refresh.
+    pub fn registry_stream(prefix: &str) -> String {
+        format!("{prefix}coupons:registered")
     }
 }
 
@@ -48,6 +59,7 @@ mod tests {
         assert_eq!(keys.meta, "coupon:{42}:meta");
         assert_eq!(keys.issued, "coupon:{42}:issued");
         assert_eq!(keys.pending, "coupon:{42}:pending");
+        assert_eq!(keys.stream, "coupon:{42}:issues");
         let prefixed = CouponKeys::new("test-1:", CouponId::new(7).unwrap());
         assert_eq!(prefixed.issued, "test-1:coupon:{7}:issued");
     }

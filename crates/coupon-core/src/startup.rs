@@ -1,5 +1,5 @@
-//! What every service does before it serves: bring the schema up to date and make sure
-//! the topics exist, so that a fresh database and a fresh cluster both work.
+//! What every service does before it serves: bring the schema up to date and, in Kafka
+//! mode, make sure the topics exist, so that a fresh database and a fresh cluster both work.
 
 use rdkafka::error::KafkaError;
 
@@ -15,9 +15,12 @@ pub enum StartupError {
     Topics(#[from] KafkaError),
 }
 
-pub async fn prepare(database_url: &str, kafka: &KafkaArgs) -> Result<(), StartupError> {
+/// `kafka` is None in the Redis queue mode, which needs no broker at all.
+pub async fn prepare(database_url: &str, kafka: Option<&KafkaArgs>) -> Result<(), StartupError> {
     let applied = run_migrations(database_url).await?;
     tracing::info!(applied, "database schema is current");
-    ensure_topics(kafka).await?;
+    if let Some(kafka) = kafka {
+        ensure_topics(kafka).await?;
+    }
     Ok(())
 }

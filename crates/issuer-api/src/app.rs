@@ -8,6 +8,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use coupon_core::admission::AdmissionScripts;
+use coupon_core::config::QueueKind;
 use coupon_core::db::coupons::all_coupon_ids;
 use coupon_core::domain::CouponId;
 use coupon_core::startup::prepare;
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::handlers::{self, AppState};
-use crate::issuing::{Issuer, PUBLISH_REPORT_MARGIN, Rebuilt};
+use crate::issuing::{Delivery, Issuer, PUBLISH_REPORT_MARGIN, Rebuilt};
 use crate::publisher::Publisher;
 use crate::reconciler;
 
@@ -25,24 +26,28 @@ const MAX_BODY_BYTES: usize = 4 * 1024;
 /// How long in-flight requests get to finish, and events to be acknowledged, at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Connects to every dependency, migrating the database and creating missing topics on
-/// the way.
+/// Connects to every dependency, migrating the database and (in Kafka mode) creating
+/// missing topics on the way.
 pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
-    prepare(&config.database.database_url, &config.kafka).await?;
+    let kafka = (config.queue == QueueKind::Kafka).then_some(&config.kafka);
+    prepare(&config.database.database_url, kafka).await?;
+    let delivery = match kafka {
+        Some(kafka) => Delivery::Kafka {
+            publisher: Publisher::new(kafka, Duration::from_millis(config.publish_timeout_ms))?,
+            kafka: kafka.clone(),
+            worker_group: config.worker_group_id.clone(),
+        },
+        None => Delivery::RedisStream,
+    };
     Ok(Issuer {
         redis: config
             .redis
             .connect()
             .await
             .context("cannot connect to Redis")?,
-        scripts: AdmissionScripts::new(config.redis.redis_key_prefix.clone()),
+        scripts: AdmissionScripts::new(config.redis.redis_key_prefix.clone(), config.queue),
         pool: config.database.pool()?,
-        publisher: Publisher::new(
-            &config.kafka,
-            Duration::from_millis(config.publish_timeout_ms),
-        )?,
-        kafka: config.kafka.clone(),
-        worker_group: config.worker_group_id.clone(),
+        delivery,
         rebuild_timeout: Duration::from_millis(config.rebuild_timeout_ms),
         publish_window: Duration::from_millis(config.publish_timeout_ms) + PUBLISH_REPORT_MARGIN,
     })
@@ -128,7 +133,7 @@ impl Application {
             .first()
             .context("the server bound no address")?;
         let server = bound.run();
-        tracing::info!(%addr, workers, "issuer-api listening");
+        tracing::info!(%addr, workers, queue = %config.queue, "issuer-api listening");
         Ok(Self {
             server,
             addr,
@@ -145,27 +150,39 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves (and reconciles in-doubt reservations) until `shutdown` resolves, then
-    /// stops accepting, lets in-flight requests finish, and flushes the producer.
+    /// Serves (and, in Kafka mode, reconciles in-doubt reservations) until `shutdown`
+    /// resolves, then stops accepting, lets in-flight requests finish, and flushes the
+    /// producer.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let stop_reconciler = CancellationToken::new();
-        let reconciling = tokio::spawn(reconciler::run(
-            self.issuer.clone(),
-            self.reconcile_interval,
-            stop_reconciler.clone(),
-        ));
+        // Only Kafka mode leaves slots pending; the Redis queue mode has nothing to settle.
+        let publisher = match &self.issuer.delivery {
+            Delivery::Kafka { publisher, .. } => Some(publisher.clone()),
+            Delivery::RedisStream => None,
+        };
+        let reconciling = publisher.is_some().then(|| {
+            tokio::spawn(reconciler::run(
+                self.issuer.clone(),
+                self.reconcile_interval,
+                stop_reconciler.clone(),
+            ))
+        });
         tokio::spawn(async move {
             shutdown.await;
             handle.stop(true).await;
         });
         self.server.await?;
         stop_reconciler.cancel();
-        reconciling.await?;
-        self.issuer.publisher.flush(SHUTDOWN_GRACE).await?;
+        if let Some(reconciling) = reconciling {
+            reconciling.await?;
+        }
+        if let Some(publisher) = publisher {
+            publisher.flush(SHUTDOWN_GRACE).await?;
+        }
         tracing::info!("issuer-api stopped");
         Ok(())
     }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
-use coupon_core::config::{DatabaseArgs, KafkaArgs, RedisArgs};
+use coupon_core::config::{DatabaseArgs, KafkaArgs, QueueKind, RedisArgs};
 use coupon_core::telemetry::LogArgs;
 
 #[derive(Parser, Clone)]
@@ -19,6 +19,10 @@ pub struct Config {
     /// Bearer token that authorises creating coupons. Required; never logged.
     #[arg(long, env = "ISSUER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
+    /// Where admitted events go: `kafka` (answer after the broker's acknowledgement) or
+    /// `redis` (a stream per coupon, appended by the admission script; no broker needed).
+    #[arg(long, env = "ISSUE_QUEUE", value_enum, default_value_t = QueueKind::Kafka)]
+    pub queue: QueueKind,
     /// HTTP worker threads; 0 means one per CPU.
     #[arg(long, env = "ISSUER_HTTP_WORKERS", default_value_t = 0)]
     pub http_workers: usize,

@@ -18,7 +18,7 @@ use crate::contract::{
     IssueStatusView, UserCoupon, UserCouponsView, path_id,
 };
 use crate::error::ApiError;
-use crate::issuing::Issuer;
+use crate::issuing::{Delivery, Issuer};
 use crate::metrics::IssueCounters;
 
 pub struct AppState {
@@ -213,9 +213,18 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    let kafka = async { issuer.publisher.check().await.map_err(|e| e.to_string()) };
+    // The Redis queue mode has no broker to check.
+    let kafka = async {
+        match &issuer.delivery {
+            Delivery::Kafka { publisher, .. } => {
+                Some(publisher.check().await.map_err(|e| e.to_string()))
+            }
+            Delivery::RedisStream => None,
+        }
+    };
     let (redis, postgres, kafka) = tokio::join!(redis, postgres, kafka);
-    let checks = [("redis", redis), ("postgresql", postgres), ("kafka", kafka)];
+    let mut checks = vec![("redis", redis), ("postgresql", postgres)];
+    checks.extend(kafka.map(|kafka| ("kafka", kafka)));
     let ready = checks.iter().all(|(_, r)| r.is_ok());
     let body: serde_json::Map<_, _> = checks
         .into_iter()

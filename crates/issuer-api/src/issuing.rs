@@ -1,6 +1,8 @@
-//! Issuing one coupon to one user: admit in Redis, publish to Kafka, answer.
+//! Issuing one coupon to one user: admit in Redis, hand the event to the queue, answer.
 //!
-//! Invariants: a SUCCESS answer is given only after the broker acknowledged the event.
+//! Invariants: a SUCCESS answer is given only once the event is durably queued: in Kafka
+//! mode after the broker acknowledged it; in the Redis queue mode the admission script
+//! appended it to the coupon's stream in the same atomic step as taking the slot.
 //! Every slot taken ends either given back (the event certainly never reached the log) or
 //! as exactly one row (the event was, or may have been, published: it is held in doubt
 //! and published again until acknowledged; the sink is idempotent).
@@ -28,14 +30,25 @@ const REBUILD_LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// report's way back to the request.
 pub const PUBLISH_REPORT_MARGIN: Duration = Duration::from_secs(2);
 
+/// Where admitted events go.
+#[derive(Clone)]
+pub enum Delivery {
+    /// Published to the issue topic; a rebuild waits for `worker_group` to reach its end.
+    Kafka {
+        publisher: Publisher,
+        kafka: KafkaArgs,
+        worker_group: String,
+    },
+    /// Already on the coupon's stream when the admission script returns.
+    RedisStream,
+}
+
 #[derive(Clone)]
 pub struct Issuer {
     pub redis: ConnectionManager,
     pub scripts: AdmissionScripts,
     pub pool: PgPool,
-    pub publisher: Publisher,
-    pub kafka: KafkaArgs,
-    pub worker_group: String,
+    pub delivery: Delivery,
     pub rebuild_timeout: Duration,
     /// Longest a first publish can take to report: a pending slot older than this whose
     /// request never reported belongs to an API that died, and is published by others.
@@ -74,18 +87,22 @@ impl Issuer {
             .await?;
         match reply {
             AdmitReply::NotLoaded => Err(self.start_rebuild(coupon).await),
-            AdmitReply::Admitted(event) => {
-                self.publish_new(&event).await.map(|()| Admission::Success)
-            }
+            AdmitReply::Admitted(event) => match &self.delivery {
+                Delivery::Kafka { publisher, .. } => self
+                    .publish_new(publisher, &event)
+                    .await
+                    .map(|()| Admission::Success),
+                Delivery::RedisStream => Ok(Admission::Success),
+            },
             AdmitReply::InDoubt(event) => self.republish(&event).await.map(|()| Admission::Success),
             AdmitReply::Refused(admission) => Ok(admission),
         }
     }
 
-    async fn publish_new(&self, event: &IssueEvent) -> Result<(), ApiError> {
+    async fn publish_new(&self, publisher: &Publisher, event: &IssueEvent) -> Result<(), ApiError> {
         let mut redis = self.redis.clone();
         let (coupon, user) = (event.coupon_id, event.user_id);
-        let Err(failure) = self.publisher.publish(event).await else {
+        let Err(failure) = publisher.publish(event).await else {
             self.settle(event).await;
             return Ok(());
         };
@@ -114,8 +131,15 @@ impl Issuer {
 
     /// Publishes a pending event again; on acknowledgement the slot is settled. A failure
     /// leaves it pending, whatever its kind: an earlier attempt may have reached the log.
+    /// Pending entries exist only in Kafka mode; one left by a Kafka-mode run under a
+    /// Redis-mode API stays for a Kafka-mode API to settle.
     pub async fn republish(&self, event: &IssueEvent) -> Result<(), ApiError> {
-        self.publisher
+        let Delivery::Kafka { publisher, .. } = &self.delivery else {
+            return Err(ApiError::Internal(
+                "a Kafka-mode pending slot met a Redis-queue-mode API".into(),
+            ));
+        };
+        publisher
             .publish(event)
             .await
             .map_err(|e| ApiError::unavailable("kafka", e))?;
@@ -154,10 +178,12 @@ impl Issuer {
         ApiError::Rebuilding(coupon.get())
     }
 
-    /// Restores coupons' Redis state from PostgreSQL, safely: first the workers must have
-    /// persisted every event published so far, so that PostgreSQL's holders plus the
-    /// pending entries are everyone who won. Only then is each meta written, which reopens
-    /// admission. Many coupons share one wait.
+    /// Restores coupons' Redis state from PostgreSQL, safely. In Kafka mode the workers
+    /// must first have persisted every event published so far, so that PostgreSQL's
+    /// holders plus the pending entries are everyone who won. In the Redis queue mode the
+    /// events not yet persisted are on the coupon's stream (in the same Redis: if Redis
+    /// lost them, they are lost, see the README's trade-off table), so no wait is needed.
+    /// Only then is each meta written, which reopens admission. Many coupons share one wait.
     pub async fn rebuild(
         &self,
         coupons: &[CouponId],
@@ -193,18 +219,25 @@ impl Issuer {
         &self,
         coupons: &[CouponId],
     ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
-        // A publish admitted before Redis lost the coupons may still be on its way to the
-        // broker; once a full publish window has passed, every such event has landed (or
-        // failed) and the high-water mark captured next covers it.
-        tracing::info!(
-            coupons = coupons.len(),
-            "rebuild: letting publishes admitted before the loss report"
-        );
-        tokio::time::sleep(self.publish_window).await;
-        tracing::info!(group = %self.worker_group, "rebuild: waiting for the workers to reach the end of the topic");
-        wait_for_group(&self.kafka, &self.worker_group, self.rebuild_timeout)
-            .await
-            .map_err(|e| ApiError::unavailable("kafka", e))?;
+        if let Delivery::Kafka {
+            kafka,
+            worker_group,
+            ..
+        } = &self.delivery
+        {
+            // A publish admitted before Redis lost the coupons may still be on its way to
+            // the broker; once a full publish window has passed, every such event has
+            // landed (or failed) and the high-water mark captured next covers it.
+            tracing::info!(
+                coupons = coupons.len(),
+                "rebuild: letting publishes admitted before the loss report"
+            );
+            tokio::time::sleep(self.publish_window).await;
+            tracing::info!(group = %worker_group, "rebuild: waiting for the workers to reach the end of the topic");
+            wait_for_group(kafka, worker_group, self.rebuild_timeout)
+                .await
+                .map_err(|e| ApiError::unavailable("kafka", e))?;
+        }
         let mut redis = self.redis.clone();
         let mut rebuilt = Vec::with_capacity(coupons.len());
         for &coupon in coupons {
@@ -217,6 +250,7 @@ impl Issuer {
             };
             let pending = self.scripts.pending(&mut redis, coupon).await?;
             holders.extend(pending.iter().map(|(event, _)| event.user_id.get()));
+            holders.extend(self.scripts.stream_users(&mut redis, coupon).await?);
             self.scripts.restore(&mut redis, &record, &holders).await?;
             tracing::info!(%coupon, holders = holders.len(), "rebuild: admission reopened");
             rebuilt.push((

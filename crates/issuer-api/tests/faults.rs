@@ -275,7 +275,10 @@ async fn a_slot_whose_api_died_before_publishing_is_published_by_another() {
     let env = TestEnv::start(1).await;
     let coupon = env.coupon_with_quantity(5).await;
     // Exactly what an API does before it publishes, and then it dies (nothing published).
-    let scripts = AdmissionScripts::new(env.redis_prefix.clone());
+    let scripts = AdmissionScripts::new(
+        env.redis_prefix.clone(),
+        coupon_core::config::QueueKind::Kafka,
+    );
     let window = Duration::from_secs(5); // the test API's publish timeout of 3 s + margin
     let reply = scripts
         .admit(

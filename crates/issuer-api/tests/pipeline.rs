@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::Utc;
+use coupon_core::config::QueueKind;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
 use futures_util::future::join_all;
@@ -41,9 +42,34 @@ fn count(by_status: &BTreeMap<u16, Vec<i64>>, status: u16) -> usize {
     by_status.get(&status).map_or(0, Vec::len)
 }
 
-#[actix_web::test]
-async fn five_thousand_users_at_once_on_five_hundred_coupons() {
-    let env = TestEnv::start(1).await;
+/// The same test once per queue, as `<test>::kafka` and `<test>::redis`: the queue is
+/// the only thing that changes between the two modes, so the acceptance tests are shared.
+macro_rules! in_both_modes {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[actix_web::test]
+            async fn kafka() {
+                super::$test(super::QueueKind::Kafka).await
+            }
+
+            #[actix_web::test]
+            async fn redis() {
+                super::$test(super::QueueKind::Redis).await
+            }
+        }
+    )*};
+}
+
+in_both_modes!(
+    five_thousand_users_at_once_on_five_hundred_coupons,
+    one_user_twenty_times_at_once_gets_one_coupon,
+    quantity_one_has_exactly_one_winner,
+    outside_its_window_a_coupon_answers_403_and_changes_nothing,
+    redelivered_events_do_not_duplicate_rows,
+);
+
+async fn five_thousand_users_at_once_on_five_hundred_coupons(queue: QueueKind) {
+    let env = TestEnv::start_in(queue, 1).await;
     let coupon = env.coupon_with_quantity(500).await;
 
     let answers = issue_all(&env, coupon, 1..=5000).await;
@@ -61,9 +87,8 @@ async fn five_thousand_users_at_once_on_five_hundred_coupons() {
     env.shutdown().await;
 }
 
-#[actix_web::test]
-async fn one_user_twenty_times_at_once_gets_one_coupon() {
-    let env = TestEnv::start(1).await;
+async fn one_user_twenty_times_at_once_gets_one_coupon(queue: QueueKind) {
+    let env = TestEnv::start_in(queue, 1).await;
     let coupon = env.coupon_with_quantity(10).await;
 
     let answers = join_all((0..20).map(|_| env.issue(coupon, 42))).await;
@@ -88,9 +113,8 @@ async fn one_user_twenty_times_at_once_gets_one_coupon() {
     env.shutdown().await;
 }
 
-#[actix_web::test]
-async fn quantity_one_has_exactly_one_winner() {
-    let env = TestEnv::start(1).await;
+async fn quantity_one_has_exactly_one_winner(queue: QueueKind) {
+    let env = TestEnv::start_in(queue, 1).await;
     let coupon = env.coupon_with_quantity(1).await;
 
     let answers = issue_all(&env, coupon, 1..=1000).await;
@@ -106,9 +130,8 @@ async fn quantity_one_has_exactly_one_winner() {
     env.shutdown().await;
 }
 
-#[actix_web::test]
-async fn outside_its_window_a_coupon_answers_403_and_changes_nothing() {
-    let env = TestEnv::start(1).await;
+async fn outside_its_window_a_coupon_answers_403_and_changes_nothing(queue: QueueKind) {
+    let env = TestEnv::start_in(queue, 1).await;
     let hour = chrono::Duration::hours(1);
     let future = env
         .create_coupon(json!({"name": "later", "totalQuantity": 5, "startsAt": Utc::now() + hour}))
@@ -131,9 +154,8 @@ async fn outside_its_window_a_coupon_answers_403_and_changes_nothing() {
     env.shutdown().await;
 }
 
-#[actix_web::test]
-async fn redelivered_events_do_not_duplicate_rows() {
-    let env = TestEnv::start(1).await;
+async fn redelivered_events_do_not_duplicate_rows(queue: QueueKind) {
+    let env = TestEnv::start_in(queue, 1).await;
     let coupon = env.coupon_with_quantity(100).await;
     let answers = issue_all(&env, coupon, 1..=50).await;
     assert_eq!(count(&answers, 201), 50);
@@ -147,16 +169,14 @@ async fn redelivered_events_do_not_duplicate_rows() {
             UserId::new(user).unwrap(),
             Utc::now(),
         );
-        env.produce_raw(&env.topic, &event.key(), &event.encode())
-            .await;
+        env.redeliver(&event).await;
     }
     let marker = IssueEvent::new(
         CouponId::new(coupon).unwrap(),
         UserId::new(999).unwrap(),
         Utc::now(),
     );
-    env.produce_raw(&env.topic, &marker.key(), &marker.encode())
-        .await;
+    env.redeliver(&marker).await;
 
     let rows = env.rows_when_settled(coupon, 51).await;
     assert_eq!(rows, (1..=50).chain([999]).collect::<Vec<_>>());

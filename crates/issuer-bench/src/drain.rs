@@ -227,6 +227,10 @@ async fn drain(
 }
 
 impl Report for DrainReport {
+    fn name(&self) -> &'static str {
+        "drain"
+    }
+
     fn markdown(&self) -> String {
         let mut out = format!(
             "Drain: a backlog published with no worker running, then persisted\n\n\

@@ -4,6 +4,7 @@
 pub mod chaos;
 pub mod client;
 pub mod drain;
+pub mod html;
 pub mod latency;
 pub mod process;
 pub mod proxy;

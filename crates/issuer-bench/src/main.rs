@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
+use coupon_core::config::QueueKind;
 use issuer_bench::chaos::{self, ChaosOptions};
 use issuer_bench::client::ApiClient;
 use issuer_bench::report::Report;
@@ -34,7 +35,8 @@ struct Cli {
     /// Kafka bootstrap servers, for the `drain` scenario.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
-    /// Redis, for the `race` scenario (which talks to nothing else).
+    /// Redis, for the `race` scenario (which talks to nothing else) and the services
+    /// `seed --mode` starts.
     #[arg(
         long,
         env = "REDIS_URL",
@@ -45,6 +47,9 @@ struct Cli {
     /// Write the report as JSON instead of a Markdown table.
     #[arg(long, global = true)]
     json: bool,
+    /// Also write an HTML page with the report and its plots into this directory.
+    #[arg(long, global = true, value_name = "DIR")]
+    report: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Option<Scenario>,
 }
@@ -52,11 +57,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Scenario {
     /// The seed report's experiment (default): distinct users at once on one coupon.
+    /// Without `--mode` it drives the API at `--api`; with `--mode` (repeatable) it starts
+    /// an issuer-api and issuer-worker per queue mode itself and prints the modes side by
+    /// side, each beside the seed's figures for the same design.
     Seed {
         #[arg(long, default_value_t = 5000)]
         users: u64,
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..))]
         quantity: i64,
+        #[arg(long = "mode", value_enum)]
+        modes: Vec<QueueKind>,
+        /// Where issuer-api and issuer-worker are (with `--mode`); default: beside this binary.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
     },
     /// Many coupons, a stream of requests at a fixed rate (`--rate`, open model, latency
     /// corrected for coordinated omission) or from fixed clients (`--concurrency`).
@@ -103,6 +116,9 @@ enum Scenario {
     /// Faults under load on a cluster of its own (Redis, broker, two APIs, two workers),
     /// then every invariant checked; exits non-zero on a violation.
     Chaos {
+        /// The queue mode of the cluster's services.
+        #[arg(long, value_enum, default_value_t = QueueKind::Kafka)]
+        queue: QueueKind,
         /// How long the load runs; the faults are spread over it.
         #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(30..))]
         duration_secs: u64,
@@ -127,6 +143,8 @@ async fn main() -> anyhow::Result<()> {
     let scenario = cli.scenario.unwrap_or(Scenario::Seed {
         users: 5000,
         quantity: 500,
+        modes: Vec::new(),
+        bin_dir: None,
     });
     match scenario {
         Scenario::Drain {
@@ -145,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
                 per_message_events,
             )
             .await?;
-            report.print(cli.json)?;
+            report.emit(cli.json, cli.report.as_deref())?;
         }
         Scenario::Sustained {
             coupons,
@@ -168,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
                 None => sustained::Load::Concurrency(concurrency),
             };
             let report = sustained::run(api, &ids, requests, load).await?;
-            report.print(cli.json)?;
+            report.emit(cli.json, cli.report.as_deref())?;
         }
         Scenario::Race {
             users,
@@ -177,9 +195,10 @@ async fn main() -> anyhow::Result<()> {
         } => {
             race::run(&cli.redis_url, users, quantity, trials)
                 .await?
-                .print(cli.json)?;
+                .emit(cli.json, cli.report.as_deref())?;
         }
         Scenario::Chaos {
+            queue,
             duration_secs,
             coupons,
             quantity,
@@ -188,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let bin_dir = bin_dir_or_own(bin_dir)?;
             let options = ChaosOptions {
+                queue,
                 duration: Duration::from_secs(duration_secs),
                 coupons: coupons as usize,
                 quantity,
@@ -197,16 +217,38 @@ async fn main() -> anyhow::Result<()> {
                 bail!("chaos: invariants violated (see the tables above)");
             }
         }
-        Scenario::Seed { users, quantity } => {
+        Scenario::Seed {
+            users,
+            quantity,
+            modes,
+            bin_dir,
+        } => {
             if users + 64 > limit {
                 bail!(
                     "{users} connections need more open files than this process may have ({limit})"
                 );
             }
+            if !modes.is_empty() {
+                let bin_dir = bin_dir_or_own(bin_dir)?;
+                let services = seed::Services {
+                    bin_dir: &bin_dir,
+                    database_url: &cli.database_url,
+                    redis_url: &cli.redis_url,
+                    kafka_brokers: &cli.kafka_brokers,
+                    admin_token: &cli.admin_token,
+                };
+                let comparison = seed::compare(&services, &modes, users, quantity).await?;
+                comparison.emit(cli.json, cli.report.as_deref())?;
+                let wrong = comparison.violations();
+                if !wrong.is_empty() {
+                    bail!("invariants violated: {}", wrong.join("; "));
+                }
+                return Ok(());
+            }
             let api = ApiClient::new(&cli.api, &cli.admin_token);
             api.wait_ready(Duration::from_secs(30)).await?;
             let report = seed::run(&api, &cli.database_url, users, quantity).await?;
-            report.print(cli.json)?;
+            report.emit(cli.json, cli.report.as_deref())?;
             let wrong = report.violations();
             if !wrong.is_empty() {
                 bail!("invariants violated: {}", wrong.join("; "));

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use coupon_core::admission::{AdmissionScripts, AdmitReply};
+use coupon_core::config::QueueKind;
 use coupon_core::domain::{Coupon, CouponId, UserId};
 use futures_util::future::join_all;
 use redis::AsyncCommands;
@@ -49,17 +50,17 @@ pub async fn run(
         let _: () = redis::cmd("DEL")
             .arg(format!("{prefix}naive"))
             .arg(
-                AdmissionScripts::new(prefix.clone())
+                AdmissionScripts::new(prefix.clone(), QueueKind::Kafka)
                     .keys(CouponId::new(1)?)
                     .meta,
             )
             .arg(
-                AdmissionScripts::new(prefix.clone())
+                AdmissionScripts::new(prefix.clone(), QueueKind::Kafka)
                     .keys(CouponId::new(1)?)
                     .issued,
             )
             .arg(
-                AdmissionScripts::new(prefix.clone())
+                AdmissionScripts::new(prefix.clone(), QueueKind::Kafka)
                     .keys(CouponId::new(1)?)
                     .pending,
             )
@@ -122,7 +123,7 @@ async fn scripted(
     users: u64,
     quantity: i64,
 ) -> anyhow::Result<RaceRow> {
-    let scripts = AdmissionScripts::new(prefix.to_owned());
+    let scripts = AdmissionScripts::new(prefix.to_owned(), QueueKind::Kafka);
     let coupon = Coupon {
         id: CouponId::new(1)?,
         name: "race".into(),
@@ -155,6 +156,10 @@ async fn scripted(
 }
 
 impl Report for RaceReport {
+    fn name(&self) -> &'static str {
+        "race"
+    }
+
     fn markdown(&self) -> String {
         let mut out = format!(
             "Race: {} users at once on a coupon of {} (trial {} of the run)\n\n\

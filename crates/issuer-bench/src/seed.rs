@@ -2,9 +2,11 @@
 //! PostgreSQL to hold every SUCCESS. Measured exactly as the seed's table is.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
+use coupon_core::config::QueueKind;
 use coupon_core::db::schema::coupon_issues;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -12,7 +14,9 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::client::ApiClient;
+use crate::html::{Figure, Plot, Series};
 use crate::latency::{Latency, histogram};
+use crate::process::{Service, free_port};
 use crate::report::Report;
 
 const PHASE2_PATIENCE: Duration = Duration::from_secs(120);
@@ -32,6 +36,9 @@ pub struct SeedReport {
     pub latency: Latency,
     /// Every answer by kind, SUCCESS included.
     pub answers: BTreeMap<String, u64>,
+    /// Per answer: when it arrived after the first send, and its latency (ms), for plots.
+    #[serde(skip)]
+    pub samples: Vec<(f64, f64)>,
 }
 
 pub async fn run(
@@ -47,15 +54,18 @@ pub async fn run(
     let answers = join_all((1..=users).map(|user| async move {
         let sent = Instant::now();
         let kind = api.issue(coupon, user as i64).await;
-        (kind, sent.elapsed())
+        (kind, sent.elapsed(), started.elapsed())
     }))
     .await;
     let phase1 = started.elapsed();
 
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut latency = histogram();
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
-    for (kind, took) in answers {
+    let mut samples = Vec::with_capacity(answers.len());
+    for (kind, took, at) in answers {
         latency.saturating_record(took.as_micros() as u64);
+        samples.push((ms(at), ms(took)));
         *kinds.entry(kind).or_default() += 1;
     }
     let success = kinds.get("SUCCESS").copied().unwrap_or(0);
@@ -79,7 +89,6 @@ pub async fn run(
     };
     let phase2 = phase2_started.elapsed();
 
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     Ok(SeedReport {
         users,
         quantity,
@@ -91,11 +100,57 @@ pub async fn run(
         rps: users as f64 / phase1.as_secs_f64(),
         latency: Latency::of(&latency),
         answers: kinds,
+        samples,
     })
 }
 
-/// The seed's published Redis + Kafka column.
+/// Width of a throughput bucket in the seed's plots: Phase 1 lasts a few hundred ms.
+const THROUGHPUT_BUCKET_MS: f64 = 10.0;
+
+/// Latency histogram and answers per second over Phase 1, one colour per run.
+fn seed_figures(runs: &[(String, &SeedReport)]) -> Vec<Figure> {
+    let latencies = runs
+        .iter()
+        .map(|(name, r)| (name.clone(), r.samples.iter().map(|s| s.1).collect()))
+        .collect();
+    let throughput = runs
+        .iter()
+        .map(|(name, r)| {
+            let mut buckets: BTreeMap<u64, u64> = BTreeMap::new();
+            for (at, _) in &r.samples {
+                *buckets
+                    .entry((at / THROUGHPUT_BUCKET_MS) as u64)
+                    .or_default() += 1;
+            }
+            let per_second = 1000.0 / THROUGHPUT_BUCKET_MS;
+            Series {
+                name: name.clone(),
+                points: buckets
+                    .into_iter()
+                    .map(|(b, n)| (b as f64 * THROUGHPUT_BUCKET_MS, n as f64 * per_second))
+                    .collect(),
+            }
+        })
+        .collect();
+    vec![
+        Figure {
+            title: "Latency of every answer".into(),
+            x_label: "latency (ms)".into(),
+            y_label: "answers".into(),
+            plot: Plot::Histogram(latencies),
+        },
+        Figure {
+            title: format!("Answers per second over Phase 1 ({THROUGHPUT_BUCKET_MS} ms buckets)"),
+            x_label: "time since the first request (ms)".into(),
+            y_label: "answers/s".into(),
+            plot: Plot::Lines(throughput),
+        },
+    ]
+}
+
+/// One of the seed's published columns.
 struct Seed {
+    label: &'static str,
     phase1_ms: f64,
     phase2_ms: f64,
     total_ms: f64,
@@ -105,6 +160,7 @@ struct Seed {
 }
 
 const SEED_KAFKA: Seed = Seed {
+    label: "seed, Redis + Kafka",
     phase1_ms: 1385.0,
     phase2_ms: 7345.0,
     total_ms: 8730.0,
@@ -113,79 +169,287 @@ const SEED_KAFKA: Seed = Seed {
     p99_ms: 233.0,
 };
 
-impl Report for SeedReport {
-    /// The seed's table with our column beside it; lower is better except throughput.
-    fn markdown(&self) -> String {
-        let s = &SEED_KAFKA;
-        let faster = |seed: f64, ours: f64| format!("{:.1}×", seed / ours.max(0.001));
-        let mut out = format!(
-            "Seed experiment: {} users at once, coupon of {}\n\n\
-             | | seed (Spring, Redis + Kafka) | coupon-issuance | speed-up |\n|---|---:|---:|---:|\n",
-            self.users, self.quantity
-        );
-        let mut row = |name: &str, seed: String, ours: String, factor: String| {
-            out.push_str(&format!("| {name} | {seed} | {ours} | {factor} |\n"));
-        };
-        row(
-            "Phase 1, answering requests",
-            format!("{:.0} ms", s.phase1_ms),
-            format!("{:.0} ms", self.phase1_ms),
-            faster(s.phase1_ms, self.phase1_ms),
-        );
-        row(
-            "Phase 2, rows reaching the DB",
-            format!("{:.0} ms", s.phase2_ms),
-            format!("{:.0} ms", self.phase2_ms),
-            faster(s.phase2_ms, self.phase2_ms),
-        );
-        row(
-            "Total",
-            format!("{:.0} ms", s.total_ms),
-            format!("{:.0} ms", self.total_ms),
-            faster(s.total_ms, self.total_ms),
-        );
-        row(
-            "SUCCESS answers / rows in DB",
-            "500 / 500".into(),
-            format!("{} / {}", self.success, self.rows),
-            String::new(),
-        );
-        row(
-            "Throughput",
-            format!("{:.0} req/s", s.rps),
-            format!("{:.0} req/s", self.rps),
-            faster(self.rps, s.rps),
-        );
-        row(
-            "P50 latency",
-            format!("{:.0} ms", s.p50_ms),
-            format!("{:.1} ms", self.latency.p50_ms),
-            faster(s.p50_ms, self.latency.p50_ms),
-        );
-        row(
-            "P95 latency",
-            "-".into(),
-            format!("{:.1} ms", self.latency.p95_ms),
-            String::new(),
-        );
-        row(
-            "P99 latency",
-            format!("{:.0} ms", s.p99_ms),
-            format!("{:.1} ms", self.latency.p99_ms),
-            faster(s.p99_ms, self.latency.p99_ms),
-        );
-        row(
-            "Max latency",
-            "-".into(),
-            format!("{:.1} ms", self.latency.max_ms),
-            String::new(),
-        );
-        out.push_str("\nAnswers by kind:\n\n| answer | count |\n|---|---:|\n");
-        for (kind, count) in &self.answers {
-            out.push_str(&format!("| {kind} | {count} |\n"));
-        }
-        out
+const SEED_REDIS: Seed = Seed {
+    label: "seed, Redis only",
+    phase1_ms: 1701.0,
+    phase2_ms: 1171.0,
+    total_ms: 2872.0,
+    rps: 2939.0,
+    p50_ms: 43.0,
+    p99_ms: 426.0,
+};
+
+fn seed_for(queue: QueueKind) -> &'static Seed {
+    match queue {
+        QueueKind::Kafka => &SEED_KAFKA,
+        QueueKind::Redis => &SEED_REDIS,
     }
+}
+
+/// The seed's table, each of our runs beside the seed's column for the same design, with
+/// the speed-up; lower is better except throughput.
+fn comparison_table(runs: &[(QueueKind, &SeedReport)]) -> String {
+    fn ms(v: f64) -> String {
+        format!("{v:.0} ms")
+    }
+    fn faster(seed: f64, ours: f64) -> String {
+        format!("{:.1}×", seed / ours.max(0.001))
+    }
+    type Metric = fn(&Seed, &SeedReport) -> [String; 3];
+    let metrics: [(&str, Metric); 9] = [
+        ("Phase 1, answering requests", |s, r| {
+            [
+                ms(s.phase1_ms),
+                ms(r.phase1_ms),
+                faster(s.phase1_ms, r.phase1_ms),
+            ]
+        }),
+        ("Phase 2, rows reaching the DB", |s, r| {
+            [
+                ms(s.phase2_ms),
+                ms(r.phase2_ms),
+                faster(s.phase2_ms, r.phase2_ms),
+            ]
+        }),
+        ("Total", |s, r| {
+            [
+                ms(s.total_ms),
+                ms(r.total_ms),
+                faster(s.total_ms, r.total_ms),
+            ]
+        }),
+        ("SUCCESS answers / rows in DB", |_, r| {
+            [
+                "500 / 500".into(),
+                format!("{} / {}", r.success, r.rows),
+                String::new(),
+            ]
+        }),
+        ("Throughput", |s, r| {
+            [
+                format!("{:.0} req/s", s.rps),
+                format!("{:.0} req/s", r.rps),
+                faster(r.rps, s.rps),
+            ]
+        }),
+        ("P50 latency", |s, r| {
+            [
+                ms(s.p50_ms),
+                format!("{:.1} ms", r.latency.p50_ms),
+                faster(s.p50_ms, r.latency.p50_ms),
+            ]
+        }),
+        ("P95 latency", |_, r| {
+            [
+                "-".into(),
+                format!("{:.1} ms", r.latency.p95_ms),
+                String::new(),
+            ]
+        }),
+        ("P99 latency", |s, r| {
+            [
+                ms(s.p99_ms),
+                format!("{:.1} ms", r.latency.p99_ms),
+                faster(s.p99_ms, r.latency.p99_ms),
+            ]
+        }),
+        ("Max latency", |_, r| {
+            [
+                "-".into(),
+                format!("{:.1} ms", r.latency.max_ms),
+                String::new(),
+            ]
+        }),
+    ];
+    let mut out = String::from("| |");
+    for (queue, _) in runs {
+        out.push_str(&format!(
+            " {} | coupon-issuance, {queue} queue | speed-up |",
+            seed_for(*queue).label
+        ));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---:|---:|---:|".repeat(runs.len()));
+    out.push('\n');
+    for (name, metric) in metrics {
+        out.push_str(&format!("| {name} |"));
+        for (queue, report) in runs {
+            for cell in metric(seed_for(*queue), report) {
+                out.push_str(&format!(" {cell} |"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn answers_table(runs: &[(QueueKind, &SeedReport)]) -> String {
+    let mut out = String::from("| answer |");
+    for (queue, _) in runs {
+        out.push_str(&format!(" {queue} queue |"));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---:|".repeat(runs.len()));
+    out.push('\n');
+    let kinds: std::collections::BTreeSet<&String> =
+        runs.iter().flat_map(|(_, r)| r.answers.keys()).collect();
+    for kind in kinds {
+        out.push_str(&format!("| {kind} |"));
+        for (_, report) in runs {
+            let count = report.answers.get(kind).copied().unwrap_or(0);
+            out.push_str(&format!(" {count} |"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+impl Report for SeedReport {
+    fn name(&self) -> &'static str {
+        "seed"
+    }
+
+    fn figures(&self) -> Vec<Figure> {
+        seed_figures(&[("coupon-issuance".into(), self)])
+    }
+
+    /// The seed's Redis + Kafka column beside ours (the API's queue is not known here).
+    fn markdown(&self) -> String {
+        let runs = [(QueueKind::Kafka, self)];
+        format!(
+            "Seed experiment: {} users at once, coupon of {}\n\n{}\nAnswers by kind:\n\n{}",
+            self.users,
+            self.quantity,
+            comparison_table(&runs),
+            answers_table(&runs)
+        )
+    }
+}
+
+/// The seed experiment once per queue mode, each on services this run started.
+#[derive(Debug, Serialize)]
+pub struct SeedComparison {
+    #[serde(flatten)]
+    pub runs: BTreeMap<String, SeedReport>,
+    #[serde(skip)]
+    order: Vec<(QueueKind, String)>,
+}
+
+impl Report for SeedComparison {
+    fn name(&self) -> &'static str {
+        "seed"
+    }
+
+    fn figures(&self) -> Vec<Figure> {
+        let runs: Vec<(String, &SeedReport)> = self
+            .order
+            .iter()
+            .filter_map(|(queue, key)| self.runs.get(key).map(|r| (format!("{queue} queue"), r)))
+            .collect();
+        seed_figures(&runs)
+    }
+
+    fn markdown(&self) -> String {
+        let runs: Vec<(QueueKind, &SeedReport)> = self
+            .order
+            .iter()
+            .filter_map(|(queue, key)| self.runs.get(key).map(|r| (*queue, r)))
+            .collect();
+        let Some((_, first)) = runs.as_slice().first() else {
+            return String::new();
+        };
+        format!(
+            "Seed experiment: {} users at once, coupon of {}, per queue mode\n\n{}\nAnswers by kind:\n\n{}",
+            first.users,
+            first.quantity,
+            comparison_table(&runs),
+            answers_table(&runs)
+        )
+    }
+}
+
+impl SeedComparison {
+    pub fn violations(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .flat_map(|(mode, report)| {
+                report
+                    .violations()
+                    .into_iter()
+                    .map(move |v| format!("{mode} queue: {v}"))
+            })
+            .collect()
+    }
+}
+
+/// Where the services a comparison starts find their dependencies.
+pub struct Services<'a> {
+    pub bin_dir: &'a Path,
+    pub database_url: &'a str,
+    pub redis_url: &'a str,
+    pub kafka_brokers: &'a str,
+    pub admin_token: &'a str,
+}
+
+/// Runs the experiment once per queue mode, each on a fresh issuer-api and issuer-worker
+/// of that mode (own Redis key prefix, own topic and group), stopped afterwards.
+pub async fn compare(
+    services: &Services<'_>,
+    modes: &[QueueKind],
+    users: u64,
+    quantity: i64,
+) -> anyhow::Result<SeedComparison> {
+    let logs = std::env::temp_dir().join("issuer-bench");
+    std::fs::create_dir_all(&logs)?;
+    let mut comparison = SeedComparison {
+        runs: BTreeMap::new(),
+        order: Vec::new(),
+    };
+    for &queue in modes {
+        let port = free_port()?;
+        let env: Vec<(String, String)> = [
+            ("ISSUE_QUEUE", queue.to_string()),
+            ("ISSUER_LISTEN", format!("127.0.0.1:{port}")),
+            ("ISSUER_ADMIN_TOKEN", services.admin_token.to_owned()),
+            ("DATABASE_URL", services.database_url.to_owned()),
+            ("REDIS_URL", services.redis_url.to_owned()),
+            ("REDIS_KEY_PREFIX", format!("bench-{queue}:")),
+            ("KAFKA_BROKERS", services.kafka_brokers.to_owned()),
+            ("ISSUE_TOPIC", "coupon-issue-bench".to_owned()),
+            ("WORKER_GROUP_ID", "issuer-bench-worker".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let log = |name: &str| logs.join(format!("{queue}-{name}.log"));
+        let worker = Service::spawn(
+            "issuer-worker",
+            &services.bin_dir.join("issuer-worker"),
+            &[],
+            &env,
+            &logs,
+            &log("worker"),
+        )?;
+        let api = Service::spawn(
+            "issuer-api",
+            &services.bin_dir.join("issuer-api"),
+            &[],
+            &env,
+            &logs,
+            &log("api"),
+        )?;
+        let client = ApiClient::new(&format!("http://127.0.0.1:{port}"), services.admin_token);
+        client
+            .wait_ready(Duration::from_secs(60))
+            .await
+            .with_context(|| format!("{queue} queue services (logs in {})", logs.display()))?;
+        let report = run(&client, services.database_url, users, quantity).await;
+        api.terminate(Duration::from_secs(15));
+        worker.terminate(Duration::from_secs(15));
+        comparison.runs.insert(queue.to_string(), report?);
+        comparison.order.push((queue, queue.to_string()));
+    }
+    Ok(comparison)
 }
 
 impl SeedReport {

@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::client::ApiClient;
+use crate::html::{Figure, Plot, Series};
 use crate::latency::{Latency, histogram};
 use crate::report::Report;
 
@@ -44,6 +45,9 @@ pub struct SustainedReport {
     pub latency: Latency,
     pub answers: BTreeMap<String, u64>,
     pub series: Vec<Second>,
+    /// Every latency (ms), for the HTML report's histogram.
+    #[serde(skip)]
+    pub latencies_ms: Vec<f64>,
 }
 
 pub async fn run(
@@ -112,9 +116,11 @@ fn summarise(
     let mut all = new_histogram();
     let mut seconds: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
     let mut answers: BTreeMap<String, u64> = BTreeMap::new();
+    let mut latencies_ms = Vec::with_capacity(results.len());
     for (kind, from, answered) in &results {
         let micros = answered.saturating_duration_since(*from).as_micros() as u64;
         all.saturating_record(micros);
+        latencies_ms.push(micros as f64 / 1000.0);
         let second = answered.saturating_duration_since(started).as_secs();
         seconds
             .entry(second)
@@ -139,10 +145,48 @@ fn summarise(
                 p99_ms: ms(h.value_at_quantile(0.99)),
             })
             .collect(),
+        latencies_ms,
     }
 }
 
 impl Report for SustainedReport {
+    fn name(&self) -> &'static str {
+        "sustained"
+    }
+
+    fn figures(&self) -> Vec<Figure> {
+        let over_time = |name: &str, y: fn(&Second) -> f64| {
+            Plot::Lines(vec![Series {
+                name: name.into(),
+                points: self
+                    .series
+                    .iter()
+                    .map(|s| (s.second as f64, y(s)))
+                    .collect(),
+            }])
+        };
+        vec![
+            Figure {
+                title: "Latency of every answer".into(),
+                x_label: "latency (ms)".into(),
+                y_label: "answers".into(),
+                plot: Plot::Histogram(vec![(self.model.clone(), self.latencies_ms.clone())]),
+            },
+            Figure {
+                title: "Throughput over time".into(),
+                x_label: "second".into(),
+                y_label: "answers/s".into(),
+                plot: over_time("answered", |s| s.answered as f64),
+            },
+            Figure {
+                title: "P99 latency over time".into(),
+                x_label: "second".into(),
+                y_label: "P99 (ms)".into(),
+                plot: over_time("P99", |s| s.p99_ms),
+            },
+        ]
+    }
+
     fn markdown(&self) -> String {
         let mut out = format!(
             "Sustained: {} requests over {} coupons ({})\n\n\

@@ -1,7 +1,7 @@
 //! issuer-worker's settings: every flag also reads an environment variable.
 
 use clap::{Parser, Subcommand};
-use coupon_core::config::{DatabaseArgs, KafkaArgs};
+use coupon_core::config::{DatabaseArgs, KafkaArgs, QueueKind, RedisArgs};
 use coupon_core::db::failed_events::Status;
 use coupon_core::telemetry::LogArgs;
 
@@ -9,15 +9,21 @@ use coupon_core::telemetry::LogArgs;
 #[command(
     name = "issuer-worker",
     version,
-    about = "Persists issue events from Kafka into PostgreSQL"
+    about = "Persists issue events from Kafka or Redis Streams into PostgreSQL"
 )]
 pub struct Config {
-    /// Kafka consumer group; run one process per partition at most for full parallelism.
+    /// Where issue events come from: `kafka` (the issue topic) or `redis` (the coupon
+    /// streams the admission script appends to). Must match issuer-api's.
+    #[arg(long, env = "ISSUE_QUEUE", value_enum, default_value_t = QueueKind::Kafka)]
+    pub queue: QueueKind,
+    /// Consumer group (Kafka consumer group, or the streams' consumer group); in Kafka mode
+    /// run one process per partition at most for full parallelism.
     #[arg(long, env = "WORKER_GROUP_ID", default_value = "coupon-issue-worker")]
     pub group_id: String,
     /// A stable identity for this worker (static group membership): restarted with the
     /// same id, it takes its partitions back at once instead of after the dead session
     /// times out. Give each worker its own (a StatefulSet's pod name, say). Unset: dynamic.
+    /// In the Redis queue mode it is the stream consumer name (unset: a random one).
     #[arg(long, env = "WORKER_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// Most events written in one PostgreSQL transaction.
@@ -32,8 +38,14 @@ pub struct Config {
     /// How often failed events whose retry time has come are retried.
     #[arg(long, env = "WORKER_REDRIVE_INTERVAL_MS", default_value_t = 5000)]
     pub redrive_interval_ms: u64,
+    /// Redis queue mode: how long a stream entry may sit unacknowledged with its consumer
+    /// before another worker claims it (the consumer died, or is stuck retrying).
+    #[arg(long, env = "WORKER_CLAIM_IDLE_MS", default_value_t = 15_000)]
+    pub claim_idle_ms: u64,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]

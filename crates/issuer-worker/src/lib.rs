@@ -1,8 +1,11 @@
 //! issuer-worker: a consumer-group member that turns issue events into PostgreSQL rows,
-//! in batches, idempotently, committing offsets only after the rows.
+//! in batches, idempotently, acknowledging its queue (Kafka offsets or Redis Stream
+//! entries) only after the rows.
 
 pub mod config;
-pub mod consumer;
 pub mod dead_letter;
 pub mod dlq_commands;
+mod kafka_queue;
+mod queue;
+mod stream_queue;
 pub mod worker;

@@ -1,10 +1,15 @@
 -- First-come-first-served admission, decided atomically for one (coupon, user).
--- KEYS[1] coupon meta hash, KEYS[2] issued-user set, KEYS[3] pending hash (same hash tag).
--- ARGV[1] user id, ARGV[2] event id for a new admission, ARGV[3] publish window in ms.
+-- KEYS[1] coupon meta hash, KEYS[2] issued-user set, KEYS[3] pending hash, and in the
+-- Redis queue mode KEYS[4] the coupon's event stream (all with the coupon's hash tag).
+-- ARGV[1] user id, ARGV[2] event id for a new admission, ARGV[3] publish window in ms,
+-- ARGV[4] coupon id.
 --
--- A new admission is written ahead into the pending hash (user -> "eventId issuedMs state")
--- in the same step as the SADD, so no slot can exist without a record of its event: if
--- the API dies before publishing, the entry outlives it and is published by someone else.
+-- Kafka mode: a new admission is written ahead into the pending hash (user -> "eventId
+-- issuedMs state") in the same step as the SADD, so no slot can exist without a record of
+-- its event: if the API dies before publishing, the entry outlives it and is published by
+-- someone else.
+-- Redis queue mode: the event itself is appended to the stream in the same step as the
+-- SADD, so the slot and its event exist together or not at all; nothing is pending.
 --
 -- Returns {code, now_ms, pending}; now_ms is Redis's clock (shared by every replica), pending
 -- is the user's pending entry for code 6, else ''.
@@ -40,5 +45,11 @@ if redis.call('SCARD', KEYS[2]) >= tonumber(meta[1]) then
   return {3, now, ''}
 end
 redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. now .. ' inflight')
+if KEYS[4] then
+  -- Field names and order are IssueEvent::stream_fields.
+  redis.call('XADD', KEYS[4], '*', 'v', '1', 'eventId', ARGV[2], 'couponId', ARGV[4],
+    'userId', ARGV[1], 'issuedAt', now)
+else
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. now .. ' inflight')
+end
 return {1, now, ''}

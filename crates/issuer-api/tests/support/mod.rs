@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use awc::Client;
 use clap::Parser;
+use coupon_core::config::QueueKind;
 use coupon_core::db::migrate::run_migrations;
+use coupon_core::event::IssueEvent;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use issuer_api::app::Application;
 use rdkafka::ClientConfig;
@@ -38,6 +40,7 @@ pub struct TestEnv {
     pub group: String,
     pub redis_prefix: String,
     pub brokers: String,
+    pub queue: QueueKind,
     api: actix_web::dev::ServerHandle,
     workers: Vec<CancellationToken>,
 }
@@ -46,11 +49,20 @@ impl TestEnv {
     /// A running API and `workers` worker instances (each its own group member), on the
     /// `make up` services.
     pub async fn start(workers: usize) -> TestEnv {
-        Self::start_on(&brokers(), workers).await
+        Self::start_in(QueueKind::Kafka, workers).await
     }
 
-    /// The same on the broker at `brokers`.
+    /// The same with events travelling on `queue`.
+    pub async fn start_in(queue: QueueKind, workers: usize) -> TestEnv {
+        Self::start_with(queue, &brokers(), workers).await
+    }
+
+    /// Kafka mode on the broker at `brokers`.
     pub async fn start_on(brokers: &str, workers: usize) -> TestEnv {
+        Self::start_with(QueueKind::Kafka, brokers, workers).await
+    }
+
+    pub async fn start_with(queue: QueueKind, brokers: &str, workers: usize) -> TestEnv {
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
@@ -63,6 +75,7 @@ impl TestEnv {
         let group = format!("coupon-issue-worker-test-{id}");
         let redis_prefix = format!("test-{id}:");
         let common = [
+            format!("--queue={queue}"),
             format!("--database-url={database_url}"),
             format!("--issue-topic={topic}"),
             format!("--redis-key-prefix={redis_prefix}"),
@@ -102,6 +115,7 @@ impl TestEnv {
             group,
             redis_prefix,
             brokers: brokers.to_owned(),
+            queue,
             api,
             workers: Vec::new(),
         };
@@ -114,6 +128,9 @@ impl TestEnv {
     pub fn worker_args(&self, batch_size: u32) -> Vec<String> {
         vec![
             "issuer-worker".into(),
+            format!("--queue={}", self.queue),
+            format!("--redis-key-prefix={}", self.redis_prefix),
+            "--claim-idle-ms=1000".into(),
             format!("--database-url={}", self.database_url),
             format!("--issue-topic={}", self.topic),
             format!("--group-id={}", self.group),
@@ -296,6 +313,37 @@ impl TestEnv {
             }
             actix_web::rt::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The coupon's event stream (Redis queue mode).
+    pub fn stream(&self, coupon: i64) -> String {
+        format!("{}coupon:{{{coupon}}}:issues", self.redis_prefix)
+    }
+
+    /// Puts `event` on the queue again, bypassing admission, as a producer retry or a
+    /// replay would.
+    pub async fn redeliver(&self, event: &IssueEvent) {
+        match self.queue {
+            QueueKind::Kafka => {
+                self.produce_raw(&self.topic, &event.key(), &event.encode())
+                    .await
+            }
+            QueueKind::Redis => {
+                let fields = event.stream_fields();
+                self.append_raw(event.coupon_id.get(), &fields).await;
+            }
+        }
+    }
+
+    /// Appends an entry with these fields to the coupon's stream, bypassing admission.
+    pub async fn append_raw(&self, coupon: i64, fields: &[(&str, String)]) {
+        let _: String = redis::cmd("XADD")
+            .arg(self.stream(coupon))
+            .arg("*")
+            .arg(fields)
+            .query_async(&mut self.redis().await)
+            .await
+            .unwrap();
     }
 
     /// A producer straight to the topic, to play redeliveries and poison messages.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use coupon_core::config::QueueKind;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::process::{Service, free_port, wait_for_port};
@@ -16,6 +17,7 @@ pub const GROUP: &str = "coupon-issue-worker";
 pub const REPLICAS: usize = 2;
 
 pub struct Cluster {
+    pub queue: QueueKind,
     pub dir: PathBuf,
     bin_dir: PathBuf,
     pub redis_port: u16,
@@ -37,6 +39,7 @@ impl Cluster {
         bin_dir: &Path,
         admin_database_url: &str,
         dir: &Path,
+        queue: QueueKind,
     ) -> anyhow::Result<Cluster> {
         for binary in ["issuer-api", "issuer-worker"] {
             if !bin_dir.join(binary).exists() {
@@ -65,6 +68,7 @@ impl Cluster {
         let postgres = CuttableProxy::start(&pg_target).await?;
 
         let mut cluster = Cluster {
+            queue,
             dir: dir.to_owned(),
             bin_dir: bin_dir.to_owned(),
             redis_port: free_port()?,
@@ -80,7 +84,11 @@ impl Cluster {
             workers: [None, None],
         };
         cluster.start_redis().await?;
-        cluster.start_broker().await?;
+        // The Redis queue mode needs no broker; its services are pointed at a port where
+        // none listens, so any use of Kafka would show.
+        if queue == QueueKind::Kafka {
+            cluster.start_broker().await?;
+        }
         for i in 0..REPLICAS {
             cluster.start_worker(i)?;
             cluster.start_api(i).await?;
@@ -105,6 +113,8 @@ impl Cluster {
             ("KAFKA_BROKERS", format!("127.0.0.1:{}", self.kafka_port)),
             ("DATABASE_URL", proxied),
             ("DATABASE_POOL_SIZE", "4".into()),
+            ("ISSUE_QUEUE", self.queue.to_string()),
+            ("WORKER_CLAIM_IDLE_MS", "3000".into()),
             ("ISSUE_TOPIC", TOPIC.into()),
             ("WORKER_GROUP_ID", GROUP.into()),
             ("ISSUER_ADMIN_TOKEN", ADMIN_TOKEN.into()),
@@ -127,8 +137,13 @@ impl Cluster {
         std::fs::create_dir_all(&data)?;
         let port = self.redis_port.to_string();
         let data_dir = data.to_string_lossy().into_owned();
-        // The persistence docker-compose and deploy/ ship (AOF, fsync every second).
+        // The persistence docker-compose and deploy/ ship (AOF, fsync every second). As the
+        // queue, Redis must not lose an acknowledged admission: fsync on every write.
         let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/redis/redis.conf");
+        let fsync = match self.queue {
+            QueueKind::Kafka => "everysec",
+            QueueKind::Redis => "always",
+        };
         let args = [
             conf,
             "--port",
@@ -137,6 +152,8 @@ impl Cluster {
             "127.0.0.1",
             "--dir",
             &data_dir,
+            "--appendfsync",
+            fsync,
         ];
         let log = self.log("redis");
         self.redis = Some(Service::spawn(
@@ -148,6 +165,14 @@ impl Cluster {
             &log,
         )?);
         wait_for_port(self.redis_port, Duration::from_secs(10)).await
+    }
+
+    /// Redis is killed and started again on the same data directory.
+    pub async fn restart_redis(&mut self) -> anyhow::Result<()> {
+        if let Some(redis) = self.redis.take() {
+            redis.kill9();
+        }
+        self.start_redis().await
     }
 
     /// Redis dies and comes back with nothing: every key is gone, AOF included.

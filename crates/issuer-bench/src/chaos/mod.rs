@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use coupon_core::config::KafkaArgs;
+use coupon_core::config::{KafkaArgs, QueueKind};
 use coupon_core::db::schema::{coupon_issues, failed_events};
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
@@ -25,6 +25,7 @@ use self::load::{Outcome, drive};
 use crate::client::ApiClient;
 
 pub struct ChaosOptions {
+    pub queue: QueueKind,
     pub duration: Duration,
     pub coupons: usize,
     pub quantity: i64,
@@ -46,42 +47,94 @@ const BROKER_DOWN: Duration = Duration::from_secs(2);
 /// What a fault threatens, by invariant name (the check table's first column).
 struct Fault {
     at: f64,
+    kind: FaultKind,
     name: &'static str,
     threatens: &'static [&'static str],
 }
 
-const FAULTS: [Fault; 6] = [
-    Fault {
+#[derive(Clone, Copy)]
+enum FaultKind {
+    KillWorkers,
+    KillBroker,
+    CutPostgres,
+    KillApi,
+    WipeRedis,
+    KillRedis,
+    Poison,
+}
+
+/// The faults each queue mode meets, in order. Both modes lose workers, PostgreSQL and an
+/// API. Kafka mode also loses its broker, and Redis everything (it is only a cache there,
+/// rebuilt from PostgreSQL). In the Redis queue mode Redis is the queue: it is killed and
+/// must come back from its append-only file with every acknowledged admission.
+fn faults(queue: QueueKind) -> Vec<Fault> {
+    let worker = Fault {
         at: 0.06,
+        kind: FaultKind::KillWorkers,
         name: "kill -9 of a worker, restarted (twice)",
         threatens: &["no lost success", "one per user"],
-    },
-    Fault {
-        at: 0.16,
-        name: "kill -9 of the broker, restarted",
-        threatens: &["no lost success", "no leaked stock"],
-    },
-    Fault {
+    };
+    let postgres = Fault {
         at: 0.30,
+        kind: FaultKind::CutPostgres,
         name: "PostgreSQL gone for 3 s (every connection dropped)",
         threatens: &["no lost success", "one per user"],
-    },
-    Fault {
+    };
+    let api = Fault {
         at: 0.41,
+        kind: FaultKind::KillApi,
         name: "kill -9 of an issuer-api with requests in flight",
         threatens: &["no leaked stock", "no lost success"],
-    },
-    Fault {
-        at: 0.65,
-        name: "Redis restart losing everything, then rebuild-redis --all",
-        threatens: &["no oversell", "one per user", "no lost success"],
-    },
-    Fault {
-        at: 0.77,
-        name: "poison events written straight into the topic",
-        threatens: &["poison recorded", "offsets reach the end"],
-    },
-];
+    };
+    match queue {
+        QueueKind::Kafka => vec![
+            worker,
+            Fault {
+                at: 0.16,
+                kind: FaultKind::KillBroker,
+                name: "kill -9 of the broker, restarted",
+                threatens: &["no lost success", "no leaked stock"],
+            },
+            postgres,
+            api,
+            Fault {
+                at: 0.65,
+                kind: FaultKind::WipeRedis,
+                name: "Redis restart losing everything, then rebuild-redis --all",
+                threatens: &["no oversell", "one per user", "no lost success"],
+            },
+            Fault {
+                at: 0.77,
+                kind: FaultKind::Poison,
+                name: "poison events written straight into the topic",
+                threatens: &["poison recorded", "queue drained"],
+            },
+        ],
+        QueueKind::Redis => vec![
+            worker,
+            Fault {
+                at: 0.16,
+                kind: FaultKind::KillRedis,
+                name: "kill -9 of Redis (the queue), restarted from its AOF",
+                threatens: &["no oversell", "no lost success", "one per user"],
+            },
+            postgres,
+            api,
+            Fault {
+                at: 0.65,
+                kind: FaultKind::KillRedis,
+                name: "kill -9 of Redis again, under load",
+                threatens: &["no oversell", "no lost success", "no leaked stock"],
+            },
+            Fault {
+                at: 0.77,
+                kind: FaultKind::Poison,
+                name: "poison entries written straight into a coupon stream",
+                threatens: &["poison recorded", "queue drained"],
+            },
+        ],
+    }
+}
 
 pub async fn run(
     bin_dir: &Path,
@@ -91,7 +144,7 @@ pub async fn run(
     let dir = std::env::current_dir()?.join(".local/chaos");
     let _ = std::fs::remove_dir_all(&dir);
     println!("Starting the chaos cluster (logs in {})", dir.display());
-    let mut cluster = Cluster::start(bin_dir, admin_database_url, &dir).await?;
+    let mut cluster = Cluster::start(bin_dir, admin_database_url, &dir, options.queue).await?;
     let apis: Rc<Vec<ApiClient>> = Rc::new(
         cluster
             .api_ports
@@ -116,7 +169,8 @@ pub async fn run(
         .map(|i| (ids[i % ids.len()], 1_000_000 + i as i64))
         .collect();
     println!(
-        "{} coupons of {}, {} users, over {:?}",
+        "{} queue: {} coupons of {}, {} users, over {:?}",
+        options.queue,
         ids.len(),
         options.quantity,
         attempts.len(),
@@ -134,13 +188,14 @@ pub async fn run(
     let mut burst = None;
     let mut log = Vec::new();
     let mut previous_end = started;
-    for fault in &FAULTS {
+    let faults = faults(options.queue);
+    for fault in &faults {
         let at = (started + options.duration.mul_f64(fault.at))
             .max(previous_end + SETTLE_BETWEEN_FAULTS);
         actix_rt::time::sleep_until(at.into()).await;
         let pause = options.duration.mul_f64(0.04).max(Duration::from_secs(3));
-        let detail = match fault.name {
-            name if name.starts_with("kill -9 of a worker") => {
+        let detail = match fault.kind {
+            FaultKind::KillWorkers => {
                 for i in 0..cluster::REPLICAS {
                     cluster.kill_worker(i);
                     actix_rt::time::sleep(pause).await;
@@ -149,19 +204,19 @@ pub async fn run(
                 }
                 format!("each worker down {pause:?}")
             }
-            name if name.contains("broker") => {
+            FaultKind::KillBroker => {
                 cluster.kill_broker();
                 actix_rt::time::sleep(BROKER_DOWN).await;
                 cluster.start_broker().await?;
                 format!("down {BROKER_DOWN:?}")
             }
-            name if name.starts_with("PostgreSQL") => {
+            FaultKind::CutPostgres => {
                 cluster.postgres.cut();
                 actix_rt::time::sleep(Duration::from_secs(3)).await;
                 cluster.postgres.restore();
                 "3 s".into()
             }
-            name if name.contains("issuer-api") => {
+            FaultKind::KillApi => {
                 // A burst at api-0 alone, so that requests are mid-flight when it dies.
                 let extra: Vec<(i64, i64)> = (0..100)
                     .map(|i| (ids[i % ids.len()], 2_000_000 + i as i64))
@@ -179,14 +234,24 @@ pub async fn run(
                 cluster.start_api(0).await?;
                 format!("100 requests in flight; down {pause:?}")
             }
-            name if name.starts_with("Redis") => {
+            FaultKind::WipeRedis => {
                 cluster.wipe_redis().await?;
                 let mut rebuild = cluster.rebuild_redis()?;
                 let status = actix_rt::task::spawn_blocking(move || rebuild.wait()).await??;
                 format!("rebuild-redis --all exited {status}")
             }
-            _ => {
-                inject_poison(cluster.kafka_port, ids.iter().max().copied().unwrap_or(0)).await?;
+            FaultKind::KillRedis => {
+                cluster.restart_redis().await?;
+                "down while restarting, data kept (AOF, fsync always)".into()
+            }
+            FaultKind::Poison => {
+                let last_coupon = ids.iter().max().copied().unwrap_or(0);
+                match options.queue {
+                    QueueKind::Kafka => inject_poison(cluster.kafka_port, last_coupon).await?,
+                    QueueKind::Redis => {
+                        inject_stream_poison(cluster.redis_port, last_coupon).await?
+                    }
+                }
                 format!(
                     "{GARBAGE_EVENTS} undecodable, {ORPHAN_EVENTS} for coupons that do not exist"
                 )
@@ -215,12 +280,40 @@ pub async fn run(
         topic_partitions: 3,
         topic_replication: 1,
     };
-    let settled = settle(&cluster, &kafka).await;
+    let settled = settle(&cluster, &kafka, options.queue).await;
     let checks = check(&cluster, &quantities, &outcomes, settled).await?;
     print_report(&log, &checks, &outcomes);
     let passed = checks.iter().all(|c| c.violations.is_empty());
     cluster.shut_down(options.keep).await?;
     Ok(passed)
+}
+
+/// The orphan events a Kafka producer would write, appended to a live coupon's stream
+/// instead (the workers read only registered coupons' streams), plus garbage entries.
+async fn inject_stream_poison(redis_port: u16, last_coupon: i64) -> anyhow::Result<()> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}"))?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let stream = coupon_core::redis_keys::CouponKeys::new("", CouponId::new(last_coupon)?).stream;
+    for n in 0..GARBAGE_EVENTS {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("garbage")
+            .arg(n)
+            .query_async(&mut con)
+            .await?;
+    }
+    for n in 1..=ORPHAN_EVENTS as i64 {
+        let ghost = CouponId::new(last_coupon + 1000 + n)?;
+        let event = IssueEvent::new(ghost, UserId::new(n)?, chrono::Utc::now());
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(&event.stream_fields())
+            .query_async(&mut con)
+            .await?;
+    }
+    Ok(())
 }
 
 async fn inject_poison(kafka_port: u16, last_coupon: i64) -> anyhow::Result<()> {
@@ -251,23 +344,76 @@ async fn inject_poison(kafka_port: u16, last_coupon: i64) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Waits until nothing is pending in Redis and the workers have committed to the end of
-/// the topic; returns whether that happened in time.
-async fn settle(cluster: &Cluster, kafka: &KafkaArgs) -> Result<(), String> {
+/// Waits until nothing is pending in Redis and the workers have consumed the whole queue
+/// (committed to the end of the topic, or read and acknowledged every stream entry);
+/// returns whether that happened in time.
+async fn settle(cluster: &Cluster, kafka: &KafkaArgs, queue: QueueKind) -> Result<(), String> {
     let deadline = Instant::now() + SETTLE_PATIENCE;
     let mut last = String::new();
     while Instant::now() < deadline {
         match pending_slots(cluster.redis_port).await {
-            Ok(0) => match wait_for_group(kafka, GROUP, Duration::from_secs(2)).await {
-                Ok(()) => return Ok(()),
-                Err(err) => last = err.to_string(),
-            },
+            Ok(0) => {
+                let drained = match queue {
+                    QueueKind::Kafka => wait_for_group(kafka, GROUP, Duration::from_secs(2))
+                        .await
+                        .map_err(|e| e.to_string()),
+                    QueueKind::Redis => streams_drained(cluster.redis_port).await,
+                };
+                match drained {
+                    Ok(()) => return Ok(()),
+                    Err(err) => last = err,
+                }
+            }
             Ok(n) => last = format!("{n} slots still pending in Redis"),
             Err(err) => last = err.to_string(),
         }
         actix_rt::time::sleep(Duration::from_millis(500)).await;
     }
     Err(last)
+}
+
+/// Every coupon stream read to its end by the group, with nothing left unacknowledged.
+async fn streams_drained(redis_port: u16) -> Result<(), String> {
+    let drained = async {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}"))?;
+        let mut con = client.get_multiplexed_async_connection().await?;
+        let streams: Vec<String> = redis::cmd("KEYS")
+            .arg("coupon:*:issues")
+            .query_async(&mut con)
+            .await?;
+        for stream in streams {
+            let groups: redis::streams::StreamInfoGroupsReply =
+                redis::AsyncCommands::xinfo_groups(&mut con, &stream).await?;
+            let Some(group) = groups.groups.into_iter().find(|g| g.name == GROUP) else {
+                return Ok(Some(format!("{stream}: no consumer group")));
+            };
+            if group.pending > 0 {
+                return Ok(Some(format!(
+                    "{stream}: {} entries unacknowledged",
+                    group.pending
+                )));
+            }
+            let last: redis::streams::StreamRangeReply =
+                redis::AsyncCommands::xrevrange_count(&mut con, &stream, "+", "-", 1).await?;
+            if let Some(entry) = last.ids.as_slice().first()
+                && stream_id(&entry.id) > stream_id(&group.last_delivered_id)
+            {
+                return Ok(Some(format!("{stream}: entries not read yet")));
+            }
+        }
+        Ok::<_, redis::RedisError>(None)
+    };
+    match drained.await {
+        Ok(None) => Ok(()),
+        Ok(Some(why)) => Err(why),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// A stream entry id ("ms-seq") in its order.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 async fn pending_slots(redis_port: u16) -> redis::RedisResult<usize> {
@@ -410,8 +556,8 @@ async fn check(
     });
 
     checks.push(Check {
-        invariant: "offsets reach the end",
-        what: "nothing pending; committed offsets at the end".into(),
+        invariant: "queue drained",
+        what: "nothing pending; the whole queue consumed and acknowledged".into(),
         violations: settled.err().into_iter().collect(),
     });
     Ok(checks)

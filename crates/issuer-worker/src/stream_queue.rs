@@ -1,0 +1,344 @@
+//! The Redis Streams queue: one stream per coupon (written by the admission script), read
+//! by a consumer group with blocking XREADGROUP, acknowledged with XACK after PostgreSQL
+//! committed.
+//!
+//! Invariants kept here:
+//! - An entry leaves the group's pending list only by XACK after its row (or failed event)
+//!   is committed. A worker that dies holding entries leaves them pending; once idle for
+//!   `claim_idle`, a live worker takes them over with XAUTOCLAIM.
+//! - Only acknowledged entries are trimmed: everything before the oldest pending entry (or,
+//!   with none pending, before the last delivered one), so memory stays bounded while no
+//!   unpersisted event is ever dropped.
+//! - Streams are found through the registry of active coupons, never by scanning keys; a
+//!   newly registered coupon wakes a blocked reader through the registry stream.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use coupon_core::admission::AdmissionScripts;
+use coupon_core::config::QueueKind;
+use coupon_core::db::batch_insert::{FailedEvent, FailureReason, SourcedIssue};
+use coupon_core::domain::CouponId;
+use coupon_core::event::IssueEvent;
+use coupon_core::redis_keys::CouponKeys;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, RedisError};
+use tokio::time::{Instant, sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::queue::{Batch, Consumed, IssueQueue, QueueError};
+
+/// Longest one read blocks on the server: also how soon a reader notices shutdown, and a
+/// coupon registered while another worker was woken instead.
+const READ_BLOCK: Duration = Duration::from_secs(1);
+/// How often entries left by dead consumers are claimed and acknowledged ones trimmed.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+const ERROR_PAUSE: Duration = Duration::from_millis(200);
+
+/// Entry ids to XACK, per stream.
+pub type EntryIds = BTreeMap<String, Vec<String>>;
+
+pub struct StreamQueue {
+    /// Blocking reads only: a blocked command would hold up every other caller of a
+    /// multiplexed connection.
+    reader: ConnectionManager,
+    commands: ConnectionManager,
+    scripts: AdmissionScripts,
+    registry_stream: String,
+    group: String,
+    consumer: String,
+    claim_idle: Duration,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Streams whose consumer group is known to exist.
+    ready: BTreeSet<String>,
+    next_maintenance: Instant,
+}
+
+impl StreamQueue {
+    pub async fn connect(config: &Config) -> Result<Self, RedisError> {
+        let prefix = &config.redis.redis_key_prefix;
+        let queue = Self {
+            reader: config.redis.connect_blocking(READ_BLOCK).await?,
+            commands: config.redis.connect().await?,
+            scripts: AdmissionScripts::new(prefix.clone(), QueueKind::Redis),
+            registry_stream: CouponKeys::registry_stream(prefix),
+            group: config.group_id.clone(),
+            consumer: config
+                .instance_id
+                .clone()
+                .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4().simple())),
+            claim_idle: Duration::from_millis(config.claim_idle_ms),
+            state: Mutex::new(State {
+                ready: BTreeSet::new(),
+                next_maintenance: Instant::now(),
+            }),
+        };
+        tracing::info!(consumer = %queue.consumer, group = %queue.group, "reading the coupon streams");
+        Ok(queue)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Only this worker's one task touches it; a poisoned lock still holds valid data.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The registry stream and every active coupon's stream, each with the group created.
+    async fn streams(&self) -> Result<Vec<String>, RedisError> {
+        let mut con = self.commands.clone();
+        let mut streams = vec![self.registry_stream.clone()];
+        streams.extend(
+            self.scripts
+                .active_coupons(&mut con)
+                .await?
+                .into_iter()
+                .map(|coupon| self.scripts.keys(coupon).stream),
+        );
+        for stream in &streams {
+            if self.state().ready.contains(stream) {
+                continue;
+            }
+            // From the start: entries appended before any worker existed are winners too.
+            let created: Result<(), RedisError> =
+                con.xgroup_create_mkstream(stream, &self.group, "0").await;
+            match created {
+                Ok(()) => {}
+                Err(err) if err.code() == Some("BUSYGROUP") => {}
+                Err(err) => return Err(err),
+            }
+            self.state().ready.insert(stream.clone());
+        }
+        Ok(streams)
+    }
+
+    /// Takes the entries of `reply` into the batch; the registry stream's only wake the
+    /// reader and are acknowledged at once.
+    async fn take(&self, reply: StreamReadReply, batch: &mut Batch<EntryIds>) {
+        for key in reply.keys {
+            if key.key == self.registry_stream {
+                let ids: Vec<&str> = key.ids.iter().map(|e| e.id.as_str()).collect();
+                let acked: Result<i64, RedisError> = self
+                    .commands
+                    .clone()
+                    .xack(&key.key, &self.group, &ids)
+                    .await;
+                if let Err(err) = acked {
+                    tracing::debug!(error = %err, "registry wake-up not acknowledged; harmless");
+                }
+                continue;
+            }
+            for entry in &key.ids {
+                batch.push(read(&key.key, entry));
+                batch
+                    .receipt
+                    .entry(key.key.clone())
+                    .or_default()
+                    .push(entry.id.clone());
+            }
+        }
+    }
+
+    /// Claims entries a dead (or stuck) consumer held for longer than `claim_idle`, then
+    /// trims what the group acknowledged.
+    async fn maintain(&self, batch: &mut Batch<EntryIds>, size: usize) {
+        let streams: Vec<String> = {
+            let mut state = self.state();
+            if Instant::now() < state.next_maintenance {
+                return;
+            }
+            state.next_maintenance = Instant::now() + MAINTENANCE_INTERVAL;
+            state.ready.iter().cloned().collect()
+        };
+        for stream in streams.iter().filter(|s| **s != self.registry_stream) {
+            if batch.len < size
+                && let Err(err) = self.claim(stream, batch, size - batch.len).await
+            {
+                tracing::warn!(%stream, error = %err, "claiming idle entries failed");
+            }
+            if let Err(err) = self.trim(stream).await {
+                tracing::warn!(%stream, error = %err, "trimming acknowledged entries failed");
+            }
+        }
+    }
+
+    async fn claim(
+        &self,
+        stream: &str,
+        batch: &mut Batch<EntryIds>,
+        count: usize,
+    ) -> Result<(), RedisError> {
+        let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(self.claim_idle.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.commands.clone())
+            .await?;
+        if !reply.claimed.is_empty() {
+            tracing::info!(%stream, entries = reply.claimed.len(), "claimed entries a silent consumer held");
+        }
+        for entry in &reply.claimed {
+            batch.push(read(stream, entry));
+            batch
+                .receipt
+                .entry(stream.to_owned())
+                .or_default()
+                .push(entry.id.clone());
+        }
+        if !reply.deleted_ids.is_empty() {
+            // Pending but gone from the stream: nothing left to persist.
+            let _: i64 = self
+                .commands
+                .clone()
+                .xack(stream, &self.group, &reply.deleted_ids)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the entries every consumer is done with. Both bounds only move forward, so
+    /// reading them and trimming in two steps is safe.
+    async fn trim(&self, stream: &str) -> Result<(), RedisError> {
+        let mut con = self.commands.clone();
+        let pending: redis::streams::StreamPendingReply = con.xpending(stream, &self.group).await?;
+        let keep_from = match pending {
+            redis::streams::StreamPendingReply::Data(data) => data.start_id,
+            _ => {
+                let groups: redis::streams::StreamInfoGroupsReply =
+                    con.xinfo_groups(stream).await?;
+                let Some(group) = groups.groups.into_iter().find(|g| g.name == self.group) else {
+                    return Ok(());
+                };
+                // Keeps the last delivered entry itself: it marks where the group stands.
+                group.last_delivered_id
+            }
+        };
+        let _: i64 = redis::cmd("XTRIM")
+            .arg(stream)
+            .arg("MINID")
+            .arg(keep_from)
+            .query_async(&mut con)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Decodes one entry; anything that is not a v1 event is set aside with its fields.
+fn read(stream: &str, entry: &StreamId) -> Consumed {
+    let source = format!("redis:{stream}/{}", entry.id);
+    let fields: HashMap<String, String> = entry
+        .map
+        .keys()
+        .filter_map(|field| entry.get::<String>(field).map(|v| (field.clone(), v)))
+        .collect();
+    match IssueEvent::from_stream_fields(&fields) {
+        Ok(event) => Consumed::Issue(SourcedIssue { event, source }),
+        Err(err) => Consumed::Undecodable(FailedEvent {
+            reason: FailureReason::Undecodable,
+            detail: err.to_string(),
+            source,
+            coupon_id: fields
+                .get("couponId")
+                .and_then(|v| v.parse::<CouponId>().ok())
+                .map(CouponId::get),
+            user_id: None,
+            payload: serde_json::to_vec(&fields).unwrap_or_default(),
+        }),
+    }
+}
+
+impl IssueQueue for StreamQueue {
+    type Receipt = EntryIds;
+
+    async fn collect(
+        &self,
+        size: usize,
+        linger: Duration,
+        shutdown: &CancellationToken,
+    ) -> Batch<EntryIds> {
+        let mut batch = Batch::default();
+        let mut deadline = None;
+        while batch.len < size && !shutdown.is_cancelled() {
+            // Between reads, so that claims and trims go on while the streams are quiet.
+            self.maintain(&mut batch, size).await;
+            if batch.len > 0 {
+                deadline.get_or_insert_with(|| Instant::now() + linger);
+            }
+            let block = match deadline {
+                None => READ_BLOCK,
+                Some(at) if at > Instant::now() => (at - Instant::now()).min(READ_BLOCK),
+                Some(_) => break,
+            };
+            let streams = match self.streams().await {
+                Ok(streams) => streams,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot list the coupon streams");
+                    sleep(ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            let ids = vec![">"; streams.len()];
+            let options = StreamReadOptions::default()
+                .group(&self.group, &self.consumer)
+                .count(size - batch.len)
+                .block(block.as_millis().max(1) as usize);
+            let read: Result<Option<StreamReadReply>, RedisError> = self
+                .reader
+                .clone()
+                .xread_options(&streams, &ids, &options)
+                .await;
+            match read {
+                Ok(Some(reply)) => self.take(reply, &mut batch).await,
+                Ok(None) => {}
+                Err(err) => {
+                    if err.code() == Some("NOGROUP") {
+                        // Redis lost the groups (restarted empty): create them again.
+                        self.state().ready.clear();
+                    }
+                    tracing::warn!(error = %err, "reading the coupon streams failed");
+                    sleep(ERROR_PAUSE).await;
+                }
+            }
+            if batch.len > 0 {
+                deadline.get_or_insert_with(|| Instant::now() + linger);
+            }
+        }
+        batch
+    }
+
+    /// `failed_events` (written by the sink) is where poison entries are kept in this mode.
+    async fn dead_letter(&self, _: &[FailedEvent]) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    async fn acknowledge(&self, receipt: &EntryIds, _last: bool) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        for (stream, ids) in receipt {
+            pipe.xack(stream, &self.group, ids).ignore();
+        }
+        let () = pipe.query_async(&mut self.commands.clone()).await?;
+        Ok(())
+    }
+
+    /// Entries in hand stay pending under this consumer meanwhile; should the wait outlast
+    /// `claim_idle`, another worker claims and persists them too, which the sink absorbs.
+    async fn wait_between_retries(&self, delay: Duration) {
+        sleep(delay).await;
+    }
+
+    fn retries_over(&self) {}
+
+    /// Nothing to hand over: everything persisted was acknowledged, and what was not is
+    /// claimed by the others once idle.
+    async fn leave(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+}
