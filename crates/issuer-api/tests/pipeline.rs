@@ -1,5 +1,10 @@
 //! The issue pipeline end to end on real Redis, PostgreSQL and a Kafka-API broker:
-//! HTTP → Lua admission → Kafka → worker → PostgreSQL.
+//! HTTP → Lua admission → queue (Kafka, or Redis Streams for the tests run in both modes)
+//! → worker → PostgreSQL.
+
+// Test bodies shared by both queue modes are plain functions (see `in_both_modes!`): a
+// panic in them is exactly the failure report wanted.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
