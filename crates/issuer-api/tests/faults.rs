@@ -133,10 +133,11 @@ async fn the_worker_rides_out_a_postgresql_outage_without_skipping_or_duplicatin
     let mut env = TestEnv::start(0).await;
     let proxy = CuttableProxy::start("127.0.0.1:5432").await.unwrap();
     let mut args = env.worker_args(10);
-    args[1] = format!(
+    args.retain(|arg| !arg.starts_with("--database-url="));
+    args.push(format!(
         "--database-url={}",
         proxy.url_for(&env.database_url).unwrap()
-    );
+    ));
     args.push("--retry-max-ms=500".into());
     env.start_worker_with(args).await;
     let coupon = env.coupon_with_quantity(100).await;
