@@ -119,10 +119,12 @@ else
     cargo install "tansu@$TANSU_VERSION" --locked --features dynostore,libsql
   fi
   mkdir -p "$STATE/tansu"
-  # tansu resolves the sqlite path against its working directory.
+  # tansu resolves the sqlite path against its working directory. At its default level it
+  # logs every request span: about 1 GB in a quarter hour of tests, and the largest CPU
+  # cost of the broker under load (docs/performance.md). Warnings are what we need.
   (
     cd "$STATE/tansu"
-    nohup tansu broker \
+    RUST_LOG=${TANSU_LOG:-warn} nohup tansu broker \
       --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --storage-engine "sqlite://tansu.db" >>tansu.log 2>&1 &

@@ -567,6 +567,8 @@ impl OwnBroker {
                 &url,
             ])
             .args(["--storage-engine", storage])
+            // Its default level logs every request span (see deploy/local/up.sh).
+            .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
