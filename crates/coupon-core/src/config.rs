@@ -80,6 +80,10 @@ pub struct KafkaArgs {
     /// Replication factor for the topics when this process has to create them.
     #[arg(long, env = "ISSUE_TOPIC_REPLICATION", default_value_t = 1)]
     pub topic_replication: i32,
+    /// How long the producer waits to batch concurrent events into one produce request:
+    /// longer means fewer, larger requests (less CPU per event) and more latency per answer.
+    #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 2)]
+    pub producer_linger_ms: u64,
 }
 
 impl KafkaArgs {

@@ -38,7 +38,7 @@ pub fn producer_config(
         .set("allow.auto.create.topics", "false")
         // A short linger batches concurrent requests into one produce without adding
         // noticeable latency to any of them.
-        .set("linger.ms", "2")
+        .set("linger.ms", args.producer_linger_ms.to_string())
         .set(
             "message.timeout.ms",
             message_timeout.as_millis().to_string(),

@@ -54,6 +54,7 @@ async fn publishing_to_a_topic_that_does_not_exist_is_a_certain_failure() {
         issue_topic: topic.clone(),
         topic_partitions: 3,
         topic_replication: 1,
+        producer_linger_ms: 2,
     };
     let publisher =
         issuer_api::publisher::Publisher::new(&args, Duration::from_millis(2000)).unwrap();

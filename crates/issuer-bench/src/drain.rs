@@ -81,6 +81,7 @@ pub async fn run(
             issue_topic: format!("coupon-drain-{}", uuid::Uuid::new_v4().simple()),
             topic_partitions: 3,
             topic_replication: 1,
+            producer_linger_ms: 2,
         };
         ensure_topics(&args).await?;
         let coupons = create_coupons(&mut db, count).await?;

@@ -279,6 +279,7 @@ pub async fn run(
         issue_topic: TOPIC.into(),
         topic_partitions: 3,
         topic_replication: 1,
+        producer_linger_ms: 2,
     };
     let settled = settle(&cluster, &kafka, options.queue).await;
     let checks = check(&cluster, &quantities, &outcomes, settled).await?;
@@ -322,6 +323,7 @@ async fn inject_poison(kafka_port: u16, last_coupon: i64) -> anyhow::Result<()> 
         issue_topic: TOPIC.into(),
         topic_partitions: 3,
         topic_replication: 1,
+        producer_linger_ms: 2,
     };
     let producer = Producer::new(&args, "chaos-poison", Duration::from_secs(10))?;
     for n in 0..GARBAGE_EVENTS {
