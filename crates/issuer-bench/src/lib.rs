@@ -3,6 +3,7 @@
 
 pub mod chaos;
 pub mod client;
+pub mod connections;
 pub mod drain;
 pub mod html;
 pub mod latency;

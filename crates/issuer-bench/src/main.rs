@@ -9,7 +9,7 @@ use coupon_core::config::QueueKind;
 use issuer_bench::chaos::{self, ChaosOptions};
 use issuer_bench::client::ApiClient;
 use issuer_bench::report::Report;
-use issuer_bench::{drain, race, seed, sustained};
+use issuer_bench::{connections, drain, race, seed, sustained};
 
 #[derive(Parser)]
 #[command(
@@ -35,8 +35,8 @@ struct Cli {
     /// Kafka bootstrap servers, for the `drain` scenario.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
-    /// Redis, for the `race` scenario (which talks to nothing else) and the services
-    /// `seed --mode` starts.
+    /// Redis, for the `race` and `connections` scenarios (which talk to nothing else) and
+    /// the services `seed --mode` starts.
     #[arg(
         long,
         env = "REDIS_URL",
@@ -112,6 +112,17 @@ enum Scenario {
         /// Most trials before reporting that the naive path happened to be right.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
         trials: u32,
+    },
+    /// The admission script over one multiplexed Redis connection versus pools of
+    /// exclusive connections, same concurrent load (Redis only).
+    Connections {
+        #[arg(long, default_value_t = 200_000)]
+        requests: u64,
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        concurrency: u64,
+        /// Pool sizes to compare (repeat the flag).
+        #[arg(long = "pool", default_values_t = [8, 32, 128])]
+        pools: Vec<usize>,
     },
     /// Faults under load on a cluster of its own (Redis, broker, two APIs, two workers),
     /// then every invariant checked; exits non-zero on a violation.
@@ -194,6 +205,15 @@ async fn main() -> anyhow::Result<()> {
             trials,
         } => {
             race::run(&cli.redis_url, users, quantity, trials)
+                .await?
+                .emit(cli.json, cli.report.as_deref())?;
+        }
+        Scenario::Connections {
+            requests,
+            concurrency,
+            pools,
+        } => {
+            connections::run(&cli.redis_url, requests, concurrency as usize, &pools)
                 .await?
                 .emit(cli.json, cli.report.as_deref())?;
         }
