@@ -8,6 +8,7 @@ pub mod drain;
 pub mod html;
 pub mod latency;
 pub mod process;
+pub mod progress;
 pub mod proxy;
 pub mod race;
 pub mod report;

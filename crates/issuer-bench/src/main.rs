@@ -93,7 +93,7 @@ enum Scenario {
         #[arg(long, default_value_t = 200_000)]
         events: usize,
         /// Worker batch sizes to compare (repeat the flag); 1 is the seed's mode.
-        #[arg(long = "worker-batch", default_values_t = [500, 1])]
+        #[arg(long = "worker-batch", default_values_t = [2000, 1])]
         worker_batch: Vec<u32>,
         /// Events drained one transaction at a time, at most (the seed's mode is slow).
         #[arg(long, default_value_t = 3000)]

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::client::ApiClient;
 use crate::html::{Figure, Plot, Series};
 use crate::latency::{Latency, histogram};
+use crate::progress::bar;
 use crate::report::Report;
 
 pub enum Load {
@@ -58,15 +59,18 @@ pub async fn run(
 ) -> anyhow::Result<SustainedReport> {
     let started = Instant::now();
     let target = |i: u64| (coupons[i as usize % coupons.len()], i as i64 + 1);
+    let progress = bar(requests, "answered");
     let (model, results) = match load {
         Load::Rate(rate) => {
             let tasks = (0..requests).map(|i| {
                 let api = api.clone();
                 let (coupon, user) = target(i);
                 let due = started + Duration::from_secs_f64(i as f64 / rate);
+                let progress = progress.clone();
                 actix_rt::spawn(async move {
                     actix_rt::time::sleep_until(due.into()).await;
                     let kind = api.issue(coupon, user).await;
+                    progress.inc(1);
                     (kind, due, Instant::now())
                 })
             });
@@ -80,7 +84,7 @@ pub async fn run(
         Load::Concurrency(clients) => {
             let next = Rc::new(std::cell::Cell::new(0u64));
             let tasks = (0..clients).map(|_| {
-                let (api, next) = (api.clone(), next.clone());
+                let (api, next, progress) = (api.clone(), next.clone(), progress.clone());
                 async move {
                     let mut done = Vec::new();
                     loop {
@@ -92,6 +96,7 @@ pub async fn run(
                         let (coupon, user) = target(i);
                         let sent = Instant::now();
                         let kind = api.issue(coupon, user).await;
+                        progress.inc(1);
                         done.push((kind, sent, Instant::now()));
                     }
                 }
@@ -101,6 +106,7 @@ pub async fn run(
         }
     };
     let duration = started.elapsed();
+    progress.finish_and_clear();
     Ok(summarise(model, coupons.len(), started, duration, results))
 }
 
