@@ -123,11 +123,15 @@ fn seed_figures(runs: &[(String, &SeedReport)]) -> Vec<Figure> {
                     .or_default() += 1;
             }
             let per_second = 1000.0 / THROUGHPUT_BUCKET_MS;
+            let last = buckets.keys().next_back().copied().unwrap_or(0);
+            // Empty buckets are drawn as zero, not bridged.
             Series {
                 name: name.clone(),
-                points: buckets
-                    .into_iter()
-                    .map(|(b, n)| (b as f64 * THROUGHPUT_BUCKET_MS, n as f64 * per_second))
+                points: (0..=last)
+                    .map(|b| {
+                        let n = buckets.get(&b).copied().unwrap_or(0);
+                        (b as f64 * THROUGHPUT_BUCKET_MS, n as f64 * per_second)
+                    })
                     .collect(),
             }
         })
