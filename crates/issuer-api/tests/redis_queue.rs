@@ -37,6 +37,14 @@ async fn pending_count(env: &TestEnv, stream: &str) -> i64 {
     }
 }
 
+async fn consumers(env: &TestEnv, stream: &str) -> Vec<String> {
+    let info: redis::streams::StreamInfoConsumersReply =
+        redis::AsyncCommands::xinfo_consumers(&mut env.redis().await, stream, &env.group)
+            .await
+            .unwrap();
+    info.consumers.into_iter().map(|c| c.name).collect()
+}
+
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !check().await {
@@ -86,6 +94,21 @@ async fn entries_a_dead_worker_held_are_claimed_and_every_success_becomes_one_ro
     eventually("acknowledged entries are trimmed", async || {
         xlen(&env, &stream).await <= 1
     })
+    .await;
+    eventually(
+        "the dead worker, now holding nothing, leaves the group",
+        async || {
+            !consumers(&env, &stream)
+                .await
+                .contains(&"killed-worker".to_owned())
+        },
+    )
+    .await;
+    env.stop_workers().await;
+    eventually(
+        "a worker that stops holding nothing leaves the group",
+        async || consumers(&env, &stream).await.is_empty(),
+    )
     .await;
     env.shutdown().await;
 }

@@ -11,6 +11,9 @@
 //!   unpersisted event is ever dropped.
 //! - Streams are found through the registry of active coupons, never by scanning keys; a
 //!   newly registered coupon wakes a blocked reader through the registry stream.
+//! - A consumer is removed from the group only when it holds nothing: this worker at
+//!   shutdown, and others once silent for `claim_idle` with nothing left to claim, so the
+//!   names of past workers do not pile up.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -143,8 +146,8 @@ impl StreamQueue {
         }
     }
 
-    /// Claims entries a dead (or stuck) consumer held for longer than `claim_idle`, then
-    /// trims what the group acknowledged.
+    /// Claims entries a dead (or stuck) consumer held for longer than `claim_idle`, removes
+    /// consumers that are silent and hold nothing, then trims what the group acknowledged.
     async fn maintain(&self, batch: &mut Batch<EntryIds>, size: usize) {
         let streams: Vec<String> = {
             let mut state = self.state();
@@ -159,6 +162,9 @@ impl StreamQueue {
                 && let Err(err) = self.claim(stream, batch, size - batch.len).await
             {
                 tracing::warn!(%stream, error = %err, "claiming idle entries failed");
+            }
+            if let Err(err) = self.forget_silent_consumers(stream).await {
+                tracing::warn!(%stream, error = %err, "removing silent consumers failed");
             }
             if let Err(err) = self.trim(stream).await {
                 tracing::warn!(%stream, error = %err, "trimming acknowledged entries failed");
@@ -200,6 +206,26 @@ impl StreamQueue {
                 .clone()
                 .xack(stream, &self.group, &reply.deleted_ids)
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// A consumer with nothing pending loses nothing by being removed, and a live one is
+    /// recreated by its next read; one silent for `claim_idle` is a past worker.
+    async fn forget_silent_consumers(&self, stream: &str) -> Result<(), RedisError> {
+        let mut con = self.commands.clone();
+        let info: redis::streams::StreamInfoConsumersReply =
+            con.xinfo_consumers(stream, &self.group).await?;
+        let silent = info.consumers.into_iter().filter(|c| {
+            c.name != self.consumer
+                && c.pending == 0
+                && c.idle as u128 > self.claim_idle.as_millis()
+        });
+        for consumer in silent {
+            let _: i64 = con
+                .xgroup_delconsumer(stream, &self.group, &consumer.name)
+                .await?;
+            tracing::debug!(%stream, consumer = %consumer.name, "removed a silent consumer");
         }
         Ok(())
     }
@@ -337,8 +363,24 @@ impl IssueQueue for StreamQueue {
     fn retries_over(&self) {}
 
     /// Nothing to hand over: everything persisted was acknowledged, and what was not is
-    /// claimed by the others once idle.
+    /// claimed by the others once idle. This consumer leaves the groups where it holds
+    /// nothing (elsewhere its name stays, with the entries, for a claim).
     async fn leave(&self) -> Result<(), QueueError> {
+        let streams: Vec<String> = self.state().ready.iter().cloned().collect();
+        let mut con = self.commands.clone();
+        for stream in streams {
+            let info: redis::streams::StreamInfoConsumersReply =
+                con.xinfo_consumers(&stream, &self.group).await?;
+            let holds_nothing = info
+                .consumers
+                .iter()
+                .any(|c| c.name == self.consumer && c.pending == 0);
+            if holds_nothing {
+                let _: i64 = con
+                    .xgroup_delconsumer(&stream, &self.group, &self.consumer)
+                    .await?;
+            }
+        }
         Ok(())
     }
 }
