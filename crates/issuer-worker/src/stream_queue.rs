@@ -54,6 +54,7 @@ pub struct StreamQueue {
     group: String,
     consumer: String,
     claim_idle: Duration,
+    forget_consumer: redis::Script,
     state: Mutex<State>,
 }
 
@@ -77,6 +78,7 @@ impl StreamQueue {
                 .clone()
                 .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4().simple())),
             claim_idle: Duration::from_millis(config.claim_idle_ms),
+            forget_consumer: redis::Script::new(include_str!("scripts/forget_consumer.lua")),
             state: Mutex::new(State {
                 ready: BTreeSet::new(),
                 next_maintenance: Instant::now(),
@@ -222,12 +224,30 @@ impl StreamQueue {
                 && c.idle as u128 > self.claim_idle.as_millis()
         });
         for consumer in silent {
-            let _: i64 = con
-                .xgroup_delconsumer(stream, &self.group, &consumer.name)
-                .await?;
-            tracing::debug!(%stream, consumer = %consumer.name, "removed a silent consumer");
+            if self.forget(stream, &consumer.name, self.claim_idle).await? {
+                tracing::debug!(%stream, consumer = %consumer.name, "removed a silent consumer");
+            }
         }
         Ok(())
+    }
+
+    /// Removes `consumer` if it still holds nothing and has been silent for `idle`
+    /// (checked atomically by the script).
+    async fn forget(
+        &self,
+        stream: &str,
+        consumer: &str,
+        idle: Duration,
+    ) -> Result<bool, RedisError> {
+        let removed: i64 = self
+            .forget_consumer
+            .key(stream)
+            .arg(&self.group)
+            .arg(consumer)
+            .arg(idle.as_millis() as u64)
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        Ok(removed == 1)
     }
 
     /// Removes the entries every consumer is done with. Both bounds only move forward, so
@@ -367,19 +387,8 @@ impl IssueQueue for StreamQueue {
     /// nothing (elsewhere its name stays, with the entries, for a claim).
     async fn leave(&self) -> Result<(), QueueError> {
         let streams: Vec<String> = self.state().ready.iter().cloned().collect();
-        let mut con = self.commands.clone();
         for stream in streams {
-            let info: redis::streams::StreamInfoConsumersReply =
-                con.xinfo_consumers(&stream, &self.group).await?;
-            let holds_nothing = info
-                .consumers
-                .iter()
-                .any(|c| c.name == self.consumer && c.pending == 0);
-            if holds_nothing {
-                let _: i64 = con
-                    .xgroup_delconsumer(&stream, &self.group, &self.consumer)
-                    .await?;
-            }
+            self.forget(&stream, &self.consumer, Duration::ZERO).await?;
         }
         Ok(())
     }
