@@ -71,6 +71,7 @@ in_both_modes!(
     quantity_one_has_exactly_one_winner,
     outside_its_window_a_coupon_answers_403_and_changes_nothing,
     redelivered_events_do_not_duplicate_rows,
+    a_coupon_missing_from_redis_is_rebuilt_from_postgresql,
 );
 
 async fn five_thousand_users_at_once_on_five_hundred_coupons(queue: QueueKind) {
@@ -490,9 +491,8 @@ async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
     env.shutdown().await;
 }
 
-#[actix_web::test]
-async fn a_coupon_missing_from_redis_is_rebuilt_from_postgresql() {
-    let env = TestEnv::start(1).await;
+async fn a_coupon_missing_from_redis_is_rebuilt_from_postgresql(queue: QueueKind) {
+    let env = TestEnv::start_in(queue, 1).await;
     let coupon = env.coupon_with_quantity(2).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
     env.rows_when_settled(coupon, 1).await;

@@ -171,3 +171,35 @@ async fn the_redis_queue_mode_needs_no_broker() {
     assert_eq!(env.rows_when_settled(coupon, 3).await.len(), 3);
     env.shutdown().await;
 }
+
+#[actix_web::test]
+async fn a_rebuild_counts_the_winners_still_on_the_stream() {
+    let mut env = TestEnv::start_in(QueueKind::Redis, 0).await;
+    let coupon = env.coupon_with_quantity(3).await;
+    for user in [1, 2] {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+    assert!(env.rows(coupon).await.is_empty(), "no worker yet: no rows");
+    // Admission state lost, the stream kept: users 1 and 2 are winners only PostgreSQL
+    // does not know yet.
+    let mut redis = env.redis().await;
+    for key in ["meta", "issued"] {
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{}coupon:{{{coupon}}}:{key}", env.redis_prefix))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+
+    support::assert_unavailable(&env.issue(coupon, 3).await);
+    assert_eq!(env.issue_retrying(coupon, 3).await.0, 201);
+    assert_eq!(
+        env.issue(coupon, 1).await.0,
+        409,
+        "a winner on the stream is still known"
+    );
+    assert_eq!(env.issue(coupon, 4).await.0, 410, "1, 2 and 3 hold all 3");
+    env.start_worker(500).await;
+    assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
+    env.shutdown().await;
+}
