@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// Lines on one chart: a name and its (x, y) points.
@@ -74,6 +75,37 @@ fn plot_error(err: impl std::fmt::Display) -> anyhow::Error {
 }
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Axes from zero to the largest value (with headroom above), labelled as the figure says.
+fn axes<'a, 'b>(
+    root: &'a Area<'b>,
+    figure: &Figure,
+    x_max: f64,
+    y_max: f64,
+) -> anyhow::Result<Chart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(root)
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max * 1.05)
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc(&figure.x_label)
+        .y_desc(&figure.y_label)
+        .draw()
+        .map_err(plot_error)?;
+    Ok(chart)
+}
+
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_error)
+}
 
 fn histogram(root: &Area<'_>, figure: &Figure, sets: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
     let max = sets
@@ -93,18 +125,7 @@ fn histogram(root: &Area<'_>, figure: &Figure, sets: &[(String, Vec<f64>)]) -> a
         })
         .collect();
     let top = counts.iter().flatten().copied().max().unwrap_or(1) as f64;
-    let mut chart = ChartBuilder::on(root)
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max, 0.0..top * 1.05)
-        .map_err(plot_error)?;
-    chart
-        .configure_mesh()
-        .x_desc(&figure.x_label)
-        .y_desc(&figure.y_label)
-        .draw()
-        .map_err(plot_error)?;
+    let mut chart = axes(root, figure, max, top)?;
     for (i, ((name, _), counts)) in sets.iter().zip(&counts).enumerate() {
         let colour = Palette99::pick(i).mix(0.55);
         chart
@@ -116,29 +137,14 @@ fn histogram(root: &Area<'_>, figure: &Figure, sets: &[(String, Vec<f64>)]) -> a
             .label(name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_error)
+    legend(&mut chart)
 }
 
 fn lines(root: &Area<'_>, figure: &Figure, series: &[Series]) -> anyhow::Result<()> {
     let points = || series.iter().flat_map(|s| s.points.iter());
     let x_max = points().map(|p| p.0).fold(0.0_f64, f64::max).max(1.0);
     let y_max = points().map(|p| p.1).fold(0.0_f64, f64::max).max(1.0);
-    let mut chart = ChartBuilder::on(root)
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max * 1.05)
-        .map_err(plot_error)?;
-    chart
-        .configure_mesh()
-        .x_desc(&figure.x_label)
-        .y_desc(&figure.y_label)
-        .draw()
-        .map_err(plot_error)?;
+    let mut chart = axes(root, figure, x_max, y_max)?;
     for (i, s) in series.iter().enumerate() {
         let colour = Palette99::pick(i);
         chart
@@ -150,11 +156,7 @@ fn lines(root: &Area<'_>, figure: &Figure, series: &[Series]) -> anyhow::Result<
             .label(&s.name)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_error)
+    legend(&mut chart)
 }
 
 #[cfg(test)]
