@@ -330,13 +330,17 @@ impl Report for SeedReport {
     }
 }
 
-/// The seed experiment once per queue mode, each on services this run started.
-#[derive(Debug, Serialize)]
+/// The seed experiment once per queue mode, each on services this run started, in the
+/// order the modes were asked for. JSON: one object keyed by mode (`{"kafka": {...}}`).
+#[derive(Debug)]
 pub struct SeedComparison {
-    #[serde(flatten)]
-    pub runs: BTreeMap<String, SeedReport>,
-    #[serde(skip)]
-    order: Vec<(QueueKind, String)>,
+    pub runs: Vec<(QueueKind, SeedReport)>,
+}
+
+impl Serialize for SeedComparison {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.runs.iter().map(|(queue, r)| (queue.to_string(), r)))
+    }
 }
 
 impl Report for SeedComparison {
@@ -346,19 +350,16 @@ impl Report for SeedComparison {
 
     fn figures(&self) -> Vec<Figure> {
         let runs: Vec<(String, &SeedReport)> = self
-            .order
+            .runs
             .iter()
-            .filter_map(|(queue, key)| self.runs.get(key).map(|r| (format!("{queue} queue"), r)))
+            .map(|(queue, r)| (format!("{queue} queue"), r))
             .collect();
         seed_figures(&runs)
     }
 
     fn markdown(&self) -> String {
-        let runs: Vec<(QueueKind, &SeedReport)> = self
-            .order
-            .iter()
-            .filter_map(|(queue, key)| self.runs.get(key).map(|r| (*queue, r)))
-            .collect();
+        let runs: Vec<(QueueKind, &SeedReport)> =
+            self.runs.iter().map(|(queue, r)| (*queue, r)).collect();
         let Some((_, first)) = runs.as_slice().first() else {
             return String::new();
         };
@@ -405,10 +406,7 @@ pub async fn compare(
 ) -> anyhow::Result<SeedComparison> {
     let logs = std::env::temp_dir().join("issuer-bench");
     std::fs::create_dir_all(&logs)?;
-    let mut comparison = SeedComparison {
-        runs: BTreeMap::new(),
-        order: Vec::new(),
-    };
+    let mut comparison = SeedComparison { runs: Vec::new() };
     for &queue in modes {
         let port = free_port()?;
         let env: Vec<(String, String)> = [
@@ -450,8 +448,7 @@ pub async fn compare(
         let report = run(&client, services.database_url, users, quantity).await;
         api.terminate(Duration::from_secs(15));
         worker.terminate(Duration::from_secs(15));
-        comparison.runs.insert(queue.to_string(), report?);
-        comparison.order.push((queue, queue.to_string()));
+        comparison.runs.push((queue, report?));
     }
     Ok(comparison)
 }

@@ -61,6 +61,10 @@ pub struct StreamQueue {
 struct State {
     /// Streams whose consumer group is known to exist.
     ready: BTreeSet<String>,
+    /// What the next read covers, and when to read the registry again: a coupon's
+    /// registration wakes the reader and forces it, else once per block interval.
+    streams: Vec<String>,
+    refresh_streams_at: Instant,
     next_maintenance: Instant,
 }
 
@@ -81,6 +85,8 @@ impl StreamQueue {
             forget_consumer: redis::Script::new(include_str!("scripts/forget_consumer.lua")),
             state: Mutex::new(State {
                 ready: BTreeSet::new(),
+                streams: Vec::new(),
+                refresh_streams_at: Instant::now(),
                 next_maintenance: Instant::now(),
             }),
         };
@@ -93,8 +99,15 @@ impl StreamQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The registry stream and every active coupon's stream, each with the group created.
+    /// The registry stream and every active coupon's stream, each with the group created;
+    /// the registry itself is read again only when due (see `State`).
     async fn streams(&self) -> Result<Vec<String>, RedisError> {
+        {
+            let state = self.state();
+            if Instant::now() < state.refresh_streams_at {
+                return Ok(state.streams.clone());
+            }
+        }
         let mut con = self.commands.clone();
         let mut streams = vec![self.registry_stream.clone()];
         streams.extend(
@@ -118,7 +131,15 @@ impl StreamQueue {
             }
             self.state().ready.insert(stream.clone());
         }
+        let mut state = self.state();
+        state.streams = streams.clone();
+        state.refresh_streams_at = Instant::now() + READ_BLOCK;
         Ok(streams)
+    }
+
+    /// The next read lists the streams from the registry again.
+    fn refresh_streams(&self) {
+        self.state().refresh_streams_at = Instant::now();
     }
 
     /// Takes the entries of `reply` into the batch; the registry stream's only wake the
@@ -126,6 +147,7 @@ impl StreamQueue {
     async fn take(&self, reply: StreamReadReply, batch: &mut Batch<EntryIds>) {
         for key in reply.keys {
             if key.key == self.registry_stream {
+                self.refresh_streams();
                 let ids: Vec<&str> = key.ids.iter().map(|e| e.id.as_str()).collect();
                 let acked: Result<i64, RedisError> = self
                     .commands
@@ -138,12 +160,7 @@ impl StreamQueue {
                 continue;
             }
             for entry in &key.ids {
-                batch.push(read(&key.key, entry));
-                batch
-                    .receipt
-                    .entry(key.key.clone())
-                    .or_default()
-                    .push(entry.id.clone());
+                take_entry(batch, &key.key, entry);
             }
         }
     }
@@ -194,12 +211,7 @@ impl StreamQueue {
             tracing::info!(%stream, entries = reply.claimed.len(), "claimed entries a silent consumer held");
         }
         for entry in &reply.claimed {
-            batch.push(read(stream, entry));
-            batch
-                .receipt
-                .entry(stream.to_owned())
-                .or_default()
-                .push(entry.id.clone());
+            take_entry(batch, stream, entry);
         }
         if !reply.deleted_ids.is_empty() {
             // Pending but gone from the stream: nothing left to persist.
@@ -277,6 +289,16 @@ impl StreamQueue {
     }
 }
 
+/// Adds one entry to the batch, and its id to what the batch will acknowledge.
+fn take_entry(batch: &mut Batch<EntryIds>, stream: &str, entry: &StreamId) {
+    batch.push(read(stream, entry));
+    batch
+        .receipt
+        .entry(stream.to_owned())
+        .or_default()
+        .push(entry.id.clone());
+}
+
 /// Decodes one entry; anything that is not a v1 event is set aside with its fields.
 fn read(stream: &str, entry: &StreamId) -> Consumed {
     let source = format!("redis:{stream}/{}", entry.id);
@@ -348,6 +370,7 @@ impl IssueQueue for StreamQueue {
                     if err.code() == Some("NOGROUP") {
                         // Redis lost the groups (restarted empty): create them again.
                         self.state().ready.clear();
+                        self.refresh_streams();
                     }
                     tracing::warn!(error = %err, "reading the coupon streams failed");
                     sleep(ERROR_PAUSE).await;

@@ -317,7 +317,8 @@ impl TestEnv {
 
     /// The coupon's event stream (Redis queue mode).
     pub fn stream(&self, coupon: i64) -> String {
-        format!("{}coupon:{{{coupon}}}:issues", self.redis_prefix)
+        let coupon = coupon_core::domain::CouponId::new(coupon).unwrap();
+        coupon_core::redis_keys::CouponKeys::new(&self.redis_prefix, coupon).stream
     }
 
     /// Puts `event` on the queue again, bypassing admission, as a producer retry or a

@@ -274,7 +274,7 @@ pub async fn run(
             FaultKind::Poison => {
                 let last_coupon = ids.iter().max().copied().unwrap_or(0);
                 match options.queue {
-                    QueueKind::Kafka => inject_poison(cluster.kafka_port, last_coupon).await?,
+                    QueueKind::Kafka => inject_poison(&kafka, last_coupon).await?,
                     QueueKind::Redis => {
                         inject_stream_poison(cluster.redis_port, last_coupon).await?
                     }
@@ -337,15 +337,8 @@ async fn inject_stream_poison(redis_port: u16, last_coupon: i64) -> anyhow::Resu
     Ok(())
 }
 
-async fn inject_poison(kafka_port: u16, last_coupon: i64) -> anyhow::Result<()> {
-    let args = KafkaArgs {
-        kafka_brokers: format!("127.0.0.1:{kafka_port}"),
-        issue_topic: TOPIC.into(),
-        topic_partitions: 3,
-        topic_replication: 1,
-        producer_linger_ms: 2,
-    };
-    let producer = Producer::new(&args, "chaos-poison", Duration::from_secs(10))?;
+async fn inject_poison(kafka: &KafkaArgs, last_coupon: i64) -> anyhow::Result<()> {
+    let producer = Producer::new(kafka, "chaos-poison", Duration::from_secs(10))?;
     for n in 0..GARBAGE_EVENTS {
         producer
             .send(
