@@ -19,7 +19,7 @@ stop_pid() { # stop_pid PIDFILE NAME
 
 while read -r service version; do
   case "$service" in
-    tansu) stop_pid "$STATE/tansu/tansu.pid" tansu ;;
+    kafka) bash "$ROOT/deploy/kafka/kafka.sh" stop "$STATE/kafka" && echo "[down] stopped Apache Kafka" ;;
     redis) stop_pid "$STATE/redis/redis.pid" Redis ;;
     postgresql)
       if [ "$(id -u)" -eq 0 ]; then pg_ctlcluster --skip-systemctl-redirect "$version" main stop

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Brings up Redis, PostgreSQL and a Kafka-API broker on their standard local ports.
+# Brings up Redis, PostgreSQL and Apache Kafka on their standard local ports.
 # A service that already answers is reused; a missing one is installed (Debian packages
-# for Redis and PostgreSQL, tansu from crates.io for the broker) and started, and noted in
-# .local/started so that `make down` stops only what this script started. Idempotent.
+# for Redis, PostgreSQL, Java and Maven; Apache Kafka's jars from Maven Central through
+# deploy/kafka/kafka.sh) and started, and noted in .local/started so that `make down`
+# stops only what this script started. Idempotent.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -14,10 +15,10 @@ touch "$STARTED"
 REDIS_PORT=${REDIS_PORT:-6379}
 PG_PORT=${PG_PORT:-5432}
 KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 DB_NAME=${DB_NAME:-coupon_issuance}
 DB_USER=${DB_USER:-coupon}
 DB_PASSWORD=${DB_PASSWORD:-coupon}
-TANSU_VERSION=0.6.0
 
 log() { echo "[up] $*"; }
 die() { echo "[up] error: $*" >&2; exit 1; }
@@ -57,11 +58,15 @@ redis_ping() {
 
 if redis_ping; then
   log "Redis answers on $REDIS_PORT: reusing it"
-elif command -v redis-server >/dev/null || apt_install redis-server; redis_ping; then
-  log "Redis answers on $REDIS_PORT after installing: reusing it"
 else
+  if ! command -v redis-server >/dev/null; then
+    apt_install redis-server
+    # Where the package's own service started (with Debian's configuration, not ours), it
+    # gives way to ours.
+    as_root service redis-server stop >/dev/null 2>&1 || true
+  fi
   mkdir -p "$STATE/redis"
-  # deploy/redis/redis.conf: append-only file, fsync every second.
+  # deploy/redis/redis.conf: its persistence and memory settings, explained there.
   redis-server "$ROOT/deploy/redis/redis.conf" --daemonize yes --bind 127.0.0.1 \
     --port "$REDIS_PORT" --dir "$STATE/redis" \
     --pidfile "$STATE/redis/redis.pid" --logfile "$STATE/redis/redis.log"
@@ -108,31 +113,15 @@ if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" !
   log "created database $DB_NAME"
 fi
 
-# --- Kafka-API broker -------------------------------------------------------------------
+# --- Apache Kafka ------------------------------------------------------------------------
 if port_open "$KAFKA_PORT"; then
   log "a broker answers on $KAFKA_PORT: reusing it"
 else
-  export PATH="$HOME/.cargo/bin:$PATH"
-  if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-    command -v cargo >/dev/null || die "cargo is needed to install the tansu broker"
-    log "installing tansu $TANSU_VERSION from crates.io (one-off, about 5-9 minutes)"
-    cargo install "tansu@$TANSU_VERSION" --locked --features dynostore,libsql
-  fi
-  mkdir -p "$STATE/tansu"
-  # tansu resolves the sqlite path against its working directory. At its default level it
-  # logs every request span: about 1 GB in a quarter hour of tests, and the largest CPU
-  # cost of the broker under load (docs/performance.md). Warnings are what we need.
-  (
-    cd "$STATE/tansu"
-    RUST_LOG=${TANSU_LOG:-warn} nohup tansu broker \
-      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --storage-engine "sqlite://tansu.db" >>tansu.log 2>&1 &
-    echo $! >tansu.pid
-  )
-  wait_for 30 "the broker" port_open "$KAFKA_PORT"
-  grep -qx tansu "$STARTED" || echo tansu >>"$STARTED"
-  log "tansu broker started on $KAFKA_PORT (log in .local/tansu, messages in .local/tansu/tansu.db)"
+  # One node, broker and controller (KRaft), data and log in .local/kafka; the first run
+  # fetches the jars with Maven into .local/kafka-<version>.
+  bash "$ROOT/deploy/kafka/kafka.sh" start "$STATE/kafka" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
+  grep -qx kafka "$STARTED" || echo kafka >>"$STARTED"
+  log "Apache Kafka $(bash "$ROOT/deploy/kafka/kafka.sh" version) started on $KAFKA_PORT (data and log in .local/kafka)"
 fi
 
 log "ready: redis://127.0.0.1:$REDIS_PORT  postgres://$DB_USER@127.0.0.1:$PG_PORT/$DB_NAME  kafka 127.0.0.1:$KAFKA_PORT"

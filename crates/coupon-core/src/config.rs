@@ -80,6 +80,12 @@ pub struct KafkaArgs {
     /// Replication factor for the topics when this process has to create them.
     #[arg(long, env = "ISSUE_TOPIC_REPLICATION", default_value_t = 1)]
     pub topic_replication: i32,
+    /// `min.insync.replicas` for the topics when this process has to create them: with
+    /// `acks=all`, an event is acknowledged only once this many replicas have it. Set it
+    /// below the replication factor (2 of 3) so one broker may fail without stopping sales;
+    /// at 1 an acknowledged event may live on one disk only.
+    #[arg(long, env = "ISSUE_TOPIC_MIN_INSYNC_REPLICAS", default_value_t = 1)]
+    pub topic_min_insync_replicas: i32,
     /// How long the producer waits to batch concurrent events into one produce request:
     /// longer means fewer, larger requests (less CPU per event) and more latency per answer.
     #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 2)]

@@ -55,18 +55,26 @@ pub fn producer_config(
 pub async fn ensure_topics(args: &KafkaArgs) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(args, "coupon-admin").create()?;
     let dlq = args.dlq_topic();
+    let min_isr = args.topic_min_insync_replicas.to_string();
     let topics = [args.issue_topic.as_str(), dlq.as_str()].map(|name| {
         NewTopic::new(
             name,
             args.topic_partitions,
             TopicReplication::Fixed(args.topic_replication),
         )
+        .set("min.insync.replicas", &min_isr)
     });
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {
         match result {
             Ok(topic) => {
-                tracing::info!(%topic, partitions = args.topic_partitions, "created topic")
+                tracing::info!(
+                    %topic,
+                    partitions = args.topic_partitions,
+                    replication = args.topic_replication,
+                    min_insync_replicas = args.topic_min_insync_replicas,
+                    "created topic"
+                )
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {

@@ -1,17 +1,17 @@
 //! The Kafka producer both services use: a send completes only on the broker's
 //! acknowledgement, and a failure says whether the message may still be in the log.
 //!
-//! Three things librdkafka leaves to the application are done here:
+//! Two things librdkafka leaves to the application are done here:
 //! - reading the message persistence status, which lets the API give a slot back at once
 //!   when publishing certainly failed and hold it (in doubt) when the broker may have it;
 //! - replacing the producer after a fatal error (an idempotent producer fenced after a
-//!   timeout, say), which librdkafka requires and which otherwise fails every later send;
-//! - replacing it when every broker is lost, before the cluster returns: the old session
-//!   would resume with an epoch bumped across the outage, which some Kafka-API brokers
-//!   mishandle (tansu 0.6 panics on it). A fresh session costs nothing on any broker.
+//!   timeout, say), which librdkafka requires and which otherwise fails every later send.
+//!
+//! Losing every broker needs nothing here: librdkafka reconnects, and Apache Kafka takes the
+//! idempotent session back where it stood (the failover tests kill two of three brokers).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::bindings::{rd_kafka_message_status, rd_kafka_msg_status_t};
@@ -45,28 +45,14 @@ pub struct PublishError {
 
 type DeliverySender = oneshot::Sender<Result<(), PublishError>>;
 
-/// Hands each delivery report, with librdkafka's persistence status, back to the sender,
-/// and asks for a fresh producer when every broker is gone.
+/// Hands each delivery report, with librdkafka's persistence status, back to the sender.
 pub struct DeliveryContext {
     session: u64,
-    shared: Arc<OnceLock<Weak<Shared>>>,
-    /// Whether this session ever had a message acknowledged (so holds a producer id).
-    delivered: std::sync::atomic::AtomicBool,
 }
 
 impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "Kafka client error");
-        // A session that never delivered has no epoch to resume: keep it, or every failed
-        // reconnect during the outage would start yet another one.
-        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
-            && self.delivered.load(Ordering::Relaxed)
-            && let Some(shared) = self.shared.get().and_then(Weak::upgrade)
-        {
-            let session = self.session;
-            // Not on this (librdkafka's) thread: replacing joins it.
-            std::thread::spawn(move || shared.replace(session, "every broker is down"));
-        }
     }
 }
 
@@ -75,10 +61,7 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, waiter: Box<DeliverySender>) {
         let outcome = match result {
-            Ok(_) => {
-                self.delivered.store(true, Ordering::Relaxed);
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err((error, message)) => Err(PublishError {
                 error: error.clone(),
                 persistence: persistence(message),
@@ -108,15 +91,12 @@ struct Shared {
     current: RwLock<Inner>,
     config: ClientConfig,
     sessions: AtomicU64,
-    itself: Arc<OnceLock<Weak<Shared>>>,
 }
 
 impl Shared {
     fn create(&self) -> Result<Inner, KafkaError> {
         let context = DeliveryContext {
             session: self.sessions.fetch_add(1, Ordering::Relaxed),
-            shared: self.itself.clone(),
-            delivered: Default::default(),
         };
         Ok(Arc::new(self.config.create_with_context(context)?))
     }
@@ -153,20 +133,13 @@ impl Producer {
         client_id: &str,
         message_timeout: Duration,
     ) -> Result<Self, KafkaError> {
-        let itself = Arc::new(OnceLock::new());
         let config = producer_config(args, client_id, message_timeout);
-        let first = config.create_with_context(DeliveryContext {
-            session: 0,
-            shared: itself.clone(),
-            delivered: Default::default(),
-        })?;
+        let first = config.create_with_context(DeliveryContext { session: 0 })?;
         let shared = Arc::new(Shared {
             current: RwLock::new(Arc::new(first)),
             config,
             sessions: AtomicU64::new(1),
-            itself: itself.clone(),
         });
-        let _ = itself.set(Arc::downgrade(&shared));
         Ok(Self { shared })
     }
 

@@ -10,20 +10,21 @@ use chrono::Utc;
 use clap::Parser;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
+use issuer_bench::kafka_cluster::KafkaCluster;
 use issuer_bench::proxy::CuttableProxy;
 use serde_json::json;
-use support::{OwnBroker, TestEnv};
+use support::TestEnv;
 
 #[actix_web::test]
 async fn a_publish_that_never_left_gives_the_slot_back_at_once() {
-    let broker = OwnBroker::start();
-    let env = TestEnv::start_on(&broker.brokers, 0).await;
+    let broker = KafkaCluster::start(1).unwrap();
+    let env = TestEnv::start_on(&broker.bootstrap(), 0).await;
     let coupon = env.coupon_with_quantity(1).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
     let rival = env.coupon_with_quantity(1).await;
 
     // The broker is gone: nothing can leave the producer.
-    broker.signal("KILL");
+    broker.kill(1).unwrap();
     let started = std::time::Instant::now();
     support::assert_unavailable(&env.issue(rival, 2).await);
     // PUBLISH_TIMEOUT_MS is 3 s; the margin is for this suite's parallel tests and brokers
@@ -47,13 +48,14 @@ async fn a_publish_that_never_left_gives_the_slot_back_at_once() {
 #[actix_web::test]
 async fn publishing_to_a_topic_that_does_not_exist_is_a_certain_failure() {
     use coupon_core::producer::Persistence;
-    let broker = OwnBroker::start();
+    let broker = KafkaCluster::start(1).unwrap();
     let topic = format!("no-such-topic-{}", uuid::Uuid::new_v4());
     let args = coupon_core::config::KafkaArgs {
-        kafka_brokers: broker.brokers.clone(),
+        kafka_brokers: broker.bootstrap(),
         issue_topic: topic.clone(),
         topic_partitions: 3,
         topic_replication: 1,
+        topic_min_insync_replicas: 1,
         producer_linger_ms: 2,
     };
     let publisher =
@@ -71,7 +73,7 @@ async fn publishing_to_a_topic_that_does_not_exist_is_a_certain_failure() {
 
     assert_eq!(failure.persistence, Persistence::NotPersisted, "{failure}");
     assert_eq!(
-        support::partitions_on(&broker.brokers, &topic),
+        support::partitions_on(&broker.bootstrap(), &topic),
         0,
         "naming it did not create it"
     );
@@ -79,8 +81,8 @@ async fn publishing_to_a_topic_that_does_not_exist_is_a_certain_failure() {
 
 #[actix_web::test]
 async fn a_publish_in_doubt_holds_the_slot_and_the_retry_or_the_reconciler_settles_it() {
-    let broker = OwnBroker::start();
-    let env = TestEnv::start_on(&broker.brokers, 1).await;
+    let broker = KafkaCluster::start(1).unwrap();
+    let env = TestEnv::start_on(&broker.bootstrap(), 1).await;
     let coupon = env.coupon_with_quantity(3).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
     env.rows_when_settled(coupon, 1).await;
@@ -89,7 +91,7 @@ async fn a_publish_in_doubt_holds_the_slot_and_the_retry_or_the_reconciler_settl
 
     // A frozen broker takes the produce request and never answers it: the events left
     // the producer and may be in the log.
-    broker.signal("STOP");
+    broker.signal_all("STOP").unwrap();
     let (a, b) = futures_util::future::join(env.issue(coupon, 2), env.issue(coupon, 3)).await;
     assert_eq!((a.0, b.0), (503, 503), "{a:?} {b:?}");
     assert_eq!(env.pending_entries(coupon).await, vec![2, 3]);
@@ -106,7 +108,7 @@ async fn a_publish_in_doubt_holds_the_slot_and_the_retry_or_the_reconciler_settl
         "held slots are not sold twice"
     );
 
-    broker.signal("CONT");
+    broker.signal_all("CONT").unwrap();
     // User 2 retries and is told the truth; user 3 never comes back: the reconciler
     // publishes theirs.
     let (status, body) = env.issue_retrying(coupon, 2).await;
@@ -410,15 +412,20 @@ async fn poison_events_are_set_aside_retried_on_schedule_and_replayable() {
 
 #[actix_web::test]
 async fn a_broker_killed_and_restarted_loses_no_acknowledged_event() {
-    let mut broker = OwnBroker::start_durable();
-    let env = TestEnv::start_on(&broker.brokers, 1).await;
+    let broker = std::sync::Arc::new(KafkaCluster::start(1).unwrap());
+    let env = TestEnv::start_on(&broker.bootstrap(), 1).await;
     let coupon = env.coupon_with_quantity(1000).await;
     // Requests in flight while the broker dies.
     let load =
         futures_util::future::join_all((1..=1000).map(|user| env.issue_retrying(coupon, user)));
     let kill = async {
         actix_web::rt::time::sleep(Duration::from_millis(30)).await;
-        broker.kill_and_restart();
+        broker.kill(1).unwrap();
+        // The JVM takes seconds to start: off the runtime, so requests keep being answered.
+        let broker = broker.clone();
+        actix_web::rt::task::spawn_blocking(move || broker.restart(&[1]).unwrap())
+            .await
+            .unwrap();
     };
     let (answers, ()) = futures_util::future::join(load, kill).await;
 

@@ -87,6 +87,7 @@ pub async fn run(
             issue_topic: format!("coupon-drain-{}", uuid::Uuid::new_v4().simple()),
             topic_partitions: 3,
             topic_replication: 1,
+            topic_min_insync_replicas: 1,
             producer_linger_ms: 2,
         };
         ensure_topics(&args).await?;

@@ -6,6 +6,7 @@ pub mod client;
 pub mod connections;
 pub mod drain;
 pub mod html;
+pub mod kafka_cluster;
 pub mod latency;
 pub mod process;
 pub mod progress;

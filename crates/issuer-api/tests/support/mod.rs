@@ -63,6 +63,27 @@ impl TestEnv {
     }
 
     pub async fn start_with(queue: QueueKind, brokers: &str, workers: usize) -> TestEnv {
+        Self::start_with_args(queue, brokers, workers, &[]).await
+    }
+
+    /// Kafka mode on a three-broker cluster: one partition (so one leader to kill),
+    /// replicated three times, two replicas in sync to acknowledge.
+    pub async fn start_replicated(brokers: &str, workers: usize) -> TestEnv {
+        let topology = [
+            "--topic-partitions=1",
+            "--topic-replication=3",
+            "--topic-min-insync-replicas=2",
+        ];
+        Self::start_with_args(QueueKind::Kafka, brokers, workers, &topology).await
+    }
+
+    /// Any of the above, with `extra` arguments for both services.
+    pub async fn start_with_args(
+        queue: QueueKind,
+        brokers: &str,
+        workers: usize,
+        extra: &[&str],
+    ) -> TestEnv {
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
@@ -74,7 +95,7 @@ impl TestEnv {
         let topic = format!("coupon-issue-test-{id}");
         let group = format!("coupon-issue-worker-test-{id}");
         let redis_prefix = format!("test-{id}:");
-        let common = [
+        let common: Vec<String> = [
             format!("--queue={queue}"),
             format!("--database-url={database_url}"),
             format!("--issue-topic={topic}"),
@@ -85,7 +106,10 @@ impl TestEnv {
             "--publish-timeout-ms=3000".to_owned(),
             "--reconcile-interval-ms=500".to_owned(),
             "--rebuild-timeout-ms=20000".to_owned(),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|arg| (*arg).to_owned()))
+        .collect();
 
         let api_config = issuer_api::config::Config::try_parse_from(
             [
@@ -272,6 +296,18 @@ impl TestEnv {
             .query_async(&mut self.redis().await)
             .await
             .unwrap()
+    }
+
+    /// The users holding a slot of `coupon` in Redis, sorted.
+    pub async fn redis_holders(&self, coupon: i64) -> Vec<i64> {
+        let key = format!("{}coupon:{{{coupon}}}:issued", self.redis_prefix);
+        let mut users: Vec<i64> = redis::cmd("SMEMBERS")
+            .arg(key)
+            .query_async(&mut self.redis().await)
+            .await
+            .unwrap();
+        users.sort_unstable();
+        users
     }
 
     /// Users whose slot in `coupon` is admitted but not yet acknowledged by the broker.
@@ -514,92 +550,6 @@ pub async fn failed_events(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
         .load(&mut env.pg().await)
         .await
         .unwrap()
-}
-
-/// A tansu broker of the test's own (in-memory storage), so that the test may kill or
-/// freeze it without disturbing other tests.
-pub struct OwnBroker {
-    pub brokers: String,
-    child: std::process::Child,
-    /// Where its durable storage lives, if it has any.
-    dir: Option<std::path::PathBuf>,
-}
-
-impl OwnBroker {
-    pub fn start() -> OwnBroker {
-        Self::start_on(free_port(), None)
-    }
-
-    /// A broker whose messages survive a kill -9 (sqlite storage in a directory of its own).
-    pub fn start_durable() -> OwnBroker {
-        let dir = std::env::temp_dir().join(format!("tansu-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self::start_on(free_port(), Some(dir))
-    }
-
-    /// kill -9, then the same broker again on the same port and storage.
-    pub fn kill_and_restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let port = self.brokers.rsplit_once(':').unwrap().1.parse().unwrap();
-        *self = Self::start_on(port, self.dir.take());
-    }
-
-    fn start_on(port: u16, dir: Option<std::path::PathBuf>) -> OwnBroker {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let storage = if dir.is_some() {
-            "sqlite://tansu.db"
-        } else {
-            "memory://tansu/"
-        };
-        let log = match &dir {
-            Some(dir) => {
-                std::process::Stdio::from(std::fs::File::create(dir.join("tansu.log")).unwrap())
-            }
-            None => std::process::Stdio::null(),
-        };
-        let child = std::process::Command::new("tansu")
-            .current_dir(dir.clone().unwrap_or_else(std::env::temp_dir))
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", storage])
-            // Its default level logs every request span (see deploy/local/up.sh).
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("tansu is installed (make up installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        OwnBroker {
-            brokers: format!("127.0.0.1:{port}"),
-            child,
-            dir,
-        }
-    }
-
-    pub fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 pub fn free_port() -> u16 {

@@ -1,13 +1,16 @@
-//! The cluster the chaos run owns: its own Redis (AOF), its own durable broker, its own
-//! database behind a cuttable proxy, two issuer-api and two issuer-worker processes.
+//! The cluster the chaos run owns: its own Redis (AOF), in Kafka mode its own three Apache
+//! Kafka brokers (topics replicated 3 times, 2 in sync to acknowledge), its own database
+//! behind a cuttable proxy, two issuer-api and two issuer-worker processes.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use coupon_core::config::QueueKind;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+use crate::kafka_cluster::KafkaCluster;
 use crate::process::{Service, free_port, wait_for_port};
 use crate::proxy::CuttableProxy;
 
@@ -15,13 +18,17 @@ pub const ADMIN_TOKEN: &str = "chaos-admin-token";
 pub const TOPIC: &str = "coupon-issue";
 pub const GROUP: &str = "coupon-issue-worker";
 pub const REPLICAS: usize = 2;
+/// Brokers in Kafka mode: one may fail with no pause in sales, two stop them.
+pub const BROKERS: usize = 3;
 
 pub struct Cluster {
     pub queue: QueueKind,
     pub dir: PathBuf,
     bin_dir: PathBuf,
     pub redis_port: u16,
-    pub kafka_port: u16,
+    /// Bootstrap servers the services are given; in the Redis queue mode a port where
+    /// nothing listens, so that any use of Kafka would show.
+    pub kafka_brokers: String,
     pub api_ports: [u16; REPLICAS],
     /// The chaos database, reached directly (for checks).
     pub database_url: String,
@@ -29,7 +36,8 @@ pub struct Cluster {
     database_name: String,
     pub postgres: CuttableProxy,
     redis: Option<Service>,
-    broker: Option<Service>,
+    /// Shared with the blocking tasks that restart its nodes while the load runs.
+    pub kafka: Option<Arc<KafkaCluster>>,
     apis: [Option<Service>; REPLICAS],
     workers: [Option<Service>; REPLICAS],
 }
@@ -72,22 +80,22 @@ impl Cluster {
             dir: dir.to_owned(),
             bin_dir: bin_dir.to_owned(),
             redis_port: free_port()?,
-            kafka_port: free_port()?,
+            kafka_brokers: format!("127.0.0.1:{}", free_port()?),
             api_ports: [free_port()?, free_port()?],
             database_url,
             admin_database_url: admin_database_url.to_owned(),
             database_name,
             postgres,
             redis: None,
-            broker: None,
+            kafka: None,
             apis: [None, None],
             workers: [None, None],
         };
         cluster.start_redis().await?;
-        // The Redis queue mode needs no broker; its services are pointed at a port where
-        // none listens, so any use of Kafka would show.
         if queue == QueueKind::Kafka {
-            cluster.start_broker().await?;
+            let kafka = KafkaCluster::start_in(&dir.join("kafka"), BROKERS)?;
+            cluster.kafka_brokers = kafka.bootstrap();
+            cluster.kafka = Some(Arc::new(kafka));
         }
         for i in 0..REPLICAS {
             cluster.start_worker(i)?;
@@ -110,7 +118,9 @@ impl Cluster {
                 "REDIS_URL",
                 format!("redis://127.0.0.1:{}", self.redis_port),
             ),
-            ("KAFKA_BROKERS", format!("127.0.0.1:{}", self.kafka_port)),
+            ("KAFKA_BROKERS", self.kafka_brokers.clone()),
+            ("ISSUE_TOPIC_REPLICATION", BROKERS.to_string()),
+            ("ISSUE_TOPIC_MIN_INSYNC_REPLICAS", "2".into()),
             ("DATABASE_URL", proxied),
             ("DATABASE_POOL_SIZE", "4".into()),
             ("ISSUE_QUEUE", self.queue.to_string()),
@@ -184,42 +194,6 @@ impl Cluster {
         self.start_redis().await
     }
 
-    pub async fn start_broker(&mut self) -> anyhow::Result<()> {
-        let data = self.dir.join("broker");
-        std::fs::create_dir_all(&data)?;
-        let url = format!("tcp://127.0.0.1:{}", self.kafka_port);
-        // Durable storage: a killed broker comes back with every acknowledged message.
-        let args = [
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "sqlite://tansu.db",
-        ];
-        let log = self.log("broker");
-        let env = [(
-            "RUST_LOG".to_owned(),
-            std::env::var("CHAOS_BROKER_LOG").unwrap_or_else(|_| "warn".into()),
-        )];
-        self.broker = Some(Service::spawn(
-            "broker",
-            Path::new("tansu"),
-            &args,
-            &env,
-            &data,
-            &log,
-        )?);
-        wait_for_port(self.kafka_port, Duration::from_secs(20)).await
-    }
-
-    pub fn kill_broker(&mut self) {
-        if let Some(broker) = self.broker.take() {
-            broker.kill9();
-        }
-    }
-
     /// Starts `binary` (issuer-api or issuer-worker) as replica `i`, logging to `<name>.log`.
     fn spawn_service(
         &self,
@@ -246,8 +220,8 @@ impl Cluster {
     }
 
     pub fn start_worker(&mut self, i: usize) -> anyhow::Result<()> {
-        // A stable identity: a restarted worker takes its partitions back at once. (With
-        // dynamic membership, tansu 0.6 keeps a killed member's partitions assigned to it.)
+        // A stable identity (static membership): a restarted worker takes its partitions
+        // back at once instead of waiting out the killed member's session.
         let instance = ("WORKER_INSTANCE_ID", format!("chaos-worker-{i}"));
         let name = format!("worker-{i}");
         self.workers[i] = Some(self.spawn_service("issuer-worker", &name, instance)?);
@@ -287,7 +261,8 @@ impl Cluster {
                 eprintln!("warning: {name} did not stop cleanly on SIGTERM");
             }
         }
-        self.kill_broker();
+        // Its nodes stop when the last handle is dropped.
+        self.kafka = None;
         if let Some(redis) = self.redis.take() {
             redis.kill9();
         }

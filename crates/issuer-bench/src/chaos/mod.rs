@@ -36,18 +36,15 @@ const GARBAGE_EVENTS: usize = 5;
 const ORPHAN_EVENTS: usize = 3;
 const GIVE_UP: Duration = Duration::from_secs(60);
 const SETTLE_PATIENCE: Duration = Duration::from_secs(120);
-/// Between one fault's end and the next fault: longer than the group session timeout, so the
-/// consumer group has settled. tansu 0.6 can wedge a group for good when it is restarted in
-/// the middle of a rebalance (see README).
-const SETTLE_BETWEEN_FAULTS: Duration = Duration::from_secs(10);
-/// Kafka mode: before the next fault, how long the workers get to show that the previous one
-/// healed (every partition owned and consumed up to where it stood). tansu 0.6's rebalances
-/// can outlast the fixed spacing, and a broker killed mid-rebalance leaves partitions
-/// unowned for good, a broker bug the suite is not about.
-const HEALED_PATIENCE: Duration = Duration::from_secs(60);
-/// Shorter than the cluster's publish timeout (5 s): tansu 0.6's sqlite engine panics when
-/// an idempotent producer comes back with an epoch bumped across its restart (see README).
-const BROKER_DOWN: Duration = Duration::from_secs(2);
+/// Between one fault's end and the next fault, so that each fault's effect can be told
+/// apart in the logs.
+const SETTLE_BETWEEN_FAULTS: Duration = Duration::from_secs(5);
+/// How long the partition leader stays dead: about the brokers' session timeout (6 s), so
+/// that leadership really moves before it comes back.
+const LEADER_DOWN: Duration = Duration::from_secs(8);
+/// How long two of the three brokers stay dead: the partitions lose their in-sync quorum
+/// and the controllers theirs, so nothing can be acknowledged.
+const TWO_BROKERS_DOWN: Duration = Duration::from_secs(4);
 
 /// What a fault threatens, by invariant name (the check table's first column).
 struct Fault {
@@ -60,7 +57,8 @@ struct Fault {
 #[derive(Clone, Copy)]
 enum FaultKind {
     KillWorkers,
-    KillBroker,
+    KillLeader,
+    TwoBrokersDown,
     CutPostgres,
     KillApi,
     WipeRedis,
@@ -69,7 +67,8 @@ enum FaultKind {
 }
 
 /// The faults each queue mode meets, in order. Both modes lose workers, PostgreSQL and an
-/// API. Kafka mode also loses its broker, and Redis everything (it is only a cache there,
+/// API. Kafka mode also loses the partition leader, then two of its three brokers, and Redis
+/// everything (it is only a cache there,
 /// rebuilt from PostgreSQL). In the Redis queue mode Redis is the queue: it is killed and
 /// must come back from its append-only file with every acknowledged admission.
 fn faults(queue: QueueKind) -> Vec<Fault> {
@@ -96,12 +95,18 @@ fn faults(queue: QueueKind) -> Vec<Fault> {
             worker,
             Fault {
                 at: 0.16,
-                kind: FaultKind::KillBroker,
-                name: "kill -9 of the broker, restarted",
+                kind: FaultKind::KillLeader,
+                name: "kill -9 of the issue topic's partition-0 leader, restarted",
                 threatens: &["no lost success", "no leaked stock"],
             },
             postgres,
             api,
+            Fault {
+                at: 0.53,
+                kind: FaultKind::TwoBrokersDown,
+                name: "kill -9 of two of the three brokers, restarted",
+                threatens: &["no lost success", "no leaked stock"],
+            },
             Fault {
                 at: 0.65,
                 kind: FaultKind::WipeRedis,
@@ -195,31 +200,17 @@ pub async fn run(
     let mut previous_end = started;
     let faults = faults(options.queue);
     let kafka = KafkaArgs {
-        kafka_brokers: format!("127.0.0.1:{}", cluster.kafka_port),
+        kafka_brokers: cluster.kafka_brokers.clone(),
         issue_topic: TOPIC.into(),
         topic_partitions: 3,
-        topic_replication: 1,
+        topic_replication: cluster::BROKERS as i32,
+        topic_min_insync_replicas: 2,
         producer_linger_ms: 2,
     };
     for fault in &faults {
         let at = (started + options.duration.mul_f64(fault.at))
             .max(previous_end + SETTLE_BETWEEN_FAULTS);
         actix_rt::time::sleep_until(at.into()).await;
-        if options.queue == QueueKind::Kafka {
-            let healed = Instant::now();
-            match wait_for_group(&kafka, GROUP, HEALED_PATIENCE).await {
-                Ok(()) if healed.elapsed() > Duration::from_secs(1) => println!(
-                    "{:>6.1}s  (the workers caught up after {:.1}s)",
-                    started.elapsed().as_secs_f64(),
-                    healed.elapsed().as_secs_f64()
-                ),
-                Ok(()) => {}
-                Err(err) => println!(
-                    "{:>6.1}s  (the previous fault has not healed: {err}; going on)",
-                    started.elapsed().as_secs_f64()
-                ),
-            }
-        }
         let pause = options.duration.mul_f64(0.04).max(Duration::from_secs(3));
         let detail = match fault.kind {
             FaultKind::KillWorkers => {
@@ -231,11 +222,26 @@ pub async fn run(
                 }
                 format!("each worker down {pause:?}")
             }
-            FaultKind::KillBroker => {
-                cluster.kill_broker();
-                actix_rt::time::sleep(BROKER_DOWN).await;
-                cluster.start_broker().await?;
-                format!("down {BROKER_DOWN:?}")
+            FaultKind::KillLeader => {
+                let brokers = cluster.kafka.clone().context("Kafka mode has brokers")?;
+                let leader = brokers.leader(TOPIC, 0)?;
+                brokers.kill(leader)?;
+                actix_rt::time::sleep(LEADER_DOWN).await;
+                // Blocking (a JVM starts): off the runtime that drives the load.
+                actix_rt::task::spawn_blocking(move || brokers.restart(&[leader])).await??;
+                format!("node {leader} down {LEADER_DOWN:?}")
+            }
+            FaultKind::TwoBrokersDown => {
+                let brokers = cluster.kafka.clone().context("Kafka mode has brokers")?;
+                // The leader and one follower: the survivor alone is not enough for anything.
+                let leader = brokers.leader(TOPIC, 0)?;
+                let victims = [leader, leader % cluster::BROKERS + 1];
+                for node in victims {
+                    brokers.kill(node)?;
+                }
+                actix_rt::time::sleep(TWO_BROKERS_DOWN).await;
+                actix_rt::task::spawn_blocking(move || brokers.restart(&victims)).await??;
+                format!("nodes {victims:?} down {TWO_BROKERS_DOWN:?}")
             }
             FaultKind::CutPostgres => {
                 cluster.postgres.cut();

@@ -1,0 +1,176 @@
+//! Apache Kafka clusters of a harness's own (the tests', the chaos suite's), one node or
+//! three, on free loopback ports. Every node is started by `deploy/kafka/kafka.sh`, the
+//! same script `make up` uses, so there is one way brokers are configured and run here.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::process::free_port;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kafka/kafka.sh");
+
+/// Nodes numbered from 1, as their `node.id`. Stopped when dropped; its folder is removed
+/// then unless the cluster was started in a folder the caller keeps.
+pub struct KafkaCluster {
+    dir: PathBuf,
+    ports: Vec<u16>,
+    remove_dir: bool,
+}
+
+fn script(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("bash")
+        .arg(SCRIPT)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {SCRIPT}"))?;
+    if !status.success() {
+        bail!("kafka.sh {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn join_ports(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl KafkaCluster {
+    /// `nodes` brokers (each also a controller) in a temporary folder of their own.
+    pub fn start(nodes: usize) -> anyhow::Result<KafkaCluster> {
+        let dir = std::env::temp_dir().join(format!("kafka-{}", uuid::Uuid::new_v4().simple()));
+        let mut cluster = Self::start_in(&dir, nodes)?;
+        cluster.remove_dir = true;
+        Ok(cluster)
+    }
+
+    /// `nodes` brokers whose data and logs stay in `dir`.
+    pub fn start_in(dir: &Path, nodes: usize) -> anyhow::Result<KafkaCluster> {
+        let ports = (0..nodes)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?;
+        let controllers = (0..nodes)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?;
+        let dir_arg = dir.to_string_lossy();
+        let cluster = KafkaCluster {
+            dir: dir.to_owned(),
+            ports,
+            remove_dir: false,
+        };
+        script(&[
+            "start",
+            &dir_arg,
+            &join_ports(&cluster.ports),
+            &join_ports(&controllers),
+        ])?;
+        cluster.wait_for_brokers(nodes, Duration::from_secs(60))?;
+        Ok(cluster)
+    }
+
+    /// The bootstrap list for clients: every node.
+    pub fn bootstrap(&self) -> String {
+        self.ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.ports.len()
+    }
+
+    fn dir_arg(&self) -> String {
+        self.dir.to_string_lossy().into_owned()
+    }
+
+    /// kill -9 of node `id`: no controlled shutdown, its leaderships move only once the
+    /// controller fences it.
+    pub fn kill(&self, id: usize) -> anyhow::Result<()> {
+        script(&["kill", &self.dir_arg(), &id.to_string()])
+    }
+
+    /// Nodes `ids` again, on their data; returns once every node is back in the cluster's
+    /// metadata.
+    pub fn restart(&self, ids: &[usize]) -> anyhow::Result<()> {
+        for id in ids {
+            script(&["start-node", &self.dir_arg(), &id.to_string()])?;
+        }
+        self.wait_for_brokers(self.nodes(), Duration::from_secs(60))
+    }
+
+    /// SIGSTOP or SIGCONT to every node: a frozen broker accepts connections and answers
+    /// nothing, so whatever a producer sent it is in doubt.
+    pub fn signal_all(&self, signal: &str) -> anyhow::Result<()> {
+        for id in 1..=self.nodes() {
+            let pid = std::fs::read_to_string(self.dir.join(format!("node-{id}/pid")))
+                .with_context(|| format!("node {id} is not running"))?;
+            let status = Command::new("kill")
+                .args([&format!("-{signal}"), pid.trim()])
+                .status()?;
+            if !status.success() {
+                bail!("kill -{signal} of node {id} failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn metadata_client(&self) -> anyhow::Result<BaseConsumer> {
+        Ok(ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("allow.auto.create.topics", "false")
+            .set("log_level", "3")
+            .create()?)
+    }
+
+    /// Waits until the cluster's metadata lists `count` brokers.
+    fn wait_for_brokers(&self, count: usize, patience: Duration) -> anyhow::Result<()> {
+        let client = self.metadata_client()?;
+        let deadline = Instant::now() + patience;
+        loop {
+            let seen = client
+                .fetch_metadata(None, Duration::from_secs(5))
+                .map(|m| m.brokers().len())
+                .unwrap_or(0);
+            if seen >= count {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("only {seen} of {count} brokers registered after {patience:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The node leading `partition` of `topic`, as the cluster's metadata says now.
+    pub fn leader(&self, topic: &str, partition: i32) -> anyhow::Result<usize> {
+        let metadata = self
+            .metadata_client()?
+            .fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        let leader = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .find(|p| p.id() == partition)
+            .map(|p| p.leader())
+            .with_context(|| format!("{topic}/{partition} is not in the metadata"))?;
+        usize::try_from(leader).with_context(|| format!("{topic}/{partition} has no leader"))
+    }
+}
+
+impl Drop for KafkaCluster {
+    fn drop(&mut self) {
+        let _ = script(&["stop", &self.dir_arg()]);
+        if self.remove_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
