@@ -310,6 +310,19 @@ impl TestEnv {
         users
     }
 
+    /// Whether someone (a retry or a reconciler) has taken `user`'s pending entry to publish
+    /// it again.
+    pub async fn pending_claimed(&self, coupon: i64, user: i64) -> bool {
+        let key = format!("{}coupon:{{{coupon}}}:pending", self.redis_prefix);
+        let entry: Option<String> = redis::cmd("HGET")
+            .arg(key)
+            .arg(user)
+            .query_async(&mut self.redis().await)
+            .await
+            .unwrap();
+        entry.is_some_and(|entry| entry.contains(" claimed "))
+    }
+
     /// Users whose slot in `coupon` is admitted but not yet acknowledged by the broker.
     pub async fn pending_entries(&self, coupon: i64) -> Vec<i64> {
         let key = format!("{}coupon:{{{coupon}}}:pending", self.redis_prefix);
