@@ -143,7 +143,9 @@ start() { # start DIR PORTS CTRL_PORTS
       pids+=($!)
     fi
   done
-  for pid in "${pids[@]}"; do wait "$pid" || die "formatting the storage failed (see node.log)"; done
+  for pid in "${pids[@]}"; do
+    wait "$pid" || { tail -n 20 "$dir"/node-*/node.log >&2; die "formatting the storage failed"; }
+  done
   for ((id = 1; id <= n; id++)); do start_node "$dir" "$id"; done
   wait_ports 90 "${ports[@]}"
 }

@@ -31,57 +31,9 @@ pub enum AdmitReply {
     /// Redis queue mode it is already on the coupon's stream.
     Admitted(IssueEvent),
     Refused(Admission),
-    /// The user holds a slot whose event may not have reached Kafka: publish it again.
-    InDoubt(IssueEvent),
-}
-
-/// Where a pending (admitted, not yet acknowledged) slot stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PendingState {
-    /// Its first publish is under way (or its API died during it).
-    InFlight,
-    /// Its publish ended without knowing whether the broker has it.
-    Doubt,
-}
-
-/// The pending entry's text: `"<eventId> <issuedMs> <state>"`, as the scripts read it.
-fn pending_entry(event: &IssueEvent, state: PendingState) -> String {
-    let state = match state {
-        PendingState::InFlight => "inflight",
-        PendingState::Doubt => "doubt",
-    };
-    format!(
-        "{} {} {state}",
-        event.event_id,
-        event.issued_at.timestamp_millis()
-    )
-}
-
-fn pending_event(coupon: CouponId, user: UserId, entry: &str) -> Result<IssueEvent, RedisError> {
-    let unreadable = || {
-        RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "unreadable pending entry",
-            entry.to_owned(),
-        ))
-    };
-    let mut parts = entry.split(' ');
-    let event_id = parts
-        .next()
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(unreadable)?;
-    let issued_at = parts
-        .next()
-        .and_then(|ms| ms.parse().ok())
-        .and_then(DateTime::from_timestamp_millis)
-        .ok_or_else(unreadable)?;
-    Ok(IssueEvent {
-        v: EVENT_VERSION,
-        event_id,
-        coupon_id: coupon,
-        user_id: user,
-        issued_at,
-    })
+    /// Kafka mode: the user holds a slot whose event is not acknowledged yet; the ledger
+    /// (`crate::ledger`) says who publishes it.
+    Pending,
 }
 
 /// The scripts, hashed once; redis-rs runs them by EVALSHA and falls back to EVAL
@@ -91,7 +43,6 @@ pub struct AdmissionScripts {
     key_prefix: String,
     queue: QueueKind,
     admit: Script,
-    release: Script,
     load_meta: Script,
 }
 
@@ -101,7 +52,6 @@ impl AdmissionScripts {
             key_prefix: key_prefix.into(),
             queue,
             admit: Script::new(include_str!("scripts/admission.lua")),
-            release: Script::new(include_str!("scripts/release.lua")),
             load_meta: Script::new(include_str!("scripts/load_meta.lua")),
         }
     }
@@ -110,15 +60,11 @@ impl AdmissionScripts {
         CouponKeys::new(&self.key_prefix, coupon)
     }
 
-    /// `publish_window` bounds a first publish (the producer's message timeout plus a
-    /// margin): a pending entry older than that whose publish never reported back belongs
-    /// to an API that died, and is treated as in doubt.
     pub async fn admit<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: CouponId,
         user: UserId,
-        publish_window: Duration,
     ) -> Result<AdmitReply, RedisError> {
         let keys = self.keys(coupon);
         let event_id = Uuid::new_v4();
@@ -130,10 +76,9 @@ impl AdmissionScripts {
         if self.queue == QueueKind::Redis {
             invocation.key(&keys.stream);
         }
-        let (code, now_ms, pending): (i64, i64, String) = invocation
+        let (code, now_ms): (i64, i64) = invocation
             .arg(user.get())
             .arg(event_id.to_string())
-            .arg(publish_window.as_millis() as u64)
             .arg(coupon.get())
             .invoke_async(con)
             .await?;
@@ -152,7 +97,7 @@ impl AdmissionScripts {
             3 => refused(Admission::SoldOut),
             4 => refused(Admission::NotStarted),
             5 => refused(Admission::Ended),
-            6 => pending_event(coupon, user, &pending).map(AdmitReply::InDoubt),
+            6 => Ok(AdmitReply::Pending),
             other => Err(RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "admission script returned an unknown code",
@@ -228,45 +173,6 @@ impl AdmissionScripts {
         Ok(users)
     }
 
-    /// Gives a slot back after its event certainly never reached Kafka; returns whether it
-    /// was released (not if its pending entry changed meanwhile).
-    pub async fn release<C: ConnectionLike + Send + Sync>(
-        &self,
-        con: &mut C,
-        event: &IssueEvent,
-    ) -> Result<bool, RedisError> {
-        let keys = self.keys(event.coupon_id);
-        self.release
-            .key(&keys.issued)
-            .key(&keys.pending)
-            .arg(event.user_id.get())
-            .arg(pending_entry(event, PendingState::InFlight))
-            .invoke_async(con)
-            .await
-    }
-
-    /// The publish ended without knowing whether the broker has the event: a retry or the
-    /// reconciler will publish it again.
-    pub async fn mark_in_doubt<C: ConnectionLike + Send + Sync>(
-        &self,
-        con: &mut C,
-        event: &IssueEvent,
-    ) -> Result<(), RedisError> {
-        let pending = self.keys(event.coupon_id).pending;
-        let entry = pending_entry(event, PendingState::Doubt);
-        con.hset(pending, event.user_id.get(), entry).await
-    }
-
-    /// The event is acknowledged: the slot is settled and nothing is pending any more.
-    pub async fn settle<C: ConnectionLike + Send + Sync>(
-        &self,
-        con: &mut C,
-        event: &IssueEvent,
-    ) -> Result<(), RedisError> {
-        con.hdel(self.keys(event.coupon_id).pending, event.user_id.get())
-            .await
-    }
-
     /// Coupons whose state Redis holds, for the reconciler to look through.
     pub async fn active_coupons<C: ConnectionLike + Send + Sync>(
         &self,
@@ -290,27 +196,6 @@ impl AdmissionScripts {
     ) -> Result<(), RedisError> {
         con.srem(CouponKeys::active_registry(&self.key_prefix), coupon.get())
             .await
-    }
-
-    /// Every pending slot of a coupon, with its state.
-    pub async fn pending<C: ConnectionLike + Send + Sync>(
-        &self,
-        con: &mut C,
-        coupon: CouponId,
-    ) -> Result<Vec<(IssueEvent, PendingState)>, RedisError> {
-        let entries: Vec<(i64, String)> = con.hgetall(self.keys(coupon).pending).await?;
-        entries
-            .into_iter()
-            .filter_map(|(user, entry)| UserId::new(user).ok().map(|user| (user, entry)))
-            .map(|(user, entry)| {
-                let state = if entry.ends_with(" doubt") {
-                    PendingState::Doubt
-                } else {
-                    PendingState::InFlight
-                };
-                pending_event(coupon, user, &entry).map(|event| (event, state))
-            })
-            .collect()
     }
 
     /// Restores a coupon's state after Redis lost it: adds the users PostgreSQL (and the

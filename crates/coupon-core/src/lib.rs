@@ -7,6 +7,7 @@ pub mod db;
 pub mod domain;
 pub mod event;
 pub mod kafka;
+pub mod ledger;
 pub mod producer;
 pub mod redis_keys;
 pub mod shutdown;

@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::handlers::{self, AppState};
+use coupon_core::ledger::Ledger;
+
 use crate::issuing::{Delivery, Issuer, PUBLISH_REPORT_MARGIN, Rebuilt};
 use crate::publisher::Publisher;
 use crate::reconciler;
@@ -34,6 +36,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
     let delivery = match kafka {
         Some(kafka) => Delivery::Kafka {
             publisher: Publisher::new(kafka, Duration::from_millis(config.publish_timeout_ms))?,
+            ledger: Ledger::new(config.redis.redis_key_prefix.clone()),
             kafka: kafka.clone(),
             worker_group: config.worker_group_id.clone(),
         },

@@ -34,6 +34,10 @@ pub enum ApiError {
         #[source]
         cause: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The user's slot is held, and a publish of its event is under way elsewhere: whether
+    /// the coupon is theirs is not known yet.
+    #[error("an earlier request's publish for this user is still unresolved; retry shortly")]
+    PublishUnresolved,
     /// Redis lost this coupon's state; admission reopens once it is rebuilt.
     #[error("coupon {0} is being restored from PostgreSQL; retry shortly")]
     Rebuilding(i64),
@@ -67,7 +71,9 @@ impl ApiError {
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            Self::Unavailable { .. } | Self::Rebuilding(_) => "UNAVAILABLE",
+            Self::Unavailable { .. } | Self::Rebuilding(_) | Self::PublishUnresolved => {
+                "UNAVAILABLE"
+            }
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -82,7 +88,9 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable { .. } | Self::Rebuilding(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Rebuilding(_) | Self::PublishUnresolved => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,7 +102,7 @@ impl ResponseError for ApiError {
                 tracing::warn!(dependency = what, error = %cause, "answering 503");
                 response.insert_header((RETRY_AFTER, "1"));
             }
-            Self::Rebuilding(_) => {
+            Self::Rebuilding(_) | Self::PublishUnresolved => {
                 response.insert_header((RETRY_AFTER, "1"));
             }
             Self::Internal(cause) => tracing::error!(error = %cause, "answering 500"),

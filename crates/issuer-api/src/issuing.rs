@@ -5,7 +5,10 @@
 //! appended it to the coupon's stream in the same atomic step as taking the slot.
 //! Every slot taken ends either given back (the event certainly never reached the log) or
 //! as exactly one row (the event was, or may have been, published: it is held in doubt
-//! and published again until acknowledged; the sink is idempotent).
+//! and published again until acknowledged; the sink is idempotent). Who may give a slot
+//! back or publish it again is the ledger's to say (`coupon_core::ledger`).
+//! A user is told "yours" only when it is known: while someone else's publish of their
+//! event is unresolved, the answer is 503, retry.
 
 use std::time::Duration;
 
@@ -14,13 +17,13 @@ use coupon_core::config::KafkaArgs;
 use coupon_core::db::coupons::{coupon_holders, find_coupon};
 use coupon_core::db::pool::PgPool;
 use coupon_core::domain::{Admission, CouponId, UserId};
-use coupon_core::event::IssueEvent;
 use coupon_core::kafka::wait_for_group;
+use coupon_core::ledger::{Claim, Ledger, PendingEntry};
 use redis::aio::ConnectionManager;
 
-use crate::error::ApiError;
 use coupon_core::producer::Persistence;
 
+use crate::error::ApiError;
 use crate::publisher::Publisher;
 
 /// A rebuild lease outlives the longest rebuild wait, so two never overlap; a crashed
@@ -29,6 +32,10 @@ const REBUILD_LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// librdkafka reports every message by its message timeout; this margin covers the
 /// report's way back to the request.
 pub const PUBLISH_REPORT_MARGIN: Duration = Duration::from_secs(2);
+/// How long a request for a user whose event another request is publishing waits for that
+/// outcome before answering 503, and how often it looks.
+const BUSY_WAIT: Duration = Duration::from_millis(500);
+const BUSY_POLL: Duration = Duration::from_millis(5);
 
 /// Where admitted events go.
 #[derive(Clone)]
@@ -36,6 +43,7 @@ pub enum Delivery {
     /// Published to the issue topic; a rebuild waits for `worker_group` to reach its end.
     Kafka {
         publisher: Publisher,
+        ledger: Ledger,
         kafka: KafkaArgs,
         worker_group: String,
     },
@@ -81,78 +89,117 @@ impl Issuer {
         user: UserId,
     ) -> Result<Admission, ApiError> {
         let mut redis = self.redis.clone();
-        let reply = self
-            .scripts
-            .admit(&mut redis, coupon, user, self.publish_window)
-            .await?;
-        match reply {
-            AdmitReply::NotLoaded => Err(self.start_rebuild(coupon).await),
-            AdmitReply::Admitted(event) => match &self.delivery {
-                Delivery::Kafka { publisher, .. } => self
-                    .publish_new(publisher, &event)
-                    .await
-                    .map(|()| Admission::Success),
-                Delivery::RedisStream => Ok(Admission::Success),
-            },
-            AdmitReply::InDoubt(event) => self.republish(&event).await.map(|()| Admission::Success),
-            AdmitReply::Refused(admission) => Ok(admission),
+        let waiting_since = tokio::time::Instant::now();
+        loop {
+            let reply = self.scripts.admit(&mut redis, coupon, user).await?;
+            match (reply, &self.delivery) {
+                (AdmitReply::NotLoaded, _) => return Err(self.start_rebuild(coupon).await),
+                (AdmitReply::Refused(admission), _) => return Ok(admission),
+                (AdmitReply::Admitted(_), Delivery::RedisStream) => return Ok(Admission::Success),
+                (AdmitReply::Admitted(event), Delivery::Kafka { .. }) => {
+                    return self
+                        .publish_new(PendingEntry::admitted(event))
+                        .await
+                        .map(|()| Admission::Success);
+                }
+                (AdmitReply::Pending, _) => match self.claim(coupon, user).await? {
+                    Claim::Claimed(entry) => {
+                        return self.republish(entry).await.map(|()| Admission::Success);
+                    }
+                    // Another request is publishing this user's event. Its outcome usually
+                    // comes within milliseconds (a double click): wait for it, then ask
+                    // admission again, which then knows the truth. Past the wait, nobody
+                    // knows yet, and saying "yours" (409) could be a lie.
+                    Claim::Busy(_) if waiting_since.elapsed() < BUSY_WAIT => {
+                        tokio::time::sleep(BUSY_POLL).await;
+                    }
+                    Claim::Busy(_) => return Err(ApiError::PublishUnresolved),
+                    // Settled or given back between the two scripts: admission knows now.
+                    Claim::Absent => {}
+                },
+            }
         }
     }
 
-    async fn publish_new(&self, publisher: &Publisher, event: &IssueEvent) -> Result<(), ApiError> {
+    fn ledger(&self) -> Result<(&Publisher, &Ledger), ApiError> {
+        match &self.delivery {
+            Delivery::Kafka {
+                publisher, ledger, ..
+            } => Ok((publisher, ledger)),
+            // Pending entries exist only in Kafka mode; one left by a Kafka-mode run under a
+            // Redis-mode API stays for a Kafka-mode API to settle.
+            Delivery::RedisStream => Err(ApiError::Internal(
+                "a Kafka-mode pending slot met a Redis-queue-mode API".into(),
+            )),
+        }
+    }
+
+    /// Takes the user's pending entry to publish it again, if its owner's window is over.
+    pub async fn claim(&self, coupon: CouponId, user: UserId) -> Result<Claim, ApiError> {
+        let (_, ledger) = self.ledger()?;
+        Ok(ledger
+            .claim(&mut self.redis.clone(), coupon, user, self.publish_window)
+            .await?)
+    }
+
+    /// The first publish of a new admission, by the request that owns it.
+    async fn publish_new(&self, entry: PendingEntry) -> Result<(), ApiError> {
+        let (publisher, ledger) = self.ledger()?;
         let mut redis = self.redis.clone();
-        let (coupon, user) = (event.coupon_id, event.user_id);
-        let Err(failure) = publisher.publish(event).await else {
-            self.settle(event).await;
+        let (coupon, user) = (entry.event.coupon_id, entry.event.user_id);
+        let Err(failure) = publisher.publish(&entry.event).await else {
+            self.settle(&entry).await;
             return Ok(());
         };
-        match failure.persistence {
+        let handed_over = match failure.persistence {
             // The event never reached the log: the slot goes back to the stock now.
-            Persistence::NotPersisted => match self.scripts.release(&mut redis, event).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(%coupon, %user, "slot changed hands before its release")
-                }
-                // Still pending: a retry or the reconciler publishes it, which is correct too.
-                Err(err) => tracing::error!(%coupon, %user, error = %err,
-                    "publish certainly failed and the slot could not be released"),
-            },
-            // The broker may have it: keep the slot, to be published again until acknowledged.
-            Persistence::PossiblyPersisted => {
-                tracing::warn!(%coupon, %user, "publish in doubt; the slot is held");
-                if let Err(err) = self.scripts.mark_in_doubt(&mut redis, event).await {
-                    // Left "inflight", it is treated as in doubt once its window passes.
-                    tracing::warn!(%coupon, %user, error = %err, "could not mark the slot in doubt");
-                }
+            Persistence::NotPersisted => ledger.release(&mut redis, &entry).await,
+            // The broker may have it: the slot stays, for anyone to publish again.
+            Persistence::PossiblyPersisted => ledger.mark_in_doubt(&mut redis, &entry).await,
+        };
+        match handed_over {
+            Ok(true) => {}
+            // Past the window a retry or a reconciler took the entry: its fate is theirs.
+            Ok(false) => {
+                tracing::warn!(%coupon, %user, "publish failed after another took over the slot")
             }
+            // Left inflight, it is claimed by a retry or a reconciler once its window passes.
+            Err(err) => tracing::error!(%coupon, %user, error = %err,
+                "publish failed and its pending entry could not be updated"),
         }
         Err(ApiError::unavailable("kafka", failure))
     }
 
-    /// Publishes a pending event again; on acknowledgement the slot is settled. A failure
-    /// leaves it pending, whatever its kind: an earlier attempt may have reached the log.
-    /// Pending entries exist only in Kafka mode; one left by a Kafka-mode run under a
-    /// Redis-mode API stays for a Kafka-mode API to settle.
-    pub async fn republish(&self, event: &IssueEvent) -> Result<(), ApiError> {
-        let Delivery::Kafka { publisher, .. } = &self.delivery else {
-            return Err(ApiError::Internal(
-                "a Kafka-mode pending slot met a Redis-queue-mode API".into(),
-            ));
-        };
-        publisher
-            .publish(event)
-            .await
-            .map_err(|e| ApiError::unavailable("kafka", e))?;
-        self.settle(event).await;
-        Ok(())
+    /// Publishes a claimed entry again. On acknowledgement the slot is settled; on any
+    /// failure the entry is handed back in doubt (an earlier attempt may have reached the
+    /// log), for the next retry or reconciler pass.
+    pub async fn republish(&self, entry: PendingEntry) -> Result<(), ApiError> {
+        let (publisher, ledger) = self.ledger()?;
+        match publisher.publish(&entry.event).await {
+            Ok(()) => {
+                self.settle(&entry).await;
+                Ok(())
+            }
+            Err(failure) => {
+                if let Err(err) = ledger.mark_in_doubt(&mut self.redis.clone(), &entry).await {
+                    // Left claimed, it is claimable again once its window passes.
+                    tracing::warn!(coupon = %entry.event.coupon_id, user = %entry.event.user_id,
+                        error = %err, "could not hand the entry back");
+                }
+                Err(ApiError::unavailable("kafka", failure))
+            }
+        }
     }
 
-    /// The event is acknowledged. Should clearing its pending entry fail, the reconciler
-    /// publishes it once more later: a duplicate the worker ignores, never a loss.
-    async fn settle(&self, event: &IssueEvent) {
-        if let Err(err) = self.scripts.settle(&mut self.redis.clone(), event).await {
-            tracing::warn!(coupon = %event.coupon_id, user = %event.user_id, error = %err,
-                "acknowledged, but the pending entry stays until the reconciler sees it");
+    /// The event is acknowledged. Should clearing its pending entry fail, the entry is
+    /// published once more later: a duplicate the worker ignores, never a loss.
+    async fn settle(&self, entry: &PendingEntry) {
+        let Ok((_, ledger)) = self.ledger() else {
+            return;
+        };
+        if let Err(err) = ledger.settle(&mut self.redis.clone(), &entry.event).await {
+            tracing::warn!(coupon = %entry.event.coupon_id, user = %entry.event.user_id,
+                error = %err, "acknowledged, but the pending entry stays until it is claimed");
         }
     }
 
@@ -248,8 +295,10 @@ impl Issuer {
                     .ok_or(ApiError::CouponNotFound(coupon.get()))?;
                 (record, coupon_holders(&mut conn, coupon).await?)
             };
-            let pending = self.scripts.pending(&mut redis, coupon).await?;
-            holders.extend(pending.iter().map(|(event, _)| event.user_id.get()));
+            if let Delivery::Kafka { ledger, .. } = &self.delivery {
+                let pending = ledger.entries(&mut redis, coupon).await?;
+                holders.extend(pending.iter().map(|entry| entry.event.user_id.get()));
+            }
             holders.extend(self.scripts.stream_users(&mut redis, coupon).await?);
             self.scripts.restore(&mut redis, &record, &holders).await?;
             tracing::info!(%coupon, holders = holders.len(), "rebuild: admission reopened");

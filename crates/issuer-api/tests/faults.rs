@@ -23,8 +23,17 @@ async fn a_publish_that_never_left_gives_the_slot_back_at_once() {
     assert_eq!(env.issue(coupon, 1).await.0, 201);
     let rival = env.coupon_with_quantity(1).await;
 
-    // The broker is gone: nothing can leave the producer.
+    // The broker is gone, and the producer knows it (its metadata request fails, so
+    // readiness says so): nothing can leave the producer now.
     broker.kill(1).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while env.get("/readyz").await.0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readiness never noticed"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
     let started = std::time::Instant::now();
     support::assert_unavailable(&env.issue(rival, 2).await);
     // PUBLISH_TIMEOUT_MS is 3 s; the margin is for this suite's parallel tests and brokers
@@ -283,21 +292,25 @@ async fn a_slot_whose_api_died_before_publishing_is_published_by_another() {
         env.redis_prefix.clone(),
         coupon_core::config::QueueKind::Kafka,
     );
-    let window = Duration::from_secs(5); // the test API's publish timeout of 3 s + margin
     let reply = scripts
         .admit(
             &mut env.redis().await,
             CouponId::new(coupon).unwrap(),
             UserId::new(7).unwrap(),
-            window,
         )
         .await
         .unwrap();
     assert!(matches!(reply, AdmitReply::Admitted(_)), "{reply:?}");
     assert_eq!(env.pending_entries(coupon).await, vec![7]);
 
-    // Within the first publish's window, the slot is that request's to finish.
-    assert_eq!(env.issue(coupon, 7).await.0, 409);
+    // Within the first publish's window (3 s + 2 s here), the slot is that request's to
+    // finish, and whether the coupon is the user's is not known yet.
+    let (status, body) = env.issue(coupon, 7).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &json!("UNAVAILABLE")),
+        "{body}"
+    );
     // After it, the reconciler publishes the event: the slot becomes a row, not a leak.
     assert_eq!(env.rows_when_settled(coupon, 1).await, vec![7]);
     assert!(env.pending_entries(coupon).await.is_empty());

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use coupon_core::admission::{AdmissionScripts, AdmitReply};
 use coupon_core::config::QueueKind;
 use coupon_core::domain::{CouponId, UserId};
+use coupon_core::ledger::{Ledger, PendingEntry};
 use issuer_bench::kafka_cluster::KafkaCluster;
 use support::TestEnv;
 
@@ -67,10 +68,7 @@ async fn a_stale_release_cannot_free_a_slot_that_is_being_republished() {
     let (coupon_id, user) = (CouponId::new(coupon).unwrap(), UserId::new(1).unwrap());
 
     // The first request: admitted; its API will report "certainly not persisted" late.
-    let reply = scripts
-        .admit(&mut redis, coupon_id, user, PUBLISH_WINDOW)
-        .await
-        .unwrap();
+    let reply = scripts.admit(&mut redis, coupon_id, user).await.unwrap();
     let AdmitReply::Admitted(event) = reply else {
         panic!("not admitted: {reply:?}")
     };
@@ -84,7 +82,12 @@ async fn a_stale_release_cannot_free_a_slot_that_is_being_republished() {
     }
 
     // The first request's report arrives now.
-    scripts.release(&mut redis, &event).await.unwrap();
+    let ledger = Ledger::new(env.redis_prefix.clone());
+    let released = ledger
+        .release(&mut redis, &PendingEntry::admitted(event))
+        .await
+        .unwrap();
+    assert!(!released, "the release found its entry unchanged");
     assert_eq!(
         env.redis_holders(coupon).await,
         vec![1],

@@ -174,3 +174,23 @@ impl Drop for KafkaCluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The version is pinned once, in deploy/kafka/pom.xml; docker-compose must run the same.
+    #[test]
+    fn docker_compose_runs_the_pinned_kafka_version() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let pom = std::fs::read_to_string(format!("{root}/deploy/kafka/pom.xml")).unwrap();
+        let version = pom
+            .split("<kafka.version>")
+            .nth(1)
+            .and_then(|rest| rest.split("</kafka.version>").next())
+            .unwrap();
+        let compose = std::fs::read_to_string(format!("{root}/docker-compose.yml")).unwrap();
+        assert!(
+            compose.contains(&format!("image: apache/kafka:{version}\n")),
+            "docker-compose.yml does not run apache/kafka:{version}"
+        );
+    }
+}

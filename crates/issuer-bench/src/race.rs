@@ -2,8 +2,6 @@
 //! non-atomic check-then-add (SCARD, then SADD if there was room) versus the product's
 //! admission script, same load, side by side. The naive path exists only here.
 
-use std::time::Duration;
-
 use coupon_core::admission::{AdmissionScripts, AdmitReply};
 use coupon_core::config::QueueKind;
 use coupon_core::domain::{Coupon, CouponId, UserId};
@@ -133,12 +131,11 @@ async fn scripted(
         ends_at: None,
     };
     scripts.load_meta(&mut con.clone(), &coupon).await?;
-    let window = Duration::from_secs(5);
     let answers = join_all((1..=users).map(|user| {
         let (mut con, scripts) = (con.clone(), scripts.clone());
         async move {
             let user = UserId::new(user as i64).map_err(|e| anyhow::anyhow!(e))?;
-            let reply = scripts.admit(&mut con, coupon.id, user, window).await?;
+            let reply = scripts.admit(&mut con, coupon.id, user).await?;
             Ok::<_, anyhow::Error>(matches!(reply, AdmitReply::Admitted(_)))
         }
     }))

@@ -1,55 +1,49 @@
 -- First-come-first-served admission, decided atomically for one (coupon, user).
 -- KEYS[1] coupon meta hash, KEYS[2] issued-user set, KEYS[3] pending hash, and in the
 -- Redis queue mode KEYS[4] the coupon's event stream (all with the coupon's hash tag).
--- ARGV[1] user id, ARGV[2] event id for a new admission, ARGV[3] publish window in ms,
--- ARGV[4] coupon id.
+-- ARGV[1] user id, ARGV[2] event id for a new admission, ARGV[3] coupon id.
 --
--- Kafka mode: a new admission is written ahead into the pending hash (user -> "eventId
--- issuedMs state") in the same step as the SADD, so no slot can exist without a record of
--- its event: if the API dies before publishing, the entry outlives it and is published by
--- someone else.
+-- Kafka mode: a new admission is written ahead into the pending hash in the same step as the
+-- SADD, so no slot can exist without a record of its event: if the API dies before
+-- publishing, the entry outlives it and is published by someone else. The entry's format and
+-- every later transition belong to the ledger (ledger.lua, coupon-core/src/ledger.rs).
 -- Redis queue mode: the event itself is appended to the stream in the same step as the
 -- SADD, so the slot and its event exist together or not at all; nothing is pending.
 --
--- Returns {code, now_ms, pending}; now_ms is Redis's clock (shared by every replica), pending
--- is the user's pending entry for code 6, else ''.
+-- Returns {code, now_ms}; now_ms is Redis's clock (shared by every replica).
 --   0 meta not loaded (the caller rebuilds the coupon's state, then asks again)
 --   1 SUCCESS  2 ALREADY_ISSUED  3 SOLD_OUT  4 NOT_STARTED  5 ENDED
---   6 IN_DOUBT: this user's event may not have reached Kafka; publish it again
+--   6 PENDING: this user's slot is held but its event not yet acknowledged; the ledger says
+--     who publishes it
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local meta = redis.call('HMGET', KEYS[1], 'quantity', 'starts_at', 'ends_at')
 if not meta[1] then
-  return {0, now, ''}
+  return {0, now}
 end
-local pending = redis.call('HGET', KEYS[3], ARGV[1])
-if pending then
-  local _, _, issued, state = string.find(pending, '^%S+ (%d+) (%a+)$')
-  -- A first publish still inside its window is someone else's to finish.
-  if state == 'doubt' or now - tonumber(issued) >= tonumber(ARGV[3]) then
-    return {6, now, pending}
-  end
-  return {2, now, ''}
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  return {6, now}
 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
-  return {2, now, ''}
+  return {2, now}
 end
 if meta[2] and now < tonumber(meta[2]) then
-  return {4, now, ''}
+  return {4, now}
 end
 if meta[3] and now >= tonumber(meta[3]) then
-  return {5, now, ''}
+  return {5, now}
 end
 if redis.call('SCARD', KEYS[2]) >= tonumber(meta[1]) then
-  return {3, now, ''}
+  return {3, now}
 end
 redis.call('SADD', KEYS[2], ARGV[1])
 if KEYS[4] then
   -- Field names and order are IssueEvent::stream_fields.
-  redis.call('XADD', KEYS[4], '*', 'v', '1', 'eventId', ARGV[2], 'couponId', ARGV[4],
+  redis.call('XADD', KEYS[4], '*', 'v', '1', 'eventId', ARGV[2], 'couponId', ARGV[3],
     'userId', ARGV[1], 'issuedAt', now)
 else
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. now .. ' inflight')
+  -- PendingEntry::admitted: "<eventId> <issuedMs> inflight <sinceMs> <attempt>".
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. now .. ' inflight ' .. now .. ' 0')
 end
-return {1, now, ''}
+return {1, now}

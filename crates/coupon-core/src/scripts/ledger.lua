@@ -1,0 +1,63 @@
+-- The pending (write-ahead) ledger's transitions after admission, Kafka mode. One entry per
+-- admitted, not yet acknowledged slot: user -> "<eventId> <issuedMs> <state> <sinceMs>
+-- <attempt>" (coupon-core/src/ledger.rs is the Rust side of this codec).
+--   inflight  the admitting request is publishing it (since = admission)
+--   doubt     a publish ended without knowing whether the broker has it; nobody publishes
+--   claimed   a retry or a reconciler took it to publish it again (since = the claim)
+-- Every transition compares the whole entry first (or the event id, for settle): an actor
+-- acts only on the entry it owns, so a report that comes late finds it changed, and does
+-- nothing. All ages are measured on Redis's clock, the one every replica shares.
+--
+-- KEYS[1] issued-user set, KEYS[2] pending hash. ARGV[1] user id, ARGV[2] operation:
+--   claim   ARGV[3] publish window ms. Takes the entry if it is in doubt, or inflight or
+--           claimed for a full window (its publisher died). Returns {1, new entry},
+--           {2, entry} while someone is publishing it, {0, ''} if there is no entry.
+--   release ARGV[3] the entry. Its publish certainly never reached the log: entry and slot
+--           go. Returns {1, ''} if released, {0, ''} if the entry changed.
+--   doubt   ARGV[3] the entry. Its publish ended in doubt: nobody owns it any more, anyone
+--           may claim it. Returns {1, new entry} or {0, ''}.
+--   settle  ARGV[3] the event id. Acknowledged: the entry goes. Returns {1, ''} or {0, ''}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local user, op, arg = ARGV[1], ARGV[2], ARGV[3]
+local entry = redis.call('HGET', KEYS[2], user)
+if not entry then
+  return {0, ''}
+end
+local _, _, id, issued, state, since, attempt =
+  string.find(entry, '^(%S+) (%d+) (%a+) (%d+) (%d+)$')
+if not id then
+  return redis.error_reply('unreadable pending entry for user ' .. user .. ': ' .. entry)
+end
+
+local function put(new_state, new_attempt)
+  local new = id .. ' ' .. issued .. ' ' .. new_state .. ' ' .. now .. ' ' .. new_attempt
+  redis.call('HSET', KEYS[2], user, new)
+  return new
+end
+
+if op == 'claim' then
+  if state == 'doubt' or now - tonumber(since) >= tonumber(arg) then
+    return {1, put('claimed', tonumber(attempt) + 1)}
+  end
+  return {2, entry}
+elseif op == 'release' then
+  if entry ~= arg then
+    return {0, ''}
+  end
+  redis.call('HDEL', KEYS[2], user)
+  redis.call('SREM', KEYS[1], user)
+  return {1, ''}
+elseif op == 'doubt' then
+  if entry ~= arg then
+    return {0, ''}
+  end
+  return {1, put('doubt', attempt)}
+elseif op == 'settle' then
+  if id ~= arg then
+    return {0, ''}
+  end
+  redis.call('HDEL', KEYS[2], user)
+  return {1, ''}
+end
+return redis.error_reply('unknown ledger operation ' .. tostring(op))
