@@ -138,8 +138,11 @@ start() { # start DIR PORTS CTRL_PORTS
     mkdir -p "$node"
     write_config "$node" "$id" "${ports[id - 1]}" "${ctrls[id - 1]}" "$voters" "$n"
     if [ ! -f "$node/data/meta.properties" ]; then
+      # --cluster-id=: a random id may begin with '-', which a separate argument would
+      # turn into an option.
       (java_run "$node" kafka.tools.StorageTool format --ignore-formatted \
-        -t "$(cat "$dir/cluster.id")" -c "$node/server.properties" >>"$node/node.log" 2>&1) &
+        --cluster-id="$(cat "$dir/cluster.id")" --config="$node/server.properties" \
+        >>"$node/node.log" 2>&1) &
       pids+=($!)
     fi
   done
