@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,26 +23,24 @@ struct Answer {
 /// `clients` concurrent loops until `until`, each request a new user: phase `phase` numbers
 /// its users apart from every other phase's.
 async fn load(env: &TestEnv, coupon: i64, phase: i64, clients: i64, until: Instant) -> Vec<Answer> {
-    let answers = Rc::new(RefCell::new(Vec::new()));
-    futures_util::future::join_all((0..clients).map(|client| {
-        let answers = answers.clone();
-        async move {
-            let mut user = phase * 100_000_000 + client * 1_000_000;
-            while Instant::now() < until {
-                user += 1;
-                let sent = Instant::now();
-                let (status, _) = env.issue(coupon, user).await;
-                answers.borrow_mut().push(Answer {
-                    user,
-                    sent,
-                    answered: Instant::now(),
-                    status,
-                });
-            }
+    let loops = futures_util::future::join_all((0..clients).map(|client| async move {
+        let mut answers = Vec::new();
+        let mut user = phase * 100_000_000 + client * 1_000_000;
+        while Instant::now() < until {
+            user += 1;
+            let sent = Instant::now();
+            let (status, _) = env.issue(coupon, user).await;
+            answers.push(Answer {
+                user,
+                sent,
+                answered: Instant::now(),
+                status,
+            });
         }
+        answers
     }))
     .await;
-    Rc::try_unwrap(answers).ok().unwrap().into_inner()
+    loops.into_iter().flatten().collect()
 }
 
 /// Waits until nothing is pending in Redis and PostgreSQL's rows are exactly Redis's
