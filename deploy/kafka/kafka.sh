@@ -47,7 +47,7 @@ jars() {
   command -v mvn >/dev/null || apt_install maven
   log "fetching Apache Kafka $VERSION and its runtime dependencies with Maven (one-off)"
   rm -rf "$LIB"
-  mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies \
+  mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$LIB" >&2
   touch "$LIB/.complete"
 }

@@ -193,11 +193,7 @@ impl Ledger {
         con: &mut C,
         entry: &PendingEntry,
     ) -> Result<bool, RedisError> {
-        let (coupon, user) = (entry.event.coupon_id, entry.event.user_id);
-        let (code, _) = self
-            .run(con, coupon, user, "release", &entry.encode())
-            .await?;
-        Ok(code == 1)
+        self.if_unchanged(con, entry, "release").await
     }
 
     /// The owner's publish ended in doubt: the entry is handed back for anyone to claim.
@@ -207,10 +203,18 @@ impl Ledger {
         con: &mut C,
         entry: &PendingEntry,
     ) -> Result<bool, RedisError> {
+        self.if_unchanged(con, entry, "doubt").await
+    }
+
+    /// Runs `op` on the entry only if it still reads exactly `entry`.
+    async fn if_unchanged<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        entry: &PendingEntry,
+        op: &str,
+    ) -> Result<bool, RedisError> {
         let (coupon, user) = (entry.event.coupon_id, entry.event.user_id);
-        let (code, _) = self
-            .run(con, coupon, user, "doubt", &entry.encode())
-            .await?;
+        let (code, _) = self.run(con, coupon, user, op, &entry.encode()).await?;
         Ok(code == 1)
     }
 

@@ -300,8 +300,13 @@ impl TestEnv {
 
     /// The users holding a slot of `coupon` in Redis, sorted.
     pub async fn redis_holders(&self, coupon: i64) -> Vec<i64> {
-        let key = format!("{}coupon:{{{coupon}}}:issued", self.redis_prefix);
-        let mut users: Vec<i64> = redis::cmd("SMEMBERS")
+        self.coupon_users("SMEMBERS", coupon, "issued").await
+    }
+
+    /// The users `command` lists from the coupon's `key` (a set or a hash), sorted.
+    async fn coupon_users(&self, command: &str, coupon: i64, key: &str) -> Vec<i64> {
+        let key = format!("{}coupon:{{{coupon}}}:{key}", self.redis_prefix);
+        let mut users: Vec<i64> = redis::cmd(command)
             .arg(key)
             .query_async(&mut self.redis().await)
             .await
@@ -325,14 +330,7 @@ impl TestEnv {
 
     /// Users whose slot in `coupon` is admitted but not yet acknowledged by the broker.
     pub async fn pending_entries(&self, coupon: i64) -> Vec<i64> {
-        let key = format!("{}coupon:{{{coupon}}}:pending", self.redis_prefix);
-        let mut users: Vec<i64> = redis::cmd("HKEYS")
-            .arg(key)
-            .query_async(&mut self.redis().await)
-            .await
-            .unwrap();
-        users.sort_unstable();
-        users
+        self.coupon_users("HKEYS", coupon, "pending").await
     }
 
     /// Deletes every Redis key of this test, as FLUSHALL would on a Redis of its own.
