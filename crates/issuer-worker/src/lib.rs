@@ -8,4 +8,5 @@ pub mod dlq_commands;
 mod kafka_queue;
 mod queue;
 mod stream_queue;
+pub mod stream_trim;
 pub mod worker;

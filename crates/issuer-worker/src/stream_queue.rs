@@ -26,6 +26,8 @@ use coupon_core::domain::CouponId;
 use coupon_core::event::IssueEvent;
 use coupon_core::redis_keys::CouponKeys;
 use redis::aio::ConnectionManager;
+
+use crate::stream_trim;
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, RedisError};
 use tokio::time::{Instant, sleep};
@@ -185,7 +187,10 @@ impl StreamQueue {
             if let Err(err) = self.forget_silent_consumers(stream).await {
                 tracing::warn!(%stream, error = %err, "removing silent consumers failed");
             }
-            if let Err(err) = self.trim(stream).await {
+            let mut commands = self.commands.clone();
+            if let Err(err) =
+                stream_trim::trim_acknowledged(&mut commands, stream, &self.group).await
+            {
                 tracing::warn!(%stream, error = %err, "trimming acknowledged entries failed");
             }
         }
@@ -260,32 +265,6 @@ impl StreamQueue {
             .invoke_async(&mut self.commands.clone())
             .await?;
         Ok(removed == 1)
-    }
-
-    /// Removes the entries every consumer is done with. Both bounds only move forward, so
-    /// reading them and trimming in two steps is safe.
-    async fn trim(&self, stream: &str) -> Result<(), RedisError> {
-        let mut con = self.commands.clone();
-        let pending: redis::streams::StreamPendingReply = con.xpending(stream, &self.group).await?;
-        let keep_from = match pending {
-            redis::streams::StreamPendingReply::Data(data) => data.start_id,
-            _ => {
-                let groups: redis::streams::StreamInfoGroupsReply =
-                    con.xinfo_groups(stream).await?;
-                let Some(group) = groups.groups.into_iter().find(|g| g.name == self.group) else {
-                    return Ok(());
-                };
-                // Keeps the last delivered entry itself: it marks where the group stands.
-                group.last_delivered_id
-            }
-        };
-        let _: i64 = redis::cmd("XTRIM")
-            .arg(stream)
-            .arg("MINID")
-            .arg(keep_from)
-            .query_async(&mut con)
-            .await?;
-        Ok(())
     }
 }
 
