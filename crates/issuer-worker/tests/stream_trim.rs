@@ -19,8 +19,8 @@ struct ReadAfterFirstCommand {
 }
 
 impl ReadAfterFirstCommand {
-    async fn other_worker_reads(&mut self) {
-        let _: Value = redis::cmd("XREADGROUP")
+    async fn other_worker_reads(&mut self) -> redis::RedisResult<Value> {
+        redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(GROUP)
             .arg("other-worker")
@@ -29,7 +29,6 @@ impl ReadAfterFirstCommand {
             .arg(">")
             .query_async(&mut self.other)
             .await
-            .unwrap();
     }
 }
 
@@ -39,7 +38,7 @@ impl ConnectionLike for ReadAfterFirstCommand {
             let reply = self.inner.req_packed_command(cmd).await;
             self.commands += 1;
             if self.commands == 1 {
-                self.other_worker_reads().await;
+                self.other_worker_reads().await?;
             }
             reply
         })
