@@ -11,14 +11,13 @@ use coupon_core::admission::AdmissionScripts;
 use coupon_core::config::QueueKind;
 use coupon_core::db::coupons::all_coupon_ids;
 use coupon_core::domain::CouponId;
+use coupon_core::ledger::Ledger;
 use coupon_core::startup::prepare;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::handlers::{self, AppState};
-use coupon_core::ledger::Ledger;
-
 use crate::issuing::{Delivery, Issuer, PUBLISH_REPORT_MARGIN, Rebuilt};
 use crate::publisher::Publisher;
 use crate::reconciler;

@@ -33,9 +33,10 @@ const REBUILD_LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// report's way back to the request.
 pub const PUBLISH_REPORT_MARGIN: Duration = Duration::from_secs(2);
 /// How long a request for a user whose event another request is publishing waits for that
-/// outcome before answering 503, and how often it looks.
+/// outcome before answering 503, and its first pause between looks (doubled each time, so a
+/// broker outage's retries cost a handful of looks each, not a hundred).
 const BUSY_WAIT: Duration = Duration::from_millis(500);
-const BUSY_POLL: Duration = Duration::from_millis(5);
+const BUSY_FIRST_PAUSE: Duration = Duration::from_millis(5);
 
 /// Where admitted events go.
 #[derive(Clone)]
@@ -90,6 +91,7 @@ impl Issuer {
     ) -> Result<Admission, ApiError> {
         let mut redis = self.redis.clone();
         let waiting_since = tokio::time::Instant::now();
+        let mut pause = BUSY_FIRST_PAUSE;
         loop {
             let reply = self.scripts.admit(&mut redis, coupon, user).await?;
             match (reply, &self.delivery) {
@@ -111,7 +113,9 @@ impl Issuer {
                     // admission again, which then knows the truth. Past the wait, nobody
                     // knows yet, and saying "yours" (409) could be a lie.
                     Claim::Busy(_) if waiting_since.elapsed() < BUSY_WAIT => {
-                        tokio::time::sleep(BUSY_POLL).await;
+                        let left = BUSY_WAIT.saturating_sub(waiting_since.elapsed());
+                        tokio::time::sleep(pause.min(left)).await;
+                        pause *= 2;
                     }
                     Claim::Busy(_) => return Err(ApiError::PublishUnresolved),
                     // Settled or given back between the two scripts: admission knows now.
@@ -121,7 +125,8 @@ impl Issuer {
         }
     }
 
-    fn ledger(&self) -> Result<(&Publisher, &Ledger), ApiError> {
+    /// The publisher and the ledger: Kafka mode's delivery.
+    fn kafka(&self) -> Result<(&Publisher, &Ledger), ApiError> {
         match &self.delivery {
             Delivery::Kafka {
                 publisher, ledger, ..
@@ -136,7 +141,7 @@ impl Issuer {
 
     /// Takes the user's pending entry to publish it again, if its owner's window is over.
     pub async fn claim(&self, coupon: CouponId, user: UserId) -> Result<Claim, ApiError> {
-        let (_, ledger) = self.ledger()?;
+        let (_, ledger) = self.kafka()?;
         Ok(ledger
             .claim(&mut self.redis.clone(), coupon, user, self.publish_window)
             .await?)
@@ -144,11 +149,11 @@ impl Issuer {
 
     /// The first publish of a new admission, by the request that owns it.
     async fn publish_new(&self, entry: PendingEntry) -> Result<(), ApiError> {
-        let (publisher, ledger) = self.ledger()?;
+        let (publisher, ledger) = self.kafka()?;
         let mut redis = self.redis.clone();
         let (coupon, user) = (entry.event.coupon_id, entry.event.user_id);
         let Err(failure) = publisher.publish(&entry.event).await else {
-            self.settle(&entry).await;
+            self.settle(ledger, &entry).await;
             return Ok(());
         };
         let handed_over = match failure.persistence {
@@ -174,10 +179,10 @@ impl Issuer {
     /// failure the entry is handed back in doubt (an earlier attempt may have reached the
     /// log), for the next retry or reconciler pass.
     pub async fn republish(&self, entry: PendingEntry) -> Result<(), ApiError> {
-        let (publisher, ledger) = self.ledger()?;
+        let (publisher, ledger) = self.kafka()?;
         match publisher.publish(&entry.event).await {
             Ok(()) => {
-                self.settle(&entry).await;
+                self.settle(ledger, &entry).await;
                 Ok(())
             }
             Err(failure) => {
@@ -193,10 +198,7 @@ impl Issuer {
 
     /// The event is acknowledged. Should clearing its pending entry fail, the entry is
     /// published once more later: a duplicate the worker ignores, never a loss.
-    async fn settle(&self, entry: &PendingEntry) {
-        let Ok((_, ledger)) = self.ledger() else {
-            return;
-        };
+    async fn settle(&self, ledger: &Ledger, entry: &PendingEntry) {
         if let Err(err) = ledger.settle(&mut self.redis.clone(), &entry.event).await {
             tracing::warn!(coupon = %entry.event.coupon_id, user = %entry.event.user_id,
                 error = %err, "acknowledged, but the pending entry stays until it is claimed");

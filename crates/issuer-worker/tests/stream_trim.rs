@@ -95,10 +95,6 @@ async fn a_read_during_the_trim_cannot_get_its_entries_trimmed() {
     trim_acknowledged(&mut racing, &stream, GROUP)
         .await
         .unwrap();
-    assert!(
-        racing.commands >= 1,
-        "the other worker read during or after the trim"
-    );
 
     let left: i64 = redis::cmd("XLEN")
         .arg(&stream)

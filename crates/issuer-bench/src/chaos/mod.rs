@@ -68,8 +68,7 @@ enum FaultKind {
 
 /// The faults each queue mode meets, in order. Both modes lose workers, PostgreSQL and an
 /// API. Kafka mode also loses the partition leader, then two of its three brokers, and Redis
-/// everything (it is only a cache there,
-/// rebuilt from PostgreSQL). In the Redis queue mode Redis is the queue: it is killed and
+/// everything (it is only a cache there, rebuilt from PostgreSQL). In the Redis queue mode Redis is the queue: it is killed and
 /// must come back from its append-only file with every acknowledged admission.
 fn faults(queue: QueueKind) -> Vec<Fault> {
     let worker = Fault {
