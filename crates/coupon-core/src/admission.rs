@@ -15,12 +15,11 @@ use crate::config::QueueKind;
 use crate::domain::{Admission, Coupon, CouponId, UserId};
 use crate::event::{EVENT_VERSION, IssueEvent};
 use crate::redis_keys::CouponKeys;
+use crate::registry::Registry;
 
-/// Users added per SADD when restoring a coupon's issued set (and stream entries read per
-/// XRANGE), so one command never blocks Redis for long.
-const RESTORE_CHUNK: usize = 10_000;
-/// The registry stream only wakes workers; a few recent entries are all it needs to keep.
-const REGISTRY_STREAM_LEN: usize = 1_000;
+/// Users added per SADD when restoring a coupon's issued set, so one command never blocks
+/// Redis for long.
+pub const RESTORE_CHUNK: usize = 10_000;
 
 /// What the admission script said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,14 +41,17 @@ pub enum AdmitReply {
 pub struct AdmissionScripts {
     key_prefix: String,
     queue: QueueKind,
+    registry: Registry,
     admit: Script,
     load_meta: Script,
 }
 
 impl AdmissionScripts {
     pub fn new(key_prefix: impl Into<String>, queue: QueueKind) -> Self {
+        let key_prefix = key_prefix.into();
         Self {
-            key_prefix: key_prefix.into(),
+            registry: Registry::new(key_prefix.clone(), queue),
+            key_prefix,
             queue,
             admit: Script::new(include_str!("scripts/admission.lua")),
             load_meta: Script::new(include_str!("scripts/load_meta.lua")),
@@ -106,95 +108,23 @@ impl AdmissionScripts {
         }
     }
 
-    /// Caches quantity and window beside the issued set, never overwriting a meta that is
-    /// already there, and lists the coupon for the reconciler. Returns whether this call
-    /// wrote the meta.
+    /// Registers the coupon, then caches quantity and window beside the issued set, never
+    /// overwriting a meta that is already there. In that order: the meta opens admission,
+    /// so a coupon that admits is always one the reconciler and the stream workers look
+    /// at (`crate::registry`). Returns whether this call wrote the meta.
     pub async fn load_meta<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: &Coupon,
     ) -> Result<bool, RedisError> {
+        self.registry.register(con, coupon.id).await?;
         let millis = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis().to_string());
-        let wrote = self
-            .load_meta
+        self.load_meta
             .key(self.keys(coupon.id).meta)
             .arg(coupon.total_quantity)
             .arg(millis(coupon.starts_at).unwrap_or_default())
             .arg(millis(coupon.ends_at).unwrap_or_default())
             .invoke_async(con)
-            .await?;
-        let added: i64 = con
-            .sadd(
-                CouponKeys::active_registry(&self.key_prefix),
-                coupon.id.get(),
-            )
-            .await?;
-        if added == 1 && self.queue == QueueKind::Redis {
-            let _: String = con
-                .xadd_maxlen(
-                    CouponKeys::registry_stream(&self.key_prefix),
-                    redis::streams::StreamMaxlen::Approx(REGISTRY_STREAM_LEN),
-                    "*",
-                    &[("couponId", coupon.id.get())],
-                )
-                .await?;
-        }
-        Ok(wrote)
-    }
-
-    /// Users whose events are still on the coupon's stream (Redis queue mode): entries
-    /// are trimmed only after the workers acknowledged them, so these plus PostgreSQL's
-    /// holders are everyone admitted.
-    pub async fn stream_users<C: ConnectionLike + Send + Sync>(
-        &self,
-        con: &mut C,
-        coupon: CouponId,
-    ) -> Result<Vec<i64>, RedisError> {
-        let stream = self.keys(coupon).stream;
-        let mut users = Vec::new();
-        let mut start = "-".to_owned();
-        loop {
-            let page: redis::streams::StreamRangeReply = con
-                .xrange_count(&stream, &start, "+", RESTORE_CHUNK)
-                .await?;
-            let Some(last) = page.ids.last() else { break };
-            // The next page starts just after this one's last id ("(" = exclusive).
-            start = format!("({}", last.id);
-            let full = page.ids.len() == RESTORE_CHUNK;
-            users.extend(
-                page.ids
-                    .iter()
-                    .filter_map(|entry| entry.get::<i64>("userId")),
-            );
-            if !full {
-                break;
-            }
-        }
-        Ok(users)
-    }
-
-    /// Coupons whose state Redis holds, for the reconciler to look through.
-    pub async fn active_coupons<C: ConnectionLike + Send + Sync>(
-        &self,
-        con: &mut C,
-    ) -> Result<Vec<CouponId>, RedisError> {
-        let ids: Vec<i64> = con
-            .smembers(CouponKeys::active_registry(&self.key_prefix))
-            .await?;
-        Ok(ids
-            .into_iter()
-            .filter_map(|id| CouponId::new(id).ok())
-            .collect())
-    }
-
-    /// Drops a coupon from the reconciler's list (its state left Redis; a rebuild lists it
-    /// again).
-    pub async fn forget_coupon<C: ConnectionLike + Send + Sync>(
-        &self,
-        con: &mut C,
-        coupon: CouponId,
-    ) -> Result<(), RedisError> {
-        con.srem(CouponKeys::active_registry(&self.key_prefix), coupon.get())
             .await
     }
 
@@ -239,14 +169,6 @@ impl AdmissionScripts {
         coupon: CouponId,
     ) -> Result<(), RedisError> {
         con.del(self.keys(coupon).rebuilding).await
-    }
-
-    pub async fn has_meta<C: ConnectionLike + Send + Sync>(
-        &self,
-        con: &mut C,
-        coupon: CouponId,
-    ) -> Result<bool, RedisError> {
-        con.exists(self.keys(coupon).meta).await
     }
 
     pub async fn admitted_count<C: ConnectionLike + Send + Sync>(

@@ -10,6 +10,7 @@ pub mod kafka;
 pub mod ledger;
 pub mod producer;
 pub mod redis_keys;
+pub mod registry;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;

@@ -11,9 +11,10 @@ pub struct CouponKeys {
     pub meta: String,
     /// Set of admitted user ids: its size is the number of slots taken.
     pub issued: String,
-    /// Hash user id → `"<eventId> <issuedMs> <inflight|doubt>"`: admitted users whose event
-    /// the broker has not acknowledged yet. Written by the admission script with the slot,
-    /// removed on acknowledgement or release; what is left is republished.
+    /// Hash user id → pending entry (`crate::ledger::PendingEntry`, Kafka mode): admitted
+    /// users whose event the broker has not acknowledged yet. Written by the admission
+    /// script with the slot, removed on acknowledgement or release; what is left is
+    /// republished.
     pub pending: String,
     /// Present while one process rebuilds this coupon's state from PostgreSQL.
     pub rebuilding: String,
@@ -35,10 +36,17 @@ impl CouponKeys {
         }
     }
 
-    /// Set of coupon ids whose state is loaded in Redis, so the reconciler finds pending
-    /// entries without scanning the keyspace. A key of its own (another cluster slot).
+    /// Hash coupon id → registration generation: the coupons that need work, so the
+    /// reconciler and the stream workers find them without scanning the keyspace
+    /// (`crate::registry`). Its keys share the `{coupons}` hash tag (another cluster slot
+    /// than any coupon's).
     pub fn active_registry(prefix: &str) -> String {
-        format!("{prefix}coupons:active")
+        format!("{prefix}{{coupons}}:registry")
+    }
+
+    /// Counter the registry's generations are drawn from.
+    pub fn registry_generation(prefix: &str) -> String {
+        format!("{prefix}{{coupons}}:generation")
     }
 
     /// Stream with one entry per coupon newly added to the registry: in the Redis queue

@@ -1,12 +1,17 @@
-//! Finding 3 of the protocol review: the active-coupon registry is how the reconciler and
-//! the stream workers find a coupon, and the meta is what opens admission. A coupon that
-//! admits must be registered, whatever fails in between. The failure is forced at the exact
-//! point: a connection that wraps the real one and refuses the registration command.
+//! Findings 3 and 5 of the protocol review. The registry is how the reconciler and the
+//! stream workers find a coupon, and the meta is what opens admission: a coupon that admits
+//! must be registered, whatever fails or runs in between, and a finished coupon must leave.
+//! Failures and rebuilds are forced at the exact point, through connections that wrap the
+//! real one.
+
+// Helpers outside `#[test]` functions panic too: in a harness that is the failure report.
+#![allow(clippy::unwrap_used)]
 
 use coupon_core::admission::AdmissionScripts;
 use coupon_core::config::QueueKind;
 use coupon_core::domain::{Coupon, CouponId};
 use coupon_core::redis_keys::CouponKeys;
+use coupon_core::registry::{Registration, Registry};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Value};
 
@@ -19,9 +24,9 @@ struct RegistryWritesFail {
 
 impl ConnectionLike for RegistryWritesFail {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let touches_registry = cmd
-            .args_iter()
-            .any(|arg| matches!(arg, redis::Arg::Simple(bytes) if bytes == self.registry.as_bytes()));
+        let touches_registry = cmd.args_iter().any(
+            |arg| matches!(arg, redis::Arg::Simple(bytes) if bytes == self.registry.as_bytes()),
+        );
         Box::pin(async move {
             if touches_registry {
                 return Err(redis::RedisError::from(std::io::Error::new(
@@ -58,13 +63,70 @@ async fn redis() -> MultiplexedConnection {
 }
 
 fn coupon() -> Coupon {
+    with_quantity(10)
+}
+
+fn with_quantity(total_quantity: i64) -> Coupon {
     Coupon {
         id: CouponId::new(1).unwrap(),
         name: "registry test".into(),
-        total_quantity: 10,
+        total_quantity,
         issued_count: 0,
         starts_at: None,
         ends_at: None,
+    }
+}
+
+fn prefix() -> String {
+    format!("test-{}:", uuid::Uuid::new_v4().simple())
+}
+
+async fn registered(con: &mut MultiplexedConnection, prefix: &str, coupon: CouponId) -> bool {
+    con.hexists(CouponKeys::active_registry(prefix), coupon.get())
+        .await
+        .unwrap()
+}
+
+/// Passes every command to Redis; once the first has returned, Redis loses the coupon and a
+/// rebuild restores it with a slot free again (before the caller's next command).
+struct RebuildAfterFirstCommand {
+    inner: MultiplexedConnection,
+    scripts: AdmissionScripts,
+    prefix: String,
+    commands: usize,
+}
+
+impl ConnectionLike for RebuildAfterFirstCommand {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let reply = self.inner.req_packed_command(cmd).await;
+            self.commands += 1;
+            if self.commands == 1 {
+                let keys = self.scripts.keys(CouponId::new(1).unwrap());
+                let _: () = self.inner.del(&[keys.meta, keys.issued]).await?;
+                let _: () = self
+                    .inner
+                    .del(CouponKeys::active_registry(&self.prefix))
+                    .await?;
+                self.scripts
+                    .restore(&mut self.inner, &with_quantity(2), &[5])
+                    .await?;
+            }
+            reply
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.inner.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
     }
 }
 
@@ -88,6 +150,120 @@ async fn a_coupon_is_never_open_for_admission_unregistered() {
             "{queue}: admission is open (meta written, load_meta said {loaded:?}) but the \
              coupon is not registered: no reconciler or stream worker will ever look at it"
         );
-        assert!(loaded.is_err(), "{queue}: the failed registration is reported");
+        assert!(
+            loaded.is_err(),
+            "{queue}: the failed registration is reported"
+        );
     }
+}
+
+#[tokio::test]
+async fn a_rebuild_between_the_finished_check_and_the_retire_keeps_the_coupon() {
+    let prefix = prefix();
+    let scripts = AdmissionScripts::new(prefix.clone(), QueueKind::Kafka);
+    let registry = Registry::new(prefix.clone(), QueueKind::Kafka);
+    let mut con = redis().await;
+    // Sold out (1 of 1) with nothing pending: finished.
+    let sold_out = with_quantity(1);
+    scripts.restore(&mut con, &sold_out, &[5]).await.unwrap();
+    let registration: Registration = *registry.members(&mut con).await.unwrap().first().unwrap();
+    assert!(
+        registry
+            .is_finished(&mut con, sold_out.id, "")
+            .await
+            .unwrap()
+    );
+
+    let mut racing = RebuildAfterFirstCommand {
+        inner: con.clone(),
+        scripts: scripts.clone(),
+        prefix: prefix.clone(),
+        commands: 0,
+    };
+    let retired = registry
+        .retire_if_finished(&mut racing, registration, "")
+        .await
+        .unwrap();
+    assert_eq!(racing.commands, 2, "the finished check, then the retire");
+    assert!(
+        !retired && registered(&mut con, &prefix, sold_out.id).await,
+        "the coupon was judged finished, then rebuilt with a free slot: it must stay registered"
+    );
+}
+
+#[tokio::test]
+async fn a_coupon_is_finished_only_when_nothing_can_change_any_more() {
+    let prefix = prefix();
+    let scripts = AdmissionScripts::new(prefix.clone(), QueueKind::Kafka);
+    let registry = Registry::new(prefix.clone(), QueueKind::Kafka);
+    let mut con = redis().await;
+    let id = CouponId::new(1).unwrap();
+    let keys = scripts.keys(id);
+    let finished = |con: &mut MultiplexedConnection| {
+        let (registry, mut con) = (registry.clone(), con.clone());
+        async move { registry.is_finished(&mut con, id, "").await.unwrap() }
+    };
+
+    assert!(
+        !finished(&mut con).await,
+        "no meta: closed only until a rebuild"
+    );
+    scripts
+        .restore(&mut con, &with_quantity(2), &[5])
+        .await
+        .unwrap();
+    assert!(!finished(&mut con).await, "open, one slot left");
+    let _: () = con.sadd(&keys.issued, 6).await.unwrap();
+    let _: () = con.hset(&keys.pending, 6, "entry").await.unwrap();
+    assert!(
+        !finished(&mut con).await,
+        "sold out, but a slot may still be given back"
+    );
+    let _: () = con.hdel(&keys.pending, 6).await.unwrap();
+    assert!(finished(&mut con).await, "sold out and settled");
+
+    let _: () = con.srem(&keys.issued, 6).await.unwrap();
+    let past = chrono::Utc::now().timestamp_millis() - 1_000;
+    let _: () = con.hset(&keys.meta, "ends_at", past).await.unwrap();
+    assert!(finished(&mut con).await, "ended and settled");
+}
+
+#[tokio::test]
+async fn a_stream_coupon_is_finished_once_the_group_acknowledged_everything() {
+    const GROUP: &str = "workers";
+    let prefix = prefix();
+    let scripts = AdmissionScripts::new(prefix.clone(), QueueKind::Redis);
+    let registry = Registry::new(prefix.clone(), QueueKind::Redis);
+    let mut con = redis().await;
+    let id = CouponId::new(1).unwrap();
+    let user = coupon_core::domain::UserId::new(5).unwrap();
+    scripts
+        .restore(&mut con, &with_quantity(1), &[])
+        .await
+        .unwrap();
+    let stream = scripts.keys(id).stream;
+    let finished = |con: &mut MultiplexedConnection| {
+        let (registry, mut con) = (registry.clone(), con.clone());
+        async move { registry.is_finished(&mut con, id, GROUP).await.unwrap() }
+    };
+
+    scripts.admit(&mut con, id, user).await.unwrap();
+    assert!(
+        !finished(&mut con).await,
+        "sold out, the entry not read by any group"
+    );
+    let _: () = con.xgroup_create(&stream, GROUP, "0").await.unwrap();
+    assert!(!finished(&mut con).await, "not yet delivered");
+    let read: redis::streams::StreamReadReply = con
+        .xread_options(
+            &[&stream],
+            &[">"],
+            &redis::streams::StreamReadOptions::default().group(GROUP, "w"),
+        )
+        .await
+        .unwrap();
+    let entry = read.keys[0].ids[0].id.clone();
+    assert!(!finished(&mut con).await, "delivered, not acknowledged");
+    let _: () = con.xack(&stream, GROUP, &[entry]).await.unwrap();
+    assert!(finished(&mut con).await, "acknowledged");
 }

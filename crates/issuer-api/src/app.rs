@@ -11,16 +11,16 @@ use coupon_core::admission::AdmissionScripts;
 use coupon_core::config::QueueKind;
 use coupon_core::db::coupons::all_coupon_ids;
 use coupon_core::domain::CouponId;
-use coupon_core::ledger::Ledger;
 use coupon_core::startup::prepare;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::delivery::kafka::{KafkaDelivery, KafkaSettings, reconciler};
+use crate::delivery::stream::StreamDelivery;
 use crate::error::ApiError;
 use crate::handlers::{self, AppState};
-use crate::issuing::{Delivery, Issuer, PUBLISH_REPORT_MARGIN, Rebuilt};
-use crate::publisher::Publisher;
-use crate::reconciler;
+use crate::issuing::{Issuer, Rebuilt};
 
 /// Requests with bodies larger than this are refused with 413 before they are parsed.
 const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -32,27 +32,33 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
     let kafka = (config.queue == QueueKind::Kafka).then_some(&config.kafka);
     prepare(&config.database.database_url, kafka).await?;
+    let redis = config
+        .redis
+        .connect()
+        .await
+        .context("cannot connect to Redis")?;
+    let prefix = config.redis.redis_key_prefix.clone();
+    let rebuild_timeout = Duration::from_millis(config.rebuild_timeout_ms);
     let delivery = match kafka {
-        Some(kafka) => Delivery::Kafka {
-            publisher: Publisher::new(kafka, Duration::from_millis(config.publish_timeout_ms))?,
-            ledger: Ledger::new(config.redis.redis_key_prefix.clone()),
-            kafka: kafka.clone(),
-            worker_group: config.worker_group_id.clone(),
-        },
-        None => Delivery::RedisStream,
+        Some(kafka) => Delivery::Kafka(Box::new(KafkaDelivery::new(
+            KafkaSettings {
+                kafka: kafka.clone(),
+                key_prefix: prefix.clone(),
+                worker_group: config.worker_group_id.clone(),
+                publish_timeout: Duration::from_millis(config.publish_timeout_ms),
+                rebuild_timeout,
+            },
+            redis.clone(),
+        )?)),
+        None => Delivery::Stream(StreamDelivery::new(prefix.clone())),
     };
-    Ok(Issuer {
-        redis: config
-            .redis
-            .connect()
-            .await
-            .context("cannot connect to Redis")?,
-        scripts: AdmissionScripts::new(config.redis.redis_key_prefix.clone(), config.queue),
-        pool: config.database.pool()?,
+    Ok(Issuer::new(
+        redis,
+        AdmissionScripts::new(prefix, config.queue),
+        config.database.pool()?,
         delivery,
-        rebuild_timeout: Duration::from_millis(config.rebuild_timeout_ms),
-        publish_window: Duration::from_millis(config.publish_timeout_ms) + PUBLISH_REPORT_MARGIN,
-    })
+        rebuild_timeout,
+    ))
 }
 
 /// `issuer-api rebuild-redis`: rebuilds one coupon or all, printing what happened to
@@ -66,7 +72,7 @@ pub async fn rebuild_redis(
     let coupons = match (coupon, all) {
         (Some(coupon), _) => vec![coupon],
         (None, true) => {
-            let mut conn = issuer.pool.get().await?;
+            let mut conn = config.database.pool()?.get().await?;
             let ids = all_coupon_ids(&mut conn).await?;
             ids.into_iter()
                 .filter_map(|id| CouponId::new(id).ok())
@@ -162,13 +168,10 @@ impl Application {
         let handle = self.server.handle();
         let stop_reconciler = CancellationToken::new();
         // Only Kafka mode leaves slots pending; the Redis queue mode has nothing to settle.
-        let publisher = match &self.issuer.delivery {
-            Delivery::Kafka { publisher, .. } => Some(publisher.clone()),
-            Delivery::RedisStream => None,
-        };
-        let reconciling = publisher.is_some().then(|| {
+        let kafka = self.issuer.delivery().kafka().cloned();
+        let reconciling = kafka.clone().map(|kafka| {
             tokio::spawn(reconciler::run(
-                self.issuer.clone(),
+                kafka,
                 self.reconcile_interval,
                 stop_reconciler.clone(),
             ))
@@ -182,8 +185,8 @@ impl Application {
         if let Some(reconciling) = reconciling {
             reconciling.await?;
         }
-        if let Some(publisher) = publisher {
-            publisher.flush(SHUTDOWN_GRACE).await?;
+        if let Some(kafka) = kafka {
+            kafka.flush(SHUTDOWN_GRACE).await?;
         }
         tracing::info!("issuer-api stopped");
         Ok(())

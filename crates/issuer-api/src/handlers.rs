@@ -5,11 +5,7 @@ use std::future::{Ready, ready};
 use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
-use coupon_core::db::coupons::{find_coupon, find_issue, insert_coupon, user_coupons};
-use coupon_core::db::failed_events;
 use coupon_core::domain::{Admission, CouponId, UserId};
-use diesel_async::RunQueryDsl;
-use redis::AsyncCommands;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
@@ -18,7 +14,7 @@ use crate::contract::{
     IssueStatusView, UserCoupon, UserCouponsView, path_id,
 };
 use crate::error::ApiError;
-use crate::issuing::{Delivery, Issuer};
+use crate::issuing::{Holding, Issuer};
 use crate::metrics::IssueCounters;
 
 pub struct AppState {
@@ -60,20 +56,7 @@ pub async fn create_coupon(
     body: web::Json<CreateCouponRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let new = body.into_inner().validate()?;
-    let issuer = &state.issuer;
-    let coupon = {
-        let mut conn = issuer.pool.get().await?;
-        insert_coupon(&mut conn, &new).await?
-    };
-    // Pre-warm Redis so the sale's first request does not pay for the load. If Redis is
-    // down now, the first request loads it lazily instead: the coupon exists either way.
-    if let Err(err) = issuer
-        .scripts
-        .load_meta(&mut issuer.redis.clone(), &coupon)
-        .await
-    {
-        tracing::warn!(coupon = %coupon.id, error = %err, "could not pre-warm Redis");
-    }
+    let coupon = state.issuer.create_coupon(&new).await?;
     tracing::info!(coupon = %coupon.id, quantity = coupon.total_quantity, "coupon created");
     Ok(HttpResponse::Created().json(CouponCreated::from(coupon)))
 }
@@ -106,16 +89,7 @@ pub async fn get_coupon(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id: CouponId = path_id(&path)?;
-    let issuer = &state.issuer;
-    let coupon = {
-        let mut conn = issuer.pool.get().await?;
-        find_coupon(&mut conn, id).await?
-    }
-    .ok_or(ApiError::CouponNotFound(id.get()))?;
-    let admitted = issuer
-        .scripts
-        .admitted_count(&mut issuer.redis.clone(), id)
-        .await?;
+    let (coupon, admitted) = state.issuer.coupon(id).await?;
     Ok(HttpResponse::Ok().json(CouponView {
         coupon_id: coupon.id,
         name: coupon.name,
@@ -133,24 +107,10 @@ pub async fn issue_status(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (coupon, user): (CouponId, UserId) = (path_id(&path.0)?, path_id(&path.1)?);
-    let issuer = &state.issuer;
-    let issued_at = {
-        let mut conn = issuer.pool.get().await?;
-        if find_coupon(&mut conn, coupon).await?.is_none() {
-            return Err(ApiError::CouponNotFound(coupon.get()));
-        }
-        find_issue(&mut conn, coupon, user).await?
-    };
-    let status = match issued_at {
-        Some(_) => IssueStatus::Issued,
-        None if issuer
-            .scripts
-            .is_admitted(&mut issuer.redis.clone(), coupon, user)
-            .await? =>
-        {
-            IssueStatus::Pending
-        }
-        None => IssueStatus::None,
+    let (status, issued_at) = match state.issuer.holding(coupon, user).await? {
+        Holding::Persisted(at) => (IssueStatus::Issued, Some(at)),
+        Holding::Admitted => (IssueStatus::Pending, None),
+        Holding::None => (IssueStatus::None, None),
     };
     Ok(HttpResponse::Ok().json(IssueStatusView {
         coupon_id: coupon,
@@ -165,8 +125,9 @@ pub async fn list_user_coupons(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user: UserId = path_id(&path)?;
-    let mut conn = state.issuer.pool.get().await?;
-    let coupons = user_coupons(&mut conn, user)
+    let coupons = state
+        .issuer
+        .user_coupons(user)
         .await?
         .into_iter()
         .map(|(coupon_id, issued_at)| UserCoupon {
@@ -181,10 +142,7 @@ pub async fn list_user_coupons(
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let failed = {
-        let mut conn = state.issuer.pool.get().await?;
-        failed_events::counts(&mut conn).await?
-    };
+    let failed = state.issuer.failed_event_counts().await?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.counters.render(&failed)))
@@ -197,34 +155,7 @@ pub async fn healthz() -> HttpResponse {
 /// Ready when every dependency answers; each check's outcome is listed so an operator
 /// sees which one is down without reading logs.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let issuer = &state.issuer;
-    let redis = async {
-        let mut con = issuer.redis.clone();
-        con.ping::<String>()
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    };
-    let postgres = async {
-        let mut conn = issuer.pool.get().await.map_err(|e| e.to_string())?;
-        diesel::sql_query("SELECT 1")
-            .execute(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    };
-    // The Redis queue mode has no broker to check.
-    let kafka = async {
-        match &issuer.delivery {
-            Delivery::Kafka { publisher, .. } => {
-                Some(publisher.check().await.map_err(|e| e.to_string()))
-            }
-            Delivery::RedisStream => None,
-        }
-    };
-    let (redis, postgres, kafka) = tokio::join!(redis, postgres, kafka);
-    let mut checks = vec![("redis", redis), ("postgresql", postgres)];
-    checks.extend(kafka.map(|kafka| ("kafka", kafka)));
+    let checks = state.issuer.readiness().await;
     let ready = checks.iter().all(|(_, r)| r.is_ok());
     let body: serde_json::Map<_, _> = checks
         .into_iter()

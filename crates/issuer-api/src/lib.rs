@@ -4,9 +4,8 @@
 pub mod app;
 pub mod config;
 pub mod contract;
+pub mod delivery;
 pub mod error;
 pub mod handlers;
 pub mod issuing;
 pub mod metrics;
-pub mod publisher;
-pub mod reconciler;

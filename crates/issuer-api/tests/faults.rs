@@ -68,7 +68,8 @@ async fn publishing_to_a_topic_that_does_not_exist_is_a_certain_failure() {
         producer_linger_ms: 2,
     };
     let publisher =
-        issuer_api::publisher::Publisher::new(&args, Duration::from_millis(2000)).unwrap();
+        issuer_api::delivery::kafka::publisher::Publisher::new(&args, Duration::from_millis(2000))
+            .unwrap();
     let event = IssueEvent::new(
         CouponId::new(1).unwrap(),
         UserId::new(1).unwrap(),

@@ -72,6 +72,7 @@ in_both_modes!(
     outside_its_window_a_coupon_answers_403_and_changes_nothing,
     redelivered_events_do_not_duplicate_rows,
     a_coupon_missing_from_redis_is_rebuilt_from_postgresql,
+    a_finished_coupon_leaves_the_hot_loops,
 );
 
 async fn five_thousand_users_at_once_on_five_hundred_coupons(queue: QueueKind) {
@@ -484,9 +485,10 @@ async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
         keys,
         vec![
             format!("{}coupon:{{{coupon}}}:meta", env.redis_prefix),
-            format!("{}coupons:active", env.redis_prefix),
+            format!("{}{{coupons}}:generation", env.redis_prefix),
+            format!("{}{{coupons}}:registry", env.redis_prefix),
         ],
-        "the meta, and the reconciler's list of loaded coupons"
+        "the meta, and the registry of coupons that need work"
     );
     env.shutdown().await;
 }
@@ -517,5 +519,32 @@ async fn a_coupon_missing_from_redis_is_rebuilt_from_postgresql(queue: QueueKind
         "the quantity came back with the meta"
     );
     assert_eq!(env.rows_when_settled(coupon, 2).await, vec![1, 2]);
+    env.shutdown().await;
+}
+
+/// Finding 5: the registry that the reconciler (Kafka mode) and the stream workers loop over
+/// must not grow with every coupon ever sold. A coupon sold out with every event persisted
+/// leaves it; one still selling stays; the finished one still answers its requests.
+async fn a_finished_coupon_leaves_the_hot_loops(queue: QueueKind) {
+    let env = TestEnv::start_in(queue, 1).await;
+    let sold_out = env.coupon_with_quantity(1).await;
+    let selling = env.coupon_with_quantity(5).await;
+    assert_eq!(env.issue(sold_out, 1).await.0, 201);
+    assert_eq!(env.issue(selling, 1).await.0, 201);
+    assert_eq!(env.rows_when_settled(sold_out, 1).await, vec![1]);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while env.registered().await.contains(&sold_out) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a sold-out, persisted coupon is still in the registry"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(env.registered().await.contains(&selling));
+    assert_eq!(env.issue(sold_out, 2).await.0, 410);
+    assert_eq!(env.issue(sold_out, 1).await.0, 409);
+    assert_eq!(env.issue(selling, 2).await.0, 201);
+    assert_eq!(env.rows_when_settled(selling, 2).await, vec![1, 2]);
     env.shutdown().await;
 }

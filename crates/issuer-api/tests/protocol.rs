@@ -3,14 +3,20 @@
 
 mod support;
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use coupon_core::admission::{AdmissionScripts, AdmitReply};
 use coupon_core::config::QueueKind;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::ledger::{Ledger, PendingEntry};
+use issuer_api::delivery::kafka::reconciler::reconcile_once;
 use issuer_bench::kafka_cluster::KafkaCluster;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{AsyncCommands, RedisFuture, Value};
 use support::TestEnv;
+use tokio_util::sync::CancellationToken;
 
 /// The test harness's publish window: `--publish-timeout-ms=3000` plus the API's 2 s margin
 /// for the report's way back.
@@ -101,5 +107,178 @@ async fn a_stale_release_cannot_free_a_slot_that_is_being_republished() {
         410,
         "the slot is not sold twice"
     );
+    env.shutdown().await;
+}
+
+/// Passes every command to Redis; before the first one that `fires` matches is sent, runs
+/// `hook` (another actor's step, forced at that exact point) once.
+struct HookBefore<F, H> {
+    inner: MultiplexedConnection,
+    fires: F,
+    hook: Option<H>,
+}
+
+impl<F, H, Fut> HookBefore<F, H>
+where
+    F: Fn(&redis::Cmd) -> bool + Send + Sync,
+    H: FnOnce() -> Fut + Send + Sync,
+    Fut: Future<Output = ()> + Send,
+{
+    fn new(inner: MultiplexedConnection, fires: F, hook: H) -> Self {
+        Self {
+            inner,
+            fires,
+            hook: Some(hook),
+        }
+    }
+}
+
+impl<F, H, Fut> ConnectionLike for HookBefore<F, H>
+where
+    F: Fn(&redis::Cmd) -> bool + Send + Sync,
+    H: FnOnce() -> Fut + Send + Sync,
+    Fut: Future<Output = ()> + Send,
+{
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            if (self.fires)(cmd)
+                && let Some(hook) = self.hook.take()
+            {
+                hook().await;
+            }
+            self.inner.req_packed_command(cmd).await
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.inner.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+/// Whether `cmd` carries `word` as one of its arguments (its name, a key, a script's op).
+fn has_arg(cmd: &redis::Cmd, word: &str) -> bool {
+    cmd.args_iter()
+        .any(|arg| matches!(arg, redis::Arg::Simple(bytes) if bytes.eq_ignore_ascii_case(word.as_bytes())))
+}
+
+/// Finding 4, Redis queue mode: a batch in a worker's hands commits, is acknowledged and
+/// trimmed while a rebuild runs. Forced right before the rebuild's first stream read: a real
+/// worker persists both entries and trims the stream (which keeps only the last delivered
+/// entry). Had PostgreSQL been read before that, user 1 would be in neither place.
+#[actix_web::test]
+async fn a_batch_committing_during_a_rebuild_keeps_its_users() {
+    let env = TestEnv::start_in(QueueKind::Redis, 0).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    for user in [1, 2] {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+    let issuer = env.issuer(&env.redis_prefix).await;
+    let stream = env.stream(coupon);
+    let worker_args = env.worker_args(500);
+    let trimmed_stream = stream.clone();
+    let worker_persists_and_trims = move || async move {
+        let config = issuer_worker::config::Config::try_parse_from(worker_args).unwrap();
+        let worker = issuer_worker::worker::Worker::build(config).await.unwrap();
+        let stop = CancellationToken::new();
+        let running = actix_web::rt::spawn(worker.run(stop.clone()));
+        let mut redis = support::redis_client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        // Entries are trimmed only once acknowledged, and acknowledged once committed.
+        while redis.xlen::<_, usize>(&trimmed_stream).await.unwrap() > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the worker never trimmed the stream"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        running.await.unwrap().unwrap();
+    };
+    let mut redis = HookBefore::new(
+        env.redis().await,
+        |cmd| has_arg(cmd, "XRANGE"),
+        worker_persists_and_trims,
+    );
+
+    let found = issuer
+        .holders(&mut redis, &[CouponId::new(coupon).unwrap()])
+        .await
+        .unwrap();
+    let mut holders = found[0].1.clone();
+    holders.sort_unstable();
+    holders.dedup();
+    assert_eq!(holders, vec![1, 2], "a winner is missing from the rebuild");
+    assert_eq!(env.rows(coupon).await, vec![1, 2]);
+    env.shutdown().await;
+}
+
+/// Finding 4, Kafka mode: a rebuild waits one publish window after Redis lost the ledger,
+/// then takes the log's end. That covers a reconciler's republish only if it starts as soon
+/// as its entry is claimed, not after the pass's other claims. Forced at the pass's second
+/// claim: by then the first claimed entry's event must be on its way to the broker.
+#[actix_web::test]
+async fn a_reconciler_publishes_each_entry_as_soon_as_it_claims_it() {
+    let env = TestEnv::start(0).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    // Keys of its own: the API's reconciler does not look here.
+    let prefix = format!("{}own:", env.redis_prefix);
+    let issuer = env.issuer(&prefix).await;
+    let kafka = issuer.delivery().kafka().unwrap().clone();
+    let scripts = AdmissionScripts::new(prefix.clone(), QueueKind::Kafka);
+    let ledger = Ledger::new(prefix.clone());
+    let mut redis = env.redis().await;
+    let coupon_id = CouponId::new(coupon).unwrap();
+    let (record, _) = issuer.coupon(coupon_id).await.unwrap();
+    scripts.load_meta(&mut redis, &record).await.unwrap();
+    // Two slots whose first publish ended in doubt: both claimable at once.
+    for user in [1, 2] {
+        let reply = scripts
+            .admit(&mut redis, coupon_id, UserId::new(user).unwrap())
+            .await
+            .unwrap();
+        let AdmitReply::Admitted(event) = reply else {
+            panic!("not admitted: {reply:?}")
+        };
+        let entry = PendingEntry::admitted(event);
+        assert!(ledger.mark_in_doubt(&mut redis, &entry).await.unwrap());
+    }
+
+    let claims = std::sync::atomic::AtomicUsize::new(0);
+    let topic = env.topic.clone();
+    let first_on_its_way = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = first_on_its_way.clone();
+    let mut con = HookBefore::new(
+        env.redis().await,
+        move |cmd| has_arg(cmd, "claim") && claims.fetch_add(1, Ordering::SeqCst) == 1,
+        move || async move {
+            // Bounded: the event is on the topic within milliseconds if its publish started.
+            let on_topic =
+                tokio::time::timeout(Duration::from_secs(10), support::read_topic(&topic, 1))
+                    .await
+                    .is_ok_and(|messages| !messages.is_empty());
+            seen.store(on_topic, Ordering::SeqCst);
+        },
+    );
+    let settled = reconcile_once(&kafka, &mut con).await.unwrap();
+
+    assert!(
+        first_on_its_way.load(Ordering::SeqCst),
+        "the first claimed entry was not published before the pass's next claim"
+    );
+    assert_eq!(settled, 2);
+    let left = ledger.entries(&mut redis, coupon_id).await.unwrap();
+    assert!(left.is_empty(), "still pending: {left:?}");
     env.shutdown().await;
 }

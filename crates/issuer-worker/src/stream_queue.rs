@@ -9,8 +9,10 @@
 //! - Only acknowledged entries are trimmed: everything before the oldest pending entry (or,
 //!   with none pending, before the last delivered one), so memory stays bounded while no
 //!   unpersisted event is ever dropped.
-//! - Streams are found through the registry of active coupons, never by scanning keys; a
-//!   newly registered coupon wakes a blocked reader through the registry stream.
+//! - Streams are found through the registry of coupons that need work, never by scanning
+//!   keys; a newly registered coupon wakes a blocked reader through the registry stream. A
+//!   coupon whose admission is over and whose entries are all acknowledged leaves the
+//!   registry (`coupon_core::registry`), and so every worker's reads.
 //! - A consumer is removed from the group only when it holds nothing: this worker at
 //!   shutdown, and others once silent for `claim_idle` with nothing left to claim, so the
 //!   names of past workers do not pile up.
@@ -19,12 +21,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use coupon_core::admission::AdmissionScripts;
 use coupon_core::config::QueueKind;
 use coupon_core::db::batch_insert::{FailedEvent, FailureReason, SourcedIssue};
 use coupon_core::domain::CouponId;
 use coupon_core::event::IssueEvent;
 use coupon_core::redis_keys::CouponKeys;
+use coupon_core::registry::{Registration, Registry};
 use redis::aio::ConnectionManager;
 
 use crate::stream_trim;
@@ -51,7 +53,8 @@ pub struct StreamQueue {
     /// multiplexed connection.
     reader: ConnectionManager,
     commands: ConnectionManager,
-    scripts: AdmissionScripts,
+    key_prefix: String,
+    registry: Registry,
     registry_stream: String,
     group: String,
     consumer: String,
@@ -63,9 +66,11 @@ pub struct StreamQueue {
 struct State {
     /// Streams whose consumer group is known to exist.
     ready: BTreeSet<String>,
-    /// What the next read covers, and when to read the registry again: a coupon's
-    /// registration wakes the reader and forces it, else once per block interval.
+    /// What the next read covers (the registry stream, then each registered coupon's), and
+    /// when to read the registry again: a coupon's registration wakes the reader and forces
+    /// it, else once per block interval.
     streams: Vec<String>,
+    registrations: Vec<Registration>,
     refresh_streams_at: Instant,
     next_maintenance: Instant,
 }
@@ -76,7 +81,8 @@ impl StreamQueue {
         let queue = Self {
             reader: config.redis.connect_blocking(READ_BLOCK).await?,
             commands: config.redis.connect().await?,
-            scripts: AdmissionScripts::new(prefix.clone(), QueueKind::Redis),
+            key_prefix: prefix.clone(),
+            registry: Registry::new(prefix.clone(), QueueKind::Redis),
             registry_stream: CouponKeys::registry_stream(prefix),
             group: config.group_id.clone(),
             consumer: config
@@ -88,6 +94,7 @@ impl StreamQueue {
             state: Mutex::new(State {
                 ready: BTreeSet::new(),
                 streams: Vec::new(),
+                registrations: Vec::new(),
                 refresh_streams_at: Instant::now(),
                 next_maintenance: Instant::now(),
             }),
@@ -111,13 +118,12 @@ impl StreamQueue {
             }
         }
         let mut con = self.commands.clone();
+        let registrations = self.registry.members(&mut con).await?;
         let mut streams = vec![self.registry_stream.clone()];
         streams.extend(
-            self.scripts
-                .active_coupons(&mut con)
-                .await?
-                .into_iter()
-                .map(|coupon| self.scripts.keys(coupon).stream),
+            registrations
+                .iter()
+                .map(|r| CouponKeys::new(&self.key_prefix, r.coupon).stream),
         );
         for stream in &streams {
             if self.state().ready.contains(stream) {
@@ -134,7 +140,10 @@ impl StreamQueue {
             self.state().ready.insert(stream.clone());
         }
         let mut state = self.state();
+        // Retired coupons' streams leave this worker's memory too.
+        state.ready.retain(|stream| streams.contains(stream));
         state.streams = streams.clone();
+        state.registrations = registrations;
         state.refresh_streams_at = Instant::now() + READ_BLOCK;
         Ok(streams)
     }
@@ -168,17 +177,21 @@ impl StreamQueue {
     }
 
     /// Claims entries a dead (or stuck) consumer held for longer than `claim_idle`, removes
-    /// consumers that are silent and hold nothing, then trims what the group acknowledged.
+    /// consumers that are silent and hold nothing, trims what the group acknowledged, and
+    /// retires coupons that are finished.
     async fn maintain(&self, batch: &mut Batch<EntryIds>, size: usize) {
-        let streams: Vec<String> = {
+        let registrations = {
             let mut state = self.state();
             if Instant::now() < state.next_maintenance {
                 return;
             }
             state.next_maintenance = Instant::now() + MAINTENANCE_INTERVAL;
-            state.ready.iter().cloned().collect()
+            state.registrations.clone()
         };
-        for stream in streams.iter().filter(|s| **s != self.registry_stream) {
+        let mut retired = false;
+        for registration in registrations {
+            let stream = CouponKeys::new(&self.key_prefix, registration.coupon).stream;
+            let stream = stream.as_str();
             if batch.len < size
                 && let Err(err) = self.claim(stream, batch, size - batch.len).await
             {
@@ -193,6 +206,19 @@ impl StreamQueue {
             {
                 tracing::warn!(%stream, error = %err, "trimming acknowledged entries failed");
             }
+            // Entries in this worker's batch are pending in the group, so a coupon is never
+            // retired with any of them unpersisted.
+            match self
+                .registry
+                .retire_if_finished(&mut commands, registration, &self.group)
+                .await
+            {
+                Ok(gone) => retired |= gone,
+                Err(err) => tracing::warn!(%stream, error = %err, "retiring the coupon failed"),
+            }
+        }
+        if retired {
+            self.refresh_streams();
         }
     }
 

@@ -41,6 +41,7 @@ pub struct TestEnv {
     pub redis_prefix: String,
     pub brokers: String,
     pub queue: QueueKind,
+    api_args: Vec<String>,
     api: actix_web::dev::ServerHandle,
     workers: Vec<CancellationToken>,
 }
@@ -111,18 +112,17 @@ impl TestEnv {
         .chain(extra.iter().map(|arg| (*arg).to_owned()))
         .collect();
 
-        let api_config = issuer_api::config::Config::try_parse_from(
-            [
-                "issuer-api",
-                "--listen=127.0.0.1:0",
-                "--http-workers=2",
-                &format!("--admin-token={ADMIN_TOKEN}"),
-            ]
-            .into_iter()
-            .map(String::from)
-            .chain(common.iter().cloned()),
-        )
-        .unwrap();
+        let api_args: Vec<String> = [
+            "issuer-api",
+            "--listen=127.0.0.1:0",
+            "--http-workers=2",
+            &format!("--admin-token={ADMIN_TOKEN}"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain(common.iter().cloned())
+        .collect();
+        let api_config = issuer_api::config::Config::try_parse_from(&api_args).unwrap();
         let app = Application::build(api_config).await.unwrap();
         let base = format!("http://{}", app.addr());
         let api = app.handle();
@@ -140,6 +140,7 @@ impl TestEnv {
             redis_prefix,
             brokers: brokers.to_owned(),
             queue,
+            api_args,
             api,
             workers: Vec::new(),
         };
@@ -147,6 +148,20 @@ impl TestEnv {
             env.start_worker(500).await;
         }
         env
+    }
+
+    /// An issuer of its own, configured as the API is but on the keys under `prefix`, for a
+    /// test to drive one step of the protocol through a connection of its choosing (the
+    /// API's reconciler does not look under another prefix).
+    pub async fn issuer(&self, prefix: &str) -> issuer_api::issuing::Issuer {
+        let args = self
+            .api_args
+            .iter()
+            .filter(|arg| !arg.starts_with("--redis-key-prefix="))
+            .cloned()
+            .chain([format!("--redis-key-prefix={prefix}")]);
+        let config = issuer_api::config::Config::try_parse_from(args).unwrap();
+        issuer_api::app::connect(&config).await.unwrap()
     }
 
     pub fn worker_args(&self, batch_size: u32) -> Vec<String> {
@@ -317,6 +332,16 @@ impl TestEnv {
 
     /// Whether someone (a retry or a reconciler) has taken `user`'s pending entry to publish
     /// it again.
+    /// Coupons in the registry the reconciler and the stream workers loop over.
+    pub async fn registered(&self) -> Vec<i64> {
+        let registry = coupon_core::redis_keys::CouponKeys::active_registry(&self.redis_prefix);
+        redis::cmd("HKEYS")
+            .arg(registry)
+            .query_async(&mut self.redis().await)
+            .await
+            .unwrap()
+    }
+
     pub async fn pending_claimed(&self, coupon: i64, user: i64) -> bool {
         let key = format!("{}coupon:{{{coupon}}}:pending", self.redis_prefix);
         let entry: Option<String> = redis::cmd("HGET")

@@ -1,0 +1,155 @@
+//! The registry of coupons that need work: how the reconciler (Kafka mode) and the stream
+//! workers (Redis queue mode) find a coupon without scanning the keyspace.
+//!
+//! Invariants:
+//! - A coupon open for admission is registered. Registration comes before the meta that
+//!   opens admission (`AdmissionScripts::load_meta`), so a failure in between leaves at
+//!   worst a registered coupon that is not open, which costs one look per pass.
+//! - A coupon leaves only when finished (`scripts/finished.lua`: admission can take no more
+//!   slots and every slot taken is settled), and only if its registration is still the one
+//!   judged finished: each registration has a generation never used before, and the retire
+//!   compares it, so a rebuild that registered the coupon again meanwhile keeps it.
+//!
+//! The registry is a key of its own (another cluster slot than the coupon's keys), so the
+//! finished check and the retire are two scripts; the generation is what joins them.
+
+use std::sync::LazyLock;
+
+use redis::aio::ConnectionLike;
+use redis::{AsyncCommands, RedisError, Script};
+
+use crate::config::QueueKind;
+use crate::domain::CouponId;
+use crate::redis_keys::CouponKeys;
+
+static REGISTRY: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/registry.lua")));
+static FINISHED: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/finished.lua")));
+
+/// The registry stream only wakes workers; a few recent entries are all it needs to keep.
+const WAKE_STREAM_LEN: usize = 1_000;
+
+/// One coupon's current registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    pub coupon: CouponId,
+    pub generation: u64,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    key_prefix: String,
+    queue: QueueKind,
+}
+
+impl Registry {
+    pub fn new(key_prefix: impl Into<String>, queue: QueueKind) -> Self {
+        Self {
+            key_prefix: key_prefix.into(),
+            queue,
+        }
+    }
+
+    /// Registers the coupon (again, if it was), with a new generation. In the Redis queue
+    /// mode a coupon new to the registry also wakes the blocked stream readers, so its
+    /// first events are read at once rather than at their next refresh.
+    pub async fn register<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: CouponId,
+    ) -> Result<Registration, RedisError> {
+        let (generation, added): (u64, i64) = REGISTRY
+            .key(CouponKeys::active_registry(&self.key_prefix))
+            .key(CouponKeys::registry_generation(&self.key_prefix))
+            .arg("register")
+            .arg(coupon.get())
+            .invoke_async(con)
+            .await?;
+        if added == 1 && self.queue == QueueKind::Redis {
+            let _: String = con
+                .xadd_maxlen(
+                    CouponKeys::registry_stream(&self.key_prefix),
+                    redis::streams::StreamMaxlen::Approx(WAKE_STREAM_LEN),
+                    "*",
+                    &[("couponId", coupon.get())],
+                )
+                .await?;
+        }
+        Ok(Registration { coupon, generation })
+    }
+
+    /// Every registered coupon, with its registration.
+    pub async fn members<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+    ) -> Result<Vec<Registration>, RedisError> {
+        let all: Vec<(i64, u64)> = con
+            .hgetall(CouponKeys::active_registry(&self.key_prefix))
+            .await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(id, generation)| {
+                CouponId::new(id)
+                    .ok()
+                    .map(|coupon| Registration { coupon, generation })
+            })
+            .collect())
+    }
+
+    /// Whether the coupon needs no more work (see `scripts/finished.lua`); `group` is the
+    /// stream workers' consumer group in the Redis queue mode.
+    pub async fn is_finished<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: CouponId,
+        group: &str,
+    ) -> Result<bool, RedisError> {
+        let keys = CouponKeys::new(&self.key_prefix, coupon);
+        let mut invocation = FINISHED.prepare_invoke();
+        invocation
+            .key(&keys.meta)
+            .key(&keys.issued)
+            .key(&keys.pending);
+        if self.queue == QueueKind::Redis {
+            invocation.key(&keys.stream);
+        }
+        let finished: i64 = invocation.arg(group).invoke_async(con).await?;
+        Ok(finished == 1)
+    }
+
+    /// Removes a finished coupon, unless it was registered again since `registration` was
+    /// read. Returns whether it was removed.
+    pub async fn retire<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        registration: Registration,
+    ) -> Result<bool, RedisError> {
+        let removed: i64 = REGISTRY
+            .key(CouponKeys::active_registry(&self.key_prefix))
+            .key(CouponKeys::registry_generation(&self.key_prefix))
+            .arg("retire")
+            .arg(registration.coupon.get())
+            .arg(registration.generation)
+            .invoke_async(con)
+            .await?;
+        Ok(removed == 1)
+    }
+
+    /// Retires the coupon if it is finished; returns whether it left the registry.
+    pub async fn retire_if_finished<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        registration: Registration,
+        group: &str,
+    ) -> Result<bool, RedisError> {
+        if !self.is_finished(con, registration.coupon, group).await? {
+            return Ok(false);
+        }
+        let retired = self.retire(con, registration).await?;
+        if retired {
+            tracing::info!(coupon = %registration.coupon, "coupon finished: it leaves the registry");
+        }
+        Ok(retired)
+    }
+}

@@ -1,0 +1,203 @@
+//! Kafka mode: each admitted event is published by the request that admitted it, and the
+//! request answers SUCCESS only once the broker acknowledged it.
+//!
+//! Invariants: every slot taken ends either given back (the event certainly never reached
+//! the log) or as exactly one row (the event was, or may have been, published: it is held in
+//! doubt and published again until acknowledged; the sink is idempotent). Who may give a
+//! slot back or publish it again is the ledger's to say (`coupon_core::ledger`). A publish
+//! of an entry starts as soon as its owner holds it, so every publish is over (acknowledged
+//! or failed) within one publish window of the last moment Redis knew its entry: what a
+//! rebuild waits out before it looks at the log.
+
+pub mod publisher;
+pub mod reconciler;
+
+use std::time::Duration;
+
+use coupon_core::config::KafkaArgs;
+use coupon_core::domain::{CouponId, UserId};
+use coupon_core::event::IssueEvent;
+use coupon_core::kafka::wait_for_group;
+use coupon_core::ledger::{Claim, Ledger, PendingEntry};
+use coupon_core::producer::Persistence;
+use coupon_core::registry::Registry;
+use redis::aio::{ConnectionLike, ConnectionManager};
+
+use crate::error::ApiError;
+use publisher::Publisher;
+
+/// librdkafka reports every message by its message timeout; this margin covers the
+/// report's way back to the request.
+pub const PUBLISH_REPORT_MARGIN: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct KafkaDelivery {
+    publisher: Publisher,
+    ledger: Ledger,
+    registry: Registry,
+    redis: ConnectionManager,
+    kafka: KafkaArgs,
+    /// The workers' group, whose progress a rebuild waits for.
+    worker_group: String,
+    rebuild_timeout: Duration,
+    /// Longest a publish can take to report: a pending slot older than this whose request
+    /// never reported belongs to an API that died, and is published by others.
+    publish_window: Duration,
+}
+
+/// How a KafkaDelivery is put together.
+pub struct KafkaSettings {
+    pub kafka: KafkaArgs,
+    pub key_prefix: String,
+    pub worker_group: String,
+    pub publish_timeout: Duration,
+    pub rebuild_timeout: Duration,
+}
+
+impl KafkaDelivery {
+    pub fn new(settings: KafkaSettings, redis: ConnectionManager) -> Result<Self, ApiError> {
+        let KafkaSettings {
+            kafka,
+            key_prefix,
+            worker_group,
+            publish_timeout,
+            rebuild_timeout,
+        } = settings;
+        Ok(Self {
+            publisher: Publisher::new(&kafka, publish_timeout)
+                .map_err(|e| ApiError::unavailable("kafka", e))?,
+            ledger: Ledger::new(key_prefix.clone()),
+            registry: Registry::new(key_prefix, coupon_core::config::QueueKind::Kafka),
+            redis,
+            kafka,
+            worker_group,
+            rebuild_timeout,
+            publish_window: publish_timeout + PUBLISH_REPORT_MARGIN,
+        })
+    }
+
+    pub fn publish_window(&self) -> Duration {
+        self.publish_window
+    }
+
+    /// The first publish of a new admission, by the request that owns its entry.
+    pub async fn publish_new(&self, event: IssueEvent) -> Result<(), ApiError> {
+        let entry = PendingEntry::admitted(event);
+        let mut redis = self.redis.clone();
+        let (coupon, user) = (entry.event.coupon_id, entry.event.user_id);
+        let Err(failure) = self.publisher.publish(&entry.event).await else {
+            self.settle(&entry).await;
+            return Ok(());
+        };
+        let handed_over = match failure.persistence {
+            // The event never reached the log: the slot goes back to the stock now.
+            Persistence::NotPersisted => self.ledger.release(&mut redis, &entry).await,
+            // The broker may have it: the slot stays, for anyone to publish again.
+            Persistence::PossiblyPersisted => self.ledger.mark_in_doubt(&mut redis, &entry).await,
+        };
+        match handed_over {
+            Ok(true) => {}
+            // Past the window a retry or a reconciler took the entry: its fate is theirs.
+            Ok(false) => {
+                tracing::warn!(%coupon, %user, "publish failed after another took over the slot")
+            }
+            // Left inflight, it is claimed by a retry or a reconciler once its window passes.
+            Err(err) => tracing::error!(%coupon, %user, error = %err,
+                "publish failed and its pending entry could not be updated"),
+        }
+        Err(ApiError::unavailable("kafka", failure))
+    }
+
+    /// Takes the user's pending entry to publish it again, if its owner's window is over.
+    pub async fn claim<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: CouponId,
+        user: UserId,
+    ) -> Result<Claim, ApiError> {
+        Ok(self
+            .ledger
+            .claim(con, coupon, user, self.publish_window)
+            .await?)
+    }
+
+    /// Publishes a claimed entry again. On acknowledgement the slot is settled; on any
+    /// failure the entry is handed back in doubt (an earlier attempt may have reached the
+    /// log), for the next retry or reconciler pass.
+    pub async fn republish(&self, entry: PendingEntry) -> Result<(), ApiError> {
+        match self.publisher.publish(&entry.event).await {
+            Ok(()) => {
+                self.settle(&entry).await;
+                Ok(())
+            }
+            Err(failure) => {
+                let handed_back = self
+                    .ledger
+                    .mark_in_doubt(&mut self.redis.clone(), &entry)
+                    .await;
+                if let Err(err) = handed_back {
+                    // Left claimed, it is claimable again once its window passes.
+                    tracing::warn!(coupon = %entry.event.coupon_id, user = %entry.event.user_id,
+                        error = %err, "could not hand the entry back");
+                }
+                Err(ApiError::unavailable("kafka", failure))
+            }
+        }
+    }
+
+    /// The event is acknowledged. Should clearing its pending entry fail, the entry is
+    /// published once more later: a duplicate the worker ignores, never a loss.
+    async fn settle(&self, entry: &PendingEntry) {
+        if let Err(err) = self
+            .ledger
+            .settle(&mut self.redis.clone(), &entry.event)
+            .await
+        {
+            tracing::warn!(coupon = %entry.event.coupon_id, user = %entry.event.user_id,
+                error = %err, "acknowledged, but the pending entry stays until it is claimed");
+        }
+    }
+
+    /// Users whose events the broker has not acknowledged yet.
+    pub async fn unsettled_users<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: CouponId,
+    ) -> Result<Vec<i64>, ApiError> {
+        let pending = self.ledger.entries(con, coupon).await?;
+        Ok(pending
+            .iter()
+            .map(|entry| entry.event.user_id.get())
+            .collect())
+    }
+
+    /// Lets every publish started before Redis lost its entries report: a publish starts
+    /// as soon as its entry is owned, so one publish window after the loss every such
+    /// event has landed (or failed), and the log's end taken next covers it.
+    pub async fn let_publishes_report(&self) {
+        tracing::info!(
+            window_ms = self.publish_window.as_millis() as u64,
+            "rebuild: letting publishes started before the loss report"
+        );
+        tokio::time::sleep(self.publish_window).await;
+    }
+
+    /// Waits for the workers to persist everything the log holds now.
+    pub async fn await_persisted(&self) -> Result<(), ApiError> {
+        tracing::info!(group = %self.worker_group, "rebuild: waiting for the workers to reach the end of the topic");
+        wait_for_group(&self.kafka, &self.worker_group, self.rebuild_timeout)
+            .await
+            .map_err(|e| ApiError::unavailable("kafka", e))
+    }
+
+    pub async fn check(&self) -> Result<(), String> {
+        self.publisher.check().await.map_err(|e| e.to_string())
+    }
+
+    pub async fn flush(&self, timeout: Duration) -> Result<(), ApiError> {
+        self.publisher
+            .flush(timeout)
+            .await
+            .map_err(|e| ApiError::unavailable("kafka", e))
+    }
+}

@@ -1,0 +1,138 @@
+//! Restoring coupons' Redis state from PostgreSQL after Redis lost it.
+//!
+//! Invariant: admission reopens only with every admitted user in the issued set. Who won is
+//! PostgreSQL's holders plus the users whose events are not persisted yet (the delivery's
+//! unsettled set). They are read in that order's reverse: first the unsettled set, then,
+//! once everything that left it is persisted, PostgreSQL. Read the other way round, an event
+//! could leave the unsettled set after PostgreSQL was read (a worker's batch committing, a
+//! publish being acknowledged) and its user would be in neither (issue 10, finding 4).
+//! Only then is each meta written, which reopens admission.
+
+use std::time::Duration;
+
+use coupon_core::db::coupons::{coupon_holders, find_coupon};
+use coupon_core::domain::{Coupon, CouponId};
+use redis::aio::ConnectionLike;
+
+use super::Issuer;
+use crate::error::ApiError;
+
+/// A rebuild lease outlives the longest rebuild wait, so two never overlap; a crashed
+/// rebuilder's lease runs out and the next request starts over.
+const REBUILD_LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// What an explicit rebuild did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rebuilt {
+    /// Restored with this many holders.
+    Restored { holders: usize },
+    /// Another process is rebuilding this coupon right now.
+    AlreadyRunning,
+}
+
+impl Issuer {
+    /// Redis has no state for this coupon (Redis restarted empty, say): answer 404 at once
+    /// if PostgreSQL does not know it either, else start rebuilding in the background and
+    /// answer 503 until admission reopens.
+    pub(super) async fn start_rebuild(&self, coupon: CouponId) -> ApiError {
+        let exists = async {
+            let mut conn = self.pool.get().await?;
+            Ok::<_, ApiError>(find_coupon(&mut conn, coupon).await?.is_some())
+        };
+        match exists.await {
+            Ok(true) => {}
+            Ok(false) => return ApiError::CouponNotFound(coupon.get()),
+            Err(err) => return err,
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = this.rebuild(&[coupon]).await {
+                tracing::warn!(%coupon, error = %err, "rebuilding the coupon's Redis state failed");
+            }
+        });
+        ApiError::Rebuilding(coupon.get())
+    }
+
+    /// Restores coupons' Redis state, each under a lease so only one process rebuilds a
+    /// coupon at a time. Many coupons share one wait.
+    pub async fn rebuild(
+        &self,
+        coupons: &[CouponId],
+    ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
+        let mut redis = self.redis.clone();
+        let window = self
+            .delivery
+            .kafka()
+            .map_or(Duration::ZERO, |kafka| kafka.publish_window());
+        let lease = window + self.rebuild_timeout + REBUILD_LEASE_MARGIN;
+        let (mut leased, mut done) = (Vec::new(), Vec::new());
+        for &coupon in coupons {
+            if self
+                .scripts
+                .try_lease_rebuild(&mut redis, coupon, lease)
+                .await?
+            {
+                leased.push(coupon);
+            } else {
+                done.push((coupon, Rebuilt::AlreadyRunning));
+            }
+        }
+        if leased.is_empty() {
+            return Ok(done);
+        }
+        let restored = self.restore(&mut redis, &leased).await;
+        for &coupon in &leased {
+            if let Err(err) = self.scripts.end_rebuild_lease(&mut redis, coupon).await {
+                tracing::warn!(%coupon, error = %err, "rebuild lease not released; it will expire");
+            }
+        }
+        done.extend(restored?);
+        Ok(done)
+    }
+
+    /// Finds every holder of `coupons`, then writes them and the meta back.
+    async fn restore<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupons: &[CouponId],
+    ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
+        let mut rebuilt = Vec::with_capacity(coupons.len());
+        for (record, holders) in self.holders(con, coupons).await? {
+            self.scripts.restore(con, &record, &holders).await?;
+            tracing::info!(coupon = %record.id, holders = holders.len(), "rebuild: admission reopened");
+            rebuilt.push((
+                record.id,
+                Rebuilt::Restored {
+                    holders: holders.len(),
+                },
+            ));
+        }
+        Ok(rebuilt)
+    }
+
+    /// Every admitted user of each coupon, with its record: the unsettled set first, then
+    /// PostgreSQL once everything that left the set is persisted (see the module's doc).
+    pub async fn holders<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupons: &[CouponId],
+    ) -> Result<Vec<(Coupon, Vec<i64>)>, ApiError> {
+        self.delivery.let_in_flight_report().await;
+        let mut unsettled = Vec::with_capacity(coupons.len());
+        for &coupon in coupons {
+            unsettled.push(self.delivery.unsettled_users(con, coupon).await?);
+        }
+        self.delivery.await_persisted().await?;
+        let mut conn = self.pool.get().await?;
+        let mut found = Vec::with_capacity(coupons.len());
+        for (&coupon, unsettled) in coupons.iter().zip(unsettled) {
+            let record = find_coupon(&mut conn, coupon)
+                .await?
+                .ok_or(ApiError::CouponNotFound(coupon.get()))?;
+            let mut holders = coupon_holders(&mut conn, coupon).await?;
+            holders.extend(unsettled);
+            found.push((record, holders));
+        }
+        Ok(found)
+    }
+}
