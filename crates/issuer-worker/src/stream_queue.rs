@@ -139,9 +139,22 @@ impl StreamQueue {
             }
             self.state().ready.insert(stream.clone());
         }
+        // A retired coupon's stream (everything acknowledged) leaves this worker: its name
+        // leaves the group, and the stream its memory.
+        let retired: Vec<String> = self
+            .state()
+            .ready
+            .iter()
+            .filter(|stream| !streams.contains(stream))
+            .cloned()
+            .collect();
+        for stream in &retired {
+            if let Err(err) = self.forget(stream, &self.consumer, Duration::ZERO).await {
+                tracing::debug!(%stream, error = %err, "could not leave a retired coupon's group");
+            }
+        }
         let mut state = self.state();
-        // Retired coupons' streams leave this worker's memory too.
-        state.ready.retain(|stream| streams.contains(stream));
+        state.ready.retain(|stream| !retired.contains(stream));
         state.streams = streams.clone();
         state.registrations = registrations;
         state.refresh_streams_at = Instant::now() + READ_BLOCK;
