@@ -33,6 +33,9 @@ pub enum AdmitReply {
     /// Kafka mode: the user holds a slot whose event is not acknowledged yet; the ledger
     /// (`crate::ledger`) says who publishes it.
     Pending,
+    /// The coupon's state was verified under another Redis instance (`crate::epoch`): it
+    /// may be a rewound copy. Rebuild it, then ask again.
+    Unverified,
 }
 
 /// The scripts, hashed once; redis-rs runs them by EVALSHA and falls back to EVAL
@@ -53,8 +56,15 @@ impl AdmissionScripts {
             registry: Registry::new(key_prefix.clone(), queue),
             key_prefix,
             queue,
-            admit: Script::new(include_str!("scripts/admission.lua")),
-            load_meta: Script::new(include_str!("scripts/load_meta.lua")),
+            // epoch.lua's function first: both scripts compare the instance's epoch.
+            admit: Script::new(concat!(
+                include_str!("scripts/epoch.lua"),
+                include_str!("scripts/admission.lua")
+            )),
+            load_meta: Script::new(concat!(
+                include_str!("scripts/epoch.lua"),
+                include_str!("scripts/load_meta.lua")
+            )),
         }
     }
 
@@ -100,6 +110,7 @@ impl AdmissionScripts {
             4 => refused(Admission::NotStarted),
             5 => refused(Admission::Ended),
             6 => Ok(AdmitReply::Pending),
+            7 => Ok(AdmitReply::Unverified),
             other => Err(RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "admission script returned an unknown code",
@@ -108,40 +119,57 @@ impl AdmissionScripts {
         }
     }
 
-    /// Registers the coupon, then caches quantity and window beside the issued set, never
+    /// Registers a newly created coupon, then caches quantity and window beside the issued
+    /// set and stamps the instance's epoch (nothing can have been admitted yet), never
     /// overwriting a meta that is already there. In that order: the meta opens admission,
-    /// so a coupon that admits is always one the reconciler and the stream workers look
-    /// at (`crate::registry`). Returns whether this call wrote the meta.
+    /// so a coupon that admits is always one the reconciler and the stream workers look at
+    /// (`crate::registry`). Returns whether this call wrote the meta.
     pub async fn load_meta<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: &Coupon,
     ) -> Result<bool, RedisError> {
+        self.write_meta(con, coupon, "fresh".to_owned()).await
+    }
+
+    async fn write_meta<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: &Coupon,
+        mode: String,
+    ) -> Result<bool, RedisError> {
         self.registry.register(con, coupon.id).await?;
         let millis = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis().to_string());
-        self.load_meta
+        let wrote: i64 = self
+            .load_meta
             .key(self.keys(coupon.id).meta)
             .arg(coupon.total_quantity)
             .arg(millis(coupon.starts_at).unwrap_or_default())
             .arg(millis(coupon.ends_at).unwrap_or_default())
+            .arg(mode)
             .invoke_async(con)
-            .await
+            .await?;
+        Ok(wrote == 1)
     }
 
-    /// Restores a coupon's state after Redis lost it: adds the users PostgreSQL (and the
-    /// caller) know to hold the coupon, then the meta last, because a present meta is what
-    /// opens admission. Users already in the set stay; nothing is removed.
+    /// Restores a coupon's state after Redis lost it (or may have rewound it): adds the
+    /// users PostgreSQL (and the caller) know to hold the coupon, then writes the meta
+    /// stamped with `epoch`, last, because a verified meta is what opens admission. Users
+    /// already in the set stay; nothing is removed. False if the instance is no longer the
+    /// one `epoch` names (Redis restarted or failed over during the rebuild).
     pub async fn restore<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: &Coupon,
         holders: &[i64],
-    ) -> Result<(), RedisError> {
+        epoch: &str,
+    ) -> Result<bool, RedisError> {
         let issued = self.keys(coupon.id).issued;
         for chunk in holders.chunks(RESTORE_CHUNK) {
             let _: i64 = con.sadd(&issued, chunk).await?;
         }
-        self.load_meta(con, coupon).await.map(|_| ())
+        self.write_meta(con, coupon, format!("verified:{epoch}"))
+            .await
     }
 
     /// Takes the coupon's rebuild lease: only one process rebuilds a coupon at a time,

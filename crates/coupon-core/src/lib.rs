@@ -5,6 +5,7 @@ pub mod admission;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod epoch;
 pub mod event;
 pub mod kafka;
 pub mod ledger;

@@ -24,8 +24,12 @@ use crate::redis_keys::CouponKeys;
 
 static REGISTRY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/registry.lua")));
-static FINISHED: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/finished.lua")));
+static FINISHED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("scripts/epoch.lua"),
+        include_str!("scripts/finished.lua")
+    ))
+});
 
 /// The registry stream only wakes workers; a few recent entries are all it needs to keep.
 const WAKE_STREAM_LEN: usize = 1_000;

@@ -10,6 +10,7 @@
 use coupon_core::admission::AdmissionScripts;
 use coupon_core::config::QueueKind;
 use coupon_core::domain::{Coupon, CouponId};
+use coupon_core::epoch::instance_epoch;
 use coupon_core::redis_keys::CouponKeys;
 use coupon_core::registry::{Registration, Registry};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -108,8 +109,9 @@ impl ConnectionLike for RebuildAfterFirstCommand {
                     .inner
                     .del(CouponKeys::active_registry(&self.prefix))
                     .await?;
+                let epoch = instance_epoch(&mut self.inner).await?;
                 self.scripts
-                    .restore(&mut self.inner, &with_quantity(2), &[5])
+                    .restore(&mut self.inner, &with_quantity(2), &[5], &epoch)
                     .await?;
             }
             reply
@@ -165,7 +167,8 @@ async fn a_rebuild_between_the_finished_check_and_the_retire_keeps_the_coupon() 
     let mut con = redis().await;
     // Sold out (1 of 1) with nothing pending: finished.
     let sold_out = with_quantity(1);
-    scripts.restore(&mut con, &sold_out, &[5]).await.unwrap();
+    scripts.load_meta(&mut con, &sold_out).await.unwrap();
+    let _: () = con.sadd(scripts.keys(sold_out.id).issued, 5).await.unwrap();
     let registration: Registration = *registry.members(&mut con).await.unwrap().first().unwrap();
     assert!(
         registry
@@ -209,9 +212,10 @@ async fn a_coupon_is_finished_only_when_nothing_can_change_any_more() {
         "no meta: closed only until a rebuild"
     );
     scripts
-        .restore(&mut con, &with_quantity(2), &[5])
+        .load_meta(&mut con, &with_quantity(2))
         .await
         .unwrap();
+    let _: () = con.sadd(&keys.issued, 5).await.unwrap();
     assert!(!finished(&mut con).await, "open, one slot left");
     let _: () = con.sadd(&keys.issued, 6).await.unwrap();
     let _: () = con.hset(&keys.pending, 6, "entry").await.unwrap();
@@ -226,6 +230,15 @@ async fn a_coupon_is_finished_only_when_nothing_can_change_any_more() {
     let past = chrono::Utc::now().timestamp_millis() - 1_000;
     let _: () = con.hset(&keys.meta, "ends_at", past).await.unwrap();
     assert!(finished(&mut con).await, "ended and settled");
+
+    let _: () = con
+        .hset(&keys.meta, "epoch", "another-instance")
+        .await
+        .unwrap();
+    assert!(
+        !finished(&mut con).await,
+        "verified under another Redis instance: perhaps a rewound copy"
+    );
 }
 
 #[tokio::test]
@@ -238,7 +251,7 @@ async fn a_stream_coupon_is_finished_once_the_group_acknowledged_everything() {
     let id = CouponId::new(1).unwrap();
     let user = coupon_core::domain::UserId::new(5).unwrap();
     scripts
-        .restore(&mut con, &with_quantity(1), &[])
+        .load_meta(&mut con, &with_quantity(1))
         .await
         .unwrap();
     let stream = scripts.keys(id).stream;

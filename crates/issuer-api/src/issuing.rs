@@ -92,7 +92,9 @@ impl Issuer {
         loop {
             let reply = self.scripts.admit(&mut redis, coupon, user).await?;
             let kafka = match reply {
-                AdmitReply::NotLoaded => return Err(self.start_rebuild(coupon).await),
+                AdmitReply::NotLoaded | AdmitReply::Unverified => {
+                    return Err(self.start_rebuild(coupon).await);
+                }
                 AdmitReply::Refused(admission) => return Ok(admission),
                 AdmitReply::Admitted(event) => {
                     return self

@@ -12,6 +12,7 @@ pub mod process;
 pub mod progress;
 pub mod proxy;
 pub mod race;
+pub mod redis_server;
 pub mod report;
 pub mod seed;
 pub mod sustained;

@@ -1,14 +1,16 @@
 //! A TCP proxy that can be cut (every connection dropped, new ones refused) and restored:
-//! a database outage exactly as its clients see one, without touching the server.
+//! a database outage exactly as its clients see one, without touching the server. Pointed
+//! at another server, it is a failover as the clients see one.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub struct CuttableProxy {
     pub port: u16,
+    target: Arc<Mutex<String>>,
     cut: Arc<AtomicBool>,
     cuts: watch::Sender<u64>,
 }
@@ -21,13 +23,14 @@ impl CuttableProxy {
         let port = listener.local_addr()?.port();
         let cut = Arc::new(AtomicBool::new(false));
         let (cuts, _) = watch::channel(0u64);
-        let (target, refusing, cut_signal) = (target.to_owned(), cut.clone(), cuts.clone());
+        let target = Arc::new(Mutex::new(target.to_owned()));
+        let (targets, refusing, cut_signal) = (target.clone(), cut.clone(), cuts.clone());
         actix_rt::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if refusing.load(Ordering::SeqCst) {
                     continue; // dropped at once: the client sees its connection closed
                 }
-                let target = target.clone();
+                let target = targets.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let mut cut_seen = cut_signal.subscribe();
                 actix_rt::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&target).await else {
@@ -40,7 +43,12 @@ impl CuttableProxy {
                 });
             }
         });
-        Ok(CuttableProxy { port, cut, cuts })
+        Ok(CuttableProxy {
+            port,
+            target,
+            cut,
+            cuts,
+        })
     }
 
     /// Drops every open connection and refuses new ones until [`Self::restore`].
@@ -51,6 +59,12 @@ impl CuttableProxy {
 
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Fails over to `target`: every open connection is dropped, and new ones go there.
+    pub fn fail_over_to(&self, target: &str) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = target.to_owned();
+        self.cuts.send_modify(|n| *n += 1);
     }
 
     /// `url` (`scheme://user:pass@host:port/db`) with host and port replaced by this proxy's.

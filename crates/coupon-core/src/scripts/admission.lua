@@ -15,12 +15,17 @@
 --   1 SUCCESS  2 ALREADY_ISSUED  3 SOLD_OUT  4 NOT_STARTED  5 ENDED
 --   6 PENDING: this user's slot is held but its event not yet acknowledged; the ledger says
 --     who publishes it
+--   7 UNVERIFIED: the state was verified under another Redis instance (epoch.lua): the
+--     caller rebuilds it, then asks again
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local meta = redis.call('HMGET', KEYS[1], 'quantity', 'starts_at', 'ends_at')
+local meta = redis.call('HMGET', KEYS[1], 'quantity', 'starts_at', 'ends_at', 'epoch')
 if not meta[1] then
   return {0, now}
+end
+if meta[4] ~= instance_epoch() then
+  return {7, now}
 end
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
   return {6, now}

@@ -5,13 +5,14 @@
 --
 -- Final for admission: ended (on Redis's clock), or sold out. Sold out stays sold out once
 -- nothing is pending, since only a pending slot can be given back. A missing meta is not
--- final: admission is closed only until a rebuild reopens it.
+-- final: admission is closed only until a rebuild reopens it; nor is a state verified under
+-- another Redis instance (epoch.lua), which may be a rewound copy.
 -- Settled: Kafka mode, nothing pending (every event acknowledged by the broker, and the
 -- broker redelivers until the workers commit). Redis queue mode, the group has read every
 -- entry and holds none unacknowledged.
 -- Returns 1 when finished, else 0.
-local meta = redis.call('HMGET', KEYS[1], 'quantity', 'ends_at')
-if not meta[1] then
+local meta = redis.call('HMGET', KEYS[1], 'quantity', 'ends_at', 'epoch')
+if not meta[1] or meta[3] ~= instance_epoch() then
   return 0
 end
 local t = redis.call('TIME')

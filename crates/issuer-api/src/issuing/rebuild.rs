@@ -6,12 +6,16 @@
 //! once everything that left it is persisted, PostgreSQL. Read the other way round, an event
 //! could leave the unsettled set after PostgreSQL was read (a worker's batch committing, a
 //! publish being acknowledged) and its user would be in neither (issue 10, finding 4).
-//! Only then is each meta written, which reopens admission.
+//! Only then is each meta written, stamped with the epoch of the Redis instance the rebuild
+//! read (`coupon_core::epoch`), which reopens admission. A state verified under another
+//! instance (Redis restarted, perhaps from a file that lost its tail, or failed over) takes
+//! the same path as a missing one.
 
 use std::time::Duration;
 
 use coupon_core::db::coupons::{coupon_holders, find_coupon};
 use coupon_core::domain::{Coupon, CouponId};
+use coupon_core::epoch::instance_epoch;
 use redis::aio::ConnectionLike;
 
 use super::Issuer;
@@ -31,9 +35,9 @@ pub enum Rebuilt {
 }
 
 impl Issuer {
-    /// Redis has no state for this coupon (Redis restarted empty, say): answer 404 at once
-    /// if PostgreSQL does not know it either, else start rebuilding in the background and
-    /// answer 503 until admission reopens.
+    /// Redis has no state for this coupon (Redis restarted empty, say), or a state verified
+    /// under another instance: answer 404 at once if PostgreSQL does not know the coupon,
+    /// else start rebuilding in the background and answer 503 until admission reopens.
     pub(super) async fn start_rebuild(&self, coupon: CouponId) -> ApiError {
         let exists = async {
             let mut conn = self.pool.get().await?;
@@ -96,9 +100,13 @@ impl Issuer {
         con: &mut C,
         coupons: &[CouponId],
     ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
+        // Everything read from here on is verified under this instance only.
+        let epoch = instance_epoch(con).await?;
         let mut rebuilt = Vec::with_capacity(coupons.len());
         for (record, holders) in self.holders(con, coupons).await? {
-            self.scripts.restore(con, &record, &holders).await?;
+            if !self.scripts.restore(con, &record, &holders, &epoch).await? {
+                return Err(ApiError::Rebuilding(record.id.get()));
+            }
             tracing::info!(coupon = %record.id, holders = holders.len(), "rebuild: admission reopened");
             rebuilt.push((
                 record.id,

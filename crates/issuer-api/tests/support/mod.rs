@@ -28,7 +28,7 @@ fn base_database_url() -> String {
         .unwrap_or_else(|_| "postgres://coupon:coupon@127.0.0.1:5432/coupon_issuance".into())
 }
 
-fn brokers() -> String {
+pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
@@ -41,6 +41,8 @@ pub struct TestEnv {
     pub redis_prefix: String,
     pub brokers: String,
     pub queue: QueueKind,
+    /// The Redis the services use: `make up`'s, unless a test passed `--redis-url`.
+    pub redis_url: String,
     api_args: Vec<String>,
     api: actix_web::dev::ServerHandle,
     workers: Vec<CancellationToken>,
@@ -140,6 +142,10 @@ impl TestEnv {
             redis_prefix,
             brokers: brokers.to_owned(),
             queue,
+            redis_url: extra
+                .iter()
+                .find_map(|arg| arg.strip_prefix("--redis-url="))
+                .map_or_else(redis_url, str::to_owned),
             api_args,
             api,
             workers: Vec::new(),
@@ -298,7 +304,8 @@ impl TestEnv {
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis_client()
+        redis::Client::open(self.redis_url.as_str())
+            .unwrap()
             .get_multiplexed_async_connection()
             .await
             .unwrap()
@@ -441,11 +448,12 @@ impl TestEnv {
     }
 }
 
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 pub fn redis_client() -> redis::Client {
-    redis::Client::open(
-        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-    )
-    .unwrap()
+    redis::Client::open(redis_url()).unwrap()
 }
 
 /// Creates an empty database next to the configured one and migrates it.

@@ -147,13 +147,8 @@ impl Cluster {
         std::fs::create_dir_all(&data)?;
         let port = self.redis_port.to_string();
         let data_dir = data.to_string_lossy().into_owned();
-        // The persistence docker-compose and deploy/ ship (AOF, fsync every second). As the
-        // queue, Redis must not lose an acknowledged admission: fsync on every write.
+        // The persistence docker-compose and deploy/ ship: AOF, fsynced on every write.
         let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/redis/redis.conf");
-        let fsync = match self.queue {
-            QueueKind::Kafka => "everysec",
-            QueueKind::Redis => "always",
-        };
         let args = [
             conf,
             "--port",
@@ -162,8 +157,6 @@ impl Cluster {
             "127.0.0.1",
             "--dir",
             &data_dir,
-            "--appendfsync",
-            fsync,
         ];
         let log = self.log("redis");
         self.redis = Some(Service::spawn(

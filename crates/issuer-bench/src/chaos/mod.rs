@@ -17,6 +17,7 @@ use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
 use coupon_core::kafka::wait_for_group;
 use coupon_core::producer::Producer;
+use coupon_core::registry::Registry;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
@@ -314,12 +315,14 @@ pub async fn run(
     Ok(passed)
 }
 
-/// The orphan events a Kafka producer would write, appended to a live coupon's stream
-/// instead (the workers read only registered coupons' streams), plus garbage entries.
+/// The orphan events a Kafka producer would write, appended to a coupon's stream instead,
+/// plus garbage entries. The coupon is registered again (it may have sold out and left the
+/// registry already): the workers read only registered coupons' streams.
 async fn inject_stream_poison(redis_port: u16, last_coupon: i64) -> anyhow::Result<()> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}"))?;
     let mut con = client.get_multiplexed_async_connection().await?;
-    let stream = coupon_core::redis_keys::CouponKeys::new("", CouponId::new(last_coupon)?).stream;
+    let coupon = CouponId::new(last_coupon)?;
+    let stream = coupon_core::redis_keys::CouponKeys::new("", coupon).stream;
     for n in 0..GARBAGE_EVENTS {
         let _: String = redis::cmd("XADD")
             .arg(&stream)
@@ -339,6 +342,9 @@ async fn inject_stream_poison(redis_port: u16, last_coupon: i64) -> anyhow::Resu
             .query_async(&mut con)
             .await?;
     }
+    Registry::new("", QueueKind::Redis)
+        .register(&mut con, coupon)
+        .await?;
     Ok(())
 }
 

@@ -1,0 +1,48 @@
+//! The Redis instance's epoch: its run id.
+//!
+//! Invariant: a coupon admits only on state verified under the instance that holds it now.
+//! A Redis that restarted from an append-only file missing its tail, or a replica promoted
+//! before it caught up, holds a rewound copy: the meta may still be there while the last
+//! admissions are not, and admitting on it would sell their slots again. Each such instance
+//! has a new run id, so the coupon's meta, stamped with the run id it was verified under
+//! (`scripts/load_meta.lua`), no longer matches, and the admission script sends the request
+//! down the rebuild path (`scripts/admission.lua`, code UNVERIFIED).
+//!
+//! Why the run id, read by the scripts themselves: anything written into the keyspace (a
+//! marker key, even one kept out of the AOF) comes back from an AOF rewrite or a snapshot,
+//! and anything the API remembers can be stale the moment Redis restarts; the run id is the
+//! server's own and cannot be rewound.
+
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, RedisError};
+
+/// The instance's current epoch, as the scripts read it.
+pub async fn instance_epoch<C: ConnectionLike + Send + Sync>(
+    con: &mut C,
+) -> Result<String, RedisError> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(con).await?;
+    parse_run_id(&info).ok_or_else(|| {
+        RedisError::from((ErrorKind::UnexpectedReturnType, "INFO server has no run_id"))
+    })
+}
+
+fn parse_run_id(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_id_is_read_from_info_server() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:ac62111a2523481e8805a7519461671f4925c599\r\ntcp_port:6379\r\n";
+        assert_eq!(
+            parse_run_id(info).as_deref(),
+            Some("ac62111a2523481e8805a7519461671f4925c599")
+        );
+        assert_eq!(parse_run_id("# Server\r\n"), None);
+    }
+}

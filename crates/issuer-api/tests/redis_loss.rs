@@ -1,0 +1,140 @@
+//! A Redis that comes back with less than it acknowledged (issue 11), on a Redis of the
+//! test's own: restarted from an append-only file that lost its tail (what a machine crash
+//! under `appendfsync everysec` leaves), or a replica promoted before it caught up. The
+//! coupon's meta survives in both, so nothing but the epoch tells that the state is rewound:
+//! no 201 may be given on it.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use coupon_core::config::QueueKind;
+use issuer_bench::proxy::CuttableProxy;
+use issuer_bench::redis_server::RedisServer;
+use support::TestEnv;
+
+fn data_dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "coupon-redis-loss-{name}-{}",
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
+/// The reproduction of issue 11: five winners of five; Redis loses the last two admissions
+/// and keeps the meta; two new users ask.
+async fn after_the_loss_nobody_is_sold_a_taken_slot(env: &TestEnv, coupon: i64) {
+    for user in [6, 7] {
+        let (status, body) = env.issue_retrying(coupon, user).await;
+        assert_eq!(
+            status, 410,
+            "user {user} on a rewound state: {status} {body}"
+        );
+    }
+    assert_eq!(env.rows_when_settled(coupon, 5).await, vec![1, 2, 3, 4, 5]);
+    assert!(
+        support::failed_events(env).await.is_empty(),
+        "a winner's event was refused by the database guard"
+    );
+    for user in 1..=5 {
+        assert_eq!(env.issue(coupon, user).await.0, 409, "user {user} holds it");
+    }
+}
+
+#[actix_web::test]
+async fn a_redis_restarted_from_a_file_that_lost_its_tail_admits_nobody_on_it() {
+    let dir = data_dir("aof");
+    let mut redis = RedisServer::start(&dir, &[]).await.unwrap();
+    let url = format!("--redis-url={}", redis.url());
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &support::brokers(), 1, &[&url]).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    for user in 1..=3 {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+    // Everything answered so far is in the file (appendfsync always): the cut goes here.
+    let kept = redis.aof_len().unwrap();
+    for user in 4..=5 {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+    assert_eq!(env.rows_when_settled(coupon, 5).await, vec![1, 2, 3, 4, 5]);
+
+    redis.kill();
+    redis.cut_aof_to(kept).unwrap();
+    redis.restart().await.unwrap();
+    assert_eq!(
+        env.redis_holders(coupon).await,
+        vec![1, 2, 3],
+        "the restarted Redis lost the last two admissions and kept the meta"
+    );
+
+    after_the_loss_nobody_is_sold_a_taken_slot(&env, coupon).await;
+    env.shutdown().await;
+    redis.kill();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[actix_web::test]
+async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
+    let (primary_dir, replica_dir) = (data_dir("primary"), data_dir("replica"));
+    let mut primary = RedisServer::start(&primary_dir, &[]).await.unwrap();
+    // Replication goes through a link the test can cut: what the primary writes after the
+    // cut never reaches the replica.
+    let link = CuttableProxy::start(&format!("127.0.0.1:{}", primary.port))
+        .await
+        .unwrap();
+    let mut replica = RedisServer::replica_of(link.port, &replica_dir)
+        .await
+        .unwrap();
+    // The services reach Redis through one address, as through a failover-aware endpoint.
+    let endpoint = CuttableProxy::start(&format!("127.0.0.1:{}", primary.port))
+        .await
+        .unwrap();
+    let url = format!("--redis-url=redis://127.0.0.1:{}", endpoint.port);
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &support::brokers(), 1, &[&url]).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    for user in 1..=3 {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+    let mut on_replica = redis::Client::open(replica.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let issued = format!("{}coupon:{{{coupon}}}:issued", env.redis_prefix);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis::cmd("SCARD")
+        .arg(&issued)
+        .query_async::<i64>(&mut on_replica)
+        .await
+        .unwrap()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "the replica never caught up");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The replica falls behind: the last two admissions reach only the primary.
+    link.cut();
+    for user in 4..=5 {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+    assert_eq!(env.rows_when_settled(coupon, 5).await, vec![1, 2, 3, 4, 5]);
+
+    primary.kill();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut on_replica)
+        .await
+        .unwrap();
+    endpoint.fail_over_to(&format!("127.0.0.1:{}", replica.port));
+    assert_eq!(
+        env.redis_holders(coupon).await,
+        vec![1, 2, 3],
+        "the promoted replica lacks the last two admissions and has the meta"
+    );
+
+    after_the_loss_nobody_is_sold_a_taken_slot(&env, coupon).await;
+    env.shutdown().await;
+    replica.kill();
+    let _ = std::fs::remove_dir_all(primary_dir);
+    let _ = std::fs::remove_dir_all(replica_dir);
+}
