@@ -105,6 +105,9 @@ pub enum IssueStatus {
     Issued,
     /// Admitted in Redis; the worker has not written the row yet.
     Pending,
+    /// Admitted, but the database refused the event for good (`reason` says why, e.g.
+    /// OVER_QUANTITY): final, no row will come unless an operator replays it.
+    NotIssued,
     None,
 }
 
@@ -116,6 +119,9 @@ pub struct IssueStatusView {
     pub status: IssueStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issued_at: Option<DateTime<Utc>>,
+    /// Why a NOT_ISSUED event was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

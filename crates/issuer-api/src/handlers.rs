@@ -107,16 +107,18 @@ pub async fn issue_status(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (coupon, user): (CouponId, UserId) = (path_id(&path.0)?, path_id(&path.1)?);
-    let (status, issued_at) = match state.issuer.holding(coupon, user).await? {
-        Holding::Persisted(at) => (IssueStatus::Issued, Some(at)),
-        Holding::Admitted => (IssueStatus::Pending, None),
-        Holding::None => (IssueStatus::None, None),
+    let (status, issued_at, reason) = match state.issuer.holding(coupon, user).await? {
+        Holding::Persisted(at) => (IssueStatus::Issued, Some(at), None),
+        Holding::Refused(reason) => (IssueStatus::NotIssued, None, Some(reason)),
+        Holding::Admitted => (IssueStatus::Pending, None, None),
+        Holding::None => (IssueStatus::None, None, None),
     };
     Ok(HttpResponse::Ok().json(IssueStatusView {
         coupon_id: coupon,
         user_id: user,
         status,
         issued_at,
+        reason,
     }))
 }
 

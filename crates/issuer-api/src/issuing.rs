@@ -41,10 +41,13 @@ pub struct Issuer {
 }
 
 /// Where a user stands with a coupon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Holding {
     /// The row is in PostgreSQL.
     Persisted(DateTime<Utc>),
+    /// Admitted, but the database set the event aside for good, for this reason (the
+    /// quantity guard's OVER_QUANTITY, say): no row will come without an operator.
+    Refused(String),
     /// Admitted; the row is on its way.
     Admitted,
     None,
@@ -164,23 +167,28 @@ impl Issuer {
     }
 
     pub async fn holding(&self, coupon: CouponId, user: UserId) -> Result<Holding, ApiError> {
-        let issued_at = {
+        let (issued_at, refusal) = {
             let mut conn = self.pool.get().await?;
             if find_coupon(&mut conn, coupon).await?.is_none() {
                 return Err(ApiError::CouponNotFound(coupon.get()));
             }
-            find_issue(&mut conn, coupon, user).await?
+            match find_issue(&mut conn, coupon, user).await? {
+                Some(at) => (Some(at), None),
+                None => (None, failed_events::refusal(&mut conn, coupon, user).await?),
+            }
         };
-        Ok(match issued_at {
-            Some(at) => Holding::Persisted(at),
-            None if self
-                .scripts
-                .is_admitted(&mut self.redis.clone(), coupon, user)
-                .await? =>
+        Ok(match (issued_at, refusal) {
+            (Some(at), _) => Holding::Persisted(at),
+            (None, Some(reason)) => Holding::Refused(reason),
+            (None, None)
+                if self
+                    .scripts
+                    .is_admitted(&mut self.redis.clone(), coupon, user)
+                    .await? =>
             {
                 Holding::Admitted
             }
-            None => Holding::None,
+            (None, None) => Holding::None,
         })
     }
 

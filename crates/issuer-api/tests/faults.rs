@@ -460,3 +460,43 @@ async fn a_broker_killed_and_restarted_loses_no_acknowledged_event() {
     );
     env.shutdown().await;
 }
+
+/// A user Redis admitted but the database guard refused (OVER_QUANTITY, possible only if
+/// Redis admitted beyond the quantity) is not "PENDING" forever: their status is final and
+/// says why.
+#[actix_web::test]
+async fn a_winner_the_database_guard_refused_reads_a_final_status() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(2).await;
+    for user in 1..=2 {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+    // User 3 admitted beyond the quantity (a Redis that lost state, say): in the set, and
+    // their event on the topic.
+    let issued = format!("{}coupon:{{{coupon}}}:issued", env.redis_prefix);
+    let _: () = redis::cmd("SADD")
+        .arg(&issued)
+        .arg(3)
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
+    let event = IssueEvent::new(
+        CouponId::new(coupon).unwrap(),
+        UserId::new(3).unwrap(),
+        Utc::now(),
+    );
+    env.produce_raw(&env.topic, &event.key(), &event.encode())
+        .await;
+    support::wait_for_failed(&env, "the surplus event is set aside", |rows| {
+        !rows.is_empty()
+    })
+    .await;
+
+    let (status, view) = env.get(&format!("/api/v1/coupons/{coupon}/issues/3")).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["status"], "NOT_ISSUED", "{view}");
+    assert_eq!(view["reason"], "OVER_QUANTITY", "{view}");
+    let (_, holder) = env.get(&format!("/api/v1/coupons/{coupon}/issues/1")).await;
+    assert_eq!(holder["status"], "ISSUED");
+    env.shutdown().await;
+}

@@ -11,6 +11,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::db::batch_insert::{SourcedIssue, persist_batch};
 use crate::db::schema::failed_events;
+use crate::domain::{CouponId, UserId};
 use crate::event::IssueEvent;
 
 /// Wait before each automatic retry; after the last one the event is ABANDONED.
@@ -64,6 +65,25 @@ pub enum Redriven {
     RetryAt(DateTime<Utc>),
     /// Still not a row, and no retry is left: a person must look.
     Abandoned(String),
+}
+
+/// Why the user's event for this coupon was set aside for good, if it was: a failed event
+/// for them that never became a row. Undecodable events name no user, so this is the
+/// database's refusal (OVER_QUANTITY, or a value it rejects).
+pub async fn refusal(
+    conn: &mut AsyncPgConnection,
+    coupon: CouponId,
+    user: UserId,
+) -> QueryResult<Option<String>> {
+    failed_events::table
+        .filter(failed_events::coupon_id.eq(coupon.get()))
+        .filter(failed_events::user_id.eq(user.get()))
+        .filter(failed_events::status.ne(Status::Recovered.as_str()))
+        .select(failed_events::reason)
+        .order(failed_events::id)
+        .first(conn)
+        .await
+        .optional()
 }
 
 /// When a newly failed event is first retried.
