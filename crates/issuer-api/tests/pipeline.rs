@@ -73,6 +73,7 @@ in_both_modes!(
     redelivered_events_do_not_duplicate_rows,
     a_coupon_missing_from_redis_is_rebuilt_from_postgresql,
     a_finished_coupon_leaves_the_hot_loops,
+    an_event_postgresql_refuses_for_good_is_set_aside_and_the_queue_flows_on,
 );
 
 async fn five_thousand_users_at_once_on_five_hundred_coupons(queue: QueueKind) {
@@ -546,5 +547,43 @@ async fn a_finished_coupon_leaves_the_hot_loops(queue: QueueKind) {
     assert_eq!(env.issue(sold_out, 1).await.0, 409);
     assert_eq!(env.issue(selling, 2).await.0, 201);
     assert_eq!(env.rows_when_settled(selling, 2).await, vec![1, 2]);
+    env.shutdown().await;
+}
+
+/// An event that decodes but PostgreSQL refuses for good (its `issuedAt` is before 4713 BC,
+/// outside PostgreSQL's timestamps) must not hold up the events behind it: it is set aside
+/// with its reason, and they are persisted.
+async fn an_event_postgresql_refuses_for_good_is_set_aside_and_the_queue_flows_on(
+    queue: QueueKind,
+) {
+    let env = TestEnv::start_in(queue, 1).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    let ancient = chrono::DateTime::from_timestamp_millis(-300_000_000_000_000).unwrap();
+    let event = IssueEvent::new(
+        CouponId::new(coupon).unwrap(),
+        UserId::new(1).unwrap(),
+        ancient,
+    );
+    match queue {
+        QueueKind::Kafka => {
+            env.produce_raw(&env.topic, &event.key(), &event.encode())
+                .await
+        }
+        QueueKind::Redis => {
+            let fields: Vec<(&str, String)> = event.stream_fields().into_iter().collect();
+            env.append_raw(coupon, &fields).await
+        }
+    }
+    for user in [2, 3] {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+
+    assert_eq!(env.rows_when_settled(coupon, 2).await, vec![2, 3]);
+    let failed = support::wait_for_failed(&env, "the refused event is set aside", |rows| {
+        !rows.is_empty()
+    })
+    .await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].reason, "REJECTED");
     env.shutdown().await;
 }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use coupon_core::config::QueueKind;
-use coupon_core::db::batch_insert::{BatchOutcome, FailedEvent, FailureReason, persist_batch};
+use coupon_core::db::batch_insert::{BatchOutcome, FailedEvent, FailureReason, persist_isolating};
 use coupon_core::db::failed_events::{Redriven, redrive_due};
 use coupon_core::db::pool::PgPool;
 use coupon_core::startup::prepare;
@@ -150,7 +150,7 @@ impl Worker {
 
     async fn persist<R>(&self, batch: &Batch<R>) -> Result<BatchOutcome, SinkError> {
         let mut conn = self.pool.get().await?;
-        Ok(persist_batch(&mut conn, &batch.issues, batch.undecodable.clone()).await?)
+        Ok(persist_isolating(&mut conn, &batch.issues, batch.undecodable.clone()).await?)
     }
 
     /// Retries `op` with capped exponential backoff until it succeeds, the queue holding

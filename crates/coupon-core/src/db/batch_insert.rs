@@ -6,7 +6,11 @@
 //! - rows per coupon never exceed its quantity: the coupon row is locked and its
 //!   `issued_count` checked and advanced with the inserts. Surplus (possible only if Redis
 //!   lost state) is kept as OVER_QUANTITY failed events, in event order, never dropped;
-//! - every event that cannot become a row is recorded in `failed_events` with its reason.
+//! - every event that cannot become a row is recorded in `failed_events` with its reason;
+//! - an event PostgreSQL refuses for good (a value out of its range, say) is found by
+//!   persisting the batch's events one by one ([`persist_isolating`]) and set aside as
+//!   REJECTED, so the events behind it are persisted; only a failing database, not a
+//!   refused event, makes the caller retry the batch.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -31,6 +35,8 @@ pub enum FailureReason {
     CouponNotFound,
     /// The coupon already holds its full quantity of rows.
     OverQuantity,
+    /// PostgreSQL refused the event's values for good (the detail holds its error).
+    Rejected,
 }
 
 impl FailureReason {
@@ -39,6 +45,7 @@ impl FailureReason {
             Self::Undecodable => "UNDECODABLE",
             Self::CouponNotFound => "COUPON_NOT_FOUND",
             Self::OverQuantity => "OVER_QUANTITY",
+            Self::Rejected => "REJECTED",
         }
     }
 }
@@ -133,6 +140,66 @@ pub async fn persist_batch(
         Ok(outcome)
     })
     .await
+}
+
+/// Whether the database (its connection, its transaction), not the data, failed: the same
+/// batch may succeed on a retry. Anything else may be one event's values, and is looked at
+/// event by event.
+pub fn is_transient(err: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind as Kind, Error};
+    matches!(
+        err,
+        Error::DatabaseError(
+            Kind::ClosedConnection
+                | Kind::UnableToSendCommand
+                | Kind::SerializationFailure
+                | Kind::ReadOnlyTransaction,
+            _
+        ) | Error::BrokenTransactionManager
+            | Error::AlreadyInTransaction
+            | Error::NotInTransaction
+    )
+}
+
+/// Persists the batch; if PostgreSQL refuses it for a reason that is not transient, persists
+/// its events one by one instead, and sets aside as REJECTED each event refused alone while
+/// the database still answers (checked by a trivial query right after). A transient error,
+/// or a database that stops answering, is returned: the caller retries the whole batch,
+/// which the idempotent insert makes safe.
+pub async fn persist_isolating(
+    conn: &mut AsyncPgConnection,
+    issues: &[SourcedIssue],
+    rejects: Vec<FailedEvent>,
+) -> QueryResult<BatchOutcome> {
+    let err = match persist_batch(conn, issues, rejects.clone()).await {
+        Err(err) if !is_transient(&err) => err,
+        done => return done,
+    };
+    tracing::warn!(error = %err, events = issues.len(), "batch refused; persisting its events one by one");
+    let mut outcome = BatchOutcome {
+        failed: rejects,
+        ..BatchOutcome::default()
+    };
+    for issue in issues {
+        match persist_batch(conn, std::slice::from_ref(issue), Vec::new()).await {
+            Ok(one) => {
+                outcome.inserted += one.inserted;
+                outcome.duplicates += one.duplicates;
+                outcome.failed.extend(one.failed);
+            }
+            Err(err) if !is_transient(&err) => {
+                diesel::sql_query("SELECT 1").execute(conn).await?;
+                outcome.failed.push(FailedEvent::for_issue(
+                    issue,
+                    FailureReason::Rejected,
+                    format!("PostgreSQL refused the event: {err}"),
+                ));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    persist_batch(conn, &[], outcome.failed.clone()).await?;
+    Ok(outcome)
 }
 
 async fn persist_coupon(

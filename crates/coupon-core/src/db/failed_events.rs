@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use crate::db::batch_insert::{SourcedIssue, persist_batch};
+use crate::db::batch_insert::{SourcedIssue, is_transient, persist_batch};
 use crate::db::schema::failed_events;
 use crate::domain::{CouponId, UserId};
 use crate::event::IssueEvent;
@@ -191,13 +191,20 @@ async fn redrive(
                 source: row.source.clone(),
             };
             // The failed event of this very source is already recorded: a repeat failure
-            // inside is ignored by its unique source, and reported back here.
-            let outcome = persist_batch(conn, &[issue], Vec::new()).await?;
-            outcome
-                .failed
-                .as_slice()
-                .first()
-                .map(|f| format!("{}: {}", f.reason.as_str(), f.detail))
+            // inside is ignored by its unique source, and reported back here. An event
+            // PostgreSQL refuses again is a failure of the event (its insert ran in a
+            // savepoint, so this transaction goes on); a failing database is the caller's.
+            match persist_batch(conn, &[issue], Vec::new()).await {
+                Ok(outcome) => outcome
+                    .failed
+                    .as_slice()
+                    .first()
+                    .map(|f| format!("{}: {}", f.reason.as_str(), f.detail)),
+                Err(err) if !is_transient(&err) => {
+                    Some(format!("REJECTED: PostgreSQL refused the event: {err}"))
+                }
+                Err(err) => return Err(err),
+            }
         }
     };
     let attempts = row.attempts + 1;
