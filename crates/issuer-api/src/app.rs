@@ -20,7 +20,7 @@ use crate::delivery::kafka::{KafkaDelivery, KafkaSettings, reconciler};
 use crate::delivery::stream::StreamDelivery;
 use crate::error::ApiError;
 use crate::handlers::{self, AppState};
-use crate::issuing::{Issuer, Rebuilt};
+use crate::issuing::{Issuer, Rebuilt, Replicas};
 
 /// Requests with bodies larger than this are refused with 413 before they are parsed.
 const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -30,6 +30,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Connects to every dependency, migrating the database and (in Kafka mode) creating
 /// missing topics on the way.
 pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
+    anyhow::ensure!(
+        config.redis_min_replicas == 0
+            || config.redis_replica_timeout_ms < config.redis.redis_timeout_ms,
+        "REDIS_REPLICA_TIMEOUT_MS ({}) must be below REDIS_TIMEOUT_MS ({}), which cuts every \
+         Redis command short",
+        config.redis_replica_timeout_ms,
+        config.redis.redis_timeout_ms
+    );
     let kafka = (config.queue == QueueKind::Kafka).then_some(&config.kafka);
     prepare(&config.database.database_url, kafka).await?;
     let redis = config
@@ -58,6 +66,10 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         config.database.pool()?,
         delivery,
         rebuild_timeout,
+        Replicas {
+            min: config.redis_min_replicas,
+            timeout: Duration::from_millis(config.redis_replica_timeout_ms),
+        },
     ))
 }
 

@@ -41,6 +41,15 @@ pub struct Config {
     /// 503 and the next one tries again).
     #[arg(long, env = "REBUILD_TIMEOUT_MS", default_value_t = 30_000)]
     pub rebuild_timeout_ms: u64,
+    /// Redis replicas that must confirm an admission (WAIT) before it is answered SUCCESS;
+    /// 0 answers once the primary has it. Fewer confirmations in time answer 503 (the
+    /// admission stands; a retry learns the outcome).
+    #[arg(long, env = "REDIS_MIN_REPLICAS", default_value_t = 0)]
+    pub redis_min_replicas: u32,
+    /// How long the replicas get to confirm; below REDIS_TIMEOUT_MS, which bounds every
+    /// Redis command.
+    #[arg(long, env = "REDIS_REPLICA_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_replica_timeout_ms: u64,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]

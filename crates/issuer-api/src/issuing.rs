@@ -38,6 +38,14 @@ pub struct Issuer {
     pool: PgPool,
     delivery: Delivery,
     rebuild_timeout: Duration,
+    replicas: Replicas,
+}
+
+/// How many Redis replicas must confirm an admission, and how long they get.
+#[derive(Debug, Clone, Copy)]
+pub struct Replicas {
+    pub min: u32,
+    pub timeout: Duration,
 }
 
 /// Where a user stands with a coupon.
@@ -60,6 +68,7 @@ impl Issuer {
         pool: PgPool,
         delivery: Delivery,
         rebuild_timeout: Duration,
+        replicas: Replicas,
     ) -> Self {
         Self {
             redis,
@@ -67,6 +76,7 @@ impl Issuer {
             pool,
             delivery,
             rebuild_timeout,
+            replicas,
         }
     }
 
@@ -100,11 +110,13 @@ impl Issuer {
                 }
                 AdmitReply::Refused(admission) => return Ok(admission),
                 AdmitReply::Admitted(event) => {
-                    return self
-                        .delivery
-                        .deliver(event)
-                        .await
-                        .map(|()| Admission::Success);
+                    // Both must hold before "yes": the event queued, and the slot on the
+                    // replicas a failover could promote.
+                    let (delivered, replicated) =
+                        tokio::join!(self.delivery.deliver(event), self.replicated(&mut redis));
+                    delivered?;
+                    replicated?;
+                    return Ok(Admission::Success);
                 }
                 AdmitReply::Pending => self.delivery.kafka().ok_or_else(|| {
                     // A Kafka-mode run's entry under a Redis-queue-mode API: it stays for a
@@ -132,6 +144,28 @@ impl Issuer {
                 Claim::Absent => {}
             }
         }
+    }
+
+    /// Waits for the configured number of replicas to have every write this connection
+    /// made so far (the admission among them): WAIT counts a client's own writes, and the
+    /// admission script ran on this same connection.
+    async fn replicated(&self, redis: &mut ConnectionManager) -> Result<(), ApiError> {
+        let Replicas { min, timeout } = self.replicas;
+        if min == 0 {
+            return Ok(());
+        }
+        let confirmed: u32 = redis::cmd("WAIT")
+            .arg(min)
+            .arg(timeout.as_millis() as u64)
+            .query_async(redis)
+            .await?;
+        if confirmed < min {
+            return Err(ApiError::unavailable(
+                "redis replicas",
+                format!("{confirmed} of {min} replicas confirmed the admission in {timeout:?}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Stores a new coupon, then pre-warms Redis so the sale's first request does not pay

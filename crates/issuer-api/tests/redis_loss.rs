@@ -138,3 +138,80 @@ async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
     let _ = std::fs::remove_dir_all(primary_dir);
     let _ = std::fs::remove_dir_all(replica_dir);
 }
+
+/// With REDIS_MIN_REPLICAS set, "yes" waits for the replicas: a SUCCESS is on the replica the
+/// moment it is answered, and without a replica to confirm, the answer is 503, not 201. In
+/// the Redis queue mode, where the stream is the queue, this is what keeps a failover from
+/// losing a "yes".
+#[actix_web::test]
+async fn an_admission_is_answered_only_once_the_replica_has_it() {
+    let (primary_dir, replica_dir) = (data_dir("wait-primary"), data_dir("wait-replica"));
+    let mut primary = RedisServer::start(&primary_dir, &[]).await.unwrap();
+    let link = CuttableProxy::start(&format!("127.0.0.1:{}", primary.port))
+        .await
+        .unwrap();
+    let mut replica = RedisServer::replica_of(link.port, &replica_dir)
+        .await
+        .unwrap();
+    let mut on_replica = redis::Client::open(replica.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let url = format!("--redis-url={}", primary.url());
+    let args = [
+        url.as_str(),
+        "--redis-min-replicas=1",
+        "--redis-replica-timeout-ms=300",
+    ];
+    let env = TestEnv::start_with_args(QueueKind::Redis, &support::brokers(), 1, &args).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    let issued = format!("{}coupon:{{{coupon}}}:issued", env.redis_prefix);
+    let stream = env.stream(coupon);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut on_replica)
+            .await
+            .unwrap();
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never synced");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    for user in [1, 2] {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+        let on_it: bool = redis::cmd("SISMEMBER")
+            .arg(&issued)
+            .arg(user)
+            .query_async(&mut on_replica)
+            .await
+            .unwrap();
+        let entries: usize = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut on_replica)
+            .await
+            .unwrap();
+        assert!(
+            on_it && entries >= user as usize,
+            "user {user}'s admission is not on the replica"
+        );
+    }
+
+    link.cut();
+    support::assert_unavailable(&env.issue(coupon, 3).await);
+    link.restore();
+    assert_eq!(
+        env.issue_retrying(coupon, 3).await.0,
+        409,
+        "the admission stood; once confirmed it is theirs"
+    );
+    assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
+    env.shutdown().await;
+    primary.kill();
+    replica.kill();
+    let _ = std::fs::remove_dir_all(primary_dir);
+    let _ = std::fs::remove_dir_all(replica_dir);
+}

@@ -175,6 +175,7 @@ impl TestEnv {
             "issuer-worker".into(),
             format!("--queue={}", self.queue),
             format!("--redis-key-prefix={}", self.redis_prefix),
+            format!("--redis-url={}", self.redis_url),
             "--claim-idle-ms=1000".into(),
             format!("--database-url={}", self.database_url),
             format!("--issue-topic={}", self.topic),
