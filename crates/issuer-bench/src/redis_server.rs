@@ -74,6 +74,28 @@ impl RedisServer {
         self.spawn().await
     }
 
+    /// Kills it and starts it again with nothing: every key gone, append-only file included.
+    pub async fn wipe(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        std::fs::remove_dir_all(&self.dir)?;
+        std::fs::create_dir_all(&self.dir)?;
+        self.spawn().await
+    }
+
+    /// Makes this replica a primary (REPLICAOF NO ONE), as a failover does.
+    pub async fn promote(&mut self) -> anyhow::Result<()> {
+        let mut con = redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let () = redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query_async(&mut con)
+            .await?;
+        self.extra.clear();
+        Ok(())
+    }
+
     /// The append-only file the writes go to now (Redis 7 keeps a base file and
     /// incremental ones in `appendonlydir`; the newest incremental one takes the writes).
     pub fn aof_tail(&self) -> anyhow::Result<PathBuf> {

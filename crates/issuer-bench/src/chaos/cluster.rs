@@ -1,6 +1,7 @@
-//! The cluster the chaos run owns: its own Redis (AOF), in Kafka mode its own three Apache
-//! Kafka brokers (topics replicated 3 times, 2 in sync to acknowledge), its own database
-//! behind a cuttable proxy, two issuer-api and two issuer-worker processes.
+//! The cluster the chaos run owns: its own Redis (AOF) with a replica behind a link that can
+//! be cut, both reached through one endpoint that a failover repoints; in Kafka mode its own
+//! three Apache Kafka brokers (topics replicated 3 times, 2 in sync to acknowledge); its own
+//! database behind a cuttable proxy; two issuer-api and two issuer-worker processes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use crate::kafka_cluster::KafkaCluster;
 use crate::process::{Service, free_port, wait_for_port};
 use crate::proxy::CuttableProxy;
+use crate::redis_server::RedisServer;
 
 pub const ADMIN_TOKEN: &str = "chaos-admin-token";
 pub const TOPIC: &str = "coupon-issue";
@@ -25,6 +27,8 @@ pub struct Cluster {
     pub queue: QueueKind,
     pub dir: PathBuf,
     bin_dir: PathBuf,
+    /// Where the services (and the checks) reach Redis: the endpoint, which leads to the
+    /// primary, and after a failover to the promoted replica.
     pub redis_port: u16,
     /// Bootstrap servers the services are given; in the Redis queue mode a port where
     /// nothing listens, so that any use of Kafka would show.
@@ -35,7 +39,13 @@ pub struct Cluster {
     admin_database_url: String,
     database_name: String,
     pub postgres: CuttableProxy,
-    redis: Option<Service>,
+    redis_endpoint: CuttableProxy,
+    redis: RedisServer,
+    /// A replica of the primary, replicating through `replica_link`.
+    replica: RedisServer,
+    replica_link: CuttableProxy,
+    /// Replicas started so far, each in a directory of its own.
+    replicas_started: usize,
     /// Shared with the blocking tasks that restart its nodes while the load runs.
     pub kafka: Option<Arc<KafkaCluster>>,
     apis: [Option<Service>; REPLICAS],
@@ -75,23 +85,31 @@ impl Cluster {
             .to_owned();
         let postgres = CuttableProxy::start(&pg_target).await?;
 
+        let redis = RedisServer::start(&dir.join("redis"), &[]).await?;
+        let replica_link = CuttableProxy::start(&format!("127.0.0.1:{}", redis.port)).await?;
+        let replica =
+            RedisServer::replica_of(replica_link.port, &dir.join("redis-replica-1")).await?;
+        let redis_endpoint = CuttableProxy::start(&format!("127.0.0.1:{}", redis.port)).await?;
         let mut cluster = Cluster {
             queue,
             dir: dir.to_owned(),
             bin_dir: bin_dir.to_owned(),
-            redis_port: free_port()?,
+            redis_port: redis_endpoint.port,
             kafka_brokers: format!("127.0.0.1:{}", free_port()?),
             api_ports: [free_port()?, free_port()?],
             database_url,
             admin_database_url: admin_database_url.to_owned(),
             database_name,
             postgres,
-            redis: None,
+            redis_endpoint,
+            redis,
+            replica,
+            replica_link,
+            replicas_started: 1,
             kafka: None,
             apis: [None, None],
             workers: [None, None],
         };
-        cluster.start_redis().await?;
         if queue == QueueKind::Kafka {
             let kafka = KafkaCluster::start_in(&dir.join("kafka"), BROKERS)?;
             cluster.kafka_brokers = kafka.bootstrap();
@@ -136,55 +154,63 @@ impl Cluster {
             ("WORKER_REDRIVE_INTERVAL_MS", "1000".into()),
             ("WORKER_RETRY_MAX_MS", "1000".into()),
             ("RUST_LOG", "info".into()),
+            // Where Redis is the queue, a "yes" waits for the replica: a failover keeps it.
+            (
+                "REDIS_MIN_REPLICAS",
+                u8::from(self.queue == QueueKind::Redis).to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
 
-    pub async fn start_redis(&mut self) -> anyhow::Result<()> {
-        let data = self.dir.join("redis");
-        std::fs::create_dir_all(&data)?;
-        let port = self.redis_port.to_string();
-        let data_dir = data.to_string_lossy().into_owned();
-        // The persistence docker-compose and deploy/ ship: AOF, fsynced on every write.
-        let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/redis/redis.conf");
-        let args = [
-            conf,
-            "--port",
-            &port,
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            &data_dir,
-        ];
-        let log = self.log("redis");
-        self.redis = Some(Service::spawn(
-            "redis",
-            Path::new("redis-server"),
-            &args,
-            &[],
-            &self.dir,
-            &log,
-        )?);
-        wait_for_port(self.redis_port, Duration::from_secs(10)).await
-    }
-
     /// Redis is killed and started again on the same data directory.
     pub async fn restart_redis(&mut self) -> anyhow::Result<()> {
-        if let Some(redis) = self.redis.take() {
-            redis.kill9();
-        }
-        self.start_redis().await
+        self.redis.restart().await
     }
 
     /// Redis dies and comes back with nothing: every key is gone, AOF included.
     pub async fn wipe_redis(&mut self) -> anyhow::Result<()> {
-        if let Some(redis) = self.redis.take() {
-            redis.kill9();
-        }
-        let _ = std::fs::remove_dir_all(self.dir.join("redis"));
-        self.start_redis().await
+        self.redis.wipe().await
+    }
+
+    /// Redis dies after `lost` of load whose writes then vanish from its append-only file,
+    /// as a machine crash under `appendfsync everysec` loses its last second; it restarts
+    /// from what is left. Returns how many bytes of the file were cut.
+    pub async fn cut_aof_tail(&mut self, lost: Duration) -> anyhow::Result<u64> {
+        let kept = self.redis.aof_len()?;
+        actix_rt::time::sleep(lost).await;
+        self.redis.kill();
+        let cut = self.redis.aof_len()?.saturating_sub(kept);
+        self.redis.cut_aof_to(kept)?;
+        self.redis.restart().await?;
+        Ok(cut)
+    }
+
+    /// The replica stops receiving (its link cut) for `lag` of load, then the primary dies
+    /// and the replica is promoted; the endpoint leads to it from then on, and a new replica
+    /// follows it.
+    pub async fn promote_lagging_replica(&mut self, lag: Duration) -> anyhow::Result<()> {
+        self.replica_link.cut();
+        actix_rt::time::sleep(lag).await;
+        self.redis.kill();
+        self.replica.promote().await?;
+        let promoted = format!("127.0.0.1:{}", self.replica.port);
+        self.redis_endpoint.fail_over_to(&promoted);
+        self.replicas_started += 1;
+        self.replica_link.fail_over_to(&promoted);
+        self.replica_link.restore();
+        let dir = self
+            .dir
+            .join(format!("redis-replica-{}", self.replicas_started));
+        let follower = RedisServer::replica_of(self.replica_link.port, &dir).await?;
+        let mut old = std::mem::replace(
+            &mut self.redis,
+            std::mem::replace(&mut self.replica, follower),
+        );
+        old.kill();
+        Ok(())
     }
 
     /// Starts `binary` (issuer-api or issuer-worker) as replica `i`, logging to `<name>.log`.
@@ -256,9 +282,8 @@ impl Cluster {
         }
         // Its nodes stop when the last handle is dropped.
         self.kafka = None;
-        if let Some(redis) = self.redis.take() {
-            redis.kill9();
-        }
+        self.redis.kill();
+        self.replica.kill();
         if !keep_database {
             let mut admin = AsyncPgConnection::establish(&self.admin_database_url).await?;
             diesel::sql_query(format!(

@@ -46,6 +46,11 @@ const LEADER_DOWN: Duration = Duration::from_secs(8);
 /// How long two of the three brokers stay dead: the partitions lose their in-sync quorum
 /// and the controllers theirs, so nothing can be acknowledged.
 const TWO_BROKERS_DOWN: Duration = Duration::from_secs(4);
+/// The load whose writes a cut append-only file loses: a machine crash under
+/// `appendfsync everysec` loses up to a second.
+const AOF_TAIL_LOST: Duration = Duration::from_secs(1);
+/// How far behind the replica falls before it is promoted.
+const REPLICA_LAG: Duration = Duration::from_secs(1);
 
 /// What a fault threatens, by invariant name (the check table's first column).
 struct Fault {
@@ -64,14 +69,26 @@ enum FaultKind {
     KillApi,
     WipeRedis,
     KillRedis,
+    CutAofTail,
+    PromoteLaggingReplica,
     Poison,
 }
 
 /// The faults each queue mode meets, in order. Both modes lose workers, PostgreSQL and an
-/// API. Kafka mode also loses the partition leader, then two of its three brokers, and Redis
-/// everything (it is only a cache there, rebuilt from PostgreSQL). In the Redis queue mode Redis is the queue: it is killed and
-/// must come back from its append-only file with every acknowledged admission.
+/// API, and see a lagging Redis replica promoted. Kafka mode also loses the partition leader,
+/// then two of its three brokers, the tail of Redis's append-only file, and Redis everything
+/// (it is only a cache there, rebuilt from PostgreSQL and the topic). In the Redis queue mode
+/// Redis is the queue: it is killed and must come back from its append-only file (fsynced
+/// before each answer) with every acknowledged admission, and each "yes" waited for the
+/// replica, so the promoted one has it. A cut file tail is not among its faults: there it
+/// loses the queue's events (the README's trade-off table says so).
 fn faults(queue: QueueKind) -> Vec<Fault> {
+    let promote = Fault {
+        at: 0.72,
+        kind: FaultKind::PromoteLaggingReplica,
+        name: "a lagging Redis replica promoted (the primary killed)",
+        threatens: &["no oversell", "no lost success", "no leaked stock"],
+    };
     let worker = Fault {
         at: 0.06,
         kind: FaultKind::KillWorkers,
@@ -108,13 +125,20 @@ fn faults(queue: QueueKind) -> Vec<Fault> {
                 threatens: &["no lost success", "no leaked stock"],
             },
             Fault {
+                at: 0.60,
+                kind: FaultKind::CutAofTail,
+                name: "kill -9 of Redis with the tail of its append-only file cut, restarted",
+                threatens: &["no oversell", "no lost success", "no leaked stock"],
+            },
+            Fault {
                 at: 0.65,
                 kind: FaultKind::WipeRedis,
                 name: "Redis restart losing everything, then rebuild-redis --all",
                 threatens: &["no oversell", "one per user", "no lost success"],
             },
+            promote,
             Fault {
-                at: 0.77,
+                at: 0.80,
                 kind: FaultKind::Poison,
                 name: "poison events written straight into the topic",
                 threatens: &["poison recorded", "queue drained"],
@@ -131,13 +155,14 @@ fn faults(queue: QueueKind) -> Vec<Fault> {
             postgres,
             api,
             Fault {
-                at: 0.65,
+                at: 0.60,
                 kind: FaultKind::KillRedis,
                 name: "kill -9 of Redis again, under load",
                 threatens: &["no oversell", "no lost success", "no leaked stock"],
             },
+            promote,
             Fault {
-                at: 0.77,
+                at: 0.80,
                 kind: FaultKind::Poison,
                 name: "poison entries written straight into a coupon stream",
                 threatens: &["poison recorded", "queue drained"],
@@ -276,6 +301,14 @@ pub async fn run(
             FaultKind::KillRedis => {
                 cluster.restart_redis().await?;
                 "down while restarting, data kept (AOF, fsync always)".into()
+            }
+            FaultKind::CutAofTail => {
+                let cut = cluster.cut_aof_tail(AOF_TAIL_LOST).await?;
+                format!("the last {AOF_TAIL_LOST:?} of writes ({cut} bytes) lost")
+            }
+            FaultKind::PromoteLaggingReplica => {
+                cluster.promote_lagging_replica(REPLICA_LAG).await?;
+                format!("replica cut off for {REPLICA_LAG:?}, then promoted")
             }
             FaultKind::Poison => {
                 let last_coupon = ids.iter().max().copied().unwrap_or(0);
