@@ -101,7 +101,12 @@ impl Worker {
                 self.process(queue, batch, shutdown).await;
             }
         }
-        queue.leave().await?;
+        // Leaving is a courtesy: a Kafka member that does not leave is dropped after its
+        // session, and a stream consumer's name is removed by the others once silent. What it
+        // persisted is acknowledged already; what it did not is claimed.
+        if let Err(err) = queue.leave().await {
+            tracing::warn!(error = %err, "could not leave the group cleanly; the others will drop this member");
+        }
         Ok(())
     }
 
