@@ -20,7 +20,8 @@ use crate::delivery::kafka::{KafkaDelivery, KafkaSettings, reconciler};
 use crate::delivery::stream::StreamDelivery;
 use crate::error::ApiError;
 use crate::handlers::{self, AppState};
-use crate::issuing::{Issuer, Rebuilt, Replicas};
+use crate::issuing::{Issuer, Rebuilt};
+use crate::replication::Replication;
 
 /// Requests with bodies larger than this are refused with 413 before they are parsed.
 const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -60,16 +61,20 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         )?)),
         None => Delivery::Stream(StreamDelivery::new(prefix.clone())),
     };
+    let replication = (config.redis_min_replicas > 0).then(|| {
+        Replication::start(
+            redis.clone(),
+            config.redis_min_replicas,
+            Duration::from_millis(config.redis_replica_timeout_ms),
+        )
+    });
     Ok(Issuer::new(
         redis,
         AdmissionScripts::new(prefix, config.queue),
         config.database.pool()?,
         delivery,
         rebuild_timeout,
-        Replicas {
-            min: config.redis_min_replicas,
-            timeout: Duration::from_millis(config.redis_replica_timeout_ms),
-        },
+        replication,
     ))
 }
 

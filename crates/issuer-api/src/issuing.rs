@@ -22,6 +22,7 @@ use redis::aio::ConnectionManager;
 
 use crate::delivery::Delivery;
 use crate::error::ApiError;
+use crate::replication::Replication;
 
 pub use rebuild::Rebuilt;
 
@@ -38,14 +39,8 @@ pub struct Issuer {
     pool: PgPool,
     delivery: Delivery,
     rebuild_timeout: Duration,
-    replicas: Replicas,
-}
-
-/// How many Redis replicas must confirm an admission, and how long they get.
-#[derive(Debug, Clone, Copy)]
-pub struct Replicas {
-    pub min: u32,
-    pub timeout: Duration,
+    /// Confirms each admission on the replicas first, when REDIS_MIN_REPLICAS is set.
+    replication: Option<Replication>,
 }
 
 /// Where a user stands with a coupon.
@@ -68,7 +63,7 @@ impl Issuer {
         pool: PgPool,
         delivery: Delivery,
         rebuild_timeout: Duration,
-        replicas: Replicas,
+        replication: Option<Replication>,
     ) -> Self {
         Self {
             redis,
@@ -76,7 +71,7 @@ impl Issuer {
             pool,
             delivery,
             rebuild_timeout,
-            replicas,
+            replication,
         }
     }
 
@@ -113,7 +108,7 @@ impl Issuer {
                     // Both must hold before "yes": the event queued, and the slot on the
                     // replicas a failover could promote.
                     let (delivered, replicated) =
-                        tokio::join!(self.delivery.deliver(event), self.replicated(&mut redis));
+                        tokio::join!(self.delivery.deliver(event), self.replicated());
                     delivered?;
                     replicated?;
                     return Ok(Admission::Success);
@@ -146,26 +141,12 @@ impl Issuer {
         }
     }
 
-    /// Waits for the configured number of replicas to have every write this connection
-    /// made so far (the admission among them): WAIT counts a client's own writes, and the
-    /// admission script ran on this same connection.
-    async fn replicated(&self, redis: &mut ConnectionManager) -> Result<(), ApiError> {
-        let Replicas { min, timeout } = self.replicas;
-        if min == 0 {
-            return Ok(());
+    /// The admission (its script has returned) is on the configured number of replicas.
+    async fn replicated(&self) -> Result<(), ApiError> {
+        match &self.replication {
+            Some(replication) => replication.confirm().await,
+            None => Ok(()),
         }
-        let confirmed: u32 = redis::cmd("WAIT")
-            .arg(min)
-            .arg(timeout.as_millis() as u64)
-            .query_async(redis)
-            .await?;
-        if confirmed < min {
-            return Err(ApiError::unavailable(
-                "redis replicas",
-                format!("{confirmed} of {min} replicas confirmed the admission in {timeout:?}"),
-            ));
-        }
-        Ok(())
     }
 
     /// Stores a new coupon, then pre-warms Redis so the sale's first request does not pay

@@ -9,3 +9,4 @@ pub mod error;
 pub mod handlers;
 pub mod issuing;
 pub mod metrics;
+pub mod replication;
