@@ -17,7 +17,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/pom.xml")
-LIB="$ROOT/.local/kafka-$VERSION/lib"
+# Where the jars go; a test points it at a folder of its own.
+LIB=${KAFKA_LIB_DIR:-$ROOT/.local/kafka-$VERSION/lib}
 # Bounded, and small enough that three nodes, PostgreSQL, Redis and the services share the
 # machine: a broker for a test or a flash sale of this size needs far less than the 1 GiB
 # default.
@@ -43,13 +44,21 @@ apt_install() {
 
 jars() {
   if [ -f "$LIB/.complete" ]; then return 0; fi
-  command -v java >/dev/null || apt_install openjdk-17-jre-headless
-  command -v mvn >/dev/null || apt_install maven
-  log "fetching Apache Kafka $VERSION and its runtime dependencies with Maven (one-off)"
-  rm -rf "$LIB"
-  mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$LIB" >&2
-  touch "$LIB/.complete"
+  # Tests start clusters in parallel: one fetch at a time, and the others find it done
+  # (two at once deleted each other's files).
+  mkdir -p "$(dirname "$LIB")"
+  exec {lock}>"$LIB.lock"
+  flock "$lock"
+  if [ ! -f "$LIB/.complete" ]; then
+    command -v java >/dev/null || apt_install openjdk-17-jre-headless
+    command -v mvn >/dev/null || apt_install maven
+    log "fetching Apache Kafka $VERSION and its runtime dependencies with Maven (one-off)"
+    rm -rf "$LIB"
+    mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$LIB" >&2
+    touch "$LIB/.complete"
+  fi
+  exec {lock}>&-
 }
 
 java_run() { # java_run NODE_DIR MAIN_CLASS ARGS...

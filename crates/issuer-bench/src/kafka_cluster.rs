@@ -177,6 +177,38 @@ impl Drop for KafkaCluster {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Tests start clusters in parallel, and on a machine where `make up` found a broker
+    /// running already, the first of them fetches the jars: two fetches at once must both
+    /// end with every jar in place, not one deleting what the other is copying.
+    #[test]
+    fn two_fetches_of_the_jars_at_once_both_succeed() {
+        let lib = std::env::temp_dir().join(format!("kafka-lib-{}", uuid::Uuid::new_v4().simple()));
+        let fetch = || {
+            Command::new("bash")
+                .args([SCRIPT, "jars"])
+                .env("KAFKA_LIB_DIR", &lib)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let (mut first, mut second) = (fetch(), fetch());
+        assert!(first.wait().unwrap().success(), "the first fetch failed");
+        assert!(second.wait().unwrap().success(), "the second fetch failed");
+        let jars = std::fs::read_dir(&lib)
+            .unwrap()
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".jar"))
+            })
+            .count();
+        assert!(jars > 40, "only {jars} jars");
+        let _ = std::fs::remove_dir_all(&lib);
+        let _ = std::fs::remove_file(lib.with_extension("lock"));
+    }
+
     /// The version is pinned once, in deploy/kafka/pom.xml; docker-compose must run the same.
     #[test]
     fn docker_compose_runs_the_pinned_kafka_version() {
