@@ -1,13 +1,32 @@
 //! The HTTP contract: request and response bodies, camelCase JSON, and their validation.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use coupon_core::db::coupons::NewCoupon;
 use coupon_core::domain::{Admission, Coupon, CouponId, UserId};
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
 const MAX_NAME_CHARS: usize = 200;
+/// The years a sale's window may name. PostgreSQL itself takes 4713 BC to 294276 AD; a
+/// window outside these is a client's mistake, and is refused before it reaches the database.
+const YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
+
+/// A request body that must be a JSON object. serde's derive also reads a struct from an
+/// array of its fields in order (`[1]` as `{"userId":1}`), which no client means.
+#[derive(Debug)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let fields = Map::<String, Value>::deserialize(deserializer)?;
+        serde_json::from_value(Value::Object(fields))
+            .map(Object)
+            .map_err(D::Error::custom)
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -25,6 +44,29 @@ impl CreateCouponRequest {
             return Err(ApiError::InvalidRequest(format!(
                 "name must be 1 to {MAX_NAME_CHARS} characters"
             )));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(ApiError::InvalidRequest(
+                "name must not contain control characters".into(),
+            ));
+        }
+        for (field, at) in [("startsAt", self.starts_at), ("endsAt", self.ends_at)] {
+            if let Some(at) = at
+                && !YEARS.contains(&at.year())
+            {
+                return Err(ApiError::InvalidRequest(format!(
+                    "{field} must be in the years {} to {}",
+                    YEARS.start(),
+                    YEARS.end()
+                )));
+            }
+        }
+        if let Some(ends) = self.ends_at
+            && ends <= Utc::now()
+        {
+            return Err(ApiError::InvalidRequest(
+                "endsAt is in the past: the coupon could never be issued".into(),
+            ));
         }
         if self.total_quantity <= 0 {
             return Err(ApiError::InvalidRequest(

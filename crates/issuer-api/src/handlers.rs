@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use crate::contract::{
     CouponCreated, CouponView, CreateCouponRequest, IssueAnswer, IssueRequest, IssueStatus,
-    IssueStatusView, UserCoupon, UserCouponsView, path_id,
+    IssueStatusView, Object, UserCoupon, UserCouponsView, path_id,
 };
 use crate::error::ApiError;
 use crate::issuing::{Holding, Issuer};
@@ -53,9 +53,9 @@ impl FromRequest for AdminAuth {
 pub async fn create_coupon(
     _: AdminAuth,
     state: web::Data<AppState>,
-    body: web::Json<CreateCouponRequest>,
+    body: web::Json<Object<CreateCouponRequest>>,
 ) -> Result<HttpResponse, ApiError> {
-    let new = body.into_inner().validate()?;
+    let new = body.into_inner().0.validate()?;
     let coupon = state.issuer.create_coupon(&new).await?;
     tracing::info!(coupon = %coupon.id, quantity = coupon.total_quantity, "coupon created");
     Ok(HttpResponse::Created().json(CouponCreated::from(coupon)))
@@ -64,10 +64,11 @@ pub async fn create_coupon(
 pub async fn issue_coupon(
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: web::Json<IssueRequest>,
+    body: web::Json<Object<IssueRequest>>,
 ) -> Result<HttpResponse, ApiError> {
     let coupon: CouponId = path_id(&path)?;
-    let user = body.user_id;
+    let Object(request) = body.into_inner();
+    let user = request.user_id;
     let answer = state.issuer.issue(coupon, user).await;
     state.counters.record(&answer);
     let result = answer?;

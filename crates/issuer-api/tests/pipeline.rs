@@ -144,10 +144,15 @@ async fn outside_its_window_a_coupon_answers_403_and_changes_nothing(queue: Queu
     let future = env
         .create_coupon(json!({"name": "later", "totalQuantity": 5, "startsAt": Utc::now() + hour}))
         .await;
+    // A coupon cannot be created already over (400); this one ends a moment after it is.
+    let ends = Utc::now() + chrono::Duration::milliseconds(1500);
     let past = env
         .create_coupon(json!({"name": "over", "totalQuantity": 5,
-            "startsAt": Utc::now() - hour * 2, "endsAt": Utc::now() - hour}))
+            "startsAt": Utc::now() - hour, "endsAt": ends}))
         .await;
+    while Utc::now() <= ends {
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let (status, body) = env.issue(future, 1).await;
     assert_eq!((status, &body["result"]), (403, &json!("NOT_STARTED")));
@@ -379,6 +384,24 @@ async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
         )
         .admin(token),
         BadRequest::post(create, "{", 400, "INVALID_REQUEST").admin(token),
+        // Found by review (issue 12): each reached PostgreSQL and answered 503, or created a
+        // coupon that can never issue.
+        BadRequest::post(create, r#"{"name":"a\u0000b","totalQuantity":5}"#, 400, "INVALID_REQUEST").admin(token),
+        BadRequest::post(
+            create,
+            r#"{"name":"x","totalQuantity":5,"startsAt":"-0044-03-15T00:00:00Z"}"#,
+            400,
+            "INVALID_REQUEST",
+        )
+        .admin(token),
+        BadRequest::post(
+            create,
+            r#"{"name":"x","totalQuantity":5,"endsAt":"2001-01-01T00:00:00Z"}"#,
+            400,
+            "INVALID_REQUEST",
+        )
+        .admin(token),
+        BadRequest::post(create, r#"["x",5,null,null]"#, 400, "INVALID_REQUEST").admin(token),
         BadRequest::post(create, valid_coupon, 415, "UNSUPPORTED_MEDIA_TYPE")
             .admin(token)
             .content_type(Some("text/plain")),
@@ -386,6 +409,8 @@ async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
     for body in [
         "{",
         "{}",
+        // An array is not an object, even one with the fields in order.
+        "[1]",
         r#"{"userId":"7"}"#,
         r#"{"userId":0}"#,
         r#"{"userId":-1}"#,
