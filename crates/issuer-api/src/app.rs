@@ -2,6 +2,7 @@
 //! until the shutdown signal.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -21,6 +22,7 @@ use crate::delivery::stream::StreamDelivery;
 use crate::error::ApiError;
 use crate::handlers::{self, AppState};
 use crate::issuing::{Issuer, Rebuilt};
+use crate::operations::Operations;
 use crate::replication::Replication;
 
 /// Requests with bodies larger than this are refused with 413 before they are parsed.
@@ -113,7 +115,10 @@ pub async fn rebuild_redis(
 pub struct Application {
     server: Server,
     addr: SocketAddr,
+    /// The operations listener, when ISSUER_OPS_LISTEN moved the operations routes there.
+    ops: Option<(Server, SocketAddr)>,
     issuer: Issuer,
+    operations: Arc<Operations>,
     reconcile_interval: Duration,
 }
 
@@ -126,22 +131,34 @@ impl Application {
             "ISSUER_ADMIN_TOKEN must not be empty"
         );
         let issuer = connect(&config).await?;
+        let operations = Arc::new(Operations::start(&issuer).await);
         let state = web::Data::new(AppState {
             issuer: issuer.clone(),
             admin_token: config.admin_token.clone(),
             counters: Default::default(),
+            operations: operations.clone(),
         });
+        let ops = match config.ops_listen {
+            Some(listen) => Some(ops_server(state.clone(), listen)?),
+            None => None,
+        };
+        let public_ops = ops.is_none();
 
         let workers = match config.http_workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
         let bound = HttpServer::new(move || {
-            App::new()
+            let app = App::new()
                 .app_data(state.clone())
                 .app_data(json_config())
-                .configure(routes)
-                .default_service(web::to(handlers::route_not_found))
+                .configure(routes);
+            let app = if public_ops {
+                app.configure(operations_routes)
+            } else {
+                app
+            };
+            app.default_service(web::to(handlers::route_not_found))
         })
         .workers(workers)
         // Many connections at once is the flash-sale shape: ask for the deepest accept queue
@@ -162,13 +179,20 @@ impl Application {
         Ok(Self {
             server,
             addr,
+            ops,
             issuer,
+            operations,
             reconcile_interval: Duration::from_millis(config.reconcile_interval_ms),
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the operations routes are served, when not beside the API.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(|(_, addr)| *addr)
     }
 
     pub fn handle(&self) -> ServerHandle {
@@ -183,22 +207,37 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let handle = self.server.handle();
-        let stop_reconciler = CancellationToken::new();
+        let stop_background = CancellationToken::new();
+        let (operations, issuer) = (self.operations.clone(), self.issuer.clone());
+        let watching = {
+            let stop = stop_background.clone();
+            tokio::spawn(async move { operations.run(issuer, stop).await })
+        };
         // Only Kafka mode leaves slots pending; the Redis queue mode has nothing to settle.
         let kafka = self.issuer.delivery().kafka().cloned();
         let reconciling = kafka.clone().map(|kafka| {
             tokio::spawn(reconciler::run(
                 kafka,
                 self.reconcile_interval,
-                stop_reconciler.clone(),
+                stop_background.clone(),
             ))
+        });
+        // Served alongside; it answers until the API itself has stopped.
+        let ops = self.ops.map(|(server, _)| {
+            let handle = server.handle();
+            (handle, actix_web::rt::spawn(server))
         });
         tokio::spawn(async move {
             shutdown.await;
             handle.stop(true).await;
         });
         self.server.await?;
-        stop_reconciler.cancel();
+        if let Some((handle, serving)) = ops {
+            handle.stop(true).await;
+            serving.await??;
+        }
+        stop_background.cancel();
+        watching.await?;
         if let Some(reconciling) = reconciling {
             reconciling.await?;
         }
@@ -234,8 +273,37 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         resource("/api/v1/users/{userId}/coupons")
             .route(web::get().to(handlers::list_user_coupons)),
-    )
-    .service(resource("/metrics").route(web::get().to(handlers::metrics)))
-    .service(resource("/healthz").route(web::get().to(handlers::healthz)))
-    .service(resource("/readyz").route(web::get().to(handlers::readyz)));
+    );
+}
+
+/// The operations routes: beside the API, or on their own listener (ISSUER_OPS_LISTEN).
+pub fn operations_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/metrics").route(web::get().to(handlers::metrics)))
+        .service(web::resource("/healthz").route(web::get().to(handlers::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(handlers::readyz)));
+}
+
+/// A small server for the operations routes alone, so that they need not be exposed with
+/// the public API.
+fn ops_server(
+    state: web::Data<AppState>,
+    listen: SocketAddr,
+) -> anyhow::Result<(Server, SocketAddr)> {
+    let bound = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(operations_routes)
+            .default_service(web::to(handlers::route_not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+    .bind(listen)
+    .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = *bound
+        .addrs()
+        .first()
+        .context("the operations server bound no address")?;
+    tracing::info!(%addr, "operations routes listening");
+    Ok((bound.run(), addr))
 }

@@ -16,6 +16,10 @@ pub struct Config {
     /// Address the HTTP server listens on.
     #[arg(long, env = "ISSUER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// A separate address for /metrics, /healthz and /readyz, which then leave the public
+    /// listener; unset, they are served beside the API.
+    #[arg(long, env = "ISSUER_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
     /// Bearer token that authorises creating coupons. Required; never logged.
     #[arg(long, env = "ISSUER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,

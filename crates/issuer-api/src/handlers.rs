@@ -1,6 +1,7 @@
 //! Request handlers: parse, call the domain, answer with the contract's shapes.
 
 use std::future::{Ready, ready};
+use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
@@ -16,11 +17,13 @@ use crate::contract::{
 use crate::error::ApiError;
 use crate::issuing::{Holding, Issuer};
 use crate::metrics::IssueCounters;
+use crate::operations::Operations;
 
 pub struct AppState {
     pub issuer: Issuer,
     pub admin_token: String,
     pub counters: IssueCounters,
+    pub operations: Arc<Operations>,
 }
 
 /// Proof that the request carried the admin bearer token. As the first extractor of a
@@ -144,29 +147,30 @@ pub async fn list_user_coupons(
     }))
 }
 
-pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let failed = state.issuer.failed_event_counts().await?;
-    Ok(HttpResponse::Ok()
+/// Served from the operations view (`crate::operations`): no query per scrape.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let snapshot = state.operations.snapshot();
+    HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.counters.render(&failed)))
+        .body(state.counters.render(&snapshot.failed))
 }
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Ready when every dependency answers; each check's outcome is listed so an operator
-/// sees which one is down without reading logs.
+/// Ready when every dependency answered at the last look (at most a second ago); each
+/// check is listed as "ok" or "unavailable", so an operator sees which one is down, and
+/// the log says why.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let checks = state.issuer.readiness().await;
-    let ready = checks.iter().all(|(_, r)| r.is_ok());
-    let body: serde_json::Map<_, _> = checks
-        .into_iter()
-        .map(|(name, r)| {
-            (
-                name.to_owned(),
-                json!(r.err().unwrap_or_else(|| "ok".into())),
-            )
+    let snapshot = state.operations.snapshot();
+    let ready = snapshot.ready();
+    let body: serde_json::Map<_, _> = snapshot
+        .checks
+        .iter()
+        .map(|(name, ok)| {
+            let said = if *ok { "ok" } else { "unavailable" };
+            ((*name).to_owned(), json!(said))
         })
         .collect();
     let status = if ready {

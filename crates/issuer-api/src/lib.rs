@@ -9,4 +9,5 @@ pub mod error;
 pub mod handlers;
 pub mod issuing;
 pub mod metrics;
+pub mod operations;
 pub mod replication;

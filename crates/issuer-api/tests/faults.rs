@@ -500,3 +500,39 @@ async fn a_winner_the_database_guard_refused_reads_a_final_status() {
     assert_eq!(holder["status"], "ISSUED");
     env.shutdown().await;
 }
+
+/// `/readyz` and `/metrics` answer from a view refreshed in the background: with PostgreSQL
+/// gone, the metrics are still served (the last count), and readiness names the dependency
+/// that is down without showing its error.
+#[actix_web::test]
+async fn operations_endpoints_answer_from_their_own_view() {
+    let env = TestEnv::start(0).await;
+    let proxy = CuttableProxy::start("127.0.0.1:5432").await.unwrap();
+    let database = format!(
+        "--database-url={}",
+        proxy.url_for(&env.database_url).unwrap()
+    );
+    let (api, _) = env.start_another_api(&[database]).await;
+    assert_eq!(env.get_url(&format!("{api}/readyz")).await.0, 200);
+
+    proxy.cut();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let (status, body) = env.get_url(&format!("{api}/readyz")).await;
+        if status == 503 {
+            break serde_json::from_str::<serde_json::Value>(&body).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "still ready: {body}");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        ready["checks"],
+        json!({"redis": "ok", "postgresql": "unavailable", "kafka": "ok"}),
+        "only which dependency is down, never its error text"
+    );
+    let (status, metrics) = env.get_url(&format!("{api}/metrics")).await;
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.contains("coupon_issue_answers_total"), "{metrics}");
+    proxy.restore();
+    env.shutdown().await;
+}

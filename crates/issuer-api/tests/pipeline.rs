@@ -313,6 +313,29 @@ async fn health_and_readiness() {
     env.shutdown().await;
 }
 
+/// ISSUER_OPS_LISTEN moves /metrics, /healthz and /readyz off the public listener.
+#[actix_web::test]
+async fn operations_routes_can_move_to_their_own_listener() {
+    let env = TestEnv::start(0).await;
+    let ops_listen = format!("--ops-listen=127.0.0.1:{}", support::free_port());
+    let (api, ops) = env.start_another_api(&[ops_listen]).await;
+    let ops = ops.expect("an operations listener");
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(
+            env.get_url(&format!("{api}{path}")).await.0,
+            404,
+            "{path} public"
+        );
+        assert_eq!(
+            env.get_url(&format!("{ops}{path}")).await.0,
+            200,
+            "{path} on ops"
+        );
+    }
+    assert_eq!(env.get_url(&format!("{ops}/api/v1/coupons/1")).await.0, 404);
+    env.shutdown().await;
+}
+
 /// One request the contract refuses, and how.
 struct BadRequest {
     method: &'static str,

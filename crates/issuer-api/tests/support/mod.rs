@@ -228,21 +228,41 @@ impl TestEnv {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let mut response = self.client.get(self.url(path)).send().await.unwrap();
-        let bytes = response.body().await.unwrap();
-        (
-            response.status().as_u16(),
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        let (status, text) = self.get_text(path).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     pub async fn get_text(&self, path: &str) -> (u16, String) {
-        let mut response = self.client.get(self.url(path)).send().await.unwrap();
+        self.get_url(&self.url(path)).await
+    }
+
+    /// A GET of any URL (another API's, an operations listener's).
+    pub async fn get_url(&self, url: &str) -> (u16, String) {
+        let mut response = self.client.get(url).send().await.unwrap();
         let bytes = response.body().await.unwrap();
         (
             response.status().as_u16(),
             String::from_utf8_lossy(&bytes).into_owned(),
         )
+    }
+
+    /// Another API on the same services, with some of its arguments replaced (`--flag=value`
+    /// for the same flag); its base URL, and its operations listener's if it has one.
+    pub async fn start_another_api(&self, overrides: &[String]) -> (String, Option<String>) {
+        let flag = |arg: &String| arg.split('=').next().unwrap_or_default().to_owned();
+        let replaced: Vec<String> = overrides.iter().map(flag).collect();
+        let args = self
+            .api_args
+            .iter()
+            .filter(|arg| !replaced.contains(&flag(arg)))
+            .chain(overrides)
+            .cloned();
+        let config = issuer_api::config::Config::try_parse_from(args).unwrap();
+        let app = Application::build(config).await.unwrap();
+        let base = format!("http://{}", app.addr());
+        let ops = app.ops_addr().map(|addr| format!("http://{addr}"));
+        actix_web::rt::spawn(app.run(std::future::pending()));
+        (base, ops)
     }
 
     pub async fn create_coupon(&self, body: Value) -> i64 {
