@@ -7,6 +7,8 @@ pub mod db;
 pub mod domain;
 pub mod epoch;
 pub mod event;
+#[cfg(feature = "test-support")]
+pub mod intercept;
 pub mod kafka;
 pub mod ledger;
 pub mod producer;

@@ -11,47 +11,11 @@ use coupon_core::admission::AdmissionScripts;
 use coupon_core::config::QueueKind;
 use coupon_core::domain::{Coupon, CouponId};
 use coupon_core::epoch::instance_epoch;
+use coupon_core::intercept::{At, Intercepted, has_arg};
 use coupon_core::redis_keys::CouponKeys;
 use coupon_core::registry::{Registration, Registry};
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Value};
-
-/// Passes every command to Redis except the ones writing the registry, which fail as a
-/// dropped connection would.
-struct RegistryWritesFail {
-    inner: MultiplexedConnection,
-    registry: String,
-}
-
-impl ConnectionLike for RegistryWritesFail {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let touches_registry = cmd.args_iter().any(
-            |arg| matches!(arg, redis::Arg::Simple(bytes) if bytes == self.registry.as_bytes()),
-        );
-        Box::pin(async move {
-            if touches_registry {
-                return Err(redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "connection lost before the registration",
-                )));
-            }
-            self.inner.req_packed_command(cmd).await
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        self.inner.req_packed_commands(pipeline, offset, count)
-    }
-
-    fn get_db(&self) -> i64 {
-        self.inner.get_db()
-    }
-}
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncCommands, Cmd};
 
 async fn redis() -> MultiplexedConnection {
     redis::Client::open(
@@ -88,48 +52,20 @@ async fn registered(con: &mut MultiplexedConnection, prefix: &str, coupon: Coupo
         .unwrap()
 }
 
-/// Passes every command to Redis; once the first has returned, Redis loses the coupon and a
-/// rebuild restores it with a slot free again (before the caller's next command).
-struct RebuildAfterFirstCommand {
-    inner: MultiplexedConnection,
+/// Redis loses the coupon, and a rebuild restores it with a slot free again.
+async fn lost_and_rebuilt_with_a_free_slot(
+    mut con: MultiplexedConnection,
     scripts: AdmissionScripts,
     prefix: String,
-    commands: usize,
-}
-
-impl ConnectionLike for RebuildAfterFirstCommand {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let reply = self.inner.req_packed_command(cmd).await;
-            self.commands += 1;
-            if self.commands == 1 {
-                let keys = self.scripts.keys(CouponId::new(1).unwrap());
-                let _: () = self.inner.del(&[keys.meta, keys.issued]).await?;
-                let _: () = self
-                    .inner
-                    .del(CouponKeys::active_registry(&self.prefix))
-                    .await?;
-                let epoch = instance_epoch(&mut self.inner).await?;
-                self.scripts
-                    .restore(&mut self.inner, &with_quantity(2), &[5], &epoch)
-                    .await?;
-            }
-            reply
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        self.inner.req_packed_commands(pipeline, offset, count)
-    }
-
-    fn get_db(&self) -> i64 {
-        self.inner.get_db()
-    }
+) -> redis::RedisResult<()> {
+    let keys = scripts.keys(CouponId::new(1).unwrap());
+    let _: () = con.del(&[keys.meta, keys.issued]).await?;
+    let _: () = con.del(CouponKeys::active_registry(&prefix)).await?;
+    let epoch = instance_epoch(&mut con).await?;
+    scripts
+        .restore(&mut con, &with_quantity(2), &[5], &epoch)
+        .await?;
+    Ok(())
 }
 
 #[tokio::test]
@@ -139,10 +75,18 @@ async fn a_coupon_is_never_open_for_admission_unregistered() {
         let scripts = AdmissionScripts::new(prefix.clone(), queue);
         let mut con = redis().await;
         let registry = CouponKeys::active_registry(&prefix);
-        let mut failing = RegistryWritesFail {
-            inner: con.clone(),
-            registry: registry.clone(),
-        };
+        // The registration fails as a dropped connection would: it is never sent.
+        let mut failing = Intercepted::new(
+            con.clone(),
+            At::Before,
+            |cmd: &Cmd| has_arg(cmd, &registry),
+            || async {
+                Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection lost before the registration",
+                )))
+            },
+        );
         let coupon = coupon();
         let loaded = scripts.load_meta(&mut failing, &coupon).await;
         let open: bool = con.exists(scripts.keys(coupon.id).meta).await.unwrap();
@@ -177,17 +121,17 @@ async fn a_rebuild_between_the_finished_check_and_the_retire_keeps_the_coupon() 
             .unwrap()
     );
 
-    let mut racing = RebuildAfterFirstCommand {
-        inner: con.clone(),
-        scripts: scripts.clone(),
-        prefix: prefix.clone(),
-        commands: 0,
-    };
+    // Between the finished check (the first command) and the retire.
+    let mut racing = Intercepted::new(
+        con.clone(),
+        At::After,
+        |_: &Cmd| true,
+        || lost_and_rebuilt_with_a_free_slot(con.clone(), scripts.clone(), prefix.clone()),
+    );
     let retired = registry
         .retire_if_finished(&mut racing, registration, "")
         .await
         .unwrap();
-    assert_eq!(racing.commands, 2, "the finished check, then the retire");
     assert!(
         !retired && registered(&mut con, &prefix, sold_out.id).await,
         "the coupon was judged finished, then rebuilt with a free slot: it must stay registered"

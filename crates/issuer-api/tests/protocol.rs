@@ -10,11 +10,11 @@ use clap::Parser;
 use coupon_core::admission::{AdmissionScripts, AdmitReply};
 use coupon_core::config::QueueKind;
 use coupon_core::domain::{CouponId, UserId};
+use coupon_core::intercept::{At, Intercepted, has_arg};
 use coupon_core::ledger::{Ledger, PendingEntry};
 use issuer_api::delivery::kafka::reconciler::reconcile_once;
 use issuer_bench::kafka_cluster::KafkaCluster;
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{AsyncCommands, RedisFuture, Value};
+use redis::AsyncCommands;
 use support::TestEnv;
 use tokio_util::sync::CancellationToken;
 
@@ -110,66 +110,6 @@ async fn a_stale_release_cannot_free_a_slot_that_is_being_republished() {
     env.shutdown().await;
 }
 
-/// Passes every command to Redis; before the first one that `fires` matches is sent, runs
-/// `hook` (another actor's step, forced at that exact point) once.
-struct HookBefore<F, H> {
-    inner: MultiplexedConnection,
-    fires: F,
-    hook: Option<H>,
-}
-
-impl<F, H, Fut> HookBefore<F, H>
-where
-    F: Fn(&redis::Cmd) -> bool + Send + Sync,
-    H: FnOnce() -> Fut + Send + Sync,
-    Fut: Future<Output = ()> + Send,
-{
-    fn new(inner: MultiplexedConnection, fires: F, hook: H) -> Self {
-        Self {
-            inner,
-            fires,
-            hook: Some(hook),
-        }
-    }
-}
-
-impl<F, H, Fut> ConnectionLike for HookBefore<F, H>
-where
-    F: Fn(&redis::Cmd) -> bool + Send + Sync,
-    H: FnOnce() -> Fut + Send + Sync,
-    Fut: Future<Output = ()> + Send,
-{
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            if (self.fires)(cmd)
-                && let Some(hook) = self.hook.take()
-            {
-                hook().await;
-            }
-            self.inner.req_packed_command(cmd).await
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        self.inner.req_packed_commands(pipeline, offset, count)
-    }
-
-    fn get_db(&self) -> i64 {
-        self.inner.get_db()
-    }
-}
-
-/// Whether `cmd` carries `word` as one of its arguments (its name, a key, a script's op).
-fn has_arg(cmd: &redis::Cmd, word: &str) -> bool {
-    cmd.args_iter()
-        .any(|arg| matches!(arg, redis::Arg::Simple(bytes) if bytes.eq_ignore_ascii_case(word.as_bytes())))
-}
-
 /// Finding 4, Redis queue mode: a batch in a worker's hands commits, is acknowledged and
 /// trimmed while a rebuild runs. Forced right before the rebuild's first stream read: a real
 /// worker persists both entries and trims the stream (which keeps only the last delivered
@@ -205,10 +145,12 @@ async fn a_batch_committing_during_a_rebuild_keeps_its_users() {
         }
         stop.cancel();
         running.await.unwrap().unwrap();
+        Ok(())
     };
-    let mut redis = HookBefore::new(
+    let mut redis = Intercepted::new(
         env.redis().await,
-        |cmd| has_arg(cmd, "XRANGE"),
+        At::Before,
+        |cmd: &redis::Cmd| has_arg(cmd, "XRANGE"),
         worker_persists_and_trims,
     );
 
@@ -259,9 +201,10 @@ async fn a_reconciler_publishes_each_entry_as_soon_as_it_claims_it() {
     let topic = env.topic.clone();
     let first_on_its_way = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = first_on_its_way.clone();
-    let mut con = HookBefore::new(
+    let mut con = Intercepted::new(
         env.redis().await,
-        move |cmd| has_arg(cmd, "claim") && claims.fetch_add(1, Ordering::SeqCst) == 1,
+        At::Before,
+        move |cmd: &redis::Cmd| has_arg(cmd, "claim") && claims.fetch_add(1, Ordering::SeqCst) == 1,
         move || async move {
             // Bounded: the event is on the topic within milliseconds if its publish started.
             let on_topic =
@@ -269,6 +212,7 @@ async fn a_reconciler_publishes_each_entry_as_soon_as_it_claims_it() {
                     .await
                     .is_ok_and(|messages| !messages.is_empty());
             seen.store(on_topic, Ordering::SeqCst);
+            Ok(())
         },
     );
     let settled = reconcile_once(&kafka, &mut con).await.unwrap();

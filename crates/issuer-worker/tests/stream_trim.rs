@@ -3,59 +3,28 @@
 //! forced at the exact point: right after the trim's first command returns, before its next
 //! one is sent, through a connection that wraps the real one.
 
+use coupon_core::intercept::{At, Intercepted};
 use issuer_worker::stream_trim::trim_acknowledged;
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::aio::MultiplexedConnection;
+use redis::{Cmd, Value};
 
 const GROUP: &str = "workers";
 
-/// Passes every command to Redis; after the first one, another worker reads the whole
-/// stream (its entries become pending under that worker's name).
-struct ReadAfterFirstCommand {
-    inner: MultiplexedConnection,
-    other: MultiplexedConnection,
+/// Another worker reads the whole stream: its entries become pending under that worker.
+async fn other_worker_reads(
+    mut other: MultiplexedConnection,
     stream: String,
-    commands: usize,
-}
-
-impl ReadAfterFirstCommand {
-    async fn other_worker_reads(&mut self) -> redis::RedisResult<Value> {
-        redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg("other-worker")
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(">")
-            .query_async(&mut self.other)
-            .await
-    }
-}
-
-impl ConnectionLike for ReadAfterFirstCommand {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let reply = self.inner.req_packed_command(cmd).await;
-            self.commands += 1;
-            if self.commands == 1 {
-                self.other_worker_reads().await?;
-            }
-            reply
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        self.inner.req_packed_commands(pipeline, offset, count)
-    }
-
-    fn get_db(&self) -> i64 {
-        self.inner.get_db()
-    }
+) -> redis::RedisResult<()> {
+    let _: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("other-worker")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut other)
+        .await?;
+    Ok(())
 }
 
 #[tokio::test]
@@ -86,12 +55,14 @@ async fn a_read_during_the_trim_cannot_get_its_entries_trimmed() {
             .unwrap();
     }
 
-    let mut racing = ReadAfterFirstCommand {
-        inner: con.clone(),
-        other: client.get_multiplexed_async_connection().await.unwrap(),
-        stream: stream.clone(),
-        commands: 0,
-    };
+    // Right after the trim's first command returns, before its next one is sent.
+    let other = client.get_multiplexed_async_connection().await.unwrap();
+    let mut racing = Intercepted::new(
+        con.clone(),
+        At::After,
+        |_: &Cmd| true,
+        || other_worker_reads(other, stream.clone()),
+    );
     trim_acknowledged(&mut racing, &stream, GROUP)
         .await
         .unwrap();
