@@ -4,6 +4,9 @@
 //! coupon's meta survives in both, so nothing but the epoch tells that the state is rewound:
 //! no 201 may be given on it.
 
+// The harness below is test code too: a panic is exactly the failure report wanted.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::{Duration, Instant};
@@ -18,6 +21,67 @@ fn data_dir(name: &str) -> std::path::PathBuf {
         "coupon-redis-loss-{name}-{}",
         uuid::Uuid::new_v4().simple()
     ))
+}
+
+/// A primary and its replica, replicating through a link the test can cut: what the primary
+/// writes after the cut never reaches the replica.
+struct Replicated {
+    primary: RedisServer,
+    link: CuttableProxy,
+    replica: RedisServer,
+    on_replica: redis::aio::MultiplexedConnection,
+    dirs: [std::path::PathBuf; 2],
+}
+
+impl Replicated {
+    async fn start(name: &str) -> Self {
+        let dirs = [
+            data_dir(&format!("{name}-primary")),
+            data_dir(&format!("{name}-replica")),
+        ];
+        let primary = RedisServer::start(&dirs[0], &[]).await.unwrap();
+        let link = CuttableProxy::start(&format!("127.0.0.1:{}", primary.port))
+            .await
+            .unwrap();
+        let replica = RedisServer::replica_of(link.port, &dirs[1]).await.unwrap();
+        let on_replica = redis::Client::open(replica.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        Self {
+            primary,
+            link,
+            replica,
+            on_replica,
+            dirs,
+        }
+    }
+
+    /// Waits until the replica has synced with the primary.
+    async fn synced(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut self.on_replica)
+                .await
+                .unwrap();
+            if info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the replica never synced");
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stop(mut self) {
+        self.primary.kill();
+        self.replica.kill();
+        for dir in self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// The reproduction of issue 11: five winners of five; Redis loses the last two admissions
@@ -74,18 +138,9 @@ async fn a_redis_restarted_from_a_file_that_lost_its_tail_admits_nobody_on_it() 
 
 #[actix_web::test]
 async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
-    let (primary_dir, replica_dir) = (data_dir("primary"), data_dir("replica"));
-    let mut primary = RedisServer::start(&primary_dir, &[]).await.unwrap();
-    // Replication goes through a link the test can cut: what the primary writes after the
-    // cut never reaches the replica.
-    let link = CuttableProxy::start(&format!("127.0.0.1:{}", primary.port))
-        .await
-        .unwrap();
-    let mut replica = RedisServer::replica_of(link.port, &replica_dir)
-        .await
-        .unwrap();
+    let mut redis = Replicated::start("promoted").await;
     // The services reach Redis through one address, as through a failover-aware endpoint.
-    let endpoint = CuttableProxy::start(&format!("127.0.0.1:{}", primary.port))
+    let endpoint = CuttableProxy::start(&format!("127.0.0.1:{}", redis.primary.port))
         .await
         .unwrap();
     let url = format!("--redis-url=redis://127.0.0.1:{}", endpoint.port);
@@ -94,16 +149,11 @@ async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
     for user in 1..=3 {
         assert_eq!(env.issue(coupon, user).await.0, 201);
     }
-    let mut on_replica = redis::Client::open(replica.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
     let issued = format!("{}coupon:{{{coupon}}}:issued", env.redis_prefix);
     let deadline = Instant::now() + Duration::from_secs(10);
     while redis::cmd("SCARD")
         .arg(&issued)
-        .query_async::<i64>(&mut on_replica)
+        .query_async::<i64>(&mut redis.on_replica)
         .await
         .unwrap()
         < 3
@@ -112,20 +162,15 @@ async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
     // The replica falls behind: the last two admissions reach only the primary.
-    link.cut();
+    redis.link.cut();
     for user in 4..=5 {
         assert_eq!(env.issue(coupon, user).await.0, 201);
     }
     assert_eq!(env.rows_when_settled(coupon, 5).await, vec![1, 2, 3, 4, 5]);
 
-    primary.kill();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("NO")
-        .arg("ONE")
-        .query_async(&mut on_replica)
-        .await
-        .unwrap();
-    endpoint.fail_over_to(&format!("127.0.0.1:{}", replica.port));
+    redis.primary.kill();
+    redis.replica.promote().await.unwrap();
+    endpoint.fail_over_to(&format!("127.0.0.1:{}", redis.replica.port));
     assert_eq!(
         env.redis_holders(coupon).await,
         vec![1, 2, 3],
@@ -134,9 +179,7 @@ async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
 
     after_the_loss_nobody_is_sold_a_taken_slot(&env, coupon).await;
     env.shutdown().await;
-    replica.kill();
-    let _ = std::fs::remove_dir_all(primary_dir);
-    let _ = std::fs::remove_dir_all(replica_dir);
+    redis.stop();
 }
 
 /// With REDIS_MIN_REPLICAS set, "yes" waits for the replicas: a SUCCESS is on the replica the
@@ -145,20 +188,8 @@ async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
 /// losing a "yes".
 #[actix_web::test]
 async fn an_admission_is_answered_only_once_the_replica_has_it() {
-    let (primary_dir, replica_dir) = (data_dir("wait-primary"), data_dir("wait-replica"));
-    let mut primary = RedisServer::start(&primary_dir, &[]).await.unwrap();
-    let link = CuttableProxy::start(&format!("127.0.0.1:{}", primary.port))
-        .await
-        .unwrap();
-    let mut replica = RedisServer::replica_of(link.port, &replica_dir)
-        .await
-        .unwrap();
-    let mut on_replica = redis::Client::open(replica.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let url = format!("--redis-url={}", primary.url());
+    let mut redis = Replicated::start("wait").await;
+    let url = format!("--redis-url={}", redis.primary.url());
     let args = [
         url.as_str(),
         "--redis-min-replicas=1",
@@ -168,30 +199,18 @@ async fn an_admission_is_answered_only_once_the_replica_has_it() {
     let coupon = env.coupon_with_quantity(5).await;
     let issued = format!("{}coupon:{{{coupon}}}:issued", env.redis_prefix);
     let stream = env.stream(coupon);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut on_replica)
-            .await
-            .unwrap();
-        if info.contains("master_link_status:up") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the replica never synced");
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    redis.synced().await;
     for user in [1, 2] {
         assert_eq!(env.issue(coupon, user).await.0, 201);
         let on_it: bool = redis::cmd("SISMEMBER")
             .arg(&issued)
             .arg(user)
-            .query_async(&mut on_replica)
+            .query_async(&mut redis.on_replica)
             .await
             .unwrap();
         let entries: usize = redis::cmd("XLEN")
             .arg(&stream)
-            .query_async(&mut on_replica)
+            .query_async(&mut redis.on_replica)
             .await
             .unwrap();
         assert!(
@@ -200,9 +219,9 @@ async fn an_admission_is_answered_only_once_the_replica_has_it() {
         );
     }
 
-    link.cut();
+    redis.link.cut();
     support::assert_unavailable(&env.issue(coupon, 3).await);
-    link.restore();
+    redis.link.restore();
     assert_eq!(
         env.issue_retrying(coupon, 3).await.0,
         409,
@@ -210,8 +229,5 @@ async fn an_admission_is_answered_only_once_the_replica_has_it() {
     );
     assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
     env.shutdown().await;
-    primary.kill();
-    replica.kill();
-    let _ = std::fs::remove_dir_all(primary_dir);
-    let _ = std::fs::remove_dir_all(replica_dir);
+    redis.stop();
 }
