@@ -23,6 +23,7 @@ use crate::error::ApiError;
 use crate::handlers::{self, AppState};
 use crate::issuing::{Issuer, Rebuilt};
 use crate::operations::Operations;
+use crate::rate_limit::{Limits, RateLimiter};
 use crate::replication::Replication;
 
 /// Requests with bodies larger than this are refused with 413 before they are parsed.
@@ -132,11 +133,29 @@ impl Application {
         );
         let issuer = connect(&config).await?;
         let operations = Arc::new(Operations::start(&issuer).await);
+        let limiter = RateLimiter::new(
+            config
+                .redis
+                .connect()
+                .await
+                .context("cannot connect to Redis")?,
+            config.redis.redis_key_prefix.clone(),
+            Limits {
+                window: Duration::from_millis(config.rate_window_ms),
+                per_user: config.rate_per_user,
+                per_address: config.rate_per_address,
+                address_header: config.client_address_header.clone(),
+            },
+        );
+        if let Some(header) = &config.client_address_header {
+            tracing::warn!(%header, "trusting this header for client addresses: only a proxy in front must be able to set it");
+        }
         let state = web::Data::new(AppState {
             issuer: issuer.clone(),
             admin_token: config.admin_token.clone(),
             counters: Default::default(),
             operations: operations.clone(),
+            limiter,
         });
         let ops = match config.ops_listen {
             Some(listen) => Some(ops_server(state.clone(), listen)?),

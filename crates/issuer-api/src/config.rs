@@ -54,6 +54,23 @@ pub struct Config {
     /// Redis command.
     #[arg(long, env = "REDIS_REPLICA_TIMEOUT_MS", default_value_t = 500)]
     pub redis_replica_timeout_ms: u64,
+    /// Issue requests one user may send per rate window, across every API replica; 0 is no
+    /// limit. The default lets a person retry freely and stops a script.
+    #[arg(long, env = "ISSUER_RATE_PER_USER", default_value_t = 10)]
+    pub rate_per_user: u32,
+    /// Issue requests one client address may send per rate window; 0 (the default) is no
+    /// limit. Behind a proxy every client has the proxy's address: set
+    /// ISSUER_CLIENT_ADDRESS_HEADER before turning this on there.
+    #[arg(long, env = "ISSUER_RATE_PER_ADDRESS", default_value_t = 0)]
+    pub rate_per_address: u32,
+    /// The rate limits' window.
+    #[arg(long, env = "ISSUER_RATE_WINDOW_MS", default_value_t = 1000)]
+    pub rate_window_ms: u64,
+    /// The header a trusted proxy in front sets to the client's address (its last entry is
+    /// used); unset, the connection's peer address. Set it only behind such a proxy: anyone
+    /// can send any header.
+    #[arg(long, env = "ISSUER_CLIENT_ADDRESS_HEADER")]
+    pub client_address_header: Option<String>,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]

@@ -38,6 +38,9 @@ pub enum ApiError {
     /// the coupon is theirs is not known yet.
     #[error("an earlier request's publish for this user is still unresolved; retry shortly")]
     PublishUnresolved,
+    /// This user or client address sent too many issue requests in the current window.
+    #[error("too many requests; retry after {retry_after:?}")]
+    RateLimited { retry_after: std::time::Duration },
     /// Redis lost this coupon's state; admission reopens once it is rebuilt.
     #[error("coupon {0} is being restored from PostgreSQL; retry shortly")]
     Rebuilding(i64),
@@ -74,6 +77,7 @@ impl ApiError {
             Self::Unavailable { .. } | Self::Rebuilding(_) | Self::PublishUnresolved => {
                 "UNAVAILABLE"
             }
+            Self::RateLimited { .. } => "RATE_LIMITED",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -91,6 +95,7 @@ impl ResponseError for ApiError {
             Self::Unavailable { .. } | Self::Rebuilding(_) | Self::PublishUnresolved => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,6 +109,11 @@ impl ResponseError for ApiError {
             }
             Self::Rebuilding(_) | Self::PublishUnresolved => {
                 response.insert_header((RETRY_AFTER, "1"));
+            }
+            Self::RateLimited { retry_after } => {
+                // Whole seconds, rounded up: the window is over by then.
+                let seconds = retry_after.as_millis().div_ceil(1000).max(1);
+                response.insert_header((RETRY_AFTER, seconds.to_string()));
             }
             Self::Internal(cause) => tracing::error!(error = %cause, "answering 500"),
             _ => {}

@@ -18,12 +18,14 @@ use crate::error::ApiError;
 use crate::issuing::{Holding, Issuer};
 use crate::metrics::IssueCounters;
 use crate::operations::Operations;
+use crate::rate_limit::RateLimiter;
 
 pub struct AppState {
     pub issuer: Issuer,
     pub admin_token: String,
     pub counters: IssueCounters,
     pub operations: Arc<Operations>,
+    pub limiter: RateLimiter,
 }
 
 /// Proof that the request carried the admin bearer token. As the first extractor of a
@@ -65,6 +67,7 @@ pub async fn create_coupon(
 }
 
 pub async fn issue_coupon(
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: web::Json<Object<IssueRequest>>,
@@ -72,7 +75,11 @@ pub async fn issue_coupon(
     let coupon: CouponId = path_id(&path)?;
     let Object(request) = body.into_inner();
     let user = request.user_id;
-    let answer = state.issuer.issue(coupon, user).await;
+    let address = state.limiter.client_address(&req);
+    let answer = match state.limiter.check(user, address).await {
+        Ok(()) => state.issuer.issue(coupon, user).await,
+        Err(refused) => Err(refused),
+    };
     state.counters.record(&answer);
     let result = answer?;
     let status = match result {

@@ -10,4 +10,5 @@ pub mod handlers;
 pub mod issuing;
 pub mod metrics;
 pub mod operations;
+pub mod rate_limit;
 pub mod replication;

@@ -8,13 +8,14 @@ use coupon_core::domain::Admission;
 
 use crate::error::ApiError;
 
-const RESULTS: [&str; 7] = [
+const RESULTS: [&str; 8] = [
     "SUCCESS",
     "ALREADY_ISSUED",
     "SOLD_OUT",
     "NOT_STARTED",
     "ENDED",
     "UNAVAILABLE",
+    "RATE_LIMITED",
     "ERROR",
 ];
 
@@ -31,7 +32,8 @@ impl IssueCounters {
             Ok(Admission::NotStarted) => 3,
             Ok(Admission::Ended) => 4,
             Err(ApiError::Unavailable { .. } | ApiError::Rebuilding(_)) => 5,
-            Err(_) => 6,
+            Err(ApiError::RateLimited { .. }) => 6,
+            Err(_) => 7,
         };
         self.0[index].fetch_add(1, Ordering::Relaxed);
     }

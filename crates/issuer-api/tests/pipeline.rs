@@ -313,6 +313,94 @@ async fn health_and_readiness() {
     env.shutdown().await;
 }
 
+/// One issue request at `base` (another API's, say), from `address` when given (in the
+/// header a trusted proxy would set): status, Retry-After, body.
+async fn issue_at(
+    env: &TestEnv,
+    base: &str,
+    coupon: i64,
+    user: i64,
+    address: Option<&str>,
+) -> (u16, Option<String>, Value) {
+    let mut request = env
+        .client
+        .post(format!("{base}/api/v1/coupons/{coupon}/issues"));
+    if let Some(address) = address {
+        request = request.insert_header(("x-client-ip", address));
+    }
+    let mut response = request.send_json(&json!({ "userId": user })).await.unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let body = response.json().await.unwrap_or(Value::Null);
+    (response.status().as_u16(), retry_after, body)
+}
+
+/// Per user and per client address, shared by every API replica: over the limit the answer
+/// is 429 with Retry-After, and nothing is admitted.
+#[actix_web::test]
+async fn rate_limits_answer_429_with_retry_after_across_replicas() {
+    let limits = ["--rate-per-user=3", "--rate-window-ms=60000"];
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &support::brokers(), 0, &limits).await;
+    let coupon = env.coupon_with_quantity(100).await;
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(env.issue(coupon, 1).await.0);
+    }
+    assert_eq!(answers, [201, 409, 409]);
+    let (status, retry_after, body) = issue_at(&env, &env.base, coupon, 1, None).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (429, &json!("RATE_LIMITED")),
+        "{body}"
+    );
+    let seconds: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&seconds), "Retry-After {seconds}");
+
+    let (other, _) = env.start_another_api(&[]).await;
+    assert_eq!(
+        issue_at(&env, &other, coupon, 1, None).await.0,
+        429,
+        "shared by every replica"
+    );
+    assert_eq!(issue_at(&env, &other, coupon, 2, None).await.0, 201);
+
+    let per_address = [
+        "--rate-per-user=0".to_owned(),
+        "--rate-per-address=2".to_owned(),
+        "--client-address-header=x-client-ip".to_owned(),
+    ];
+    let (by_address, _) = env.start_another_api(&per_address).await;
+    for user in [10, 11] {
+        assert_eq!(
+            issue_at(&env, &by_address, coupon, user, Some("10.0.0.1"))
+                .await
+                .0,
+            201
+        );
+    }
+    assert_eq!(
+        issue_at(&env, &by_address, coupon, 12, Some("10.0.0.1"))
+            .await
+            .0,
+        429
+    );
+    assert_eq!(
+        issue_at(&env, &by_address, coupon, 13, Some("10.0.0.2"))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        env.redis_set_size(coupon).await,
+        5,
+        "users 1, 2, 10, 11 and 13: nobody refused was admitted"
+    );
+    env.shutdown().await;
+}
+
 /// ISSUER_OPS_LISTEN moves /metrics, /healthz and /readyz off the public listener.
 #[actix_web::test]
 async fn operations_routes_can_move_to_their_own_listener() {

@@ -1,0 +1,96 @@
+//! Rate limits on the issue route, per user and per client address, in Redis so that every
+//! API replica shares them: one script run (`scripts/rate_limit.lua`), one extra round trip
+//! per request, before admission.
+//!
+//! The client address is the connection's peer, or, when a trusted proxy sets it, the header
+//! that proxy writes: a header anyone can send is trusted only when configured.
+
+use std::net::IpAddr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use actix_web::HttpRequest;
+use coupon_core::domain::UserId;
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use crate::error::ApiError;
+
+static RATE_LIMIT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/rate_limit.lua")));
+
+/// How many issue requests a user, and a client address, may send per window.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub window: Duration,
+    /// 0 is no limit.
+    pub per_user: u32,
+    /// 0 is no limit.
+    pub per_address: u32,
+    /// The header a trusted proxy sets to the client's address (its last entry, the one the
+    /// nearest proxy wrote); unset, the connection's peer address.
+    pub address_header: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct RateLimiter {
+    redis: ConnectionManager,
+    key_prefix: String,
+    limits: Limits,
+}
+
+impl RateLimiter {
+    pub fn new(redis: ConnectionManager, key_prefix: String, limits: Limits) -> Self {
+        Self {
+            redis,
+            key_prefix,
+            limits,
+        }
+    }
+
+    /// The client's address as configured; None if it cannot be told.
+    pub fn client_address(&self, req: &HttpRequest) -> Option<IpAddr> {
+        match &self.limits.address_header {
+            Some(header) => req
+                .headers()
+                .get(header)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.rsplit(',').next())
+                .and_then(|last| last.trim().parse().ok()),
+            None => req.peer_addr().map(|addr| addr.ip()),
+        }
+    }
+
+    /// Counts this request; 429 with the wait if either limit is over.
+    pub async fn check(&self, user: UserId, address: Option<IpAddr>) -> Result<(), ApiError> {
+        let Limits {
+            window,
+            per_user,
+            per_address,
+            ..
+        } = &self.limits;
+        if *per_user == 0 && *per_address == 0 {
+            return Ok(());
+        }
+        let prefix = &self.key_prefix;
+        // No address known: that counter is not kept (limit 0 for it).
+        let (address_key, address_limit) = match address {
+            Some(ip) => (format!("{prefix}{{rate}}:address:{ip}"), *per_address),
+            None => (format!("{prefix}{{rate}}:address:unknown"), 0),
+        };
+        let wait_ms: u64 = RATE_LIMIT
+            .key(format!("{prefix}{{rate}}:user:{user}"))
+            .key(address_key)
+            .arg(window.as_millis() as u64)
+            .arg(per_user)
+            .arg(address_limit)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        match wait_ms {
+            0 => Ok(()),
+            ms => Err(ApiError::RateLimited {
+                retry_after: Duration::from_millis(ms),
+            }),
+        }
+    }
+}
