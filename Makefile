@@ -32,13 +32,15 @@ bench: demo ## the seed comparison table (`issuer-bench --help` lists the other 
 test: up clean-test-dbs ## the whole suite against the real services
 	cargo test --workspace --no-fail-fast
 
-# Seconds of load under faults; CI runs a shorter one.
+# Seconds of load under faults; CI runs a shorter one. The queue modes to run it in.
 CHAOS_SECONDS ?= 120
+CHAOS_QUEUES ?= kafka redis
 
 chaos: up ## faults under load on a cluster of its own, in each queue mode, then every invariant checked
 	cargo build -p issuer-api -p issuer-worker -p issuer-bench
-	target/debug/issuer-bench chaos --queue kafka --duration-secs $(CHAOS_SECONDS)
-	target/debug/issuer-bench chaos --queue redis --duration-secs $(CHAOS_SECONDS)
+	for queue in $(CHAOS_QUEUES); do \
+	  target/debug/issuer-bench chaos --queue $$queue --duration-secs $(CHAOS_SECONDS) || exit 1; \
+	done
 
 lint:
 	cargo fmt --all -- --check
