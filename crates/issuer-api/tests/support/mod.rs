@@ -98,7 +98,7 @@ impl TestEnv {
         let topic = format!("coupon-issue-test-{id}");
         let group = format!("coupon-issue-worker-test-{id}");
         let redis_prefix = format!("test-{id}:");
-        let common: Vec<String> = [
+        let defaults: Vec<String> = [
             format!("--queue={queue}"),
             format!("--database-url={database_url}"),
             format!("--issue-topic={topic}"),
@@ -109,10 +109,20 @@ impl TestEnv {
             "--publish-timeout-ms=3000".to_owned(),
             "--reconcile-interval-ms=500".to_owned(),
             "--rebuild-timeout-ms=20000".to_owned(),
+            // Tests send one user's requests at once on purpose; the rate limits' own test
+            // turns them on.
+            "--rate-per-user=0".to_owned(),
         ]
         .into_iter()
-        .chain(extra.iter().map(|arg| (*arg).to_owned()))
         .collect();
+        // `extra` replaces a default of the same flag.
+        let flag = |arg: &str| arg.split('=').next().unwrap_or_default().to_owned();
+        let replaced: Vec<String> = extra.iter().map(|arg| flag(arg)).collect();
+        let common: Vec<String> = defaults
+            .into_iter()
+            .filter(|arg| !replaced.contains(&flag(arg)))
+            .chain(extra.iter().map(|arg| (*arg).to_owned()))
+            .collect();
 
         let api_args: Vec<String> = [
             "issuer-api",
