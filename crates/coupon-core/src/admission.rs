@@ -19,7 +19,7 @@ use crate::registry::Registry;
 
 /// Users added per SADD when restoring a coupon's issued set, so one command never blocks
 /// Redis for long.
-pub const RESTORE_CHUNK: usize = 10_000;
+const RESTORE_CHUNK: usize = 10_000;
 
 /// What the admission script said.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,86 @@
+//! The epoch (issue 11), at the scripts: a state verified under another Redis instance does
+//! not admit, and a rebuild that read under an instance that is gone by the time it writes
+//! does not reopen admission. Another instance is played by a meta stamped with another run
+//! id, and a rebuild by a restore carrying one: a restart cannot be forced between two
+//! commands of one connection, the stamp it would leave can.
+
+// Helpers outside `#[test]` functions panic too: in a harness that is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use coupon_core::admission::{AdmissionScripts, AdmitReply};
+use coupon_core::config::QueueKind;
+use coupon_core::domain::{Coupon, CouponId, UserId};
+use coupon_core::epoch::instance_epoch;
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+
+async fn redis() -> MultiplexedConnection {
+    redis::Client::open(
+        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+    )
+    .unwrap()
+    .get_multiplexed_async_connection()
+    .await
+    .unwrap()
+}
+
+fn coupon() -> Coupon {
+    Coupon {
+        id: CouponId::new(1).unwrap(),
+        name: "epoch test".into(),
+        total_quantity: 5,
+        issued_count: 0,
+        starts_at: None,
+        ends_at: None,
+    }
+}
+
+fn scripts() -> AdmissionScripts {
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    AdmissionScripts::new(prefix, QueueKind::Kafka)
+}
+
+#[tokio::test]
+async fn a_state_verified_under_another_instance_does_not_admit() {
+    let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
+    let user = UserId::new(7).unwrap();
+    assert!(scripts.load_meta(&mut con, &coupon).await.unwrap());
+    let meta = scripts.keys(coupon.id).meta;
+    let _: () = con
+        .hset(&meta, "epoch", "a-previous-instance")
+        .await
+        .unwrap();
+
+    let reply = scripts.admit(&mut con, coupon.id, user).await.unwrap();
+    assert_eq!(reply, AdmitReply::Unverified);
+    assert_eq!(
+        scripts.admitted_count(&mut con, coupon.id).await.unwrap(),
+        0
+    );
+
+    // Rebuilt under this instance, it admits again.
+    let epoch = instance_epoch(&mut con).await.unwrap();
+    assert!(
+        scripts
+            .restore(&mut con, &coupon, &[3], &epoch)
+            .await
+            .unwrap()
+    );
+    let reply = scripts.admit(&mut con, coupon.id, user).await.unwrap();
+    assert!(matches!(reply, AdmitReply::Admitted(_)), "{reply:?}");
+}
+
+#[tokio::test]
+async fn a_rebuild_that_read_under_a_gone_instance_does_not_reopen_admission() {
+    let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
+    let restored = scripts
+        .restore(&mut con, &coupon, &[3], "an-instance-gone-since")
+        .await
+        .unwrap();
+    assert!(!restored, "the restore reports the instance changed");
+    let open: bool = con.exists(scripts.keys(coupon.id).meta).await.unwrap();
+    assert!(
+        !open,
+        "no meta: admission stays closed until a rebuild under this instance"
+    );
+}
