@@ -5,6 +5,8 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 # Local development defaults; every service reads the same variables.
 export ISSUER_ADMIN_TOKEN ?= dev-admin-token
+# Users' tokens are HS256 JWTs signed with this development secret (README: Authentication).
+export ISSUER_JWT_SECRET ?= dev-only-hs256-secret-never-use-in-production
 export RUST_LOG ?= info
 
 RELEASE_BIN := target/release

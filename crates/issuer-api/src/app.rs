@@ -21,6 +21,7 @@ use crate::delivery::kafka::{KafkaDelivery, KafkaSettings, reconciler};
 use crate::delivery::stream::StreamDelivery;
 use crate::error::ApiError;
 use crate::handlers::{self, AppState};
+use crate::identity::Identity;
 use crate::issuing::{Issuer, Rebuilt};
 use crate::operations::Operations;
 use crate::rate_limit::{Limits, RateLimiter};
@@ -127,10 +128,7 @@ impl Application {
     /// Connects to every dependency and binds the listener; serving starts with
     /// [`Application::run`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            !config.admin_token.is_empty(),
-            "ISSUER_ADMIN_TOKEN must not be empty"
-        );
+        let identity = Identity::new(&config.identity, config.admin_token()?).await?;
         let issuer = connect(&config).await?;
         let operations = Arc::new(Operations::start(&issuer).await);
         let limiter = RateLimiter::new(
@@ -152,7 +150,7 @@ impl Application {
         }
         let state = web::Data::new(AppState {
             issuer: issuer.clone(),
-            admin_token: config.admin_token.clone(),
+            identity,
             counters: Default::default(),
             operations: operations.clone(),
             limiter,

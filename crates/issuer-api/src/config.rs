@@ -1,8 +1,11 @@
 //! issuer-api's settings: every flag also reads an environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use coupon_core::config::{DatabaseArgs, KafkaArgs, QueueKind, RedisArgs};
 use coupon_core::telemetry::LogArgs;
 
@@ -20,9 +23,15 @@ pub struct Config {
     /// listener; unset, they are served beside the API.
     #[arg(long, env = "ISSUER_OPS_LISTEN")]
     pub ops_listen: Option<SocketAddr>,
-    /// Bearer token that authorises creating coupons. Required; never logged.
+    /// Bearer token of the admins (creating coupons, reading anyone's): this variable or
+    /// ISSUER_ADMIN_TOKEN_FILE is required. Never logged, and refused on the command line.
     #[arg(long, env = "ISSUER_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: String,
+    pub admin_token: Option<String>,
+    /// A file holding the admin token (a mounted secret), instead of ISSUER_ADMIN_TOKEN.
+    #[arg(long, env = "ISSUER_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Where admitted events go: `kafka` (answer after the broker's acknowledgement) or
     /// `redis` (a stream per coupon, appended by the admission script; no broker needed).
     #[arg(long, env = "ISSUE_QUEUE", value_enum, default_value_t = QueueKind::Kafka)]
@@ -83,6 +92,126 @@ pub struct Config {
     pub command: Option<Command>,
 }
 
+/// How the issue route and the user's read routes learn who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UserAuth {
+    /// A bearer JWT, verified here.
+    Jwt,
+    /// A header set by a gateway in front that has authenticated the user.
+    GatewayHeader,
+}
+
+#[derive(Args, Clone)]
+pub struct IdentityArgs {
+    /// `jwt` verifies the caller's bearer token; `gateway-header` trusts ISSUER_USER_HEADER,
+    /// which only a gateway that authenticates users (and strips it from clients) may set.
+    #[arg(long, env = "ISSUER_USER_AUTH", value_enum, default_value_t = UserAuth::Jwt)]
+    pub user_auth: UserAuth,
+    /// The header naming the user, in gateway-header mode.
+    #[arg(long, env = "ISSUER_USER_HEADER", default_value = "x-user-id")]
+    pub user_header: String,
+    /// HS256 shared secret (at least 32 bytes). Never logged, and refused on the command line.
+    #[arg(long, env = "ISSUER_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A file holding the HS256 secret, instead of ISSUER_JWT_SECRET.
+    #[arg(long, env = "ISSUER_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// A JWKS file with the issuer's public keys (RS256, ES256, EdDSA); read again on an
+    /// unknown kid and every five minutes.
+    #[arg(long, env = "ISSUER_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// The issuer's JWKS URL, instead of a file (https verified against the system's roots).
+    #[arg(long, env = "ISSUER_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// The `iss` every token must carry; unset, any.
+    #[arg(long, env = "ISSUER_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` every token must carry; unset, any.
+    #[arg(long, env = "ISSUER_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "ISSUER_JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub jwt_leeway_secs: u64,
+    /// The claim holding the user id.
+    #[arg(long, env = "ISSUER_JWT_USER_CLAIM", default_value = "sub")]
+    pub jwt_user_claim: String,
+    /// The claim holding the caller's roles (a string or an array of strings).
+    #[arg(long, env = "ISSUER_JWT_ROLES_CLAIM", default_value = "roles")]
+    pub jwt_roles_claim: String,
+    /// The role that makes a token's bearer an admin.
+    #[arg(long, env = "ISSUER_JWT_ADMIN_ROLE", default_value = "coupon-admin")]
+    pub jwt_admin_role: String,
+}
+
+impl IdentityArgs {
+    pub fn jwt_secret(&self) -> anyhow::Result<Option<String>> {
+        secret(
+            self.jwt_secret.as_deref(),
+            self.jwt_secret_file.as_ref(),
+            "ISSUER_JWT_SECRET",
+        )
+    }
+}
+
+/// The flags that carry secrets: another user of the machine reads a command line in `ps`.
+const SECRET_FLAGS: [(&str, &str); 2] = [
+    ("admin_token", "ISSUER_ADMIN_TOKEN"),
+    ("jwt_secret", "ISSUER_JWT_SECRET"),
+];
+
+impl Config {
+    /// The process's own settings, refusing a secret given on the command line.
+    pub fn from_process() -> anyhow::Result<Self> {
+        Self::from_args(std::env::args_os())
+    }
+
+    fn from_args(
+        args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+    ) -> anyhow::Result<Self> {
+        let matches = Self::command()
+            .try_get_matches_from(args)
+            .unwrap_or_else(|e| e.exit());
+        for (id, variable) in SECRET_FLAGS {
+            anyhow::ensure!(
+                matches.value_source(id) != Some(ValueSource::CommandLine),
+                "secrets are not taken on the command line, where any user of the machine can \
+                 read them: set {variable} or {variable}_FILE"
+            );
+        }
+        Ok(Self::from_arg_matches(&matches)?)
+    }
+
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        secret(
+            self.admin_token.as_deref(),
+            self.admin_token_file.as_ref(),
+            "ISSUER_ADMIN_TOKEN",
+        )?
+        .context("set ISSUER_ADMIN_TOKEN or ISSUER_ADMIN_TOKEN_FILE")
+    }
+}
+
+/// A secret from its variable or from a file named by `<variable>_FILE` (a mounted secret;
+/// one trailing newline is not part of it), never both.
+fn secret(
+    value: Option<&str>,
+    file: Option<&PathBuf>,
+    variable: &str,
+) -> anyhow::Result<Option<String>> {
+    match (value, file) {
+        (Some(_), Some(_)) => anyhow::bail!("set {variable} or {variable}_FILE, not both"),
+        (Some(value), None) => Ok(Some(value.to_owned())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {variable}_FILE {}", path.display()))?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            Ok(Some(text.to_owned()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 #[derive(Subcommand, Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Serve the HTTP API (what runs without a command).
@@ -107,5 +236,26 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         super::Config::command().debug_assert();
+    }
+
+    #[test]
+    fn secrets_are_refused_on_the_command_line() {
+        for flag in ["--admin-token=abc", "--jwt-secret=abc"] {
+            let err = super::Config::from_args(["issuer-api", flag])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} was taken"));
+            assert!(
+                err.to_string().contains("not taken on the command line"),
+                "{err}"
+            );
+        }
+        // The variable itself may be set where tests run (the Makefile sets one), so the
+        // file reading is checked on its own.
+        let file = std::env::temp_dir().join(format!("admin-token-{}", std::process::id()));
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let read = super::secret(None, Some(&file), "ISSUER_ADMIN_TOKEN").unwrap();
+        assert_eq!(read.as_deref(), Some("from-a-file"));
+        assert!(super::secret(Some("x"), Some(&file), "ISSUER_ADMIN_TOKEN").is_err());
+        std::fs::remove_file(file).unwrap();
     }
 }

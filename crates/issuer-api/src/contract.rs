@@ -129,7 +129,8 @@ pub struct CouponView {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IssueRequest {
-    pub user_id: UserId,
+    /// Optional: the user is the token's. If given, it must be that same user.
+    pub user_id: Option<UserId>,
 }
 
 #[derive(Debug, Serialize)]

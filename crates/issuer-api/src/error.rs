@@ -6,17 +6,23 @@
 
 use actix_web::error::{JsonPayloadError, ResponseError};
 use actix_web::http::StatusCode;
-use actix_web::http::header::RETRY_AFTER;
+use actix_web::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpResponse, HttpResponseBuilder};
 use coupon_core::db::pool::PoolError;
 use serde::Serialize;
+
+use crate::identity::jwt::Refusal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     InvalidRequest(String),
-    #[error("a valid admin bearer token is required")]
-    Unauthorized,
+    /// Who is calling is not known: no credentials, or credentials that do not verify.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known, and may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("coupon {0} does not exist")]
     CouponNotFound(i64),
     #[error("no such route")]
@@ -68,7 +74,8 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             Self::InvalidRequest(_) => "INVALID_REQUEST",
-            Self::Unauthorized => "UNAUTHORIZED",
+            Self::Unauthenticated(_) => "UNAUTHORIZED",
+            Self::Forbidden(_) => "FORBIDDEN",
             Self::CouponNotFound(_) => "COUPON_NOT_FOUND",
             Self::RouteNotFound => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
@@ -87,7 +94,8 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::CouponNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -115,6 +123,9 @@ impl ResponseError for ApiError {
                 let seconds = retry_after.as_millis().div_ceil(1000).max(1);
                 response.insert_header((RETRY_AFTER, seconds.to_string()));
             }
+            Self::Unauthenticated(_) => {
+                response.insert_header((WWW_AUTHENTICATE, "Bearer"));
+            }
             Self::Internal(cause) => tracing::error!(error = %cause, "answering 500"),
             _ => {}
         }
@@ -128,6 +139,16 @@ impl ResponseError for ApiError {
 impl From<redis::RedisError> for ApiError {
     fn from(err: redis::RedisError) -> Self {
         Self::unavailable("redis", err)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            // The keys could not be read: whether the token is good is unknown.
+            Refusal::KeysUnavailable(err) => Self::unavailable("the token issuer's keys", err),
+            other => Self::Unauthenticated(other.to_string()),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod contract;
 pub mod delivery;
 pub mod error;
 pub mod handlers;
+pub mod identity;
 pub mod issuing;
 pub mod metrics;
 pub mod operations;

@@ -1,11 +1,10 @@
-use clap::Parser;
 use coupon_core::{shutdown, telemetry};
 use issuer_api::app::{self, Application};
 use issuer_api::config::{Command, Config};
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config = Config::from_process()?;
     telemetry::init(&config.log);
     match config.command.clone().unwrap_or(Command::Serve) {
         Command::Serve => {

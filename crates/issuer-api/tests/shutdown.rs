@@ -10,6 +10,10 @@ fn sigterm_stops_the_api_with_exit_code_zero() {
     let mut env = process::env(&format!("coupon-issue-shutdown-{}", std::process::id()));
     env.push(("ISSUER_LISTEN", "127.0.0.1:0".to_owned()));
     env.push(("ISSUER_ADMIN_TOKEN", "shutdown-test".to_owned()));
+    env.push((
+        "ISSUER_JWT_SECRET",
+        "shutdown-test-hs256-secret-32-bytes-long".to_owned(),
+    ));
     let mut api = process::Service::start(env!("CARGO_BIN_EXE_issuer-api"), &env);
     api.wait_for("issuer-api listening", Duration::from_secs(60));
 

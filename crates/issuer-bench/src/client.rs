@@ -6,19 +6,23 @@ use anyhow::{Context, bail};
 use awc::{Client, Connector};
 use serde_json::{Value, json};
 
+use crate::credentials::UserCredentials;
+
 pub struct ApiClient {
     base: String,
     admin_token: String,
+    users: UserCredentials,
     client: Client,
 }
 
 impl ApiClient {
     /// No connection limit and no reuse preference: each concurrent user opens its own
     /// connection, as the seed's 5,000 browsers did.
-    pub fn new(base: &str, admin_token: &str) -> Self {
+    pub fn new(base: &str, admin_token: &str, users: UserCredentials) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             admin_token: admin_token.to_owned(),
+            users,
             client: Client::builder()
                 .connector(Connector::new().limit(0).timeout(Duration::from_secs(10)))
                 .timeout(Duration::from_secs(30))
@@ -28,10 +32,16 @@ impl ApiClient {
 
     /// Keep-alive connections shared by at most `connections` requests at a time: the
     /// shape of a steady stream rather than a burst of new users.
-    pub fn pooled(base: &str, admin_token: &str, connections: usize) -> Self {
+    pub fn pooled(
+        base: &str,
+        admin_token: &str,
+        users: UserCredentials,
+        connections: usize,
+    ) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             admin_token: admin_token.to_owned(),
+            users,
             client: Client::builder()
                 .connector(
                     Connector::new()
@@ -98,6 +108,7 @@ impl ApiClient {
         let mut response = self
             .client
             .post(format!("{}/api/v1/coupons/{coupon}/issues", self.base))
+            .insert_header(self.users.header_for(user))
             .send_json(&json!({ "userId": user }))
             .await
             .map_err(|e| e.to_string())?;

@@ -4,6 +4,7 @@
 pub mod chaos;
 pub mod client;
 pub mod connections;
+pub mod credentials;
 pub mod drain;
 pub mod html;
 pub mod kafka_cluster;

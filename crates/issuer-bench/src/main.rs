@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, bail};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use coupon_core::config::QueueKind;
 use issuer_bench::chaos::{self, ChaosOptions};
 use issuer_bench::client::ApiClient;
+use issuer_bench::credentials::UserCredentials;
 use issuer_bench::report::Report;
 use issuer_bench::{connections, drain, race, seed, sustained};
 
@@ -24,6 +26,16 @@ struct Cli {
     /// Admin token of that API (to create the coupons under test).
     #[arg(long, env = "ISSUER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
+    /// The HS256 secret that API verifies users' tokens with: the bench signs a token per
+    /// user. Like the admin token, taken from the environment only.
+    #[arg(long, env = "ISSUER_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// How the bench's users prove who they are: as that API's ISSUER_USER_AUTH says.
+    #[arg(long, env = "ISSUER_USER_AUTH", value_enum, default_value_t = UserAuth::Jwt)]
+    user_auth: UserAuth,
+    /// The gateway's user header, in gateway-header mode.
+    #[arg(long, env = "ISSUER_USER_HEADER", default_value = "x-user-id")]
+    user_header: String,
     /// The database the workers write to, read to time Phase 2.
     #[arg(
         long,
@@ -52,6 +64,43 @@ struct Cli {
     report: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Option<Scenario>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum UserAuth {
+    /// A bearer JWT per user, signed with ISSUER_JWT_SECRET.
+    Jwt,
+    /// The header a gateway sets (ISSUER_USER_HEADER).
+    GatewayHeader,
+}
+
+impl Cli {
+    /// The process's own arguments; secrets given on the command line, where any user of
+    /// the machine can read them, are refused.
+    fn from_process() -> anyhow::Result<Self> {
+        let matches = Self::command().get_matches();
+        for (id, variable) in [
+            ("admin_token", "ISSUER_ADMIN_TOKEN"),
+            ("jwt_secret", "ISSUER_JWT_SECRET"),
+        ] {
+            if matches.value_source(id) == Some(ValueSource::CommandLine) {
+                bail!("secrets are not taken on the command line: set {variable}");
+            }
+        }
+        Ok(Self::from_arg_matches(&matches)?)
+    }
+
+    fn users(&self) -> anyhow::Result<UserCredentials> {
+        match self.user_auth {
+            UserAuth::Jwt => {
+                let secret = self.jwt_secret.as_deref().context(
+                    "set ISSUER_JWT_SECRET to the API's HS256 secret (or ISSUER_USER_AUTH=gateway-header)",
+                )?;
+                Ok(UserCredentials::jwt(secret)?)
+            }
+            UserAuth::GatewayHeader => Ok(UserCredentials::GatewayHeader(self.user_header.clone())),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -148,10 +197,10 @@ enum Scenario {
 
 #[actix_rt::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::from_process()?;
     // Thousands of simultaneous connections need as many descriptors, on both ends.
     let limit = rlimit::increase_nofile_limit(u64::MAX)?;
-    let scenario = cli.scenario.unwrap_or(Scenario::Seed {
+    let scenario = cli.scenario.take().unwrap_or(Scenario::Seed {
         users: 5000,
         quantity: 500,
         modes: Vec::new(),
@@ -183,7 +232,12 @@ async fn main() -> anyhow::Result<()> {
             rate,
             concurrency,
         } => {
-            let api = std::rc::Rc::new(ApiClient::pooled(&cli.api, &cli.admin_token, concurrency));
+            let api = std::rc::Rc::new(ApiClient::pooled(
+                &cli.api,
+                &cli.admin_token,
+                cli.users()?,
+                concurrency,
+            ));
             api.wait_ready(Duration::from_secs(30)).await?;
             let mut ids = Vec::new();
             for n in 0..coupons {
@@ -256,6 +310,9 @@ async fn main() -> anyhow::Result<()> {
                     redis_url: &cli.redis_url,
                     kafka_brokers: &cli.kafka_brokers,
                     admin_token: &cli.admin_token,
+                    jwt_secret: cli.jwt_secret.as_deref().context(
+                        "set ISSUER_JWT_SECRET: the services started here verify users' tokens with it",
+                    )?,
                 };
                 let comparison = seed::compare(&services, &modes, users, quantity).await?;
                 comparison.emit(cli.json, cli.report.as_deref())?;
@@ -265,7 +322,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let api = ApiClient::new(&cli.api, &cli.admin_token);
+            let api = ApiClient::new(&cli.api, &cli.admin_token, cli.users()?);
             api.wait_ready(Duration::from_secs(30)).await?;
             let report = seed::run(&api, &cli.database_url, users, quantity).await?;
             report.emit(cli.json, cli.report.as_deref())?;

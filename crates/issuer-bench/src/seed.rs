@@ -14,6 +14,7 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::client::ApiClient;
+use crate::credentials::UserCredentials;
 use crate::html::{Figure, Plot, Series};
 use crate::latency::{Latency, histogram};
 use crate::process::{Service, free_port};
@@ -394,6 +395,7 @@ pub struct Services<'a> {
     pub redis_url: &'a str,
     pub kafka_brokers: &'a str,
     pub admin_token: &'a str,
+    pub jwt_secret: &'a str,
 }
 
 /// Runs the experiment once per queue mode, each on a fresh issuer-api and issuer-worker
@@ -413,6 +415,7 @@ pub async fn compare(
             ("ISSUE_QUEUE", queue.to_string()),
             ("ISSUER_LISTEN", format!("127.0.0.1:{port}")),
             ("ISSUER_ADMIN_TOKEN", services.admin_token.to_owned()),
+            ("ISSUER_JWT_SECRET", services.jwt_secret.to_owned()),
             ("DATABASE_URL", services.database_url.to_owned()),
             ("REDIS_URL", services.redis_url.to_owned()),
             ("REDIS_KEY_PREFIX", format!("bench-{queue}:")),
@@ -440,7 +443,11 @@ pub async fn compare(
             &logs,
             &log("api"),
         )?;
-        let client = ApiClient::new(&format!("http://127.0.0.1:{port}"), services.admin_token);
+        let client = ApiClient::new(
+            &format!("http://127.0.0.1:{port}"),
+            services.admin_token,
+            UserCredentials::jwt(services.jwt_secret)?,
+        );
         client
             .wait_ready(Duration::from_secs(60))
             .await

@@ -21,6 +21,14 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The HS256 secret every test API verifies users' tokens with.
+pub const JWT_SECRET: &str = "test-only-hs256-secret-of-at-least-32-bytes";
+
+/// A valid token for `user`, as a login would hand out.
+pub fn user_token(user: i64) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap();
+    issuer_bench::credentials::mint(&key, user)
+}
 
 /// The services `make up` starts; override with the usual variables.
 fn base_database_url() -> String {
@@ -129,6 +137,7 @@ impl TestEnv {
             "--listen=127.0.0.1:0",
             "--http-workers=2",
             &format!("--admin-token={ADMIN_TOKEN}"),
+            &format!("--jwt-secret={JWT_SECRET}"),
         ]
         .into_iter()
         .map(String::from)
@@ -222,11 +231,12 @@ impl TestEnv {
         format!("{}{}", self.base, path)
     }
 
-    /// POST JSON, returning (status, body as JSON or Null).
-    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    /// POST JSON with a bearer token, returning (status, body as JSON or Null).
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
         let mut response = self
             .client
             .post(self.url(path))
+            .bearer_auth(token)
             .send_json(body)
             .await
             .unwrap();
@@ -237,6 +247,7 @@ impl TestEnv {
         )
     }
 
+    /// GET as an admin, who may read every route.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let (status, text) = self.get_text(path).await;
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
@@ -246,9 +257,15 @@ impl TestEnv {
         self.get_url(&self.url(path)).await
     }
 
-    /// A GET of any URL (another API's, an operations listener's).
+    /// A GET of any URL (another API's, an operations listener's), as an admin.
     pub async fn get_url(&self, url: &str) -> (u16, String) {
-        let mut response = self.client.get(url).send().await.unwrap();
+        let mut response = self
+            .client
+            .get(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
         let bytes = response.body().await.unwrap();
         (
             response.status().as_u16(),
@@ -296,6 +313,7 @@ impl TestEnv {
     pub async fn issue(&self, coupon: i64, user: i64) -> (u16, Value) {
         self.post(
             &format!("/api/v1/coupons/{coupon}/issues"),
+            &user_token(user),
             &json!({ "userId": user }),
         )
         .await

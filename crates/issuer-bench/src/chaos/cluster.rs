@@ -17,6 +17,8 @@ use crate::proxy::CuttableProxy;
 use crate::redis_server::RedisServer;
 
 pub const ADMIN_TOKEN: &str = "chaos-admin-token";
+/// The HS256 secret the cluster's APIs verify users' tokens with; the load signs with it.
+pub const JWT_SECRET: &str = "chaos-only-hs256-secret-of-32-bytes-or-more";
 pub const TOPIC: &str = "coupon-issue";
 pub const GROUP: &str = "coupon-issue-worker";
 pub const REPLICAS: usize = 2;
@@ -146,6 +148,7 @@ impl Cluster {
             ("ISSUE_TOPIC", TOPIC.into()),
             ("WORKER_GROUP_ID", GROUP.into()),
             ("ISSUER_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+            ("ISSUER_JWT_SECRET", JWT_SECRET.into()),
             ("ISSUER_HTTP_WORKERS", "1".into()),
             ("PUBLISH_TIMEOUT_MS", "5000".into()),
             ("RECONCILE_INTERVAL_MS", "1000".into()),

@@ -21,9 +21,10 @@ use coupon_core::registry::Registry;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use self::cluster::{ADMIN_TOKEN, Cluster, GROUP, TOPIC};
+use self::cluster::{ADMIN_TOKEN, Cluster, GROUP, JWT_SECRET, TOPIC};
 use self::load::{Outcome, drive};
 use crate::client::ApiClient;
+use crate::credentials::UserCredentials;
 
 pub struct ChaosOptions {
     pub queue: QueueKind,
@@ -180,11 +181,18 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(&dir);
     println!("Starting the chaos cluster (logs in {})", dir.display());
     let mut cluster = Cluster::start(bin_dir, admin_database_url, &dir, options.queue).await?;
+    let users = UserCredentials::jwt(JWT_SECRET)?;
     let apis: Rc<Vec<ApiClient>> = Rc::new(
         cluster
             .api_ports
             .iter()
-            .map(|port| ApiClient::new(&format!("http://127.0.0.1:{port}"), ADMIN_TOKEN))
+            .map(|port| {
+                ApiClient::new(
+                    &format!("http://127.0.0.1:{port}"),
+                    ADMIN_TOKEN,
+                    users.clone(),
+                )
+            })
             .collect(),
     );
     for api in apis.iter() {
