@@ -12,7 +12,7 @@ export RUST_LOG ?= info
 RELEASE_BIN := target/release
 SERVICES := -p issuer-api -p issuer-worker
 
-.PHONY: up down build run demo bench test chaos lint fmt clean-test-dbs
+.PHONY: up down build run demo bench test chaos contract-fuzz lint fmt clean-test-dbs
 
 up: ## Redis, PostgreSQL and a Kafka-API broker on their standard ports (installs what is missing)
 	@bash deploy/local/up.sh
@@ -43,6 +43,13 @@ chaos: up ## faults under load on a cluster of its own, in each queue mode, then
 	for queue in $(CHAOS_QUEUES); do \
 	  target/debug/issuer-bench chaos --queue $$queue --duration-secs $(CHAOS_SECONDS) || exit 1; \
 	done
+
+# Seconds the contract fuzz runs (CI: this default).
+FUZZ_SECONDS ?= 120
+
+contract-fuzz: up ## schemathesis against the running API and its OpenAPI document: no 5xx, every answer as documented
+	cargo build -p issuer-api -p issuer-worker
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash deploy/local/contract-fuzz.sh
 
 lint:
 	cargo fmt --all -- --check

@@ -16,9 +16,11 @@ cat <<TXT
 
   curl -s -X POST http://$LISTEN/api/v1/coupons -H "Authorization: Bearer \$ISSUER_ADMIN_TOKEN" \\
        -H 'Content-Type: application/json' -d '{"name":"Flash sale","totalQuantity":500}'
-  curl -s -X POST http://$LISTEN/api/v1/coupons/1/issues -H 'Content-Type: application/json' -d '{"userId":42}'
+  TOKEN=\$(deploy/local/mint-token.sh 42)   # README: Authentication
+  curl -s -X POST http://$LISTEN/api/v1/coupons/1/issues -H "Authorization: Bearer \$TOKEN" \\
+       -H 'Content-Type: application/json' -d '{}'
   curl -s http://$LISTEN/api/v1/coupons/1
-  curl -s http://$LISTEN/api/v1/coupons/1/issues/42
+  curl -s -H "Authorization: Bearer \$TOKEN" http://$LISTEN/api/v1/coupons/1/issues/42
 
 TXT
 "$BIN/issuer-api"

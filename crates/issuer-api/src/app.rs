@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::{App, HttpServer, web};
+use actix_web::http::Method;
+use actix_web::{App, FromRequest, Handler, HttpServer, Resource, Responder, web};
 use anyhow::Context;
 use coupon_core::admission::AdmissionScripts;
 use coupon_core::config::QueueKind;
@@ -274,30 +275,54 @@ fn json_config() -> web::JsonConfig {
 
 /// The routes of the contract; a known path with another method answers 405 in JSON.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let resource =
-        |path: &str| web::resource(path).default_service(web::to(handlers::method_not_allowed));
     // The hot route first: actix tries resources in order, and each dynamic one it passes
     // costs a regex match (the largest user-space cost of a sold-out request in a profile).
-    cfg.service(
-        resource("/api/v1/coupons/{couponId}/issues").route(web::post().to(handlers::issue_coupon)),
-    )
-    .service(resource("/api/v1/coupons").route(web::post().to(handlers::create_coupon)))
-    .service(resource("/api/v1/coupons/{couponId}").route(web::get().to(handlers::get_coupon)))
-    .service(
-        resource("/api/v1/coupons/{couponId}/issues/{userId}")
-            .route(web::get().to(handlers::issue_status)),
-    )
-    .service(
-        resource("/api/v1/users/{userId}/coupons")
-            .route(web::get().to(handlers::list_user_coupons)),
-    );
+    cfg.service(resource(
+        "/api/v1/coupons/{couponId}/issues",
+        Method::POST,
+        handlers::issue_coupon,
+    ))
+    .service(resource(
+        "/api/v1/coupons",
+        Method::POST,
+        handlers::create_coupon,
+    ))
+    .service(resource(
+        "/api/v1/coupons/{couponId}",
+        Method::GET,
+        handlers::get_coupon,
+    ))
+    .service(resource(
+        "/api/v1/coupons/{couponId}/issues/{userId}",
+        Method::GET,
+        handlers::issue_status,
+    ))
+    .service(resource(
+        "/api/v1/users/{userId}/coupons",
+        Method::GET,
+        handlers::list_user_coupons,
+    ))
+    .service(resource("/openapi.json", Method::GET, handlers::openapi));
 }
 
 /// The operations routes: beside the API, or on their own listener (ISSUER_OPS_LISTEN).
 pub fn operations_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/metrics").route(web::get().to(handlers::metrics)))
-        .service(web::resource("/healthz").route(web::get().to(handlers::healthz)))
-        .service(web::resource("/readyz").route(web::get().to(handlers::readyz)));
+    cfg.service(resource("/metrics", Method::GET, handlers::metrics))
+        .service(resource("/healthz", Method::GET, handlers::healthz))
+        .service(resource("/readyz", Method::GET, handlers::readyz));
+}
+
+/// A path served with one method; any other answers 405 with `Allow` naming it (RFC 9110).
+fn resource<F, Args>(path: &str, method: Method, handler: F) -> Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    let allow = method.clone();
+    web::resource(path)
+        .route(web::method(method).to(handler))
+        .default_service(web::to(move || handlers::method_not_allowed(allow.clone())))
 }
 
 /// A small server for the operations routes alone, so that they need not be exposed with

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
+use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
 use coupon_core::domain::{Admission, CouponId, UserId};
 use serde_json::json;
@@ -144,6 +144,16 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.counters.render(&snapshot.failed))
 }
 
+/// The contract as OpenAPI 3.1, kept beside the code (`openapi.json`) and checked against
+/// the routes by `tests/openapi.rs`.
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+const OPENAPI: &str = include_str!("../openapi.json");
+
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
@@ -174,6 +184,6 @@ pub async fn route_not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::RouteNotFound)
 }
 
-pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+pub async fn method_not_allowed(allow: Method) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { allow })
 }
