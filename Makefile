@@ -12,7 +12,7 @@ export RUST_LOG ?= info
 RELEASE_BIN := target/release
 SERVICES := -p issuer-api -p issuer-worker
 
-.PHONY: up down build run demo bench test chaos contract-fuzz lint fmt clean-test-dbs
+.PHONY: up down build run demo bench test chaos contract-fuzz fuzz lint fmt clean-test-dbs
 
 up: ## Redis, PostgreSQL and a Kafka-API broker on their standard ports (installs what is missing)
 	@bash deploy/local/up.sh
@@ -50,6 +50,18 @@ FUZZ_SECONDS ?= 120
 contract-fuzz: up ## schemathesis against the running API and its OpenAPI document: no 5xx, every answer as documented
 	cargo build -p issuer-api -p issuer-worker
 	FUZZ_SECONDS=$(FUZZ_SECONDS) bash deploy/local/contract-fuzz.sh
+
+# Seconds each cargo-fuzz target runs.
+FUZZ_TARGET_SECONDS ?= 60
+
+fuzz: ## cargo fuzz (nightly, libFuzzer) on request parsing and event decoding, FUZZ_TARGET_SECONDS each
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && for target in request_parsing event_decoding; do \
+	  mkdir -p ../.local/fuzz-corpus/$$target && \
+	  cargo +nightly fuzz run $$target ../.local/fuzz-corpus/$$target seeds/$$target -- \
+	    -max_total_time=$(FUZZ_TARGET_SECONDS) || exit 1; \
+	done
 
 lint:
 	cargo fmt --all -- --check
