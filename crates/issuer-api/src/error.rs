@@ -174,6 +174,19 @@ impl From<diesel::result::Error> for ApiError {
                 _,
             )
             | Error::BrokenTransactionManager => Self::unavailable("postgresql", err),
+            // The table's own rules refused the values: no retry can change that. Requests
+            // are validated against the same rules first, so this is the last line.
+            // (SQLSTATE class 22, data exceptions, would belong here too, but diesel-async
+            // 0.9 reports them as `Unknown` without the code, indistinguishable from a
+            // retryable too_many_connections; validation keeps them from being reached, and
+            // `fuzz/fuzz_targets/request_parsing.rs` checks that it does.)
+            Error::DatabaseError(
+                DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation,
+                info,
+            ) => Self::InvalidRequest(format!(
+                "the database refused the values ({})",
+                info.constraint_name().unwrap_or("a constraint")
+            )),
             other => Self::Internal(other.into()),
         }
     }
@@ -190,5 +203,30 @@ impl From<JsonPayloadError> for ApiError {
             }
             other => Self::InvalidRequest(format!("unreadable body: {other}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::ResponseError;
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    use super::ApiError;
+
+    fn status(kind: DatabaseErrorKind) -> u16 {
+        let info = Box::new(String::from("new row violates check constraint"));
+        ApiError::from(Error::DatabaseError(kind, info))
+            .status_code()
+            .as_u16()
+    }
+
+    /// The database refusing values for good is the client's to fix (400), not "retry"
+    /// (503) and not our fault (500); a broken connection or a conflict is worth a retry.
+    #[test]
+    fn database_errors_answer_by_whether_a_retry_can_help() {
+        assert_eq!(status(DatabaseErrorKind::CheckViolation), 400);
+        assert_eq!(status(DatabaseErrorKind::NotNullViolation), 400);
+        assert_eq!(status(DatabaseErrorKind::ClosedConnection), 503);
+        assert_eq!(status(DatabaseErrorKind::SerializationFailure), 503);
     }
 }
