@@ -33,7 +33,8 @@ trap 'kill -TERM $api $worker 2>/dev/null; wait $api $worker 2>/dev/null || true
 
 # User 1 with the admin role: every route is open to it, so the fuzz reaches past 401/403.
 token=$("$ROOT/deploy/local/mint-token.sh" 1 coupon-admin)
-"$VENV/bin/schemathesis" run "http://$ISSUER_LISTEN/openapi.json" \
+"$VENV/bin/schemathesis" --config-file "$ROOT/deploy/local/schemathesis.toml" \
+  run "http://$ISSUER_LISTEN/openapi.json" \
   --wait-for-schema 60 \
   --phases examples,fuzzing,stateful \
   --max-time "$SECONDS_BUDGET" \

@@ -12,7 +12,19 @@ pub struct ApiClient {
     base: String,
     admin_token: String,
     users: UserCredentials,
+    route: IssueRoute,
     client: Client,
+}
+
+/// Where issue requests go: the product's route, or one of the hand-built ceiling's
+/// (`../shared/tools/ceiling`), which take the same body.
+#[derive(Clone, Copy)]
+pub enum IssueRoute {
+    Product,
+    /// `/full/{coupon}/issues`: admission and a produce awaiting the acknowledgement.
+    CeilingFull,
+    /// `/admit/{coupon}/issues`: admission only.
+    CeilingAdmit,
 }
 
 impl ApiClient {
@@ -23,6 +35,7 @@ impl ApiClient {
             base: base.trim_end_matches('/').to_owned(),
             admin_token: admin_token.to_owned(),
             users,
+            route: IssueRoute::Product,
             client: Client::builder()
                 .connector(Connector::new().limit(0).timeout(Duration::from_secs(10)))
                 .timeout(Duration::from_secs(30))
@@ -42,6 +55,7 @@ impl ApiClient {
             base: base.trim_end_matches('/').to_owned(),
             admin_token: admin_token.to_owned(),
             users,
+            route: IssueRoute::Product,
             client: Client::builder()
                 .connector(
                     Connector::new()
@@ -51,6 +65,11 @@ impl ApiClient {
                 .timeout(Duration::from_secs(30))
                 .finish(),
         }
+    }
+
+    /// The same client, sending its issue requests to `route`.
+    pub fn on_route(self, route: IssueRoute) -> Self {
+        Self { route, ..self }
     }
 
     /// Refuses to start a measurement against an API that is not up and ready.
@@ -107,7 +126,11 @@ impl ApiClient {
     pub async fn try_issue(&self, coupon: i64, user: i64) -> Result<(u16, String), String> {
         let mut response = self
             .client
-            .post(format!("{}/api/v1/coupons/{coupon}/issues", self.base))
+            .post(match self.route {
+                IssueRoute::Product => format!("{}/api/v1/coupons/{coupon}/issues", self.base),
+                IssueRoute::CeilingFull => format!("{}/full/{coupon}/issues", self.base),
+                IssueRoute::CeilingAdmit => format!("{}/admit/{coupon}/issues", self.base),
+            })
             .insert_header(self.users.header_for(user))
             .send_json(&json!({ "userId": user }))
             .await

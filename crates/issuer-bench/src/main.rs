@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use coupon_core::config::QueueKind;
+use issuer_bench::ceiling::{self, Shape};
 use issuer_bench::chaos::{self, ChaosOptions};
 use issuer_bench::client::ApiClient;
 use issuer_bench::credentials::UserCredentials;
@@ -136,6 +137,26 @@ enum Scenario {
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
     },
+    /// The product against the hand-built ceiling (`../shared/tools/ceiling`), same closed
+    /// load, alternating, in one run: the ratio of their medians per shape and connections.
+    Ceiling {
+        /// Base URL of the running ceiling.
+        #[arg(long, env = "BENCH_CEILING", default_value = "http://127.0.0.1:18080")]
+        ceiling: String,
+        /// The ceiling's QTY (users per coupon), which it was started with.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..))]
+        ceiling_quantity: i64,
+        #[arg(long = "shape", value_enum, default_values_t = [Shape::Admitted, Shape::SoldOut])]
+        shapes: Vec<Shape>,
+        /// Concurrent connections (repeat the flag).
+        #[arg(long = "connections", default_values_t = [100, 400])]
+        connections: Vec<usize>,
+        /// Requests per run.
+        #[arg(long, default_value_t = 50_000)]
+        requests: u64,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+    },
     /// Persist rate of a backlog published with no worker running, against a bare consumer
     /// reading it from the same broker; one row per `--worker-batch` size.
     Drain {
@@ -252,6 +273,34 @@ async fn main() -> anyhow::Result<()> {
             };
             let report = sustained::run(api, &ids, requests, load).await?;
             report.emit(cli.json, cli.report.as_deref())?;
+        }
+        Scenario::Ceiling {
+            ceiling: ceiling_url,
+            ceiling_quantity,
+            shapes,
+            connections,
+            requests,
+            rounds,
+        } => {
+            let targets = ceiling::Targets {
+                product: &cli.api,
+                admin_token: &cli.admin_token,
+                users: cli.users()?,
+                ceiling: &ceiling_url,
+                ceiling_quantity,
+            };
+            ApiClient::new(&cli.api, &cli.admin_token, cli.users()?)
+                .wait_ready(Duration::from_secs(30))
+                .await?;
+            let options = ceiling::Options {
+                shapes,
+                connections,
+                requests,
+                rounds,
+            };
+            ceiling::run(&targets, &options)
+                .await?
+                .emit(cli.json, cli.report.as_deref())?;
         }
         Scenario::Race {
             users,
