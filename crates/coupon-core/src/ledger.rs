@@ -139,6 +139,7 @@ pub enum Claim {
 pub struct Ledger {
     key_prefix: String,
     script: Script,
+    settle: Script,
 }
 
 impl Ledger {
@@ -146,6 +147,7 @@ impl Ledger {
         Self {
             key_prefix: key_prefix.into(),
             script: Script::new(include_str!("scripts/ledger.lua")),
+            settle: Script::new(include_str!("scripts/settle.lua")),
         }
     }
 
@@ -218,17 +220,24 @@ impl Ledger {
         Ok(code == 1)
     }
 
-    /// The event is acknowledged, whoever published it: its entry goes.
+    /// These events of one coupon are acknowledged, whoever published them: their entries
+    /// go, in one script run. Returns how many were still pending.
     pub async fn settle<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
-        event: &IssueEvent,
-    ) -> Result<bool, RedisError> {
-        let id = event.event_id.to_string();
-        let (code, _) = self
-            .run(con, event.coupon_id, event.user_id, "settle", &id)
-            .await?;
-        Ok(code == 1)
+        coupon: CouponId,
+        events: &[&IssueEvent],
+    ) -> Result<usize, RedisError> {
+        let mut invocation = self
+            .settle
+            .key(CouponKeys::new(&self.key_prefix, coupon).pending);
+        for event in events {
+            debug_assert_eq!(event.coupon_id, coupon);
+            invocation
+                .arg(event.user_id.get())
+                .arg(event.event_id.to_string());
+        }
+        invocation.invoke_async(con).await
     }
 
     /// Every pending entry of a coupon.

@@ -212,12 +212,19 @@ async fn postgresql_refuses_more_rows_than_the_quantity_and_keeps_the_surplus() 
         })
         .collect();
     assert_eq!(surplus, vec![6, 7, 8]);
-    let (status, metrics) = env.get_text("/metrics").await;
-    assert_eq!(status, 200);
-    assert!(
-        metrics.contains("coupon_failed_events{reason=\"OVER_QUANTITY\",status=\"PENDING\"} 3\n"),
-        "counted in a metric:\n{metrics}"
-    );
+    // /metrics answers from the operations view, refreshed every second: wait for the
+    // refresh that follows the rows (bounded), rather than reading one that predates them.
+    let line = "coupon_failed_events{reason=\"OVER_QUANTITY\",status=\"PENDING\"} 3\n";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (status, metrics) = env.get_text("/metrics").await;
+        assert_eq!(status, 200);
+        if metrics.contains(line) || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(metrics.contains(line), "counted in a metric:\n{metrics}");
     let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
     assert_eq!(view["persistedCount"], 5);
     env.shutdown().await;

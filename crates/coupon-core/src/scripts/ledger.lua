@@ -4,7 +4,7 @@
 --   inflight  the admitting request is publishing it (since = admission)
 --   doubt     a publish ended without knowing whether the broker has it; nobody publishes
 --   claimed   a retry or a reconciler took it to publish it again (since = the claim)
--- Every transition compares the whole entry first (or the event id, for settle): an actor
+-- Every transition compares the whole entry first (settle.lua compares the event id): an actor
 -- acts only on the entry it owns, so a report that comes late finds it changed, and does
 -- nothing. All ages are measured on Redis's clock, the one every replica shares.
 --
@@ -16,7 +16,7 @@
 --           go. Returns {1, ''} if released, {0, ''} if the entry changed.
 --   doubt   ARGV[3] the entry. Its publish ended in doubt: nobody owns it any more, anyone
 --           may claim it. Returns {1, new entry} or {0, ''}.
---   settle  ARGV[3] the event id. Acknowledged: the entry goes. Returns {1, ''} or {0, ''}.
+-- Settling an acknowledged event is settle.lua's, many at a time.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local user, op, arg = ARGV[1], ARGV[2], ARGV[3]
@@ -53,11 +53,5 @@ elseif op == 'doubt' then
     return {0, ''}
   end
   return {1, put('doubt', attempt)}
-elseif op == 'settle' then
-  if id ~= arg then
-    return {0, ''}
-  end
-  redis.call('HDEL', KEYS[2], user)
-  return {1, ''}
 end
 return redis.error_reply('unknown ledger operation ' .. tostring(op))

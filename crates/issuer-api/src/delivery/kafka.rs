@@ -11,6 +11,7 @@
 
 pub mod publisher;
 pub mod reconciler;
+pub mod settler;
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 
 use crate::error::ApiError;
 use publisher::Publisher;
+use settler::Settler;
 
 /// librdkafka reports every message by its message timeout; this margin covers the
 /// report's way back to the request.
@@ -34,6 +36,7 @@ pub const PUBLISH_REPORT_MARGIN: Duration = Duration::from_secs(2);
 pub struct KafkaDelivery {
     publisher: Publisher,
     ledger: Ledger,
+    settler: Settler,
     registry: Registry,
     redis: ConnectionManager,
     kafka: KafkaArgs,
@@ -67,6 +70,7 @@ impl KafkaDelivery {
             publisher: Publisher::new(&kafka, publish_timeout)
                 .map_err(|e| ApiError::unavailable("kafka", e))?,
             ledger: Ledger::new(key_prefix.clone()),
+            settler: Settler::start(Ledger::new(key_prefix.clone()), redis.clone()),
             registry: Registry::new(key_prefix, coupon_core::config::QueueKind::Kafka),
             redis,
             kafka,
@@ -86,7 +90,8 @@ impl KafkaDelivery {
         let mut redis = self.redis.clone();
         let (coupon, user) = (entry.event.coupon_id, entry.event.user_id);
         let Err(failure) = self.publisher.publish(&entry.event).await else {
-            self.settle(&entry).await;
+            // Acknowledged: the answer need not wait for the entry to go (`settler`).
+            self.settler.settle(entry.event);
             return Ok(());
         };
         let handed_over = match failure.persistence {
@@ -127,7 +132,7 @@ impl KafkaDelivery {
     pub async fn republish(&self, entry: PendingEntry) -> Result<(), ApiError> {
         match self.publisher.publish(&entry.event).await {
             Ok(()) => {
-                self.settle(&entry).await;
+                self.settler.settle(entry.event);
                 Ok(())
             }
             Err(failure) => {
@@ -142,19 +147,6 @@ impl KafkaDelivery {
                 }
                 Err(ApiError::unavailable("kafka", failure))
             }
-        }
-    }
-
-    /// The event is acknowledged. Should clearing its pending entry fail, the entry is
-    /// published once more later: a duplicate the worker ignores, never a loss.
-    async fn settle(&self, entry: &PendingEntry) {
-        if let Err(err) = self
-            .ledger
-            .settle(&mut self.redis.clone(), &entry.event)
-            .await
-        {
-            tracing::warn!(coupon = %entry.event.coupon_id, user = %entry.event.user_id,
-                error = %err, "acknowledged, but the pending entry stays until it is claimed");
         }
     }
 
@@ -194,10 +186,15 @@ impl KafkaDelivery {
         self.publisher.check().await.map_err(|e| e.to_string())
     }
 
+    /// At shutdown: waits for the broker's outstanding acknowledgements, then settles
+    /// every acknowledged entry.
     pub async fn flush(&self, timeout: Duration) -> Result<(), ApiError> {
-        self.publisher
+        let flushed = self
+            .publisher
             .flush(timeout)
             .await
-            .map_err(|e| ApiError::unavailable("kafka", e))
+            .map_err(|e| ApiError::unavailable("kafka", e));
+        self.settler.stop().await;
+        flushed
     }
 }
