@@ -119,32 +119,19 @@ pub async fn run(targets: &Targets<'_>, options: &Options) -> anyhow::Result<Cei
                 )
                 .await;
                 let product_coupons = product_coupons(&product, shape, options.requests).await?;
-                let load = Load::Concurrency(connections);
+                let load = || Load::Concurrency(connections);
+                // Futures are lazy: each side runs when awaited, one after the other.
+                let product_run =
+                    sustained::run(Rc::new(product), &product_coupons, options.requests, load());
+                let ceiling_run =
+                    sustained::run(Rc::new(ceiling), &ceiling_coupons, options.requests, load());
                 // Alternate which side goes first, so neither always meets a warmer box.
                 let (p, c) = if round % 2 == 0 {
-                    let p =
-                        sustained::run(Rc::new(product), &product_coupons, options.requests, load)
-                            .await?;
-                    let c = sustained::run(
-                        Rc::new(ceiling),
-                        &ceiling_coupons,
-                        options.requests,
-                        Load::Concurrency(connections),
-                    )
-                    .await?;
-                    (p, c)
+                    let p = product_run.await?;
+                    (p, ceiling_run.await?)
                 } else {
-                    let c =
-                        sustained::run(Rc::new(ceiling), &ceiling_coupons, options.requests, load)
-                            .await?;
-                    let p = sustained::run(
-                        Rc::new(product),
-                        &product_coupons,
-                        options.requests,
-                        Load::Concurrency(connections),
-                    )
-                    .await?;
-                    (p, c)
+                    let c = ceiling_run.await?;
+                    (product_run.await?, c)
                 };
                 let row = match rows
                     .iter_mut()
