@@ -47,6 +47,7 @@ impl Identity {
             !admin_token.is_empty(),
             "the admin token (ISSUER_ADMIN_TOKEN or ISSUER_ADMIN_TOKEN_FILE) must not be empty"
         );
+        refuse_placeholder(&admin_token, "ISSUER_ADMIN_TOKEN")?;
         let users = match args.user_auth {
             UserAuth::Jwt => Users::Jwt(Box::new(jwt::Verifier::new(args).await?)),
             UserAuth::GatewayHeader => {
@@ -158,6 +159,18 @@ impl FromRequest for Caller {
     }
 }
 
+/// A secret still holding a manifest's placeholder (`CHANGE-ME`) would work as a real one,
+/// and anyone who read the manifest would know it: refuse to start instead.
+pub fn refuse_placeholder(secret: &str, variable: &str) -> anyhow::Result<()> {
+    let lower = secret.to_ascii_lowercase();
+    anyhow::ensure!(
+        !(lower.contains("change-me") || lower.contains("changeme")),
+        "{variable} still holds a placeholder (CHANGE-ME): set a secret of your own, e.g. \
+         `openssl rand -hex 32`"
+    );
+    Ok(())
+}
+
 /// The bearer token, if the request has an Authorization header; any other scheme, or a
 /// header that is not text, is refused rather than ignored.
 fn bearer(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
@@ -192,7 +205,24 @@ fn same_token(expected: &[u8], given: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::same_token;
+    use super::{refuse_placeholder, same_token};
+
+    #[test]
+    fn a_placeholder_secret_is_refused_with_the_reason() {
+        for placeholder in [
+            "CHANGE-ME",
+            "change-me-please",
+            "ChangeMe123",
+            "CHANGE-ME-TO-32-OR-MORE-RANDOM-BYTES",
+        ] {
+            let err = refuse_placeholder(placeholder, "ISSUER_ADMIN_TOKEN").unwrap_err();
+            assert!(
+                err.to_string().contains("placeholder"),
+                "{placeholder}: {err}"
+            );
+        }
+        assert!(refuse_placeholder("dev-admin-token", "ISSUER_ADMIN_TOKEN").is_ok());
+    }
 
     #[test]
     fn only_the_whole_token_is_the_token() {

@@ -67,6 +67,7 @@ impl Verifier {
         let hmac = args
             .jwt_secret()?
             .map(|secret| {
+                super::refuse_placeholder(&secret, "ISSUER_JWT_SECRET")?;
                 anyhow::ensure!(
                     secret.len() >= 32,
                     "the HS256 secret must be at least 32 bytes (RFC 7518 §3.2: as long as the hash)"
