@@ -9,35 +9,20 @@
 
 use coupon_core::admission::{AdmissionScripts, AdmitReply};
 use coupon_core::config::QueueKind;
-use coupon_core::domain::{Coupon, CouponId, UserId};
+use coupon_core::domain::{Coupon, UserId};
 use coupon_core::epoch::instance_epoch;
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 
-async fn redis() -> MultiplexedConnection {
-    redis::Client::open(
-        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-    )
-    .unwrap()
-    .get_multiplexed_async_connection()
-    .await
-    .unwrap()
-}
+mod support;
+
+use support::redis;
 
 fn coupon() -> Coupon {
-    Coupon {
-        id: CouponId::new(1).unwrap(),
-        name: "epoch test".into(),
-        total_quantity: 5,
-        issued_count: 0,
-        starts_at: None,
-        ends_at: None,
-    }
+    support::coupon("epoch test", 5)
 }
 
 fn scripts() -> AdmissionScripts {
-    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
-    AdmissionScripts::new(prefix, QueueKind::Kafka)
+    AdmissionScripts::new(support::prefix(), QueueKind::Kafka)
 }
 
 #[tokio::test]

@@ -17,33 +17,16 @@ use coupon_core::registry::{Registration, Registry};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Cmd};
 
-async fn redis() -> MultiplexedConnection {
-    redis::Client::open(
-        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-    )
-    .unwrap()
-    .get_multiplexed_async_connection()
-    .await
-    .unwrap()
-}
+mod support;
+
+use support::{prefix, redis};
 
 fn coupon() -> Coupon {
     with_quantity(10)
 }
 
 fn with_quantity(total_quantity: i64) -> Coupon {
-    Coupon {
-        id: CouponId::new(1).unwrap(),
-        name: "registry test".into(),
-        total_quantity,
-        issued_count: 0,
-        starts_at: None,
-        ends_at: None,
-    }
-}
-
-fn prefix() -> String {
-    format!("test-{}:", uuid::Uuid::new_v4().simple())
+    support::coupon("registry test", total_quantity)
 }
 
 async fn registered(con: &mut MultiplexedConnection, prefix: &str, coupon: CouponId) -> bool {

@@ -1,0 +1,34 @@
+//! What the script-level tests share: the real Redis, a coupon, and keys of their own.
+
+// Each test binary uses a part of this; a panic here is the failure report wanted.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use coupon_core::domain::{Coupon, CouponId};
+use redis::aio::MultiplexedConnection;
+
+pub async fn redis() -> MultiplexedConnection {
+    redis::Client::open(
+        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+    )
+    .unwrap()
+    .get_multiplexed_async_connection()
+    .await
+    .unwrap()
+}
+
+/// Coupon 1, with no window.
+pub fn coupon(name: &str, total_quantity: i64) -> Coupon {
+    Coupon {
+        id: CouponId::new(1).unwrap(),
+        name: name.into(),
+        total_quantity,
+        issued_count: 0,
+        starts_at: None,
+        ends_at: None,
+    }
+}
+
+/// A key prefix no other test uses.
+pub fn prefix() -> String {
+    format!("test-{}:", uuid::Uuid::new_v4().simple())
+}
