@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionLike;
-use redis::{AsyncCommands, RedisError, Script};
+use redis::{AsyncCommands, RedisError};
 use uuid::Uuid;
 
 use crate::config::QueueKind;
 use crate::domain::{Admission, Coupon, CouponId, UserId};
 use crate::event::{EVENT_VERSION, IssueEvent};
+use crate::function_library::{self, Function};
 use crate::redis_keys::CouponKeys;
 use crate::registry::Registry;
 
@@ -38,15 +39,13 @@ pub enum AdmitReply {
     Unverified,
 }
 
-/// The scripts, hashed once; redis-rs runs them by EVALSHA and falls back to EVAL
-/// (loading the script) when the server answers NOSCRIPT, e.g. after a Redis restart.
+/// Admission and the meta's load, run as functions of the library
+/// (`crate::function_library`), which loads itself where Redis lacks it.
 #[derive(Clone)]
 pub struct AdmissionScripts {
     key_prefix: String,
     queue: QueueKind,
     registry: Registry,
-    admit: Script,
-    load_meta: Script,
 }
 
 impl AdmissionScripts {
@@ -56,15 +55,6 @@ impl AdmissionScripts {
             registry: Registry::new(key_prefix.clone(), queue),
             key_prefix,
             queue,
-            // epoch.lua's function first: both scripts compare the instance's epoch.
-            admit: Script::new(concat!(
-                include_str!("scripts/epoch.lua"),
-                include_str!("scripts/admission.lua")
-            )),
-            load_meta: Script::new(concat!(
-                include_str!("scripts/epoch.lua"),
-                include_str!("scripts/load_meta.lua")
-            )),
         }
     }
 
@@ -80,20 +70,11 @@ impl AdmissionScripts {
     ) -> Result<AdmitReply, RedisError> {
         let keys = self.keys(coupon);
         let event_id = Uuid::new_v4();
-        let mut invocation = self.admit.prepare_invoke();
-        invocation
-            .key(&keys.meta)
-            .key(&keys.issued)
-            .key(&keys.pending);
-        if self.queue == QueueKind::Redis {
-            invocation.key(&keys.stream);
-        }
-        let (code, now_ms): (i64, i64) = invocation
-            .arg(user.get())
+        let mut call = function_library::call(Function::Admit, &keys.state(self.queue));
+        call.arg(user.get())
             .arg(event_id.to_string())
-            .arg(coupon.get())
-            .invoke_async(con)
-            .await?;
+            .arg(coupon.get());
+        let (code, now_ms): (i64, i64) = function_library::invoke(con, &call).await?;
         let at = DateTime::from_timestamp_millis(now_ms).unwrap_or_else(Utc::now);
         let refused = |admission| Ok(AdmitReply::Refused(admission));
         match code {
@@ -140,15 +121,12 @@ impl AdmissionScripts {
     ) -> Result<bool, RedisError> {
         self.registry.register(con, coupon.id).await?;
         let millis = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis().to_string());
-        let wrote: i64 = self
-            .load_meta
-            .key(self.keys(coupon.id).meta)
-            .arg(coupon.total_quantity)
+        let mut call = function_library::call(Function::LoadMeta, &[&self.keys(coupon.id).meta]);
+        call.arg(coupon.total_quantity)
             .arg(millis(coupon.starts_at).unwrap_or_default())
             .arg(millis(coupon.ends_at).unwrap_or_default())
-            .arg(mode)
-            .invoke_async(con)
-            .await?;
+            .arg(mode);
+        let wrote: i64 = function_library::invoke(con, &call).await?;
         Ok(wrote == 1)
     }
 

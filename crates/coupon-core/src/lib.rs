@@ -7,6 +7,7 @@ pub mod db;
 pub mod domain;
 pub mod epoch;
 pub mod event;
+pub mod function_library;
 #[cfg(feature = "test-support")]
 pub mod intercept;
 pub mod kafka;

@@ -3,6 +3,7 @@
 //! Every key of one coupon carries the coupon id as its hash tag (`coupon:{42}:…`), so
 //! they sit on one Redis Cluster slot and one script may touch them all atomically.
 
+use crate::config::QueueKind;
 use crate::domain::CouponId;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,16 @@ impl CouponKeys {
             rebuilding: format!("{prefix}coupon:{{{coupon}}}:rebuilding"),
             stream: format!("{prefix}coupon:{{{coupon}}}:issues"),
         }
+    }
+
+    /// The keys admission and the finished check take, in their order: meta, issued set,
+    /// pending hash, and in the Redis queue mode the stream.
+    pub fn state(&self, queue: QueueKind) -> Vec<&str> {
+        let mut keys = vec![self.meta.as_str(), &self.issued, &self.pending];
+        if queue == QueueKind::Redis {
+            keys.push(&self.stream);
+        }
+        keys
     }
 
     /// Hash coupon id → registration generation: the coupons that need work, so the

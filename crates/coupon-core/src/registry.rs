@@ -20,16 +20,11 @@ use redis::{AsyncCommands, RedisError, Script};
 
 use crate::config::QueueKind;
 use crate::domain::CouponId;
+use crate::function_library::{self, Function};
 use crate::redis_keys::CouponKeys;
 
 static REGISTRY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/registry.lua")));
-static FINISHED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        include_str!("scripts/epoch.lua"),
-        include_str!("scripts/finished.lua")
-    ))
-});
 
 /// The registry stream only wakes workers; a few recent entries are all it needs to keep.
 const WAKE_STREAM_LEN: usize = 1_000;
@@ -110,15 +105,9 @@ impl Registry {
         group: &str,
     ) -> Result<bool, RedisError> {
         let keys = CouponKeys::new(&self.key_prefix, coupon);
-        let mut invocation = FINISHED.prepare_invoke();
-        invocation
-            .key(&keys.meta)
-            .key(&keys.issued)
-            .key(&keys.pending);
-        if self.queue == QueueKind::Redis {
-            invocation.key(&keys.stream);
-        }
-        let finished: i64 = invocation.arg(group).invoke_async(con).await?;
+        let mut call = function_library::call(Function::Finished, &keys.state(self.queue));
+        call.arg(group);
+        let finished: i64 = function_library::invoke(con, &call).await?;
         Ok(finished == 1)
     }
 

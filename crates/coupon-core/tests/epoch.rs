@@ -7,6 +7,8 @@
 // Helpers outside `#[test]` functions panic too: in a harness that is the failure report.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
+
 use coupon_core::admission::{AdmissionScripts, AdmitReply};
 use coupon_core::config::QueueKind;
 use coupon_core::domain::{Coupon, UserId};
@@ -68,4 +70,35 @@ async fn a_rebuild_that_read_under_a_gone_instance_does_not_reopen_admission() {
         !open,
         "no meta: admission stays closed until a rebuild under this instance"
     );
+}
+
+#[tokio::test]
+async fn an_instance_without_the_function_library_is_given_it() {
+    let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
+    // Every version of the library gone, as from a new or flushed Redis.
+    coupon_core::function_library::load(&mut con).await.unwrap();
+    let libraries: Vec<HashMap<String, redis::Value>> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .arg("LIBRARYNAME")
+        .arg("coupon_*")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!libraries.is_empty());
+    for library in libraries {
+        let name: String = redis::from_redis_value_ref(&library["library_name"]).unwrap();
+        // Another test may have loaded it again and this one deleted it meanwhile.
+        let _: redis::RedisResult<()> = redis::cmd("FUNCTION")
+            .arg("DELETE")
+            .arg(&name)
+            .query_async(&mut con)
+            .await;
+    }
+
+    assert!(scripts.load_meta(&mut con, &coupon).await.unwrap());
+    let reply = scripts
+        .admit(&mut con, coupon.id, UserId::new(9).unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(reply, AdmitReply::Admitted(_)), "{reply:?}");
 }

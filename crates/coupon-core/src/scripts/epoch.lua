@@ -2,8 +2,16 @@
 -- A coupon's meta records the epoch its state was verified under (from PostgreSQL, or
 -- because it was just created); under any other epoch the state may be a rewound copy (an
 -- append-only file that lost its tail, a replica promoted before it caught up) and must be
--- verified again before it admits. Prepended to the scripts that need it (crate::epoch).
+-- verified again before it admits.
+-- Read once and kept for as long as the function library stays loaded
+-- (crate::function_library): `INFO server` builds the whole section to give one field, and
+-- admission asks on every request. The kept value cannot go stale: the run id belongs to
+-- the server process, and so does the Lua state that keeps it. A restart begins with a new
+-- run id and a new Lua state, and a replica keeps its own of each whether or not promoted.
+local run_id = nil
 local function instance_epoch()
-  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  if not run_id then
+    run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  end
+  return run_id
 end
-

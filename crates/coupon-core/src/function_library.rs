@@ -1,0 +1,136 @@
+//! The scripts that compare a coupon's epoch with the instance's (`crate::epoch`), as one
+//! Redis function library: admission, the meta's load and the finished check.
+//!
+//! Why a library rather than EVAL: the instance's run id costs an `INFO server` to read,
+//! and admission reads it on every request, refusals included. A library's locals live as
+//! long as it stays loaded on that instance, so the run id is read once (`scripts/epoch.lua`
+//! says why that cannot go stale). Measured in docs/performance.md.
+//!
+//! The library's name carries a hash of its source: during a rolling upgrade each version
+//! calls its own functions, side by side on one Redis. An instance that lacks the library
+//! (a new or flushed Redis, one restored from a file written before the load) answers
+//! "Function not found"; the caller then loads it and calls again, as redis-rs does for
+//! EVALSHA. Loading needs the `FUNCTION` command in the Redis user's ACL.
+
+use std::sync::LazyLock;
+
+use redis::aio::ConnectionLike;
+use redis::{Cmd, FromRedisValue, RedisError};
+
+/// One function of the library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    /// `scripts/admission.lua`.
+    Admit,
+    /// `scripts/load_meta.lua`.
+    LoadMeta,
+    /// `scripts/finished.lua`.
+    Finished,
+}
+
+impl Function {
+    const ALL: [Function; 3] = [Function::Admit, Function::LoadMeta, Function::Finished];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Function::Admit => "admit",
+            Function::LoadMeta => "load_meta",
+            Function::Finished => "finished",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Function::Admit => include_str!("scripts/admission.lua"),
+            Function::LoadMeta => include_str!("scripts/load_meta.lua"),
+            Function::Finished => include_str!("scripts/finished.lua"),
+        }
+    }
+}
+
+struct Library {
+    name: String,
+    source: String,
+}
+
+static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
+    let epoch = include_str!("scripts/epoch.lua");
+    // The version is a hash of every script the library holds (redis-rs's script hash,
+    // SHA-1 of the text): any edit gives a new name, and nothing else needs to.
+    let scripts: String = Function::ALL.iter().map(|f| f.body()).collect();
+    let hash = redis::Script::new(&format!("{epoch}{scripts}")).get_hash()[..16].to_owned();
+    let name = format!("coupon_{hash}");
+    let mut source = format!("#!lua name={name}\n{epoch}");
+    for function in Function::ALL {
+        // Each script is the body of a function taking its keys and arguments under the
+        // names EVAL gives them, so the scripts read the same either way.
+        source.push_str(&format!(
+            "redis.register_function('{name}_{}', function(KEYS, ARGV)\n{}\nend)\n",
+            function.suffix(),
+            function.body()
+        ));
+    }
+    Library { name, source }
+});
+
+/// An `FCALL` of `function` with `keys`; append its arguments with `Cmd::arg`, then run it
+/// with [`invoke`].
+pub fn call(function: Function, keys: &[&str]) -> Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(format!("{}_{}", LIBRARY.name, function.suffix()))
+        .arg(keys.len())
+        .arg(keys);
+    cmd
+}
+
+/// Runs a [`call`], loading the library first if this instance does not have it.
+pub async fn invoke<T: FromRedisValue, C: ConnectionLike + Send + Sync>(
+    con: &mut C,
+    call: &Cmd,
+) -> Result<T, RedisError> {
+    match call.query_async(con).await {
+        Err(err) if is_function_not_found(&err) => {
+            load(con).await?;
+            call.query_async(con).await
+        }
+        result => result,
+    }
+}
+
+/// Loads this version of the library; loading it again replaces it with itself.
+pub async fn load<C: ConnectionLike + Send + Sync>(con: &mut C) -> Result<(), RedisError> {
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(&LIBRARY.source)
+        .query_async(con)
+        .await?;
+    Ok(())
+}
+
+fn is_function_not_found(err: &RedisError) -> bool {
+    err.code() == Some("ERR")
+        && err
+            .detail()
+            .is_some_and(|detail| detail.starts_with("Function not found"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_library_is_named_after_its_source_and_names_each_function_under_it() {
+        let name = &LIBRARY.name;
+        assert_eq!(name.len(), "coupon_".len() + 16);
+        assert!(LIBRARY.source.starts_with(&format!("#!lua name={name}\n")));
+        for function in Function::ALL {
+            let registered = format!("redis.register_function('{name}_{}'", function.suffix());
+            assert_eq!(
+                LIBRARY.source.matches(&registered).count(),
+                1,
+                "{registered}"
+            );
+        }
+    }
+}
