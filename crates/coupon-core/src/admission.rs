@@ -75,7 +75,6 @@ impl AdmissionScripts {
             .arg(event_id.to_string())
             .arg(coupon.get());
         let (code, now_ms): (i64, i64) = function_library::invoke(con, &call).await?;
-        let at = DateTime::from_timestamp_millis(now_ms).unwrap_or_else(Utc::now);
         let refused = |admission| Ok(AdmitReply::Refused(admission));
         match code {
             0 => Ok(AdmitReply::NotLoaded),
@@ -84,7 +83,8 @@ impl AdmissionScripts {
                 event_id,
                 coupon_id: coupon,
                 user_id: user,
-                issued_at: at,
+                // Redis's clock, read by the script whenever it admits.
+                issued_at: DateTime::from_timestamp_millis(now_ms).unwrap_or_else(Utc::now),
             })),
             2 => refused(Admission::AlreadyIssued),
             3 => refused(Admission::SoldOut),

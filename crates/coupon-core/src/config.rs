@@ -11,7 +11,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::db::pool::{PgPool, build_pool};
 
 /// Where admitted issue events travel from issuer-api to issuer-worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum QueueKind {
     /// A Kafka topic: the API answers once the broker acknowledged the event.
     Kafka,

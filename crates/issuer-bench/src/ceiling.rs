@@ -5,12 +5,14 @@
 //! ceiling's.
 //!
 //! Two shapes: every request admitted (the product's Kafka path against the ceiling's
-//! `/full`), and every request sold out (against the ceiling's admission-only `/admit`).
+//! `/full`; in the Redis queue mode, where the script's stream append is the whole path,
+//! against its admission-only `/admit`), and every request sold out (against `/admit`).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use coupon_core::config::QueueKind;
 use serde::Serialize;
 
 use crate::client::{ApiClient, IssueRoute};
@@ -50,6 +52,7 @@ pub struct Options {
     pub connections: Vec<usize>,
     pub requests: u64,
     pub rounds: u32,
+    pub queue: QueueKind,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,6 +72,7 @@ pub struct Row {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CeilingReport {
+    pub queue: QueueKind,
     pub requests: u64,
     pub rounds: u32,
     pub rows: Vec<Row>,
@@ -103,9 +107,11 @@ pub async fn run(targets: &Targets<'_>, options: &Options) -> anyhow::Result<Cei
                     targets.users.clone(),
                     connections,
                 );
-                let route = match shape {
-                    Shape::Admitted => IssueRoute::CeilingFull,
-                    Shape::SoldOut => IssueRoute::CeilingAdmit,
+                let route = match (shape, options.queue) {
+                    (Shape::Admitted, QueueKind::Kafka) => IssueRoute::CeilingFull,
+                    (Shape::Admitted, QueueKind::Redis) | (Shape::SoldOut, _) => {
+                        IssueRoute::CeilingAdmit
+                    }
                 };
                 let ceiling =
                     ApiClient::pooled(targets.ceiling, "", targets.users.clone(), connections)
@@ -163,6 +169,7 @@ pub async fn run(targets: &Targets<'_>, options: &Options) -> anyhow::Result<Cei
         }
     }
     Ok(CeilingReport {
+        queue: options.queue,
         requests: options.requests,
         rounds: options.rounds,
         rows,
@@ -237,11 +244,17 @@ impl Report for CeilingReport {
 
     fn markdown(&self) -> String {
         let mut out = format!(
-            "Product against the ceiling: {} requests per run, closed load, medians of {} \
-             alternating rounds\n\n\
+            "Product ({} queue mode) against the ceiling ({}): {} requests per run, closed \
+             load, medians of {} alternating rounds\n\n\
              | shape | connections | product | ceiling | ratio | product P99 | ceiling P99 | other answers |\n\
              |---|---:|---:|---:|---:|---:|---:|---|\n",
-            self.requests, self.rounds
+            self.queue,
+            match self.queue {
+                QueueKind::Kafka => "admitted against /full, sold out against /admit",
+                QueueKind::Redis => "both shapes against /admit",
+            },
+            self.requests,
+            self.rounds
         );
         for row in &self.rows {
             let others = if row.off_shape.is_empty() {

@@ -160,6 +160,10 @@ enum Scenario {
         requests: u64,
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
+        /// The product's queue mode, as it was started with. In the Redis queue mode its
+        /// admitted path waits for no broker, so it is compared with the ceiling's `/admit`.
+        #[arg(long, env = "ISSUE_QUEUE", value_enum, default_value_t = QueueKind::Kafka)]
+        queue: QueueKind,
     },
     /// Persist rate of a backlog published with no worker running, against a bare consumer
     /// reading it from the same broker; one row per `--worker-batch` size.
@@ -286,6 +290,7 @@ async fn main() -> anyhow::Result<()> {
             connections,
             requests,
             rounds,
+            queue,
         } => {
             let targets = ceiling::Targets {
                 product: &cli.api,
@@ -302,6 +307,7 @@ async fn main() -> anyhow::Result<()> {
                 connections,
                 requests,
                 rounds,
+                queue,
             };
             ceiling::run(&targets, &options)
                 .await?
