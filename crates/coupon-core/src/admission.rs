@@ -58,6 +58,11 @@ impl AdmissionScripts {
         }
     }
 
+    /// The coupons that need work, registered as admission opens them.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn keys(&self, coupon: CouponId) -> CouponKeys {
         CouponKeys::new(&self.key_prefix, coupon)
     }

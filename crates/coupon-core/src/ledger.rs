@@ -36,7 +36,7 @@ pub enum PendingState {
 }
 
 impl PendingState {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::InFlight => "inflight",
             Self::Doubt => "doubt",

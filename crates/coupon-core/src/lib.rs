@@ -12,6 +12,7 @@ pub mod function_library;
 pub mod intercept;
 pub mod kafka;
 pub mod ledger;
+pub mod metrics;
 pub mod producer;
 pub mod redis_keys;
 pub mod registry;

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
 use actix_web::http::Method;
 use actix_web::{App, FromRequest, Handler, HttpServer, Resource, Responder, web};
 use anyhow::Context;
@@ -24,6 +26,7 @@ use crate::error::ApiError;
 use crate::handlers::{self, AppState};
 use crate::identity::Identity;
 use crate::issuing::{Issuer, Rebuilt};
+use crate::metrics::{HttpLabels, Metrics};
 use crate::operations::Operations;
 use crate::rate_limit::{Limits, RateLimiter};
 use crate::replication::Replication;
@@ -53,6 +56,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         .context("cannot connect to Redis")?;
     let prefix = config.redis.redis_key_prefix.clone();
     let rebuild_timeout = Duration::from_millis(config.rebuild_timeout_ms);
+    let metrics = Arc::new(Metrics::default());
     let delivery = match kafka {
         Some(kafka) => Delivery::Kafka(Box::new(KafkaDelivery::new(
             KafkaSettings {
@@ -63,6 +67,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
                 rebuild_timeout,
             },
             redis.clone(),
+            metrics.clone(),
         )?)),
         None => Delivery::Stream(StreamDelivery::new(prefix.clone())),
     };
@@ -80,6 +85,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         delivery,
         rebuild_timeout,
         replication,
+        metrics,
     ))
 }
 
@@ -152,7 +158,7 @@ impl Application {
         let state = web::Data::new(AppState {
             issuer: issuer.clone(),
             identity,
-            counters: Default::default(),
+            metrics: issuer.metrics().clone(),
             operations: operations.clone(),
             limiter,
         });
@@ -168,6 +174,7 @@ impl Application {
         };
         let bound = HttpServer::new(move || {
             let app = App::new()
+                .wrap(from_fn(timed))
                 .app_data(state.clone())
                 .app_data(json_config())
                 .configure(routes);
@@ -265,6 +272,45 @@ impl Application {
         tracing::info!("issuer-api stopped");
         Ok(())
     }
+}
+
+/// Times every request of the public routes into `coupon_http_request_duration_seconds`,
+/// labelled with the route's pattern (never the raw path, which would let clients mint
+/// series) and the status sent.
+async fn timed(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    // A client may send any method name: only the standard ones become label values.
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.metrics.clone());
+    let response = next.call(req).await;
+    if let Some(metrics) = metrics {
+        // The pattern is known once routing ran, inside the call.
+        let (route, status) = match &response {
+            Ok(response) => (response.request().match_pattern(), response.status()),
+            Err(err) => (None, err.as_response_error().status_code()),
+        };
+        let labels = HttpLabels {
+            route: route.unwrap_or_else(|| "unmatched".to_owned()),
+            method,
+            status: status.as_u16(),
+        };
+        metrics.record_http(labels, started.elapsed().as_secs_f64());
+    }
+    response
 }
 
 fn json_config() -> web::JsonConfig {

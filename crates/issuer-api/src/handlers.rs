@@ -14,14 +14,14 @@ use crate::contract::{
 use crate::error::ApiError;
 use crate::identity::{Caller, Identity};
 use crate::issuing::{Holding, Issuer};
-use crate::metrics::IssueCounters;
+use crate::metrics::Metrics;
 use crate::operations::Operations;
 use crate::rate_limit::RateLimiter;
 
 pub struct AppState {
     pub issuer: Issuer,
     pub identity: Identity,
-    pub counters: IssueCounters,
+    pub metrics: Arc<Metrics>,
     pub operations: Arc<Operations>,
     pub limiter: RateLimiter,
 }
@@ -58,7 +58,7 @@ pub async fn issue_coupon(
         Ok(()) => state.issuer.issue(coupon, user).await,
         Err(refused) => Err(refused),
     };
-    state.counters.record(&answer);
+    state.metrics.record_answer(&answer);
     let result = answer?;
     let status = match result {
         Admission::Success => StatusCode::CREATED,
@@ -136,12 +136,12 @@ pub async fn list_user_coupons(
     }))
 }
 
-/// Served from the operations view (`crate::operations`): no query per scrape.
+/// Gauges set by the background tasks (`crate::operations`, the reconciler): no query per
+/// scrape.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let snapshot = state.operations.snapshot();
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.counters.render(&snapshot.failed))
+        .content_type(coupon_core::metrics::CONTENT_TYPE)
+        .body(state.metrics.render())
 }
 
 /// The contract as OpenAPI 3.1, kept beside the code (`openapi.json`) and checked against

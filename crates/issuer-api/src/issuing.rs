@@ -7,11 +7,14 @@
 
 mod rebuild;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use coupon_core::admission::{AdmissionScripts, AdmitReply};
-use coupon_core::db::coupons::{NewCoupon, find_coupon, find_issue, insert_coupon, user_coupons};
+use coupon_core::db::coupons::{
+    NewCoupon, find_coupon, find_coupons, find_issue, insert_coupon, user_coupons,
+};
 use coupon_core::db::failed_events;
 use coupon_core::db::pool::PgPool;
 use coupon_core::domain::{Admission, Coupon, CouponId, UserId};
@@ -22,6 +25,7 @@ use redis::aio::ConnectionManager;
 
 use crate::delivery::Delivery;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::replication::Replication;
 
 pub use rebuild::Rebuilt;
@@ -41,6 +45,18 @@ pub struct Issuer {
     rebuild_timeout: Duration,
     /// Confirms each admission on the replicas first, when REDIS_MIN_REPLICAS is set.
     replication: Option<Replication>,
+    metrics: Arc<Metrics>,
+}
+
+/// One active coupon's stock, for the per-coupon gauges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stock {
+    pub coupon: CouponId,
+    pub quantity: i64,
+    /// Slots admission has taken (Redis).
+    pub issued: i64,
+    /// Rows the workers have written (PostgreSQL).
+    pub persisted: i64,
 }
 
 /// Where a user stands with a coupon.
@@ -64,6 +80,7 @@ impl Issuer {
         delivery: Delivery,
         rebuild_timeout: Duration,
         replication: Option<Replication>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             redis,
@@ -72,7 +89,12 @@ impl Issuer {
             delivery,
             rebuild_timeout,
             replication,
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn delivery(&self) -> &Delivery {
@@ -98,7 +120,12 @@ impl Issuer {
         let waiting_since = tokio::time::Instant::now();
         let mut pause = BUSY_FIRST_PAUSE;
         loop {
-            let reply = self.scripts.admit(&mut redis, coupon, user).await?;
+            let started = std::time::Instant::now();
+            let reply = self.scripts.admit(&mut redis, coupon, user).await;
+            self.metrics
+                .admission_script
+                .observe(started.elapsed().as_secs_f64());
+            let reply = reply?;
             let kafka = match reply {
                 AdmitReply::NotLoaded | AdmitReply::Unverified => {
                     return Err(self.start_rebuild(coupon).await);
@@ -217,6 +244,52 @@ impl Issuer {
     pub async fn failed_event_counts(&self) -> Result<Vec<(String, String, i64)>, ApiError> {
         let mut conn = self.pool.get().await?;
         Ok(failed_events::counts(&mut conn).await?)
+    }
+
+    /// Stock of the active coupons (the registry's), at most `limit` of them, the newest
+    /// ids first: the per-coupon gauges' label set stays bounded however many are active.
+    pub async fn active_stock(&self, limit: usize) -> Result<Vec<Stock>, ApiError> {
+        let mut redis = self.redis.clone();
+        let mut ids: Vec<CouponId> = self
+            .scripts
+            .registry()
+            .members(&mut redis)
+            .await?
+            .into_iter()
+            .map(|registration| registration.coupon)
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.truncate(limit);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut counts = redis::pipe();
+        for &id in &ids {
+            counts.scard(self.scripts.keys(id).issued);
+        }
+        let issued: Vec<i64> = counts.query_async(&mut redis).await?;
+        let issued: std::collections::HashMap<CouponId, i64> =
+            ids.iter().copied().zip(issued).collect();
+        let coupons = {
+            let mut conn = self.pool.get().await?;
+            find_coupons(&mut conn, &ids).await?
+        };
+        Ok(coupons
+            .into_iter()
+            .map(|coupon| Stock {
+                coupon: coupon.id,
+                quantity: coupon.total_quantity,
+                issued: issued.get(&coupon.id).copied().unwrap_or_default(),
+                persisted: coupon.issued_count,
+            })
+            .collect())
+    }
+
+    /// The database pool's connections: (in use, idle, max).
+    pub fn pool_connections(&self) -> (i64, i64, i64) {
+        let status = self.pool.status();
+        let idle = status.available as i64;
+        (status.size as i64 - idle, idle, status.max_size as i64)
     }
 
     /// Each dependency's answer: `Err` holds what went wrong.

@@ -1,12 +1,76 @@
-//! `/metrics` in Prometheus' text format: what this process answered, and what the workers
-//! set aside (OVER_QUANTITY above all: it means Redis admitted beyond the quantity).
+//! The API's `/metrics`: what it answered and how fast, the Redis and broker steps of an
+//! admission, the write-ahead ledger, rebuilds, the database pool, the failed events the
+//! workers set aside, and stock per active coupon. Names follow Prometheus' conventions
+//! (`coupon_` first, the unit, `_total` for counters); the README's "Operating" section
+//! says what each means to an operator.
+//!
+//! Nothing here queries a dependency at scrape time: gauges are set by the background
+//! tasks that already look (`crate::operations`, the reconciler).
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use coupon_core::domain::Admission;
+use coupon_core::metrics::{GaugeSet, latency_buckets, render};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::error::ApiError;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route's pattern (`/api/v1/coupons/{couponId}/issues`), or `unmatched`: bounded.
+    pub route: String,
+    /// A standard method's name, or `other`.
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailedLabels {
+    pub reason: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CouponLabels {
+    pub coupon: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    answers: Family<ResultLabels, Counter>,
+    http: Family<HttpLabels, Histogram>,
+    pub admission_script: Histogram,
+    pub publish_ack: Histogram,
+    pub republished: Counter,
+    pub rebuilds: Family<OutcomeLabels, Counter>,
+    pub pending: GaugeSet<StateLabels>,
+    pub pending_oldest_age: Gauge<f64, AtomicU64>,
+    pub failed_events: GaugeSet<FailedLabels>,
+    pub pool_connections: GaugeSet<StateLabels>,
+    pub coupon_issued: GaugeSet<CouponLabels>,
+    pub coupon_remaining: GaugeSet<CouponLabels>,
+    pub coupon_persisted: GaugeSet<CouponLabels>,
+}
 
 const RESULTS: [&str; 8] = [
     "SUCCESS",
@@ -19,49 +83,143 @@ const RESULTS: [&str; 8] = [
     "ERROR",
 ];
 
-/// Issue answers counted by result, in this process since it started.
-#[derive(Default)]
-pub struct IssueCounters([AtomicU64; RESULTS.len()]);
+fn latency_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
 
-impl IssueCounters {
-    pub fn record(&self, answer: &Result<Admission, ApiError>) {
-        let index = match answer {
-            Ok(Admission::Success) => 0,
-            Ok(Admission::AlreadyIssued) => 1,
-            Ok(Admission::SoldOut) => 2,
-            Ok(Admission::NotStarted) => 3,
-            Ok(Admission::Ended) => 4,
-            Err(ApiError::Unavailable { .. } | ApiError::Rebuilding(_)) => 5,
-            Err(ApiError::RateLimited { .. }) => 6,
-            Err(_) => 7,
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let answers = Family::<ResultLabels, Counter>::default();
+        // Every known label value from the start, at 0: a series that appears only with its
+        // first increment hides that increment from rate() and from alerts.
+        for result in RESULTS {
+            answers.get_or_create(&ResultLabels { result });
+        }
+        registry.register(
+            "coupon_issue_answers",
+            "Issue requests this process answered, by result",
+            answers.clone(),
+        );
+        let http = Family::<HttpLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "coupon_http_request_duration",
+            "Time from a request's arrival to its answer, by route, method and status",
+            Unit::Seconds,
+            http.clone(),
+        );
+        let admission_script = latency_histogram();
+        registry.register_with_unit(
+            "coupon_admission_script_duration",
+            "Round trip of the admission script (Redis), per run",
+            Unit::Seconds,
+            admission_script.clone(),
+        );
+        let publish_ack = latency_histogram();
+        registry.register_with_unit(
+            "coupon_publish_ack_duration",
+            "Time from handing an event to the producer to the broker's acknowledgement \
+             (Kafka mode; failures included)",
+            Unit::Seconds,
+            publish_ack.clone(),
+        );
+        let republished = Counter::default();
+        registry.register(
+            "coupon_reconciler_republished",
+            "Pending events the reconciler claimed and the broker then acknowledged",
+            republished.clone(),
+        );
+        let rebuilds = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ["started", "finished", "failed"] {
+            rebuilds.get_or_create(&OutcomeLabels { outcome });
+        }
+        registry.register(
+            "coupon_rebuilds",
+            "Rebuilds of a coupon's Redis state from PostgreSQL, by outcome: started, \
+             finished, failed",
+            rebuilds.clone(),
+        );
+        let pending = GaugeSet::register(
+            &mut registry,
+            "coupon_pending_entries",
+            "Write-ahead entries of admitted slots whose event the broker has not \
+             acknowledged, by state (inflight, doubt, claimed), at the reconciler's last pass",
+        );
+        let pending_oldest_age = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "coupon_pending_oldest_age",
+            "Age of the oldest write-ahead entry since its admission, on Redis's clock, at \
+             the reconciler's last pass (0 when none)",
+            Unit::Seconds,
+            pending_oldest_age.clone(),
+        );
+        let failed_events = GaugeSet::register(
+            &mut registry,
+            "coupon_failed_events",
+            "Events the workers set aside, by reason and status (counted once a second)",
+        );
+        let pool_connections = GaugeSet::register(
+            &mut registry,
+            "coupon_db_pool_connections",
+            "PostgreSQL pool connections by state: in_use, idle, max",
+        );
+        let coupon_issued = GaugeSet::register(
+            &mut registry,
+            "coupon_active_issued",
+            "Slots taken in Redis, per active coupon (at most 50 coupons, see README)",
+        );
+        let coupon_remaining = GaugeSet::register(
+            &mut registry,
+            "coupon_active_remaining",
+            "Quantity left to admit, per active coupon",
+        );
+        let coupon_persisted = GaugeSet::register(
+            &mut registry,
+            "coupon_active_persisted",
+            "Rows in PostgreSQL, per active coupon",
+        );
+        Self {
+            registry,
+            answers,
+            http,
+            admission_script,
+            publish_ack,
+            republished,
+            rebuilds,
+            pending,
+            pending_oldest_age,
+            failed_events,
+            pool_connections,
+            coupon_issued,
+            coupon_remaining,
+            coupon_persisted,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record_answer(&self, answer: &Result<Admission, ApiError>) {
+        let result = match answer {
+            Ok(Admission::Success) => "SUCCESS",
+            Ok(Admission::AlreadyIssued) => "ALREADY_ISSUED",
+            Ok(Admission::SoldOut) => "SOLD_OUT",
+            Ok(Admission::NotStarted) => "NOT_STARTED",
+            Ok(Admission::Ended) => "ENDED",
+            Err(ApiError::Unavailable { .. } | ApiError::Rebuilding(_)) => "UNAVAILABLE",
+            Err(ApiError::RateLimited { .. }) => "RATE_LIMITED",
+            Err(_) => "ERROR",
         };
-        self.0[index].fetch_add(1, Ordering::Relaxed);
+        self.answers.get_or_create(&ResultLabels { result }).inc();
     }
 
-    /// The text exposition, with the failed events' (reason, status, count) appended.
-    pub fn render(&self, failed: &[(String, String, i64)]) -> String {
-        let mut out = String::from(
-            "# HELP coupon_issue_answers_total Issue requests this process answered, by result.\n\
-             # TYPE coupon_issue_answers_total counter\n",
-        );
-        for (result, count) in RESULTS.iter().zip(&self.0) {
-            let count = count.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "coupon_issue_answers_total{{result=\"{result}\"}} {count}"
-            );
-        }
-        out.push_str(
-            "# HELP coupon_failed_events Events the workers set aside, by reason and status.\n\
-             # TYPE coupon_failed_events gauge\n",
-        );
-        for (reason, status, count) in failed {
-            let _ = writeln!(
-                out,
-                "coupon_failed_events{{reason=\"{reason}\",status=\"{status}\"}} {count}"
-            );
-        }
-        out
+    pub fn record_http(&self, labels: HttpLabels, seconds: f64) {
+        self.http.get_or_create(&labels).observe(seconds);
+    }
+
+    pub fn render(&self) -> String {
+        render(&self.registry)
     }
 }
 
@@ -70,27 +228,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counts_by_result_and_failed_events_by_reason() {
-        let counters = IssueCounters::default();
-        counters.record(&Ok(Admission::Success));
-        counters.record(&Ok(Admission::Success));
-        counters.record(&Err(ApiError::Rebuilding(1)));
-        let text = counters.render(&[("OVER_QUANTITY".into(), "PENDING".into(), 3)]);
-        assert!(
-            text.contains("coupon_issue_answers_total{result=\"SUCCESS\"} 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("coupon_issue_answers_total{result=\"UNAVAILABLE\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("coupon_issue_answers_total{result=\"SOLD_OUT\"} 0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("coupon_failed_events{reason=\"OVER_QUANTITY\",status=\"PENDING\"} 3\n"),
-            "{text}"
-        );
+    fn answers_are_counted_by_result_and_failed_events_by_reason() {
+        let metrics = Metrics::default();
+        metrics.record_answer(&Ok(Admission::Success));
+        metrics.record_answer(&Ok(Admission::Success));
+        metrics.record_answer(&Err(ApiError::Rebuilding(1)));
+        metrics.failed_events.replace([(
+            FailedLabels {
+                reason: "OVER_QUANTITY".into(),
+                status: "PENDING".into(),
+            },
+            3,
+        )]);
+        let route = "/api/v1/coupons/{couponId}/issues".to_owned();
+        let labels = HttpLabels {
+            route,
+            method: "POST",
+            status: 201,
+        };
+        metrics.record_http(labels, 0.003);
+        let text = metrics.render();
+        for line in [
+            "coupon_issue_answers_total{result=\"SUCCESS\"} 2\n",
+            "coupon_issue_answers_total{result=\"UNAVAILABLE\"} 1\n",
+            "coupon_failed_events{reason=\"OVER_QUANTITY\",status=\"PENDING\"} 3\n",
+            "coupon_http_request_duration_seconds_bucket{le=\"0.004\",route=\"/api/v1/coupons/{couponId}/issues\",method=\"POST\",status=\"201\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! What `/readyz` and `/metrics` report about the dependencies, kept fresh by one background
-//! task. Neither endpoint queries a dependency per call, so a load balancer or a scraper
+//! task: readiness, the failed events, the database pool and the active coupons' stock. Neither endpoint queries a dependency per call, so a load balancer or a scraper
 //! polling them cannot load the database. And neither shows raw error text: an answer says
 //! which dependency is unavailable, and the details go to the log.
 
@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::issuing::Issuer;
+use crate::metrics::{CouponLabels, FailedLabels, StateLabels};
 
 /// How often the dependencies are checked and the failed events counted.
 const REFRESH: Duration = Duration::from_secs(1);
+/// Most coupons with gauges of their own (the newest active ones): each adds three series.
+pub const COUPON_GAUGES_MAX: usize = 50;
 /// A view older than this (the refresher stuck) is reported as not ready.
 const STALE_AFTER: Duration = Duration::from_secs(5);
 
@@ -20,8 +23,6 @@ const STALE_AFTER: Duration = Duration::from_secs(5);
 pub struct Snapshot {
     /// Each dependency, and whether it answered.
     pub checks: Vec<(&'static str, bool)>,
-    /// Failed events by (reason, status): what the last successful count found.
-    pub failed: Vec<(String, String, i64)>,
     taken: Instant,
 }
 
@@ -41,7 +42,6 @@ impl Operations {
         let operations = Self {
             snapshot: RwLock::new(Snapshot {
                 checks: Vec::new(),
-                failed: Vec::new(),
                 taken: Instant::now(),
             }),
         };
@@ -58,7 +58,11 @@ impl Operations {
     }
 
     async fn refresh(&self, issuer: &Issuer) {
-        let (checks, failed) = tokio::join!(issuer.readiness(), issuer.failed_event_counts());
+        let (checks, failed, stock) = tokio::join!(
+            issuer.readiness(),
+            issuer.failed_event_counts(),
+            issuer.active_stock(COUPON_GAUGES_MAX)
+        );
         let checks = checks
             .into_iter()
             .map(|(name, result)| {
@@ -68,15 +72,49 @@ impl Operations {
                 (name, result.is_ok())
             })
             .collect();
-        let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
-        snapshot.checks = checks;
-        snapshot.taken = Instant::now();
+        {
+            let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
+            snapshot.checks = checks;
+            snapshot.taken = Instant::now();
+        }
+        let metrics = issuer.metrics();
         match failed {
-            Ok(failed) => snapshot.failed = failed,
+            Ok(failed) => metrics.failed_events.replace(
+                failed
+                    .into_iter()
+                    .map(|(reason, status, count)| (FailedLabels { reason, status }, count)),
+            ),
             Err(err) => {
                 tracing::warn!(error = %err, "failed events not counted; the last count stands")
             }
         }
+        match stock {
+            Ok(stock) => {
+                let label = |coupon: &crate::issuing::Stock| CouponLabels {
+                    coupon: coupon.coupon.to_string(),
+                };
+                metrics
+                    .coupon_issued
+                    .replace(stock.iter().map(|s| (label(s), s.issued)));
+                metrics
+                    .coupon_persisted
+                    .replace(stock.iter().map(|s| (label(s), s.persisted)));
+                metrics.coupon_remaining.replace(
+                    stock
+                        .iter()
+                        .map(|s| (label(s), (s.quantity - s.issued).max(0))),
+                );
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "active coupons not read; their gauges stand")
+            }
+        }
+        let (in_use, idle, max) = issuer.pool_connections();
+        metrics.pool_connections.replace([
+            (StateLabels { state: "in_use" }, in_use),
+            (StateLabels { state: "idle" }, idle),
+            (StateLabels { state: "max" }, max),
+        ]);
     }
 
     /// Refreshes the view every second until `shutdown`.

@@ -67,9 +67,12 @@ async fn publishing_to_a_topic_that_does_not_exist_is_a_certain_failure() {
         topic_min_insync_replicas: 1,
         producer_linger_ms: 2,
     };
-    let publisher =
-        issuer_api::delivery::kafka::publisher::Publisher::new(&args, Duration::from_millis(2000))
-            .unwrap();
+    let publisher = issuer_api::delivery::kafka::publisher::Publisher::new(
+        &args,
+        Duration::from_millis(2000),
+        issuer_api::metrics::Metrics::default().publish_ack,
+    )
+    .unwrap();
     let event = IssueEvent::new(
         CouponId::new(1).unwrap(),
         UserId::new(1).unwrap(),

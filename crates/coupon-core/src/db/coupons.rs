@@ -66,6 +66,23 @@ pub async fn find_coupon(
         .transpose()
 }
 
+/// The coupons among `ids` that PostgreSQL knows, in id order.
+pub async fn find_coupons(
+    conn: &mut AsyncPgConnection,
+    ids: &[CouponId],
+) -> QueryResult<Vec<Coupon>> {
+    let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+    coupons::table
+        .filter(coupons::id.eq_any(ids))
+        .order(coupons::id)
+        .select(CouponRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(Coupon::try_from)
+        .collect()
+}
+
 /// When the user's row for this coupon was written by admission, if it is in PostgreSQL.
 pub async fn find_issue(
     conn: &mut AsyncPgConnection,

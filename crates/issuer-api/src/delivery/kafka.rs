@@ -13,6 +13,7 @@ pub mod publisher;
 pub mod reconciler;
 pub mod settler;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::config::KafkaArgs;
@@ -25,6 +26,7 @@ use coupon_core::registry::Registry;
 use redis::aio::{ConnectionLike, ConnectionManager};
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use publisher::Publisher;
 use settler::Settler;
 
@@ -43,6 +45,7 @@ pub struct KafkaDelivery {
     /// The workers' group, whose progress a rebuild waits for.
     worker_group: String,
     rebuild_timeout: Duration,
+    metrics: Arc<Metrics>,
     /// Longest a publish can take to report: a pending slot older than this whose request
     /// never reported belongs to an API that died, and is published by others.
     publish_window: Duration,
@@ -58,7 +61,11 @@ pub struct KafkaSettings {
 }
 
 impl KafkaDelivery {
-    pub fn new(settings: KafkaSettings, redis: ConnectionManager) -> Result<Self, ApiError> {
+    pub fn new(
+        settings: KafkaSettings,
+        redis: ConnectionManager,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ApiError> {
         let KafkaSettings {
             kafka,
             key_prefix,
@@ -67,7 +74,7 @@ impl KafkaDelivery {
             rebuild_timeout,
         } = settings;
         Ok(Self {
-            publisher: Publisher::new(&kafka, publish_timeout)
+            publisher: Publisher::new(&kafka, publish_timeout, metrics.publish_ack.clone())
                 .map_err(|e| ApiError::unavailable("kafka", e))?,
             ledger: Ledger::new(key_prefix.clone()),
             settler: Settler::start(Ledger::new(key_prefix.clone()), redis.clone()),
@@ -76,6 +83,7 @@ impl KafkaDelivery {
             kafka,
             worker_group,
             rebuild_timeout,
+            metrics,
             publish_window: publish_timeout + PUBLISH_REPORT_MARGIN,
         })
     }

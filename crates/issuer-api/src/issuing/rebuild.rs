@@ -20,6 +20,7 @@ use redis::aio::ConnectionLike;
 
 use super::Issuer;
 use crate::error::ApiError;
+use crate::metrics::OutcomeLabels;
 
 /// A rebuild lease outlives the longest rebuild wait, so two never overlap; a crashed
 /// rebuilder's lease runs out and the next request starts over.
@@ -84,7 +85,15 @@ impl Issuer {
         if leased.is_empty() {
             return Ok(done);
         }
+        let count = |outcome| {
+            self.metrics()
+                .rebuilds
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(leased.len() as u64)
+        };
+        count("started");
         let restored = self.restore(&mut redis, &leased).await;
+        count(if restored.is_ok() { "finished" } else { "failed" });
         for &coupon in &leased {
             if let Err(err) = self.scripts.end_rebuild_lease(&mut redis, coupon).await {
                 tracing::warn!(%coupon, error = %err, "rebuild lease not released; it will expire");

@@ -6,27 +6,39 @@ use std::time::Duration;
 use coupon_core::config::KafkaArgs;
 use coupon_core::event::IssueEvent;
 use coupon_core::producer::{Producer, PublishError};
+use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::error::KafkaError;
 
 #[derive(Clone)]
 pub struct Publisher {
     producer: Producer,
     topic: String,
+    /// `coupon_publish_ack_duration_seconds`.
+    ack_duration: Histogram,
 }
 
 impl Publisher {
-    pub fn new(args: &KafkaArgs, message_timeout: Duration) -> Result<Self, KafkaError> {
+    pub fn new(
+        args: &KafkaArgs,
+        message_timeout: Duration,
+        ack_duration: Histogram,
+    ) -> Result<Self, KafkaError> {
         Ok(Self {
             producer: Producer::new(args, "issuer-api", message_timeout)?,
             topic: args.issue_topic.clone(),
+            ack_duration,
         })
     }
 
     /// Resolves once the broker acknowledged the event.
     pub async fn publish(&self, event: &IssueEvent) -> Result<(), PublishError> {
-        self.producer
+        let started = std::time::Instant::now();
+        let published = self
+            .producer
             .send(&self.topic, event.key().as_bytes(), &event.encode(), None)
-            .await
+            .await;
+        self.ack_duration.observe(started.elapsed().as_secs_f64());
+        published
     }
 
     pub async fn check(&self) -> Result<(), KafkaError> {

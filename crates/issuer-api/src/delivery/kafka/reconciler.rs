@@ -7,13 +7,16 @@
 
 use std::time::Duration;
 
-use coupon_core::ledger::Claim;
+use std::collections::BTreeMap;
+
+use coupon_core::ledger::{Claim, PendingState};
 use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 use tokio_util::sync::CancellationToken;
 
 use super::KafkaDelivery;
 use crate::error::ApiError;
+use crate::metrics::StateLabels;
 
 pub async fn run(delivery: KafkaDelivery, interval: Duration, shutdown: CancellationToken) {
     loop {
@@ -32,15 +35,31 @@ pub async fn run(delivery: KafkaDelivery, interval: Duration, shutdown: Cancella
 
 /// Claims every pending entry whose owner's window is over (or that is in doubt) and
 /// publishes each again at once; returns how many were acknowledged. Reads and claims go
-/// through `con`.
+/// through `con`. The pending gauges are set from what the pass read.
 pub async fn reconcile_once<C: ConnectionLike + Send + Sync>(
     delivery: &KafkaDelivery,
     con: &mut C,
 ) -> Result<usize, ApiError> {
     let mut publishes = Vec::new();
+    let (sec, micros): (i64, i64) = redis::cmd("TIME").query_async(con).await?;
+    let now_ms = sec * 1000 + micros / 1000;
+    let mut by_state: BTreeMap<&'static str, i64> = [
+        PendingState::InFlight,
+        PendingState::Doubt,
+        PendingState::Claimed,
+    ]
+    .iter()
+    .map(|state| (state.as_str(), 0))
+    .collect();
+    let mut oldest_ms: Option<i64> = None;
     for registration in delivery.registry.members(con).await? {
         let coupon = registration.coupon;
         let pending = delivery.ledger.entries(con, coupon).await?;
+        for entry in &pending {
+            *by_state.entry(entry.state.as_str()).or_default() += 1;
+            let issued_ms = entry.event.issued_at.timestamp_millis();
+            oldest_ms = Some(oldest_ms.map_or(issued_ms, |oldest| oldest.min(issued_ms)));
+        }
         if pending.is_empty() {
             delivery
                 .registry
@@ -62,9 +81,20 @@ pub async fn reconcile_once<C: ConnectionLike + Send + Sync>(
             }
         }
     }
+    let metrics = &delivery.metrics;
+    metrics.pending.replace(
+        by_state
+            .into_iter()
+            .map(|(state, count)| (StateLabels { state }, count)),
+    );
+    metrics
+        .pending_oldest_age
+        .set(oldest_ms.map_or(0.0, |oldest| (now_ms - oldest).max(0) as f64 / 1000.0));
     let outcomes = join_all(publishes).await;
-    Ok(outcomes
+    let acknowledged = outcomes
         .iter()
         .filter(|outcome| matches!(outcome, Ok(Ok(()))))
-        .count())
+        .count();
+    metrics.republished.inc_by(acknowledged as u64);
+    Ok(acknowledged)
 }
