@@ -123,40 +123,17 @@ fn wait_for_group_blocking(
     group: &str,
     patience: Duration,
 ) -> Result<(), GroupWaitError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{Offset, TopicPartitionList};
-
-    const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
     let started = std::time::Instant::now();
-    let topic = args.issue_topic.as_str();
-    // Reading a group's committed offsets does not join the group, so this never moves
-    // partitions away from the workers.
-    let consumer: BaseConsumer = client_config(args, "coupon-group-watch")
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
-    let mut targets = Vec::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (_, high) = consumer.fetch_watermarks(topic, partition.id(), REQUEST_TIMEOUT)?;
-        targets.push((partition.id(), high));
-    }
-    let mut list = TopicPartitionList::new();
-    for (partition, _) in &targets {
-        list.add_partition(topic, *partition);
-    }
+    let offsets = GroupOffsets::new(args, group)?;
+    let targets = offsets.log_ends()?;
     loop {
-        let committed = consumer.committed_offsets(list.clone(), REQUEST_TIMEOUT)?;
+        let committed = offsets.committed(&targets)?;
         let behind = targets
             .iter()
-            .filter(|(partition, high)| {
-                match committed
-                    .find_partition(topic, *partition)
-                    .map(|e| e.offset())
-                {
-                    Some(Offset::Offset(offset)) => offset < *high,
-                    _ => *high > 0,
-                }
+            .zip(&committed)
+            .filter(|(end, committed)| match committed {
+                Some(offset) => *offset < end.high,
+                None => end.high > 0,
             })
             .count();
         if behind == 0 {
@@ -170,5 +147,94 @@ fn wait_for_group_blocking(
             });
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One partition's log: its first and next offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogEnd {
+    pub partition: i32,
+    pub low: i64,
+    pub high: i64,
+}
+
+/// A consumer group's progress on the issue topic, read without joining the group, so
+/// reading never moves partitions away from the workers. Blocking calls: run them on a
+/// blocking thread.
+pub struct GroupOffsets {
+    consumer: rdkafka::consumer::BaseConsumer,
+    topic: String,
+}
+
+const OFFSETS_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl GroupOffsets {
+    pub fn new(args: &KafkaArgs, group: &str) -> Result<Self, KafkaError> {
+        Ok(Self {
+            consumer: client_config(args, "coupon-group-watch")
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .create()?,
+            topic: args.issue_topic.clone(),
+        })
+    }
+
+    /// Every partition's log as it is now.
+    pub fn log_ends(&self) -> Result<Vec<LogEnd>, KafkaError> {
+        use rdkafka::consumer::Consumer;
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), OFFSETS_TIMEOUT)?;
+        let mut ends = Vec::new();
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (low, high) =
+                self.consumer
+                    .fetch_watermarks(&self.topic, partition.id(), OFFSETS_TIMEOUT)?;
+            ends.push(LogEnd {
+                partition: partition.id(),
+                low,
+                high,
+            });
+        }
+        Ok(ends)
+    }
+
+    /// The group's committed offset on each of `partitions`, in their order; None where it
+    /// has committed none.
+    pub fn committed(&self, partitions: &[LogEnd]) -> Result<Vec<Option<i64>>, KafkaError> {
+        use rdkafka::consumer::Consumer;
+        use rdkafka::{Offset, TopicPartitionList};
+        let mut list = TopicPartitionList::new();
+        for end in partitions {
+            list.add_partition(&self.topic, end.partition);
+        }
+        let committed = self.consumer.committed_offsets(list, OFFSETS_TIMEOUT)?;
+        Ok(partitions
+            .iter()
+            .map(|end| {
+                match committed
+                    .find_partition(&self.topic, end.partition)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(offset)) => Some(offset),
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+
+    /// Per partition, the events the group has not committed yet: from its committed
+    /// offset, or from the log's start when it has committed none, to the log's end.
+    pub fn lag(&self) -> Result<Vec<(i32, i64)>, KafkaError> {
+        let ends = self.log_ends()?;
+        let committed = self.committed(&ends)?;
+        Ok(ends
+            .iter()
+            .zip(committed)
+            .map(|(end, committed)| {
+                let from = committed.unwrap_or(end.low).max(end.low);
+                (end.partition, (end.high - from).max(0))
+            })
+            .collect())
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
-use actix_web::middleware::{Next, from_fn};
 use actix_web::http::Method;
+use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, FromRequest, Handler, HttpServer, Resource, Responder, web};
 use anyhow::Context;
 use coupon_core::admission::AdmissionScripts;
@@ -69,7 +69,10 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
             redis.clone(),
             metrics.clone(),
         )?)),
-        None => Delivery::Stream(StreamDelivery::new(prefix.clone())),
+        None => Delivery::Stream(StreamDelivery::new(
+            prefix.clone(),
+            config.worker_group_id.clone(),
+        )),
     };
     let replication = (config.redis_min_replicas > 0).then(|| {
         Replication::start(

@@ -15,6 +15,17 @@ use crate::error::ApiError;
 use kafka::KafkaDelivery;
 use stream::StreamDelivery;
 
+/// How far the workers are behind, seen from outside them (a worker that is down cannot
+/// report its own lag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backlog {
+    /// Kafka: per partition of the issue topic, events the group has not committed.
+    Partitions(Vec<(i32, i64)>),
+    /// Redis queue mode, over the active coupons' streams: entries the group has not read
+    /// yet, and entries read but not acknowledged.
+    Streams { unread: i64, pending: i64 },
+}
+
 #[derive(Clone)]
 pub enum Delivery {
     Kafka(Box<KafkaDelivery>),
@@ -67,6 +78,18 @@ impl Delivery {
         match self {
             Self::Kafka(kafka) => kafka.await_persisted().await,
             Self::Stream(_) => Ok(()),
+        }
+    }
+
+    /// The workers' backlog; `coupons` are the active ones (the stream mode reads theirs).
+    pub async fn backlog<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupons: &[CouponId],
+    ) -> Result<Backlog, ApiError> {
+        match self {
+            Self::Kafka(kafka) => kafka.lag().await.map(Backlog::Partitions),
+            Self::Stream(stream) => stream.backlog(con, coupons).await,
         }
     }
 

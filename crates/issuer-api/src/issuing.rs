@@ -23,7 +23,7 @@ use diesel_async::RunQueryDsl;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
-use crate::delivery::Delivery;
+use crate::delivery::{Backlog, Delivery};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::replication::Replication;
@@ -246,19 +246,33 @@ impl Issuer {
         Ok(failed_events::counts(&mut conn).await?)
     }
 
-    /// Stock of the active coupons (the registry's), at most `limit` of them, the newest
-    /// ids first: the per-coupon gauges' label set stays bounded however many are active.
-    pub async fn active_stock(&self, limit: usize) -> Result<Vec<Stock>, ApiError> {
-        let mut redis = self.redis.clone();
+    /// The coupons still needing work (the registry's), newest ids first.
+    async fn active_coupons(&self) -> Result<Vec<CouponId>, ApiError> {
         let mut ids: Vec<CouponId> = self
             .scripts
             .registry()
-            .members(&mut redis)
+            .members(&mut self.redis.clone())
             .await?
             .into_iter()
             .map(|registration| registration.coupon)
             .collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(ids)
+    }
+
+    /// How far the workers are behind (`crate::delivery::Backlog`).
+    pub async fn backlog(&self) -> Result<Backlog, ApiError> {
+        let coupons = self.active_coupons().await?;
+        self.delivery
+            .backlog(&mut self.redis.clone(), &coupons)
+            .await
+    }
+
+    /// Stock of the active coupons, at most `limit` of them, the newest ids first: the
+    /// per-coupon gauges' label set stays bounded however many are active.
+    pub async fn active_stock(&self, limit: usize) -> Result<Vec<Stock>, ApiError> {
+        let mut redis = self.redis.clone();
+        let mut ids = self.active_coupons().await?;
         ids.truncate(limit);
         if ids.is_empty() {
             return Ok(Vec::new());

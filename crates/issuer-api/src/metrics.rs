@@ -51,6 +51,11 @@ pub struct FailedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub partition: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CouponLabels {
     pub coupon: String,
 }
@@ -70,6 +75,9 @@ pub struct Metrics {
     pub coupon_issued: GaugeSet<CouponLabels>,
     pub coupon_remaining: GaugeSet<CouponLabels>,
     pub coupon_persisted: GaugeSet<CouponLabels>,
+    pub queue_lag: GaugeSet<PartitionLabels>,
+    pub stream_unread: Gauge,
+    pub stream_pending: Gauge,
 }
 
 const RESULTS: [&str; 8] = [
@@ -94,7 +102,7 @@ impl Default for Metrics {
         // Every known label value from the start, at 0: a series that appears only with its
         // first increment hides that increment from rate() and from alerts.
         for result in RESULTS {
-            answers.get_or_create(&ResultLabels { result });
+            let _ = answers.get_or_create(&ResultLabels { result });
         }
         registry.register(
             "coupon_issue_answers",
@@ -133,7 +141,7 @@ impl Default for Metrics {
         );
         let rebuilds = Family::<OutcomeLabels, Counter>::default();
         for outcome in ["started", "finished", "failed"] {
-            rebuilds.get_or_create(&OutcomeLabels { outcome });
+            let _ = rebuilds.get_or_create(&OutcomeLabels { outcome });
         }
         registry.register(
             "coupon_rebuilds",
@@ -180,6 +188,26 @@ impl Default for Metrics {
             "coupon_active_persisted",
             "Rows in PostgreSQL, per active coupon",
         );
+        let queue_lag = GaugeSet::register(
+            &mut registry,
+            "coupon_queue_lag",
+            "Kafka mode: events on each partition of the issue topic that the workers' group \
+             has not committed, read from the broker once a second",
+        );
+        let stream_unread = Gauge::default();
+        registry.register(
+            "coupon_stream_backlog_entries",
+            "Redis queue mode: entries on the active coupons' streams the workers' group has \
+             not read yet",
+            stream_unread.clone(),
+        );
+        let stream_pending = Gauge::default();
+        registry.register(
+            "coupon_stream_pending_entries",
+            "Redis queue mode: entries a worker read and has not acknowledged (its batch is \
+             not committed yet, or it died holding them)",
+            stream_pending.clone(),
+        );
         Self {
             registry,
             answers,
@@ -195,6 +223,9 @@ impl Default for Metrics {
             coupon_issued,
             coupon_remaining,
             coupon_persisted,
+            queue_lag,
+            stream_unread,
+            stream_pending,
         }
     }
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::Backlog;
 use crate::issuing::Issuer;
-use crate::metrics::{CouponLabels, FailedLabels, StateLabels};
+use crate::metrics::{CouponLabels, FailedLabels, PartitionLabels, StateLabels};
 
 /// How often the dependencies are checked and the failed events counted.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -58,10 +59,11 @@ impl Operations {
     }
 
     async fn refresh(&self, issuer: &Issuer) {
-        let (checks, failed, stock) = tokio::join!(
+        let (checks, failed, stock, backlog) = tokio::join!(
             issuer.readiness(),
             issuer.failed_event_counts(),
-            issuer.active_stock(COUPON_GAUGES_MAX)
+            issuer.active_stock(COUPON_GAUGES_MAX),
+            issuer.backlog()
         );
         let checks = checks
             .into_iter()
@@ -108,6 +110,17 @@ impl Operations {
             Err(err) => {
                 tracing::warn!(error = %err, "active coupons not read; their gauges stand")
             }
+        }
+        match backlog {
+            Ok(Backlog::Partitions(lag)) => metrics.queue_lag.replace(
+                lag.into_iter()
+                    .map(|(partition, lag)| (PartitionLabels { partition }, lag)),
+            ),
+            Ok(Backlog::Streams { unread, pending }) => {
+                metrics.stream_unread.set(unread);
+                metrics.stream_pending.set(pending);
+            }
+            Err(err) => tracing::warn!(error = %err, "the workers' backlog not read; it stands"),
         }
         let (in_use, idle, max) = issuer.pool_connections();
         metrics.pool_connections.replace([

@@ -44,6 +44,9 @@ pub struct Config {
     /// before another worker claims it (the consumer died, or is stuck retrying).
     #[arg(long, env = "WORKER_CLAIM_IDLE_MS", default_value_t = 15_000)]
     pub claim_idle_ms: u64,
+    /// Where to serve `/metrics` and `/healthz` (for example 0.0.0.0:9464). Unset: not served.
+    #[arg(long, env = "WORKER_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]

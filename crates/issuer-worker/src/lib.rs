@@ -6,6 +6,8 @@ pub mod config;
 pub mod dead_letter;
 pub mod dlq_commands;
 mod kafka_queue;
+pub mod metrics;
+mod ops;
 mod queue;
 mod stream_queue;
 pub mod stream_trim;

@@ -5,6 +5,8 @@
 //! anywhere delivers the unacknowledged events again, and the idempotent sink makes the
 //! redelivery harmless. This loop is the same for every queue; only `IssueQueue` differs.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::config::QueueKind;
@@ -17,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::kafka_queue::KafkaQueue;
+use crate::metrics::{self, Metrics, OperationLabels, ReasonLabels};
+use crate::ops::OpsServer;
 use crate::queue::{Batch, IssueQueue};
 use crate::stream_queue::StreamQueue;
 
@@ -38,6 +42,8 @@ pub struct Worker {
     config: Config,
     pool: PgPool,
     queue: Queue,
+    metrics: Arc<Metrics>,
+    ops: Option<OpsServer>,
 }
 
 enum Queue {
@@ -58,11 +64,23 @@ impl Worker {
             )?),
             QueueKind::Redis => Queue::Redis(Box::new(StreamQueue::connect(&config).await?)),
         };
+        let metrics = Arc::new(Metrics::default());
+        let ops = match config.metrics_listen {
+            Some(listen) => Some(OpsServer::start(listen, metrics.clone())?),
+            None => None,
+        };
         Ok(Self {
             pool: config.database.pool()?,
             queue,
             config,
+            metrics,
+            ops,
         })
+    }
+
+    /// Where `/metrics` is served, when WORKER_METRICS_LISTEN asked for it.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(OpsServer::addr)
     }
 
     /// Runs until `shutdown` is cancelled: then finishes the batch in hand, acknowledges
@@ -83,6 +101,9 @@ impl Worker {
             Queue::Redis(queue) => self.consume(queue.as_ref(), &shutdown).await?,
         }
         redriving.await?;
+        if let Some(ops) = self.ops {
+            ops.stop().await?;
+        }
         tracing::info!("issuer-worker stopped");
         Ok(())
     }
@@ -118,17 +139,27 @@ impl Worker {
     ) {
         let started = Instant::now();
         let Some(outcome) = self
-            .retry(queue, shutdown, "persist batch", async || {
+            .retry(queue, shutdown, metrics::PERSIST, async || {
                 self.persist(&batch).await
             })
             .await
         else {
             return;
         };
+        self.metrics.batch_size.observe(batch.len as f64);
+        self.metrics.rows_inserted.inc_by(outcome.inserted as u64);
+        self.metrics.duplicates.inc_by(outcome.duplicates as u64);
+        for failed in &outcome.failed {
+            let reason = failed.reason.as_str();
+            self.metrics
+                .failed_events
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        }
         if !outcome.failed.is_empty() {
             report_failed(&outcome.failed);
             let published = self
-                .retry(queue, shutdown, "publish dead letters", async || {
+                .retry(queue, shutdown, metrics::DEAD_LETTER, async || {
                     queue.dead_letter(&outcome.failed).await
                 })
                 .await;
@@ -155,7 +186,13 @@ impl Worker {
 
     async fn persist<R>(&self, batch: &Batch<R>) -> Result<BatchOutcome, SinkError> {
         let mut conn = self.pool.get().await?;
-        Ok(persist_isolating(&mut conn, &batch.issues, batch.undecodable.clone()).await?)
+        let started = Instant::now();
+        let outcome =
+            persist_isolating(&mut conn, &batch.issues, batch.undecodable.clone()).await?;
+        self.metrics
+            .batch_commit
+            .observe(started.elapsed().as_secs_f64());
+        Ok(outcome)
     }
 
     /// Retries `op` with capped exponential backoff until it succeeds, the queue holding
@@ -166,7 +203,7 @@ impl Worker {
         &self,
         queue: &Q,
         shutdown: &CancellationToken,
-        what: &str,
+        what: &'static str,
         mut op: impl AsyncFnMut() -> Result<T, E>,
     ) -> Option<T> {
         let max_delay = Duration::from_millis(self.config.retry_max_ms);
@@ -188,6 +225,10 @@ impl Worker {
                 }
             }
             retried = true;
+            self.metrics
+                .retries
+                .get_or_create(&OperationLabels { operation: what })
+                .inc();
             queue.wait_between_retries(delay).await;
             delay = (delay * 2).min(max_delay);
         };

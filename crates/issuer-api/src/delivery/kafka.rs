@@ -19,7 +19,7 @@ use std::time::Duration;
 use coupon_core::config::KafkaArgs;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
-use coupon_core::kafka::wait_for_group;
+use coupon_core::kafka::{GroupOffsets, wait_for_group};
 use coupon_core::ledger::{Claim, Ledger, PendingEntry};
 use coupon_core::producer::Persistence;
 use coupon_core::registry::Registry;
@@ -46,6 +46,8 @@ pub struct KafkaDelivery {
     worker_group: String,
     rebuild_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// The workers' group's progress, for the lag gauges.
+    offsets: Arc<GroupOffsets>,
     /// Longest a publish can take to report: a pending slot older than this whose request
     /// never reported belongs to an API that died, and is published by others.
     publish_window: Duration,
@@ -79,6 +81,10 @@ impl KafkaDelivery {
             ledger: Ledger::new(key_prefix.clone()),
             settler: Settler::start(Ledger::new(key_prefix.clone()), redis.clone()),
             registry: Registry::new(key_prefix, coupon_core::config::QueueKind::Kafka),
+            offsets: Arc::new(
+                GroupOffsets::new(&kafka, &worker_group)
+                    .map_err(|e| ApiError::unavailable("kafka", e))?,
+            ),
             redis,
             kafka,
             worker_group,
@@ -192,6 +198,15 @@ impl KafkaDelivery {
 
     pub async fn check(&self) -> Result<(), String> {
         self.publisher.check().await.map_err(|e| e.to_string())
+    }
+
+    /// Per partition, the events the workers' group has not committed yet.
+    pub async fn lag(&self) -> Result<Vec<(i32, i64)>, ApiError> {
+        let offsets = self.offsets.clone();
+        tokio::task::spawn_blocking(move || offsets.lag())
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?
+            .map_err(|e| ApiError::unavailable("kafka", e))
     }
 
     /// At shutdown: waits for the broker's outstanding acknowledgements, then settles

@@ -7,6 +7,7 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionLike;
 use redis::streams::StreamRangeReply;
 
+use super::Backlog;
 use crate::error::ApiError;
 
 /// Stream entries read per XRANGE, so one command never blocks Redis for long.
@@ -15,13 +16,60 @@ const PAGE: usize = 10_000;
 #[derive(Clone)]
 pub struct StreamDelivery {
     key_prefix: String,
+    /// The workers' consumer group, whose backlog the metrics show.
+    worker_group: String,
 }
 
 impl StreamDelivery {
-    pub fn new(key_prefix: impl Into<String>) -> Self {
+    pub fn new(key_prefix: impl Into<String>, worker_group: impl Into<String>) -> Self {
         Self {
             key_prefix: key_prefix.into(),
+            worker_group: worker_group.into(),
         }
+    }
+
+    /// Over `coupons`' streams: entries the workers' group has not read, and entries read
+    /// but not acknowledged (`XINFO GROUPS`' lag and pending; a stream the group has not
+    /// met yet counts whole as unread).
+    pub async fn backlog<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupons: &[CouponId],
+    ) -> Result<Backlog, ApiError> {
+        let (mut unread, mut pending) = (0, 0);
+        for &coupon in coupons {
+            let stream = CouponKeys::new(&self.key_prefix, coupon).stream;
+            let length: i64 = con.xlen(&stream).await?;
+            if length == 0 {
+                continue;
+            }
+            let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&stream)
+                .query_async(con)
+                .await?;
+            let ours = groups.iter().find(|group| {
+                group
+                    .get("name")
+                    .and_then(|name| redis::from_redis_value_ref::<String>(name).ok())
+                    .is_some_and(|name| name == self.worker_group)
+            });
+            let field = |group: &std::collections::HashMap<String, redis::Value>, name: &str| {
+                group
+                    .get(name)
+                    .and_then(|value| redis::from_redis_value_ref::<i64>(value).ok())
+            };
+            match ours {
+                Some(group) => {
+                    // Redis reports no lag when it cannot tell (entries deleted before the
+                    // group read them): the whole stream is then the upper bound.
+                    unread += field(group, "lag").unwrap_or(length);
+                    pending += field(group, "pending").unwrap_or_default();
+                }
+                None => unread += length,
+            }
+        }
+        Ok(Backlog::Streams { unread, pending })
     }
 
     /// Users whose events are still on the coupon's stream. The workers acknowledge an entry

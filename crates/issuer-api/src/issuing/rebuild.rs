@@ -93,7 +93,11 @@ impl Issuer {
         };
         count("started");
         let restored = self.restore(&mut redis, &leased).await;
-        count(if restored.is_ok() { "finished" } else { "failed" });
+        count(if restored.is_ok() {
+            "finished"
+        } else {
+            "failed"
+        });
         for &coupon in &leased {
             if let Err(err) = self.scripts.end_rebuild_lease(&mut redis, coupon).await {
                 tracing::warn!(%coupon, error = %err, "rebuild lease not released; it will expire");
