@@ -212,11 +212,25 @@ impl TestEnv {
     }
 
     pub async fn start_worker_with(&mut self, args: Vec<String>) {
+        self.spawn_worker(args).await;
+    }
+
+    /// A worker serving its `/metrics` on a port of its own; that listener's base URL.
+    pub async fn start_worker_serving_metrics(&mut self) -> String {
+        let mut args = self.worker_args(100);
+        args.push("--metrics-listen=127.0.0.1:0".into());
+        let addr = self.spawn_worker(args).await.expect("asked for a listener");
+        format!("http://{addr}")
+    }
+
+    async fn spawn_worker(&mut self, args: Vec<String>) -> Option<std::net::SocketAddr> {
         let config = issuer_worker::config::Config::try_parse_from(args).unwrap();
         let worker = issuer_worker::worker::Worker::build(config).await.unwrap();
+        let addr = worker.metrics_addr();
         let token = CancellationToken::new();
         self.workers.push(token.clone());
         actix_web::rt::spawn(async move { worker.run(token).await.unwrap() });
+        addr
     }
 
     pub async fn stop_workers(&mut self) {
