@@ -124,4 +124,14 @@ else
   log "Apache Kafka $(bash "$ROOT/deploy/kafka/kafka.sh" version) started on $KAFKA_PORT (data and log in .local/kafka)"
 fi
 
+# --- Prometheus (tools only) -------------------------------------------------------------
+# Not a service of the stack: the tests run the server against the services they start
+# (tests/prometheus.rs), and promtool checks the alert rules. Debian's package starts its
+# own server on :9090 when installed; that one is stopped.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  apt_install --no-install-recommends prometheus
+  as_root service prometheus stop >/dev/null 2>&1 || true
+  as_root service prometheus-node-exporter stop >/dev/null 2>&1 || true
+fi
+
 log "ready: redis://127.0.0.1:$REDIS_PORT  postgres://$DB_USER@127.0.0.1:$PG_PORT/$DB_NAME  kafka 127.0.0.1:$KAFKA_PORT"

@@ -51,6 +51,11 @@ pub struct FailedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DependencyLabels {
+    pub dependency: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
     pub partition: i32,
 }
@@ -70,6 +75,8 @@ pub struct Metrics {
     pub rebuilds: Family<OutcomeLabels, Counter>,
     pub pending: GaugeSet<StateLabels>,
     pub pending_oldest_age: Gauge<f64, AtomicU64>,
+    pub publish_window: Gauge<f64, AtomicU64>,
+    pub dependency_up: GaugeSet<DependencyLabels>,
     pub failed_events: GaugeSet<FailedLabels>,
     pub pool_connections: GaugeSet<StateLabels>,
     pub coupon_issued: GaugeSet<CouponLabels>,
@@ -163,6 +170,20 @@ impl Default for Metrics {
             Unit::Seconds,
             pending_oldest_age.clone(),
         );
+        let publish_window = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "coupon_publish_window",
+            "Kafka mode: how long a publish may take to report; a pending entry older than \
+             this belongs to a publisher that died, and the reconciler takes it over",
+            Unit::Seconds,
+            publish_window.clone(),
+        );
+        let dependency_up = GaugeSet::register(
+            &mut registry,
+            "coupon_dependency_up",
+            "1 if the dependency answered the last readiness check (once a second), else 0; \
+             /readyz fails while any is 0",
+        );
         let failed_events = GaugeSet::register(
             &mut registry,
             "coupon_failed_events",
@@ -218,6 +239,8 @@ impl Default for Metrics {
             rebuilds,
             pending,
             pending_oldest_age,
+            publish_window,
+            dependency_up,
             failed_events,
             pool_connections,
             coupon_issued,

@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Backlog;
 use crate::issuing::Issuer;
-use crate::metrics::{CouponLabels, FailedLabels, PartitionLabels, StateLabels};
+use crate::metrics::{
+    CouponLabels, DependencyLabels, FailedLabels, PartitionLabels, StateLabels,
+};
 
 /// How often the dependencies are checked and the failed events counted.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -65,7 +67,7 @@ impl Operations {
             issuer.active_stock(COUPON_GAUGES_MAX),
             issuer.backlog()
         );
-        let checks = checks
+        let checks: Vec<(&str, bool)> = checks
             .into_iter()
             .map(|(name, result)| {
                 if let Err(err) = &result {
@@ -74,12 +76,17 @@ impl Operations {
                 (name, result.is_ok())
             })
             .collect();
+        let metrics = issuer.metrics();
+        metrics.dependency_up.replace(
+            checks
+                .iter()
+                .map(|&(dependency, up)| (DependencyLabels { dependency }, i64::from(up))),
+        );
         {
             let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
             snapshot.checks = checks;
             snapshot.taken = Instant::now();
         }
-        let metrics = issuer.metrics();
         match failed {
             Ok(failed) => metrics.failed_events.replace(
                 failed

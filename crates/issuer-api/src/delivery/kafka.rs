@@ -75,6 +75,8 @@ impl KafkaDelivery {
             publish_timeout,
             rebuild_timeout,
         } = settings;
+        let publish_window = publish_timeout + PUBLISH_REPORT_MARGIN;
+        metrics.publish_window.set(publish_window.as_secs_f64());
         Ok(Self {
             publisher: Publisher::new(&kafka, publish_timeout, metrics.publish_ack.clone())
                 .map_err(|e| ApiError::unavailable("kafka", e))?,
@@ -90,7 +92,7 @@ impl KafkaDelivery {
             worker_group,
             rebuild_timeout,
             metrics,
-            publish_window: publish_timeout + PUBLISH_REPORT_MARGIN,
+            publish_window,
         })
     }
 
