@@ -10,9 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Backlog;
 use crate::issuing::Issuer;
-use crate::metrics::{
-    CouponLabels, DependencyLabels, FailedLabels, PartitionLabels, StateLabels,
-};
+use crate::metrics::{CouponLabels, DependencyLabels, FailedLabels, PartitionLabels, StateLabels};
 
 /// How often the dependencies are checked and the failed events counted.
 const REFRESH: Duration = Duration::from_secs(1);
