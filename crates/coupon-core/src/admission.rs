@@ -17,6 +17,7 @@ use crate::event::{EVENT_VERSION, IssueEvent};
 use crate::function_library::{self, Function};
 use crate::redis_keys::CouponKeys;
 use crate::registry::Registry;
+use crate::trace_context::TraceParent;
 
 /// Users added per SADD when restoring a coupon's issued set, so one command never blocks
 /// Redis for long.
@@ -79,6 +80,10 @@ impl AdmissionScripts {
         call.arg(user.get())
             .arg(event_id.to_string())
             .arg(coupon.get());
+        if self.queue == QueueKind::Redis {
+            let trace = TraceParent::current();
+            call.arg(trace.as_ref().map_or("", TraceParent::as_str));
+        }
         let (code, now_ms): (i64, i64) = function_library::invoke(con, &call).await?;
         let refused = |admission| Ok(AdmitReply::Refused(admission));
         match code {

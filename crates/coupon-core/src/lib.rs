@@ -19,3 +19,4 @@ pub mod registry;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
+pub mod trace_context;

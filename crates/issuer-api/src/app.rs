@@ -17,6 +17,7 @@ use coupon_core::db::coupons::all_coupon_ids;
 use coupon_core::domain::CouponId;
 use coupon_core::startup::prepare;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::delivery::Delivery;
@@ -279,7 +280,7 @@ impl Application {
 
 /// Times every request of the public routes into `coupon_http_request_duration_seconds`,
 /// labelled with the route's pattern (never the raw path, which would let clients mint
-/// series) and the status sent.
+/// series) and the status sent, and runs it in its span.
 async fn timed(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -299,15 +300,19 @@ async fn timed(
     let metrics = req
         .app_data::<web::Data<AppState>>()
         .map(|state| state.metrics.clone());
-    let response = next.call(req).await;
+    // The request's span (a trace's root when tracing is on; never built otherwise).
+    let span = tracing::debug_span!("request", method, route = tracing::field::Empty);
+    let response = next.call(req).instrument(span.clone()).await;
+    // The pattern is known once routing ran, inside the call.
+    let (route, status) = match &response {
+        Ok(response) => (response.request().match_pattern(), response.status()),
+        Err(err) => (None, err.as_response_error().status_code()),
+    };
+    let route = route.unwrap_or_else(|| "unmatched".to_owned());
+    span.record("route", route.as_str());
     if let Some(metrics) = metrics {
-        // The pattern is known once routing ran, inside the call.
-        let (route, status) = match &response {
-            Ok(response) => (response.request().match_pattern(), response.status()),
-            Err(err) => (None, err.as_response_error().status_code()),
-        };
         let labels = HttpLabels {
-            route: route.unwrap_or_else(|| "unmatched".to_owned()),
+            route,
             method,
             status: status.as_u16(),
         };

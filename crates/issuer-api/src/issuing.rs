@@ -22,6 +22,7 @@ use coupon_core::ledger::Claim;
 use diesel_async::RunQueryDsl;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use tracing::Instrument;
 
 use crate::delivery::{Backlog, Delivery};
 use crate::error::ApiError;
@@ -106,7 +107,9 @@ impl Issuer {
     /// without an event behind it.
     pub async fn issue(&self, coupon: CouponId, user: UserId) -> Result<Admission, ApiError> {
         let this = self.clone();
-        tokio::spawn(async move { this.admit_and_deliver(coupon, user).await })
+        // The task carries the request's span: its admission and publish are in its trace.
+        let work = async move { this.admit_and_deliver(coupon, user).await };
+        tokio::spawn(work.instrument(tracing::Span::current()))
             .await
             .map_err(|e| ApiError::Internal(e.into()))?
     }
@@ -121,7 +124,11 @@ impl Issuer {
         let mut pause = BUSY_FIRST_PAUSE;
         loop {
             let started = std::time::Instant::now();
-            let reply = self.scripts.admit(&mut redis, coupon, user).await;
+            let reply = self
+                .scripts
+                .admit(&mut redis, coupon, user)
+                .instrument(tracing::debug_span!("admission_script", %coupon, %user))
+                .await;
             self.metrics
                 .admission_script
                 .observe(started.elapsed().as_secs_f64());

@@ -5,8 +5,8 @@ use issuer_api::config::{Command, Config};
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_process()?;
-    telemetry::init(&config.log);
-    match config.command.clone().unwrap_or(Command::Serve) {
+    let telemetry = telemetry::init(&config.log, "issuer-api")?;
+    let outcome = match config.command.clone().unwrap_or(Command::Serve) {
         Command::Serve => {
             Application::build(config)
                 .await?
@@ -14,5 +14,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
         }
         Command::RebuildRedis { coupon, all } => app::rebuild_redis(&config, coupon, all).await,
-    }
+    };
+    telemetry.shutdown();
+    outcome
 }

@@ -201,8 +201,16 @@ async fn alert_rules_fire_on_a_real_prometheus_and_the_dashboard_names_real_metr
         .await;
     assert_eq!(env.issue(open, 1).await.0, 201);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !env.get_text("/metrics").await.1.contains("coupon_active_issued{") {
-        assert!(Instant::now() < deadline, "no per-coupon gauges for an open coupon");
+    while !env
+        .get_text("/metrics")
+        .await
+        .1
+        .contains("coupon_active_issued{")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no per-coupon gauges for an open coupon"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     }
 

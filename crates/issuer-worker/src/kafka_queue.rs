@@ -9,6 +9,7 @@ use coupon_core::config::KafkaArgs;
 use coupon_core::db::batch_insert::{FailedEvent, FailureReason, SourcedIssue};
 use coupon_core::event::IssueEvent;
 use coupon_core::kafka::client_config;
+use coupon_core::trace_context::{self, TraceParent};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -232,6 +233,17 @@ fn subscribe(
     Ok(consumer)
 }
 
+/// The `traceparent` header the API's publish carried, if tracing is on.
+fn trace_header(message: &BorrowedMessage<'_>) -> Option<TraceParent> {
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|header| header.key == trace_context::FIELD)
+        .and_then(|header| std::str::from_utf8(header.value?).ok())
+        .and_then(TraceParent::parse)
+}
+
 fn read(message: &BorrowedMessage<'_>) -> Consumed {
     let source = format!(
         "kafka:{}/{}/{}",
@@ -241,7 +253,11 @@ fn read(message: &BorrowedMessage<'_>) -> Consumed {
     );
     let payload = message.payload().unwrap_or_default();
     match IssueEvent::decode(payload) {
-        Ok(event) => Consumed::Issue(SourcedIssue { event, source }),
+        Ok(event) => Consumed::Issue(SourcedIssue {
+            event,
+            source,
+            trace: trace_header(message),
+        }),
         Err(err) => Consumed::Undecodable(FailedEvent {
             reason: FailureReason::Undecodable,
             detail: err.to_string(),

@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(&config.log);
-    match &config.command {
+    let telemetry = telemetry::init(&config.log, "issuer-worker")?;
+    let outcome = match &config.command {
         Some(Command::Dlq(command)) => dlq_commands::run(&config, command).await,
         None | Some(Command::Run) => {
             let stop = shutdown::signal();
@@ -22,5 +22,7 @@ async fn main() -> anyhow::Result<()> {
             let worker = Worker::build(config).await?;
             worker.run(token).await
         }
-    }
+    };
+    telemetry.shutdown();
+    outcome
 }

@@ -27,6 +27,7 @@ use coupon_core::domain::CouponId;
 use coupon_core::event::IssueEvent;
 use coupon_core::redis_keys::CouponKeys;
 use coupon_core::registry::{Registration, Registry};
+use coupon_core::trace_context::{self, TraceParent};
 use redis::aio::ConnectionManager;
 
 use crate::stream_trim;
@@ -326,7 +327,13 @@ fn read(stream: &str, entry: &StreamId) -> Consumed {
         .filter_map(|field| entry.get::<String>(field).map(|v| (field.clone(), v)))
         .collect();
     match IssueEvent::from_stream_fields(&fields) {
-        Ok(event) => Consumed::Issue(SourcedIssue { event, source }),
+        Ok(event) => Consumed::Issue(SourcedIssue {
+            event,
+            source,
+            trace: fields
+                .get(trace_context::FIELD)
+                .and_then(|value| TraceParent::parse(value)),
+        }),
         Err(err) => Consumed::Undecodable(FailedEvent {
             reason: FailureReason::Undecodable,
             detail: err.to_string(),

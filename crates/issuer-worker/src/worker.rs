@@ -16,6 +16,7 @@ use coupon_core::db::pool::PgPool;
 use coupon_core::startup::prepare;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::kafka_queue::KafkaQueue;
@@ -138,9 +139,10 @@ impl Worker {
         shutdown: &CancellationToken,
     ) {
         let started = Instant::now();
+        let span = tracing::debug_span!("batch", events = batch.len);
         let Some(outcome) = self
             .retry(queue, shutdown, metrics::PERSIST, async || {
-                self.persist(&batch).await
+                self.persist(&batch).instrument(span.clone()).await
             })
             .await
         else {
@@ -186,6 +188,22 @@ impl Worker {
 
     async fn persist<R>(&self, batch: &Batch<R>) -> Result<BatchOutcome, SinkError> {
         let mut conn = self.pool.get().await?;
+        // One span per traced event, in the trace its request began, covering the
+        // transaction that writes its row: the trace runs from the request to the row.
+        let _inserts: Vec<tracing::Span> = batch
+            .issues
+            .iter()
+            .filter_map(|issue| {
+                let parent = issue.trace.as_ref()?;
+                let span = tracing::debug_span!(
+                    "insert",
+                    coupon = %issue.event.coupon_id,
+                    user = %issue.event.user_id
+                );
+                parent.adopt(&span);
+                Some(span)
+            })
+            .collect();
         let started = Instant::now();
         let outcome =
             persist_isolating(&mut conn, &batch.issues, batch.undecodable.clone()).await?;

@@ -56,6 +56,8 @@ impl FailureReason {
 pub struct SourcedIssue {
     pub event: IssueEvent,
     pub source: String,
+    /// The admitting request's trace, when tracing is on.
+    pub trace: Option<crate::trace_context::TraceParent>,
 }
 
 /// An event set aside, with everything an operator needs to re-drive it.

@@ -189,6 +189,7 @@ async fn redrive(
             let issue = SourcedIssue {
                 event,
                 source: row.source.clone(),
+                trace: None,
             };
             // The failed event of this very source is already recorded: a repeat failure
             // inside is ignored by its unique source, and reported back here. An event

@@ -1,7 +1,8 @@
 -- First-come-first-served admission, decided atomically for one (coupon, user).
 -- KEYS[1] coupon meta hash, KEYS[2] issued-user set, KEYS[3] pending hash, and in the
 -- Redis queue mode KEYS[4] the coupon's event stream (all with the coupon's hash tag).
--- ARGV[1] user id, ARGV[2] event id for a new admission, ARGV[3] coupon id.
+-- ARGV[1] user id, ARGV[2] event id for a new admission, ARGV[3] coupon id, and in the Redis
+-- queue mode ARGV[4] the request's W3C traceparent, or '' when it is not traced.
 --
 -- Kafka mode: a new admission is written ahead into the pending hash in the same step as the
 -- SADD, so no slot can exist without a record of its event: if the API dies before
@@ -55,10 +56,14 @@ if redis.call('SCARD', KEYS[2]) >= tonumber(meta[1]) then
 end
 redis.call('SADD', KEYS[2], ARGV[1])
 clock()
-if KEYS[4] then
+if KEYS[4] and ARGV[4] == '' then
   -- Field names and order are IssueEvent::stream_fields.
   redis.call('XADD', KEYS[4], '*', 'v', '1', 'eventId', ARGV[2], 'couponId', ARGV[3],
     'userId', ARGV[1], 'issuedAt', now)
+elseif KEYS[4] then
+  -- The same, and the trace context the worker continues (coupon_core::trace_context).
+  redis.call('XADD', KEYS[4], '*', 'v', '1', 'eventId', ARGV[2], 'couponId', ARGV[3],
+    'userId', ARGV[1], 'issuedAt', now, 'traceparent', ARGV[4])
 else
   -- PendingEntry::admitted: "<eventId> <issuedMs> inflight <sinceMs> <attempt>".
   redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. now .. ' inflight ' .. now .. ' 0')

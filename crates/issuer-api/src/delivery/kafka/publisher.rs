@@ -6,8 +6,11 @@ use std::time::Duration;
 use coupon_core::config::KafkaArgs;
 use coupon_core::event::IssueEvent;
 use coupon_core::producer::{Producer, PublishError};
+use coupon_core::trace_context::{self, TraceParent};
 use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use tracing::Instrument;
 
 #[derive(Clone)]
 pub struct Publisher {
@@ -30,12 +33,27 @@ impl Publisher {
         })
     }
 
-    /// Resolves once the broker acknowledged the event.
+    /// Resolves once the broker acknowledged the event. While tracing, the event carries
+    /// the publish span's context in a `traceparent` header.
     pub async fn publish(&self, event: &IssueEvent) -> Result<(), PublishError> {
+        let span =
+            tracing::debug_span!("publish", coupon = %event.coupon_id, user = %event.user_id);
+        let headers = span.in_scope(TraceParent::current).map(|parent| {
+            OwnedHeaders::new().insert(Header {
+                key: trace_context::FIELD,
+                value: Some(parent.as_str()),
+            })
+        });
         let started = std::time::Instant::now();
         let published = self
             .producer
-            .send(&self.topic, event.key().as_bytes(), &event.encode(), None)
+            .send(
+                &self.topic,
+                event.key().as_bytes(),
+                &event.encode(),
+                headers,
+            )
+            .instrument(span)
             .await;
         self.ack_duration.observe(started.elapsed().as_secs_f64());
         published
