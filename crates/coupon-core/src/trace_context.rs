@@ -31,13 +31,15 @@ fn enabled() -> bool {
 pub struct TraceParent(String);
 
 impl TraceParent {
-    /// The current span's context, when tracing is on and the span belongs to a trace.
+    /// The current span's context, when tracing is on and the span belongs to a trace the
+    /// sampler kept: an event of a dropped trace carries nothing, so the worker builds no
+    /// spans for it.
     pub fn current() -> Option<Self> {
         if !enabled() {
             return None;
         }
         let context = tracing::Span::current().context();
-        if !context.span().span_context().is_valid() {
+        if !context.span().span_context().is_sampled() {
             return None;
         }
         let mut carrier = HashMap::new();

@@ -117,6 +117,11 @@ async fn kafka_mode_metrics_move_as_their_names_say() {
         series(&text, "coupon_worker_batch_size_count").unwrap() >= 1.0,
         "{text}"
     );
+    assert_eq!(
+        series(&text, "coupon_worker_db_pool_connections{state=\"max\"}"),
+        Some(2.0),
+        "the harness's --database-pool-size=2: {text}"
+    );
     assert!(
         series(&text, "coupon_worker_batch_commit_duration_seconds_count").unwrap() >= 1.0,
         "{text}"

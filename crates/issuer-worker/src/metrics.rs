@@ -3,7 +3,7 @@
 //! from outside them, by the API (`coupon_queue_lag`, `coupon_stream_backlog_entries`): a
 //! worker that is down cannot report its own lag.
 
-use coupon_core::metrics::{latency_buckets, render};
+use coupon_core::metrics::{GaugeSet, latency_buckets, render};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,6 +13,11 @@ use prometheus_client::registry::{Registry, Unit};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -28,6 +33,7 @@ pub struct Metrics {
     pub duplicates: Counter,
     pub failed_events: Family<ReasonLabels, Counter>,
     pub retries: Family<OperationLabels, Counter>,
+    pub pool_connections: GaugeSet<StateLabels>,
 }
 
 /// The operations the worker retries, by their label.
@@ -80,6 +86,12 @@ impl Default for Metrics {
             "Retries of a batch step that failed (PostgreSQL or the broker away), by operation",
             retries.clone(),
         );
+        let pool_connections = GaugeSet::register(
+            &mut registry,
+            "coupon_worker_db_pool_connections",
+            "The worker's PostgreSQL pool connections by state (in_use, idle, max), after its \
+             last batch",
+        );
         Self {
             registry,
             batch_size,
@@ -88,6 +100,7 @@ impl Default for Metrics {
             duplicates,
             failed_events,
             retries,
+            pool_connections,
         }
     }
 }
