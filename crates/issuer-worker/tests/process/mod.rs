@@ -104,3 +104,16 @@ pub fn env(topic: &str) -> Vec<(&'static str, String)> {
         ),
     ]
 }
+
+/// A dependency that accepts connections and never answers: start-up waits on it.
+pub fn black_hole() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = listener.local_addr().expect("bound");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    addr
+}
