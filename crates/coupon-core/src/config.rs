@@ -3,6 +3,7 @@
 //! Defaults match what `make up` starts on this machine. URLs may carry passwords, so
 //! their values are hidden from `--help` and these types are never logged whole.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -31,7 +32,8 @@ impl std::fmt::Display for QueueKind {
 
 #[derive(Args, Clone)]
 pub struct RedisArgs {
-    /// Redis server URL.
+    /// Redis server URL: `redis://` or `rediss://` (TLS), with an ACL user and password as
+    /// `rediss://user:password@host:port`. Never logged.
     #[arg(
         long,
         env = "REDIS_URL",
@@ -45,25 +47,106 @@ pub struct RedisArgs {
     /// How long one Redis command may take before the request answers 503.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000)]
     pub redis_timeout_ms: u64,
+    /// PEM file of the CA that signed the server's certificate, for `rediss://` (unset: the
+    /// system's roots).
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate for `rediss://` servers that ask for one (with
+    /// REDIS_CLIENT_KEY_FILE).
+    #[arg(
+        long,
+        env = "REDIS_CLIENT_CERT_FILE",
+        requires = "redis_client_key_file"
+    )]
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// PEM private key of REDIS_CLIENT_CERT_FILE.
+    #[arg(
+        long,
+        env = "REDIS_CLIENT_KEY_FILE",
+        requires = "redis_client_cert_file"
+    )]
+    pub redis_client_key_file: Option<PathBuf>,
+}
+
+/// Why a Redis client could not be set up; the URL is never part of it.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSetupError {
+    #[error("REDIS_CA_FILE and REDIS_CLIENT_CERT_FILE apply to rediss:// URLs only")]
+    TlsFilesWithoutTls,
+    #[error("cannot read {path}: {error}")]
+    File { path: String, error: std::io::Error },
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
 }
 
 impl RedisArgs {
     /// One multiplexed connection, pipelining every caller's commands over one socket:
     /// measured far faster than a pool of exclusive connections on the hot path, and
     /// it reconnects on its own after Redis restarts.
-    pub async fn connect(&self) -> redis::RedisResult<ConnectionManager> {
+    pub async fn connect(&self) -> Result<ConnectionManager, RedisSetupError> {
         self.connect_blocking(Duration::ZERO).await
     }
 
     /// A connection of its own for commands that block on the server for up to `block`:
     /// on a shared multiplexed connection they would hold up every other caller.
-    pub async fn connect_blocking(&self, block: Duration) -> redis::RedisResult<ConnectionManager> {
+    pub async fn connect_blocking(
+        &self,
+        block: Duration,
+    ) -> Result<ConnectionManager, RedisSetupError> {
         let timeout = Duration::from_millis(self.redis_timeout_ms);
+        let client = self.client()?;
+        // One attempt first: a certificate or the credentials Redis refuses stay refused,
+        // so they end start-up now, with their reason. A Redis that is not up yet (refused
+        // or silent) is the manager's to wait for, with its backoff.
+        let probe = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        if let Err(err) = client
+            .get_multiplexed_async_connection_with_config(&probe)
+            .await
+            && !(err.is_connection_refusal() || err.is_timeout())
+        {
+            return Err(err.into());
+        }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout + block));
-        let client = redis::Client::open(self.redis_url.as_str())?;
-        ConnectionManager::new_with_config(client, config).await
+        Ok(ConnectionManager::new_with_config(client, config).await?)
+    }
+
+    /// The client, with the TLS files when set. A wrong CA or wrong credentials fail the
+    /// first connection, within REDIS_TIMEOUT_MS, with the server's or the handshake's
+    /// reason.
+    pub fn client(&self) -> Result<redis::Client, RedisSetupError> {
+        let tls = self.redis_url.starts_with("rediss://");
+        let files = self.redis_ca_file.is_some() || self.redis_client_cert_file.is_some();
+        if !files {
+            return Ok(redis::Client::open(self.redis_url.as_str())?);
+        }
+        if !tls {
+            return Err(RedisSetupError::TlsFilesWithoutTls);
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|error| RedisSetupError::File {
+                path: path.display().to_string(),
+                error,
+            })
+        };
+        let client_tls = match (&self.redis_client_cert_file, &self.redis_client_key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            _ => None,
+        };
+        let root_cert = self.redis_ca_file.as_ref().map(read).transpose()?;
+        Ok(redis::Client::build_with_tls(
+            self.redis_url.as_str(),
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )?)
     }
 }
 

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use coupon_core::config::QueueKind;
+use coupon_core::config::{QueueKind, RedisSetupError};
 use coupon_core::db::batch_insert::{FailedEvent, FailureReason, SourcedIssue};
 use coupon_core::domain::CouponId;
 use coupon_core::event::IssueEvent;
@@ -77,7 +77,7 @@ struct State {
 }
 
 impl StreamQueue {
-    pub async fn connect(config: &Config) -> Result<Self, RedisError> {
+    pub async fn connect(config: &Config) -> Result<Self, RedisSetupError> {
         let prefix = &config.redis.redis_key_prefix;
         let queue = Self {
             reader: config.redis.connect_blocking(READ_BLOCK).await?,

@@ -5,6 +5,8 @@
 // exactly the failure report wanted.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod tls;
+
 use std::time::{Duration, Instant};
 
 use awc::Client;
@@ -290,6 +292,16 @@ impl TestEnv {
     /// Another API on the same services, with some of its arguments replaced (`--flag=value`
     /// for the same flag); its base URL, and its operations listener's if it has one.
     pub async fn start_another_api(&self, overrides: &[String]) -> (String, Option<String>) {
+        let app = self.build_another_api(overrides).await.unwrap();
+        let base = format!("http://{}", app.addr());
+        let ops = app.ops_addr().map(|addr| format!("http://{addr}"));
+        actix_web::rt::spawn(app.run(std::future::pending()));
+        (base, ops)
+    }
+
+    /// Builds (connects, binds) another API as `start_another_api` would, and returns what
+    /// came of it without serving: for tests of start-up failures.
+    pub async fn build_another_api(&self, overrides: &[String]) -> anyhow::Result<Application> {
         let flag = |arg: &String| arg.split('=').next().unwrap_or_default().to_owned();
         let replaced: Vec<String> = overrides.iter().map(flag).collect();
         let args = self
@@ -298,12 +310,8 @@ impl TestEnv {
             .filter(|arg| !replaced.contains(&flag(arg)))
             .chain(overrides)
             .cloned();
-        let config = issuer_api::config::Config::try_parse_from(args).unwrap();
-        let app = Application::build(config).await.unwrap();
-        let base = format!("http://{}", app.addr());
-        let ops = app.ops_addr().map(|addr| format!("http://{addr}"));
-        actix_web::rt::spawn(app.run(std::future::pending()));
-        (base, ops)
+        let config = issuer_api::config::Config::try_parse_from(args)?;
+        Application::build(config).await
     }
 
     pub async fn create_coupon(&self, body: Value) -> i64 {

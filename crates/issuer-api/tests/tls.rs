@@ -1,0 +1,158 @@
+//! Issue 15: the services reach their dependencies over TLS, with credentials, on real
+//! servers started here with a CA made here (`support::tls`). A wrong CA and wrong
+//! credentials stop start-up at once, with the reason and without the secret.
+
+// Helpers outside `#[test]` functions panic too: in a harness that is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use coupon_core::config::QueueKind;
+use serde_json::json;
+use support::TestEnv;
+use support::tls::TestCa;
+
+const PASSWORD: &str = "s3cret-acl-password";
+
+/// A Redis that speaks TLS only, with the default user off and one ACL user.
+struct TlsRedis {
+    child: Child,
+    port: u16,
+}
+
+impl TlsRedis {
+    fn start(ca: &TestCa) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--tls-port", &port.to_string()])
+            .args(["--tls-cert-file", &ca.path("server.pem")])
+            .args(["--tls-key-file", &ca.path("server.key")])
+            .args(["--tls-ca-cert-file", &ca.path("ca.pem")])
+            .args(["--tls-auth-clients", "no"])
+            .args(["--user", "default", "off"])
+            .args([
+                "--user",
+                "coupon",
+                "on",
+                &format!(">{PASSWORD}"),
+                "~*",
+                "&*",
+                "+@all",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the TLS Redis did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+
+    fn url(&self, password: &str) -> String {
+        format!("rediss://coupon:{password}@127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds one more API with `overrides`, expecting start-up to fail fast; its error text.
+async fn refused(env: &TestEnv, overrides: &[String]) -> String {
+    let started = Instant::now();
+    let Err(err) = env.build_another_api(overrides).await else {
+        panic!("started with {overrides:?}")
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a clear error at start-up, not a hang: {:?}",
+        started.elapsed()
+    );
+    format!("{err:#}")
+}
+
+#[actix_web::test]
+async fn both_services_use_redis_over_tls_and_refuse_a_wrong_ca_or_password() {
+    let ca = TestCa::new();
+    let redis = TlsRedis::start(&ca);
+    let ca_file = format!("--redis-ca-file={}", ca.path("ca.pem"));
+    let url = format!("--redis-url={}", redis.url(PASSWORD));
+    let mut env = TestEnv::start_with_args(
+        QueueKind::Redis,
+        &support::brokers(),
+        0,
+        &[url.as_str(), ca_file.as_str()],
+    )
+    .await;
+    let mut worker = env.worker_args(100);
+    worker.push(ca_file.clone());
+    env.start_worker_with(worker).await;
+
+    // The whole path over TLS: admission in the TLS Redis, the stream read by the worker
+    // over TLS, rows in PostgreSQL.
+    let coupon = env
+        .create_coupon(json!({"name": "over TLS", "totalQuantity": 5}))
+        .await;
+    for user in 1..=3 {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+    assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
+
+    let wrong_ca = format!("--redis-ca-file={}", ca.path("wrong-ca.pem"));
+    let text = refused(&env, std::slice::from_ref(&wrong_ca)).await;
+    assert!(
+        text.contains("cannot connect to Redis") && text.contains("certificate"),
+        "says the certificate is not trusted: {text}"
+    );
+    let text = refused(
+        &env,
+        &[format!("--redis-url={}", redis.url("not-the-password"))],
+    )
+    .await;
+    assert!(
+        text.contains("cannot connect to Redis") && text.contains("authentication failed"),
+        "says the credentials are wrong: {text}"
+    );
+    assert!(
+        !text.contains("not-the-password"),
+        "never the secret: {text}"
+    );
+    let text = refused(&env, &["--redis-url=redis://127.0.0.1:6379".to_owned()]).await;
+    assert!(
+        text.contains("rediss://"),
+        "CA file without TLS is refused: {text}"
+    );
+
+    // The worker refuses the wrong CA the same way.
+    let mut args = env.worker_args(100);
+    args.push(wrong_ca);
+    let config = issuer_worker::config::Config::try_parse_from(args).unwrap();
+    let Err(err) = issuer_worker::worker::Worker::build(config).await else {
+        panic!("the worker started with the wrong CA")
+    };
+    assert!(format!("{err:#}").contains("certificate"), "{err:#}");
+    env.shutdown().await;
+}
