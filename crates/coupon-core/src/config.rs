@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::db::connect::{PgTarget, PgTlsError};
 use crate::db::pool::{PgPool, build_pool};
 
 /// Where admitted issue events travel from issuer-api to issuer-worker.
@@ -195,10 +196,27 @@ pub struct DatabaseArgs {
     /// Most connections this process opens.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 8)]
     pub database_pool_size: usize,
+    /// PEM file of the CA that signed PostgreSQL's certificate. Setting it turns TLS on, as
+    /// `sslmode=require` (or `verify-full`) in DATABASE_URL does; the certificate and host
+    /// name are then always verified, against this CA or the system's roots.
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolSetupError {
+    #[error(transparent)]
+    Tls(#[from] PgTlsError),
+    #[error(transparent)]
+    Build(#[from] diesel_async::pooled_connection::deadpool::BuildError),
 }
 
 impl DatabaseArgs {
-    pub fn pool(&self) -> Result<PgPool, diesel_async::pooled_connection::deadpool::BuildError> {
-        build_pool(&self.database_url, self.database_pool_size)
+    pub fn target(&self) -> Result<PgTarget, PgTlsError> {
+        PgTarget::new(&self.database_url, self.database_ca_file.as_deref())
+    }
+
+    pub fn pool(&self) -> Result<PgPool, PoolSetupError> {
+        Ok(build_pool(&self.target()?, self.database_pool_size)?)
     }
 }

@@ -4,6 +4,7 @@
 use rdkafka::error::KafkaError;
 
 use crate::config::KafkaArgs;
+use crate::db::connect::PgTarget;
 use crate::db::migrate::{MigrateError, run_migrations};
 use crate::kafka::ensure_topics;
 
@@ -16,8 +17,8 @@ pub enum StartupError {
 }
 
 /// `kafka` is None in the Redis queue mode, which needs no broker at all.
-pub async fn prepare(database_url: &str, kafka: Option<&KafkaArgs>) -> Result<(), StartupError> {
-    let applied = run_migrations(database_url).await?;
+pub async fn prepare(database: &PgTarget, kafka: Option<&KafkaArgs>) -> Result<(), StartupError> {
+    let applied = run_migrations(database).await?;
     tracing::info!(applied, "database schema is current");
     if let Some(kafka) = kafka {
         ensure_topics(kafka).await?;

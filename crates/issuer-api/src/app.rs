@@ -49,7 +49,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         config.redis.redis_timeout_ms
     );
     let kafka = (config.queue == QueueKind::Kafka).then_some(&config.kafka);
-    prepare(&config.database.database_url, kafka).await?;
+    prepare(&config.database.target()?, kafka).await?;
     let redis = config
         .redis
         .connect()

@@ -156,3 +156,117 @@ async fn both_services_use_redis_over_tls_and_refuse_a_wrong_ca_or_password() {
     assert!(format!("{err:#}").contains("certificate"), "{err:#}");
     env.shutdown().await;
 }
+
+/// Rows of `coupon` in the TLS PostgreSQL, read over TLS.
+async fn tls_rows(url: &str, ca: &TestCa, coupon: i64) -> i64 {
+    use diesel_async::RunQueryDsl;
+    let target = coupon_core::db::connect::PgTarget::new(
+        url,
+        Some(std::path::Path::new(&ca.path("ca.pem"))),
+    )
+    .unwrap();
+    let mut conn = target.connect().await.unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM coupon_issues WHERE coupon_id = {coupon}"
+    ))
+    .get_result::<Count>(&mut conn)
+    .await
+    .unwrap()
+    .n
+}
+
+#[actix_web::test]
+async fn both_services_use_postgresql_over_tls_and_refuse_a_wrong_ca_or_password() {
+    let ca = TestCa::new();
+    let postgres = support::tls::TlsPostgres::start(&ca);
+    let url = postgres.url(support::tls::PG_PASSWORD);
+    let tls = [
+        format!("--database-url={url}"),
+        format!("--database-ca-file={}", ca.path("ca.pem")),
+    ];
+    let mut env = TestEnv::start(0).await;
+
+    // An API and a worker on the TLS PostgreSQL (the first migrates it, over TLS), on the
+    // environment's Redis and topic.
+    let (api, _) = env.start_another_api(&tls).await;
+    let mut worker: Vec<String> = env
+        .worker_args(100)
+        .into_iter()
+        .filter(|arg| !arg.starts_with("--database-url="))
+        .collect();
+    worker.extend(tls.iter().cloned());
+    env.start_worker_with(worker.clone()).await;
+    let mut created = env
+        .client
+        .post(format!("{api}/api/v1/coupons"))
+        .bearer_auth(support::ADMIN_TOKEN)
+        .send_json(&json!({"name": "TLS database", "totalQuantity": 5}))
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let coupon = created.json::<serde_json::Value>().await.unwrap()["couponId"]
+        .as_i64()
+        .unwrap();
+    for user in 1..=2 {
+        let answer = env
+            .client
+            .post(format!("{api}/api/v1/coupons/{coupon}/issues"))
+            .bearer_auth(support::user_token(user))
+            .send_json(&json!({}))
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 201);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tls_rows(&url, &ca, coupon).await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the rows never reached the TLS database"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let text = refused(
+        &env,
+        &[
+            tls[0].clone(),
+            format!("--database-ca-file={}", ca.path("wrong-ca.pem")),
+        ],
+    )
+    .await;
+    assert!(
+        text.contains("certificate"),
+        "says the certificate is not trusted: {text}"
+    );
+    let text = refused(
+        &env,
+        &[
+            format!("--database-url={}", postgres.url("not-the-password")),
+            tls[1].clone(),
+        ],
+    )
+    .await;
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(
+        !text.contains("not-the-password"),
+        "never the secret: {text}"
+    );
+
+    // The worker refuses the wrong CA the same way.
+    let args: Vec<String> = worker
+        .into_iter()
+        .filter(|arg| !arg.starts_with("--database-ca-file="))
+        .chain([format!("--database-ca-file={}", ca.path("wrong-ca.pem"))])
+        .collect();
+    let config = issuer_worker::config::Config::try_parse_from(args).unwrap();
+    let Err(err) = issuer_worker::worker::Worker::build(config).await else {
+        panic!("the worker started with the wrong CA")
+    };
+    assert!(format!("{err:#}").contains("certificate"), "{err:#}");
+    env.shutdown().await;
+}

@@ -2,12 +2,14 @@
 
 use anyhow::{Context, bail};
 use coupon_core::db::failed_events::{Redriven, list, replay, unrecovered_ids};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
 
 use crate::config::{Config, DlqCommand};
 
 pub async fn run(config: &Config, command: &DlqCommand) -> anyhow::Result<()> {
-    let mut conn = AsyncPgConnection::establish(&config.database.database_url)
+    let mut conn = config
+        .database
+        .target()?
+        .connect()
         .await
         .context("cannot connect to PostgreSQL")?;
     match command {

@@ -56,7 +56,7 @@ enum Queue {
 impl Worker {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let kafka = (config.queue == QueueKind::Kafka).then_some(&config.kafka);
-        prepare(&config.database.database_url, kafka).await?;
+        prepare(&config.database.target()?, kafka).await?;
         let queue = match config.queue {
             QueueKind::Kafka => Queue::Kafka(KafkaQueue::new(
                 &config.kafka,

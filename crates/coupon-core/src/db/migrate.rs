@@ -8,6 +8,8 @@ use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+use crate::db::connect::PgTarget;
+
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 
 /// Arbitrary but fixed: every process of this product agrees on it.
@@ -24,13 +26,12 @@ pub enum MigrateError {
 }
 
 /// Applies pending migrations; returns how many were applied.
-pub async fn run_migrations(database_url: &str) -> Result<usize, MigrateError> {
-    let url = database_url.to_owned();
+pub async fn run_migrations(target: &PgTarget) -> Result<usize, MigrateError> {
+    let connection = target.connect().await?;
     // The migration harness is synchronous; the wrapper drives diesel-async's connection
     // from a blocking thread so the runtime's workers are never blocked.
     tokio::task::spawn_blocking(move || -> Result<usize, MigrateError> {
-        use diesel::Connection;
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(connection);
         let failed = |e: &dyn std::fmt::Display| MigrateError::Migration(e.to_string());
         conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
             .map_err(|e| failed(&e))?;

@@ -4,8 +4,11 @@ use std::time::Duration;
 
 use deadpool::{Runtime, managed::Timeouts};
 use diesel_async::AsyncPgConnection;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::{BuildError, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use futures_util::FutureExt;
+
+use crate::db::connect::PgTarget;
 
 pub type PgPool = Pool<AsyncPgConnection>;
 pub use diesel_async::pooled_connection::deadpool::PoolError;
@@ -16,8 +19,17 @@ const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
 const CREATE_TIMEOUT: Duration = Duration::from_secs(3);
 const RECYCLE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn build_pool(database_url: &str, max_size: usize) -> Result<PgPool, BuildError> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+pub fn build_pool(target: &PgTarget, max_size: usize) -> Result<PgPool, BuildError> {
+    let mut config = ManagerConfig::default();
+    let connecting = target.clone();
+    // Every pooled connection is opened as `PgTarget` says (TLS or not), never by the
+    // manager's own plain default.
+    config.custom_setup = Box::new(move |_url| {
+        let target = connecting.clone();
+        async move { target.connect().await }.boxed()
+    });
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(target.url(), config);
     Pool::builder(manager)
         .max_size(max_size)
         .timeouts(Timeouts {

@@ -537,7 +537,8 @@ async fn create_database(name: &str) -> String {
         .unwrap();
     let (server, _) = base.rsplit_once('/').unwrap();
     let url = format!("{server}/{name}");
-    run_migrations(&url).await.unwrap();
+    let target = coupon_core::db::connect::PgTarget::new(&url, None).unwrap();
+    run_migrations(&target).await.unwrap();
     url
 }
 

@@ -100,3 +100,143 @@ impl Drop for TestCa {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A PostgreSQL cluster of its own that takes TLS connections only (`hostssl`, SCRAM
+/// passwords), with the test CA's server certificate; stopped and removed when dropped.
+pub struct TlsPostgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+pub const PG_USER: &str = "coupon_tls";
+pub const PG_PASSWORD: &str = "tls-test-password";
+
+/// As the postgres user when we are root (initdb refuses root), else as ourselves.
+fn as_postgres(program: &Path, args: &[&str]) {
+    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let mut command = if root {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    };
+    let output = command
+        .args(args)
+        .output()
+        .expect("the PostgreSQL tools run");
+    assert!(
+        output.status.success(),
+        "{program:?} {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl TlsPostgres {
+    pub fn start(ca: &TestCa) -> Self {
+        let version = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server binaries (make up installs them)")
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .max_by_key(|v| v.parse::<u32>().unwrap_or(0))
+            .unwrap();
+        let bin = PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"));
+        let dir = std::env::temp_dir().join(format!("coupon-tls-pg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in ["server.pem", "server.key"] {
+            std::fs::copy(ca.dir.join(file), dir.join(file)).unwrap();
+        }
+        std::fs::write(dir.join("password"), PG_PASSWORD).unwrap();
+        let chown = |path: &Path| {
+            let _ = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(path)
+                .status();
+        };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown(&dir);
+        let data = dir.join("data");
+        as_postgres(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                PG_USER,
+                "--auth=scram-sha-256",
+                &format!("--pwfile={}", dir.join("password").display()),
+            ],
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let settings = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+             ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            dir.display(),
+            dir.join("server.pem").display(),
+            dir.join("server.key").display()
+        );
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(&settings);
+        std::fs::write(&conf, text).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "hostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        chown(&dir);
+        as_postgres(
+            &bin.join("pg_ctl"),
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-l",
+                &dir.join("log").display().to_string(),
+                "-w",
+                "start",
+            ],
+        );
+        Self { dir, bin, port }
+    }
+
+    pub fn url(&self, password: &str) -> String {
+        format!(
+            "postgres://{PG_USER}:{password}@127.0.0.1:{}/postgres?sslmode=verify-full",
+            self.port
+        )
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data").display().to_string();
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n");
+        let pg_ctl = self.bin.join("pg_ctl");
+        let _ = if root.unwrap_or(false) {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&pg_ctl)
+                .args(["-D", &data, "-m", "immediate", "stop"])
+                .output()
+        } else {
+            Command::new(&pg_ctl)
+                .args(["-D", &data, "-m", "immediate", "stop"])
+                .output()
+        };
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
