@@ -12,7 +12,7 @@ export RUST_LOG ?= info
 RELEASE_BIN := target/release
 SERVICES := -p issuer-api -p issuer-worker
 
-.PHONY: up down build run demo bench test chaos contract-fuzz fuzz lint fmt clean-test-dbs
+.PHONY: up down build run demo bench test chaos contract-fuzz fuzz validate-deploy image lint fmt clean-test-dbs
 
 up: ## Redis, PostgreSQL and a Kafka-API broker on their standard ports (installs what is missing)
 	@bash deploy/local/up.sh
@@ -62,6 +62,19 @@ fuzz: ## cargo fuzz (nightly, libFuzzer) on request parsing and event decoding, 
 	  cargo +nightly fuzz run $$target ../.local/fuzz-corpus/$$target seeds/$$target -- \
 	    -max_total_time=$(FUZZ_TARGET_SECONDS) || exit 1; \
 	done
+
+validate-deploy: ## the Kubernetes manifests and docker-compose.yml against their schemas (no cluster, no engine)
+	@bash deploy/local/validate-deploy.sh
+
+# The image tag: the crates' version. REGISTRY unset builds a local image only.
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' crates/issuer-api/Cargo.toml)
+REGISTRY ?=
+IMAGE := $(if $(REGISTRY),$(REGISTRY)/,)coupon-issuance:$(VERSION)
+
+image: ## build the image (BuildKit), tagged $(IMAGE); with REGISTRY=host/path, push it too
+	DOCKER_BUILDKIT=1 docker build -f deploy/Dockerfile -t $(IMAGE) .
+	$(if $(REGISTRY),docker push $(IMAGE),@echo "built $(IMAGE); REGISTRY=host/path pushes it")
+	@echo "deploy it: set newName/newTag in deploy/k8s/kustomization.yaml to $(IMAGE), then kubectl apply -k deploy/k8s"
 
 lint:
 	cargo fmt --all -- --check
