@@ -103,6 +103,9 @@ group.initial.rebalance.delay.ms=0
 broker.session.timeout.ms=6000
 broker.heartbeat.interval.ms=1000
 EOF
+  # Settings of the caller's (more listeners, TLS, SASL), after ours: a key given twice
+  # takes its last value.
+  if [ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]; then cat "$KAFKA_EXTRA_PROPERTIES" >>"$node/server.properties"; fi
 }
 
 node_pid() { cat "$1/node-$2/pid" 2>/dev/null || true; }
@@ -149,9 +152,12 @@ start() { # start DIR PORTS CTRL_PORTS
     if [ ! -f "$node/data/meta.properties" ]; then
       # --cluster-id=: a random id may begin with '-', which a separate argument would
       # turn into an option.
+      # KAFKA_FORMAT_ARGS: more for the format, e.g. SCRAM users (--add-scram ...).
+      local extra=()
+      if [ -n "${KAFKA_FORMAT_ARGS:-}" ]; then read -r -a extra <<<"$KAFKA_FORMAT_ARGS"; fi
       (java_run "$node" kafka.tools.StorageTool format --ignore-formatted \
         --cluster-id="$(cat "$dir/cluster.id")" --config="$node/server.properties" \
-        >>"$node/node.log" 2>&1) &
+        "${extra[@]}" >>"$node/node.log" 2>&1) &
       pids+=($!)
     fi
   done

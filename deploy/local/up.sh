@@ -50,6 +50,13 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# --- Build tools ------------------------------------------------------------------------
+# librdkafka is built with TLS (and SASL's SCRAM, which needs it) against the system's
+# OpenSSL: its headers, and pkg-config to find them.
+if ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl 2>/dev/null; then
+  apt_install pkg-config libssl-dev
+fi
+
 # --- Redis ------------------------------------------------------------------------------
 redis_ping() {
   (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" && printf 'PING\r\n' >&3 &&

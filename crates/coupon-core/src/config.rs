@@ -175,6 +175,161 @@ pub struct KafkaArgs {
     /// longer means fewer, larger requests (less CPU per event) and more latency per answer.
     #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = 2)]
     pub producer_linger_ms: u64,
+    #[command(flatten)]
+    pub security: KafkaSecurity,
+}
+
+/// How the services authenticate to the brokers and encrypt the way there. Managed Kafka
+/// (MSK, Confluent Cloud, Aiven) takes SASL_SSL, usually with SCRAM; a private CA goes in
+/// KAFKA_CA_FILE.
+#[derive(Args, Clone, Default)]
+pub struct KafkaSecurity {
+    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", value_enum, default_value_t = SecurityProtocol::Plaintext)]
+    pub kafka_security_protocol: SecurityProtocol,
+    /// PEM file of the CA that signed the brokers' certificates (unset: the system's roots).
+    #[arg(long, env = "KAFKA_CA_FILE")]
+    pub kafka_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for brokers that authenticate clients by certificate (with
+    /// KAFKA_CLIENT_KEY_FILE).
+    #[arg(
+        long,
+        env = "KAFKA_CLIENT_CERT_FILE",
+        requires = "kafka_client_key_file"
+    )]
+    pub kafka_client_cert_file: Option<PathBuf>,
+    /// PEM private key of KAFKA_CLIENT_CERT_FILE.
+    #[arg(
+        long,
+        env = "KAFKA_CLIENT_KEY_FILE",
+        requires = "kafka_client_cert_file"
+    )]
+    pub kafka_client_key_file: Option<PathBuf>,
+    #[arg(long, env = "KAFKA_SASL_MECHANISM", value_enum, default_value_t = SaslMechanism::ScramSha512)]
+    pub kafka_sasl_mechanism: SaslMechanism,
+    /// The SASL user (SASL_SSL and SASL_PLAINTEXT).
+    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// The SASL user's password: from the environment only, never logged.
+    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SecurityProtocol {
+    #[default]
+    #[value(name = "PLAINTEXT", alias = "plaintext")]
+    Plaintext,
+    #[value(name = "SSL", alias = "ssl")]
+    Ssl,
+    /// SASL without TLS: the password crosses the network in the clear with PLAIN.
+    #[value(name = "SASL_PLAINTEXT", alias = "sasl_plaintext")]
+    SaslPlaintext,
+    #[value(name = "SASL_SSL", alias = "sasl_ssl")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "PLAINTEXT",
+            Self::Ssl => "SSL",
+            Self::SaslPlaintext => "SASL_PLAINTEXT",
+            Self::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+
+    fn sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaslMechanism {
+    #[value(name = "PLAIN", alias = "plain")]
+    Plain,
+    #[value(name = "SCRAM-SHA-256", alias = "scram-sha-256")]
+    ScramSha256,
+    #[value(name = "SCRAM-SHA-512", alias = "scram-sha-512")]
+    #[default]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// Kafka security settings that cannot work together.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSecurityError {
+    #[error("KAFKA_SECURITY_PROTOCOL={0} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")]
+    MissingCredentials(&'static str),
+    #[error(
+        "KAFKA_CA_FILE and KAFKA_CLIENT_CERT_FILE need KAFKA_SECURITY_PROTOCOL=ssl or sasl_ssl"
+    )]
+    TlsFilesWithoutTls,
+    #[error(
+        "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD need KAFKA_SECURITY_PROTOCOL=sasl_ssl or sasl_plaintext"
+    )]
+    CredentialsWithoutSasl,
+}
+
+impl KafkaSecurity {
+    /// Refuses combinations that would fail later and less clearly (a CA file on a
+    /// plaintext connection would be ignored, silently). Checked at start-up.
+    pub fn check(&self) -> Result<(), KafkaSecurityError> {
+        let protocol = self.kafka_security_protocol;
+        let files = self.kafka_ca_file.is_some() || self.kafka_client_cert_file.is_some();
+        if files && !protocol.tls() {
+            return Err(KafkaSecurityError::TlsFilesWithoutTls);
+        }
+        let credentials = self.kafka_sasl_username.is_some() || self.kafka_sasl_password.is_some();
+        let complete = self.kafka_sasl_username.is_some() && self.kafka_sasl_password.is_some();
+        match (protocol.sasl(), credentials) {
+            (true, _) if !complete => {
+                Err(KafkaSecurityError::MissingCredentials(protocol.as_str()))
+            }
+            (false, true) => Err(KafkaSecurityError::CredentialsWithoutSasl),
+            _ => Ok(()),
+        }
+    }
+
+    /// The librdkafka settings for what is set.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let protocol = self.kafka_security_protocol;
+        let mut settings = vec![("security.protocol", protocol.as_str().to_owned())];
+        let path = |p: &PathBuf| p.display().to_string();
+        if let Some(ca) = &self.kafka_ca_file {
+            settings.push(("ssl.ca.location", path(ca)));
+        }
+        if let (Some(cert), Some(key)) = (&self.kafka_client_cert_file, &self.kafka_client_key_file)
+        {
+            settings.push(("ssl.certificate.location", path(cert)));
+            settings.push(("ssl.key.location", path(key)));
+        }
+        if let (true, Some(user), Some(password)) = (
+            protocol.sasl(),
+            &self.kafka_sasl_username,
+            &self.kafka_sasl_password,
+        ) {
+            settings.push((
+                "sasl.mechanisms",
+                self.kafka_sasl_mechanism.as_str().to_owned(),
+            ));
+            settings.push(("sasl.username", user.clone()));
+            settings.push(("sasl.password", password.clone()));
+        }
+        settings
+    }
 }
 
 impl KafkaArgs {

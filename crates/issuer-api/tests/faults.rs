@@ -66,6 +66,7 @@ async fn publishing_to_a_topic_that_does_not_exist_is_a_certain_failure() {
         topic_replication: 1,
         topic_min_insync_replicas: 1,
         producer_linger_ms: 2,
+        security: Default::default(),
     };
     let publisher = issuer_api::delivery::kafka::publisher::Publisher::new(
         &args,

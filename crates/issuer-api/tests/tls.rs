@@ -80,18 +80,24 @@ impl Drop for TlsRedis {
     }
 }
 
-/// Builds one more API with `overrides`, expecting start-up to fail fast; its error text.
-async fn refused(env: &TestEnv, overrides: &[String]) -> String {
+/// Builds one more API with `overrides`, expecting start-up to fail within `patience`;
+/// its error text.
+async fn refused_within(env: &TestEnv, overrides: &[String], patience: Duration) -> String {
     let started = Instant::now();
     let Err(err) = env.build_another_api(overrides).await else {
         panic!("started with {overrides:?}")
     };
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < patience,
         "a clear error at start-up, not a hang: {:?}",
         started.elapsed()
     );
     format!("{err:#}")
+}
+
+/// Redis and PostgreSQL refuse at the first connection.
+async fn refused(env: &TestEnv, overrides: &[String]) -> String {
+    refused_within(env, overrides, Duration::from_secs(5)).await
 }
 
 #[actix_web::test]
@@ -268,5 +274,123 @@ async fn both_services_use_postgresql_over_tls_and_refuse_a_wrong_ca_or_password
         panic!("the worker started with the wrong CA")
     };
     assert!(format!("{err:#}").contains("certificate"), "{err:#}");
+    env.shutdown().await;
+}
+
+const SCRAM_USER: &str = "coupon";
+const SCRAM_PASSWORD: &str = "kafka-scram-password";
+
+#[actix_web::test]
+async fn both_services_use_kafka_over_ssl_and_sasl_ssl_with_scram() {
+    let ca = TestCa::new();
+    // The broker's keystore: its key and certificate in one PEM file.
+    let keystore = ca.dir.join("broker-keystore.pem");
+    let pem = [ca.path("server.key"), ca.path("server.pem")]
+        .iter()
+        .map(|file| std::fs::read_to_string(file).unwrap())
+        .collect::<String>();
+    std::fs::write(&keystore, pem).unwrap();
+    let (ssl, sasl_ssl) = (
+        issuer_bench::process::free_port().unwrap(),
+        issuer_bench::process::free_port().unwrap(),
+    );
+    let properties = format!(
+        "listeners=PLAINTEXT://127.0.0.1:{{PLAINTEXT}},CONTROLLER://127.0.0.1:{{CONTROLLER}},\
+         SSL://127.0.0.1:{ssl},SASL_SSL://127.0.0.1:{sasl_ssl}\n\
+         advertised.listeners=PLAINTEXT://127.0.0.1:{{PLAINTEXT}},SSL://127.0.0.1:{ssl},\
+         SASL_SSL://127.0.0.1:{sasl_ssl}\n\
+         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,\
+         SASL_SSL:SASL_SSL\n\
+         ssl.keystore.type=PEM\n\
+         ssl.keystore.location={}\n\
+         sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512\n\
+         listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=\
+         org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+         listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
+         org.apache.kafka.common.security.scram.ScramLoginModule required;\n",
+        keystore.display()
+    );
+    let users = format!(
+        "--add-scram SCRAM-SHA-256=[name={SCRAM_USER},password={SCRAM_PASSWORD}] \
+         --add-scram SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"
+    );
+    let _broker =
+        issuer_bench::kafka_cluster::KafkaCluster::start_with_settings(&properties, &users)
+            .unwrap();
+
+    let over_ssl = [
+        "--kafka-security-protocol=ssl".to_owned(),
+        format!("--kafka-ca-file={}", ca.path("ca.pem")),
+    ];
+    let over_sasl = [
+        format!("--kafka-brokers=127.0.0.1:{sasl_ssl}"),
+        "--kafka-security-protocol=sasl_ssl".to_owned(),
+        format!("--kafka-ca-file={}", ca.path("ca.pem")),
+        "--kafka-sasl-mechanism=SCRAM-SHA-256".to_owned(),
+        format!("--kafka-sasl-username={SCRAM_USER}"),
+        format!("--kafka-sasl-password={SCRAM_PASSWORD}"),
+    ];
+    let ssl_args: Vec<&str> = over_ssl.iter().map(String::as_str).collect();
+    let mut env =
+        TestEnv::start_with_args(QueueKind::Kafka, &format!("127.0.0.1:{ssl}"), 0, &ssl_args).await;
+    // Two workers in the group, one over each listener.
+    let mut worker = env.worker_args(100);
+    worker.extend(over_ssl.iter().cloned());
+    env.start_worker_with(worker).await;
+    let mut worker: Vec<String> = env
+        .worker_args(100)
+        .into_iter()
+        .filter(|arg| !arg.starts_with("--kafka-brokers="))
+        .collect();
+    worker.extend(over_sasl.iter().cloned());
+    env.start_worker_with(worker).await;
+
+    // The environment's API publishes over SSL, a second one over SASL_SSL with SCRAM.
+    let coupon = env
+        .create_coupon(json!({"name": "Kafka over TLS", "totalQuantity": 5}))
+        .await;
+    for user in 1..=2 {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+    let (sasl_api, _) = env.start_another_api(&over_sasl).await;
+    for user in 3..=4 {
+        let answer = env
+            .client
+            .post(format!("{sasl_api}/api/v1/coupons/{coupon}/issues"))
+            .bearer_auth(support::user_token(user))
+            .send_json(&json!({}))
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 201);
+    }
+    assert_eq!(env.rows_when_settled(coupon, 4).await, vec![1, 2, 3, 4]);
+
+    let patience = Duration::from_secs(15);
+    let wrong_ca = format!("--kafka-ca-file={}", ca.path("wrong-ca.pem"));
+    let text = refused_within(&env, std::slice::from_ref(&wrong_ca), patience).await;
+    assert!(
+        text.contains("cannot create the Kafka topics")
+            && text.contains("certificate verify failed"),
+        "says the certificate is not trusted: {text}"
+    );
+    let wrong_password: Vec<String> = over_sasl
+        .iter()
+        .map(|arg| {
+            if arg.starts_with("--kafka-sasl-password=") {
+                "--kafka-sasl-password=not-the-password".to_owned()
+            } else {
+                arg.clone()
+            }
+        })
+        .collect();
+    let text = refused_within(&env, &wrong_password, patience).await;
+    assert!(
+        text.contains("Authentication failed"),
+        "says the credentials are wrong: {text}"
+    );
+    assert!(
+        !text.contains("not-the-password"),
+        "never the secret: {text}"
+    );
     env.shutdown().await;
 }

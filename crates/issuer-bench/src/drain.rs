@@ -89,6 +89,7 @@ pub async fn run(
             topic_replication: 1,
             topic_min_insync_replicas: 1,
             producer_linger_ms: 2,
+            security: Default::default(),
         };
         ensure_topics(&args).await?;
         let coupons = create_coupons(&mut db, count).await?;

@@ -23,9 +23,14 @@ pub struct KafkaCluster {
 }
 
 fn script(args: &[&str]) -> anyhow::Result<()> {
+    script_with(args, &[])
+}
+
+fn script_with(args: &[&str], envs: &[(&str, String)]) -> anyhow::Result<()> {
     let status = Command::new("bash")
         .arg(SCRIPT)
         .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .status()
         .with_context(|| format!("cannot run {SCRIPT}"))?;
     if !status.success() {
@@ -48,6 +53,48 @@ impl KafkaCluster {
         let dir = std::env::temp_dir().join(format!("kafka-{}", uuid::Uuid::new_v4().simple()));
         let mut cluster = Self::start_in(&dir, nodes)?;
         cluster.remove_dir = true;
+        Ok(cluster)
+    }
+
+    /// One broker with settings of the caller's appended to its own (more listeners, TLS,
+    /// SASL): `{PLAINTEXT}` and `{CONTROLLER}` in `properties` stand for the ports it was
+    /// given. `format_args` go to the storage format (SCRAM users: `--add-scram ...`).
+    pub fn start_with_settings(
+        properties: &str,
+        format_args: &str,
+    ) -> anyhow::Result<KafkaCluster> {
+        let dir = std::env::temp_dir().join(format!("kafka-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        let controller = free_port()?;
+        let extra = dir.join("extra.properties");
+        std::fs::write(
+            &extra,
+            properties
+                .replace("{PLAINTEXT}", &port.to_string())
+                .replace("{CONTROLLER}", &controller.to_string()),
+        )?;
+        let cluster = KafkaCluster {
+            dir: dir.clone(),
+            ports: vec![port],
+            remove_dir: true,
+        };
+        script_with(
+            &[
+                "start",
+                &dir.to_string_lossy(),
+                &port.to_string(),
+                &controller.to_string(),
+            ],
+            &[
+                (
+                    "KAFKA_EXTRA_PROPERTIES",
+                    extra.to_string_lossy().into_owned(),
+                ),
+                ("KAFKA_FORMAT_ARGS", format_args.to_owned()),
+            ],
+        )?;
+        cluster.wait_for_brokers(1, Duration::from_secs(60))?;
         Ok(cluster)
     }
 

@@ -239,6 +239,7 @@ pub async fn run(
         topic_replication: cluster::BROKERS as i32,
         topic_min_insync_replicas: 2,
         producer_linger_ms: 2,
+        security: Default::default(),
     };
     for fault in &faults {
         let at = (started + options.duration.mul_f64(fault.at))
