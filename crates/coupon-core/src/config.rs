@@ -268,6 +268,31 @@ impl SaslMechanism {
     }
 }
 
+/// Secrets both services take, by clap id and variable: never from the command line, where
+/// any user of the machine can read them (`ps`, `/proc`).
+pub const SHARED_SECRETS: [(&str, &str); 1] = [("kafka_sasl_password", "KAFKA_SASL_PASSWORD")];
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "secrets are not taken on the command line, where any user of the machine can read \
+     them: set {0} in the environment{1}"
+)]
+pub struct SecretOnCommandLine(pub &'static str, pub &'static str);
+
+/// Refuses any of `secrets` (clap id, variable, and a hint such as " or its _FILE") given
+/// as a flag.
+pub fn refuse_secrets_on_command_line(
+    matches: &clap::ArgMatches,
+    secrets: &[(&'static str, &'static str, &'static str)],
+) -> Result<(), SecretOnCommandLine> {
+    for &(id, variable, hint) in secrets {
+        if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+            return Err(SecretOnCommandLine(variable, hint));
+        }
+    }
+    Ok(())
+}
+
 /// Kafka security settings that cannot work together.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSecurityError {

@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use coupon_core::config::{DatabaseArgs, KafkaArgs, QueueKind, RedisArgs};
+use coupon_core::config::{
+    DatabaseArgs, KafkaArgs, QueueKind, RedisArgs, SHARED_SECRETS, refuse_secrets_on_command_line,
+};
 use coupon_core::telemetry::LogArgs;
 
 #[derive(Parser, Clone)]
@@ -154,9 +155,19 @@ impl IdentityArgs {
 }
 
 /// The flags that carry secrets: another user of the machine reads a command line in `ps`.
-const SECRET_FLAGS: [(&str, &str); 2] = [
-    ("admin_token", "ISSUER_ADMIN_TOKEN"),
-    ("jwt_secret", "ISSUER_JWT_SECRET"),
+/// The API's own, and the shared ones (`coupon_core::config::SHARED_SECRETS`).
+const SECRET_FLAGS: [(&str, &str, &str); 3] = [
+    (
+        "admin_token",
+        "ISSUER_ADMIN_TOKEN",
+        " or ISSUER_ADMIN_TOKEN_FILE",
+    ),
+    (
+        "jwt_secret",
+        "ISSUER_JWT_SECRET",
+        " or ISSUER_JWT_SECRET_FILE",
+    ),
+    (SHARED_SECRETS[0].0, SHARED_SECRETS[0].1, ""),
 ];
 
 impl Config {
@@ -171,13 +182,7 @@ impl Config {
         let matches = Self::command()
             .try_get_matches_from(args)
             .unwrap_or_else(|e| e.exit());
-        for (id, variable) in SECRET_FLAGS {
-            anyhow::ensure!(
-                matches.value_source(id) != Some(ValueSource::CommandLine),
-                "secrets are not taken on the command line, where any user of the machine can \
-                 read them: set {variable} or {variable}_FILE"
-            );
-        }
+        refuse_secrets_on_command_line(&matches, &SECRET_FLAGS)?;
         Ok(Self::from_arg_matches(&matches)?)
     }
 
@@ -240,7 +245,11 @@ mod tests {
 
     #[test]
     fn secrets_are_refused_on_the_command_line() {
-        for flag in ["--admin-token=abc", "--jwt-secret=abc"] {
+        for flag in [
+            "--admin-token=abc",
+            "--jwt-secret=abc",
+            "--kafka-sasl-password=abc",
+        ] {
             let err = super::Config::from_args(["issuer-api", flag])
                 .err()
                 .unwrap_or_else(|| panic!("{flag} was taken"));

@@ -1,7 +1,9 @@
 //! issuer-worker's settings: every flag also reads an environment variable.
 
-use clap::{Parser, Subcommand};
-use coupon_core::config::{DatabaseArgs, KafkaArgs, QueueKind, RedisArgs};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use coupon_core::config::{
+    DatabaseArgs, KafkaArgs, QueueKind, RedisArgs, SHARED_SECRETS, refuse_secrets_on_command_line,
+};
 use coupon_core::db::failed_events::Status;
 use coupon_core::telemetry::LogArgs;
 
@@ -59,6 +61,25 @@ pub struct Config {
     pub command: Option<Command>,
 }
 
+impl Config {
+    /// The process's own settings, refusing a secret given on the command line, where any
+    /// user of the machine can read it.
+    pub fn from_process() -> anyhow::Result<Self> {
+        Self::from_args(std::env::args_os())
+    }
+
+    fn from_args(
+        args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+    ) -> anyhow::Result<Self> {
+        let matches = Self::command()
+            .try_get_matches_from(args)
+            .unwrap_or_else(|e| e.exit());
+        let secrets = SHARED_SECRETS.map(|(id, variable)| (id, variable, ""));
+        refuse_secrets_on_command_line(&matches, &secrets)?;
+        Ok(Self::from_arg_matches(&matches)?)
+    }
+}
+
 #[derive(Subcommand, Clone, Debug)]
 pub enum Command {
     /// Consume and persist (what runs without a command).
@@ -95,5 +116,17 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         super::Config::command().debug_assert();
+    }
+
+    #[test]
+    fn the_sasl_password_is_refused_on_the_command_line() {
+        let err = super::Config::from_args(["issuer-worker", "--kafka-sasl-password=abc"])
+            .err()
+            .expect("taken");
+        assert!(
+            err.to_string()
+                .contains("KAFKA_SASL_PASSWORD in the environment"),
+            "{err}"
+        );
     }
 }

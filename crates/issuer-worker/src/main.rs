@@ -1,4 +1,3 @@
-use clap::Parser;
 use coupon_core::{shutdown, telemetry};
 use issuer_worker::config::{Command, Config};
 use issuer_worker::dlq_commands;
@@ -16,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
         signal.await;
         on_signal.cancel();
     });
-    let config = Config::parse();
+    let config = Config::from_process()?;
     let telemetry = telemetry::init(&config.log, "issuer-worker")?;
     tracing::info!("issuer-worker starting");
     let outcome = match &config.command {
