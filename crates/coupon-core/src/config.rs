@@ -273,24 +273,32 @@ impl SaslMechanism {
 pub const SHARED_SECRETS: [(&str, &str); 1] = [("kafka_sasl_password", "KAFKA_SASL_PASSWORD")];
 
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "secrets are not taken on the command line, where any user of the machine can read \
-     them: set {0} in the environment{1}"
-)]
-pub struct SecretOnCommandLine(pub &'static str, pub &'static str);
+pub enum ParseError {
+    #[error(
+        "secrets are not taken on the command line, where any user of the machine can read \
+         them: set {0} in the environment{1}"
+    )]
+    SecretOnCommandLine(&'static str, &'static str),
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+}
 
-/// Refuses any of `secrets` (clap id, variable, and a hint such as " or its _FILE") given
-/// as a flag.
-pub fn refuse_secrets_on_command_line(
-    matches: &clap::ArgMatches,
+/// A service's settings from `args`, refusing any of `secrets` (clap id, variable, and a
+/// hint such as " or ISSUER_ADMIN_TOKEN_FILE") given as a flag. Usage errors and `--help`
+/// end the process as clap does.
+pub fn parse_refusing_secrets<C: clap::Parser>(
+    args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
     secrets: &[(&'static str, &'static str, &'static str)],
-) -> Result<(), SecretOnCommandLine> {
+) -> Result<C, ParseError> {
+    let matches = C::command()
+        .try_get_matches_from(args)
+        .unwrap_or_else(|e| e.exit());
     for &(id, variable, hint) in secrets {
         if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
-            return Err(SecretOnCommandLine(variable, hint));
+            return Err(ParseError::SecretOnCommandLine(variable, hint));
         }
     }
-    Ok(())
+    Ok(C::from_arg_matches(&matches)?)
 }
 
 /// Kafka security settings that cannot work together.

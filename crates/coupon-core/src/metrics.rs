@@ -33,6 +33,23 @@ pub fn render(registry: &Registry) -> String {
     text
 }
 
+/// A `state` label: pool connections, pending entries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+/// A PostgreSQL pool's connections by state: in use, idle, and the most it opens.
+pub fn record_pool(gauges: &GaugeSet<StateLabels>, pool: &crate::db::pool::PgPool) {
+    let status = pool.status();
+    let idle = status.available as i64;
+    gauges.replace([
+        (StateLabels { state: "in_use" }, status.size as i64 - idle),
+        (StateLabels { state: "idle" }, idle),
+        (StateLabels { state: "max" }, status.max_size as i64),
+    ]);
+}
+
 /// A gauge family replaced whole from each fresh reading: label sets the reading no longer
 /// has are removed, so a coupon that left or a failed-event status that emptied does not
 /// linger at its last value. Values change in place, so a scrape never sees the family

@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use coupon_core::config::{
-    DatabaseArgs, KafkaArgs, QueueKind, RedisArgs, SHARED_SECRETS, refuse_secrets_on_command_line,
+    DatabaseArgs, KafkaArgs, QueueKind, RedisArgs, SHARED_SECRETS, parse_refusing_secrets,
 };
 use coupon_core::telemetry::LogArgs;
 
@@ -179,11 +179,7 @@ impl Config {
     fn from_args(
         args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
     ) -> anyhow::Result<Self> {
-        let matches = Self::command()
-            .try_get_matches_from(args)
-            .unwrap_or_else(|e| e.exit());
-        refuse_secrets_on_command_line(&matches, &SECRET_FLAGS)?;
-        Ok(Self::from_arg_matches(&matches)?)
+        Ok(parse_refusing_secrets(args, &SECRET_FLAGS)?)
     }
 
     pub fn admin_token(&self) -> anyhow::Result<String> {

@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::delivery::{Backlog, Delivery};
 use crate::error::ApiError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StateLabels};
 use crate::replication::Replication;
 
 pub use rebuild::Rebuilt;
@@ -306,11 +306,9 @@ impl Issuer {
             .collect())
     }
 
-    /// The database pool's connections: (in use, idle, max).
-    pub fn pool_connections(&self) -> (i64, i64, i64) {
-        let status = self.pool.status();
-        let idle = status.available as i64;
-        (status.size as i64 - idle, idle, status.max_size as i64)
+    /// Sets the database pool's gauges.
+    pub fn record_pool(&self, gauges: &coupon_core::metrics::GaugeSet<StateLabels>) {
+        coupon_core::metrics::record_pool(gauges, &self.pool);
     }
 
     /// Each dependency's answer: `Err` holds what went wrong.

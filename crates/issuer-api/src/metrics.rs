@@ -10,6 +10,7 @@
 use std::sync::atomic::AtomicU64;
 
 use coupon_core::domain::Admission;
+pub use coupon_core::metrics::StateLabels;
 use coupon_core::metrics::{GaugeSet, latency_buckets, render};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,11 +33,6 @@ pub struct HttpLabels {
     /// A standard method's name, or `other`.
     pub method: &'static str,
     pub status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

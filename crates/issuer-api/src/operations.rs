@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Backlog;
 use crate::issuing::Issuer;
-use crate::metrics::{CouponLabels, DependencyLabels, FailedLabels, PartitionLabels, StateLabels};
+use crate::metrics::{CouponLabels, DependencyLabels, FailedLabels, PartitionLabels};
 
 /// How often the dependencies are checked and the failed events counted.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -127,12 +127,7 @@ impl Operations {
             }
             Err(err) => tracing::warn!(error = %err, "the workers' backlog not read; it stands"),
         }
-        let (in_use, idle, max) = issuer.pool_connections();
-        metrics.pool_connections.replace([
-            (StateLabels { state: "in_use" }, in_use),
-            (StateLabels { state: "idle" }, idle),
-            (StateLabels { state: "max" }, max),
-        ]);
+        issuer.record_pool(&metrics.pool_connections);
     }
 
     /// Refreshes the view every second until `shutdown`.

@@ -76,11 +76,7 @@ impl Prometheus {
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         // A port free a moment ago; Prometheus cannot report one it picked itself.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = issuer_bench::process::free_port().unwrap();
         let child = Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",

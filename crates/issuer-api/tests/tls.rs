@@ -26,11 +26,7 @@ struct TlsRedis {
 
 impl TlsRedis {
     fn start(ca: &TestCa) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = issuer_bench::process::free_port().unwrap();
         let child = Command::new("redis-server")
             .args([
                 "--port",

@@ -1,8 +1,8 @@
 //! issuer-worker's settings: every flag also reads an environment variable.
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use coupon_core::config::{
-    DatabaseArgs, KafkaArgs, QueueKind, RedisArgs, SHARED_SECRETS, refuse_secrets_on_command_line,
+    DatabaseArgs, KafkaArgs, QueueKind, RedisArgs, SHARED_SECRETS, parse_refusing_secrets,
 };
 use coupon_core::db::failed_events::Status;
 use coupon_core::telemetry::LogArgs;
@@ -71,12 +71,8 @@ impl Config {
     fn from_args(
         args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
     ) -> anyhow::Result<Self> {
-        let matches = Self::command()
-            .try_get_matches_from(args)
-            .unwrap_or_else(|e| e.exit());
         let secrets = SHARED_SECRETS.map(|(id, variable)| (id, variable, ""));
-        refuse_secrets_on_command_line(&matches, &secrets)?;
-        Ok(Self::from_arg_matches(&matches)?)
+        Ok(parse_refusing_secrets(args, &secrets)?)
     }
 }
 

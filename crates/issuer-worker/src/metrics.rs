@@ -3,7 +3,7 @@
 //! from outside them, by the API (`coupon_queue_lag`, `coupon_stream_backlog_entries`): a
 //! worker that is down cannot report its own lag.
 
-use coupon_core::metrics::{GaugeSet, latency_buckets, render};
+use coupon_core::metrics::{GaugeSet, StateLabels, latency_buckets, render};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,11 +13,6 @@ use prometheus_client::registry::{Registry, Unit};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

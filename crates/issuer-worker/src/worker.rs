@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::kafka_queue::KafkaQueue;
-use crate::metrics::{self, Metrics, OperationLabels, ReasonLabels, StateLabels};
+use crate::metrics::{self, Metrics, OperationLabels, ReasonLabels};
 use crate::ops::OpsServer;
 use crate::queue::{Batch, IssueQueue};
 use crate::stream_queue::StreamQueue;
@@ -149,13 +149,7 @@ impl Worker {
             return;
         };
         self.metrics.batch_size.observe(batch.len as f64);
-        let pool = self.pool.status();
-        let idle = pool.available as i64;
-        self.metrics.pool_connections.replace([
-            (StateLabels { state: "in_use" }, pool.size as i64 - idle),
-            (StateLabels { state: "idle" }, idle),
-            (StateLabels { state: "max" }, pool.max_size as i64),
-        ]);
+        coupon_core::metrics::record_pool(&self.metrics.pool_connections, &self.pool);
         self.metrics.rows_inserted.inc_by(outcome.inserted as u64);
         self.metrics.duplicates.inc_by(outcome.duplicates as u64);
         for failed in &outcome.failed {

@@ -34,32 +34,9 @@ fn sigterm_stops_the_worker_with_exit_code_zero() {
 /// must exit at once, not when start-up gives up or the grace period ends in a SIGKILL.
 #[test]
 fn sigterm_during_start_up_exits_at_once() {
-    let mut env = process::env(&format!("coupon-issue-startup-{}", std::process::id()));
-    env.retain(|(name, _)| *name != "DATABASE_URL");
-    env.push((
-        "DATABASE_URL",
-        format!(
-            "postgres://coupon:coupon@{}/coupon_issuance",
-            process::black_hole()
-        ),
-    ));
-    let mut worker = process::Service::start(env!("CARGO_BIN_EXE_issuer-worker"), &env);
-    worker.wait_for("issuer-worker starting", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(500));
-
-    let status = worker.terminate(Duration::from_secs(3));
-
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        worker.seen.join("\n")
-    );
-    assert!(
-        worker
-            .seen
-            .iter()
-            .any(|l| l.contains("stopped during start-up")),
-        "{}",
-        worker.seen.join("\n")
+    process::assert_stopped_during_start_up(
+        env!("CARGO_BIN_EXE_issuer-worker"),
+        "issuer-worker starting",
+        &[],
     );
 }

@@ -174,11 +174,7 @@ impl TlsPostgres {
                 &format!("--pwfile={}", dir.join("password").display()),
             ],
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = issuer_bench::process::free_port().unwrap();
         let settings = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
              ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",

@@ -117,3 +117,38 @@ pub fn black_hole() -> std::net::SocketAddr {
     });
     addr
 }
+
+/// Starts `binary` with its database a black hole, so start-up waits on it, sends SIGTERM
+/// once it logged `starting`, and checks it exits at once, cleanly, saying so.
+pub fn assert_stopped_during_start_up(
+    binary: &str,
+    starting: &str,
+    extra: &[(&'static str, String)],
+) {
+    let mut env = env(&format!("coupon-issue-startup-{}", std::process::id()));
+    env.retain(|(name, _)| *name != "DATABASE_URL");
+    env.push((
+        "DATABASE_URL",
+        format!("postgres://coupon:coupon@{}/coupon_issuance", black_hole()),
+    ));
+    env.extend(extra.iter().cloned());
+    let mut service = Service::start(binary, &env);
+    service.wait_for(starting, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let status = service.terminate(Duration::from_secs(3));
+
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        service.seen.join("\n")
+    );
+    assert!(
+        service
+            .seen
+            .iter()
+            .any(|l| l.contains("stopped during start-up")),
+        "{}",
+        service.seen.join("\n")
+    );
+}
