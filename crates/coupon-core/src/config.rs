@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::db::connect::{PgTarget, PgTlsError};
+use crate::db::connect::{PgTarget, PgTlsError, PgTlsFiles};
 use crate::db::pool::{PgPool, build_pool};
 
 /// Where admitted issue events travel from issuer-api to issuer-worker.
@@ -389,6 +389,21 @@ pub struct DatabaseArgs {
     /// name are then always verified, against this CA or the system's roots.
     #[arg(long, env = "DATABASE_CA_FILE")]
     pub database_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a server that asks for one (`clientcert=verify-full` in
+    /// pg_hba.conf, Cloud SQL); with DATABASE_CLIENT_KEY_FILE. Turns TLS on.
+    #[arg(
+        long,
+        env = "DATABASE_CLIENT_CERT_FILE",
+        requires = "database_client_key_file"
+    )]
+    pub database_client_cert_file: Option<PathBuf>,
+    /// PEM private key of DATABASE_CLIENT_CERT_FILE.
+    #[arg(
+        long,
+        env = "DATABASE_CLIENT_KEY_FILE",
+        requires = "database_client_cert_file"
+    )]
+    pub database_client_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -401,7 +416,15 @@ pub enum PoolSetupError {
 
 impl DatabaseArgs {
     pub fn target(&self) -> Result<PgTarget, PgTlsError> {
-        PgTarget::new(&self.database_url, self.database_ca_file.as_deref())
+        let client = self
+            .database_client_cert_file
+            .as_deref()
+            .zip(self.database_client_key_file.as_deref());
+        let files = PgTlsFiles {
+            ca: self.database_ca_file.as_deref(),
+            client,
+        };
+        PgTarget::new(&self.database_url, files)
     }
 
     pub fn pool(&self) -> Result<PgPool, PoolSetupError> {

@@ -14,7 +14,7 @@ use clap::Parser;
 use coupon_core::config::QueueKind;
 use serde_json::json;
 use support::TestEnv;
-use support::tls::TestCa;
+use support::tls::{ClientCertificate, TestCa};
 
 const PASSWORD: &str = "s3cret-acl-password";
 
@@ -25,7 +25,11 @@ struct TlsRedis {
 }
 
 impl TlsRedis {
-    fn start(ca: &TestCa) -> Self {
+    fn start(ca: &TestCa, client: ClientCertificate) -> Self {
+        let ask = match client {
+            ClientCertificate::NotAsked => "no",
+            ClientCertificate::Required => "yes",
+        };
         let port = issuer_bench::process::free_port().unwrap();
         let child = Command::new("redis-server")
             .args([
@@ -42,7 +46,7 @@ impl TlsRedis {
             .args(["--tls-cert-file", &ca.path("server.pem")])
             .args(["--tls-key-file", &ca.path("server.key")])
             .args(["--tls-ca-cert-file", &ca.path("ca.pem")])
-            .args(["--tls-auth-clients", "no"])
+            .args(["--tls-auth-clients", ask])
             .args(["--user", "default", "off"])
             .args([
                 "--user",
@@ -99,7 +103,7 @@ async fn refused(env: &TestEnv, overrides: &[String]) -> String {
 #[actix_web::test]
 async fn both_services_use_redis_over_tls_and_refuse_a_wrong_ca_or_password() {
     let ca = TestCa::new();
-    let redis = TlsRedis::start(&ca);
+    let redis = TlsRedis::start(&ca, ClientCertificate::NotAsked);
     let ca_file = format!("--redis-ca-file={}", ca.path("ca.pem"));
     let url = format!("--redis-url={}", redis.url(PASSWORD));
     let mut env = TestEnv::start_with_args(
@@ -162,11 +166,12 @@ async fn both_services_use_redis_over_tls_and_refuse_a_wrong_ca_or_password() {
 /// Rows of `coupon` in the TLS PostgreSQL, read over TLS.
 async fn tls_rows(url: &str, ca: &TestCa, coupon: i64) -> i64 {
     use diesel_async::RunQueryDsl;
-    let target = coupon_core::db::connect::PgTarget::new(
-        url,
-        Some(std::path::Path::new(&ca.path("ca.pem"))),
-    )
-    .unwrap();
+    let ca_file = ca.path("ca.pem");
+    let files = coupon_core::db::connect::PgTlsFiles {
+        ca: Some(std::path::Path::new(&ca_file)),
+        client: None,
+    };
+    let target = coupon_core::db::connect::PgTarget::new(url, files).unwrap();
     let mut conn = target.connect().await.unwrap();
     #[derive(diesel::QueryableByName)]
     struct Count {
@@ -185,7 +190,7 @@ async fn tls_rows(url: &str, ca: &TestCa, coupon: i64) -> i64 {
 #[actix_web::test]
 async fn both_services_use_postgresql_over_tls_and_refuse_a_wrong_ca_or_password() {
     let ca = TestCa::new();
-    let postgres = support::tls::TlsPostgres::start(&ca);
+    let postgres = support::tls::TlsPostgres::start(&ca, ClientCertificate::NotAsked);
     let url = postgres.url(support::tls::PG_PASSWORD);
     let tls = [
         format!("--database-url={url}"),
@@ -286,17 +291,21 @@ async fn both_services_use_kafka_over_ssl_and_sasl_ssl_with_scram() {
         .map(|file| std::fs::read_to_string(file).unwrap())
         .collect::<String>();
     std::fs::write(&keystore, pem).unwrap();
-    let (ssl, sasl_ssl) = (
+    let (ssl, sasl_ssl, mutual) = (
+        issuer_bench::process::free_port().unwrap(),
         issuer_bench::process::free_port().unwrap(),
         issuer_bench::process::free_port().unwrap(),
     );
     let properties = format!(
         "listeners=PLAINTEXT://127.0.0.1:{{PLAINTEXT}},CONTROLLER://127.0.0.1:{{CONTROLLER}},\
-         SSL://127.0.0.1:{ssl},SASL_SSL://127.0.0.1:{sasl_ssl}\n\
+         SSL://127.0.0.1:{ssl},SASL_SSL://127.0.0.1:{sasl_ssl},MUTUAL://127.0.0.1:{mutual}\n\
          advertised.listeners=PLAINTEXT://127.0.0.1:{{PLAINTEXT}},SSL://127.0.0.1:{ssl},\
-         SASL_SSL://127.0.0.1:{sasl_ssl}\n\
+         SASL_SSL://127.0.0.1:{sasl_ssl},MUTUAL://127.0.0.1:{mutual}\n\
          listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,\
-         SASL_SSL:SASL_SSL\n\
+         SASL_SSL:SASL_SSL,MUTUAL:SSL\n\
+         listener.name.mutual.ssl.client.auth=required\n\
+         listener.name.mutual.ssl.truststore.type=PEM\n\
+         listener.name.mutual.ssl.truststore.location={}\n\
          ssl.keystore.type=PEM\n\
          ssl.keystore.location={}\n\
          sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512\n\
@@ -304,6 +313,7 @@ async fn both_services_use_kafka_over_ssl_and_sasl_ssl_with_scram() {
          org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
          listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
          org.apache.kafka.common.security.scram.ScramLoginModule required;\n",
+        ca.path("ca.pem"),
         keystore.display()
     );
     let users = format!(
@@ -388,5 +398,91 @@ async fn both_services_use_kafka_over_ssl_and_sasl_ssl_with_scram() {
         !text.contains("not-the-password"),
         "never the secret: {text}"
     );
+
+    // A listener that asks for a client certificate: refused without one, served with it.
+    let mutual_tls = [
+        format!("--kafka-brokers=127.0.0.1:{mutual}"),
+        "--kafka-security-protocol=SSL".to_owned(),
+        format!("--kafka-ca-file={}", ca.path("ca.pem")),
+    ];
+    let text = refused_within(&env, &mutual_tls, patience).await;
+    assert!(text.contains("cannot create the Kafka topics"), "{text}");
+    let mut with_certificate = mutual_tls.to_vec();
+    with_certificate.push(format!(
+        "--kafka-client-cert-file={}",
+        ca.path("client.pem")
+    ));
+    with_certificate.push(format!("--kafka-client-key-file={}", ca.path("client.key")));
+    let (api, _) = env.start_another_api(&with_certificate).await;
+    let (status, body) = env.get_url(&format!("{api}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    env.shutdown().await;
+}
+
+/// A PostgreSQL that asks for a client certificate (Cloud SQL, `clientcert=verify-full`):
+/// the services present one when given, and without one start-up stops, saying why.
+#[actix_web::test]
+async fn postgresql_that_asks_for_a_client_certificate_gets_one() {
+    let ca = TestCa::new();
+    let postgres = support::tls::TlsPostgres::start(&ca, ClientCertificate::Required);
+    let env = TestEnv::start(0).await;
+    let database = [
+        format!("--database-url={}", postgres.url(support::tls::PG_PASSWORD)),
+        format!("--database-ca-file={}", ca.path("ca.pem")),
+    ];
+    let text = refused(&env, &database).await;
+    assert!(
+        text.contains("certificate"),
+        "says a certificate is wanted: {text}"
+    );
+
+    let mut with_certificate = database.to_vec();
+    with_certificate.push(format!(
+        "--database-client-cert-file={}",
+        ca.path("client.pem")
+    ));
+    with_certificate.push(format!(
+        "--database-client-key-file={}",
+        ca.path("client.key")
+    ));
+    // It migrates the database over the authenticated connection, then serves.
+    let (api, _) = env.start_another_api(&with_certificate).await;
+    let (status, body) = env.get_url(&format!("{api}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut worker: Vec<String> = env
+        .worker_args(100)
+        .into_iter()
+        .filter(|arg| !arg.starts_with("--database-url="))
+        .collect();
+    worker.extend(with_certificate);
+    let config = issuer_worker::config::Config::try_parse_from(worker).unwrap();
+    assert!(issuer_worker::worker::Worker::build(config).await.is_ok());
+    env.shutdown().await;
+}
+
+/// A Redis that asks for a client certificate (`tls-auth-clients yes`): given one, the API
+/// connects; without, start-up stops at once.
+#[actix_web::test]
+async fn redis_that_asks_for_a_client_certificate_gets_one() {
+    let ca = TestCa::new();
+    let redis = TlsRedis::start(&ca, ClientCertificate::Required);
+    let env = TestEnv::start(0).await;
+    let tls = [
+        format!("--redis-url={}", redis.url(PASSWORD)),
+        format!("--redis-ca-file={}", ca.path("ca.pem")),
+    ];
+    let text = refused(&env, &tls).await;
+    assert!(text.contains("cannot connect to Redis"), "{text}");
+
+    let mut with_certificate = tls.to_vec();
+    with_certificate.push(format!(
+        "--redis-client-cert-file={}",
+        ca.path("client.pem")
+    ));
+    with_certificate.push(format!("--redis-client-key-file={}", ca.path("client.key")));
+    let (api, _) = env.start_another_api(&with_certificate).await;
+    let (status, body) = env.get_url(&format!("{api}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
     env.shutdown().await;
 }

@@ -537,7 +537,7 @@ async fn create_database(name: &str) -> String {
         .unwrap();
     let (server, _) = base.rsplit_once('/').unwrap();
     let url = format!("{server}/{name}");
-    let target = coupon_core::db::connect::PgTarget::new(&url, None).unwrap();
+    let target = coupon_core::db::connect::PgTarget::new(&url, Default::default()).unwrap();
     run_migrations(&target).await.unwrap();
     url
 }

@@ -1,6 +1,7 @@
 //! A test certificate authority, made with openssl on the spot: a CA, a server certificate
-//! it signed for 127.0.0.1 and localhost, and another CA that signed nothing here (the
-//! "wrong CA" a misconfigured client trusts).
+//! it signed for 127.0.0.1 and localhost, a client certificate it signed for the
+//! PostgreSQL user `PG_USER`, and another CA that signed nothing here (the "wrong CA" a
+//! misconfigured client trusts).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,70 +23,58 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A key and a certificate `<name>.key`, `<name>.pem` for `subject`, signed by the CA with
+/// these extensions.
+fn issue(dir: &Path, name: &str, subject: &str, extensions: &str) {
+    let (key, csr, pem, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.ext"),
+    );
+    std::fs::write(dir.join(&ext), extensions).unwrap();
+    let request = ["req", "-newkey", "rsa:2048", "-nodes", "-subj", subject];
+    openssl(
+        dir,
+        &[&request[..], &["-keyout", &key, "-out", &csr]].concat(),
+    );
+    let sign = [
+        "x509",
+        "-req",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+    ];
+    let files = ["-days", "2", "-in", &csr, "-extfile", &ext, "-out", &pem];
+    openssl(dir, &[&sign[..], &files[..]].concat());
+}
+
 impl TestCa {
     pub fn new() -> Self {
         let dir = std::env::temp_dir().join(format!("coupon-tls-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         for ca in ["ca", "wrong-ca"] {
+            let (key, pem) = (format!("{ca}.key"), format!("{ca}.pem"));
             let subject = format!("/CN=coupon-issuance test {ca}");
-            openssl(
-                &dir,
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-keyout",
-                    &format!("{ca}.key"),
-                    "-out",
-                    &format!("{ca}.pem"),
-                    "-subj",
-                    &subject,
-                ],
-            );
+            let request = [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ];
+            let files = ["-keyout", &key, "-out", &pem, "-subj", &subject];
+            openssl(&dir, &[&request[..], &files[..]].concat());
         }
-        std::fs::write(
-            dir.join("server.ext"),
+        issue(
+            &dir,
+            "server",
+            "/CN=localhost",
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        openssl(
-            &dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
         );
-        openssl(
+        issue(
             &dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "server.ext",
-                "-out",
-                "server.pem",
-            ],
+            "client",
+            &format!("/CN={PG_USER}"),
+            "extendedKeyUsage=clientAuth\n",
         );
         Self { dir }
     }
@@ -134,8 +123,15 @@ fn as_postgres(program: &Path, args: &[&str]) {
     );
 }
 
+/// Whether the cluster asks clients for a certificate as well as the password.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertificate {
+    NotAsked,
+    Required,
+}
+
 impl TlsPostgres {
-    pub fn start(ca: &TestCa) -> Self {
+    pub fn start(ca: &TestCa, client: ClientCertificate) -> Self {
         let version = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL's server binaries (make up installs them)")
             .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
@@ -144,7 +140,7 @@ impl TlsPostgres {
         let bin = PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"));
         let dir = std::env::temp_dir().join(format!("coupon-tls-pg-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        for file in ["server.pem", "server.key"] {
+        for file in ["server.pem", "server.key", "ca.pem"] {
             std::fs::copy(ca.dir.join(file), dir.join(file)).unwrap();
         }
         std::fs::write(dir.join("password"), PG_PASSWORD).unwrap();
@@ -177,20 +173,24 @@ impl TlsPostgres {
         let port = issuer_bench::process::free_port().unwrap();
         let settings = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
-             ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+             ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\nssl_ca_file = '{}'\n",
             dir.display(),
             dir.join("server.pem").display(),
-            dir.join("server.key").display()
+            dir.join("server.key").display(),
+            dir.join("ca.pem").display()
         );
         let conf = data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).unwrap();
         text.push_str(&settings);
         std::fs::write(&conf, text).unwrap();
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            "hostssl all all 127.0.0.1/32 scram-sha-256\n",
-        )
-        .unwrap();
+        // With a client certificate asked for, its name must be the user's too.
+        let rule = match client {
+            ClientCertificate::NotAsked => "hostssl all all 127.0.0.1/32 scram-sha-256\n",
+            ClientCertificate::Required => {
+                "hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n"
+            }
+        };
+        std::fs::write(data.join("pg_hba.conf"), rule).unwrap();
         chown(&dir);
         as_postgres(
             &bin.join("pg_ctl"),
