@@ -254,7 +254,7 @@ impl Issuer {
     }
 
     /// The coupons still needing work (the registry's), newest ids first.
-    async fn active_coupons(&self) -> Result<Vec<CouponId>, ApiError> {
+    pub async fn active_coupons(&self) -> Result<Vec<CouponId>, ApiError> {
         let mut ids: Vec<CouponId> = self
             .scripts
             .registry()
@@ -267,25 +267,20 @@ impl Issuer {
         Ok(ids)
     }
 
-    /// How far the workers are behind (`crate::delivery::Backlog`).
-    pub async fn backlog(&self) -> Result<Backlog, ApiError> {
-        let coupons = self.active_coupons().await?;
-        self.delivery
-            .backlog(&mut self.redis.clone(), &coupons)
-            .await
+    /// How far the workers are behind (`crate::delivery::Backlog`); `active` are the
+    /// coupons [`Issuer::active_coupons`] returned.
+    pub async fn backlog(&self, active: &[CouponId]) -> Result<Backlog, ApiError> {
+        self.delivery.backlog(&mut self.redis.clone(), active).await
     }
 
-    /// Stock of the active coupons, at most `limit` of them, the newest ids first: the
-    /// per-coupon gauges' label set stays bounded however many are active.
-    pub async fn active_stock(&self, limit: usize) -> Result<Vec<Stock>, ApiError> {
+    /// Stock of the coupons `ids` (active ones, as [`Issuer::active_coupons`] returned).
+    pub async fn active_stock(&self, ids: &[CouponId]) -> Result<Vec<Stock>, ApiError> {
         let mut redis = self.redis.clone();
-        let mut ids = self.active_coupons().await?;
-        ids.truncate(limit);
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut counts = redis::pipe();
-        for &id in &ids {
+        for &id in ids {
             counts.scard(self.scripts.keys(id).issued);
         }
         let issued: Vec<i64> = counts.query_async(&mut redis).await?;
@@ -293,7 +288,7 @@ impl Issuer {
             ids.iter().copied().zip(issued).collect();
         let coupons = {
             let mut conn = self.pool.get().await?;
-            find_coupons(&mut conn, &ids).await?
+            find_coupons(&mut conn, ids).await?
         };
         Ok(coupons
             .into_iter()

@@ -59,11 +59,11 @@ impl Operations {
     }
 
     async fn refresh(&self, issuer: &Issuer) {
-        let (checks, failed, stock, backlog) = tokio::join!(
+        // The registry is read once, for the stock gauges and the backlog both.
+        let (checks, failed, active) = tokio::join!(
             issuer.readiness(),
             issuer.failed_event_counts(),
-            issuer.active_stock(COUPON_GAUGES_MAX),
-            issuer.backlog()
+            issuer.active_coupons()
         );
         let checks: Vec<(&str, bool)> = checks
             .into_iter()
@@ -75,6 +75,7 @@ impl Operations {
             })
             .collect();
         let metrics = issuer.metrics();
+        issuer.record_pool(&metrics.pool_connections);
         metrics.dependency_up.replace(
             checks
                 .iter()
@@ -95,6 +96,17 @@ impl Operations {
                 tracing::warn!(error = %err, "failed events not counted; the last count stands")
             }
         }
+        let active = match active {
+            Ok(active) => active,
+            Err(err) => {
+                tracing::warn!(error = %err, "active coupons not read; their gauges stand");
+                return;
+            }
+        };
+        // Gauges of their own for the newest coupons only: the label set stays bounded
+        // however many are active.
+        let newest = &active[..active.len().min(COUPON_GAUGES_MAX)];
+        let (stock, backlog) = tokio::join!(issuer.active_stock(newest), issuer.backlog(&active));
         match stock {
             Ok(stock) => {
                 let label = |coupon: &crate::issuing::Stock| CouponLabels {
@@ -113,7 +125,7 @@ impl Operations {
                 );
             }
             Err(err) => {
-                tracing::warn!(error = %err, "active coupons not read; their gauges stand")
+                tracing::warn!(error = %err, "active coupons' stock not read; their gauges stand")
             }
         }
         match backlog {
@@ -127,7 +139,6 @@ impl Operations {
             }
             Err(err) => tracing::warn!(error = %err, "the workers' backlog not read; it stands"),
         }
-        issuer.record_pool(&metrics.pool_connections);
     }
 
     /// Refreshes the view every second until `shutdown`.

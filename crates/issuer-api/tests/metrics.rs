@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use coupon_core::config::QueueKind;
 use serde_json::json;
 use support::TestEnv;
@@ -34,26 +32,6 @@ fn family_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Scrapes `url` until `holds` is true of the text (the gauges refresh once a second), or
-/// fails with the last scrape after 20 s.
-async fn scrape_until(
-    env: &TestEnv,
-    url: &str,
-    what: &str,
-    holds: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, text) = env.get_url(url).await;
-        assert_eq!(status, 200, "{text}");
-        if holds(&text) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{what}, never seen in:\n{text}");
-        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[actix_web::test]
 async fn kafka_mode_metrics_move_as_their_names_say() {
     let mut env = TestEnv::start(0).await;
@@ -67,10 +45,11 @@ async fn kafka_mode_metrics_move_as_their_names_say() {
     assert_eq!(env.issue(coupon, 1).await.0, 409);
 
     // No worker runs: the six events wait on the topic, and the API sees it.
-    let text = scrape_until(&env, &api, "a lag of 6", |text| {
-        family_sum(text, "coupon_queue_lag") == 6.0
-    })
-    .await;
+    let text = env
+        .scrape_until(&api, "a lag of 6", |text| {
+            family_sum(text, "coupon_queue_lag") == 6.0
+        })
+        .await;
     let coupon_series = |name: &str| format!("{name}{{coupon=\"{coupon}\"}}");
     for (name, expected) in [
         ("coupon_issue_answers_total{result=\"SUCCESS\"}".to_owned(), 6.0),
@@ -104,15 +83,16 @@ async fn kafka_mode_metrics_move_as_their_names_say() {
 
     // A worker comes: the lag falls to 0 and the rows show, on both sides.
     let worker = env.start_worker_serving_metrics().await + "/metrics";
-    scrape_until(&env, &api, "the lag back to 0 and 6 rows", |text| {
+    env.scrape_until(&api, "the lag back to 0 and 6 rows", |text| {
         family_sum(text, "coupon_queue_lag") == 0.0
             && series(text, &coupon_series("coupon_active_persisted")) == Some(6.0)
     })
     .await;
-    let text = scrape_until(&env, &worker, "6 rows inserted", |text| {
-        series(text, "coupon_worker_rows_inserted_total") == Some(6.0)
-    })
-    .await;
+    let text = env
+        .scrape_until(&worker, "6 rows inserted", |text| {
+            series(text, "coupon_worker_rows_inserted_total") == Some(6.0)
+        })
+        .await;
     assert!(
         series(&text, "coupon_worker_batch_size_count").unwrap() >= 1.0,
         "{text}"
@@ -138,22 +118,17 @@ async fn kafka_mode_metrics_move_as_their_names_say() {
     // A poison message: the worker counts it by reason, the API's table count follows.
     env.produce_raw(&env.topic, &coupon.to_string(), b"not an event")
         .await;
-    scrape_until(&env, &worker, "one undecodable event", |text| {
+    env.scrape_until(&worker, "one undecodable event", |text| {
         series(
             text,
             "coupon_worker_failed_events_total{reason=\"UNDECODABLE\"}",
         ) == Some(1.0)
     })
     .await;
-    scrape_until(
-        &env,
-        &api,
-        "the failed event in the table's count",
-        |text| {
-            family_sum(text, "coupon_failed_events") == 1.0
-                && text.contains("coupon_failed_events{reason=\"UNDECODABLE\"")
-        },
-    )
+    env.scrape_until(&api, "the failed event in the table's count", |text| {
+        family_sum(text, "coupon_failed_events") == 1.0
+            && text.contains("coupon_failed_events{reason=\"UNDECODABLE\"")
+    })
     .await;
     env.shutdown().await;
 }
@@ -168,12 +143,12 @@ async fn redis_queue_mode_backlog_rises_without_workers_and_drains_with_one() {
     for user in 1..=4 {
         assert_eq!(env.issue(coupon, user).await.0, 201);
     }
-    scrape_until(&env, &api, "4 unread entries", |text| {
+    env.scrape_until(&api, "4 unread entries", |text| {
         series(text, "coupon_stream_backlog_entries") == Some(4.0)
     })
     .await;
     env.start_worker(100).await;
-    scrape_until(&env, &api, "nothing unread or pending", |text| {
+    env.scrape_until(&api, "nothing unread or pending", |text| {
         series(text, "coupon_stream_backlog_entries") == Some(0.0)
             && series(text, "coupon_stream_pending_entries") == Some(0.0)
             && series(

@@ -161,8 +161,7 @@ async fn alert_rules_fire_on_a_real_prometheus_and_the_dashboard_names_real_metr
             UserId::new(user).unwrap(),
             Utc::now(),
         );
-        env.produce_raw(&env.topic, &event.key(), &event.encode())
-            .await;
+        env.redeliver(&event).await;
     }
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -196,19 +195,12 @@ async fn alert_rules_fire_on_a_real_prometheus_and_the_dashboard_names_real_metr
         .create_coupon(json!({"name": "still selling", "totalQuantity": 10}))
         .await;
     assert_eq!(env.issue(open, 1).await.0, 201);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !env
-        .get_text("/metrics")
-        .await
-        .1
-        .contains("coupon_active_issued{")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no per-coupon gauges for an open coupon"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    }
+    env.scrape_until(
+        &env.url("/metrics"),
+        "per-coupon gauges for an open coupon",
+        |text| text.contains("coupon_active_issued{"),
+    )
+    .await;
 
     // What the services expose now, after a run with a failure in it.
     let mut exposed = BTreeSet::new();

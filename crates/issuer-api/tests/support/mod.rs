@@ -299,6 +299,26 @@ impl TestEnv {
         (base, ops)
     }
 
+    /// Scrapes `url` until `holds` is true of the text (gauges refresh once a second), or
+    /// fails with the last scrape after 20 s.
+    pub async fn scrape_until(
+        &self,
+        url: &str,
+        what: &str,
+        holds: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, text) = self.get_url(url).await;
+            assert_eq!(status, 200, "{text}");
+            if holds(&text) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "{what}, never seen in:\n{text}");
+            actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Builds (connects, binds) another API as `start_another_api` would, and returns what
     /// came of it without serving: for tests of start-up failures.
     pub async fn build_another_api(&self, overrides: &[String]) -> anyhow::Result<Application> {
