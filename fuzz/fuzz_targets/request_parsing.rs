@@ -4,7 +4,7 @@
 #![no_main]
 
 use coupon_core::domain::{CouponId, UserId};
-use issuer_api::contract::{CreateCouponRequest, IssueRequest, Object, path_id};
+use issuer_api::http::contract::{CreateCouponRequest, IssueRequest, Object, path_id};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

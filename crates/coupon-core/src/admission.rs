@@ -4,11 +4,12 @@
 //! most once. The whole check-and-add runs as one script, so no interleaving of
 //! requests, replicas or connections can break it (the seed lost this race without Lua).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionLike;
-use redis::{AsyncCommands, RedisError};
+use redis::{AsyncCommands, Cmd, RedisError, Script};
 use uuid::Uuid;
 
 use crate::config::QueueKind;
@@ -22,6 +23,24 @@ use crate::trace_context::TraceParent;
 /// Users added per SADD when restoring a coupon's issued set, so one command never blocks
 /// Redis for long.
 const RESTORE_CHUNK: usize = 10_000;
+
+static REBUILD_LEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/rebuild_lease.lua")));
+
+/// A rebuild lease this process holds on one coupon: its token is what proves ownership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildLease {
+    pub coupon: CouponId,
+    token: String,
+}
+
+/// Appends the meta's fields as `load_meta.lua` takes them: quantity, start, end.
+fn meta_args<'a>(call: &'a mut Cmd, coupon: &Coupon) -> &'a mut Cmd {
+    let millis = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis().to_string());
+    call.arg(coupon.total_quantity)
+        .arg(millis(coupon.starts_at).unwrap_or_default())
+        .arg(millis(coupon.ends_at).unwrap_or_default())
+}
 
 /// What the admission script said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,22 +139,9 @@ impl AdmissionScripts {
         con: &mut C,
         coupon: &Coupon,
     ) -> Result<bool, RedisError> {
-        self.write_meta(con, coupon, "fresh".to_owned()).await
-    }
-
-    async fn write_meta<C: ConnectionLike + Send + Sync>(
-        &self,
-        con: &mut C,
-        coupon: &Coupon,
-        mode: String,
-    ) -> Result<bool, RedisError> {
         self.registry.register(con, coupon.id).await?;
-        let millis = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis().to_string());
         let mut call = function_library::call(Function::LoadMeta, &[&self.keys(coupon.id).meta]);
-        call.arg(coupon.total_quantity)
-            .arg(millis(coupon.starts_at).unwrap_or_default())
-            .arg(millis(coupon.ends_at).unwrap_or_default())
-            .arg(mode);
+        meta_args(&mut call, coupon).arg("fresh");
         let wrote: i64 = function_library::invoke(con, &call).await?;
         Ok(wrote == 1)
     }
@@ -144,47 +150,67 @@ impl AdmissionScripts {
     /// users PostgreSQL (and the caller) know to hold the coupon, then writes the meta
     /// stamped with `epoch`, last, because a verified meta is what opens admission. Users
     /// already in the set stay; nothing is removed. False if the instance is no longer the
-    /// one `epoch` names (Redis restarted or failed over during the rebuild).
+    /// one `epoch` names (Redis restarted or failed over during the rebuild), or `lease` is
+    /// no longer held: then admission stays closed and the rebuild starts over.
     pub async fn restore<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: &Coupon,
         holders: &[i64],
         epoch: &str,
+        lease: &RebuildLease,
     ) -> Result<bool, RedisError> {
-        let issued = self.keys(coupon.id).issued;
+        let keys = self.keys(coupon.id);
         for chunk in holders.chunks(RESTORE_CHUNK) {
-            let _: i64 = con.sadd(&issued, chunk).await?;
+            let _: i64 = con.sadd(&keys.issued, chunk).await?;
         }
-        self.write_meta(con, coupon, format!("verified:{epoch}"))
-            .await
+        self.registry.register(con, coupon.id).await?;
+        let mut call = function_library::call(Function::LoadMeta, &[&keys.meta, &keys.rebuilding]);
+        meta_args(&mut call, coupon)
+            .arg(format!("verified:{epoch}"))
+            .arg(&lease.token);
+        let wrote: i64 = function_library::invoke(con, &call).await?;
+        Ok(wrote == 1)
     }
 
-    /// Takes the coupon's rebuild lease: only one process rebuilds a coupon at a time,
-    /// and a crashed rebuilder's lease expires.
+    /// Takes the coupon's rebuild lease and closes its admission in one step
+    /// (`scripts/rebuild_lease.lua` says why both): only one process rebuilds a coupon at a
+    /// time, and a crashed rebuilder's lease expires, leaving admission closed until the
+    /// next rebuild reopens it. None if another process holds the lease.
     pub async fn try_lease_rebuild<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: CouponId,
         lease: Duration,
-    ) -> Result<bool, RedisError> {
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(self.keys(coupon).rebuilding)
-            .arg("1")
-            .arg("NX")
-            .arg("PX")
+    ) -> Result<Option<RebuildLease>, RedisError> {
+        let keys = self.keys(coupon);
+        let token = Uuid::new_v4().to_string();
+        let taken: i64 = REBUILD_LEASE
+            .key(&keys.rebuilding)
+            .key(&keys.meta)
+            .arg("take")
+            .arg(&token)
             .arg(lease.as_millis() as u64)
-            .query_async(con)
+            .invoke_async(con)
             .await?;
-        Ok(taken.is_some())
+        Ok((taken == 1).then_some(RebuildLease { coupon, token }))
     }
 
+    /// Ends a rebuild lease, if it is still this one (it may have run out and been taken).
     pub async fn end_rebuild_lease<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
-        coupon: CouponId,
+        lease: &RebuildLease,
     ) -> Result<(), RedisError> {
-        con.del(self.keys(coupon).rebuilding).await
+        let keys = self.keys(lease.coupon);
+        let _: i64 = REBUILD_LEASE
+            .key(&keys.rebuilding)
+            .key(&keys.meta)
+            .arg("end")
+            .arg(&lease.token)
+            .invoke_async(con)
+            .await?;
+        Ok(())
     }
 
     pub async fn admitted_count<C: ConnectionLike + Send + Sync>(

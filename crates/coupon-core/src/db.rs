@@ -6,4 +6,6 @@ pub mod coupons;
 pub mod failed_events;
 pub mod migrate;
 pub mod pool;
+pub mod publish_window;
+pub mod redrive;
 pub mod schema;

@@ -45,7 +45,10 @@ macro_rules! positive_id {
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 // `i64::from_str` accepts a leading '+'; an id in a path should be plain digits.
-                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                // One spelling per id: "007" is refused rather than read as 7, or two
+                // accounts of an identity provider ("7" and "007") would share one slot and
+                // read each other's status.
+                if s.is_empty() || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(InvalidId($what));
                 }
                 s.parse::<i64>()
@@ -91,9 +94,41 @@ pub enum Admission {
     Ended,
 }
 
+impl Admission {
+    pub const ALL: [Self; 5] = [
+        Self::Success,
+        Self::AlreadyIssued,
+        Self::SoldOut,
+        Self::NotStarted,
+        Self::Ended,
+    ];
+
+    /// The answer's name, as the HTTP contract's `result` and the metrics' label spell it
+    /// (serde's rename above produces the same; a test holds them together).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Success => "SUCCESS",
+            Self::AlreadyIssued => "ALREADY_ISSUED",
+            Self::SoldOut => "SOLD_OUT",
+            Self::NotStarted => "NOT_STARTED",
+            Self::Ended => "ENDED",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_admission_is_labelled_as_it_is_serialised() {
+        for admission in Admission::ALL {
+            assert_eq!(
+                serde_json::to_string(&admission).unwrap(),
+                format!("\"{}\"", admission.label())
+            );
+        }
+    }
 
     #[test]
     fn ids_accept_positive_integers_only() {
@@ -111,6 +146,11 @@ mod tests {
             "abc",
             "9223372036854775808",
             " 1",
+            // One user, one spelling: "007" and "7" would otherwise be two accounts of an
+            // identity provider sharing one slot and reading each other's status.
+            "007",
+            "07",
+            "00",
         ] {
             assert!(bad.parse::<UserId>().is_err(), "{bad:?} was accepted");
         }

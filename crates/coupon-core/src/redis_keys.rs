@@ -60,6 +60,13 @@ impl CouponKeys {
         format!("{prefix}{{coupons}}:generation")
     }
 
+    /// Counter each replica confirmation writes just before its WAIT: a replica that has
+    /// this write has every write the primary applied before it (`issuer-api`'s
+    /// `replication`).
+    pub fn replication_fence(prefix: &str) -> String {
+        format!("{prefix}replication:fence")
+    }
+
     /// Stream with one entry per coupon newly added to the registry: in the Redis queue
     /// mode the workers block on it beside the coupon streams, so a new coupon's first
     /// events are read at once rather than after the next registry refresh.

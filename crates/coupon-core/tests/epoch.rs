@@ -8,8 +8,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use coupon_core::admission::{AdmissionScripts, AdmitReply};
+use coupon_core::admission::{AdmissionScripts, AdmitReply, RebuildLease};
 use coupon_core::config::QueueKind;
 use coupon_core::domain::{Coupon, UserId};
 use coupon_core::epoch::instance_epoch;
@@ -25,6 +26,106 @@ fn coupon() -> Coupon {
 
 fn scripts() -> AdmissionScripts {
     AdmissionScripts::new(support::prefix(), QueueKind::Kafka)
+}
+
+async fn lease(
+    scripts: &AdmissionScripts,
+    con: &mut redis::aio::MultiplexedConnection,
+    coupon: &Coupon,
+) -> RebuildLease {
+    scripts
+        .try_lease_rebuild(con, coupon.id, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("nobody else rebuilds this coupon")
+}
+
+/// A rebuild must run on a closed coupon: a user admitted while it reads could be released
+/// after (their publish certainly failed) and written back with no event behind the slot.
+/// Taking the lease closes admission in the same step.
+#[tokio::test]
+async fn taking_the_rebuild_lease_closes_admission_until_the_rebuild_reopens_it() {
+    let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
+    assert!(scripts.load_meta(&mut con, &coupon).await.unwrap());
+    let first = scripts
+        .admit(&mut con, coupon.id, UserId::new(1).unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(first, AdmitReply::Admitted(_)), "{first:?}");
+
+    let lease = lease(&scripts, &mut con, &coupon).await;
+    let during = scripts
+        .admit(&mut con, coupon.id, UserId::new(2).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        during,
+        AdmitReply::Unverified,
+        "admission open during a rebuild"
+    );
+
+    let epoch = instance_epoch(&mut con).await.unwrap();
+    assert!(
+        scripts
+            .restore(&mut con, &coupon, &[1], &epoch, &lease)
+            .await
+            .unwrap()
+    );
+    let after = scripts
+        .admit(&mut con, coupon.id, UserId::new(2).unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(after, AdmitReply::Admitted(_)), "{after:?}");
+}
+
+/// A rebuilder whose lease ran out while it worked (here: the lease's key expired, played
+/// by deleting it) neither ends its successor's lease nor reopens admission with what it
+/// read; the successor does both.
+#[tokio::test]
+async fn only_the_rebuild_lease_owner_ends_it_or_reopens_admission() {
+    let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
+    assert!(scripts.load_meta(&mut con, &coupon).await.unwrap());
+    let stale = lease(&scripts, &mut con, &coupon).await;
+    let _: () = con.del(scripts.keys(coupon.id).rebuilding).await.unwrap();
+    let current = lease(&scripts, &mut con, &coupon).await;
+
+    scripts.end_rebuild_lease(&mut con, &stale).await.unwrap();
+    assert!(
+        scripts
+            .try_lease_rebuild(&mut con, coupon.id, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_none(),
+        "a former owner ended the current owner's lease"
+    );
+    let epoch = instance_epoch(&mut con).await.unwrap();
+    assert!(
+        !scripts
+            .restore(&mut con, &coupon, &[3], &epoch, &stale)
+            .await
+            .unwrap(),
+        "a former owner reopened admission"
+    );
+    let closed = scripts
+        .admit(&mut con, coupon.id, UserId::new(4).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(closed, AdmitReply::Unverified);
+    assert!(
+        scripts
+            .restore(&mut con, &coupon, &[3], &epoch, &current)
+            .await
+            .unwrap()
+    );
+    scripts.end_rebuild_lease(&mut con, &current).await.unwrap();
+    assert!(
+        scripts
+            .try_lease_rebuild(&mut con, coupon.id, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_some(),
+        "the owner's end released the lease"
+    );
 }
 
 #[tokio::test]
@@ -47,9 +148,10 @@ async fn a_state_verified_under_another_instance_does_not_admit() {
 
     // Rebuilt under this instance, it admits again.
     let epoch = instance_epoch(&mut con).await.unwrap();
+    let lease = lease(&scripts, &mut con, &coupon).await;
     assert!(
         scripts
-            .restore(&mut con, &coupon, &[3], &epoch)
+            .restore(&mut con, &coupon, &[3], &epoch, &lease)
             .await
             .unwrap()
     );
@@ -60,8 +162,9 @@ async fn a_state_verified_under_another_instance_does_not_admit() {
 #[tokio::test]
 async fn a_rebuild_that_read_under_a_gone_instance_does_not_reopen_admission() {
     let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
+    let lease = lease(&scripts, &mut con, &coupon).await;
     let restored = scripts
-        .restore(&mut con, &coupon, &[3], "an-instance-gone-since")
+        .restore(&mut con, &coupon, &[3], "an-instance-gone-since", &lease)
         .await
         .unwrap();
     assert!(!restored, "the restore reports the instance changed");

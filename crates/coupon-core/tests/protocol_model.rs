@@ -1,13 +1,17 @@
 //! An exhaustive check of the Kafka-mode issue protocol: every interleaving of three users'
 //! requests (the first user sends two, the others one each), two API processes with their
 //! reconcilers, the broker, the worker, over a coupon of 2, with every invariant checked in
-//! every reachable state. Two runs: one API crash and one Redis loss; one worker death
-//! between a persist and its offset commit (see `Faults`).
+//! every reachable state. Three runs: one API crash and one Redis loss; one worker death
+//! between a persist and its offset commit; one rebuild started on a coupon that is open and
+//! selling (`issuer-api rebuild-redis`), see `Faults`.
 //!
 //! The steps are named after the real code: `admission.lua` (admit), `ledger.lua` (claim,
 //! release, doubt, settle), `KafkaDelivery::publish_new` and `KafkaDelivery::republish`
 //! (publish and its three outcomes; an API crash before or after the send), the reconciler,
-//! the worker's guarded batch insert and offset commit, broker redelivery, `rebuild`.
+//! the worker's guarded batch insert and offset commit, broker redelivery, and the rebuild
+//! (`issuing/rebuild.rs`) in its real round trips: the lease (`rebuild_lease.lua`, which
+//! closes admission), the publish window's wait, the read of the pending entries, the wait
+//! for the workers and the read of PostgreSQL, the restore.
 //! The Redis queue mode's protocol has its own model (`stream_model.rs`).
 
 mod explorer;
@@ -39,6 +43,22 @@ enum Bug {
     LateReconcilerPublish,
     /// The worker committed an event's offset before its row was persisted.
     CommitBeforePersist,
+    /// A rebuild ran with admission open: its lease did not close the coupon (issue 22,
+    /// "a rebuild with admission open brings back a released user").
+    RebuildWhileOpen,
+}
+
+/// Where a rebuild is, between its round trips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Rebuilding {
+    /// The lease is taken; the publish window runs.
+    Leased,
+    /// The window is over; the pending entries are read next.
+    Waited,
+    /// The users with pending entries, as read; the workers are waited for next.
+    ReadPending([bool; N]),
+    /// Every holder found (pending, then PostgreSQL's rows): written back next.
+    Found([bool; N]),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -131,6 +151,9 @@ struct State {
     api_alive: [bool; APIS as usize],
     crashes_left: u8,
     redis_losses_left: u8,
+    /// Rebuilds an operator may still start on an open coupon.
+    open_rebuilds_left: u8,
+    rebuild: Option<Rebuilding>,
     requests_left: [u8; N],
     /// The first untrue answer given, if any. Answers are checked when they are given (the
     /// log they are checked against only grows), so the state need not keep them.
@@ -158,7 +181,11 @@ enum Action {
     CommitThenCrash(usize),
     ApiCrash(u8),
     RedisLoss,
-    Rebuild,
+    RebuildLease,
+    RebuildWaited,
+    RebuildReadPending,
+    RebuildReadRows,
+    RebuildRestore,
 }
 
 /// Which faults a run explores, once each. All three together pass 20 million states,
@@ -169,6 +196,7 @@ struct Faults {
     api_crash: bool,
     redis_loss: bool,
     worker_death: bool,
+    open_rebuild: bool,
 }
 
 /// An API crash and a Redis loss, and the worker persisting and committing as one step.
@@ -176,12 +204,21 @@ const API_AND_REDIS: Faults = Faults {
     api_crash: true,
     redis_loss: true,
     worker_death: false,
+    open_rebuild: false,
 };
 /// The worker dying between a persist and its offset commit.
 const WORKER_DEATH: Faults = Faults {
     api_crash: false,
     redis_loss: false,
     worker_death: true,
+    open_rebuild: false,
+};
+/// An operator's rebuild of a coupon that is open and selling, at any moment.
+const OPEN_REBUILD: Faults = Faults {
+    api_crash: false,
+    redis_loss: false,
+    worker_death: false,
+    open_rebuild: true,
 };
 
 struct Model {
@@ -206,6 +243,8 @@ impl State {
             api_alive: [true; APIS as usize],
             crashes_left: u8::from(faults.api_crash),
             redis_losses_left: u8::from(faults.redis_loss),
+            open_rebuilds_left: u8::from(faults.open_rebuild),
+            rebuild: None,
             requests_left: REQUESTS,
             lie: None,
             next_event: [0; N],
@@ -215,6 +254,7 @@ impl State {
     /// Nothing in flight, nothing pending, the worker caught up, Redis whole.
     fn at_rest(&self) -> bool {
         self.meta
+            && self.rebuild.is_none()
             && self.tasks.is_empty()
             && self.limbo.is_empty()
             && self.unpersisted.is_empty()
@@ -394,20 +434,34 @@ impl Protocol for Model {
         if s.redis_losses_left > 0 && s.meta {
             actions.push(Action::RedisLoss);
         }
-        // The rebuild waits out the publish window (every publish started before the loss
-        // has reported, and what it sent has landed or not) and for the workers to reach the
-        // end of the log (committed offsets). A claimed publish not started yet is not
-        // covered by the window: that is why the reconciler starts it with the claim.
-        if !s.meta
-            && s.limbo.is_empty()
-            && s.unpersisted.is_empty()
-            && s.uncommitted.is_empty()
-            && !s
-                .tasks
-                .iter()
-                .any(|t| matches!(t.phase, Phase::Publishing { .. }))
-        {
-            actions.push(Action::Rebuild);
+        // The rebuild, round trip by round trip. Its lease is taken after a loss (the lazy
+        // rebuild of the first request) or, on an open coupon, by an operator.
+        match s.rebuild {
+            None if !s.meta || s.open_rebuilds_left > 0 => actions.push(Action::RebuildLease),
+            None => {}
+            // It waits out the publish window: every publish started before the lease has
+            // reported by then, and what it sent has landed or not. A claimed publish not
+            // started yet is not covered by the window: that is why the reconciler starts
+            // it with the claim.
+            Some(Rebuilding::Leased)
+                if s.limbo.is_empty()
+                    && !s
+                        .tasks
+                        .iter()
+                        .any(|t| matches!(t.phase, Phase::Publishing { .. })) =>
+            {
+                actions.push(Action::RebuildWaited)
+            }
+            Some(Rebuilding::Leased) => {}
+            Some(Rebuilding::Waited) => actions.push(Action::RebuildReadPending),
+            // Then for the workers to reach the end of the log (committed offsets).
+            Some(Rebuilding::ReadPending(_))
+                if s.unpersisted.is_empty() && s.uncommitted.is_empty() =>
+            {
+                actions.push(Action::RebuildReadRows)
+            }
+            Some(Rebuilding::ReadPending(_)) => {}
+            Some(Rebuilding::Found(_)) => actions.push(Action::RebuildRestore),
         }
         actions
     }
@@ -590,10 +644,39 @@ impl Protocol for Model {
                 s.meta = false;
                 s.issued = [false; N];
                 s.pending = [None; N];
+                // A rebuild under way finds the instance changed at its restore, and ends
+                // without reopening admission; the next request leases anew.
+                s.rebuild = None;
             }
-            Action::Rebuild => {
-                s.issued = s.rows;
+            Action::RebuildLease => {
+                if s.meta {
+                    s.open_rebuilds_left -= 1;
+                    // rebuild_lease.lua closes admission with the lease.
+                    s.meta = self.bug == Bug::RebuildWhileOpen;
+                }
+                s.rebuild = Some(Rebuilding::Leased);
+            }
+            Action::RebuildWaited => s.rebuild = Some(Rebuilding::Waited),
+            Action::RebuildReadPending => {
+                let pending = s.pending.map(|entry| entry.is_some());
+                s.rebuild = Some(Rebuilding::ReadPending(pending));
+            }
+            Action::RebuildReadRows => {
+                if let Some(Rebuilding::ReadPending(pending)) = s.rebuild {
+                    let found = std::array::from_fn(|user| pending[user] || s.rows[user]);
+                    s.rebuild = Some(Rebuilding::Found(found));
+                }
+            }
+            Action::RebuildRestore => {
+                // SADD every holder found (nobody is removed), then the meta, which opens
+                // admission.
+                if let Some(Rebuilding::Found(found)) = s.rebuild {
+                    for (issued, found) in s.issued.iter_mut().zip(found) {
+                        *issued |= found;
+                    }
+                }
                 s.meta = true;
+                s.rebuild = None;
             }
         }
         s.tasks.sort();
@@ -624,7 +707,7 @@ fn model(bug: Bug, faults: Faults) -> Model {
 
 #[test]
 fn every_reachable_state_keeps_every_invariant() {
-    for faults in [API_AND_REDIS, WORKER_DEATH] {
+    for faults in [API_AND_REDIS, WORKER_DEATH, OPEN_REBUILD] {
         let (explored, violation) = check(&model(Bug::None, faults));
         assert!(violation.is_none(), "{faults:?}: {violation:#?}");
         // Not a vacuous pass: the space is the one described at the top.
@@ -664,6 +747,16 @@ fn a_reconciler_publish_started_after_its_claim_is_found() {
 fn an_offset_committed_before_its_row_is_found() {
     finds(
         &model(Bug::CommitBeforePersist, WORKER_DEATH),
+        "every yes a row",
+    );
+}
+
+#[test]
+fn a_rebuild_with_admission_open_is_found() {
+    // A user admitted after the rebuild's window, read among the pending entries, then
+    // released (their publish certainly failed), is written back: a holder with no event.
+    finds(
+        &model(Bug::RebuildWhileOpen, OPEN_REBUILD),
         "every yes a row",
     );
 }

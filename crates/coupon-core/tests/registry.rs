@@ -7,6 +7,8 @@
 // Helpers outside `#[test]` functions panic too: in a harness that is the failure report.
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use coupon_core::admission::AdmissionScripts;
 use coupon_core::config::QueueKind;
 use coupon_core::domain::{Coupon, CouponId};
@@ -45,8 +47,12 @@ async fn lost_and_rebuilt_with_a_free_slot(
     let _: () = con.del(&[keys.meta, keys.issued]).await?;
     let _: () = con.del(CouponKeys::active_registry(&prefix)).await?;
     let epoch = instance_epoch(&mut con).await?;
+    let lease = scripts
+        .try_lease_rebuild(&mut con, CouponId::new(1).unwrap(), Duration::from_secs(30))
+        .await?
+        .expect("nobody else rebuilds this coupon");
     scripts
-        .restore(&mut con, &with_quantity(2), &[5], &epoch)
+        .restore(&mut con, &with_quantity(2), &[5], &epoch, &lease)
         .await?;
     Ok(())
 }

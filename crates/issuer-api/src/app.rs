@@ -5,32 +5,33 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
-use actix_web::http::Method;
-use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, FromRequest, Handler, HttpServer, Resource, Responder, web};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use coupon_core::admission::AdmissionScripts;
 use coupon_core::config::QueueKind;
 use coupon_core::db::coupons::all_coupon_ids;
 use coupon_core::domain::CouponId;
+use coupon_core::redis_keys::CouponKeys;
 use coupon_core::startup::prepare;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::config::Config;
 use crate::delivery::Delivery;
-use crate::delivery::kafka::{KafkaDelivery, KafkaSettings, reconciler};
+use crate::delivery::kafka::{KafkaDelivery, KafkaSettings};
 use crate::delivery::stream::StreamDelivery;
 use crate::error::ApiError;
-use crate::handlers::{self, AppState};
+use crate::http::handlers;
+use crate::http::routes;
+use crate::http::state::AppState;
+use crate::http::timing::timed;
 use crate::identity::Identity;
 use crate::issuing::{Issuer, Rebuilt};
-use crate::metrics::{HttpLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::operations::Operations;
 use crate::rate_limit::{Limits, RateLimiter};
-use crate::replication::Replication;
+use crate::replication::{Replication, Socket};
 
 /// Requests with bodies larger than this are refused with 413 before they are parsed.
 const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -40,6 +41,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Connects to every dependency, migrating the database and (in Kafka mode) creating
 /// missing topics on the way.
 pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
+    anyhow::ensure!(
+        config.redis_min_replicas == 0 || config.redis_replica_timeout_ms > 0,
+        "REDIS_REPLICA_TIMEOUT_MS must be above 0 with REDIS_MIN_REPLICAS set: WAIT with a \
+         timeout of 0 blocks until the replicas answer, holding every admission behind it"
+    );
     anyhow::ensure!(
         config.redis_min_replicas == 0
             || config.redis_replica_timeout_ms < config.redis.redis_timeout_ms,
@@ -58,6 +64,20 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
     let prefix = config.redis.redis_key_prefix.clone();
     let rebuild_timeout = Duration::from_millis(config.rebuild_timeout_ms);
     let metrics = Arc::new(Metrics::default());
+    let pool = config.database.pool()?;
+    // Replicas confirm on a socket of their own, which the admissions needing confirmation
+    // share (`crate::replication`).
+    let replication = if config.redis_min_replicas > 0 {
+        let timeout = Duration::from_millis(config.redis.redis_timeout_ms);
+        Some(Replication::start(
+            Socket::new(config.redis.client()?, timeout),
+            CouponKeys::replication_fence(&prefix),
+            config.redis_min_replicas,
+            Duration::from_millis(config.redis_replica_timeout_ms),
+        ))
+    } else {
+        None
+    };
     let delivery = match kafka {
         Some(kafka) => Delivery::Kafka(Box::new(KafkaDelivery::new(
             KafkaSettings {
@@ -66,6 +86,9 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
                 worker_group: config.worker_group_id.clone(),
                 publish_timeout: Duration::from_millis(config.publish_timeout_ms),
                 rebuild_timeout,
+                reconcile_interval: Duration::from_millis(config.reconcile_interval_ms),
+                pool: pool.clone(),
+                replication: replication.clone(),
             },
             redis.clone(),
             metrics.clone(),
@@ -75,17 +98,16 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
             config.worker_group_id.clone(),
         )),
     };
-    let replication = (config.redis_min_replicas > 0).then(|| {
-        Replication::start(
-            redis.clone(),
-            config.redis_min_replicas,
-            Duration::from_millis(config.redis_replica_timeout_ms),
-        )
-    });
+    // Every rebuild, from any process, honours the longest window any API runs with.
+    let window = delivery.in_flight_window().await?;
+    tracing::debug!(
+        window_ms = window.as_millis() as u64,
+        "in-flight window every rebuild honours"
+    );
     Ok(Issuer::new(
         redis,
         AdmissionScripts::new(prefix, config.queue),
-        config.database.pool()?,
+        pool,
         delivery,
         rebuild_timeout,
         replication,
@@ -132,7 +154,6 @@ pub struct Application {
     ops: Option<(Server, SocketAddr)>,
     issuer: Issuer,
     operations: Arc<Operations>,
-    reconcile_interval: Duration,
 }
 
 impl Application {
@@ -159,9 +180,10 @@ impl Application {
         if let Some(header) = &config.client_address_header {
             tracing::warn!(%header, "trusting this header for client addresses: only a proxy in front must be able to set it");
         }
+        // Its own app data, so that the identity extractor needs nothing of the handlers'.
+        let identity = web::Data::new(identity);
         let state = web::Data::new(AppState {
             issuer: issuer.clone(),
-            identity,
             metrics: issuer.metrics().clone(),
             operations: operations.clone(),
             limiter,
@@ -180,10 +202,11 @@ impl Application {
             let app = App::new()
                 .wrap(from_fn(timed))
                 .app_data(state.clone())
+                .app_data(identity.clone())
                 .app_data(json_config())
-                .configure(routes);
+                .configure(routes::public);
             let app = if public_ops {
-                app.configure(operations_routes)
+                app.configure(routes::operations)
             } else {
                 app
             };
@@ -211,7 +234,6 @@ impl Application {
             ops,
             issuer,
             operations,
-            reconcile_interval: Duration::from_millis(config.reconcile_interval_ms),
         })
     }
 
@@ -228,9 +250,8 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves (and, in Kafka mode, reconciles in-doubt reservations) until `shutdown`
-    /// resolves, then stops accepting, lets in-flight requests finish, and flushes the
-    /// producer.
+    /// Serves (with the delivery's upkeep beside it) until `shutdown` resolves, then stops
+    /// accepting, lets in-flight requests finish, and flushes the delivery.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -242,15 +263,8 @@ impl Application {
             let stop = stop_background.clone();
             tokio::spawn(async move { operations.run(issuer, stop).await })
         };
-        // Only Kafka mode leaves slots pending; the Redis queue mode has nothing to settle.
-        let kafka = self.issuer.delivery().kafka().cloned();
-        let reconciling = kafka.clone().map(|kafka| {
-            tokio::spawn(reconciler::run(
-                kafka,
-                self.reconcile_interval,
-                stop_background.clone(),
-            ))
-        });
+        let delivery = self.issuer.delivery().clone();
+        let upkeep = delivery.start_background(stop_background.clone());
         // Served alongside; it answers until the API itself has stopped.
         let ops = self.ops.map(|(server, _)| {
             let handle = server.handle();
@@ -267,116 +281,19 @@ impl Application {
         }
         stop_background.cancel();
         watching.await?;
-        if let Some(reconciling) = reconciling {
-            reconciling.await?;
+        if let Some(upkeep) = upkeep {
+            upkeep.await?;
         }
-        if let Some(kafka) = kafka {
-            kafka.flush(SHUTDOWN_GRACE).await?;
-        }
+        delivery.flush(SHUTDOWN_GRACE).await?;
         tracing::info!("issuer-api stopped");
         Ok(())
     }
-}
-
-/// Times every request of the public routes into `coupon_http_request_duration_seconds`,
-/// labelled with the route's pattern (never the raw path, which would let clients mint
-/// series) and the status sent, and runs it in its span.
-async fn timed(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = std::time::Instant::now();
-    // A client may send any method name: only the standard ones become label values.
-    let method = match *req.method() {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    };
-    let metrics = req
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.metrics.clone());
-    // The request's span (a trace's root when tracing is on; never built otherwise).
-    let span = tracing::debug_span!("request", method, route = tracing::field::Empty);
-    let response = next.call(req).instrument(span.clone()).await;
-    // The pattern is known once routing ran, inside the call.
-    let (route, status) = match &response {
-        Ok(response) => (response.request().match_pattern(), response.status()),
-        Err(err) => (None, err.as_response_error().status_code()),
-    };
-    let route = route.unwrap_or_else(|| "unmatched".to_owned());
-    span.record("route", route.as_str());
-    if let Some(metrics) = metrics {
-        let labels = HttpLabels {
-            route,
-            method,
-            status: status.as_u16(),
-        };
-        metrics.record_http(labels, started.elapsed().as_secs_f64());
-    }
-    response
 }
 
 fn json_config() -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(MAX_BODY_BYTES)
         .error_handler(|err, _req| ApiError::from(err).into())
-}
-
-/// The routes of the contract; a known path with another method answers 405 in JSON.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    // The hot route first: actix tries resources in order, and each dynamic one it passes
-    // costs a regex match (the largest user-space cost of a sold-out request in a profile).
-    cfg.service(resource(
-        "/api/v1/coupons/{couponId}/issues",
-        Method::POST,
-        handlers::issue_coupon,
-    ))
-    .service(resource(
-        "/api/v1/coupons",
-        Method::POST,
-        handlers::create_coupon,
-    ))
-    .service(resource(
-        "/api/v1/coupons/{couponId}",
-        Method::GET,
-        handlers::get_coupon,
-    ))
-    .service(resource(
-        "/api/v1/coupons/{couponId}/issues/{userId}",
-        Method::GET,
-        handlers::issue_status,
-    ))
-    .service(resource(
-        "/api/v1/users/{userId}/coupons",
-        Method::GET,
-        handlers::list_user_coupons,
-    ))
-    .service(resource("/openapi.json", Method::GET, handlers::openapi));
-}
-
-/// The operations routes: beside the API, or on their own listener (ISSUER_OPS_LISTEN).
-pub fn operations_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/metrics", Method::GET, handlers::metrics))
-        .service(resource("/healthz", Method::GET, handlers::healthz))
-        .service(resource("/readyz", Method::GET, handlers::readyz));
-}
-
-/// A path served with one method; any other answers 405 with `Allow` naming it (RFC 9110).
-fn resource<F, Args>(path: &str, method: Method, handler: F) -> Resource
-where
-    F: Handler<Args>,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    let allow = method.clone();
-    web::resource(path)
-        .route(web::method(method).to(handler))
-        .default_service(web::to(move || handlers::method_not_allowed(allow.clone())))
 }
 
 /// A small server for the operations routes alone, so that they need not be exposed with
@@ -388,7 +305,7 @@ fn ops_server(
     let bound = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .configure(operations_routes)
+            .configure(routes::operations)
             .default_service(web::to(handlers::route_not_found))
     })
     .workers(1)

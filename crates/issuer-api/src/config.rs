@@ -60,8 +60,8 @@ pub struct Config {
     /// admission stands; a retry learns the outcome).
     #[arg(long, env = "REDIS_MIN_REPLICAS", default_value_t = 0)]
     pub redis_min_replicas: u32,
-    /// How long the replicas get to confirm; below REDIS_TIMEOUT_MS, which bounds every
-    /// Redis command.
+    /// How long the replicas get to confirm; above 0 (WAIT's 0 waits for ever) and below
+    /// REDIS_TIMEOUT_MS, which bounds every Redis command.
     #[arg(long, env = "REDIS_REPLICA_TIMEOUT_MS", default_value_t = 500)]
     pub redis_replica_timeout_ms: u64,
     /// Issue requests one user may send per rate window, across every API replica; 0 is no

@@ -11,8 +11,6 @@ use actix_web::{HttpResponse, HttpResponseBuilder};
 use coupon_core::db::pool::PoolError;
 use serde::Serialize;
 
-use crate::identity::jwt::Refusal;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -71,7 +69,23 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    /// Every code [`ApiError::code`] gives, so that counters can start each at zero.
+    pub const CODES: [&'static str; 11] = [
+        "INVALID_REQUEST",
+        "UNAUTHORIZED",
+        "FORBIDDEN",
+        "COUPON_NOT_FOUND",
+        "NOT_FOUND",
+        "METHOD_NOT_ALLOWED",
+        "PAYLOAD_TOO_LARGE",
+        "UNSUPPORTED_MEDIA_TYPE",
+        "UNAVAILABLE",
+        "RATE_LIMITED",
+        "INTERNAL",
+    ];
+
+    /// The error's name in the answer's body, and its label in the answer counters.
+    pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidRequest(_) => "INVALID_REQUEST",
             Self::Unauthenticated(_) => "UNAUTHORIZED",
@@ -142,16 +156,6 @@ impl ResponseError for ApiError {
 impl From<redis::RedisError> for ApiError {
     fn from(err: redis::RedisError) -> Self {
         Self::unavailable("redis", err)
-    }
-}
-
-impl From<Refusal> for ApiError {
-    fn from(refusal: Refusal) -> Self {
-        match refusal {
-            // The keys could not be read: whether the token is good is unknown.
-            Refusal::KeysUnavailable(err) => Self::unavailable("the token issuer's keys", err),
-            other => Self::Unauthenticated(other.to_string()),
-        }
     }
 }
 

@@ -19,7 +19,7 @@ use subtle::{Choice, ConstantTimeEq};
 
 use crate::config::{IdentityArgs, UserAuth};
 use crate::error::ApiError;
-use crate::handlers::AppState;
+use jwt::Refusal;
 
 pub struct Identity {
     admin_token: Vec<u8>,
@@ -151,11 +151,22 @@ impl FromRequest for Caller {
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let req = req.clone();
         Box::pin(async move {
-            let state = req
-                .app_data::<web::Data<AppState>>()
-                .ok_or_else(|| ApiError::Internal("no application state".into()))?;
-            state.identity.caller(&req).await
+            let identity = req
+                .app_data::<web::Data<Identity>>()
+                .ok_or_else(|| ApiError::Internal("no identity configured".into()))?;
+            identity.caller(&req).await
         })
+    }
+}
+
+/// The identity's refusals in the one status map's terms.
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            // The keys could not be read: whether the token is good is unknown.
+            Refusal::KeysUnavailable(err) => Self::unavailable("the token issuer's keys", err),
+            other => Self::Unauthenticated(other.to_string()),
+        }
     }
 }
 

@@ -3,10 +3,9 @@
 
 pub mod app;
 pub mod config;
-pub mod contract;
 pub mod delivery;
 pub mod error;
-pub mod handlers;
+pub mod http;
 pub mod identity;
 pub mod issuing;
 pub mod metrics;

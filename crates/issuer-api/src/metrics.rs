@@ -83,17 +83,6 @@ pub struct Metrics {
     pub stream_pending: Gauge,
 }
 
-const RESULTS: [&str; 8] = [
-    "SUCCESS",
-    "ALREADY_ISSUED",
-    "SOLD_OUT",
-    "NOT_STARTED",
-    "ENDED",
-    "UNAVAILABLE",
-    "RATE_LIMITED",
-    "ERROR",
-];
-
 fn latency_histogram() -> Histogram {
     Histogram::new(latency_buckets())
 }
@@ -104,7 +93,8 @@ impl Default for Metrics {
         let answers = Family::<ResultLabels, Counter>::default();
         // Every known label value from the start, at 0: a series that appears only with its
         // first increment hides that increment from rate() and from alerts.
-        for result in RESULTS {
+        let results = Admission::ALL.map(Admission::label);
+        for result in results.into_iter().chain(ApiError::CODES) {
             let _ = answers.get_or_create(&ResultLabels { result });
         }
         registry.register(
@@ -251,15 +241,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn record_answer(&self, answer: &Result<Admission, ApiError>) {
+        // The same names the answer's body carries (`contract`, `error`).
         let result = match answer {
-            Ok(Admission::Success) => "SUCCESS",
-            Ok(Admission::AlreadyIssued) => "ALREADY_ISSUED",
-            Ok(Admission::SoldOut) => "SOLD_OUT",
-            Ok(Admission::NotStarted) => "NOT_STARTED",
-            Ok(Admission::Ended) => "ENDED",
-            Err(ApiError::Unavailable { .. } | ApiError::Rebuilding(_)) => "UNAVAILABLE",
-            Err(ApiError::RateLimited { .. }) => "RATE_LIMITED",
-            Err(_) => "ERROR",
+            Ok(admission) => admission.label(),
+            Err(err) => err.code(),
         };
         self.answers.get_or_create(&ResultLabels { result }).inc();
     }
@@ -283,6 +268,7 @@ mod tests {
         metrics.record_answer(&Ok(Admission::Success));
         metrics.record_answer(&Ok(Admission::Success));
         metrics.record_answer(&Err(ApiError::Rebuilding(1)));
+        metrics.record_answer(&Err(ApiError::PublishUnresolved));
         metrics.failed_events.replace([(
             FailedLabels {
                 reason: "OVER_QUANTITY".into(),
@@ -300,7 +286,7 @@ mod tests {
         let text = metrics.render();
         for line in [
             "coupon_issue_answers_total{result=\"SUCCESS\"} 2\n",
-            "coupon_issue_answers_total{result=\"UNAVAILABLE\"} 1\n",
+            "coupon_issue_answers_total{result=\"UNAVAILABLE\"} 2\n",
             "coupon_failed_events{reason=\"OVER_QUANTITY\",status=\"PENDING\"} 3\n",
             "coupon_http_request_duration_seconds_bucket{le=\"0.004\",route=\"/api/v1/coupons/{couponId}/issues\",method=\"POST\",status=\"201\"} 1\n",
         ] {

@@ -6,45 +6,161 @@
 //! So one task sends the WAITs, one at a time: each covers every admission that asked for
 //! confirmation before it was sent, however many.
 //!
-//! Invariant: an admission is confirmed only by a WAIT sent after its script's reply came
-//! back on the same connection. A caller asks only once its script has returned, and the
-//! task takes the askers it has before it sends the WAIT.
+//! Invariants:
+//! - A write is confirmed only by a WAIT sent on the very socket that carried it, after its
+//!   reply came back. A client that reconnects on its own would send the WAIT on a new
+//!   socket, whose last write is none: WAIT returns at once, "confirming" a write the
+//!   replicas may never get (and, after a failover, made on another server). So the
+//!   admissions that need confirming run on a [`Socket`]: one connection at a time, numbered,
+//!   replaced only when it broke, and an asker whose write went out on another number than
+//!   the WAIT's is told "unknown" (503).
+//! - A refusal that rests on an earlier write (ALREADY_ISSUED, SOLD_OUT) is as durable as
+//!   that write, whoever made it: each WAIT follows a write of its own on the same socket
+//!   (`CouponKeys::replication_fence`), and a replica that acknowledged it has every write
+//!   the primary applied before it, the ones the refusal read among them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use tokio::sync::{mpsc, oneshot};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::error::ApiError;
 
-type Confirmation = oneshot::Sender<Result<u32, String>>;
+/// A connection the caller sent a write on, with the number of its socket.
+#[derive(Clone)]
+pub struct Bound {
+    pub generation: u64,
+    pub connection: MultiplexedConnection,
+}
+
+/// One socket at a time, never replaced behind its users' backs: a command that finds it
+/// broken reports that, and the next caller gets a new one with the next number.
+pub struct Socket {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    current: RwLock<Option<Bound>>,
+    connecting: Mutex<()>,
+    generations: AtomicU64,
+}
+
+impl Socket {
+    pub fn new(client: redis::Client, timeout: Duration) -> Self {
+        Self {
+            client,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout)),
+            current: RwLock::new(None),
+            connecting: Mutex::new(()),
+            generations: AtomicU64::new(0),
+        }
+    }
+
+    fn current(&self) -> Option<Bound> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The socket in use, connecting a new one if the last broke.
+    pub async fn get(&self) -> Result<Bound, RedisError> {
+        if let Some(bound) = self.current() {
+            return Ok(bound);
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(bound) = self.current() {
+            return Ok(bound);
+        }
+        let connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        let bound = Bound {
+            generation: self.generations.fetch_add(1, Ordering::SeqCst) + 1,
+            connection,
+        };
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(bound.clone());
+        Ok(bound)
+    }
+
+    /// Reports an error met on socket `generation`: one that broke it retires it, so the
+    /// next caller connects anew (a timeout does not: the socket, and what it carried,
+    /// may still be good).
+    pub fn failed(&self, generation: u64, err: &RedisError) {
+        if !err.is_unrecoverable_error() {
+            return;
+        }
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|bound| bound.generation == generation)
+        {
+            tracing::warn!(generation, error = %err, "the admissions' Redis socket broke");
+            *current = None;
+        }
+    }
+}
+
+/// An asker: the socket its write went out on, and where its answer goes.
+type Asker = (u64, oneshot::Sender<Result<u32, String>>);
 
 #[derive(Clone)]
 pub struct Replication {
     min: u32,
     timeout: Duration,
-    askers: mpsc::UnboundedSender<Confirmation>,
+    socket: Arc<Socket>,
+    askers: mpsc::UnboundedSender<Asker>,
 }
 
 impl Replication {
-    /// Starts the task that sends the WAITs on `redis`, the connection the admissions use.
-    /// It ends when the last handle is dropped.
-    pub fn start(redis: ConnectionManager, min: u32, timeout: Duration) -> Self {
+    /// Starts the task that sends the WAITs on `socket`, which the admissions needing
+    /// confirmation use too; `fence` is the key each WAIT's own write goes to. The task
+    /// ends when the last handle is dropped.
+    pub fn start(socket: Socket, fence: String, min: u32, timeout: Duration) -> Self {
+        let socket = Arc::new(socket);
         let (askers, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(confirm_in_groups(redis, min, timeout, waiting));
+        tokio::spawn(confirm_in_groups(
+            socket.clone(),
+            fence,
+            min,
+            timeout,
+            waiting,
+        ));
         Self {
             min,
             timeout,
+            socket,
             askers,
         }
     }
 
-    /// Returns once `min` replicas have every write the connection made before this call
-    /// (the caller's admission among them); 503 if fewer confirm within the timeout.
-    pub async fn confirm(&self) -> Result<(), ApiError> {
+    /// The socket to send a write that will need confirming on.
+    pub async fn connection(&self) -> Result<Bound, ApiError> {
+        Ok(self.socket.get().await?)
+    }
+
+    /// Reports an error met on a socket [`Replication::connection`] gave.
+    pub fn failed(&self, generation: u64, err: &RedisError) {
+        self.socket.failed(generation, err);
+    }
+
+    /// Returns once `min` replicas have everything the primary applied before this call,
+    /// as seen on socket `generation` (the caller's write, or the writes its refusal read);
+    /// 503 if fewer confirm within the timeout, or if that socket is gone.
+    pub async fn confirm(&self, generation: u64) -> Result<(), ApiError> {
         let (tell, told) = oneshot::channel();
         self.askers
-            .send(tell)
+            .send((generation, tell))
             .map_err(|_| ApiError::Internal("the replication task has stopped".into()))?;
         let confirmed = told
             .await
@@ -64,25 +180,43 @@ impl Replication {
 }
 
 async fn confirm_in_groups(
-    mut redis: ConnectionManager,
+    socket: Arc<Socket>,
+    fence: String,
     min: u32,
     timeout: Duration,
-    mut waiting: mpsc::UnboundedReceiver<Confirmation>,
+    mut waiting: mpsc::UnboundedReceiver<Asker>,
 ) {
     while let Some(first) = waiting.recv().await {
         let mut group = vec![first];
         while let Ok(next) = waiting.try_recv() {
             group.push(next);
         }
-        let confirmed: Result<u32, String> = redis::cmd("WAIT")
-            .arg(min)
-            .arg(timeout.as_millis() as u64)
-            .query_async(&mut redis)
-            .await
-            .map_err(|err| err.to_string());
-        for asker in group {
+        let confirmed: Result<(u64, u32), String> = async {
+            let mut bound = socket.get().await.map_err(|err| err.to_string())?;
+            let (_, count): (i64, u32) = redis::pipe()
+                .incr(&fence, 1)
+                .cmd("WAIT")
+                .arg(min)
+                .arg(timeout.as_millis() as u64)
+                .query_async(&mut bound.connection)
+                .await
+                .map_err(|err| {
+                    socket.failed(bound.generation, &err);
+                    err.to_string()
+                })?;
+            Ok((bound.generation, count))
+        }
+        .await;
+        for (generation, asker) in group {
+            let answer = match &confirmed {
+                Ok((waited_on, count)) if *waited_on == generation => Ok(*count),
+                Ok(_) => Err("the socket the write went out on broke before its WAIT: \
+                              whether the replicas have it is unknown"
+                    .to_owned()),
+                Err(err) => Err(err.clone()),
+            };
             // An asker that went away needs no answer.
-            let _ = asker.send(confirmed.clone());
+            let _ = asker.send(answer);
         }
     }
 }

@@ -187,6 +187,63 @@ async fn the_worker_rides_out_a_postgresql_outage_without_skipping_or_duplicatin
     env.shutdown().await;
 }
 
+/// A batch that met a lock timeout (SQLSTATE 55P03, which diesel-async reports as `Unknown`)
+/// met a busy database, not a bad event: it must come back to the worker to retry, never be
+/// set aside as REJECTED, which would turn a 201's event into a final NOT_ISSUED and let a
+/// rebuild sell its slot again. Forced: another session holds the rows' table locked, and
+/// the inserting session waits at most 100 ms for it.
+#[actix_web::test]
+async fn a_batch_that_met_a_lock_timeout_is_retried_not_rejected() {
+    use coupon_core::db::batch_insert::{SourcedIssue, persist_isolating};
+    use diesel_async::RunQueryDsl;
+
+    let env = TestEnv::start(0).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    let mut holder = env.pg().await;
+    for statement in ["BEGIN", "LOCK TABLE coupon_issues IN ACCESS EXCLUSIVE MODE"] {
+        diesel::sql_query(statement)
+            .execute(&mut holder)
+            .await
+            .unwrap();
+    }
+    let mut conn = env.pg().await;
+    diesel::sql_query("SET lock_timeout = '100ms'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let event = IssueEvent::new(
+        CouponId::new(coupon).unwrap(),
+        UserId::new(1).unwrap(),
+        Utc::now(),
+    );
+    let issue = SourcedIssue {
+        event: event.clone(),
+        source: "test:0:0".into(),
+        trace: None,
+    };
+
+    let blocked = persist_isolating(&mut conn, std::slice::from_ref(&issue), Vec::new()).await;
+    assert!(
+        blocked.is_err(),
+        "a lock timeout was taken as the event's fault: {blocked:?}"
+    );
+    assert!(
+        support::failed_events(&env).await.is_empty(),
+        "the event was set aside"
+    );
+
+    diesel::sql_query("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let retried = persist_isolating(&mut conn, &[issue], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(retried.inserted, 1);
+    assert_eq!(env.rows(coupon).await, vec![1]);
+    env.shutdown().await;
+}
+
 #[actix_web::test]
 async fn postgresql_refuses_more_rows_than_the_quantity_and_keeps_the_surplus() {
     let env = TestEnv::start(1).await;
@@ -333,7 +390,7 @@ async fn a_slot_whose_api_died_before_publishing_is_published_by_another() {
 
 #[actix_web::test]
 async fn poison_events_are_set_aside_retried_on_schedule_and_replayable() {
-    use coupon_core::db::failed_events::Redriven;
+    use coupon_core::db::redrive::Redriven;
     use support::{make_retries_due, wait_for_failed};
     let env = TestEnv::start(1).await;
     let coupon = env.coupon_with_quantity(5).await;
@@ -395,7 +452,7 @@ async fn poison_events_are_set_aside_retried_on_schedule_and_replayable() {
     // The coupon now exists: an operator replays the orphan, and it becomes a row.
     assert_eq!(env.coupon_with_quantity(5).await, ghost);
     let mut conn = env.pg().await;
-    let replayed = coupon_core::db::failed_events::replay(&mut conn, orphan_id)
+    let replayed = coupon_core::db::redrive::replay(&mut conn, orphan_id)
         .await
         .unwrap();
     assert_eq!(replayed, Some(Redriven::Recovered));
@@ -420,7 +477,7 @@ async fn poison_events_are_set_aside_retried_on_schedule_and_replayable() {
         failed.iter().find(|r| r.id == orphan_id).unwrap().status,
         "RECOVERED"
     );
-    let replayed = coupon_core::db::failed_events::replay(&mut conn, garbage_id)
+    let replayed = coupon_core::db::redrive::replay(&mut conn, garbage_id)
         .await
         .unwrap();
     assert!(
@@ -428,7 +485,7 @@ async fn poison_events_are_set_aside_retried_on_schedule_and_replayable() {
         "{replayed:?}"
     );
     assert_eq!(
-        coupon_core::db::failed_events::replay(&mut conn, 999_999)
+        coupon_core::db::redrive::replay(&mut conn, 999_999)
             .await
             .unwrap(),
         None

@@ -12,7 +12,6 @@ use coupon_core::config::QueueKind;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::intercept::{At, Intercepted, has_arg};
 use coupon_core::ledger::{Ledger, PendingEntry};
-use issuer_api::delivery::kafka::reconciler::reconcile_once;
 use issuer_bench::kafka_cluster::KafkaCluster;
 use redis::AsyncCommands;
 use support::TestEnv;
@@ -177,7 +176,7 @@ async fn a_reconciler_publishes_each_entry_as_soon_as_it_claims_it() {
     // Keys of its own: the API's reconciler does not look here.
     let prefix = format!("{}own:", env.redis_prefix);
     let issuer = env.issuer(&prefix).await;
-    let kafka = issuer.delivery().kafka().unwrap().clone();
+    let delivery = issuer.delivery().clone();
     let scripts = AdmissionScripts::new(prefix.clone(), QueueKind::Kafka);
     let ledger = Ledger::new(prefix.clone());
     let mut redis = env.redis().await;
@@ -215,7 +214,7 @@ async fn a_reconciler_publishes_each_entry_as_soon_as_it_claims_it() {
             Ok(())
         },
     );
-    let settled = reconcile_once(&kafka, &mut con).await.unwrap();
+    let settled = delivery.reconcile_once(&mut con).await.unwrap();
 
     assert!(
         first_on_its_way.load(Ordering::SeqCst),
@@ -224,5 +223,24 @@ async fn a_reconciler_publishes_each_entry_as_soon_as_it_claims_it() {
     assert_eq!(settled, 2);
     let left = ledger.entries(&mut redis, coupon_id).await.unwrap();
     assert!(left.is_empty(), "still pending: {left:?}");
+    env.shutdown().await;
+}
+
+/// Issue 22, finding 7: a rebuild waits one publish window for the publishes started before
+/// Redis lost its state. A process with a shorter PUBLISH_TIMEOUT_MS than the APIs'
+/// (`rebuild-redis` run with default settings) must still wait theirs: the window comes
+/// from one shared place, where every API records its own.
+#[actix_web::test]
+async fn a_rebuild_honours_the_longest_publish_window_any_api_runs_with() {
+    let env = TestEnv::start(0).await;
+    let slow = ["--publish-timeout-ms=20000".to_owned()];
+    let (_other, _) = env.start_another_api(&slow).await;
+    let issuer = env.issuer(&format!("{}own:", env.redis_prefix)).await;
+
+    let window = issuer.delivery().in_flight_window().await.unwrap();
+    assert!(
+        window >= Duration::from_millis(20_000),
+        "a rebuild here would wait {window:?}, less than another API's publishes may take"
+    );
     env.shutdown().await;
 }

@@ -12,8 +12,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use coupon_core::config::QueueKind;
+use issuer_api::replication::{Replication, Socket};
 use issuer_bench::proxy::CuttableProxy;
 use issuer_bench::redis_server::RedisServer;
+use redis::AsyncCommands;
 use support::TestEnv;
 
 fn data_dir(name: &str) -> std::path::PathBuf {
@@ -230,4 +232,87 @@ async fn an_admission_is_answered_only_once_the_replica_has_it() {
     assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
     env.shutdown().await;
     redis.stop();
+}
+
+/// WAIT confirms the writes of its own connection only. An admission written on a
+/// connection that then drops, confirmed by a WAIT on the new connection the client made,
+/// would be "confirmed" with the replica never having it (a new connection has written
+/// nothing, so WAIT returns at once): that is unknown, 503, never a 201. Forced: the write,
+/// then `CLIENT KILL` of the admissions' connection, then the client reconnected, then the
+/// confirmation. A write on the new connection is confirmed as usual.
+#[actix_web::test]
+async fn a_wait_on_a_connection_made_after_the_write_confirms_nothing() {
+    let mut redis = Replicated::start("wait-reconnect").await;
+    redis.synced().await;
+    let client = redis::Client::open(redis.primary.url()).unwrap();
+    let replication = Replication::start(
+        Socket::new(client, Duration::from_secs(2)),
+        "fence".to_owned(),
+        1,
+        Duration::from_millis(500),
+    );
+    let mut written = replication.connection().await.unwrap();
+    let id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut written.connection)
+        .await
+        .unwrap();
+    let _: () = written.connection.set("admitted", "1").await.unwrap();
+
+    let mut admin = redis::Client::open(redis.primary.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(id)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // The next command on the socket meets it dead, and the next caller gets a new one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut now = loop {
+        let mut bound = replication.connection().await.unwrap();
+        match redis::cmd("PING")
+            .query_async::<String>(&mut bound.connection)
+            .await
+        {
+            Ok(_) if bound.generation != written.generation => break bound,
+            Ok(_) => {}
+            Err(err) => replication.failed(bound.generation, &err),
+        }
+        assert!(Instant::now() < deadline, "the socket was never replaced");
+    };
+
+    let confirmed = replication.confirm(written.generation).await;
+    assert!(
+        confirmed.is_err(),
+        "a WAIT on another connection than the write's confirmed it"
+    );
+    let _: () = now.connection.set("admitted", "2").await.unwrap();
+    replication.confirm(now.generation).await.unwrap();
+    redis.stop();
+}
+
+/// `WAIT n 0` blocks for ever: with REDIS_REPLICA_TIMEOUT_MS=0 one replica away would hold
+/// the admissions' connection, and every admission behind it, until Redis comes back.
+#[actix_web::test]
+async fn a_replica_timeout_of_zero_is_refused_at_start() {
+    let env = TestEnv::start(0).await;
+    let refused = env
+        .build_another_api(&[
+            "--redis-min-replicas=1".to_owned(),
+            "--redis-replica-timeout-ms=0".to_owned(),
+        ])
+        .await;
+    let err = refused
+        .err()
+        .expect("an API that could block for ever started");
+    assert!(
+        format!("{err:#}").contains("REDIS_REPLICA_TIMEOUT_MS"),
+        "{err:#}"
+    );
+    env.shutdown().await;
 }

@@ -1,7 +1,8 @@
 //! `issuer-worker dlq list|replay`: what an operator runs to see and re-drive failed events.
 
 use anyhow::{Context, bail};
-use coupon_core::db::failed_events::{Redriven, list, replay, unrecovered_ids};
+use coupon_core::db::failed_events::{list, unrecovered_ids};
+use coupon_core::db::redrive::{Redriven, replay};
 
 use crate::config::{Config, DlqCommand};
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use coupon_core::config::QueueKind;
 use coupon_core::db::batch_insert::{BatchOutcome, FailedEvent, FailureReason, persist_isolating};
-use coupon_core::db::failed_events::{Redriven, redrive_due};
 use coupon_core::db::pool::PgPool;
+use coupon_core::db::redrive::{Redriven, redrive_due};
 use coupon_core::startup::prepare;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;

@@ -144,23 +144,40 @@ pub async fn persist_batch(
     .await
 }
 
-/// Whether the database (its connection, its transaction), not the data, failed: the same
-/// batch may succeed on a retry. Anything else may be one event's values, and is looked at
-/// event by event.
+/// Whether the database (its connection, its transaction, its load), not the data, failed:
+/// the same batch may succeed on a retry. Only a refusal of the values is final, and is
+/// looked at event by event.
+///
+/// diesel-async reports every SQLSTATE it does not name as `Unknown`, without the code:
+/// deadlock (40P01), lock timeout (55P03), statement timeout (57014), too many connections
+/// (53300), administrator shutdown (57P01), cannot connect now (57P03), disk full (53100).
+/// Each of those is the database's state, not the event's, and taking one as final would
+/// set a 201's event aside as REJECTED (a NOT_ISSUED status, a slot a rebuild sells again).
+/// So `Unknown` is retried. The data exceptions of class 22 come back as `Unknown` too, but
+/// cannot come from these inserts: every value is typed and encoded by diesel within
+/// PostgreSQL's ranges, and text fields carry no NUL. Were one to come anyway, the batch is
+/// retried with the worker's back-off and counted, never set aside silently.
 pub fn is_transient(err: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind as Kind, Error};
-    matches!(
-        err,
+    match err {
+        // A constraint refused the values: final for the event that carries them.
         Error::DatabaseError(
-            Kind::ClosedConnection
-                | Kind::UnableToSendCommand
-                | Kind::SerializationFailure
-                | Kind::ReadOnlyTransaction,
-            _
-        ) | Error::BrokenTransactionManager
-            | Error::AlreadyInTransaction
-            | Error::NotInTransaction
-    )
+            Kind::UniqueViolation
+            | Kind::ForeignKeyViolation
+            | Kind::NotNullViolation
+            | Kind::CheckViolation
+            | Kind::RestrictViolation
+            | Kind::ExclusionViolation,
+            _,
+        ) => false,
+        Error::DatabaseError(_, _)
+        | Error::BrokenTransactionManager
+        | Error::AlreadyInTransaction
+        | Error::NotInTransaction => true,
+        // Encoding, decoding or building the query failed here, in the client: no retry
+        // changes that.
+        _ => false,
+    }
 }
 
 /// Persists the batch; if PostgreSQL refuses it for a reason that is not transient, persists

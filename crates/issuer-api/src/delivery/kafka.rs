@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::config::KafkaArgs;
+use coupon_core::db::pool::PgPool;
+use coupon_core::db::publish_window;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
 use coupon_core::kafka::{GroupOffsets, wait_for_group};
@@ -27,6 +29,7 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::replication::Replication;
 use publisher::Publisher;
 use settler::Settler;
 
@@ -51,6 +54,9 @@ pub struct KafkaDelivery {
     /// Longest a publish can take to report: a pending slot older than this whose request
     /// never reported belongs to an API that died, and is published by others.
     publish_window: Duration,
+    reconcile_interval: Duration,
+    pool: PgPool,
+    replication: Option<Replication>,
 }
 
 /// How a KafkaDelivery is put together.
@@ -60,6 +66,12 @@ pub struct KafkaSettings {
     pub worker_group: String,
     pub publish_timeout: Duration,
     pub rebuild_timeout: Duration,
+    /// Pause between the reconciler's passes.
+    pub reconcile_interval: Duration,
+    /// Where the publish window every rebuild honours is kept.
+    pub pool: PgPool,
+    /// When replicas must confirm: a claim is confirmed before its republish.
+    pub replication: Option<Replication>,
 }
 
 impl KafkaDelivery {
@@ -74,6 +86,9 @@ impl KafkaDelivery {
             worker_group,
             publish_timeout,
             rebuild_timeout,
+            reconcile_interval,
+            pool,
+            replication,
         } = settings;
         let publish_window = publish_timeout + PUBLISH_REPORT_MARGIN;
         metrics.publish_window.set(publish_window.as_secs_f64());
@@ -93,11 +108,19 @@ impl KafkaDelivery {
             rebuild_timeout,
             metrics,
             publish_window,
+            reconcile_interval,
+            pool,
+            replication,
         })
     }
 
-    pub fn publish_window(&self) -> Duration {
-        self.publish_window
+    /// Records this process's publish window where every process reads it, and returns
+    /// the longest any has recorded: a rebuild run from a process with a shorter
+    /// PUBLISH_TIMEOUT_MS than the APIs' (`rebuild-redis` with default settings) must
+    /// still wait for theirs.
+    pub async fn shared_publish_window(&self) -> Result<Duration, ApiError> {
+        let mut conn = self.pool.get().await?;
+        Ok(publish_window::record(&mut conn, self.publish_window).await?)
     }
 
     /// The first publish of a new admission, by the request that owns its entry.
@@ -130,16 +153,31 @@ impl KafkaDelivery {
     }
 
     /// Takes the user's pending entry to publish it again, if its owner's window is over.
+    /// When replicas must confirm, the claim runs on the replication socket and is
+    /// confirmed before it is returned: a primary cut off from its replicas (a split brain)
+    /// then republishes nothing a promoted replica does not know of.
     pub async fn claim<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: CouponId,
         user: UserId,
     ) -> Result<Claim, ApiError> {
-        Ok(self
+        let Some(replication) = &self.replication else {
+            return Ok(self
+                .ledger
+                .claim(con, coupon, user, self.publish_window)
+                .await?);
+        };
+        let mut bound = replication.connection().await?;
+        let claim = self
             .ledger
-            .claim(con, coupon, user, self.publish_window)
-            .await?)
+            .claim(&mut bound.connection, coupon, user, self.publish_window)
+            .await
+            .inspect_err(|err| replication.failed(bound.generation, err))?;
+        if let Claim::Claimed(_) = &claim {
+            replication.confirm(bound.generation).await?;
+        }
+        Ok(claim)
     }
 
     /// Publishes a claimed entry again. On acknowledgement the slot is settled; on any
@@ -182,12 +220,14 @@ impl KafkaDelivery {
     /// Lets every publish started before Redis lost its entries report: a publish starts
     /// as soon as its entry is owned, so one publish window after the loss every such
     /// event has landed (or failed), and the log's end taken next covers it.
-    pub async fn let_publishes_report(&self) {
+    pub async fn let_publishes_report(&self) -> Result<(), ApiError> {
+        let window = self.shared_publish_window().await?;
         tracing::info!(
-            window_ms = self.publish_window.as_millis() as u64,
+            window_ms = window.as_millis() as u64,
             "rebuild: letting publishes started before the loss report"
         );
-        tokio::time::sleep(self.publish_window).await;
+        tokio::time::sleep(window).await;
+        Ok(())
     }
 
     /// Waits for the workers to persist everything the log holds now.

@@ -16,8 +16,6 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::jwt::Refusal;
-
 /// The public-key algorithms a JWKS key may be for.
 pub const ALGORITHMS: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
 const MIN_REFRESH: Duration = Duration::from_secs(10);
@@ -32,6 +30,19 @@ pub enum Source {
         url: String,
         tls: Arc<rustls::ClientConfig>,
     },
+}
+
+/// Why no key could be had for a token.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The set could not be read, and the key is not among the keys we have.
+    #[error(transparent)]
+    Unavailable(FetchError),
+    #[error("the token's key {0:?} is not one of the issuer's keys")]
+    Unknown(String),
+    /// The key is for another algorithm than the token names.
+    #[error("the token's algorithm {0:?} is not accepted for its key")]
+    Algorithm(Algorithm),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +161,7 @@ impl KeySet {
 
     /// The key `kid` names, if it is for `alg`: a key of another algorithm is refused, so
     /// no token picks how our key is used.
-    pub async fn key(&self, kid: &str, alg: Algorithm) -> Result<Arc<DecodingKey>, Refusal> {
+    pub async fn key(&self, kid: &str, alg: Algorithm) -> Result<Arc<DecodingKey>, KeyError> {
         if let Some((found, fresh)) = self.lookup(kid)
             && fresh
         {
@@ -159,8 +170,8 @@ impl KeySet {
         let read_failed = self.refresh().await;
         match (self.lookup(kid), read_failed) {
             (Some((found, _)), _) => matching(kid, found, alg),
-            (None, Some(err)) => Err(Refusal::KeysUnavailable(err)),
-            (None, None) => Err(Refusal::UnknownKey(kid.to_owned())),
+            (None, Some(err)) => Err(KeyError::Unavailable(err)),
+            (None, None) => Err(KeyError::Unknown(kid.to_owned())),
         }
     }
 
@@ -212,12 +223,12 @@ fn matching(
     kid: &str,
     (key_alg, key): (Algorithm, Arc<DecodingKey>),
     alg: Algorithm,
-) -> Result<Arc<DecodingKey>, Refusal> {
+) -> Result<Arc<DecodingKey>, KeyError> {
     if key_alg == alg {
         Ok(key)
     } else {
         tracing::debug!(kid, ?key_alg, token_alg = ?alg, "token names a key of another algorithm");
-        Err(Refusal::Algorithm(alg))
+        Err(KeyError::Algorithm(alg))
     }
 }
 

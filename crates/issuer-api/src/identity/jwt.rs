@@ -12,7 +12,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::{Map, Value};
 
-use super::jwks::{self, KeySet};
+use super::jwks::{self, KeyError, KeySet};
 use crate::config::IdentityArgs;
 
 /// What a verified token says about its bearer.
@@ -50,6 +50,16 @@ pub enum Refusal {
     User(String),
     #[error("the signing keys cannot be read")]
     KeysUnavailable(#[source] jwks::FetchError),
+}
+
+impl From<KeyError> for Refusal {
+    fn from(err: KeyError) -> Self {
+        match err {
+            KeyError::Unavailable(err) => Self::KeysUnavailable(err),
+            KeyError::Unknown(kid) => Self::UnknownKey(kid),
+            KeyError::Algorithm(alg) => Self::Algorithm(alg),
+        }
+    }
 }
 
 pub struct Verifier {

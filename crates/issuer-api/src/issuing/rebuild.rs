@@ -5,7 +5,9 @@
 //! unsettled set). They are read in that order's reverse: first the unsettled set, then,
 //! once everything that left it is persisted, PostgreSQL. Read the other way round, an event
 //! could leave the unsettled set after PostgreSQL was read (a worker's batch committing, a
-//! publish being acknowledged) and its user would be in neither (issue 10, finding 4).
+//! publish being acknowledged) and its user would be in neither.
+//! The coupon is closed to admission from the moment its lease is taken: a user admitted
+//! while a rebuild reads could be released after it, and written back with no event.
 //! Only then is each meta written, stamped with the epoch of the Redis instance the rebuild
 //! read (`coupon_core::epoch`), which reopens admission. A state verified under another
 //! instance (Redis restarted, perhaps from a file that lost its tail, or failed over) takes
@@ -13,6 +15,7 @@
 
 use std::time::Duration;
 
+use coupon_core::admission::RebuildLease;
 use coupon_core::db::coupons::{coupon_holders, find_coupon};
 use coupon_core::domain::{Coupon, CouponId};
 use coupon_core::epoch::instance_epoch;
@@ -59,27 +62,24 @@ impl Issuer {
     }
 
     /// Restores coupons' Redis state, each under a lease so only one process rebuilds a
-    /// coupon at a time. Many coupons share one wait.
+    /// coupon at a time, and each closed to admission for the whole rebuild (the lease
+    /// closes it), open or not before. Many coupons share one wait.
     pub async fn rebuild(
         &self,
         coupons: &[CouponId],
     ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
         let mut redis = self.redis.clone();
-        let window = self
-            .delivery
-            .kafka()
-            .map_or(Duration::ZERO, |kafka| kafka.publish_window());
-        let lease = window + self.rebuild_timeout + REBUILD_LEASE_MARGIN;
+        let lease =
+            self.delivery.in_flight_window().await? + self.rebuild_timeout + REBUILD_LEASE_MARGIN;
         let (mut leased, mut done) = (Vec::new(), Vec::new());
         for &coupon in coupons {
-            if self
+            match self
                 .scripts
                 .try_lease_rebuild(&mut redis, coupon, lease)
                 .await?
             {
-                leased.push(coupon);
-            } else {
-                done.push((coupon, Rebuilt::AlreadyRunning));
+                Some(held) => leased.push(held),
+                None => done.push((coupon, Rebuilt::AlreadyRunning)),
             }
         }
         if leased.is_empty() {
@@ -98,26 +98,33 @@ impl Issuer {
         } else {
             "failed"
         });
-        for &coupon in &leased {
-            if let Err(err) = self.scripts.end_rebuild_lease(&mut redis, coupon).await {
-                tracing::warn!(%coupon, error = %err, "rebuild lease not released; it will expire");
+        for held in &leased {
+            if let Err(err) = self.scripts.end_rebuild_lease(&mut redis, held).await {
+                tracing::warn!(coupon = %held.coupon, error = %err,
+                    "rebuild lease not released; it will expire");
             }
         }
         done.extend(restored?);
         Ok(done)
     }
 
-    /// Finds every holder of `coupons`, then writes them and the meta back.
+    /// Finds every holder of the leased coupons, then writes them and the meta back.
     async fn restore<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
-        coupons: &[CouponId],
+        leased: &[RebuildLease],
     ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
         // Everything read from here on is verified under this instance only.
         let epoch = instance_epoch(con).await?;
+        let coupons: Vec<CouponId> = leased.iter().map(|held| held.coupon).collect();
         let mut rebuilt = Vec::with_capacity(coupons.len());
-        for (record, holders) in self.holders(con, coupons).await? {
-            if !self.scripts.restore(con, &record, &holders, &epoch).await? {
+        for ((record, holders), held) in self.holders(con, &coupons).await?.into_iter().zip(leased)
+        {
+            if !self
+                .scripts
+                .restore(con, &record, &holders, &epoch, held)
+                .await?
+            {
                 return Err(ApiError::Rebuilding(record.id.get()));
             }
             tracing::info!(coupon = %record.id, holders = holders.len(), "rebuild: admission reopened");
@@ -138,7 +145,7 @@ impl Issuer {
         con: &mut C,
         coupons: &[CouponId],
     ) -> Result<Vec<(Coupon, Vec<i64>)>, ApiError> {
-        self.delivery.let_in_flight_report().await;
+        self.delivery.let_in_flight_report().await?;
         let mut unsettled = Vec::with_capacity(coupons.len());
         for &coupon in coupons {
             unsettled.push(self.delivery.unsettled_users(con, coupon).await?);

@@ -5,8 +5,6 @@
 //! A coupon with nothing pending that can take no more slots leaves the registry, and so
 //! these passes (`coupon_core::registry`).
 
-use std::time::Duration;
-
 use std::collections::BTreeMap;
 
 use coupon_core::ledger::{Claim, PendingState};
@@ -18,11 +16,11 @@ use super::KafkaDelivery;
 use crate::error::ApiError;
 use crate::metrics::StateLabels;
 
-pub async fn run(delivery: KafkaDelivery, interval: Duration, shutdown: CancellationToken) {
+pub async fn run(delivery: KafkaDelivery, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(delivery.reconcile_interval) => {}
         }
         let mut redis = delivery.redis.clone();
         match reconcile_once(&delivery, &mut redis).await {

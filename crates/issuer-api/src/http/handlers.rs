@@ -1,30 +1,18 @@
 //! Request handlers: parse, call the domain, answer with the contract's shapes.
 
-use std::sync::Arc;
-
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
 use coupon_core::domain::{Admission, CouponId, UserId};
 use serde_json::json;
 
-use crate::contract::{
+use super::contract::{
     CouponCreated, CouponView, CreateCouponRequest, IssueAnswer, IssueRequest, IssueStatus,
     IssueStatusView, Object, UserCoupon, UserCouponsView, path_id,
 };
+use super::state::AppState;
 use crate::error::ApiError;
-use crate::identity::{Caller, Identity};
-use crate::issuing::{Holding, Issuer};
-use crate::metrics::Metrics;
-use crate::operations::Operations;
-use crate::rate_limit::RateLimiter;
-
-pub struct AppState {
-    pub issuer: Issuer,
-    pub identity: Identity,
-    pub metrics: Arc<Metrics>,
-    pub operations: Arc<Operations>,
-    pub limiter: RateLimiter,
-}
+use crate::identity::Caller;
+use crate::issuing::Holding;
 
 pub async fn create_coupon(
     caller: Caller,
@@ -152,7 +140,7 @@ pub async fn openapi() -> HttpResponse {
         .body(OPENAPI)
 }
 
-const OPENAPI: &str = include_str!("../openapi.json");
+const OPENAPI: &str = include_str!("../../openapi.json");
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))

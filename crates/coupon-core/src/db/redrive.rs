@@ -1,0 +1,146 @@
+//! Retrying failed events: on their schedule, by any worker, or by an operator's replay.
+//! Each one is RECOVERED once it becomes a row, or ABANDONED for a person.
+//!
+//! A retry runs the event through the same guarded batch insert as the live path, so it
+//! can never oversell or duplicate.
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use crate::db::batch_insert::{SourcedIssue, is_transient, persist_batch};
+use crate::db::failed_events::{FailedEventRow, RETRY_SCHEDULE, Status};
+use crate::db::schema::failed_events;
+use crate::event::IssueEvent;
+
+/// What one retry did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redriven {
+    /// The event is a row now (or was already).
+    Recovered,
+    /// Still not a row; it will be retried at this time.
+    RetryAt(chrono::DateTime<Utc>),
+    /// Still not a row, and no retry is left: a person must look.
+    Abandoned(String),
+}
+
+/// Retries every failed event whose time has come, each in its own transaction, with
+/// `SKIP LOCKED` so that several workers share the work without doing any twice.
+/// Returns what happened to each.
+pub async fn redrive_due(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+) -> QueryResult<Vec<(i64, Redriven)>> {
+    let mut done = Vec::new();
+    for _ in 0..limit {
+        let next = conn
+            .transaction(async |conn| {
+                let due: Option<FailedEventRow> = failed_events::table
+                    .select(FailedEventRow::as_select())
+                    .filter(
+                        failed_events::status
+                            .eq_any([Status::Pending.as_str(), Status::Retrying.as_str()]),
+                    )
+                    .filter(failed_events::next_retry_at.le(Utc::now()))
+                    .order(failed_events::id)
+                    .for_update()
+                    .skip_locked()
+                    .first(conn)
+                    .await
+                    .optional()?;
+                match due {
+                    Some(row) => Ok::<_, diesel::result::Error>(Some((
+                        row.id,
+                        redrive(conn, &row, false).await?,
+                    ))),
+                    None => Ok(None),
+                }
+            })
+            .await?;
+        match next {
+            Some(result) => done.push(result),
+            None => break,
+        }
+    }
+    Ok(done)
+}
+
+/// An operator's replay of one failed event, whatever its schedule says; None if there
+/// is no such event. A replay that fails leaves the event ABANDONED with the new reason.
+pub async fn replay(conn: &mut AsyncPgConnection, id: i64) -> QueryResult<Option<Redriven>> {
+    conn.transaction(async |conn| {
+        let row: Option<FailedEventRow> = failed_events::table
+            .find(id)
+            .select(FailedEventRow::as_select())
+            .for_update()
+            .first(conn)
+            .await
+            .optional()?;
+        match row {
+            Some(row) => Ok(Some(redrive(conn, &row, true).await?)),
+            None => Ok(None),
+        }
+    })
+    .await
+}
+
+async fn redrive(
+    conn: &mut AsyncPgConnection,
+    row: &FailedEventRow,
+    by_operator: bool,
+) -> QueryResult<Redriven> {
+    let failure = match IssueEvent::decode(&row.payload) {
+        Err(err) => Some(err.to_string()),
+        Ok(event) => {
+            let issue = SourcedIssue {
+                event,
+                source: row.source.clone(),
+                trace: None,
+            };
+            // The failed event of this very source is already recorded: a repeat failure
+            // inside is ignored by its unique source, and reported back here. An event
+            // PostgreSQL refuses again is a failure of the event (its insert ran in a
+            // savepoint, so this transaction goes on); a failing database is the caller's.
+            match persist_batch(conn, &[issue], Vec::new()).await {
+                Ok(outcome) => outcome
+                    .failed
+                    .as_slice()
+                    .first()
+                    .map(|f| format!("{}: {}", f.reason.as_str(), f.detail)),
+                Err(err) if !is_transient(&err) => {
+                    Some(format!("REJECTED: PostgreSQL refused the event: {err}"))
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    };
+    let attempts = row.attempts + 1;
+    let now = Utc::now();
+    let (status, next, result) = match failure {
+        None => (Status::Recovered, None, Redriven::Recovered),
+        Some(reason) => match RETRY_SCHEDULE.get(attempts as usize) {
+            Some(wait) if !by_operator => (
+                Status::Retrying,
+                Some(now + *wait),
+                Redriven::RetryAt(now + *wait),
+            ),
+            _ => (Status::Abandoned, None, Redriven::Abandoned(reason)),
+        },
+    };
+    // An abandoned event shows why its last try failed, which is what a person needs.
+    let detail = match &result {
+        Redriven::Abandoned(reason) => reason.clone(),
+        _ => row.detail.clone(),
+    };
+    diesel::update(failed_events::table.find(row.id))
+        .set((
+            failed_events::status.eq(status.as_str()),
+            failed_events::attempts.eq(attempts),
+            failed_events::next_retry_at.eq(next),
+            failed_events::detail.eq(detail),
+            failed_events::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(result)
+}

@@ -1,0 +1,98 @@
+//! The routes, as tables: the public contract's and the operations'. The OpenAPI test
+//! compares the document with these tables, so a route added here without its line in the
+//! document fails there.
+
+use actix_web::http::Method;
+use actix_web::{FromRequest, Handler, Resource, Responder, web};
+
+use super::handlers;
+
+/// One route: a path served with one method.
+pub struct Route {
+    pub path: &'static str,
+    pub method: Method,
+    serve: fn(&'static str, Method) -> Resource,
+}
+
+/// The routes of the contract. The hot route first: actix tries resources in order, and
+/// each dynamic one it passes costs a regex match (the largest user-space cost of a
+/// sold-out request in a profile).
+pub const PUBLIC: [Route; 6] = [
+    Route {
+        path: "/api/v1/coupons/{couponId}/issues",
+        method: Method::POST,
+        serve: |path, method| resource(path, method, handlers::issue_coupon),
+    },
+    Route {
+        path: "/api/v1/coupons",
+        method: Method::POST,
+        serve: |path, method| resource(path, method, handlers::create_coupon),
+    },
+    Route {
+        path: "/api/v1/coupons/{couponId}",
+        method: Method::GET,
+        serve: |path, method| resource(path, method, handlers::get_coupon),
+    },
+    Route {
+        path: "/api/v1/coupons/{couponId}/issues/{userId}",
+        method: Method::GET,
+        serve: |path, method| resource(path, method, handlers::issue_status),
+    },
+    Route {
+        path: "/api/v1/users/{userId}/coupons",
+        method: Method::GET,
+        serve: |path, method| resource(path, method, handlers::list_user_coupons),
+    },
+    Route {
+        path: "/openapi.json",
+        method: Method::GET,
+        serve: |path, method| resource(path, method, handlers::openapi),
+    },
+];
+
+/// The operations routes: beside the API, or on their own listener (ISSUER_OPS_LISTEN).
+pub const OPERATIONS: [Route; 3] = [
+    Route {
+        path: "/metrics",
+        method: Method::GET,
+        serve: |path, method| resource(path, method, handlers::metrics),
+    },
+    Route {
+        path: "/healthz",
+        method: Method::GET,
+        serve: |path, method| resource(path, method, handlers::healthz),
+    },
+    Route {
+        path: "/readyz",
+        method: Method::GET,
+        serve: |path, method| resource(path, method, handlers::readyz),
+    },
+];
+
+/// Registers the public routes; a known path with another method answers 405 in JSON.
+pub fn public(cfg: &mut web::ServiceConfig) {
+    register(cfg, &PUBLIC);
+}
+
+pub fn operations(cfg: &mut web::ServiceConfig) {
+    register(cfg, &OPERATIONS);
+}
+
+fn register(cfg: &mut web::ServiceConfig, table: &[Route]) {
+    for route in table {
+        cfg.service((route.serve)(route.path, route.method.clone()));
+    }
+}
+
+/// A path served with one method; any other answers 405 with `Allow` naming it (RFC 9110).
+fn resource<F, Args>(path: &str, method: Method, handler: F) -> Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    let allow = method.clone();
+    web::resource(path)
+        .route(web::method(method).to(handler))
+        .default_service(web::to(move || handlers::method_not_allowed(allow.clone())))
+}

@@ -1,0 +1,206 @@
+//! Issuing one coupon to one user: admit in Redis, hand the event to its delivery, answer.
+//! Beside it: the reads the HTTP contract makes (`reads`), what the operations view probes
+//! (`probes`), and restoring Redis from PostgreSQL (`rebuild`).
+//!
+//! Invariants: a SUCCESS answer is given only once the event is durably queued (see
+//! `crate::delivery`). A user is told "yours" only when it is known: while someone else's
+//! delivery of their event is unresolved, the answer is 503, retry.
+
+mod probes;
+mod reads;
+mod rebuild;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coupon_core::admission::{AdmissionScripts, AdmitReply};
+use coupon_core::db::coupons::{NewCoupon, insert_coupon};
+use coupon_core::db::pool::PgPool;
+use coupon_core::domain::{Admission, Coupon, CouponId, UserId};
+use redis::aio::ConnectionManager;
+use tracing::Instrument;
+
+use crate::delivery::{Delivery, Pending};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::replication::Replication;
+
+pub use probes::Stock;
+pub use reads::Holding;
+pub use rebuild::Rebuilt;
+
+/// How long a request for a user whose event another request is delivering waits for that
+/// outcome before answering 503, and its first pause between looks (doubled each time, so a
+/// broker outage's retries cost a handful of looks each, not a hundred).
+const BUSY_WAIT: Duration = Duration::from_millis(500);
+const BUSY_FIRST_PAUSE: Duration = Duration::from_millis(5);
+
+#[derive(Clone)]
+pub struct Issuer {
+    redis: ConnectionManager,
+    scripts: AdmissionScripts,
+    pool: PgPool,
+    delivery: Delivery,
+    rebuild_timeout: Duration,
+    /// Confirms each admission on the replicas first, when REDIS_MIN_REPLICAS is set.
+    replication: Option<Replication>,
+    metrics: Arc<Metrics>,
+}
+
+impl Issuer {
+    pub fn new(
+        redis: ConnectionManager,
+        scripts: AdmissionScripts,
+        pool: PgPool,
+        delivery: Delivery,
+        rebuild_timeout: Duration,
+        replication: Option<Replication>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            redis,
+            scripts,
+            pool,
+            delivery,
+            rebuild_timeout,
+            replication,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+
+    /// Runs the whole decision on its own task: if the client goes away mid-request, the
+    /// admission and its publish (or release) still finish, so no slot is left taken
+    /// without an event behind it.
+    pub async fn issue(&self, coupon: CouponId, user: UserId) -> Result<Admission, ApiError> {
+        let this = self.clone();
+        // The task carries the request's span: its admission and publish are in its trace.
+        let work = async move { this.admit_and_deliver(coupon, user).await };
+        tokio::spawn(work.instrument(tracing::Span::current()))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?
+    }
+
+    async fn admit_and_deliver(
+        &self,
+        coupon: CouponId,
+        user: UserId,
+    ) -> Result<Admission, ApiError> {
+        let mut redis = self.redis.clone();
+        let waiting_since = tokio::time::Instant::now();
+        let mut pause = BUSY_FIRST_PAUSE;
+        loop {
+            let started = std::time::Instant::now();
+            let admitted = self
+                .run_admission(&mut redis, coupon, user)
+                .instrument(tracing::debug_span!("admission_script", %coupon, %user))
+                .await;
+            self.metrics
+                .admission_script
+                .observe(started.elapsed().as_secs_f64());
+            let (reply, written_on) = admitted?;
+            match reply {
+                AdmitReply::NotLoaded | AdmitReply::Unverified => {
+                    return Err(self.start_rebuild(coupon).await);
+                }
+                // These rest on slots taken earlier, by this user or others: such a refusal
+                // is as durable as those writes, or it may be a lie after a failover.
+                AdmitReply::Refused(
+                    admission @ (Admission::AlreadyIssued | Admission::SoldOut),
+                ) => {
+                    self.replicated(written_on).await?;
+                    return Ok(admission);
+                }
+                AdmitReply::Refused(admission) => return Ok(admission),
+                AdmitReply::Admitted(event) => {
+                    // The slot on the replicas a failover could promote first, then the
+                    // event queued: a primary cut off from its replicas (a split brain)
+                    // queues nothing a promoted replica does not know of.
+                    self.replicated(written_on).await?;
+                    self.delivery.deliver(event).await?;
+                    return Ok(Admission::Success);
+                }
+                AdmitReply::Pending => {}
+            }
+            match self
+                .delivery
+                .resolve_pending(&mut redis, coupon, user)
+                .await?
+            {
+                Pending::Delivered => return Ok(Admission::Success),
+                // Another request is delivering this user's event. Its outcome usually comes
+                // within milliseconds (a double click): wait for it, then ask admission
+                // again, which then knows the truth. Past the wait, nobody knows yet, and
+                // saying "yours" (409) could be a lie.
+                Pending::Busy if waiting_since.elapsed() < BUSY_WAIT => {
+                    let left = BUSY_WAIT.saturating_sub(waiting_since.elapsed());
+                    tokio::time::sleep(pause.min(left)).await;
+                    pause *= 2;
+                }
+                Pending::Busy => return Err(ApiError::PublishUnresolved),
+                // Delivered or given back between the two steps: admission knows now.
+                Pending::Absent => {}
+            }
+        }
+    }
+
+    /// Runs the admission script. When replicas must confirm, on the replication socket,
+    /// whose number comes back with the reply: a WAIT counts only on the socket that
+    /// carried the write (`crate::replication`).
+    async fn run_admission(
+        &self,
+        redis: &mut ConnectionManager,
+        coupon: CouponId,
+        user: UserId,
+    ) -> Result<(AdmitReply, Option<u64>), ApiError> {
+        let Some(replication) = &self.replication else {
+            return Ok((self.scripts.admit(redis, coupon, user).await?, None));
+        };
+        let mut bound = replication.connection().await?;
+        match self
+            .scripts
+            .admit(&mut bound.connection, coupon, user)
+            .await
+        {
+            Ok(reply) => Ok((reply, Some(bound.generation))),
+            Err(err) => {
+                replication.failed(bound.generation, &err);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// What the admission wrote or read on socket `written_on` is on the configured number
+    /// of replicas.
+    async fn replicated(&self, written_on: Option<u64>) -> Result<(), ApiError> {
+        match (&self.replication, written_on) {
+            (Some(replication), Some(generation)) => replication.confirm(generation).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Stores a new coupon, then pre-warms Redis so the sale's first request does not pay
+    /// for the load. If Redis is down now, the first request loads it lazily instead: the
+    /// coupon exists either way.
+    pub async fn create_coupon(&self, new: &NewCoupon) -> Result<Coupon, ApiError> {
+        let coupon = {
+            let mut conn = self.pool.get().await?;
+            insert_coupon(&mut conn, new).await?
+        };
+        if let Err(err) = self
+            .scripts
+            .load_meta(&mut self.redis.clone(), &coupon)
+            .await
+        {
+            tracing::warn!(coupon = %coupon.id, error = %err, "could not pre-warm Redis");
+        }
+        Ok(coupon)
+    }
+}
