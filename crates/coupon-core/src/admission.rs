@@ -4,7 +4,8 @@
 //! most once. The whole check-and-add runs as one script, so no interleaving of
 //! requests, replicas or connections can break it (the seed lost this race without Lua).
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 use crate::config::QueueKind;
 use crate::domain::{Admission, Coupon, CouponId, UserId};
+use crate::epoch::Stamp;
 use crate::event::{EVENT_VERSION, IssueEvent};
 use crate::function_library::{self, Function};
 use crate::redis_keys::CouponKeys;
@@ -54,8 +56,9 @@ pub enum AdmitReply {
     /// Kafka mode: the user holds a slot whose event is not acknowledged yet; the ledger
     /// (`crate::ledger`) says who publishes it.
     Pending,
-    /// The coupon's state was verified under another Redis instance (`crate::epoch`): it
-    /// may be a rewound copy. Rebuild it, then ask again.
+    /// The coupon's state carries another stamp than the one passed, or one made under
+    /// another Redis instance (`crate::epoch`): it may be a rewound copy. Learn the stamp
+    /// in force, or rebuild the state, then ask again.
     Unverified,
 }
 
@@ -66,6 +69,10 @@ pub struct AdmissionScripts {
     key_prefix: String,
     queue: QueueKind,
     registry: Registry,
+    /// The stamp in force of each coupon this process has met (`crate::epoch::Stamp`), as
+    /// it last wrote or learnt it: passed with every admission, learnt again from
+    /// PostgreSQL when admission answers UNVERIFIED.
+    stamps: Arc<RwLock<HashMap<CouponId, Stamp>>>,
 }
 
 impl AdmissionScripts {
@@ -75,7 +82,25 @@ impl AdmissionScripts {
             registry: Registry::new(key_prefix.clone(), queue),
             key_prefix,
             queue,
+            stamps: Arc::default(),
         }
+    }
+
+    /// The stamp this process knows to be in force for `coupon`, if any.
+    pub fn stamp(&self, coupon: CouponId) -> Option<Stamp> {
+        self.stamps
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&coupon)
+            .cloned()
+    }
+
+    /// Learns the stamp in force for `coupon` (read from PostgreSQL, or just written).
+    pub fn learn_stamp(&self, coupon: CouponId, stamp: Stamp) {
+        self.stamps
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(coupon, stamp);
     }
 
     /// The coupons that need work, registered as admission opens them.
@@ -96,9 +121,11 @@ impl AdmissionScripts {
         let keys = self.keys(coupon);
         let event_id = Uuid::new_v4();
         let mut call = function_library::call(Function::Admit, &keys.state(self.queue));
+        let stamp = self.stamp(coupon);
         call.arg(user.get())
             .arg(event_id.to_string())
-            .arg(coupon.get());
+            .arg(coupon.get())
+            .arg(stamp.as_ref().map_or("", Stamp::as_str));
         if self.queue == QueueKind::Redis {
             let trace = TraceParent::current();
             call.arg(trace.as_ref().map_or("", TraceParent::as_str));
@@ -130,28 +157,35 @@ impl AdmissionScripts {
     }
 
     /// Registers a newly created coupon, then caches quantity and window beside the issued
-    /// set and stamps the instance's epoch (nothing can have been admitted yet), never
+    /// set and stamps it as verified here (nothing can have been admitted yet), never
     /// overwriting a meta that is already there. In that order: the meta opens admission,
     /// so a coupon that admits is always one the reconciler and the stream workers look at
-    /// (`crate::registry`). Returns whether this call wrote the meta.
+    /// (`crate::registry`). Returns the stamp when this call wrote the meta; the caller
+    /// records it in PostgreSQL as the one in force.
     pub async fn load_meta<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: &Coupon,
-    ) -> Result<bool, RedisError> {
+    ) -> Result<Option<Stamp>, RedisError> {
         self.registry.register(con, coupon.id).await?;
         let mut call = function_library::call(Function::LoadMeta, &[&self.keys(coupon.id).meta]);
-        meta_args(&mut call, coupon).arg("fresh");
-        let wrote: i64 = function_library::invoke(con, &call).await?;
-        Ok(wrote == 1)
+        meta_args(&mut call, coupon)
+            .arg("fresh")
+            .arg(Uuid::new_v4().simple().to_string());
+        let stamp: Option<Stamp> = function_library::invoke(con, &call).await?;
+        if let Some(stamp) = &stamp {
+            self.learn_stamp(coupon.id, stamp.clone());
+        }
+        Ok(stamp)
     }
 
     /// Restores a coupon's state after Redis lost it (or may have rewound it): adds the
-    /// users PostgreSQL (and the caller) know to hold the coupon, then writes the meta
-    /// stamped with `epoch`, last, because a verified meta is what opens admission. Users
-    /// already in the set stay; nothing is removed. False if the instance is no longer the
-    /// one `epoch` names (Redis restarted or failed over during the rebuild), or `lease` is
-    /// no longer held: then admission stays closed and the rebuild starts over.
+    /// users PostgreSQL (and the caller) know to hold the coupon, then writes the meta with
+    /// a new stamp, last, because a verified meta is what opens admission. Users already in
+    /// the set stay; nothing is removed. None if the instance is no longer the one `epoch`
+    /// names (Redis restarted or failed over during the rebuild), or `lease` is no longer
+    /// held: then admission stays closed and the rebuild starts over. The caller records
+    /// the stamp in PostgreSQL as the one in force.
     pub async fn restore<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
@@ -159,7 +193,7 @@ impl AdmissionScripts {
         holders: &[i64],
         epoch: &str,
         lease: &RebuildLease,
-    ) -> Result<bool, RedisError> {
+    ) -> Result<Option<Stamp>, RedisError> {
         let keys = self.keys(coupon.id);
         for chunk in holders.chunks(RESTORE_CHUNK) {
             let _: i64 = con.sadd(&keys.issued, chunk).await?;
@@ -167,10 +201,15 @@ impl AdmissionScripts {
         self.registry.register(con, coupon.id).await?;
         let mut call = function_library::call(Function::LoadMeta, &[&keys.meta, &keys.rebuilding]);
         meta_args(&mut call, coupon)
-            .arg(format!("verified:{epoch}"))
+            .arg("verified")
+            .arg(Uuid::new_v4().simple().to_string())
+            .arg(epoch)
             .arg(&lease.token);
-        let wrote: i64 = function_library::invoke(con, &call).await?;
-        Ok(wrote == 1)
+        let stamp: Option<Stamp> = function_library::invoke(con, &call).await?;
+        if let Some(stamp) = &stamp {
+            self.learn_stamp(coupon.id, stamp.clone());
+        }
+        Ok(stamp)
     }
 
     /// Takes the coupon's rebuild lease and closes its admission in one step

@@ -4,10 +4,14 @@
 //! their values are hidden from `--help` and these types are never logged whole.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+
+use crate::redis_connection::{RedisConnection, Socket, Target};
 
 use crate::db::connect::{PgTarget, PgTlsError, PgTlsFiles};
 use crate::db::pool::{PgPool, build_pool};
@@ -67,6 +71,15 @@ pub struct RedisArgs {
         requires = "redis_client_cert_file"
     )]
     pub redis_client_key_file: Option<PathBuf>,
+    /// Sentinels to ask where the primary is (`host:port,host:port,...`). Unset: REDIS_URL
+    /// is the node (or a managed service's primary endpoint). Set: REDIS_URL gives only the
+    /// credentials and database for the nodes the Sentinels name, and every new connection
+    /// follows the primary they name then.
+    #[arg(long, env = "REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+    /// The master's name the Sentinels monitor.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "coupon")]
+    pub redis_sentinel_master: String,
 }
 
 /// Why a Redis client could not be set up; the URL is never part of it.
@@ -76,6 +89,8 @@ pub enum RedisSetupError {
     TlsFilesWithoutTls,
     #[error("cannot read {path}: {error}")]
     File { path: String, error: std::io::Error },
+    #[error("REDIS_SENTINELS works with redis:// URLs; TLS through Sentinel is not supported yet")]
+    SentinelWithTls,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
 }
@@ -83,8 +98,9 @@ pub enum RedisSetupError {
 impl RedisArgs {
     /// One multiplexed connection, pipelining every caller's commands over one socket:
     /// measured far faster than a pool of exclusive connections on the hot path, and
-    /// it reconnects on its own after Redis restarts.
-    pub async fn connect(&self) -> Result<ConnectionManager, RedisSetupError> {
+    /// it reconnects on its own after Redis restarts (through Sentinel: to the primary
+    /// they name then).
+    pub async fn connect(&self) -> Result<RedisConnection, RedisSetupError> {
         self.connect_blocking(Duration::ZERO).await
     }
 
@@ -93,8 +109,19 @@ impl RedisArgs {
     pub async fn connect_blocking(
         &self,
         block: Duration,
-    ) -> Result<ConnectionManager, RedisSetupError> {
+    ) -> Result<RedisConnection, RedisSetupError> {
         let timeout = Duration::from_millis(self.redis_timeout_ms);
+        if !self.redis_sentinels.is_empty() {
+            let socket = Socket::new(self.target()?, timeout + block);
+            // As below: what is refused for good ends start-up now; an unreachable primary
+            // is waited for by the next command.
+            if let Err(err) = socket.get().await
+                && !(err.is_connection_refusal() || err.is_timeout())
+            {
+                return Err(err.into());
+            }
+            return Ok(RedisConnection::Following(Arc::new(socket)));
+        }
         let client = self.client()?;
         // One attempt first: a certificate or the credentials Redis refuses stay refused,
         // so they end start-up now, with their reason. A Redis that is not up yet (refused
@@ -112,7 +139,36 @@ impl RedisArgs {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout + block));
-        Ok(ConnectionManager::new_with_config(client, config).await?)
+        Ok(RedisConnection::Managed(
+            ConnectionManager::new_with_config(client, config).await?,
+        ))
+    }
+
+    /// Where a socket of its own connects: the URL's node, or the primary the Sentinels
+    /// name.
+    pub fn target(&self) -> Result<Target, RedisSetupError> {
+        if self.redis_sentinels.is_empty() {
+            return Ok(Target::Url(self.client()?));
+        }
+        let node = redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str())?;
+        if !matches!(node.addr(), redis::ConnectionAddr::Tcp(..)) {
+            return Err(RedisSetupError::SentinelWithTls);
+        }
+        let sentinels: Vec<String> = self
+            .redis_sentinels
+            .iter()
+            .map(|address| format!("redis://{address}"))
+            .collect();
+        let nodes = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(node.redis_settings().clone());
+        Ok(Target::Sentinel(tokio::sync::Mutex::new(
+            SentinelClient::build(
+                sentinels,
+                self.redis_sentinel_master.clone(),
+                Some(nodes),
+                SentinelServerType::Master,
+            )?,
+        )))
     }
 
     /// The client, with the TLS files when set. A wrong CA or wrong credentials fail the

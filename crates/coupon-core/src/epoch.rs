@@ -12,9 +12,47 @@
 //! marker key, even one kept out of the AOF) comes back from an AOF rewrite or a snapshot,
 //! and anything the API remembers can be stale the moment Redis restarts; the run id is the
 //! server's own and cannot be rewound.
+//!
+//! The run id alone does not catch a node that kept running while another took over: a
+//! failback to the old primary, or a node re-pointed at a stale one and promoted, keeps its
+//! run id and a meta stamped with it, and the state is rewound all the same. So the meta
+//! holds a [`Stamp`], the run id and a nonce of one verification, and PostgreSQL keeps the
+//! stamp in force for each coupon (`crate::db::coupons::redis_stamp`): it outlives any
+//! Redis node and any API. An API passes the stamp in force with each admission; a meta
+//! that carries another one (the old primary's, from before the takeover) does not admit.
+
+use std::fmt;
+use std::sync::Arc;
 
 use redis::aio::ConnectionLike;
-use redis::{ErrorKind, RedisError};
+use redis::{ErrorKind, FromRedisValue, RedisError, Value};
+
+/// One verification of a coupon's Redis state: `<run id>/<nonce>`, made by the scripts
+/// that verify (`scripts/load_meta.lua`); compared whole, never taken apart here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Stamp(Arc<str>);
+
+impl Stamp {
+    pub fn new(text: impl Into<Arc<str>>) -> Self {
+        Self(text.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromRedisValue for Stamp {
+    fn from_redis_value(value: Value) -> Result<Self, redis::ParsingError> {
+        String::from_redis_value(value).map(Self::new)
+    }
+}
 
 /// The instance's current epoch, as the scripts read it.
 pub async fn instance_epoch<C: ConnectionLike + Send + Sync>(

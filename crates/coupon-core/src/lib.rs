@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod ledger;
 pub mod metrics;
 pub mod producer;
+pub mod redis_connection;
 pub mod redis_keys;
 pub mod registry;
 pub mod shutdown;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use coupon_core::admission::{AdmissionScripts, AdmitReply, RebuildLease};
 use coupon_core::config::QueueKind;
 use coupon_core::domain::{Coupon, UserId};
-use coupon_core::epoch::instance_epoch;
+use coupon_core::epoch::{Stamp, instance_epoch};
 use redis::AsyncCommands;
 
 mod support;
@@ -46,7 +46,13 @@ async fn lease(
 #[tokio::test]
 async fn taking_the_rebuild_lease_closes_admission_until_the_rebuild_reopens_it() {
     let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
-    assert!(scripts.load_meta(&mut con, &coupon).await.unwrap());
+    assert!(
+        scripts
+            .load_meta(&mut con, &coupon)
+            .await
+            .unwrap()
+            .is_some()
+    );
     let first = scripts
         .admit(&mut con, coupon.id, UserId::new(1).unwrap())
         .await
@@ -70,6 +76,7 @@ async fn taking_the_rebuild_lease_closes_admission_until_the_rebuild_reopens_it(
             .restore(&mut con, &coupon, &[1], &epoch, &lease)
             .await
             .unwrap()
+            .is_some()
     );
     let after = scripts
         .admit(&mut con, coupon.id, UserId::new(2).unwrap())
@@ -84,7 +91,13 @@ async fn taking_the_rebuild_lease_closes_admission_until_the_rebuild_reopens_it(
 #[tokio::test]
 async fn only_the_rebuild_lease_owner_ends_it_or_reopens_admission() {
     let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
-    assert!(scripts.load_meta(&mut con, &coupon).await.unwrap());
+    assert!(
+        scripts
+            .load_meta(&mut con, &coupon)
+            .await
+            .unwrap()
+            .is_some()
+    );
     let stale = lease(&scripts, &mut con, &coupon).await;
     let _: () = con.del(scripts.keys(coupon.id).rebuilding).await.unwrap();
     let current = lease(&scripts, &mut con, &coupon).await;
@@ -100,10 +113,11 @@ async fn only_the_rebuild_lease_owner_ends_it_or_reopens_admission() {
     );
     let epoch = instance_epoch(&mut con).await.unwrap();
     assert!(
-        !scripts
+        scripts
             .restore(&mut con, &coupon, &[3], &epoch, &stale)
             .await
-            .unwrap(),
+            .unwrap()
+            .is_none(),
         "a former owner reopened admission"
     );
     let closed = scripts
@@ -116,6 +130,7 @@ async fn only_the_rebuild_lease_owner_ends_it_or_reopens_admission() {
             .restore(&mut con, &coupon, &[3], &epoch, &current)
             .await
             .unwrap()
+            .is_some()
     );
     scripts.end_rebuild_lease(&mut con, &current).await.unwrap();
     assert!(
@@ -132,7 +147,13 @@ async fn only_the_rebuild_lease_owner_ends_it_or_reopens_admission() {
 async fn a_state_verified_under_another_instance_does_not_admit() {
     let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
     let user = UserId::new(7).unwrap();
-    assert!(scripts.load_meta(&mut con, &coupon).await.unwrap());
+    assert!(
+        scripts
+            .load_meta(&mut con, &coupon)
+            .await
+            .unwrap()
+            .is_some()
+    );
     let meta = scripts.keys(coupon.id).meta;
     let _: () = con
         .hset(&meta, "epoch", "a-previous-instance")
@@ -154,6 +175,7 @@ async fn a_state_verified_under_another_instance_does_not_admit() {
             .restore(&mut con, &coupon, &[3], &epoch, &lease)
             .await
             .unwrap()
+            .is_some()
     );
     let reply = scripts.admit(&mut con, coupon.id, user).await.unwrap();
     assert!(matches!(reply, AdmitReply::Admitted(_)), "{reply:?}");
@@ -167,7 +189,10 @@ async fn a_rebuild_that_read_under_a_gone_instance_does_not_reopen_admission() {
         .restore(&mut con, &coupon, &[3], "an-instance-gone-since", &lease)
         .await
         .unwrap();
-    assert!(!restored, "the restore reports the instance changed");
+    assert!(
+        restored.is_none(),
+        "the restore reports the instance changed"
+    );
     let open: bool = con.exists(scripts.keys(coupon.id).meta).await.unwrap();
     assert!(
         !open,
@@ -198,9 +223,56 @@ async fn an_instance_without_the_function_library_is_given_it() {
             .await;
     }
 
-    assert!(scripts.load_meta(&mut con, &coupon).await.unwrap());
+    assert!(
+        scripts
+            .load_meta(&mut con, &coupon)
+            .await
+            .unwrap()
+            .is_some()
+    );
     let reply = scripts
         .admit(&mut con, coupon.id, UserId::new(9).unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(reply, AdmitReply::Admitted(_)), "{reply:?}");
+}
+
+/// Issue 22, finding 3, at the scripts: a node that kept running while another took over
+/// (the old primary a failback returns to) still has its run id and a meta stamped under
+/// it. The stamp in force (PostgreSQL's, passed by the caller) names the later
+/// verification, made elsewhere: this meta does not admit. A process that knows no stamp
+/// yet (started after the fault) does not admit either; it learns the one in force first.
+#[tokio::test]
+async fn a_meta_stamped_by_an_older_verification_does_not_admit() {
+    let prefix = support::prefix();
+    let scripts = AdmissionScripts::new(prefix.clone(), QueueKind::Kafka);
+    let (mut con, coupon) = (redis().await, coupon());
+    let here = scripts.load_meta(&mut con, &coupon).await.unwrap().unwrap();
+    let epoch = instance_epoch(&mut con).await.unwrap();
+    assert!(here.as_str().starts_with(&format!("{epoch}/")), "{here}");
+
+    let elsewhere = Stamp::new(format!("{epoch}/a-later-verification"));
+    scripts.learn_stamp(coupon.id, elsewhere);
+    let reply = scripts
+        .admit(&mut con, coupon.id, UserId::new(1).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        reply,
+        AdmitReply::Unverified,
+        "admitted on an older verification"
+    );
+
+    let started_later = AdmissionScripts::new(prefix, QueueKind::Kafka);
+    let reply = started_later
+        .admit(&mut con, coupon.id, UserId::new(1).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(reply, AdmitReply::Unverified, "admitted knowing no stamp");
+
+    scripts.learn_stamp(coupon.id, here);
+    let reply = scripts
+        .admit(&mut con, coupon.id, UserId::new(1).unwrap())
         .await
         .unwrap();
     assert!(matches!(reply, AdmitReply::Admitted(_)), "{reply:?}");

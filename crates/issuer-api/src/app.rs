@@ -13,6 +13,7 @@ use coupon_core::admission::AdmissionScripts;
 use coupon_core::config::QueueKind;
 use coupon_core::db::coupons::all_coupon_ids;
 use coupon_core::domain::CouponId;
+use coupon_core::redis_connection::Socket;
 use coupon_core::redis_keys::CouponKeys;
 use coupon_core::startup::prepare;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +32,7 @@ use crate::issuing::{Issuer, Rebuilt};
 use crate::metrics::Metrics;
 use crate::operations::Operations;
 use crate::rate_limit::{Limits, RateLimiter};
-use crate::replication::{Replication, Socket};
+use crate::replication::Replication;
 
 /// Requests with bodies larger than this are refused with 413 before they are parsed.
 const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -70,7 +71,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
     let replication = if config.redis_min_replicas > 0 {
         let timeout = Duration::from_millis(config.redis.redis_timeout_ms);
         Some(Replication::start(
-            Socket::new(config.redis.client()?, timeout),
+            Socket::new(config.redis.target()?, timeout),
             CouponKeys::replication_fence(&prefix),
             config.redis_min_replicas,
             Duration::from_millis(config.redis_replica_timeout_ms),

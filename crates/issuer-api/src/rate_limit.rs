@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use actix_web::HttpRequest;
 use coupon_core::domain::UserId;
+use coupon_core::redis_connection::RedisConnection;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::error::ApiError;
 
@@ -34,13 +34,13 @@ pub struct Limits {
 
 #[derive(Clone)]
 pub struct RateLimiter {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     key_prefix: String,
     limits: Limits,
 }
 
 impl RateLimiter {
-    pub fn new(redis: ConnectionManager, key_prefix: String, limits: Limits) -> Self {
+    pub fn new(redis: RedisConnection, key_prefix: String, limits: Limits) -> Self {
         Self {
             redis,
             key_prefix,

@@ -19,97 +19,14 @@
 //!   (`CouponKeys::replication_fence`), and a replica that acknowledged it has every write
 //!   the primary applied before it, the ones the refusal read among them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use coupon_core::redis_connection::{Bound, Socket};
+use redis::RedisError;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
-
-/// A connection the caller sent a write on, with the number of its socket.
-#[derive(Clone)]
-pub struct Bound {
-    pub generation: u64,
-    pub connection: MultiplexedConnection,
-}
-
-/// One socket at a time, never replaced behind its users' backs: a command that finds it
-/// broken reports that, and the next caller gets a new one with the next number.
-pub struct Socket {
-    client: redis::Client,
-    config: AsyncConnectionConfig,
-    current: RwLock<Option<Bound>>,
-    connecting: Mutex<()>,
-    generations: AtomicU64,
-}
-
-impl Socket {
-    pub fn new(client: redis::Client, timeout: Duration) -> Self {
-        Self {
-            client,
-            config: AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout)),
-            current: RwLock::new(None),
-            connecting: Mutex::new(()),
-            generations: AtomicU64::new(0),
-        }
-    }
-
-    fn current(&self) -> Option<Bound> {
-        self.current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    /// The socket in use, connecting a new one if the last broke.
-    pub async fn get(&self) -> Result<Bound, RedisError> {
-        if let Some(bound) = self.current() {
-            return Ok(bound);
-        }
-        let _one_at_a_time = self.connecting.lock().await;
-        if let Some(bound) = self.current() {
-            return Ok(bound);
-        }
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
-        let bound = Bound {
-            generation: self.generations.fetch_add(1, Ordering::SeqCst) + 1,
-            connection,
-        };
-        *self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(bound.clone());
-        Ok(bound)
-    }
-
-    /// Reports an error met on socket `generation`: one that broke it retires it, so the
-    /// next caller connects anew (a timeout does not: the socket, and what it carried,
-    /// may still be good).
-    pub fn failed(&self, generation: u64, err: &RedisError) {
-        if !err.is_unrecoverable_error() {
-            return;
-        }
-        let mut current = self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if current
-            .as_ref()
-            .is_some_and(|bound| bound.generation == generation)
-        {
-            tracing::warn!(generation, error = %err, "the admissions' Redis socket broke");
-            *current = None;
-        }
-    }
-}
 
 /// An asker: the socket its write went out on, and where its answer goes.
 type Asker = (u64, oneshot::Sender<Result<u32, String>>);

@@ -354,14 +354,11 @@ async fn after_redis_loses_everything_requests_wait_for_the_lazy_rebuild() {
 
 #[actix_web::test]
 async fn a_slot_whose_api_died_before_publishing_is_published_by_another() {
-    use coupon_core::admission::{AdmissionScripts, AdmitReply};
+    use coupon_core::admission::AdmitReply;
     let env = TestEnv::start(1).await;
     let coupon = env.coupon_with_quantity(5).await;
     // Exactly what an API does before it publishes, and then it dies (nothing published).
-    let scripts = AdmissionScripts::new(
-        env.redis_prefix.clone(),
-        coupon_core::config::QueueKind::Kafka,
-    );
+    let scripts = env.scripts_for(coupon).await;
     let reply = scripts
         .admit(
             &mut env.redis().await,

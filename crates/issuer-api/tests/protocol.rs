@@ -68,7 +68,7 @@ async fn a_stale_release_cannot_free_a_slot_that_is_being_republished() {
     let broker = KafkaCluster::start(1).unwrap();
     let env = TestEnv::start_on(&broker.bootstrap(), 1).await;
     let coupon = env.coupon_with_quantity(1).await;
-    let scripts = AdmissionScripts::new(env.redis_prefix.clone(), QueueKind::Kafka);
+    let scripts = env.scripts_for(coupon).await;
     let mut redis = env.redis().await;
     let (coupon_id, user) = (CouponId::new(coupon).unwrap(), UserId::new(1).unwrap());
 

@@ -12,7 +12,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use coupon_core::config::QueueKind;
-use issuer_api::replication::{Replication, Socket};
+use coupon_core::redis_connection::{Socket, Target};
+use issuer_api::replication::Replication;
 use issuer_bench::proxy::CuttableProxy;
 use issuer_bench::redis_server::RedisServer;
 use redis::AsyncCommands;
@@ -184,6 +185,70 @@ async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
     redis.stop();
 }
 
+/// Issue 22, finding 3: the run id survives role changes, so a failback is not a restart.
+/// Coupon of 3, the services on one endpoint that moves between the nodes (as a managed
+/// service's primary endpoint does): user 1 wins on P, replicated to R; R is cut off and
+/// takes over, and users 2 and 3 win there; the endpoint moves back to P, whose run id the
+/// API verified the coupon under. P's state is rewound (it never saw 2 and 3): users 4 and 5
+/// must not be told 201. Checked by an API that lived through it and by one started after.
+#[actix_web::test]
+async fn a_failback_to_the_old_primary_admits_nobody_on_its_stale_state() {
+    let mut redis = Replicated::start("failback").await;
+    redis.synced().await;
+    let primary = format!("127.0.0.1:{}", redis.primary.port);
+    let endpoint = CuttableProxy::start(&primary).await.unwrap();
+    let url = format!("--redis-url=redis://127.0.0.1:{}", endpoint.port);
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &support::brokers(), 1, &[&url]).await;
+    let coupon = env.coupon_with_quantity(3).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    // Everything P has so far is on R: a write and a WAIT on one connection confirm it.
+    let mut on_primary = redis::Client::open(redis.primary.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let (_, replicas): ((), i64) = redis::pipe()
+        .set("failback-test", 1)
+        .cmd("WAIT")
+        .arg(1)
+        .arg(5_000)
+        .query_async(&mut on_primary)
+        .await
+        .unwrap();
+    assert_eq!(replicas, 1, "the replica never caught up");
+
+    redis.link.cut();
+    redis.replica.promote().await.unwrap();
+    endpoint.fail_over_to(&format!("127.0.0.1:{}", redis.replica.port));
+    for user in [2, 3] {
+        assert_eq!(
+            env.issue_retrying(coupon, user).await.0,
+            201,
+            "user {user} on R"
+        );
+    }
+    assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
+
+    endpoint.fail_over_to(&primary);
+    for user in [4, 5] {
+        let (status, body) = env.issue_retrying(coupon, user).await;
+        assert_eq!(
+            status, 410,
+            "user {user} after the failback: {status} {body}"
+        );
+    }
+    let (late, _) = env.start_another_api(&[]).await;
+    let answer = env.issue_retrying_at(&late, coupon, 6).await;
+    assert_eq!(answer.0, 410, "a new API after the failback: {answer:?}");
+    assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
+    assert!(
+        support::failed_events(&env).await.is_empty(),
+        "a winner's event was refused by the database guard"
+    );
+    env.shutdown().await;
+    redis.stop();
+}
+
 /// With REDIS_MIN_REPLICAS set, "yes" waits for the replicas: a SUCCESS is on the replica the
 /// moment it is answered, and without a replica to confirm, the answer is 503, not 201. In
 /// the Redis queue mode, where the stream is the queue, this is what keeps a failover from
@@ -223,6 +288,10 @@ async fn an_admission_is_answered_only_once_the_replica_has_it() {
 
     redis.link.cut();
     support::assert_unavailable(&env.issue(coupon, 3).await);
+    // Issue 22, finding 2: the retry finds user 3's slot taken, but only the primary has it;
+    // a failover now would drop it. "Yours" (409) is as durable as the write it rests on,
+    // so it waits for the same confirmation, and without it the answer is unknown.
+    support::assert_unavailable(&env.issue(coupon, 3).await);
     redis.link.restore();
     assert_eq!(
         env.issue_retrying(coupon, 3).await.0,
@@ -230,6 +299,37 @@ async fn an_admission_is_answered_only_once_the_replica_has_it() {
         "the admission stood; once confirmed it is theirs"
     );
     assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
+    env.shutdown().await;
+    redis.stop();
+}
+
+/// Issue 22, finding 4 (split brain): a primary cut off from its replicas may already have
+/// been replaced by a promoted one, which rebuilds without what the old one admitted since.
+/// So with REDIS_MIN_REPLICAS set, Kafka mode publishes an admission only once the
+/// replicas confirmed it: an unconfirmed one never reaches the topic, and no surplus winner
+/// can come of it. The answer waits for the publish, so the topic's end is read right after.
+#[actix_web::test]
+async fn an_admission_the_replicas_did_not_confirm_is_not_published() {
+    let mut redis = Replicated::start("split").await;
+    redis.synced().await;
+    let url = format!("--redis-url={}", redis.primary.url());
+    let args = [
+        url.as_str(),
+        "--redis-min-replicas=1",
+        "--redis-replica-timeout-ms=300",
+    ];
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &support::brokers(), 0, &args).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    assert_eq!(support::topic_end(&env.topic), 1);
+
+    redis.link.cut();
+    support::assert_unavailable(&env.issue(coupon, 2).await);
+    assert_eq!(
+        support::topic_end(&env.topic),
+        1,
+        "an admission only the cut-off primary has was published"
+    );
     env.shutdown().await;
     redis.stop();
 }
@@ -246,7 +346,7 @@ async fn a_wait_on_a_connection_made_after_the_write_confirms_nothing() {
     redis.synced().await;
     let client = redis::Client::open(redis.primary.url()).unwrap();
     let replication = Replication::start(
-        Socket::new(client, Duration::from_secs(2)),
+        Socket::new(Target::Url(client), Duration::from_secs(2)),
         "fence".to_owned(),
         1,
         Duration::from_millis(500),

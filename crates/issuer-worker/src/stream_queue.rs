@@ -25,10 +25,10 @@ use coupon_core::config::{QueueKind, RedisSetupError};
 use coupon_core::db::batch_insert::{FailedEvent, FailureReason, SourcedIssue};
 use coupon_core::domain::CouponId;
 use coupon_core::event::IssueEvent;
+use coupon_core::redis_connection::RedisConnection;
 use coupon_core::redis_keys::CouponKeys;
 use coupon_core::registry::{Registration, Registry};
 use coupon_core::trace_context::{self, TraceParent};
-use redis::aio::ConnectionManager;
 
 use crate::stream_trim;
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
@@ -52,8 +52,8 @@ pub type EntryIds = BTreeMap<String, Vec<String>>;
 pub struct StreamQueue {
     /// Blocking reads only: a blocked command would hold up every other caller of a
     /// multiplexed connection.
-    reader: ConnectionManager,
-    commands: ConnectionManager,
+    reader: RedisConnection,
+    commands: RedisConnection,
     key_prefix: String,
     registry: Registry,
     registry_stream: String,

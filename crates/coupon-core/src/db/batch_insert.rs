@@ -12,6 +12,7 @@
 //!   REJECTED, so the events behind it are persisted; only a failing database, not a
 //!   refused event, makes the caller retry the batch.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -107,8 +108,8 @@ struct NewIssueRow {
 #[diesel(table_name = failed_events)]
 struct NewFailedRow<'a> {
     reason: &'a str,
-    detail: &'a str,
-    source: &'a str,
+    detail: Cow<'a, str>,
+    source: Cow<'a, str>,
     coupon_id: Option<i64>,
     user_id: Option<i64>,
     payload: &'a [u8],
@@ -130,6 +131,17 @@ pub async fn persist_batch(
         // rebalance) always lock in the same order and cannot deadlock.
         let mut by_coupon: BTreeMap<i64, Vec<&SourcedIssue>> = BTreeMap::new();
         for issue in issues {
+            if before_postgres_time(issue.event.issued_at) {
+                outcome.failed.push(FailedEvent::for_issue(
+                    issue,
+                    FailureReason::Rejected,
+                    format!(
+                        "issuedAt {} is before PostgreSQL's earliest timestamp (4714-11-24 BC)",
+                        issue.event.issued_at
+                    ),
+                ));
+                continue;
+            }
             by_coupon
                 .entry(issue.event.coupon_id.get())
                 .or_default()
@@ -153,9 +165,10 @@ pub async fn persist_batch(
 /// (53300), administrator shutdown (57P01), cannot connect now (57P03), disk full (53100).
 /// Each of those is the database's state, not the event's, and taking one as final would
 /// set a 201's event aside as REJECTED (a NOT_ISSUED status, a slot a rebuild sells again).
-/// So `Unknown` is retried. The data exceptions of class 22 come back as `Unknown` too, but
-/// cannot come from these inserts: every value is typed and encoded by diesel within
-/// PostgreSQL's ranges, and text fields carry no NUL. Were one to come anyway, the batch is
+/// So `Unknown` is retried. The data exceptions of class 22 come back as `Unknown` too, and
+/// are kept from these inserts instead: every value is typed, a timestamp before
+/// PostgreSQL's first is refused by name before the insert (`before_postgres_time`), and
+/// text is stored without NUL (`storable_text`). Were one to come anyway, the batch is
 /// retried with the worker's back-off and counted, never set aside silently.
 pub fn is_transient(err: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind as Kind, Error};
@@ -297,6 +310,26 @@ async fn persist_coupon(
     Ok(())
 }
 
+/// PostgreSQL's `text` refuses NUL (22021, which diesel-async reports as `Unknown`, so it
+/// would be retried for ever): a detail quoting an event's bytes has it replaced.
+fn storable_text(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// PostgreSQL's earliest timestamp, 4714-11-24 BC (Julian day 0): an event dated before it
+/// (chrono reaches further back) is refused by the server with a data exception, which
+/// diesel-async cannot tell from a busy database. Refused here instead, by name.
+fn before_postgres_time(at: DateTime<Utc>) -> bool {
+    let earliest = chrono::NaiveDate::from_ymd_opt(-4713, 11, 24)
+        .and_then(|day| day.and_hms_opt(0, 0, 0))
+        .map(|at| at.and_utc());
+    earliest.is_some_and(|earliest| at < earliest)
+}
+
 async fn record_failed(conn: &mut AsyncPgConnection, failed: &[FailedEvent]) -> QueryResult<()> {
     if failed.is_empty() {
         return Ok(());
@@ -306,8 +339,8 @@ async fn record_failed(conn: &mut AsyncPgConnection, failed: &[FailedEvent]) -> 
         .iter()
         .map(|f| NewFailedRow {
             reason: f.reason.as_str(),
-            detail: &f.detail,
-            source: &f.source,
+            detail: storable_text(&f.detail),
+            source: storable_text(&f.source),
             coupon_id: f.coupon_id,
             user_id: f.user_id,
             payload: &f.payload,
@@ -323,4 +356,24 @@ async fn record_failed(conn: &mut AsyncPgConnection, failed: &[FailedEvent]) -> 
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgresql_time_starts_at_julian_day_zero() {
+        let at = |millis| DateTime::from_timestamp_millis(millis).unwrap();
+        // 4714-11-24 00:00:00 BC (proleptic Gregorian) is -210866803200 s.
+        assert!(!before_postgres_time(at(-210_866_803_200_000)));
+        assert!(before_postgres_time(at(-210_866_803_200_001)));
+        assert!(!before_postgres_time(Utc::now()));
+    }
+
+    #[test]
+    fn text_is_stored_without_nul() {
+        assert_eq!(storable_text("plain"), Cow::Borrowed("plain"));
+        assert_eq!(storable_text("a\0b"), "a\u{FFFD}b");
+    }
 }

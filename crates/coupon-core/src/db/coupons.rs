@@ -7,6 +7,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::db::schema::{coupon_issues, coupons};
 use crate::domain::{Coupon, CouponId, UserId};
+use crate::epoch::Stamp;
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = coupons, check_for_backend(diesel::pg::Pg))]
@@ -123,6 +124,53 @@ pub async fn coupon_holders(
         .select(coupon_issues::user_id)
         .load(conn)
         .await
+}
+
+/// The stamp of the coupon's Redis state in force (`crate::epoch::Stamp`): None if the
+/// coupon is unknown or its state was never verified.
+pub async fn redis_stamp(
+    conn: &mut AsyncPgConnection,
+    coupon: CouponId,
+) -> QueryResult<Option<Stamp>> {
+    let stamp: Option<Option<String>> = coupons::table
+        .find(coupon.get())
+        .select(coupons::redis_stamp)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(stamp.flatten().map(Stamp::new))
+}
+
+/// Records `stamp` as the one in force: always after a rebuild (the newest verification),
+/// only where none is recorded yet after a creation's first load (a rebuild that raced it
+/// is newer).
+pub async fn record_redis_stamp(
+    conn: &mut AsyncPgConnection,
+    coupon: CouponId,
+    stamp: &Stamp,
+    verified: Verification,
+) -> QueryResult<()> {
+    let target = coupons::table.filter(coupons::id.eq(coupon.get()));
+    let set = coupons::redis_stamp.eq(stamp.as_str());
+    match verified {
+        Verification::Rebuilt => diesel::update(target).set(set).execute(conn).await?,
+        Verification::Created => {
+            diesel::update(target.filter(coupons::redis_stamp.is_null()))
+                .set(set)
+                .execute(conn)
+                .await?
+        }
+    };
+    Ok(())
+}
+
+/// How a stamp came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// The coupon's first load, when nothing could have been admitted yet.
+    Created,
+    /// A rebuild from PostgreSQL.
+    Rebuilt,
 }
 
 /// Every coupon id, oldest first.

@@ -9,6 +9,7 @@ diesel::table! {
         starts_at -> Nullable<Timestamptz>,
         ends_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
+        redis_stamp -> Nullable<Text>,
     }
 }
 

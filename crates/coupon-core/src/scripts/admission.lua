@@ -1,8 +1,9 @@
 -- First-come-first-served admission, decided atomically for one (coupon, user).
 -- KEYS[1] coupon meta hash, KEYS[2] issued-user set, KEYS[3] pending hash, and in the
 -- Redis queue mode KEYS[4] the coupon's event stream (all with the coupon's hash tag).
--- ARGV[1] user id, ARGV[2] event id for a new admission, ARGV[3] coupon id, and in the Redis
--- queue mode ARGV[4] the request's W3C traceparent, or '' when it is not traced.
+-- ARGV[1] user id, ARGV[2] event id for a new admission, ARGV[3] coupon id, ARGV[4] the
+-- stamp in force as the caller knows it (epoch.lua), and in the Redis queue mode ARGV[5] the
+-- request's W3C traceparent, or '' when it is not traced.
 --
 -- Kafka mode: a new admission is written ahead into the pending hash in the same step as the
 -- SADD, so no slot can exist without a record of its event: if the API dies before
@@ -17,8 +18,9 @@
 --   1 SUCCESS  2 ALREADY_ISSUED  3 SOLD_OUT  4 NOT_STARTED  5 ENDED
 --   6 PENDING: this user's slot is held but its event not yet acknowledged; the ledger says
 --     who publishes it
---   7 UNVERIFIED: the state was verified under another Redis instance (epoch.lua): the
---     caller rebuilds it, then asks again
+--   7 UNVERIFIED: the state's stamp is not the one in force, or was made under another
+--     Redis instance (epoch.lua): the caller learns the stamp in force, or rebuilds the
+--     state, then asks again
 -- Each redis.call costs about a microsecond of Redis's time beyond its own work, and this
 -- runs for every request, so it calls only what the answer needs.
 local now = 0
@@ -34,7 +36,7 @@ local meta = redis.call('HMGET', KEYS[1], 'quantity', 'starts_at', 'ends_at', 'e
 if not meta[1] then
   return {0, now}
 end
-if meta[4] ~= instance_epoch() then
+if meta[4] ~= ARGV[4] or not stamped_here(meta[4]) then
   return {7, now}
 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
@@ -56,14 +58,14 @@ if redis.call('SCARD', KEYS[2]) >= tonumber(meta[1]) then
 end
 redis.call('SADD', KEYS[2], ARGV[1])
 clock()
-if KEYS[4] and ARGV[4] == '' then
+if KEYS[4] and ARGV[5] == '' then
   -- Field names and order are IssueEvent::stream_fields.
   redis.call('XADD', KEYS[4], '*', 'v', '1', 'eventId', ARGV[2], 'couponId', ARGV[3],
     'userId', ARGV[1], 'issuedAt', now)
 elseif KEYS[4] then
   -- The same, and the trace context the worker continues (coupon_core::trace_context).
   redis.call('XADD', KEYS[4], '*', 'v', '1', 'eventId', ARGV[2], 'couponId', ARGV[3],
-    'userId', ARGV[1], 'issuedAt', now, 'traceparent', ARGV[4])
+    'userId', ARGV[1], 'issuedAt', now, 'traceparent', ARGV[5])
 else
   -- PendingEntry::admitted: "<eventId> <issuedMs> inflight <sinceMs> <attempt>".
   redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. now .. ' inflight ' .. now .. ' 0')

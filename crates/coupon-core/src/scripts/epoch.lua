@@ -15,3 +15,14 @@ local function instance_epoch()
   end
   return run_id
 end
+
+-- A coupon's stamp names one verification of its state: '<run id>/<nonce>', the instance it
+-- was verified under and a nonce of that verification alone. PostgreSQL keeps the stamp in
+-- force (coupons.redis_stamp), and each API passes it with every admission. The run id
+-- catches a restart (a file that lost its tail); the nonce catches the rest: a failback to
+-- an old primary, or a node re-pointed at a stale one, keeps its run id and its old stamp,
+-- but the verification in force happened elsewhere since, under another stamp.
+local function stamped_here(stamp)
+  local id = instance_epoch()
+  return type(stamp) == 'string' and string.sub(stamp, 1, #id + 1) == id .. '/'
+end

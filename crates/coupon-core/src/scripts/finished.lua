@@ -12,7 +12,7 @@
 -- entry and holds none unacknowledged.
 -- Returns 1 when finished, else 0.
 local meta = redis.call('HMGET', KEYS[1], 'quantity', 'ends_at', 'epoch')
-if not meta[1] or meta[3] ~= instance_epoch() then
+if not meta[1] or not stamped_here(meta[3]) then
   return 0
 end
 local t = redis.call('TIME')

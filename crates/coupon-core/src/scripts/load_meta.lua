@@ -1,24 +1,25 @@
--- Caches a coupon's quantity and window next to its issued set, and records the epoch the
--- state is verified under (epoch.lua).
+-- Caches a coupon's quantity and window next to its issued set, and stamps the state as
+-- verified (epoch.lua: the stamp names the instance and this verification).
 -- KEYS[1] coupon meta hash, and in the 'verified' mode KEYS[2] its rebuild lease.
 -- ARGV[1] quantity, ARGV[2] starts_at ms or '', ARGV[3] ends_at ms or '', ARGV[4] the mode,
--- and in the 'verified' mode ARGV[5] the rebuild's lease token:
+-- ARGV[5] the stamp's nonce, and in the 'verified' mode ARGV[6] the run id the rebuild read
+-- under and ARGV[7] its lease token:
 --   'fresh': the coupon was just created, nothing can have been admitted. An existing meta
---     (a racing replica loaded it first) is left as it is. Returns 1 when it wrote, else 0.
---   'verified:<epoch>': a rebuild has added every holder it found, reading under <epoch>.
---     The meta is written (an existing one keeps its fields) and stamped with the epoch, if
---     the instance is still the one the rebuild read and the rebuild still holds its lease;
---     returns 1, else 0 (Redis restarted or failed over meanwhile, or the lease ran out and
---     another rebuild owns the coupon now: this one's reading may be stale).
--- The issued set is not touched.
-local epoch = instance_epoch()
+--     (a racing replica loaded it first) is left as it is.
+--   'verified': a rebuild has added every holder it found, reading under ARGV[6]. The meta
+--     is written (an existing one keeps its fields) and stamped, if the instance is still
+--     the one the rebuild read and the rebuild still holds its lease (else Redis restarted
+--     or failed over meanwhile, or the lease ran out and another rebuild owns the coupon
+--     now: this one's reading may be stale).
+-- Returns the stamp written, or false when it wrote nothing. The issued set is not touched.
 local mode = ARGV[4]
 if mode == 'fresh' then
   if redis.call('EXISTS', KEYS[1]) == 1 then
-    return 0
+    return false
   end
-elseif mode ~= 'verified:' .. epoch or redis.call('GET', KEYS[2]) ~= ARGV[5] then
-  return 0
+elseif mode ~= 'verified' or ARGV[6] ~= instance_epoch()
+    or redis.call('GET', KEYS[2]) ~= ARGV[7] then
+  return false
 end
 redis.call('HSETNX', KEYS[1], 'quantity', ARGV[1])
 if ARGV[2] ~= '' then
@@ -27,5 +28,6 @@ end
 if ARGV[3] ~= '' then
   redis.call('HSETNX', KEYS[1], 'ends_at', ARGV[3])
 end
-redis.call('HSET', KEYS[1], 'epoch', epoch)
-return 1
+local stamp = instance_epoch() .. '/' .. ARGV[5]
+redis.call('HSET', KEYS[1], 'epoch', stamp)
+return stamp

@@ -24,8 +24,9 @@ use coupon_core::event::IssueEvent;
 use coupon_core::kafka::{GroupOffsets, wait_for_group};
 use coupon_core::ledger::{Claim, Ledger, PendingEntry};
 use coupon_core::producer::Persistence;
+use coupon_core::redis_connection::RedisConnection;
 use coupon_core::registry::Registry;
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -43,7 +44,7 @@ pub struct KafkaDelivery {
     ledger: Ledger,
     settler: Settler,
     registry: Registry,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     kafka: KafkaArgs,
     /// The workers' group, whose progress a rebuild waits for.
     worker_group: String,
@@ -77,7 +78,7 @@ pub struct KafkaSettings {
 impl KafkaDelivery {
     pub fn new(
         settings: KafkaSettings,
-        redis: ConnectionManager,
+        redis: RedisConnection,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ApiError> {
         let KafkaSettings {

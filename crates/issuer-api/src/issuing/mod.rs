@@ -14,10 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::admission::{AdmissionScripts, AdmitReply};
-use coupon_core::db::coupons::{NewCoupon, insert_coupon};
+use coupon_core::db::coupons::{
+    NewCoupon, Verification, insert_coupon, record_redis_stamp, redis_stamp,
+};
 use coupon_core::db::pool::PgPool;
 use coupon_core::domain::{Admission, Coupon, CouponId, UserId};
-use redis::aio::ConnectionManager;
+use coupon_core::redis_connection::RedisConnection;
 use tracing::Instrument;
 
 use crate::delivery::{Delivery, Pending};
@@ -37,7 +39,7 @@ const BUSY_FIRST_PAUSE: Duration = Duration::from_millis(5);
 
 #[derive(Clone)]
 pub struct Issuer {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     scripts: AdmissionScripts,
     pool: PgPool,
     delivery: Delivery,
@@ -49,7 +51,7 @@ pub struct Issuer {
 
 impl Issuer {
     pub fn new(
-        redis: ConnectionManager,
+        redis: RedisConnection,
         scripts: AdmissionScripts,
         pool: PgPool,
         delivery: Delivery,
@@ -96,6 +98,8 @@ impl Issuer {
         let mut redis = self.redis.clone();
         let waiting_since = tokio::time::Instant::now();
         let mut pause = BUSY_FIRST_PAUSE;
+        // The stamp in force is learnt from PostgreSQL at most once a request.
+        let mut learnt = false;
         loop {
             let started = std::time::Instant::now();
             let admitted = self
@@ -107,6 +111,16 @@ impl Issuer {
                 .observe(started.elapsed().as_secs_f64());
             let (reply, written_on) = admitted?;
             match reply {
+                // This process may not know the stamp in force yet, or another one rebuilt
+                // the coupon since: PostgreSQL says which it is. Only a stamp it does not
+                // match (the state is rewound, or was never verified) takes the rebuild.
+                AdmitReply::Unverified if !learnt => {
+                    learnt = true;
+                    if self.learn_stamp(coupon).await? {
+                        continue;
+                    }
+                    return Err(self.start_rebuild(coupon).await);
+                }
                 AdmitReply::NotLoaded | AdmitReply::Unverified => {
                     return Err(self.start_rebuild(coupon).await);
                 }
@@ -156,7 +170,7 @@ impl Issuer {
     /// carried the write (`crate::replication`).
     async fn run_admission(
         &self,
-        redis: &mut ConnectionManager,
+        redis: &mut RedisConnection,
         coupon: CouponId,
         user: UserId,
     ) -> Result<(AdmitReply, Option<u64>), ApiError> {
@@ -194,13 +208,38 @@ impl Issuer {
             let mut conn = self.pool.get().await?;
             insert_coupon(&mut conn, new).await?
         };
-        if let Err(err) = self
+        match self
             .scripts
             .load_meta(&mut self.redis.clone(), &coupon)
             .await
         {
-            tracing::warn!(coupon = %coupon.id, error = %err, "could not pre-warm Redis");
+            Ok(Some(stamp)) => {
+                let mut conn = self.pool.get().await?;
+                record_redis_stamp(&mut conn, coupon.id, &stamp, Verification::Created).await?;
+            }
+            // Loaded by another process meanwhile: it records its stamp.
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(coupon = %coupon.id, error = %err, "could not pre-warm Redis")
+            }
         }
         Ok(coupon)
+    }
+
+    /// Learns the coupon's stamp in force from PostgreSQL; true if it differs from the one
+    /// this process passed (admission is worth asking again), false if PostgreSQL has the
+    /// same or none (only a rebuild helps).
+    async fn learn_stamp(&self, coupon: CouponId) -> Result<bool, ApiError> {
+        let in_force = {
+            let mut conn = self.pool.get().await?;
+            redis_stamp(&mut conn, coupon).await?
+        };
+        match in_force {
+            Some(stamp) if Some(&stamp) != self.scripts.stamp(coupon).as_ref() => {
+                self.scripts.learn_stamp(coupon, stamp);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }

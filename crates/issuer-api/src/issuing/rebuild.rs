@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use coupon_core::admission::RebuildLease;
-use coupon_core::db::coupons::{coupon_holders, find_coupon};
+use coupon_core::db::coupons::{Verification, coupon_holders, find_coupon, record_redis_stamp};
 use coupon_core::domain::{Coupon, CouponId};
 use coupon_core::epoch::instance_epoch;
 use redis::aio::ConnectionLike;
@@ -120,13 +120,17 @@ impl Issuer {
         let mut rebuilt = Vec::with_capacity(coupons.len());
         for ((record, holders), held) in self.holders(con, &coupons).await?.into_iter().zip(leased)
         {
-            if !self
+            let Some(stamp) = self
                 .scripts
                 .restore(con, &record, &holders, &epoch, held)
                 .await?
-            {
+            else {
                 return Err(ApiError::Rebuilding(record.id.get()));
-            }
+            };
+            // The stamp in force from now on, for every API, this one's own or one started
+            // later: a node whose meta carries an older stamp admits nobody.
+            let mut conn = self.pool.get().await?;
+            record_redis_stamp(&mut conn, record.id, &stamp, Verification::Rebuilt).await?;
             tracing::info!(coupon = %record.id, holders = holders.len(), "rebuild: admission reopened");
             rebuilt.push((
                 record.id,

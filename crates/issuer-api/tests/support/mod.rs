@@ -249,9 +249,14 @@ impl TestEnv {
 
     /// POST JSON with a bearer token, returning (status, body as JSON or Null).
     pub async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        self.post_at(&self.base, path, token, body).await
+    }
+
+    /// The same to the API at `base` (another one this test started).
+    pub async fn post_at(&self, base: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {
         let mut response = self
             .client
-            .post(self.url(path))
+            .post(format!("{base}{path}"))
             .bearer_auth(token)
             .send_json(body)
             .await
@@ -359,6 +364,21 @@ impl TestEnv {
             &json!({ "userId": user }),
         )
         .await
+    }
+
+    /// Admission scripts on this environment's keys, knowing `coupon`'s stamp in force as
+    /// an API that met it does (learnt from PostgreSQL): for a test that plays an API's
+    /// part.
+    pub async fn scripts_for(&self, coupon: i64) -> coupon_core::admission::AdmissionScripts {
+        let scripts =
+            coupon_core::admission::AdmissionScripts::new(self.redis_prefix.clone(), self.queue);
+        let id = coupon_core::domain::CouponId::new(coupon).unwrap();
+        let stamp = coupon_core::db::coupons::redis_stamp(&mut self.pg().await, id)
+            .await
+            .unwrap()
+            .expect("the coupon's state was verified at its creation");
+        scripts.learn_stamp(id, stamp);
+        scripts
     }
 
     pub async fn pg(&self) -> AsyncPgConnection {
@@ -475,9 +495,21 @@ impl TestEnv {
 
     /// Issues until the answer is not a 503, as a client honouring Retry-After would.
     pub async fn issue_retrying(&self, coupon: i64, user: i64) -> (u16, Value) {
+        self.issue_retrying_at(&self.base, coupon, user).await
+    }
+
+    /// The same through the API at `base`.
+    pub async fn issue_retrying_at(&self, base: &str, coupon: i64, user: i64) -> (u16, Value) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let answer = self.issue(coupon, user).await;
+            let answer = self
+                .post_at(
+                    base,
+                    &format!("/api/v1/coupons/{coupon}/issues"),
+                    &user_token(user),
+                    &json!({ "userId": user }),
+                )
+                .await;
             if answer.0 != 503 || Instant::now() > deadline {
                 return answer;
             }
@@ -569,6 +601,23 @@ pub struct TopicMessage {
 
 /// Reads `topic` from the beginning with a throwaway group until `expected` messages
 /// arrived (or 30 s passed).
+/// Events on the topic now: the sum of its partitions' high watermarks (all start at 0).
+pub fn topic_end(topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    (0..partitions(topic) as i32)
+        .map(|partition| {
+            consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum()
+}
+
 pub async fn read_topic(topic: &str, expected: usize) -> Vec<TopicMessage> {
     use rdkafka::Message;
     use rdkafka::consumer::{Consumer, StreamConsumer};

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use coupon_core::domain::CouponId;
 use coupon_core::event::IssueEvent;
 use coupon_core::ledger::Ledger;
+use coupon_core::redis_connection::RedisConnection;
 use futures_util::future::join_all;
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,7 @@ pub struct Settler {
 
 impl Settler {
     /// Starts settling, until [`Settler::stop`].
-    pub fn start(ledger: Ledger, redis: ConnectionManager) -> Self {
+    pub fn start(ledger: Ledger, redis: RedisConnection) -> Self {
         let (events, received) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(received, ledger, redis, stop.clone()));
@@ -69,7 +69,7 @@ impl Settler {
 async fn run(
     mut received: mpsc::UnboundedReceiver<IssueEvent>,
     ledger: Ledger,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);

@@ -1,0 +1,181 @@
+//! The services' way to Redis: a connection that follows the primary.
+//!
+//! - On a plain `REDIS_URL` (one node, or a managed service's primary endpoint), one
+//!   multiplexed connection that redis-rs's `ConnectionManager` reconnects on its own.
+//! - Through Sentinel (`REDIS_SENTINELS`), a [`Socket`] whose every new connection asks the
+//!   Sentinels where the primary is now, retired when it breaks or when the node it reached
+//!   says it is a replica (`READONLY`: it was demoted by a failover).
+//!
+//! A [`Socket`] also carries the writes that replicas must confirm, on either kind of
+//! endpoint: its connections are numbered and never replaced behind the caller's back, so a
+//! WAIT is known to follow its write on the same socket (`issuer-api`'s `replication`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::sentinel::SentinelClient;
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use tokio::sync::Mutex;
+
+/// Where a [`Socket`] connects.
+pub enum Target {
+    /// One address (resolved again at every connect: a DNS name may move).
+    Url(redis::Client),
+    /// The primary the Sentinels name at each connect.
+    Sentinel(Mutex<SentinelClient>),
+}
+
+impl Target {
+    async fn client(&self) -> Result<redis::Client, RedisError> {
+        match self {
+            Self::Url(client) => Ok(client.clone()),
+            Self::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+        }
+    }
+}
+
+/// A connection the caller sent commands on, with the number of its socket.
+#[derive(Clone)]
+pub struct Bound {
+    pub generation: u64,
+    pub connection: MultiplexedConnection,
+}
+
+/// One connection at a time, never replaced behind its users' backs: a command that finds
+/// it broken (or on a demoted primary) reports that, and the next caller gets a new one
+/// with the next number.
+pub struct Socket {
+    target: Target,
+    config: AsyncConnectionConfig,
+    current: RwLock<Option<Bound>>,
+    connecting: Mutex<()>,
+    generations: AtomicU64,
+}
+
+impl Socket {
+    /// `timeout` bounds the connect and every command.
+    pub fn new(target: Target, timeout: Duration) -> Self {
+        Self {
+            target,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout)),
+            current: RwLock::new(None),
+            connecting: Mutex::new(()),
+            generations: AtomicU64::new(0),
+        }
+    }
+
+    fn current(&self) -> Option<Bound> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The connection in use, connecting a new one if the last was retired.
+    pub async fn get(&self) -> Result<Bound, RedisError> {
+        if let Some(bound) = self.current() {
+            return Ok(bound);
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(bound) = self.current() {
+            return Ok(bound);
+        }
+        let connection = self
+            .target
+            .client()
+            .await?
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        let bound = Bound {
+            generation: self.generations.fetch_add(1, Ordering::SeqCst) + 1,
+            connection,
+        };
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(bound.clone());
+        Ok(bound)
+    }
+
+    /// Passes on what a command sent on connection `generation` came to, retiring the
+    /// connection if it failed in a way that calls for that ([`Socket::failed`]).
+    pub fn report<T>(&self, generation: u64, sent: Result<T, RedisError>) -> Result<T, RedisError> {
+        if let Err(err) = &sent {
+            self.failed(generation, err);
+        }
+        sent
+    }
+
+    /// Reports an error met on connection `generation`: one that broke it, or that says the
+    /// node is no longer the primary, retires it (a timeout does not: the connection, and
+    /// what it carried, may still be good).
+    pub fn failed(&self, generation: u64, err: &RedisError) {
+        let demoted = err.code() == Some("READONLY");
+        if !(err.is_unrecoverable_error() || demoted) {
+            return;
+        }
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|bound| bound.generation == generation)
+        {
+            tracing::warn!(generation, error = %err, "a Redis connection was retired");
+            *current = None;
+        }
+    }
+}
+
+/// The shared connection every service uses for its ordinary commands.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Managed(ConnectionManager),
+    Following(Arc<Socket>),
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Managed(manager) => manager.req_packed_command(cmd),
+            Self::Following(socket) => Box::pin(async move {
+                let mut bound = socket.get().await?;
+                let sent = bound.connection.req_packed_command(cmd).await;
+                socket.report(bound.generation, sent)
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Managed(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Self::Following(socket) => Box::pin(async move {
+                let mut bound = socket.get().await?;
+                let sent = bound
+                    .connection
+                    .req_packed_commands(pipeline, offset, count)
+                    .await;
+                socket.report(bound.generation, sent)
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Managed(manager) => manager.get_db(),
+            Self::Following(socket) => socket
+                .current()
+                .map_or(0, |bound| bound.connection.get_db()),
+        }
+    }
+}

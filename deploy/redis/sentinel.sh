@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The one place that runs a replicated Redis under Sentinel on this machine: the tests',
+# the chaos suite's and `make up REDIS_MODE=sentinel`'s all come from here.
+#
+#   sentinel.sh start DIR REDIS_PORTS SENTINEL_PORTS   a primary (first port) and replicas
+#                                                       (the others), and a Sentinel per port
+#   sentinel.sh start-node DIR PORT                    start the Redis node on PORT again
+#   sentinel.sh kill DIR PORT                          kill -9 the node (Redis or Sentinel)
+#   sentinel.sh stop DIR                               stop every process of DIR
+#
+# Ports are comma lists, on 127.0.0.1. The master's name is `coupon` (REDIS_SENTINEL_MASTER).
+# Nodes run a copy of deploy/redis/redis.conf with replicated.conf's lines; Sentinels declare a node down after 1 s without
+# an answer and need 2 of 3 to agree. DIR holds a folder per process: its config (Sentinel
+# rewrites its own), data, log and pid.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+MASTER=${REDIS_SENTINEL_MASTER:-coupon}
+
+log() { echo "[sentinel] $*" >&2; }
+die() { echo "[sentinel] error: $*" >&2; exit 1; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else die "need root (or sudo) to run: $*"
+  fi
+}
+
+install() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} yourself"
+  log "installing ${missing[*]} (Debian packages)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # The packages start their own services, with Debian's configuration: ours replace them.
+  as_root service redis-sentinel stop >/dev/null 2>&1 || true
+  as_root service redis-server stop >/dev/null 2>&1 || true
+}
+
+wait_port() { # wait_port SECONDS PORT
+  for _ in $(seq $(($1 * 5))); do
+    port_open "$2" && return 0
+    sleep 0.2
+  done
+  die "nothing answers on $2 after $1 s (see the logs under the topology's folder)"
+}
+
+start_node() { # start_node DIR PORT
+  local node="$1/redis-$2"
+  [ -f "$node/args" ] || die "no Redis node on $2 in $1"
+  port_open "$2" && return 0
+  # A copy of redis.conf with replicated.conf's lines: Sentinel has each node rewrite its
+  # own file as it reconfigures it (CONFIG REWRITE), which must never be the repository's.
+  if [ ! -f "$node/redis.conf" ]; then
+    cat "$HERE/redis.conf" "$HERE/replicated.conf" >"$node/redis.conf"
+  fi
+  # shellcheck disable=SC2046 # the saved arguments are words
+  redis-server "$node/redis.conf" $(cat "$node/args") --daemonize yes \
+    --pidfile "$node/pid" --logfile "$node/redis.log"
+  wait_port 10 "$2"
+}
+
+start() { # start DIR REDIS_PORTS SENTINEL_PORTS
+  local dir=$1 ports sentinels primary port
+  IFS=, read -r -a ports <<<"$2"
+  IFS=, read -r -a sentinels <<<"$3"
+  [ ${#ports[@]} -ge 2 ] || die "a primary and at least one replica, please"
+  install
+  primary=${ports[0]}
+  for port in "${ports[@]}"; do
+    local node="$dir/redis-$port"
+    mkdir -p "$node"
+    local args="--port $port --bind 127.0.0.1 --dir $node"
+    if [ "$port" != "$primary" ]; then args="$args --replicaof 127.0.0.1 $primary"; fi
+    echo "$args" >"$node/args"
+    start_node "$dir" "$port"
+  done
+  for port in "${sentinels[@]}"; do
+    local node="$dir/sentinel-$port"
+    mkdir -p "$node"
+    # Sentinel rewrites its file as it learns the topology: a fresh one per start.
+    cat >"$node/sentinel.conf" <<CONF
+port $port
+bind 127.0.0.1
+dir $node
+sentinel resolve-hostnames no
+sentinel monitor $MASTER 127.0.0.1 $primary 2
+sentinel down-after-milliseconds $MASTER 1000
+sentinel failover-timeout $MASTER 5000
+sentinel parallel-syncs $MASTER 1
+CONF
+    redis-sentinel "$node/sentinel.conf" --daemonize yes --pidfile "$node/pid" \
+      --logfile "$node/sentinel.log"
+    wait_port 10 "$port"
+  done
+  log "primary 127.0.0.1:$primary, replicas ${ports[*]:1}, Sentinels ${sentinels[*]} (master $MASTER)"
+}
+
+kill_node() { # kill_node DIR PORT
+  local pidfile
+  for pidfile in "$1/redis-$2/pid" "$1/sentinel-$2/pid"; do
+    if [ -f "$pidfile" ]; then kill -9 "$(cat "$pidfile")" 2>/dev/null || true; rm -f "$pidfile"; fi
+  done
+}
+
+stop() { # stop DIR
+  local pidfile
+  for pidfile in "$1"/*/pid; do
+    [ -f "$pidfile" ] || continue
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  sleep 0.5
+  for pidfile in "$1"/*/pid; do
+    [ -f "$pidfile" ] || continue
+    kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
+}
+
+case "${1:-}" in
+  start) [ $# -eq 4 ] || die "usage: sentinel.sh start DIR REDIS_PORTS SENTINEL_PORTS"; start "$2" "$3" "$4" ;;
+  start-node) start_node "$2" "$3" ;;
+  kill) kill_node "$2" "$3" ;;
+  stop) stop "$2" ;;
+  *) die "usage: sentinel.sh start|start-node|kill|stop ... (see the top of this file)" ;;
+esac
