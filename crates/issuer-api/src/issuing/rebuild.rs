@@ -19,6 +19,7 @@ use coupon_core::admission::RebuildLease;
 use coupon_core::db::coupons::{Verification, coupon_holders, find_coupon, record_redis_stamp};
 use coupon_core::domain::{Coupon, CouponId};
 use coupon_core::epoch::instance_epoch;
+use coupon_core::redis_connection::RedisConnection;
 use redis::aio::ConnectionLike;
 
 use super::Issuer;
@@ -28,6 +29,9 @@ use crate::metrics::OutcomeLabels;
 /// A rebuild lease outlives the longest rebuild wait, so two never overlap; a crashed
 /// rebuilder's lease runs out and the next request starts over.
 const REBUILD_LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// How long a failed rebuild keeps trying to end its lease, and its pause between tries.
+const LEASE_END_PATIENCE: Duration = Duration::from_secs(15);
+const LEASE_END_PAUSE: Duration = Duration::from_millis(200);
 
 /// What an explicit rebuild did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,13 +103,28 @@ impl Issuer {
             "failed"
         });
         for held in &leased {
-            if let Err(err) = self.scripts.end_rebuild_lease(&mut redis, held).await {
-                tracing::warn!(coupon = %held.coupon, error = %err,
-                    "rebuild lease not released; it will expire");
-            }
+            self.end_lease(&mut redis, held).await;
         }
         done.extend(restored?);
         Ok(done)
+    }
+
+    /// Ends a lease, trying again for a while: a rebuild that failed because Redis refused
+    /// writes (a new primary whose replicas have not joined yet answers NOREPLICAS) would
+    /// otherwise leave its lease to expire, and the coupon closed, for the whole lease.
+    async fn end_lease(&self, redis: &mut RedisConnection, held: &RebuildLease) {
+        let deadline = tokio::time::Instant::now() + LEASE_END_PATIENCE;
+        loop {
+            match self.scripts.end_rebuild_lease(redis, held).await {
+                Ok(()) => return,
+                Err(err) if tokio::time::Instant::now() >= deadline => {
+                    tracing::warn!(coupon = %held.coupon, error = %err,
+                        "rebuild lease not released; it will expire");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(LEASE_END_PAUSE).await,
+            }
+        }
     }
 
     /// Finds every holder of the leased coupons, then writes them and the meta back.

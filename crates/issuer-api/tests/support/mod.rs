@@ -53,6 +53,8 @@ pub struct TestEnv {
     pub queue: QueueKind,
     /// The Redis the services use: `make up`'s, unless a test passed `--redis-url`.
     pub redis_url: String,
+    /// The Sentinel settings a test passed, which the workers get too.
+    sentinel_args: Vec<String>,
     api_args: Vec<String>,
     api: actix_web::dev::ServerHandle,
     workers: Vec<CancellationToken>,
@@ -167,6 +169,11 @@ impl TestEnv {
                 .iter()
                 .find_map(|arg| arg.strip_prefix("--redis-url="))
                 .map_or_else(redis_url, str::to_owned),
+            sentinel_args: extra
+                .iter()
+                .filter(|arg| arg.starts_with("--redis-sentinel"))
+                .map(|arg| (*arg).to_owned())
+                .collect(),
             api_args,
             api,
             workers: Vec::new(),
@@ -198,6 +205,10 @@ impl TestEnv {
             format!("--redis-key-prefix={}", self.redis_prefix),
             format!("--redis-url={}", self.redis_url),
             "--claim-idle-ms=1000".into(),
+        ]
+        .into_iter()
+        .chain(self.sentinel_args.iter().cloned())
+        .chain([
             format!("--database-url={}", self.database_url),
             format!("--issue-topic={}", self.topic),
             format!("--group-id={}", self.group),
@@ -206,7 +217,8 @@ impl TestEnv {
             "--batch-linger-ms=10".into(),
             "--database-pool-size=2".into(),
             "--redrive-interval-ms=200".into(),
-        ]
+        ])
+        .collect()
     }
 
     pub async fn start_worker(&mut self, batch_size: u32) {

@@ -1,0 +1,143 @@
+//! A replicated Redis under Sentinel (`deploy/redis/sentinel.sh`: a primary, two replicas,
+//! three Sentinels), the services following the primary through the Sentinels: kill -9 of
+//! the primary under a sale loses no "yes", sells nothing twice, and answers 503 (never a
+//! lie) while the Sentinels elect a new primary and the coupon is rebuilt on it.
+
+// The harness below is test code too: a panic is exactly the failure report wanted.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use coupon_core::config::QueueKind;
+use support::TestEnv;
+
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../deploy/redis/sentinel.sh"
+);
+
+/// One topology of the test's own, stopped when dropped.
+struct Topology {
+    dir: PathBuf,
+    nodes: Vec<u16>,
+    sentinels: Vec<u16>,
+}
+
+impl Topology {
+    fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("coupon-sentinel-{}", uuid::Uuid::new_v4().simple()));
+        let nodes: Vec<u16> = (0..3).map(|_| support::free_port()).collect();
+        let sentinels: Vec<u16> = (0..3).map(|_| support::free_port()).collect();
+        let list = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let topology = Self {
+            dir,
+            nodes,
+            sentinels,
+        };
+        topology.run(&[
+            "start",
+            &topology.dir.to_string_lossy(),
+            &list(&topology.nodes),
+            &list(&topology.sentinels),
+        ]);
+        topology
+    }
+
+    fn run(&self, args: &[&str]) {
+        let status = Command::new("bash")
+            .arg(SCRIPT)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "sentinel.sh {args:?} failed");
+    }
+
+    fn kill(&self, port: u16) {
+        self.run(&["kill", &self.dir.to_string_lossy(), &port.to_string()]);
+    }
+
+    fn sentinel_list(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(SCRIPT)
+            .args(["stop", &self.dir.to_string_lossy()])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn primary_killed_under_a_sale(queue: QueueKind) {
+    let topology = Topology::start();
+    let primary = topology.nodes[0];
+    let args = [
+        format!("--redis-url=redis://127.0.0.1:{primary}"),
+        format!("--redis-sentinels={}", topology.sentinel_list()),
+        "--redis-min-replicas=1".to_owned(),
+        "--redis-replica-timeout-ms=300".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = TestEnv::start_with_args(queue, &support::brokers(), 1, &args).await;
+    let coupon = env.coupon_with_quantity(10).await;
+    for user in 1..=4 {
+        assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
+    }
+
+    topology.kill(primary);
+    let killed = Instant::now();
+    let mut first_yes_after = None;
+    for user in 5..=10 {
+        let (status, body) = env.issue_retrying(coupon, user).await;
+        assert_eq!(status, 201, "user {user} after the failover: {body}");
+        first_yes_after.get_or_insert_with(|| killed.elapsed());
+    }
+    for user in 11..=12 {
+        let (status, body) = env.issue_retrying(coupon, user).await;
+        assert_eq!(status, 410, "user {user}, sold out: {body}");
+    }
+    for user in 1..=10 {
+        assert_eq!(env.issue_retrying(coupon, user).await.0, 409, "user {user}");
+    }
+    assert_eq!(
+        env.rows_when_settled(coupon, 10).await,
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert!(
+        support::failed_events(&env).await.is_empty(),
+        "a winner's event was refused by the database guard"
+    );
+    eprintln!(
+        "{queue}: first 201 {:.1} s after kill -9 of the primary",
+        first_yes_after.unwrap().as_secs_f64()
+    );
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn a_primary_killed_under_sentinel_loses_no_yes_in_kafka_mode() {
+    primary_killed_under_a_sale(QueueKind::Kafka).await;
+}
+
+#[actix_web::test]
+async fn a_primary_killed_under_sentinel_loses_no_yes_in_the_redis_queue_mode() {
+    primary_killed_under_a_sale(QueueKind::Redis).await;
+}
