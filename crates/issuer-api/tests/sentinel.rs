@@ -10,7 +10,7 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use coupon_core::config::QueueKind;
 use support::TestEnv;
