@@ -34,15 +34,18 @@ bench: demo ## the seed comparison table (`issuer-bench --help` lists the other 
 test: up clean-test-dbs ## the whole suite against the real services
 	cargo test --workspace --no-fail-fast
 
-# Seconds of load under faults; CI runs a shorter one. The queue modes to run it in.
+# Seconds of load under faults; CI runs a shorter one. The queue modes to run it in, and the
+# Redis topologies (one node; a primary and replicas under Sentinel).
 CHAOS_SECONDS ?= 120
 CHAOS_QUEUES ?= kafka redis
+CHAOS_REDIS ?= single sentinel
 
-chaos: up ## faults under load on a cluster of its own, in each queue mode, then every invariant checked
+chaos: up ## faults under load on a cluster of its own, in each queue mode and Redis topology, then every invariant checked
 	cargo build -p issuer-api -p issuer-worker -p issuer-bench
-	for queue in $(CHAOS_QUEUES); do \
-	  target/debug/issuer-bench chaos --queue $$queue --duration-secs $(CHAOS_SECONDS) || exit 1; \
-	done
+	for queue in $(CHAOS_QUEUES); do for redis in $(CHAOS_REDIS); do \
+	  target/debug/issuer-bench chaos --queue $$queue --redis-topology $$redis \
+	    --duration-secs $(CHAOS_SECONDS) || exit 1; \
+	done; done
 
 # Seconds the contract fuzz runs (CI: this default).
 FUZZ_SECONDS ?= 120

@@ -21,6 +21,7 @@ while read -r service version; do
   case "$service" in
     kafka) bash "$ROOT/deploy/kafka/kafka.sh" stop "$STATE/kafka" && echo "[down] stopped Apache Kafka" ;;
     redis) stop_pid "$STATE/redis/redis.pid" Redis ;;
+    redis-sentinel) bash "$ROOT/deploy/redis/sentinel.sh" stop "$STATE/redis-sentinel" && echo "[down] stopped Redis and its Sentinels" ;;
     postgresql)
       if [ "$(id -u)" -eq 0 ]; then pg_ctlcluster --skip-systemctl-redirect "$version" main stop
       else sudo pg_ctlcluster --skip-systemctl-redirect "$version" main stop; fi

@@ -63,8 +63,16 @@ redis_ping() {
     IFS= read -r -t 2 line <&3 && [[ $line == +PONG* ]]) 2>/dev/null
 }
 
+# REDIS_MODE=sentinel: a primary on REDIS_PORT, replicas on the next two ports, Sentinels on
+# 26379 to 26381 (deploy/redis/sentinel.sh), instead of the single node.
+REDIS_MODE=${REDIS_MODE:-single}
 if redis_ping; then
   log "Redis answers on $REDIS_PORT: reusing it"
+elif [ "$REDIS_MODE" = sentinel ]; then
+  bash "$ROOT/deploy/redis/sentinel.sh" start "$STATE/redis-sentinel" \
+    "$REDIS_PORT,$((REDIS_PORT + 1)),$((REDIS_PORT + 2))" 26379,26380,26381
+  grep -qx redis-sentinel "$STARTED" || echo redis-sentinel >>"$STARTED"
+  log "Redis under Sentinel: REDIS_SENTINELS=127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381 REDIS_MIN_REPLICAS=1"
 else
   if ! command -v redis-server >/dev/null; then
     apt_install redis-server

@@ -1,4 +1,4 @@
-//! The epoch (issue 11), at the scripts: a state verified under another Redis instance does
+//! The epoch, at the scripts: a state verified under another Redis instance does
 //! not admit, and a rebuild that read under an instance that is gone by the time it writes
 //! does not reopen admission. Another instance is played by a meta stamped with another run
 //! id, and a rebuild by a restore carrying one: a restart cannot be forced between two
@@ -237,7 +237,7 @@ async fn an_instance_without_the_function_library_is_given_it() {
     assert!(matches!(reply, AdmitReply::Admitted(_)), "{reply:?}");
 }
 
-/// Issue 22, finding 3, at the scripts: a node that kept running while another took over
+/// A failback, at the scripts: a node that kept running while another took over
 /// (the old primary a failback returns to) still has its run id and a meta stamped under
 /// it. The stamp in force (PostgreSQL's, passed by the caller) names the later
 /// verification, made elsewhere: this meta does not admit. A process that knows no stamp

@@ -34,17 +34,17 @@ const REQUESTS: [u8; USERS as usize] = [2, 1, 1];
 enum Bug {
     None,
     /// A retry or reconciler republished an entry without taking it from its owner, so the
-    /// owner's late "certainly not persisted" release still matched (finding 1).
+    /// owner's late "certainly not persisted" release still matched.
     UnownedRepublish,
     /// A request for a user whose first publish was unresolved answered ALREADY_ISSUED.
     AlreadyIssuedWhileUnresolved,
     /// The reconciler claimed a pass's entries first and published them after, so a
-    /// publish could start after a rebuild's publish-window wait was over (finding 4).
+    /// publish could start after a rebuild's publish-window wait was over.
     LateReconcilerPublish,
     /// The worker committed an event's offset before its row was persisted.
     CommitBeforePersist,
-    /// A rebuild ran with admission open: its lease did not close the coupon (issue 22,
-    /// "a rebuild with admission open brings back a released user").
+    /// A rebuild ran with admission open: its lease did not close the coupon, so a user released after the rebuild read the
+    /// pending entries was written back with no event.
     RebuildWhileOpen,
 }
 

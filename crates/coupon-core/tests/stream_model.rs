@@ -24,10 +24,10 @@ const QUANTITY: usize = 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Bug {
     None,
-    /// The trim read its bounds in separate commands (finding 2): XPENDING saw nothing
+    /// The trim read its bounds in separate commands: XPENDING saw nothing
     /// pending, a read moved last-delivered, XTRIM removed what had just become pending.
     TrimInSteps,
-    /// The rebuild read PostgreSQL before the stream (finding 4).
+    /// The rebuild read PostgreSQL before the stream.
     RowsBeforeStream,
 }
 

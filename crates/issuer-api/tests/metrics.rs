@@ -1,4 +1,4 @@
-//! Issue 14: both services' `/metrics`, scraped during a small run on the real Redis,
+//! Both services' `/metrics`, scraped during a small run on the real Redis,
 //! PostgreSQL and Apache Kafka, each metric present and moving as its name says: the
 //! workers' backlog rises while none runs and falls to 0 once one does, the stock gauges
 //! follow admissions and rows, and a poison event raises the failed-event counts.

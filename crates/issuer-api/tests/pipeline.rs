@@ -504,7 +504,7 @@ async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
         )
         .admin(token),
         BadRequest::post(create, "{", 400, "INVALID_REQUEST").admin(token),
-        // Found by review (issue 12): each reached PostgreSQL and answered 503, or created a
+        // Found by review: each reached PostgreSQL and answered 503, or created a
         // coupon that can never issue.
         BadRequest::post(create, r#"{"name":"a\u0000b","totalQuantity":5}"#, 400, "INVALID_REQUEST").admin(token),
         BadRequest::post(
@@ -665,7 +665,7 @@ async fn a_coupon_missing_from_redis_is_rebuilt_from_postgresql(queue: QueueKind
     env.shutdown().await;
 }
 
-/// Finding 5: the registry that the reconciler (Kafka mode) and the stream workers loop over
+/// The registry that the reconciler (Kafka mode) and the stream workers loop over
 /// must not grow with every coupon ever sold. A coupon sold out with every event persisted
 /// leaves it; one still selling stays; the finished one still answers its requests.
 async fn a_finished_coupon_leaves_the_hot_loops(queue: QueueKind) {

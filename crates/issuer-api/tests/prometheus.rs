@@ -1,4 +1,4 @@
-//! Issue 14: the alert rules and the dashboard against a real Prometheus (Debian's package,
+//! The alert rules and the dashboard against a real Prometheus (Debian's package,
 //! which `make up` installs) scraping both services during a small run:
 //! - `promtool check rules` and `promtool test rules` (deploy/prometheus/alerts_test.yml
 //!   fires each alert on its series and keeps it quiet on the near misses);

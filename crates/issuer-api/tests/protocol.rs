@@ -59,7 +59,7 @@ async fn a_second_request_while_the_first_publish_is_unresolved_is_told_to_retry
     env.shutdown().await;
 }
 
-/// Finding 1: a republish (the reconciler's here; a retry's is the same) runs while the
+/// A stale release: a republish (the reconciler's here; a retry's is the same) runs while the
 /// first request's "certainly not persisted" report is still on its way. That stale
 /// report must not free the slot: the republish may be acknowledged, and the slot sold
 /// again would end as OVER_QUANTITY behind a 201.
@@ -109,7 +109,7 @@ async fn a_stale_release_cannot_free_a_slot_that_is_being_republished() {
     env.shutdown().await;
 }
 
-/// Finding 4, Redis queue mode: a batch in a worker's hands commits, is acknowledged and
+/// A rebuild racing a batch, Redis queue mode: a batch in a worker's hands commits, is acknowledged and
 /// trimmed while a rebuild runs. Forced right before the rebuild's first stream read: a real
 /// worker persists both entries and trims the stream (which keeps only the last delivered
 /// entry). Had PostgreSQL been read before that, user 1 would be in neither place.
@@ -165,7 +165,7 @@ async fn a_batch_committing_during_a_rebuild_keeps_its_users() {
     env.shutdown().await;
 }
 
-/// Finding 4, Kafka mode: a rebuild waits one publish window after Redis lost the ledger,
+/// A rebuild racing a reconciler, Kafka mode: a rebuild waits one publish window after Redis lost the ledger,
 /// then takes the log's end. That covers a reconciler's republish only if it starts as soon
 /// as its entry is claimed, not after the pass's other claims. Forced at the pass's second
 /// claim: by then the first claimed entry's event must be on its way to the broker.
@@ -226,7 +226,7 @@ async fn a_reconciler_publishes_each_entry_as_soon_as_it_claims_it() {
     env.shutdown().await;
 }
 
-/// Issue 22, finding 7: a rebuild waits one publish window for the publishes started before
+/// Per-process publish windows: a rebuild waits one publish window for the publishes started before
 /// Redis lost its state. A process with a shorter PUBLISH_TIMEOUT_MS than the APIs'
 /// (`rebuild-redis` run with default settings) must still wait theirs: the window comes
 /// from one shared place, where every API records its own.

@@ -1,4 +1,4 @@
-//! A Redis that comes back with less than it acknowledged (issue 11), on a Redis of the
+//! A Redis that comes back with less than it acknowledged, on a Redis of the
 //! test's own: restarted from an append-only file that lost its tail (what a machine crash
 //! under `appendfsync everysec` leaves), or a replica promoted before it caught up. The
 //! coupon's meta survives in both, so nothing but the epoch tells that the state is rewound:
@@ -87,7 +87,7 @@ impl Replicated {
     }
 }
 
-/// The reproduction of issue 11: five winners of five; Redis loses the last two admissions
+/// A rewound Redis: five winners of five; Redis loses the last two admissions
 /// and keeps the meta; two new users ask.
 async fn after_the_loss_nobody_is_sold_a_taken_slot(env: &TestEnv, coupon: i64) {
     for user in [6, 7] {
@@ -185,7 +185,7 @@ async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
     redis.stop();
 }
 
-/// Issue 22, finding 3: the run id survives role changes, so a failback is not a restart.
+/// A failback: the run id survives role changes, so it is not a restart.
 /// Coupon of 3, the services on one endpoint that moves between the nodes (as a managed
 /// service's primary endpoint does): user 1 wins on P, replicated to R; R is cut off and
 /// takes over, and users 2 and 3 win there; the endpoint moves back to P, whose run id the
@@ -288,7 +288,7 @@ async fn an_admission_is_answered_only_once_the_replica_has_it() {
 
     redis.link.cut();
     support::assert_unavailable(&env.issue(coupon, 3).await);
-    // Issue 22, finding 2: the retry finds user 3's slot taken, but only the primary has it;
+    // A 409 on an unconfirmed write: the retry finds user 3's slot taken, but only the primary has it;
     // a failover now would drop it. "Yours" (409) is as durable as the write it rests on,
     // so it waits for the same confirmation, and without it the answer is unknown.
     support::assert_unavailable(&env.issue(coupon, 3).await);
@@ -303,7 +303,7 @@ async fn an_admission_is_answered_only_once_the_replica_has_it() {
     redis.stop();
 }
 
-/// Issue 22, finding 4 (split brain): a primary cut off from its replicas may already have
+/// A split brain: a primary cut off from its replicas may already have
 /// been replaced by a promoted one, which rebuilds without what the old one admitted since.
 /// So with REDIS_MIN_REPLICAS set, Kafka mode publishes an admission only once the
 /// replicas confirmed it: an unconfirmed one never reaches the topic, and no surplus winner

@@ -8,87 +8,17 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use coupon_core::config::QueueKind;
+use issuer_bench::sentinel_topology::SentinelTopology;
 use support::TestEnv;
 
-const SCRIPT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../deploy/redis/sentinel.sh"
-);
-
-/// One topology of the test's own, stopped when dropped.
-struct Topology {
-    dir: PathBuf,
-    nodes: Vec<u16>,
-    sentinels: Vec<u16>,
-}
-
-impl Topology {
-    fn start() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("coupon-sentinel-{}", uuid::Uuid::new_v4().simple()));
-        let nodes: Vec<u16> = (0..3).map(|_| support::free_port()).collect();
-        let sentinels: Vec<u16> = (0..3).map(|_| support::free_port()).collect();
-        let list = |ports: &[u16]| {
-            ports
-                .iter()
-                .map(u16::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let topology = Self {
-            dir,
-            nodes,
-            sentinels,
-        };
-        topology.run(&[
-            "start",
-            &topology.dir.to_string_lossy(),
-            &list(&topology.nodes),
-            &list(&topology.sentinels),
-        ]);
-        topology
-    }
-
-    fn run(&self, args: &[&str]) {
-        let status = Command::new("bash")
-            .arg(SCRIPT)
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(status.success(), "sentinel.sh {args:?} failed");
-    }
-
-    fn kill(&self, port: u16) {
-        self.run(&["kill", &self.dir.to_string_lossy(), &port.to_string()]);
-    }
-
-    fn sentinel_list(&self) -> String {
-        self.sentinels
-            .iter()
-            .map(|port| format!("127.0.0.1:{port}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(SCRIPT)
-            .args(["stop", &self.dir.to_string_lossy()])
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 async fn primary_killed_under_a_sale(queue: QueueKind) {
-    let topology = Topology::start();
-    let primary = topology.nodes[0];
+    let dir =
+        std::env::temp_dir().join(format!("coupon-sentinel-{}", uuid::Uuid::new_v4().simple()));
+    let topology = SentinelTopology::start(&dir).unwrap();
+    let primary = topology.primary().await.unwrap();
     let args = [
         format!("--redis-url=redis://127.0.0.1:{primary}"),
         format!("--redis-sentinels={}", topology.sentinel_list()),
@@ -102,7 +32,7 @@ async fn primary_killed_under_a_sale(queue: QueueKind) {
         assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
     }
 
-    topology.kill(primary);
+    topology.kill(primary).unwrap();
     let killed = Instant::now();
     let mut first_yes_after = None;
     for user in 5..=10 {
@@ -130,6 +60,8 @@ async fn primary_killed_under_a_sale(queue: QueueKind) {
         first_yes_after.unwrap().as_secs_f64()
     );
     env.shutdown().await;
+    drop(topology);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[actix_web::test]

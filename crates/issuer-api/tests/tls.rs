@@ -1,4 +1,4 @@
-//! Issue 15: the services reach their dependencies over TLS, with credentials, on real
+//! The services reach their dependencies over TLS, with credentials, on real
 //! servers started here with a CA made here (`support::tls`). A wrong CA and wrong
 //! credentials stop start-up at once, with the reason and without the secret.
 

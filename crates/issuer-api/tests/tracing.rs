@@ -1,4 +1,4 @@
-//! Issue 14: one trace from the HTTP request to the worker's insert, in each queue mode.
+//! One trace from the HTTP request to the worker's insert, in each queue mode.
 //! The services run in this process with the spans exported to memory (the exporter a
 //! deployment points at a collector is the same layer, `coupon_core::telemetry`), and the
 //! context travels as it does between processes: a Kafka header, a stream field.

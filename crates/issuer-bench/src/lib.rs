@@ -17,4 +17,5 @@ pub mod race;
 pub mod redis_server;
 pub mod report;
 pub mod seed;
+pub mod sentinel_topology;
 pub mod sustained;

@@ -8,7 +8,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use coupon_core::config::QueueKind;
 use issuer_bench::ceiling::{self, Shape};
-use issuer_bench::chaos::{self, ChaosOptions};
+use issuer_bench::chaos::{self, ChaosOptions, RedisTopology};
 use issuer_bench::client::ApiClient;
 use issuer_bench::credentials::UserCredentials;
 use issuer_bench::report::Report;
@@ -208,6 +208,11 @@ enum Scenario {
         /// The queue mode of the cluster's services.
         #[arg(long, value_enum, default_value_t = QueueKind::Kafka)]
         queue: QueueKind,
+        /// The Redis the cluster runs: one node (its faults: restarts, a lost file tail, a
+        /// lagging replica promoted) or a primary with replicas under Sentinel (its faults:
+        /// the primary killed, then failed back to).
+        #[arg(long, value_enum, default_value_t = RedisTopology::Single)]
+        redis_topology: RedisTopology,
         /// How long the load runs; the faults are spread over it.
         #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(30..))]
         duration_secs: u64,
@@ -333,6 +338,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Chaos {
             queue,
+            redis_topology,
             duration_secs,
             coupons,
             quantity,
@@ -342,6 +348,7 @@ async fn main() -> anyhow::Result<()> {
             let bin_dir = bin_dir_or_own(bin_dir)?;
             let options = ChaosOptions {
                 queue,
+                topology: redis_topology,
                 duration: Duration::from_secs(duration_secs),
                 coupons: coupons as usize,
                 quantity,

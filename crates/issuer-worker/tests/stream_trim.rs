@@ -1,4 +1,4 @@
-//! Finding 2 of the protocol review: a trim must never remove an entry that is pending or
+//! A trim racing a read: a trim must never remove an entry that is pending or
 //! not yet delivered, whatever another worker does while it runs. The other worker's read is
 //! forced at the exact point: right after the trim's first command returns, before its next
 //! one is sent, through a connection that wraps the real one.

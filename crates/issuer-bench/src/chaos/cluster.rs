@@ -1,5 +1,7 @@
-//! The cluster the chaos run owns: its own Redis (AOF) with a replica behind a link that can
-//! be cut, both reached through one endpoint that a failover repoints; in Kafka mode its own
+//! The cluster the chaos run owns: its own Redis (AOF), either a primary with a replica
+//! behind a link that can be cut, both reached through one endpoint that a failover
+//! repoints, or a primary with two replicas under three Sentinels that the services follow
+//! (`deploy/redis/sentinel.sh`); in Kafka mode its own
 //! three Apache Kafka brokers (topics replicated 3 times, 2 in sync to acknowledge); its own
 //! database behind a cuttable proxy; two issuer-api and two issuer-worker processes.
 
@@ -15,6 +17,7 @@ use crate::kafka_cluster::KafkaCluster;
 use crate::process::{Service, free_port, wait_for_port};
 use crate::proxy::CuttableProxy;
 use crate::redis_server::RedisServer;
+use crate::sentinel_topology::SentinelTopology;
 
 pub const ADMIN_TOKEN: &str = "chaos-admin-token";
 /// The HS256 secret the cluster's APIs verify users' tokens with; the load signs with it.
@@ -25,13 +28,36 @@ pub const REPLICAS: usize = 2;
 /// Brokers in Kafka mode: one may fail with no pause in sales, two stop them.
 pub const BROKERS: usize = 3;
 
+/// The Redis the cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RedisTopology {
+    /// One node (and a replica a fault promotes), behind one endpoint.
+    Single,
+    /// A primary and two replicas under three Sentinels.
+    Sentinel,
+}
+
+/// The single topology's nodes.
+struct Endpointed {
+    /// Leads to the primary, and after a failover to the promoted replica.
+    endpoint: CuttableProxy,
+    primary: RedisServer,
+    /// A replica of the primary, replicating through `link`.
+    replica: RedisServer,
+    link: CuttableProxy,
+    /// Replicas started so far, each in a directory of its own.
+    replicas_started: usize,
+}
+
+enum RedisNodes {
+    Single(Box<Endpointed>),
+    Sentinel(SentinelTopology),
+}
+
 pub struct Cluster {
     pub queue: QueueKind,
     pub dir: PathBuf,
     bin_dir: PathBuf,
-    /// Where the services (and the checks) reach Redis: the endpoint, which leads to the
-    /// primary, and after a failover to the promoted replica.
-    pub redis_port: u16,
     /// Bootstrap servers the services are given; in the Redis queue mode a port where
     /// nothing listens, so that any use of Kafka would show.
     pub kafka_brokers: String,
@@ -41,13 +67,7 @@ pub struct Cluster {
     admin_database_url: String,
     database_name: String,
     pub postgres: CuttableProxy,
-    redis_endpoint: CuttableProxy,
-    redis: RedisServer,
-    /// A replica of the primary, replicating through `replica_link`.
-    replica: RedisServer,
-    replica_link: CuttableProxy,
-    /// Replicas started so far, each in a directory of its own.
-    replicas_started: usize,
+    redis: RedisNodes,
     /// Shared with the blocking tasks that restart its nodes while the load runs.
     pub kafka: Option<Arc<KafkaCluster>>,
     apis: [Option<Service>; REPLICAS],
@@ -60,6 +80,7 @@ impl Cluster {
         admin_database_url: &str,
         dir: &Path,
         queue: QueueKind,
+        topology: RedisTopology,
     ) -> anyhow::Result<Cluster> {
         for binary in ["issuer-api", "issuer-worker"] {
             if !bin_dir.join(binary).exists() {
@@ -87,27 +108,36 @@ impl Cluster {
             .to_owned();
         let postgres = CuttableProxy::start(&pg_target).await?;
 
-        let redis = RedisServer::start(&dir.join("redis"), &[]).await?;
-        let replica_link = CuttableProxy::start(&format!("127.0.0.1:{}", redis.port)).await?;
-        let replica =
-            RedisServer::replica_of(replica_link.port, &dir.join("redis-replica-1")).await?;
-        let redis_endpoint = CuttableProxy::start(&format!("127.0.0.1:{}", redis.port)).await?;
+        let redis = match topology {
+            RedisTopology::Single => {
+                let primary = RedisServer::start(&dir.join("redis"), &[]).await?;
+                let link = CuttableProxy::start(&format!("127.0.0.1:{}", primary.port)).await?;
+                let replica =
+                    RedisServer::replica_of(link.port, &dir.join("redis-replica-1")).await?;
+                let endpoint = CuttableProxy::start(&format!("127.0.0.1:{}", primary.port)).await?;
+                RedisNodes::Single(Box::new(Endpointed {
+                    endpoint,
+                    primary,
+                    replica,
+                    link,
+                    replicas_started: 1,
+                }))
+            }
+            RedisTopology::Sentinel => {
+                RedisNodes::Sentinel(SentinelTopology::start(&dir.join("redis-sentinel"))?)
+            }
+        };
         let mut cluster = Cluster {
             queue,
             dir: dir.to_owned(),
             bin_dir: bin_dir.to_owned(),
-            redis_port: redis_endpoint.port,
             kafka_brokers: format!("127.0.0.1:{}", free_port()?),
             api_ports: [free_port()?, free_port()?],
             database_url,
             admin_database_url: admin_database_url.to_owned(),
             database_name,
             postgres,
-            redis_endpoint,
             redis,
-            replica,
-            replica_link,
-            replicas_started: 1,
             kafka: None,
             apis: [None, None],
             workers: [None, None],
@@ -128,16 +158,29 @@ impl Cluster {
         self.dir.join(format!("{name}.log"))
     }
 
+    /// Where the checks reach the primary now.
+    pub async fn redis_url(&self) -> anyhow::Result<String> {
+        let port = match &self.redis {
+            RedisNodes::Single(nodes) => nodes.endpoint.port,
+            RedisNodes::Sentinel(topology) => topology.primary().await?,
+        };
+        Ok(format!("redis://127.0.0.1:{port}"))
+    }
+
     fn service_env(&self) -> Vec<(String, String)> {
         let proxied = self
             .postgres
             .url_for(&self.database_url)
             .unwrap_or_default();
+        // Through Sentinel the URL gives only credentials and database; the primary is
+        // whichever the Sentinels name, and every answer waits for a replica.
+        let (redis_port, sentinels) = match &self.redis {
+            RedisNodes::Single(nodes) => (nodes.endpoint.port, None),
+            RedisNodes::Sentinel(topology) => (topology.nodes[0], Some(topology.sentinel_list())),
+        };
+        let replicated = self.queue == QueueKind::Redis || sentinels.is_some();
         [
-            (
-                "REDIS_URL",
-                format!("redis://127.0.0.1:{}", self.redis_port),
-            ),
+            ("REDIS_URL", format!("redis://127.0.0.1:{redis_port}")),
             ("KAFKA_BROKERS", self.kafka_brokers.clone()),
             ("ISSUE_TOPIC_REPLICATION", BROKERS.to_string()),
             ("ISSUE_TOPIC_MIN_INSYNC_REPLICAS", "2".into()),
@@ -157,37 +200,67 @@ impl Cluster {
             ("WORKER_REDRIVE_INTERVAL_MS", "1000".into()),
             ("WORKER_RETRY_MAX_MS", "1000".into()),
             ("RUST_LOG", "info".into()),
-            // Where Redis is the queue, a "yes" waits for the replica: a failover keeps it.
-            (
-                "REDIS_MIN_REPLICAS",
-                u8::from(self.queue == QueueKind::Redis).to_string(),
-            ),
+            // Where Redis is the queue, or runs replicated under Sentinel, a "yes" waits for
+            // a replica: a failover keeps it.
+            ("REDIS_MIN_REPLICAS", u8::from(replicated).to_string()),
         ]
         .into_iter()
+        .chain(sentinels.map(|list| ("REDIS_SENTINELS", list)))
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
 
+    fn single(&mut self) -> anyhow::Result<&mut Endpointed> {
+        match &mut self.redis {
+            RedisNodes::Single(nodes) => Ok(nodes),
+            RedisNodes::Sentinel(_) => bail!("a fault of the single topology under Sentinel"),
+        }
+    }
+
+    fn sentinel(&self) -> anyhow::Result<&SentinelTopology> {
+        match &self.redis {
+            RedisNodes::Sentinel(topology) => Ok(topology),
+            RedisNodes::Single(_) => bail!("a fault of the Sentinel topology on a single node"),
+        }
+    }
+
+    /// kill -9 of the primary the Sentinels name; once they name another, it is started
+    /// again (and becomes a replica). Returns (old primary, new primary).
+    pub async fn kill_sentinel_primary(&self) -> anyhow::Result<(u16, u16)> {
+        let topology = self.sentinel()?;
+        let old = topology.primary().await?;
+        topology.kill(old)?;
+        let new = topology.await_failover_from(old).await?;
+        topology.start_node(old)?;
+        Ok((old, new))
+    }
+
+    /// A failback: the Sentinels make `node` the primary again.
+    pub async fn fail_back_to(&self, node: u16) -> anyhow::Result<()> {
+        self.sentinel()?.fail_over_to(node).await
+    }
+
     /// Redis is killed and started again on the same data directory.
     pub async fn restart_redis(&mut self) -> anyhow::Result<()> {
-        self.redis.restart().await
+        self.single()?.primary.restart().await
     }
 
     /// Redis dies and comes back with nothing: every key is gone, AOF included.
     pub async fn wipe_redis(&mut self) -> anyhow::Result<()> {
-        self.redis.wipe().await
+        self.single()?.primary.wipe().await
     }
 
     /// Redis dies after `lost` of load whose writes then vanish from its append-only file,
     /// as a machine crash under `appendfsync everysec` loses its last second; it restarts
     /// from what is left. Returns how many bytes of the file were cut.
     pub async fn cut_aof_tail(&mut self, lost: Duration) -> anyhow::Result<u64> {
-        let kept = self.redis.aof_len()?;
+        let primary = &mut self.single()?.primary;
+        let kept = primary.aof_len()?;
         actix_rt::time::sleep(lost).await;
-        self.redis.kill();
-        let cut = self.redis.aof_len()?.saturating_sub(kept);
-        self.redis.cut_aof_to(kept)?;
-        self.redis.restart().await?;
+        primary.kill();
+        let cut = primary.aof_len()?.saturating_sub(kept);
+        primary.cut_aof_to(kept)?;
+        primary.restart().await?;
         Ok(cut)
     }
 
@@ -195,22 +268,22 @@ impl Cluster {
     /// and the replica is promoted; the endpoint leads to it from then on, and a new replica
     /// follows it.
     pub async fn promote_lagging_replica(&mut self, lag: Duration) -> anyhow::Result<()> {
-        self.replica_link.cut();
+        let dir = self.dir.clone();
+        let nodes = self.single()?;
+        nodes.link.cut();
         actix_rt::time::sleep(lag).await;
-        self.redis.kill();
-        self.replica.promote().await?;
-        let promoted = format!("127.0.0.1:{}", self.replica.port);
-        self.redis_endpoint.fail_over_to(&promoted);
-        self.replicas_started += 1;
-        self.replica_link.fail_over_to(&promoted);
-        self.replica_link.restore();
-        let dir = self
-            .dir
-            .join(format!("redis-replica-{}", self.replicas_started));
-        let follower = RedisServer::replica_of(self.replica_link.port, &dir).await?;
+        nodes.primary.kill();
+        nodes.replica.promote().await?;
+        let promoted = format!("127.0.0.1:{}", nodes.replica.port);
+        nodes.endpoint.fail_over_to(&promoted);
+        nodes.replicas_started += 1;
+        nodes.link.fail_over_to(&promoted);
+        nodes.link.restore();
+        let dir = dir.join(format!("redis-replica-{}", nodes.replicas_started));
+        let follower = RedisServer::replica_of(nodes.link.port, &dir).await?;
         let mut old = std::mem::replace(
-            &mut self.redis,
-            std::mem::replace(&mut self.replica, follower),
+            &mut nodes.primary,
+            std::mem::replace(&mut nodes.replica, follower),
         );
         old.kill();
         Ok(())
@@ -285,8 +358,11 @@ impl Cluster {
         }
         // Its nodes stop when the last handle is dropped.
         self.kafka = None;
-        self.redis.kill();
-        self.replica.kill();
+        // The Sentinel topology stops when dropped.
+        if let RedisNodes::Single(nodes) = &mut self.redis {
+            nodes.primary.kill();
+            nodes.replica.kill();
+        }
         if !keep_database {
             let mut admin = AsyncPgConnection::establish(&self.admin_database_url).await?;
             diesel::sql_query(format!(

@@ -21,6 +21,7 @@ use coupon_core::registry::Registry;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+pub use self::cluster::RedisTopology;
 use self::cluster::{ADMIN_TOKEN, Cluster, GROUP, JWT_SECRET, TOPIC};
 use self::load::{Outcome, drive};
 use crate::client::ApiClient;
@@ -28,6 +29,7 @@ use crate::credentials::UserCredentials;
 
 pub struct ChaosOptions {
     pub queue: QueueKind,
+    pub topology: RedisTopology,
     pub duration: Duration,
     pub coupons: usize,
     pub quantity: i64,
@@ -72,6 +74,8 @@ enum FaultKind {
     KillRedis,
     CutAofTail,
     PromoteLaggingReplica,
+    KillSentinelPrimary,
+    FailBack,
     Poison,
 }
 
@@ -83,7 +87,49 @@ enum FaultKind {
 /// before each answer) with every acknowledged admission, and each "yes" waited for the
 /// replica, so the promoted one has it. A cut file tail is not among its faults: there it
 /// loses the queue's events (the README's trade-off table says so).
-fn faults(queue: QueueKind) -> Vec<Fault> {
+fn faults(queue: QueueKind, topology: RedisTopology) -> Vec<Fault> {
+    let all = faults_on_one_node(queue);
+    match topology {
+        RedisTopology::Single => all,
+        // Under Sentinel, Redis's own faults are its failovers: the primary killed (a
+        // replica promoted, the old one back as a replica), then the old primary made
+        // primary again. The others stay.
+        RedisTopology::Sentinel => {
+            let redis_faults = [
+                Fault {
+                    at: 0.60,
+                    kind: FaultKind::KillSentinelPrimary,
+                    name: "kill -9 of the Redis primary under Sentinel, restarted as a replica",
+                    threatens: &["no oversell", "no lost success", "no leaked stock"],
+                },
+                Fault {
+                    at: 0.72,
+                    kind: FaultKind::FailBack,
+                    name: "failback: the old Redis primary made primary again (SENTINEL FAILOVER)",
+                    threatens: &["no oversell", "no lost success", "one per user"],
+                },
+            ];
+            let mut kept: Vec<Fault> = all
+                .into_iter()
+                .filter(|fault| {
+                    !matches!(
+                        fault.kind,
+                        FaultKind::WipeRedis
+                            | FaultKind::KillRedis
+                            | FaultKind::CutAofTail
+                            | FaultKind::PromoteLaggingReplica
+                    )
+                })
+                .chain(redis_faults)
+                .collect();
+            kept.sort_by(|a, b| a.at.total_cmp(&b.at));
+            kept
+        }
+    }
+}
+
+/// The faults of the single-node topology.
+fn faults_on_one_node(queue: QueueKind) -> Vec<Fault> {
     let promote = Fault {
         at: 0.72,
         kind: FaultKind::PromoteLaggingReplica,
@@ -180,7 +226,14 @@ pub async fn run(
     let dir = std::env::current_dir()?.join(".local/chaos");
     let _ = std::fs::remove_dir_all(&dir);
     println!("Starting the chaos cluster (logs in {})", dir.display());
-    let mut cluster = Cluster::start(bin_dir, admin_database_url, &dir, options.queue).await?;
+    let mut cluster = Cluster::start(
+        bin_dir,
+        admin_database_url,
+        &dir,
+        options.queue,
+        options.topology,
+    )
+    .await?;
     let users = UserCredentials::jwt(JWT_SECRET)?;
     let apis: Rc<Vec<ApiClient>> = Rc::new(
         cluster
@@ -212,8 +265,9 @@ pub async fn run(
         .map(|i| (ids[i % ids.len()], 1_000_000 + i as i64))
         .collect();
     println!(
-        "{} queue: {} coupons of {}, {} users, over {:?}",
+        "{} queue, Redis {:?}: {} coupons of {}, {} users, over {:?}",
         options.queue,
+        options.topology,
         ids.len(),
         options.quantity,
         attempts.len(),
@@ -231,7 +285,8 @@ pub async fn run(
     let mut burst = None;
     let mut log = Vec::new();
     let mut previous_end = started;
-    let faults = faults(options.queue);
+    let faults = faults(options.queue, options.topology);
+    let mut killed_primary = None;
     let kafka = KafkaArgs {
         kafka_brokers: cluster.kafka_brokers.clone(),
         issue_topic: TOPIC.into(),
@@ -315,6 +370,18 @@ pub async fn run(
                 let cut = cluster.cut_aof_tail(AOF_TAIL_LOST).await?;
                 format!("the last {AOF_TAIL_LOST:?} of writes ({cut} bytes) lost")
             }
+            FaultKind::KillSentinelPrimary => {
+                let (old, new) = cluster.kill_sentinel_primary().await?;
+                killed_primary = Some(old);
+                format!(
+                    "primary {old} killed; the Sentinels promoted {new}; {old} back as a replica"
+                )
+            }
+            FaultKind::FailBack => {
+                let old = killed_primary.context("the primary was killed first")?;
+                cluster.fail_back_to(old).await?;
+                format!("{old} primary again")
+            }
             FaultKind::PromoteLaggingReplica => {
                 cluster.promote_lagging_replica(REPLICA_LAG).await?;
                 format!("replica cut off for {REPLICA_LAG:?}, then promoted")
@@ -324,7 +391,7 @@ pub async fn run(
                 match options.queue {
                     QueueKind::Kafka => inject_poison(&kafka, last_coupon).await?,
                     QueueKind::Redis => {
-                        inject_stream_poison(cluster.redis_port, last_coupon).await?
+                        inject_stream_poison(&cluster.redis_url().await?, last_coupon).await?
                     }
                 }
                 format!(
@@ -360,8 +427,8 @@ pub async fn run(
 /// The orphan events a Kafka producer would write, appended to a coupon's stream instead,
 /// plus garbage entries. The coupon is registered again (it may have sold out and left the
 /// registry already): the workers read only registered coupons' streams.
-async fn inject_stream_poison(redis_port: u16, last_coupon: i64) -> anyhow::Result<()> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}"))?;
+async fn inject_stream_poison(redis_url: &str, last_coupon: i64) -> anyhow::Result<()> {
+    let client = redis::Client::open(redis_url)?;
     let mut con = client.get_multiplexed_async_connection().await?;
     let coupon = CouponId::new(last_coupon)?;
     let stream = coupon_core::redis_keys::CouponKeys::new("", coupon).stream;
@@ -419,13 +486,21 @@ async fn settle(cluster: &Cluster, kafka: &KafkaArgs, queue: QueueKind) -> Resul
     let deadline = Instant::now() + SETTLE_PATIENCE;
     let mut last = String::new();
     while Instant::now() < deadline {
-        match pending_slots(cluster.redis_port).await {
+        let redis_url = match cluster.redis_url().await {
+            Ok(url) => url,
+            Err(err) => {
+                last = err.to_string();
+                actix_rt::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        match pending_slots(&redis_url).await {
             Ok(0) => {
                 let drained = match queue {
                     QueueKind::Kafka => wait_for_group(kafka, GROUP, Duration::from_secs(2))
                         .await
                         .map_err(|e| e.to_string()),
-                    QueueKind::Redis => streams_drained(cluster.redis_port).await,
+                    QueueKind::Redis => streams_drained(&redis_url).await,
                 };
                 match drained {
                     Ok(()) => return Ok(()),
@@ -441,9 +516,9 @@ async fn settle(cluster: &Cluster, kafka: &KafkaArgs, queue: QueueKind) -> Resul
 }
 
 /// Every coupon stream read to its end by the group, with nothing left unacknowledged.
-async fn streams_drained(redis_port: u16) -> Result<(), String> {
+async fn streams_drained(redis_url: &str) -> Result<(), String> {
     let drained = async {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}"))?;
+        let client = redis::Client::open(redis_url)?;
         let mut con = client.get_multiplexed_async_connection().await?;
         let streams: Vec<String> = redis::cmd("KEYS")
             .arg("coupon:*:issues")
@@ -484,8 +559,8 @@ fn stream_id(id: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-async fn pending_slots(redis_port: u16) -> redis::RedisResult<usize> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}"))?;
+async fn pending_slots(redis_url: &str) -> redis::RedisResult<usize> {
+    let client = redis::Client::open(redis_url)?;
     let mut con = client.get_multiplexed_async_connection().await?;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("coupon:*:pending")

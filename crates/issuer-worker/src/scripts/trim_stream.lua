@@ -1,5 +1,5 @@
 -- Trims a coupon's stream to what its consumer group still needs, in one atomic step: a
--- worker's read cannot move the bounds between reading them and trimming (finding 2).
+-- worker's read cannot move the bounds between reading them and trimming.
 -- KEYS[1] the stream. ARGV[1] the group. Keeps everything from the group's oldest pending
 -- entry, or with none pending, from its last delivered entry (which marks where the group
 -- stands). Returns how many entries went.

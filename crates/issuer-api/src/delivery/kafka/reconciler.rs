@@ -69,7 +69,7 @@ pub async fn reconcile_once<C: ConnectionLike + Send + Sync>(
             let user = entry.event.user_id;
             if let Claim::Claimed(entry) = delivery.claim(con, coupon, user).await? {
                 // Started now, not after the pass's other claims: a rebuild waits one publish
-                // window after Redis last knew an entry, and no longer (issue 10, finding 4).
+                // window after Redis last knew an entry, and no longer.
                 let delivery = delivery.clone();
                 publishes.push(tokio::spawn(async move {
                     delivery.republish(entry).await.inspect_err(

@@ -1,0 +1,171 @@
+//! A replicated Redis under Sentinel of a test's or the chaos suite's own, through the one
+//! script that runs it (`deploy/redis/sentinel.sh`): a primary, two replicas, three
+//! Sentinels on free loopback ports. Stopped when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::process::free_port;
+
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../deploy/redis/sentinel.sh"
+);
+/// The master's name the script's Sentinels monitor (its default).
+pub const MASTER: &str = "coupon";
+/// Longest a failover may take to show in the Sentinels' answer.
+const FAILOVER_PATIENCE: Duration = Duration::from_secs(30);
+
+pub struct SentinelTopology {
+    dir: PathBuf,
+    /// The Redis nodes' ports; the first was the primary at start.
+    pub nodes: Vec<u16>,
+    pub sentinels: Vec<u16>,
+}
+
+impl SentinelTopology {
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let nodes = (0..3).map(|_| free_port()).collect::<Result<Vec<_>, _>>()?;
+        let sentinels = (0..3).map(|_| free_port()).collect::<Result<Vec<_>, _>>()?;
+        let topology = Self {
+            dir: dir.to_owned(),
+            nodes,
+            sentinels,
+        };
+        topology.script(&["start", &list(&topology.nodes), &list(&topology.sentinels)])?;
+        Ok(topology)
+    }
+
+    fn script(&self, args: &[&str]) -> anyhow::Result<()> {
+        let (verb, rest) = args.split_first().context("a verb")?;
+        let status = Command::new("bash")
+            .arg(SCRIPT)
+            .arg(verb)
+            .arg(&self.dir)
+            .args(rest)
+            .status()?;
+        if !status.success() {
+            bail!("sentinel.sh {args:?} exited {status}");
+        }
+        Ok(())
+    }
+
+    /// `REDIS_SENTINELS` for the services.
+    pub fn sentinel_list(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The port of the primary the Sentinels name now.
+    pub async fn primary(&self) -> anyhow::Result<u16> {
+        let mut last = None;
+        for port in &self.sentinels {
+            let asked = async {
+                let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
+                    .get_multiplexed_async_connection()
+                    .await?;
+                let (_, primary): (String, u16) = redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(MASTER)
+                    .query_async(&mut con)
+                    .await?;
+                Ok::<_, redis::RedisError>(primary)
+            };
+            match asked.await {
+                Ok(primary) => return Ok(primary),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.context("no Sentinel")?.into())
+    }
+
+    /// kill -9 of the node on `port`.
+    pub fn kill(&self, port: u16) -> anyhow::Result<()> {
+        self.script(&["kill", &port.to_string()])
+    }
+
+    /// Starts the node on `port` again (a former primary comes back as the primary it
+    /// was, until the Sentinels make it a replica).
+    pub fn start_node(&self, port: u16) -> anyhow::Result<()> {
+        self.script(&["start-node", &port.to_string()])
+    }
+
+    /// Waits until the Sentinels name another primary than `old`; returns it.
+    pub async fn await_failover_from(&self, old: u16) -> anyhow::Result<u16> {
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        loop {
+            if let Ok(primary) = self.primary().await
+                && primary != old
+            {
+                return Ok(primary);
+            }
+            if Instant::now() > deadline {
+                bail!("the Sentinels still name {old} after {FAILOVER_PATIENCE:?}");
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A failback: makes the node on `port` the primary again through a Sentinel failover
+    /// (the other replicas made ineligible meanwhile), and waits until it is.
+    pub async fn fail_over_to(&self, port: u16) -> anyhow::Result<()> {
+        let others: Vec<u16> = self.nodes.iter().copied().filter(|p| *p != port).collect();
+        for other in &others {
+            set_priority(*other, 0).await?;
+        }
+        set_priority(port, 100).await?;
+        let mut sentinel = redis::Client::open(format!("redis://127.0.0.1:{}", self.sentinels[0]))?
+            .get_multiplexed_async_connection()
+            .await?;
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        while self.primary().await? != port {
+            // Refused while the node is not yet a synced replica, or another failover runs.
+            let _: redis::RedisResult<String> = redis::cmd("SENTINEL")
+                .arg("FAILOVER")
+                .arg(MASTER)
+                .query_async(&mut sentinel)
+                .await;
+            if Instant::now() > deadline {
+                bail!("the Sentinels did not fail over to {port} in {FAILOVER_PATIENCE:?}");
+            }
+            actix_rt::time::sleep(Duration::from_millis(500)).await;
+        }
+        for other in &others {
+            set_priority(*other, 100).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SentinelTopology {
+    fn drop(&mut self) {
+        let _ = self.script(&["stop"]);
+    }
+}
+
+async fn set_priority(port: u16, priority: u32) -> anyhow::Result<()> {
+    let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
+        .get_multiplexed_async_connection()
+        .await?;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("replica-priority")
+        .arg(priority)
+        .query_async(&mut con)
+        .await?;
+    Ok(())
+}
+
+fn list(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
