@@ -72,7 +72,15 @@ pub struct AdmissionScripts {
     /// The stamp in force of each coupon this process has met (`crate::epoch::Stamp`), as
     /// it last wrote or learnt it: passed with every admission, learnt again from
     /// PostgreSQL when admission answers UNVERIFIED.
-    stamps: Arc<RwLock<HashMap<CouponId, Stamp>>>,
+    stamps: Arc<RwLock<Stamps>>,
+}
+
+/// The stamps learnt, and how many times they were all forgotten: a stamp read from
+/// PostgreSQL before a forget must not be kept after it.
+#[derive(Default)]
+struct Stamps {
+    known: HashMap<CouponId, Stamp>,
+    forgotten: u64,
 }
 
 impl AdmissionScripts {
@@ -91,16 +99,39 @@ impl AdmissionScripts {
         self.stamps
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .known
             .get(&coupon)
             .cloned()
     }
 
-    /// Learns the stamp in force for `coupon` (read from PostgreSQL, or just written).
+    /// Learns the stamp in force for `coupon` (just written by this process).
     pub fn learn_stamp(&self, coupon: CouponId, stamp: Stamp) {
         self.stamps
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .known
             .insert(coupon, stamp);
+    }
+
+    /// How many times the stamps were forgotten so far: read it before reading a stamp from
+    /// PostgreSQL, and pass it to [`AdmissionScripts::learn_stamp_read_at`].
+    pub fn stamps_forgotten(&self) -> u64 {
+        self.stamps
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .forgotten
+    }
+
+    /// Learns a stamp read from PostgreSQL when the stamps had been forgotten `forgotten`
+    /// times, unless they were forgotten again since (the read may predate a rebuild).
+    pub fn learn_stamp_read_at(&self, coupon: CouponId, stamp: Stamp, forgotten: u64) {
+        let mut stamps = self
+            .stamps
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if stamps.forgotten == forgotten {
+            stamps.known.insert(coupon, stamp);
+        }
     }
 
     /// The coupons that need work, registered as admission opens them.
@@ -118,6 +149,16 @@ impl AdmissionScripts {
         coupon: CouponId,
         user: UserId,
     ) -> Result<AdmitReply, RedisError> {
+        Ok(self.admit_stamped(con, coupon, user).await?.0)
+    }
+
+    /// [`AdmissionScripts::admit`], and the stamp it passed (what an UNVERIFIED answered).
+    pub async fn admit_stamped<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: CouponId,
+        user: UserId,
+    ) -> Result<(AdmitReply, Option<Stamp>), RedisError> {
         let keys = self.keys(coupon);
         let event_id = Uuid::new_v4();
         let mut call = function_library::call(Function::Admit, &keys.state(self.queue));
@@ -132,7 +173,7 @@ impl AdmissionScripts {
         }
         let (code, now_ms): (i64, i64) = function_library::invoke(con, &call).await?;
         let refused = |admission| Ok(AdmitReply::Refused(admission));
-        match code {
+        let reply = match code {
             0 => Ok(AdmitReply::NotLoaded),
             1 => Ok(AdmitReply::Admitted(IssueEvent {
                 v: EVENT_VERSION,
@@ -153,7 +194,20 @@ impl AdmissionScripts {
                 "admission script returned an unknown code",
                 other.to_string(),
             ))),
-        }
+        };
+        Ok((reply?, stamp))
+    }
+
+    /// Forgets every stamp learnt: another process replaced one since
+    /// (`crate::db::coupons::redis_verifications` moved), and a node that took over and
+    /// gave way again may still carry an old one this process would pass.
+    pub fn forget_stamps(&self) {
+        let mut stamps = self
+            .stamps
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        stamps.known.clear();
+        stamps.forgotten += 1;
     }
 
     /// Registers a newly created coupon, then caches quantity and window beside the issued
@@ -181,19 +235,19 @@ impl AdmissionScripts {
 
     /// Restores a coupon's state after Redis lost it (or may have rewound it): adds the
     /// users PostgreSQL (and the caller) know to hold the coupon, then writes the meta with
-    /// a new stamp, last, because a verified meta is what opens admission. Users already in
-    /// the set stay; nothing is removed. None if the instance is no longer the one `epoch`
+    /// `stamp`, last, because a verified meta is what opens admission. Users already in the
+    /// set stay; nothing is removed. False if the instance is no longer the one `stamp`
     /// names (Redis restarted or failed over during the rebuild), or `lease` is no longer
-    /// held: then admission stays closed and the rebuild starts over. The caller records
-    /// the stamp in PostgreSQL as the one in force.
+    /// held: then admission stays closed and the rebuild starts over. The caller has
+    /// recorded the stamp in PostgreSQL as the one in force before (`Stamp::fresh`).
     pub async fn restore<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: &Coupon,
         holders: &[i64],
-        epoch: &str,
+        stamp: &Stamp,
         lease: &RebuildLease,
-    ) -> Result<Option<Stamp>, RedisError> {
+    ) -> Result<bool, RedisError> {
         let keys = self.keys(coupon.id);
         for chunk in holders.chunks(RESTORE_CHUNK) {
             let _: i64 = con.sadd(&keys.issued, chunk).await?;
@@ -202,14 +256,14 @@ impl AdmissionScripts {
         let mut call = function_library::call(Function::LoadMeta, &[&keys.meta, &keys.rebuilding]);
         meta_args(&mut call, coupon)
             .arg("verified")
-            .arg(Uuid::new_v4().simple().to_string())
-            .arg(epoch)
+            .arg(stamp.as_str())
             .arg(&lease.token);
-        let stamp: Option<Stamp> = function_library::invoke(con, &call).await?;
-        if let Some(stamp) = &stamp {
+        let written: Option<Stamp> = function_library::invoke(con, &call).await?;
+        let restored = written.as_ref() == Some(stamp);
+        if restored {
             self.learn_stamp(coupon.id, stamp.clone());
         }
-        Ok(stamp)
+        Ok(restored)
     }
 
     /// Takes the coupon's rebuild lease and closes its admission in one step

@@ -37,6 +37,12 @@ impl Stamp {
         Self(text.into())
     }
 
+    /// A new verification's stamp under `run_id`, with a nonce of its own (`load_meta.lua`
+    /// builds the same shape for a creation's first load).
+    pub fn fresh(run_id: &str) -> Self {
+        Self::new(format!("{run_id}/{}", uuid::Uuid::new_v4().simple()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use coupon_core::admission::AdmissionScripts;
 use coupon_core::config::QueueKind;
 use coupon_core::domain::{Coupon, CouponId};
-use coupon_core::epoch::instance_epoch;
+use coupon_core::epoch::{Stamp, instance_epoch};
 use coupon_core::intercept::{At, Intercepted, has_arg};
 use coupon_core::redis_keys::CouponKeys;
 use coupon_core::registry::{Registration, Registry};
@@ -52,7 +52,13 @@ async fn lost_and_rebuilt_with_a_free_slot(
         .await?
         .expect("nobody else rebuilds this coupon");
     scripts
-        .restore(&mut con, &with_quantity(2), &[5], &epoch, &lease)
+        .restore(
+            &mut con,
+            &with_quantity(2),
+            &[5],
+            &Stamp::fresh(&epoch),
+            &lease,
+        )
         .await?;
     Ok(())
 }

@@ -260,6 +260,10 @@ impl Application {
         let handle = self.server.handle();
         let stop_background = CancellationToken::new();
         let (operations, issuer) = (self.operations.clone(), self.issuer.clone());
+        let stamps = {
+            let (issuer, stop) = (self.issuer.clone(), stop_background.clone());
+            tokio::spawn(async move { issuer.watch_stamps(stop).await })
+        };
         let watching = {
             let stop = stop_background.clone();
             tokio::spawn(async move { operations.run(issuer, stop).await })
@@ -282,6 +286,7 @@ impl Application {
         }
         stop_background.cancel();
         watching.await?;
+        stamps.await?;
         if let Some(upkeep) = upkeep {
             upkeep.await?;
         }

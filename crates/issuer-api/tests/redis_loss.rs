@@ -190,7 +190,8 @@ async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
 /// service's primary endpoint does): user 1 wins on P, replicated to R; R is cut off and
 /// takes over, and users 2 and 3 win there; the endpoint moves back to P, whose run id the
 /// API verified the coupon under. P's state is rewound (it never saw 2 and 3): users 4 and 5
-/// must not be told 201. Checked by an API that lived through it and by one started after.
+/// must not be told 201. Checked by an API that lived through it, by one that met no request
+/// while R held the endpoint, and by one started after.
 #[actix_web::test]
 async fn a_failback_to_the_old_primary_admits_nobody_on_its_stale_state() {
     let mut redis = Replicated::start("failback").await;
@@ -201,6 +202,10 @@ async fn a_failback_to_the_old_primary_admits_nobody_on_its_stale_state() {
     let env = TestEnv::start_with_args(QueueKind::Kafka, &support::brokers(), 1, &[&url]).await;
     let coupon = env.coupon_with_quantity(3).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
+    // A second API that learns the coupon's stamp now, and meets no request for it while R
+    // holds the endpoint: the takeover happens without it.
+    let (early, _) = env.start_another_api(&[]).await;
+    assert_eq!(env.issue_retrying_at(&early, coupon, 1).await.0, 409);
     // Everything P has so far is on R: a write and a WAIT on one connection confirm it.
     let mut on_primary = redis::Client::open(redis.primary.url())
         .unwrap()
@@ -230,6 +235,10 @@ async fn a_failback_to_the_old_primary_admits_nobody_on_its_stale_state() {
     assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
 
     endpoint.fail_over_to(&primary);
+    // First after the failback: the API that missed the takeover still held P's old stamp,
+    // which P's meta carries; it must have forgotten it.
+    let answer = env.issue_retrying_at(&early, coupon, 7).await;
+    assert_eq!(answer.0, 410, "an API that missed the takeover: {answer:?}");
     for user in [4, 5] {
         let (status, body) = env.issue_retrying(coupon, user).await;
         assert_eq!(

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::db::schema::{coupon_issues, coupons};
 use crate::domain::{Coupon, CouponId, UserId};
@@ -141,9 +141,9 @@ pub async fn redis_stamp(
     Ok(stamp.flatten().map(Stamp::new))
 }
 
-/// Records `stamp` as the one in force: always after a rebuild (the newest verification),
-/// only where none is recorded yet after a creation's first load (a rebuild that raced it
-/// is newer).
+/// Records `stamp` as the one in force: always after a rebuild (the newest verification,
+/// which also moves the verification count every API watches), only where none is recorded
+/// yet after a creation's first load (a rebuild that raced it is newer).
 pub async fn record_redis_stamp(
     conn: &mut AsyncPgConnection,
     coupon: CouponId,
@@ -153,15 +153,40 @@ pub async fn record_redis_stamp(
     let target = coupons::table.filter(coupons::id.eq(coupon.get()));
     let set = coupons::redis_stamp.eq(stamp.as_str());
     match verified {
-        Verification::Rebuilt => diesel::update(target).set(set).execute(conn).await?,
+        Verification::Rebuilt => {
+            conn.transaction(async |conn| {
+                diesel::update(target).set(set).execute(conn).await?;
+                diesel::sql_query("SELECT nextval('redis_verifications')")
+                    .execute(conn)
+                    .await?;
+                Ok::<_, Error>(())
+            })
+            .await?
+        }
         Verification::Created => {
             diesel::update(target.filter(coupons::redis_stamp.is_null()))
                 .set(set)
                 .execute(conn)
-                .await?
+                .await?;
         }
     };
     Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    last_value: i64,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    is_called: bool,
+}
+
+/// How many rebuilds have recorded a stamp in force so far (`record_redis_stamp`).
+pub async fn redis_verifications(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+    let count: Count = diesel::sql_query("SELECT last_value, is_called FROM redis_verifications")
+        .get_result(conn)
+        .await?;
+    Ok(if count.is_called { count.last_value } else { 0 })
 }
 
 /// How a stamp came to be.

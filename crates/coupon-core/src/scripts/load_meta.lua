@@ -2,13 +2,13 @@
 -- verified (epoch.lua: the stamp names the instance and this verification).
 -- KEYS[1] coupon meta hash, and in the 'verified' mode KEYS[2] its rebuild lease.
 -- ARGV[1] quantity, ARGV[2] starts_at ms or '', ARGV[3] ends_at ms or '', ARGV[4] the mode,
--- ARGV[5] the stamp's nonce, and in the 'verified' mode ARGV[6] the run id the rebuild read
--- under and ARGV[7] its lease token:
+-- and ARGV[5] in the 'fresh' mode the stamp's nonce, in the 'verified' mode the whole stamp
+-- (recorded in PostgreSQL first) and ARGV[6] the rebuild's lease token:
 --   'fresh': the coupon was just created, nothing can have been admitted. An existing meta
 --     (a racing replica loaded it first) is left as it is.
---   'verified': a rebuild has added every holder it found, reading under ARGV[6]. The meta
---     is written (an existing one keeps its fields) and stamped, if the instance is still
---     the one the rebuild read and the rebuild still holds its lease (else Redis restarted
+--   'verified': a rebuild has added every holder it found, reading under the stamp's run
+--     id. The meta is written (an existing one keeps its fields) and stamped, if the
+--     instance is still the one the stamp names and the rebuild still holds its lease (else Redis restarted
 --     or failed over meanwhile, or the lease ran out and another rebuild owns the coupon
 --     now: this one's reading may be stale).
 -- Returns the stamp written, or false when it wrote nothing. The issued set is not touched.
@@ -17,8 +17,8 @@ if mode == 'fresh' then
   if redis.call('EXISTS', KEYS[1]) == 1 then
     return false
   end
-elseif mode ~= 'verified' or ARGV[6] ~= instance_epoch()
-    or redis.call('GET', KEYS[2]) ~= ARGV[7] then
+elseif mode ~= 'verified' or not stamped_here(ARGV[5])
+    or redis.call('GET', KEYS[2]) ~= ARGV[6] then
   return false
 end
 redis.call('HSETNX', KEYS[1], 'quantity', ARGV[1])
@@ -28,6 +28,10 @@ end
 if ARGV[3] ~= '' then
   redis.call('HSETNX', KEYS[1], 'ends_at', ARGV[3])
 end
-local stamp = instance_epoch() .. '/' .. ARGV[5]
+-- A creation's stamp has the shape of Stamp::fresh's.
+local stamp = ARGV[5]
+if mode == 'fresh' then
+  stamp = instance_epoch() .. '/' .. ARGV[5]
+end
 redis.call('HSET', KEYS[1], 'epoch', stamp)
 return stamp

@@ -16,9 +16,9 @@ if ARGV[1] == 'take' then
   if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then
     return 0
   end
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    redis.call('HSET', KEYS[2], 'epoch', 'rebuilding')
-  end
+  -- A missing meta is marked too: a creation's first load (load_meta.lua's 'fresh') finds
+  -- it there and leaves admission to the rebuild, which would otherwise read while open.
+  redis.call('HSET', KEYS[2], 'epoch', 'rebuilding')
   return 1
 end
 if redis.call('GET', KEYS[1]) == ARGV[2] then

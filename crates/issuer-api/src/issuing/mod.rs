@@ -15,11 +15,13 @@ use std::time::Duration;
 
 use coupon_core::admission::{AdmissionScripts, AdmitReply};
 use coupon_core::db::coupons::{
-    NewCoupon, Verification, insert_coupon, record_redis_stamp, redis_stamp,
+    NewCoupon, Verification, insert_coupon, record_redis_stamp, redis_stamp, redis_verifications,
 };
 use coupon_core::db::pool::PgPool;
 use coupon_core::domain::{Admission, Coupon, CouponId, UserId};
+use coupon_core::epoch::Stamp;
 use coupon_core::redis_connection::RedisConnection;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::delivery::{Delivery, Pending};
@@ -30,6 +32,12 @@ use crate::replication::Replication;
 pub use probes::Stock;
 pub use reads::Holding;
 pub use rebuild::Rebuilt;
+
+/// How often each API reads the verification count (`Issuer::watch_stamps`), and how long a
+/// rebuild waits after moving it before it opens Redis: by then every live API has read it
+/// at least once.
+const STAMP_REFRESH: Duration = Duration::from_millis(100);
+pub(crate) const STAMPS_SEEN_BY_ALL: Duration = Duration::from_millis(300);
 
 /// How long a request for a user whose event another request is delivering waits for that
 /// outcome before answering 503, and its first pause between looks (doubled each time, so a
@@ -109,14 +117,16 @@ impl Issuer {
             self.metrics
                 .admission_script
                 .observe(started.elapsed().as_secs_f64());
-            let (reply, written_on) = admitted?;
+            let (reply, sent, written_on) = admitted?;
             match reply {
                 // This process may not know the stamp in force yet, or another one rebuilt
-                // the coupon since: PostgreSQL says which it is. Only a stamp it does not
-                // match (the state is rewound, or was never verified) takes the rebuild.
+                // the coupon since: PostgreSQL says which it is. Only when PostgreSQL's is
+                // the one just passed (the state is rewound, or was never verified) is a
+                // rebuild due; compared with the cache instead, a request racing a rebuild
+                // that just finished here would start another.
                 AdmitReply::Unverified if !learnt => {
                     learnt = true;
-                    if self.learn_stamp(coupon).await? {
+                    if self.learn_stamp(coupon, sent.as_ref()).await? {
                         continue;
                     }
                     return Err(self.start_rebuild(coupon).await);
@@ -165,25 +175,26 @@ impl Issuer {
         }
     }
 
-    /// Runs the admission script. When replicas must confirm, on the replication socket,
-    /// whose number comes back with the reply: a WAIT counts only on the socket that
-    /// carried the write (`crate::replication`).
+    /// Runs the admission script; returns its reply, the stamp it passed, and, when
+    /// replicas must confirm, the number of the replication socket it ran on: a WAIT counts
+    /// only on the socket that carried the write (`crate::replication`).
     async fn run_admission(
         &self,
         redis: &mut RedisConnection,
         coupon: CouponId,
         user: UserId,
-    ) -> Result<(AdmitReply, Option<u64>), ApiError> {
+    ) -> Result<(AdmitReply, Option<Stamp>, Option<u64>), ApiError> {
         let Some(replication) = &self.replication else {
-            return Ok((self.scripts.admit(redis, coupon, user).await?, None));
+            let (reply, sent) = self.scripts.admit_stamped(redis, coupon, user).await?;
+            return Ok((reply, sent, None));
         };
         let mut bound = replication.connection().await?;
         match self
             .scripts
-            .admit(&mut bound.connection, coupon, user)
+            .admit_stamped(&mut bound.connection, coupon, user)
             .await
         {
-            Ok(reply) => Ok((reply, Some(bound.generation))),
+            Ok((reply, sent)) => Ok((reply, sent, Some(bound.generation))),
             Err(err) => {
                 replication.failed(bound.generation, &err);
                 Err(err.into())
@@ -226,20 +237,59 @@ impl Issuer {
         Ok(coupon)
     }
 
-    /// Learns the coupon's stamp in force from PostgreSQL; true if it differs from the one
-    /// this process passed (admission is worth asking again), false if PostgreSQL has the
-    /// same or none (only a rebuild helps).
-    async fn learn_stamp(&self, coupon: CouponId) -> Result<bool, ApiError> {
+    /// Learns the coupon's stamp in force from PostgreSQL; true if it differs from `sent`,
+    /// the one an admission passed and was refused (admission is worth asking again), false
+    /// if PostgreSQL has the same or none (only a rebuild helps).
+    async fn learn_stamp(&self, coupon: CouponId, sent: Option<&Stamp>) -> Result<bool, ApiError> {
+        let forgotten = self.scripts.stamps_forgotten();
         let in_force = {
             let mut conn = self.pool.get().await?;
             redis_stamp(&mut conn, coupon).await?
         };
         match in_force {
-            Some(stamp) if Some(&stamp) != self.scripts.stamp(coupon).as_ref() => {
-                self.scripts.learn_stamp(coupon, stamp);
+            Some(stamp) if Some(&stamp) != sent => {
+                self.scripts.learn_stamp_read_at(coupon, stamp, forgotten);
                 Ok(true)
             }
             _ => Ok(false),
+        }
+    }
+
+    /// Until `stop`: watches how many rebuilds have replaced a stamp in force, and forgets
+    /// every stamp this process holds when the count moves. An API that met no request for
+    /// a coupon while another node took over (and was rebuilt) would otherwise still pass
+    /// the old node's stamp, and a failback to that node would admit on its old state. A
+    /// rebuild opens Redis only [`STAMPS_SEEN_BY_ALL`] after moving the count, so every
+    /// API has forgotten by then.
+    pub async fn watch_stamps(&self, stop: CancellationToken) {
+        let mut seen = None;
+        loop {
+            let count = async {
+                let mut conn = self.pool.get().await?;
+                Ok::<_, ApiError>(redis_verifications(&mut conn).await?)
+            };
+            match count.await {
+                Ok(count) => {
+                    if seen.is_some_and(|seen| seen != count) {
+                        tracing::info!(
+                            count,
+                            "a rebuild replaced a stamp in force; stamps forgotten"
+                        );
+                        self.scripts.forget_stamps();
+                    }
+                    seen = Some(count);
+                }
+                // Unknown: forget, so that the next admissions learn from PostgreSQL (and
+                // answer 503 while it is away).
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the verification count; stamps forgotten");
+                    self.scripts.forget_stamps();
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(STAMP_REFRESH) => {}
+            }
         }
     }
 }

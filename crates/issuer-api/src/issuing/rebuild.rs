@@ -18,11 +18,11 @@ use std::time::Duration;
 use coupon_core::admission::RebuildLease;
 use coupon_core::db::coupons::{Verification, coupon_holders, find_coupon, record_redis_stamp};
 use coupon_core::domain::{Coupon, CouponId};
-use coupon_core::epoch::instance_epoch;
+use coupon_core::epoch::{Stamp, instance_epoch};
 use coupon_core::redis_connection::RedisConnection;
 use redis::aio::ConnectionLike;
 
-use super::Issuer;
+use super::{Issuer, STAMPS_SEEN_BY_ALL};
 use crate::error::ApiError;
 use crate::metrics::OutcomeLabels;
 
@@ -139,17 +139,23 @@ impl Issuer {
         let mut rebuilt = Vec::with_capacity(coupons.len());
         for ((record, holders), held) in self.holders(con, &coupons).await?.into_iter().zip(leased)
         {
-            let Some(stamp) = self
-                .scripts
-                .restore(con, &record, &holders, &epoch, held)
-                .await?
-            else {
-                return Err(ApiError::Rebuilding(record.id.get()));
-            };
             // The stamp in force from now on, for every API, this one's own or one started
-            // later: a node whose meta carries an older stamp admits nobody.
-            let mut conn = self.pool.get().await?;
-            record_redis_stamp(&mut conn, record.id, &stamp, Verification::Rebuilt).await?;
+            // later: recorded first, so that a failure after leaves a stamp no node has
+            // (closed, rebuilt again), never a node open under a stamp PostgreSQL lacks.
+            // Then Redis opens only once every API has forgotten the stamps it held.
+            let stamp = Stamp::fresh(&epoch);
+            {
+                let mut conn = self.pool.get().await?;
+                record_redis_stamp(&mut conn, record.id, &stamp, Verification::Rebuilt).await?;
+            }
+            tokio::time::sleep(STAMPS_SEEN_BY_ALL).await;
+            if !self
+                .scripts
+                .restore(con, &record, &holders, &stamp, held)
+                .await?
+            {
+                return Err(ApiError::Rebuilding(record.id.get()));
+            }
             tracing::info!(coupon = %record.id, holders = holders.len(), "rebuild: admission reopened");
             rebuilt.push((
                 record.id,

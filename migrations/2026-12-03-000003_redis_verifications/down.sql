@@ -1,0 +1,1 @@
+DROP SEQUENCE redis_verifications;
