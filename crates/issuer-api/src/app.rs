@@ -100,7 +100,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         )),
     };
     // Every rebuild, from any process, honours the longest window any API runs with.
-    let window = delivery.in_flight_window().await?;
+    let window = delivery.record_in_flight_window().await?;
     tracing::debug!(
         window_ms = window.as_millis() as u64,
         "in-flight window every rebuild honours"

@@ -61,6 +61,11 @@ impl Replication {
         }
     }
 
+    /// Longest one confirmation (WAIT) may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The socket to send a write that will need confirming on.
     pub async fn connection(&self) -> Result<Bound, ApiError> {
         Ok(self.socket.get().await?)

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use diesel::OptionalExtension;
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
@@ -16,8 +17,8 @@ fn millis(window: Duration) -> i64 {
     i64::try_from(window.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Records that a process publishes within `window`; returns the longest recorded, which
-/// is what a rebuild must wait.
+/// Records that a process publishes within `window` (at its start); returns the longest
+/// recorded, which is what a rebuild must wait.
 pub async fn record(
     conn: &mut AsyncPgConnection,
     window: Duration,
@@ -33,4 +34,17 @@ pub async fn record(
     .get_result(conn)
     .await?;
     Ok(Duration::from_millis(row.window_ms.unsigned_abs()))
+}
+
+/// The longest window recorded, or `own` if longer: a read alone, for the rebuild's path,
+/// which every request meets while a coupon is closed.
+pub async fn longest(conn: &mut AsyncPgConnection, own: Duration) -> diesel::QueryResult<Duration> {
+    let row: Option<Row> = diesel::sql_query("SELECT window_ms FROM publish_window")
+        .get_result(conn)
+        .await
+        .optional()?;
+    let recorded = row.map_or(Duration::ZERO, |row| {
+        Duration::from_millis(row.window_ms.unsigned_abs())
+    });
+    Ok(recorded.max(own))
 }

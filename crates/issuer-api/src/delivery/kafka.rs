@@ -91,7 +91,12 @@ impl KafkaDelivery {
             pool,
             replication,
         } = settings;
-        let publish_window = publish_timeout + PUBLISH_REPORT_MARGIN;
+        // With replicas required, a publish starts only after its confirmation: up to two
+        // WAITs (the one under way, then the asker's own).
+        let confirmations = replication
+            .as_ref()
+            .map_or(Duration::ZERO, |replication| 2 * replication.timeout());
+        let publish_window = publish_timeout + PUBLISH_REPORT_MARGIN + confirmations;
         metrics.publish_window.set(publish_window.as_secs_f64());
         Ok(Self {
             publisher: Publisher::new(&kafka, publish_timeout, metrics.publish_ack.clone())
@@ -115,13 +120,19 @@ impl KafkaDelivery {
         })
     }
 
-    /// Records this process's publish window where every process reads it, and returns
-    /// the longest any has recorded: a rebuild run from a process with a shorter
+    /// Records this process's publish window where every process reads it (at start), and
+    /// returns the longest any has recorded: a rebuild run from a process with a shorter
     /// PUBLISH_TIMEOUT_MS than the APIs' (`rebuild-redis` with default settings) must
     /// still wait for theirs.
-    pub async fn shared_publish_window(&self) -> Result<Duration, ApiError> {
+    pub async fn record_publish_window(&self) -> Result<Duration, ApiError> {
         let mut conn = self.pool.get().await?;
         Ok(publish_window::record(&mut conn, self.publish_window).await?)
+    }
+
+    /// The longest publish window any process recorded, this one's included.
+    pub async fn shared_publish_window(&self) -> Result<Duration, ApiError> {
+        let mut conn = self.pool.get().await?;
+        Ok(publish_window::longest(&mut conn, self.publish_window).await?)
     }
 
     /// The first publish of a new admission, by the request that owns its entry.

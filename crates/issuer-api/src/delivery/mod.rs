@@ -86,11 +86,19 @@ impl Delivery {
     }
 
     /// Longest a delivery started by any process can take to report (Kafka: the longest
-    /// publish window any API records, this one's included; the stream mode has nothing in
+    /// publish window any API recorded, this one's included; the stream mode has nothing in
     /// flight outside Redis).
     pub async fn in_flight_window(&self) -> Result<Duration, ApiError> {
         match self {
             Self::Kafka(kafka) => kafka.shared_publish_window().await,
+            Self::Stream(_) => Ok(Duration::ZERO),
+        }
+    }
+
+    /// Records this process's in-flight window where every rebuild reads it (at start).
+    pub async fn record_in_flight_window(&self) -> Result<Duration, ApiError> {
+        match self {
+            Self::Kafka(kafka) => kafka.record_publish_window().await,
             Self::Stream(_) => Ok(Duration::ZERO),
         }
     }

@@ -80,10 +80,18 @@ impl Issuer {
             match self
                 .scripts
                 .try_lease_rebuild(&mut redis, coupon, lease)
-                .await?
+                .await
             {
-                Some(held) => leased.push(held),
-                None => done.push((coupon, Rebuilt::AlreadyRunning)),
+                Ok(Some(held)) => leased.push(held),
+                Ok(None) => done.push((coupon, Rebuilt::AlreadyRunning)),
+                // The leases taken so far are ended, or their coupons stay closed for the
+                // whole lease.
+                Err(err) => {
+                    for held in &leased {
+                        self.end_lease(&mut redis, held).await;
+                    }
+                    return Err(err.into());
+                }
             }
         }
         if leased.is_empty() {
