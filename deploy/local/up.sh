@@ -63,6 +63,15 @@ redis_ping() {
     IFS= read -r -t 2 line <&3 && [[ $line == +PONG* ]]) 2>/dev/null
 }
 
+# Debian's Sentinel, for the replicated topology the tests, the chaos suite and
+# REDIS_MODE=sentinel start (deploy/redis/sentinel.sh): installed here, once, so that tests
+# starting topologies in parallel never race to install it. The package starts a Sentinel
+# of its own, with Debian's configuration: ours replace it.
+if ! command -v redis-sentinel >/dev/null; then
+  apt_install redis-sentinel
+  as_root service redis-sentinel stop >/dev/null 2>&1 || true
+fi
+
 # REDIS_MODE=sentinel: a primary on REDIS_PORT, replicas on the next two ports, Sentinels on
 # 26379 to 26381 (deploy/redis/sentinel.sh), instead of the single node.
 REDIS_MODE=${REDIS_MODE:-single}

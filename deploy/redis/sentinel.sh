@@ -33,6 +33,13 @@ install() {
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
   [ ${#missing[@]} -eq 0 ] && return 0
+  # Topologies started in parallel install once: the others wait here, then find it done.
+  exec {lock}>/tmp/coupon-sentinel-install.lock
+  flock "$lock"
+  missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
+  [ ${#missing[@]} -eq 0 ] && return 0
   command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} yourself"
   log "installing ${missing[*]} (Debian packages)"
   as_root apt-get update -qq
