@@ -159,10 +159,22 @@ impl AdmissionScripts {
         coupon: CouponId,
         user: UserId,
     ) -> Result<(AdmitReply, Option<Stamp>), RedisError> {
+        self.admit_passing(con, coupon, user, self.stamp(coupon))
+            .await
+    }
+
+    /// [`AdmissionScripts::admit_stamped`] passing `stamp` (one just read from PostgreSQL,
+    /// whatever the cache holds by now).
+    pub async fn admit_passing<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: CouponId,
+        user: UserId,
+        stamp: Option<Stamp>,
+    ) -> Result<(AdmitReply, Option<Stamp>), RedisError> {
         let keys = self.keys(coupon);
         let event_id = Uuid::new_v4();
         let mut call = function_library::call(Function::Admit, &keys.state(self.queue));
-        let stamp = self.stamp(coupon);
         call.arg(user.get())
             .arg(event_id.to_string())
             .arg(coupon.get())
@@ -196,6 +208,15 @@ impl AdmissionScripts {
             ))),
         };
         Ok((reply?, stamp))
+    }
+
+    /// Forgets `coupon`'s stamp (one this process wrote that turned out not to be in force).
+    pub fn forget_stamp(&self, coupon: CouponId) {
+        self.stamps
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .known
+            .remove(&coupon);
     }
 
     /// Forgets every stamp learnt: another process replaced one since

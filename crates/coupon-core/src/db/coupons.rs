@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::db::schema::{coupon_issues, coupons};
 use crate::domain::{Coupon, CouponId, UserId};
@@ -143,34 +143,35 @@ pub async fn redis_stamp(
 
 /// Records `stamp` as the one in force: always after a rebuild (the newest verification,
 /// which also moves the verification count every API watches), only where none is recorded
-/// yet after a creation's first load (a rebuild that raced it is newer).
+/// yet after a creation's first load (a rebuild that raced it is newer). Returns whether it
+/// is the one in force now.
 pub async fn record_redis_stamp(
     conn: &mut AsyncPgConnection,
     coupon: CouponId,
     stamp: &Stamp,
     verified: Verification,
-) -> QueryResult<()> {
+) -> QueryResult<bool> {
     let target = coupons::table.filter(coupons::id.eq(coupon.get()));
     let set = coupons::redis_stamp.eq(stamp.as_str());
     match verified {
         Verification::Rebuilt => {
-            conn.transaction(async |conn| {
-                diesel::update(target).set(set).execute(conn).await?;
-                diesel::sql_query("SELECT nextval('redis_verifications')")
-                    .execute(conn)
-                    .await?;
-                Ok::<_, Error>(())
-            })
-            .await?
+            diesel::update(target).set(set).execute(conn).await?;
+            // After the stamp's commit, never inside its transaction: a sequence moves for
+            // everyone at once, and a watcher that saw the count move before the stamp
+            // committed could learn the old stamp again and keep it.
+            diesel::sql_query("SELECT nextval('redis_verifications')")
+                .execute(conn)
+                .await?;
+            Ok(true)
         }
-        Verification::Created => {
+        Verification::Created => Ok(
             diesel::update(target.filter(coupons::redis_stamp.is_null()))
                 .set(set)
                 .execute(conn)
-                .await?;
-        }
-    };
-    Ok(())
+                .await?
+                == 1,
+        ),
+    }
 }
 
 #[derive(QueryableByName)]

@@ -106,12 +106,14 @@ impl Issuer {
         let mut redis = self.redis.clone();
         let waiting_since = tokio::time::Instant::now();
         let mut pause = BUSY_FIRST_PAUSE;
-        // The stamp in force is learnt from PostgreSQL at most once a request.
-        let mut learnt = false;
+        // The stamp in force is learnt from PostgreSQL at most once a request, and the retry
+        // passes what was read (a forget may have emptied the cache meanwhile).
+        let mut learnt = None;
         loop {
             let started = std::time::Instant::now();
+            let pass = learnt.clone().unwrap_or_else(|| self.scripts.stamp(coupon));
             let admitted = self
-                .run_admission(&mut redis, coupon, user)
+                .run_admission(&mut redis, coupon, user, pass)
                 .instrument(tracing::debug_span!("admission_script", %coupon, %user))
                 .await;
             self.metrics
@@ -124,12 +126,14 @@ impl Issuer {
                 // the one just passed (the state is rewound, or was never verified) is a
                 // rebuild due; compared with the cache instead, a request racing a rebuild
                 // that just finished here would start another.
-                AdmitReply::Unverified if !learnt => {
-                    learnt = true;
-                    if self.learn_stamp(coupon, sent.as_ref()).await? {
-                        continue;
+                AdmitReply::Unverified if learnt.is_none() => {
+                    match self.learn_stamp(coupon, sent.as_ref()).await? {
+                        Some(in_force) => {
+                            learnt = Some(Some(in_force));
+                            continue;
+                        }
+                        None => return Err(self.start_rebuild(coupon).await),
                     }
-                    return Err(self.start_rebuild(coupon).await);
                 }
                 AdmitReply::NotLoaded | AdmitReply::Unverified => {
                     return Err(self.start_rebuild(coupon).await);
@@ -183,15 +187,19 @@ impl Issuer {
         redis: &mut RedisConnection,
         coupon: CouponId,
         user: UserId,
+        pass: Option<Stamp>,
     ) -> Result<(AdmitReply, Option<Stamp>, Option<u64>), ApiError> {
         let Some(replication) = &self.replication else {
-            let (reply, sent) = self.scripts.admit_stamped(redis, coupon, user).await?;
+            let (reply, sent) = self
+                .scripts
+                .admit_passing(redis, coupon, user, pass)
+                .await?;
             return Ok((reply, sent, None));
         };
         let mut bound = replication.connection().await?;
         match self
             .scripts
-            .admit_stamped(&mut bound.connection, coupon, user)
+            .admit_passing(&mut bound.connection, coupon, user, pass)
             .await
         {
             Ok((reply, sent)) => Ok((reply, sent, Some(bound.generation))),
@@ -226,7 +234,10 @@ impl Issuer {
         {
             Ok(Some(stamp)) => {
                 let mut conn = self.pool.get().await?;
-                record_redis_stamp(&mut conn, coupon.id, &stamp, Verification::Created).await?;
+                // A rebuild elsewhere recorded one first: this one is not in force.
+                if !record_redis_stamp(&mut conn, coupon.id, &stamp, Verification::Created).await? {
+                    self.scripts.forget_stamp(coupon.id);
+                }
             }
             // Loaded by another process meanwhile: it records its stamp.
             Ok(None) => {}
@@ -237,10 +248,14 @@ impl Issuer {
         Ok(coupon)
     }
 
-    /// Learns the coupon's stamp in force from PostgreSQL; true if it differs from `sent`,
-    /// the one an admission passed and was refused (admission is worth asking again), false
-    /// if PostgreSQL has the same or none (only a rebuild helps).
-    async fn learn_stamp(&self, coupon: CouponId, sent: Option<&Stamp>) -> Result<bool, ApiError> {
+    /// Learns the coupon's stamp in force from PostgreSQL; returns it if it differs from
+    /// `sent`, the one an admission passed and was refused (admission is worth asking again
+    /// with it), None if PostgreSQL has the same or none (only a rebuild helps).
+    async fn learn_stamp(
+        &self,
+        coupon: CouponId,
+        sent: Option<&Stamp>,
+    ) -> Result<Option<Stamp>, ApiError> {
         let forgotten = self.scripts.stamps_forgotten();
         let in_force = {
             let mut conn = self.pool.get().await?;
@@ -248,10 +263,11 @@ impl Issuer {
         };
         match in_force {
             Some(stamp) if Some(&stamp) != sent => {
-                self.scripts.learn_stamp_read_at(coupon, stamp, forgotten);
-                Ok(true)
+                self.scripts
+                    .learn_stamp_read_at(coupon, stamp.clone(), forgotten);
+                Ok(Some(stamp))
             }
-            _ => Ok(false),
+            _ => Ok(None),
         }
     }
 

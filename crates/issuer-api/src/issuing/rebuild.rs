@@ -144,19 +144,23 @@ impl Issuer {
         // Everything read from here on is verified under this instance only.
         let epoch = instance_epoch(con).await?;
         let coupons: Vec<CouponId> = leased.iter().map(|held| held.coupon).collect();
-        let mut rebuilt = Vec::with_capacity(coupons.len());
-        for ((record, holders), held) in self.holders(con, &coupons).await?.into_iter().zip(leased)
+        let found = self.holders(con, &coupons).await?;
+        // The stamps in force from now on, for every API, this one's own or one started
+        // later: recorded first, so that a failure after leaves a stamp no node has (closed,
+        // rebuilt again), never a node open under a stamp PostgreSQL lacks. Then Redis opens
+        // only once every API has forgotten the stamps it held: one wait for them all.
+        let mut stamped = Vec::with_capacity(found.len());
         {
-            // The stamp in force from now on, for every API, this one's own or one started
-            // later: recorded first, so that a failure after leaves a stamp no node has
-            // (closed, rebuilt again), never a node open under a stamp PostgreSQL lacks.
-            // Then Redis opens only once every API has forgotten the stamps it held.
-            let stamp = Stamp::fresh(&epoch);
-            {
-                let mut conn = self.pool.get().await?;
+            let mut conn = self.pool.get().await?;
+            for (record, holders) in found {
+                let stamp = Stamp::fresh(&epoch);
                 record_redis_stamp(&mut conn, record.id, &stamp, Verification::Rebuilt).await?;
+                stamped.push((record, holders, stamp));
             }
-            tokio::time::sleep(STAMPS_SEEN_BY_ALL).await;
+        }
+        tokio::time::sleep(STAMPS_SEEN_BY_ALL).await;
+        let mut rebuilt = Vec::with_capacity(stamped.len());
+        for ((record, holders, stamp), held) in stamped.into_iter().zip(leased) {
             if !self
                 .scripts
                 .restore(con, &record, &holders, &stamp, held)
