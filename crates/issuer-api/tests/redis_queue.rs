@@ -11,6 +11,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use coupon_core::config::QueueKind;
+use coupon_core::domain::{CouponId, UserId};
+use coupon_core::event::IssueEvent;
+use coupon_core::redis_keys::CouponKeys;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use support::TestEnv;
@@ -201,5 +204,41 @@ async fn a_rebuild_counts_the_winners_still_on_the_stream() {
     assert_eq!(env.issue(coupon, 4).await.0, 410, "1, 2 and 3 hold all 3");
     env.start_worker(500).await;
     assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
+    env.shutdown().await;
+}
+
+/// A coupon's stream can hold entries that are no winner of it: an event for another coupon
+/// (poison the workers set aside) or garbage. A rebuild that read them would count their
+/// users as holders, and the coupon would end short of its quantity, those slots held with
+/// no event (the chaos suite met it under Sentinel: a rebuild after a failback read the
+/// poison it had just written). Forced: both written into the stream, then admission state
+/// lost.
+#[actix_web::test]
+async fn a_rebuild_counts_only_the_coupons_own_events_on_its_stream() {
+    let env = TestEnv::start_in(QueueKind::Redis, 0).await;
+    let coupon = env.coupon_with_quantity(2).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    let elsewhere = IssueEvent::new(
+        CouponId::new(coupon + 1000).unwrap(),
+        UserId::new(9).unwrap(),
+        chrono::Utc::now(),
+    );
+    let fields: Vec<(&str, String)> = elsewhere.stream_fields().into_iter().collect();
+    env.append_raw(coupon, &fields).await;
+    env.append_raw(coupon, &[("userId", "8".to_owned())]).await;
+    let keys = CouponKeys::new(&env.redis_prefix, CouponId::new(coupon).unwrap());
+    let _: () = redis::cmd("DEL")
+        .arg(&keys.meta)
+        .arg(&keys.issued)
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
+
+    assert_eq!(env.issue_retrying(coupon, 2).await.0, 201);
+    assert_eq!(
+        env.redis_holders(coupon).await,
+        vec![1, 2],
+        "users of entries that are not this coupon's events were counted as holders"
+    );
     env.shutdown().await;
 }

@@ -1,7 +1,10 @@
 //! The Redis queue mode: the admission script appended each event to the coupon's stream
 //! in the same atomic step as taking its slot, so a SUCCESS is queued when it is decided.
 
+use std::collections::HashMap;
+
 use coupon_core::domain::CouponId;
+use coupon_core::event::IssueEvent;
 use coupon_core::redis_keys::CouponKeys;
 use redis::AsyncCommands;
 use redis::aio::ConnectionLike;
@@ -72,7 +75,7 @@ impl StreamDelivery {
         Ok(Backlog::Streams { unread, pending })
     }
 
-    /// Users whose events are still on the coupon's stream. The workers acknowledge an entry
+    /// Users whose events for this coupon are still on its stream. The workers acknowledge an entry
     /// only after its row committed, and only acknowledged entries are trimmed, so these
     /// (read first) plus PostgreSQL's holders (read next) are everyone admitted.
     pub async fn unsettled_users<C: ConnectionLike + Send + Sync>(
@@ -89,11 +92,24 @@ impl StreamDelivery {
             // The next page starts just after this one's last id ("(" = exclusive).
             start = format!("({}", last.id);
             let full = page.ids.len() == PAGE;
-            users.extend(
-                page.ids
+            // Only this coupon's own events are winners of it: a stream can also hold an
+            // event for another coupon or garbage (poison the workers set aside), whose
+            // users counted as holders would keep slots with no event behind them.
+            users.extend(page.ids.iter().filter_map(|entry| {
+                let fields: HashMap<String, String> = entry
+                    .map
                     .iter()
-                    .filter_map(|entry| entry.get::<i64>("userId")),
-            );
+                    .filter_map(|(name, value)| {
+                        redis::from_redis_value_ref::<String>(value)
+                            .ok()
+                            .map(|value| (name.clone(), value))
+                    })
+                    .collect();
+                IssueEvent::from_stream_fields(&fields)
+                    .ok()
+                    .filter(|event| event.coupon_id == coupon)
+                    .map(|event| event.user_id.get())
+            }));
             if !full {
                 break;
             }
