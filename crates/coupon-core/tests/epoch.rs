@@ -28,6 +28,16 @@ fn scripts() -> AdmissionScripts {
     AdmissionScripts::new(support::prefix(), QueueKind::Kafka)
 }
 
+/// The coupon's first load, which must write its meta.
+async fn load(
+    scripts: &AdmissionScripts,
+    con: &mut redis::aio::MultiplexedConnection,
+    coupon: &Coupon,
+) {
+    let written = scripts.load_meta(con, coupon).await.unwrap();
+    assert!(written.is_some(), "the meta was already there");
+}
+
 async fn lease(
     scripts: &AdmissionScripts,
     con: &mut redis::aio::MultiplexedConnection,
@@ -46,13 +56,7 @@ async fn lease(
 #[tokio::test]
 async fn taking_the_rebuild_lease_closes_admission_until_the_rebuild_reopens_it() {
     let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
-    assert!(
-        scripts
-            .load_meta(&mut con, &coupon)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    load(&scripts, &mut con, &coupon).await;
     let first = scripts
         .admit(&mut con, coupon.id, UserId::new(1).unwrap())
         .await
@@ -90,13 +94,7 @@ async fn taking_the_rebuild_lease_closes_admission_until_the_rebuild_reopens_it(
 #[tokio::test]
 async fn only_the_rebuild_lease_owner_ends_it_or_reopens_admission() {
     let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
-    assert!(
-        scripts
-            .load_meta(&mut con, &coupon)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    load(&scripts, &mut con, &coupon).await;
     let stale = lease(&scripts, &mut con, &coupon).await;
     let _: () = con.del(scripts.keys(coupon.id).rebuilding).await.unwrap();
     let current = lease(&scripts, &mut con, &coupon).await;
@@ -144,13 +142,7 @@ async fn only_the_rebuild_lease_owner_ends_it_or_reopens_admission() {
 async fn a_state_verified_under_another_instance_does_not_admit() {
     let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
     let user = UserId::new(7).unwrap();
-    assert!(
-        scripts
-            .load_meta(&mut con, &coupon)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    load(&scripts, &mut con, &coupon).await;
     let meta = scripts.keys(coupon.id).meta;
     let _: () = con
         .hset(&meta, "epoch", "a-previous-instance")
@@ -225,13 +217,7 @@ async fn an_instance_without_the_function_library_is_given_it() {
             .await;
     }
 
-    assert!(
-        scripts
-            .load_meta(&mut con, &coupon)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    load(&scripts, &mut con, &coupon).await;
     let reply = scripts
         .admit(&mut con, coupon.id, UserId::new(9).unwrap())
         .await

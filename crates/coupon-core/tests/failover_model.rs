@@ -13,7 +13,7 @@
 //! `replication.rs` (confirm: a WAIT on the write's own socket, after a fence write of its
 //! own, so refusals are confirmed too), `issuing::admit_and_deliver` (confirm, then publish,
 //! then answer), `KafkaDelivery::claim` (the reconciler's claim, confirmed before its
-//! republish), `issuing::learn_stamp` (PostgreSQL's stamp learnt again on UNVERIFIED), and
+//! republish), `Issuer::stamp_in_force` (PostgreSQL's stamp learnt again on UNVERIFIED), and
 //! the rebuild (atomic here, after its publish window and the workers: its round trips are
 //! `protocol_model.rs`'s).
 //!

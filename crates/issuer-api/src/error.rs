@@ -233,4 +233,32 @@ mod tests {
         assert_eq!(status(DatabaseErrorKind::ClosedConnection), 503);
         assert_eq!(status(DatabaseErrorKind::SerializationFailure), 503);
     }
+
+    /// The counters start every code at zero from `ApiError::CODES`: a code the status map
+    /// gives that the list lacks would appear only with its first increment.
+    #[test]
+    fn every_code_is_listed() {
+        let errors = [
+            ApiError::InvalidRequest(String::new()),
+            ApiError::Unauthenticated(String::new()),
+            ApiError::Forbidden(String::new()),
+            ApiError::CouponNotFound(1),
+            ApiError::RouteNotFound,
+            ApiError::MethodNotAllowed {
+                allow: actix_web::http::Method::GET,
+            },
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::UnsupportedMediaType,
+            ApiError::unavailable("redis", "down"),
+            ApiError::PublishUnresolved,
+            ApiError::RateLimited {
+                retry_after: std::time::Duration::from_secs(1),
+            },
+            ApiError::Rebuilding(1),
+            ApiError::Internal("bug".into()),
+        ];
+        for err in errors {
+            assert!(ApiError::CODES.contains(&err.code()), "{}", err.code());
+        }
+    }
 }

@@ -127,7 +127,7 @@ impl Issuer {
                 // rebuild due; compared with the cache instead, a request racing a rebuild
                 // that just finished here would start another.
                 AdmitReply::Unverified if learnt.is_none() => {
-                    match self.learn_stamp(coupon, sent.as_ref()).await? {
+                    match self.stamp_in_force(coupon, sent.as_ref()).await? {
                         Some(in_force) => {
                             learnt = Some(Some(in_force));
                             continue;
@@ -251,7 +251,7 @@ impl Issuer {
     /// Learns the coupon's stamp in force from PostgreSQL; returns it if it differs from
     /// `sent`, the one an admission passed and was refused (admission is worth asking again
     /// with it), None if PostgreSQL has the same or none (only a rebuild helps).
-    async fn learn_stamp(
+    async fn stamp_in_force(
         &self,
         coupon: CouponId,
         sent: Option<&Stamp>,
