@@ -1,4 +1,5 @@
-//! The issue event: the one message that crosses from issuer-api to issuer-worker.
+//! The issue event: the one message that crosses from issuer-api to issuer-worker, and the
+//! fence a rebuild writes beside it on the issue topic (Kafka mode), which carries none.
 //!
 //! Versioned JSON so that a consumer can refuse (and dead-letter) what it does not
 //! understand instead of guessing. In the Redis queue mode the same fields travel as a
@@ -28,6 +29,31 @@ pub struct IssueEvent {
     pub issued_at: DateTime<Utc>,
 }
 
+/// The key of every message about `coupon` on the issue topic: one coupon's messages, its
+/// events and its rebuilds' fences, share one partition and its order.
+pub fn partition_key(coupon: CouponId) -> String {
+    coupon.to_string()
+}
+
+/// A rebuild's fence on a coupon's partition (Kafka mode). Its acknowledgement means that
+/// every send that reached the partition before it is committed, or never will be: the
+/// high watermark only ever passes a message once every message before it is committed.
+/// Workers skip it. It is marked by a header, its payload empty, so that no reader of
+/// events can take it for one; a worker older than the fence dead-letters it, harmlessly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub coupon_id: CouponId,
+}
+
+impl Fence {
+    /// The header naming a fence; its value is the coupon id.
+    pub const HEADER: &'static str = "coupon-fence";
+
+    pub fn key(&self) -> String {
+        partition_key(self.coupon_id)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
     #[error("not a v{EVENT_VERSION} issue event: {0}")]
@@ -51,7 +77,7 @@ impl IssueEvent {
 
     /// The partitioning key: one coupon's events stay ordered on one partition.
     pub fn key(&self) -> String {
-        self.coupon_id.to_string()
+        partition_key(self.coupon_id)
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -10,8 +10,8 @@
 //! (publish and its three outcomes; an API crash before or after the send), the reconciler,
 //! the worker's guarded batch insert and offset commit, broker redelivery, and the rebuild
 //! (`issuing/rebuild.rs`) in its real round trips: the lease (`rebuild_lease.lua`, which
-//! closes admission), the publish window's wait, the read of the pending entries, the wait
-//! for the workers and the read of PostgreSQL, the restore.
+//! closes admission), the publish window's wait and the fence, the read of the pending
+//! entries, the wait for the workers and the read of PostgreSQL, the restore.
 //! The Redis queue mode's protocol has its own model (`stream_model.rs`).
 
 mod explorer;
@@ -46,6 +46,10 @@ enum Bug {
     /// A rebuild ran with admission open: its lease did not close the coupon, so a user released after the rebuild read the
     /// pending entries was written back with no event.
     RebuildWhileOpen,
+    /// A rebuild read the log's end right after the publish window, with no fence: a send
+    /// reported "possibly persisted" can still be committed after that (a follower in the
+    /// in-sync set holds the high watermark back for as long as it stays there).
+    RebuildWithoutFence,
 }
 
 /// Where a rebuild is, between its round trips.
@@ -440,11 +444,15 @@ impl Protocol for Model {
             None if !s.meta || s.open_rebuilds_left > 0 => actions.push(Action::RebuildLease),
             None => {}
             // It waits out the publish window: every publish started before the lease has
-            // reported by then, and what it sent has landed or not. A claimed publish not
-            // started yet is not covered by the window: that is why the reconciler starts
-            // it with the claim.
+            // reported by then. A claimed publish not started yet is not covered by the
+            // window: that is why the reconciler starts it with the claim. Then a fence on
+            // the coupon's partition (`coupon_core::event::Fence`), acknowledged only once
+            // every send before it is committed: what a publish reported "possibly
+            // persisted" has landed or never will, so the limbo is empty when the rebuild
+            // reads the log's end. (A fence not acknowledged fails the rebuild: the next
+            // request leases it anew, which the model need not repeat.)
             Some(Rebuilding::Leased)
-                if s.limbo.is_empty()
+                if (s.limbo.is_empty() || self.bug == Bug::RebuildWithoutFence)
                     && !s
                         .tasks
                         .iter()
@@ -758,5 +766,16 @@ fn a_rebuild_with_admission_open_is_found() {
     finds(
         &model(Bug::RebuildWhileOpen, OPEN_REBUILD),
         "every yes a row",
+    );
+}
+
+#[test]
+fn a_rebuild_without_a_fence_is_found() {
+    // A send reported "possibly persisted" whose entry died with Redis is committed after
+    // the rebuild read the log: its user holds a row Redis does not know of, a slot Redis
+    // would sell again.
+    finds(
+        &model(Bug::RebuildWithoutFence, API_AND_REDIS),
+        "Redis's holders are not exactly the rows",
     );
 }

@@ -206,3 +206,87 @@ async fn two_of_three_brokers_down_answers_503_and_never_201_then_every_success_
     assert_every_success_is_a_row(&answers, &rows);
     env.shutdown().await;
 }
+
+/// Finding 6 of the failover audit: a send that ended in doubt can be committed long after
+/// its publisher gave up (a follower in the in-sync set holds the high watermark back, until
+/// it is fenced or lags too long: 30 s here), so a rebuild that waited only the publish
+/// window read the log's end without it. Here one follower of the issue partition is frozen
+/// (not the one coordinating the workers' group, whose offsets the rebuild reads): user 1's
+/// event sits in the leader's log, uncommitted, its pending entry dies with Redis, and the
+/// follower comes back only after the rebuild ended. The slot is user 1's (their event is
+/// first on the partition); a rebuild that gave it to user 2 told them 201 for an event the
+/// worker can only refuse.
+#[actix_web::test]
+async fn a_send_in_doubt_committed_after_the_rebuild_looked_keeps_its_slot() {
+    use coupon_core::config::QueueKind;
+    use coupon_core::domain::CouponId;
+
+    // A frozen node is fenced, and dropped from the in-sync set, after the session timeout
+    // (6 s in kafka.sh); at 30 s, as long as its lag allows, it holds the high watermark
+    // back for the whole first rebuild.
+    let cluster =
+        KafkaCluster::start_with_properties(3, "broker.session.timeout.ms=30000\n").unwrap();
+    let topology = [
+        "--topic-partitions=1",
+        "--topic-replication=3",
+        "--topic-min-insync-replicas=2",
+        // The reconciler stays out: it would republish the entry before Redis loses it.
+        "--reconcile-interval-ms=600000",
+    ];
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &cluster.bootstrap(), 1, &topology).await;
+    let coupon = env.coupon_with_quantity(1).await;
+    let issuer = env.issuer(&env.redis_prefix).await;
+    let id = CouponId::new(coupon).unwrap();
+    let leader = cluster.leader(&env.topic, 0).unwrap();
+    let coordinator = cluster
+        .leader("__consumer_offsets", offsets_partition(&env.group))
+        .unwrap();
+    let frozen = (1..=3)
+        .find(|node| *node != leader && *node != coordinator)
+        .unwrap();
+    cluster.signal(frozen, "STOP").unwrap();
+    let (status, body) = env.issue(coupon, 1).await;
+    assert_eq!(status, 503, "the send ends in doubt: {body}");
+    // Redis loses the coupon's state, the entry in doubt with it.
+    env.flush_redis().await;
+
+    // Rebuilds while the follower is frozen, as the API's lazy one would run them, for 15 s
+    // (the node is fenced at 30 s): nothing they can read says yet whether user 1's event
+    // will be committed. An attempt may also fail on its own way to the frozen node (a
+    // metadata request sent there): then another is made.
+    let frozen_until = Instant::now() + Duration::from_secs(15);
+    let mut restored = false;
+    while !restored && Instant::now() < frozen_until {
+        restored = issuer.rebuild(&[id]).await.is_ok();
+    }
+    eprintln!("a rebuild restored the coupon while a follower was frozen: {restored}");
+    cluster.signal(frozen, "CONT").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !restored {
+        assert!(Instant::now() < deadline, "no rebuild succeeded");
+        restored = issuer.rebuild(&[id]).await.is_ok();
+    }
+
+    let (status, body) = env.issue(coupon, 2).await;
+    assert_eq!(
+        status, 410,
+        "the slot went to an in-doubt send the rebuild did not wait for: {body}"
+    );
+    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![1]);
+    assert!(
+        support::failed_events(&env).await.is_empty(),
+        "nothing on the topic is poison"
+    );
+    env.shutdown().await;
+}
+
+/// The `__consumer_offsets` partition that holds `group`'s offsets, as the brokers place it:
+/// Java's `String.hashCode`, made non-negative as Kafka does, modulo the topic's 10 partitions
+/// (`kafka.sh`'s `offsets.topic.num.partitions`).
+fn offsets_partition(group: &str) -> i32 {
+    let hash = group.encode_utf16().fold(0i32, |hash, unit| {
+        hash.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    // Kafka's `Utils.abs`: the absolute value, and 0 for the one int that has none.
+    hash.checked_abs().unwrap_or(0) % 10
+}

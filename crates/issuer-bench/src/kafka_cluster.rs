@@ -98,8 +98,31 @@ impl KafkaCluster {
         Ok(cluster)
     }
 
+    /// `nodes` brokers with `properties` appended to each node's own settings (a key given
+    /// twice takes its last value), in a temporary folder of their own.
+    pub fn start_with_properties(nodes: usize, properties: &str) -> anyhow::Result<KafkaCluster> {
+        let dir = std::env::temp_dir().join(format!("kafka-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let extra = dir.join("extra.properties");
+        std::fs::write(&extra, properties)?;
+        let mut cluster = Self::launch(
+            &dir,
+            nodes,
+            &[(
+                "KAFKA_EXTRA_PROPERTIES",
+                extra.to_string_lossy().into_owned(),
+            )],
+        )?;
+        cluster.remove_dir = true;
+        Ok(cluster)
+    }
+
     /// `nodes` brokers whose data and logs stay in `dir`.
     pub fn start_in(dir: &Path, nodes: usize) -> anyhow::Result<KafkaCluster> {
+        Self::launch(dir, nodes, &[])
+    }
+
+    fn launch(dir: &Path, nodes: usize, envs: &[(&str, String)]) -> anyhow::Result<KafkaCluster> {
         let ports = (0..nodes)
             .map(|_| free_port())
             .collect::<Result<Vec<_>, _>>()?;
@@ -112,12 +135,15 @@ impl KafkaCluster {
             ports,
             remove_dir: false,
         };
-        script(&[
-            "start",
-            &dir_arg,
-            &join_ports(&cluster.ports),
-            &join_ports(&controllers),
-        ])?;
+        script_with(
+            &[
+                "start",
+                &dir_arg,
+                &join_ports(&cluster.ports),
+                &join_ports(&controllers),
+            ],
+            envs,
+        )?;
         cluster.wait_for_brokers(nodes, Duration::from_secs(60))?;
         Ok(cluster)
     }
@@ -157,15 +183,21 @@ impl KafkaCluster {
     /// SIGSTOP or SIGCONT to every node: a frozen broker accepts connections and answers
     /// nothing, so whatever a producer sent it is in doubt.
     pub fn signal_all(&self, signal: &str) -> anyhow::Result<()> {
-        for id in 1..=self.nodes() {
-            let pid = std::fs::read_to_string(self.dir.join(format!("node-{id}/pid")))
-                .with_context(|| format!("node {id} is not running"))?;
-            let status = Command::new("kill")
-                .args([&format!("-{signal}"), pid.trim()])
-                .status()?;
-            if !status.success() {
-                bail!("kill -{signal} of node {id} failed");
-            }
+        (1..=self.nodes()).try_for_each(|id| self.signal(id, signal))
+    }
+
+    /// SIGSTOP or SIGCONT to node `id`. A frozen follower stays in the in-sync set until
+    /// the controller fences it (`broker.session.timeout.ms`) or it lags for
+    /// `replica.lag.time.max.ms`: until then the leader commits nothing it appends, and the
+    /// producer's sends end in doubt.
+    pub fn signal(&self, id: usize, signal: &str) -> anyhow::Result<()> {
+        let pid = std::fs::read_to_string(self.dir.join(format!("node-{id}/pid")))
+            .with_context(|| format!("node {id} is not running"))?;
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), pid.trim()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} of node {id} failed");
         }
         Ok(())
     }

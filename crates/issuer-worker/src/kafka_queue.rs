@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use coupon_core::config::KafkaArgs;
 use coupon_core::db::batch_insert::{FailedEvent, FailureReason, SourcedIssue};
-use coupon_core::event::IssueEvent;
+use coupon_core::event::{Fence, IssueEvent};
 use coupon_core::kafka::client_config;
 use coupon_core::trace_context::{self, TraceParent};
 use rdkafka::consumer::{
@@ -244,6 +244,14 @@ fn trace_header(message: &BorrowedMessage<'_>) -> Option<TraceParent> {
         .and_then(TraceParent::parse)
 }
 
+/// A rebuild's fence (`coupon_core::event::Fence`), not an event.
+fn is_fence(message: &BorrowedMessage<'_>) -> bool {
+    use rdkafka::message::Headers;
+    message
+        .headers()
+        .is_some_and(|headers| headers.iter().any(|header| header.key == Fence::HEADER))
+}
+
 fn read(message: &BorrowedMessage<'_>) -> Consumed {
     let source = format!(
         "kafka:{}/{}/{}",
@@ -251,6 +259,9 @@ fn read(message: &BorrowedMessage<'_>) -> Consumed {
         message.partition(),
         message.offset()
     );
+    if is_fence(message) {
+        return Consumed::Fence;
+    }
     let payload = message.payload().unwrap_or_default();
     match IssueEvent::decode(payload) {
         Ok(event) => Consumed::Issue(SourcedIssue {

@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 pub enum Consumed {
     Issue(SourcedIssue),
     Undecodable(FailedEvent),
+    /// A rebuild's fence (Kafka mode): nothing to store, only to acknowledge.
+    Fence,
 }
 
 /// Events taken together into one PostgreSQL transaction.
@@ -40,6 +42,7 @@ impl<R> Batch<R> {
         match consumed {
             Consumed::Issue(issue) => self.issues.push(issue),
             Consumed::Undecodable(failed) => self.undecodable.push(failed),
+            Consumed::Fence => {}
         }
     }
 }

@@ -7,7 +7,7 @@
 //! slot back or publish it again is the ledger's to say (`coupon_core::ledger`). A publish
 //! of an entry starts as soon as its owner holds it, so every publish is over (acknowledged
 //! or failed) within one publish window of the last moment Redis knew its entry: what a
-//! rebuild waits out before it looks at the log.
+//! rebuild waits out, then fences each coupon's partition, before it looks at the log.
 
 pub mod publisher;
 pub mod reconciler;
@@ -20,12 +20,13 @@ use coupon_core::config::KafkaArgs;
 use coupon_core::db::pool::PgPool;
 use coupon_core::db::publish_window;
 use coupon_core::domain::{CouponId, UserId};
-use coupon_core::event::IssueEvent;
+use coupon_core::event::{Fence, IssueEvent};
 use coupon_core::kafka::{GroupOffsets, wait_for_group};
 use coupon_core::ledger::{Claim, Ledger, PendingEntry};
 use coupon_core::producer::Persistence;
 use coupon_core::redis_connection::RedisConnection;
 use coupon_core::registry::Registry;
+use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 
 use crate::error::ApiError;
@@ -229,16 +230,27 @@ impl KafkaDelivery {
             .collect())
     }
 
-    /// Lets every publish started before Redis lost its entries report: a publish starts
-    /// as soon as its entry is owned, so one publish window after the loss every such
-    /// event has landed (or failed), and the log's end taken next covers it.
-    pub async fn let_publishes_report(&self) -> Result<(), ApiError> {
+    /// Lets every publish started before Redis lost its entries report, then settles what
+    /// they sent: a publish starts as soon as its entry is owned, so one publish window
+    /// after the loss every such publish has reported; a send that ended in doubt may
+    /// still sit in the leader's log uncommitted (a follower in the in-sync set holds the
+    /// high watermark back, for as long as it stays there), so a fence on each coupon's
+    /// partition is acknowledged next: then each such send is committed, before the log's
+    /// end taken next, or never will be. A fence that is not acknowledged (the partition
+    /// cannot commit now) fails the rebuild, which the next request starts over.
+    pub async fn let_publishes_report(&self, coupons: &[CouponId]) -> Result<(), ApiError> {
         let window = self.shared_publish_window().await?;
         tracing::info!(
             window_ms = window.as_millis() as u64,
             "rebuild: letting publishes started before the loss report"
         );
         tokio::time::sleep(window).await;
+        let fences = coupons
+            .iter()
+            .map(|&coupon_id| self.publisher.fence(Fence { coupon_id }));
+        for fenced in join_all(fences).await {
+            fenced.map_err(|e| ApiError::unavailable("kafka", e))?;
+        }
         Ok(())
     }
 

@@ -135,11 +135,12 @@ impl Delivery {
         }
     }
 
-    /// Lets deliveries started before Redis lost its state report, so that none lands after
-    /// a rebuild has looked (Kafka: one publish window; the stream mode has none in flight).
-    pub async fn let_in_flight_report(&self) -> Result<(), ApiError> {
+    /// Lets deliveries started before Redis lost the state of `coupons` report and settle,
+    /// so that none lands after a rebuild has looked (Kafka: one publish window, then a
+    /// fence on each coupon's partition; the stream mode has none in flight).
+    pub async fn let_in_flight_report(&self, coupons: &[CouponId]) -> Result<(), ApiError> {
         match self {
-            Self::Kafka(kafka) => kafka.let_publishes_report().await,
+            Self::Kafka(kafka) => kafka.let_publishes_report(coupons).await,
             Self::Stream(_) => Ok(()),
         }
     }

@@ -59,7 +59,8 @@ impl Issuer {
         let this = self.clone();
         tokio::spawn(async move {
             if let Err(err) = this.rebuild(&[coupon]).await {
-                tracing::warn!(%coupon, error = %err, "rebuilding the coupon's Redis state failed");
+                let cause = std::error::Error::source(&err).map(ToString::to_string);
+                tracing::warn!(%coupon, error = %err, cause, "rebuilding the coupon's Redis state failed");
             }
         });
         ApiError::Rebuilding(coupon.get())
@@ -186,7 +187,7 @@ impl Issuer {
         con: &mut C,
         coupons: &[CouponId],
     ) -> Result<Vec<(Coupon, Vec<i64>)>, ApiError> {
-        self.delivery.let_in_flight_report().await?;
+        self.delivery.let_in_flight_report(coupons).await?;
         let mut unsettled = Vec::with_capacity(coupons.len());
         for &coupon in coupons {
             unsettled.push(self.delivery.unsettled_users(con, coupon).await?);

@@ -1,10 +1,10 @@
-//! Publishing issue events: keyed by coupon id, so one coupon's events stay in order on
-//! one partition.
+//! Publishing issue events, and a rebuild's fences: keyed by coupon id, so one coupon's
+//! messages stay in order on one partition.
 
 use std::time::Duration;
 
 use coupon_core::config::KafkaArgs;
-use coupon_core::event::IssueEvent;
+use coupon_core::event::{Fence, IssueEvent};
 use coupon_core::producer::{Producer, PublishError};
 use coupon_core::trace_context::{self, TraceParent};
 use prometheus_client::metrics::histogram::Histogram;
@@ -57,6 +57,19 @@ impl Publisher {
             .await;
         self.ack_duration.observe(started.elapsed().as_secs_f64());
         published
+    }
+
+    /// Resolves once the broker acknowledged a fence on the coupon's partition (see
+    /// [`Fence`]): sent by the producer that sends the events, with their key.
+    pub async fn fence(&self, fence: Fence) -> Result<(), PublishError> {
+        let coupon = fence.coupon_id.to_string();
+        let header = OwnedHeaders::new().insert(Header {
+            key: Fence::HEADER,
+            value: Some(coupon.as_str()),
+        });
+        self.producer
+            .send(&self.topic, fence.key().as_bytes(), &[], Some(header))
+            .await
     }
 
     pub async fn check(&self) -> Result<(), KafkaError> {
