@@ -6,12 +6,27 @@
 #                                                       (the others), and a Sentinel per port
 #   sentinel.sh start-node DIR PORT                    start the Redis node on PORT again
 #   sentinel.sh kill DIR PORT                          kill -9 the node (Redis or Sentinel)
+#   sentinel.sh split DIR PORT                         cut the Redis node on PORT off from its
+#                                                       replicas and the Sentinels; the
+#                                                       services still reach it
+#   sentinel.sh heal DIR PORT                          let them reach it again
 #   sentinel.sh stop DIR                               stop every process of DIR
 #
 # Ports are comma lists, on 127.0.0.1. The master's name is `coupon` (REDIS_SENTINEL_MASTER).
 # Nodes run a copy of deploy/redis/redis.conf with replicated.conf's lines; Sentinels declare a node down after 1 s without
 # an answer and need 2 of 3 to agree. DIR holds a folder per process: its config (Sentinel
 # rewrites its own), data, log and pid.
+#
+# A split is a network partition as the node's peers see it, made with ACLs so that the
+# services' connections stay: replicas log in to their primary as a user of their own
+# (`coupon-replication`, whose password is made at `start`, kept in DIR/peer-secret, mode
+# 600, and written only into the nodes' configuration files), which the split turns off,
+# dropping their links; and the default user loses the commands only Sentinels send: PING,
+# which they judge a node alive by (every Sentinel finds the node down within
+# `down-after-milliseconds` and fails it over), and those they reconfigure a node with
+# (REPLICAOF, CONFIG REWRITE, CLIENT KILL), so that, as across a real partition, they cannot
+# demote it or drop its clients. Heal gives all back; the Sentinels then demote the old
+# primary.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -64,7 +79,17 @@ start_node() { # start_node DIR PORT
   # A copy of redis.conf with replicated.conf's lines: Sentinel has each node rewrite its
   # own file as it reconfigures it (CONFIG REWRITE), which must never be the repository's.
   if [ ! -f "$node/redis.conf" ]; then
-    cat "$HERE/redis.conf" "$HERE/replicated.conf" >"$node/redis.conf"
+    local secret
+    secret=$(cat "$1/peer-secret")
+    (umask 077
+      cat "$HERE/redis.conf" "$HERE/replicated.conf"
+      cat <<CONF
+# Replication's own user (see sentinel.sh, split).
+user coupon-replication on >$secret +psync +replconf +ping
+masteruser coupon-replication
+masterauth $secret
+CONF
+    ) >"$node/redis.conf"
   fi
   # shellcheck disable=SC2046 # the saved arguments are words
   redis-server "$node/redis.conf" $(cat "$node/args") --daemonize yes \
@@ -79,12 +104,18 @@ start() { # start DIR REDIS_PORTS SENTINEL_PORTS
   [ ${#ports[@]} -ge 2 ] || die "a primary and at least one replica, please"
   install
   primary=${ports[0]}
+  mkdir -p "$dir"
+  if [ ! -f "$dir/peer-secret" ]; then
+    (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/peer-secret")
+  fi
   for port in "${ports[@]}"; do
     local node="$dir/redis-$port"
     mkdir -p "$node"
     local args="--port $port --bind 127.0.0.1 --dir $node"
     if [ "$port" != "$primary" ]; then args="$args --replicaof 127.0.0.1 $primary"; fi
     echo "$args" >"$node/args"
+    # A node started anew gets a configuration made from this start's files and secret.
+    port_open "$port" || rm -f "$node/redis.conf"
     start_node "$dir" "$port"
   done
   for port in "${sentinels[@]}"; do
@@ -115,6 +146,28 @@ kill_node() { # kill_node DIR PORT
   done
 }
 
+# The commands only Sentinels send (the services never do; their readiness probe's PING
+# fails on a split node, as it would across a partition).
+SENTINEL_ONLY_OFF="-ping -slaveof -replicaof -config|rewrite -client|kill"
+SENTINEL_ONLY_ON="+ping +slaveof +replicaof +config|rewrite +client|kill"
+
+split() { # split DIR PORT
+  [ -f "$1/redis-$2/args" ] || die "no Redis node on $2 in $1"
+  redis-cli -p "$2" ACL SETUSER coupon-replication off >/dev/null
+  redis-cli -p "$2" ACL SETUSER default $SENTINEL_ONLY_OFF >/dev/null
+  # Turning a user off keeps its connections: the replicas' links are dropped here, and
+  # cannot log in again.
+  redis-cli -p "$2" CLIENT KILL USER coupon-replication >/dev/null || true
+  log "127.0.0.1:$2 cut off from its replicas and the Sentinels"
+}
+
+heal() { # heal DIR PORT
+  [ -f "$1/redis-$2/args" ] || die "no Redis node on $2 in $1"
+  redis-cli -p "$2" ACL SETUSER default $SENTINEL_ONLY_ON >/dev/null
+  redis-cli -p "$2" ACL SETUSER coupon-replication on >/dev/null
+  log "127.0.0.1:$2 reachable by its peers again"
+}
+
 stop() { # stop DIR
   local pidfile
   for pidfile in "$1"/*/pid; do
@@ -133,6 +186,8 @@ case "${1:-}" in
   start) [ $# -eq 4 ] || die "usage: sentinel.sh start DIR REDIS_PORTS SENTINEL_PORTS"; start "$2" "$3" "$4" ;;
   start-node) start_node "$2" "$3" ;;
   kill) kill_node "$2" "$3" ;;
+  split) split "$2" "$3" ;;
+  heal) heal "$2" "$3" ;;
   stop) stop "$2" ;;
-  *) die "usage: sentinel.sh start|start-node|kill|stop ... (see the top of this file)" ;;
+  *) die "usage: sentinel.sh start|start-node|kill|split|heal|stop ... (see the top of this file)" ;;
 esac

@@ -4,7 +4,8 @@
 //!   multiplexed connection that redis-rs's `ConnectionManager` reconnects on its own.
 //! - Through Sentinel (`REDIS_SENTINELS`), a [`Socket`] whose every new connection asks the
 //!   Sentinels where the primary is now, retired when it breaks or when the node it reached
-//!   says it is a replica (`READONLY`: it was demoted by a failover).
+//!   says it is a replica (`READONLY`: it was demoted by a failover) or has lost its
+//!   replicas (`NOREPLICAS`: it may have been cut off and replaced).
 //!
 //! A [`Socket`] also carries the writes that replicas must confirm, on either kind of
 //! endpoint: its connections are numbered and never replaced behind the caller's back, so a
@@ -110,11 +111,25 @@ impl Socket {
         sent
     }
 
+    /// The same for replies still as values: redis-rs hands a server's error reply (a
+    /// script's `READONLY` or `NOREPLICAS`, say) back as a value, made an error only when the
+    /// caller converts it, past this connection.
+    fn report_replies<'a>(&self, generation: u64, replies: impl IntoIterator<Item = &'a Value>) {
+        for reply in replies {
+            if let Value::ServerError(err) = reply {
+                self.failed(generation, &RedisError::from(err.clone()));
+            }
+        }
+    }
+
     /// Reports an error met on connection `generation`: one that broke it, or that says the
     /// node is no longer the primary, retires it (a timeout does not: the connection, and
-    /// what it carried, may still be good).
+    /// what it carried, may still be good). A primary that refuses writes for want of
+    /// replicas (`NOREPLICAS`) may have been cut off from them and replaced while this
+    /// process still reaches it: the next connect asks where the primary is again, rather
+    /// than stay on it until the partition heals.
     pub fn failed(&self, generation: u64, err: &RedisError) {
-        let demoted = err.code() == Some("READONLY");
+        let demoted = matches!(err.code(), Some("READONLY" | "NOREPLICAS"));
         if !(err.is_unrecoverable_error() || demoted) {
             return;
         }
@@ -146,6 +161,9 @@ impl ConnectionLike for RedisConnection {
             Self::Following(socket) => Box::pin(async move {
                 let mut bound = socket.get().await?;
                 let sent = bound.connection.req_packed_command(cmd).await;
+                if let Ok(reply) = &sent {
+                    socket.report_replies(bound.generation, [reply]);
+                }
                 socket.report(bound.generation, sent)
             }),
         }
@@ -165,6 +183,9 @@ impl ConnectionLike for RedisConnection {
                     .connection
                     .req_packed_commands(pipeline, offset, count)
                     .await;
+                if let Ok(replies) = &sent {
+                    socket.report_replies(bound.generation, replies);
+                }
                 socket.report(bound.generation, sent)
             }),
         }

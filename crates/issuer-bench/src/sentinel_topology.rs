@@ -96,6 +96,42 @@ impl SentinelTopology {
         self.script(&["start-node", &port.to_string()])
     }
 
+    /// Cuts the node on `port` off from its replicas and the Sentinels, while the services'
+    /// connections to it stay (`sentinel.sh split` says how).
+    pub fn split(&self, port: u16) -> anyhow::Result<()> {
+        self.script(&["split", &port.to_string()])
+    }
+
+    /// Lets the node's peers reach it again: the Sentinels then demote it, if another node
+    /// was made primary meanwhile.
+    pub fn heal(&self, port: u16) -> anyhow::Result<()> {
+        self.script(&["heal", &port.to_string()])
+    }
+
+    /// Waits until the node on `port` is a replica (the Sentinels demoted it). A new
+    /// connection each time: demoting a node, the Sentinels drop its clients.
+    pub async fn await_replica(&self, port: u16) -> anyhow::Result<()> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        loop {
+            let role = async {
+                let mut con = client.get_multiplexed_async_connection().await?;
+                redis::cmd("ROLE")
+                    .query_async::<Vec<redis::Value>>(&mut con)
+                    .await
+            };
+            if let Ok(role) = role.await
+                && matches!(role.first(), Some(redis::Value::BulkString(name)) if name == b"slave")
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{port} is still a primary after {FAILOVER_PATIENCE:?}");
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the Sentinels name another primary than `old`; returns it.
     pub async fn await_failover_from(&self, old: u16) -> anyhow::Result<u16> {
         let deadline = Instant::now() + FAILOVER_PATIENCE;
