@@ -235,6 +235,24 @@ impl Cluster {
         Ok((old, new))
     }
 
+    /// A split brain: the primary cut off from its replicas and the Sentinels, while the
+    /// APIs still reach it, until the Sentinels elect another and `held` more has passed;
+    /// then healed, and waited for until the Sentinels demote it. Returns the old primary
+    /// and the new. Healed whatever happened meanwhile.
+    pub async fn split_sentinel_primary(&self, held: Duration) -> anyhow::Result<(u16, u16)> {
+        let topology = self.sentinel()?;
+        let old = topology.primary().await?;
+        topology.split(old)?;
+        let elected = topology.await_failover_from(old).await;
+        if elected.is_ok() {
+            actix_rt::time::sleep(held).await;
+        }
+        topology.heal(old)?;
+        let new = elected?;
+        topology.await_replica(old).await?;
+        Ok((old, new))
+    }
+
     /// A failback: the Sentinels make `node` the primary again.
     pub async fn fail_back_to(&self, node: u16) -> anyhow::Result<()> {
         self.sentinel()?.fail_over_to(node).await

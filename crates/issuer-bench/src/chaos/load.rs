@@ -1,6 +1,7 @@
 //! The chaos run's users: each tries once for one coupon, and like a real client retries
 //! after a 503 or a broken connection (on the other replica), until told the truth.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -22,14 +23,19 @@ pub struct Outcome {
 
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// When each 503 or broken connection came, over the whole run: what each fault cost.
+pub type Unknowns = Rc<RefCell<Vec<Instant>>>;
+
 /// Sends the attempts spread evenly over `span`, each retrying until `give_up` after its
-/// start; `first_replica` picks where each attempt goes first.
+/// start; `first_replica` picks where each attempt goes first. Each 503 or broken
+/// connection is noted in `unknowns`.
 pub async fn drive(
     apis: Rc<Vec<ApiClient>>,
     attempts: Vec<(i64, i64)>,
     span: Duration,
     give_up: Duration,
     first_replica: impl Fn(usize) -> usize,
+    unknowns: Unknowns,
 ) -> Vec<Outcome> {
     let start = Instant::now();
     let count = attempts.len().max(1) as u32;
@@ -37,9 +43,10 @@ pub async fn drive(
         let apis = apis.clone();
         let at = start + span * i as u32 / count;
         let first = first_replica(i);
+        let unknowns = unknowns.clone();
         actix_rt::spawn(async move {
             actix_rt::time::sleep_until(at.into()).await;
-            attempt(&apis, first, coupon, user, give_up).await
+            attempt(&apis, first, coupon, user, give_up, &unknowns).await
         })
     });
     join_all(tasks)
@@ -55,6 +62,7 @@ async fn attempt(
     coupon: i64,
     user: i64,
     give_up: Duration,
+    unknowns: &Unknowns,
 ) -> Outcome {
     let deadline = Instant::now() + give_up;
     let mut after_unknown = false;
@@ -69,7 +77,10 @@ async fn attempt(
                     after_unknown,
                 };
             }
-            Ok(_) | Err(_) => after_unknown = true,
+            Ok(_) | Err(_) => {
+                after_unknown = true;
+                unknowns.borrow_mut().push(Instant::now());
+            }
         }
         if Instant::now() >= deadline {
             break;

@@ -23,7 +23,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 pub use self::cluster::RedisTopology;
 use self::cluster::{ADMIN_TOKEN, Cluster, GROUP, JWT_SECRET, TOPIC};
-use self::load::{Outcome, drive};
+use self::load::{Outcome, Unknowns, drive};
 use crate::client::ApiClient;
 use crate::credentials::UserCredentials;
 
@@ -54,6 +54,8 @@ const TWO_BROKERS_DOWN: Duration = Duration::from_secs(4);
 const AOF_TAIL_LOST: Duration = Duration::from_secs(1);
 /// How far behind the replica falls before it is promoted.
 const REPLICA_LAG: Duration = Duration::from_secs(1);
+/// How long a primary cut off from its peers stays cut off after another was elected.
+const SPLIT_HELD: Duration = Duration::from_secs(3);
 
 /// What a fault threatens, by invariant name (the check table's first column).
 struct Fault {
@@ -76,6 +78,7 @@ enum FaultKind {
     PromoteLaggingReplica,
     KillSentinelPrimary,
     FailBack,
+    SplitSentinelPrimary,
     Poison,
 }
 
@@ -91,11 +94,18 @@ fn faults(queue: QueueKind, topology: RedisTopology) -> Vec<Fault> {
     let all = faults_on_one_node(queue);
     match topology {
         RedisTopology::Single => all,
-        // Under Sentinel, Redis's own faults are its failovers: the primary killed (a
-        // replica promoted, the old one back as a replica), then the old primary made
-        // primary again. The others stay.
+        // Under Sentinel, Redis's own faults are its failovers: the primary cut off from
+        // its peers (a split brain: another elected, the old one still reached by the APIs
+        // until healed and demoted), the primary killed (a replica promoted, the old one
+        // back as a replica), then the old primary made primary again. The others stay.
         RedisTopology::Sentinel => {
             let redis_faults = [
+                Fault {
+                    at: 0.47,
+                    kind: FaultKind::SplitSentinelPrimary,
+                    name: "the Redis primary cut off from its replicas and the Sentinels, the APIs still reaching it, then healed",
+                    threatens: &["no oversell", "no lost success", "no leaked stock"],
+                },
                 Fault {
                     at: 0.60,
                     kind: FaultKind::KillSentinelPrimary,
@@ -275,12 +285,14 @@ pub async fn run(
     );
 
     let started = Instant::now();
+    let unknowns = Unknowns::default();
     let load = actix_rt::spawn(drive(
         apis.clone(),
         attempts,
         options.duration,
         GIVE_UP,
         |i| i % 2,
+        unknowns.clone(),
     ));
     let mut burst = None;
     let mut log = Vec::new();
@@ -300,6 +312,7 @@ pub async fn run(
         let at = (started + options.duration.mul_f64(fault.at))
             .max(previous_end + SETTLE_BETWEEN_FAULTS);
         actix_rt::time::sleep_until(at.into()).await;
+        let began = Instant::now();
         let pause = options.duration.mul_f64(0.04).max(Duration::from_secs(3));
         let detail = match fault.kind {
             FaultKind::KillWorkers => {
@@ -349,6 +362,7 @@ pub async fn run(
                     Duration::from_millis(20),
                     GIVE_UP,
                     |_| 0,
+                    unknowns.clone(),
                 )));
                 actix_rt::time::sleep(Duration::from_millis(10)).await;
                 cluster.kill_api(0);
@@ -375,6 +389,12 @@ pub async fn run(
                 killed_primary = Some(old);
                 format!(
                     "primary {old} killed; the Sentinels promoted {new}; {old} back as a replica"
+                )
+            }
+            FaultKind::SplitSentinelPrimary => {
+                let (old, new) = cluster.split_sentinel_primary(SPLIT_HELD).await?;
+                format!(
+                    "{old} cut off; the Sentinels elected {new}; healed {SPLIT_HELD:?} later, {old} demoted"
                 )
             }
             FaultKind::FailBack => {
@@ -405,7 +425,11 @@ pub async fn run(
             fault.name
         );
         previous_end = Instant::now();
-        log.push((fault, detail));
+        log.push(Happened {
+            fault,
+            detail,
+            began,
+        });
     }
 
     let mut outcomes = load.await?;
@@ -419,6 +443,7 @@ pub async fn run(
     let settled = settle(&cluster, &kafka, options.queue).await;
     let checks = check(&cluster, &quantities, &outcomes, settled).await?;
     print_report(&log, &checks, &outcomes);
+    print_costs(&log, &unknowns.borrow());
     let passed = checks.iter().all(|c| c.violations.is_empty());
     cluster.shut_down(options.keep).await?;
     Ok(passed)
@@ -706,7 +731,42 @@ async fn check(
     Ok(checks)
 }
 
-fn print_report(log: &[(&Fault, String)], checks: &[Check], outcomes: &[Outcome]) {
+/// A fault as it was run: what was done, and when it began.
+struct Happened<'a> {
+    fault: &'a Fault,
+    detail: String,
+    began: Instant,
+}
+
+/// What each fault cost the users: the 503s and broken connections from its start to the
+/// next fault's (or the end), and how long after its start the last of them came.
+fn print_costs(log: &[Happened<'_>], unknowns: &[Instant]) {
+    println!(
+        "\n| fault | 503s or broken connections | last one, after the fault began |\n|---|---:|---:|"
+    );
+    for (i, happened) in log.iter().enumerate() {
+        let end = log.get(i + 1).map(|next| next.began);
+        let during: Vec<&Instant> = unknowns
+            .iter()
+            .filter(|at| **at >= happened.began && end.is_none_or(|end| **at < end))
+            .collect();
+        let last = during
+            .iter()
+            .map(|at| at.duration_since(happened.began))
+            .max()
+            .map_or("-".to_owned(), |last| {
+                format!("{:.1} s", last.as_secs_f64())
+            });
+        println!(
+            "| {} ({}) | {} | {last} |",
+            happened.fault.name,
+            happened.detail,
+            during.len()
+        );
+    }
+}
+
+fn print_report(log: &[Happened<'_>], checks: &[Check], outcomes: &[Outcome]) {
     let result = |invariant: &str| {
         checks
             .iter()
@@ -720,9 +780,13 @@ fn print_report(log: &[(&Fault, String)], checks: &[Check], outcomes: &[Outcome]
             })
     };
     println!("\n| fault | invariant | result |\n|---|---|---|");
-    for (fault, _) in log {
-        for invariant in fault.threatens {
-            println!("| {} | {invariant} | {} |", fault.name, result(invariant));
+    for happened in log {
+        for invariant in happened.fault.threatens {
+            println!(
+                "| {} | {invariant} | {} |",
+                happened.fault.name,
+                result(invariant)
+            );
         }
     }
     println!("\n| invariant | checked | violations | result |\n|---|---|---:|---|");
