@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::sentinel::SentinelClient;
@@ -53,7 +53,14 @@ pub struct Socket {
     current: RwLock<Option<Bound>>,
     connecting: Mutex<()>,
     generations: AtomicU64,
+    /// When a connection was last retired for a primary's `NOREPLICAS`.
+    left_for_want_of_replicas: std::sync::Mutex<Option<Instant>>,
 }
+
+/// Least time between two connections retired for `NOREPLICAS`: a primary whose replicas
+/// are merely late (a new primary's joining, a lag past `min-replicas-max-lag`) answers it
+/// to every write, and asking the Sentinels again at each would only churn connections.
+const NOREPLICAS_RECHECK: Duration = Duration::from_secs(1);
 
 impl Socket {
     /// `timeout` bounds the connect and every command.
@@ -66,6 +73,7 @@ impl Socket {
             current: RwLock::new(None),
             connecting: Mutex::new(()),
             generations: AtomicU64::new(0),
+            left_for_want_of_replicas: std::sync::Mutex::new(None),
         }
     }
 
@@ -126,10 +134,14 @@ impl Socket {
     /// node is no longer the primary, retires it (a timeout does not: the connection, and
     /// what it carried, may still be good). A primary that refuses writes for want of
     /// replicas (`NOREPLICAS`) may have been cut off from them and replaced while this
-    /// process still reaches it: the next connect asks where the primary is again, rather
-    /// than stay on it until the partition heals.
+    /// process still reaches it: through Sentinel, the next connect asks where the primary
+    /// is again (once a second at most), rather than stay on it until the partition heals.
     pub fn failed(&self, generation: u64, err: &RedisError) {
-        let demoted = matches!(err.code(), Some("READONLY" | "NOREPLICAS"));
+        let demoted = match err.code() {
+            Some("READONLY") => true,
+            Some("NOREPLICAS") => self.may_leave_for_want_of_replicas(),
+            _ => false,
+        };
         if !(err.is_unrecoverable_error() || demoted) {
             return;
         }
@@ -144,6 +156,26 @@ impl Socket {
             tracing::warn!(generation, error = %err, "a Redis connection was retired");
             *current = None;
         }
+    }
+}
+
+impl Socket {
+    /// Whether a `NOREPLICAS` may retire the connection now: only through Sentinel (a URL
+    /// leads to the same node again), and once per [`NOREPLICAS_RECHECK`].
+    fn may_leave_for_want_of_replicas(&self) -> bool {
+        if !matches!(self.target, Target::Sentinel(_)) {
+            return false;
+        }
+        let mut last = self
+            .left_for_want_of_replicas
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < NOREPLICAS_RECHECK) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 }
 

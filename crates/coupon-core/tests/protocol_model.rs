@@ -450,7 +450,9 @@ impl Protocol for Model {
             // every send before it is committed: what a publish reported "possibly
             // persisted" has landed or never will, so the limbo is empty when the rebuild
             // reads the log's end. (A fence not acknowledged fails the rebuild: the next
-            // request leases it anew, which the model need not repeat.)
+            // request leases it anew, which the model need not repeat.) The limbo is what
+            // the leader appended; a send still travelling to it past the window is
+            // assumed away, as the window itself assumes (README, "What is not true").
             Some(Rebuilding::Leased)
                 if (s.limbo.is_empty() || self.bug == Bug::RebuildWithoutFence)
                     && !s

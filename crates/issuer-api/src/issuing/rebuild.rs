@@ -74,8 +74,11 @@ impl Issuer {
         coupons: &[CouponId],
     ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
         let mut redis = self.redis.clone();
-        let lease =
-            self.delivery.in_flight_window().await? + self.rebuild_timeout + REBUILD_LEASE_MARGIN;
+        // The window, then the fences (each a publish, reported within one window too),
+        // then the wait for the workers.
+        let lease = 2 * self.delivery.in_flight_window().await?
+            + self.rebuild_timeout
+            + REBUILD_LEASE_MARGIN;
         let (mut leased, mut done) = (Vec::new(), Vec::new());
         for &coupon in coupons {
             match self
