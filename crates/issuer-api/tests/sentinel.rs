@@ -15,19 +15,47 @@ use coupon_core::config::QueueKind;
 use issuer_bench::sentinel_topology::SentinelTopology;
 use support::TestEnv;
 
+/// A topology of the test's own, and the services following its primary through the
+/// Sentinels, with a replica confirming every answer.
+struct Replicated {
+    dir: std::path::PathBuf,
+    topology: SentinelTopology,
+    /// The primary at start.
+    primary: u16,
+    env: TestEnv,
+}
+
+impl Replicated {
+    async fn start(queue: QueueKind) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("coupon-sentinel-{}", uuid::Uuid::new_v4().simple()));
+        let topology = SentinelTopology::start(&dir).unwrap();
+        topology.await_replicas().await.unwrap();
+        let primary = topology.primary().await.unwrap();
+        let args = [
+            format!("--redis-url=redis://127.0.0.1:{primary}"),
+            format!("--redis-sentinels={}", topology.sentinel_list()),
+            "--redis-min-replicas=1".to_owned(),
+            "--redis-replica-timeout-ms=300".to_owned(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env = TestEnv::start_with_args(queue, &support::brokers(), 1, &args).await;
+        Self {
+            dir,
+            topology,
+            primary,
+            env,
+        }
+    }
+}
+
 async fn primary_killed_under_a_sale(queue: QueueKind) {
-    let dir =
-        std::env::temp_dir().join(format!("coupon-sentinel-{}", uuid::Uuid::new_v4().simple()));
-    let topology = SentinelTopology::start(&dir).unwrap();
-    let primary = topology.primary().await.unwrap();
-    let args = [
-        format!("--redis-url=redis://127.0.0.1:{primary}"),
-        format!("--redis-sentinels={}", topology.sentinel_list()),
-        "--redis-min-replicas=1".to_owned(),
-        "--redis-replica-timeout-ms=300".to_owned(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let env = TestEnv::start_with_args(queue, &support::brokers(), 1, &args).await;
+    let Replicated {
+        dir,
+        topology,
+        primary,
+        env,
+    } = Replicated::start(queue).await;
     let coupon = env.coupon_with_quantity(10).await;
     for user in 1..=4 {
         assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
@@ -75,18 +103,12 @@ const LEAVES_THE_OLD_PRIMARY: Duration = Duration::from_secs(20);
 /// must not stay there until the partition heals, but ask the Sentinels again.
 #[actix_web::test]
 async fn a_primary_cut_off_from_its_peers_is_left_for_the_new_one() {
-    let dir =
-        std::env::temp_dir().join(format!("coupon-sentinel-{}", uuid::Uuid::new_v4().simple()));
-    let topology = SentinelTopology::start(&dir).unwrap();
-    let primary = topology.primary().await.unwrap();
-    let args = [
-        format!("--redis-url=redis://127.0.0.1:{primary}"),
-        format!("--redis-sentinels={}", topology.sentinel_list()),
-        "--redis-min-replicas=1".to_owned(),
-        "--redis-replica-timeout-ms=300".to_owned(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let env = TestEnv::start_with_args(QueueKind::Redis, &support::brokers(), 1, &args).await;
+    let Replicated {
+        dir,
+        topology,
+        primary,
+        env,
+    } = Replicated::start(QueueKind::Redis).await;
     let coupon = env.coupon_with_quantity(6).await;
     for user in 1..=2 {
         assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");

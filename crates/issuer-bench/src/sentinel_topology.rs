@@ -39,6 +39,34 @@ impl SentinelTopology {
         Ok(topology)
     }
 
+    /// Waits until every replica is online with the primary the Sentinels name: before
+    /// that, the primary refuses writes (`min-replicas-to-write`), and a test's first
+    /// request would meet a topology still starting.
+    pub async fn await_replicas(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + FAILOVER_PATIENCE;
+        let replicas = self.nodes.len() - 1;
+        loop {
+            let online = async {
+                let primary = self.primary().await?;
+                let mut con = redis::Client::open(format!("redis://127.0.0.1:{primary}"))?
+                    .get_multiplexed_async_connection()
+                    .await?;
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut con)
+                    .await?;
+                Ok::<_, anyhow::Error>(info.matches("state=online").count())
+            };
+            if online.await.is_ok_and(|online| online >= replicas) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the replicas were not all online after {FAILOVER_PATIENCE:?}");
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn script(&self, args: &[&str]) -> anyhow::Result<()> {
         let (verb, rest) = args.split_first().context("a verb")?;
         let status = Command::new("bash")

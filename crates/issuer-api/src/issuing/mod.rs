@@ -1,11 +1,13 @@
 //! Issuing one coupon to one user: admit in Redis, hand the event to its delivery, answer.
 //! Beside it: the reads the HTTP contract makes (`reads`), what the operations view probes
-//! (`probes`), and restoring Redis from PostgreSQL (`rebuild`).
+//! (`probes`), and restoring Redis from PostgreSQL (`rebuild`), for the coupons requests
+//! found unverified gathered into one rebuild (`lazy_rebuilds`).
 //!
 //! Invariants: a SUCCESS answer is given only once the event is durably queued (see
 //! `crate::delivery`). A user is told "yours" only when it is known: while someone else's
 //! delivery of their event is unresolved, the answer is 503, retry.
 
+mod lazy_rebuilds;
 mod probes;
 mod reads;
 mod rebuild;
@@ -28,6 +30,7 @@ use crate::delivery::{Delivery, Pending};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::replication::Replication;
+use lazy_rebuilds::LazyRebuilds;
 
 pub use probes::Stock;
 pub use reads::Holding;
@@ -55,6 +58,8 @@ pub struct Issuer {
     /// Confirms each admission on the replicas first, when REDIS_MIN_REPLICAS is set.
     replication: Option<Replication>,
     metrics: Arc<Metrics>,
+    /// The coupons requests found unverified, gathered into one rebuild.
+    lazy_rebuilds: Arc<LazyRebuilds>,
 }
 
 impl Issuer {
@@ -75,6 +80,7 @@ impl Issuer {
             rebuild_timeout,
             replication,
             metrics,
+            lazy_rebuilds: Arc::default(),
         }
     }
 

@@ -22,6 +22,7 @@ use coupon_core::epoch::{Stamp, instance_epoch};
 use coupon_core::redis_connection::RedisConnection;
 use redis::aio::ConnectionLike;
 
+use super::lazy_rebuilds::GATHERING;
 use super::{Issuer, STAMPS_SEEN_BY_ALL};
 use crate::error::ApiError;
 use crate::metrics::OutcomeLabels;
@@ -56,14 +57,36 @@ impl Issuer {
             Ok(false) => return ApiError::CouponNotFound(coupon.get()),
             Err(err) => return err,
         }
-        let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(err) = this.rebuild(&[coupon]).await {
-                let cause = std::error::Error::source(&err).map(ToString::to_string);
-                tracing::warn!(%coupon, error = %err, cause, "rebuilding the coupon's Redis state failed");
-            }
-        });
+        if self.lazy_rebuilds.ask(coupon) {
+            let this = self.clone();
+            tokio::spawn(async move { this.rebuild_gathered().await });
+        }
         ApiError::Rebuilding(coupon.get())
+    }
+
+    /// Waits for other coupons to be asked for, then rebuilds them all at once
+    /// (`lazy_rebuilds`). The rebuild runs in a task of its own, so that however it ends
+    /// its coupons may be asked for again.
+    async fn rebuild_gathered(&self) {
+        tokio::time::sleep(GATHERING).await;
+        let coupons = self.lazy_rebuilds.take();
+        let this = self.clone();
+        let batch = coupons.clone();
+        let rebuilt = tokio::spawn(async move { this.rebuild(&batch).await }).await;
+        self.lazy_rebuilds.ended(&coupons);
+        let failed = match rebuilt {
+            Ok(Ok(_)) => return,
+            Ok(Err(err)) => {
+                let cause = std::error::Error::source(&err).map(ToString::to_string);
+                format!(
+                    "{err}{}",
+                    cause.map(|c| format!(": {c}")).unwrap_or_default()
+                )
+            }
+            Err(panicked) => panicked.to_string(),
+        };
+        tracing::warn!(coupons = coupons.len(), first = ?coupons.first(), error = failed,
+            "rebuilding the coupons' Redis state failed");
     }
 
     /// Restores coupons' Redis state, each under a lease so only one process rebuilds a

@@ -124,7 +124,9 @@ impl Cluster {
                 }))
             }
             RedisTopology::Sentinel => {
-                RedisNodes::Sentinel(SentinelTopology::start(&dir.join("redis-sentinel"))?)
+                let topology = SentinelTopology::start(&dir.join("redis-sentinel"))?;
+                topology.await_replicas().await?;
+                RedisNodes::Sentinel(topology)
             }
         };
         let mut cluster = Cluster {
