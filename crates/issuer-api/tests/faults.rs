@@ -539,7 +539,7 @@ async fn a_winner_the_database_guard_refused_reads_a_final_status() {
     }
     // User 3 admitted beyond the quantity (a Redis that lost state, say): in the set, and
     // their event on the topic.
-    let issued = format!("{}coupon:{{{coupon}}}:issued", env.redis_prefix);
+    let issued = env.keys(coupon).issued;
     let _: () = redis::cmd("SADD")
         .arg(&issued)
         .arg(3)

@@ -15,6 +15,7 @@ use chrono::Utc;
 use coupon_core::config::QueueKind;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
+use coupon_core::redis_keys::CouponKeys;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use support::TestEnv;
@@ -627,9 +628,9 @@ async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
     assert_eq!(
         keys,
         vec![
-            format!("{}coupon:{{{coupon}}}:meta", env.redis_prefix),
-            format!("{}{{coupons}}:generation", env.redis_prefix),
-            format!("{}{{coupons}}:registry", env.redis_prefix),
+            env.keys(coupon).meta,
+            CouponKeys::registry_generation(&env.redis_prefix),
+            CouponKeys::active_registry(&env.redis_prefix),
         ],
         "the meta, and the registry of coupons that need work"
     );
@@ -642,7 +643,7 @@ async fn a_coupon_missing_from_redis_is_rebuilt_from_postgresql(queue: QueueKind
     assert_eq!(env.issue(coupon, 1).await.0, 201);
     env.rows_when_settled(coupon, 1).await;
     // Redis lost the coupon's meta (not its issued set): admission closes until rebuilt.
-    let meta = format!("{}coupon:{{{coupon}}}:meta", env.redis_prefix);
+    let meta = env.keys(coupon).meta;
     let _: () = redis::cmd("DEL")
         .arg(&meta)
         .query_async(&mut env.redis().await)

@@ -152,7 +152,7 @@ async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
     for user in 1..=3 {
         assert_eq!(env.issue(coupon, user).await.0, 201);
     }
-    let issued = format!("{}coupon:{{{coupon}}}:issued", env.redis_prefix);
+    let issued = env.keys(coupon).issued;
     let deadline = Instant::now() + Duration::from_secs(10);
     while redis::cmd("SCARD")
         .arg(&issued)
@@ -273,7 +273,7 @@ async fn an_admission_is_answered_only_once_the_replica_has_it() {
     ];
     let env = TestEnv::start_with_args(QueueKind::Redis, &support::brokers(), 1, &args).await;
     let coupon = env.coupon_with_quantity(5).await;
-    let issued = format!("{}coupon:{{{coupon}}}:issued", env.redis_prefix);
+    let issued = env.keys(coupon).issued;
     let stream = env.stream(coupon);
     redis.synced().await;
     for user in [1, 2] {

@@ -186,9 +186,10 @@ async fn a_rebuild_counts_the_winners_still_on_the_stream() {
     // Admission state lost, the stream kept: users 1 and 2 are winners only PostgreSQL
     // does not know yet.
     let mut redis = env.redis().await;
-    for key in ["meta", "issued"] {
+    let keys = env.keys(coupon);
+    for key in [keys.meta, keys.issued] {
         let _: () = redis::cmd("DEL")
-            .arg(format!("{}coupon:{{{coupon}}}:{key}", env.redis_prefix))
+            .arg(key)
             .query_async(&mut redis)
             .await
             .unwrap();

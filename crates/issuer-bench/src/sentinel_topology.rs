@@ -2,6 +2,7 @@
 //! script that runs it (`deploy/redis/sentinel.sh`): a primary, two replicas, three
 //! Sentinels on free loopback ports. Stopped when dropped.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -39,14 +40,14 @@ impl SentinelTopology {
         Ok(topology)
     }
 
-    /// Waits until every replica is online with the primary the Sentinels name: before
-    /// that, the primary refuses writes (`min-replicas-to-write`), and a test's first
-    /// request would meet a topology still starting.
+    /// Waits until every replica is online with the primary the Sentinels name, and every
+    /// Sentinel knows them all: before that, the primary refuses writes
+    /// (`min-replicas-to-write`), and a failover finds no replica to promote.
     pub async fn await_replicas(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + FAILOVER_PATIENCE;
         let replicas = self.nodes.len() - 1;
         loop {
-            let online = async {
+            let ready = async {
                 let primary = self.primary().await?;
                 let mut con = redis::Client::open(format!("redis://127.0.0.1:{primary}"))?
                     .get_multiplexed_async_connection()
@@ -55,9 +56,29 @@ impl SentinelTopology {
                     .arg("replication")
                     .query_async(&mut con)
                     .await?;
-                Ok::<_, anyhow::Error>(info.matches("state=online").count())
+                let mut known = usize::MAX;
+                for port in &self.sentinels {
+                    let mut sentinel = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
+                        .get_multiplexed_async_connection()
+                        .await?;
+                    let listed: Vec<HashMap<String, String>> = redis::cmd("SENTINEL")
+                        .arg("REPLICAS")
+                        .arg(MASTER)
+                        .query_async(&mut sentinel)
+                        .await?;
+                    let up = listed
+                        .iter()
+                        .filter(|replica| {
+                            replica.get("flags").is_some_and(|flags| {
+                                !flags.contains("s_down") && !flags.contains("disconnected")
+                            })
+                        })
+                        .count();
+                    known = known.min(up);
+                }
+                Ok::<_, anyhow::Error>(info.matches("state=online").count().min(known))
             };
-            if online.await.is_ok_and(|online| online >= replicas) {
+            if ready.await.is_ok_and(|ready| ready >= replicas) {
                 return Ok(());
             }
             if Instant::now() > deadline {

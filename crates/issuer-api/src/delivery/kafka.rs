@@ -236,9 +236,13 @@ impl KafkaDelivery {
     /// still sit in the leader's log uncommitted (a follower in the in-sync set holds the
     /// high watermark back, for as long as it stays there), so a fence on each coupon's
     /// partition is acknowledged next: then each such send is committed, before the log's
-    /// end taken next, or never will be. A fence that is not acknowledged (the partition
-    /// cannot commit now) fails the rebuild, which the next request starts over.
-    pub async fn let_publishes_report(&self, coupons: &[CouponId]) -> Result<(), ApiError> {
+    /// end taken next, or never will be. Returns the coupons whose fence was acknowledged;
+    /// the others (their partition cannot commit now) are left out of this rebuild, and
+    /// the next request starts theirs over. None acknowledged is the first one's error.
+    pub async fn let_publishes_report(
+        &self,
+        coupons: &[CouponId],
+    ) -> Result<Vec<CouponId>, ApiError> {
         let window = self.shared_publish_window().await?;
         tracing::info!(
             window_ms = window.as_millis() as u64,
@@ -248,10 +252,21 @@ impl KafkaDelivery {
         let fences = coupons
             .iter()
             .map(|&coupon_id| self.publisher.fence(Fence { coupon_id }));
-        for fenced in join_all(fences).await {
-            fenced.map_err(|e| ApiError::unavailable("kafka", e))?;
+        let mut fenced = Vec::with_capacity(coupons.len());
+        let mut first_failure = None;
+        for (&coupon, outcome) in coupons.iter().zip(join_all(fences).await) {
+            match outcome {
+                Ok(()) => fenced.push(coupon),
+                Err(err) => {
+                    tracing::warn!(%coupon, error = %err, "rebuild: the fence was not acknowledged; the coupon stays closed");
+                    first_failure.get_or_insert(err);
+                }
+            }
         }
-        Ok(())
+        match first_failure {
+            Some(err) if fenced.is_empty() => Err(ApiError::unavailable("kafka", err)),
+            _ => Ok(fenced),
+        }
     }
 
     /// Waits for the workers to persist everything the log holds now.

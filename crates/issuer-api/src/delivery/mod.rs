@@ -137,11 +137,15 @@ impl Delivery {
 
     /// Lets deliveries started before Redis lost the state of `coupons` report and settle,
     /// so that none lands after a rebuild has looked (Kafka: one publish window, then a
-    /// fence on each coupon's partition; the stream mode has none in flight).
-    pub async fn let_in_flight_report(&self, coupons: &[CouponId]) -> Result<(), ApiError> {
+    /// fence on each coupon's partition; the stream mode has none in flight). Returns the
+    /// coupons whose deliveries are settled: only those may be rebuilt now.
+    pub async fn let_in_flight_report(
+        &self,
+        coupons: &[CouponId],
+    ) -> Result<Vec<CouponId>, ApiError> {
         match self {
             Self::Kafka(kafka) => kafka.let_publishes_report(coupons).await,
-            Self::Stream(_) => Ok(()),
+            Self::Stream(_) => Ok(coupons.to_vec()),
         }
     }
 

@@ -20,9 +20,10 @@ use coupon_core::db::coupons::{Verification, coupon_holders, find_coupon, record
 use coupon_core::domain::{Coupon, CouponId};
 use coupon_core::epoch::{Stamp, instance_epoch};
 use coupon_core::redis_connection::RedisConnection;
+use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 
-use super::lazy_rebuilds::GATHERING;
+use super::lazy_rebuilds::{GATHERING, Gathering};
 use super::{Issuer, STAMPS_SEEN_BY_ALL};
 use crate::error::ApiError;
 use crate::metrics::OutcomeLabels;
@@ -30,6 +31,9 @@ use crate::metrics::OutcomeLabels;
 /// A rebuild lease outlives the longest rebuild wait, so two never overlap; a crashed
 /// rebuilder's lease runs out and the next request starts over.
 const REBUILD_LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// Most coupons one gathered rebuild takes on: past a few hundred, the reads and restores
+/// after the wait for the workers approach the lease's margin.
+const GATHERED_PER_REBUILD: usize = 64;
 /// How long a failed rebuild keeps trying to end its lease, and its pause between tries.
 const LEASE_END_PATIENCE: Duration = Duration::from_secs(15);
 const LEASE_END_PAUSE: Duration = Duration::from_millis(200);
@@ -48,6 +52,10 @@ impl Issuer {
     /// under another instance: answer 404 at once if PostgreSQL does not know the coupon,
     /// else start rebuilding in the background and answer 503 until admission reopens.
     pub(super) async fn start_rebuild(&self, coupon: CouponId) -> ApiError {
+        // Known to exist when it was asked for; the pool is scarce while many coupons wait.
+        if self.lazy_rebuilds.asked(coupon) {
+            return ApiError::Rebuilding(coupon.get());
+        }
         let exists = async {
             let mut conn = self.pool.get().await?;
             Ok::<_, ApiError>(find_coupon(&mut conn, coupon).await?.is_some())
@@ -57,36 +65,31 @@ impl Issuer {
             Ok(false) => return ApiError::CouponNotFound(coupon.get()),
             Err(err) => return err,
         }
-        if self.lazy_rebuilds.ask(coupon) {
+        if let Some(gathering) = self.lazy_rebuilds.ask(coupon) {
             let this = self.clone();
-            tokio::spawn(async move { this.rebuild_gathered().await });
+            tokio::spawn(async move { this.rebuild_gathered(gathering).await });
         }
         ApiError::Rebuilding(coupon.get())
     }
 
-    /// Waits for other coupons to be asked for, then rebuilds them all at once
-    /// (`lazy_rebuilds`). The rebuild runs in a task of its own, so that however it ends
-    /// its coupons may be asked for again.
-    async fn rebuild_gathered(&self) {
+    /// Waits for other coupons to be asked for, then rebuilds them together
+    /// (`lazy_rebuilds`), at most [`GATHERED_PER_REBUILD`] to a rebuild (its lease covers
+    /// a bounded amount of work), the rebuilds at once. However this ends, the gathering's
+    /// coupons may be asked for again after.
+    async fn rebuild_gathered(&self, mut gathering: Gathering) {
+        // Held to the end: dropped, it frees the coupons it took.
         tokio::time::sleep(GATHERING).await;
-        let coupons = self.lazy_rebuilds.take();
-        let this = self.clone();
-        let batch = coupons.clone();
-        let rebuilt = tokio::spawn(async move { this.rebuild(&batch).await }).await;
-        self.lazy_rebuilds.ended(&coupons);
-        let failed = match rebuilt {
-            Ok(Ok(_)) => return,
-            Ok(Err(err)) => {
+        let coupons = gathering.take();
+        let rebuilds = coupons
+            .chunks(GATHERED_PER_REBUILD)
+            .map(|batch| async move { (batch, self.rebuild(batch).await) });
+        for (batch, rebuilt) in join_all(rebuilds).await {
+            if let Err(err) = rebuilt {
                 let cause = std::error::Error::source(&err).map(ToString::to_string);
-                format!(
-                    "{err}{}",
-                    cause.map(|c| format!(": {c}")).unwrap_or_default()
-                )
+                tracing::warn!(coupons = batch.len(), error = %err, cause,
+                    "rebuilding some of the coupons' Redis state failed; they stay closed");
             }
-            Err(panicked) => panicked.to_string(),
-        };
-        tracing::warn!(coupons = coupons.len(), first = ?coupons.first(), error = failed,
-            "rebuilding the coupons' Redis state failed");
+        }
     }
 
     /// Restores coupons' Redis state, each under a lease so only one process rebuilds a
@@ -186,14 +189,19 @@ impl Issuer {
             }
         }
         tokio::time::sleep(STAMPS_SEEN_BY_ALL).await;
+        // Each coupon on its own: one that cannot be restored now (its fence refused, the
+        // instance changed under it) stays closed, and the others open.
         let mut rebuilt = Vec::with_capacity(stamped.len());
-        for ((record, holders, stamp), held) in stamped.into_iter().zip(leased) {
+        for (record, holders, stamp) in stamped {
+            let Some(held) = leased.iter().find(|held| held.coupon == record.id) else {
+                continue;
+            };
             if !self
                 .scripts
                 .restore(con, &record, &holders, &stamp, held)
                 .await?
             {
-                return Err(ApiError::Rebuilding(record.id.get()));
+                continue;
             }
             tracing::info!(coupon = %record.id, holders = holders.len(), "rebuild: admission reopened");
             rebuilt.push((
@@ -203,19 +211,27 @@ impl Issuer {
                 },
             ));
         }
-        Ok(rebuilt)
+        match leased
+            .iter()
+            .find(|held| !rebuilt.iter().any(|(coupon, _)| *coupon == held.coupon))
+        {
+            Some(closed) => Err(ApiError::Rebuilding(closed.coupon.get())),
+            None => Ok(rebuilt),
+        }
     }
 
     /// Every admitted user of each coupon, with its record: the unsettled set first, then
     /// PostgreSQL once everything that left the set is persisted (see the module's doc).
+    /// Only the coupons whose deliveries could be settled are found (`Delivery::
+    /// let_in_flight_report`); the others are left out.
     pub async fn holders<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupons: &[CouponId],
     ) -> Result<Vec<(Coupon, Vec<i64>)>, ApiError> {
-        self.delivery.let_in_flight_report(coupons).await?;
+        let coupons = self.delivery.let_in_flight_report(coupons).await?;
         let mut unsettled = Vec::with_capacity(coupons.len());
-        for &coupon in coupons {
+        for &coupon in &coupons {
             unsettled.push(self.delivery.unsettled_users(con, coupon).await?);
         }
         self.delivery.await_persisted().await?;

@@ -434,10 +434,17 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// `coupon`'s Redis keys under this environment's prefix.
+    pub fn keys(&self, coupon: i64) -> coupon_core::redis_keys::CouponKeys {
+        coupon_core::redis_keys::CouponKeys::new(
+            &self.redis_prefix,
+            coupon_core::domain::CouponId::new(coupon).unwrap(),
+        )
+    }
+
     pub async fn redis_set_size(&self, coupon: i64) -> i64 {
-        let key = format!("{}coupon:{{{coupon}}}:issued", self.redis_prefix);
         redis::cmd("SCARD")
-            .arg(key)
+            .arg(self.keys(coupon).issued)
             .query_async(&mut self.redis().await)
             .await
             .unwrap()
@@ -445,12 +452,12 @@ impl TestEnv {
 
     /// The users holding a slot of `coupon` in Redis, sorted.
     pub async fn redis_holders(&self, coupon: i64) -> Vec<i64> {
-        self.coupon_users("SMEMBERS", coupon, "issued").await
+        self.coupon_users("SMEMBERS", self.keys(coupon).issued)
+            .await
     }
 
-    /// The users `command` lists from the coupon's `key` (a set or a hash), sorted.
-    async fn coupon_users(&self, command: &str, coupon: i64, key: &str) -> Vec<i64> {
-        let key = format!("{}coupon:{{{coupon}}}:{key}", self.redis_prefix);
+    /// The users `command` lists from `key` (a set or a hash), sorted.
+    async fn coupon_users(&self, command: &str, key: String) -> Vec<i64> {
         let mut users: Vec<i64> = redis::cmd(command)
             .arg(key)
             .query_async(&mut self.redis().await)
@@ -473,9 +480,8 @@ impl TestEnv {
     }
 
     pub async fn pending_claimed(&self, coupon: i64, user: i64) -> bool {
-        let key = format!("{}coupon:{{{coupon}}}:pending", self.redis_prefix);
         let entry: Option<String> = redis::cmd("HGET")
-            .arg(key)
+            .arg(self.keys(coupon).pending)
             .arg(user)
             .query_async(&mut self.redis().await)
             .await
@@ -485,7 +491,7 @@ impl TestEnv {
 
     /// Users whose slot in `coupon` is admitted but not yet acknowledged by the broker.
     pub async fn pending_entries(&self, coupon: i64) -> Vec<i64> {
-        self.coupon_users("HKEYS", coupon, "pending").await
+        self.coupon_users("HKEYS", self.keys(coupon).pending).await
     }
 
     /// Deletes every Redis key of this test, as FLUSHALL would on a Redis of its own.
@@ -531,8 +537,7 @@ impl TestEnv {
 
     /// The coupon's event stream (Redis queue mode).
     pub fn stream(&self, coupon: i64) -> String {
-        let coupon = coupon_core::domain::CouponId::new(coupon).unwrap();
-        coupon_core::redis_keys::CouponKeys::new(&self.redis_prefix, coupon).stream
+        self.keys(coupon).stream
     }
 
     /// Puts `event` on the queue again, bypassing admission, as a producer retry or a
