@@ -28,12 +28,22 @@ impl CouponKeys {
     /// `prefix` lets several environments (or test runs) share one Redis without
     /// sharing coupons; it is prepended verbatim and may be empty.
     pub fn new(prefix: &str, coupon: CouponId) -> Self {
+        Self::tagged(prefix, &coupon.to_string())
+    }
+
+    /// Glob patterns (for KEYS or SCAN's MATCH) of these keys of every coupon under
+    /// `prefix`: for tools and checks that look over the keyspace, never the hot path.
+    pub fn of_every_coupon(prefix: &str) -> Self {
+        Self::tagged(prefix, "*")
+    }
+
+    fn tagged(prefix: &str, tag: &str) -> Self {
         Self {
-            meta: format!("{prefix}coupon:{{{coupon}}}:meta"),
-            issued: format!("{prefix}coupon:{{{coupon}}}:issued"),
-            pending: format!("{prefix}coupon:{{{coupon}}}:pending"),
-            rebuilding: format!("{prefix}coupon:{{{coupon}}}:rebuilding"),
-            stream: format!("{prefix}coupon:{{{coupon}}}:issues"),
+            meta: format!("{prefix}coupon:{{{tag}}}:meta"),
+            issued: format!("{prefix}coupon:{{{tag}}}:issued"),
+            pending: format!("{prefix}coupon:{{{tag}}}:pending"),
+            rebuilding: format!("{prefix}coupon:{{{tag}}}:rebuilding"),
+            stream: format!("{prefix}coupon:{{{tag}}}:issues"),
         }
     }
 
@@ -58,6 +68,21 @@ impl CouponKeys {
     /// Counter the registry's generations are drawn from.
     pub fn registry_generation(prefix: &str) -> String {
         format!("{prefix}{{coupons}}:generation")
+    }
+
+    /// Counter of a user's issue requests in the rate-limit window (`issuer-api`'s
+    /// `rate_limit`). Both counters of a request share the `{rate}` hash tag, so one script
+    /// touches them on one cluster slot.
+    pub fn rate_of_user(prefix: &str, user: impl std::fmt::Display) -> String {
+        format!("{prefix}{{rate}}:user:{user}")
+    }
+
+    /// The same for a client address; `unknown` when none is known.
+    pub fn rate_of_address(prefix: &str, address: Option<impl std::fmt::Display>) -> String {
+        match address {
+            Some(address) => format!("{prefix}{{rate}}:address:{address}"),
+            None => format!("{prefix}{{rate}}:address:unknown"),
+        }
     }
 
     /// Counter each replica confirmation writes just before its WAIT: a replica that has

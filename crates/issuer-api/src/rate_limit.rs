@@ -12,6 +12,7 @@ use std::time::Duration;
 use actix_web::HttpRequest;
 use coupon_core::domain::UserId;
 use coupon_core::redis_connection::RedisConnection;
+use coupon_core::redis_keys::CouponKeys;
 use redis::Script;
 
 use crate::error::ApiError;
@@ -74,13 +75,10 @@ impl RateLimiter {
         }
         let prefix = &self.key_prefix;
         // No address known: that counter is not kept (limit 0 for it).
-        let (address_key, address_limit) = match address {
-            Some(ip) => (format!("{prefix}{{rate}}:address:{ip}"), *per_address),
-            None => (format!("{prefix}{{rate}}:address:unknown"), 0),
-        };
+        let address_limit = if address.is_some() { *per_address } else { 0 };
         let wait_ms: u64 = RATE_LIMIT
-            .key(format!("{prefix}{{rate}}:user:{user}"))
-            .key(address_key)
+            .key(CouponKeys::rate_of_user(prefix, user))
+            .key(CouponKeys::rate_of_address(prefix, address))
             .arg(window.as_millis() as u64)
             .arg(per_user)
             .arg(address_limit)

@@ -17,6 +17,7 @@ use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
 use coupon_core::kafka::wait_for_group;
 use coupon_core::producer::Producer;
+use coupon_core::redis_keys::CouponKeys;
 use coupon_core::registry::Registry;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -456,7 +457,7 @@ async fn inject_stream_poison(redis_url: &str, last_coupon: i64) -> anyhow::Resu
     let client = redis::Client::open(redis_url)?;
     let mut con = client.get_multiplexed_async_connection().await?;
     let coupon = CouponId::new(last_coupon)?;
-    let stream = coupon_core::redis_keys::CouponKeys::new("", coupon).stream;
+    let stream = CouponKeys::new("", coupon).stream;
     for n in 0..GARBAGE_EVENTS {
         let _: String = redis::cmd("XADD")
             .arg(&stream)
@@ -546,7 +547,7 @@ async fn streams_drained(redis_url: &str) -> Result<(), String> {
         let client = redis::Client::open(redis_url)?;
         let mut con = client.get_multiplexed_async_connection().await?;
         let streams: Vec<String> = redis::cmd("KEYS")
-            .arg("coupon:*:issues")
+            .arg(CouponKeys::of_every_coupon("").stream)
             .query_async(&mut con)
             .await?;
         for stream in streams {
@@ -588,7 +589,7 @@ async fn pending_slots(redis_url: &str) -> redis::RedisResult<usize> {
     let client = redis::Client::open(redis_url)?;
     let mut con = client.get_multiplexed_async_connection().await?;
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("coupon:*:pending")
+        .arg(CouponKeys::of_every_coupon("").pending)
         .query_async(&mut con)
         .await?;
     let mut total = 0;
