@@ -16,6 +16,12 @@ use crate::redis_connection::{RedisConnection, Socket, Target};
 use crate::db::connect::{PgTarget, PgTlsError, PgTlsFiles};
 use crate::db::pool::{PgPool, build_pool};
 
+/// Where `make up` runs each service: the default of every setting and harness that names
+/// one.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://coupon:coupon@127.0.0.1:5432/coupon_issuance";
+
 /// Where admitted issue events travel from issuer-api to issuer-worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -42,7 +48,7 @@ pub struct RedisArgs {
     #[arg(
         long,
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        default_value = DEFAULT_REDIS_URL,
         hide_env_values = true
     )]
     pub redis_url: String,
@@ -210,7 +216,7 @@ impl RedisArgs {
 #[derive(Args, Clone)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "KAFKA_BROKERS", default_value = DEFAULT_KAFKA_BROKERS)]
     pub kafka_brokers: String,
     /// Topic the issue events go to; its dead-letter topic is `<topic>.dlq`.
     #[arg(long, env = "ISSUE_TOPIC", default_value = "coupon-issue")]
@@ -433,7 +439,7 @@ pub struct DatabaseArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://coupon:coupon@127.0.0.1:5432/coupon_issuance",
+        default_value = DEFAULT_DATABASE_URL,
         hide_env_values = true
     )]
     pub database_url: String,

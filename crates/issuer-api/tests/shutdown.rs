@@ -1,44 +1,48 @@
 //! SIGTERM stops the API cleanly: in-flight requests finished, producer flushed, exit 0.
 
-#[path = "../../issuer-worker/tests/process/mod.rs"]
-mod process;
-
+use std::path::Path;
 use std::time::Duration;
 
+use issuer_bench::process::{
+    CleanStop, check_stops_cleanly, check_stops_during_start_up, services_env,
+};
+
+const API: &str = env!("CARGO_BIN_EXE_issuer-api");
+
 /// What the API needs besides the shared settings: a listener and its two secrets.
-const API_SECRETS: [(&str, &str); 3] = [
-    ("ISSUER_LISTEN", "127.0.0.1:0"),
-    ("ISSUER_ADMIN_TOKEN", "shutdown-test"),
-    (
-        "ISSUER_JWT_SECRET",
-        "shutdown-test-hs256-secret-32-bytes-long",
-    ),
-];
+fn api_secrets() -> Vec<(String, String)> {
+    [
+        ("ISSUER_LISTEN", "127.0.0.1:0"),
+        ("ISSUER_ADMIN_TOKEN", "shutdown-test"),
+        (
+            "ISSUER_JWT_SECRET",
+            "shutdown-test-hs256-secret-32-bytes-long",
+        ),
+    ]
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    .to_vec()
+}
 
 #[test]
 fn sigterm_stops_the_api_with_exit_code_zero() {
-    let mut env = process::env(&format!("coupon-issue-shutdown-{}", std::process::id()));
-    env.extend(API_SECRETS.map(|(name, value)| (name, value.to_owned())));
-    let mut api = process::Service::start(env!("CARGO_BIN_EXE_issuer-api"), &env);
-    api.wait_for("issuer-api listening", Duration::from_secs(60));
-
-    let status = api.terminate(Duration::from_secs(30));
-
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        api.seen.join("\n")
-    );
-    assert!(api.seen.iter().any(|l| l.contains("issuer-api stopped")));
+    let mut env = services_env(&format!("coupon-issue-shutdown-{}", std::process::id()));
+    env.extend(api_secrets());
+    check_stops_cleanly(
+        Path::new(API),
+        &env,
+        &CleanStop {
+            ready: "issuer-api listening",
+            then: Duration::ZERO,
+            stopped: "issuer-api stopped",
+            patience: Duration::from_secs(30),
+        },
+    )
+    .unwrap();
 }
 
 /// An orchestrator stops a pod that is still starting (waiting on its database, say): it
 /// must exit at once, not when start-up gives up or the grace period ends in a SIGKILL.
 #[test]
 fn sigterm_during_start_up_exits_at_once() {
-    process::assert_stopped_during_start_up(
-        env!("CARGO_BIN_EXE_issuer-api"),
-        "issuer-api starting",
-        &API_SECRETS.map(|(name, value)| (name, value.to_owned())),
-    );
+    check_stops_during_start_up(Path::new(API), "issuer-api starting", &api_secrets()).unwrap();
 }

@@ -41,19 +41,19 @@ struct Cli {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://coupon:coupon@127.0.0.1:5432/coupon_issuance",
+        default_value = coupon_core::config::DEFAULT_DATABASE_URL,
         hide_env_values = true
     )]
     database_url: String,
     /// Kafka bootstrap servers, for the `drain` scenario.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "KAFKA_BROKERS", default_value = coupon_core::config::DEFAULT_KAFKA_BROKERS)]
     kafka_brokers: String,
     /// Redis, for the `race` and `connections` scenarios (which talk to nothing else) and
     /// the services `seed --mode` starts.
     #[arg(
         long,
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        default_value = coupon_core::config::DEFAULT_REDIS_URL,
         hide_env_values = true
     )]
     redis_url: String,

@@ -1,8 +1,9 @@
-//! Child processes a harness starts, kills with SIGKILL, and stops with SIGTERM.
+//! Child processes a harness starts, kills with SIGKILL, and stops with SIGTERM; and the
+//! checks the service binaries' shutdown tests make of them.
 
 use std::fs::File;
-use std::net::TcpStream;
-use std::path::Path;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,8 @@ use anyhow::{Context, bail};
 pub struct Service {
     pub name: String,
     child: Child,
+    /// Where its output goes.
+    log: PathBuf,
 }
 
 impl Service {
@@ -36,7 +39,45 @@ impl Service {
         Ok(Service {
             name: name.to_owned(),
             child,
+            log: log.to_owned(),
         })
+    }
+
+    /// `program` with `env` and `RUST_LOG=info`, its output in a log of its own under the
+    /// temporary folder: a service binary under test.
+    pub fn spawn_logged(
+        name: &str,
+        program: &Path,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Service> {
+        let dir = std::env::temp_dir();
+        let log = dir.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
+        let mut env = env.to_vec();
+        env.push(("RUST_LOG".into(), "info".into()));
+        Self::spawn(name, program, &[], &env, &dir, &log)
+    }
+
+    /// Where its output goes: it stays readable after the process ended.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// Waits until its output has `text`; the error carries the output so far.
+    pub fn wait_for_output(&self, text: &str, patience: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let output = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if output.contains(text) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: no {text:?} in its output within {patience:?}:\n{output}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// SIGKILL: no cleanup, no goodbye, as a crash or an OOM kill.
@@ -85,4 +126,103 @@ pub async fn wait_for_port(port: u16, patience: Duration) -> anyhow::Result<()> 
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// What a service binary under test needs to reach the `make up` services, on a topic of
+/// its own (the environment's values when set).
+pub fn services_env(topic: &str) -> Vec<(String, String)> {
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    vec![
+        ("ISSUE_TOPIC".into(), topic.to_owned()),
+        (
+            "KAFKA_BROKERS".into(),
+            var("KAFKA_BROKERS", coupon_core::config::DEFAULT_KAFKA_BROKERS),
+        ),
+        (
+            "REDIS_URL".into(),
+            var("REDIS_URL", coupon_core::config::DEFAULT_REDIS_URL),
+        ),
+        (
+            "DATABASE_URL".into(),
+            var("DATABASE_URL", coupon_core::config::DEFAULT_DATABASE_URL),
+        ),
+    ]
+}
+
+/// A dependency that accepts connections and never answers: start-up waits on it.
+pub fn black_hole() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    Ok(addr)
+}
+
+/// What a clean stop is checked against: the line that says the service is where it should
+/// be stopped, the line it must log on the way out, and how soon it must be gone.
+pub struct CleanStop<'a> {
+    pub ready: &'a str,
+    /// How long after `ready` SIGTERM is sent.
+    pub then: Duration,
+    pub stopped: &'a str,
+    pub patience: Duration,
+}
+
+/// Starts `binary` with `env`, sends SIGTERM once it is where `stop` says, and checks that it
+/// exits cleanly in time, having logged what it must.
+pub fn check_stops_cleanly(
+    binary: &Path,
+    env: &[(String, String)],
+    stop: &CleanStop<'_>,
+) -> anyhow::Result<()> {
+    let CleanStop {
+        ready,
+        then,
+        stopped,
+        patience,
+    } = *stop;
+    let service = Service::spawn_logged("under-test", binary, env)?;
+    service.wait_for_output(ready, Duration::from_secs(60))?;
+    std::thread::sleep(then);
+    let log = service.log().to_owned();
+    let clean = service.terminate(patience);
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    if !clean {
+        bail!("no clean exit within {patience:?} of SIGTERM:\n{output}");
+    }
+    if !output.contains(stopped) {
+        bail!("exited without logging {stopped:?}:\n{output}");
+    }
+    Ok(())
+}
+
+/// Starts `binary` with its database a black hole, so that start-up waits on it, sends
+/// SIGTERM once it logged `starting`, and checks that it exits at once, cleanly, saying so.
+pub fn check_stops_during_start_up(
+    binary: &Path,
+    starting: &str,
+    extra: &[(String, String)],
+) -> anyhow::Result<()> {
+    let mut env = services_env(&format!("coupon-issue-startup-{}", std::process::id()));
+    env.retain(|(name, _)| name != "DATABASE_URL");
+    env.push((
+        "DATABASE_URL".into(),
+        format!("postgres://coupon:coupon@{}/coupon_issuance", black_hole()?),
+    ));
+    env.extend(extra.iter().cloned());
+    // Logged `starting`, it waits on the database: half a second in, it is surely there.
+    check_stops_cleanly(
+        binary,
+        &env,
+        &CleanStop {
+            ready: starting,
+            then: Duration::from_millis(500),
+            stopped: "stopped during start-up",
+            patience: Duration::from_secs(3),
+        },
+    )
 }

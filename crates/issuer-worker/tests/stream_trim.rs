@@ -30,7 +30,8 @@ async fn other_worker_reads(
 #[tokio::test]
 async fn a_read_during_the_trim_cannot_get_its_entries_trimmed() {
     let client = redis::Client::open(
-        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        std::env::var("REDIS_URL")
+            .unwrap_or_else(|_| coupon_core::config::DEFAULT_REDIS_URL.into()),
     )
     .unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();

@@ -8,7 +8,8 @@ use redis::aio::MultiplexedConnection;
 
 pub async fn redis() -> MultiplexedConnection {
     redis::Client::open(
-        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        std::env::var("REDIS_URL")
+            .unwrap_or_else(|_| coupon_core::config::DEFAULT_REDIS_URL.into()),
     )
     .unwrap()
     .get_multiplexed_async_connection()

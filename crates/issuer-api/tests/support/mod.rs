@@ -35,11 +35,12 @@ pub fn user_token(user: i64) -> String {
 /// The services `make up` starts; override with the usual variables.
 fn base_database_url() -> String {
     std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://coupon:coupon@127.0.0.1:5432/coupon_issuance".into())
+        .unwrap_or_else(|_| coupon_core::config::DEFAULT_DATABASE_URL.into())
 }
 
 pub fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    std::env::var("KAFKA_BROKERS")
+        .unwrap_or_else(|_| coupon_core::config::DEFAULT_KAFKA_BROKERS.into())
 }
 
 pub struct TestEnv {
@@ -589,7 +590,7 @@ impl TestEnv {
 }
 
 fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    std::env::var("REDIS_URL").unwrap_or_else(|_| coupon_core::config::DEFAULT_REDIS_URL.into())
 }
 
 pub fn redis_client() -> redis::Client {
