@@ -157,9 +157,7 @@ impl Socket {
             *current = None;
         }
     }
-}
 
-impl Socket {
     /// Whether a `NOREPLICAS` may retire the connection now: only through Sentinel (a URL
     /// leads to the same node again), and once per [`NOREPLICAS_RECHECK`].
     fn may_leave_for_want_of_replicas(&self) -> bool {

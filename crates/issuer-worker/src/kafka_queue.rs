@@ -253,15 +253,15 @@ fn is_fence(message: &BorrowedMessage<'_>) -> bool {
 }
 
 fn read(message: &BorrowedMessage<'_>) -> Consumed {
+    if is_fence(message) {
+        return Consumed::Fence;
+    }
     let source = format!(
         "kafka:{}/{}/{}",
         message.topic(),
         message.partition(),
         message.offset()
     );
-    if is_fence(message) {
-        return Consumed::Fence;
-    }
     let payload = message.payload().unwrap_or_default();
     match IssueEvent::decode(payload) {
         Ok(event) => Consumed::Issue(SourcedIssue {

@@ -62,13 +62,14 @@ impl Publisher {
     /// Resolves once the broker acknowledged a fence on the coupon's partition (see
     /// [`Fence`]): sent by the producer that sends the events, with their key.
     pub async fn fence(&self, fence: Fence) -> Result<(), PublishError> {
-        let coupon = fence.coupon_id.to_string();
+        // The key is the coupon id, which the header names too.
+        let key = fence.key();
         let header = OwnedHeaders::new().insert(Header {
             key: Fence::HEADER,
-            value: Some(coupon.as_str()),
+            value: Some(key.as_str()),
         });
         self.producer
-            .send(&self.topic, fence.key().as_bytes(), &[], Some(header))
+            .send(&self.topic, key.as_bytes(), &[], Some(header))
             .await
     }
 
