@@ -6,10 +6,11 @@
 #                                                       (the others), and a Sentinel per port
 #   sentinel.sh start-node DIR PORT                    start the Redis node on PORT again
 #   sentinel.sh kill DIR PORT                          kill -9 the node (Redis or Sentinel)
-#   sentinel.sh split DIR PORT                         cut the Redis node on PORT off from its
+#   sentinel.sh split DIR PORT [KEEP]                  cut the Redis node on PORT off from its
 #                                                       replicas and the Sentinels; the
-#                                                       services still reach it
-#   sentinel.sh heal DIR PORT                          let them reach it again
+#                                                       services still reach it; the replica
+#                                                       on KEEP, if given, stays on its side
+#   sentinel.sh heal DIR PORT [KEEP]                   let them reach it (and KEEP) again
 #   sentinel.sh stop DIR                               stop every process of DIR
 #
 # Ports are comma lists, on 127.0.0.1. The master's name is `coupon` (REDIS_SENTINEL_MASTER).
@@ -26,7 +27,9 @@
 # `down-after-milliseconds` and fails it over), and those they reconfigure a node with
 # (REPLICAOF, CONFIG REWRITE, CLIENT KILL), so that, as across a real partition, they cannot
 # demote it or drop its clients. Heal gives all back; the Sentinels then demote the old
-# primary.
+# primary. With KEEP, the partition leaves that replica on the old primary's side: its link
+# stays (a user turned off keeps its connections), and the Sentinels lose it as they lose
+# the primary, so they promote another replica and cannot repoint this one until it heals.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -151,21 +154,36 @@ kill_node() { # kill_node DIR PORT
 SENTINEL_ONLY_OFF="-ping -slaveof -replicaof -config|rewrite -client|kill"
 SENTINEL_ONLY_ON="+ping +slaveof +replicaof +config|rewrite +client|kill"
 
-split() { # split DIR PORT
-  [ -f "$1/redis-$2/args" ] || die "no Redis node on $2 in $1"
-  redis-cli -p "$2" ACL SETUSER coupon-replication off >/dev/null
-  redis-cli -p "$2" ACL SETUSER default $SENTINEL_ONLY_OFF >/dev/null
-  # Turning a user off keeps its connections: the replicas' links are dropped here, and
-  # cannot log in again.
-  redis-cli -p "$2" CLIENT KILL USER coupon-replication >/dev/null || true
-  log "127.0.0.1:$2 cut off from its replicas and the Sentinels"
+split() { # split DIR PORT [KEEP]
+  local port=$2 keep=${3:-} kept id
+  [ -f "$1/redis-$port/args" ] || die "no Redis node on $port in $1"
+  redis-cli -p "$port" ACL SETUSER coupon-replication off >/dev/null
+  # Turning a user off keeps its connections: the replicas' links are dropped here (before
+  # the default user loses CLIENT KILL below), and cannot log in again.
+  if [ -z "$keep" ]; then
+    redis-cli -p "$port" CLIENT KILL USER coupon-replication >/dev/null || true
+  else
+    [ -f "$1/redis-$keep/args" ] || die "no Redis node on $keep in $1"
+    # The kept replica's link, seen from its end (laddr) and from the primary's (addr).
+    kept=$(redis-cli -p "$keep" CLIENT LIST TYPE master | sed -nE 's/.* laddr=([^ ]+) .*/\1/p')
+    [ -n "$kept" ] || die "$keep is not linked to a primary"
+    for id in $(redis-cli -p "$port" CLIENT LIST TYPE replica |
+      awk -v kept="addr=$kept" '$2 != kept { sub(/^id=/, "", $1); print $1 }'); do
+      redis-cli -p "$port" CLIENT KILL ID "$id" >/dev/null || true
+    done
+    redis-cli -p "$keep" ACL SETUSER default $SENTINEL_ONLY_OFF >/dev/null
+  fi
+  redis-cli -p "$port" ACL SETUSER default $SENTINEL_ONLY_OFF >/dev/null
+  log "127.0.0.1:$port cut off from the Sentinels and its replicas${keep:+ but $keep}"
 }
 
-heal() { # heal DIR PORT
-  [ -f "$1/redis-$2/args" ] || die "no Redis node on $2 in $1"
-  redis-cli -p "$2" ACL SETUSER default $SENTINEL_ONLY_ON >/dev/null
-  redis-cli -p "$2" ACL SETUSER coupon-replication on >/dev/null
-  log "127.0.0.1:$2 reachable by its peers again"
+heal() { # heal DIR PORT [KEEP]
+  local port=$2 keep=${3:-}
+  [ -f "$1/redis-$port/args" ] || die "no Redis node on $port in $1"
+  if [ -n "$keep" ]; then redis-cli -p "$keep" ACL SETUSER default $SENTINEL_ONLY_ON >/dev/null; fi
+  redis-cli -p "$port" ACL SETUSER default $SENTINEL_ONLY_ON >/dev/null
+  redis-cli -p "$port" ACL SETUSER coupon-replication on >/dev/null
+  log "127.0.0.1:$port${keep:+ and $keep} reachable by their peers again"
 }
 
 stop() { # stop DIR
@@ -186,8 +204,8 @@ case "${1:-}" in
   start) [ $# -eq 4 ] || die "usage: sentinel.sh start DIR REDIS_PORTS SENTINEL_PORTS"; start "$2" "$3" "$4" ;;
   start-node) start_node "$2" "$3" ;;
   kill) kill_node "$2" "$3" ;;
-  split) split "$2" "$3" ;;
-  heal) heal "$2" "$3" ;;
+  split) split "$2" "$3" "${4:-}" ;;
+  heal) heal "$2" "$3" "${4:-}" ;;
   stop) stop "$2" ;;
   *) die "usage: sentinel.sh start|start-node|kill|split|heal|stop ... (see the top of this file)" ;;
 esac

@@ -177,6 +177,38 @@ impl RedisArgs {
         )))
     }
 
+    /// How many replicas the Sentinels know for the master (down ones included: they
+    /// may come back and be promoted), as the first Sentinel that answers says; None
+    /// without Sentinels.
+    pub async fn replicas_the_sentinels_know(&self) -> Result<Option<usize>, RedisSetupError> {
+        let mut last = None;
+        for address in &self.redis_sentinels {
+            let asked = async {
+                let mut sentinel = redis::Client::open(format!("redis://{address}"))?
+                    .get_multiplexed_async_connection_with_config(
+                        &redis::AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(Duration::from_millis(
+                                self.redis_timeout_ms,
+                            )))
+                            .set_response_timeout(Some(Duration::from_millis(
+                                self.redis_timeout_ms,
+                            ))),
+                    )
+                    .await?;
+                redis::cmd("SENTINEL")
+                    .arg("REPLICAS")
+                    .arg(&self.redis_sentinel_master)
+                    .query_async::<Vec<redis::Value>>(&mut sentinel)
+                    .await
+            };
+            match asked.await {
+                Ok(replicas) => return Ok(Some(replicas.len())),
+                Err(err) => last = Some(err),
+            }
+        }
+        last.map_or(Ok(None), |err| Err(err.into()))
+    }
+
     /// The client, with the TLS files when set. A wrong CA or wrong credentials fail the
     /// first connection, within REDIS_TIMEOUT_MS, with the server's or the handshake's
     /// reason.

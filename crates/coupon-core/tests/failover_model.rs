@@ -1,6 +1,8 @@
 //! An exhaustive check of admission on a replicated Redis that fails over, fails back and
-//! splits: three nodes, a primary A and its replica B, and C, which follows B once B is
-//! promoted (as Sentinel re-points the other replica). Two APIs: the first reaches Redis
+//! splits: three nodes, a primary A and its replicas B and C. The partition cuts A off from
+//! B, which is promoted, while C stays on A's side, replicating from A and confirming its
+//! writes until Sentinel re-points it to B (a full sync that discards what only A had); A
+//! itself rejoins as B's replica once the partition heals. Two APIs: the first reaches Redis
 //! through an endpoint that a failover moves to B and a failback moves back to A (a managed
 //! service's primary endpoint, or Sentinel); the second, in the split-brain runs, keeps its
 //! connection to A throughout (A is cut off and never hears it was replaced). PostgreSQL
@@ -44,6 +46,9 @@ enum Bug {
     /// A WAIT counted on whatever connection the client had by then: after a reconnect (to
     /// another node), it "confirmed" a write it never carried.
     WaitOnAnySocket,
+    /// REDIS_MIN_REPLICAS below the number of replicas (1 of 2): the replica left on the
+    /// old primary's side of a partition confirmed what the promoted one never got.
+    OneReplicaConfirms,
     /// No API watched the verification count, and a rebuild opened Redis at once: an API
     /// that met no request while another node took over kept the old node's stamp, and a
     /// failback admitted on it.
@@ -61,7 +66,8 @@ enum Queue {
 #[derive(Clone, Copy, Debug)]
 struct Setup {
     queue: Queue,
-    /// REDIS_MIN_REPLICAS ≥ 1: every answer, and every publish, waits for a replica.
+    /// REDIS_MIN_REPLICAS set to the number of replicas (2): every answer, and every
+    /// publish, waits for all of them.
     confirm: bool,
     /// The second API stays connected to A after the failover.
     split_brain: bool,
@@ -147,7 +153,7 @@ struct State {
     /// Whom each node replicates from; None: a primary in its own eyes (A stays one after
     /// B's promotion, which it never hears of).
     follows: [Option<Node>; 3],
-    /// Replication from A to B flows (C's from B always does).
+    /// Replication from A to B flows (C's, from A and then from B, always does).
     linked: bool,
     apis: [Api; APIS],
     /// The stamp in force (PostgreSQL), and how many rebuilds replaced one.
@@ -189,8 +195,12 @@ enum Action {
         to: Node,
     },
     CutLink,
-    /// B is promoted; the first API's endpoint moves to it. A keeps running, cut off.
+    /// B is promoted; C is re-pointed to it; the first API's endpoint moves to it. A keeps
+    /// running, cut off.
     FailOver,
+    /// The partition heals: Sentinel makes A a replica of B (a full sync), and every API
+    /// still on A finds it read-only and reconnects to B.
+    Rejoin,
     /// The first API's endpoint moves back to A, which was never demoted.
     FailBack,
     /// The worker: Kafka mode reads the log, the Redis queue mode the node the first API's
@@ -230,7 +240,7 @@ impl State {
         };
         State {
             nodes: [data; 3],
-            follows: [None, Some(Node::A), None],
+            follows: [None, Some(Node::A), Some(Node::A)],
             linked: true,
             apis: [api; APIS],
             in_force: Some(stamp),
@@ -284,11 +294,17 @@ impl State {
         self.follows[to.index()] == Some(from) && ((from, to) != (Node::A, Node::B) || self.linked)
     }
 
-    /// A replica of `node` has everything `node` has: what a WAIT on it waits for.
-    fn replica_synced(&self, node: Node) -> bool {
-        Node::ALL.iter().any(|&replica| {
-            self.link_up(node, replica) && self.nodes[replica.index()] == self.nodes[node.index()]
-        })
+    /// Enough replicas of `node` have everything `node` has: what a WAIT on it waits for
+    /// (REDIS_MIN_REPLICAS: both, or with `Bug::OneReplicaConfirms` one).
+    fn replicas_synced(&self, node: Node, bug: Bug) -> bool {
+        let synced = Node::ALL
+            .iter()
+            .filter(|&&replica| {
+                self.link_up(node, replica)
+                    && self.nodes[replica.index()] == self.nodes[node.index()]
+            })
+            .count();
+        synced >= if bug == Bug::OneReplicaConfirms { 1 } else { 2 }
     }
 
     /// Whether a WAIT now, on `api`'s socket, confirms what was written or read on its
@@ -296,7 +312,8 @@ impl State {
     /// to must have everything that node has.
     fn confirms(&self, api: usize, socket: u8, bug: Bug) -> bool {
         let now = self.apis[api];
-        (socket == now.socket || bug == Bug::WaitOnAnySocket) && self.replica_synced(now.endpoint)
+        (socket == now.socket || bug == Bug::WaitOnAnySocket)
+            && self.replicas_synced(now.endpoint, bug)
     }
 
     /// The (primary, replica) pairs whose replication can make progress.
@@ -436,6 +453,10 @@ impl Protocol for Model {
         if s.failbacks_left > 0 && s.failovers_left == 0 {
             actions.push(Action::FailBack);
         }
+        // The heal, in the runs that do not move an endpoint back to A instead.
+        if !self.setup.failback && s.failovers_left == 0 && s.follows[Node::A.index()].is_none() {
+            actions.push(Action::Rejoin);
+        }
         actions
     }
 
@@ -550,6 +571,16 @@ impl Protocol for Model {
                 if !self.setup.split_brain {
                     s.apis[1].endpoint = Node::B;
                     s.apis[1].socket += 1;
+                }
+            }
+            Action::Rejoin => {
+                s.follows[Node::A.index()] = Some(Node::B);
+                s.nodes[Node::A.index()] = s.nodes[Node::B.index()];
+                for api in &mut s.apis {
+                    if api.endpoint == Node::A {
+                        api.endpoint = Node::B;
+                        api.socket += 1;
+                    }
                 }
             }
             Action::FailBack => {
@@ -712,6 +743,16 @@ fn a_publish_beside_the_wait_is_found() {
 fn a_wait_on_another_socket_is_found() {
     finds(
         &model(Bug::WaitOnAnySocket, STREAM_REPLICATED),
+        "every yes a row",
+    );
+}
+
+#[test]
+fn a_yes_one_replica_of_two_confirmed_is_found() {
+    // C, on A's side of the partition, confirms A's admission; B is promoted without it,
+    // and C's full sync from B discards it with the stream entry.
+    finds(
+        &model(Bug::OneReplicaConfirms, STREAM_REPLICATED),
         "every yes a row",
     );
 }

@@ -55,6 +55,33 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         config.redis_replica_timeout_ms,
         config.redis.redis_timeout_ms
     );
+    // Sentinel may promote any replica it reaches. A partition can leave one replica on
+    // the old primary's side, confirming its writes, while another is promoted without
+    // them: a "yes" stands only once every replica has it.
+    let replicas = config
+        .redis
+        .replicas_the_sentinels_know()
+        .await
+        .context("cannot ask the Sentinels how many replicas the primary has")?;
+    if let Some(replicas) = replicas {
+        anyhow::ensure!(
+            config.redis_min_replicas as usize >= replicas,
+            "REDIS_MIN_REPLICAS is {} but the Sentinels know {replicas} replicas of {}: a \
+             partition that leaves one replica with the old primary would let it confirm \
+             admissions the promoted replica never gets, and those winners would be lost. \
+             Set REDIS_MIN_REPLICAS={replicas} (a replica gone for good is forgotten with \
+             SENTINEL RESET)",
+            config.redis_min_replicas,
+            config.redis.redis_sentinel_master
+        );
+        anyhow::ensure!(
+            config.redis_min_replicas as usize <= replicas,
+            "REDIS_MIN_REPLICAS is {} but the Sentinels know only {replicas} replicas of {}: \
+             no admission could ever be confirmed",
+            config.redis_min_replicas,
+            config.redis.redis_sentinel_master
+        );
+    }
     let kafka = (config.queue == QueueKind::Kafka).then_some(&config.kafka);
     prepare(&config.database.target()?, kafka).await?;
     let redis = config

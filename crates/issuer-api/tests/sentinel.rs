@@ -16,7 +16,7 @@ use issuer_bench::sentinel_topology::SentinelTopology;
 use support::TestEnv;
 
 /// A topology of the test's own, and the services following its primary through the
-/// Sentinels, with a replica confirming every answer.
+/// Sentinels, with every replica confirming every answer.
 struct Replicated {
     dir: std::path::PathBuf,
     topology: SentinelTopology,
@@ -35,7 +35,8 @@ impl Replicated {
         let args = [
             format!("--redis-url=redis://127.0.0.1:{primary}"),
             format!("--redis-sentinels={}", topology.sentinel_list()),
-            "--redis-min-replicas=1".to_owned(),
+            // Every replica: the Sentinels may promote either.
+            format!("--redis-min-replicas={}", topology.nodes.len() - 1),
             "--redis-replica-timeout-ms=300".to_owned(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -49,6 +50,14 @@ impl Replicated {
     }
 }
 
+/// `user`, new to `coupon`, wins it. A WAIT may time out on a loaded machine (300 ms
+/// here): a 503 is an honest "retry", and after one the admission may have stood, so the
+/// retry's 409 is a yes too.
+async fn wins(env: &TestEnv, coupon: i64, user: i64) {
+    let (status, body) = env.issue_retrying(coupon, user).await;
+    assert!(matches!(status, 201 | 409), "user {user}: {status} {body}");
+}
+
 async fn primary_killed_under_a_sale(queue: QueueKind) {
     let Replicated {
         dir,
@@ -58,17 +67,23 @@ async fn primary_killed_under_a_sale(queue: QueueKind) {
     } = Replicated::start(queue).await;
     let coupon = env.coupon_with_quantity(10).await;
     for user in 1..=4 {
-        // Before the fault a WAIT may still time out on a loaded machine (300 ms here): a
-        // 503 is an honest "retry", and the answer that counts is the one after it.
-        assert_eq!(env.issue_retrying(coupon, user).await.0, 201, "user {user}");
+        wins(&env, coupon, user).await;
     }
 
     topology.kill(primary).unwrap();
     let killed = Instant::now();
+    // Every replica confirms a "yes": the new primary has one until the old comes back,
+    // restarted as an orchestrator would, and the Sentinels make it a replica.
+    topology.await_failover_from(primary).await.unwrap();
+    topology.start_node(primary).unwrap();
     let mut first_yes_after = None;
     for user in 5..=10 {
+        // A 409 after a 503 is a yes too: the admission stood, its confirmation timed out.
         let (status, body) = env.issue_retrying(coupon, user).await;
-        assert_eq!(status, 201, "user {user} after the failover: {body}");
+        assert!(
+            matches!(status, 201 | 409),
+            "user {user} after the failover: {status} {body}"
+        );
         first_yes_after.get_or_insert_with(|| killed.elapsed());
     }
     for user in 11..=12 {
@@ -76,7 +91,10 @@ async fn primary_killed_under_a_sale(queue: QueueKind) {
         assert_eq!(status, 410, "user {user}, sold out: {body}");
     }
     for user in 1..=10 {
-        assert_eq!(env.issue_retrying(coupon, user).await.0, 409, "user {user}");
+        // A holder asking again is told it holds the coupon: 409, or 201 while its event
+        // is still being delivered (the request republishes it).
+        let (status, body) = env.issue_retrying(coupon, user).await;
+        assert!(matches!(status, 201 | 409), "user {user}: {status} {body}");
     }
     assert_eq!(
         env.rows_when_settled(coupon, 10).await,
@@ -95,14 +113,17 @@ async fn primary_killed_under_a_sale(queue: QueueKind) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// How long the API may take to leave a primary that lost its replicas for the one the
-/// Sentinels elected: its next refused write, a reconnect through the Sentinels, a rebuild.
+/// How long the API may take to sell again once the partition healed: the Sentinels demote
+/// the old primary (a full sync from the new one, which then has every replica again), the
+/// API's next refused write sends it to the new one, a rebuild.
 const LEAVES_THE_OLD_PRIMARY: Duration = Duration::from_secs(20);
 
 /// A split brain as Sentinel resolves it: the primary is cut off from its replicas and the
 /// Sentinels, which elect another, while the API still reaches the old one. The old one
-/// refuses writes (`min-replicas-to-write`, NOREPLICAS), so it tells nobody yes; the API
-/// must not stay there until the partition heals, but ask the Sentinels again.
+/// refuses writes (`min-replicas-to-write`, NOREPLICAS), so it tells nobody yes; the new
+/// one, with one replica of the two every "yes" waits for, confirms nothing either until
+/// the old one rejoins as its replica. Nobody is told yes in between, and sales resume
+/// once the partition heals.
 #[actix_web::test]
 async fn a_primary_cut_off_from_its_peers_is_left_for_the_new_one() {
     let Replicated {
@@ -113,36 +134,44 @@ async fn a_primary_cut_off_from_its_peers_is_left_for_the_new_one() {
     } = Replicated::start(QueueKind::Redis).await;
     let coupon = env.coupon_with_quantity(6).await;
     for user in 1..=2 {
-        // Before the fault a WAIT may still time out on a loaded machine (300 ms here): a
-        // 503 is an honest "retry", and the answer that counts is the one after it.
-        assert_eq!(env.issue_retrying(coupon, user).await.0, 201, "user {user}");
+        wins(&env, coupon, user).await;
     }
 
-    topology.split(primary).unwrap();
+    topology.split(primary, None).unwrap();
     let new = topology.await_failover_from(primary).await.unwrap();
-    let elected = Instant::now();
+    let (status, body) = env.issue(coupon, 3).await;
+    assert_eq!(
+        status, 503,
+        "user 3 while the old primary is cut off: {body}"
+    );
+
+    topology.heal(primary, None).unwrap();
+    let healed = Instant::now();
     let mut user = 3;
+    let mut unknown = false;
     while user <= 6 {
         let (status, body) = env.issue(coupon, user).await;
         match status {
-            201 => user += 1,
+            // A 409 after a 503 is a yes too: the admission stood, its confirmation timed
+            // out.
+            201 => (user, unknown) = (user + 1, false),
+            409 if unknown => (user, unknown) = (user + 1, false),
             503 => {
                 assert!(
-                    elected.elapsed() < LEAVES_THE_OLD_PRIMARY,
-                    "still 503 {:?} after {new} was elected: {body}",
-                    elected.elapsed()
+                    healed.elapsed() < LEAVES_THE_OLD_PRIMARY,
+                    "still 503 {:?} after the heal ({new} elected): {body}",
+                    healed.elapsed()
                 );
+                unknown = true;
                 actix_web::rt::time::sleep(Duration::from_millis(200)).await;
             }
             _ => panic!("user {user}: {status} {body}"),
         }
     }
     eprintln!(
-        "6 of 6 sold {:.1} s after the Sentinels elected {new}",
-        elected.elapsed().as_secs_f64()
+        "6 of 6 sold {:.1} s after the heal ({new} elected)",
+        healed.elapsed().as_secs_f64()
     );
-
-    topology.heal(primary).unwrap();
     topology.await_replica(primary).await.unwrap();
     assert_eq!(env.issue_retrying(coupon, 7).await.0, 410);
     assert_eq!(
@@ -150,6 +179,96 @@ async fn a_primary_cut_off_from_its_peers_is_left_for_the_new_one() {
         (1..=6).collect::<Vec<_>>()
     );
     assert!(support::failed_events(&env).await.is_empty());
+    env.shutdown().await;
+    drop(topology);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A partition that leaves a replica on the old primary's side: the Sentinels promote the
+/// other replica, while the old primary, which the API still reaches, keeps the replica
+/// that goes on confirming its writes (WAIT) and satisfies `min-replicas-to-write`. What
+/// only that replica confirmed after the cut is lost when the Sentinels repoint it to the
+/// new primary. So a "yes" waits for every replica the Sentinels know: the admission the
+/// old primary takes after the cut is answered 503, never 201.
+#[actix_web::test]
+async fn a_yes_only_the_replica_on_the_old_primarys_side_confirmed_is_never_given() {
+    let Replicated {
+        dir,
+        topology,
+        primary,
+        mut env,
+    } = Replicated::start(QueueKind::Redis).await;
+    let coupon = env.coupon_with_quantity(4).await;
+    let mut told_yes = Vec::new();
+    for user in 1..=2 {
+        wins(&env, coupon, user).await;
+        told_yes.push(user);
+    }
+
+    // The workers lag: what the old primary's stream takes from now on stays there until
+    // the partition is resolved (a worker that drained it first would save the yes).
+    env.stop_workers().await;
+    let kept = topology
+        .nodes
+        .iter()
+        .copied()
+        .find(|n| *n != primary)
+        .unwrap();
+    topology.split(primary, Some(kept)).unwrap();
+    // The Sentinels take a second (down-after-milliseconds) to find the old primary gone,
+    // and longer to elect another: the API is still on the old one, as this checks.
+    let (during, body) = env.issue(coupon, 3).await;
+    let on_old: bool = redis::cmd("SISMEMBER")
+        .arg(env.keys(coupon).issued)
+        .arg(3)
+        .query_async(
+            &mut redis::Client::open(format!("redis://127.0.0.1:{primary}"))
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        on_old,
+        "user 3's admission did not reach the old primary: {during} {body}"
+    );
+    if during == 201 {
+        told_yes.push(3);
+    }
+
+    let new = topology.await_failover_from(primary).await.unwrap();
+    topology.heal(primary, Some(kept)).unwrap();
+    topology.await_replica(primary).await.unwrap();
+    topology.await_replicas().await.unwrap();
+    env.start_worker(500).await;
+    for user in 4..=6 {
+        // New users: a 409 (after a 503) is a yes as much as a 201.
+        if matches!(env.issue_retrying(coupon, user).await.0, 201 | 409) {
+            told_yes.push(user);
+        }
+    }
+    let rows = env.rows_when_settled(coupon, 4).await;
+    for user in &told_yes {
+        assert!(
+            rows.contains(user),
+            "user {user} was told 201 and has no row (user 3 answered {during} on the old \
+             primary, {new} elected): rows {rows:?}"
+        );
+    }
+    assert_eq!(during, 503, "user 3 on the cut-off primary: {body}");
+    // And an API told to wait for fewer replicas than the Sentinels know refuses to start.
+    let Err(refused) = env
+        .build_another_api(&["--redis-min-replicas=1".to_owned()])
+        .await
+    else {
+        panic!("an API waiting for 1 replica of 2 started");
+    };
+    assert!(
+        format!("{refused:#}").contains("Set REDIS_MIN_REPLICAS=2"),
+        "{refused:#}"
+    );
     env.shutdown().await;
     drop(topology);
     let _ = std::fs::remove_dir_all(dir);

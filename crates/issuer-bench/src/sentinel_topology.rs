@@ -88,7 +88,7 @@ impl SentinelTopology {
         }
     }
 
-    fn script(&self, args: &[&str]) -> anyhow::Result<()> {
+    fn script(&self, args: &[impl AsRef<std::ffi::OsStr> + std::fmt::Debug]) -> anyhow::Result<()> {
         let (verb, rest) = args.split_first().context("a verb")?;
         let status = Command::new("bash")
             .arg(SCRIPT)
@@ -146,15 +146,16 @@ impl SentinelTopology {
     }
 
     /// Cuts the node on `port` off from its replicas and the Sentinels, while the services'
-    /// connections to it stay (`sentinel.sh split` says how).
-    pub fn split(&self, port: u16) -> anyhow::Result<()> {
-        self.script(&["split", &port.to_string()])
+    /// connections to it stay (`sentinel.sh split` says how). The replica on `keep`, if
+    /// any, stays on the node's side: still replicating from it, lost to the Sentinels.
+    pub fn split(&self, port: u16, keep: Option<u16>) -> anyhow::Result<()> {
+        self.script(&partition_args("split", port, keep))
     }
 
-    /// Lets the node's peers reach it again: the Sentinels then demote it, if another node
-    /// was made primary meanwhile.
-    pub fn heal(&self, port: u16) -> anyhow::Result<()> {
-        self.script(&["heal", &port.to_string()])
+    /// Lets the node (and `keep`) be reached again: the Sentinels then demote it, if
+    /// another node was made primary meanwhile, and repoint `keep`.
+    pub fn heal(&self, port: u16, keep: Option<u16>) -> anyhow::Result<()> {
+        self.script(&partition_args("heal", port, keep))
     }
 
     /// Waits until the node on `port` is a replica (the Sentinels demoted it). A new
@@ -232,6 +233,13 @@ impl Drop for SentinelTopology {
     fn drop(&mut self) {
         let _ = self.script(&["stop"]);
     }
+}
+
+fn partition_args(verb: &str, port: u16, keep: Option<u16>) -> Vec<String> {
+    [verb.to_owned(), port.to_string()]
+        .into_iter()
+        .chain(keep.map(|keep| keep.to_string()))
+        .collect()
 }
 
 async fn set_priority(port: u16, priority: u32) -> anyhow::Result<()> {

@@ -175,12 +175,21 @@ impl Cluster {
             .url_for(&self.database_url)
             .unwrap_or_default();
         // Through Sentinel the URL gives only credentials and database; the primary is
-        // whichever the Sentinels name, and every answer waits for a replica.
-        let (redis_port, sentinels) = match &self.redis {
-            RedisNodes::Single(nodes) => (nodes.endpoint.port, None),
-            RedisNodes::Sentinel(topology) => (topology.nodes[0], Some(topology.sentinel_list())),
+        // whichever the Sentinels name, and every answer waits for all its replicas (any
+        // of them may be promoted). On one node, where Redis is the queue, a "yes" waits
+        // for the replica a fault promotes.
+        let (redis_port, sentinels, min_replicas) = match &self.redis {
+            RedisNodes::Single(nodes) => (
+                nodes.endpoint.port,
+                None,
+                usize::from(self.queue == QueueKind::Redis),
+            ),
+            RedisNodes::Sentinel(topology) => (
+                topology.nodes[0],
+                Some(topology.sentinel_list()),
+                topology.nodes.len() - 1,
+            ),
         };
-        let replicated = self.queue == QueueKind::Redis || sentinels.is_some();
         [
             ("REDIS_URL", format!("redis://127.0.0.1:{redis_port}")),
             ("KAFKA_BROKERS", self.kafka_brokers.clone()),
@@ -202,9 +211,7 @@ impl Cluster {
             ("WORKER_REDRIVE_INTERVAL_MS", "1000".into()),
             ("WORKER_RETRY_MAX_MS", "1000".into()),
             ("RUST_LOG", "info".into()),
-            // Where Redis is the queue, or runs replicated under Sentinel, a "yes" waits for
-            // a replica: a failover keeps it.
-            ("REDIS_MIN_REPLICAS", u8::from(replicated).to_string()),
+            ("REDIS_MIN_REPLICAS", min_replicas.to_string()),
         ]
         .into_iter()
         .chain(sentinels.map(|list| ("REDIS_SENTINELS", list)))
@@ -237,22 +244,31 @@ impl Cluster {
         Ok((old, new))
     }
 
-    /// A split brain: the primary cut off from its replicas and the Sentinels, while the
-    /// APIs still reach it, until the Sentinels elect another and `held` more has passed;
-    /// then healed, and waited for until the Sentinels demote it. Returns the old primary
-    /// and the new. Healed whatever happened meanwhile.
-    pub async fn split_sentinel_primary(&self, held: Duration) -> anyhow::Result<(u16, u16)> {
+    /// A split brain: the primary cut off from the Sentinels and from one replica, while
+    /// the APIs and the other replica still reach it (the replica that would confirm its
+    /// writes on its side of the partition), until the Sentinels elect another and `held`
+    /// more has passed; then healed, and waited for until the Sentinels demote the old
+    /// primary and repoint the replica. Returns the old primary, the replica kept on its
+    /// side and the new primary. Healed whatever happened meanwhile.
+    pub async fn split_sentinel_primary(&self, held: Duration) -> anyhow::Result<(u16, u16, u16)> {
         let topology = self.sentinel()?;
         let old = topology.primary().await?;
-        topology.split(old)?;
+        let kept = topology
+            .nodes
+            .iter()
+            .copied()
+            .find(|node| *node != old)
+            .context("a replica")?;
+        topology.split(old, Some(kept))?;
         let elected = topology.await_failover_from(old).await;
         if elected.is_ok() {
             actix_rt::time::sleep(held).await;
         }
-        topology.heal(old)?;
+        topology.heal(old, Some(kept))?;
         let new = elected?;
         topology.await_replica(old).await?;
-        Ok((old, new))
+        topology.await_replicas().await?;
+        Ok((old, kept, new))
     }
 
     /// A failback: the Sentinels make `node` the primary again.

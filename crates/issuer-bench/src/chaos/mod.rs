@@ -96,15 +96,15 @@ fn faults(queue: QueueKind, topology: RedisTopology) -> Vec<Fault> {
     match topology {
         RedisTopology::Single => all,
         // Under Sentinel, Redis's own faults are its failovers: the primary cut off from
-        // its peers (a split brain: another elected, the old one still reached by the APIs
-        // until healed and demoted), the primary killed (a replica promoted, the old one
+        // the Sentinels and one replica (a split brain: another elected, the old one still
+        // reached by the APIs and confirmed by the other replica until healed and demoted), the primary killed (a replica promoted, the old one
         // back as a replica), then the old primary made primary again. The others stay.
         RedisTopology::Sentinel => {
             let redis_faults = [
                 Fault {
                     at: 0.47,
                     kind: FaultKind::SplitSentinelPrimary,
-                    name: "the Redis primary cut off from its replicas and the Sentinels, the APIs still reaching it, then healed",
+                    name: "the Redis primary cut off from the Sentinels and one replica, the APIs and the other replica still reaching it, then healed",
                     threatens: &["no oversell", "no lost success", "no leaked stock"],
                 },
                 Fault {
@@ -393,9 +393,9 @@ pub async fn run(
                 )
             }
             FaultKind::SplitSentinelPrimary => {
-                let (old, new) = cluster.split_sentinel_primary(SPLIT_HELD).await?;
+                let (old, kept, new) = cluster.split_sentinel_primary(SPLIT_HELD).await?;
                 format!(
-                    "{old} cut off; the Sentinels elected {new}; healed {SPLIT_HELD:?} later, {old} demoted"
+                    "{old} cut off with {kept}; the Sentinels elected {new}; healed {SPLIT_HELD:?} later, {old} demoted"
                 )
             }
             FaultKind::FailBack => {
