@@ -5,6 +5,8 @@
 #   sentinel.sh start DIR REDIS_PORTS SENTINEL_PORTS   a primary (first port) and replicas
 #                                                       (the others), and a Sentinel per port
 #   sentinel.sh start-node DIR PORT                    start the Redis node on PORT again
+#   sentinel.sh add-replica DIR PORT PRIMARY           a new replica on PORT of the primary
+#                                                       on PRIMARY (the Sentinels find it)
 #   sentinel.sh kill DIR PORT                          kill -9 the node (Redis or Sentinel)
 #   sentinel.sh split DIR PORT [KEEP]                  cut the Redis node on PORT off from its
 #                                                       replicas and the Sentinels; the
@@ -142,6 +144,16 @@ CONF
   log "primary 127.0.0.1:$primary, replicas ${ports[*]:1}, Sentinels ${sentinels[*]} (master $MASTER)"
 }
 
+add_replica() { # add_replica DIR PORT PRIMARY
+  local node="$1/redis-$2"
+  [ -f "$1/peer-secret" ] || die "no topology in $1"
+  [ -f "$node/args" ] && die "a Redis node on $2 in $1 already"
+  mkdir -p "$node"
+  echo "--port $2 --bind 127.0.0.1 --dir $node --replicaof 127.0.0.1 $3" >"$node/args"
+  start_node "$1" "$2"
+  log "replica 127.0.0.1:$2 of $3 added"
+}
+
 kill_node() { # kill_node DIR PORT
   local pidfile
   for pidfile in "$1/redis-$2/pid" "$1/sentinel-$2/pid"; do
@@ -203,9 +215,10 @@ stop() { # stop DIR
 case "${1:-}" in
   start) [ $# -eq 4 ] || die "usage: sentinel.sh start DIR REDIS_PORTS SENTINEL_PORTS"; start "$2" "$3" "$4" ;;
   start-node) start_node "$2" "$3" ;;
+  add-replica) add_replica "$2" "$3" "$4" ;;
   kill) kill_node "$2" "$3" ;;
   split) split "$2" "$3" "${4:-}" ;;
   heal) heal "$2" "$3" "${4:-}" ;;
   stop) stop "$2" ;;
-  *) die "usage: sentinel.sh start|start-node|kill|split|heal|stop ... (see the top of this file)" ;;
+  *) die "usage: sentinel.sh start|start-node|add-replica|kill|split|heal|stop ... (see the top of this file)" ;;
 esac

@@ -177,23 +177,19 @@ impl RedisArgs {
         )))
     }
 
-    /// How many replicas the Sentinels know for the master (down ones included: they
-    /// may come back and be promoted), as the first Sentinel that answers says; None
-    /// without Sentinels.
+    /// How many replicas the Sentinels know for the master (down ones included: they may
+    /// come back and be promoted): the most any Sentinel that answers lists, since one just
+    /// reset or behind on gossip lists fewer. None without Sentinels.
     pub async fn replicas_the_sentinels_know(&self) -> Result<Option<usize>, RedisSetupError> {
-        let mut last = None;
+        let timeout = Some(Duration::from_millis(self.redis_timeout_ms));
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout);
+        let (mut most, mut last) = (None, None);
         for address in &self.redis_sentinels {
             let asked = async {
                 let mut sentinel = redis::Client::open(format!("redis://{address}"))?
-                    .get_multiplexed_async_connection_with_config(
-                        &redis::AsyncConnectionConfig::new()
-                            .set_connection_timeout(Some(Duration::from_millis(
-                                self.redis_timeout_ms,
-                            )))
-                            .set_response_timeout(Some(Duration::from_millis(
-                                self.redis_timeout_ms,
-                            ))),
-                    )
+                    .get_multiplexed_async_connection_with_config(&config)
                     .await?;
                 redis::cmd("SENTINEL")
                     .arg("REPLICAS")
@@ -202,11 +198,14 @@ impl RedisArgs {
                     .await
             };
             match asked.await {
-                Ok(replicas) => return Ok(Some(replicas.len())),
+                Ok(replicas) => most = most.max(Some(replicas.len())),
                 Err(err) => last = Some(err),
             }
         }
-        last.map_or(Ok(None), |err| Err(err.into()))
+        match (most, last) {
+            (None, Some(err)) => Err(err.into()),
+            (most, _) => Ok(most),
+        }
     }
 
     /// The client, with the TLS files when set. A wrong CA or wrong credentials fail the

@@ -32,7 +32,7 @@ use crate::issuing::{Issuer, Rebuilt};
 use crate::metrics::Metrics;
 use crate::operations::Operations;
 use crate::rate_limit::{Limits, RateLimiter};
-use crate::replication::Replication;
+use crate::replication::{Replicas, Replication};
 
 /// Requests with bodies larger than this are refused with 413 before they are parsed.
 const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -42,46 +42,46 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Connects to every dependency, migrating the database and (in Kafka mode) creating
 /// missing topics on the way.
 pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
+    // Sentinel may promote any replica it reaches, and a partition can leave one replica on
+    // the old primary's side, confirming its writes, while another is promoted without
+    // them: under Sentinel a "yes" stands only once every replica it knows has it
+    // (`crate::replication`), whatever REDIS_MIN_REPLICAS says.
+    let sentinel_replicas = config
+        .redis
+        .replicas_the_sentinels_know()
+        .await
+        .context("cannot ask the Sentinels how many replicas the primary has")?
+        .map(|known| u32::try_from(known).unwrap_or(u32::MAX));
+    let floor = config.redis_min_replicas;
+    let replicas = match sentinel_replicas {
+        Some(known) => {
+            anyhow::ensure!(
+                floor <= known,
+                "REDIS_MIN_REPLICAS is {floor} but the Sentinels know only {known} replicas of \
+                 {}: no admission could ever be confirmed",
+                config.redis.redis_sentinel_master
+            );
+            Some(Replicas::Sentinels {
+                known,
+                floor,
+                sentinels: config.redis.clone(),
+            })
+        }
+        None => (floor > 0).then_some(Replicas::Fixed(floor)),
+    };
     anyhow::ensure!(
-        config.redis_min_replicas == 0 || config.redis_replica_timeout_ms > 0,
-        "REDIS_REPLICA_TIMEOUT_MS must be above 0 with REDIS_MIN_REPLICAS set: WAIT with a \
-         timeout of 0 blocks until the replicas answer, holding every admission behind it"
+        replicas.is_none() || config.redis_replica_timeout_ms > 0,
+        "REDIS_REPLICA_TIMEOUT_MS must be above 0 where replicas confirm (REDIS_MIN_REPLICAS, \
+         or Sentinel): WAIT with a timeout of 0 blocks until the replicas answer, holding \
+         every admission behind it"
     );
     anyhow::ensure!(
-        config.redis_min_replicas == 0
-            || config.redis_replica_timeout_ms < config.redis.redis_timeout_ms,
+        replicas.is_none() || config.redis_replica_timeout_ms < config.redis.redis_timeout_ms,
         "REDIS_REPLICA_TIMEOUT_MS ({}) must be below REDIS_TIMEOUT_MS ({}), which cuts every \
          Redis command short",
         config.redis_replica_timeout_ms,
         config.redis.redis_timeout_ms
     );
-    // Sentinel may promote any replica it reaches. A partition can leave one replica on
-    // the old primary's side, confirming its writes, while another is promoted without
-    // them: a "yes" stands only once every replica has it.
-    let replicas = config
-        .redis
-        .replicas_the_sentinels_know()
-        .await
-        .context("cannot ask the Sentinels how many replicas the primary has")?;
-    if let Some(replicas) = replicas {
-        anyhow::ensure!(
-            config.redis_min_replicas as usize >= replicas,
-            "REDIS_MIN_REPLICAS is {} but the Sentinels know {replicas} replicas of {}: a \
-             partition that leaves one replica with the old primary would let it confirm \
-             admissions the promoted replica never gets, and those winners would be lost. \
-             Set REDIS_MIN_REPLICAS={replicas} (a replica gone for good is forgotten with \
-             SENTINEL RESET)",
-            config.redis_min_replicas,
-            config.redis.redis_sentinel_master
-        );
-        anyhow::ensure!(
-            config.redis_min_replicas as usize <= replicas,
-            "REDIS_MIN_REPLICAS is {} but the Sentinels know only {replicas} replicas of {}: \
-             no admission could ever be confirmed",
-            config.redis_min_replicas,
-            config.redis.redis_sentinel_master
-        );
-    }
     let kafka = (config.queue == QueueKind::Kafka).then_some(&config.kafka);
     prepare(&config.database.target()?, kafka).await?;
     let redis = config
@@ -95,17 +95,16 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
     let pool = config.database.pool()?;
     // Replicas confirm on a socket of their own, which the admissions needing confirmation
     // share (`crate::replication`).
-    let replication = if config.redis_min_replicas > 0 {
+    let replication = replicas.map(|replicas| {
         let timeout = Duration::from_millis(config.redis.redis_timeout_ms);
-        Some(Replication::start(
+        Ok::<_, anyhow::Error>(Replication::start(
             Socket::new(config.redis.target()?, timeout),
             CouponKeys::replication_fence(&prefix),
-            config.redis_min_replicas,
+            replicas,
             Duration::from_millis(config.redis_replica_timeout_ms),
         ))
-    } else {
-        None
-    };
+    });
+    let replication = replication.transpose()?;
     let delivery = match kafka {
         Some(kafka) => Delivery::Kafka(Box::new(KafkaDelivery::new(
             KafkaSettings {

@@ -57,7 +57,9 @@ pub struct Config {
     pub rebuild_timeout_ms: u64,
     /// Redis replicas that must confirm an admission (WAIT) before it is answered SUCCESS;
     /// 0 answers once the primary has it. Fewer confirmations in time answer 503 (the
-    /// admission stands; a retry learns the outcome).
+    /// admission stands; a retry learns the outcome). Under Sentinel every replica the
+    /// Sentinels know confirms, counted each second; this is then a floor, and above the
+    /// replicas they know the API refuses to start.
     #[arg(long, env = "REDIS_MIN_REPLICAS", default_value_t = 0)]
     pub redis_min_replicas: u32,
     /// How long the replicas get to confirm; above 0 (WAIT's 0 waits for ever) and below

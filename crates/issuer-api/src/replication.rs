@@ -18,22 +18,46 @@
 //!   that write, whoever made it: each WAIT follows a write of its own on the same socket
 //!   (`CouponKeys::replication_fence`), and a replica that acknowledged it has every write
 //!   the primary applied before it, the ones the refusal read among them.
+//! - Under Sentinel every WAIT waits for every replica the Sentinels know, read again each
+//!   second (never fewer than REDIS_MIN_REPLICAS): Sentinel may promote any of them, and a
+//!   partition can leave one replicating from the old primary, confirming writes the
+//!   promoted one never gets. A replica added while the API runs is waited for from the
+//!   next read on; one forgotten with SENTINEL RESET no longer is.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use coupon_core::config::RedisArgs;
 use coupon_core::redis_connection::{Bound, Socket};
 use redis::RedisError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
 
+/// How often the replicas the Sentinels know are counted again.
+const REPLICAS_RECOUNT: Duration = Duration::from_secs(1);
+
+/// What one WAIT found: how many replicas confirmed, of how many it waited for.
+type Confirmed = Result<(u32, u32), String>;
 /// An asker: the socket its write went out on, and where its answer goes.
-type Asker = (u64, oneshot::Sender<Result<u32, String>>);
+type Asker = (u64, oneshot::Sender<Confirmed>);
+
+/// Which replicas each WAIT waits for.
+pub enum Replicas {
+    /// A fixed number (REDIS_MIN_REPLICAS, behind a plain URL).
+    Fixed(u32),
+    /// Every replica the Sentinels know (`known` at start), counted again each second,
+    /// never fewer than `floor` (REDIS_MIN_REPLICAS).
+    Sentinels {
+        known: u32,
+        floor: u32,
+        sentinels: RedisArgs,
+    },
+}
 
 #[derive(Clone)]
 pub struct Replication {
-    min: u32,
     timeout: Duration,
     socket: Arc<Socket>,
     askers: mpsc::UnboundedSender<Asker>,
@@ -41,20 +65,33 @@ pub struct Replication {
 
 impl Replication {
     /// Starts the task that sends the WAITs on `socket`, which the admissions needing
-    /// confirmation use too; `fence` is the key each WAIT's own write goes to. The task
-    /// ends when the last handle is dropped.
-    pub fn start(socket: Socket, fence: String, min: u32, timeout: Duration) -> Self {
+    /// confirmation use too; `fence` is the key each WAIT's own write goes to. The tasks
+    /// end when the last handle is dropped.
+    pub fn start(socket: Socket, fence: String, replicas: Replicas, timeout: Duration) -> Self {
         let socket = Arc::new(socket);
         let (askers, waiting) = mpsc::unbounded_channel();
+        let required = match replicas {
+            Replicas::Fixed(count) => Arc::new(AtomicU32::new(count)),
+            Replicas::Sentinels {
+                known,
+                floor,
+                sentinels,
+            } => {
+                let required = Arc::new(AtomicU32::new(known.max(floor)));
+                // The count lives as long as the task that reads it, which ends with the
+                // last handle (the channel closes): so does the recount.
+                tokio::spawn(recount(sentinels, floor, Arc::downgrade(&required)));
+                required
+            }
+        };
         tokio::spawn(confirm_in_groups(
             socket.clone(),
             fence,
-            min,
+            required,
             timeout,
             waiting,
         ));
         Self {
-            min,
             timeout,
             socket,
             askers,
@@ -76,7 +113,7 @@ impl Replication {
         self.socket.failed(generation, err);
     }
 
-    /// Returns once `min` replicas have everything the primary applied before this call,
+    /// Returns once the required replicas have everything the primary applied before this call,
     /// as seen on socket `generation` (the caller's write, or the writes its refusal read);
     /// 503 if fewer confirm within the timeout, or if that socket is gone.
     pub async fn confirm(&self, generation: u64) -> Result<(), ApiError> {
@@ -84,16 +121,16 @@ impl Replication {
         self.askers
             .send((generation, tell))
             .map_err(|_| ApiError::Internal("the replication task has stopped".into()))?;
-        let confirmed = told
+        let (confirmed, required) = told
             .await
             .map_err(|_| ApiError::Internal("the replication task has stopped".into()))?
             .map_err(|err| ApiError::unavailable("redis replicas", err))?;
-        if confirmed < self.min {
+        if confirmed < required {
             return Err(ApiError::unavailable(
                 "redis replicas",
                 format!(
-                    "{confirmed} of {} replicas confirmed the admission in {:?}",
-                    self.min, self.timeout
+                    "{confirmed} of {required} replicas confirmed the admission in {:?}",
+                    self.timeout
                 ),
             ));
         }
@@ -101,10 +138,43 @@ impl Replication {
     }
 }
 
+/// Counts the replicas the Sentinels know each second, for as long as a handle lives; a
+/// count that cannot be read leaves the last one in force.
+async fn recount(sentinels: RedisArgs, floor: u32, required: Weak<AtomicU32>) {
+    let mut unreadable = false;
+    loop {
+        tokio::time::sleep(REPLICAS_RECOUNT).await;
+        let Some(required) = required.upgrade() else {
+            return;
+        };
+        match sentinels.replicas_the_sentinels_know().await {
+            Ok(Some(known)) => {
+                unreadable = false;
+                let now = floor.max(u32::try_from(known).unwrap_or(u32::MAX));
+                let before = required.swap(now, Ordering::Relaxed);
+                if before != now {
+                    tracing::info!(
+                        before,
+                        now,
+                        "the replicas the Sentinels know changed; every yes waits for them all"
+                    );
+                }
+            }
+            Ok(None) => return,
+            Err(err) => {
+                if !unreadable {
+                    tracing::warn!(error = %err, "cannot count the replicas the Sentinels know; the last count stands");
+                }
+                unreadable = true;
+            }
+        }
+    }
+}
+
 async fn confirm_in_groups(
     socket: Arc<Socket>,
     fence: String,
-    min: u32,
+    required: Arc<AtomicU32>,
     timeout: Duration,
     mut waiting: mpsc::UnboundedReceiver<Asker>,
 ) {
@@ -113,6 +183,7 @@ async fn confirm_in_groups(
         while let Ok(next) = waiting.try_recv() {
             group.push(next);
         }
+        let min = required.load(Ordering::Relaxed);
         let confirmed: Result<(u64, u32), String> = async {
             let mut bound = socket.get().await.map_err(|err| err.to_string())?;
             let (_, count): (i64, u32) = redis::pipe()
@@ -131,7 +202,7 @@ async fn confirm_in_groups(
         .await;
         for (generation, asker) in group {
             let answer = match &confirmed {
-                Ok((waited_on, count)) if *waited_on == generation => Ok(*count),
+                Ok((waited_on, count)) if *waited_on == generation => Ok((*count, min)),
                 Ok(_) => Err("the socket the write went out on broke before its WAIT: \
                               whether the replicas have it is unknown"
                     .to_owned()),

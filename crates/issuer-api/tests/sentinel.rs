@@ -16,7 +16,7 @@ use issuer_bench::sentinel_topology::SentinelTopology;
 use support::TestEnv;
 
 /// A topology of the test's own, and the services following its primary through the
-/// Sentinels, with every replica confirming every answer.
+/// Sentinels, every replica confirming every answer (as the API does under Sentinel).
 struct Replicated {
     dir: std::path::PathBuf,
     topology: SentinelTopology,
@@ -35,8 +35,7 @@ impl Replicated {
         let args = [
             format!("--redis-url=redis://127.0.0.1:{primary}"),
             format!("--redis-sentinels={}", topology.sentinel_list()),
-            // Every replica: the Sentinels may promote either.
-            format!("--redis-min-replicas={}", topology.nodes.len() - 1),
+            // No REDIS_MIN_REPLICAS: under Sentinel every replica it knows confirms.
             "--redis-replica-timeout-ms=300".to_owned(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -258,16 +257,73 @@ async fn a_yes_only_the_replica_on_the_old_primarys_side_confirmed_is_never_give
         );
     }
     assert_eq!(during, 503, "user 3 on the cut-off primary: {body}");
-    // And an API told to wait for fewer replicas than the Sentinels know refuses to start.
+    // And an API told to wait for more replicas than the Sentinels know refuses to start.
     let Err(refused) = env
-        .build_another_api(&["--redis-min-replicas=1".to_owned()])
+        .build_another_api(&["--redis-min-replicas=3".to_owned()])
         .await
     else {
-        panic!("an API waiting for 1 replica of 2 started");
+        panic!("an API waiting for 3 replicas of 2 started");
     };
     assert!(
-        format!("{refused:#}").contains("Set REDIS_MIN_REPLICAS=2"),
+        format!("{refused:#}").contains("no admission could ever be confirmed"),
         "{refused:#}"
+    );
+    env.shutdown().await;
+    drop(topology);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// How long the API may take to wait for a replica the Sentinels have just learnt of: it
+/// counts them each second.
+const COUNTS_THE_NEW_REPLICA: Duration = Duration::from_secs(10);
+
+/// A replica added while the API runs could be promoted like the others, so the API waits
+/// for it too once the Sentinels know it: frozen, it holds every "yes" back (503), and
+/// thawed, sales go on.
+#[actix_web::test]
+async fn a_replica_added_while_the_api_runs_is_waited_for_too() {
+    let Replicated {
+        dir,
+        mut topology,
+        primary,
+        env,
+    } = Replicated::start(QueueKind::Redis).await;
+    let coupon = env.coupon_with_quantity(100).await;
+    wins(&env, coupon, 1).await;
+
+    let added = topology.add_replica(primary).unwrap();
+    topology.await_replicas().await.unwrap();
+    topology.signal(added, "STOP").unwrap();
+    let frozen = Instant::now();
+    let mut user = 2;
+    loop {
+        let (status, body) = env.issue(coupon, user).await;
+        match status {
+            503 => break,
+            201 => {
+                assert!(
+                    frozen.elapsed() < COUNTS_THE_NEW_REPLICA,
+                    "still 201 {:?} after replica {added} was added and frozen: {body}",
+                    frozen.elapsed()
+                );
+                user += 1;
+            }
+            _ => panic!("user {user}: {status} {body}"),
+        }
+    }
+    eprintln!(
+        "503 {:.1} s after the added replica froze",
+        frozen.elapsed().as_secs_f64()
+    );
+
+    topology.signal(added, "CONT").unwrap();
+    // The user told 503 holds a slot (the admission stood): 409 or, confirmed now, 201.
+    wins(&env, coupon, user).await;
+    wins(&env, coupon, user + 1).await;
+    let expected: Vec<i64> = (1..=user + 1).collect();
+    assert_eq!(
+        env.rows_when_settled(coupon, expected.len()).await,
+        expected
     );
     env.shutdown().await;
     drop(topology);

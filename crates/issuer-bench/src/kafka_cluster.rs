@@ -191,15 +191,7 @@ impl KafkaCluster {
     /// `replica.lag.time.max.ms`: until then the leader commits nothing it appends, and the
     /// producer's sends end in doubt.
     pub fn signal(&self, id: usize, signal: &str) -> anyhow::Result<()> {
-        let pid = std::fs::read_to_string(self.dir.join(format!("node-{id}/pid")))
-            .with_context(|| format!("node {id} is not running"))?;
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), pid.trim()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -{signal} of node {id} failed");
-        }
-        Ok(())
+        crate::process::signal_pid_file(&self.dir.join(format!("node-{id}/pid")), signal)
     }
 
     fn metadata_client(&self) -> anyhow::Result<BaseConsumer> {

@@ -226,3 +226,15 @@ pub fn check_stops_during_start_up(
         },
     )
 }
+
+/// Sends `signal` (STOP, CONT, ...) to the process whose pid is in `pid_file`: a frozen
+/// process keeps its connections open and answers nothing.
+pub fn signal_pid_file(pid_file: &Path, signal: &str) -> anyhow::Result<()> {
+    let pid = std::fs::read_to_string(pid_file)
+        .with_context(|| format!("{} (not running?)", pid_file.display()))?;
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), pid.trim()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{signal} of {} failed", pid.trim());
+    Ok(())
+}

@@ -134,6 +134,21 @@ impl SentinelTopology {
         Err(last.context("no Sentinel")?.into())
     }
 
+    /// Starts a new replica of the primary on `primary`; returns its port. The Sentinels
+    /// find it through the primary (`await_replicas` waits for that).
+    pub fn add_replica(&mut self, primary: u16) -> anyhow::Result<u16> {
+        let port = free_port()?;
+        self.script(&["add-replica", &port.to_string(), &primary.to_string()])?;
+        self.nodes.push(port);
+        Ok(port)
+    }
+
+    /// SIGSTOP or SIGCONT to the Redis node on `port`: a frozen replica stays linked and
+    /// acknowledges nothing.
+    pub fn signal(&self, port: u16, signal: &str) -> anyhow::Result<()> {
+        crate::process::signal_pid_file(&self.dir.join(format!("redis-{port}/pid")), signal)
+    }
+
     /// kill -9 of the node on `port`.
     pub fn kill(&self, port: u16) -> anyhow::Result<()> {
         self.script(&["kill", &port.to_string()])

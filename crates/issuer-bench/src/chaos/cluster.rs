@@ -175,20 +175,18 @@ impl Cluster {
             .url_for(&self.database_url)
             .unwrap_or_default();
         // Through Sentinel the URL gives only credentials and database; the primary is
-        // whichever the Sentinels name, and every answer waits for all its replicas (any
-        // of them may be promoted). On one node, where Redis is the queue, a "yes" waits
-        // for the replica a fault promotes.
+        // whichever the Sentinels name, and every answer waits for every replica they know
+        // (any of them may be promoted), with no REDIS_MIN_REPLICAS. On one node, where
+        // Redis is the queue, a "yes" waits for the replica a fault promotes.
         let (redis_port, sentinels, min_replicas) = match &self.redis {
             RedisNodes::Single(nodes) => (
                 nodes.endpoint.port,
                 None,
                 usize::from(self.queue == QueueKind::Redis),
             ),
-            RedisNodes::Sentinel(topology) => (
-                topology.nodes[0],
-                Some(topology.sentinel_list()),
-                topology.nodes.len() - 1,
-            ),
+            RedisNodes::Sentinel(topology) => {
+                (topology.nodes[0], Some(topology.sentinel_list()), 0)
+            }
         };
         [
             ("REDIS_URL", format!("redis://127.0.0.1:{redis_port}")),
