@@ -81,7 +81,7 @@ elif [ "$REDIS_MODE" = sentinel ]; then
   bash "$ROOT/deploy/redis/sentinel.sh" start "$STATE/redis-sentinel" \
     "$REDIS_PORT,$((REDIS_PORT + 1)),$((REDIS_PORT + 2))" 26379,26380,26381
   grep -qx redis-sentinel "$STARTED" || echo redis-sentinel >>"$STARTED"
-  log "Redis under Sentinel: REDIS_SENTINELS=127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381" (every yes waits for every replica they know)
+  log "Redis under Sentinel: REDIS_SENTINELS=127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381 (every yes waits for every replica they know)"
 else
   if ! command -v redis-server >/dev/null; then
     apt_install redis-server
