@@ -17,6 +17,9 @@
 //!   shutdown, and others once silent for `claim_idle` with nothing left to claim, so the
 //!   names of past workers do not pile up.
 
+mod maintenance;
+mod streams;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -30,7 +33,6 @@ use coupon_core::redis_keys::CouponKeys;
 use coupon_core::registry::{Registration, Registry};
 use coupon_core::trace_context::{self, TraceParent};
 
-use crate::stream_trim;
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, RedisError};
 use tokio::time::{Instant, sleep};
@@ -91,7 +93,7 @@ impl StreamQueue {
                 .clone()
                 .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4().simple())),
             claim_idle: Duration::from_millis(config.claim_idle_ms),
-            forget_consumer: redis::Script::new(include_str!("scripts/forget_consumer.lua")),
+            forget_consumer: redis::Script::new(include_str!("../scripts/forget_consumer.lua")),
             state: Mutex::new(State {
                 ready: BTreeSet::new(),
                 streams: Vec::new(),
@@ -107,64 +109,6 @@ impl StreamQueue {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // Only this worker's one task touches it; a poisoned lock still holds valid data.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The registry stream and every active coupon's stream, each with the group created;
-    /// the registry itself is read again only when due (see `State`).
-    async fn streams(&self) -> Result<Vec<String>, RedisError> {
-        {
-            let state = self.state();
-            if Instant::now() < state.refresh_streams_at {
-                return Ok(state.streams.clone());
-            }
-        }
-        let mut con = self.commands.clone();
-        let registrations = self.registry.members(&mut con).await?;
-        let mut streams = vec![self.registry_stream.clone()];
-        streams.extend(
-            registrations
-                .iter()
-                .map(|r| CouponKeys::new(&self.key_prefix, r.coupon).stream),
-        );
-        for stream in &streams {
-            if self.state().ready.contains(stream) {
-                continue;
-            }
-            // From the start: entries appended before any worker existed are winners too.
-            let created: Result<(), RedisError> =
-                con.xgroup_create_mkstream(stream, &self.group, "0").await;
-            match created {
-                Ok(()) => {}
-                Err(err) if err.code() == Some("BUSYGROUP") => {}
-                Err(err) => return Err(err),
-            }
-            self.state().ready.insert(stream.clone());
-        }
-        // A retired coupon's stream (everything acknowledged) leaves this worker: its name
-        // leaves the group, and the stream its memory.
-        let retired: Vec<String> = self
-            .state()
-            .ready
-            .iter()
-            .filter(|stream| !streams.contains(stream))
-            .cloned()
-            .collect();
-        for stream in &retired {
-            if let Err(err) = self.forget(stream, &self.consumer, Duration::ZERO).await {
-                tracing::debug!(%stream, error = %err, "could not leave a retired coupon's group");
-            }
-        }
-        let mut state = self.state();
-        state.ready.retain(|stream| !retired.contains(stream));
-        state.streams = streams.clone();
-        state.registrations = registrations;
-        state.refresh_streams_at = Instant::now() + READ_BLOCK;
-        Ok(streams)
-    }
-
-    /// The next read lists the streams from the registry again.
-    fn refresh_streams(&self) {
-        self.state().refresh_streams_at = Instant::now();
     }
 
     /// Takes the entries of `reply` into the batch; the registry stream's only wake the
@@ -188,123 +132,6 @@ impl StreamQueue {
                 take_entry(batch, &key.key, entry);
             }
         }
-    }
-
-    /// Claims entries a dead (or stuck) consumer held for longer than `claim_idle`, removes
-    /// consumers that are silent and hold nothing, trims what the group acknowledged, and
-    /// retires coupons that are finished.
-    async fn maintain(&self, batch: &mut Batch<EntryIds>, size: usize) {
-        let registrations = {
-            let mut state = self.state();
-            if Instant::now() < state.next_maintenance {
-                return;
-            }
-            state.next_maintenance = Instant::now() + MAINTENANCE_INTERVAL;
-            state.registrations.clone()
-        };
-        let mut retired = false;
-        for registration in registrations {
-            let stream = CouponKeys::new(&self.key_prefix, registration.coupon).stream;
-            let stream = stream.as_str();
-            if batch.len < size
-                && let Err(err) = self.claim(stream, batch, size - batch.len).await
-            {
-                tracing::warn!(%stream, error = %err, "claiming idle entries failed");
-            }
-            if let Err(err) = self.forget_silent_consumers(stream).await {
-                tracing::warn!(%stream, error = %err, "removing silent consumers failed");
-            }
-            let mut commands = self.commands.clone();
-            if let Err(err) =
-                stream_trim::trim_acknowledged(&mut commands, stream, &self.group).await
-            {
-                tracing::warn!(%stream, error = %err, "trimming acknowledged entries failed");
-            }
-            // Entries in this worker's batch are pending in the group, so a coupon is never
-            // retired with any of them unpersisted.
-            match self
-                .registry
-                .retire_if_finished(&mut commands, registration, &self.group)
-                .await
-            {
-                Ok(gone) => retired |= gone,
-                Err(err) => tracing::warn!(%stream, error = %err, "retiring the coupon failed"),
-            }
-        }
-        if retired {
-            self.refresh_streams();
-        }
-    }
-
-    async fn claim(
-        &self,
-        stream: &str,
-        batch: &mut Batch<EntryIds>,
-        count: usize,
-    ) -> Result<(), RedisError> {
-        let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(stream)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(self.claim_idle.as_millis() as u64)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.commands.clone())
-            .await?;
-        if !reply.claimed.is_empty() {
-            tracing::info!(%stream, entries = reply.claimed.len(), "claimed entries a silent consumer held");
-        }
-        for entry in &reply.claimed {
-            take_entry(batch, stream, entry);
-        }
-        if !reply.deleted_ids.is_empty() {
-            // Pending but gone from the stream: nothing left to persist.
-            let _: i64 = self
-                .commands
-                .clone()
-                .xack(stream, &self.group, &reply.deleted_ids)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// A consumer with nothing pending loses nothing by being removed, and a live one is
-    /// recreated by its next read; one silent for `claim_idle` is a past worker.
-    async fn forget_silent_consumers(&self, stream: &str) -> Result<(), RedisError> {
-        let mut con = self.commands.clone();
-        let info: redis::streams::StreamInfoConsumersReply =
-            con.xinfo_consumers(stream, &self.group).await?;
-        let silent = info.consumers.into_iter().filter(|c| {
-            c.name != self.consumer
-                && c.pending == 0
-                && c.idle as u128 > self.claim_idle.as_millis()
-        });
-        for consumer in silent {
-            if self.forget(stream, &consumer.name, self.claim_idle).await? {
-                tracing::debug!(%stream, consumer = %consumer.name, "removed a silent consumer");
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes `consumer` if it still holds nothing and has been silent for `idle`
-    /// (checked atomically by the script).
-    async fn forget(
-        &self,
-        stream: &str,
-        consumer: &str,
-        idle: Duration,
-    ) -> Result<bool, RedisError> {
-        let removed: i64 = self
-            .forget_consumer
-            .key(stream)
-            .arg(&self.group)
-            .arg(consumer)
-            .arg(idle.as_millis() as u64)
-            .invoke_async(&mut self.commands.clone())
-            .await?;
-        Ok(removed == 1)
     }
 }
 
