@@ -11,7 +11,7 @@ use clap::Args;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 
-use crate::redis_connection::{RedisConnection, Socket, Target};
+use crate::redis::connection::{RedisConnection, Socket, Target};
 
 use crate::db::connect::{PgTarget, PgTlsError, PgTlsFiles};
 use crate::db::pool::{PgPool, build_pool};
@@ -21,25 +21,6 @@ use crate::db::pool::{PgPool, build_pool};
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://coupon:coupon@127.0.0.1:5432/coupon_issuance";
-
-/// Where admitted issue events travel from issuer-api to issuer-worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueKind {
-    /// A Kafka topic: the API answers once the broker acknowledged the event.
-    Kafka,
-    /// A Redis Stream per coupon, appended by the admission script in the same atomic step.
-    Redis,
-}
-
-impl std::fmt::Display for QueueKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Kafka => "kafka",
-            Self::Redis => "redis",
-        })
-    }
-}
 
 #[derive(Args, Clone)]
 pub struct RedisArgs {

@@ -171,3 +171,22 @@ mod tests {
         }
     }
 }
+
+/// Where admitted issue events travel from issuer-api to issuer-worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// A Kafka topic: the API answers once the broker acknowledged the event.
+    Kafka,
+    /// A Redis Stream per coupon, appended by the admission script in the same atomic step.
+    Redis,
+}
+
+impl std::fmt::Display for QueueKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kafka => "kafka",
+            Self::Redis => "redis",
+        })
+    }
+}

@@ -10,10 +10,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use coupon_core::admission::{AdmissionScripts, AdmitReply, RebuildLease};
-use coupon_core::config::QueueKind;
+use coupon_core::domain::QueueKind;
 use coupon_core::domain::{Coupon, UserId};
-use coupon_core::epoch::{Stamp, instance_epoch};
+use coupon_core::redis::admission::{AdmissionScripts, AdmitReply, RebuildLease};
+use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use redis::AsyncCommands;
 
 mod support;
@@ -198,7 +198,7 @@ async fn a_rebuild_that_read_under_a_gone_instance_does_not_reopen_admission() {
 async fn an_instance_without_the_function_library_is_given_it() {
     let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
     // Every version of the library gone, as from a new or flushed Redis.
-    coupon_core::function_library::load(&mut con).await.unwrap();
+    coupon_core::redis::library::load(&mut con).await.unwrap();
     let libraries: Vec<HashMap<String, redis::Value>> = redis::cmd("FUNCTION")
         .arg("LIST")
         .arg("LIBRARYNAME")

@@ -9,13 +9,13 @@
 
 use std::time::Duration;
 
-use coupon_core::admission::AdmissionScripts;
-use coupon_core::config::QueueKind;
+use coupon_core::domain::QueueKind;
 use coupon_core::domain::{Coupon, CouponId};
-use coupon_core::epoch::{Stamp, instance_epoch};
-use coupon_core::intercept::{At, Intercepted, has_arg};
-use coupon_core::redis_keys::CouponKeys;
-use coupon_core::registry::{Registration, Registry};
+use coupon_core::redis::admission::AdmissionScripts;
+use coupon_core::redis::epoch::{Stamp, instance_epoch};
+use coupon_core::redis::intercept::{At, Intercepted, has_arg};
+use coupon_core::redis::keys::CouponKeys;
+use coupon_core::redis::registry::{Registration, Registry};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Cmd};
 

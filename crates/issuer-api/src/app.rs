@@ -9,12 +9,12 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
-use coupon_core::admission::AdmissionScripts;
-use coupon_core::config::QueueKind;
 use coupon_core::db::coupons::all_coupon_ids;
 use coupon_core::domain::CouponId;
-use coupon_core::redis_connection::Socket;
-use coupon_core::redis_keys::CouponKeys;
+use coupon_core::domain::QueueKind;
+use coupon_core::redis::admission::AdmissionScripts;
+use coupon_core::redis::connection::Socket;
+use coupon_core::redis::keys::CouponKeys;
 use coupon_core::startup::prepare;
 use tokio_util::sync::CancellationToken;
 

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use coupon_core::config::{
-    DatabaseArgs, KafkaArgs, QueueKind, RedisArgs, SHARED_SECRETS, parse_refusing_secrets,
+    DatabaseArgs, KafkaArgs, RedisArgs, SHARED_SECRETS, parse_refusing_secrets,
 };
+use coupon_core::domain::QueueKind;
 use coupon_core::telemetry::LogArgs;
 
 #[derive(Parser, Clone)]

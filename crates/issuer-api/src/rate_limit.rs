@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use actix_web::HttpRequest;
 use coupon_core::domain::UserId;
-use coupon_core::redis_connection::RedisConnection;
-use coupon_core::redis_keys::CouponKeys;
+use coupon_core::redis::connection::RedisConnection;
+use coupon_core::redis::keys::CouponKeys;
 use redis::Script;
 
 use crate::error::ApiError;

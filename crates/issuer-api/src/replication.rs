@@ -29,7 +29,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use coupon_core::config::RedisArgs;
-use coupon_core::redis_connection::{Bound, Socket};
+use coupon_core::redis::connection::{Bound, Socket};
 use redis::RedisError;
 use tokio::sync::{mpsc, oneshot};
 

@@ -218,8 +218,8 @@ async fn two_of_three_brokers_down_answers_503_and_never_201_then_every_success_
 /// worker can only refuse.
 #[actix_web::test]
 async fn a_send_in_doubt_committed_after_the_rebuild_looked_keeps_its_slot() {
-    use coupon_core::config::QueueKind;
     use coupon_core::domain::CouponId;
+    use coupon_core::domain::QueueKind;
 
     // A frozen node is fenced, and dropped from the in-sync set, after the session timeout
     // (6 s in kafka.sh); at 30 s, as long as its lag allows, it holds the high watermark

@@ -56,7 +56,7 @@ async fn a_publish_that_never_left_gives_the_slot_back_at_once() {
 
 #[actix_web::test]
 async fn publishing_to_a_topic_that_does_not_exist_is_a_certain_failure() {
-    use coupon_core::producer::Persistence;
+    use coupon_core::kafka::producer::Persistence;
     let broker = KafkaCluster::start(1).unwrap();
     let topic = format!("no-such-topic-{}", uuid::Uuid::new_v4());
     let args = coupon_core::config::KafkaArgs {
@@ -354,7 +354,7 @@ async fn after_redis_loses_everything_requests_wait_for_the_lazy_rebuild() {
 
 #[actix_web::test]
 async fn a_slot_whose_api_died_before_publishing_is_published_by_another() {
-    use coupon_core::admission::AdmitReply;
+    use coupon_core::redis::admission::AdmitReply;
     let env = TestEnv::start(1).await;
     let coupon = env.coupon_with_quantity(5).await;
     // Exactly what an API does before it publishes, and then it dies (nothing published).

@@ -8,7 +8,7 @@
 
 mod support;
 
-use coupon_core::config::QueueKind;
+use coupon_core::domain::QueueKind;
 use serde_json::json;
 use support::TestEnv;
 

@@ -7,11 +7,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use coupon_core::admission::{AdmissionScripts, AdmitReply};
-use coupon_core::config::QueueKind;
+use coupon_core::domain::QueueKind;
 use coupon_core::domain::{CouponId, UserId};
-use coupon_core::intercept::{At, Intercepted, has_arg};
-use coupon_core::ledger::{Ledger, PendingEntry};
+use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
+use coupon_core::redis::intercept::{At, Intercepted, has_arg};
+use coupon_core::redis::ledger::{Ledger, PendingEntry};
 use issuer_bench::kafka_cluster::KafkaCluster;
 use redis::AsyncCommands;
 use support::TestEnv;

@@ -11,8 +11,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use coupon_core::config::QueueKind;
-use coupon_core::redis_connection::{Socket, Target};
+use coupon_core::domain::QueueKind;
+use coupon_core::redis::connection::{Socket, Target};
 use issuer_api::replication::{Replicas, Replication};
 use issuer_bench::proxy::CuttableProxy;
 use issuer_bench::redis_server::RedisServer;

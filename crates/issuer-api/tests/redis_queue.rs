@@ -10,10 +10,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use coupon_core::config::QueueKind;
+use coupon_core::domain::QueueKind;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
-use coupon_core::redis_keys::CouponKeys;
+use coupon_core::redis::keys::CouponKeys;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use support::TestEnv;

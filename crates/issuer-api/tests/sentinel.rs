@@ -11,7 +11,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use coupon_core::config::QueueKind;
+use coupon_core::domain::QueueKind;
 use issuer_bench::sentinel_topology::SentinelTopology;
 use support::TestEnv;
 

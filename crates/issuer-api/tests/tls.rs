@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use coupon_core::config::QueueKind;
+use coupon_core::domain::QueueKind;
 use serde_json::json;
 use support::TestEnv;
 use support::tls::{ClientCertificate, TestCa};

@@ -11,7 +11,7 @@ mod support;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use coupon_core::config::QueueKind;
+use coupon_core::domain::QueueKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde_json::json;
 use support::TestEnv;

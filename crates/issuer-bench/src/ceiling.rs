@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use coupon_core::config::QueueKind;
+use coupon_core::domain::QueueKind;
 use serde::Serialize;
 
 use crate::client::{ApiClient, IssueRoute};

@@ -5,9 +5,9 @@
 
 use std::time::Instant;
 
-use coupon_core::admission::AdmissionScripts;
-use coupon_core::config::QueueKind;
+use coupon_core::domain::QueueKind;
 use coupon_core::domain::{Coupon, CouponId, UserId};
+use coupon_core::redis::admission::AdmissionScripts;
 use deadpool::unmanaged::Pool;
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;

@@ -14,7 +14,7 @@ use coupon_core::db::schema;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
 use coupon_core::kafka::ensure_topics;
-use coupon_core::producer::Producer;
+use coupon_core::kafka::producer::Producer;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::future::try_join_all;

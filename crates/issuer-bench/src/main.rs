@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use coupon_core::config::QueueKind;
+use coupon_core::domain::QueueKind;
 use issuer_bench::ceiling::{self, Shape};
 use issuer_bench::chaos::{self, ChaosOptions, RedisTopology};
 use issuer_bench::client::ApiClient;

@@ -2,9 +2,9 @@
 //! non-atomic check-then-add (SCARD, then SADD if there was room) versus the product's
 //! admission script, same load, side by side. The naive path exists only here.
 
-use coupon_core::admission::{AdmissionScripts, AdmitReply};
-use coupon_core::config::QueueKind;
+use coupon_core::domain::QueueKind;
 use coupon_core::domain::{Coupon, CouponId, UserId};
+use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
 use futures_util::future::join_all;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;

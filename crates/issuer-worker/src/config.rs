@@ -2,9 +2,10 @@
 
 use clap::{Parser, Subcommand};
 use coupon_core::config::{
-    DatabaseArgs, KafkaArgs, QueueKind, RedisArgs, SHARED_SECRETS, parse_refusing_secrets,
+    DatabaseArgs, KafkaArgs, RedisArgs, SHARED_SECRETS, parse_refusing_secrets,
 };
 use coupon_core::db::failed_events::Status;
+use coupon_core::domain::QueueKind;
 use coupon_core::telemetry::LogArgs;
 
 #[derive(Parser, Clone)]

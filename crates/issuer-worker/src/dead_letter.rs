@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use coupon_core::config::KafkaArgs;
 use coupon_core::db::batch_insert::FailedEvent;
-use coupon_core::producer::{Producer, PublishError};
+use coupon_core::kafka::producer::{Producer, PublishError};
 use futures_util::future::try_join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};

@@ -52,7 +52,7 @@ pub enum QueueError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("kafka publish: {0}")]
-    Publish(#[from] coupon_core::producer::PublishError),
+    Publish(#[from] coupon_core::kafka::producer::PublishError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
 }

@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coupon_core::config::QueueKind;
 use coupon_core::db::batch_insert::{BatchOutcome, FailedEvent, FailureReason, persist_isolating};
 use coupon_core::db::pool::PgPool;
 use coupon_core::db::redrive::{Redriven, redrive_due};
+use coupon_core::domain::QueueKind;
 use coupon_core::startup::prepare;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;

@@ -7,7 +7,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::db::schema::{coupon_issues, coupons};
 use crate::domain::{Coupon, CouponId, UserId};
-use crate::epoch::Stamp;
+use crate::redis::epoch::Stamp;
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = coupons, check_for_backend(diesel::pg::Pg))]
@@ -126,7 +126,7 @@ pub async fn coupon_holders(
         .await
 }
 
-/// The stamp of the coupon's Redis state in force (`crate::epoch::Stamp`): None if the
+/// The stamp of the coupon's Redis state in force (`crate::redis::epoch::Stamp`): None if the
 /// coupon is unknown or its state was never verified.
 pub async fn redis_stamp(
     conn: &mut AsyncPgConnection,

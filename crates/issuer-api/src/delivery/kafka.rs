@@ -4,7 +4,7 @@
 //! Invariants: every slot taken ends either given back (the event certainly never reached
 //! the log) or as exactly one row (the event was, or may have been, published: it is held in
 //! doubt and published again until acknowledged; the sink is idempotent). Who may give a
-//! slot back or publish it again is the ledger's to say (`coupon_core::ledger`). A publish
+//! slot back or publish it again is the ledger's to say (`coupon_core::redis::ledger`). A publish
 //! of an entry starts as soon as its owner holds it, so every publish is over (acknowledged
 //! or failed) within one publish window of the last moment Redis knew its entry: what a
 //! rebuild waits out, then fences each coupon's partition, before it looks at the log.
@@ -21,11 +21,11 @@ use coupon_core::db::pool::PgPool;
 use coupon_core::db::publish_window;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::{Fence, IssueEvent};
+use coupon_core::kafka::producer::Persistence;
 use coupon_core::kafka::{GroupOffsets, wait_for_group};
-use coupon_core::ledger::{Claim, Ledger, PendingEntry};
-use coupon_core::producer::Persistence;
-use coupon_core::redis_connection::RedisConnection;
-use coupon_core::registry::Registry;
+use coupon_core::redis::connection::RedisConnection;
+use coupon_core::redis::ledger::{Claim, Ledger, PendingEntry};
+use coupon_core::redis::registry::Registry;
 use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 
@@ -104,7 +104,7 @@ impl KafkaDelivery {
                 .map_err(|e| ApiError::unavailable("kafka", e))?,
             ledger: Ledger::new(key_prefix.clone()),
             settler: Settler::start(Ledger::new(key_prefix.clone()), redis.clone()),
-            registry: Registry::new(key_prefix, coupon_core::config::QueueKind::Kafka),
+            registry: Registry::new(key_prefix, coupon_core::domain::QueueKind::Kafka),
             offsets: Arc::new(
                 GroupOffsets::new(&kafka, &worker_group)
                     .map_err(|e| ApiError::unavailable("kafka", e))?,

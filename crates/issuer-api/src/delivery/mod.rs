@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
-use coupon_core::ledger::Claim;
+use coupon_core::redis::ledger::Claim;
 use redis::aio::ConnectionLike;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

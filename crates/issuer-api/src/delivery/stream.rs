@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use coupon_core::domain::CouponId;
 use coupon_core::event::IssueEvent;
-use coupon_core::redis_keys::CouponKeys;
+use coupon_core::redis::keys::CouponKeys;
 use redis::AsyncCommands;
 use redis::aio::ConnectionLike;
 use redis::streams::StreamRangeReply;

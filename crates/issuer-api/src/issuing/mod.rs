@@ -15,14 +15,14 @@ mod rebuild;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coupon_core::admission::{AdmissionScripts, AdmitReply};
 use coupon_core::db::coupons::{
     NewCoupon, Verification, insert_coupon, record_redis_stamp, redis_stamp, redis_verifications,
 };
 use coupon_core::db::pool::PgPool;
 use coupon_core::domain::{Admission, Coupon, CouponId, UserId};
-use coupon_core::epoch::Stamp;
-use coupon_core::redis_connection::RedisConnection;
+use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
+use coupon_core::redis::connection::RedisConnection;
+use coupon_core::redis::epoch::Stamp;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 

@@ -9,17 +9,17 @@
 //! The coupon is closed to admission from the moment its lease is taken: a user admitted
 //! while a rebuild reads could be released after it, and written back with no event.
 //! Only then is each meta written, stamped with the epoch of the Redis instance the rebuild
-//! read (`coupon_core::epoch`), which reopens admission. A state verified under another
+//! read (`coupon_core::redis::epoch`), which reopens admission. A state verified under another
 //! instance (Redis restarted, perhaps from a file that lost its tail, or failed over) takes
 //! the same path as a missing one.
 
 use std::time::Duration;
 
-use coupon_core::admission::RebuildLease;
 use coupon_core::db::coupons::{Verification, coupon_holders, find_coupon, record_redis_stamp};
 use coupon_core::domain::{Coupon, CouponId};
-use coupon_core::epoch::{Stamp, instance_epoch};
-use coupon_core::redis_connection::RedisConnection;
+use coupon_core::redis::admission::RebuildLease;
+use coupon_core::redis::connection::RedisConnection;
+use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use awc::Client;
 use clap::Parser;
-use coupon_core::config::QueueKind;
 use coupon_core::db::migrate::run_migrations;
+use coupon_core::domain::QueueKind;
 use coupon_core::event::IssueEvent;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use issuer_api::app::Application;
@@ -382,9 +382,14 @@ impl TestEnv {
     /// Admission scripts on this environment's keys, knowing `coupon`'s stamp in force as
     /// an API that met it does (learnt from PostgreSQL): for a test that plays an API's
     /// part.
-    pub async fn scripts_for(&self, coupon: i64) -> coupon_core::admission::AdmissionScripts {
-        let scripts =
-            coupon_core::admission::AdmissionScripts::new(self.redis_prefix.clone(), self.queue);
+    pub async fn scripts_for(
+        &self,
+        coupon: i64,
+    ) -> coupon_core::redis::admission::AdmissionScripts {
+        let scripts = coupon_core::redis::admission::AdmissionScripts::new(
+            self.redis_prefix.clone(),
+            self.queue,
+        );
         let id = coupon_core::domain::CouponId::new(coupon).unwrap();
         let stamp = coupon_core::db::coupons::redis_stamp(&mut self.pg().await, id)
             .await
@@ -436,8 +441,8 @@ impl TestEnv {
     }
 
     /// `coupon`'s Redis keys under this environment's prefix.
-    pub fn keys(&self, coupon: i64) -> coupon_core::redis_keys::CouponKeys {
-        coupon_core::redis_keys::CouponKeys::new(
+    pub fn keys(&self, coupon: i64) -> coupon_core::redis::keys::CouponKeys {
+        coupon_core::redis::keys::CouponKeys::new(
             &self.redis_prefix,
             coupon_core::domain::CouponId::new(coupon).unwrap(),
         )
@@ -472,7 +477,7 @@ impl TestEnv {
     /// it again.
     /// Coupons in the registry the reconciler and the stream workers loop over.
     pub async fn registered(&self) -> Vec<i64> {
-        let registry = coupon_core::redis_keys::CouponKeys::active_registry(&self.redis_prefix);
+        let registry = coupon_core::redis::keys::CouponKeys::active_registry(&self.redis_prefix);
         redis::cmd("HKEYS")
             .arg(registry)
             .query_async(&mut self.redis().await)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use coupon_core::config::QueueKind;
+use coupon_core::domain::QueueKind;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::kafka_cluster::KafkaCluster;

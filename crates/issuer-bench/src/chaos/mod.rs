@@ -11,14 +11,15 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use coupon_core::config::{KafkaArgs, QueueKind};
+use coupon_core::config::KafkaArgs;
 use coupon_core::db::schema::{coupon_issues, failed_events};
+use coupon_core::domain::QueueKind;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
+use coupon_core::kafka::producer::Producer;
 use coupon_core::kafka::wait_for_group;
-use coupon_core::producer::Producer;
-use coupon_core::redis_keys::CouponKeys;
-use coupon_core::registry::Registry;
+use coupon_core::redis::keys::CouponKeys;
+use coupon_core::redis::registry::Registry;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use coupon_core::redis_keys::CouponKeys;
+use coupon_core::redis::keys::CouponKeys;
 use redis::{AsyncCommands, RedisError};
 use tokio::time::Instant;
 

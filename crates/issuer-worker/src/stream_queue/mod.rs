@@ -12,7 +12,7 @@
 //! - Streams are found through the registry of coupons that need work, never by scanning
 //!   keys; a newly registered coupon wakes a blocked reader through the registry stream. A
 //!   coupon whose admission is over and whose entries are all acknowledged leaves the
-//!   registry (`coupon_core::registry`), and so every worker's reads.
+//!   registry (`coupon_core::redis::registry`), and so every worker's reads.
 //! - A consumer is removed from the group only when it holds nothing: this worker at
 //!   shutdown, and others once silent for `claim_idle` with nothing left to claim, so the
 //!   names of past workers do not pile up.
@@ -24,13 +24,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use coupon_core::config::{QueueKind, RedisSetupError};
+use coupon_core::config::RedisSetupError;
 use coupon_core::db::batch_insert::{FailedEvent, FailureReason, SourcedIssue};
 use coupon_core::domain::CouponId;
+use coupon_core::domain::QueueKind;
 use coupon_core::event::IssueEvent;
-use coupon_core::redis_connection::RedisConnection;
-use coupon_core::redis_keys::CouponKeys;
-use coupon_core::registry::{Registration, Registry};
+use coupon_core::redis::connection::RedisConnection;
+use coupon_core::redis::keys::CouponKeys;
+use coupon_core::redis::registry::{Registration, Registry};
 use coupon_core::trace_context::{self, TraceParent};
 
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};

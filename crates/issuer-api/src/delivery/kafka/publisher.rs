@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use coupon_core::config::KafkaArgs;
 use coupon_core::event::{Fence, IssueEvent};
-use coupon_core::producer::{Producer, PublishError};
+use coupon_core::kafka::producer::{Producer, PublishError};
 use coupon_core::trace_context::{self, TraceParent};
 use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::error::KafkaError;

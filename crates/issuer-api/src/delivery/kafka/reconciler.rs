@@ -3,11 +3,11 @@
 //! which judges ages on Redis's clock, then published again until the broker acknowledges
 //! it. Every API replica runs one; a claim gives each entry to one of them at a time.
 //! A coupon with nothing pending that can take no more slots leaves the registry, and so
-//! these passes (`coupon_core::registry`).
+//! these passes (`coupon_core::redis::registry`).
 
 use std::collections::BTreeMap;
 
-use coupon_core::ledger::{Claim, PendingState};
+use coupon_core::redis::ledger::{Claim, PendingState};
 use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 use tokio_util::sync::CancellationToken;

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use coupon_core::domain::CouponId;
 use coupon_core::event::IssueEvent;
-use coupon_core::ledger::Ledger;
-use coupon_core::redis_connection::RedisConnection;
+use coupon_core::redis::connection::RedisConnection;
+use coupon_core::redis::ledger::Ledger;
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

@@ -13,13 +13,13 @@ use redis::aio::ConnectionLike;
 use redis::{AsyncCommands, Cmd, RedisError, Script};
 use uuid::Uuid;
 
-use crate::config::QueueKind;
+use crate::domain::QueueKind;
 use crate::domain::{Admission, Coupon, CouponId, UserId};
-use crate::epoch::Stamp;
 use crate::event::{EVENT_VERSION, IssueEvent};
-use crate::function_library::{self, Function};
-use crate::redis_keys::CouponKeys;
-use crate::registry::Registry;
+use crate::redis::epoch::Stamp;
+use crate::redis::keys::CouponKeys;
+use crate::redis::library::{self, Function};
+use crate::redis::registry::Registry;
 use crate::trace_context::TraceParent;
 
 /// Users added per SADD when restoring a coupon's issued set, so one command never blocks
@@ -54,22 +54,22 @@ pub enum AdmitReply {
     Admitted(IssueEvent),
     Refused(Admission),
     /// Kafka mode: the user holds a slot whose event is not acknowledged yet; the ledger
-    /// (`crate::ledger`) says who publishes it.
+    /// (`crate::redis::ledger`) says who publishes it.
     Pending,
     /// The coupon's state carries another stamp than the one passed, or one made under
-    /// another Redis instance (`crate::epoch`): it may be a rewound copy. Learn the stamp
+    /// another Redis instance (`crate::redis::epoch`): it may be a rewound copy. Learn the stamp
     /// in force, or rebuild the state, then ask again.
     Unverified,
 }
 
 /// Admission and the meta's load, run as functions of the library
-/// (`crate::function_library`), which loads itself where Redis lacks it.
+/// (`crate::redis::library`), which loads itself where Redis lacks it.
 #[derive(Clone)]
 pub struct AdmissionScripts {
     key_prefix: String,
     queue: QueueKind,
     registry: Registry,
-    /// The stamp in force of each coupon this process has met (`crate::epoch::Stamp`), as
+    /// The stamp in force of each coupon this process has met (`crate::redis::epoch::Stamp`), as
     /// it last wrote or learnt it: passed with every admission, learnt again from
     /// PostgreSQL when admission answers UNVERIFIED.
     stamps: Arc<RwLock<Stamps>>,
@@ -174,7 +174,7 @@ impl AdmissionScripts {
     ) -> Result<(AdmitReply, Option<Stamp>), RedisError> {
         let keys = self.keys(coupon);
         let event_id = Uuid::new_v4();
-        let mut call = function_library::call(Function::Admit, &keys.state(self.queue));
+        let mut call = library::call(Function::Admit, &keys.state(self.queue));
         call.arg(user.get())
             .arg(event_id.to_string())
             .arg(coupon.get())
@@ -183,7 +183,7 @@ impl AdmissionScripts {
             let trace = TraceParent::current();
             call.arg(trace.as_ref().map_or("", TraceParent::as_str));
         }
-        let (code, now_ms): (i64, i64) = function_library::invoke(con, &call).await?;
+        let (code, now_ms): (i64, i64) = library::invoke(con, &call).await?;
         let refused = |admission| Ok(AdmitReply::Refused(admission));
         let reply = match code {
             0 => Ok(AdmitReply::NotLoaded),
@@ -235,7 +235,7 @@ impl AdmissionScripts {
     /// set and stamps it as verified here (nothing can have been admitted yet), never
     /// overwriting a meta that is already there. In that order: the meta opens admission,
     /// so a coupon that admits is always one the reconciler and the stream workers look at
-    /// (`crate::registry`). Returns the stamp when this call wrote the meta; the caller
+    /// (`crate::redis::registry`). Returns the stamp when this call wrote the meta; the caller
     /// records it in PostgreSQL as the one in force.
     pub async fn load_meta<C: ConnectionLike + Send + Sync>(
         &self,
@@ -243,11 +243,11 @@ impl AdmissionScripts {
         coupon: &Coupon,
     ) -> Result<Option<Stamp>, RedisError> {
         self.registry.register(con, coupon.id).await?;
-        let mut call = function_library::call(Function::LoadMeta, &[&self.keys(coupon.id).meta]);
+        let mut call = library::call(Function::LoadMeta, &[&self.keys(coupon.id).meta]);
         meta_args(&mut call, coupon)
             .arg("fresh")
             .arg(Uuid::new_v4().simple().to_string());
-        let stamp: Option<Stamp> = function_library::invoke(con, &call).await?;
+        let stamp: Option<Stamp> = library::invoke(con, &call).await?;
         if let Some(stamp) = &stamp {
             self.learn_stamp(coupon.id, stamp.clone());
         }
@@ -274,12 +274,12 @@ impl AdmissionScripts {
             let _: i64 = con.sadd(&keys.issued, chunk).await?;
         }
         self.registry.register(con, coupon.id).await?;
-        let mut call = function_library::call(Function::LoadMeta, &[&keys.meta, &keys.rebuilding]);
+        let mut call = library::call(Function::LoadMeta, &[&keys.meta, &keys.rebuilding]);
         meta_args(&mut call, coupon)
             .arg("verified")
             .arg(stamp.as_str())
             .arg(&lease.token);
-        let written: Option<Stamp> = function_library::invoke(con, &call).await?;
+        let written: Option<Stamp> = library::invoke(con, &call).await?;
         let restored = written.as_ref() == Some(stamp);
         if restored {
             self.learn_stamp(coupon.id, stamp.clone());

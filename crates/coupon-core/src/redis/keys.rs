@@ -3,8 +3,8 @@
 //! Every key of one coupon carries the coupon id as its hash tag (`coupon:{42}:…`), so
 //! they sit on one Redis Cluster slot and one script may touch them all atomically.
 
-use crate::config::QueueKind;
 use crate::domain::CouponId;
+use crate::domain::QueueKind;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CouponKeys {
@@ -12,7 +12,7 @@ pub struct CouponKeys {
     pub meta: String,
     /// Set of admitted user ids: its size is the number of slots taken.
     pub issued: String,
-    /// Hash user id → pending entry (`crate::ledger::PendingEntry`, Kafka mode): admitted
+    /// Hash user id → pending entry (`crate::redis::ledger::PendingEntry`, Kafka mode): admitted
     /// users whose event the broker has not acknowledged yet. Written by the admission
     /// script with the slot, removed on acknowledgement or release; what is left is
     /// republished.
@@ -59,7 +59,7 @@ impl CouponKeys {
 
     /// Hash coupon id → registration generation: the coupons that need work, so the
     /// reconciler and the stream workers find them without scanning the keyspace
-    /// (`crate::registry`). Its keys share the `{coupons}` hash tag (another cluster slot
+    /// (`crate::redis::registry`). Its keys share the `{coupons}` hash tag (another cluster slot
     /// than any coupon's).
     pub fn active_registry(prefix: &str) -> String {
         format!("{prefix}{{coupons}}:registry")

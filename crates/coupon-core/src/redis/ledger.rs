@@ -22,7 +22,7 @@ use redis::{AsyncCommands, ErrorKind, RedisError, Script};
 
 use crate::domain::{CouponId, UserId};
 use crate::event::{EVENT_VERSION, IssueEvent};
-use crate::redis_keys::CouponKeys;
+use crate::redis::keys::CouponKeys;
 
 /// Who owns a pending slot's publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

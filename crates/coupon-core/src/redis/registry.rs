@@ -18,10 +18,10 @@ use std::sync::LazyLock;
 use redis::aio::ConnectionLike;
 use redis::{AsyncCommands, RedisError, Script};
 
-use crate::config::QueueKind;
 use crate::domain::CouponId;
-use crate::function_library::{self, Function};
-use crate::redis_keys::CouponKeys;
+use crate::domain::QueueKind;
+use crate::redis::keys::CouponKeys;
+use crate::redis::library::{self, Function};
 
 static REGISTRY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/registry.lua")));
@@ -105,9 +105,9 @@ impl Registry {
         group: &str,
     ) -> Result<bool, RedisError> {
         let keys = CouponKeys::new(&self.key_prefix, coupon);
-        let mut call = function_library::call(Function::Finished, &keys.state(self.queue));
+        let mut call = library::call(Function::Finished, &keys.state(self.queue));
         call.arg(group);
-        let finished: i64 = function_library::invoke(con, &call).await?;
+        let finished: i64 = library::invoke(con, &call).await?;
         Ok(finished == 1)
     }
 

@@ -1,6 +1,9 @@
-//! Kafka client settings and topic provisioning shared by the API and the worker.
+//! Kafka client settings and topic provisioning shared by the API and the worker, the
+//! consumer group's offsets a rebuild waits on, and the producer (`producer`).
 //!
 //! Nothing here is specific to one broker: it speaks the Kafka API through librdkafka.
+
+pub mod producer;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 -- append-only file that lost its tail, a replica promoted before it caught up) and must be
 -- verified again before it admits.
 -- Read once and kept for as long as the function library stays loaded
--- (crate::function_library): `INFO server` builds the whole section to give one field, and
+-- (crate::redis::library): `INFO server` builds the whole section to give one field, and
 -- admission asks on every request. The kept value cannot go stale: the run id belongs to
 -- the server process, and so does the Lua state that keeps it. A restart begins with a new
 -- run id and a new Lua state, and a replica keeps its own of each whether or not promoted.

@@ -1,4 +1,4 @@
-//! The scripts that compare a coupon's epoch with the instance's (`crate::epoch`), as one
+//! The scripts that compare a coupon's epoch with the instance's (`crate::redis::epoch`), as one
 //! Redis function library: admission, the meta's load and the finished check.
 //!
 //! Why a library rather than EVAL: the instance's run id costs an `INFO server` to read,
