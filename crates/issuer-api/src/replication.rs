@@ -22,7 +22,8 @@
 //!   second (never fewer than REDIS_MIN_REPLICAS): Sentinel may promote any of them, and a
 //!   partition can leave one replicating from the old primary, confirming writes the
 //!   promoted one never gets. A replica added while the API runs is waited for from the
-//!   next read on; one forgotten with SENTINEL RESET no longer is.
+//!   next count on; one forgotten with SENTINEL RESET no longer is, once ten counts in a
+//!   row agree.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
@@ -37,6 +38,10 @@ use crate::error::ApiError;
 
 /// How often the replicas the Sentinels know are counted again.
 const REPLICAS_RECOUNT: Duration = Duration::from_secs(1);
+/// Recounts in a row that must find fewer replicas before fewer are waited for: a Sentinel
+/// just restarted, or mid-failover, may list fewer than can be promoted, and waiting for
+/// one replica too many only costs a 503 meanwhile.
+const FEWER_AFTER_RECOUNTS: u32 = 10;
 
 /// What one WAIT found: how many replicas confirmed, of how many it waited for.
 type Confirmed = Result<(u32, u32), String>;
@@ -138,10 +143,12 @@ impl Replication {
     }
 }
 
-/// Counts the replicas the Sentinels know each second, for as long as a handle lives; a
-/// count that cannot be read leaves the last one in force.
+/// Counts the replicas the Sentinels know each second, for as long as a handle lives: more
+/// apply at once, fewer once `FEWER_AFTER_RECOUNTS` counts in a row find fewer. A count
+/// that cannot be read leaves the last one in force.
 async fn recount(sentinels: RedisArgs, floor: u32, required: Weak<AtomicU32>) {
     let mut unreadable = false;
+    let mut fewer_found = 0;
     loop {
         tokio::time::sleep(REPLICAS_RECOUNT).await;
         let Some(required) = required.upgrade() else {
@@ -150,12 +157,15 @@ async fn recount(sentinels: RedisArgs, floor: u32, required: Weak<AtomicU32>) {
         match sentinels.replicas_the_sentinels_know().await {
             Ok(Some(known)) => {
                 unreadable = false;
-                let now = floor.max(u32::try_from(known).unwrap_or(u32::MAX));
-                let before = required.swap(now, Ordering::Relaxed);
-                if before != now {
+                let counted = floor.max(u32::try_from(known).unwrap_or(u32::MAX));
+                let before = required.load(Ordering::Relaxed);
+                fewer_found = if counted < before { fewer_found + 1 } else { 0 };
+                if counted > before || fewer_found >= FEWER_AFTER_RECOUNTS {
+                    fewer_found = 0;
+                    required.store(counted, Ordering::Relaxed);
                     tracing::info!(
                         before,
-                        now,
+                        now = counted,
                         "the replicas the Sentinels know changed; every yes waits for them all"
                     );
                 }

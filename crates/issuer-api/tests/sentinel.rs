@@ -320,6 +320,20 @@ async fn a_replica_added_while_the_api_runs_is_waited_for_too() {
     // The user told 503 holds a slot (the admission stood): 409 or, confirmed now, 201.
     wins(&env, coupon, user).await;
     wins(&env, coupon, user + 1).await;
+
+    // Gone for good and forgotten (SENTINEL RESET): the API waits for it a while longer
+    // (a Sentinel listing fewer may be one just restarted), then sells on the two left.
+    topology.kill(added).unwrap();
+    topology.reset().await.unwrap();
+    let forgotten = Instant::now();
+    let (status, body) = env.issue(coupon, user + 2).await;
+    assert_eq!(status, 503, "right after the reset: {body}");
+    wins(&env, coupon, user + 2).await;
+    eprintln!(
+        "sales went on {:.1} s after the reset",
+        forgotten.elapsed().as_secs_f64()
+    );
+    let user = user + 1;
     let expected: Vec<i64> = (1..=user + 1).collect();
     assert_eq!(
         env.rows_when_settled(coupon, expected.len()).await,

@@ -149,6 +149,22 @@ impl SentinelTopology {
         crate::process::signal_pid_file(&self.dir.join(format!("redis-{port}/pid")), signal)
     }
 
+    /// SENTINEL RESET on every Sentinel: they forget the replicas they knew and learn again
+    /// those the primary has (how an operator retires a node gone for good).
+    pub async fn reset(&self) -> anyhow::Result<()> {
+        for port in &self.sentinels {
+            let mut sentinel = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
+                .get_multiplexed_async_connection()
+                .await?;
+            let _: i64 = redis::cmd("SENTINEL")
+                .arg("RESET")
+                .arg(MASTER)
+                .query_async(&mut sentinel)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// kill -9 of the node on `port`.
     pub fn kill(&self, port: u16) -> anyhow::Result<()> {
         self.script(&["kill", &port.to_string()])
