@@ -171,9 +171,10 @@ split() { # split DIR PORT [KEEP]
   [ -f "$1/redis-$port/args" ] || die "no Redis node on $port in $1"
   redis-cli -p "$port" ACL SETUSER coupon-replication off >/dev/null
   # Turning a user off keeps its connections: the replicas' links are dropped here (before
-  # the default user loses CLIENT KILL below), and cannot log in again.
+  # the default user loses CLIENT KILL below), and cannot log in again. A refused kill must
+  # stop the split: a split that left the links up was the asymmetric one, unannounced.
   if [ -z "$keep" ]; then
-    redis-cli -p "$port" CLIENT KILL USER coupon-replication >/dev/null || true
+    redis-cli -p "$port" CLIENT KILL USER coupon-replication >/dev/null
   else
     [ -f "$1/redis-$keep/args" ] || die "no Redis node on $keep in $1"
     # The kept replica's link, seen from its end (laddr) and from the primary's (addr).
@@ -181,6 +182,7 @@ split() { # split DIR PORT [KEEP]
     [ -n "$kept" ] || die "$keep is not linked to a primary"
     for id in $(redis-cli -p "$port" CLIENT LIST TYPE replica |
       awk -v kept="addr=$kept" '$2 != kept { sub(/^id=/, "", $1); print $1 }'); do
+      # A link that dropped on its own since the list is already what this wants.
       redis-cli -p "$port" CLIENT KILL ID "$id" >/dev/null || true
     done
     redis-cli -p "$keep" ACL SETUSER default $SENTINEL_ONLY_OFF >/dev/null

@@ -161,7 +161,7 @@ impl RedisArgs {
     /// How many replicas the Sentinels know for the master (down ones included: they may
     /// come back and be promoted): the most any Sentinel that answers lists, since one just
     /// reset or behind on gossip lists fewer. None without Sentinels.
-    pub async fn replicas_the_sentinels_know(&self) -> Result<Option<usize>, RedisSetupError> {
+    pub async fn replicas_the_sentinels_know(&self) -> Result<Option<u32>, RedisSetupError> {
         let timeout = Some(Duration::from_millis(self.redis_timeout_ms));
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(timeout)
@@ -179,7 +179,9 @@ impl RedisArgs {
                     .await
             };
             match asked.await {
-                Ok(replicas) => most = most.max(Some(replicas.len())),
+                Ok(replicas) => {
+                    most = most.max(Some(u32::try_from(replicas.len()).unwrap_or(u32::MAX)));
+                }
                 Err(err) => last = Some(err),
             }
         }

@@ -50,8 +50,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         .redis
         .replicas_the_sentinels_know()
         .await
-        .context("cannot ask the Sentinels how many replicas the primary has")?
-        .map(|known| u32::try_from(known).unwrap_or(u32::MAX));
+        .context("cannot ask the Sentinels how many replicas the primary has")?;
     let floor = config.redis_min_replicas;
     let replicas = match sentinel_replicas {
         Some(known) => {
@@ -95,16 +94,18 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
     let pool = config.database.pool()?;
     // Replicas confirm on a socket of their own, which the admissions needing confirmation
     // share (`crate::replication`).
-    let replication = replicas.map(|replicas| {
-        let timeout = Duration::from_millis(config.redis.redis_timeout_ms);
-        Ok::<_, anyhow::Error>(Replication::start(
-            Socket::new(config.redis.target()?, timeout),
+    let replication = match replicas {
+        Some(replicas) => Some(Replication::start(
+            Socket::new(
+                config.redis.target()?,
+                Duration::from_millis(config.redis.redis_timeout_ms),
+            ),
             CouponKeys::replication_fence(&prefix),
             replicas,
             Duration::from_millis(config.redis_replica_timeout_ms),
-        ))
-    });
-    let replication = replication.transpose()?;
+        )),
+        None => None,
+    };
     let delivery = match kafka {
         Some(kafka) => Delivery::Kafka(Box::new(KafkaDelivery::new(
             KafkaSettings {

@@ -157,7 +157,7 @@ async fn recount(sentinels: RedisArgs, floor: u32, required: Weak<AtomicU32>) {
         match sentinels.replicas_the_sentinels_know().await {
             Ok(Some(known)) => {
                 unreadable = false;
-                let counted = floor.max(u32::try_from(known).unwrap_or(u32::MAX));
+                let counted = floor.max(known);
                 let before = required.load(Ordering::Relaxed);
                 fewer_found = if counted < before { fewer_found + 1 } else { 0 };
                 if counted > before || fewer_found >= FEWER_AFTER_RECOUNTS {

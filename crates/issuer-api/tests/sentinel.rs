@@ -207,12 +207,7 @@ async fn a_yes_only_the_replica_on_the_old_primarys_side_confirmed_is_never_give
     // The workers lag: what the old primary's stream takes from now on stays there until
     // the partition is resolved (a worker that drained it first would save the yes).
     env.stop_workers().await;
-    let kept = topology
-        .nodes
-        .iter()
-        .copied()
-        .find(|n| *n != primary)
-        .unwrap();
+    let kept = topology.replica_of(primary).unwrap();
     topology.split(primary, Some(kept)).unwrap();
     // The Sentinels take a second (down-after-milliseconds) to find the old primary gone,
     // and longer to elect another: the API is still on the old one, as this checks.

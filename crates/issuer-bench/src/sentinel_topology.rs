@@ -49,18 +49,14 @@ impl SentinelTopology {
         loop {
             let ready = async {
                 let primary = self.primary().await?;
-                let mut con = redis::Client::open(format!("redis://127.0.0.1:{primary}"))?
-                    .get_multiplexed_async_connection()
-                    .await?;
+                let mut con = connect(primary).await?;
                 let info: String = redis::cmd("INFO")
                     .arg("replication")
                     .query_async(&mut con)
                     .await?;
                 let mut known = usize::MAX;
                 for port in &self.sentinels {
-                    let mut sentinel = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
-                        .get_multiplexed_async_connection()
-                        .await?;
+                    let mut sentinel = connect(*port).await?;
                     let listed: Vec<HashMap<String, String>> = redis::cmd("SENTINEL")
                         .arg("REPLICAS")
                         .arg(MASTER)
@@ -116,9 +112,7 @@ impl SentinelTopology {
         let mut last = None;
         for port in &self.sentinels {
             let asked = async {
-                let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
-                    .get_multiplexed_async_connection()
-                    .await?;
+                let mut con = connect(*port).await?;
                 let (_, primary): (String, u16) = redis::cmd("SENTINEL")
                     .arg("GET-MASTER-ADDR-BY-NAME")
                     .arg(MASTER)
@@ -153,9 +147,7 @@ impl SentinelTopology {
     /// those the primary has (how an operator retires a node gone for good).
     pub async fn reset(&self) -> anyhow::Result<()> {
         for port in &self.sentinels {
-            let mut sentinel = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
-                .get_multiplexed_async_connection()
-                .await?;
+            let mut sentinel = connect(*port).await?;
             let _: i64 = redis::cmd("SENTINEL")
                 .arg("RESET")
                 .arg(MASTER)
@@ -163,6 +155,11 @@ impl SentinelTopology {
                 .await?;
         }
         Ok(())
+    }
+
+    /// A replica of `primary` (the first other node).
+    pub fn replica_of(&self, primary: u16) -> Option<u16> {
+        self.nodes.iter().copied().find(|node| *node != primary)
     }
 
     /// kill -9 of the node on `port`.
@@ -192,11 +189,10 @@ impl SentinelTopology {
     /// Waits until the node on `port` is a replica (the Sentinels demoted it). A new
     /// connection each time: demoting a node, the Sentinels drop its clients.
     pub async fn await_replica(&self, port: u16) -> anyhow::Result<()> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
         let deadline = Instant::now() + FAILOVER_PATIENCE;
         loop {
             let role = async {
-                let mut con = client.get_multiplexed_async_connection().await?;
+                let mut con = connect(port).await?;
                 redis::cmd("ROLE")
                     .query_async::<Vec<redis::Value>>(&mut con)
                     .await
@@ -237,9 +233,7 @@ impl SentinelTopology {
             set_priority(*other, 0).await?;
         }
         set_priority(port, 100).await?;
-        let mut sentinel = redis::Client::open(format!("redis://127.0.0.1:{}", self.sentinels[0]))?
-            .get_multiplexed_async_connection()
-            .await?;
+        let mut sentinel = connect(self.sentinels[0]).await?;
         let deadline = Instant::now() + FAILOVER_PATIENCE;
         while self.primary().await? != port {
             // Refused while the node is not yet a synced replica, or another failover runs.
@@ -273,10 +267,15 @@ fn partition_args(verb: &str, port: u16, keep: Option<u16>) -> Vec<String> {
         .collect()
 }
 
-async fn set_priority(port: u16, priority: u32) -> anyhow::Result<()> {
-    let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
+/// A connection to the node or Sentinel on `port`.
+async fn connect(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))?
         .get_multiplexed_async_connection()
-        .await?;
+        .await
+}
+
+async fn set_priority(port: u16, priority: u32) -> anyhow::Result<()> {
+    let mut con = connect(port).await?;
     let () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("replica-priority")

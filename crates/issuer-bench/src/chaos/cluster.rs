@@ -251,12 +251,7 @@ impl Cluster {
     pub async fn split_sentinel_primary(&self, held: Duration) -> anyhow::Result<(u16, u16, u16)> {
         let topology = self.sentinel()?;
         let old = topology.primary().await?;
-        let kept = topology
-            .nodes
-            .iter()
-            .copied()
-            .find(|node| *node != old)
-            .context("a replica")?;
+        let kept = topology.replica_of(old).context("a replica")?;
         topology.split(old, Some(kept))?;
         let elected = topology.await_failover_from(old).await;
         if elected.is_ok() {

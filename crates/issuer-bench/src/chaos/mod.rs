@@ -98,8 +98,9 @@ fn faults(queue: QueueKind, topology: RedisTopology) -> Vec<Fault> {
         RedisTopology::Single => all,
         // Under Sentinel, Redis's own faults are its failovers: the primary cut off from
         // the Sentinels and one replica (a split brain: another elected, the old one still
-        // reached by the APIs and confirmed by the other replica until healed and demoted), the primary killed (a replica promoted, the old one
-        // back as a replica), then the old primary made primary again. The others stay.
+        // reached by the APIs and confirmed by the other replica until healed and demoted),
+        // the primary killed (a replica promoted, the old one back as a replica), then the
+        // old primary made primary again. The others stay.
         RedisTopology::Sentinel => {
             let redis_faults = [
                 Fault {
