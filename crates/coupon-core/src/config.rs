@@ -12,6 +12,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 
 use crate::redis::connection::{RedisConnection, Socket, Target};
+use crate::redis::replicas::{Replicas, Required, Sentinels};
 
 use crate::db::connect::{PgTarget, PgTlsError, PgTlsFiles};
 use crate::db::pool::{PgPool, build_pool};
@@ -158,37 +159,13 @@ impl RedisArgs {
         )))
     }
 
-    /// How many replicas the Sentinels know for the master (down ones included: they may
-    /// come back and be promoted): the most any Sentinel that answers lists, since one just
-    /// reset or behind on gossip lists fewer. None without Sentinels.
-    pub async fn replicas_the_sentinels_know(&self) -> Result<Option<u32>, RedisSetupError> {
-        let timeout = Some(Duration::from_millis(self.redis_timeout_ms));
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout);
-        let (mut most, mut last) = (None, None);
-        for address in &self.redis_sentinels {
-            let asked = async {
-                let mut sentinel = redis::Client::open(format!("redis://{address}"))?
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                redis::cmd("SENTINEL")
-                    .arg("REPLICAS")
-                    .arg(&self.redis_sentinel_master)
-                    .query_async::<Vec<redis::Value>>(&mut sentinel)
-                    .await
-            };
-            match asked.await {
-                Ok(replicas) => {
-                    most = most.max(Some(u32::try_from(replicas.len()).unwrap_or(u32::MAX)));
-                }
-                Err(err) => last = Some(err),
-            }
-        }
-        match (most, last) {
-            (None, Some(err)) => Err(err.into()),
-            (most, _) => Ok(most),
-        }
+    /// The Sentinels, when REDIS_SENTINELS names any.
+    pub fn sentinels(&self) -> Option<Sentinels> {
+        (!self.redis_sentinels.is_empty()).then(|| Sentinels {
+            addresses: self.redis_sentinels.clone(),
+            master: self.redis_sentinel_master.clone(),
+            timeout: Duration::from_millis(self.redis_timeout_ms),
+        })
     }
 
     /// The client, with the TLS files when set. A wrong CA or wrong credentials fail the
@@ -224,6 +201,93 @@ impl RedisArgs {
                 root_cert,
             },
         )?)
+    }
+}
+
+/// Which Redis replicas must have a write before it counts (`crate::redis::replicas`).
+/// Both services take the same values.
+#[derive(Args, Clone)]
+pub struct ReplicaArgs {
+    /// Redis replicas that must confirm a write (WAIT) before it counts: an admission
+    /// before it is answered SUCCESS (fewer in time: 503; the admission stands, a retry
+    /// learns the outcome), and in the Redis queue mode a stream entry before a worker
+    /// persists it (fewer: it waits, and is read again). 0: the primary's word is enough.
+    /// Under Sentinel every replica the Sentinels know confirms, counted each second; this
+    /// is then a floor, and above the replicas they know a service refuses to start.
+    #[arg(long, env = "REDIS_MIN_REPLICAS", default_value_t = 0)]
+    pub redis_min_replicas: u32,
+    /// How long the replicas get to confirm; above 0 (WAIT's 0 waits for ever) and below
+    /// REDIS_TIMEOUT_MS, which bounds every Redis command.
+    #[arg(long, env = "REDIS_REPLICA_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_replica_timeout_ms: u64,
+}
+
+/// Why the replicas to wait for could not be settled at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaSetupError {
+    #[error("cannot ask the Sentinels how many replicas the primary has: {0}")]
+    Sentinels(#[source] redis::RedisError),
+    #[error(
+        "REDIS_MIN_REPLICAS is {floor} but the Sentinels know only {known} replicas of \
+         {master}: no write could ever be confirmed"
+    )]
+    MoreThanKnown { floor: u32, known: u32, master: String },
+    #[error(
+        "REDIS_REPLICA_TIMEOUT_MS must be above 0 where replicas confirm (REDIS_MIN_REPLICAS, \
+         or Sentinel): WAIT with a timeout of 0 blocks until the replicas answer, holding \
+         every write behind it"
+    )]
+    NoTimeout,
+    #[error(
+        "REDIS_REPLICA_TIMEOUT_MS ({replica}) must be below REDIS_TIMEOUT_MS ({command}), \
+         which cuts every Redis command short"
+    )]
+    TimeoutPastCommands { replica: u64, command: u64 },
+}
+
+impl ReplicaArgs {
+    /// The replicas each confirmation waits for, or None where none is required (one node,
+    /// or replicas behind a plain URL with REDIS_MIN_REPLICAS at 0). Under Sentinel every
+    /// replica the Sentinels know, whatever REDIS_MIN_REPLICAS says.
+    pub async fn required(&self, redis: &RedisArgs) -> Result<Option<Required>, ReplicaSetupError> {
+        let floor = self.redis_min_replicas;
+        let replicas = match redis.sentinels() {
+            Some(sentinels) => {
+                let known = sentinels
+                    .known_replicas()
+                    .await
+                    .map_err(ReplicaSetupError::Sentinels)?;
+                if floor > known {
+                    return Err(ReplicaSetupError::MoreThanKnown {
+                        floor,
+                        known,
+                        master: sentinels.master,
+                    });
+                }
+                Replicas::Sentinels {
+                    known,
+                    floor,
+                    sentinels,
+                }
+            }
+            None if floor > 0 => Replicas::Fixed(floor),
+            None => return Ok(None),
+        };
+        if self.redis_replica_timeout_ms == 0 {
+            return Err(ReplicaSetupError::NoTimeout);
+        }
+        if self.redis_replica_timeout_ms >= redis.redis_timeout_ms {
+            return Err(ReplicaSetupError::TimeoutPastCommands {
+                replica: self.redis_replica_timeout_ms,
+                command: redis.redis_timeout_ms,
+            });
+        }
+        Ok(Some(Required::start(replicas)))
+    }
+
+    /// Longest one confirmation (WAIT) may take.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_replica_timeout_ms)
     }
 }
 

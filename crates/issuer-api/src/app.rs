@@ -32,7 +32,7 @@ use crate::issuing::{Issuer, Rebuilt};
 use crate::metrics::Metrics;
 use crate::operations::Operations;
 use crate::rate_limit::{Limits, RateLimiter};
-use crate::replication::{Replicas, Replication};
+use crate::replication::Replication;
 
 /// Requests with bodies larger than this are refused with 413 before they are parsed.
 const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -42,45 +42,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Connects to every dependency, migrating the database and (in Kafka mode) creating
 /// missing topics on the way.
 pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
-    // Sentinel may promote any replica it reaches, and a partition can leave one replica on
-    // the old primary's side, confirming its writes, while another is promoted without
-    // them: under Sentinel a "yes" stands only once every replica it knows has it
-    // (`crate::replication`), whatever REDIS_MIN_REPLICAS says.
-    let sentinel_replicas = config
-        .redis
-        .replicas_the_sentinels_know()
-        .await
-        .context("cannot ask the Sentinels how many replicas the primary has")?;
-    let floor = config.redis_min_replicas;
-    let replicas = match sentinel_replicas {
-        Some(known) => {
-            anyhow::ensure!(
-                floor <= known,
-                "REDIS_MIN_REPLICAS is {floor} but the Sentinels know only {known} replicas of \
-                 {}: no admission could ever be confirmed",
-                config.redis.redis_sentinel_master
-            );
-            Some(Replicas::Sentinels {
-                known,
-                floor,
-                sentinels: config.redis.clone(),
-            })
-        }
-        None => (floor > 0).then_some(Replicas::Fixed(floor)),
-    };
-    anyhow::ensure!(
-        replicas.is_none() || config.redis_replica_timeout_ms > 0,
-        "REDIS_REPLICA_TIMEOUT_MS must be above 0 where replicas confirm (REDIS_MIN_REPLICAS, \
-         or Sentinel): WAIT with a timeout of 0 blocks until the replicas answer, holding \
-         every admission behind it"
-    );
-    anyhow::ensure!(
-        replicas.is_none() || config.redis_replica_timeout_ms < config.redis.redis_timeout_ms,
-        "REDIS_REPLICA_TIMEOUT_MS ({}) must be below REDIS_TIMEOUT_MS ({}), which cuts every \
-         Redis command short",
-        config.redis_replica_timeout_ms,
-        config.redis.redis_timeout_ms
-    );
+    // Under Sentinel a "yes" stands only once every replica it knows has it
+    // (`coupon_core::redis::replicas`), whatever REDIS_MIN_REPLICAS says.
+    let replicas = config.replicas.required(&config.redis).await?;
     let kafka = (config.queue == QueueKind::Kafka).then_some(&config.kafka);
     prepare(&config.database.target()?, kafka).await?;
     let redis = config
@@ -102,7 +66,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
             ),
             CouponKeys::replication_fence(&prefix),
             replicas,
-            Duration::from_millis(config.redis_replica_timeout_ms),
+            config.replicas.timeout(),
         )),
         None => None,
     };

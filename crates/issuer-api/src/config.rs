@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use coupon_core::config::{
-    DatabaseArgs, KafkaArgs, RedisArgs, SHARED_SECRETS, parse_refusing_secrets,
+    DatabaseArgs, KafkaArgs, RedisArgs, ReplicaArgs, SHARED_SECRETS, parse_refusing_secrets,
 };
 use coupon_core::domain::QueueKind;
 use coupon_core::telemetry::LogArgs;
@@ -56,17 +56,6 @@ pub struct Config {
     /// 503 and the next one tries again).
     #[arg(long, env = "REBUILD_TIMEOUT_MS", default_value_t = 30_000)]
     pub rebuild_timeout_ms: u64,
-    /// Redis replicas that must confirm an admission (WAIT) before it is answered SUCCESS;
-    /// 0 answers once the primary has it. Fewer confirmations in time answer 503 (the
-    /// admission stands; a retry learns the outcome). Under Sentinel every replica the
-    /// Sentinels know confirms, counted each second; this is then a floor, and above the
-    /// replicas they know the API refuses to start.
-    #[arg(long, env = "REDIS_MIN_REPLICAS", default_value_t = 0)]
-    pub redis_min_replicas: u32,
-    /// How long the replicas get to confirm; above 0 (WAIT's 0 waits for ever) and below
-    /// REDIS_TIMEOUT_MS, which bounds every Redis command.
-    #[arg(long, env = "REDIS_REPLICA_TIMEOUT_MS", default_value_t = 500)]
-    pub redis_replica_timeout_ms: u64,
     /// Issue requests one user may send per rate window, across every API replica; 0 is no
     /// limit. The default lets a person retry freely and stops a script.
     #[arg(long, env = "ISSUER_RATE_PER_USER", default_value_t = 10)]
@@ -86,6 +75,8 @@ pub struct Config {
     pub client_address_header: Option<String>,
     #[command(flatten)]
     pub redis: RedisArgs,
+    #[command(flatten)]
+    pub replicas: ReplicaArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]

@@ -18,48 +18,23 @@
 //!   that write, whoever made it: each WAIT follows a write of its own on the same socket
 //!   (`CouponKeys::replication_fence`), and a replica that acknowledged it has every write
 //!   the primary applied before it, the ones the refusal read among them.
-//! - Under Sentinel every WAIT waits for every replica the Sentinels know, read again each
-//!   second (never fewer than REDIS_MIN_REPLICAS): Sentinel may promote any of them, and a
-//!   partition can leave one replicating from the old primary, confirming writes the
-//!   promoted one never gets. A replica added while the API runs is waited for from the
-//!   next count on; one forgotten with SENTINEL RESET no longer is, once ten counts in a
-//!   row agree.
+//! - Each WAIT waits for the replicas `coupon_core::redis::replicas` requires now (under
+//!   Sentinel, every replica the Sentinels know).
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use coupon_core::config::RedisArgs;
 use coupon_core::redis::connection::{Bound, Socket};
+use coupon_core::redis::replicas::Required;
 use redis::RedisError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
 
-/// How often the replicas the Sentinels know are counted again.
-const REPLICAS_RECOUNT: Duration = Duration::from_secs(1);
-/// Recounts in a row that must find fewer replicas before fewer are waited for: a Sentinel
-/// just restarted, or mid-failover, may list fewer than can be promoted, and waiting for
-/// one replica too many only costs a 503 meanwhile.
-const FEWER_AFTER_RECOUNTS: u32 = 10;
-
 /// What one WAIT found: how many replicas confirmed, of how many it waited for.
 type Confirmed = Result<(u32, u32), String>;
 /// An asker: the socket its write went out on, and where its answer goes.
 type Asker = (u64, oneshot::Sender<Confirmed>);
-
-/// Which replicas each WAIT waits for.
-pub enum Replicas {
-    /// A fixed number (REDIS_MIN_REPLICAS, behind a plain URL).
-    Fixed(u32),
-    /// Every replica the Sentinels know (`known` at start), counted again each second,
-    /// never fewer than `floor` (REDIS_MIN_REPLICAS).
-    Sentinels {
-        known: u32,
-        floor: u32,
-        sentinels: RedisArgs,
-    },
-}
 
 #[derive(Clone)]
 pub struct Replication {
@@ -72,23 +47,11 @@ impl Replication {
     /// Starts the task that sends the WAITs on `socket`, which the admissions needing
     /// confirmation use too; `fence` is the key each WAIT's own write goes to. The tasks
     /// end when the last handle is dropped.
-    pub fn start(socket: Socket, fence: String, replicas: Replicas, timeout: Duration) -> Self {
+    pub fn start(socket: Socket, fence: String, required: Required, timeout: Duration) -> Self {
         let socket = Arc::new(socket);
         let (askers, waiting) = mpsc::unbounded_channel();
-        let required = match replicas {
-            Replicas::Fixed(count) => Arc::new(AtomicU32::new(count)),
-            Replicas::Sentinels {
-                known,
-                floor,
-                sentinels,
-            } => {
-                let required = Arc::new(AtomicU32::new(known.max(floor)));
-                // The count lives as long as the task that reads it, which ends with the
-                // last handle (the channel closes): so does the recount.
-                tokio::spawn(recount(sentinels, floor, Arc::downgrade(&required)));
-                required
-            }
-        };
+        // The count (and under Sentinel its recount) lives as long as the task that reads
+        // it, which ends with the last handle (the channel closes).
         tokio::spawn(confirm_in_groups(
             socket.clone(),
             fence,
@@ -143,48 +106,10 @@ impl Replication {
     }
 }
 
-/// Counts the replicas the Sentinels know each second, for as long as a handle lives: more
-/// apply at once, fewer once `FEWER_AFTER_RECOUNTS` counts in a row find fewer. A count
-/// that cannot be read leaves the last one in force.
-async fn recount(sentinels: RedisArgs, floor: u32, required: Weak<AtomicU32>) {
-    let mut unreadable = false;
-    let mut fewer_found = 0;
-    loop {
-        tokio::time::sleep(REPLICAS_RECOUNT).await;
-        let Some(required) = required.upgrade() else {
-            return;
-        };
-        match sentinels.replicas_the_sentinels_know().await {
-            Ok(Some(known)) => {
-                unreadable = false;
-                let counted = floor.max(known);
-                let before = required.load(Ordering::Relaxed);
-                fewer_found = if counted < before { fewer_found + 1 } else { 0 };
-                if counted > before || fewer_found >= FEWER_AFTER_RECOUNTS {
-                    fewer_found = 0;
-                    required.store(counted, Ordering::Relaxed);
-                    tracing::info!(
-                        before,
-                        now = counted,
-                        "the replicas the Sentinels know changed; every yes waits for them all"
-                    );
-                }
-            }
-            Ok(None) => return,
-            Err(err) => {
-                if !unreadable {
-                    tracing::warn!(error = %err, "cannot count the replicas the Sentinels know; the last count stands");
-                }
-                unreadable = true;
-            }
-        }
-    }
-}
-
 async fn confirm_in_groups(
     socket: Arc<Socket>,
     fence: String,
-    required: Arc<AtomicU32>,
+    required: Required,
     timeout: Duration,
     mut waiting: mpsc::UnboundedReceiver<Asker>,
 ) {
@@ -193,7 +118,7 @@ async fn confirm_in_groups(
         while let Ok(next) = waiting.try_recv() {
             group.push(next);
         }
-        let min = required.load(Ordering::Relaxed);
+        let min = required.count();
         let confirmed: Result<(u64, u32), String> = async {
             let mut bound = socket.get().await.map_err(|err| err.to_string())?;
             let (_, count): (i64, u32) = redis::pipe()

@@ -57,6 +57,25 @@ async fn wins(env: &TestEnv, coupon: i64, user: i64) {
     assert!(matches!(status, 201 | 409), "user {user}: {status} {body}");
 }
 
+/// A connection to the node on `port` itself, whatever its role.
+async fn node(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Whether the node on `port` has `user` among `coupon`'s holders.
+async fn holds(env: &TestEnv, port: u16, coupon: i64, user: i64) -> bool {
+    redis::cmd("SISMEMBER")
+        .arg(env.keys(coupon).issued)
+        .arg(user)
+        .query_async(&mut node(port).await)
+        .await
+        .unwrap()
+}
+
 async fn primary_killed_under_a_sale(queue: QueueKind) {
     let Replicated {
         dir,
@@ -171,7 +190,7 @@ async fn a_primary_cut_off_from_its_peers_is_left_for_the_new_one() {
         "6 of 6 sold {:.1} s after the heal ({new} elected)",
         healed.elapsed().as_secs_f64()
     );
-    topology.await_replica(primary).await.unwrap();
+    topology.await_replica_of(primary, new).await.unwrap();
     assert_eq!(env.issue_retrying(coupon, 7).await.0, 410);
     assert_eq!(
         env.rows_when_settled(coupon, 6).await,
@@ -212,20 +231,8 @@ async fn a_yes_only_the_replica_on_the_old_primarys_side_confirmed_is_never_give
     // The Sentinels take a second (down-after-milliseconds) to find the old primary gone,
     // and longer to elect another: the API is still on the old one, as this checks.
     let (during, body) = env.issue(coupon, 3).await;
-    let on_old: bool = redis::cmd("SISMEMBER")
-        .arg(env.keys(coupon).issued)
-        .arg(3)
-        .query_async(
-            &mut redis::Client::open(format!("redis://127.0.0.1:{primary}"))
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap(),
-        )
-        .await
-        .unwrap();
     assert!(
-        on_old,
+        holds(&env, primary, coupon, 3).await,
         "user 3's admission did not reach the old primary: {during} {body}"
     );
     if during == 201 {
@@ -234,7 +241,7 @@ async fn a_yes_only_the_replica_on_the_old_primarys_side_confirmed_is_never_give
 
     let new = topology.await_failover_from(primary).await.unwrap();
     topology.heal(primary, Some(kept)).unwrap();
-    topology.await_replica(primary).await.unwrap();
+    topology.await_replica_of(primary, new).await.unwrap();
     topology.await_replicas().await.unwrap();
     env.start_worker(500).await;
     for user in 4..=6 {
@@ -260,8 +267,155 @@ async fn a_yes_only_the_replica_on_the_old_primarys_side_confirmed_is_never_give
         panic!("an API waiting for 3 replicas of 2 started");
     };
     assert!(
-        format!("{refused:#}").contains("no admission could ever be confirmed"),
+        format!("{refused:#}").contains("no write could ever be confirmed"),
         "{refused:#}"
+    );
+    env.shutdown().await;
+    drop(topology);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// How long a worker gets to read an entry twice (read, and claimed back after
+/// `--claim-idle-ms`), or to start persisting it.
+const READS_IT_TWICE: Duration = Duration::from_secs(30);
+
+/// Sessions of the test's database waiting for a lock.
+async fn waiting_for_a_lock(env: &TestEnv) -> i64 {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .get_result::<Waiting>(&mut env.pg().await)
+    .await
+    .unwrap()
+    .n
+}
+
+/// The Redis queue mode's worker left with a primary cut off from the Sentinels and one
+/// replica (its socket there never broke; here, a plain URL naming that node). The old
+/// primary's stream has an entry the API answered 503 (only the replica on its side
+/// confirmed it), which the promoted node never got. Once that replica is re-pointed to the
+/// promoted node, that node takes writes, and its rebuild counts the slot free and sells it
+/// again. A worker that took the entry before and persisted it after that rebuild (here its
+/// insert waits on the coupon's row, which the test holds locked meanwhile) takes the slot
+/// of a user told yes, whose event the database guard then refuses. So a worker persists an
+/// entry only once every replica has it (a WAIT on the read's own socket), and the one left
+/// behind takes nothing.
+#[actix_web::test]
+async fn a_worker_left_with_the_cut_off_primary_persists_nothing_the_new_one_lacks() {
+    use diesel_async::RunQueryDsl;
+    let Replicated {
+        dir,
+        topology,
+        primary,
+        mut env,
+    } = Replicated::start(QueueKind::Redis).await;
+    let coupon = env.coupon_with_quantity(2).await;
+    wins(&env, coupon, 1).await;
+    assert_eq!(env.rows_when_settled(coupon, 1).await, [1]);
+    env.stop_workers().await;
+
+    let kept = topology.replica_of(primary).unwrap();
+    topology.split(primary, Some(kept)).unwrap();
+    let (status, body) = env.issue(coupon, 2).await;
+    assert_eq!(status, 503, "user 2 on the cut-off primary: {body}");
+    assert!(holds(&env, primary, coupon, 2).await);
+
+    // The worker left behind reads user 2's entry, and either starts persisting it (and
+    // waits on the coupon's row) or, unconfirmed, leaves it pending until it claims it back.
+    let mut holder = env.pg().await;
+    diesel::sql_query("BEGIN").execute(&mut holder).await.unwrap();
+    diesel::sql_query(format!("SELECT 1 FROM coupons WHERE id = {coupon} FOR UPDATE"))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut left_behind: Vec<String> = env
+        .worker_args(500)
+        .into_iter()
+        .filter(|arg| !arg.starts_with("--redis-sentinel") && !arg.starts_with("--redis-url="))
+        .collect();
+    left_behind.extend([
+        format!("--redis-url=redis://127.0.0.1:{primary}"),
+        "--redis-min-replicas=2".to_owned(),
+    ]);
+    env.start_worker_with(left_behind).await;
+    let stream = env.stream(coupon);
+    let reading = Instant::now();
+    loop {
+        assert!(
+            reading.elapsed() < READS_IT_TWICE,
+            "the worker on {primary} neither persisted nor read user 2's entry again"
+        );
+        if waiting_for_a_lock(&env).await > 0 {
+            break;
+        }
+        let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(&env.group)
+            .arg("-")
+            .arg("+")
+            .arg(10)
+            .query_async(&mut node(primary).await)
+            .await
+            .unwrap();
+        if pending.ids.iter().any(|entry| entry.times_delivered >= 2) {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The kept replica is re-pointed to the new primary, which then takes writes: the API
+    // rebuilds the coupon there, reading PostgreSQL's rows (without user 2: the worker's
+    // insert waits) before its own write to the coupon's row waits too.
+    let new = topology.await_failover_from(primary).await.unwrap();
+    topology.heal(kept, None).unwrap();
+    topology.await_replica_of(kept, new).await.unwrap();
+    let worker_waiting = waiting_for_a_lock(&env).await;
+    let mut last = None;
+    while waiting_for_a_lock(&env).await == worker_waiting {
+        assert!(
+            last.as_ref().is_none_or(|(tries, _)| *tries < 100),
+            "no rebuild on {new}: {last:?}"
+        );
+        let (status, body) = env.issue(coupon, 3).await;
+        assert_eq!(status, 503, "user 3 on {new} before its rebuild: {body}");
+        last = Some((last.map_or(1, |(tries, _)| tries + 1), body));
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The worker's insert goes first (it waited first), then the rebuild reopens the
+    // coupon with the holders it read, and admits user 3 (503 still, the old primary being
+    // a replica it waits for, but the admission stands).
+    diesel::sql_query("COMMIT").execute(&mut holder).await.unwrap();
+    let mut last = None;
+    while !holds(&env, new, coupon, 3).await {
+        assert!(
+            last.as_ref().is_none_or(|(tries, _)| *tries < 100),
+            "user 3 never admitted on {new}: {last:?}"
+        );
+        let (status, body) = env.issue(coupon, 3).await;
+        assert!(matches!(status, 503 | 201), "user 3 on {new}: {status} {body}");
+        last = Some((last.map_or(1, |(tries, _)| tries + 1), body));
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.stop_workers().await;
+
+    topology.heal(primary, None).unwrap();
+    topology.await_replica_of(primary, new).await.unwrap();
+    topology.await_replicas().await.unwrap();
+    env.start_worker(500).await;
+    wins(&env, coupon, 3).await;
+    let rows = env.rows_when_settled(coupon, 2).await;
+    assert_eq!(
+        rows,
+        [1, 3],
+        "user 3, told yes on {new}, must hold the second slot, not user 2 (told 503 on \
+         {primary})"
     );
     env.shutdown().await;
     drop(topology);

@@ -186,24 +186,28 @@ impl SentinelTopology {
         self.script(&partition_args("heal", port, keep))
     }
 
-    /// Waits until the node on `port` is a replica (the Sentinels demoted it). A new
-    /// connection each time: demoting a node, the Sentinels drop its clients.
-    pub async fn await_replica(&self, port: u16) -> anyhow::Result<()> {
+    /// Waits until the node on `port` replicates from `primary`, linked (the Sentinels
+    /// demoted or re-pointed it). A new connection each time: demoting a node, the
+    /// Sentinels drop its clients.
+    pub async fn await_replica_of(&self, port: u16, primary: u16) -> anyhow::Result<()> {
         let deadline = Instant::now() + FAILOVER_PATIENCE;
         loop {
             let role = async {
                 let mut con = connect(port).await?;
+                // A replica's: ("slave", host, primary's port, link state, offset).
                 redis::cmd("ROLE")
-                    .query_async::<Vec<redis::Value>>(&mut con)
+                    .query_async::<(String, String, u16, String, i64)>(&mut con)
                     .await
             };
-            if let Ok(role) = role.await
-                && matches!(role.first(), Some(redis::Value::BulkString(name)) if name == b"slave")
+            if let Ok((role, _, following, link, _)) = role.await
+                && role == "slave"
+                && following == primary
+                && link == "connected"
             {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{port} is still a primary after {FAILOVER_PATIENCE:?}");
+                bail!("{port} does not replicate from {primary} after {FAILOVER_PATIENCE:?}");
             }
             actix_rt::time::sleep(Duration::from_millis(100)).await;
         }

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use coupon_core::config::{
-    DatabaseArgs, KafkaArgs, RedisArgs, SHARED_SECRETS, parse_refusing_secrets,
+    DatabaseArgs, KafkaArgs, RedisArgs, ReplicaArgs, SHARED_SECRETS, parse_refusing_secrets,
 };
 use coupon_core::db::failed_events::Status;
 use coupon_core::domain::QueueKind;
@@ -54,6 +54,8 @@ pub struct Config {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
+    #[command(flatten)]
+    pub replicas: ReplicaArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]

@@ -1,7 +1,8 @@
 //! Everything that speaks to Redis: the key layout (`keys`), the connection that follows
 //! the primary (`connection`), the function library and scripts loaded in one place
 //! (`library`, `scripts/`), and the protocols built on them: admission, the epoch stamp,
-//! Kafka mode's write-ahead ledger, and the registry of coupons the workers serve.
+//! Kafka mode's write-ahead ledger, the registry of coupons the workers serve, and the
+//! replicas a write must reach before it counts.
 
 pub mod admission;
 pub mod connection;
@@ -12,3 +13,4 @@ pub mod keys;
 pub mod ledger;
 pub mod library;
 pub mod registry;
+pub mod replicas;

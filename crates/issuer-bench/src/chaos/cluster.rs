@@ -259,7 +259,7 @@ impl Cluster {
         }
         topology.heal(old, Some(kept))?;
         let new = elected?;
-        topology.await_replica(old).await?;
+        topology.await_replica_of(old, new).await?;
         topology.await_replicas().await?;
         Ok((old, kept, new))
     }

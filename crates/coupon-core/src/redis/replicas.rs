@@ -1,0 +1,147 @@
+//! How many Redis replicas must have a write before it counts: before the API answers an
+//! admission (`issuer-api`'s `replication`), and before the Redis queue mode's worker
+//! persists a stream entry (`issuer-worker`'s `stream_queue::confirm`).
+//!
+//! Behind a plain URL it is REDIS_MIN_REPLICAS. Under Sentinel it is every replica the
+//! Sentinels know, counted again each second, never fewer than REDIS_MIN_REPLICAS: Sentinel
+//! may promote any of them, and a partition can leave one replicating from the old primary,
+//! confirming writes the promoted one never gets. A replica added while a process runs is
+//! waited for from the next count on; one forgotten with SENTINEL RESET no longer is, once
+//! ten counts in a row agree.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::RedisError;
+
+/// How often the replicas the Sentinels know are counted again.
+const RECOUNT: Duration = Duration::from_secs(1);
+/// Recounts in a row that must find fewer replicas before fewer are waited for: a Sentinel
+/// just restarted, or mid-failover, may list fewer than can be promoted, and waiting for
+/// one replica too many only costs a 503 (or a later write to PostgreSQL) meanwhile.
+const FEWER_AFTER_RECOUNTS: u32 = 10;
+
+/// The Sentinels watching one master.
+#[derive(Clone)]
+pub struct Sentinels {
+    /// `host:port` of each.
+    pub addresses: Vec<String>,
+    pub master: String,
+    /// Bounds each Sentinel's connect and answer.
+    pub timeout: Duration,
+}
+
+impl Sentinels {
+    /// How many replicas the Sentinels know for the master (down ones included: they may
+    /// come back and be promoted): the most any Sentinel that answers lists, since one just
+    /// reset or behind on gossip lists fewer. An error only if none answers.
+    pub async fn known_replicas(&self) -> Result<u32, RedisError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let (mut most, mut last) = (None, None);
+        for address in &self.addresses {
+            let asked = async {
+                let mut sentinel = redis::Client::open(format!("redis://{address}"))?
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                redis::cmd("SENTINEL")
+                    .arg("REPLICAS")
+                    .arg(&self.master)
+                    .query_async::<Vec<redis::Value>>(&mut sentinel)
+                    .await
+            };
+            match asked.await {
+                Ok(replicas) => {
+                    most = most.max(Some(u32::try_from(replicas.len()).unwrap_or(u32::MAX)));
+                }
+                Err(err) => last = Some(err),
+            }
+        }
+        match (most, last) {
+            (Some(most), _) => Ok(most),
+            (None, Some(err)) => Err(err),
+            (None, None) => Err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "no Sentinel given",
+            ))),
+        }
+    }
+}
+
+/// Which replicas each WAIT waits for.
+pub enum Replicas {
+    /// A fixed number (REDIS_MIN_REPLICAS, behind a plain URL).
+    Fixed(u32),
+    /// Every replica the Sentinels know (`known` at start), counted again each second,
+    /// never fewer than `floor` (REDIS_MIN_REPLICAS).
+    Sentinels {
+        known: u32,
+        floor: u32,
+        sentinels: Sentinels,
+    },
+}
+
+/// The number of replicas each WAIT waits for now. Under Sentinel a task counts them again
+/// each second for as long as a handle lives.
+#[derive(Clone)]
+pub struct Required(Arc<AtomicU32>);
+
+impl Required {
+    pub fn start(replicas: Replicas) -> Self {
+        match replicas {
+            Replicas::Fixed(count) => Self(Arc::new(AtomicU32::new(count))),
+            Replicas::Sentinels {
+                known,
+                floor,
+                sentinels,
+            } => {
+                let count = Arc::new(AtomicU32::new(known.max(floor)));
+                tokio::spawn(recount(sentinels, floor, Arc::downgrade(&count)));
+                Self(count)
+            }
+        }
+    }
+
+    pub fn count(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// More replicas apply at once, fewer once `FEWER_AFTER_RECOUNTS` counts in a row find
+/// fewer. A count that cannot be read leaves the last one in force.
+async fn recount(sentinels: Sentinels, floor: u32, required: Weak<AtomicU32>) {
+    let mut unreadable = false;
+    let mut fewer_found = 0;
+    loop {
+        tokio::time::sleep(RECOUNT).await;
+        let Some(required) = required.upgrade() else {
+            return;
+        };
+        match sentinels.known_replicas().await {
+            Ok(known) => {
+                unreadable = false;
+                let counted = floor.max(known);
+                let before = required.load(Ordering::Relaxed);
+                fewer_found = if counted < before { fewer_found + 1 } else { 0 };
+                if counted > before || fewer_found >= FEWER_AFTER_RECOUNTS {
+                    fewer_found = 0;
+                    required.store(counted, Ordering::Relaxed);
+                    tracing::info!(
+                        before,
+                        now = counted,
+                        "the replicas the Sentinels know changed; every write that must be \
+                         confirmed waits for them all"
+                    );
+                }
+            }
+            Err(err) => {
+                if !unreadable {
+                    tracing::warn!(error = %err, "cannot count the replicas the Sentinels know; the last count stands");
+                }
+                unreadable = true;
+            }
+        }
+    }
+}
