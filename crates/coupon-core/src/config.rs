@@ -231,7 +231,11 @@ pub enum ReplicaSetupError {
         "REDIS_MIN_REPLICAS is {floor} but the Sentinels know only {known} replicas of \
          {master}: no write could ever be confirmed"
     )]
-    MoreThanKnown { floor: u32, known: u32, master: String },
+    MoreThanKnown {
+        floor: u32,
+        known: u32,
+        master: String,
+    },
     #[error(
         "REDIS_REPLICA_TIMEOUT_MS must be above 0 where replicas confirm (REDIS_MIN_REPLICAS, \
          or Sentinel): WAIT with a timeout of 0 blocks until the replicas answer, holding \

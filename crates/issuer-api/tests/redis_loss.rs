@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use coupon_core::domain::QueueKind;
 use coupon_core::redis::connection::{Socket, Target};
-use issuer_api::replication::{Replicas, Replication};
+use coupon_core::redis::replicas::{Replicas, Required};
+use issuer_api::replication::Replication;
 use issuer_bench::proxy::CuttableProxy;
 use issuer_bench::redis_server::RedisServer;
 use redis::AsyncCommands;
@@ -357,7 +358,7 @@ async fn a_wait_on_a_connection_made_after_the_write_confirms_nothing() {
     let replication = Replication::start(
         Socket::new(Target::Url(client), Duration::from_secs(2)),
         "fence".to_owned(),
-        Replicas::Fixed(1),
+        Required::start(Replicas::Fixed(1)),
         Duration::from_millis(500),
     );
     let mut written = replication.connection().await.unwrap();

@@ -330,11 +330,16 @@ async fn a_worker_left_with_the_cut_off_primary_persists_nothing_the_new_one_lac
     // The worker left behind reads user 2's entry, and either starts persisting it (and
     // waits on the coupon's row) or, unconfirmed, leaves it pending until it claims it back.
     let mut holder = env.pg().await;
-    diesel::sql_query("BEGIN").execute(&mut holder).await.unwrap();
-    diesel::sql_query(format!("SELECT 1 FROM coupons WHERE id = {coupon} FOR UPDATE"))
+    diesel::sql_query("BEGIN")
         .execute(&mut holder)
         .await
         .unwrap();
+    diesel::sql_query(format!(
+        "SELECT 1 FROM coupons WHERE id = {coupon} FOR UPDATE"
+    ))
+    .execute(&mut holder)
+    .await
+    .unwrap();
     let mut left_behind: Vec<String> = env
         .worker_args(500)
         .into_iter()
@@ -391,7 +396,10 @@ async fn a_worker_left_with_the_cut_off_primary_persists_nothing_the_new_one_lac
     // The worker's insert goes first (it waited first), then the rebuild reopens the
     // coupon with the holders it read, and admits user 3 (503 still, the old primary being
     // a replica it waits for, but the admission stands).
-    diesel::sql_query("COMMIT").execute(&mut holder).await.unwrap();
+    diesel::sql_query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .unwrap();
     let mut last = None;
     while !holds(&env, new, coupon, 3).await {
         assert!(
@@ -399,7 +407,10 @@ async fn a_worker_left_with_the_cut_off_primary_persists_nothing_the_new_one_lac
             "user 3 never admitted on {new}: {last:?}"
         );
         let (status, body) = env.issue(coupon, 3).await;
-        assert!(matches!(status, 503 | 201), "user 3 on {new}: {status} {body}");
+        assert!(
+            matches!(status, 503 | 201),
+            "user 3 on {new}: {status} {body}"
+        );
         last = Some((last.map_or(1, |(tries, _)| tries + 1), body));
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     }

@@ -63,7 +63,12 @@ impl Worker {
                 &config.group_id,
                 config.instance_id.as_deref(),
             )?),
-            QueueKind::Redis => Queue::Redis(Box::new(StreamQueue::connect(&config).await?)),
+            QueueKind::Redis => {
+                // Under Sentinel, or with REDIS_MIN_REPLICAS, an entry is persisted only
+                // once the replicas have it (`stream_queue::confirm`).
+                let required = config.replicas.required(&config.redis).await?;
+                Queue::Redis(Box::new(StreamQueue::connect(&config, required).await?))
+            }
         };
         let metrics = Arc::new(Metrics::default());
         let ops = match config.metrics_listen {

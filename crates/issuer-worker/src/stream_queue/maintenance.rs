@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use coupon_core::redis::keys::CouponKeys;
+use redis::streams::StreamAutoClaimReply;
 use redis::{AsyncCommands, RedisError};
 use tokio::time::Instant;
 
+use super::confirm::Read;
 use super::{EntryIds, MAINTENANCE_INTERVAL, StreamQueue, take_entry};
 use crate::queue::Batch;
 use crate::stream_trim;
@@ -65,22 +67,42 @@ impl StreamQueue {
         batch: &mut Batch<EntryIds>,
         count: usize,
     ) -> Result<(), RedisError> {
-        let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        let mut autoclaim = redis::cmd("XAUTOCLAIM");
+        autoclaim
             .arg(stream)
             .arg(&self.group)
             .arg(&self.consumer)
             .arg(self.claim_idle.as_millis() as u64)
             .arg("0-0")
             .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.commands.clone())
-            .await?;
-        if !reply.claimed.is_empty() {
-            tracing::info!(%stream, entries = reply.claimed.len(), "claimed entries a silent consumer held");
-        }
-        for entry in &reply.claimed {
-            take_entry(batch, stream, entry);
-        }
+            .arg(count);
+        let reply = match self
+            .read::<StreamAutoClaimReply>(&self.commands, autoclaim)
+            .await?
+        {
+            Read::Confirmed(reply) => {
+                if !reply.claimed.is_empty() {
+                    tracing::info!(%stream, entries = reply.claimed.len(), "claimed entries a silent consumer held");
+                }
+                for entry in &reply.claimed {
+                    take_entry(batch, stream, entry);
+                }
+                reply
+            }
+            Read::Unconfirmed {
+                reply,
+                confirmed,
+                required,
+            } => {
+                if !reply.claimed.is_empty() {
+                    tracing::warn!(
+                        %stream, entries = reply.claimed.len(), confirmed, required,
+                        "claimed entries not confirmed by the replicas: left pending, to be claimed again"
+                    );
+                }
+                reply
+            }
+        };
         if !reply.deleted_ids.is_empty() {
             // Pending but gone from the stream: nothing left to persist.
             let _: i64 = self

@@ -13,10 +13,14 @@
 //!   keys; a newly registered coupon wakes a blocked reader through the registry stream. A
 //!   coupon whose admission is over and whose entries are all acknowledged leaves the
 //!   registry (`coupon_core::redis::registry`), and so every worker's reads.
+//! - Where replicas must confirm writes (REDIS_MIN_REPLICAS, or Sentinel), an entry is
+//!   persisted only once they have it (`confirm`): a worker left with a replaced primary
+//!   persists nothing the promoted one lacks.
 //! - A consumer is removed from the group only when it holds nothing: this worker at
 //!   shutdown, and others once silent for `claim_idle` with nothing left to claim, so the
 //!   names of past workers do not pile up.
 
+mod confirm;
 mod maintenance;
 mod streams;
 
@@ -32,15 +36,17 @@ use coupon_core::event::IssueEvent;
 use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::registry::{Registration, Registry};
+use coupon_core::redis::replicas::Required;
 use coupon_core::trace_context::{self, TraceParent};
 
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, RedisError};
+use redis::{AsyncCommands, FromRedisValue, RedisError};
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::queue::{Batch, Consumed, IssueQueue, QueueError};
+use confirm::{Confirmation, Read};
 
 /// Longest one read blocks on the server: also how soon a reader notices shutdown, and a
 /// coupon registered while another worker was woken instead.
@@ -64,6 +70,8 @@ pub struct StreamQueue {
     consumer: String,
     claim_idle: Duration,
     forget_consumer: redis::Script,
+    /// Set where replicas must confirm an entry before it is persisted.
+    confirmation: Option<Confirmation>,
     state: Mutex<State>,
 }
 
@@ -80,7 +88,11 @@ struct State {
 }
 
 impl StreamQueue {
-    pub async fn connect(config: &Config) -> Result<Self, RedisSetupError> {
+    /// `required`: the replicas that must have an entry before it is persisted, if any.
+    pub async fn connect(
+        config: &Config,
+        required: Option<Required>,
+    ) -> Result<Self, RedisSetupError> {
         let prefix = &config.redis.redis_key_prefix;
         let queue = Self {
             reader: config.redis.connect_blocking(READ_BLOCK).await?,
@@ -95,6 +107,11 @@ impl StreamQueue {
                 .unwrap_or_else(|| format!("worker-{}", uuid::Uuid::new_v4().simple())),
             claim_idle: Duration::from_millis(config.claim_idle_ms),
             forget_consumer: redis::Script::new(include_str!("../scripts/forget_consumer.lua")),
+            confirmation: required.map(|required| Confirmation {
+                required,
+                fence: CouponKeys::replication_fence(prefix),
+                timeout: config.replicas.timeout(),
+            }),
             state: Mutex::new(State {
                 ready: BTreeSet::new(),
                 streams: Vec::new(),
@@ -107,14 +124,27 @@ impl StreamQueue {
         Ok(queue)
     }
 
+    /// Sends `read` on `connection`, confirmed by the replicas where they must confirm.
+    async fn read<T: FromRedisValue>(
+        &self,
+        connection: &RedisConnection,
+        read: redis::Cmd,
+    ) -> Result<Read<T>, RedisError> {
+        let mut connection = connection.clone();
+        match &self.confirmation {
+            Some(confirmation) => confirmation.read(&mut connection, read).await,
+            None => Ok(Read::Confirmed(read.query_async(&mut connection).await?)),
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // Only this worker's one task touches it; a poisoned lock still holds valid data.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the entries of `reply` into the batch; the registry stream's only wake the
-    /// reader and are acknowledged at once.
-    async fn take(&self, reply: StreamReadReply, batch: &mut Batch<EntryIds>) {
+    /// Takes the entries of `reply` into the batch, if the replicas `confirmed` them; the
+    /// registry stream's only wake the reader and are acknowledged at once.
+    async fn take(&self, reply: StreamReadReply, confirmed: bool, batch: &mut Batch<EntryIds>) {
         for key in reply.keys {
             if key.key == self.registry_stream {
                 self.refresh_streams();
@@ -127,6 +157,13 @@ impl StreamQueue {
                 if let Err(err) = acked {
                     tracing::debug!(error = %err, "registry wake-up not acknowledged; harmless");
                 }
+                continue;
+            }
+            if !confirmed {
+                tracing::warn!(
+                    stream = %key.key, entries = key.ids.len(),
+                    "entries read but not confirmed by the replicas: left pending, to be claimed again"
+                );
                 continue;
             }
             for entry in &key.ids {
@@ -211,14 +248,24 @@ impl IssueQueue for StreamQueue {
                 .group(&self.group, &self.consumer)
                 .count(size - batch.len)
                 .block(block.as_millis().max(1) as usize);
-            let read: Result<Option<StreamReadReply>, RedisError> = self
-                .reader
-                .clone()
-                .xread_options(&streams, &ids, &options)
+            let read: Result<Read<Option<StreamReadReply>>, RedisError> = self
+                .read(
+                    &self.reader,
+                    redis::Cmd::xread_options(&streams, &ids, &options),
+                )
                 .await;
             match read {
-                Ok(Some(reply)) => self.take(reply, &mut batch).await,
-                Ok(None) => {}
+                Ok(Read::Confirmed(Some(reply))) => self.take(reply, true, &mut batch).await,
+                Ok(Read::Unconfirmed {
+                    reply: Some(reply),
+                    confirmed,
+                    required,
+                }) => {
+                    tracing::debug!(confirmed, required, "a read the replicas did not confirm");
+                    self.take(reply, false, &mut batch).await;
+                    sleep(ERROR_PAUSE).await;
+                }
+                Ok(Read::Confirmed(None) | Read::Unconfirmed { reply: None, .. }) => {}
                 Err(err) => {
                     if err.code() == Some("NOGROUP") {
                         // Redis lost the groups (restarted empty): create them again.
