@@ -732,12 +732,8 @@ const KAFKA_PLAIN: Setup = Setup {
     failback: true,
     worker_split: false,
 };
-/// The Redis queue mode, where the stream is the queue: replicas required. No failback:
-/// an endpoint moved back to the old primary after a split brain brings back the stream
-/// entries it took while cut off (never confirmed, never answered 201), which the workers
-/// then persist; with a failback this run finds that oversell (left open, README "What is
-/// not true"). Sentinel never fails back that way: it makes the old primary a replica of the
-/// new one first, which discards what it took alone.
+/// The Redis queue mode, where the stream is the queue: replicas required; the partition
+/// heals, and A rejoins as B's replica.
 const STREAM_REPLICATED: Setup = Setup {
     queue: Queue::Stream,
     confirm: true,
@@ -746,7 +742,15 @@ const STREAM_REPLICATED: Setup = Setup {
     worker_split: false,
 };
 
-/// The same, with the worker cut off with A until the partition heals.
+/// The same, with the endpoint moved back to A, never demoted, instead. A's stream then
+/// holds entries it took while cut off (never confirmed, never answered 201); the workers
+/// leave them, since no replica confirms them.
+const STREAM_FAILED_BACK: Setup = Setup {
+    failback: true,
+    ..STREAM_REPLICATED
+};
+
+/// The same as the first, with the worker cut off with A until the partition heals.
 const STREAM_WORKER_LEFT_BEHIND: Setup = Setup {
     worker_split: true,
     ..STREAM_REPLICATED
@@ -762,6 +766,7 @@ fn every_reachable_state_keeps_every_invariant() {
         KAFKA_REPLICATED,
         KAFKA_PLAIN,
         STREAM_REPLICATED,
+        STREAM_FAILED_BACK,
         STREAM_WORKER_LEFT_BEHIND,
     ] {
         let (explored, violation) = check(&model(Bug::None, setup));
@@ -825,6 +830,11 @@ fn a_worker_persisting_unconfirmed_entries_is_found() {
     // persists X; B sells the stock again, and its winner is set aside.
     finds(
         &model(Bug::WorkerTakesUnconfirmed, STREAM_WORKER_LEFT_BEHIND),
+        "no oversell",
+    );
+    // The endpoint moved back to A: the worker there persists what A took alone.
+    finds(
+        &model(Bug::WorkerTakesUnconfirmed, STREAM_FAILED_BACK),
         "no oversell",
     );
 }
