@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use coupon_core::domain::QueueKind;
 use coupon_core::redis::connection::{Socket, Target};
+use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::replicas::{Replicas, Required};
+use diesel_async::RunQueryDsl;
 use issuer_api::replication::Replication;
 use issuer_bench::proxy::CuttableProxy;
 use issuer_bench::redis_server::RedisServer;
@@ -266,17 +268,10 @@ async fn a_failback_to_the_old_primary_admits_nobody_on_its_stale_state() {
 #[actix_web::test]
 async fn an_admission_is_answered_only_once_the_replica_has_it() {
     let mut redis = Replicated::start("wait").await;
-    let url = format!("--redis-url={}", redis.primary.url());
-    let args = [
-        url.as_str(),
-        "--redis-min-replicas=1",
-        "--redis-replica-timeout-ms=300",
-    ];
-    let env = TestEnv::start_with_args(QueueKind::Redis, &support::brokers(), 1, &args).await;
+    let env = confirming(&mut redis, 1).await;
     let coupon = env.coupon_with_quantity(5).await;
     let issued = env.keys(coupon).issued;
     let stream = env.stream(coupon);
-    redis.synced().await;
     for user in [1, 2] {
         assert_eq!(env.issue(coupon, user).await.0, 201);
         let on_it: bool = redis::cmd("SISMEMBER")
@@ -309,6 +304,95 @@ async fn an_admission_is_answered_only_once_the_replica_has_it() {
         "the admission stood; once confirmed it is theirs"
     );
     assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
+    env.shutdown().await;
+    redis.stop();
+}
+
+/// The test's services with REDIS_MIN_REPLICAS=1 on `redis`, in the Redis queue mode: the
+/// workers persist an entry only once the replica has it.
+async fn confirming(redis: &mut Replicated, workers: usize) -> TestEnv {
+    let url = format!("--redis-url={}", redis.primary.url());
+    let args = [
+        url.as_str(),
+        "--redis-min-replicas=1",
+        "--redis-replica-timeout-ms=300",
+    ];
+    let env = TestEnv::start_with_args(QueueKind::Redis, &support::brokers(), workers, &args).await;
+    redis.synced().await;
+    env
+}
+
+/// A worker whose reads the replicas confirm (each read pipelined with a fence write and a
+/// WAIT) still finds its consumer groups again when Redis lost them: NOGROUP comes back as
+/// one of the pipeline's errors, which carry no code of their own.
+#[actix_web::test]
+async fn a_confirming_worker_recreates_lost_consumer_groups() {
+    let mut redis = Replicated::start("groups").await;
+    let env = confirming(&mut redis, 1).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    assert_eq!(env.rows_when_settled(coupon, 1).await, [1]);
+
+    let mut primary = redis::Client::open(redis.primary.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for stream in [
+        CouponKeys::registry_stream(&env.redis_prefix),
+        env.stream(coupon),
+    ] {
+        let _: i64 = redis::cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(&stream)
+            .arg(&env.group)
+            .query_async(&mut primary)
+            .await
+            .unwrap();
+    }
+    assert_eq!(env.issue(coupon, 2).await.0, 201);
+    assert_eq!(env.rows_when_settled(coupon, 2).await, [1, 2]);
+    env.shutdown().await;
+    redis.stop();
+}
+
+/// A Redis full to `maxmemory` (under `noeviction`) refuses writes that allocate: the
+/// workers must still drain the streams that filled it. Forced: the worker is held in its
+/// insert (the coupon's row locked) while user 2 is admitted and Redis fills; its next read
+/// comes after, with the fence write a full Redis would refuse if it allocated.
+#[actix_web::test]
+async fn a_confirming_worker_drains_a_full_redis() {
+    let mut redis = Replicated::start("full").await;
+    let env = confirming(&mut redis, 1).await;
+    let coupon = env.coupon_with_quantity(5).await;
+    let mut holder = env.lock_coupon_row(coupon).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    while env.waiting_for_a_lock().await == 0 {
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(env.issue(coupon, 2).await.0, 201);
+    let mut primary = redis::Client::open(redis.primary.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let full = |bytes: u64| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .to_owned()
+    };
+    let () = full(1).query_async(&mut primary).await.unwrap();
+    support::assert_unavailable(&env.issue(coupon, 3).await);
+
+    diesel::sql_query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let rows = env.rows_when_settled(coupon, 2).await;
+    let () = full(0).query_async(&mut primary).await.unwrap();
+    assert_eq!(rows, [1, 2], "the worker did not drain the full Redis");
     env.shutdown().await;
     redis.stop();
 }

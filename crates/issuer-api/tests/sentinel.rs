@@ -279,24 +279,6 @@ async fn a_yes_only_the_replica_on_the_old_primarys_side_confirmed_is_never_give
 /// `--claim-idle-ms`), or to start persisting it.
 const READS_IT_TWICE: Duration = Duration::from_secs(30);
 
-/// Sessions of the test's database waiting for a lock.
-async fn waiting_for_a_lock(env: &TestEnv) -> i64 {
-    use diesel_async::RunQueryDsl;
-    #[derive(diesel::QueryableByName)]
-    struct Waiting {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    diesel::sql_query(
-        "SELECT count(*) AS n FROM pg_stat_activity \
-         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    )
-    .get_result::<Waiting>(&mut env.pg().await)
-    .await
-    .unwrap()
-    .n
-}
-
 /// The Redis queue mode's worker left with a primary cut off from the Sentinels and one
 /// replica (its socket there never broke; here, a plain URL naming that node). The old
 /// primary's stream has an entry the API answered 503 (only the replica on its side
@@ -329,17 +311,7 @@ async fn a_worker_left_with_the_cut_off_primary_persists_nothing_the_new_one_lac
 
     // The worker left behind reads user 2's entry, and either starts persisting it (and
     // waits on the coupon's row) or, unconfirmed, leaves it pending until it claims it back.
-    let mut holder = env.pg().await;
-    diesel::sql_query("BEGIN")
-        .execute(&mut holder)
-        .await
-        .unwrap();
-    diesel::sql_query(format!(
-        "SELECT 1 FROM coupons WHERE id = {coupon} FOR UPDATE"
-    ))
-    .execute(&mut holder)
-    .await
-    .unwrap();
+    let mut holder = env.lock_coupon_row(coupon).await;
     let mut left_behind: Vec<String> = env
         .worker_args(500)
         .into_iter()
@@ -357,7 +329,7 @@ async fn a_worker_left_with_the_cut_off_primary_persists_nothing_the_new_one_lac
             reading.elapsed() < READS_IT_TWICE,
             "the worker on {primary} neither persisted nor read user 2's entry again"
         );
-        if waiting_for_a_lock(&env).await > 0 {
+        if env.waiting_for_a_lock().await > 0 {
             break;
         }
         let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
@@ -381,9 +353,9 @@ async fn a_worker_left_with_the_cut_off_primary_persists_nothing_the_new_one_lac
     let new = topology.await_failover_from(primary).await.unwrap();
     topology.heal(kept, None).unwrap();
     topology.await_replica_of(kept, new).await.unwrap();
-    let worker_waiting = waiting_for_a_lock(&env).await;
+    let worker_waiting = env.waiting_for_a_lock().await;
     let mut last = None;
-    while waiting_for_a_lock(&env).await == worker_waiting {
+    while env.waiting_for_a_lock().await == worker_waiting {
         assert!(
             last.as_ref().is_none_or(|(tries, _)| *tries < 100),
             "no rebuild on {new}: {last:?}"

@@ -54,8 +54,8 @@ pub struct TestEnv {
     pub queue: QueueKind,
     /// The Redis the services use: `make up`'s, unless a test passed `--redis-url`.
     pub redis_url: String,
-    /// The Sentinel settings a test passed, which the workers get too.
-    sentinel_args: Vec<String>,
+    /// The Sentinel and replica settings a test passed, which the workers get too.
+    redis_args: Vec<String>,
     api_args: Vec<String>,
     api: actix_web::dev::ServerHandle,
     workers: Vec<CancellationToken>,
@@ -170,9 +170,17 @@ impl TestEnv {
                 .iter()
                 .find_map(|arg| arg.strip_prefix("--redis-url="))
                 .map_or_else(redis_url, str::to_owned),
-            sentinel_args: extra
+            redis_args: extra
                 .iter()
-                .filter(|arg| arg.starts_with("--redis-sentinel"))
+                .filter(|arg| {
+                    [
+                        "--redis-sentinel",
+                        "--redis-min-replicas",
+                        "--redis-replica-timeout",
+                    ]
+                    .iter()
+                    .any(|flag| arg.starts_with(flag))
+                })
                 .map(|arg| (*arg).to_owned())
                 .collect(),
             api_args,
@@ -208,7 +216,7 @@ impl TestEnv {
             "--claim-idle-ms=1000".into(),
         ]
         .into_iter()
-        .chain(self.sentinel_args.iter().cloned())
+        .chain(self.redis_args.iter().cloned())
         .chain([
             format!("--database-url={}", self.database_url),
             format!("--issue-topic={}", self.topic),
@@ -430,6 +438,39 @@ impl TestEnv {
             }
             actix_web::rt::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Sessions of the test's database waiting for a lock.
+    pub async fn waiting_for_a_lock(&self) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct Waiting {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .get_result::<Waiting>(&mut self.pg().await)
+        .await
+        .unwrap()
+        .n
+    }
+
+    /// Holds `coupon`'s row locked (as the worker's guarded insert locks it) until the
+    /// returned session commits.
+    pub async fn lock_coupon_row(&self, coupon: i64) -> AsyncPgConnection {
+        let mut holder = self.pg().await;
+        for statement in [
+            "BEGIN".to_owned(),
+            format!("SELECT 1 FROM coupons WHERE id = {coupon} FOR UPDATE"),
+        ] {
+            diesel::sql_query(statement)
+                .execute(&mut holder)
+                .await
+                .unwrap();
+        }
+        holder
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {

@@ -7,11 +7,17 @@
 //! slot of a user told yes, whose event the database guard then refuses.
 //!
 //! So each read (XREADGROUP, XAUTOCLAIM) is followed, in the same pipeline and so on the
-//! same socket, by a write of its own (`CouponKeys::replication_fence`) and a WAIT for the
+//! same socket, by a write of its own to `CouponKeys::replication_fence` and a WAIT for the
 //! replicas `coupon_core::redis::replicas` requires. A replica that acknowledged the fence
 //! has every write the primary applied before it, the entries just read among them. What
 //! is not confirmed is left pending under this consumer, and claimed again (and confirmed
 //! again) once idle for WORKER_CLAIM_IDLE_MS.
+//!
+//! The fence write renews the key's expiry (PEXPIRE) rather than INCR it as the API does:
+//! INCR may allocate, so a Redis full to `maxmemory` under `noeviction` refuses it, and the
+//! workers could then never drain the streams that filled it. PEXPIRE allocates nothing,
+//! and is replicated only if the key exists: when it does not (a Redis that lost
+//! everything), the read counts as unconfirmed and the key is created for the next one.
 
 use std::time::Duration;
 
@@ -37,6 +43,10 @@ pub(super) enum Read<T> {
     },
 }
 
+/// The fence key's expiry, renewed by every confirmed read: long enough never to lapse
+/// while a worker runs.
+const FENCE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl Confirmation {
     /// Sends `read`, then the fence write and the WAIT, in one pipeline on `connection`.
     pub(super) async fn read<T: FromRedisValue>(
@@ -45,15 +55,29 @@ impl Confirmation {
         read: redis::Cmd,
     ) -> Result<Read<T>, RedisError> {
         let required = self.required.count();
-        let (reply, confirmed): (T, u32) = redis::pipe()
+        let (reply, fenced, confirmed): (T, bool, u32) = redis::pipe()
             .add_command(read)
-            .incr(&self.fence, 1)
-            .ignore()
+            .pexpire(&self.fence, FENCE_TTL.as_millis() as i64)
             .cmd("WAIT")
             .arg(required)
             .arg(self.timeout.as_millis() as u64)
             .query_async(connection)
             .await?;
+        if !fenced {
+            // Nothing was replicated, so the WAIT confirmed an older write of this socket's.
+            let created: Result<i64, RedisError> = redis::cmd("INCR")
+                .arg(&self.fence)
+                .query_async(connection)
+                .await;
+            if let Err(err) = created {
+                tracing::warn!(error = %err, "cannot create the replication fence");
+            }
+            return Ok(Read::Unconfirmed {
+                reply,
+                confirmed: 0,
+                required,
+            });
+        }
         Ok(if confirmed >= required {
             Read::Confirmed(reply)
         } else {

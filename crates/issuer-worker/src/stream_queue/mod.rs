@@ -267,7 +267,7 @@ impl IssueQueue for StreamQueue {
                 }
                 Ok(Read::Confirmed(None) | Read::Unconfirmed { reply: None, .. }) => {}
                 Err(err) => {
-                    if err.code() == Some("NOGROUP") {
+                    if answered(&err, "NOGROUP") {
                         // Redis lost the groups (restarted empty): create them again.
                         self.state().ready.clear();
                         self.refresh_streams();
@@ -315,4 +315,14 @@ impl IssueQueue for StreamQueue {
         }
         Ok(())
     }
+}
+
+/// Whether Redis answered `code` (NOGROUP, say) to a command, alone or in a pipeline:
+/// redis-rs reports a pipeline's server errors together, with no code of their own.
+fn answered(err: &RedisError, code: &str) -> bool {
+    err.code() == Some(code)
+        || err
+            .clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, error)| error.code() == code))
 }
