@@ -16,16 +16,14 @@ use coupon_core::redis::admission::{AdmissionScripts, AdmitReply, RebuildLease};
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use redis::AsyncCommands;
 
-mod support;
-
-use support::redis;
+use testkit::shared_redis::{self, redis};
 
 fn coupon() -> Coupon {
-    support::coupon("epoch test", 5)
+    shared_redis::coupon("epoch test", 5)
 }
 
 fn scripts() -> AdmissionScripts {
-    AdmissionScripts::new(support::prefix(), QueueKind::Kafka)
+    AdmissionScripts::new(shared_redis::prefix(), QueueKind::Kafka)
 }
 
 /// The coupon's first load, which must write its meta.
@@ -232,7 +230,7 @@ async fn an_instance_without_the_function_library_is_given_it() {
 /// yet (started after the fault) does not admit either; it learns the one in force first.
 #[tokio::test]
 async fn a_meta_stamped_by_an_older_verification_does_not_admit() {
-    let prefix = support::prefix();
+    let prefix = shared_redis::prefix();
     let scripts = AdmissionScripts::new(prefix.clone(), QueueKind::Kafka);
     let (mut con, coupon) = (redis().await, coupon());
     let here = scripts.load_meta(&mut con, &coupon).await.unwrap().unwrap();

@@ -13,22 +13,20 @@ use coupon_core::domain::QueueKind;
 use coupon_core::domain::{Coupon, CouponId};
 use coupon_core::redis::admission::AdmissionScripts;
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
-use coupon_core::redis::intercept::{At, Intercepted, has_arg};
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::registry::{Registration, Registry};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Cmd};
+use testkit::intercept::{At, Intercepted, has_arg};
 
-mod support;
-
-use support::{prefix, redis};
+use testkit::shared_redis::{self, prefix, redis};
 
 fn coupon() -> Coupon {
     with_quantity(10)
 }
 
 fn with_quantity(total_quantity: i64) -> Coupon {
-    support::coupon("registry test", total_quantity)
+    shared_redis::coupon("registry test", total_quantity)
 }
 
 async fn registered(con: &mut MultiplexedConnection, prefix: &str, coupon: CouponId) -> bool {

@@ -1,13 +1,11 @@
 //! Failover on a three-broker Apache Kafka cluster (topic replicated 3 times, 2 in sync to
 //! acknowledge), under load: what users were told must stay true while brokers die.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use issuer_bench::kafka_cluster::KafkaCluster;
-use support::TestEnv;
+use testkit::harness::{self, TestEnv};
+use testkit::kafka_cluster::KafkaCluster;
 
 /// Generous against the measured figure (see the note printed by the test): the brokers'
 /// 6 s session timeout, the producer's metadata refresh, and a loaded 2-core machine.
@@ -274,7 +272,7 @@ async fn a_send_in_doubt_committed_after_the_rebuild_looked_keeps_its_slot() {
     );
     assert_eq!(env.rows_when_settled(coupon, 1).await, vec![1]);
     assert!(
-        support::failed_events(&env).await.is_empty(),
+        harness::failed_events(&env).await.is_empty(),
         "nothing on the topic is poison"
     );
     env.shutdown().await;

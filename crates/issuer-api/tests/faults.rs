@@ -2,18 +2,16 @@
 //! a database outage under the worker, Redis losing a coupon's state, and the database's
 //! own guard against oversell.
 
-mod support;
-
 use std::time::Duration;
 
 use chrono::Utc;
 use clap::Parser;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
-use issuer_bench::kafka_cluster::KafkaCluster;
-use issuer_bench::proxy::CuttableProxy;
 use serde_json::json;
-use support::TestEnv;
+use testkit::harness::{self, TestEnv};
+use testkit::kafka_cluster::KafkaCluster;
+use testkit::proxy::CuttableProxy;
 
 #[actix_web::test]
 async fn a_publish_that_never_left_gives_the_slot_back_at_once() {
@@ -35,7 +33,7 @@ async fn a_publish_that_never_left_gives_the_slot_back_at_once() {
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
     let started = std::time::Instant::now();
-    support::assert_unavailable(&env.issue(rival, 2).await);
+    harness::assert_unavailable(&env.issue(rival, 2).await);
     // PUBLISH_TIMEOUT_MS is 3 s; the margin is for this suite's parallel tests and brokers
     // sharing two cores. The issue's bar: fast and bounded, nothing like 30 s.
     assert!(
@@ -87,7 +85,7 @@ async fn publishing_to_a_topic_that_does_not_exist_is_a_certain_failure() {
 
     assert_eq!(failure.persistence, Persistence::NotPersisted, "{failure}");
     assert_eq!(
-        support::partitions_on(&broker.bootstrap(), &topic),
+        harness::partitions_on(&broker.bootstrap(), &topic),
         0,
         "naming it did not create it"
     );
@@ -228,7 +226,7 @@ async fn a_batch_that_met_a_lock_timeout_is_retried_not_rejected() {
         "a lock timeout was taken as the event's fault: {blocked:?}"
     );
     assert!(
-        support::failed_events(&env).await.is_empty(),
+        harness::failed_events(&env).await.is_empty(),
         "the event was set aside"
     );
 
@@ -264,7 +262,7 @@ async fn postgresql_refuses_more_rows_than_the_quantity_and_keeps_the_surplus() 
         vec![1, 2, 3, 4, 5],
         "first come, first served"
     );
-    let failed = support::failed_events(&env).await;
+    let failed = harness::failed_events(&env).await;
     let surplus: Vec<i64> = failed
         .iter()
         .map(|(reason, payload)| {
@@ -388,7 +386,7 @@ async fn a_slot_whose_api_died_before_publishing_is_published_by_another() {
 #[actix_web::test]
 async fn poison_events_are_set_aside_retried_on_schedule_and_replayable() {
     use coupon_core::db::redrive::Redriven;
-    use support::{make_retries_due, wait_for_failed};
+    use testkit::harness::{make_retries_due, wait_for_failed};
     let env = TestEnv::start(1).await;
     let coupon = env.coupon_with_quantity(5).await;
     let ghost = coupon + 1; // the next coupon id: no such coupon yet
@@ -405,7 +403,7 @@ async fn poison_events_are_set_aside_retried_on_schedule_and_replayable() {
 
     // The partition flows on past both; both are dead-lettered with their reason.
     assert_eq!(env.rows_when_settled(coupon, 1).await, vec![1]);
-    let dead = support::read_topic(&format!("{}.dlq", env.topic), 2).await;
+    let dead = harness::read_topic(&format!("{}.dlq", env.topic), 2).await;
     let mut reasons: Vec<&str> = dead.iter().map(|m| m.headers["reason"].as_str()).collect();
     reasons.sort_unstable();
     assert_eq!(reasons, vec!["COUPON_NOT_FOUND", "UNDECODABLE"]);
@@ -464,7 +462,7 @@ async fn poison_events_are_set_aside_retried_on_schedule_and_replayable() {
         })
         .await;
     }
-    let failed = support::failed_schedule(&env).await;
+    let failed = harness::failed_schedule(&env).await;
     let garbage = failed.iter().find(|r| r.id == garbage_id).unwrap();
     assert_eq!(
         (garbage.status.as_str(), garbage.due_in_seconds),
@@ -553,7 +551,7 @@ async fn a_winner_the_database_guard_refused_reads_a_final_status() {
     );
     env.produce_raw(&env.topic, &event.key(), &event.encode())
         .await;
-    support::wait_for_failed(&env, "the surplus event is set aside", |rows| {
+    harness::wait_for_failed(&env, "the surplus event is set aside", |rows| {
         !rows.is_empty()
     })
     .await;

@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,7 +12,7 @@ use coupon_core::domain::QueueKind;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use support::TestEnv;
+use testkit::harness::{self, TestEnv};
 
 const ISSUER: &str = "https://login.test";
 const AUDIENCE: &str = "coupon-api";
@@ -155,7 +153,7 @@ fn bearer(token: &str) -> Vec<(&'static str, String)> {
 async fn hs256_tokens_are_verified_and_each_bad_one_refused() {
     let env = TestEnv::start_with_args(
         QueueKind::Kafka,
-        &support::brokers(),
+        &harness::brokers(),
         0,
         &[
             &format!("--jwt-issuer={ISSUER}"),
@@ -165,7 +163,7 @@ async fn hs256_tokens_are_verified_and_each_bad_one_refused() {
     )
     .await;
     let coupon = env.coupon_with_quantity(100).await;
-    let secret = support::JWT_SECRET.as_bytes();
+    let secret = harness::JWT_SECRET.as_bytes();
     let good = hs256(secret, &claims(1));
     let alg_none = {
         // {"alg":"none","typ":"JWT"}, a valid payload, and no signature.
@@ -276,7 +274,7 @@ async fn hs256_tokens_are_verified_and_each_bad_one_refused() {
         ),
         (
             "the admin token names no user",
-            bearer(support::ADMIN_TOKEN),
+            bearer(harness::ADMIN_TOKEN),
             json!({ "userId": 1 }),
             403,
             "FORBIDDEN",
@@ -328,7 +326,7 @@ async fn public_key_tokens_from_a_jwks_file_and_no_algorithm_confusion() {
     let file = jwks_file("identity", &keys);
     let env = TestEnv::start_with_args(
         QueueKind::Kafka,
-        &support::brokers(),
+        &harness::brokers(),
         0,
         &[&format!("--jwt-jwks-file={}", file.display())],
     )
@@ -414,7 +412,7 @@ async fn jwks_url_is_read_again_when_a_token_names_a_new_key() {
 
     let env = TestEnv::start_with_args(
         QueueKind::Kafka,
-        &support::brokers(),
+        &harness::brokers(),
         0,
         &[&format!("--jwt-jwks-url=http://{addr}/jwks.json")],
     )
@@ -448,7 +446,7 @@ async fn users_read_only_their_own_and_admins_read_all() {
     let env = TestEnv::start(1).await;
     let coupon = env.coupon_with_quantity(5).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
-    let secret = support::JWT_SECRET.as_bytes();
+    let secret = harness::JWT_SECRET.as_bytes();
     let admin_role = hs256(
         secret,
         &with(without(claims(1), "sub"), "roles", json!(["coupon-admin"])),
@@ -459,11 +457,11 @@ async fn users_read_only_their_own_and_admins_read_all() {
     ];
     for route in &routes {
         for (who, token, status) in [
-            ("the user", Some(support::user_token(1)), 200),
-            ("another user", Some(support::user_token(2)), 403),
+            ("the user", Some(harness::user_token(1)), 200),
+            ("another user", Some(harness::user_token(2)), 403),
             (
                 "the admin token",
-                Some(support::ADMIN_TOKEN.to_owned()),
+                Some(harness::ADMIN_TOKEN.to_owned()),
                 200,
             ),
             ("an admin's JWT", Some(admin_role.clone()), 200),
@@ -498,7 +496,7 @@ async fn users_read_only_their_own_and_admins_read_all() {
         }
     };
     assert_eq!(create(admin_role).await, 201);
-    assert_eq!(create(support::user_token(1)).await, 403);
+    assert_eq!(create(harness::user_token(1)).await, 403);
     env.shutdown().await;
 }
 
@@ -531,7 +529,7 @@ async fn gateway_header_mode_takes_the_user_from_the_header() {
             &env,
             &base,
             coupon,
-            &bearer(&support::user_token(7)),
+            &bearer(&harness::user_token(7)),
             json!({})
         )
         .await,

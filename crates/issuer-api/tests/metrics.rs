@@ -6,11 +6,9 @@
 // Helpers outside `#[test]` functions panic too: in a harness that is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use coupon_core::domain::QueueKind;
 use serde_json::json;
-use support::TestEnv;
+use testkit::harness::TestEnv;
 
 /// The value of one series (`name{labels}` exactly as exposed), if present.
 fn series(text: &str, name: &str) -> Option<f64> {

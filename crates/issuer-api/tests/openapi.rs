@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::BTreeSet;
 
 use issuer_api::http::routes;
 use serde_json::Value;
-use support::TestEnv;
+use testkit::harness::{self, TestEnv};
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
@@ -71,7 +69,7 @@ async fn the_running_api_serves_the_document_and_each_route_as_documented() {
             let mut response = env
                 .client
                 .request(method.to_uppercase().parse().unwrap(), env.url(&concrete))
-                .bearer_auth(support::ADMIN_TOKEN)
+                .bearer_auth(harness::ADMIN_TOKEN)
                 .insert_header(("content-type", "application/json"))
                 .send_body("{}")
                 .await

@@ -6,8 +6,6 @@
 // panic in them is exactly the failure report wanted.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -18,7 +16,7 @@ use coupon_core::event::IssueEvent;
 use coupon_core::redis::keys::CouponKeys;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use support::TestEnv;
+use testkit::harness::{self, TestEnv};
 
 /// Fires one request per user, all at once; returns user ids grouped by status.
 async fn issue_all(
@@ -221,8 +219,8 @@ async fn two_workers_on_three_partitions_persist_every_event_once() {
         assert_eq!(env.rows_when_settled(coupon, users.len()).await, users);
     }
     // Both topics were created by the services, with the configured partition count.
-    assert_eq!(support::partitions(&env.topic), 3);
-    assert_eq!(support::partitions(&format!("{}.dlq", env.topic)), 3);
+    assert_eq!(harness::partitions(&env.topic), 3);
+    assert_eq!(harness::partitions(&format!("{}.dlq", env.topic)), 3);
     env.shutdown().await;
 }
 
@@ -237,7 +235,7 @@ async fn a_malformed_event_goes_to_the_dead_letter_topic_and_the_partition_flows
     assert_eq!(count(&answers, 201), 5);
 
     assert_eq!(env.rows_when_settled(coupon, 5).await, vec![1, 2, 3, 4, 5]);
-    let dead = support::read_topic(&format!("{}.dlq", env.topic), 1).await;
+    let dead = harness::read_topic(&format!("{}.dlq", env.topic), 1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload, b"{not an event");
     assert_eq!(
@@ -245,7 +243,7 @@ async fn a_malformed_event_goes_to_the_dead_letter_topic_and_the_partition_flows
         Some("UNDECODABLE")
     );
     assert!(dead[0].headers["source"].starts_with(&format!("kafka:{}/", env.topic)));
-    let failed = support::failed_events(&env).await;
+    let failed = harness::failed_events(&env).await;
     assert_eq!(
         failed,
         vec![("UNDECODABLE".to_owned(), b"{not an event".to_vec())]
@@ -326,7 +324,7 @@ async fn issue_at(
     let mut request = env
         .client
         .post(format!("{base}/api/v1/coupons/{coupon}/issues"))
-        .bearer_auth(support::user_token(user));
+        .bearer_auth(harness::user_token(user));
     if let Some(address) = address {
         request = request.insert_header(("x-client-ip", address));
     }
@@ -345,7 +343,7 @@ async fn issue_at(
 #[actix_web::test]
 async fn rate_limits_answer_429_with_retry_after_across_replicas() {
     let limits = ["--rate-per-user=3", "--rate-window-ms=60000"];
-    let env = TestEnv::start_with_args(QueueKind::Kafka, &support::brokers(), 0, &limits).await;
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 0, &limits).await;
     let coupon = env.coupon_with_quantity(100).await;
     let mut answers = Vec::new();
     for _ in 0..3 {
@@ -407,7 +405,7 @@ async fn rate_limits_answer_429_with_retry_after_across_replicas() {
 #[actix_web::test]
 async fn operations_routes_can_move_to_their_own_listener() {
     let env = TestEnv::start(0).await;
-    let ops_listen = format!("--ops-listen=127.0.0.1:{}", support::free_port());
+    let ops_listen = format!("--ops-listen=127.0.0.1:{}", harness::free_port());
     let (api, ops) = env.start_another_api(&[ops_listen]).await;
     let ops = ops.expect("an operations listener");
     for path in ["/metrics", "/healthz", "/readyz"] {
@@ -468,7 +466,7 @@ impl BadRequest {
     /// As user 1, with a valid token.
     fn user(self) -> Self {
         Self {
-            token: Some(support::user_token(1)),
+            token: Some(harness::user_token(1)),
             ..self
         }
     }
@@ -487,7 +485,7 @@ async fn every_bad_request_gets_its_4xx_and_changes_nothing() {
     let coupon = env.coupon_with_quantity(5).await;
     let issues = format!("/api/v1/coupons/{coupon}/issues");
     let create = "/api/v1/coupons";
-    let token = support::ADMIN_TOKEN;
+    let token = harness::ADMIN_TOKEN;
     let huge = format!(r#"{{"userId":1,"pad":"{}"}}"#, "x".repeat(5000));
     let valid_coupon = r#"{"name":"x","totalQuantity":5}"#;
 
@@ -650,7 +648,7 @@ async fn a_coupon_missing_from_redis_is_rebuilt_from_postgresql(queue: QueueKind
         .await
         .unwrap();
 
-    support::assert_unavailable(&env.issue(coupon, 2).await);
+    harness::assert_unavailable(&env.issue(coupon, 2).await);
     assert_eq!(
         env.issue_retrying(coupon, 1).await.0,
         409,
@@ -722,7 +720,7 @@ async fn an_event_postgresql_refuses_for_good_is_set_aside_and_the_queue_flows_o
     }
 
     assert_eq!(env.rows_when_settled(coupon, 2).await, vec![2, 3]);
-    let failed = support::wait_for_failed(&env, "the refused event is set aside", |rows| {
+    let failed = harness::wait_for_failed(&env, "the refused event is set aside", |rows| {
         !rows.is_empty()
     })
     .await;

@@ -10,8 +10,6 @@
 // Helpers outside `#[test]` functions panic too: in a harness that is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,7 +19,7 @@ use chrono::Utc;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
 use serde_json::{Value, json};
-use support::TestEnv;
+use testkit::harness::TestEnv;
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
@@ -76,7 +74,7 @@ impl Prometheus {
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         // A port free a moment ago; Prometheus cannot report one it picked itself.
-        let port = issuer_bench::process::free_port().unwrap();
+        let port = testkit::process::free_port().unwrap();
         let child = Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",

@@ -1,8 +1,6 @@
 //! The issue protocol's interleavings, each forced at its exact point by driving Redis and
 //! the broker directly: what a user is told must stay true whoever runs in between.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -10,11 +8,11 @@ use clap::Parser;
 use coupon_core::domain::QueueKind;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
-use coupon_core::redis::intercept::{At, Intercepted, has_arg};
 use coupon_core::redis::ledger::{Ledger, PendingEntry};
-use issuer_bench::kafka_cluster::KafkaCluster;
 use redis::AsyncCommands;
-use support::TestEnv;
+use testkit::harness::{self, TestEnv};
+use testkit::intercept::{At, Intercepted, has_arg};
+use testkit::kafka_cluster::KafkaCluster;
 use tokio_util::sync::CancellationToken;
 
 /// The test harness's publish window: `--publish-timeout-ms=3000` plus the API's 2 s margin
@@ -129,7 +127,7 @@ async fn a_batch_committing_during_a_rebuild_keeps_its_users() {
         let worker = issuer_worker::worker::Worker::build(config).await.unwrap();
         let stop = CancellationToken::new();
         let running = actix_web::rt::spawn(worker.run(stop.clone()));
-        let mut redis = support::redis_client()
+        let mut redis = harness::redis_client()
             .get_multiplexed_async_connection()
             .await
             .unwrap();
@@ -207,7 +205,7 @@ async fn a_reconciler_publishes_each_entry_as_soon_as_it_claims_it() {
         move || async move {
             // Bounded: the event is on the topic within milliseconds if its publish started.
             let on_topic =
-                tokio::time::timeout(Duration::from_secs(10), support::read_topic(&topic, 1))
+                tokio::time::timeout(Duration::from_secs(10), harness::read_topic(&topic, 1))
                     .await
                     .is_ok_and(|messages| !messages.is_empty());
             seen.store(on_topic, Ordering::SeqCst);

@@ -7,8 +7,6 @@
 // The harness below is test code too: a panic is exactly the failure report wanted.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use coupon_core::domain::QueueKind;
@@ -17,10 +15,10 @@ use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::replicas::{Replicas, Required};
 use diesel_async::RunQueryDsl;
 use issuer_api::replication::Replication;
-use issuer_bench::proxy::CuttableProxy;
-use issuer_bench::redis_server::RedisServer;
 use redis::AsyncCommands;
-use support::TestEnv;
+use testkit::harness::{self, TestEnv};
+use testkit::proxy::CuttableProxy;
+use testkit::redis_server::RedisServer;
 
 fn data_dir(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!(
@@ -102,7 +100,7 @@ async fn after_the_loss_nobody_is_sold_a_taken_slot(env: &TestEnv, coupon: i64) 
     }
     assert_eq!(env.rows_when_settled(coupon, 5).await, vec![1, 2, 3, 4, 5]);
     assert!(
-        support::failed_events(env).await.is_empty(),
+        harness::failed_events(env).await.is_empty(),
         "a winner's event was refused by the database guard"
     );
     for user in 1..=5 {
@@ -115,7 +113,7 @@ async fn a_redis_restarted_from_a_file_that_lost_its_tail_admits_nobody_on_it() 
     let dir = data_dir("aof");
     let mut redis = RedisServer::start(&dir, &[]).await.unwrap();
     let url = format!("--redis-url={}", redis.url());
-    let env = TestEnv::start_with_args(QueueKind::Kafka, &support::brokers(), 1, &[&url]).await;
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 1, &[&url]).await;
     let coupon = env.coupon_with_quantity(5).await;
     for user in 1..=3 {
         assert_eq!(env.issue(coupon, user).await.0, 201);
@@ -150,7 +148,7 @@ async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
         .await
         .unwrap();
     let url = format!("--redis-url=redis://127.0.0.1:{}", endpoint.port);
-    let env = TestEnv::start_with_args(QueueKind::Kafka, &support::brokers(), 1, &[&url]).await;
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 1, &[&url]).await;
     let coupon = env.coupon_with_quantity(5).await;
     for user in 1..=3 {
         assert_eq!(env.issue(coupon, user).await.0, 201);
@@ -202,7 +200,7 @@ async fn a_failback_to_the_old_primary_admits_nobody_on_its_stale_state() {
     let primary = format!("127.0.0.1:{}", redis.primary.port);
     let endpoint = CuttableProxy::start(&primary).await.unwrap();
     let url = format!("--redis-url=redis://127.0.0.1:{}", endpoint.port);
-    let env = TestEnv::start_with_args(QueueKind::Kafka, &support::brokers(), 1, &[&url]).await;
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 1, &[&url]).await;
     let coupon = env.coupon_with_quantity(3).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
     // A second API that learns the coupon's stamp now, and meets no request for it while R
@@ -254,7 +252,7 @@ async fn a_failback_to_the_old_primary_admits_nobody_on_its_stale_state() {
     assert_eq!(answer.0, 410, "a new API after the failback: {answer:?}");
     assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
     assert!(
-        support::failed_events(&env).await.is_empty(),
+        harness::failed_events(&env).await.is_empty(),
         "a winner's event was refused by the database guard"
     );
     env.shutdown().await;
@@ -292,11 +290,11 @@ async fn an_admission_is_answered_only_once_the_replica_has_it() {
     }
 
     redis.link.cut();
-    support::assert_unavailable(&env.issue(coupon, 3).await);
+    harness::assert_unavailable(&env.issue(coupon, 3).await);
     // A 409 on an unconfirmed write: the retry finds user 3's slot taken, but only the primary has it;
     // a failover now would drop it. "Yours" (409) is as durable as the write it rests on,
     // so it waits for the same confirmation, and without it the answer is unknown.
-    support::assert_unavailable(&env.issue(coupon, 3).await);
+    harness::assert_unavailable(&env.issue(coupon, 3).await);
     redis.link.restore();
     assert_eq!(
         env.issue_retrying(coupon, 3).await.0,
@@ -317,7 +315,7 @@ async fn confirming(redis: &mut Replicated, workers: usize) -> TestEnv {
         "--redis-min-replicas=1",
         "--redis-replica-timeout-ms=300",
     ];
-    let env = TestEnv::start_with_args(QueueKind::Redis, &support::brokers(), workers, &args).await;
+    let env = TestEnv::start_with_args(QueueKind::Redis, &harness::brokers(), workers, &args).await;
     redis.synced().await;
     env
 }
@@ -384,7 +382,7 @@ async fn a_confirming_worker_drains_a_full_redis() {
             .to_owned()
     };
     let () = full(1).query_async(&mut primary).await.unwrap();
-    support::assert_unavailable(&env.issue(coupon, 3).await);
+    harness::assert_unavailable(&env.issue(coupon, 3).await);
 
     diesel::sql_query("COMMIT")
         .execute(&mut holder)
@@ -412,15 +410,15 @@ async fn an_admission_the_replicas_did_not_confirm_is_not_published() {
         "--redis-min-replicas=1",
         "--redis-replica-timeout-ms=300",
     ];
-    let env = TestEnv::start_with_args(QueueKind::Kafka, &support::brokers(), 0, &args).await;
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 0, &args).await;
     let coupon = env.coupon_with_quantity(5).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
-    assert_eq!(support::topic_end(&env.topic), 1);
+    assert_eq!(harness::topic_end(&env.topic), 1);
 
     redis.link.cut();
-    support::assert_unavailable(&env.issue(coupon, 2).await);
+    harness::assert_unavailable(&env.issue(coupon, 2).await);
     assert_eq!(
-        support::topic_end(&env.topic),
+        harness::topic_end(&env.topic),
         1,
         "an admission only the cut-off primary has was published"
     );

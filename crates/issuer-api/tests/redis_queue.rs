@@ -6,8 +6,6 @@
 // The helpers below are test code too: a panic is exactly the failure report wanted.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use coupon_core::domain::QueueKind;
@@ -16,7 +14,7 @@ use coupon_core::event::IssueEvent;
 use coupon_core::redis::keys::CouponKeys;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use support::TestEnv;
+use testkit::harness::{self, TestEnv};
 
 async fn xlen(env: &TestEnv, stream: &str) -> i64 {
     redis::cmd("XLEN")
@@ -135,11 +133,11 @@ async fn a_poison_entry_becomes_a_failed_event_and_the_stream_flows_on() {
 
     assert_eq!(env.rows_when_settled(coupon, 5).await, vec![1, 2, 3, 4, 5]);
     let failed =
-        support::wait_for_failed(&env, "the poison entry is kept", |rows| !rows.is_empty()).await;
+        harness::wait_for_failed(&env, "the poison entry is kept", |rows| !rows.is_empty()).await;
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].reason, "UNDECODABLE");
     assert_eq!(failed[0].coupon_id, Some(coupon));
-    let (_, payload) = &support::failed_events(&env).await[0];
+    let (_, payload) = &harness::failed_events(&env).await[0];
     let fields: Value = serde_json::from_slice(payload).unwrap();
     assert_eq!(fields["userId"], "not-a-user");
     let rows = coupon_core::db::failed_events::list(&mut env.pg().await, None, 10)
@@ -195,7 +193,7 @@ async fn a_rebuild_counts_the_winners_still_on_the_stream() {
             .unwrap();
     }
 
-    support::assert_unavailable(&env.issue(coupon, 3).await);
+    harness::assert_unavailable(&env.issue(coupon, 3).await);
     assert_eq!(env.issue_retrying(coupon, 3).await.0, 201);
     assert_eq!(
         env.issue(coupon, 1).await.0,

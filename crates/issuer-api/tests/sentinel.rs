@@ -7,13 +7,11 @@
 // The harness below is test code too: a panic is exactly the failure report wanted.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use coupon_core::domain::QueueKind;
-use issuer_bench::sentinel_topology::SentinelTopology;
-use support::TestEnv;
+use testkit::harness::{self, TestEnv};
+use testkit::sentinel_topology::SentinelTopology;
 
 /// A topology of the test's own, and the services following its primary through the
 /// Sentinels, every replica confirming every answer (as the API does under Sentinel).
@@ -39,7 +37,7 @@ impl Replicated {
             "--redis-replica-timeout-ms=300".to_owned(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env = TestEnv::start_with_args(queue, &support::brokers(), 1, &args).await;
+        let env = TestEnv::start_with_args(queue, &harness::brokers(), 1, &args).await;
         Self {
             dir,
             topology,
@@ -119,7 +117,7 @@ async fn primary_killed_under_a_sale(queue: QueueKind) {
         (1..=10).collect::<Vec<_>>()
     );
     assert!(
-        support::failed_events(&env).await.is_empty(),
+        harness::failed_events(&env).await.is_empty(),
         "a winner's event was refused by the database guard"
     );
     eprintln!(
@@ -196,7 +194,7 @@ async fn a_primary_cut_off_from_its_peers_is_left_for_the_new_one() {
         env.rows_when_settled(coupon, 6).await,
         (1..=6).collect::<Vec<_>>()
     );
-    assert!(support::failed_events(&env).await.is_empty());
+    assert!(harness::failed_events(&env).await.is_empty());
     env.shutdown().await;
     drop(topology);
     let _ = std::fs::remove_dir_all(dir);

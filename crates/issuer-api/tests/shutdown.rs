@@ -3,9 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use issuer_bench::process::{
-    CleanStop, check_stops_cleanly, check_stops_during_start_up, services_env,
-};
+use testkit::process::{CleanStop, check_stops_cleanly, check_stops_during_start_up, services_env};
 
 const API: &str = env!("CARGO_BIN_EXE_issuer-api");
 

@@ -1,11 +1,9 @@
 //! The services reach their dependencies over TLS, with credentials, on real
-//! servers started here with a CA made here (`support::tls`). A wrong CA and wrong
+//! servers started here with a CA made here (`testkit::tls`). A wrong CA and wrong
 //! credentials stop start-up at once, with the reason and without the secret.
 
 // Helpers outside `#[test]` functions panic too: in a harness that is the failure report.
 #![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,8 +11,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use coupon_core::domain::QueueKind;
 use serde_json::json;
-use support::TestEnv;
-use support::tls::{ClientCertificate, TestCa};
+use testkit::harness::{self, TestEnv};
+use testkit::tls::{ClientCertificate, TestCa};
 
 const PASSWORD: &str = "s3cret-acl-password";
 
@@ -30,7 +28,7 @@ impl TlsRedis {
             ClientCertificate::NotAsked => "no",
             ClientCertificate::Required => "yes",
         };
-        let port = issuer_bench::process::free_port().unwrap();
+        let port = testkit::process::free_port().unwrap();
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -108,7 +106,7 @@ async fn both_services_use_redis_over_tls_and_refuse_a_wrong_ca_or_password() {
     let url = format!("--redis-url={}", redis.url(PASSWORD));
     let mut env = TestEnv::start_with_args(
         QueueKind::Redis,
-        &support::brokers(),
+        &harness::brokers(),
         0,
         &[url.as_str(), ca_file.as_str()],
     )
@@ -190,8 +188,8 @@ async fn tls_rows(url: &str, ca: &TestCa, coupon: i64) -> i64 {
 #[actix_web::test]
 async fn both_services_use_postgresql_over_tls_and_refuse_a_wrong_ca_or_password() {
     let ca = TestCa::new();
-    let postgres = support::tls::TlsPostgres::start(&ca, ClientCertificate::NotAsked);
-    let url = postgres.url(support::tls::PG_PASSWORD);
+    let postgres = testkit::tls::TlsPostgres::start(&ca, ClientCertificate::NotAsked);
+    let url = postgres.url(testkit::tls::PG_PASSWORD);
     let tls = [
         format!("--database-url={url}"),
         format!("--database-ca-file={}", ca.path("ca.pem")),
@@ -211,7 +209,7 @@ async fn both_services_use_postgresql_over_tls_and_refuse_a_wrong_ca_or_password
     let mut created = env
         .client
         .post(format!("{api}/api/v1/coupons"))
-        .bearer_auth(support::ADMIN_TOKEN)
+        .bearer_auth(harness::ADMIN_TOKEN)
         .send_json(&json!({"name": "TLS database", "totalQuantity": 5}))
         .await
         .unwrap();
@@ -223,7 +221,7 @@ async fn both_services_use_postgresql_over_tls_and_refuse_a_wrong_ca_or_password
         let answer = env
             .client
             .post(format!("{api}/api/v1/coupons/{coupon}/issues"))
-            .bearer_auth(support::user_token(user))
+            .bearer_auth(harness::user_token(user))
             .send_json(&json!({}))
             .await
             .unwrap();
@@ -292,9 +290,9 @@ async fn both_services_use_kafka_over_ssl_and_sasl_ssl_with_scram() {
         .collect::<String>();
     std::fs::write(&keystore, pem).unwrap();
     let (ssl, sasl_ssl, mutual) = (
-        issuer_bench::process::free_port().unwrap(),
-        issuer_bench::process::free_port().unwrap(),
-        issuer_bench::process::free_port().unwrap(),
+        testkit::process::free_port().unwrap(),
+        testkit::process::free_port().unwrap(),
+        testkit::process::free_port().unwrap(),
     );
     let properties = format!(
         "listeners=PLAINTEXT://127.0.0.1:{{PLAINTEXT}},CONTROLLER://127.0.0.1:{{CONTROLLER}},\
@@ -321,8 +319,7 @@ async fn both_services_use_kafka_over_ssl_and_sasl_ssl_with_scram() {
          --add-scram SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"
     );
     let _broker =
-        issuer_bench::kafka_cluster::KafkaCluster::start_with_settings(&properties, &users)
-            .unwrap();
+        testkit::kafka_cluster::KafkaCluster::start_with_settings(&properties, &users).unwrap();
 
     let over_ssl = [
         "--kafka-security-protocol=ssl".to_owned(),
@@ -363,7 +360,7 @@ async fn both_services_use_kafka_over_ssl_and_sasl_ssl_with_scram() {
         let answer = env
             .client
             .post(format!("{sasl_api}/api/v1/coupons/{coupon}/issues"))
-            .bearer_auth(support::user_token(user))
+            .bearer_auth(harness::user_token(user))
             .send_json(&json!({}))
             .await
             .unwrap();
@@ -424,10 +421,10 @@ async fn both_services_use_kafka_over_ssl_and_sasl_ssl_with_scram() {
 #[actix_web::test]
 async fn postgresql_that_asks_for_a_client_certificate_gets_one() {
     let ca = TestCa::new();
-    let postgres = support::tls::TlsPostgres::start(&ca, ClientCertificate::Required);
+    let postgres = testkit::tls::TlsPostgres::start(&ca, ClientCertificate::Required);
     let env = TestEnv::start(0).await;
     let database = [
-        format!("--database-url={}", postgres.url(support::tls::PG_PASSWORD)),
+        format!("--database-url={}", postgres.url(testkit::tls::PG_PASSWORD)),
         format!("--database-ca-file={}", ca.path("ca.pem")),
     ];
     let text = refused(&env, &database).await;

@@ -6,15 +6,13 @@
 // Helpers outside `#[test]` functions panic too: in a harness that is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use coupon_core::domain::QueueKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde_json::json;
-use support::TestEnv;
+use testkit::harness::TestEnv;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 

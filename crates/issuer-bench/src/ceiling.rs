@@ -16,9 +16,9 @@ use coupon_core::domain::QueueKind;
 use serde::Serialize;
 
 use crate::client::{ApiClient, IssueRoute};
-use crate::credentials::UserCredentials;
 use crate::report::Report;
 use crate::sustained::{self, Load, SustainedReport};
+use testkit::credentials::UserCredentials;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]

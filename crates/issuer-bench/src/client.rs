@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use awc::{Client, Connector};
 use serde_json::{Value, json};
 
-use crate::credentials::UserCredentials;
+use testkit::credentials::UserCredentials;
 
 pub struct ApiClient {
     base: String,

@@ -22,9 +22,9 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde::Serialize;
 
-use crate::process::Service;
 use crate::progress::bar;
 use crate::report::Report;
+use testkit::process::Service;
 
 const COUPONS: usize = 10;
 const PUBLISH_WAVE: usize = 20_000;

@@ -10,9 +10,9 @@ use coupon_core::domain::QueueKind;
 use issuer_bench::ceiling::{self, Shape};
 use issuer_bench::chaos::{self, ChaosOptions, RedisTopology};
 use issuer_bench::client::ApiClient;
-use issuer_bench::credentials::UserCredentials;
 use issuer_bench::report::Report;
 use issuer_bench::{connections, drain, race, seed, sustained};
+use testkit::credentials::UserCredentials;
 
 #[derive(Parser)]
 #[command(

@@ -20,11 +20,11 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::client::ApiClient;
-use crate::credentials::UserCredentials;
 use crate::html::{Figure, Plot, Series};
 use crate::latency::{Latency, histogram};
-use crate::process::{Service, free_port};
 use crate::report::Report;
+use testkit::credentials::UserCredentials;
+use testkit::process::{Service, free_port};
 
 const PHASE2_PATIENCE: Duration = Duration::from_secs(120);
 

@@ -3,10 +3,10 @@
 //! forced at the exact point: right after the trim's first command returns, before its next
 //! one is sent, through a connection that wraps the real one.
 
-use coupon_core::redis::intercept::{At, Intercepted};
 use issuer_worker::stream_trim::trim_acknowledged;
 use redis::aio::MultiplexedConnection;
 use redis::{Cmd, Value};
+use testkit::intercept::{At, Intercepted};
 
 const GROUP: &str = "workers";
 

@@ -7,8 +7,6 @@
 pub mod admission;
 pub mod connection;
 pub mod epoch;
-#[cfg(feature = "test-support")]
-pub mod intercept;
 pub mod keys;
 pub mod ledger;
 pub mod library;

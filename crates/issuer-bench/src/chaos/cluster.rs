@@ -13,11 +13,11 @@ use anyhow::{Context, bail};
 use coupon_core::domain::QueueKind;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use crate::kafka_cluster::KafkaCluster;
-use crate::process::{Service, free_port, wait_for_port};
-use crate::proxy::CuttableProxy;
-use crate::redis_server::RedisServer;
-use crate::sentinel_topology::SentinelTopology;
+use testkit::kafka_cluster::KafkaCluster;
+use testkit::process::{Service, free_port, wait_for_port};
+use testkit::proxy::CuttableProxy;
+use testkit::redis_server::RedisServer;
+use testkit::sentinel_topology::SentinelTopology;
 
 pub const ADMIN_TOKEN: &str = "chaos-admin-token";
 /// The HS256 secret the cluster's APIs verify users' tokens with; the load signs with it.

@@ -27,7 +27,7 @@ pub use self::cluster::RedisTopology;
 use self::cluster::{ADMIN_TOKEN, Cluster, GROUP, JWT_SECRET, TOPIC};
 use self::load::{Outcome, Unknowns, drive};
 use crate::client::ApiClient;
-use crate::credentials::UserCredentials;
+use testkit::credentials::UserCredentials;
 
 pub struct ChaosOptions {
     pub queue: QueueKind,

@@ -80,7 +80,7 @@ impl SentinelTopology {
             if Instant::now() > deadline {
                 bail!("the replicas were not all online after {FAILOVER_PATIENCE:?}");
             }
-            actix_rt::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -209,7 +209,7 @@ impl SentinelTopology {
             if Instant::now() > deadline {
                 bail!("{port} does not replicate from {primary} after {FAILOVER_PATIENCE:?}");
             }
-            actix_rt::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -225,7 +225,7 @@ impl SentinelTopology {
             if Instant::now() > deadline {
                 bail!("the Sentinels still name {old} after {FAILOVER_PATIENCE:?}");
             }
-            actix_rt::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -249,7 +249,7 @@ impl SentinelTopology {
             if Instant::now() > deadline {
                 bail!("the Sentinels did not fail over to {port} in {FAILOVER_PATIENCE:?}");
             }
-            actix_rt::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         for other in &others {
             set_priority(*other, 100).await?;

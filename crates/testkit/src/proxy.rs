@@ -25,14 +25,14 @@ impl CuttableProxy {
         let (cuts, _) = watch::channel(0u64);
         let target = Arc::new(Mutex::new(target.to_owned()));
         let (targets, refusing, cut_signal) = (target.clone(), cut.clone(), cuts.clone());
-        actix_rt::spawn(async move {
+        tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if refusing.load(Ordering::SeqCst) {
                     continue; // dropped at once: the client sees its connection closed
                 }
                 let target = targets.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let mut cut_seen = cut_signal.subscribe();
-                actix_rt::spawn(async move {
+                tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&target).await else {
                         return;
                     };

@@ -123,7 +123,7 @@ pub async fn wait_for_port(port: u16, patience: Duration) -> anyhow::Result<()> 
         if Instant::now() > deadline {
             bail!("nothing listens on 127.0.0.1:{port} after {patience:?}");
         }
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
 }

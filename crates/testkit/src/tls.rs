@@ -3,6 +3,9 @@
 //! PostgreSQL user `PG_USER`, and another CA that signed nothing here (the "wrong CA" a
 //! misconfigured client trusts).
 
+// A panic here is exactly the failure report wanted; a CA is made on purpose, never by default.
+#![allow(clippy::unwrap_used, clippy::new_without_default)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -170,7 +173,7 @@ impl TlsPostgres {
                 &format!("--pwfile={}", dir.join("password").display()),
             ],
         );
-        let port = issuer_bench::process::free_port().unwrap();
+        let port = crate::process::free_port().unwrap();
         let settings = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
              ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\nssl_ca_file = '{}'\n",

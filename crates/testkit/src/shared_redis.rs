@@ -1,7 +1,7 @@
 //! What the script-level tests share: the real Redis, a coupon, and keys of their own.
 
-// Each test binary uses a part of this; a panic here is the failure report wanted.
-#![allow(dead_code, clippy::unwrap_used)]
+// A panic here is the failure report wanted.
+#![allow(clippy::unwrap_used)]
 
 use coupon_core::domain::{Coupon, CouponId};
 use redis::aio::MultiplexedConnection;

@@ -3,8 +3,7 @@
 //! first command a trigger picks. A hook that fails before its command stands for that command
 //! failing (a dropped connection, say): the command is not sent.
 //!
-//! Test support only (feature `test-support`): a race that a fault fired at a random moment
-//! rarely hits is hit every time here.
+//! A race that a fault fired at a random moment rarely hits is hit every time here.
 
 use std::future::Future;
 

@@ -1,11 +1,8 @@
 //! Per-test isolation on the real services: a fresh database, topic, consumer group and
 //! Redis key prefix for every test, the API bound to port 0, workers in-process.
 
-// Each test binary uses a different part of the harness, and in a harness a panic is
-// exactly the failure report wanted.
-#![allow(dead_code, clippy::unwrap_used)]
-
-pub mod tls;
+// In a harness a panic is exactly the failure report wanted.
+#![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +26,7 @@ pub const JWT_SECRET: &str = "test-only-hs256-secret-of-at-least-32-bytes";
 /// A valid token for `user`, as a login would hand out.
 pub fn user_token(user: i64) -> String {
     let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap();
-    issuer_bench::credentials::mint(&key, user)
+    crate::credentials::mint(&key, user)
 }
 
 /// The services `make up` starts; override with the usual variables.
@@ -802,7 +799,7 @@ pub async fn failed_events(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
 }
 
 pub fn free_port() -> u16 {
-    issuer_bench::process::free_port().unwrap()
+    crate::process::free_port().unwrap()
 }
 
 /// How many partitions the `make up` broker reports for `topic`.
