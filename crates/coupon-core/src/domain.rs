@@ -77,7 +77,9 @@ pub struct Coupon {
     pub id: CouponId,
     pub name: String,
     pub total_quantity: i64,
-    pub issued_count: i64,
+    /// Rows in `coupon_issues`, kept by the worker in the same transaction as its inserts
+    /// (the API's `issuedCount` counts the users Redis admitted).
+    pub persisted_count: i64,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
 }

@@ -49,7 +49,7 @@ pub async fn run(
         id: CouponId::new(1)?,
         name: "connections".into(),
         total_quantity: 1,
-        issued_count: 0,
+        persisted_count: 0,
         starts_at: None,
         ends_at: None,
     };

@@ -217,7 +217,7 @@ async fn drain(
         // profile, taken from the worker being measured.
         let rows: i64 = schema::coupons::table
             .filter(schema::coupons::id.eq_any(coupons))
-            .select(schema::coupons::issued_count)
+            .select(schema::coupons::persisted_count)
             .load::<i64>(db)
             .await?
             .into_iter()

@@ -126,7 +126,7 @@ async fn scripted(
         id: CouponId::new(1)?,
         name: "race".into(),
         total_quantity: quantity,
-        issued_count: 0,
+        persisted_count: 0,
         starts_at: None,
         ends_at: None,
     };

@@ -23,7 +23,7 @@ pub fn coupon(name: &str, total_quantity: i64) -> Coupon {
         id: CouponId::new(1).unwrap(),
         name: name.into(),
         total_quantity,
-        issued_count: 0,
+        persisted_count: 0,
         starts_at: None,
         ends_at: None,
     }

@@ -4,7 +4,7 @@
 //! - one row per (coupon, user): the primary key plus `ON CONFLICT DO NOTHING`, so a
 //!   redelivered batch changes nothing;
 //! - rows per coupon never exceed its quantity: the coupon row is locked and its
-//!   `issued_count` checked and advanced with the inserts. Surplus (possible only if Redis
+//!   `persisted_count` checked and advanced with the inserts. Surplus (possible only if Redis
 //!   lost state) is kept as OVER_QUANTITY failed events, in event order, never dropped;
 //! - every event that cannot become a row is recorded in `failed_events` with its reason;
 //! - an event PostgreSQL refuses for good (a value out of its range, say) is found by
@@ -242,7 +242,7 @@ async fn persist_coupon(
 ) -> QueryResult<()> {
     let stock: Option<(i64, i64)> = coupons::table
         .find(coupon_id)
-        .select((coupons::total_quantity, coupons::issued_count))
+        .select((coupons::total_quantity, coupons::persisted_count))
         .for_update()
         .first(conn)
         .await
@@ -301,7 +301,7 @@ async fn persist_coupon(
     }
     if inserted > 0 {
         diesel::update(coupons::table.find(coupon_id))
-            .set(coupons::issued_count.eq(coupons::issued_count + inserted as i64))
+            .set(coupons::persisted_count.eq(coupons::persisted_count + inserted as i64))
             .execute(conn)
             .await?;
     }

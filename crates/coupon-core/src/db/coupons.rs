@@ -15,7 +15,7 @@ struct CouponRow {
     id: i64,
     name: String,
     total_quantity: i64,
-    issued_count: i64,
+    persisted_count: i64,
     starts_at: Option<DateTime<Utc>>,
     ends_at: Option<DateTime<Utc>>,
 }
@@ -28,7 +28,7 @@ impl TryFrom<CouponRow> for Coupon {
             id: CouponId::new(row.id).map_err(|e| Error::DeserializationError(Box::new(e)))?,
             name: row.name,
             total_quantity: row.total_quantity,
-            issued_count: row.issued_count,
+            persisted_count: row.persisted_count,
             starts_at: row.starts_at,
             ends_at: row.ends_at,
         })

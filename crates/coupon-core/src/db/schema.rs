@@ -5,7 +5,7 @@ diesel::table! {
         id -> Int8,
         name -> Text,
         total_quantity -> Int8,
-        issued_count -> Int8,
+        persisted_count -> Int8,
         starts_at -> Nullable<Timestamptz>,
         ends_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,

@@ -73,7 +73,7 @@ pub async fn get_coupon(
         total_quantity: coupon.total_quantity,
         issued_count: admitted,
         remaining: (coupon.total_quantity - admitted).max(0),
-        persisted_count: coupon.issued_count,
+        persisted_count: coupon.persisted_count,
         starts_at: coupon.starts_at,
         ends_at: coupon.ends_at,
     }))

@@ -73,7 +73,7 @@ impl Issuer {
                 coupon: coupon.id,
                 quantity: coupon.total_quantity,
                 issued: issued.get(&coupon.id).copied().unwrap_or_default(),
-                persisted: coupon.issued_count,
+                persisted: coupon.persisted_count,
             })
             .collect())
     }
