@@ -4,7 +4,7 @@
 use crate::config::{KafkaArgs, KafkaSecurityError};
 use crate::db::connect::PgTarget;
 use crate::db::migrate::{MigrateError, run_migrations};
-use crate::kafka::{TopicsError, ensure_topics};
+use crate::kafka::topics::{TopicsError, ensure_topics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

@@ -13,7 +13,7 @@ use coupon_core::db::coupons::{NewCoupon, insert_coupon};
 use coupon_core::db::schema;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
-use coupon_core::kafka::ensure_topics;
+use coupon_core::kafka::topics::ensure_topics;
 use coupon_core::kafka::producer::Producer;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use coupon_core::config::KafkaArgs;
 use coupon_core::db::batch_insert::{FailedEvent, FailureReason, SourcedIssue};
 use coupon_core::event::{Fence, IssueEvent};
-use coupon_core::kafka::client_config;
+use coupon_core::kafka::settings::client_config;
 use coupon_core::trace_context::{self, TraceParent};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,

@@ -24,7 +24,7 @@ use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::oneshot;
 
 use crate::config::KafkaArgs;
-use crate::kafka::producer_config;
+use crate::kafka::settings::producer_config;
 
 /// Whether a failed message may nonetheless be in the topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use coupon_core::db::publish_window;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::{Fence, IssueEvent};
 use coupon_core::kafka::producer::Persistence;
-use coupon_core::kafka::{GroupOffsets, wait_for_group};
+use coupon_core::kafka::offsets::{GroupOffsets, wait_for_group};
 use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::ledger::{Claim, Ledger, PendingEntry};
 use coupon_core::redis::registry::Registry;

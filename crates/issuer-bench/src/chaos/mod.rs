@@ -17,7 +17,7 @@ use coupon_core::domain::QueueKind;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
 use coupon_core::kafka::producer::Producer;
-use coupon_core::kafka::wait_for_group;
+use coupon_core::kafka::offsets::wait_for_group;
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::registry::Registry;
 use diesel::prelude::*;
