@@ -24,23 +24,9 @@ LIB=${KAFKA_LIB_DIR:-$ROOT/.local/kafka-$VERSION/lib}
 # default.
 HEAP=${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}
 
-log() { echo "[kafka] $*" >&2; }
-die() { echo "[kafka] error: $*" >&2; exit 1; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"
-  elif command -v sudo >/dev/null; then sudo "$@"
-  else die "need root (or sudo) to run: $*"
-  fi
-}
-
-apt_install() {
-  command -v apt-get >/dev/null || die "apt-get not found: install $* yourself"
-  log "installing $* (Debian packages)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+TAG=kafka
+# shellcheck source=deploy/lib.sh
+. "$HERE/../lib.sh"
 
 jars() {
   if [ -f "$LIB/.complete" ]; then return 0; fi
@@ -119,18 +105,6 @@ start_node() { # start_node DIR ID
     echo $! >"$node/pid")
 }
 
-wait_ports() { # wait_ports SECONDS PORT...
-  local seconds=$1 port
-  shift
-  for port in "$@"; do
-    for _ in $(seq $((seconds * 5))); do
-      port_open "$port" && continue 2
-      sleep 0.2
-    done
-    die "no broker answers on $port after ${seconds}s (logs: node.log in each node folder)"
-  done
-}
-
 start() { # start DIR PORTS CTRL_PORTS
   local dir=$1 ports ctrls voters="" id n
   IFS=, read -r -a ports <<<"$2"
@@ -165,7 +139,9 @@ start() { # start DIR PORTS CTRL_PORTS
     wait "$pid" || { tail -n 20 "$dir"/node-*/node.log >&2; die "formatting the storage failed"; }
   done
   for ((id = 1; id <= n; id++)); do start_node "$dir" "$id"; done
-  wait_ports 90 "${ports[@]}"
+  for port in "${ports[@]}"; do
+    wait_for 90 "a broker on $port (logs: node.log in each node folder)" port_open "$port"
+  done
 }
 
 kill_node() { # kill_node DIR ID

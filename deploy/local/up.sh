@@ -20,35 +20,9 @@ DB_NAME=${DB_NAME:-coupon_issuance}
 DB_USER=${DB_USER:-coupon}
 DB_PASSWORD=${DB_PASSWORD:-coupon}
 
-log() { echo "[up] $*"; }
-die() { echo "[up] error: $*" >&2; exit 1; }
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
-  local seconds=$1 what=$2
-  shift 2
-  for _ in $(seq $((seconds * 5))); do
-    if "$@"; then return 0; fi
-    sleep 0.2
-  done
-  die "$what did not come up within ${seconds}s"
-}
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"
-  elif command -v sudo >/dev/null; then sudo "$@"
-  else die "need root (or sudo) to run: $*"
-  fi
-}
-
-APT_UPDATED=
-apt_install() {
-  command -v apt-get >/dev/null || die "apt-get not found: install $* yourself"
-  if [ -z "$APT_UPDATED" ]; then as_root apt-get update -qq; APT_UPDATED=1; fi
-  log "installing $* (Debian packages)"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+TAG=up
+# shellcheck source=deploy/lib.sh
+. "$ROOT/deploy/lib.sh"
 
 # --- Build tools ------------------------------------------------------------------------
 # librdkafka is built with TLS (and SASL's SCRAM, which needs it) against the system's

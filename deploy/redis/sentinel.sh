@@ -37,16 +37,9 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 MASTER=${REDIS_SENTINEL_MASTER:-coupon}
 
-log() { echo "[sentinel] $*" >&2; }
-die() { echo "[sentinel] error: $*" >&2; exit 1; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"
-  elif command -v sudo >/dev/null; then sudo "$@"
-  else die "need root (or sudo) to run: $*"
-  fi
-}
+TAG=sentinel
+# shellcheck source=deploy/lib.sh
+. "$HERE/../lib.sh"
 
 install() {
   local missing=()
@@ -60,21 +53,10 @@ install() {
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
   [ ${#missing[@]} -eq 0 ] && return 0
-  command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} yourself"
-  log "installing ${missing[*]} (Debian packages)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt_install "${missing[@]}"
   # The packages start their own services, with Debian's configuration: ours replace them.
   as_root service redis-sentinel stop >/dev/null 2>&1 || true
   as_root service redis-server stop >/dev/null 2>&1 || true
-}
-
-wait_port() { # wait_port SECONDS PORT
-  for _ in $(seq $(($1 * 5))); do
-    port_open "$2" && return 0
-    sleep 0.2
-  done
-  die "nothing answers on $2 after $1 s (see the logs under the topology's folder)"
 }
 
 start_node() { # start_node DIR PORT
@@ -99,7 +81,7 @@ CONF
   # shellcheck disable=SC2046 # the saved arguments are words
   redis-server "$node/redis.conf" $(cat "$node/args") --daemonize yes \
     --pidfile "$node/pid" --logfile "$node/redis.log"
-  wait_port 10 "$2"
+  wait_for 10 "Redis on $2 (logs under the topology's folder)" port_open "$2"
 }
 
 start() { # start DIR REDIS_PORTS SENTINEL_PORTS
@@ -139,7 +121,7 @@ sentinel parallel-syncs $MASTER 1
 CONF
     redis-sentinel "$node/sentinel.conf" --daemonize yes --pidfile "$node/pid" \
       --logfile "$node/sentinel.log"
-    wait_port 10 "$port"
+    wait_for 10 "a Sentinel on $port (logs under the topology's folder)" port_open "$port"
   done
   log "primary 127.0.0.1:$primary, replicas ${ports[*]:1}, Sentinels ${sentinels[*]} (master $MASTER)"
 }
