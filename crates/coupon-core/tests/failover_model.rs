@@ -30,9 +30,7 @@
 //! (its new run id is what `epoch.rs`'s tests force), and replicas joining or leaving (the
 //! recount is `sentinel.rs`'s `a_replica_added_while_the_api_runs_is_waited_for_too`).
 
-mod explorer;
-
-use explorer::{Protocol, check, finds};
+use testkit::explorer::{Protocol, check, finds};
 
 const USERS: u8 = 3;
 const N: usize = USERS as usize;

@@ -14,9 +14,7 @@
 //! entries, the wait for the workers and the read of PostgreSQL, the restore.
 //! The Redis queue mode's protocol has its own model (`stream_model.rs`).
 
-mod explorer;
-
-use explorer::{Protocol, check, finds};
+use testkit::explorer::{Protocol, check, finds};
 
 const USERS: u8 = 3;
 const QUANTITY: usize = 2;

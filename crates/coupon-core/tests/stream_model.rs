@@ -13,9 +13,7 @@
 //! A loss of the whole Redis (the stream with it) is not modelled: in this mode it loses the
 //! events not yet persisted, which the README's trade-off table states.
 
-mod explorer;
-
-use explorer::{Protocol, check, finds};
+use testkit::explorer::{Protocol, check, finds};
 
 const USERS: u8 = 3;
 const N: usize = USERS as usize;

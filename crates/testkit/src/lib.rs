@@ -8,10 +8,13 @@
 //! - Identities: users' tokens (`credentials`) and a test CA (`tls`).
 //! - Forced interleavings: a Redis connection that runs a hook at an exact command
 //!   (`intercept`); the `make up` Redis with a key prefix of its own (`shared_redis`).
+//! - The exhaustive model checker the protocol models in coupon-core's tests run on
+//!   (`explorer`).
 //! - With the feature `services`: the API and the workers in-process on fresh databases,
 //!   topics and prefixes (`harness`).
 
 pub mod credentials;
+pub mod explorer;
 #[cfg(feature = "services")]
 pub mod harness;
 pub mod intercept;
