@@ -59,10 +59,19 @@ install() {
   as_root service redis-server stop >/dev/null 2>&1 || true
 }
 
+# Whether the node in NODE_DIR already runs on PORT (a start run again reuses it). A port
+# something else holds ends the start: tests pick free ports before they are bound, and a
+# test running beside may take one meanwhile (the caller tries again on other ports).
+running() { # running NODE_DIR PORT
+  port_open "$2" || return 1
+  [ -f "$1/pid" ] && kill -0 "$(cat "$1/pid")" 2>/dev/null && return 0
+  die "port $2 is taken by another process"
+}
+
 start_node() { # start_node DIR PORT
   local node="$1/redis-$2"
   [ -f "$node/args" ] || die "no Redis node on $2 in $1"
-  port_open "$2" && return 0
+  running "$node" "$2" && return 0
   # A copy of redis.conf with replicated.conf's lines: Sentinel has each node rewrite its
   # own file as it reconfigures it (CONFIG REWRITE), which must never be the repository's.
   if [ ! -f "$node/redis.conf" ]; then
@@ -108,6 +117,7 @@ start() { # start DIR REDIS_PORTS SENTINEL_PORTS
   for port in "${sentinels[@]}"; do
     local node="$dir/sentinel-$port"
     mkdir -p "$node"
+    running "$node" "$port" && continue
     # Sentinel rewrites its file as it learns the topology: a fresh one per start.
     cat >"$node/sentinel.conf" <<CONF
 port $port

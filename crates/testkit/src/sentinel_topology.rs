@@ -17,6 +17,8 @@ const SCRIPT: &str = concat!(
 );
 /// The master's name the script's Sentinels monitor (its default).
 pub const MASTER: &str = "coupon";
+/// Starts tried before giving up (see `SentinelTopology::start`).
+const START_ATTEMPTS: u32 = 3;
 /// Longest a failover may take to show in the Sentinels' answer.
 const FAILOVER_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -29,15 +31,28 @@ pub struct SentinelTopology {
 
 impl SentinelTopology {
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        let nodes = (0..3).map(|_| free_port()).collect::<Result<Vec<_>, _>>()?;
-        let sentinels = (0..3).map(|_| free_port()).collect::<Result<Vec<_>, _>>()?;
-        let topology = Self {
-            dir: dir.to_owned(),
-            nodes,
-            sentinels,
-        };
-        topology.script(&["start", &list(&topology.nodes), &list(&topology.sentinels)])?;
-        Ok(topology)
+        // Free ports are picked before the nodes bind them, and a test running beside may
+        // take one meanwhile: the script refuses a port something else holds, and the
+        // start is tried again, from nothing, on other ports.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let topology = Self {
+                dir: dir.to_owned(),
+                nodes: (0..3).map(|_| free_port()).collect::<Result<_, _>>()?,
+                sentinels: (0..3).map(|_| free_port()).collect::<Result<_, _>>()?,
+            };
+            match topology.script(&["start", &list(&topology.nodes), &list(&topology.sentinels)]) {
+                Ok(()) => return Ok(topology),
+                Err(err) if attempts < START_ATTEMPTS => {
+                    eprintln!("[sentinel] start failed ({err:#}); again on other ports");
+                    // Stops whatever started, before the folder goes.
+                    drop(topology);
+                    std::fs::remove_dir_all(dir)?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Waits until every replica is online with the primary the Sentinels name, and every
