@@ -47,6 +47,13 @@ impl Replicated {
     }
 }
 
+/// Shuts the services down, stops the topology and removes its folder.
+async fn tear_down(env: TestEnv, topology: SentinelTopology, dir: std::path::PathBuf) {
+    env.shutdown().await;
+    drop(topology);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `user`, new to `coupon`, wins it. A WAIT may time out on a loaded machine (300 ms
 /// here): a 503 is an honest "retry", and after one the admission may have stood, so the
 /// retry's 409 is a yes too.
@@ -124,9 +131,7 @@ async fn primary_killed_under_a_sale(queue: QueueKind) {
         "{queue}: first 201 {:.1} s after kill -9 of the primary",
         first_yes_after.unwrap().as_secs_f64()
     );
-    env.shutdown().await;
-    drop(topology);
-    let _ = std::fs::remove_dir_all(dir);
+    tear_down(env, topology, dir).await;
 }
 
 /// How long the API may take to sell again once the partition healed: the Sentinels demote
@@ -195,9 +200,7 @@ async fn a_primary_cut_off_from_its_peers_is_left_for_the_new_one() {
         (1..=6).collect::<Vec<_>>()
     );
     assert!(harness::failed_events(&env).await.is_empty());
-    env.shutdown().await;
-    drop(topology);
-    let _ = std::fs::remove_dir_all(dir);
+    tear_down(env, topology, dir).await;
 }
 
 /// A partition that leaves a replica on the old primary's side: the Sentinels promote the
@@ -268,9 +271,7 @@ async fn a_yes_only_the_replica_on_the_old_primarys_side_confirmed_is_never_give
         format!("{refused:#}").contains("no write could ever be confirmed"),
         "{refused:#}"
     );
-    env.shutdown().await;
-    drop(topology);
-    let _ = std::fs::remove_dir_all(dir);
+    tear_down(env, topology, dir).await;
 }
 
 /// How long a worker gets to read an entry twice (read, and claimed back after
@@ -398,9 +399,7 @@ async fn a_worker_left_with_the_cut_off_primary_persists_nothing_the_new_one_lac
         "user 3, told yes on {new}, must hold the second slot, not user 2 (told 503 on \
          {primary})"
     );
-    env.shutdown().await;
-    drop(topology);
-    let _ = std::fs::remove_dir_all(dir);
+    tear_down(env, topology, dir).await;
 }
 
 /// How long the API may take to wait for a replica the Sentinels have just learnt of: it
@@ -469,9 +468,7 @@ async fn a_replica_added_while_the_api_runs_is_waited_for_too() {
         env.rows_when_settled(coupon, expected.len()).await,
         expected
     );
-    env.shutdown().await;
-    drop(topology);
-    let _ = std::fs::remove_dir_all(dir);
+    tear_down(env, topology, dir).await;
 }
 
 #[actix_web::test]

@@ -110,10 +110,33 @@ impl Drop for Service {
     }
 }
 
+/// Where `free_port` hands out ports: below Linux's ephemeral range (32768 and up), which
+/// the kernel gives to every outgoing connection and to `bind(0)`. A port taken from there
+/// could be handed out twice in one process (two binds to 0 in a row may return the same
+/// one), or become a client socket's before the server meant for it binds: both happened,
+/// a broker's two listeners on one port, and a Sentinel topology's node never started.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port nothing listens on, never handed out before by this process. Each process
+/// starts at its own place in `PORTS`, so two test binaries running at once rarely meet.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(PORTS.end - PORTS.start);
+    // The first call picks the process's starting place from its id and the clock.
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.subsec_nanos());
+    let _ = NEXT.compare_exchange(u32::MAX, seed % span, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = PORTS.start + offset as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {PORTS:?}")
 }
 
 /// Waits until something accepts connections on the loopback `port`.
