@@ -1,21 +1,15 @@
-//! Command-line and environment settings shared by both services.
+//! Command-line and environment settings shared by both services: the values and their
+//! defaults only. What is built from them lives beside what it builds: the Redis connection
+//! in `crate::redis::connect`, the replicas to wait for in `crate::redis::replicas`, the
+//! PostgreSQL pool in `crate::db::pool`. So nothing here depends on a client.
 //!
 //! Defaults match what `make up` starts on this machine. URLs may carry passwords, so
 //! their values are hidden from `--help` and these types are never logged whole.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-
-use crate::redis::connection::{RedisConnection, Socket, Target};
-use crate::redis::replicas::{Replicas, Required, Sentinels};
-
-use crate::db::connect::{PgTarget, PgTlsError, PgTlsFiles};
-use crate::db::pool::{PgPool, build_pool};
 
 /// Where `make up` runs each service: the default of every setting and harness that names
 /// one.
@@ -70,140 +64,6 @@ pub struct RedisArgs {
     pub redis_sentinel_master: String,
 }
 
-/// Why a Redis client could not be set up; the URL is never part of it.
-#[derive(Debug, thiserror::Error)]
-pub enum RedisSetupError {
-    #[error("REDIS_CA_FILE and REDIS_CLIENT_CERT_FILE apply to rediss:// URLs only")]
-    TlsFilesWithoutTls,
-    #[error("cannot read {path}: {error}")]
-    File { path: String, error: std::io::Error },
-    #[error("REDIS_SENTINELS works with redis:// URLs; TLS through Sentinel is not supported yet")]
-    SentinelWithTls,
-    #[error(transparent)]
-    Redis(#[from] redis::RedisError),
-}
-
-impl RedisArgs {
-    /// One multiplexed connection, pipelining every caller's commands over one socket:
-    /// measured far faster than a pool of exclusive connections on the hot path, and
-    /// it reconnects on its own after Redis restarts (through Sentinel: to the primary
-    /// they name then).
-    pub async fn connect(&self) -> Result<RedisConnection, RedisSetupError> {
-        self.connect_blocking(Duration::ZERO).await
-    }
-
-    /// A connection of its own for commands that block on the server for up to `block`:
-    /// on a shared multiplexed connection they would hold up every other caller.
-    pub async fn connect_blocking(
-        &self,
-        block: Duration,
-    ) -> Result<RedisConnection, RedisSetupError> {
-        let timeout = Duration::from_millis(self.redis_timeout_ms);
-        if !self.redis_sentinels.is_empty() {
-            let socket = Socket::new(self.target()?, timeout + block);
-            // As below: what is refused for good ends start-up now; an unreachable primary
-            // is waited for by the next command.
-            if let Err(err) = socket.get().await
-                && !(err.is_connection_refusal() || err.is_timeout())
-            {
-                return Err(err.into());
-            }
-            return Ok(RedisConnection::Following(Arc::new(socket)));
-        }
-        let client = self.client()?;
-        // One attempt first: a certificate or the credentials Redis refuses stay refused,
-        // so they end start-up now, with their reason. A Redis that is not up yet (refused
-        // or silent) is the manager's to wait for, with its backoff.
-        let probe = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        if let Err(err) = client
-            .get_multiplexed_async_connection_with_config(&probe)
-            .await
-            && !(err.is_connection_refusal() || err.is_timeout())
-        {
-            return Err(err.into());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout + block));
-        Ok(RedisConnection::Managed(
-            ConnectionManager::new_with_config(client, config).await?,
-        ))
-    }
-
-    /// Where a socket of its own connects: the URL's node, or the primary the Sentinels
-    /// name.
-    pub fn target(&self) -> Result<Target, RedisSetupError> {
-        if self.redis_sentinels.is_empty() {
-            return Ok(Target::Url(self.client()?));
-        }
-        let node = redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str())?;
-        if !matches!(node.addr(), redis::ConnectionAddr::Tcp(..)) {
-            return Err(RedisSetupError::SentinelWithTls);
-        }
-        let sentinels: Vec<String> = self
-            .redis_sentinels
-            .iter()
-            .map(|address| format!("redis://{address}"))
-            .collect();
-        let nodes = SentinelNodeConnectionInfo::default()
-            .set_redis_connection_info(node.redis_settings().clone());
-        Ok(Target::Sentinel(tokio::sync::Mutex::new(
-            SentinelClient::build(
-                sentinels,
-                self.redis_sentinel_master.clone(),
-                Some(nodes),
-                SentinelServerType::Master,
-            )?,
-        )))
-    }
-
-    /// The Sentinels, when REDIS_SENTINELS names any.
-    pub fn sentinels(&self) -> Option<Sentinels> {
-        (!self.redis_sentinels.is_empty()).then(|| Sentinels {
-            addresses: self.redis_sentinels.clone(),
-            master: self.redis_sentinel_master.clone(),
-            timeout: Duration::from_millis(self.redis_timeout_ms),
-        })
-    }
-
-    /// The client, with the TLS files when set. A wrong CA or wrong credentials fail the
-    /// first connection, within REDIS_TIMEOUT_MS, with the server's or the handshake's
-    /// reason.
-    pub fn client(&self) -> Result<redis::Client, RedisSetupError> {
-        let tls = self.redis_url.starts_with("rediss://");
-        let files = self.redis_ca_file.is_some() || self.redis_client_cert_file.is_some();
-        if !files {
-            return Ok(redis::Client::open(self.redis_url.as_str())?);
-        }
-        if !tls {
-            return Err(RedisSetupError::TlsFilesWithoutTls);
-        }
-        let read = |path: &PathBuf| {
-            std::fs::read(path).map_err(|error| RedisSetupError::File {
-                path: path.display().to_string(),
-                error,
-            })
-        };
-        let client_tls = match (&self.redis_client_cert_file, &self.redis_client_key_file) {
-            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-                client_cert: read(cert)?,
-                client_key: read(key)?,
-            }),
-            _ => None,
-        };
-        let root_cert = self.redis_ca_file.as_ref().map(read).transpose()?;
-        Ok(redis::Client::build_with_tls(
-            self.redis_url.as_str(),
-            redis::TlsCertificates {
-                client_tls,
-                root_cert,
-            },
-        )?)
-    }
-}
-
 /// Which Redis replicas must have a write before it counts (`crate::redis::replicas`).
 /// Both services take the same values.
 #[derive(Args, Clone)]
@@ -222,73 +82,7 @@ pub struct ReplicaArgs {
     pub redis_replica_timeout_ms: u64,
 }
 
-/// Why the replicas to wait for could not be settled at start.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplicaSetupError {
-    #[error("cannot ask the Sentinels how many replicas the primary has: {0}")]
-    Sentinels(#[source] redis::RedisError),
-    #[error(
-        "REDIS_MIN_REPLICAS is {floor} but the Sentinels know only {known} replicas of \
-         {master}: no write could ever be confirmed"
-    )]
-    MoreThanKnown {
-        floor: u32,
-        known: u32,
-        master: String,
-    },
-    #[error(
-        "REDIS_REPLICA_TIMEOUT_MS must be above 0 where replicas confirm (REDIS_MIN_REPLICAS, \
-         or Sentinel): WAIT with a timeout of 0 blocks until the replicas answer, holding \
-         every write behind it"
-    )]
-    NoTimeout,
-    #[error(
-        "REDIS_REPLICA_TIMEOUT_MS ({replica}) must be below REDIS_TIMEOUT_MS ({command}), \
-         which cuts every Redis command short"
-    )]
-    TimeoutPastCommands { replica: u64, command: u64 },
-}
-
 impl ReplicaArgs {
-    /// The replicas each confirmation waits for, or None where none is required (one node,
-    /// or replicas behind a plain URL with REDIS_MIN_REPLICAS at 0). Under Sentinel every
-    /// replica the Sentinels know, whatever REDIS_MIN_REPLICAS says.
-    pub async fn required(&self, redis: &RedisArgs) -> Result<Option<Required>, ReplicaSetupError> {
-        let floor = self.redis_min_replicas;
-        let replicas = match redis.sentinels() {
-            Some(sentinels) => {
-                let known = sentinels
-                    .known_replicas()
-                    .await
-                    .map_err(ReplicaSetupError::Sentinels)?;
-                if floor > known {
-                    return Err(ReplicaSetupError::MoreThanKnown {
-                        floor,
-                        known,
-                        master: sentinels.master,
-                    });
-                }
-                Replicas::Sentinels {
-                    known,
-                    floor,
-                    sentinels,
-                }
-            }
-            None if floor > 0 => Replicas::Fixed(floor),
-            None => return Ok(None),
-        };
-        if self.redis_replica_timeout_ms == 0 {
-            return Err(ReplicaSetupError::NoTimeout);
-        }
-        if self.redis_replica_timeout_ms >= redis.redis_timeout_ms {
-            return Err(ReplicaSetupError::TimeoutPastCommands {
-                replica: self.redis_replica_timeout_ms,
-                command: redis.redis_timeout_ms,
-            });
-        }
-        Ok(Some(Required::start(replicas)))
-    }
-
     /// Longest one confirmation (WAIT) may take.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.redis_replica_timeout_ms)
@@ -548,30 +342,4 @@ pub struct DatabaseArgs {
         requires = "database_client_cert_file"
     )]
     pub database_client_key_file: Option<PathBuf>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PoolSetupError {
-    #[error(transparent)]
-    Tls(#[from] PgTlsError),
-    #[error(transparent)]
-    Build(#[from] diesel_async::pooled_connection::deadpool::BuildError),
-}
-
-impl DatabaseArgs {
-    pub fn target(&self) -> Result<PgTarget, PgTlsError> {
-        let client = self
-            .database_client_cert_file
-            .as_deref()
-            .zip(self.database_client_key_file.as_deref());
-        let files = PgTlsFiles {
-            ca: self.database_ca_file.as_deref(),
-            client,
-        };
-        PgTarget::new(&self.database_url, files)
-    }
-
-    pub fn pool(&self) -> Result<PgPool, PoolSetupError> {
-        Ok(build_pool(&self.target()?, self.database_pool_size)?)
-    }
 }

@@ -8,7 +8,8 @@ use diesel_async::pooled_connection::deadpool::{BuildError, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use futures_util::FutureExt;
 
-use crate::db::connect::PgTarget;
+use crate::config::DatabaseArgs;
+use crate::db::connect::{PgTarget, PgTlsError, PgTlsFiles};
 
 pub type PgPool = Pool<AsyncPgConnection>;
 pub use diesel_async::pooled_connection::deadpool::PoolError;
@@ -39,4 +40,30 @@ pub fn build_pool(target: &PgTarget, max_size: usize) -> Result<PgPool, BuildErr
         })
         .runtime(Runtime::Tokio1)
         .build()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolSetupError {
+    #[error(transparent)]
+    Tls(#[from] PgTlsError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+impl DatabaseArgs {
+    pub fn target(&self) -> Result<PgTarget, PgTlsError> {
+        let client = self
+            .database_client_cert_file
+            .as_deref()
+            .zip(self.database_client_key_file.as_deref());
+        let files = PgTlsFiles {
+            ca: self.database_ca_file.as_deref(),
+            client,
+        };
+        PgTarget::new(&self.database_url, files)
+    }
+
+    pub fn pool(&self) -> Result<PgPool, PoolSetupError> {
+        Ok(build_pool(&self.target()?, self.database_pool_size)?)
+    }
 }

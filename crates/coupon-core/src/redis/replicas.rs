@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use redis::RedisError;
 
+use crate::config::{RedisArgs, ReplicaArgs};
+
 /// How often the replicas the Sentinels know are counted again.
 const RECOUNT: Duration = Duration::from_secs(1);
 /// Recounts in a row that must find fewer replicas before fewer are waited for: a Sentinel
@@ -143,5 +145,73 @@ async fn recount(sentinels: Sentinels, floor: u32, required: Weak<AtomicU32>) {
                 unreadable = true;
             }
         }
+    }
+}
+
+/// Why the replicas to wait for could not be settled at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaSetupError {
+    #[error("cannot ask the Sentinels how many replicas the primary has: {0}")]
+    Sentinels(#[source] redis::RedisError),
+    #[error(
+        "REDIS_MIN_REPLICAS is {floor} but the Sentinels know only {known} replicas of \
+         {master}: no write could ever be confirmed"
+    )]
+    MoreThanKnown {
+        floor: u32,
+        known: u32,
+        master: String,
+    },
+    #[error(
+        "REDIS_REPLICA_TIMEOUT_MS must be above 0 where replicas confirm (REDIS_MIN_REPLICAS, \
+         or Sentinel): WAIT with a timeout of 0 blocks until the replicas answer, holding \
+         every write behind it"
+    )]
+    NoTimeout,
+    #[error(
+        "REDIS_REPLICA_TIMEOUT_MS ({replica}) must be below REDIS_TIMEOUT_MS ({command}), \
+         which cuts every Redis command short"
+    )]
+    TimeoutPastCommands { replica: u64, command: u64 },
+}
+
+impl ReplicaArgs {
+    /// The replicas each confirmation waits for, or None where none is required (one node,
+    /// or replicas behind a plain URL with REDIS_MIN_REPLICAS at 0). Under Sentinel every
+    /// replica the Sentinels know, whatever REDIS_MIN_REPLICAS says.
+    pub async fn required(&self, redis: &RedisArgs) -> Result<Option<Required>, ReplicaSetupError> {
+        let floor = self.redis_min_replicas;
+        let replicas = match redis.sentinels() {
+            Some(sentinels) => {
+                let known = sentinels
+                    .known_replicas()
+                    .await
+                    .map_err(ReplicaSetupError::Sentinels)?;
+                if floor > known {
+                    return Err(ReplicaSetupError::MoreThanKnown {
+                        floor,
+                        known,
+                        master: sentinels.master,
+                    });
+                }
+                Replicas::Sentinels {
+                    known,
+                    floor,
+                    sentinels,
+                }
+            }
+            None if floor > 0 => Replicas::Fixed(floor),
+            None => return Ok(None),
+        };
+        if self.redis_replica_timeout_ms == 0 {
+            return Err(ReplicaSetupError::NoTimeout);
+        }
+        if self.redis_replica_timeout_ms >= redis.redis_timeout_ms {
+            return Err(ReplicaSetupError::TimeoutPastCommands {
+                replica: self.redis_replica_timeout_ms,
+                command: redis.redis_timeout_ms,
+            });
+        }
+        Ok(Some(Required::start(replicas)))
     }
 }

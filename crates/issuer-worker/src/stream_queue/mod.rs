@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use coupon_core::config::RedisSetupError;
+use coupon_core::redis::connect::RedisSetupError;
 use coupon_core::db::batch_insert::{FailedEvent, FailureReason, SourcedIssue};
 use coupon_core::domain::CouponId;
 use coupon_core::domain::QueueKind;
