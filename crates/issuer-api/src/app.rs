@@ -1,5 +1,5 @@
-//! Building and running the HTTP server: dependencies first, then routes, then serve
-//! until the shutdown signal.
+//! The composition root: every dependency connected (`connect`, which the commands in
+//! `crate::commands` share), then the routes mounted and served until the shutdown signal.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,8 +9,6 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
-use coupon_core::db::coupons::all_coupon_ids;
-use coupon_core::domain::CouponId;
 use coupon_core::domain::QueueKind;
 use coupon_core::redis::admission::AdmissionScripts;
 use coupon_core::redis::connection::Socket;
@@ -28,7 +26,7 @@ use crate::http::routes;
 use crate::http::state::AppState;
 use crate::http::timing::timed;
 use crate::identity::Identity;
-use crate::issuing::{Issuer, Rebuilt};
+use crate::issuing::Issuer;
 use crate::metrics::Metrics;
 use crate::operations::Operations;
 use crate::rate_limit::{Limits, RateLimiter};
@@ -105,38 +103,6 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         replication,
         metrics,
     ))
-}
-
-/// `issuer-api rebuild-redis`: rebuilds one coupon or all, printing what happened to
-/// each; fails if any could not be rebuilt.
-pub async fn rebuild_redis(
-    config: &Config,
-    coupon: Option<CouponId>,
-    all: bool,
-) -> anyhow::Result<()> {
-    let issuer = connect(config).await?;
-    let coupons = match (coupon, all) {
-        (Some(coupon), _) => vec![coupon],
-        (None, true) => {
-            let mut conn = config.database.pool()?.get().await?;
-            let ids = all_coupon_ids(&mut conn).await?;
-            ids.into_iter()
-                .filter_map(|id| CouponId::new(id).ok())
-                .collect()
-        }
-        (None, false) => anyhow::bail!("name a coupon with --coupon ID, or --all"),
-    };
-    for (coupon, rebuilt) in issuer.rebuild(&coupons).await? {
-        match rebuilt {
-            Rebuilt::Restored { holders } => {
-                println!("coupon {coupon}: restored, {holders} holders")
-            }
-            Rebuilt::AlreadyRunning => {
-                println!("coupon {coupon}: another process is rebuilding it")
-            }
-        }
-    }
-    Ok(())
 }
 
 pub struct Application {

@@ -2,6 +2,7 @@
 //! Redis script and publishing each SUCCESS to Kafka before answering it.
 
 pub mod app;
+pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod error;

@@ -1,5 +1,6 @@
 use coupon_core::{shutdown, telemetry};
-use issuer_api::app::{self, Application};
+use issuer_api::app::Application;
+use issuer_api::commands;
 use issuer_api::config::{Command, Config};
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::RebuildRedis { coupon, all } => tokio::select! {
-            done = app::rebuild_redis(&config, coupon, all) => done,
+            done = commands::rebuild_redis(&config, coupon, all) => done,
             () = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
         },
     };

@@ -310,7 +310,7 @@ async fn after_redis_loses_everything_the_rebuild_restores_every_holder() {
         format!("--coupon={coupon}"),
     ])
     .unwrap();
-    issuer_api::app::rebuild_redis(&config, Some(CouponId::new(coupon).unwrap()), false)
+    issuer_api::commands::rebuild_redis(&config, Some(CouponId::new(coupon).unwrap()), false)
         .await
         .unwrap();
 
