@@ -12,6 +12,8 @@ use crate::process::{Service, free_port, wait_for_port};
 
 const CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/redis/redis.conf");
 const START_PATIENCE: Duration = Duration::from_secs(10);
+/// Ports a new server tries before its start fails.
+const START_ATTEMPTS: u32 = 3;
 
 pub struct RedisServer {
     pub port: u16,
@@ -22,6 +24,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// A new server with its data in `dir` (created), on a free loopback port.
+    ///
+    /// A port found free can be taken by another process before the server binds it (make
+    /// test met a connection reset by whatever held it, and a server that never logged a
+    /// line): the start counts only once the port answers a Redis `PING`, and tries again on
+    /// another port otherwise.
     pub async fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut server = Self {
@@ -30,8 +37,40 @@ impl RedisServer {
             extra: extra.iter().map(|arg| (*arg).to_owned()).collect(),
             service: None,
         };
-        server.spawn().await?;
-        Ok(server)
+        let mut attempts = 1;
+        loop {
+            let started = server.spawn().await;
+            let answered = match started {
+                Ok(()) => server.answers_ping().await,
+                Err(err) => Err(err),
+            };
+            match answered {
+                Ok(()) => return Ok(server),
+                Err(err) if attempts >= START_ATTEMPTS => {
+                    return Err(err.context(format!("Redis never answered on {}", server.port)));
+                }
+                Err(_) => {
+                    server.kill();
+                    server.port = free_port()?;
+                    attempts += 1;
+                }
+            }
+        }
+    }
+
+    /// Whether what listens on the server's port is a Redis that answers.
+    async fn answers_ping(&self) -> anyhow::Result<()> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(START_PATIENCE))
+            .set_response_timeout(Some(START_PATIENCE));
+        let mut con = redis::Client::open(self.url())?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        match redis::cmd("PING").query_async::<String>(&mut con).await {
+            // A Redis still loading its data is a Redis.
+            Err(err) if err.code() != Some("LOADING") => Err(err.into()),
+            _ => Ok(()),
+        }
     }
 
     /// A replica of the primary at loopback `port` (the primary's own, or a proxy's that

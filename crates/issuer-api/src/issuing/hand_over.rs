@@ -1,0 +1,203 @@
+//! A planned switchover of the Redis primary that carries every coupon's state over as it
+//! is (`issuer-api hand-over`, run by `crate::commands`): no rebuild, so no publish window,
+//! no fence and no wait for the workers, only a few seconds closed.
+//!
+//! Invariant: a coupon opens on a node under a new stamp only if that node holds every
+//! write the old primary made to it before it closed. Before the switchover, each coupon
+//! whose state is verified under the stamp in force is closed and marked with this
+//! hand-over's lease in one script (`scripts/hand_over.lua`). A replica receives its
+//! primary's writes in order, so a node holding the mark holds everything before it. After
+//! the switchover, on the node that is primary then, each closed coupon gets a new stamp,
+//! recorded in PostgreSQL first (the count every API watches moves); once every API has
+//! forgotten the old stamps, the node is stamped and opened, only where the mark is found
+//! (`load_meta.lua`'s 'verified' checks the lease's token). Elsewhere (a node promoted
+//! before it had the mark, a lease that ran out) the coupon stays closed, and its next
+//! request rebuilds it as after any failover.
+//!
+//! What a closed coupon still writes after the mark (a settle, a release, a reconciler's
+//! claim) may be missing on the new node: each is a write a restart could lose too, and it
+//! ends the same way, with an entry resolved again. Admissions, the writes the promises
+//! rest on, cannot come after the mark: it closes admission.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use coupon_core::db::coupons::{find_coupon, hand_over_stamp, redis_stamp};
+use coupon_core::domain::CouponId;
+use coupon_core::redis::admission::RebuildLease;
+use coupon_core::redis::connection::RedisConnection;
+use coupon_core::redis::epoch::{Stamp, instance_epoch};
+use redis::RedisError;
+use tokio::time::Instant;
+
+use super::{Issuer, STAMPS_SEEN_BY_ALL};
+use crate::error::ApiError;
+
+/// Pause between two tries of a write the new primary refused (`NOREPLICAS` until its
+/// replicas have joined it).
+const REFUSED_PAUSE: Duration = Duration::from_millis(200);
+
+/// What the hand-over did with one coupon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandedOver {
+    /// Opened on the new primary with its state as it was.
+    Carried,
+    /// Closed, and not opened: the new primary lacks the mark, the lease ran out, another
+    /// verification replaced the one it closed under, or the node refused writes until the
+    /// lease's end. Its lease is ended where it can be, and its next request rebuilds it.
+    LeftToRebuild,
+    /// Not closed: its state was not verified under the stamp in force (not loaded, or
+    /// already closed for a rebuild). Its next request rebuilds it or learns the stamp,
+    /// as before.
+    NotVerified,
+}
+
+/// The coupons a hand-over closed, each with the stamp it was verified under, and the run
+/// ids of the nodes the closes ran on (one, unless the primary moved during the closes).
+pub struct Closed {
+    pub coupons: Vec<(RebuildLease, Stamp)>,
+    pub on: BTreeSet<String>,
+}
+
+impl Issuer {
+    /// Closes and marks every coupon whose state is verified under the stamp in force on
+    /// the node this process reaches. Returns what it closed, and the coupons it left as
+    /// they were.
+    pub async fn hand_over_close(
+        &self,
+        coupons: &[CouponId],
+        lease: Duration,
+    ) -> Result<(Closed, Vec<CouponId>), ApiError> {
+        let mut redis = self.redis.clone();
+        let in_force = {
+            let mut conn = self.pool.get().await?;
+            let mut in_force = Vec::with_capacity(coupons.len());
+            for &coupon in coupons {
+                in_force.push((coupon, redis_stamp(&mut conn, coupon).await?));
+            }
+            in_force
+        };
+        let mut closed = Closed {
+            coupons: Vec::new(),
+            on: BTreeSet::new(),
+        };
+        let mut left = Vec::new();
+        for (coupon, stamp) in in_force {
+            let Some(stamp) = stamp else {
+                left.push(coupon);
+                continue;
+            };
+            let held = self.scripts.hand_over_lease(coupon);
+            match self
+                .scripts
+                .close_for_hand_over(&mut redis, &held, &stamp, lease)
+                .await
+            {
+                Ok(Some(run_id)) => {
+                    closed.on.insert(run_id);
+                    closed.coupons.push((held, stamp));
+                }
+                Ok(None) => left.push(coupon),
+                // The close may have run with its answer lost: kept with the closed ones,
+                // it is opened, or its lease ended, by its token like them.
+                Err(err) => {
+                    tracing::warn!(%coupon, error = %err, "hand-over: close unknown; opened with the rest");
+                    closed.coupons.push((held, stamp));
+                }
+            }
+        }
+        Ok((closed, left))
+    }
+
+    /// Whether every replica connected to the node this process reaches has everything it
+    /// wrote (its closes), waited for up to `timeout`: the switchover should not start
+    /// before (the node it promotes would lack the marks), though the mark, not this count,
+    /// is what opens a coupon. Returns the acknowledgements and the replicas connected.
+    pub async fn hand_over_replicas(&self, timeout: Duration) -> Result<(i64, i64), ApiError> {
+        let mut redis = self.redis.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut redis)
+            .await?;
+        let connected = info
+            .lines()
+            .find_map(|line| line.strip_prefix("connected_slaves:"))
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0);
+        let acknowledged: i64 = redis::cmd("WAIT")
+            .arg(connected)
+            .arg(timeout.as_millis() as u64)
+            .query_async(&mut redis)
+            .await?;
+        Ok((acknowledged, connected))
+    }
+
+    /// On `primary`, the node that is primary now: records a new stamp for each closed
+    /// coupon (only where the one it closed under is still in force), waits for every API
+    /// to forget the old ones, then opens each coupon whose mark is there, trying again
+    /// until `deadline` while the node refuses writes. Every lease is ended.
+    pub async fn hand_over_open(
+        &self,
+        primary: &mut RedisConnection,
+        closed: &[(RebuildLease, Stamp)],
+        deadline: Instant,
+    ) -> Result<Vec<(CouponId, HandedOver)>, ApiError> {
+        let epoch = instance_epoch(primary).await?;
+        let mut stamped = Vec::with_capacity(closed.len());
+        let mut outcomes = Vec::with_capacity(closed.len());
+        {
+            let mut conn = self.pool.get().await?;
+            for (held, verified) in closed {
+                let record = find_coupon(&mut conn, held.coupon)
+                    .await?
+                    .ok_or(ApiError::CouponNotFound(held.coupon.get()))?;
+                let stamp = Stamp::fresh(&epoch);
+                if hand_over_stamp(&mut conn, held.coupon, verified, &stamp).await? {
+                    stamped.push((record, held, stamp));
+                } else {
+                    outcomes.push((held.coupon, HandedOver::LeftToRebuild));
+                    self.end_lease(primary, held).await;
+                }
+            }
+        }
+        if !stamped.is_empty() {
+            tokio::time::sleep(STAMPS_SEEN_BY_ALL).await;
+        }
+        for (record, held, stamp) in stamped {
+            let opened = loop {
+                match self
+                    .scripts
+                    .restore(primary, &record, &[], &stamp, held)
+                    .await
+                {
+                    Err(err) if refused_for_now(&err) && Instant::now() < deadline => {
+                        tokio::time::sleep(REFUSED_PAUSE).await;
+                    }
+                    opened => break opened,
+                }
+            };
+            let outcome = match opened {
+                Ok(true) => {
+                    tracing::info!(coupon = %record.id, "hand-over: admission reopened as it was");
+                    HandedOver::Carried
+                }
+                Ok(false) => HandedOver::LeftToRebuild,
+                Err(err) => {
+                    tracing::warn!(coupon = %record.id, error = %err, "hand-over: cannot open; left to its rebuild");
+                    HandedOver::LeftToRebuild
+                }
+            };
+            // Carried or not, the lease goes: a coupon left closed is rebuilt by its next
+            // request at once, not after the lease.
+            self.end_lease(primary, held).await;
+            outcomes.push((record.id, outcome));
+        }
+        Ok(outcomes)
+    }
+}
+
+/// A new primary answers `NOREPLICAS` to writes (`min-replicas-to-write`) until a replica
+/// has joined it, a second or two after the switchover.
+fn refused_for_now(err: &RedisError) -> bool {
+    err.code() == Some("NOREPLICAS")
+}
