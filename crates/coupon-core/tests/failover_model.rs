@@ -26,6 +26,16 @@
 //! here, the read and the WAIT two round trips in the code: the WAIT confirms a write made
 //! after the read (the fence), so what a later write adds is never in the batch.
 //!
+//! The hand-over (`issuer-api hand-over`, a planned switchover that keeps the state): on
+//! the primary it reaches, it closes the coupon only if its state is verified under the
+//! stamp in force, marking it with the hand-over's lease in the same step; after the
+//! switchover, on the primary it reaches then, it records a new stamp in PostgreSQL and,
+//! once every API has read the count, stamps the node and opens it, only if the mark is
+//! there. The mark proves the node holds everything the old primary wrote before it: a
+//! replica receives the primary's writes in order. The switchover may come at any moment
+//! (a provider's failover the command does not wait for, a WAIT that fell short), and the
+//! mark (a lease) may run out on the way.
+//!
 //! Not modelled: publish failures and releases (`protocol_model.rs`), a node restarting
 //! (its new run id is what `epoch.rs`'s tests force), and replicas joining or leaving (the
 //! recount is `sentinel.rs`'s `a_replica_added_while_the_api_runs_is_waited_for_too`).
@@ -62,6 +72,9 @@ enum Bug {
     /// The Redis queue mode's worker persisted what it read, confirmed or not: one left
     /// with a cut-off primary persisted what the promoted node, rebuilt, sold again.
     WorkerTakesUnconfirmed,
+    /// The hand-over opened the new primary without finding its mark there: a node
+    /// promoted before it had the old primary's last writes sells their slots again.
+    CarryWithoutMark,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +98,8 @@ struct Setup {
     /// The Redis queue mode's worker stays with A, cut off, until A rejoins (its socket
     /// never broke); else it follows the first API's endpoint.
     worker_split: bool,
+    /// An operator runs the hand-over once, through the first API's endpoint.
+    hand_over: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,13 +126,29 @@ struct Stamp {
 
 /// One Redis node's data: the coupon's issued set; Kafka mode's pending entries (admitted,
 /// not yet published: the ledger); the Redis queue mode's stream entries not yet persisted;
-/// the meta's stamp.
+/// the meta's stamp; the hand-over's mark (its lease, which also keeps rebuilds away).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Data {
     issued: [bool; N],
     pending: [bool; N],
     streamed: [bool; N],
     stamp: Option<Stamp>,
+    marked: bool,
+}
+
+/// How far the hand-over got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum HandOver {
+    NotYet,
+    /// The coupon closed and marked on the node the command reached.
+    Closed,
+    /// A new stamp recorded in PostgreSQL for `node`, which opens once every API has read
+    /// the count, if the mark is there.
+    Recorded {
+        node: Node,
+        stamp: Stamp,
+    },
+    Ended,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -178,6 +209,7 @@ struct State {
     /// A rebuild that recorded its stamp and waits for every API to have read the count
     /// before it opens the node (`STAMPS_SEEN_BY_ALL`).
     opening: Option<(Node, Stamp)>,
+    hand_over: HandOver,
     next_nonce: u8,
     /// Kafka: users with an event in the log.
     logged: [bool; N],
@@ -232,6 +264,17 @@ enum Action {
     Open,
     /// `api`'s watcher reads the moved count and forgets its stamps.
     Refresh(u8),
+    /// The hand-over closes and marks the coupon on the node the first API's endpoint
+    /// leads to, its state verified under the stamp in force.
+    HandOverClose,
+    /// After the switchover (or none), the hand-over records a new stamp for the node the
+    /// endpoint leads to now.
+    HandOverRecord,
+    /// Every API has read the count: the node is stamped and opened, if marked.
+    HandOverOpen,
+    /// The hand-over's lease runs out (on every node at once: its expiry is an absolute
+    /// time, and the nodes share a clock).
+    MarkExpires,
 }
 
 struct Model {
@@ -250,6 +293,7 @@ impl State {
             pending: [false; N],
             streamed: [false; N],
             stamp: Some(stamp),
+            marked: false,
         };
         let api = Api {
             endpoint: Node::A,
@@ -267,6 +311,7 @@ impl State {
             in_force: Some(stamp),
             verifications: 0,
             opening: None,
+            hand_over: HandOver::NotYet,
             next_nonce: 1,
             logged: [false; N],
             rows: [false; N],
@@ -284,6 +329,10 @@ impl State {
     fn for_setup(setup: Setup) -> State {
         State {
             failbacks_left: u8::from(setup.failback),
+            // The hand-over's runs ask once per user: its steps and the mark's expiry
+            // multiply the states, and a retry adds nothing the close does not already
+            // race.
+            requests_left: if setup.hand_over { [1; N] } else { [2, 1, 1] },
             ..State::initial()
         }
     }
@@ -464,9 +513,11 @@ impl Protocol for Model {
             // (`delivery::stream`).
             let persisted = self.setup.queue == Queue::Stream
                 || !s.unpersisted(self.setup.queue).contains(&true);
+            // A lease held on the node (here, the hand-over's) keeps a rebuild away.
             if !self.verified(s, api)
                 && s.in_force == s.apis[api].known
                 && s.opening.is_none()
+                && !s.nodes[s.apis[api].endpoint.index()].marked
                 && !in_flight
                 && persisted
             {
@@ -479,6 +530,23 @@ impl Protocol for Model {
         let all_seen = s.apis.iter().all(|api| api.seen == s.verifications);
         if s.opening.is_some() && (all_seen || !self.watch()) {
             actions.push(Action::Open);
+        }
+        if self.setup.hand_over {
+            let node = s.apis[0].endpoint;
+            let meta = s.nodes[node.index()].stamp;
+            match s.hand_over {
+                HandOver::NotYet
+                    if meta == s.in_force && meta.is_some_and(|stamp| stamp.node == node) =>
+                {
+                    actions.push(Action::HandOverClose);
+                }
+                HandOver::Closed => actions.push(Action::HandOverRecord),
+                HandOver::Recorded { .. } if all_seen => actions.push(Action::HandOverOpen),
+                _ => {}
+            }
+            if s.nodes.iter().any(|data| data.marked) {
+                actions.push(Action::MarkExpires);
+            }
         }
         for (from, to) in s.lagging() {
             actions.push(Action::Replicate { from, to });
@@ -684,6 +752,40 @@ impl Protocol for Model {
                 api.known = None;
                 api.seen = s.verifications;
             }
+            Action::HandOverClose => {
+                let data = &mut s.nodes[s.apis[0].endpoint.index()];
+                data.stamp = None;
+                data.marked = true;
+                s.hand_over = HandOver::Closed;
+            }
+            Action::HandOverRecord => {
+                let stamp = Stamp {
+                    node: s.apis[0].endpoint,
+                    nonce: s.next_nonce,
+                };
+                s.next_nonce += 1;
+                s.in_force = Some(stamp);
+                s.verifications += 1;
+                s.hand_over = HandOver::Recorded {
+                    node: stamp.node,
+                    stamp,
+                };
+            }
+            Action::HandOverOpen => {
+                if let HandOver::Recorded { node, stamp } = s.hand_over {
+                    let data = &mut s.nodes[node.index()];
+                    if data.marked || self.bug == Bug::CarryWithoutMark {
+                        data.stamp = Some(stamp);
+                        data.marked = false;
+                    }
+                }
+                s.hand_over = HandOver::Ended;
+            }
+            Action::MarkExpires => {
+                for data in &mut s.nodes {
+                    data.marked = false;
+                }
+            }
         }
         s.tasks.sort();
         s
@@ -720,6 +822,7 @@ const KAFKA_REPLICATED: Setup = Setup {
     split_brain: true,
     failback: true,
     worker_split: false,
+    hand_over: false,
 };
 /// Kafka mode on a plain endpoint without replicas required: the stamp and the rebuild
 /// alone keep the promise (a split brain needs replicas required, which the README says).
@@ -729,6 +832,7 @@ const KAFKA_PLAIN: Setup = Setup {
     split_brain: false,
     failback: true,
     worker_split: false,
+    hand_over: false,
 };
 /// The Redis queue mode, where the stream is the queue: replicas required; the partition
 /// heals, and A rejoins as B's replica.
@@ -738,6 +842,7 @@ const STREAM_REPLICATED: Setup = Setup {
     split_brain: true,
     failback: false,
     worker_split: false,
+    hand_over: false,
 };
 
 /// The same, with the endpoint moved back to A, never demoted, instead. A's stream then
@@ -754,6 +859,27 @@ const STREAM_WORKER_LEFT_BEHIND: Setup = Setup {
     ..STREAM_REPLICATED
 };
 
+/// The hand-over on a plain endpoint without replicas required: the failover may promote
+/// B without the last admissions, and only the mark tells.
+const KAFKA_PLAIN_HANDED_OVER: Setup = Setup {
+    hand_over: true,
+    failback: false,
+    ..KAFKA_PLAIN
+};
+
+/// The hand-over where every replica confirms, in both queue modes.
+const KAFKA_REPLICATED_HANDED_OVER: Setup = Setup {
+    hand_over: true,
+    failback: false,
+    split_brain: false,
+    ..KAFKA_REPLICATED
+};
+const STREAM_REPLICATED_HANDED_OVER: Setup = Setup {
+    hand_over: true,
+    split_brain: false,
+    ..STREAM_REPLICATED
+};
+
 fn model(bug: Bug, setup: Setup) -> Model {
     Model { bug, setup }
 }
@@ -766,6 +892,9 @@ fn every_reachable_state_keeps_every_invariant() {
         STREAM_REPLICATED,
         STREAM_FAILED_BACK,
         STREAM_WORKER_LEFT_BEHIND,
+        KAFKA_PLAIN_HANDED_OVER,
+        KAFKA_REPLICATED_HANDED_OVER,
+        STREAM_REPLICATED_HANDED_OVER,
     ] {
         let (explored, violation) = check(&model(Bug::None, setup));
         assert!(violation.is_none(), "{setup:?}: {violation:#?}");
@@ -833,6 +962,16 @@ fn a_worker_persisting_unconfirmed_entries_is_found() {
     // The endpoint moved back to A: the worker there persists what A took alone.
     finds(
         &model(Bug::WorkerTakesUnconfirmed, STREAM_FAILED_BACK),
+        "no oversell",
+    );
+}
+
+#[test]
+fn a_hand_over_that_opens_an_unmarked_node_is_found() {
+    // A admits and publishes user 0 (no replica confirms); the hand-over closes A; B is
+    // promoted without either; opened without the mark, B sells the slot again.
+    finds(
+        &model(Bug::CarryWithoutMark, KAFKA_PLAIN_HANDED_OVER),
         "no oversell",
     );
 }
