@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use coupon_core::domain::QueueKind;
 use coupon_core::domain::{Coupon, UserId};
-use coupon_core::redis::admission::{AdmissionScripts, AdmitReply, RebuildLease};
+use coupon_core::redis::admission::{AdmissionScripts, AdmitReply, LeaseTake, RebuildLease};
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use redis::AsyncCommands;
 
@@ -262,4 +262,53 @@ async fn a_meta_stamped_by_an_older_verification_does_not_admit() {
         .await
         .unwrap();
     assert!(matches!(reply, AdmitReply::Admitted(_)), "{reply:?}");
+}
+
+/// A lazy rebuild is asked for by a request that found the coupon closed; by the time its
+/// lease is asked for, the coupon may have opened (a hand-over carried it over). Verified
+/// under the stamp in force the asker passes, it takes no lease and stays open; under any
+/// other (the stamp was replaced since), or with none (an operator's rebuild), it is
+/// rebuilt.
+#[tokio::test]
+async fn a_rebuild_asked_for_while_closed_leaves_a_coupon_verified_since() {
+    let (scripts, mut con, coupon) = (scripts(), redis().await, coupon());
+    let _: () = con
+        .del(&[
+            scripts.keys(coupon.id).meta,
+            scripts.keys(coupon.id).rebuilding,
+        ])
+        .await
+        .unwrap();
+    let verified = scripts
+        .load_meta(&mut con, &coupon)
+        .await
+        .unwrap()
+        .expect("the first load writes the meta");
+    let lease = Duration::from_secs(30);
+    assert_eq!(
+        scripts
+            .take_rebuild_lease(&mut con, coupon.id, lease, Some(&verified))
+            .await
+            .unwrap(),
+        LeaseTake::Verified
+    );
+    let admitted = scripts
+        .admit(&mut con, coupon.id, UserId::new(1).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        matches!(admitted, AdmitReply::Admitted(_)),
+        "the coupon stayed open: {admitted:?}"
+    );
+    let replaced = Stamp::fresh(&instance_epoch(&mut con).await.unwrap());
+    assert!(
+        matches!(
+            scripts
+                .take_rebuild_lease(&mut con, coupon.id, lease, Some(&replaced))
+                .await
+                .unwrap(),
+            LeaseTake::Taken(_)
+        ),
+        "a stamp replaced since asks for a rebuild"
+    );
 }

@@ -1,12 +1,28 @@
 //! The commands `issuer-api` runs besides serving (`issuer-api --help`): each builds what
 //! it needs through the composition root (`crate::app::connect`), does one job and exits.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use coupon_core::db::coupons::all_coupon_ids;
 use coupon_core::domain::CouponId;
+use coupon_core::redis::connection::RedisConnection;
+use coupon_core::redis::epoch::instance_epoch;
+use tokio::time::Instant;
 
 use crate::app::connect;
 use crate::config::Config;
-use crate::issuing::Rebuilt;
+use crate::issuing::{HandedOver, Issuer, Rebuilt};
+
+/// How long the replicas get to acknowledge the hand-over's marks before the switchover.
+const MARKS_ON_REPLICAS: Duration = Duration::from_secs(5);
+/// Bounds each command to the old primary.
+const NODE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between two looks for the new primary.
+const PRIMARY_POLL: Duration = Duration::from_millis(200);
+/// What the lease must leave after the wait: the stamps' recording, the wait for every API
+/// to read them, and the opening.
+const OPENING_MARGIN: Duration = Duration::from_secs(10);
 
 /// `issuer-api rebuild-redis`: rebuilds one coupon or all, printing what happened to
 /// each; fails if any could not be rebuilt.
@@ -18,13 +34,7 @@ pub async fn rebuild_redis(
     let issuer = connect(config).await?;
     let coupons = match (coupon, all) {
         (Some(coupon), _) => vec![coupon],
-        (None, true) => {
-            let mut conn = config.database.pool()?.get().await?;
-            let ids = all_coupon_ids(&mut conn).await?;
-            ids.into_iter()
-                .filter_map(|id| CouponId::new(id).ok())
-                .collect()
-        }
+        (None, true) => every_coupon(config).await?,
         (None, false) => anyhow::bail!("name a coupon with --coupon ID, or --all"),
     };
     for (coupon, rebuilt) in issuer.rebuild(&coupons).await? {
@@ -35,7 +45,173 @@ pub async fn rebuild_redis(
             Rebuilt::AlreadyRunning => {
                 println!("coupon {coupon}: another process is rebuilding it")
             }
+            Rebuilt::AlreadyVerified => println!("coupon {coupon}: verified, left as it is"),
         }
     }
     Ok(())
+}
+
+async fn every_coupon(config: &Config) -> anyhow::Result<Vec<CouponId>> {
+    let mut conn = config.database.pool()?.get().await?;
+    let ids = all_coupon_ids(&mut conn).await?;
+    Ok(ids
+        .into_iter()
+        .filter_map(|id| CouponId::new(id).ok())
+        .collect())
+}
+
+/// `issuer-api hand-over`: a planned switchover of the Redis primary that carries every
+/// coupon's state over (`crate::issuing`'s `hand_over` says why that is safe), printing
+/// what happened to each coupon. Fails if the switchover did not happen (the replicas did
+/// not acknowledge the marks, the Sentinels refused, no new primary within `wait`); the
+/// coupons then reopen where they are.
+pub async fn hand_over(
+    config: &Config,
+    wait: Duration,
+    lease: Duration,
+) -> anyhow::Result<Vec<(CouponId, HandedOver)>> {
+    anyhow::ensure!(
+        lease >= wait + OPENING_MARGIN,
+        "--lease-secs must be at least {} s above --wait-secs: the coupons open after the wait",
+        OPENING_MARGIN.as_secs()
+    );
+    let issuer = connect(config).await?;
+    let coupons = every_coupon(config).await?;
+    let started = Instant::now();
+    let (closed, not_verified) = issuer.hand_over_close(&coupons, lease).await?;
+    tracing::info!(
+        closed = closed.coupons.len(),
+        not_verified = not_verified.len(),
+        "hand-over: coupons closed and marked"
+    );
+    // Whatever fails from here on, the coupons are opened where they can be: left closed,
+    // they would answer 503 for the whole lease.
+    let switched = switch_primary(config, &issuer, &closed.on, started + wait).await;
+    let (mut primary, switched) = match switched {
+        Ok(Some(primary)) => (primary, Ok(())),
+        Ok(None) => (
+            config.redis.connect().await?,
+            Err(anyhow::anyhow!(
+                "no new primary within {} s",
+                wait.as_secs()
+            )),
+        ),
+        Err(err) => (config.redis.connect().await?, Err(err)),
+    };
+    let mut outcomes = issuer
+        .hand_over_open(&mut primary, &closed.coupons, started + lease)
+        .await?;
+    outcomes.extend(
+        not_verified
+            .into_iter()
+            .map(|coupon| (coupon, HandedOver::NotVerified)),
+    );
+    for (coupon, outcome) in &outcomes {
+        match outcome {
+            HandedOver::Carried => println!("coupon {coupon}: carried over, open"),
+            HandedOver::LeftToRebuild => {
+                println!(
+                    "coupon {coupon}: not carried over (no mark); its next request rebuilds it"
+                )
+            }
+            HandedOver::NotVerified => {
+                println!("coupon {coupon}: not verified, left as it was")
+            }
+        }
+    }
+    switched.map_err(|err| err.context("no switchover: the coupons reopened where they were"))?;
+    Ok(outcomes)
+}
+
+/// Once every connected replica has the marks, asks for the switchover (the Sentinels, or
+/// the operator behind a plain URL) and waits until `deadline` for the new primary.
+async fn switch_primary(
+    config: &Config,
+    issuer: &Issuer,
+    closed_on: &BTreeSet<String>,
+    deadline: Instant,
+) -> anyhow::Result<Option<RedisConnection>> {
+    let (acknowledged, replicas) = issuer.hand_over_replicas(MARKS_ON_REPLICAS).await?;
+    anyhow::ensure!(
+        acknowledged >= replicas,
+        "{acknowledged} of {replicas} replicas acknowledged the marks within {} s",
+        MARKS_ON_REPLICAS.as_secs()
+    );
+    let Some(sentinels) = config.redis.sentinels() else {
+        tracing::warn!(
+            "hand-over: fail the primary behind REDIS_URL over now; waiting for a new one"
+        );
+        return new_primary(config, closed_on, deadline).await;
+    };
+    let old = sentinels.master_address().await?;
+    sentinels.fail_over().await?;
+    let found = new_primary(config, closed_on, deadline).await?;
+    if found.is_some() {
+        let new = sentinels.master_address().await?;
+        if new != old
+            && let Err(err) = replicate_from(config, &old, &new).await
+        {
+            tracing::warn!(error = %err, "hand-over: the old primary is left for the Sentinels to repoint");
+        }
+    }
+    Ok(found)
+}
+
+/// Makes the old primary a replica of the new one, as the Sentinels do once it has reported
+/// itself a primary for a while (about 10 s): until then it confirms nothing, and every
+/// "yes" waits for every replica the Sentinels know, it included.
+async fn replicate_from(
+    config: &Config,
+    (host, port): &(String, u16),
+    (new_host, new_port): &(String, u16),
+) -> anyhow::Result<()> {
+    let timeouts = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(NODE_TIMEOUT))
+        .set_response_timeout(Some(NODE_TIMEOUT));
+    let mut old = config
+        .redis
+        .node_client(host, *port)?
+        .get_multiplexed_async_connection_with_config(&timeouts)
+        .await?;
+    let () = redis::cmd("REPLICAOF")
+        .arg(new_host)
+        .arg(new_port)
+        .query_async(&mut old)
+        .await?;
+    // Kept across a restart of the node, as the Sentinels keep what they configure.
+    let () = redis::cmd("CONFIG")
+        .arg("REWRITE")
+        .query_async(&mut old)
+        .await?;
+    Ok(())
+}
+
+/// A connection to a writable primary whose run id is none of `old`'s, looked for with a
+/// new connection each time (through the Sentinels, or the URL's endpoint) until `deadline`.
+async fn new_primary(
+    config: &Config,
+    old: &BTreeSet<String>,
+    deadline: Instant,
+) -> anyhow::Result<Option<RedisConnection>> {
+    loop {
+        if let Ok(mut con) = config.redis.connect().await
+            && let Ok((info, run_id)) = primary_and_run_id(&mut con).await
+            && info.contains("role:master")
+            && !old.contains(&run_id)
+        {
+            return Ok(Some(con));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(PRIMARY_POLL).await;
+    }
+}
+
+async fn primary_and_run_id(con: &mut RedisConnection) -> anyhow::Result<(String, String)> {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(con)
+        .await?;
+    Ok((info, instance_epoch(con).await?))
 }

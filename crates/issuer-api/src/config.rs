@@ -222,6 +222,22 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// A planned switchover of the Redis primary that keeps every coupon's state, with no
+    /// rebuild: closes each coupon verified under the stamp in force and marks it, waits for
+    /// the replicas, asks the Sentinels to fail over (behind a plain REDIS_URL: waits for
+    /// the node behind it to change, while the operator fails the provider's primary over),
+    /// then opens each coupon on the new primary where its mark arrived. The rest stay
+    /// closed and are rebuilt by their next request. With no new primary in time, the
+    /// coupons reopen where they are and the command fails.
+    HandOver {
+        /// How long to wait for the new primary once the coupons are closed.
+        #[arg(long, env = "HAND_OVER_WAIT_SECS", default_value_t = 30)]
+        wait_secs: u64,
+        /// How long the coupons stay closed at most, however the command ends: past it,
+        /// a coupon not opened is rebuilt by its next request. Above the wait.
+        #[arg(long, env = "HAND_OVER_LEASE_SECS", default_value_t = 60)]
+        lease_secs: u64,
+    },
 }
 
 #[cfg(test)]

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use coupon_core::{shutdown, telemetry};
 use issuer_api::app::Application;
 use issuer_api::commands;
@@ -32,6 +34,17 @@ async fn main() -> anyhow::Result<()> {
             done = commands::rebuild_redis(&config, coupon, all) => done,
             () = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
         },
+        // Not interrupted half-way: what it closed would stay closed for the whole lease.
+        Command::HandOver {
+            wait_secs,
+            lease_secs,
+        } => commands::hand_over(
+            &config,
+            Duration::from_secs(wait_secs),
+            Duration::from_secs(lease_secs),
+        )
+        .await
+        .map(drop),
     };
     telemetry.shutdown();
     outcome

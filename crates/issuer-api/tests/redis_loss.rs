@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use coupon_core::domain::QueueKind;
 use coupon_core::redis::connection::{Socket, Target};
 use coupon_core::redis::keys::CouponKeys;
@@ -507,4 +508,99 @@ async fn a_replica_timeout_of_zero_is_refused_at_start() {
         "{err:#}"
     );
     env.shutdown().await;
+}
+
+/// A hand-over (`issuer-api hand-over`) whose new primary never got its mark: behind a
+/// plain URL, the provider promotes a replica that fell behind before the coupon closed, so
+/// it lacks the last admission and the mark. The coupon must not open there as it is (it
+/// would sell the missing slot again): it stays closed, and its next request rebuilds it.
+#[actix_web::test]
+async fn a_hand_over_to_a_node_without_its_mark_leaves_the_coupon_to_a_rebuild() {
+    use issuer_api::issuing::HandedOver;
+    let mut redis = Replicated::start("hand-over").await;
+    redis.synced().await;
+    let endpoint = CuttableProxy::start(&format!("127.0.0.1:{}", redis.primary.port))
+        .await
+        .unwrap();
+    let url = format!("--redis-url=redis://127.0.0.1:{}", endpoint.port);
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 1, &[&url]).await;
+    let coupon = env.coupon_with_quantity(3).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    let keys = env.keys(coupon);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis::cmd("SCARD")
+        .arg(&keys.issued)
+        .query_async::<i64>(&mut redis.on_replica)
+        .await
+        .unwrap()
+        < 1
+    {
+        assert!(Instant::now() < deadline, "the replica never caught up");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The replica falls behind: user 2's admission, and the mark after it, reach only the
+    // primary.
+    redis.link.cut();
+    assert_eq!(env.issue(coupon, 2).await.0, 201);
+
+    let config = issuer_api::config::Config::try_parse_from([
+        "issuer-api".to_owned(),
+        format!("--database-url={}", env.database_url),
+        format!("--issue-topic={}", env.topic),
+        format!("--redis-key-prefix={}", env.redis_prefix),
+        format!("--worker-group-id={}", env.group),
+        url.clone(),
+        "--admin-token=unused".to_owned(),
+        "hand-over".to_owned(),
+    ])
+    .unwrap();
+    let handing = actix_web::rt::spawn(async move {
+        issuer_api::commands::hand_over(&config, Duration::from_secs(20), Duration::from_secs(40))
+            .await
+    });
+    // Once the coupon is closed on the primary, the provider fails over to the replica.
+    let mut on_primary = redis::Client::open(redis.primary.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis::cmd("HGET")
+        .arg(&keys.meta)
+        .arg("epoch")
+        .query_async::<Option<String>>(&mut on_primary)
+        .await
+        .unwrap()
+        .as_deref()
+        != Some("rebuilding")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the hand-over never closed the coupon"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.replica.promote().await.unwrap();
+    endpoint.fail_over_to(&format!("127.0.0.1:{}", redis.replica.port));
+    let outcomes = handing.await.unwrap().unwrap();
+    assert_eq!(
+        outcomes,
+        vec![(
+            coupon_core::domain::CouponId::new(coupon).unwrap(),
+            HandedOver::LeftToRebuild
+        )]
+    );
+
+    // The rebuild finds users 1 and 2: one slot is left.
+    let (status, body) = env.issue_retrying(coupon, 3).await;
+    assert_eq!(status, 201, "user 3: {body}");
+    let (status, body) = env.issue_retrying(coupon, 4).await;
+    assert_eq!(status, 410, "user 4, past the quantity: {body}");
+    assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
+    assert!(
+        harness::failed_events(&env).await.is_empty(),
+        "a winner's event was refused by the database guard"
+    );
+    env.shutdown().await;
+    redis.stop();
 }

@@ -2,13 +2,15 @@
 //! three Sentinels), the services following the primary through the Sentinels: kill -9 of
 //! the primary under a sale loses no "yes", sells nothing twice, and answers 503 (never a
 //! lie) while the Sentinels elect a new primary and the coupon is rebuilt on it; a primary
-//! cut off from its peers, which the services still reach, is left for the new one.
+//! cut off from its peers, which the services still reach, is left for the new one; a
+//! planned switchover (`issuer-api hand-over`) carries the coupons over with no rebuild.
 
 // The harness below is test code too: a panic is exactly the failure report wanted.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use coupon_core::domain::QueueKind;
 use testkit::harness::{self, TestEnv};
 use testkit::sentinel_topology::SentinelTopology;
@@ -479,4 +481,75 @@ async fn a_primary_killed_under_sentinel_loses_no_yes_in_kafka_mode() {
 #[actix_web::test]
 async fn a_primary_killed_under_sentinel_loses_no_yes_in_the_redis_queue_mode() {
     primary_killed_under_a_sale(QueueKind::Redis).await;
+}
+
+/// A planned switchover through `issuer-api hand-over`: the coupon is closed and marked on
+/// the old primary, the Sentinels fail over, and it opens on the new primary as it was, with
+/// no rebuild (in Kafka mode one costs a publish window and a fence). The sale goes on.
+#[actix_web::test]
+async fn a_hand_over_carries_the_coupon_to_the_new_primary_without_a_rebuild() {
+    use coupon_core::domain::CouponId;
+    use issuer_api::issuing::HandedOver;
+    let Replicated {
+        dir,
+        topology,
+        primary,
+        env,
+    } = Replicated::start(QueueKind::Kafka).await;
+    let coupon = env.coupon_with_quantity(6).await;
+    for user in 1..=3 {
+        wins(&env, coupon, user).await;
+    }
+    let config = issuer_api::config::Config::try_parse_from([
+        "issuer-api".to_owned(),
+        format!("--database-url={}", env.database_url),
+        format!("--issue-topic={}", env.topic),
+        format!("--redis-key-prefix={}", env.redis_prefix),
+        format!("--worker-group-id={}", env.group),
+        format!("--redis-url=redis://127.0.0.1:{primary}"),
+        format!("--redis-sentinels={}", topology.sentinel_list()),
+        "--admin-token=unused".to_owned(),
+        "hand-over".to_owned(),
+    ])
+    .unwrap();
+    let started = Instant::now();
+    let outcomes =
+        issuer_api::commands::hand_over(&config, Duration::from_secs(30), Duration::from_secs(60))
+            .await
+            .unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        outcomes,
+        vec![(CouponId::new(coupon).unwrap(), HandedOver::Carried)]
+    );
+    assert_ne!(
+        topology.primary().await.unwrap(),
+        primary,
+        "the Sentinels named a new primary"
+    );
+    let mut first_yes_after = None;
+    for user in 4..=6 {
+        wins(&env, coupon, user).await;
+        first_yes_after.get_or_insert_with(|| started.elapsed());
+    }
+    assert_eq!(env.issue_retrying(coupon, 7).await.0, 410, "sold out");
+    assert_eq!(
+        env.rows_when_settled(coupon, 6).await,
+        (1..=6).collect::<Vec<_>>()
+    );
+    assert!(
+        harness::failed_events(&env).await.is_empty(),
+        "a winner's event was refused by the database guard"
+    );
+    let (_, metrics) = env.get_text("/metrics").await;
+    assert!(
+        metrics.contains("coupon_rebuilds_total{outcome=\"started\"} 0"),
+        "the API rebuilt the coupon:\n{metrics}"
+    );
+    eprintln!(
+        "hand-over: {:.1} s from the close to the open, first 201 {:.1} s after the close",
+        took.as_secs_f64(),
+        first_yes_after.unwrap().as_secs_f64()
+    );
+    tear_down(env, topology, dir).await;
 }

@@ -156,12 +156,7 @@ pub async fn record_redis_stamp(
     match verified {
         Verification::Rebuilt => {
             diesel::update(target).set(set).execute(conn).await?;
-            // After the stamp's commit, never inside its transaction: a sequence moves for
-            // everyone at once, and a watcher that saw the count move before the stamp
-            // committed could learn the old stamp again and keep it.
-            diesel::sql_query("SELECT nextval('redis_verifications')")
-                .execute(conn)
-                .await?;
+            count_verification(conn).await?;
             Ok(true)
         }
         Verification::Created => Ok(
@@ -172,6 +167,40 @@ pub async fn record_redis_stamp(
                 == 1,
         ),
     }
+}
+
+/// A hand-over's new stamp: recorded only if the stamp in force is still `verified`, the
+/// one the hand-over closed the coupon under. Anything else means another verification
+/// (a rebuild on a node without the hand-over's mark) came since, and carrying the closed
+/// state over it would bring back what that one replaced. Returns whether it is recorded.
+pub async fn hand_over_stamp(
+    conn: &mut AsyncPgConnection,
+    coupon: CouponId,
+    verified: &Stamp,
+    stamp: &Stamp,
+) -> QueryResult<bool> {
+    let replaced = diesel::update(
+        coupons::table
+            .filter(coupons::id.eq(coupon.get()))
+            .filter(coupons::redis_stamp.eq(verified.as_str())),
+    )
+    .set(coupons::redis_stamp.eq(stamp.as_str()))
+    .execute(conn)
+    .await?;
+    if replaced == 1 {
+        count_verification(conn).await?;
+    }
+    Ok(replaced == 1)
+}
+
+/// Moves the verification count every API watches. After the stamp's commit, never inside
+/// its transaction: a sequence moves for everyone at once, and a watcher that saw the count
+/// move before the stamp committed could learn the old stamp again and keep it.
+async fn count_verification(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    diesel::sql_query("SELECT nextval('redis_verifications')")
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 #[derive(QueryableByName)]

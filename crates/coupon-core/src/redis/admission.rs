@@ -5,12 +5,12 @@
 //! requests, replicas or connections can break it (the seed lost this race without Lua).
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionLike;
-use redis::{AsyncCommands, Cmd, RedisError, Script};
+use redis::{AsyncCommands, Cmd, RedisError};
 use uuid::Uuid;
 
 use crate::domain::QueueKind;
@@ -26,8 +26,16 @@ use crate::trace_context::TraceParent;
 /// Redis for long.
 const RESTORE_CHUNK: usize = 10_000;
 
-static REBUILD_LEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/rebuild_lease.lua")));
+/// What asking for a coupon's rebuild lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseTake {
+    /// Taken, and the coupon closed.
+    Taken(RebuildLease),
+    /// Another process holds it.
+    Held,
+    /// The state is verified under the stamp in force the asker passed: nothing to rebuild.
+    Verified,
+}
 
 /// A rebuild lease this process holds on one coupon: its token is what proves ownership.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,17 +305,66 @@ impl AdmissionScripts {
         coupon: CouponId,
         lease: Duration,
     ) -> Result<Option<RebuildLease>, RedisError> {
+        Ok(
+            match self.take_rebuild_lease(con, coupon, lease, None).await? {
+                LeaseTake::Taken(held) => Some(held),
+                LeaseTake::Held | LeaseTake::Verified => None,
+            },
+        )
+    }
+
+    /// As [`AdmissionScripts::try_lease_rebuild`], but takes nothing when the state is
+    /// verified here under `unless_verified_under` (the stamp in force, as PostgreSQL gives
+    /// it): a rebuild asked for while the coupon was closed is not run once it has opened.
+    pub async fn take_rebuild_lease<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: CouponId,
+        lease: Duration,
+        unless_verified_under: Option<&Stamp>,
+    ) -> Result<LeaseTake, RedisError> {
         let keys = self.keys(coupon);
         let token = Uuid::new_v4().to_string();
-        let taken: i64 = REBUILD_LEASE
-            .key(&keys.rebuilding)
-            .key(&keys.meta)
-            .arg("take")
+        let mut call = library::call(Function::RebuildLease, &[&keys.rebuilding, &keys.meta]);
+        call.arg("take")
             .arg(&token)
             .arg(lease.as_millis() as u64)
-            .invoke_async(con)
-            .await?;
-        Ok((taken == 1).then_some(RebuildLease { coupon, token }))
+            .arg(unless_verified_under.map_or("", Stamp::as_str));
+        let taken: i64 = library::invoke(con, &call).await?;
+        Ok(match taken {
+            1 => LeaseTake::Taken(RebuildLease { coupon, token }),
+            2 => LeaseTake::Verified,
+            _ => LeaseTake::Held,
+        })
+    }
+
+    /// A hand-over's lease on `coupon`, not taken yet: its token exists before the close
+    /// is sent, so that a close whose answer was lost can still be opened (or ended) by it.
+    pub fn hand_over_lease(&self, coupon: CouponId) -> RebuildLease {
+        RebuildLease {
+            coupon,
+            token: Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// The hand-over's close (`scripts/hand_over.lua`): closes the coupon and takes `held`,
+    /// only if its state is verified on this node under `in_force`. Returns the node's run
+    /// id when closed; None if not verified, or another process holds the lease. The lease
+    /// is then what opens the coupon again ([`AdmissionScripts::restore`] with no
+    /// holders), on whichever node holds its token.
+    pub async fn close_for_hand_over<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        held: &RebuildLease,
+        in_force: &Stamp,
+        lease: Duration,
+    ) -> Result<Option<String>, RedisError> {
+        let keys = self.keys(held.coupon);
+        let mut call = library::call(Function::HandOver, &[&keys.rebuilding, &keys.meta]);
+        call.arg(&held.token)
+            .arg(lease.as_millis() as u64)
+            .arg(in_force.as_str());
+        library::invoke(con, &call).await
     }
 
     /// Ends a rebuild lease, if it is still this one (it may have run out and been taken).
@@ -317,13 +374,9 @@ impl AdmissionScripts {
         lease: &RebuildLease,
     ) -> Result<(), RedisError> {
         let keys = self.keys(lease.coupon);
-        let _: i64 = REBUILD_LEASE
-            .key(&keys.rebuilding)
-            .key(&keys.meta)
-            .arg("end")
-            .arg(&lease.token)
-            .invoke_async(con)
-            .await?;
+        let mut call = library::call(Function::RebuildLease, &[&keys.rebuilding, &keys.meta]);
+        call.arg("end").arg(&lease.token);
+        let _: i64 = library::invoke(con, &call).await?;
         Ok(())
     }
 

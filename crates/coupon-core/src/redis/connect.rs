@@ -101,6 +101,14 @@ impl RedisArgs {
         )))
     }
 
+    /// A client for the node at `host:port` with REDIS_URL's credentials and database: a
+    /// node the Sentinels name, reached directly.
+    pub fn node_client(&self, host: &str, port: u16) -> Result<redis::Client, RedisSetupError> {
+        let info = redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str())?
+            .set_addr(redis::ConnectionAddr::Tcp(host.to_owned(), port));
+        Ok(redis::Client::open(info)?)
+    }
+
     /// The Sentinels, when REDIS_SENTINELS names any.
     pub fn sentinels(&self) -> Option<Sentinels> {
         (!self.redis_sentinels.is_empty()).then(|| Sentinels {

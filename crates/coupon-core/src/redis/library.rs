@@ -1,5 +1,6 @@
 //! The scripts that compare a coupon's epoch with the instance's (`crate::redis::epoch`), as one
-//! Redis function library: admission, the meta's load and the finished check.
+//! Redis function library: admission, the meta's load, the finished check, the rebuild
+//! lease and the hand-over's close.
 //!
 //! Why a library rather than EVAL: the instance's run id costs an `INFO server` to read,
 //! and admission reads it on every request, refusals included. A library's locals live as
@@ -26,16 +27,28 @@ pub enum Function {
     LoadMeta,
     /// `scripts/finished.lua`.
     Finished,
+    /// `scripts/rebuild_lease.lua`.
+    RebuildLease,
+    /// `scripts/hand_over.lua`.
+    HandOver,
 }
 
 impl Function {
-    const ALL: [Function; 3] = [Function::Admit, Function::LoadMeta, Function::Finished];
+    const ALL: [Function; 5] = [
+        Function::Admit,
+        Function::LoadMeta,
+        Function::Finished,
+        Function::RebuildLease,
+        Function::HandOver,
+    ];
 
     fn suffix(self) -> &'static str {
         match self {
             Function::Admit => "admit",
             Function::LoadMeta => "load_meta",
             Function::Finished => "finished",
+            Function::RebuildLease => "rebuild_lease",
+            Function::HandOver => "hand_over",
         }
     }
 
@@ -44,6 +57,8 @@ impl Function {
             Function::Admit => include_str!("scripts/admission.lua"),
             Function::LoadMeta => include_str!("scripts/load_meta.lua"),
             Function::Finished => include_str!("scripts/finished.lua"),
+            Function::RebuildLease => include_str!("scripts/rebuild_lease.lua"),
+            Function::HandOver => include_str!("scripts/hand_over.lua"),
         }
     }
 }

@@ -39,21 +39,9 @@ impl Sentinels {
     /// come back and be promoted): the most any Sentinel that answers lists, since one just
     /// reset or behind on gossip lists fewer. An error only if none answers.
     pub async fn known_replicas(&self) -> Result<u32, RedisError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
         let (mut most, mut last) = (None, None);
         for address in &self.addresses {
-            let asked = async {
-                let mut sentinel = redis::Client::open(format!("redis://{address}"))?
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                redis::cmd("SENTINEL")
-                    .arg("REPLICAS")
-                    .arg(&self.master)
-                    .query_async::<Vec<redis::Value>>(&mut sentinel)
-                    .await
-            };
+            let asked = self.ask::<Vec<redis::Value>>(address, "REPLICAS");
             match asked.await {
                 Ok(replicas) => {
                     most = most.max(Some(u32::try_from(replicas.len()).unwrap_or(u32::MAX)));
@@ -64,12 +52,63 @@ impl Sentinels {
         match (most, last) {
             (Some(most), _) => Ok(most),
             (None, Some(err)) => Err(err),
-            (None, None) => Err(RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
-                "no Sentinel given",
-            ))),
+            (None, None) => Err(no_sentinel()),
         }
     }
+
+    /// Asks the Sentinels to fail the master over to a replica (`SENTINEL FAILOVER`, a
+    /// switchover the operator asked for): the first Sentinel that can be reached runs it.
+    /// Only a Sentinel that refused the connection sends it to the next one: one that
+    /// answered anything else (INPROG, NOGOODSLAVE, a timeout) may have started a failover,
+    /// and a second Sentinel would force another.
+    pub async fn fail_over(&self) -> Result<(), RedisError> {
+        let mut last = None;
+        for address in &self.addresses {
+            match self.ask::<()>(address, "FAILOVER").await {
+                Err(err) if err.is_connection_refusal() => last = Some(err),
+                asked => return asked,
+            }
+        }
+        Err(last.unwrap_or_else(no_sentinel))
+    }
+
+    /// Where the first Sentinel that answers says the master is.
+    pub async fn master_address(&self) -> Result<(String, u16), RedisError> {
+        let mut last = None;
+        for address in &self.addresses {
+            match self
+                .ask::<(String, u16)>(address, "GET-MASTER-ADDR-BY-NAME")
+                .await
+            {
+                Ok(master) => return Ok(master),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(no_sentinel))
+    }
+
+    /// `SENTINEL <command> <master>` on the Sentinel at `address`.
+    async fn ask<T: redis::FromRedisValue>(
+        &self,
+        address: &str,
+        command: &str,
+    ) -> Result<T, RedisError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let mut sentinel = redis::Client::open(format!("redis://{address}"))?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        redis::cmd("SENTINEL")
+            .arg(command)
+            .arg(&self.master)
+            .query_async(&mut sentinel)
+            .await
+    }
+}
+
+fn no_sentinel() -> RedisError {
+    RedisError::from((redis::ErrorKind::InvalidClientConfig, "no Sentinel given"))
 }
 
 /// Which replicas each WAIT waits for.

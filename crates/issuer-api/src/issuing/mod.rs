@@ -1,12 +1,14 @@
 //! Issuing one coupon to one user: admit in Redis, hand the event to its delivery, answer.
 //! Beside it: the reads the HTTP contract makes (`reads`), what the operations view probes
 //! (`probes`), and restoring Redis from PostgreSQL (`rebuild`), for the coupons requests
-//! found unverified gathered into one rebuild (`lazy_rebuilds`).
+//! found unverified gathered into one rebuild (`lazy_rebuilds`), and the planned switchover
+//! that carries the state over instead (`hand_over`).
 //!
 //! Invariants: a SUCCESS answer is given only once the event is durably queued (see
 //! `crate::delivery`). A user is told "yours" only when it is known: while someone else's
 //! delivery of their event is unresolved, the answer is 503, retry.
 
+mod hand_over;
 mod lazy_rebuilds;
 mod probes;
 mod reads;
@@ -32,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::replication::Replication;
 use lazy_rebuilds::LazyRebuilds;
 
+pub use hand_over::{Closed, HandedOver};
 pub use probes::Stock;
 pub use reads::Holding;
 pub use rebuild::Rebuilt;

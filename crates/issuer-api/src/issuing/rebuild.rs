@@ -15,9 +15,11 @@
 
 use std::time::Duration;
 
-use coupon_core::db::coupons::{Verification, coupon_holders, find_coupon, record_redis_stamp};
+use coupon_core::db::coupons::{
+    Verification, coupon_holders, find_coupon, record_redis_stamp, redis_stamp,
+};
 use coupon_core::domain::{Coupon, CouponId};
-use coupon_core::redis::admission::RebuildLease;
+use coupon_core::redis::admission::{LeaseTake, RebuildLease};
 use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use futures_util::future::join_all;
@@ -45,6 +47,8 @@ pub enum Rebuilt {
     Restored { holders: usize },
     /// Another process is rebuilding this coupon right now.
     AlreadyRunning,
+    /// Verified under the stamp in force by the time its lease was asked for: left open.
+    AlreadyVerified,
 }
 
 impl Issuer {
@@ -82,7 +86,7 @@ impl Issuer {
         let coupons = gathering.take();
         let rebuilds = coupons
             .chunks(GATHERED_PER_REBUILD)
-            .map(|batch| async move { (batch, self.rebuild(batch).await) });
+            .map(|batch| async move { (batch, self.rebuild_leased(batch, true).await) });
         for (batch, rebuilt) in join_all(rebuilds).await {
             if let Err(err) = rebuilt {
                 let cause = std::error::Error::source(&err).map(ToString::to_string);
@@ -99,21 +103,44 @@ impl Issuer {
         &self,
         coupons: &[CouponId],
     ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
+        self.rebuild_leased(coupons, false).await
+    }
+
+    /// [`Issuer::rebuild`]; with `unless_verified`, the coupons whose state is verified
+    /// under the stamp in force when their lease is asked for are left as they are. The
+    /// requests that ask for a lazy rebuild found the coupon closed; it may have opened
+    /// since (a hand-over carried it over, another process rebuilt it), and a rebuild would
+    /// only close it again.
+    async fn rebuild_leased(
+        &self,
+        coupons: &[CouponId],
+        unless_verified: bool,
+    ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
         let mut redis = self.redis.clone();
+        let mut in_force = Vec::with_capacity(coupons.len());
+        if unless_verified {
+            let mut conn = self.pool.get().await?;
+            for &coupon in coupons {
+                in_force.push(redis_stamp(&mut conn, coupon).await?);
+            }
+        } else {
+            in_force.resize(coupons.len(), None);
+        }
         // The window, then the fences (each a publish, reported within one window too),
         // then the wait for the workers.
         let lease = 2 * self.delivery.in_flight_window().await?
             + self.rebuild_timeout
             + REBUILD_LEASE_MARGIN;
         let (mut leased, mut done) = (Vec::new(), Vec::new());
-        for &coupon in coupons {
+        for (&coupon, in_force) in coupons.iter().zip(&in_force) {
             match self
                 .scripts
-                .try_lease_rebuild(&mut redis, coupon, lease)
+                .take_rebuild_lease(&mut redis, coupon, lease, in_force.as_ref())
                 .await
             {
-                Ok(Some(held)) => leased.push(held),
-                Ok(None) => done.push((coupon, Rebuilt::AlreadyRunning)),
+                Ok(LeaseTake::Taken(held)) => leased.push(held),
+                Ok(LeaseTake::Held) => done.push((coupon, Rebuilt::AlreadyRunning)),
+                Ok(LeaseTake::Verified) => done.push((coupon, Rebuilt::AlreadyVerified)),
                 // The leases taken so far are ended, or their coupons stay closed for the
                 // whole lease.
                 Err(err) => {
@@ -150,7 +177,7 @@ impl Issuer {
     /// Ends a lease, trying again for a while: a rebuild that failed because Redis refused
     /// writes (a new primary whose replicas have not joined yet answers NOREPLICAS) would
     /// otherwise leave its lease to expire, and the coupon closed, for the whole lease.
-    async fn end_lease(&self, redis: &mut RedisConnection, held: &RebuildLease) {
+    pub(super) async fn end_lease(&self, redis: &mut RedisConnection, held: &RebuildLease) {
         let deadline = tokio::time::Instant::now() + LEASE_END_PATIENCE;
         loop {
             match self.scripts.end_rebuild_lease(redis, held).await {

@@ -27,6 +27,9 @@ pub const GROUP: &str = "coupon-issue-worker";
 pub const REPLICAS: usize = 2;
 /// Brokers in Kafka mode: one may fail with no pause in sales, two stop them.
 pub const BROKERS: usize = 3;
+/// Longest `issuer-api hand-over` may run: its default lease (60 s) bounds it, plus a margin
+/// for its start-up.
+const HAND_OVER_PATIENCE: Duration = Duration::from_secs(90);
 
 /// The Redis the cluster runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -370,6 +373,46 @@ impl Cluster {
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()?)
+    }
+
+    /// `issuer-api hand-over`, as an operator would run it for a planned switchover under
+    /// Sentinel: waits for it to exit, and says what it did with the coupons.
+    pub async fn hand_over(&self) -> anyhow::Result<String> {
+        let log = self.log("hand-over");
+        let out = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut child = std::process::Command::new(self.bin_dir.join("issuer-api"))
+            .arg("hand-over")
+            .envs(self.service_env())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        let deadline = std::time::Instant::now() + HAND_OVER_PATIENCE;
+        // Polled, not waited on: the load shares this thread.
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                bail!("issuer-api hand-over still running after {HAND_OVER_PATIENCE:?}");
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        };
+        let printed = std::fs::read_to_string(&log)?;
+        anyhow::ensure!(
+            status.success(),
+            "issuer-api hand-over failed ({status}): see {}",
+            log.display()
+        );
+        let count = |said: &str| printed.lines().filter(|line| line.contains(said)).count();
+        Ok(format!(
+            "{} coupons carried over, {} left to a rebuild",
+            count("carried over"),
+            count("lacks its mark")
+        ))
     }
 
     /// Stops the services gracefully, then the infrastructure, and drops the database.

@@ -81,6 +81,7 @@ enum FaultKind {
     KillSentinelPrimary,
     FailBack,
     SplitSentinelPrimary,
+    HandOver,
     Poison,
 }
 
@@ -99,8 +100,9 @@ fn faults(queue: QueueKind, topology: RedisTopology) -> Vec<Fault> {
         // Under Sentinel, Redis's own faults are its failovers: the primary cut off from
         // the Sentinels and one replica (a split brain: another elected, the old one still
         // reached by the APIs and confirmed by the other replica until healed and demoted),
-        // the primary killed (a replica promoted, the old one back as a replica), then the
-        // old primary made primary again. The others stay.
+        // the primary killed (a replica promoted, the old one back as a replica), the old
+        // primary made primary again, and a planned switchover through `issuer-api
+        // hand-over`. The others stay.
         RedisTopology::Sentinel => {
             let redis_faults = [
                 Fault {
@@ -120,6 +122,12 @@ fn faults(queue: QueueKind, topology: RedisTopology) -> Vec<Fault> {
                     kind: FaultKind::FailBack,
                     name: "failback: the old Redis primary made primary again (SENTINEL FAILOVER)",
                     threatens: &["no oversell", "no lost success", "one per user"],
+                },
+                Fault {
+                    at: 0.86,
+                    kind: FaultKind::HandOver,
+                    name: "a planned switchover: issuer-api hand-over carries the coupons to a new primary",
+                    threatens: &["no oversell", "no lost success", "no leaked stock"],
                 },
             ];
             let mut kept: Vec<Fault> = all
@@ -405,6 +413,7 @@ pub async fn run(
                 cluster.fail_back_to(old).await?;
                 format!("{old} primary again")
             }
+            FaultKind::HandOver => cluster.hand_over().await?,
             FaultKind::PromoteLaggingReplica => {
                 cluster.promote_lagging_replica(REPLICA_LAG).await?;
                 format!("replica cut off for {REPLICA_LAG:?}, then promoted")

@@ -28,11 +28,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use coupon_core::redis::connect::RedisSetupError;
 use coupon_core::db::batch_insert::{FailedEvent, FailureReason, SourcedIssue};
 use coupon_core::domain::CouponId;
 use coupon_core::domain::QueueKind;
 use coupon_core::event::IssueEvent;
+use coupon_core::redis::connect::RedisSetupError;
 use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::registry::{Registration, Registry};
