@@ -409,9 +409,10 @@ impl Cluster {
         );
         let count = |said: &str| printed.lines().filter(|line| line.contains(said)).count();
         Ok(format!(
-            "{} coupons carried over, {} left to a rebuild",
-            count("carried over"),
-            count("lacks its mark")
+            "{} coupons carried over, {} left to a rebuild, {} not verified",
+            count(": carried over"),
+            count(": not carried over"),
+            count(": not verified")
         ))
     }
 

@@ -101,8 +101,8 @@ fn faults(queue: QueueKind, topology: RedisTopology) -> Vec<Fault> {
         // the Sentinels and one replica (a split brain: another elected, the old one still
         // reached by the APIs and confirmed by the other replica until healed and demoted),
         // the primary killed (a replica promoted, the old one back as a replica), the old
-        // primary made primary again, and a planned switchover through `issuer-api
-        // hand-over`. The others stay.
+        // primary made primary again, and, earlier, a planned switchover through
+        // `issuer-api hand-over`. The others stay.
         RedisTopology::Sentinel => {
             let redis_faults = [
                 Fault {
@@ -123,8 +123,10 @@ fn faults(queue: QueueKind, topology: RedisTopology) -> Vec<Fault> {
                     name: "failback: the old Redis primary made primary again (SENTINEL FAILOVER)",
                     threatens: &["no oversell", "no lost success", "one per user"],
                 },
+                // Before the unplanned faults, while every coupon is verified and selling:
+                // the state a planned switchover meets.
                 Fault {
-                    at: 0.86,
+                    at: 0.36,
                     kind: FaultKind::HandOver,
                     name: "a planned switchover: issuer-api hand-over carries the coupons to a new primary",
                     threatens: &["no oversell", "no lost success", "no leaked stock"],
