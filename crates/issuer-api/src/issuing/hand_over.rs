@@ -14,9 +14,9 @@
 //! before it had the mark, a lease that ran out) the coupon stays closed, and its next
 //! request rebuilds it as after any failover.
 //!
-//! What a closed coupon still writes after the mark (a settle, a release, a reconciler's
-//! claim) may be missing on the new node: each is a write a restart could lose too, and it
-//! ends the same way, with an entry resolved again. Admissions, the writes the promises
+//! What a closed coupon's deliveries still write after the mark (an event settled,
+//! released, or taken over for a republish) may be missing on the new node: each is a write
+//! a restart could lose too, and it ends the same way, with the event resolved again. Admissions, the writes the promises
 //! rest on, cannot come after the mark: it closes admission.
 
 use std::collections::BTreeSet;
