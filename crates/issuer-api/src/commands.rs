@@ -14,7 +14,8 @@ use crate::app::connect;
 use crate::config::Config;
 use crate::issuing::{HandedOver, Issuer, Rebuilt};
 
-/// How long the replicas get to acknowledge the hand-over's marks before the switchover.
+/// How long the replicas get, in WAITs of REDIS_REPLICA_TIMEOUT_MS each, to acknowledge
+/// the hand-over's marks before the switchover.
 const MARKS_ON_REPLICAS: Duration = Duration::from_secs(5);
 /// Bounds each command to the old primary.
 const NODE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -87,20 +88,24 @@ pub async fn hand_over(
     // Whatever fails from here on, the coupons are opened where they can be: left closed,
     // they would answer 503 for the whole lease.
     let switched = switch_primary(config, &issuer, &closed.on, started + wait).await;
-    let (mut primary, switched) = match switched {
-        Ok(Some(primary)) => (primary, Ok(())),
+    let (primary, switched) = match switched {
+        Ok(Some(primary)) => (Some(primary), Ok(())),
         Ok(None) => (
-            config.redis.connect().await?,
+            None,
             Err(anyhow::anyhow!(
                 "no new primary within {} s",
                 wait.as_secs()
             )),
         ),
-        Err(err) => (config.redis.connect().await?, Err(err)),
+        Err(err) => (None, Err(err)),
+    };
+    let mut primary = match primary {
+        Some(primary) => primary,
+        None => primary_where_it_is(config, started + lease).await?,
     };
     let mut outcomes = issuer
         .hand_over_open(&mut primary, &closed.coupons, started + lease)
-        .await?;
+        .await;
     outcomes.extend(
         not_verified
             .into_iter()
@@ -131,7 +136,9 @@ async fn switch_primary(
     closed_on: &BTreeSet<String>,
     deadline: Instant,
 ) -> anyhow::Result<Option<RedisConnection>> {
-    let (acknowledged, replicas) = issuer.hand_over_replicas(MARKS_ON_REPLICAS).await?;
+    let (acknowledged, replicas) = issuer
+        .hand_over_replicas(config.replicas.timeout(), MARKS_ON_REPLICAS)
+        .await?;
     anyhow::ensure!(
         acknowledged >= replicas,
         "{acknowledged} of {replicas} replicas acknowledged the marks within {} s",
@@ -146,13 +153,13 @@ async fn switch_primary(
     let old = sentinels.master_address().await?;
     sentinels.fail_over().await?;
     let found = new_primary(config, closed_on, deadline).await?;
-    if found.is_some() {
-        let new = sentinels.master_address().await?;
-        if new != old
-            && let Err(err) = replicate_from(config, &old, &new).await
-        {
-            tracing::warn!(error = %err, "hand-over: the old primary is left for the Sentinels to repoint");
-        }
+    // What follows only hastens the replicas' return: it fails nothing.
+    if found.is_some()
+        && let Ok(new) = sentinels.master_address().await
+        && new != old
+        && let Err(err) = replicate_from(config, &old, &new).await
+    {
+        tracing::warn!(error = %err, "hand-over: repointing the old primary failed; the Sentinels will");
     }
     Ok(found)
 }
@@ -205,6 +212,25 @@ async fn new_primary(
             return Ok(None);
         }
         tokio::time::sleep(PRIMARY_POLL).await;
+    }
+}
+
+/// A connection to the primary as it is, tried until `deadline` (an endpoint that is
+/// moving may refuse for a moment): the coupons must be opened somewhere.
+async fn primary_where_it_is(
+    config: &Config,
+    deadline: Instant,
+) -> anyhow::Result<RedisConnection> {
+    loop {
+        match config.redis.connect().await {
+            Ok(primary) => return Ok(primary),
+            Err(err) if Instant::now() >= deadline => {
+                return Err(anyhow::Error::new(err).context(
+                    "no primary to open the coupons on; they open when their lease ends",
+                ));
+            }
+            Err(_) => tokio::time::sleep(PRIMARY_POLL).await,
+        }
     }
 }
 

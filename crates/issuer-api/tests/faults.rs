@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use clap::Parser;
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
 use serde_json::json;
@@ -299,17 +298,7 @@ async fn after_redis_loses_everything_the_rebuild_restores_every_holder() {
 
     env.flush_redis().await;
     // The operator's explicit rebuild, as `issuer-api rebuild-redis --coupon ID` runs it.
-    let config = issuer_api::config::Config::try_parse_from([
-        "issuer-api".to_owned(),
-        format!("--database-url={}", env.database_url),
-        format!("--issue-topic={}", env.topic),
-        format!("--redis-key-prefix={}", env.redis_prefix),
-        format!("--worker-group-id={}", env.group),
-        "--admin-token=unused".to_owned(),
-        "rebuild-redis".to_owned(),
-        format!("--coupon={coupon}"),
-    ])
-    .unwrap();
+    let config = env.command(&["rebuild-redis", &format!("--coupon={coupon}")]);
     issuer_api::commands::rebuild_redis(&config, Some(CouponId::new(coupon).unwrap()), false)
         .await
         .unwrap();

@@ -9,7 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use coupon_core::domain::QueueKind;
 use coupon_core::redis::connection::{Socket, Target};
 use coupon_core::redis::keys::CouponKeys;
@@ -77,6 +76,21 @@ impl Replicated {
             }
             assert!(Instant::now() < deadline, "the replica never synced");
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the replica's copy of the set `issued` has `count` members.
+    async fn holds(&mut self, issued: &str, count: i64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis::cmd("SCARD")
+            .arg(issued)
+            .query_async::<i64>(&mut self.on_replica)
+            .await
+            .unwrap()
+            < count
+        {
+            assert!(Instant::now() < deadline, "the replica never caught up");
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -154,18 +168,7 @@ async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
     for user in 1..=3 {
         assert_eq!(env.issue(coupon, user).await.0, 201);
     }
-    let issued = env.keys(coupon).issued;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while redis::cmd("SCARD")
-        .arg(&issued)
-        .query_async::<i64>(&mut redis.on_replica)
-        .await
-        .unwrap()
-        < 3
-    {
-        assert!(Instant::now() < deadline, "the replica never caught up");
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    redis.holds(&env.keys(coupon).issued, 3).await;
     // The replica falls behind: the last two admissions reach only the primary.
     redis.link.cut();
     for user in 4..=5 {
@@ -527,33 +530,13 @@ async fn a_hand_over_to_a_node_without_its_mark_leaves_the_coupon_to_a_rebuild()
     let coupon = env.coupon_with_quantity(3).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
     let keys = env.keys(coupon);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while redis::cmd("SCARD")
-        .arg(&keys.issued)
-        .query_async::<i64>(&mut redis.on_replica)
-        .await
-        .unwrap()
-        < 1
-    {
-        assert!(Instant::now() < deadline, "the replica never caught up");
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    redis.holds(&keys.issued, 1).await;
     // The replica falls behind: user 2's admission, and the mark after it, reach only the
     // primary.
     redis.link.cut();
     assert_eq!(env.issue(coupon, 2).await.0, 201);
 
-    let config = issuer_api::config::Config::try_parse_from([
-        "issuer-api".to_owned(),
-        format!("--database-url={}", env.database_url),
-        format!("--issue-topic={}", env.topic),
-        format!("--redis-key-prefix={}", env.redis_prefix),
-        format!("--worker-group-id={}", env.group),
-        url.clone(),
-        "--admin-token=unused".to_owned(),
-        "hand-over".to_owned(),
-    ])
-    .unwrap();
+    let config = env.command(&["hand-over"]);
     let handing = actix_web::rt::spawn(async move {
         issuer_api::commands::hand_over(&config, Duration::from_secs(20), Duration::from_secs(40))
             .await

@@ -10,7 +10,6 @@
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use coupon_core::domain::QueueKind;
 use testkit::harness::{self, TestEnv};
 use testkit::sentinel_topology::SentinelTopology;
@@ -500,18 +499,7 @@ async fn a_hand_over_carries_the_coupon_to_the_new_primary_without_a_rebuild() {
     for user in 1..=3 {
         wins(&env, coupon, user).await;
     }
-    let config = issuer_api::config::Config::try_parse_from([
-        "issuer-api".to_owned(),
-        format!("--database-url={}", env.database_url),
-        format!("--issue-topic={}", env.topic),
-        format!("--redis-key-prefix={}", env.redis_prefix),
-        format!("--worker-group-id={}", env.group),
-        format!("--redis-url=redis://127.0.0.1:{primary}"),
-        format!("--redis-sentinels={}", topology.sentinel_list()),
-        "--admin-token=unused".to_owned(),
-        "hand-over".to_owned(),
-    ])
-    .unwrap();
+    let config = env.command(&["hand-over"]);
     let started = Instant::now();
     let outcomes =
         issuer_api::commands::hand_over(&config, Duration::from_secs(30), Duration::from_secs(60))

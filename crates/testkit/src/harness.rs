@@ -342,6 +342,17 @@ impl TestEnv {
         }
     }
 
+    /// The configuration `issuer-api <command>` runs with beside this environment's API (its
+    /// database, topic, Redis and key prefix), as an operator would run the command.
+    pub fn command(&self, command: &[&str]) -> issuer_api::config::Config {
+        let args = self
+            .api_args
+            .iter()
+            .cloned()
+            .chain(command.iter().map(|arg| (*arg).to_owned()));
+        issuer_api::config::Config::try_parse_from(args).unwrap()
+    }
+
     /// Builds (connects, binds) another API as `start_another_api` would, and returns what
     /// came of it without serving: for tests of start-up failures.
     pub async fn build_another_api(&self, overrides: &[String]) -> anyhow::Result<Application> {

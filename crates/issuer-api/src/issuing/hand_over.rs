@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use coupon_core::db::coupons::{find_coupon, hand_over_stamp, redis_stamp};
-use coupon_core::domain::CouponId;
+use coupon_core::domain::{Coupon, CouponId};
 use coupon_core::redis::admission::RebuildLease;
 use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
@@ -69,6 +69,9 @@ impl Issuer {
         lease: Duration,
     ) -> Result<(Closed, Vec<CouponId>), ApiError> {
         let mut redis = self.redis.clone();
+        // The node before the closes counts as old even if no close answers: the new
+        // primary must be another.
+        let before = instance_epoch(&mut redis).await?;
         let in_force = {
             let mut conn = self.pool.get().await?;
             let mut in_force = Vec::with_capacity(coupons.len());
@@ -79,7 +82,7 @@ impl Issuer {
         };
         let mut closed = Closed {
             coupons: Vec::new(),
-            on: BTreeSet::new(),
+            on: BTreeSet::from([before]),
         };
         let mut left = Vec::new();
         for (coupon, stamp) in in_force {
@@ -110,10 +113,16 @@ impl Issuer {
     }
 
     /// Whether every replica connected to the node this process reaches has everything it
-    /// wrote (its closes), waited for up to `timeout`: the switchover should not start
-    /// before (the node it promotes would lack the marks), though the mark, not this count,
-    /// is what opens a coupon. Returns the acknowledgements and the replicas connected.
-    pub async fn hand_over_replicas(&self, timeout: Duration) -> Result<(i64, i64), ApiError> {
+    /// wrote (its closes), asked again until `patience` has passed, each WAIT bounded by
+    /// `each` (REDIS_REPLICA_TIMEOUT_MS, below the commands' own timeout): the switchover
+    /// should not start before (the node it promotes would lack the marks), though the
+    /// mark, not this count, is what opens a coupon. Returns the acknowledgements and the
+    /// replicas connected.
+    pub async fn hand_over_replicas(
+        &self,
+        each: Duration,
+        patience: Duration,
+    ) -> Result<(i64, i64), ApiError> {
         let mut redis = self.redis.clone();
         let info: String = redis::cmd("INFO")
             .arg("replication")
@@ -124,77 +133,143 @@ impl Issuer {
             .find_map(|line| line.strip_prefix("connected_slaves:"))
             .and_then(|count| count.trim().parse().ok())
             .unwrap_or(0);
-        let acknowledged: i64 = redis::cmd("WAIT")
-            .arg(connected)
-            .arg(timeout.as_millis() as u64)
-            .query_async(&mut redis)
-            .await?;
-        Ok((acknowledged, connected))
+        let deadline = Instant::now() + patience;
+        loop {
+            let acknowledged: i64 = redis::cmd("WAIT")
+                .arg(connected)
+                .arg(each.as_millis() as u64)
+                .query_async(&mut redis)
+                .await?;
+            if acknowledged >= connected || Instant::now() >= deadline {
+                return Ok((acknowledged, connected));
+            }
+        }
     }
 
     /// On `primary`, the node that is primary now: records a new stamp for each closed
     /// coupon (only where the one it closed under is still in force), waits for every API
     /// to forget the old ones, then opens each coupon whose mark is there, trying again
-    /// until `deadline` while the node refuses writes. Every lease is ended.
+    /// until `deadline` while the node refuses writes. Every lease is ended, and a coupon
+    /// that meets an error is left to its rebuild: the others go on.
     pub async fn hand_over_open(
         &self,
         primary: &mut RedisConnection,
         closed: &[(RebuildLease, Stamp)],
         deadline: Instant,
-    ) -> Result<Vec<(CouponId, HandedOver)>, ApiError> {
-        let epoch = instance_epoch(primary).await?;
-        let mut stamped = Vec::with_capacity(closed.len());
+    ) -> Vec<(CouponId, HandedOver)> {
         let mut outcomes = Vec::with_capacity(closed.len());
-        {
-            let mut conn = self.pool.get().await?;
-            for (held, verified) in closed {
-                let record = find_coupon(&mut conn, held.coupon)
-                    .await?
-                    .ok_or(ApiError::CouponNotFound(held.coupon.get()))?;
-                let stamp = Stamp::fresh(&epoch);
-                if hand_over_stamp(&mut conn, held.coupon, verified, &stamp).await? {
-                    stamped.push((record, held, stamp));
-                } else {
-                    outcomes.push((held.coupon, HandedOver::LeftToRebuild));
-                    self.end_lease(primary, held).await;
-                }
+        let stamped = match instance_epoch(primary).await {
+            Ok(epoch) => self.record_hand_over(&epoch, closed).await,
+            Err(err) => {
+                tracing::warn!(error = %err, "hand-over: the primary does not answer; every coupon left to its rebuild");
+                let reason = err.to_string();
+                closed
+                    .iter()
+                    .map(|(held, _)| (held, Err(ApiError::unavailable("Redis", reason.clone()))))
+                    .collect()
             }
-        }
-        if !stamped.is_empty() {
+        };
+        if stamped.iter().any(|(_, stamp)| stamp.is_ok()) {
             tokio::time::sleep(STAMPS_SEEN_BY_ALL).await;
         }
-        for (record, held, stamp) in stamped {
-            let opened = loop {
-                match self
-                    .scripts
-                    .restore(primary, &record, &[], &stamp, held)
-                    .await
-                {
-                    Err(err) if refused_for_now(&err) && Instant::now() < deadline => {
-                        tokio::time::sleep(REFUSED_PAUSE).await;
+        for (held, stamp) in stamped {
+            let outcome = match stamp {
+                Ok(Some((record, stamp))) => {
+                    match self
+                        .open_carried(primary, &record, &stamp, held, deadline)
+                        .await
+                    {
+                        Ok(true) => {
+                            tracing::info!(coupon = %held.coupon, "hand-over: admission reopened as it was");
+                            HandedOver::Carried
+                        }
+                        Ok(false) => HandedOver::LeftToRebuild,
+                        Err(err) => {
+                            tracing::warn!(coupon = %held.coupon, error = %err, "hand-over: cannot open; left to its rebuild");
+                            HandedOver::LeftToRebuild
+                        }
                     }
-                    opened => break opened,
                 }
-            };
-            let outcome = match opened {
-                Ok(true) => {
-                    tracing::info!(coupon = %record.id, "hand-over: admission reopened as it was");
-                    HandedOver::Carried
-                }
-                Ok(false) => HandedOver::LeftToRebuild,
+                Ok(None) => HandedOver::LeftToRebuild,
                 Err(err) => {
-                    tracing::warn!(coupon = %record.id, error = %err, "hand-over: cannot open; left to its rebuild");
+                    tracing::warn!(coupon = %held.coupon, error = %err, "hand-over: no new stamp; left to its rebuild");
                     HandedOver::LeftToRebuild
                 }
             };
             // Carried or not, the lease goes: a coupon left closed is rebuilt by its next
             // request at once, not after the lease.
             self.end_lease(primary, held).await;
-            outcomes.push((record.id, outcome));
+            outcomes.push((held.coupon, outcome));
         }
-        Ok(outcomes)
+        outcomes
+    }
+
+    /// Records a new stamp under `epoch` for each closed coupon whose stamp in force is
+    /// still the one it closed under: Some((record, stamp)) where recorded, None where
+    /// another verification came since.
+    async fn record_hand_over<'a>(
+        &self,
+        epoch: &str,
+        closed: &'a [(RebuildLease, Stamp)],
+    ) -> Vec<(&'a RebuildLease, RecordedStamp)> {
+        let mut conn = match self.pool.get().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::warn!(error = %err, "hand-over: PostgreSQL unavailable; every coupon left to its rebuild");
+                let reason = err.to_string();
+                return closed
+                    .iter()
+                    .map(|(held, _)| {
+                        (
+                            held,
+                            Err(ApiError::unavailable("PostgreSQL", reason.clone())),
+                        )
+                    })
+                    .collect();
+            }
+        };
+        let mut recorded = Vec::with_capacity(closed.len());
+        for (held, verified) in closed {
+            let stamp = Stamp::fresh(epoch);
+            let one = async {
+                let record = find_coupon(&mut conn, held.coupon)
+                    .await?
+                    .ok_or(ApiError::CouponNotFound(held.coupon.get()))?;
+                let replaced = hand_over_stamp(&mut conn, held.coupon, verified, &stamp).await?;
+                Ok::<_, ApiError>(replaced.then_some((record, stamp)))
+            };
+            recorded.push((held, one.await));
+        }
+        recorded
+    }
+
+    /// Opens one carried coupon under its recorded stamp, where its mark is, trying again
+    /// while the node refuses writes for want of replicas, until `deadline`.
+    async fn open_carried(
+        &self,
+        primary: &mut RedisConnection,
+        record: &Coupon,
+        stamp: &Stamp,
+        held: &RebuildLease,
+        deadline: Instant,
+    ) -> Result<bool, RedisError> {
+        loop {
+            match self
+                .scripts
+                .restore(primary, record, &[], stamp, held)
+                .await
+            {
+                Err(err) if refused_for_now(&err) && Instant::now() < deadline => {
+                    tokio::time::sleep(REFUSED_PAUSE).await;
+                }
+                opened => return opened,
+            }
+        }
     }
 }
+
+/// What recording one coupon's new stamp came to.
+type RecordedStamp = Result<Option<(Coupon, Stamp)>, ApiError>;
 
 /// A new primary answers `NOREPLICAS` to writes (`min-replicas-to-write`) until a replica
 /// has joined it, a second or two after the switchover.
