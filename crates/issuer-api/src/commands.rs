@@ -115,9 +115,7 @@ pub async fn hand_over(
         match outcome {
             HandedOver::Carried => println!("coupon {coupon}: carried over, open"),
             HandedOver::LeftToRebuild => {
-                println!(
-                    "coupon {coupon}: not carried over (no mark); its next request rebuilds it"
-                )
+                println!("coupon {coupon}: not carried over; its next request rebuilds it")
             }
             HandedOver::NotVerified => {
                 println!("coupon {coupon}: not verified, left as it was")
