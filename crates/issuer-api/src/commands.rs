@@ -46,7 +46,6 @@ pub async fn rebuild_redis(
             Rebuilt::AlreadyRunning => {
                 println!("coupon {coupon}: another process is rebuilding it")
             }
-            Rebuilt::AlreadyVerified => println!("coupon {coupon}: verified, left as it is"),
         }
     }
     Ok(())

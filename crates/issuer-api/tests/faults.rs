@@ -589,3 +589,31 @@ async fn operations_endpoints_answer_from_their_own_view() {
     proxy.restore();
     env.shutdown().await;
 }
+
+/// A hand-over whose switchover never comes (no new primary within `--wait-secs`): its
+/// coupons must not stay closed for the whole lease. They reopen where they are, under a new
+/// stamp, with no rebuild, and the command fails.
+#[actix_web::test]
+async fn a_hand_over_without_a_new_primary_reopens_the_coupons_where_they_are() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(3).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    let config = env.command(&["hand-over"]);
+    let refused =
+        issuer_api::commands::hand_over(&config, Duration::from_secs(1), Duration::from_secs(11))
+            .await
+            .expect_err("no switchover happened");
+    assert!(
+        format!("{refused:#}").contains("no new primary"),
+        "{refused:#}"
+    );
+    let (status, body) = env.issue(coupon, 2).await;
+    assert_eq!(status, 201, "the coupon reopened at once: {body}");
+    let (_, metrics) = env.get_text("/metrics").await;
+    assert!(
+        metrics.contains("coupon_rebuilds_total{outcome=\"started\"} 0"),
+        "the API rebuilt the coupon:\n{metrics}"
+    );
+    assert_eq!(env.rows_when_settled(coupon, 2).await, vec![1, 2]);
+    env.shutdown().await;
+}

@@ -141,6 +141,25 @@ pub async fn redis_stamp(
     Ok(stamp.flatten().map(Stamp::new))
 }
 
+/// [`redis_stamp`] for many coupons in one query, in their order.
+pub async fn redis_stamps(
+    conn: &mut AsyncPgConnection,
+    coupons: &[CouponId],
+) -> QueryResult<Vec<Option<Stamp>>> {
+    let ids: Vec<i64> = coupons.iter().map(|coupon| coupon.get()).collect();
+    let found: std::collections::HashMap<i64, Option<String>> = coupons::table
+        .filter(coupons::id.eq_any(&ids))
+        .select((coupons::id, coupons::redis_stamp))
+        .load::<(i64, Option<String>)>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(ids
+        .iter()
+        .map(|id| found.get(id).cloned().flatten().map(Stamp::new))
+        .collect())
+}
+
 /// Records `stamp` as the one in force: always after a rebuild (the newest verification,
 /// which also moves the verification count every API watches), only where none is recorded
 /// yet after a creation's first load (a rebuild that raced it is newer). Returns whether it

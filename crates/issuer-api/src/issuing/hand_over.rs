@@ -22,7 +22,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use coupon_core::db::coupons::{find_coupon, hand_over_stamp, redis_stamp};
+use coupon_core::db::coupons::{find_coupon, hand_over_stamp, redis_stamps};
 use coupon_core::domain::{Coupon, CouponId};
 use coupon_core::redis::admission::RebuildLease;
 use coupon_core::redis::connection::RedisConnection;
@@ -72,20 +72,13 @@ impl Issuer {
         // The node before the closes counts as old even if no close answers: the new
         // primary must be another.
         let before = instance_epoch(&mut redis).await?;
-        let in_force = {
-            let mut conn = self.pool.get().await?;
-            let mut in_force = Vec::with_capacity(coupons.len());
-            for &coupon in coupons {
-                in_force.push((coupon, redis_stamp(&mut conn, coupon).await?));
-            }
-            in_force
-        };
+        let in_force = redis_stamps(&mut *self.pool.get().await?, coupons).await?;
         let mut closed = Closed {
             coupons: Vec::new(),
             on: BTreeSet::from([before]),
         };
         let mut left = Vec::new();
-        for (coupon, stamp) in in_force {
+        for (&coupon, stamp) in coupons.iter().zip(in_force) {
             let Some(stamp) = stamp else {
                 left.push(coupon);
                 continue;

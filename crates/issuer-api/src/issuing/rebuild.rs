@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use coupon_core::db::coupons::{
-    Verification, coupon_holders, find_coupon, record_redis_stamp, redis_stamp,
+    Verification, coupon_holders, find_coupon, record_redis_stamp, redis_stamps,
 };
 use coupon_core::domain::{Coupon, CouponId};
 use coupon_core::redis::admission::{LeaseTake, RebuildLease};
@@ -47,8 +47,6 @@ pub enum Rebuilt {
     Restored { holders: usize },
     /// Another process is rebuilding this coupon right now.
     AlreadyRunning,
-    /// Verified under the stamp in force by the time its lease was asked for: left open.
-    AlreadyVerified,
 }
 
 impl Issuer {
@@ -107,7 +105,8 @@ impl Issuer {
     }
 
     /// [`Issuer::rebuild`]; with `unless_verified`, the coupons whose state is verified
-    /// under the stamp in force when their lease is asked for are left as they are. The
+    /// under the stamp in force when their lease is asked for are left as they are, and
+    /// out of the result. The
     /// requests that ask for a lazy rebuild found the coupon closed; it may have opened
     /// since (a hand-over carried it over, another process rebuilt it), and a rebuild would
     /// only close it again.
@@ -117,15 +116,11 @@ impl Issuer {
         unless_verified: bool,
     ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
         let mut redis = self.redis.clone();
-        let mut in_force = Vec::with_capacity(coupons.len());
-        if unless_verified {
-            let mut conn = self.pool.get().await?;
-            for &coupon in coupons {
-                in_force.push(redis_stamp(&mut conn, coupon).await?);
-            }
+        let in_force = if unless_verified {
+            redis_stamps(&mut *self.pool.get().await?, coupons).await?
         } else {
-            in_force.resize(coupons.len(), None);
-        }
+            vec![None; coupons.len()]
+        };
         // The window, then the fences (each a publish, reported within one window too),
         // then the wait for the workers.
         let lease = 2 * self.delivery.in_flight_window().await?
@@ -140,7 +135,7 @@ impl Issuer {
             {
                 Ok(LeaseTake::Taken(held)) => leased.push(held),
                 Ok(LeaseTake::Held) => done.push((coupon, Rebuilt::AlreadyRunning)),
-                Ok(LeaseTake::Verified) => done.push((coupon, Rebuilt::AlreadyVerified)),
+                Ok(LeaseTake::Verified) => {}
                 // The leases taken so far are ended, or their coupons stay closed for the
                 // whole lease.
                 Err(err) => {
