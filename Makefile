@@ -12,7 +12,7 @@ export RUST_LOG ?= info
 RELEASE_BIN := target/release
 SERVICES := -p issuer-api -p issuer-worker
 
-.PHONY: up down build run demo bench test chaos contract-fuzz fuzz validate-deploy image lint fmt clean-test-dbs
+.PHONY: up down build run demo bench test test-cluster chaos contract-fuzz fuzz validate-deploy image lint fmt clean-test-dbs
 
 up: ## Redis, PostgreSQL and a Kafka-API broker on their standard ports (installs what is missing)
 	@bash deploy/local/up.sh
@@ -31,8 +31,19 @@ demo: up build ## the seed's experiment in both queue modes: 500 coupons, 5,000 
 
 bench: demo ## the seed comparison table (`issuer-bench --help` lists the other scenarios)
 
-test: up clean-test-dbs ## the whole suite against the real services
+test: up clean-test-dbs test-cluster ## the whole suite against the real services
 	cargo test --workspace --no-fail-fast
+
+# The suite's own Redis Cluster (testkit's redis_cluster::SHARED_NODES), emptied at each run:
+# its nodes are bounded (deploy/redis/cluster.sh), and every run's keys are under prefixes
+# no later run reads.
+TEST_CLUSTER_PORTS := 7101,7102,7103,7104,7105,7106
+test-cluster:
+	@bash deploy/redis/cluster.sh start .local/redis-cluster-test $(TEST_CLUSTER_PORTS)
+	@for port in $$(echo $(TEST_CLUSTER_PORTS) | tr , ' '); do \
+	  [ "$$(redis-cli -p $$port ROLE | head -1)" = master ] && redis-cli -p $$port FLUSHALL >/dev/null; \
+	done; true
+	@grep -qx redis-cluster-test .local/started || echo redis-cluster-test >>.local/started
 
 # Seconds of load under faults; CI runs a shorter one. The queue modes to run it in, and the
 # Redis topologies (one node; a primary and replicas under Sentinel).

@@ -21,6 +21,8 @@ while read -r service version; do
   case "$service" in
     kafka) bash "$ROOT/deploy/kafka/kafka.sh" stop "$STATE/kafka" && echo "[down] stopped Apache Kafka" ;;
     redis) stop_pid "$STATE/redis/redis.pid" Redis ;;
+    redis-cluster) bash "$ROOT/deploy/redis/cluster.sh" stop "$STATE/redis-cluster" && echo "[down] stopped the Redis Cluster" ;;
+    redis-cluster-test) bash "$ROOT/deploy/redis/cluster.sh" stop "$STATE/redis-cluster-test" && echo "[down] stopped the test suite's Redis Cluster" ;;
     redis-sentinel) bash "$ROOT/deploy/redis/sentinel.sh" stop "$STATE/redis-sentinel" && echo "[down] stopped Redis and its Sentinels" ;;
     postgresql)
       if [ "$(id -u)" -eq 0 ]; then pg_ctlcluster --skip-systemctl-redirect "$version" main stop

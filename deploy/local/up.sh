@@ -48,8 +48,14 @@ fi
 
 # REDIS_MODE=sentinel: a primary on REDIS_PORT, replicas on the next two ports, Sentinels on
 # 26379 to 26381 (deploy/redis/sentinel.sh), instead of the single node.
+# REDIS_MODE=cluster: a Redis Cluster of three primaries and three replicas on 7001 to 7006
+# (deploy/redis/cluster.sh), instead of the single node.
 REDIS_MODE=${REDIS_MODE:-single}
-if redis_ping; then
+if [ "$REDIS_MODE" = cluster ]; then
+  bash "$ROOT/deploy/redis/cluster.sh" start "$STATE/redis-cluster" 7001,7002,7003,7004,7005,7006
+  grep -qx redis-cluster "$STARTED" || echo redis-cluster >>"$STARTED"
+  log "Redis Cluster: REDIS_CLUSTER_NODES=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 (the client learns the rest)"
+elif redis_ping; then
   log "Redis answers on $REDIS_PORT: reusing it"
 elif [ "$REDIS_MODE" = sentinel ]; then
   bash "$ROOT/deploy/redis/sentinel.sh" start "$STATE/redis-sentinel" \

@@ -62,6 +62,17 @@ pub struct RedisArgs {
     /// The master's name the Sentinels monitor.
     #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "coupon")]
     pub redis_sentinel_master: String,
+    /// Seed nodes of a Redis Cluster (`host:port,host:port,...`): the client learns the
+    /// rest, and each coupon's commands go to the primary of its slot. Unset: no cluster.
+    /// Set: REDIS_URL gives only the scheme (`rediss://` for TLS), the ACL user, password
+    /// and TLS files for every node.
+    #[arg(
+        long,
+        env = "REDIS_CLUSTER_NODES",
+        value_delimiter = ',',
+        conflicts_with = "redis_sentinels"
+    )]
+    pub redis_cluster_nodes: Vec<String>,
 }
 
 /// Which Redis replicas must have a write before it counts (`crate::redis::replicas`).

@@ -72,7 +72,7 @@ async fn taking_the_rebuild_lease_closes_admission_until_the_rebuild_reopens_it(
         "admission open during a rebuild"
     );
 
-    let epoch = instance_epoch(&mut con).await.unwrap();
+    let epoch = instance_epoch(&mut con, "").await.unwrap();
     assert!(
         scripts
             .restore(&mut con, &coupon, &[1], &Stamp::fresh(&epoch), &lease)
@@ -106,7 +106,7 @@ async fn only_the_rebuild_lease_owner_ends_it_or_reopens_admission() {
             .is_none(),
         "a former owner ended the current owner's lease"
     );
-    let epoch = instance_epoch(&mut con).await.unwrap();
+    let epoch = instance_epoch(&mut con, "").await.unwrap();
     assert!(
         !scripts
             .restore(&mut con, &coupon, &[3], &Stamp::fresh(&epoch), &stale)
@@ -155,7 +155,7 @@ async fn a_state_verified_under_another_instance_does_not_admit() {
     );
 
     // Rebuilt under this instance, it admits again.
-    let epoch = instance_epoch(&mut con).await.unwrap();
+    let epoch = instance_epoch(&mut con, "").await.unwrap();
     let lease = lease(&scripts, &mut con, &coupon).await;
     assert!(
         scripts
@@ -234,7 +234,7 @@ async fn a_meta_stamped_by_an_older_verification_does_not_admit() {
     let scripts = AdmissionScripts::new(prefix.clone(), QueueKind::Kafka);
     let (mut con, coupon) = (redis().await, coupon());
     let here = scripts.load_meta(&mut con, &coupon).await.unwrap().unwrap();
-    let epoch = instance_epoch(&mut con).await.unwrap();
+    let epoch = instance_epoch(&mut con, "").await.unwrap();
     assert!(here.as_str().starts_with(&format!("{epoch}/")), "{here}");
 
     let elsewhere = Stamp::new(format!("{epoch}/a-later-verification"));
@@ -300,7 +300,7 @@ async fn a_rebuild_asked_for_while_closed_leaves_a_coupon_verified_since() {
         matches!(admitted, AdmitReply::Admitted(_)),
         "the coupon stayed open: {admitted:?}"
     );
-    let replaced = Stamp::fresh(&instance_epoch(&mut con).await.unwrap());
+    let replaced = Stamp::fresh(&instance_epoch(&mut con, "").await.unwrap());
     assert!(
         matches!(
             scripts

@@ -44,7 +44,7 @@ async fn lost_and_rebuilt_with_a_free_slot(
     let keys = scripts.keys(CouponId::new(1).unwrap());
     let _: () = con.del(&[keys.meta, keys.issued]).await?;
     let _: () = con.del(CouponKeys::active_registry(&prefix)).await?;
-    let epoch = instance_epoch(&mut con).await?;
+    let epoch = instance_epoch(&mut con, "").await?;
     let lease = scripts
         .try_lease_rebuild(&mut con, CouponId::new(1).unwrap(), Duration::from_secs(30))
         .await?

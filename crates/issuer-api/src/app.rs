@@ -221,6 +221,10 @@ impl Application {
             let (issuer, stop) = (self.issuer.clone(), stop_background.clone());
             tokio::spawn(async move { issuer.watch_stamps(stop).await })
         };
+        let registry = {
+            let (issuer, stop) = (self.issuer.clone(), stop_background.clone());
+            tokio::spawn(async move { issuer.watch_registry(stop).await })
+        };
         let watching = {
             let stop = stop_background.clone();
             tokio::spawn(async move { operations.run(issuer, stop).await })
@@ -244,6 +248,7 @@ impl Application {
         stop_background.cancel();
         watching.await?;
         stamps.await?;
+        registry.await?;
         if let Some(upkeep) = upkeep {
             upkeep.await?;
         }

@@ -74,16 +74,34 @@ impl RateLimiter {
             return Ok(());
         }
         let prefix = &self.key_prefix;
-        // No address known: that counter is not kept (limit 0 for it).
+        // No address known: that counter is not kept.
         let address_limit = if address.is_some() { *per_address } else { 0 };
-        let wait_ms: u64 = RATE_LIMIT
-            .key(CouponKeys::rate_of_user(prefix, user))
-            .key(CouponKeys::rate_of_address(prefix, address))
-            .arg(window.as_millis() as u64)
-            .arg(per_user)
-            .arg(address_limit)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+        let counters: Vec<(String, u32)> = [
+            (CouponKeys::rate_of_user(prefix, user), *per_user),
+            (CouponKeys::rate_of_address(prefix, address), address_limit),
+        ]
+        .into_iter()
+        .filter(|(_, limit)| *limit > 0)
+        .collect();
+        // One script run for both counters on one node. On a cluster each counter is on a
+        // slot of its own (no shard sees every request), and one script cannot take keys
+        // of two slots: one run each, side by side.
+        let runs: Vec<&[(String, u32)]> = if self.redis.is_cluster() {
+            counters.chunks(1).collect()
+        } else {
+            vec![&counters[..]]
+        };
+        let waits = futures_util::future::try_join_all(runs.into_iter().map(|run| {
+            let mut invocation = RATE_LIMIT.prepare_invoke();
+            invocation.arg(window.as_millis() as u64);
+            for (key, limit) in run {
+                invocation.key(key).arg(limit);
+            }
+            let mut redis = self.redis.clone();
+            async move { invocation.invoke_async::<u64>(&mut redis).await }
+        }))
+        .await?;
+        let wait_ms = waits.into_iter().max().unwrap_or(0);
         match wait_ms {
             0 => Ok(()),
             ms => Err(ApiError::RateLimited {

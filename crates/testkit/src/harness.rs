@@ -40,6 +40,28 @@ pub fn brokers() -> String {
         .unwrap_or_else(|_| coupon_core::config::DEFAULT_KAFKA_BROKERS.into())
 }
 
+/// Which Redis a test's services use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// The single node `make up` starts.
+    Node,
+    /// The Redis Cluster `make test` starts (`crate::redis_cluster::SHARED_NODES`).
+    Cluster,
+}
+
+impl RedisTopology {
+    /// The services' arguments for it.
+    pub fn args(self) -> Vec<String> {
+        match self {
+            Self::Node => Vec::new(),
+            Self::Cluster => vec![format!(
+                "--redis-cluster-nodes={}",
+                crate::redis_cluster::shared_nodes()
+            )],
+        }
+    }
+}
+
 pub struct TestEnv {
     pub base: String,
     pub client: Client,
@@ -88,6 +110,14 @@ impl TestEnv {
             "--topic-min-insync-replicas=2",
         ];
         Self::start_with_args(QueueKind::Kafka, brokers, workers, &topology).await
+    }
+
+    /// In `queue` mode on `redis`: `make up`'s node, or the suite's Redis Cluster (`make
+    /// test` starts it).
+    pub async fn start_under(queue: QueueKind, redis: RedisTopology, workers: usize) -> TestEnv {
+        let args = redis.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_with_args(queue, &brokers(), workers, &args).await
     }
 
     /// Any of the above, with `extra` arguments for both services.
@@ -171,6 +201,7 @@ impl TestEnv {
                 .iter()
                 .filter(|arg| {
                     [
+                        "--redis-cluster-nodes",
                         "--redis-sentinel",
                         "--redis-min-replicas",
                         "--redis-replica-timeout",
@@ -481,10 +512,13 @@ impl TestEnv {
         holder
     }
 
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
+    /// A connection to the Redis the services use, as they reach it (one node, or a
+    /// cluster's client).
+    pub async fn redis(&self) -> coupon_core::redis::connection::RedisConnection {
+        issuer_api::config::Config::try_parse_from(&self.api_args)
             .unwrap()
-            .get_multiplexed_async_connection()
+            .redis
+            .connect()
             .await
             .unwrap()
     }

@@ -3,7 +3,7 @@
 //!
 //! - Infrastructure, real and started through the same `deploy/` scripts as `make up`:
 //!   a Redis node (`redis_server`), a replicated Redis under Sentinel
-//!   (`sentinel_topology`), a Kafka cluster (`kafka_cluster`), child processes and free
+//!   (`sentinel_topology`), a Redis Cluster (`redis_cluster`), a Kafka cluster (`kafka_cluster`), child processes and free
 //!   ports (`process`), a TCP proxy that can be cut (`proxy`).
 //! - Identities: users' tokens (`credentials`) and a test CA (`tls`).
 //! - Forced interleavings: a Redis connection that runs a hook at an exact command
@@ -21,6 +21,7 @@ pub mod intercept;
 pub mod kafka_cluster;
 pub mod process;
 pub mod proxy;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod sentinel_topology;
 pub mod shared_redis;

@@ -247,6 +247,18 @@ pub enum Verification {
     Rebuilt,
 }
 
+/// The coupons that may still have work in Redis (admissions unsettled, or slots left):
+/// every one whose rows are fewer than its quantity, oldest first. One whose every slot has
+/// its row has nothing left anywhere.
+pub async fn coupons_with_work(conn: &mut AsyncPgConnection) -> QueryResult<Vec<i64>> {
+    coupons::table
+        .filter(coupons::persisted_count.lt(coupons::total_quantity))
+        .select(coupons::id)
+        .order(coupons::id)
+        .load(conn)
+        .await
+}
+
 /// Every coupon id, oldest first.
 pub async fn all_coupon_ids(conn: &mut AsyncPgConnection) -> QueryResult<Vec<i64>> {
     coupons::table

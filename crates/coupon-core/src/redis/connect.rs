@@ -1,11 +1,12 @@
 //! A Redis connection built from the settings (`crate::config::RedisArgs`): the URL's node,
-//! with its TLS files, or the primary the Sentinels name.
+//! with its TLS files, the primary the Sentinels name, or a Redis Cluster's nodes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 
 use crate::config::RedisArgs;
@@ -21,6 +22,10 @@ pub enum RedisSetupError {
     File { path: String, error: std::io::Error },
     #[error("REDIS_SENTINELS works with redis:// URLs; TLS through Sentinel is not supported yet")]
     SentinelWithTls,
+    #[error(
+        "REDIS_CLUSTER_NODES: {0:?} is not host:port (the scheme, user and password come from REDIS_URL)"
+    )]
+    ClusterNode(String),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
 }
@@ -41,6 +46,9 @@ impl RedisArgs {
         block: Duration,
     ) -> Result<RedisConnection, RedisSetupError> {
         let timeout = Duration::from_millis(self.redis_timeout_ms);
+        if !self.redis_cluster_nodes.is_empty() {
+            return self.connect_cluster(timeout, block).await;
+        }
         if !self.redis_sentinels.is_empty() {
             let socket = Socket::new(self.target()?, timeout + block);
             // As below: what is refused for good ends start-up now; an unreachable primary
@@ -71,6 +79,57 @@ impl RedisArgs {
             .set_response_timeout(Some(timeout + block));
         Ok(RedisConnection::Managed(
             ConnectionManager::new_with_config(client, config).await?,
+        ))
+    }
+
+    /// A Redis Cluster's client, from the seed nodes. Its own retries follow `MOVED` and
+    /// `ASK` and wait out `TRYAGAIN` (a slot migration) and `CLUSTERDOWN` (a failover in
+    /// progress) within REDIS_TIMEOUT_MS; it may also resend a command whose connection
+    /// dropped, which is harmless here: no answer on a cluster rests on which connection
+    /// carried a write (replica confirmations are refused there, see
+    /// `crate::redis::replicas`), and a resent admission finds its own slot taken
+    /// (ALREADY_ISSUED, true).
+    async fn connect_cluster(
+        &self,
+        timeout: Duration,
+        block: Duration,
+    ) -> Result<RedisConnection, RedisSetupError> {
+        let template = redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str())?;
+        let nodes = self
+            .redis_cluster_nodes
+            .iter()
+            .map(|node| {
+                let (host, port) = node
+                    .rsplit_once(':')
+                    .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+                    .ok_or_else(|| RedisSetupError::ClusterNode(node.clone()))?;
+                let addr = match template.addr() {
+                    redis::ConnectionAddr::TcpTls {
+                        insecure,
+                        tls_params,
+                        ..
+                    } => redis::ConnectionAddr::TcpTls {
+                        host: host.to_owned(),
+                        port,
+                        insecure: *insecure,
+                        tls_params: tls_params.clone(),
+                    },
+                    _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
+                };
+                Ok(template.clone().set_addr(addr))
+            })
+            .collect::<Result<Vec<_>, RedisSetupError>>()?;
+        let mut builder = ClusterClientBuilder::new(nodes)
+            .connection_timeout(timeout)
+            .response_timeout(timeout + block);
+        if let Some(certificates) = self.tls_certificates()? {
+            builder = builder.certs(certificates);
+        }
+        let client = builder.build()?;
+        // As for one node: what is refused for good (credentials, certificates, no
+        // cluster there) ends start-up now, with its reason.
+        Ok(RedisConnection::Cluster(
+            client.get_async_connection().await?,
         ))
     }
 
@@ -122,10 +181,21 @@ impl RedisArgs {
     /// first connection, within REDIS_TIMEOUT_MS, with the server's or the handshake's
     /// reason.
     pub fn client(&self) -> Result<redis::Client, RedisSetupError> {
+        match self.tls_certificates()? {
+            None => Ok(redis::Client::open(self.redis_url.as_str())?),
+            Some(certificates) => Ok(redis::Client::build_with_tls(
+                self.redis_url.as_str(),
+                certificates,
+            )?),
+        }
+    }
+
+    /// The TLS files' contents, when any is set (for `rediss://` only).
+    fn tls_certificates(&self) -> Result<Option<redis::TlsCertificates>, RedisSetupError> {
         let tls = self.redis_url.starts_with("rediss://");
         let files = self.redis_ca_file.is_some() || self.redis_client_cert_file.is_some();
         if !files {
-            return Ok(redis::Client::open(self.redis_url.as_str())?);
+            return Ok(None);
         }
         if !tls {
             return Err(RedisSetupError::TlsFilesWithoutTls);
@@ -144,12 +214,9 @@ impl RedisArgs {
             _ => None,
         };
         let root_cert = self.redis_ca_file.as_ref().map(read).transpose()?;
-        Ok(redis::Client::build_with_tls(
-            self.redis_url.as_str(),
-            redis::TlsCertificates {
-                client_tls,
-                root_cert,
-            },
-        )?)
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
     }
 }

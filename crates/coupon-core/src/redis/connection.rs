@@ -7,6 +7,12 @@
 //!   says it is a replica (`READONLY`: it was demoted by a failover) or has lost its
 //!   replicas (`NOREPLICAS`: it may have been cut off and replaced).
 //!
+//! - On a Redis Cluster (`REDIS_CLUSTER_NODES`), redis-rs's cluster client: every command
+//!   goes to the primary of its first key's slot, follows `MOVED` and `ASK` during a slot
+//!   migration, and waits and retries on `TRYAGAIN` and `CLUSTERDOWN`. Every key of one
+//!   command shares a hash tag (`crate::redis::keys`), so each is single-slot; a pipeline of
+//!   commands on several slots is sent as its commands, side by side.
+//!
 //! A [`Socket`] also carries the writes that replicas must confirm, on either kind of
 //! endpoint: its connections are numbered and never replaced behind the caller's back, so a
 //! WAIT is known to follow its write on the same socket (`issuer-api`'s `replication`).
@@ -16,6 +22,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::SentinelClient;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::Mutex;
@@ -182,12 +189,22 @@ impl Socket {
 pub enum RedisConnection {
     Managed(ConnectionManager),
     Following(Arc<Socket>),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConnection {
+    /// Whether this is a Redis Cluster's client: commands on several slots cannot share a
+    /// pipeline or a script, and replica confirmations are not offered there.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
 }
 
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Managed(manager) => manager.req_packed_command(cmd),
+            Self::Cluster(cluster) => cluster.req_packed_command(cmd),
             Self::Following(socket) => Box::pin(async move {
                 let mut bound = socket.get().await?;
                 let sent = bound.connection.req_packed_command(cmd).await;
@@ -207,6 +224,22 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Managed(manager) => manager.req_packed_commands(pipeline, offset, count),
+            // A transaction must be single-slot, and is sent as one. Any other pipeline is a
+            // batch of independent commands for the caller's convenience (one count per
+            // coupon, one XACK per stream): on a cluster they may live on several nodes,
+            // which one pipeline cannot reach, so each goes to its own slot's primary, all
+            // at once. Replies keep the pipeline's order.
+            Self::Cluster(cluster) if !pipeline.is_transaction() => {
+                let cluster = cluster.clone();
+                Box::pin(async move {
+                    let sent = pipeline.cmd_iter().map(|cmd| {
+                        let mut cluster = cluster.clone();
+                        async move { cluster.req_packed_command(cmd).await }
+                    });
+                    futures_util::future::try_join_all(sent).await
+                })
+            }
+            Self::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count),
             Self::Following(socket) => Box::pin(async move {
                 let mut bound = socket.get().await?;
                 let sent = bound
@@ -224,6 +257,7 @@ impl ConnectionLike for RedisConnection {
     fn get_db(&self) -> i64 {
         match self {
             Self::Managed(manager) => manager.get_db(),
+            Self::Cluster(cluster) => cluster.get_db(),
             Self::Following(socket) => socket
                 .current()
                 .map_or(0, |bound| bound.connection.get_db()),

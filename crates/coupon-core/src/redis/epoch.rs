@@ -25,7 +25,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use redis::aio::ConnectionLike;
-use redis::{ErrorKind, FromRedisValue, RedisError, Value};
+use redis::{FromRedisValue, RedisError, Value};
+
+use crate::redis::library::{self, Function};
 
 /// One verification of a coupon's Redis state: `<run id>/<nonce>`, made by the scripts
 /// that verify (`scripts/load_meta.lua`); compared whole, never taken apart here.
@@ -60,33 +62,12 @@ impl FromRedisValue for Stamp {
     }
 }
 
-/// The instance's current epoch, as the scripts read it.
+/// The epoch of the instance that holds `key` (on a Redis Cluster, the primary of its slot:
+/// a coupon's epoch is its own node's), as the scripts read it: through the library, whose
+/// call goes where its first key lives.
 pub async fn instance_epoch<C: ConnectionLike + Send + Sync>(
     con: &mut C,
+    key: &str,
 ) -> Result<String, RedisError> {
-    let info: String = redis::cmd("INFO").arg("server").query_async(con).await?;
-    parse_run_id(&info).ok_or_else(|| {
-        RedisError::from((ErrorKind::UnexpectedReturnType, "INFO server has no run_id"))
-    })
-}
-
-fn parse_run_id(info: &str) -> Option<String> {
-    info.lines()
-        .find_map(|line| line.strip_prefix("run_id:"))
-        .map(|id| id.trim().to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_run_id_is_read_from_info_server() {
-        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:ac62111a2523481e8805a7519461671f4925c599\r\ntcp_port:6379\r\n";
-        assert_eq!(
-            parse_run_id(info).as_deref(),
-            Some("ac62111a2523481e8805a7519461671f4925c599")
-        );
-        assert_eq!(parse_run_id("# Server\r\n"), None);
-    }
+    library::invoke(con, &library::call(Function::Epoch, &[key])).await
 }

@@ -70,18 +70,23 @@ impl CouponKeys {
         format!("{prefix}{{coupons}}:generation")
     }
 
+    /// The epoch the registry was last found complete under (`crate::redis::registry`).
+    pub fn registry_checked(prefix: &str) -> String {
+        format!("{prefix}{{coupons}}:checked")
+    }
+
     /// Counter of a user's issue requests in the rate-limit window (`issuer-api`'s
-    /// `rate_limit`). Both counters of a request share the `{rate}` hash tag, so one script
-    /// touches them on one cluster slot.
+    /// `rate_limit`). Each counter is its own hash tag: on a cluster, counters spread over
+    /// every slot as users do, and no shard sees every request.
     pub fn rate_of_user(prefix: &str, user: impl std::fmt::Display) -> String {
-        format!("{prefix}{{rate}}:user:{user}")
+        format!("{prefix}rate:{{user:{user}}}")
     }
 
     /// The same for a client address; `unknown` when none is known.
     pub fn rate_of_address(prefix: &str, address: Option<impl std::fmt::Display>) -> String {
         match address {
-            Some(address) => format!("{prefix}{{rate}}:address:{address}"),
-            None => format!("{prefix}{{rate}}:address:unknown"),
+            Some(address) => format!("{prefix}rate:{{address:{address}}}"),
+            None => format!("{prefix}rate:{{address:unknown}}"),
         }
     }
 
@@ -102,6 +107,8 @@ impl CouponKeys {
 
 #[cfg(test)]
 mod tests {
+    use redis::cluster_routing::Slot;
+
     use super::*;
 
     #[test]
@@ -113,5 +120,17 @@ mod tests {
         assert_eq!(keys.stream, "coupon:{42}:issues");
         let prefixed = CouponKeys::new("test-1:", CouponId::new(7).unwrap());
         assert_eq!(prefixed.issued, "test-1:coupon:{7}:issued");
+    }
+
+    #[test]
+    fn rate_counters_are_each_their_own_slot_and_never_a_coupons() {
+        let user = CouponKeys::rate_of_user("", 42);
+        let address = CouponKeys::rate_of_address("", Some("10.0.0.1"));
+        assert_eq!(user, "rate:{user:42}");
+        assert_eq!(address, "rate:{address:10.0.0.1}");
+        // User 42's counter must not share coupon 42's slot (tag "42").
+        let coupon = CouponKeys::new("", CouponId::new(42).unwrap());
+        assert_ne!(Slot::for_key(&user), Slot::for_key(&coupon.meta));
+        assert_eq!(Slot::for_key(&coupon.meta), Slot::for_key(&coupon.issued));
     }
 }

@@ -1,6 +1,6 @@
 //! The scripts that compare a coupon's epoch with the instance's (`crate::redis::epoch`), as one
 //! Redis function library: admission, the meta's load, the finished check, the rebuild
-//! lease and the hand-over's close.
+//! lease, the hand-over's close, the registry and the epoch itself.
 //!
 //! Why a library rather than EVAL: the instance's run id costs an `INFO server` to read,
 //! and admission reads it on every request, refusals included. A library's locals live as
@@ -11,7 +11,11 @@
 //! calls its own functions, side by side on one Redis. An instance that lacks the library
 //! (a new or flushed Redis, one restored from a file written before the load) answers
 //! "Function not found"; the caller then loads it and calls again, as redis-rs does for
-//! EVALSHA. Loading needs the `FUNCTION` command in the Redis user's ACL.
+//! EVALSHA. Loading needs the `FUNCTION` command in the Redis user's ACL. On a Redis
+//! Cluster the load goes to every primary (redis-rs routes `FUNCTION LOAD` so), and each
+//! replica has it from its primary's replication stream; a node that lacks it all the same
+//! (one added later, a replica that resynced from an older file) is loaded by the same
+//! retry, since the failed call was routed to it.
 
 use std::sync::LazyLock;
 
@@ -31,15 +35,21 @@ pub enum Function {
     RebuildLease,
     /// `scripts/hand_over.lua`.
     HandOver,
+    /// The instance's epoch (`scripts/epoch.lua`), read on the node of its one key.
+    Epoch,
+    /// `scripts/registry.lua`.
+    Registry,
 }
 
 impl Function {
-    const ALL: [Function; 5] = [
+    const ALL: [Function; 7] = [
         Function::Admit,
         Function::LoadMeta,
         Function::Finished,
         Function::RebuildLease,
         Function::HandOver,
+        Function::Epoch,
+        Function::Registry,
     ];
 
     fn suffix(self) -> &'static str {
@@ -49,6 +59,8 @@ impl Function {
             Function::Finished => "finished",
             Function::RebuildLease => "rebuild_lease",
             Function::HandOver => "hand_over",
+            Function::Epoch => "epoch",
+            Function::Registry => "registry",
         }
     }
 
@@ -59,6 +71,8 @@ impl Function {
             Function::Finished => include_str!("scripts/finished.lua"),
             Function::RebuildLease => include_str!("scripts/rebuild_lease.lua"),
             Function::HandOver => include_str!("scripts/hand_over.lua"),
+            Function::Epoch => "return instance_epoch()",
+            Function::Registry => include_str!("scripts/registry.lua"),
         }
     }
 }

@@ -10,21 +10,23 @@
 //!   judged finished: each registration has a generation never used before, and the retire
 //!   compares it, so a rebuild that registered the coupon again meanwhile keeps it.
 //!
+//! - A registry that may have lost registrations is completed from PostgreSQL before it is
+//!   trusted again: it records the epoch it was last found complete under, and an instance
+//!   with another (restarted, or a replica promoted) has every coupon that may still have work
+//!   registered again ([`Registry::unchecked`], [`Registry::checked`]). On one node a lost
+//!   registration goes with its coupon's state, whose rebuild registers it again; on a
+//!   cluster the registry's shard may lose it alone, and nothing else would bring it back.
+//!
 //! The registry is a key of its own (another cluster slot than the coupon's keys), so the
 //! finished check and the retire are two scripts; the generation is what joins them.
 
-use std::sync::LazyLock;
-
 use redis::aio::ConnectionLike;
-use redis::{AsyncCommands, RedisError, Script};
+use redis::{AsyncCommands, Cmd, RedisError};
 
 use crate::domain::CouponId;
 use crate::domain::QueueKind;
 use crate::redis::keys::CouponKeys;
 use crate::redis::library::{self, Function};
-
-static REGISTRY: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/registry.lua")));
 
 /// The registry stream only wakes workers; a few recent entries are all it needs to keep.
 const WAKE_STREAM_LEN: usize = 1_000;
@@ -58,13 +60,9 @@ impl Registry {
         con: &mut C,
         coupon: CouponId,
     ) -> Result<Registration, RedisError> {
-        let (generation, added): (u64, i64) = REGISTRY
-            .key(CouponKeys::active_registry(&self.key_prefix))
-            .key(CouponKeys::registry_generation(&self.key_prefix))
-            .arg("register")
-            .arg(coupon.get())
-            .invoke_async(con)
-            .await?;
+        let mut call = self.call("register");
+        call.arg(coupon.get());
+        let (generation, added): (u64, i64) = library::invoke(con, &call).await?;
         if added == 1 && self.queue == QueueKind::Redis {
             let _: String = con
                 .xadd_maxlen(
@@ -118,15 +116,48 @@ impl Registry {
         con: &mut C,
         registration: Registration,
     ) -> Result<bool, RedisError> {
-        let removed: i64 = REGISTRY
-            .key(CouponKeys::active_registry(&self.key_prefix))
-            .key(CouponKeys::registry_generation(&self.key_prefix))
-            .arg("retire")
-            .arg(registration.coupon.get())
-            .arg(registration.generation)
-            .invoke_async(con)
-            .await?;
+        let mut call = self.call("retire");
+        call.arg(registration.coupon.get())
+            .arg(registration.generation);
+        let removed: i64 = library::invoke(con, &call).await?;
         Ok(removed == 1)
+    }
+
+    /// The epoch of the registry's instance, if the registry was not found complete under
+    /// it: the caller registers every coupon that may have work again, then reports that
+    /// with [`Registry::checked`].
+    pub async fn unchecked<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+    ) -> Result<Option<String>, RedisError> {
+        library::invoke(con, &self.call("unchecked")).await
+    }
+
+    /// Records that every coupon that may have work was registered again under `epoch`;
+    /// false if the instance changed meanwhile (then it is found unchecked again).
+    pub async fn checked<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        epoch: &str,
+    ) -> Result<bool, RedisError> {
+        let mut call = self.call("checked");
+        call.arg(epoch);
+        let recorded: i64 = library::invoke(con, &call).await?;
+        Ok(recorded == 1)
+    }
+
+    /// A call of the registry's function for `op`; its arguments follow.
+    fn call(&self, op: &str) -> Cmd {
+        let mut call = library::call(
+            Function::Registry,
+            &[
+                &CouponKeys::active_registry(&self.key_prefix),
+                &CouponKeys::registry_generation(&self.key_prefix),
+                &CouponKeys::registry_checked(&self.key_prefix),
+            ],
+        );
+        call.arg(op);
+        call
     }
 
     /// Retires the coupon if it is finished; returns whether it left the registry.

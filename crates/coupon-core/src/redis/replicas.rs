@@ -190,6 +190,13 @@ async fn recount(sentinels: Sentinels, floor: u32, required: Weak<AtomicU32>) {
 /// Why the replicas to wait for could not be settled at start.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaSetupError {
+    #[error(
+        "REDIS_MIN_REPLICAS is not offered on a Redis Cluster (REDIS_CLUSTER_NODES): a WAIT \
+         must follow its write on the very connection to that coupon's primary, which the \
+         cluster client does not promise; a promoted replica's lost writes are caught by \
+         the epoch check instead (README, \"Redis Cluster\")"
+    )]
+    OnCluster,
     #[error("cannot ask the Sentinels how many replicas the primary has: {0}")]
     Sentinels(#[source] redis::RedisError),
     #[error(
@@ -220,6 +227,12 @@ impl ReplicaArgs {
     /// replica the Sentinels know, whatever REDIS_MIN_REPLICAS says.
     pub async fn required(&self, redis: &RedisArgs) -> Result<Option<Required>, ReplicaSetupError> {
         let floor = self.redis_min_replicas;
+        if !redis.redis_cluster_nodes.is_empty() {
+            return match floor {
+                0 => Ok(None),
+                _ => Err(ReplicaSetupError::OnCluster),
+            };
+        }
         let replicas = match redis.sentinels() {
             Some(sentinels) => {
                 let known = sentinels

@@ -71,7 +71,8 @@ impl Issuer {
         let mut redis = self.redis.clone();
         // The node before the closes counts as old even if no close answers: the new
         // primary must be another.
-        let before = instance_epoch(&mut redis).await?;
+        // A hand-over runs under Sentinel, where one node holds every key: any key names it.
+        let before = instance_epoch(&mut redis, "").await?;
         let in_force = redis_stamps(&mut *self.pool.get().await?, coupons).await?;
         let mut closed = Closed {
             coupons: Vec::new(),
@@ -151,7 +152,7 @@ impl Issuer {
         deadline: Instant,
     ) -> Vec<(CouponId, HandedOver)> {
         let mut outcomes = Vec::with_capacity(closed.len());
-        let stamped = match instance_epoch(primary).await {
+        let stamped = match instance_epoch(primary, "").await {
             Ok(epoch) => self.record_hand_over(&epoch, closed).await,
             Err(err) => {
                 tracing::warn!(error = %err, "hand-over: the primary does not answer; every coupon left to its rebuild");

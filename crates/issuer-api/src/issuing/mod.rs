@@ -2,7 +2,8 @@
 //! Beside it: the reads the HTTP contract makes (`reads`), what the operations view probes
 //! (`probes`), and restoring Redis from PostgreSQL (`rebuild`), for the coupons requests
 //! found unverified gathered into one rebuild (`lazy_rebuilds`), and the planned switchover
-//! that carries the state over instead (`hand_over`).
+//! that carries the state over instead (`hand_over`); keeping the registry of coupons with
+//! work complete (`registry_check`).
 //!
 //! Invariants: a SUCCESS answer is given only once the event is durably queued (see
 //! `crate::delivery`). A user is told "yours" only when it is known: while someone else's
@@ -13,6 +14,7 @@ mod lazy_rebuilds;
 mod probes;
 mod reads;
 mod rebuild;
+mod registry_check;
 
 use std::sync::Arc;
 use std::time::Duration;

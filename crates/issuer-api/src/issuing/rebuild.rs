@@ -193,8 +193,13 @@ impl Issuer {
         con: &mut C,
         leased: &[RebuildLease],
     ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
-        // Everything read from here on is verified under this instance only.
-        let epoch = instance_epoch(con).await?;
+        // Everything read from here on is verified under the instance that holds each
+        // coupon now (on a cluster, each coupon's own primary) only.
+        let mut epochs = std::collections::HashMap::with_capacity(leased.len());
+        for held in leased {
+            let meta = self.scripts.keys(held.coupon).meta;
+            epochs.insert(held.coupon, instance_epoch(con, &meta).await?);
+        }
         let coupons: Vec<CouponId> = leased.iter().map(|held| held.coupon).collect();
         let found = self.holders(con, &coupons).await?;
         // The stamps in force from now on, for every API, this one's own or one started
@@ -205,7 +210,10 @@ impl Issuer {
         {
             let mut conn = self.pool.get().await?;
             for (record, holders) in found {
-                let stamp = Stamp::fresh(&epoch);
+                let Some(epoch) = epochs.get(&record.id) else {
+                    continue;
+                };
+                let stamp = Stamp::fresh(epoch);
                 record_redis_stamp(&mut conn, record.id, &stamp, Verification::Rebuilt).await?;
                 stamped.push((record, holders, stamp));
             }

@@ -1,7 +1,7 @@
 -- Fixed-window rate limits on the issue route, shared by every API replica.
--- KEYS[1] the user's counter, KEYS[2] the client address's counter (both with the `{rate}`
--- hash tag, so one script may touch them on Redis Cluster too).
--- ARGV[1] window ms, ARGV[2] user limit, ARGV[3] address limit; a limit of 0 is no limit.
+-- KEYS the counters (the user's, the client address's, or one of them: on a cluster each is
+-- on a slot of its own and runs alone).
+-- ARGV[1] window ms, then each key's limit in KEYS' order; a limit of 0 is no limit.
 -- A refused request still counts, so a client that keeps hammering stays refused.
 -- Returns 0 when allowed, else the ms until the window that refused it ends.
 local window = tonumber(ARGV[1])

@@ -54,6 +54,9 @@ const READ_BLOCK: Duration = Duration::from_secs(1);
 /// How often entries left by dead consumers are claimed and acknowledged ones trimmed.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 const ERROR_PAUSE: Duration = Duration::from_millis(200);
+/// On a cluster, the pause after a round of reads that found nothing (`read_each`): the
+/// longest a first entry after a quiet spell waits, against one read per coupon per round.
+const IDLE_POLL: Duration = Duration::from_millis(20);
 
 /// Entry ids to XACK, per stream.
 pub type EntryIds = BTreeMap<String, Vec<String>>;
@@ -135,6 +138,40 @@ impl StreamQueue {
             Some(confirmation) => confirmation.read(&mut connection, read).await,
             None => Ok(Read::Confirmed(read.query_async(&mut connection).await?)),
         }
+    }
+
+    /// On a Redis Cluster: one XREADGROUP cannot span slots, and each coupon's stream is on
+    /// its coupon's. So each stream is read on its own, all at once and without blocking
+    /// (a blocked read would hold the shared connection to its node, or need a connection
+    /// per coupon); when none had anything, the reader pauses [`IDLE_POLL`] (at most
+    /// `block`) before the next round. Replica confirmations are not offered on a cluster
+    /// (`coupon_core::redis::replicas`), so nothing here waits for them.
+    async fn read_each(
+        &self,
+        streams: &[String],
+        count: usize,
+        block: Duration,
+    ) -> Result<Option<StreamReadReply>, RedisError> {
+        let options = StreamReadOptions::default()
+            .group(&self.group, &self.consumer)
+            .count(count);
+        let reads = streams.iter().map(|stream| {
+            let read = redis::Cmd::xread_options(&[stream], &[">"], &options);
+            let mut con = self.reader.clone();
+            async move { read.query_async::<Option<StreamReadReply>>(&mut con).await }
+        });
+        let keys: Vec<_> = futures_util::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+            .flat_map(|reply| reply.keys)
+            .filter(|key| !key.ids.is_empty())
+            .collect();
+        if keys.is_empty() {
+            sleep(IDLE_POLL.min(block)).await;
+            return Ok(None);
+        }
+        Ok(Some(StreamReadReply { keys }))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -243,17 +280,23 @@ impl IssueQueue for StreamQueue {
                     continue;
                 }
             };
-            let ids = vec![">"; streams.len()];
-            let options = StreamReadOptions::default()
-                .group(&self.group, &self.consumer)
-                .count(size - batch.len)
-                .block(block.as_millis().max(1) as usize);
-            let read: Result<Read<Option<StreamReadReply>>, RedisError> = self
-                .read(
-                    &self.reader,
-                    redis::Cmd::xread_options(&streams, &ids, &options),
-                )
-                .await;
+            let read: Result<Read<Option<StreamReadReply>>, RedisError> =
+                if self.reader.is_cluster() {
+                    self.read_each(&streams, size - batch.len, block)
+                        .await
+                        .map(Read::Confirmed)
+                } else {
+                    let ids = vec![">"; streams.len()];
+                    let options = StreamReadOptions::default()
+                        .group(&self.group, &self.consumer)
+                        .count(size - batch.len)
+                        .block(block.as_millis().max(1) as usize);
+                    self.read(
+                        &self.reader,
+                        redis::Cmd::xread_options(&streams, &ids, &options),
+                    )
+                    .await
+                };
             match read {
                 Ok(Read::Confirmed(Some(reply))) => self.take(reply, true, &mut batch).await,
                 Ok(Read::Unconfirmed {

@@ -1,5 +1,6 @@
 -- The registry of coupons whose state Redis holds: coupon id -> generation.
--- KEYS[1] the registry hash, KEYS[2] its generation counter (same hash tag).
+-- KEYS[1] the registry hash, KEYS[2] its generation counter, KEYS[3] the epoch the registry
+-- was last found complete under (all three share one hash tag).
 --
 -- register ARGV: 'register', couponId. Gives the coupon a new generation, never used before
 --   (a counter, not a per-coupon number: a retire that read an old generation must not match a
@@ -8,6 +9,13 @@
 -- retire ARGV: 'retire', couponId, generation. Removes the coupon only if its registration
 --   is still the one the caller judged finished: a rebuild that registered it again since
 --   keeps it. Returns 1 when removed.
+-- unchecked ARGV: 'unchecked'. The instance's epoch if the registry was not found complete
+--   under it (this instance restarted, or is a replica promoted, and may have lost
+--   registrations: on a cluster the registry's shard can lose them while the coupons' own
+--   shards, which would have sent them through a rebuild, did not), else false.
+-- checked ARGV: 'checked', epoch. Records that every coupon with work was registered again
+--   under `epoch`, if it is still this instance's (else it changed meanwhile and the caller's
+--   registrations may have gone to the lost state). Returns 1 when recorded.
 local op = ARGV[1]
 if op == 'register' then
   local generation = redis.call('INCR', KEYS[2])
@@ -18,5 +26,17 @@ elseif op == 'retire' then
     return redis.call('HDEL', KEYS[1], ARGV[2])
   end
   return 0
+elseif op == 'unchecked' then
+  local id = instance_epoch()
+  if redis.call('GET', KEYS[3]) == id then
+    return false
+  end
+  return id
+elseif op == 'checked' then
+  if instance_epoch() ~= ARGV[2] then
+    return 0
+  end
+  redis.call('SET', KEYS[3], ARGV[2])
+  return 1
 end
-return redis.error_reply('registry.lua: unknown operation ' .. tostring(op))
+return redis.error_reply('registry: unknown operation ' .. tostring(op))

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The one place that runs a Redis Cluster on this machine: the tests', the chaos suite's, the
+# benchmarks' and `make up REDIS_MODE=cluster`'s all come from here.
+#
+#   cluster.sh start DIR PORTS        the nodes on PORTS (a comma list, six or more), made a
+#                                     cluster of PORTS/2 primaries with one replica each
+#   cluster.sh start-node DIR PORT    start the node on PORT again (it rejoins as it left)
+#   cluster.sh kill DIR PORT          kill -9 the node on PORT
+#   cluster.sh stop DIR               stop every node of DIR
+#
+# Nodes run a copy of deploy/redis/redis.conf (the product's persistence: every write in the
+# fsynced append-only file) with cluster.conf's lines, on 127.0.0.1, each in DIR/redis-PORT
+# with its data, nodes.conf, log and pid. CLUSTER_MAXMEMORY (default 128mb) bounds each
+# node: six of the single node's 512mb would be 3 GiB of a laptop for a test.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+MAXMEMORY=${CLUSTER_MAXMEMORY:-128mb}
+
+TAG=cluster
+# shellcheck source=deploy/lib.sh
+. "$HERE/../lib.sh"
+
+install() {
+  command -v redis-server >/dev/null && return 0
+  # Clusters started in parallel install once: the others wait here, then find it done.
+  exec {lock}>/tmp/coupon-redis-install.lock
+  flock "$lock"
+  command -v redis-server >/dev/null && return 0
+  apt_install redis-server
+  # The package starts its own service, with Debian's configuration: ours replace it.
+  as_root service redis-server stop >/dev/null 2>&1 || true
+}
+
+# Whether the node in NODE_DIR already runs on PORT (a start run again reuses it). A port
+# something else holds ends the start: tests pick free ports before they are bound, and a
+# test running beside may take one meanwhile (the caller tries again on other ports).
+running() { # running NODE_DIR PORT
+  port_open "$2" || return 1
+  [ -f "$1/pid" ] && kill -0 "$(cat "$1/pid")" 2>/dev/null && return 0
+  die "port $2 is taken by another process"
+}
+
+start_node() { # start_node DIR PORT
+  local node="$1/redis-$2"
+  mkdir -p "$node"
+  running "$node" "$2" && return 0
+  # A node's own copy: the cluster rewrites nodes.conf, never the repository's files.
+  cat "$HERE/redis.conf" "$HERE/cluster.conf" >"$node/redis.conf"
+  redis-server "$node/redis.conf" --port "$2" --bind 127.0.0.1 --dir "$node" \
+    --maxmemory "$MAXMEMORY" --daemonize yes --pidfile "$node/pid" --logfile "$node/redis.log"
+  wait_for 10 "Redis on $2 (logs under the cluster's folder)" port_open "$2"
+}
+
+cluster_ok() { # cluster_ok PORT...
+  local port
+  for port in "$@"; do
+    redis-cli -p "$port" CLUSTER INFO 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+  done
+}
+
+start() { # start DIR PORTS
+  local dir=$1 ports port
+  IFS=, read -r -a ports <<<"$2"
+  [ ${#ports[@]} -ge 6 ] && [ $((${#ports[@]} % 2)) -eq 0 ] ||
+    die "an even number of ports, six or more (a replica per primary), please"
+  install
+  mkdir -p "$dir"
+  for port in "${ports[@]}"; do start_node "$dir" "$port"; done
+  if cluster_ok "${ports[@]}"; then
+    log "the cluster on ${ports[*]} is up already: reusing it"
+    return 0
+  fi
+  local addresses=()
+  for port in "${ports[@]}"; do addresses+=("127.0.0.1:$port"); done
+  # All on one host: redis-cli warns that a replica shares its primary's host, which is
+  # the point of a local cluster; --cluster-yes accepts its layout.
+  redis-cli --cluster create "${addresses[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 ||
+    die "redis-cli --cluster create failed (see $dir/create.log)"
+  wait_for 20 "the cluster's state ok on every node" cluster_ok "${ports[@]}"
+  log "cluster of ${#ports[@]} nodes on 127.0.0.1: REDIS_CLUSTER_NODES=$(IFS=,; echo "${addresses[*]}")"
+}
+
+kill_node() { # kill_node DIR PORT
+  local pidfile="$1/redis-$2/pid"
+  if [ -f "$pidfile" ]; then kill -9 "$(cat "$pidfile")" 2>/dev/null || true; rm -f "$pidfile"; fi
+}
+
+stop() { # stop DIR
+  local pidfile
+  for pidfile in "$1"/*/pid; do
+    [ -f "$pidfile" ] || continue
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+}
+
+# Redis changes into its --dir before it opens its log: every path must be absolute.
+[ $# -ge 2 ] && set -- "$1" "$(realpath -m "$2")" "${@:3}"
+case "${1:-}" in
+  start) start "$2" "$3" ;;
+  start-node) start_node "$2" "$3" ;;
+  kill) kill_node "$2" "$3" ;;
+  stop) stop "$2" ;;
+  *) die "usage: cluster.sh start DIR PORTS | start-node DIR PORT | kill DIR PORT | stop DIR" ;;
+esac
