@@ -30,7 +30,7 @@ use crate::issuing::Issuer;
 use crate::metrics::Metrics;
 use crate::operations::Operations;
 use crate::rate_limit::{Limits, RateLimiter};
-use crate::replication::Replication;
+use crate::replication::{Confirmation, Replication, ShardReplication};
 
 /// Requests with bodies larger than this are refused with 413 before they are parsed.
 const MAX_BODY_BYTES: usize = 4 * 1024;
@@ -42,7 +42,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
     // Under Sentinel a "yes" stands only once every replica it knows has it
     // (`coupon_core::redis::replicas`), whatever REDIS_MIN_REPLICAS says.
-    let replicas = config.replicas.required(&config.redis).await?;
+    let replicas = config
+        .replicas
+        .required(&config.redis, config.queue)
+        .await?;
     let kafka = (config.queue == QueueKind::Kafka).then_some(&config.kafka);
     prepare(&config.database.target()?, kafka).await?;
     let redis = config
@@ -54,10 +57,23 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
     let rebuild_timeout = Duration::from_millis(config.rebuild_timeout_ms);
     let metrics = Arc::new(Metrics::default());
     let pool = config.database.pool()?;
-    // Replicas confirm on a socket of their own, which the admissions needing confirmation
-    // share (`crate::replication`).
+    // On one node, replicas confirm on a socket of their own, which the admissions needing
+    // confirmation share; on a cluster, on each coupon's shard, through a cluster
+    // connection of their own (`crate::replication`).
     let replication = match replicas {
-        Some(replicas) => Some(Replication::start(
+        Some(replicas) if redis.is_cluster() => {
+            Some(Confirmation::Shards(ShardReplication::start(
+                config
+                    .redis
+                    .connect()
+                    .await
+                    .context("cannot connect to Redis for replica confirmations")?,
+                prefix.clone(),
+                replicas,
+                config.replicas.timeout(),
+            )))
+        }
+        Some(replicas) => Some(Confirmation::Socket(Replication::start(
             Socket::new(
                 config.redis.target()?,
                 Duration::from_millis(config.redis.redis_timeout_ms),
@@ -65,7 +81,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
             CouponKeys::replication_fence(&prefix),
             replicas,
             config.replicas.timeout(),
-        )),
+        ))),
         None => None,
     };
     let delivery = match kafka {
@@ -78,7 +94,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
                 rebuild_timeout,
                 reconcile_interval: Duration::from_millis(config.reconcile_interval_ms),
                 pool: pool.clone(),
-                replication: replication.clone(),
+                replication: replication.as_ref().and_then(Confirmation::socket).cloned(),
             },
             redis.clone(),
             metrics.clone(),

@@ -376,7 +376,7 @@ mod rate_limits_answer_429_with_retry_after_across_replicas {
 }
 
 async fn rate_limits_answer_429_with_retry_after_across_replicas(redis: RedisTopology) {
-    let topology = redis.args();
+    let topology = redis.args(QueueKind::Kafka);
     let limits: Vec<&str> = ["--rate-per-user=3", "--rate-window-ms=60000"]
         .into_iter()
         .chain(topology.iter().map(String::as_str))

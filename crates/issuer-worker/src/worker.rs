@@ -66,7 +66,10 @@ impl Worker {
             QueueKind::Redis => {
                 // Under Sentinel, or with REDIS_MIN_REPLICAS, an entry is persisted only
                 // once the replicas have it (`stream_queue::confirm`).
-                let required = config.replicas.required(&config.redis).await?;
+                let required = config
+                    .replicas
+                    .required(&config.redis, QueueKind::Redis)
+                    .await?;
                 Queue::Redis(Box::new(StreamQueue::connect(&config, required).await?))
             }
         };

@@ -50,16 +50,27 @@ pub enum RedisTopology {
 }
 
 impl RedisTopology {
-    /// The services' arguments for it.
-    pub fn args(self) -> Vec<String> {
+    /// The services' arguments for it in `queue` mode.
+    pub fn args(self, queue: QueueKind) -> Vec<String> {
         match self {
             Self::Node => Vec::new(),
-            Self::Cluster => vec![format!(
-                "--redis-cluster-nodes={}",
-                crate::redis_cluster::shared_nodes()
-            )],
+            Self::Cluster => cluster_args(&crate::redis_cluster::shared_nodes(), queue),
         }
     }
+}
+
+/// The services' arguments for the cluster of seed nodes `nodes` in `queue` mode: in the
+/// Redis queue mode, each coupon's replica confirms its admissions and reads (required
+/// there, `coupon_core::redis::replicas`).
+pub fn cluster_args(nodes: &str, queue: QueueKind) -> Vec<String> {
+    let mut args = vec![format!("--redis-cluster-nodes={nodes}")];
+    if queue == QueueKind::Redis {
+        args.extend([
+            "--redis-min-replicas=1".to_owned(),
+            "--redis-replica-timeout-ms=500".to_owned(),
+        ]);
+    }
+    args
 }
 
 pub struct TestEnv {
@@ -115,7 +126,7 @@ impl TestEnv {
     /// In `queue` mode on `redis`: `make up`'s node, or the suite's Redis Cluster (`make
     /// test` starts it).
     pub async fn start_under(queue: QueueKind, redis: RedisTopology, workers: usize) -> TestEnv {
-        let args = redis.args();
+        let args = redis.args(queue);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Self::start_with_args(queue, &brokers(), workers, &args).await
     }

@@ -128,9 +128,11 @@ impl RedisCluster {
                 let start: u16 = redis::FromRedisValue::from_redis_value(start.clone())?;
                 let end: u16 = redis::FromRedisValue::from_redis_value(end.clone())?;
                 if (start..=end).contains(&slot) {
-                    let (_, port): (String, u16) =
+                    // [host, port, node id, metadata]
+                    let primary: Vec<redis::Value> =
                         redis::FromRedisValue::from_redis_value(primary.clone())?;
-                    return Ok(port);
+                    let port = primary.get(1).context("a primary without a port")?;
+                    return Ok(redis::FromRedisValue::from_redis_value(port.clone())?);
                 }
             }
         }
@@ -252,13 +254,19 @@ impl RedisCluster {
         Ok(())
     }
 
-    /// `CLUSTER FAILOVER [FORCE]` on the replica on `replica`: it takes its primary's slots
-    /// (graceful: once it has every write; forced: without asking its primary).
-    pub async fn fail_over_to(&self, replica: u16, force: bool) -> anyhow::Result<()> {
+    /// `CLUSTER FAILOVER` of `mode` on the replica on `replica`, which then takes its
+    /// primary's slots; returns once it says it is a primary.
+    pub async fn fail_over_to(&self, replica: u16, mode: Failover) -> anyhow::Result<()> {
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("FAILOVER");
-        if force {
-            cmd.arg("FORCE");
+        match mode {
+            Failover::Graceful => {}
+            Failover::Force => {
+                cmd.arg("FORCE");
+            }
+            Failover::Takeover => {
+                cmd.arg("TAKEOVER");
+            }
         }
         let () = cmd.query_async(&mut node(replica).await?).await?;
         let deadline = Instant::now() + PATIENCE;
@@ -270,6 +278,72 @@ impl RedisCluster {
         }
         Ok(())
     }
+
+    /// Cuts the replication from the primary on `primary`: its replicas' links are dropped
+    /// and cannot sync again (PSYNC and SYNC are taken from the default user, which the
+    /// replicas log in as), while clients and the cluster bus still reach it. What it
+    /// writes from now on is on no replica.
+    pub async fn cut_replication(&self, primary: u16) -> anyhow::Result<()> {
+        let mut con = node(primary).await?;
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg("-psync")
+            .arg("-sync")
+            .query_async(&mut con)
+            .await?;
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("replica")
+            .query_async(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    /// Gives the node on `port` back what [`RedisCluster::cut_replication`] took.
+    pub async fn restore_replication(&self, port: u16) -> anyhow::Result<()> {
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg("+psync")
+            .arg("+sync")
+            .query_async(&mut node(port).await?)
+            .await?;
+        Ok(())
+    }
+
+    /// Returns once the replica of the primary on `primary` has every write the primary
+    /// made so far: a write of the test's own on `key`'s slot, then WAIT for one replica.
+    pub async fn await_replicated(&self, primary: u16, key: &str) -> anyhow::Result<()> {
+        let mut con = node(primary).await?;
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg(1)
+            .query_async(&mut con)
+            .await?;
+        let acknowledged: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(5_000)
+            .query_async(&mut con)
+            .await?;
+        if acknowledged < 1 {
+            bail!("the replica of {primary} did not acknowledge within 5 s");
+        }
+        Ok(())
+    }
+}
+
+/// How a replica takes over (`CLUSTER FAILOVER`'s options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failover {
+    /// Once it has every write of its primary, which pauses its clients meanwhile.
+    Graceful,
+    /// Without asking its primary (which may be down), with the other primaries' votes.
+    Force,
+    /// Without asking anyone: the replica takes the slots on its own authority, with
+    /// whatever it has.
+    Takeover,
 }
 
 impl Drop for RedisCluster {

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::sentinel::SentinelClient;
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::Mutex;
 
 /// Where a [`Socket`] connects.
@@ -194,9 +195,40 @@ pub enum RedisConnection {
 
 impl RedisConnection {
     /// Whether this is a Redis Cluster's client: commands on several slots cannot share a
-    /// pipeline or a script, and replica confirmations are not offered there.
+    /// pipeline or a script.
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
+    }
+
+    /// Sends `pipeline` whole, on one connection to the node that holds `key` (on a
+    /// cluster, the primary of its slot), and returns its replies: for a write and the WAIT
+    /// that must follow it on that very connection. (Any other pipeline on a cluster is sent
+    /// as its commands, each to its own slot's node.)
+    pub async fn pipeline_on_node_of<T: FromRedisValue>(
+        &mut self,
+        key: &str,
+        pipeline: &Pipeline,
+    ) -> Result<T, RedisError> {
+        match self {
+            Self::Cluster(cluster) => {
+                let route =
+                    SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
+                let count = pipeline.cmd_iter().count();
+                let replies = cluster
+                    .route_pipeline(pipeline.clone(), 0, count, route)
+                    .await?;
+                // A command's error reply is the pipeline's error, with its code (NOGROUP,
+                // say), as a pipeline sent on one node reports it.
+                if let Some(Value::ServerError(err)) = replies
+                    .iter()
+                    .find(|reply| matches!(reply, Value::ServerError(_)))
+                {
+                    return Err(err.clone().into());
+                }
+                Ok(T::from_redis_value(Value::Array(replies))?)
+            }
+            _ => pipeline.query_async(self).await,
+        }
     }
 }
 

@@ -22,6 +22,9 @@ pub struct CouponKeys {
     /// Stream of the coupon's issue events in the Redis queue mode, appended by the
     /// admission script itself; entries are trimmed once the worker group acknowledged them.
     pub stream: String,
+    /// On a Redis Cluster, the write each replica confirmation of this coupon's makes just
+    /// before its WAIT, on the coupon's own shard (`replication_fence` on one node).
+    pub fence: String,
 }
 
 impl CouponKeys {
@@ -44,6 +47,7 @@ impl CouponKeys {
             pending: format!("{prefix}coupon:{{{tag}}}:pending"),
             rebuilding: format!("{prefix}coupon:{{{tag}}}:rebuilding"),
             stream: format!("{prefix}coupon:{{{tag}}}:issues"),
+            fence: format!("{prefix}coupon:{{{tag}}}:fence"),
         }
     }
 

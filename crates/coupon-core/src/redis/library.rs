@@ -1,6 +1,7 @@
 //! The scripts that compare a coupon's epoch with the instance's (`crate::redis::epoch`), as one
 //! Redis function library: admission, the meta's load, the finished check, the rebuild
-//! lease, the hand-over's close, the registry and the epoch itself.
+//! lease, the hand-over's close, the registry, a cluster's replica fence and the epoch
+//! itself.
 //!
 //! Why a library rather than EVAL: the instance's run id costs an `INFO server` to read,
 //! and admission reads it on every request, refusals included. A library's locals live as
@@ -39,10 +40,12 @@ pub enum Function {
     Epoch,
     /// `scripts/registry.lua`.
     Registry,
+    /// `scripts/fence.lua`.
+    Fence,
 }
 
 impl Function {
-    const ALL: [Function; 7] = [
+    const ALL: [Function; 8] = [
         Function::Admit,
         Function::LoadMeta,
         Function::Finished,
@@ -50,6 +53,7 @@ impl Function {
         Function::HandOver,
         Function::Epoch,
         Function::Registry,
+        Function::Fence,
     ];
 
     fn suffix(self) -> &'static str {
@@ -61,6 +65,7 @@ impl Function {
             Function::HandOver => "hand_over",
             Function::Epoch => "epoch",
             Function::Registry => "registry",
+            Function::Fence => "fence",
         }
     }
 
@@ -73,6 +78,7 @@ impl Function {
             Function::HandOver => include_str!("scripts/hand_over.lua"),
             Function::Epoch => "return instance_epoch()",
             Function::Registry => include_str!("scripts/registry.lua"),
+            Function::Fence => include_str!("scripts/fence.lua"),
         }
     }
 }

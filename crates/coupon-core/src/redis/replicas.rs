@@ -16,6 +16,7 @@ use std::time::Duration;
 use redis::RedisError;
 
 use crate::config::{RedisArgs, ReplicaArgs};
+use crate::domain::QueueKind;
 
 /// How often the replicas the Sentinels know are counted again.
 const RECOUNT: Duration = Duration::from_secs(1);
@@ -191,12 +192,17 @@ async fn recount(sentinels: Sentinels, floor: u32, required: Weak<AtomicU32>) {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaSetupError {
     #[error(
-        "REDIS_MIN_REPLICAS is not offered on a Redis Cluster (REDIS_CLUSTER_NODES): a WAIT \
-         must follow its write on the very connection to that coupon's primary, which the \
-         cluster client does not promise; a promoted replica's lost writes are caught by \
-         the epoch check instead (README, \"Redis Cluster\")"
+        "REDIS_MIN_REPLICAS is not offered in Kafka mode on a Redis Cluster: a promoted \
+         replica's lost admissions are caught by the epoch check and rebuilt from PostgreSQL \
+         and the topic (README, \"Redis Cluster\")"
     )]
-    OnCluster,
+    KafkaModeOnCluster,
+    #[error(
+        "the Redis queue mode on a Redis Cluster needs REDIS_MIN_REPLICAS of 1 or more: the \
+         stream is the queue, and a failover would lose every \"yes\" its replica lacks \
+         (README, \"Redis Cluster\")"
+    )]
+    StreamsOnClusterUnreplicated,
     #[error("cannot ask the Sentinels how many replicas the primary has: {0}")]
     Sentinels(#[source] redis::RedisError),
     #[error(
@@ -224,16 +230,26 @@ pub enum ReplicaSetupError {
 impl ReplicaArgs {
     /// The replicas each confirmation waits for, or None where none is required (one node,
     /// or replicas behind a plain URL with REDIS_MIN_REPLICAS at 0). Under Sentinel every
-    /// replica the Sentinels know, whatever REDIS_MIN_REPLICAS says.
-    pub async fn required(&self, redis: &RedisArgs) -> Result<Option<Required>, ReplicaSetupError> {
+    /// replica the Sentinels know, whatever REDIS_MIN_REPLICAS says. On a Redis Cluster,
+    /// REDIS_MIN_REPLICAS of each coupon's shard: required in the Redis queue mode, not
+    /// offered in Kafka mode (`queue`).
+    pub async fn required(
+        &self,
+        redis: &RedisArgs,
+        queue: QueueKind,
+    ) -> Result<Option<Required>, ReplicaSetupError> {
         let floor = self.redis_min_replicas;
-        if !redis.redis_cluster_nodes.is_empty() {
-            return match floor {
-                0 => Ok(None),
-                _ => Err(ReplicaSetupError::OnCluster),
-            };
-        }
         let replicas = match redis.sentinels() {
+            // On a cluster each coupon's replicas confirm on its own shard (issuer-api's
+            // `replication`): the count is the floor, one shard like another.
+            None if !redis.redis_cluster_nodes.is_empty() => match (queue, floor) {
+                (QueueKind::Kafka, 0) => return Ok(None),
+                (QueueKind::Kafka, _) => return Err(ReplicaSetupError::KafkaModeOnCluster),
+                (QueueKind::Redis, 0) => {
+                    return Err(ReplicaSetupError::StreamsOnClusterUnreplicated);
+                }
+                (QueueKind::Redis, floor) => Replicas::Fixed(floor),
+            },
             Some(sentinels) => {
                 let known = sentinels
                     .known_replicas()

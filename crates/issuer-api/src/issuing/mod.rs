@@ -33,7 +33,7 @@ use tracing::Instrument;
 use crate::delivery::{Delivery, Pending};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::replication::Replication;
+use crate::replication::{Confirmation, Written};
 use lazy_rebuilds::LazyRebuilds;
 
 pub use hand_over::{Closed, HandedOver};
@@ -61,7 +61,7 @@ pub struct Issuer {
     delivery: Delivery,
     rebuild_timeout: Duration,
     /// Confirms each admission on the replicas first, when REDIS_MIN_REPLICAS is set.
-    replication: Option<Replication>,
+    replication: Option<Confirmation>,
     metrics: Arc<Metrics>,
     /// The coupons requests found unverified, gathered into one rebuild.
     lazy_rebuilds: Arc<LazyRebuilds>,
@@ -74,7 +74,7 @@ impl Issuer {
         pool: PgPool,
         delivery: Delivery,
         rebuild_timeout: Duration,
-        replication: Option<Replication>,
+        replication: Option<Confirmation>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -191,21 +191,30 @@ impl Issuer {
     }
 
     /// Runs the admission script; returns its reply, the stamp it passed, and, when
-    /// replicas must confirm, the number of the replication socket it ran on: a WAIT counts
-    /// only on the socket that carried the write (`crate::replication`).
+    /// replicas must confirm, where it was written: on one node, the number of the
+    /// replication socket it ran on (a WAIT counts only on the socket that carried the
+    /// write); on a cluster, the coupon and the stamp, which names the instance
+    /// (`crate::replication`).
     async fn run_admission(
         &self,
         redis: &mut RedisConnection,
         coupon: CouponId,
         user: UserId,
         pass: Option<Stamp>,
-    ) -> Result<(AdmitReply, Option<Stamp>, Option<u64>), ApiError> {
-        let Some(replication) = &self.replication else {
-            let (reply, sent) = self
-                .scripts
-                .admit_passing(redis, coupon, user, pass)
-                .await?;
-            return Ok((reply, sent, None));
+    ) -> Result<(AdmitReply, Option<Stamp>, Option<Written>), ApiError> {
+        let replication = match &self.replication {
+            Some(Confirmation::Socket(replication)) => replication,
+            Some(Confirmation::Shards(_)) | None => {
+                let (reply, sent) = self
+                    .scripts
+                    .admit_passing(redis, coupon, user, pass)
+                    .await?;
+                let written = self.replication.as_ref().map(|_| Written::Shard {
+                    coupon,
+                    stamp: sent.clone(),
+                });
+                return Ok((reply, sent, written));
+            }
         };
         let mut bound = replication.connection().await?;
         match self
@@ -213,7 +222,7 @@ impl Issuer {
             .admit_passing(&mut bound.connection, coupon, user, pass)
             .await
         {
-            Ok((reply, sent)) => Ok((reply, sent, Some(bound.generation))),
+            Ok((reply, sent)) => Ok((reply, sent, Some(Written::Socket(bound.generation)))),
             Err(err) => {
                 replication.failed(bound.generation, &err);
                 Err(err.into())
@@ -221,11 +230,11 @@ impl Issuer {
         }
     }
 
-    /// What the admission wrote or read on socket `written_on` is on the configured number
-    /// of replicas.
-    async fn replicated(&self, written_on: Option<u64>) -> Result<(), ApiError> {
-        match (&self.replication, written_on) {
-            (Some(replication), Some(generation)) => replication.confirm(generation).await,
+    /// What the admission wrote or read (`written`) is on the configured number of
+    /// replicas.
+    async fn replicated(&self, written: Option<Written>) -> Result<(), ApiError> {
+        match (&self.replication, written) {
+            (Some(replication), Some(written)) => replication.confirm(written).await,
             _ => Ok(()),
         }
     }

@@ -7,8 +7,9 @@
 //! slot of a user told yes, whose event the database guard then refuses.
 //!
 //! So each read (XREADGROUP, XAUTOCLAIM) is followed, in the same pipeline and so on the
-//! same socket, by a write of its own to `CouponKeys::replication_fence` and a WAIT for the
-//! replicas `coupon_core::redis::replicas` requires. A replica that acknowledged the fence
+//! same socket, by a write of its own to `CouponKeys::replication_fence` (on a cluster, to
+//! the coupon's own fence, on its shard) and a WAIT for the replicas
+//! `coupon_core::redis::replicas` requires. A replica that acknowledged the fence
 //! has every write the primary applied before it, the entries just read among them. What
 //! is not confirmed is left pending under this consumer, and claimed again (and confirmed
 //! again) once idle for WORKER_CLAIM_IDLE_MS.
@@ -27,7 +28,6 @@ use redis::{FromRedisValue, RedisError};
 
 pub(super) struct Confirmation {
     pub(super) required: Required,
-    pub(super) fence: String,
     pub(super) timeout: Duration,
 }
 
@@ -48,27 +48,28 @@ pub(super) enum Read<T> {
 const FENCE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Confirmation {
-    /// Sends `read`, then the fence write and the WAIT, in one pipeline on `connection`.
+    /// Sends `read`, then the write to `fence` and the WAIT, in one pipeline on one
+    /// connection to the node that holds `fence` (on a cluster, the coupon's own fence on
+    /// its shard: the read's stream is there too).
     pub(super) async fn read<T: FromRedisValue>(
         &self,
         connection: &mut RedisConnection,
         read: redis::Cmd,
+        fence: &str,
     ) -> Result<Read<T>, RedisError> {
         let required = self.required.count();
-        let (reply, fenced, confirmed): (T, bool, u32) = redis::pipe()
-            .add_command(read)
-            .pexpire(&self.fence, FENCE_TTL.as_millis() as i64)
+        let mut pipe = redis::pipe();
+        pipe.add_command(read)
+            .pexpire(fence, FENCE_TTL.as_millis() as i64)
             .cmd("WAIT")
             .arg(required)
-            .arg(self.timeout.as_millis() as u64)
-            .query_async(connection)
-            .await?;
+            .arg(self.timeout.as_millis() as u64);
+        let (reply, fenced, confirmed): (T, bool, u32) =
+            connection.pipeline_on_node_of(fence, &pipe).await?;
         if !fenced {
             // Nothing was replicated, so the WAIT confirmed an older write of this socket's.
-            let created: Result<i64, RedisError> = redis::cmd("INCR")
-                .arg(&self.fence)
-                .query_async(connection)
-                .await;
+            let created: Result<i64, RedisError> =
+                redis::cmd("INCR").arg(fence).query_async(connection).await;
             if let Err(err) = created {
                 tracing::warn!(error = %err, "cannot create the replication fence");
             }

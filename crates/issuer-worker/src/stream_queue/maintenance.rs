@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use coupon_core::domain::CouponId;
 use coupon_core::redis::keys::CouponKeys;
 use redis::streams::StreamAutoClaimReply;
 use redis::{AsyncCommands, RedisError};
@@ -32,7 +33,9 @@ impl StreamQueue {
             let stream = CouponKeys::new(&self.key_prefix, registration.coupon).stream;
             let stream = stream.as_str();
             if batch.len < size
-                && let Err(err) = self.claim(stream, batch, size - batch.len).await
+                && let Err(err) = self
+                    .claim(stream, registration.coupon, batch, size - batch.len)
+                    .await
             {
                 tracing::warn!(%stream, error = %err, "claiming idle entries failed");
             }
@@ -64,6 +67,7 @@ impl StreamQueue {
     async fn claim(
         &self,
         stream: &str,
+        coupon: CouponId,
         batch: &mut Batch<EntryIds>,
         count: usize,
     ) -> Result<(), RedisError> {
@@ -77,7 +81,7 @@ impl StreamQueue {
             .arg("COUNT")
             .arg(count);
         let reply = match self
-            .read::<StreamAutoClaimReply>(&self.commands, autoclaim)
+            .read::<StreamAutoClaimReply>(&self.commands, autoclaim, Some(coupon))
             .await?
         {
             Read::Confirmed(reply) => {

@@ -112,7 +112,6 @@ impl StreamQueue {
             forget_consumer: redis::Script::new(include_str!("../scripts/forget_consumer.lua")),
             confirmation: required.map(|required| Confirmation {
                 required,
-                fence: CouponKeys::replication_fence(prefix),
                 timeout: config.replicas.timeout(),
             }),
             state: Mutex::new(State {
@@ -127,51 +126,83 @@ impl StreamQueue {
         Ok(queue)
     }
 
-    /// Sends `read` on `connection`, confirmed by the replicas where they must confirm.
+    /// Sends `read` on `connection`, confirmed by the replicas where they must confirm:
+    /// with a fence write on `coupon`'s shard on a cluster (the read must be of that coupon's
+    /// stream), else on the one node's fence.
     async fn read<T: FromRedisValue>(
         &self,
         connection: &RedisConnection,
         read: redis::Cmd,
+        coupon: Option<CouponId>,
     ) -> Result<Read<T>, RedisError> {
         let mut connection = connection.clone();
-        match &self.confirmation {
-            Some(confirmation) => confirmation.read(&mut connection, read).await,
-            None => Ok(Read::Confirmed(read.query_async(&mut connection).await?)),
-        }
+        let Some(confirmation) = &self.confirmation else {
+            return Ok(Read::Confirmed(read.query_async(&mut connection).await?));
+        };
+        let fence = match coupon {
+            Some(coupon) if connection.is_cluster() => {
+                CouponKeys::new(&self.key_prefix, coupon).fence
+            }
+            _ => CouponKeys::replication_fence(&self.key_prefix),
+        };
+        confirmation.read(&mut connection, read, &fence).await
     }
 
     /// On a Redis Cluster: one XREADGROUP cannot span slots, and each coupon's stream is on
     /// its coupon's. So each stream is read on its own, all at once and without blocking
     /// (a blocked read would hold the shared connection to its node, or need a connection
-    /// per coupon); when none had anything, the reader pauses [`IDLE_POLL`] (at most
-    /// `block`) before the next round. Replica confirmations are not offered on a cluster
-    /// (`coupon_core::redis::replicas`), so nothing here waits for them.
+    /// per coupon), each confirmed on its coupon's shard (`confirm`); when none had
+    /// anything, the reader pauses [`IDLE_POLL`] (at most `block`) before the next round.
+    /// What the replicas did not confirm stays pending, to be claimed and confirmed again.
     async fn read_each(
         &self,
         streams: &[String],
         count: usize,
         block: Duration,
-    ) -> Result<Option<StreamReadReply>, RedisError> {
+        batch: &mut Batch<EntryIds>,
+    ) -> Result<(), RedisError> {
         let options = StreamReadOptions::default()
             .group(&self.group, &self.consumer)
             .count(count);
+        let coupons: HashMap<String, CouponId> = self
+            .state()
+            .registrations
+            .iter()
+            .map(|r| (CouponKeys::new(&self.key_prefix, r.coupon).stream, r.coupon))
+            .collect();
         let reads = streams.iter().map(|stream| {
             let read = redis::Cmd::xread_options(&[stream], &[">"], &options);
-            let mut con = self.reader.clone();
-            async move { read.query_async::<Option<StreamReadReply>>(&mut con).await }
+            let coupon = coupons.get(stream).copied();
+            async move {
+                match coupon {
+                    Some(coupon) => {
+                        self.read::<Option<StreamReadReply>>(&self.reader, read, Some(coupon))
+                            .await
+                    }
+                    // The registry stream only wakes readers: nothing in it is persisted,
+                    // and no coupon's fence is on its slot.
+                    None => Ok(Read::Confirmed(
+                        read.query_async(&mut self.reader.clone()).await?,
+                    )),
+                }
+            }
         });
-        let keys: Vec<_> = futures_util::future::try_join_all(reads)
-            .await?
-            .into_iter()
-            .flatten()
-            .flat_map(|reply| reply.keys)
-            .filter(|key| !key.ids.is_empty())
-            .collect();
-        if keys.is_empty() {
-            sleep(IDLE_POLL.min(block)).await;
-            return Ok(None);
+        let mut found = false;
+        for read in futures_util::future::try_join_all(reads).await? {
+            let (reply, confirmed) = match read {
+                Read::Confirmed(reply) => (reply, true),
+                Read::Unconfirmed { reply, .. } => (reply, false),
+            };
+            if let Some(reply) = reply.filter(|reply| reply.keys.iter().any(|k| !k.ids.is_empty()))
+            {
+                found = true;
+                self.take(reply, confirmed, batch).await;
+            }
         }
-        Ok(Some(StreamReadReply { keys }))
+        if !found {
+            sleep(IDLE_POLL.min(block)).await;
+        }
+        Ok(())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -207,6 +238,19 @@ impl StreamQueue {
                 take_entry(batch, &key.key, entry);
             }
         }
+    }
+}
+
+impl StreamQueue {
+    /// After a read that failed: a Redis that lost the groups (restarted empty) has them
+    /// created again; then a pause.
+    async fn read_failed(&self, err: &RedisError) {
+        if answered(err, "NOGROUP") {
+            self.state().ready.clear();
+            self.refresh_streams();
+        }
+        tracing::warn!(error = %err, "reading the coupon streams failed");
+        sleep(ERROR_PAUSE).await;
     }
 }
 
@@ -280,23 +324,31 @@ impl IssueQueue for StreamQueue {
                     continue;
                 }
             };
-            let read: Result<Read<Option<StreamReadReply>>, RedisError> =
-                if self.reader.is_cluster() {
-                    self.read_each(&streams, size - batch.len, block)
-                        .await
-                        .map(Read::Confirmed)
-                } else {
-                    let ids = vec![">"; streams.len()];
-                    let options = StreamReadOptions::default()
-                        .group(&self.group, &self.consumer)
-                        .count(size - batch.len)
-                        .block(block.as_millis().max(1) as usize);
-                    self.read(
-                        &self.reader,
-                        redis::Cmd::xread_options(&streams, &ids, &options),
-                    )
+            if self.reader.is_cluster() {
+                if let Err(err) = self
+                    .read_each(&streams, size - batch.len, block, &mut batch)
                     .await
-                };
+                {
+                    self.read_failed(&err).await;
+                }
+                if batch.len > 0 {
+                    deadline.get_or_insert_with(|| Instant::now() + linger);
+                }
+                continue;
+            }
+            let read: Result<Read<Option<StreamReadReply>>, RedisError> = {
+                let ids = vec![">"; streams.len()];
+                let options = StreamReadOptions::default()
+                    .group(&self.group, &self.consumer)
+                    .count(size - batch.len)
+                    .block(block.as_millis().max(1) as usize);
+                self.read(
+                    &self.reader,
+                    redis::Cmd::xread_options(&streams, &ids, &options),
+                    None,
+                )
+                .await
+            };
             match read {
                 Ok(Read::Confirmed(Some(reply))) => self.take(reply, true, &mut batch).await,
                 Ok(Read::Unconfirmed {
@@ -309,15 +361,7 @@ impl IssueQueue for StreamQueue {
                     sleep(ERROR_PAUSE).await;
                 }
                 Ok(Read::Confirmed(None) | Read::Unconfirmed { reply: None, .. }) => {}
-                Err(err) => {
-                    if answered(&err, "NOGROUP") {
-                        // Redis lost the groups (restarted empty): create them again.
-                        self.state().ready.clear();
-                        self.refresh_streams();
-                    }
-                    tracing::warn!(error = %err, "reading the coupon streams failed");
-                    sleep(ERROR_PAUSE).await;
-                }
+                Err(err) => self.read_failed(&err).await,
             }
             if batch.len > 0 {
                 deadline.get_or_insert_with(|| Instant::now() + linger);

@@ -1,4 +1,5 @@
-//! Confirming admissions on Redis replicas (`REDIS_MIN_REPLICAS`), in groups.
+//! Confirming admissions on one node's Redis replicas (`REDIS_MIN_REPLICAS`, or Sentinel's),
+//! in groups.
 //!
 //! WAIT confirms every write its connection made before it, and blocks that connection
 //! while it waits. One WAIT per admission on the shared connection serialised every request

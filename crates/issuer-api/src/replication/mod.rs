@@ -1,0 +1,61 @@
+//! Confirming writes on Redis replicas (`REDIS_MIN_REPLICAS`, or every replica Sentinel
+//! knows) before they count: on one node's numbered socket (`socket`), or on each coupon's
+//! own shard of a Redis Cluster (`shards`).
+
+mod shards;
+mod socket;
+
+use coupon_core::domain::CouponId;
+use coupon_core::redis::epoch::Stamp;
+
+pub use shards::ShardReplication;
+pub use socket::Replication;
+
+use crate::error::ApiError;
+
+/// Where the admissions' replicas confirm.
+#[derive(Clone)]
+pub enum Confirmation {
+    /// One node (a URL, or the primary Sentinel names): on the socket the write went out on.
+    Socket(Replication),
+    /// A Redis Cluster: on the shard that holds the coupon.
+    Shards(ShardReplication),
+}
+
+/// Where an admission's write went (or the writes its refusal read), for its confirmation.
+pub enum Written {
+    /// On the replication socket of this number.
+    Socket(u64),
+    /// On the instance `stamp` names (the stamp the admission passed and was decided under).
+    Shard {
+        coupon: CouponId,
+        stamp: Option<Stamp>,
+    },
+}
+
+impl Confirmation {
+    /// Returns once the required replicas have what was `written`; 503 if they do not
+    /// confirm in time, or if that is unknown.
+    pub async fn confirm(&self, written: Written) -> Result<(), ApiError> {
+        match (self, written) {
+            (Self::Socket(replication), Written::Socket(generation)) => {
+                replication.confirm(generation).await
+            }
+            (Self::Shards(replication), Written::Shard { coupon, stamp }) => {
+                replication.confirm(coupon, stamp).await
+            }
+            _ => Err(ApiError::Internal(
+                "a write meant for one kind of replica confirmation reached the other".into(),
+            )),
+        }
+    }
+
+    /// The socket kind's handle, for what only one node confirms (Kafka mode's claims: on a
+    /// cluster, Kafka mode runs without confirmations).
+    pub fn socket(&self) -> Option<&Replication> {
+        match self {
+            Self::Socket(replication) => Some(replication),
+            Self::Shards(_) => None,
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Replica confirmations on a Redis Cluster: each coupon's on its own shard.
+//!
+//! Invariant, as on one node (`super::socket`): a write counts as confirmed only by a WAIT
+//! that follows, on one connection, a write of its own applied after it on the same
+//! instance. On a cluster the admissions go through the shared cluster client, which picks
+//! and replaces its connections itself, so a confirmation cannot rest on the connection the
+//! admission used. It rests on the instance instead: one pipeline, on one connection to the
+//! coupon's primary, sends a fence write made only if the admission's stamp names that
+//! instance (`scripts/fence.lua`), then the WAIT. One instance has one replication stream,
+//! and the fence is sent after the admission's reply came back, so it is applied after the
+//! admission: a replica that acknowledged the fence has the admission. A fence refused
+//! (another instance holds the coupon now: a failover or a slot migration in between)
+//! confirms nothing, and the answer is 503. A pipeline the client sends again on a new
+//! connection sends its fence again too.
+//!
+//! Confirmations asked for while one is in flight are grouped by coupon and stamp: one fence
+//! and one WAIT each, on a cluster connection of the confirmations' own (a WAIT holds up
+//! every command behind it on its connection).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use coupon_core::domain::CouponId;
+use coupon_core::redis::connection::RedisConnection;
+use coupon_core::redis::epoch::Stamp;
+use coupon_core::redis::keys::CouponKeys;
+use coupon_core::redis::library::{self, Function};
+use coupon_core::redis::replicas::Required;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ApiError;
+
+/// What one WAIT found: how many replicas confirmed, of how many it waited for.
+type Confirmed = Result<(u32, u32), String>;
+/// An asker: the coupon and stamp its admission ran under, and where its answer goes.
+type Asker = (CouponId, Stamp, oneshot::Sender<Confirmed>);
+
+#[derive(Clone)]
+pub struct ShardReplication {
+    timeout: Duration,
+    askers: mpsc::UnboundedSender<Asker>,
+}
+
+impl ShardReplication {
+    /// Starts the task that sends the fences and WAITs on `redis`, a cluster connection of
+    /// their own. The task ends when the last handle is dropped.
+    pub fn start(
+        redis: RedisConnection,
+        key_prefix: String,
+        required: Required,
+        timeout: Duration,
+    ) -> Self {
+        let (askers, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(confirm_in_groups(
+            redis, key_prefix, required, timeout, waiting,
+        ));
+        Self { timeout, askers }
+    }
+
+    /// Returns once the required replicas of the instance `stamp` names have everything it
+    /// applied before this call (the admission decided under `stamp` among it).
+    pub async fn confirm(&self, coupon: CouponId, stamp: Option<Stamp>) -> Result<(), ApiError> {
+        let Some(stamp) = stamp else {
+            return Err(ApiError::unavailable(
+                "redis replicas",
+                "the admission passed no stamp: which instance decided is unknown",
+            ));
+        };
+        let (tell, told) = oneshot::channel();
+        let stopped = || ApiError::Internal("the replication task has stopped".into());
+        self.askers
+            .send((coupon, stamp, tell))
+            .map_err(|_| stopped())?;
+        let (confirmed, required) = told
+            .await
+            .map_err(|_| stopped())?
+            .map_err(|err| ApiError::unavailable("redis replicas", err))?;
+        if confirmed < required {
+            return Err(ApiError::unavailable(
+                "redis replicas",
+                format!(
+                    "{confirmed} of {required} replicas of coupon {coupon}'s shard confirmed in {:?}",
+                    self.timeout
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn confirm_in_groups(
+    redis: RedisConnection,
+    key_prefix: String,
+    required: Required,
+    timeout: Duration,
+    mut waiting: mpsc::UnboundedReceiver<Asker>,
+) {
+    while let Some(first) = waiting.recv().await {
+        let mut groups: HashMap<(CouponId, Stamp), Vec<oneshot::Sender<Confirmed>>> =
+            HashMap::new();
+        let mut add =
+            |(coupon, stamp, tell): Asker| groups.entry((coupon, stamp)).or_default().push(tell);
+        add(first);
+        while let Ok(next) = waiting.try_recv() {
+            add(next);
+        }
+        let min = required.count();
+        let confirmations = groups.into_iter().map(|((coupon, stamp), tellers)| {
+            let mut redis = redis.clone();
+            let fence = CouponKeys::new(&key_prefix, coupon).fence;
+            async move {
+                let answer = fence_and_wait(&mut redis, &fence, &stamp, min, timeout)
+                    .await
+                    .map(|count| (count, min));
+                for tell in tellers {
+                    // An asker that went away needs no answer.
+                    let _ = tell.send(answer.clone());
+                }
+            }
+        });
+        futures_util::future::join_all(confirmations).await;
+    }
+}
+
+/// The fence on the coupon's shard, then the WAIT, on one connection; how many replicas
+/// acknowledged.
+async fn fence_and_wait(
+    redis: &mut RedisConnection,
+    fence: &str,
+    stamp: &Stamp,
+    min: u32,
+    timeout: Duration,
+) -> Result<u32, String> {
+    let mut call = library::call(Function::Fence, &[fence]);
+    call.arg(stamp.as_str());
+    let mut pipe = redis::pipe();
+    pipe.add_command(call)
+        .cmd("WAIT")
+        .arg(min)
+        .arg(timeout.as_millis() as u64);
+    let (fenced, count): (i64, u32) = redis
+        .pipeline_on_node_of(fence, &pipe)
+        .await
+        .map_err(|err| err.to_string())?;
+    if fenced == 0 {
+        return Err(
+            "another instance holds the coupon now: whether the replicas of the one \
+                    that decided have it is unknown"
+                .to_owned(),
+        );
+    }
+    Ok(count)
+}

@@ -1,0 +1,500 @@
+//! A Redis Cluster of the test's own (`deploy/redis/cluster.sh`: three primaries, a replica
+//! each), the services speaking the cluster protocol: a shard's failover sends only that
+//! shard's coupons through a rebuild while the others keep selling; a replica promoted
+//! without the last admissions sells none of their slots again; the loss of the registry's
+//! shard keeps every coupon's events flowing; a slot migration and a graceful or forced
+//! failover under load lose nothing and tell nobody a lie.
+
+// The harness below is test code too: a panic is exactly the failure report wanted.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coupon_core::db::coupons::redis_stamp;
+use coupon_core::domain::{CouponId, QueueKind};
+use coupon_core::redis::keys::CouponKeys;
+use futures_util::future::join_all;
+use testkit::harness::{self, TestEnv};
+use testkit::redis_cluster::{Failover, RedisCluster};
+
+/// A cluster of the test's own and the services on it.
+struct Clustered {
+    dir: std::path::PathBuf,
+    cluster: RedisCluster,
+    env: TestEnv,
+}
+
+impl Clustered {
+    async fn start(queue: QueueKind) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("coupon-cluster-{}", uuid::Uuid::new_v4().simple()));
+        let cluster = RedisCluster::start(&dir).unwrap();
+        let args = harness::cluster_args(&cluster.seed_list(), queue);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env = TestEnv::start_with_args(queue, &harness::brokers(), 1, &args).await;
+        Self { dir, cluster, env }
+    }
+
+    async fn tear_down(self) {
+        self.env.shutdown().await;
+        drop(self.cluster);
+        let _ = std::fs::remove_dir_all(self.dir);
+    }
+
+    /// The primary serving `coupon`'s keys now.
+    async fn primary_of(&self, coupon: i64) -> u16 {
+        self.cluster
+            .primary_of(&self.env.keys(coupon).meta)
+            .await
+            .unwrap()
+    }
+
+    /// A new coupon of `quantity` whose keys are on a primary `avoid` excludes: coupon ids
+    /// come from PostgreSQL in order, and their hash tags land where CRC16 puts them.
+    async fn coupon_off(&self, quantity: i64, avoid: &[u16]) -> i64 {
+        loop {
+            let coupon = self.env.coupon_with_quantity(quantity).await;
+            if !avoid.contains(&self.primary_of(coupon).await) {
+                return coupon;
+            }
+        }
+    }
+
+    /// The stamp in force for `coupon` (a rebuild replaces it).
+    async fn stamp(&self, coupon: i64) -> String {
+        redis_stamp(&mut self.env.pg().await, CouponId::new(coupon).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A key of the test's own on `coupon`'s slot.
+    fn probe_key(&self, coupon: i64) -> String {
+        format!("{}coupon:{{{coupon}}}:test-probe", self.env.redis_prefix)
+    }
+}
+
+/// `user`, new to `coupon`, wins it: after a 503, a retry's 409 is a yes too.
+async fn wins(env: &TestEnv, coupon: i64, user: i64) {
+    let (status, body) = env.issue_retrying(coupon, user).await;
+    assert!(matches!(status, 201 | 409), "user {user}: {status} {body}");
+}
+
+/// What a run of load saw: users told 201, users told 503, and when the 503s came.
+#[derive(Default)]
+struct Seen {
+    won: BTreeSet<i64>,
+    unknown: BTreeSet<i64>,
+    first_503: Option<Instant>,
+    last_503: Option<Instant>,
+}
+
+impl Seen {
+    fn seconds_of_503(&self) -> f64 {
+        match (self.first_503, self.last_503) {
+            (Some(first), Some(last)) => (last - first).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+/// Users `users` ask for `coupon`, `lanes` at a time, each lane in turn; `at` is called once
+/// `after` answers came back (the fault, fired mid-load). Any status but 201, 410 and 503
+/// fails the test.
+async fn load<F>(
+    env: &TestEnv,
+    coupon: i64,
+    users: std::ops::RangeInclusive<i64>,
+    lanes: i64,
+    after: usize,
+    at: F,
+) -> Seen
+where
+    F: std::future::Future<Output = ()>,
+{
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (start, end) = (*users.start(), *users.end());
+    let lane = |first: i64| {
+        let (seen, answered) = (seen.clone(), answered.clone());
+        async move {
+            let mut user = first;
+            while user <= end {
+                let (status, body) = env.issue(coupon, user).await;
+                let mut seen = seen.lock().unwrap();
+                match status {
+                    201 => {
+                        seen.won.insert(user);
+                    }
+                    410 => {}
+                    503 => {
+                        seen.unknown.insert(user);
+                        let now = Instant::now();
+                        seen.first_503.get_or_insert(now);
+                        seen.last_503 = Some(now);
+                    }
+                    _ => panic!("user {user}: {status} {body}"),
+                }
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                user += lanes;
+            }
+        }
+    };
+    let fault = async {
+        while answered.load(std::sync::atomic::Ordering::SeqCst) < after {
+            actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        at.await;
+    };
+    let lanes_done = join_all((0..lanes).map(|offset| lane(start + offset)));
+    futures_util::future::join(lanes_done, fault).await;
+    Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap()
+}
+
+/// Every user told 201 has a row, and exactly `quantity` rows exist once the users left
+/// unknown (503) asked again until told: nothing oversold, nothing lost, nothing stranded.
+async fn settles_exactly(env: &TestEnv, coupon: i64, quantity: usize, seen: &Seen) {
+    for user in &seen.unknown {
+        let (status, body) = env.issue_retrying(coupon, *user).await;
+        assert!(
+            matches!(status, 201 | 409 | 410),
+            "user {user} asking again: {status} {body}"
+        );
+    }
+    let rows: BTreeSet<i64> = env
+        .rows_when_settled(coupon, quantity)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(rows.len(), quantity, "exactly the quantity, no more");
+    let lost: Vec<_> = seen.won.difference(&rows).collect();
+    assert!(lost.is_empty(), "told 201 but no row: {lost:?}");
+    assert!(
+        harness::failed_events(env).await.is_empty(),
+        "a winner's event was refused by the database guard"
+    );
+}
+
+async fn a_killed_primary_sends_only_its_own_coupons_through_a_rebuild(queue: QueueKind) {
+    let clustered = Clustered::start(queue).await;
+    let env = &clustered.env;
+    let hit = clustered.coupon_off(10, &[]).await;
+    let hit_primary = clustered.primary_of(hit).await;
+    let spared = clustered.coupon_off(10, &[hit_primary]).await;
+    for user in 1..=3 {
+        wins(env, hit, user).await;
+        wins(env, spared, user).await;
+    }
+    let spared_stamp = clustered.stamp(spared).await;
+    let hit_stamp = clustered.stamp(hit).await;
+
+    clustered.cluster.kill(hit_primary).unwrap();
+    let killed = Instant::now();
+    // The spared coupon's shard is healthy: it sells on, never unknown, while the hit
+    // shard has no primary.
+    for user in 4..=8 {
+        let (status, body) = env.issue(spared, user).await;
+        assert_eq!(status, 201, "user {user} of the spared coupon: {body}");
+    }
+    let spared_sold = killed.elapsed();
+    let (status, _) = env.issue(hit, 4).await;
+    assert_eq!(status, 503, "the hit coupon has no primary yet");
+
+    let key = env.keys(hit).meta;
+    clustered
+        .cluster
+        .await_failover_from(&key, hit_primary)
+        .await
+        .unwrap();
+    clustered.cluster.start_node(hit_primary).unwrap();
+    for user in 4..=10 {
+        wins(env, hit, user).await;
+    }
+    let hit_sold = killed.elapsed();
+    assert_eq!(env.issue_retrying(hit, 11).await.0, 410);
+    assert_eq!(env.issue(spared, 9).await.0, 201);
+    assert_eq!(
+        env.rows_when_settled(hit, 10).await,
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        env.rows_when_settled(spared, 9).await,
+        (1..=9).collect::<Vec<_>>()
+    );
+    assert_ne!(
+        clustered.stamp(hit).await,
+        hit_stamp,
+        "the hit coupon was rebuilt on the promoted replica"
+    );
+    assert_eq!(
+        clustered.stamp(spared).await,
+        spared_stamp,
+        "the spared coupon was never rebuilt"
+    );
+    eprintln!(
+        "{queue}: spared coupon sold 5 in {:.2} s after kill -9 of the other shard's primary; \
+         the hit coupon sold out {:.1} s after it",
+        spared_sold.as_secs_f64(),
+        hit_sold.as_secs_f64()
+    );
+    clustered.tear_down().await;
+}
+
+/// A replica promoted without the primary's last admissions: users 3 and 4 ask on the
+/// primary after its replica's link was cut, and the replica takes over with the coupon meta
+/// and users 1 and 2 only. In Kafka mode they are told 201 (their events are in the topic);
+/// in the Redis queue mode, where the stream is the queue, the replica must confirm first,
+/// so they are told 503. Either way the promoted replica must not sell a slot twice nor
+/// lose a "yes": the coupon is rebuilt (its stamp names the old primary's run id), and
+/// exactly five users hold the coupon of five, every one told 201 among them.
+async fn a_replica_promoted_without_the_last_admissions_sells_none_of_their_slots_again(
+    queue: QueueKind,
+) {
+    let clustered = Clustered::start(queue).await;
+    let env = &clustered.env;
+    let coupon = clustered.coupon_off(5, &[]).await;
+    let primary = clustered.primary_of(coupon).await;
+    let replica = clustered.cluster.replica_of(primary).await.unwrap();
+    for user in 1..=2 {
+        wins(env, coupon, user).await;
+    }
+    clustered
+        .cluster
+        .await_replicated(primary, &clustered.probe_key(coupon))
+        .await
+        .unwrap();
+
+    clustered.cluster.cut_replication(primary).await.unwrap();
+    let expected = match queue {
+        QueueKind::Kafka => 201,
+        QueueKind::Redis => 503,
+    };
+    let mut seen = Seen::default();
+    for user in 3..=4 {
+        let (status, body) = env.issue(coupon, user).await;
+        assert_eq!(status, expected, "user {user} while unreplicated: {body}");
+        match status {
+            201 => seen.won.insert(user),
+            _ => seen.unknown.insert(user),
+        };
+    }
+    clustered
+        .cluster
+        .fail_over_to(replica, Failover::Takeover)
+        .await
+        .unwrap();
+    let holders: Vec<i64> = redis::cmd("SMEMBERS")
+        .arg(env.keys(coupon).issued)
+        .query_async(&mut testkit::redis_cluster::node(replica).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        holders.len(),
+        2,
+        "the promoted replica lacks users 3 and 4 (the state this test is about)"
+    );
+
+    for user in 5..=9 {
+        let (status, body) = env.issue_retrying(coupon, user).await;
+        assert!(matches!(status, 201 | 410), "user {user}: {status} {body}");
+        if status == 201 {
+            seen.won.insert(user);
+        }
+    }
+    settles_exactly(env, coupon, 5, &seen).await;
+    clustered
+        .cluster
+        .restore_replication(primary)
+        .await
+        .unwrap();
+    clustered.tear_down().await;
+}
+
+/// The registry of coupons with work lives on one shard. That shard loses a registration
+/// (its replica promoted without it) while the coupon's own shard is healthy, so nothing
+/// sends the coupon through a rebuild that would register it again. In the Redis queue mode
+/// the workers read only registered coupons' streams: the coupon's winners would never get
+/// their rows. The registry is completed from PostgreSQL once its instance changed.
+#[actix_web::test]
+async fn the_loss_of_the_registrys_shard_keeps_every_coupons_events_flowing() {
+    let clustered = Clustered::start(QueueKind::Redis).await;
+    let env = &clustered.env;
+    let registry = CouponKeys::active_registry(&env.redis_prefix);
+    let registry_primary = clustered.cluster.primary_of(&registry).await.unwrap();
+    let replica = clustered
+        .cluster
+        .replica_of(registry_primary)
+        .await
+        .unwrap();
+    // Wait until the registry was found complete once, so that what follows is a loss.
+    let checked = CouponKeys::registry_checked(&env.redis_prefix);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !redis::cmd("EXISTS")
+        .arg(&checked)
+        .query_async::<bool>(&mut env.redis().await)
+        .await
+        .unwrap()
+    {
+        assert!(Instant::now() < deadline, "the registry was never checked");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let probe = format!("{}{{coupons}}:test-probe", env.redis_prefix);
+    clustered
+        .cluster
+        .await_replicated(registry_primary, &probe)
+        .await
+        .unwrap();
+
+    clustered
+        .cluster
+        .cut_replication(registry_primary)
+        .await
+        .unwrap();
+    let coupon = clustered.coupon_off(3, &[registry_primary]).await;
+    clustered
+        .cluster
+        .fail_over_to(replica, Failover::Takeover)
+        .await
+        .unwrap();
+    let registered: bool = redis::cmd("HEXISTS")
+        .arg(&registry)
+        .arg(coupon)
+        .query_async(&mut testkit::redis_cluster::node(replica).await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        !registered,
+        "the promoted replica lacks the coupon's registration (the state this test is about)"
+    );
+
+    for user in 1..=3 {
+        wins(env, coupon, user).await;
+    }
+    assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
+    clustered
+        .cluster
+        .restore_replication(registry_primary)
+        .await
+        .unwrap();
+    clustered.tear_down().await;
+}
+
+/// Acceptance 4: a live coupon's slot migrated to another primary under load (`MOVED`,
+/// `ASK` and `TRYAGAIN` on the way) loses nothing: every 201 has a row, exactly the
+/// quantity is sold, nothing but 503 among the errors, under 2 s of them.
+async fn a_slot_migration_under_load_loses_nothing(queue: QueueKind) {
+    let clustered = Clustered::start(queue).await;
+    let env = &clustered.env;
+    let coupon = clustered.coupon_off(300, &[]).await;
+    let from = clustered.primary_of(coupon).await;
+    let primaries = clustered.cluster.primaries().await.unwrap();
+    let to = *primaries.iter().find(|port| **port != from).unwrap();
+    let key = env.keys(coupon).meta;
+    let seen = load(env, coupon, 1..=900, 8, 100, async {
+        clustered.cluster.move_slot_of(&key, to).await.unwrap();
+    })
+    .await;
+    assert_eq!(clustered.primary_of(coupon).await, to, "the slot moved");
+    eprintln!(
+        "{queue}: slot migration under load: {} told 201, {} told 503 over {:.2} s",
+        seen.won.len(),
+        seen.unknown.len(),
+        seen.seconds_of_503()
+    );
+    assert!(
+        seen.seconds_of_503() < 2.0,
+        "503s for {:.2} s",
+        seen.seconds_of_503()
+    );
+    settles_exactly(env, coupon, 300, &seen).await;
+    clustered.tear_down().await;
+}
+
+/// A replica taking its primary's slots under load, gracefully (`CLUSTER FAILOVER`: once it
+/// has every write) or forced (`FORCE`: without its primary's word): nothing lost, nothing
+/// sold twice, nothing but 503 among the errors.
+async fn a_failover_under_load_loses_nothing(queue: QueueKind, mode: Failover) {
+    let clustered = Clustered::start(queue).await;
+    let env = &clustered.env;
+    let coupon = clustered.coupon_off(300, &[]).await;
+    let primary = clustered.primary_of(coupon).await;
+    let replica = clustered.cluster.replica_of(primary).await.unwrap();
+    let seen = load(env, coupon, 1..=900, 8, 100, async {
+        clustered.cluster.fail_over_to(replica, mode).await.unwrap();
+    })
+    .await;
+    assert_eq!(clustered.primary_of(coupon).await, replica);
+    eprintln!(
+        "{queue}: {mode:?} failover under load: {} told 201, {} told 503 over {:.2} s",
+        seen.won.len(),
+        seen.unknown.len(),
+        seen.seconds_of_503()
+    );
+    settles_exactly(env, coupon, 300, &seen).await;
+    clustered.tear_down().await;
+}
+
+mod a_killed_primary_sends_only_its_own_coupons_through_a_rebuild {
+    use super::QueueKind;
+
+    #[actix_web::test]
+    async fn kafka() {
+        super::a_killed_primary_sends_only_its_own_coupons_through_a_rebuild(QueueKind::Kafka).await
+    }
+
+    #[actix_web::test]
+    async fn redis() {
+        super::a_killed_primary_sends_only_its_own_coupons_through_a_rebuild(QueueKind::Redis).await
+    }
+}
+
+mod a_replica_promoted_without_the_last_admissions_sells_none_of_their_slots_again {
+    use super::QueueKind;
+
+    #[actix_web::test]
+    async fn kafka() {
+        super::a_replica_promoted_without_the_last_admissions_sells_none_of_their_slots_again(
+            QueueKind::Kafka,
+        )
+        .await
+    }
+
+    #[actix_web::test]
+    async fn redis() {
+        super::a_replica_promoted_without_the_last_admissions_sells_none_of_their_slots_again(
+            QueueKind::Redis,
+        )
+        .await
+    }
+}
+
+mod a_slot_migration_under_load_loses_nothing {
+    use super::QueueKind;
+
+    #[actix_web::test]
+    async fn kafka() {
+        super::a_slot_migration_under_load_loses_nothing(QueueKind::Kafka).await
+    }
+
+    #[actix_web::test]
+    async fn redis() {
+        super::a_slot_migration_under_load_loses_nothing(QueueKind::Redis).await
+    }
+}
+
+mod a_failover_under_load_loses_nothing {
+    use super::{Failover, QueueKind};
+
+    #[actix_web::test]
+    async fn graceful_kafka() {
+        super::a_failover_under_load_loses_nothing(QueueKind::Kafka, Failover::Graceful).await
+    }
+
+    #[actix_web::test]
+    async fn forced_redis() {
+        super::a_failover_under_load_loses_nothing(QueueKind::Redis, Failover::Force).await
+    }
+}
