@@ -18,6 +18,7 @@ use coupon_core::redis::keys::CouponKeys;
 use futures_util::future::join_all;
 use testkit::harness::{self, TestEnv};
 use testkit::redis_cluster::{Failover, RedisCluster};
+use testkit::redis_stats;
 
 /// A cluster of the test's own and the services on it.
 struct Clustered {
@@ -83,63 +84,84 @@ async fn wins(env: &TestEnv, coupon: i64, user: i64) {
     assert!(matches!(status, 201 | 409), "user {user}: {status} {body}");
 }
 
-/// What a run of load saw: users told 201, users told 503, and when the 503s came.
+/// What a run of load saw: users told 201, users told 503, when the 503s came, and when
+/// the last decided answer (201 or 410) came.
 #[derive(Default)]
 struct Seen {
     won: BTreeSet<i64>,
     unknown: BTreeSet<i64>,
     first_503: Option<Instant>,
     last_503: Option<Instant>,
+    last_decided: Option<Instant>,
 }
 
 impl Seen {
+    /// From the first 503 to the last: the outage as the clients saw it. Only an outage
+    /// that ended while the load went on is measured whole, which the callers check
+    /// ([`Seen::recovered`]).
     fn seconds_of_503(&self) -> f64 {
         match (self.first_503, self.last_503) {
             (Some(first), Some(last)) => (last - first).as_secs_f64(),
             _ => 0.0,
         }
     }
+
+    /// Whether decided answers came after the last 503.
+    fn recovered(&self) -> bool {
+        match (self.last_503, self.last_decided) {
+            (Some(unknown), Some(decided)) => decided > unknown,
+            (None, _) => true,
+            (Some(_), None) => false,
+        }
+    }
 }
 
-/// Users `users` ask for `coupon`, `lanes` at a time, each lane in turn; `at` is called once
-/// `after` answers came back (the fault, fired mid-load). Any status but 201, 410 and 503
-/// fails the test.
-async fn load<F>(
-    env: &TestEnv,
-    coupon: i64,
-    users: std::ops::RangeInclusive<i64>,
-    lanes: i64,
-    after: usize,
-    at: F,
-) -> Seen
+/// Between two requests of one lane: the load lasts seconds, past the fault's end.
+const LANE_PAUSE: Duration = Duration::from_millis(3);
+
+/// Users from `first` on ask for `coupon`, `lanes` at a time, each lane in turn; `at` is
+/// called once `after` answers came back (the fault, fired mid-load). The load goes on until
+/// the fault is over and decided answers (201 or 410) have come for [`CALM`] after the last
+/// 503, or until [`LOAD_PATIENCE`] ran out. Any status but 201, 410 and 503 fails the test.
+async fn load<F>(env: &TestEnv, coupon: i64, first: i64, lanes: i64, after: usize, at: F) -> Seen
 where
     F: std::future::Future<Output = ()>,
 {
     let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
     let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (start, end) = (*users.start(), *users.end());
-    let lane = |first: i64| {
-        let (seen, answered) = (seen.clone(), answered.clone());
+    let fault_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let lane = |offset: i64| {
+        let (seen, answered, fault_over) = (seen.clone(), answered.clone(), fault_over.clone());
         async move {
-            let mut user = first;
-            while user <= end {
+            let mut user = first + offset;
+            while started.elapsed() < LOAD_PATIENCE {
                 let (status, body) = env.issue(coupon, user).await;
                 let mut seen = seen.lock().unwrap();
+                let now = Instant::now();
                 match status {
                     201 => {
                         seen.won.insert(user);
+                        seen.last_decided = Some(now);
                     }
-                    410 => {}
+                    410 => seen.last_decided = Some(now),
                     503 => {
                         seen.unknown.insert(user);
-                        let now = Instant::now();
                         seen.first_503.get_or_insert(now);
                         seen.last_503 = Some(now);
                     }
                     _ => panic!("user {user}: {status} {body}"),
                 }
+                let calm = seen.recovered()
+                    && seen.last_503.is_none_or(|last| now - last > CALM)
+                    && fault_over.load(std::sync::atomic::Ordering::SeqCst);
+                drop(seen);
+                if calm {
+                    return;
+                }
                 answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 user += lanes;
+                actix_web::rt::time::sleep(LANE_PAUSE).await;
             }
         }
     };
@@ -148,11 +170,17 @@ where
             actix_web::rt::time::sleep(Duration::from_millis(5)).await;
         }
         at.await;
+        fault_over.store(true, std::sync::atomic::Ordering::SeqCst);
     };
-    let lanes_done = join_all((0..lanes).map(|offset| lane(start + offset)));
+    let lanes_done = join_all((0..lanes).map(lane));
     futures_util::future::join(lanes_done, fault).await;
     Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap()
 }
+
+/// How long decided answers must flow after the last 503 for a load to end.
+const CALM: Duration = Duration::from_millis(500);
+/// Longest a load runs.
+const LOAD_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Every user told 201 has a row, and exactly `quantity` rows exist once the users left
 /// unknown (503) asked again until told: nothing oversold, nothing lost, nothing stranded.
@@ -393,19 +421,31 @@ async fn a_slot_migration_under_load_loses_nothing(queue: QueueKind) {
     let primaries = clustered.cluster.primaries().await.unwrap();
     let to = *primaries.iter().find(|port| **port != from).unwrap();
     let key = env.keys(coupon).meta;
-    let seen = load(env, coupon, 1..=900, 8, 100, async {
+    let seen = load(env, coupon, 1, 8, 100, async {
         clustered.cluster.move_slot_of(&key, to).await.unwrap();
     })
     .await;
     assert_eq!(clustered.primary_of(coupon).await, to, "the slot moved");
+    assert!(
+        seen.recovered(),
+        "the load ended before the coupon sold again"
+    );
     eprintln!(
         "{queue}: slot migration under load: {} told 201, {} told 503 over {:.2} s",
         seen.won.len(),
         seen.unknown.len(),
         seen.seconds_of_503()
     );
+    // A moved coupon is rebuilt on its new primary (its stamp names the old one's run id):
+    // in the Redis queue mode that takes well under 2 s; in Kafka mode the rebuild first
+    // lets every publish of a window report (PUBLISH_TIMEOUT_MS, 3 s here), so its 503s
+    // last that window and a little more. README, "Redis Cluster", says so.
+    let bound = match queue {
+        QueueKind::Redis => 2.0,
+        QueueKind::Kafka => 3.0 + 4.0,
+    };
     assert!(
-        seen.seconds_of_503() < 2.0,
+        seen.seconds_of_503() < bound,
         "503s for {:.2} s",
         seen.seconds_of_503()
     );
@@ -422,11 +462,15 @@ async fn a_failover_under_load_loses_nothing(queue: QueueKind, mode: Failover) {
     let coupon = clustered.coupon_off(300, &[]).await;
     let primary = clustered.primary_of(coupon).await;
     let replica = clustered.cluster.replica_of(primary).await.unwrap();
-    let seen = load(env, coupon, 1..=900, 8, 100, async {
+    let seen = load(env, coupon, 1, 8, 100, async {
         clustered.cluster.fail_over_to(replica, mode).await.unwrap();
     })
     .await;
     assert_eq!(clustered.primary_of(coupon).await, replica);
+    assert!(
+        seen.recovered(),
+        "the load ended before the coupon sold again"
+    );
     eprintln!(
         "{queue}: {mode:?} failover under load: {} told 201, {} told 503 over {:.2} s",
         seen.won.len(),
@@ -435,6 +479,58 @@ async fn a_failover_under_load_loses_nothing(queue: QueueKind, mode: Failover) {
     );
     settles_exactly(env, coupon, 300, &seen).await;
     clustered.tear_down().await;
+}
+
+/// No shard sees every request: under a load over 100 coupons (ids 1 to 100, as a fresh
+/// database numbers them), the busiest primary's script calls and Redis microseconds are at
+/// most 1.5 times the mean, rate-limit counters included (each on its own slot).
+#[actix_web::test]
+async fn a_hundred_coupons_spread_their_scripts_over_the_primaries() {
+    let dir =
+        std::env::temp_dir().join(format!("coupon-cluster-{}", uuid::Uuid::new_v4().simple()));
+    let cluster = RedisCluster::start(&dir).unwrap();
+    let args = [
+        format!("--redis-cluster-nodes={}", cluster.seed_list()),
+        "--rate-per-user=100".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 1, &args).await;
+    let mut coupons = Vec::new();
+    for _ in 0..100 {
+        coupons.push(env.coupon_with_quantity(1_000).await);
+    }
+    let primaries: Vec<String> = cluster
+        .primaries()
+        .await
+        .unwrap()
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    assert_eq!(primaries.len(), 3);
+    redis_stats::reset(&primaries).await.unwrap();
+    for round in 0..10 {
+        let answers = join_all(
+            coupons
+                .iter()
+                .map(|coupon| env.issue(*coupon, round * 1_000 + coupon)),
+        )
+        .await;
+        assert!(
+            answers.iter().all(|(status, _)| *status == 201),
+            "{answers:?}"
+        );
+    }
+    let stats = redis_stats::read(&primaries).await.unwrap();
+    redis_stats::print(&stats, 1_000);
+    let calls = redis_stats::spread(&stats, |node| node.scripts().0);
+    let usec = redis_stats::spread(&stats, |node| node.scripts().1);
+    assert!(
+        calls <= 1.5 && usec <= 1.5,
+        "busiest primary over the mean: {calls:.2}x the script calls, {usec:.2}x their µs"
+    );
+    env.shutdown().await;
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 mod a_killed_primary_sends_only_its_own_coupons_through_a_rebuild {

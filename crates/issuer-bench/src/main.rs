@@ -13,6 +13,7 @@ use issuer_bench::client::ApiClient;
 use issuer_bench::report::Report;
 use issuer_bench::{connections, drain, race, seed, sustained};
 use testkit::credentials::UserCredentials;
+use testkit::redis_stats;
 
 #[derive(Parser)]
 #[command(
@@ -140,6 +141,11 @@ enum Scenario {
         rate: Option<f64>,
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
+        /// Redis nodes (`host:port,...`: a cluster's primaries, or the one node) whose `INFO
+        /// commandstats` are reset before the run and printed after it, with how evenly
+        /// the nodes shared the scripts.
+        #[arg(long, value_delimiter = ',')]
+        redis_stats: Vec<String>,
     },
     /// The product against the hand-built ceiling (`../shared/tools/ceiling`), same closed
     /// load, alternating, in one run: the ratio of their medians per shape and connections.
@@ -266,6 +272,7 @@ async fn main() -> anyhow::Result<()> {
             quantity,
             rate,
             concurrency,
+            redis_stats: stats_nodes,
         } => {
             let api = std::rc::Rc::new(ApiClient::pooled(
                 &cli.api,
@@ -285,8 +292,13 @@ async fn main() -> anyhow::Result<()> {
                 Some(rate) => sustained::Load::Rate(rate),
                 None => sustained::Load::Concurrency(concurrency),
             };
+            redis_stats::reset(&stats_nodes).await?;
             let report = sustained::run(api, &ids, requests, load).await?;
             report.emit(cli.json, cli.report.as_deref())?;
+            if !stats_nodes.is_empty() {
+                let answered = report.answers.values().sum();
+                redis_stats::print(&redis_stats::read(&stats_nodes).await?, answered);
+            }
         }
         Scenario::Ceiling {
             ceiling: ceiling_url,

@@ -5,6 +5,7 @@
 //!   a Redis node (`redis_server`), a replicated Redis under Sentinel
 //!   (`sentinel_topology`), a Redis Cluster (`redis_cluster`), a Kafka cluster (`kafka_cluster`), child processes and free
 //!   ports (`process`), a TCP proxy that can be cut (`proxy`).
+//! - Redis's own accounting of a run, node by node (`redis_stats`).
 //! - Identities: users' tokens (`credentials`) and a test CA (`tls`).
 //! - Forced interleavings: a Redis connection that runs a hook at an exact command
 //!   (`intercept`); the `make up` Redis with a key prefix of its own (`shared_redis`).
@@ -23,6 +24,7 @@ pub mod process;
 pub mod proxy;
 pub mod redis_cluster;
 pub mod redis_server;
+pub mod redis_stats;
 pub mod sentinel_topology;
 pub mod shared_redis;
 pub mod tls;
