@@ -1,7 +1,8 @@
 //! The cluster the chaos run owns: its own Redis (AOF), either a primary with a replica
 //! behind a link that can be cut, both reached through one endpoint that a failover
 //! repoints, or a primary with two replicas under three Sentinels that the services follow
-//! (`deploy/redis/sentinel.sh`); in Kafka mode its own
+//! (`deploy/redis/sentinel.sh`), or a Redis Cluster of three primaries with a replica each
+//! (`deploy/redis/cluster.sh`); in Kafka mode its own
 //! three Apache Kafka brokers (topics replicated 3 times, 2 in sync to acknowledge); its own
 //! database behind a cuttable proxy; two issuer-api and two issuer-worker processes.
 
@@ -13,9 +14,12 @@ use anyhow::{Context, bail};
 use coupon_core::domain::QueueKind;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+use coupon_core::config::RedisArgs;
+use coupon_core::redis::connection::RedisConnection;
 use testkit::kafka_cluster::KafkaCluster;
 use testkit::process::{Service, free_port, wait_for_port};
 use testkit::proxy::CuttableProxy;
+use testkit::redis_cluster::{Failover, RedisCluster};
 use testkit::redis_server::RedisServer;
 use testkit::sentinel_topology::SentinelTopology;
 
@@ -38,6 +42,8 @@ pub enum RedisTopology {
     Single,
     /// A primary and two replicas under three Sentinels.
     Sentinel,
+    /// A Redis Cluster: three primaries, a replica each.
+    Cluster,
 }
 
 /// The single topology's nodes.
@@ -55,6 +61,7 @@ struct Endpointed {
 enum RedisNodes {
     Single(Box<Endpointed>),
     Sentinel(SentinelTopology),
+    Cluster(RedisCluster),
 }
 
 pub struct Cluster {
@@ -131,6 +138,9 @@ impl Cluster {
                 topology.await_replicas().await?;
                 RedisNodes::Sentinel(topology)
             }
+            RedisTopology::Cluster => {
+                RedisNodes::Cluster(RedisCluster::start(&dir.join("redis-cluster"))?)
+            }
         };
         let mut cluster = Cluster {
             queue,
@@ -163,13 +173,33 @@ impl Cluster {
         self.dir.join(format!("{name}.log"))
     }
 
-    /// Where the checks reach the primary now.
-    pub async fn redis_url(&self) -> anyhow::Result<String> {
-        let port = match &self.redis {
-            RedisNodes::Single(nodes) => nodes.endpoint.port,
-            RedisNodes::Sentinel(topology) => topology.primary().await?,
+    /// A connection for the checks and the poison: to the primary now, or a cluster's
+    /// client.
+    pub async fn redis(&self) -> anyhow::Result<RedisConnection> {
+        #[derive(clap::Parser)]
+        struct Settings {
+            #[command(flatten)]
+            redis: RedisArgs,
+        }
+        let args = match &self.redis {
+            RedisNodes::Single(nodes) => {
+                vec![format!(
+                    "--redis-url=redis://127.0.0.1:{}",
+                    nodes.endpoint.port
+                )]
+            }
+            RedisNodes::Sentinel(topology) => vec![format!(
+                "--redis-url=redis://127.0.0.1:{}",
+                topology.primary().await?
+            )],
+            RedisNodes::Cluster(cluster) => {
+                vec![format!("--redis-cluster-nodes={}", cluster.seed_list())]
+            }
         };
-        Ok(format!("redis://127.0.0.1:{port}"))
+        let settings = <Settings as clap::Parser>::try_parse_from(
+            std::iter::once("checks".to_owned()).chain(args),
+        )?;
+        Ok(settings.redis.connect().await?)
     }
 
     fn service_env(&self) -> Vec<(String, String)> {
@@ -181,6 +211,9 @@ impl Cluster {
         // whichever the Sentinels name, and every answer waits for every replica they know
         // (any of them may be promoted), with no REDIS_MIN_REPLICAS. On one node, where
         // Redis is the queue, a "yes" waits for the replica a fault promotes.
+        // On a cluster, where Redis is the queue each coupon's replica confirms (required
+        // there); Kafka mode runs without confirmations.
+        let mut cluster_nodes = None;
         let (redis_port, sentinels, min_replicas) = match &self.redis {
             RedisNodes::Single(nodes) => (
                 nodes.endpoint.port,
@@ -189,6 +222,14 @@ impl Cluster {
             ),
             RedisNodes::Sentinel(topology) => {
                 (topology.nodes[0], Some(topology.sentinel_list()), 0)
+            }
+            RedisNodes::Cluster(cluster) => {
+                cluster_nodes = Some(cluster.seed_list());
+                (
+                    cluster.nodes[0],
+                    None,
+                    usize::from(self.queue == QueueKind::Redis),
+                )
             }
         };
         [
@@ -216,6 +257,7 @@ impl Cluster {
         ]
         .into_iter()
         .chain(sentinels.map(|list| ("REDIS_SENTINELS", list)))
+        .chain(cluster_nodes.map(|list| ("REDIS_CLUSTER_NODES", list)))
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
@@ -223,15 +265,66 @@ impl Cluster {
     fn single(&mut self) -> anyhow::Result<&mut Endpointed> {
         match &mut self.redis {
             RedisNodes::Single(nodes) => Ok(nodes),
-            RedisNodes::Sentinel(_) => bail!("a fault of the single topology under Sentinel"),
+            _ => bail!("a fault of the single topology on another"),
         }
     }
 
     fn sentinel(&self) -> anyhow::Result<&SentinelTopology> {
         match &self.redis {
             RedisNodes::Sentinel(topology) => Ok(topology),
-            RedisNodes::Single(_) => bail!("a fault of the Sentinel topology on a single node"),
+            _ => bail!("a fault of the Sentinel topology on another"),
         }
+    }
+
+    fn redis_cluster(&self) -> anyhow::Result<&RedisCluster> {
+        match &self.redis {
+            RedisNodes::Cluster(cluster) => Ok(cluster),
+            _ => bail!("a fault of the Redis Cluster on another topology"),
+        }
+    }
+
+    /// kill -9 of the primary holding `coupon`; once its replica took over (after
+    /// `cluster-node-timeout`), it is started again and rejoins as a replica. Returns (old
+    /// primary, new primary).
+    pub async fn kill_cluster_primary(&self, coupon: i64) -> anyhow::Result<(u16, u16)> {
+        let cluster = self.redis_cluster()?;
+        let key = coupon_meta(coupon)?;
+        let old = cluster.primary_of(&key).await?;
+        cluster.kill(old)?;
+        let new = cluster.await_failover_from(&key, old).await?;
+        cluster.start_node(old)?;
+        Ok((old, new))
+    }
+
+    /// `CLUSTER FAILOVER` of `mode` to the replica of the primary holding `coupon`. Returns
+    /// (old primary, new primary).
+    pub async fn fail_over_cluster(
+        &self,
+        coupon: i64,
+        mode: Failover,
+    ) -> anyhow::Result<(u16, u16)> {
+        let cluster = self.redis_cluster()?;
+        let key = coupon_meta(coupon)?;
+        let old = cluster.primary_of(&key).await?;
+        let replica = cluster.replica_of(old).await?;
+        cluster.fail_over_to(replica, mode).await?;
+        Ok((old, replica))
+    }
+
+    /// Moves `coupon`'s slot, keys and all, to another primary, as `redis-cli --cluster
+    /// reshard` does. Returns (from, to).
+    pub async fn migrate_coupon(&self, coupon: i64) -> anyhow::Result<(u16, u16)> {
+        let cluster = self.redis_cluster()?;
+        let key = coupon_meta(coupon)?;
+        let from = cluster.primary_of(&key).await?;
+        let to = cluster
+            .primaries()
+            .await?
+            .into_iter()
+            .find(|port| *port != from)
+            .context("another primary")?;
+        cluster.move_slot_of(&key, to).await?;
+        Ok((from, to))
     }
 
     /// kill -9 of the primary the Sentinels name; once they name another, it is started
@@ -431,7 +524,7 @@ impl Cluster {
         }
         // Its nodes stop when the last handle is dropped.
         self.kafka = None;
-        // The Sentinel topology stops when dropped.
+        // The Sentinel topology and the Redis Cluster stop when dropped.
         if let RedisNodes::Single(nodes) = &mut self.redis {
             nodes.primary.kill();
             nodes.replica.kill();
@@ -447,4 +540,11 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// The meta key of `coupon` (the chaos cluster runs with no key prefix): its slot is the
+/// coupon's.
+fn coupon_meta(coupon: i64) -> anyhow::Result<String> {
+    let id = coupon_core::domain::CouponId::new(coupon)?;
+    Ok(coupon_core::redis::keys::CouponKeys::new("", id).meta)
 }

@@ -18,10 +18,12 @@ use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
 use coupon_core::kafka::offsets::wait_for_group;
 use coupon_core::kafka::producer::Producer;
+use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::registry::Registry;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use testkit::redis_cluster::Failover;
 
 pub use self::cluster::RedisTopology;
 use self::cluster::{ADMIN_TOKEN, Cluster, GROUP, JWT_SECRET, TOPIC};
@@ -82,6 +84,10 @@ enum FaultKind {
     FailBack,
     SplitSentinelPrimary,
     HandOver,
+    KillClusterPrimary,
+    ClusterFailover,
+    ClusterFailoverForce,
+    MigrateHotSlot,
     Poison,
 }
 
@@ -130,6 +136,52 @@ fn faults(queue: QueueKind, topology: RedisTopology) -> Vec<Fault> {
                     kind: FaultKind::HandOver,
                     name: "a planned switchover: issuer-api hand-over carries the coupons to a new primary",
                     threatens: &["no oversell", "no lost success", "no leaked stock"],
+                },
+            ];
+            let mut kept: Vec<Fault> = all
+                .into_iter()
+                .filter(|fault| {
+                    !matches!(
+                        fault.kind,
+                        FaultKind::WipeRedis
+                            | FaultKind::KillRedis
+                            | FaultKind::CutAofTail
+                            | FaultKind::PromoteLaggingReplica
+                    )
+                })
+                .chain(redis_faults)
+                .collect();
+            kept.sort_by(|a, b| a.at.total_cmp(&b.at));
+            kept
+        }
+        // On a cluster, Redis's faults are a shard's: a slot migration of a coupon under
+        // load, a graceful and a forced CLUSTER FAILOVER, and kill -9 of a primary (its
+        // replica promoted after cluster-node-timeout, the old one back as a replica).
+        RedisTopology::Cluster => {
+            let redis_faults = [
+                Fault {
+                    at: 0.36,
+                    kind: FaultKind::MigrateHotSlot,
+                    name: "a slot migration: a selling coupon's slot moved to another primary under load",
+                    threatens: &["no oversell", "no lost success", "no leaked stock"],
+                },
+                Fault {
+                    at: 0.47,
+                    kind: FaultKind::ClusterFailover,
+                    name: "CLUSTER FAILOVER: a shard's replica takes over gracefully",
+                    threatens: &["no oversell", "no lost success", "no leaked stock"],
+                },
+                Fault {
+                    at: 0.60,
+                    kind: FaultKind::KillClusterPrimary,
+                    name: "kill -9 of a shard's primary, its replica promoted, the old one back as a replica",
+                    threatens: &["no oversell", "no lost success", "no leaked stock"],
+                },
+                Fault {
+                    at: 0.72,
+                    kind: FaultKind::ClusterFailoverForce,
+                    name: "CLUSTER FAILOVER FORCE: a shard's replica takes over without its primary's word",
+                    threatens: &["no oversell", "no lost success", "one per user"],
                 },
             ];
             let mut kept: Vec<Fault> = all
@@ -416,6 +468,30 @@ pub async fn run(
                 format!("{old} primary again")
             }
             FaultKind::HandOver => cluster.hand_over().await?,
+            // Each on another coupon, so that each meets a shard with its own history.
+            FaultKind::MigrateHotSlot => {
+                let (from, to) = cluster.migrate_coupon(ids[0]).await?;
+                format!("coupon {}'s slot moved from {from} to {to}", ids[0])
+            }
+            FaultKind::ClusterFailover => {
+                let coupon = ids[1 % ids.len()];
+                let (old, new) = cluster
+                    .fail_over_cluster(coupon, Failover::Graceful)
+                    .await?;
+                format!("coupon {coupon}'s shard: {new} took over from {old}")
+            }
+            FaultKind::KillClusterPrimary => {
+                let coupon = ids[2 % ids.len()];
+                let (old, new) = cluster.kill_cluster_primary(coupon).await?;
+                format!(
+                    "coupon {coupon}'s primary {old} killed; {new} promoted; {old} back as a replica"
+                )
+            }
+            FaultKind::ClusterFailoverForce => {
+                let coupon = ids[3 % ids.len()];
+                let (old, new) = cluster.fail_over_cluster(coupon, Failover::Force).await?;
+                format!("coupon {coupon}'s shard: {new} forced over {old}")
+            }
             FaultKind::PromoteLaggingReplica => {
                 cluster.promote_lagging_replica(REPLICA_LAG).await?;
                 format!("replica cut off for {REPLICA_LAG:?}, then promoted")
@@ -425,7 +501,7 @@ pub async fn run(
                 match options.queue {
                     QueueKind::Kafka => inject_poison(&kafka, last_coupon).await?,
                     QueueKind::Redis => {
-                        inject_stream_poison(&cluster.redis_url().await?, last_coupon).await?
+                        inject_stream_poison(&mut cluster.redis().await?, last_coupon).await?
                     }
                 }
                 format!(
@@ -466,9 +542,7 @@ pub async fn run(
 /// The orphan events a Kafka producer would write, appended to a coupon's stream instead,
 /// plus garbage entries. The coupon is registered again (it may have sold out and left the
 /// registry already): the workers read only registered coupons' streams.
-async fn inject_stream_poison(redis_url: &str, last_coupon: i64) -> anyhow::Result<()> {
-    let client = redis::Client::open(redis_url)?;
-    let mut con = client.get_multiplexed_async_connection().await?;
+async fn inject_stream_poison(con: &mut RedisConnection, last_coupon: i64) -> anyhow::Result<()> {
     let coupon = CouponId::new(last_coupon)?;
     let stream = CouponKeys::new("", coupon).stream;
     for n in 0..GARBAGE_EVENTS {
@@ -477,7 +551,7 @@ async fn inject_stream_poison(redis_url: &str, last_coupon: i64) -> anyhow::Resu
             .arg("*")
             .arg("garbage")
             .arg(n)
-            .query_async(&mut con)
+            .query_async(con)
             .await?;
     }
     for n in 1..=ORPHAN_EVENTS as i64 {
@@ -487,11 +561,11 @@ async fn inject_stream_poison(redis_url: &str, last_coupon: i64) -> anyhow::Resu
             .arg(&stream)
             .arg("*")
             .arg(&event.stream_fields())
-            .query_async(&mut con)
+            .query_async(con)
             .await?;
     }
     Registry::new("", QueueKind::Redis)
-        .register(&mut con, coupon)
+        .register(con, coupon)
         .await?;
     Ok(())
 }
@@ -525,21 +599,21 @@ async fn settle(cluster: &Cluster, kafka: &KafkaArgs, queue: QueueKind) -> Resul
     let deadline = Instant::now() + SETTLE_PATIENCE;
     let mut last = String::new();
     while Instant::now() < deadline {
-        let redis_url = match cluster.redis_url().await {
-            Ok(url) => url,
+        let mut redis = match cluster.redis().await {
+            Ok(redis) => redis,
             Err(err) => {
                 last = err.to_string();
                 actix_rt::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
-        match pending_slots(&redis_url).await {
+        match pending_slots(&mut redis).await {
             Ok(0) => {
                 let drained = match queue {
                     QueueKind::Kafka => wait_for_group(kafka, GROUP, Duration::from_secs(2))
                         .await
                         .map_err(|e| e.to_string()),
-                    QueueKind::Redis => streams_drained(&redis_url).await,
+                    QueueKind::Redis => streams_drained(&mut redis).await,
                 };
                 match drained {
                     Ok(()) => return Ok(()),
@@ -555,17 +629,15 @@ async fn settle(cluster: &Cluster, kafka: &KafkaArgs, queue: QueueKind) -> Resul
 }
 
 /// Every coupon stream read to its end by the group, with nothing left unacknowledged.
-async fn streams_drained(redis_url: &str) -> Result<(), String> {
+async fn streams_drained(con: &mut RedisConnection) -> Result<(), String> {
     let drained = async {
-        let client = redis::Client::open(redis_url)?;
-        let mut con = client.get_multiplexed_async_connection().await?;
         let streams: Vec<String> = redis::cmd("KEYS")
             .arg(CouponKeys::of_every_coupon("").stream)
-            .query_async(&mut con)
+            .query_async(con)
             .await?;
         for stream in streams {
             let groups: redis::streams::StreamInfoGroupsReply =
-                redis::AsyncCommands::xinfo_groups(&mut con, &stream).await?;
+                redis::AsyncCommands::xinfo_groups(con, &stream).await?;
             let Some(group) = groups.groups.into_iter().find(|g| g.name == GROUP) else {
                 return Ok(Some(format!("{stream}: no consumer group")));
             };
@@ -576,7 +648,7 @@ async fn streams_drained(redis_url: &str) -> Result<(), String> {
                 )));
             }
             let last: redis::streams::StreamRangeReply =
-                redis::AsyncCommands::xrevrange_count(&mut con, &stream, "+", "-", 1).await?;
+                redis::AsyncCommands::xrevrange_count(con, &stream, "+", "-", 1).await?;
             if let Some(entry) = last.ids.as_slice().first()
                 && stream_id(&entry.id) > stream_id(&group.last_delivered_id)
             {
@@ -598,16 +670,15 @@ fn stream_id(id: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-async fn pending_slots(redis_url: &str) -> redis::RedisResult<usize> {
-    let client = redis::Client::open(redis_url)?;
-    let mut con = client.get_multiplexed_async_connection().await?;
+/// Pending entries left in Redis, over every coupon (on a cluster, KEYS asks every primary).
+async fn pending_slots(con: &mut RedisConnection) -> redis::RedisResult<usize> {
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(CouponKeys::of_every_coupon("").pending)
-        .query_async(&mut con)
+        .query_async(con)
         .await?;
     let mut total = 0;
     for key in keys {
-        let len: usize = redis::cmd("HLEN").arg(key).query_async(&mut con).await?;
+        let len: usize = redis::cmd("HLEN").arg(key).query_async(con).await?;
         total += len;
     }
     Ok(total)
