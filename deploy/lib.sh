@@ -6,6 +6,15 @@ die() { echo "[$TAG] error: $*" >&2; exit 1; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Whether the node in NODE_DIR already runs on PORT (a start run again reuses it). A port
+# something else holds ends the start: tests pick free ports before they are bound, and a
+# test running beside may take one meanwhile (the caller tries again on other ports).
+running() { # running NODE_DIR PORT
+  port_open "$2" || return 1
+  [ -f "$1/pid" ] && kill -0 "$(cat "$1/pid")" 2>/dev/null && return 0
+  die "port $2 is taken by another process"
+}
+
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local seconds=$1 what=$2
   shift 2

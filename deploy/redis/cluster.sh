@@ -32,15 +32,6 @@ install() {
   as_root service redis-server stop >/dev/null 2>&1 || true
 }
 
-# Whether the node in NODE_DIR already runs on PORT (a start run again reuses it). A port
-# something else holds ends the start: tests pick free ports before they are bound, and a
-# test running beside may take one meanwhile (the caller tries again on other ports).
-running() { # running NODE_DIR PORT
-  port_open "$2" || return 1
-  [ -f "$1/pid" ] && kill -0 "$(cat "$1/pid")" 2>/dev/null && return 0
-  die "port $2 is taken by another process"
-}
-
 start_node() { # start_node DIR PORT
   local node="$1/redis-$2"
   mkdir -p "$node"

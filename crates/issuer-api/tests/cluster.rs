@@ -137,25 +137,26 @@ where
             let mut user = first + offset;
             while started.elapsed() < LOAD_PATIENCE {
                 let (status, body) = env.issue(coupon, user).await;
-                let mut seen = seen.lock().unwrap();
                 let now = Instant::now();
-                match status {
-                    201 => {
-                        seen.won.insert(user);
-                        seen.last_decided = Some(now);
+                let calm = {
+                    let mut seen = seen.lock().unwrap();
+                    match status {
+                        201 => {
+                            seen.won.insert(user);
+                            seen.last_decided = Some(now);
+                        }
+                        410 => seen.last_decided = Some(now),
+                        503 => {
+                            seen.unknown.insert(user);
+                            seen.first_503.get_or_insert(now);
+                            seen.last_503 = Some(now);
+                        }
+                        _ => panic!("user {user}: {status} {body}"),
                     }
-                    410 => seen.last_decided = Some(now),
-                    503 => {
-                        seen.unknown.insert(user);
-                        seen.first_503.get_or_insert(now);
-                        seen.last_503 = Some(now);
-                    }
-                    _ => panic!("user {user}: {status} {body}"),
-                }
-                let calm = seen.recovered()
-                    && seen.last_503.is_none_or(|last| now - last > CALM)
-                    && fault_over.load(std::sync::atomic::Ordering::SeqCst);
-                drop(seen);
+                    seen.recovered()
+                        && seen.last_503.is_none_or(|last| now - last > CALM)
+                        && fault_over.load(std::sync::atomic::Ordering::SeqCst)
+                };
                 if calm {
                     return;
                 }

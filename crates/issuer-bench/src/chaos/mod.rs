@@ -138,21 +138,7 @@ fn faults(queue: QueueKind, topology: RedisTopology) -> Vec<Fault> {
                     threatens: &["no oversell", "no lost success", "no leaked stock"],
                 },
             ];
-            let mut kept: Vec<Fault> = all
-                .into_iter()
-                .filter(|fault| {
-                    !matches!(
-                        fault.kind,
-                        FaultKind::WipeRedis
-                            | FaultKind::KillRedis
-                            | FaultKind::CutAofTail
-                            | FaultKind::PromoteLaggingReplica
-                    )
-                })
-                .chain(redis_faults)
-                .collect();
-            kept.sort_by(|a, b| a.at.total_cmp(&b.at));
-            kept
+            with_redis_faults(all, redis_faults)
         }
         // On a cluster, Redis's faults are a shard's: a slot migration of a coupon under
         // load, a graceful and a forced CLUSTER FAILOVER, and kill -9 of a primary (its
@@ -184,23 +170,29 @@ fn faults(queue: QueueKind, topology: RedisTopology) -> Vec<Fault> {
                     threatens: &["no oversell", "no lost success", "one per user"],
                 },
             ];
-            let mut kept: Vec<Fault> = all
-                .into_iter()
-                .filter(|fault| {
-                    !matches!(
-                        fault.kind,
-                        FaultKind::WipeRedis
-                            | FaultKind::KillRedis
-                            | FaultKind::CutAofTail
-                            | FaultKind::PromoteLaggingReplica
-                    )
-                })
-                .chain(redis_faults)
-                .collect();
-            kept.sort_by(|a, b| a.at.total_cmp(&b.at));
-            kept
+            with_redis_faults(all, redis_faults)
         }
     }
+}
+
+/// The single node's faults with its Redis faults (a wipe, a restart, a cut file tail, a
+/// lagging replica promoted) replaced by `redis_faults`, the topology's own, in time order.
+fn with_redis_faults(all: Vec<Fault>, redis_faults: impl IntoIterator<Item = Fault>) -> Vec<Fault> {
+    let mut kept: Vec<Fault> = all
+        .into_iter()
+        .filter(|fault| {
+            !matches!(
+                fault.kind,
+                FaultKind::WipeRedis
+                    | FaultKind::KillRedis
+                    | FaultKind::CutAofTail
+                    | FaultKind::PromoteLaggingReplica
+            )
+        })
+        .chain(redis_faults)
+        .collect();
+    kept.sort_by(|a, b| a.at.total_cmp(&b.at));
+    kept
 }
 
 /// The faults of the single-node topology.
