@@ -5,7 +5,13 @@
 #   cluster.sh start DIR PORTS        the nodes on PORTS (a comma list, six or more), made a
 #                                     cluster of PORTS/2 primaries with one replica each
 #   cluster.sh start-node DIR PORT    start the node on PORT again (it rejoins as it left)
+#   cluster.sh add-replica DIR PORT PRIMARY
+#                                     a new node on PORT, a further replica of the primary
+#                                     on PRIMARY (two replicas a primary: README, "Redis
+#                                     Cluster")
 #   cluster.sh kill DIR PORT          kill -9 the node on PORT
+#   cluster.sh pause DIR PORT         SIGSTOP the node on PORT (it answers nobody, the
+#   cluster.sh resume DIR PORT        cluster bus included), SIGCONT it
 #   cluster.sh stop DIR               stop every node of DIR
 #
 # Nodes run a copy of deploy/redis/redis.conf (the product's persistence: every write in the
@@ -72,6 +78,38 @@ start() { # start DIR PORTS
   log "cluster of ${#ports[@]} nodes on 127.0.0.1: REDIS_CLUSTER_NODES=$(IFS=,; echo "${addresses[*]}")"
 }
 
+add_replica() { # add_replica DIR PORT PRIMARY
+  start_node "$1" "$2"
+  local id
+  id=$(redis-cli -p "$3" CLUSTER MYID)
+  redis-cli --cluster add-node "127.0.0.1:$2" "127.0.0.1:$3" --cluster-slave \
+    --cluster-master-id "$id" >"$1/add-$2.log" 2>&1 ||
+    die "redis-cli --cluster add-node failed (see $1/add-$2.log)"
+  wait_for 20 "the new replica on $2 in sync with $3" replica_synced "$2"
+  # The services count each shard's replicas from CLUSTER NODES, which a node learns from
+  # gossip: the new replica counts once every node knows it as one.
+  wait_for 20 "every node knowing $2 as a replica of $3" replica_known "$2" "$3"
+}
+
+replica_synced() { # replica_synced PORT
+  redis-cli -p "$1" INFO replication 2>/dev/null | grep -q '^master_link_status:up'
+}
+
+replica_known() { # replica_known PORT PRIMARY
+  local id primary port
+  id=$(redis-cli -p "$1" CLUSTER MYID)
+  primary=$(redis-cli -p "$2" CLUSTER MYID)
+  for port in $(redis-cli -p "$2" CLUSTER NODES | awk '{ split($2, a, "@"); n = split(a[1], b, ":"); print b[n] }'); do
+    redis-cli -p "$port" CLUSTER NODES 2>/dev/null | grep -q "^$id [^ ]* [^ ]*slave $primary " || return 1
+  done
+}
+
+signal_node() { # signal_node DIR PORT SIGNAL
+  local pidfile="$1/redis-$2/pid"
+  [ -f "$pidfile" ] || die "no node runs on $2"
+  kill "-$3" "$(cat "$pidfile")"
+}
+
 kill_node() { # kill_node DIR PORT
   local pidfile="$1/redis-$2/pid"
   if [ -f "$pidfile" ]; then kill -9 "$(cat "$pidfile")" 2>/dev/null || true; rm -f "$pidfile"; fi
@@ -90,7 +128,10 @@ stop() { # stop DIR
 case "${1:-}" in
   start) start "$2" "$3" ;;
   start-node) start_node "$2" "$3" ;;
+  add-replica) add_replica "$2" "$3" "$4" ;;
   kill) kill_node "$2" "$3" ;;
+  pause) signal_node "$2" "$3" STOP ;;
+  resume) signal_node "$2" "$3" CONT ;;
   stop) stop "$2" ;;
-  *) die "usage: cluster.sh start DIR PORTS | start-node DIR PORT | kill DIR PORT | stop DIR" ;;
+  *) die "usage: cluster.sh start DIR PORTS | start-node DIR PORT | add-replica DIR PORT PRIMARY | kill|pause|resume DIR PORT | stop DIR" ;;
 esac

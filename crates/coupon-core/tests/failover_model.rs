@@ -36,6 +36,18 @@
 //! (a provider's failover the command does not wait for, a WAIT that fell short), and the
 //! mark (a lease) may run out on the way.
 //!
+//! A Redis Cluster's shard (`replication/shards.rs`, `scripts/fence.lua`): the cluster
+//! client picks and replaces its connections itself, so a confirmation cannot rest on the
+//! admission's socket. It rests on the instance: a fence write on the coupon's primary, made
+//! only if the admission's stamp names that instance in its present incarnation and is the
+//! meta's stamp still, then a WAIT on the fence's connection. The shard's failover there is
+//! followed, once the partition heals, by A's rejoin as B's replica (a full sync that
+//! discards what only A had) and then a graceful failover back to A: the same process, its
+//! run id unchanged, its data B's. The same failback follows a rejoin on one node's endpoint
+//! (Sentinel's next failover), with or without replicas required. A node's epoch is its run
+//! id and the replication id its library first saw since its last load, so a full sync
+//! gives it a new incarnation (`scripts/epoch.lua`).
+//!
 //! Not modelled: publish failures and releases (`protocol_model.rs`), a node restarting
 //! (its new run id is what `epoch.rs`'s tests force), and replicas joining or leaving (the
 //! recount is `sentinel.rs`'s `a_replica_added_while_the_api_runs_is_waited_for_too`).
@@ -75,6 +87,22 @@ enum Bug {
     /// The hand-over opened the new primary without finding its mark there: a node
     /// promoted before it had the old primary's last writes sells their slots again.
     CarryWithoutMark,
+    /// The epoch was the run id alone, which a full sync keeps: A, failed over while B
+    /// lagged, resynced from B and failed back to, still matched its old meta, copied back
+    /// from B, and admitted on a state without what B never got; on a cluster its fence
+    /// confirmed an admission the resync had discarded.
+    EpochSurvivesResync,
+}
+
+/// Where the first API's endpoint goes after the failover, if anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failback {
+    No,
+    /// Back to A, never demoted (cut off all along).
+    ToUndemoted,
+    /// Back to A once it has rejoined as B's replica and caught up: a graceful failover
+    /// (`CLUSTER FAILOVER`, or Sentinel's next one), A's process and run id unchanged.
+    AfterResync,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,8 +121,10 @@ struct Setup {
     confirm: bool,
     /// The second API stays connected to A after the failover.
     split_brain: bool,
-    /// The first API's endpoint moves back to A after the failover.
-    failback: bool,
+    /// Whether, and how, the first API's endpoint moves back to A after the failover.
+    failback: Failback,
+    /// Confirmations rest on the instance (a Redis Cluster's fence), not on the socket.
+    fence: bool,
     /// The Redis queue mode's worker stays with A, cut off, until A rejoins (its socket
     /// never broke); else it follows the first API's endpoint.
     worker_split: bool,
@@ -117,10 +147,13 @@ impl Node {
     }
 }
 
-/// A verification's stamp: the node it was made on (its run id) and a nonce.
+/// A verification's stamp: the node it was made on and that node's incarnation (its
+/// epoch: the run id, and the replication id its function library first saw since it was
+/// last loaded, which a full sync does again), and a nonce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Stamp {
     node: Node,
+    incarnation: u8,
     nonce: u8,
 }
 
@@ -161,12 +194,13 @@ enum Answer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Phase {
     Arrived,
-    /// The script ran on `node` over the API's socket `socket` and decided; its
-    /// confirmation comes next. `delivers`: a slot taken, or a pending one claimed (the
-    /// answer is SUCCESS once delivered); else `refusal` is the answer.
+    /// The script ran on `node` over the API's socket `socket`, under the stamp `stamp`,
+    /// and decided; its confirmation comes next. `delivers`: a slot taken, or a pending one
+    /// claimed (the answer is SUCCESS once delivered); else `refusal` is the answer.
     Decided {
         node: Node,
         socket: u8,
+        stamp: Option<Stamp>,
         delivers: bool,
         refusal: Option<Answer>,
     },
@@ -198,6 +232,9 @@ struct State {
     follows: [Option<Node>; 3],
     /// Replication from A to B flows (C's, from A and then from B, always does).
     linked: bool,
+    /// Each node's incarnation: one more at each full sync, which replaces its data and
+    /// loads its function library again.
+    incarnations: [u8; 3],
     apis: [Api; APIS],
     /// Where the Redis queue mode's worker reads, and the entries in its batch (taken,
     /// confirmed, not yet persisted).
@@ -251,6 +288,9 @@ enum Action {
     Rejoin,
     /// The first API's endpoint moves back to A, which was never demoted.
     FailBack,
+    /// A, B's replica and caught up, is promoted again (B and C follow it), and every
+    /// endpoint moves to it.
+    FailBackResynced,
     /// The Redis queue mode's worker reads an entry from its node and confirms it (every
     /// replica has it): into its batch.
     Take(u8),
@@ -286,6 +326,7 @@ impl State {
     fn initial() -> State {
         let stamp = Stamp {
             node: Node::A,
+            incarnation: 0,
             nonce: 0,
         };
         let data = Data {
@@ -305,6 +346,7 @@ impl State {
             nodes: [data; 3],
             follows: [None, Some(Node::A), Some(Node::A)],
             linked: true,
+            incarnations: [0; 3],
             apis: [api; APIS],
             worker: Node::A,
             taken: [false; N],
@@ -328,7 +370,7 @@ impl State {
 
     fn for_setup(setup: Setup) -> State {
         State {
-            failbacks_left: u8::from(setup.failback),
+            failbacks_left: u8::from(setup.failback != Failback::No),
             // The hand-over's runs ask once per user: its steps and the mark's expiry
             // multiply the states, and a retry adds nothing the close does not already
             // race.
@@ -379,6 +421,20 @@ impl State {
         synced >= if bug == Bug::OneReplicaConfirms { 1 } else { 2 }
     }
 
+    /// Whether `stamp` was made on `node` as it is now (epoch.lua's `stamped_here`): with
+    /// `Bug::EpochSurvivesResync`, on `node` in any incarnation.
+    fn here(&self, stamp: Stamp, node: Node, bug: Bug) -> bool {
+        stamp.node == node
+            && (bug == Bug::EpochSurvivesResync
+                || stamp.incarnation == self.incarnations[node.index()])
+    }
+
+    /// A full sync of `node` from `from`: its data replaced, its library loaded again.
+    fn full_sync(&mut self, node: Node, from: Node) {
+        self.nodes[node.index()] = self.nodes[from.index()];
+        self.incarnations[node.index()] += 1;
+    }
+
     /// Whether a WAIT now, on `api`'s socket, confirms what was written or read on its
     /// socket `socket`: the socket must be the same one, and a replica of the node it leads
     /// to must have everything that node has.
@@ -386,6 +442,23 @@ impl State {
         let now = self.apis[api];
         (socket == now.socket || bug == Bug::WaitOnAnySocket)
             && self.replicas_synced(now.endpoint, bug)
+    }
+
+    /// Whether a fence and WAIT now, on the node `task`'s API reaches (a cluster client
+    /// follows the coupon's slot there), confirm its decision: the fence is written only if
+    /// the admission's stamp was made on that node as it is now and is its meta's stamp;
+    /// then the node's replicas must have everything it has.
+    fn fence_confirms(&self, task: &Task, bug: Bug) -> bool {
+        let Phase::Decided {
+            stamp: Some(stamp), ..
+        } = task.phase
+        else {
+            return false;
+        };
+        let node = self.apis[task.api as usize].endpoint;
+        self.here(stamp, node, bug)
+            && self.nodes[node.index()].stamp == Some(stamp)
+            && self.replicas_synced(node, bug)
     }
 
     /// The (primary, replica) pairs whose replication can make progress.
@@ -421,7 +494,7 @@ impl Model {
             endpoint, known, ..
         } = s.apis[api];
         let meta = s.nodes[endpoint.index()].stamp;
-        let here = meta.is_some_and(|stamp| stamp.node == endpoint);
+        let here = meta.is_some_and(|stamp| s.here(stamp, endpoint, self.bug));
         match self.bug {
             Bug::RunIdOnly => here,
             _ => here && meta == known,
@@ -473,7 +546,12 @@ impl Protocol for Model {
             match task.phase {
                 Phase::Arrived => actions.push(Action::Admit(i)),
                 Phase::Decided { socket, .. } => {
-                    if !self.confirm() || s.confirms(task.api as usize, socket, self.bug) {
+                    let confirmed = if self.setup.fence {
+                        s.fence_confirms(task, self.bug)
+                    } else {
+                        s.confirms(task.api as usize, socket, self.bug)
+                    };
+                    if !self.confirm() || confirmed {
                         actions.push(Action::Confirm(i));
                     }
                     if self.confirm() {
@@ -536,7 +614,8 @@ impl Protocol for Model {
             let meta = s.nodes[node.index()].stamp;
             match s.hand_over {
                 HandOver::NotYet
-                    if meta == s.in_force && meta.is_some_and(|stamp| stamp.node == node) =>
+                    if meta == s.in_force
+                        && meta.is_some_and(|stamp| s.here(stamp, node, self.bug)) =>
                 {
                     actions.push(Action::HandOverClose);
                 }
@@ -557,12 +636,20 @@ impl Protocol for Model {
         if s.failovers_left > 0 {
             actions.push(Action::FailOver);
         }
-        if s.failbacks_left > 0 && s.failovers_left == 0 {
+        let undemoted = self.setup.failback == Failback::ToUndemoted;
+        if undemoted && s.failbacks_left > 0 && s.failovers_left == 0 {
             actions.push(Action::FailBack);
         }
-        // The heal, in the runs that do not move an endpoint back to A instead.
-        if !self.setup.failback && s.failovers_left == 0 && s.follows[Node::A.index()].is_none() {
+        // The heal, in the runs that do not move an endpoint back to A, undemoted, instead.
+        let a_cut_off =
+            s.follows[Node::A.index()].is_none() && s.follows[Node::B.index()].is_none();
+        if !undemoted && s.failovers_left == 0 && a_cut_off {
             actions.push(Action::Rejoin);
+        }
+        let caught_up = s.follows[Node::A.index()] == Some(Node::B)
+            && s.nodes[Node::A.index()] == s.nodes[Node::B.index()];
+        if self.setup.failback == Failback::AfterResync && s.failbacks_left > 0 && caught_up {
+            actions.push(Action::FailBackResynced);
         }
         actions
     }
@@ -593,6 +680,7 @@ impl Protocol for Model {
                     let Api {
                         endpoint: node,
                         socket,
+                        known: stamp,
                         ..
                     } = s.apis[api];
                     let data = &mut s.nodes[node.index()];
@@ -624,6 +712,7 @@ impl Protocol for Model {
                         s.tasks[i].phase = Phase::Decided {
                             node,
                             socket,
+                            stamp,
                             delivers,
                             refusal,
                         };
@@ -671,7 +760,7 @@ impl Protocol for Model {
                 s.failovers_left -= 1;
                 s.follows[Node::B.index()] = None;
                 s.follows[Node::C.index()] = Some(Node::B);
-                s.nodes[Node::C.index()] = s.nodes[Node::B.index()];
+                s.full_sync(Node::C, Node::B);
                 s.linked = false;
                 s.apis[0].endpoint = Node::B;
                 s.apis[0].socket += 1;
@@ -685,7 +774,7 @@ impl Protocol for Model {
             }
             Action::Rejoin => {
                 s.follows[Node::A.index()] = Some(Node::B);
-                s.nodes[Node::A.index()] = s.nodes[Node::B.index()];
+                s.full_sync(Node::A, Node::B);
                 for api in &mut s.apis {
                     if api.endpoint == Node::A {
                         api.endpoint = Node::B;
@@ -703,6 +792,17 @@ impl Protocol for Model {
                     s.apis[1].endpoint = Node::A;
                     s.apis[1].socket += 1;
                 }
+            }
+            Action::FailBackResynced => {
+                // The partition healed long since (A rejoined): every link flows.
+                s.failbacks_left -= 1;
+                s.linked = true;
+                s.follows = [None, Some(Node::A), Some(Node::A)];
+                for api in &mut s.apis {
+                    api.endpoint = Node::A;
+                    api.socket += 1;
+                }
+                s.worker = Node::A;
             }
             Action::Take(user) => s.taken[user as usize] = true,
             Action::Persist(user) => {
@@ -725,6 +825,7 @@ impl Protocol for Model {
                 let node = s.apis[api].endpoint;
                 let stamp = Stamp {
                     node,
+                    incarnation: s.incarnations[node.index()],
                     nonce: s.next_nonce,
                 };
                 s.next_nonce += 1;
@@ -742,9 +843,11 @@ impl Protocol for Model {
             }
             Action::Open => {
                 if let Some((node, stamp)) = s.opening.take() {
-                    // The restore's meta write checks the run id: a node that is no longer
-                    // where the stamp was made stays closed (the model's nodes keep theirs).
-                    s.nodes[node.index()].stamp = Some(stamp);
+                    // The restore's meta write checks the epoch: a node that is no longer
+                    // where the stamp was made (resynced meanwhile) stays closed.
+                    if s.here(stamp, node, self.bug) {
+                        s.nodes[node.index()].stamp = Some(stamp);
+                    }
                 }
             }
             Action::Refresh(api) => {
@@ -759,8 +862,10 @@ impl Protocol for Model {
                 s.hand_over = HandOver::Closed;
             }
             Action::HandOverRecord => {
+                let node = s.apis[0].endpoint;
                 let stamp = Stamp {
-                    node: s.apis[0].endpoint,
+                    node,
+                    incarnation: s.incarnations[node.index()],
                     nonce: s.next_nonce,
                 };
                 s.next_nonce += 1;
@@ -820,9 +925,10 @@ const KAFKA_REPLICATED: Setup = Setup {
     queue: Queue::Kafka,
     confirm: true,
     split_brain: true,
-    failback: true,
+    failback: Failback::ToUndemoted,
     worker_split: false,
     hand_over: false,
+    fence: false,
 };
 /// Kafka mode on a plain endpoint without replicas required: the stamp and the rebuild
 /// alone keep the promise (a split brain needs replicas required, which the README says).
@@ -830,9 +936,10 @@ const KAFKA_PLAIN: Setup = Setup {
     queue: Queue::Kafka,
     confirm: false,
     split_brain: false,
-    failback: true,
+    failback: Failback::ToUndemoted,
     worker_split: false,
     hand_over: false,
+    fence: false,
 };
 /// The Redis queue mode, where the stream is the queue: replicas required; the partition
 /// heals, and A rejoins as B's replica.
@@ -840,16 +947,17 @@ const STREAM_REPLICATED: Setup = Setup {
     queue: Queue::Stream,
     confirm: true,
     split_brain: true,
-    failback: false,
+    failback: Failback::No,
     worker_split: false,
     hand_over: false,
+    fence: false,
 };
 
 /// The same, with the endpoint moved back to A, never demoted, instead. A's stream then
 /// holds entries it took while cut off (never confirmed, never answered 201); the workers
 /// leave them, since no replica confirms them.
 const STREAM_FAILED_BACK: Setup = Setup {
-    failback: true,
+    failback: Failback::ToUndemoted,
     ..STREAM_REPLICATED
 };
 
@@ -863,14 +971,14 @@ const STREAM_WORKER_LEFT_BEHIND: Setup = Setup {
 /// B without the last admissions, and only the mark tells.
 const KAFKA_PLAIN_HANDED_OVER: Setup = Setup {
     hand_over: true,
-    failback: false,
+    failback: Failback::No,
     ..KAFKA_PLAIN
 };
 
 /// The hand-over where every replica confirms, in both queue modes.
 const KAFKA_REPLICATED_HANDED_OVER: Setup = Setup {
     hand_over: true,
-    failback: false,
+    failback: Failback::No,
     split_brain: false,
     ..KAFKA_REPLICATED
 };
@@ -878,6 +986,33 @@ const STREAM_REPLICATED_HANDED_OVER: Setup = Setup {
     hand_over: true,
     split_brain: false,
     ..STREAM_REPLICATED
+};
+
+/// A Redis Cluster's shard in the Redis queue mode: confirmations by the fence, and the
+/// failover followed by A's resync and a failback to it. Every API follows the slot (a
+/// minority primary stops taking writes after `cluster-node-timeout`; the split brain
+/// before that is the socket runs' `split_brain`, whose confirmations the fence's equal).
+const STREAM_CLUSTER: Setup = Setup {
+    fence: true,
+    failback: Failback::AfterResync,
+    split_brain: false,
+    ..STREAM_REPLICATED
+};
+
+/// The same failover, resync and failback on one node's endpoint (Sentinel's next
+/// failover), confirmations on the socket.
+const STREAM_RESYNCED_FAILBACK: Setup = Setup {
+    fence: false,
+    split_brain: true,
+    ..STREAM_CLUSTER
+};
+
+/// Kafka mode without replicas required (behind a plain URL or Sentinel, and on a cluster,
+/// where Kafka mode confirms nothing): only the epoch tells A's resynced state from the
+/// state A verified.
+const KAFKA_PLAIN_RESYNCED_FAILBACK: Setup = Setup {
+    failback: Failback::AfterResync,
+    ..KAFKA_PLAIN
 };
 
 fn model(bug: Bug, setup: Setup) -> Model {
@@ -895,6 +1030,9 @@ fn every_reachable_state_keeps_every_invariant() {
         KAFKA_PLAIN_HANDED_OVER,
         KAFKA_REPLICATED_HANDED_OVER,
         STREAM_REPLICATED_HANDED_OVER,
+        STREAM_CLUSTER,
+        STREAM_RESYNCED_FAILBACK,
+        KAFKA_PLAIN_RESYNCED_FAILBACK,
     ] {
         let (explored, violation) = check(&model(Bug::None, setup));
         assert!(violation.is_none(), "{setup:?}: {violation:#?}");
@@ -973,5 +1111,23 @@ fn a_hand_over_that_opens_an_unmarked_node_is_found() {
     finds(
         &model(Bug::CarryWithoutMark, KAFKA_PLAIN_HANDED_OVER),
         "no oversell",
+    );
+}
+
+#[test]
+fn an_epoch_that_survives_a_resync_is_found() {
+    // A admits and publishes user 0, which B lacks when promoted; A resyncs from B and is
+    // failed back to; its old stamp, copied back from B, still matches its run id, and A
+    // sells user 0's slot again.
+    finds(
+        &model(Bug::EpochSurvivesResync, KAFKA_PLAIN_RESYNCED_FAILBACK),
+        "no oversell",
+    );
+    // On a cluster: A admits user 0 and has not answered; B is promoted without it; A
+    // resyncs from B and is failed back to; the fence, matching A's run id, confirms what
+    // A no longer has.
+    finds(
+        &model(Bug::EpochSurvivesResync, STREAM_CLUSTER),
+        "every yes a row",
     );
 }

@@ -190,7 +190,7 @@ async fn replicate_from(
     Ok(())
 }
 
-/// A connection to a writable primary whose run id is none of `old`'s, looked for with a
+/// A connection to a writable primary whose epoch is none of `old`'s, looked for with a
 /// new connection each time (through the Sentinels, or the URL's endpoint) until `deadline`.
 async fn new_primary(
     config: &Config,
@@ -199,9 +199,9 @@ async fn new_primary(
 ) -> anyhow::Result<Option<RedisConnection>> {
     loop {
         if let Ok(mut con) = config.redis.connect().await
-            && let Ok((info, run_id)) = primary_and_run_id(&mut con).await
+            && let Ok((info, epoch)) = primary_and_epoch(&mut con).await
             && info.contains("role:master")
-            && !old.contains(&run_id)
+            && !old.contains(&epoch)
         {
             return Ok(Some(con));
         }
@@ -231,7 +231,7 @@ async fn primary_where_it_is(
     }
 }
 
-async fn primary_and_run_id(con: &mut RedisConnection) -> anyhow::Result<(String, String)> {
+async fn primary_and_epoch(con: &mut RedisConnection) -> anyhow::Result<(String, String)> {
     let info: String = redis::cmd("INFO")
         .arg("replication")
         .query_async(con)

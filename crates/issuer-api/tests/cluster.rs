@@ -13,8 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coupon_core::db::coupons::redis_stamp;
-use coupon_core::domain::{CouponId, QueueKind};
+use coupon_core::domain::{CouponId, QueueKind, UserId};
+use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
+use coupon_core::redis::epoch::Stamp;
 use coupon_core::redis::keys::CouponKeys;
+use coupon_core::redis::library::{self, Function};
 use futures_util::future::join_all;
 use testkit::harness::{self, TestEnv};
 use testkit::redis_cluster::{Failover, RedisCluster};
@@ -29,9 +32,18 @@ struct Clustered {
 
 impl Clustered {
     async fn start(queue: QueueKind) -> Self {
+        Self::start_shaped(queue, |_| Ok(())).await
+    }
+
+    /// The same, the cluster reshaped by `shape` before the services start.
+    async fn start_shaped(
+        queue: QueueKind,
+        shape: impl FnOnce(&mut RedisCluster) -> anyhow::Result<()>,
+    ) -> Self {
         let dir =
             std::env::temp_dir().join(format!("coupon-cluster-{}", uuid::Uuid::new_v4().simple()));
-        let cluster = RedisCluster::start(&dir).unwrap();
+        let mut cluster = RedisCluster::start(&dir).unwrap();
+        shape(&mut cluster).unwrap();
         let args = harness::cluster_args(&cluster.seed_list(), queue);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let env = TestEnv::start_with_args(queue, &harness::brokers(), 1, &args).await;
@@ -414,6 +426,128 @@ async fn the_loss_of_the_registrys_shard_keeps_every_coupons_events_flowing() {
 /// Acceptance 4: a live coupon's slot migrated to another primary under load (`MOVED`,
 /// `ASK` and `TRYAGAIN` on the way) loses nothing: every 201 has a row, exactly the
 /// quantity is sold, nothing but 503 among the errors, under 2 s of them.
+/// A shard with two replicas may have either promoted, so a yes waits for both, whatever
+/// REDIS_MIN_REPLICAS says (1 here): with one paused, the shard's next admission is 503,
+/// never a 201 the other replica alone confirmed; once it is back, the user wins.
+#[actix_web::test]
+async fn a_shard_with_two_replicas_confirms_on_both() {
+    let mut second = None;
+    let clustered = Clustered::start_shaped(QueueKind::Redis, |cluster| {
+        second = Some(cluster.add_replica(cluster.nodes[0])?);
+        Ok(())
+    })
+    .await;
+    let second = second.unwrap();
+    let env = &clustered.env;
+    let others = [clustered.cluster.nodes[1], clustered.cluster.nodes[2]];
+    let coupon = clustered.coupon_off(5, &others).await;
+    wins(env, coupon, 1).await;
+
+    clustered.cluster.pause(second).unwrap();
+    let (status, body) = env.issue(coupon, 2).await;
+    clustered.cluster.resume(second).unwrap();
+    assert_eq!(status, 503, "one replica of two confirmed a yes: {body}");
+    wins(env, coupon, 2).await;
+    clustered.tear_down().await;
+}
+
+/// A primary failed over while its replica lagged, resynced from that replica (a full sync,
+/// which discards the admission only it had) and failed back to keeps its process and run
+/// id, and its meta's stamp too where nothing rebuilt the coupon meanwhile. Neither a
+/// confirmation's fence (which may come in the few milliseconds between an admission's
+/// answer and its WAIT, so the test runs the two steps itself, with the failovers in
+/// between) nor a new admission may take that state as the one verified: its epoch is a
+/// new one.
+#[actix_web::test]
+async fn a_primary_failed_back_to_after_a_resync_is_verified_again() {
+    let clustered = Clustered::start(QueueKind::Redis).await;
+    let env = &clustered.env;
+    let coupon = clustered.coupon_off(5, &[]).await;
+    let primary = clustered.primary_of(coupon).await;
+    let replica = clustered.cluster.replica_of(primary).await.unwrap();
+    wins(env, coupon, 1).await;
+    clustered
+        .cluster
+        .await_replicated(primary, &clustered.probe_key(coupon))
+        .await
+        .unwrap();
+
+    clustered.cluster.cut_replication(primary).await.unwrap();
+    let scripts = AdmissionScripts::new(env.redis_prefix.clone(), QueueKind::Redis);
+    let mut redis = env.redis().await;
+    let id = CouponId::new(coupon).unwrap();
+    let in_force = Stamp::new(clustered.stamp(coupon).await);
+    let (admitted, stamp) = scripts
+        .admit_passing(
+            &mut redis,
+            id,
+            UserId::new(2).unwrap(),
+            Some(in_force.clone()),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(admitted, AdmitReply::Admitted(_)), "{admitted:?}");
+    let stamp = stamp.unwrap();
+
+    clustered
+        .cluster
+        .fail_over_to(replica, Failover::Takeover)
+        .await
+        .unwrap();
+    clustered
+        .cluster
+        .restore_replication(primary)
+        .await
+        .unwrap();
+    clustered
+        .cluster
+        .await_following(primary, replica)
+        .await
+        .unwrap();
+    clustered
+        .cluster
+        .fail_over_to(primary, Failover::Graceful)
+        .await
+        .unwrap();
+    let keys = env.keys(coupon);
+    let mut old_primary = testkit::redis_cluster::node(primary).await.unwrap();
+    let holders: Vec<i64> = redis::cmd("SMEMBERS")
+        .arg(&keys.issued)
+        .query_async(&mut old_primary)
+        .await
+        .unwrap();
+    assert_eq!(
+        holders,
+        [1],
+        "the resync discarded user 2 (the state this test is about)"
+    );
+    let meta: String = redis::cmd("HGET")
+        .arg(&keys.meta)
+        .arg("epoch")
+        .query_async(&mut old_primary)
+        .await
+        .unwrap();
+    assert_eq!(meta, stamp.as_str(), "nothing rebuilt the coupon meanwhile");
+
+    let mut fence = library::call(Function::Fence, &[&keys.fence, &keys.meta]);
+    fence.arg(stamp.as_str());
+    let fenced: i64 = fence.query_async(&mut redis).await.unwrap();
+    assert_eq!(
+        fenced, 0,
+        "the fence confirmed user 2's admission, lost in the resync"
+    );
+    let (again, _) = scripts
+        .admit_passing(&mut redis, id, UserId::new(3).unwrap(), Some(in_force))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        AdmitReply::Unverified,
+        "admitted on the resynced state"
+    );
+    clustered.tear_down().await;
+}
+
 async fn a_slot_migration_under_load_loses_nothing(queue: QueueKind) {
     let clustered = Clustered::start(queue).await;
     let env = &clustered.env;

@@ -90,6 +90,24 @@ impl RedisCluster {
         self.script(&["kill", &port.to_string()])
     }
 
+    /// A new node, a further replica of the primary on `primary`, once in sync; its port.
+    pub fn add_replica(&mut self, primary: u16) -> anyhow::Result<u16> {
+        let port = free_node_port()?;
+        self.script(&["add-replica", &port.to_string(), &primary.to_string()])?;
+        self.nodes.push(port);
+        Ok(port)
+    }
+
+    /// SIGSTOP of the node on `port`: it answers nobody, not even the cluster bus, until
+    /// [`RedisCluster::resume`].
+    pub fn pause(&self, port: u16) -> anyhow::Result<()> {
+        self.script(&["pause", &port.to_string()])
+    }
+
+    pub fn resume(&self, port: u16) -> anyhow::Result<()> {
+        self.script(&["resume", &port.to_string()])
+    }
+
     /// Starts the node on `port` again, with its data and its view of the cluster.
     pub fn start_node(&self, port: u16) -> anyhow::Result<()> {
         self.script(&["start-node", &port.to_string()])
@@ -277,6 +295,57 @@ impl RedisCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
+    }
+
+    /// Returns once the node on `port` replicates from the primary on `primary`, its link up
+    /// (after a full sync where it had writes the primary lacks), and every node that
+    /// answers knows it as that primary's replica (a primary ignores a manual failover asked
+    /// by a node it does not know so, and the others refuse it their votes while they take
+    /// it for a primary).
+    pub async fn await_following(&self, port: u16, primary: u16) -> anyhow::Result<()> {
+        let deadline = Instant::now() + PATIENCE;
+        let primary_id = node_id(&mut node(primary).await?).await?;
+        let follower_id = node_id(&mut node(port).await?).await?;
+        loop {
+            let mut known = true;
+            for &other in &self.nodes {
+                let Ok(mut con) = node(other).await else {
+                    continue;
+                };
+                let Ok(nodes) = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async::<String>(&mut con)
+                    .await
+                else {
+                    continue;
+                };
+                known &= nodes.lines().any(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.first() == Some(&follower_id.as_str())
+                        && fields.get(3) == Some(&primary_id.as_str())
+                });
+            }
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut node(port).await?)
+                .await?;
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .map(str::trim)
+                    .map(str::to_owned)
+            };
+            if known
+                && field("master_port:") == Some(primary.to_string())
+                && field("master_link_status:").as_deref() == Some("up")
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{port} did not follow {primary} within {PATIENCE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Cuts the replication from the primary on `primary`: its replicas' links are dropped

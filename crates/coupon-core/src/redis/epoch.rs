@@ -1,22 +1,26 @@
-//! The Redis instance's epoch: its run id.
+//! The Redis instance's epoch: its run id, and the replication id it had when its function
+//! library was last loaded (`scripts/epoch.lua`).
 //!
 //! Invariant: a coupon admits only on state verified under the instance that holds it now.
 //! A Redis that restarted from an append-only file missing its tail, or a replica promoted
 //! before it caught up, holds a rewound copy: the meta may still be there while the last
 //! admissions are not, and admitting on it would sell their slots again. Each such instance
-//! has a new run id, so the coupon's meta, stamped with the run id it was verified under
+//! has a new epoch, so the coupon's meta, stamped with the epoch it was verified under
 //! (`scripts/load_meta.lua`), no longer matches, and the admission script sends the request
 //! down the rebuild path (`scripts/admission.lua`, code UNVERIFIED).
 //!
 //! Why the run id, read by the scripts themselves: anything written into the keyspace (a
 //! marker key, even one kept out of the AOF) comes back from an AOF rewrite or a snapshot,
 //! and anything the API remembers can be stale the moment Redis restarts; the run id is the
-//! server's own and cannot be rewound.
+//! server's own and cannot be rewound. The replication id joins it because a full sync keeps
+//! the process and its run id but replaces the data set: a primary failed over while its
+//! replica lagged, resynced from that replica and failed back to would otherwise find its
+//! own old stamp, copied back, matching it (`failover_model.rs`, `Bug::EpochSurvivesResync`).
 //!
 //! The run id alone does not catch a node that kept running while another took over: a
 //! failback to the old primary, or a node re-pointed at a stale one and promoted, keeps its
 //! run id and a meta stamped with it, and the state is rewound all the same. So the meta
-//! holds a [`Stamp`], the run id and a nonce of one verification, and PostgreSQL keeps the
+//! holds a [`Stamp`], the epoch and a nonce of one verification, and PostgreSQL keeps the
 //! stamp in force for each coupon (`crate::db::coupons::redis_stamp`): it outlives any
 //! Redis node and any API. An API passes the stamp in force with each admission; a meta
 //! that carries another one (the old primary's, from before the takeover) does not admit.
@@ -29,7 +33,7 @@ use redis::{FromRedisValue, RedisError, Value};
 
 use crate::redis::library::{self, Function};
 
-/// One verification of a coupon's Redis state: `<run id>/<nonce>`, made by the scripts
+/// One verification of a coupon's Redis state: `<epoch>/<nonce>`, made by the scripts
 /// that verify (`scripts/load_meta.lua`); compared whole, never taken apart here.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Stamp(Arc<str>);
@@ -39,10 +43,10 @@ impl Stamp {
         Self(text.into())
     }
 
-    /// A new verification's stamp under `run_id`, with a nonce of its own (`load_meta.lua`
+    /// A new verification's stamp under `epoch`, with a nonce of its own (`load_meta.lua`
     /// builds the same shape for a creation's first load).
-    pub fn fresh(run_id: &str) -> Self {
-        Self::new(format!("{run_id}/{}", uuid::Uuid::new_v4().simple()))
+    pub fn fresh(epoch: &str) -> Self {
+        Self::new(format!("{epoch}/{}", uuid::Uuid::new_v4().simple()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -3,9 +3,9 @@
 //! lease, the hand-over's close, the registry, a cluster's replica fence and the epoch
 //! itself.
 //!
-//! Why a library rather than EVAL: the instance's run id costs an `INFO server` to read,
+//! Why a library rather than EVAL: the instance's epoch costs two `INFO`s to read,
 //! and admission reads it on every request, refusals included. A library's locals live as
-//! long as it stays loaded on that instance, so the run id is read once (`scripts/epoch.lua`
+//! long as it stays loaded on that instance, so the epoch is read once (`scripts/epoch.lua`
 //! says why that cannot go stale). Measured in docs/performance.md.
 //!
 //! The library's name carries a hash of its source: during a rolling upgrade each version

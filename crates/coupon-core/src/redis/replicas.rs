@@ -8,6 +8,14 @@
 //! confirming writes the promoted one never gets. A replica added while a process runs is
 //! waited for from the next count on; one forgotten with SENTINEL RESET no longer is, once
 //! ten counts in a row agree.
+//!
+//! On a Redis Cluster the same holds of each shard: the cluster may promote any replica of
+//! the shard, failed ones included once they return (the cluster runs with
+//! `cluster-replica-validity-factor 0`). So every WAIT waits for the replicas of the shard
+//! that has the most, as `CLUSTER NODES` lists them, counted again each second, never
+//! fewer than REDIS_MIN_REPLICAS. A shard with fewer (a promoted replica whose old primary
+//! has not returned) confirms nothing meanwhile: its coupons answer 503, and the others
+//! sell.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
@@ -17,8 +25,9 @@ use redis::RedisError;
 
 use crate::config::{RedisArgs, ReplicaArgs};
 use crate::domain::QueueKind;
+use crate::redis::connection::RedisConnection;
 
-/// How often the replicas the Sentinels know are counted again.
+/// How often the replicas the Sentinels (or the cluster) know are counted again.
 const RECOUNT: Duration = Duration::from_secs(1);
 /// Recounts in a row that must find fewer replicas before fewer are waited for: a Sentinel
 /// just restarted, or mid-failover, may list fewer than can be promoted, and waiting for
@@ -112,16 +121,62 @@ fn no_sentinel() -> RedisError {
     RedisError::from((redis::ErrorKind::InvalidClientConfig, "no Sentinel given"))
 }
 
+/// Who knows the replicas that may be promoted.
+pub enum Census {
+    Sentinels(Sentinels),
+    /// A Redis Cluster, asked through a cluster connection: the replicas of its shard that
+    /// has the most.
+    Cluster(RedisConnection),
+}
+
+impl Census {
+    async fn known_replicas(&mut self) -> Result<u32, RedisError> {
+        match self {
+            Self::Sentinels(sentinels) => sentinels.known_replicas().await,
+            Self::Cluster(cluster) => {
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(cluster)
+                    .await?;
+                Ok(most_replicas_of_a_shard(&nodes))
+            }
+        }
+    }
+}
+
+/// The most replicas any primary that serves slots has, in a `CLUSTER NODES` reply
+/// (`<id> <address> <flags> <primary id or -> ...`, one node a line): a failed replica is
+/// still listed, and still counts, since it may return and be promoted.
+fn most_replicas_of_a_shard(nodes: &str) -> u32 {
+    let lines: Vec<Vec<&str>> = nodes
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    let serves_slots = |fields: &&Vec<&str>| fields.len() > 8;
+    lines
+        .iter()
+        .filter(serves_slots)
+        .map(|primary| {
+            let replicas = lines
+                .iter()
+                .filter(|node| node.len() > 3 && node[3] == primary[0])
+                .count();
+            u32::try_from(replicas).unwrap_or(u32::MAX)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Which replicas each WAIT waits for.
 pub enum Replicas {
     /// A fixed number (REDIS_MIN_REPLICAS, behind a plain URL).
     Fixed(u32),
-    /// Every replica the Sentinels know (`known` at start), counted again each second,
+    /// Every replica the census knows (`known` at start), counted again each second,
     /// never fewer than `floor` (REDIS_MIN_REPLICAS).
-    Sentinels {
+    Counted {
         known: u32,
         floor: u32,
-        sentinels: Sentinels,
+        census: Census,
     },
 }
 
@@ -134,13 +189,13 @@ impl Required {
     pub fn start(replicas: Replicas) -> Self {
         match replicas {
             Replicas::Fixed(count) => Self(Arc::new(AtomicU32::new(count))),
-            Replicas::Sentinels {
+            Replicas::Counted {
                 known,
                 floor,
-                sentinels,
+                census,
             } => {
                 let count = Arc::new(AtomicU32::new(known.max(floor)));
-                tokio::spawn(recount(sentinels, floor, Arc::downgrade(&count)));
+                tokio::spawn(recount(census, floor, Arc::downgrade(&count)));
                 Self(count)
             }
         }
@@ -153,7 +208,7 @@ impl Required {
 
 /// More replicas apply at once, fewer once `FEWER_AFTER_RECOUNTS` counts in a row find
 /// fewer. A count that cannot be read leaves the last one in force.
-async fn recount(sentinels: Sentinels, floor: u32, required: Weak<AtomicU32>) {
+async fn recount(mut census: Census, floor: u32, required: Weak<AtomicU32>) {
     let mut unreadable = false;
     let mut fewer_found = 0;
     loop {
@@ -161,7 +216,7 @@ async fn recount(sentinels: Sentinels, floor: u32, required: Weak<AtomicU32>) {
         let Some(required) = required.upgrade() else {
             return;
         };
-        match sentinels.known_replicas().await {
+        match census.known_replicas().await {
             Ok(known) => {
                 unreadable = false;
                 let counted = floor.max(known);
@@ -173,14 +228,14 @@ async fn recount(sentinels: Sentinels, floor: u32, required: Weak<AtomicU32>) {
                     tracing::info!(
                         before,
                         now = counted,
-                        "the replicas the Sentinels know changed; every write that must be \
+                        "the replicas that may be promoted changed; every write that must be \
                          confirmed waits for them all"
                     );
                 }
             }
             Err(err) => {
                 if !unreadable {
-                    tracing::warn!(error = %err, "cannot count the replicas the Sentinels know; the last count stands");
+                    tracing::warn!(error = %err, "cannot count the replicas that may be promoted; the last count stands");
                 }
                 unreadable = true;
             }
@@ -205,6 +260,10 @@ pub enum ReplicaSetupError {
     StreamsOnClusterUnreplicated,
     #[error("cannot ask the Sentinels how many replicas the primary has: {0}")]
     Sentinels(#[source] redis::RedisError),
+    #[error("cannot ask the Redis Cluster how many replicas its shards have: {0}")]
+    Cluster(#[source] crate::redis::connect::RedisSetupError),
+    #[error("cannot ask the Redis Cluster how many replicas its shards have: {0}")]
+    ClusterNodes(#[source] redis::RedisError),
     #[error(
         "REDIS_MIN_REPLICAS is {floor} but the Sentinels know only {known} replicas of \
          {master}: no write could ever be confirmed"
@@ -231,8 +290,8 @@ impl ReplicaArgs {
     /// The replicas each confirmation waits for, or None where none is required (one node,
     /// or replicas behind a plain URL with REDIS_MIN_REPLICAS at 0). Under Sentinel every
     /// replica the Sentinels know, whatever REDIS_MIN_REPLICAS says. On a Redis Cluster,
-    /// REDIS_MIN_REPLICAS of each coupon's shard: required in the Redis queue mode, not
-    /// offered in Kafka mode (`queue`).
+    /// every replica of the shard that has the most, never fewer than REDIS_MIN_REPLICAS:
+    /// required in the Redis queue mode, not offered in Kafka mode (`queue`).
     pub async fn required(
         &self,
         redis: &RedisArgs,
@@ -241,14 +300,26 @@ impl ReplicaArgs {
         let floor = self.redis_min_replicas;
         let replicas = match redis.sentinels() {
             // On a cluster each coupon's replicas confirm on its own shard (issuer-api's
-            // `replication`): the count is the floor, one shard like another.
+            // `replication`).
             None if !redis.redis_cluster_nodes.is_empty() => match (queue, floor) {
                 (QueueKind::Kafka, 0) => return Ok(None),
                 (QueueKind::Kafka, _) => return Err(ReplicaSetupError::KafkaModeOnCluster),
                 (QueueKind::Redis, 0) => {
                     return Err(ReplicaSetupError::StreamsOnClusterUnreplicated);
                 }
-                (QueueKind::Redis, floor) => Replicas::Fixed(floor),
+                (QueueKind::Redis, floor) => {
+                    let mut census =
+                        Census::Cluster(redis.connect().await.map_err(ReplicaSetupError::Cluster)?);
+                    let known = census
+                        .known_replicas()
+                        .await
+                        .map_err(ReplicaSetupError::ClusterNodes)?;
+                    Replicas::Counted {
+                        known,
+                        floor,
+                        census,
+                    }
+                }
             },
             Some(sentinels) => {
                 let known = sentinels
@@ -262,10 +333,10 @@ impl ReplicaArgs {
                         master: sentinels.master,
                     });
                 }
-                Replicas::Sentinels {
+                Replicas::Counted {
                     known,
                     floor,
-                    sentinels,
+                    census: Census::Sentinels(sentinels),
                 }
             }
             None if floor > 0 => Replicas::Fixed(floor),
@@ -281,5 +352,33 @@ impl ReplicaArgs {
             });
         }
         Ok(Some(Required::start(replicas)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::most_replicas_of_a_shard;
+
+    #[test]
+    fn a_shards_replicas_are_counted_failed_ones_too() {
+        // Three primaries; the first has two replicas, one of them failed; the second one;
+        // the third none (its replica was promoted in place of a primary that has not
+        // returned, which serves no slots and is counted for nobody).
+        let nodes = "\
+a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
+b1 127.0.0.1:7002@17002 master - 0 0 2 connected 5461-10922
+c2 127.0.0.1:7006@17006 master - 0 0 7 connected 10923-16383
+a2 127.0.0.1:7004@17004 slave a1 0 0 1 connected
+a3 127.0.0.1:7007@17007 slave,fail a1 0 0 1 connected
+b2 127.0.0.1:7005@17005 slave b1 0 0 2 connected
+c1 127.0.0.1:7003@17003 master,fail - 0 0 3 disconnected
+";
+        assert_eq!(most_replicas_of_a_shard(nodes), 2);
+        let without_a3: String = nodes
+            .lines()
+            .filter(|l| !l.starts_with("a3"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(most_replicas_of_a_shard(&without_a3), 1);
     }
 }

@@ -90,8 +90,8 @@ impl Issuer {
                 .close_for_hand_over(&mut redis, &held, &stamp, lease)
                 .await
             {
-                Ok(Some(run_id)) => {
-                    closed.on.insert(run_id);
+                Ok(Some(epoch)) => {
+                    closed.on.insert(epoch);
                     closed.coupons.push((held, stamp));
                 }
                 Ok(None) => left.push(coupon),

@@ -6,11 +6,13 @@
 //! and replaces its connections itself, so a confirmation cannot rest on the connection the
 //! admission used. It rests on the instance instead: one pipeline, on one connection to the
 //! coupon's primary, sends a fence write made only if the admission's stamp names that
-//! instance (`scripts/fence.lua`), then the WAIT. One instance has one replication stream,
+//! instance in its present incarnation and is its meta's stamp still (`scripts/fence.lua`),
+//! then the WAIT. One instance has one replication stream,
 //! and the fence is sent after the admission's reply came back, so it is applied after the
 //! admission: a replica that acknowledged the fence has the admission. A fence refused
-//! (another instance holds the coupon now: a failover or a slot migration in between)
-//! confirms nothing, and the answer is 503. A pipeline the client sends again on a new
+//! (another instance holds the coupon now: a failover or a slot migration in between; this
+//! one resynced from another, a full sync that discards what only it had; a rebuild
+//! replaced the state) confirms nothing, and the answer is 503. A pipeline the client sends again on a new
 //! connection sends its fence again too.
 //!
 //! Confirmations asked for while one is in flight are grouped by coupon and stamp: one fence
@@ -107,9 +109,9 @@ async fn confirm_in_groups(
         let min = required.count();
         let confirmations = groups.into_iter().map(|((coupon, stamp), tellers)| {
             let mut redis = redis.clone();
-            let fence = CouponKeys::new(&key_prefix, coupon).fence;
+            let keys = CouponKeys::new(&key_prefix, coupon);
             async move {
-                let answer = fence_and_wait(&mut redis, &fence, &stamp, min, timeout)
+                let answer = fence_and_wait(&mut redis, &keys, &stamp, min, timeout)
                     .await
                     .map(|count| (count, min));
                 for tell in tellers {
@@ -126,12 +128,12 @@ async fn confirm_in_groups(
 /// acknowledged.
 async fn fence_and_wait(
     redis: &mut RedisConnection,
-    fence: &str,
+    keys: &CouponKeys,
     stamp: &Stamp,
     min: u32,
     timeout: Duration,
 ) -> Result<u32, String> {
-    let mut call = library::call(Function::Fence, &[fence]);
+    let mut call = library::call(Function::Fence, &[&keys.fence, &keys.meta]);
     call.arg(stamp.as_str());
     let mut pipe = redis::pipe();
     pipe.add_command(call)
@@ -139,13 +141,13 @@ async fn fence_and_wait(
         .arg(min)
         .arg(timeout.as_millis() as u64);
     let (fenced, count): (i64, u32) = redis
-        .pipeline_on_node_of(fence, &pipe)
+        .pipeline_on_node_of(&keys.fence, &pipe)
         .await
         .map_err(|err| err.to_string())?;
     if fenced == 0 {
         return Err(
-            "another instance holds the coupon now: whether the replicas of the one \
-                    that decided have it is unknown"
+            "another instance, or another verification, holds the coupon now: whether the \
+             replicas of the one that decided have it is unknown"
                 .to_owned(),
         );
     }

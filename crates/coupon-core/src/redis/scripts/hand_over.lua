@@ -10,7 +10,7 @@
 -- the coupon opens on the new primary (load_meta.lua's 'verified', which checks the token)
 -- only where the token is there; elsewhere it stays closed and is rebuilt. Verified first:
 -- closing a state that is already rewound would hand the rewind over.
--- Returns this node's run id when closed (the hand-over then waits for a primary with
+-- Returns this node's epoch when closed (the hand-over then waits for a primary with
 -- another), else false (not verified here, or a lease is held).
 local stamp = redis.call('HGET', KEYS[2], 'epoch')
 if stamp ~= ARGV[3] or not stamped_here(stamp) then
