@@ -56,6 +56,13 @@ cluster_ok() { # cluster_ok PORT...
   done
 }
 
+replicas_known() { # replicas_known PORT...
+  local port
+  for port in "$@"; do
+    [ "$(redis-cli -p "$port" CLUSTER NODES 2>/dev/null | grep -c ' [^ ]*slave ')" -eq $(($# / 2)) ] || return 1
+  done
+}
+
 start() { # start DIR PORTS
   local dir=$1 ports port
   IFS=, read -r -a ports <<<"$2"
@@ -75,6 +82,9 @@ start() { # start DIR PORTS
   redis-cli --cluster create "${addresses[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 ||
     die "redis-cli --cluster create failed (see $dir/create.log)"
   wait_for 20 "the cluster's state ok on every node" cluster_ok "${ports[@]}"
+  # Roles travel by gossip: until every node knows every replica as one, a replica asking
+  # for votes (a failover) is refused by those that take it for a primary.
+  wait_for 20 "every node knowing every replica" replicas_known "${ports[@]}"
   log "cluster of ${#ports[@]} nodes on 127.0.0.1: REDIS_CLUSTER_NODES=$(IFS=,; echo "${addresses[*]}")"
 }
 

@@ -15,11 +15,12 @@
 //! replaced the state) confirms nothing, and the answer is 503. A pipeline the client sends again on a new
 //! connection sends its fence again too.
 //!
-//! Confirmations asked for while one is in flight are grouped by coupon and stamp: one fence
-//! and one WAIT each, on a cluster connection of the confirmations' own (a WAIT holds up
-//! every command behind it on its connection).
+//! Confirmations asked for while one of their coupon's is in flight are grouped by coupon
+//! and stamp: one fence and one WAIT each, on a cluster connection of the confirmations' own
+//! (a WAIT holds up every command behind it on its connection). Each coupon's go on their
+//! own: a shard that cannot confirm holds up only its own coupons.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use coupon_core::domain::CouponId;
@@ -28,6 +29,8 @@ use coupon_core::redis::epoch::Stamp;
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::library::{self, Function};
 use coupon_core::redis::replicas::Required;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
@@ -90,6 +93,10 @@ impl ShardReplication {
     }
 }
 
+/// One confirmation in flight per coupon and stamp: askers that come meanwhile wait for it
+/// to end, then go together (one fence and one WAIT for all of them). Coupons do not wait
+/// for each other: a shard whose WAIT runs out (its replica down) holds up its own
+/// coupons' answers only.
 async fn confirm_in_groups(
     redis: RedisConnection,
     key_prefix: String,
@@ -97,30 +104,45 @@ async fn confirm_in_groups(
     timeout: Duration,
     mut waiting: mpsc::UnboundedReceiver<Asker>,
 ) {
-    while let Some(first) = waiting.recv().await {
-        let mut groups: HashMap<(CouponId, Stamp), Vec<oneshot::Sender<Confirmed>>> =
-            HashMap::new();
-        let mut add =
-            |(coupon, stamp, tell): Asker| groups.entry((coupon, stamp)).or_default().push(tell);
-        add(first);
-        while let Ok(next) = waiting.try_recv() {
-            add(next);
+    let mut queued: HashMap<(CouponId, Stamp), Vec<oneshot::Sender<Confirmed>>> = HashMap::new();
+    let mut flying = FuturesUnordered::new();
+    let mut busy: HashSet<(CouponId, Stamp)> = HashSet::new();
+    let mut open = true;
+    while open || !flying.is_empty() {
+        tokio::select! {
+            asker = waiting.recv(), if open => match asker {
+                Some((coupon, stamp, tell)) => queued.entry((coupon, stamp)).or_default().push(tell),
+                // Every handle is gone: what is in flight still answers its askers.
+                None => open = false,
+            },
+            Some(done) = flying.next() => {
+                busy.remove(&done);
+            }
         }
-        let min = required.count();
-        let confirmations = groups.into_iter().map(|((coupon, stamp), tellers)| {
+        let ready: Vec<(CouponId, Stamp)> = queued
+            .keys()
+            .filter(|key| !busy.contains(*key))
+            .cloned()
+            .collect();
+        for key in ready {
+            let Some(tellers) = queued.remove(&key) else {
+                continue;
+            };
+            busy.insert(key.clone());
             let mut redis = redis.clone();
-            let keys = CouponKeys::new(&key_prefix, coupon);
-            async move {
-                let answer = fence_and_wait(&mut redis, &keys, &stamp, min, timeout)
+            let keys = CouponKeys::new(&key_prefix, key.0);
+            let min = required.count();
+            flying.push(async move {
+                let answer = fence_and_wait(&mut redis, &keys, &key.1, min, timeout)
                     .await
                     .map(|count| (count, min));
                 for tell in tellers {
                     // An asker that went away needs no answer.
                     let _ = tell.send(answer.clone());
                 }
-            }
-        });
-        futures_util::future::join_all(confirmations).await;
+                key
+            });
+        }
     }
 }
 

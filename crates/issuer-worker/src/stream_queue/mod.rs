@@ -154,6 +154,7 @@ impl StreamQueue {
     /// per coupon), each confirmed on its coupon's shard (`confirm`); when none had
     /// anything, the reader pauses [`IDLE_POLL`] (at most `block`) before the next round.
     /// What the replicas did not confirm stays pending, to be claimed and confirmed again.
+    /// A failed read is the round's error, once what the others read is taken.
     async fn read_each(
         &self,
         streams: &[String],
@@ -188,16 +189,26 @@ impl StreamQueue {
             }
         });
         let mut found = false;
-        for read in futures_util::future::try_join_all(reads).await? {
+        let mut failed = None;
+        // Every read's outcome is used: a stream whose shard fails does not discard what the
+        // others read (it would sit in this consumer's pending list until claimed).
+        for read in futures_util::future::join_all(reads).await {
             let (reply, confirmed) = match read {
-                Read::Confirmed(reply) => (reply, true),
-                Read::Unconfirmed { reply, .. } => (reply, false),
+                Ok(Read::Confirmed(reply)) => (reply, true),
+                Ok(Read::Unconfirmed { reply, .. }) => (reply, false),
+                Err(err) => {
+                    failed.get_or_insert(err);
+                    continue;
+                }
             };
             if let Some(reply) = reply.filter(|reply| reply.keys.iter().any(|k| !k.ids.is_empty()))
             {
                 found = true;
                 self.take(reply, confirmed, batch).await;
             }
+        }
+        if let Some(err) = failed {
+            return Err(err);
         }
         if !found {
             sleep(IDLE_POLL.min(block)).await;
