@@ -30,6 +30,7 @@ use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::library::{self, Function};
 use coupon_core::redis::replicas::Required;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 
@@ -93,10 +94,17 @@ impl ShardReplication {
     }
 }
 
+/// How long the WAIT of a coupon whose last confirmation fell short may take. One node's
+/// confirmations share one connection, which a WAIT holds: at the full
+/// REDIS_REPLICA_TIMEOUT_MS each, the WAITs of a shard that cannot confirm (its replica
+/// down) would queue up behind each other past the command timeout.
+const PROBE: Duration = Duration::from_millis(50);
+
 /// One confirmation in flight per coupon and stamp: askers that come meanwhile wait for it
 /// to end, then go together (one fence and one WAIT for all of them). Coupons do not wait
 /// for each other: a shard whose WAIT runs out (its replica down) holds up its own
-/// coupons' answers only.
+/// coupons' answers only, and after one falls short a coupon's next WAITs wait [`PROBE`]
+/// at most, until one confirms.
 async fn confirm_in_groups(
     redis: RedisConnection,
     key_prefix: String,
@@ -105,8 +113,10 @@ async fn confirm_in_groups(
     mut waiting: mpsc::UnboundedReceiver<Asker>,
 ) {
     let mut queued: HashMap<(CouponId, Stamp), Vec<oneshot::Sender<Confirmed>>> = HashMap::new();
-    let mut flying = FuturesUnordered::new();
+    let mut flying: FuturesUnordered<BoxFuture<'static, ((CouponId, Stamp), bool)>> =
+        FuturesUnordered::new();
     let mut busy: HashSet<(CouponId, Stamp)> = HashSet::new();
+    let mut short: HashSet<CouponId> = HashSet::new();
     let mut open = true;
     while open || !flying.is_empty() {
         tokio::select! {
@@ -115,8 +125,13 @@ async fn confirm_in_groups(
                 // Every handle is gone: what is in flight still answers its askers.
                 None => open = false,
             },
-            Some(done) = flying.next() => {
-                busy.remove(&done);
+            Some(((coupon, stamp), confirmed)) = flying.next() => {
+                if confirmed {
+                    short.remove(&coupon);
+                } else {
+                    short.insert(coupon);
+                }
+                busy.remove(&(coupon, stamp));
             }
         }
         let ready: Vec<(CouponId, Stamp)> = queued
@@ -132,16 +147,22 @@ async fn confirm_in_groups(
             let mut redis = redis.clone();
             let keys = CouponKeys::new(&key_prefix, key.0);
             let min = required.count();
-            flying.push(async move {
-                let answer = fence_and_wait(&mut redis, &keys, &key.1, min, timeout)
+            let wait = if short.contains(&key.0) {
+                PROBE
+            } else {
+                timeout
+            };
+            flying.push(Box::pin(async move {
+                let answer = fence_and_wait(&mut redis, &keys, &key.1, min, wait)
                     .await
                     .map(|count| (count, min));
                 for tell in tellers {
                     // An asker that went away needs no answer.
                     let _ = tell.send(answer.clone());
                 }
-                key
-            });
+                let confirmed = matches!(answer, Ok((count, min)) if count >= min);
+                (key, confirmed)
+            }));
         }
     }
 }

@@ -48,14 +48,15 @@ pub(super) enum Read<T> {
 const FENCE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Confirmation {
-    /// Sends `read`, then the write to `fence` and the WAIT, in one pipeline on one
-    /// connection to the node that holds `fence` (on a cluster, the coupon's own fence on
-    /// its shard: the read's stream is there too).
+    /// Sends `read`, then the write to `fence` and the WAIT (for at most `wait`), in one
+    /// pipeline on one connection to the node that holds `fence` (on a cluster, the coupon's
+    /// own fence on its shard: the read's stream is there too).
     pub(super) async fn read<T: FromRedisValue>(
         &self,
         connection: &mut RedisConnection,
         read: redis::Cmd,
         fence: &str,
+        wait: Duration,
     ) -> Result<Read<T>, RedisError> {
         let required = self.required.count();
         let mut pipe = redis::pipe();
@@ -63,7 +64,7 @@ impl Confirmation {
             .pexpire(fence, FENCE_TTL.as_millis() as i64)
             .cmd("WAIT")
             .arg(required)
-            .arg(self.timeout.as_millis() as u64);
+            .arg(wait.as_millis() as u64);
         let (reply, fenced, confirmed): (T, bool, u32) =
             connection.pipeline_on_node_of(fence, &pipe).await?;
         if !fenced {

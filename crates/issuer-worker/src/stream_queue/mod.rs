@@ -57,6 +57,13 @@ const ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// On a cluster, the pause after a round of reads that found nothing (`read_each`): the
 /// longest a first entry after a quiet spell waits, against one read per coupon per round.
 const IDLE_POLL: Duration = Duration::from_millis(20);
+/// On a cluster, how long a coupon whose last read its shard did not confirm (its replica
+/// down, say) is left out of the reads, and how long its next read's WAIT may take. Every
+/// read of one node shares one connection, and a WAIT holds it: at the full
+/// REDIS_REPLICA_TIMEOUT_MS each, the WAITs of a shard that cannot confirm queue up behind
+/// each other past the command timeout, and each round of reads waits for its slowest.
+const UNCONFIRMED_RETRY: Duration = Duration::from_secs(1);
+const UNCONFIRMED_PROBE: Duration = Duration::from_millis(50);
 
 /// Entry ids to XACK, per stream.
 pub type EntryIds = BTreeMap<String, Vec<String>>;
@@ -88,6 +95,9 @@ struct State {
     registrations: Vec<Registration>,
     refresh_streams_at: Instant,
     next_maintenance: Instant,
+    /// On a cluster, coupons whose last read was not confirmed, and when to read them again
+    /// ([`UNCONFIRMED_RETRY`]).
+    unconfirmed: HashMap<CouponId, Instant>,
 }
 
 impl StreamQueue {
@@ -120,6 +130,7 @@ impl StreamQueue {
                 registrations: Vec::new(),
                 refresh_streams_at: Instant::now(),
                 next_maintenance: Instant::now(),
+                unconfirmed: HashMap::new(),
             }),
         };
         tracing::info!(consumer = %queue.consumer, group = %queue.group, "reading the coupon streams");
@@ -128,7 +139,8 @@ impl StreamQueue {
 
     /// Sends `read` on `connection`, confirmed by the replicas where they must confirm:
     /// with a fence write on `coupon`'s shard on a cluster (the read must be of that coupon's
-    /// stream), else on the one node's fence.
+    /// stream), else on the one node's fence. On a cluster, a coupon whose last read was not
+    /// confirmed waits [`UNCONFIRMED_PROBE`] at most for its replicas.
     async fn read<T: FromRedisValue>(
         &self,
         connection: &RedisConnection,
@@ -139,13 +151,45 @@ impl StreamQueue {
         let Some(confirmation) = &self.confirmation else {
             return Ok(Read::Confirmed(read.query_async(&mut connection).await?));
         };
-        let fence = match coupon {
+        let (fence, wait) = match coupon {
             Some(coupon) if connection.is_cluster() => {
-                CouponKeys::new(&self.key_prefix, coupon).fence
+                let probing = self.state().unconfirmed.contains_key(&coupon);
+                let wait = if probing {
+                    UNCONFIRMED_PROBE
+                } else {
+                    confirmation.timeout
+                };
+                (CouponKeys::new(&self.key_prefix, coupon).fence, wait)
             }
-            _ => CouponKeys::replication_fence(&self.key_prefix),
+            _ => (
+                CouponKeys::replication_fence(&self.key_prefix),
+                confirmation.timeout,
+            ),
         };
-        confirmation.read(&mut connection, read, &fence).await
+        let read = confirmation.read(&mut connection, read, &fence, wait).await;
+        if let Some(coupon) = coupon.filter(|_| connection.is_cluster()) {
+            let mut state = self.state();
+            match &read {
+                Ok(Read::Confirmed(_)) => {
+                    state.unconfirmed.remove(&coupon);
+                }
+                _ => {
+                    state
+                        .unconfirmed
+                        .insert(coupon, Instant::now() + UNCONFIRMED_RETRY);
+                }
+            }
+        }
+        read
+    }
+
+    /// Whether `coupon`'s stream sits this round out: its last read was not confirmed, and
+    /// [`UNCONFIRMED_RETRY`] has not passed since.
+    fn sits_out(&self, coupon: CouponId) -> bool {
+        self.state()
+            .unconfirmed
+            .get(&coupon)
+            .is_some_and(|retry| Instant::now() < *retry)
     }
 
     /// On a Redis Cluster: one XREADGROUP cannot span slots, and each coupon's stream is on
@@ -171,23 +215,26 @@ impl StreamQueue {
             .iter()
             .map(|r| (CouponKeys::new(&self.key_prefix, r.coupon).stream, r.coupon))
             .collect();
-        let reads = streams.iter().map(|stream| {
-            let read = redis::Cmd::xread_options(&[stream], &[">"], &options);
-            let coupon = coupons.get(stream).copied();
-            async move {
-                match coupon {
-                    Some(coupon) => {
-                        self.read::<Option<StreamReadReply>>(&self.reader, read, Some(coupon))
-                            .await
+        let reads = streams
+            .iter()
+            .filter(|stream| !coupons.get(*stream).is_some_and(|c| self.sits_out(*c)))
+            .map(|stream| {
+                let read = redis::Cmd::xread_options(&[stream], &[">"], &options);
+                let coupon = coupons.get(stream).copied();
+                async move {
+                    match coupon {
+                        Some(coupon) => {
+                            self.read::<Option<StreamReadReply>>(&self.reader, read, Some(coupon))
+                                .await
+                        }
+                        // The registry stream only wakes readers: nothing in it is persisted,
+                        // and no coupon's fence is on its slot.
+                        None => Ok(Read::Confirmed(
+                            read.query_async(&mut self.reader.clone()).await?,
+                        )),
                     }
-                    // The registry stream only wakes readers: nothing in it is persisted,
-                    // and no coupon's fence is on its slot.
-                    None => Ok(Read::Confirmed(
-                        read.query_async(&mut self.reader.clone()).await?,
-                    )),
                 }
-            }
-        });
+            });
         let mut found = false;
         let mut failed = None;
         // Every read's outcome is used: a stream whose shard fails does not discard what the
