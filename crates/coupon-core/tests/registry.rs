@@ -18,6 +18,7 @@ use coupon_core::redis::registry::{Registration, Registry};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Cmd};
 use testkit::intercept::{At, Intercepted, has_arg};
+use testkit::redis_server::RedisServer;
 
 use testkit::shared_redis::{self, prefix, redis};
 
@@ -106,7 +107,7 @@ async fn a_rebuild_between_the_finished_check_and_the_retire_keeps_the_coupon() 
     let sold_out = with_quantity(1);
     scripts.load_meta(&mut con, &sold_out).await.unwrap();
     let _: () = con.sadd(scripts.keys(sold_out.id).issued, 5).await.unwrap();
-    let registration: Registration = *registry.members(&mut con).await.unwrap().first().unwrap();
+    let registration: Registration = registry.members(&mut con).await.unwrap()[0].clone();
     assert!(
         registry
             .is_finished(&mut con, sold_out.id, "")
@@ -216,4 +217,54 @@ async fn a_stream_coupon_is_finished_once_the_group_acknowledged_everything() {
     assert!(!finished(&mut con).await, "delivered, not acknowledged");
     let _: () = con.xack(&stream, GROUP, &[entry]).await.unwrap();
     assert!(finished(&mut con).await, "acknowledged");
+}
+
+/// A registration's generation must never come again, even after a failover to a replica
+/// that lacked the primary's last increments: a worker that read the old primary's last
+/// generation and judged the coupon finished would otherwise retire the registration the
+/// promoted replica gave the coupon again (a rebuild reopened it), and nobody would read
+/// its events any more. The primary's last registration is made after the replica is cut
+/// off (promoted, as a failover does).
+#[tokio::test]
+async fn a_generation_lost_in_a_failover_is_never_given_again() {
+    let dir = std::env::temp_dir().join(format!("registry-{}", uuid::Uuid::new_v4().simple()));
+    let primary = RedisServer::start(&dir.join("primary"), &[]).await.unwrap();
+    let mut replica = RedisServer::replica_of(primary.port, &dir.join("replica"))
+        .await
+        .unwrap();
+    let connect = |url: String| async move {
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    };
+    let (mut old, mut new) = (connect(primary.url()).await, connect(replica.url()).await);
+    let registry = Registry::new(prefix(), QueueKind::Redis);
+    let coupon = CouponId::new(7).unwrap();
+    registry.register(&mut old, coupon).await.unwrap();
+    let acknowledged: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5_000)
+        .query_async(&mut old)
+        .await
+        .unwrap();
+    assert_eq!(acknowledged, 1, "the replica has the first registration");
+
+    replica.promote().await.unwrap();
+    let lost = registry.register(&mut old, coupon).await.unwrap();
+    let again = registry.register(&mut new, coupon).await.unwrap();
+    assert_ne!(
+        lost.generation, again.generation,
+        "a generation given twice"
+    );
+    assert!(!registry.retire(&mut new, lost).await.unwrap());
+    let members = registry.members(&mut new).await.unwrap();
+    assert_eq!(
+        members,
+        [again],
+        "a stale retire removed the registration made again"
+    );
+    drop((primary, replica));
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -21,7 +21,7 @@
 //! finished check and the retire are two scripts; the generation is what joins them.
 
 use redis::aio::ConnectionLike;
-use redis::{AsyncCommands, Cmd, RedisError};
+use redis::{AsyncCommands, Cmd, FromRedisValue, ParsingError, RedisError, Value};
 
 use crate::domain::CouponId;
 use crate::domain::QueueKind;
@@ -32,10 +32,23 @@ use crate::redis::library::{self, Function};
 const WAKE_STREAM_LEN: usize = 1_000;
 
 /// One coupon's current registration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
     pub coupon: CouponId,
-    pub generation: u64,
+    pub generation: Generation,
+}
+
+/// A registration's generation, never given twice: `<epoch>.<count>`, the registry
+/// instance's epoch (`scripts/epoch.lua`) and its counter. The counter alone rewinds when a
+/// replica that lacked its last increments is promoted, and would give again a generation
+/// a retire may have read on the lost primary (`a_generation_lost_in_a_failover_is_never_given_again`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation(String);
+
+impl FromRedisValue for Generation {
+    fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
+        String::from_redis_value(value).map(Self)
+    }
 }
 
 #[derive(Clone)]
@@ -62,7 +75,7 @@ impl Registry {
     ) -> Result<Registration, RedisError> {
         let mut call = self.call("register");
         call.arg(coupon.get());
-        let (generation, added): (u64, i64) = library::invoke(con, &call).await?;
+        let (generation, added): (Generation, i64) = library::invoke(con, &call).await?;
         if added == 1 && self.queue == QueueKind::Redis {
             let _: String = con
                 .xadd_maxlen(
@@ -81,7 +94,7 @@ impl Registry {
         &self,
         con: &mut C,
     ) -> Result<Vec<Registration>, RedisError> {
-        let all: Vec<(i64, u64)> = con
+        let all: Vec<(i64, Generation)> = con
             .hgetall(CouponKeys::active_registry(&self.key_prefix))
             .await?;
         Ok(all
@@ -118,7 +131,7 @@ impl Registry {
     ) -> Result<bool, RedisError> {
         let mut call = self.call("retire");
         call.arg(registration.coupon.get())
-            .arg(registration.generation);
+            .arg(&registration.generation.0);
         let removed: i64 = library::invoke(con, &call).await?;
         Ok(removed == 1)
     }
@@ -170,9 +183,10 @@ impl Registry {
         if !self.is_finished(con, registration.coupon, group).await? {
             return Ok(false);
         }
+        let coupon = registration.coupon;
         let retired = self.retire(con, registration).await?;
         if retired {
-            tracing::info!(coupon = %registration.coupon, "coupon finished: it leaves the registry");
+            tracing::info!(%coupon, "coupon finished: it leaves the registry");
         }
         Ok(retired)
     }

@@ -42,7 +42,7 @@ impl StreamQueue {
             if let Err(err) = self.forget_silent_consumers(stream).await {
                 tracing::warn!(%stream, error = %err, "removing silent consumers failed");
             }
-            let mut commands = self.commands.clone();
+            let mut commands = self.commands();
             if let Err(err) =
                 stream_trim::trim_acknowledged(&mut commands, stream, &self.group).await
             {
@@ -81,7 +81,7 @@ impl StreamQueue {
             .arg("COUNT")
             .arg(count);
         let reply = match self
-            .read::<StreamAutoClaimReply>(&self.commands, autoclaim, Some(coupon))
+            .read::<StreamAutoClaimReply>(&self.commands(), autoclaim, Some(coupon))
             .await?
         {
             Read::Confirmed(reply) => {
@@ -110,8 +110,7 @@ impl StreamQueue {
         if !reply.deleted_ids.is_empty() {
             // Pending but gone from the stream: nothing left to persist.
             let _: i64 = self
-                .commands
-                .clone()
+                .commands()
                 .xack(stream, &self.group, &reply.deleted_ids)
                 .await?;
         }
@@ -121,7 +120,7 @@ impl StreamQueue {
     /// A consumer with nothing pending loses nothing by being removed, and a live one is
     /// recreated by its next read; one silent for `claim_idle` is a past worker.
     async fn forget_silent_consumers(&self, stream: &str) -> Result<(), RedisError> {
-        let mut con = self.commands.clone();
+        let mut con = self.commands();
         let info: redis::streams::StreamInfoConsumersReply =
             con.xinfo_consumers(stream, &self.group).await?;
         let silent = info.consumers.into_iter().filter(|c| {
@@ -151,7 +150,7 @@ impl StreamQueue {
             .arg(&self.group)
             .arg(consumer)
             .arg(idle.as_millis() as u64)
-            .invoke_async(&mut self.commands.clone())
+            .invoke_async(&mut self.commands())
             .await?;
         Ok(removed == 1)
     }

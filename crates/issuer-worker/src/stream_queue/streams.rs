@@ -19,7 +19,7 @@ impl StreamQueue {
                 return Ok(state.streams.clone());
             }
         }
-        let mut con = self.commands.clone();
+        let mut con = self.commands();
         let registrations = self.registry.members(&mut con).await?;
         let mut streams = vec![self.registry_stream.clone()];
         streams.extend(

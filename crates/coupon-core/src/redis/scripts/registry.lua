@@ -4,7 +4,9 @@
 --
 -- register ARGV: 'register', couponId. Gives the coupon a new generation, never used before
 --   (a counter, not a per-coupon number: a retire that read an old generation must not match a
---   registration made after the coupon was retired once, then registered again).
+--   registration made after the coupon was retired once, then registered again), prefixed
+--   with the instance's epoch: a replica promoted without the primary's last increments
+--   counts them again, and a retire that read one on the lost primary must not match.
 --   Returns {generation, 1 if the coupon was not registered before else 0}.
 -- retire ARGV: 'retire', couponId, generation. Removes the coupon only if its registration
 --   is still the one the caller judged finished: a rebuild that registered it again since
@@ -18,7 +20,7 @@
 --   registrations may have gone to the lost state). Returns 1 when recorded.
 local op = ARGV[1]
 if op == 'register' then
-  local generation = redis.call('INCR', KEYS[2])
+  local generation = instance_epoch() .. '.' .. redis.call('INCR', KEYS[2])
   local added = redis.call('HSET', KEYS[1], ARGV[2], generation)
   return {generation, added}
 elseif op == 'retire' then
