@@ -49,8 +49,11 @@
 //! gives it a new incarnation (`scripts/epoch.lua`).
 //!
 //! Not modelled: publish failures and releases (`protocol_model.rs`), a node restarting
-//! (its new run id is what `epoch.rs`'s tests force), and replicas joining or leaving (the
-//! recount is `sentinel.rs`'s `a_replica_added_while_the_api_runs_is_waited_for_too`).
+//! (its new run id is what `epoch.rs`'s tests force), replicas joining or leaving (the
+//! recount is `sentinel.rs`'s `a_replica_added_while_the_api_runs_is_waited_for_too`, and on
+//! a cluster `cluster.rs`'s `a_shard_with_two_replicas_confirms_on_both`), a partial resync
+//! (it keeps the node's data, and its incarnation with it), slot migrations and the
+//! registry's shard (`cluster.rs` and `registry.rs` force those).
 
 use testkit::explorer::{Protocol, check, finds};
 
