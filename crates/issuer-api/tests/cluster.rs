@@ -289,7 +289,7 @@ async fn a_killed_primary_sends_only_its_own_coupons_through_a_rebuild(queue: Qu
 /// and users 1 and 2 only. In Kafka mode they are told 201 (their events are in the topic);
 /// in the Redis queue mode, where the stream is the queue, the replica must confirm first,
 /// so they are told 503. Either way the promoted replica must not sell a slot twice nor
-/// lose a "yes": the coupon is rebuilt (its stamp names the old primary's run id), and
+/// lose a "yes": the coupon is rebuilt (its stamp names the old primary's epoch), and
 /// exactly five users hold the coupon of five, every one told 201 among them.
 async fn a_replica_promoted_without_the_last_admissions_sells_none_of_their_slots_again(
     queue: QueueKind,
@@ -571,7 +571,7 @@ async fn a_slot_migration_under_load_loses_nothing(queue: QueueKind) {
         seen.unknown.len(),
         seen.seconds_of_503()
     );
-    // A moved coupon is rebuilt on its new primary (its stamp names the old one's run id):
+    // A moved coupon is rebuilt on its new primary (its stamp names the old one's epoch):
     // in the Redis queue mode that takes well under 2 s; in Kafka mode the rebuild first
     // lets every publish of a window report (PUBLISH_TIMEOUT_MS, 3 s here), so its 503s
     // last that window and a little more. README, "Redis Cluster", says so.

@@ -190,10 +190,11 @@ async fn a_lagging_replica_promoted_admits_nobody_on_its_stale_state() {
     redis.stop();
 }
 
-/// A failback: the run id survives role changes, so it is not a restart.
+/// A failback: the epoch survives role changes that keep a node's data (no full sync), so
+/// it is not a restart.
 /// Coupon of 3, the services on one endpoint that moves between the nodes (as a managed
 /// service's primary endpoint does): user 1 wins on P, replicated to R; R is cut off and
-/// takes over, and users 2 and 3 win there; the endpoint moves back to P, whose run id the
+/// takes over, and users 2 and 3 win there; the endpoint moves back to P, whose epoch the
 /// API verified the coupon under. P's state is rewound (it never saw 2 and 3): users 4 and 5
 /// must not be told 201. Checked by an API that lived through it, by one that met no request
 /// while R held the endpoint, and by one started after.

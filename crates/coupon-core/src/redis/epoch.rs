@@ -1,5 +1,5 @@
-//! The Redis instance's epoch: its run id, and the replication id it had when its function
-//! library was last loaded (`scripts/epoch.lua`).
+//! The Redis instance's epoch: its run id, and the replication id it had at the first call of
+//! its function library since the library was last loaded (`scripts/epoch.lua`).
 //!
 //! Invariant: a coupon admits only on state verified under the instance that holds it now.
 //! A Redis that restarted from an append-only file missing its tail, or a replica promoted
@@ -9,7 +9,7 @@
 //! (`scripts/load_meta.lua`), no longer matches, and the admission script sends the request
 //! down the rebuild path (`scripts/admission.lua`, code UNVERIFIED).
 //!
-//! Why the run id, read by the scripts themselves: anything written into the keyspace (a
+//! Why the epoch, read by the scripts themselves: anything written into the keyspace (a
 //! marker key, even one kept out of the AOF) comes back from an AOF rewrite or a snapshot,
 //! and anything the API remembers can be stale the moment Redis restarts; the run id is the
 //! server's own and cannot be rewound. The replication id joins it because a full sync keeps

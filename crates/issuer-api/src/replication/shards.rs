@@ -85,7 +85,8 @@ impl ShardReplication {
             return Err(ApiError::unavailable(
                 "redis replicas",
                 format!(
-                    "{confirmed} of {required} replicas of coupon {coupon}'s shard confirmed in {:?}",
+                    "{confirmed} of {required} replicas of coupon {coupon}'s shard confirmed in \
+                     {:?} at most",
                     self.timeout
                 ),
             ));
@@ -94,17 +95,18 @@ impl ShardReplication {
     }
 }
 
-/// How long the WAIT of a coupon whose last confirmation fell short may take. One node's
-/// confirmations share one connection, which a WAIT holds: at the full
-/// REDIS_REPLICA_TIMEOUT_MS each, the WAITs of a shard that cannot confirm (its replica
-/// down) would queue up behind each other past the command timeout.
+/// How long the WAIT of a coupon whose last confirmation fell short may take, doubled at
+/// each shortfall in a row up to REDIS_REPLICA_TIMEOUT_MS. One node's confirmations share
+/// one connection, which a WAIT holds: at the full timeout each, the WAITs of a shard that
+/// cannot confirm (its replica down) would queue up behind each other past the command
+/// timeout. The doubling keeps a replica that is slow, not gone, able to confirm again.
 const PROBE: Duration = Duration::from_millis(50);
 
 /// One confirmation in flight per coupon and stamp: askers that come meanwhile wait for it
 /// to end, then go together (one fence and one WAIT for all of them). Coupons do not wait
 /// for each other: a shard whose WAIT runs out (its replica down) holds up its own
 /// coupons' answers only, and after one falls short a coupon's next WAITs wait [`PROBE`]
-/// at most, until one confirms.
+/// at most, doubled at each further shortfall, until one confirms.
 async fn confirm_in_groups(
     redis: RedisConnection,
     key_prefix: String,
@@ -116,7 +118,8 @@ async fn confirm_in_groups(
     let mut flying: FuturesUnordered<BoxFuture<'static, ((CouponId, Stamp), bool)>> =
         FuturesUnordered::new();
     let mut busy: HashSet<(CouponId, Stamp)> = HashSet::new();
-    let mut short: HashSet<CouponId> = HashSet::new();
+    // Shortfalls in a row, by coupon.
+    let mut short: HashMap<CouponId, u32> = HashMap::new();
     let mut open = true;
     while open || !flying.is_empty() {
         tokio::select! {
@@ -129,7 +132,7 @@ async fn confirm_in_groups(
                 if confirmed {
                     short.remove(&coupon);
                 } else {
-                    short.insert(coupon);
+                    *short.entry(coupon).or_default() += 1;
                 }
                 busy.remove(&(coupon, stamp));
             }
@@ -147,11 +150,9 @@ async fn confirm_in_groups(
             let mut redis = redis.clone();
             let keys = CouponKeys::new(&key_prefix, key.0);
             let min = required.count();
-            let wait = if short.contains(&key.0) {
-                PROBE
-            } else {
-                timeout
-            };
+            let wait = short
+                .get(&key.0)
+                .map_or(timeout, |shortfalls| probe(*shortfalls, timeout));
             flying.push(Box::pin(async move {
                 let answer = fence_and_wait(&mut redis, &keys, &key.1, min, wait)
                     .await
@@ -165,6 +166,13 @@ async fn confirm_in_groups(
             }));
         }
     }
+}
+
+/// The WAIT after `shortfalls` in a row: [`PROBE`], doubled at each, at most `timeout`.
+fn probe(shortfalls: u32, timeout: Duration) -> Duration {
+    PROBE
+        .saturating_mul(2u32.saturating_pow(shortfalls.saturating_sub(1)))
+        .min(timeout)
 }
 
 /// The fence on the coupon's shard, then the WAIT, on one connection; how many replicas

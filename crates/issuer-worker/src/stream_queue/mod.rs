@@ -59,9 +59,10 @@ const ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// longest a first entry after a quiet spell waits, against one read per coupon per round.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 /// On a cluster, how long a coupon whose last read its shard did not confirm (its replica
-/// down, say) is left out of the reads, and how long its next read's WAIT may take. Every
-/// read of one node shares one connection, and a WAIT holds it: at the full
-/// REDIS_REPLICA_TIMEOUT_MS each, the WAITs of a shard that cannot confirm queue up behind
+/// down, say) is left out of the reads, and how long its next read's WAIT may take (doubled
+/// at each such read in a row, up to REDIS_REPLICA_TIMEOUT_MS, so that a replica slow but
+/// there confirms again). Every read of one node shares one connection, and a WAIT holds
+/// it: at the full timeout each, the WAITs of a shard that cannot confirm queue up behind
 /// each other past the command timeout, and each round of reads waits for its slowest.
 const UNCONFIRMED_RETRY: Duration = Duration::from_secs(1);
 const UNCONFIRMED_PROBE: Duration = Duration::from_millis(50);
@@ -109,9 +110,9 @@ struct State {
     registrations: Vec<Registration>,
     refresh_streams_at: Instant,
     next_maintenance: Instant,
-    /// On a cluster, coupons whose last read was not confirmed, and when to read them again
-    /// ([`UNCONFIRMED_RETRY`]).
-    unconfirmed: HashMap<CouponId, Instant>,
+    /// On a cluster, coupons whose last read was not confirmed: when to read them again
+    /// ([`UNCONFIRMED_RETRY`]), and how many such reads in a row.
+    unconfirmed: HashMap<CouponId, (Instant, u32)>,
     /// Rounds of reads in a row that timed out.
     timeouts: u32,
 }
@@ -170,12 +171,12 @@ impl StreamQueue {
         };
         let (fence, wait) = match coupon {
             Some(coupon) if connection.is_cluster() => {
-                let probing = self.state().unconfirmed.contains_key(&coupon);
-                let wait = if probing {
+                let shortfalls = self.state().unconfirmed.get(&coupon).map(|(_, n)| *n);
+                let wait = shortfalls.map_or(confirmation.timeout, |n| {
                     UNCONFIRMED_PROBE
-                } else {
-                    confirmation.timeout
-                };
+                        .saturating_mul(2u32.saturating_pow(n.saturating_sub(1)))
+                        .min(confirmation.timeout)
+                });
                 (CouponKeys::new(&self.key_prefix, coupon).fence, wait)
             }
             _ => (
@@ -196,9 +197,9 @@ impl StreamQueue {
                     state.unconfirmed.remove(&coupon);
                 }
                 Ok(Read::Unconfirmed { .. }) => {
-                    state
-                        .unconfirmed
-                        .insert(coupon, Instant::now() + UNCONFIRMED_RETRY);
+                    let retry = Instant::now() + UNCONFIRMED_RETRY;
+                    let entry = state.unconfirmed.entry(coupon).or_insert((retry, 0));
+                    *entry = (retry, entry.1 + 1);
                 }
                 Err(_) => {}
             }
@@ -212,7 +213,7 @@ impl StreamQueue {
         self.state()
             .unconfirmed
             .get(&coupon)
-            .is_some_and(|retry| Instant::now() < *retry)
+            .is_some_and(|(retry, _)| Instant::now() < *retry)
     }
 
     /// On a Redis Cluster: one XREADGROUP cannot span slots, and each coupon's stream is on
@@ -278,6 +279,7 @@ impl StreamQueue {
         if let Some(err) = failed {
             return Err(err);
         }
+        self.state().timeouts = 0;
         if !found {
             sleep(IDLE_POLL.min(block)).await;
         }

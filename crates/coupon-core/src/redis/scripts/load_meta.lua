@@ -6,8 +6,8 @@
 -- (recorded in PostgreSQL first) and ARGV[6] the rebuild's lease token:
 --   'fresh': the coupon was just created, nothing can have been admitted. An existing meta
 --     (a racing replica loaded it first) is left as it is.
---   'verified': a rebuild has added every holder it found, reading under the stamp's run
---     id. The meta is written (an existing one keeps its fields) and stamped, if the
+--   'verified': a rebuild has added every holder it found, reading under the stamp's
+--     epoch. The meta is written (an existing one keeps its fields) and stamped, if the
 --     instance is still the one the stamp names and the rebuild still holds its lease (else Redis restarted
 --     or failed over meanwhile, or the lease ran out and another rebuild owns the coupon
 --     now: this one's reading may be stale).
