@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,22 @@ impl Clustered {
             .unwrap()
             .unwrap()
             .to_string()
+    }
+
+    /// `coupon`'s primary and its replica, once `winners` won and the replica has every
+    /// write, with the replication then cut: what the primary writes next is on no replica.
+    async fn won_then_cut(&self, coupon: i64, winners: RangeInclusive<i64>) -> (u16, u16) {
+        let primary = self.primary_of(coupon).await;
+        let replica = self.cluster.replica_of(primary).await.unwrap();
+        for user in winners {
+            wins(&self.env, coupon, user).await;
+        }
+        self.cluster
+            .await_replicated(primary, &self.probe_key(coupon))
+            .await
+            .unwrap();
+        self.cluster.cut_replication(primary).await.unwrap();
+        (primary, replica)
     }
 
     /// A key of the test's own on `coupon`'s slot.
@@ -297,18 +314,7 @@ async fn a_replica_promoted_without_the_last_admissions_sells_none_of_their_slot
     let clustered = Clustered::start(queue).await;
     let env = &clustered.env;
     let coupon = clustered.coupon_off(5, &[]).await;
-    let primary = clustered.primary_of(coupon).await;
-    let replica = clustered.cluster.replica_of(primary).await.unwrap();
-    for user in 1..=2 {
-        wins(env, coupon, user).await;
-    }
-    clustered
-        .cluster
-        .await_replicated(primary, &clustered.probe_key(coupon))
-        .await
-        .unwrap();
-
-    clustered.cluster.cut_replication(primary).await.unwrap();
+    let (primary, replica) = clustered.won_then_cut(coupon, 1..=2).await;
     let expected = match queue {
         QueueKind::Kafka => 201,
         QueueKind::Redis => 503,
@@ -463,16 +469,7 @@ async fn a_primary_failed_back_to_after_a_resync_is_verified_again() {
     let clustered = Clustered::start(QueueKind::Redis).await;
     let env = &clustered.env;
     let coupon = clustered.coupon_off(5, &[]).await;
-    let primary = clustered.primary_of(coupon).await;
-    let replica = clustered.cluster.replica_of(primary).await.unwrap();
-    wins(env, coupon, 1).await;
-    clustered
-        .cluster
-        .await_replicated(primary, &clustered.probe_key(coupon))
-        .await
-        .unwrap();
-
-    clustered.cluster.cut_replication(primary).await.unwrap();
+    let (primary, replica) = clustered.won_then_cut(coupon, 1..=1).await;
     let scripts = AdmissionScripts::new(env.redis_prefix.clone(), QueueKind::Redis);
     let mut redis = env.redis().await;
     let id = CouponId::new(coupon).unwrap();
