@@ -265,8 +265,8 @@ pub enum ReplicaSetupError {
     #[error("cannot ask the Redis Cluster how many replicas its shards have: {0}")]
     ClusterNodes(#[source] redis::RedisError),
     #[error(
-        "REDIS_MIN_REPLICAS is {floor} but the Sentinels know only {known} replicas of \
-         {master}: no write could ever be confirmed"
+        "REDIS_MIN_REPLICAS is {floor} but only {known} replicas of {master} are known: no \
+         write could ever be confirmed"
     )]
     MoreThanKnown {
         floor: u32,
@@ -314,6 +314,13 @@ impl ReplicaArgs {
                         .known_replicas()
                         .await
                         .map_err(ReplicaSetupError::ClusterNodes)?;
+                    if floor > known {
+                        return Err(ReplicaSetupError::MoreThanKnown {
+                            floor,
+                            known,
+                            master: "the Redis Cluster's shard with the most".to_owned(),
+                        });
+                    }
                     Replicas::Counted {
                         known,
                         floor,

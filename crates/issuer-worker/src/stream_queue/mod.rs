@@ -239,6 +239,10 @@ impl StreamQueue {
             .iter()
             .map(|r| (CouponKeys::new(&self.key_prefix, r.coupon).stream, r.coupon))
             .collect();
+        // A retired coupon is read no more: what it sat out for goes with it.
+        self.state()
+            .unconfirmed
+            .retain(|coupon, _| coupons.values().any(|c| c == coupon));
         let reads = streams
             .iter()
             .filter(|stream| !coupons.get(*stream).is_some_and(|c| self.sits_out(*c)))
