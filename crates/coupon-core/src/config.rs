@@ -83,8 +83,9 @@ pub struct ReplicaArgs {
     /// before it is answered SUCCESS (fewer in time: 503; the admission stands, a retry
     /// learns the outcome), and in the Redis queue mode a stream entry before a worker
     /// persists it (fewer: it waits, and is read again). 0: the primary's word is enough.
-    /// Under Sentinel every replica the Sentinels know confirms, counted each second; this
-    /// is then a floor, and above the replicas they know a service refuses to start.
+    /// Under Sentinel every replica the Sentinels know confirms, and on a Redis Cluster every
+    /// replica of the shard that has the most, counted each second; this is then a floor,
+    /// and above the replicas known a service refuses to start.
     #[arg(long, env = "REDIS_MIN_REPLICAS", default_value_t = 0)]
     pub redis_min_replicas: u32,
     /// How long the replicas get to confirm; above 0 (WAIT's 0 waits for ever) and below
