@@ -48,11 +48,19 @@
 //! id and the replication id its library first saw since its last load, so a full sync
 //! gives it a new incarnation (`scripts/epoch.lua`).
 //!
+//! A slot migration (`issuer-api hand-over --to` another primary): the coupon's keys are
+//! copied to C, there another shard's primary, and deleted on the node that had them, at
+//! any moment (`MIGRATE`; or by an operator's `redis-cli --cluster reshard`, with no
+//! hand-over). C opens the coupon only through the hand-over's mark or a rebuild: a stamp
+//! made elsewhere proves nothing, since a copy migrated from a node promoted before it
+//! caught up carries the stamp in force too (`Bug::TrustMovedStamp`).
+//!
 //! Not modelled: publish failures and releases (`protocol_model.rs`), a node restarting
-//! (its new run id is what `epoch.rs`'s tests force), replicas joining or leaving (the
+//! (its new run id is what `epoch.rs`'s tests force), a migration's copy and delete as two
+//! steps (the coupon is closed in between), replicas joining or leaving (the
 //! recount is `sentinel.rs`'s `a_replica_added_while_the_api_runs_is_waited_for_too`, and on
 //! a cluster `cluster.rs`'s `a_shard_with_two_replicas_confirms_on_both`), a partial resync
-//! (it keeps the node's data, and its incarnation with it), slot migrations and the
+//! (it keeps the node's data, and its incarnation with it), and the
 //! registry's shard (`cluster.rs` and `registry.rs` force those).
 
 use testkit::explorer::{Protocol, check, finds};
@@ -95,6 +103,10 @@ enum Bug {
     /// from B, and admitted on a state without what B never got; on a cluster its fence
     /// confirmed an admission the resync had discarded.
     EpochSurvivesResync,
+    /// A migrated coupon opened on its new primary because its meta names the stamp in
+    /// force, made on another node: a copy migrated from a primary promoted before it had
+    /// the last admissions carries that stamp as well, and sells their slots again.
+    TrustMovedStamp,
 }
 
 /// Where the first API's endpoint goes after the failover, if anywhere.
@@ -133,6 +145,10 @@ struct Setup {
     worker_split: bool,
     /// An operator runs the hand-over once, through the first API's endpoint.
     hand_over: bool,
+    /// The coupon's slot may be migrated once, at any moment, from the node the first
+    /// API's endpoint leads to, to C: then not A's replica but another shard's primary
+    /// (with no replica of its own here).
+    migrate: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -170,6 +186,17 @@ struct Data {
     streamed: [bool; N],
     stamp: Option<Stamp>,
     marked: bool,
+}
+
+impl Data {
+    /// A node without the coupon's keys.
+    const EMPTY: Data = Data {
+        issued: [false; N],
+        pending: [false; N],
+        streamed: [false; N],
+        stamp: None,
+        marked: false,
+    };
 }
 
 /// How far the hand-over got.
@@ -263,6 +290,7 @@ struct State {
     failovers_left: u8,
     failbacks_left: u8,
     link_cuts_left: u8,
+    migrations_left: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -318,6 +346,9 @@ enum Action {
     /// The hand-over's lease runs out (on every node at once: its expiry is an absolute
     /// time, and the nodes share a clock).
     MarkExpires,
+    /// The coupon's slot, keys and all, migrated to C (`MIGRATE`: the source's copy at
+    /// one moment, then deleted there); every client follows the slot there.
+    Migrate,
 }
 
 struct Model {
@@ -368,17 +399,32 @@ impl State {
             failovers_left: 1,
             failbacks_left: 1,
             link_cuts_left: 1,
+            migrations_left: 0,
         }
     }
 
     fn for_setup(setup: Setup) -> State {
+        let initial = State::initial();
+        if setup.migrate {
+            // C is another shard's primary, holding none of the coupon's keys.
+            let mut nodes = initial.nodes;
+            nodes[Node::C.index()] = Data::EMPTY;
+            return State {
+                nodes,
+                follows: [None, Some(Node::A), None],
+                migrations_left: 1,
+                failbacks_left: u8::from(setup.failback != Failback::No),
+                requests_left: if setup.hand_over { [1; N] } else { [2, 1, 1] },
+                ..initial
+            };
+        }
         State {
             failbacks_left: u8::from(setup.failback != Failback::No),
             // The hand-over's runs ask once per user: its steps and the mark's expiry
             // multiply the states, and a retry adds nothing the close does not already
             // race.
             requests_left: if setup.hand_over { [1; N] } else { [2, 1, 1] },
-            ..State::initial()
+            ..initial
         }
     }
 
@@ -497,7 +543,10 @@ impl Model {
             endpoint, known, ..
         } = s.apis[api];
         let meta = s.nodes[endpoint.index()].stamp;
-        let here = meta.is_some_and(|stamp| s.here(stamp, endpoint, self.bug));
+        let here = meta.is_some_and(|stamp| {
+            s.here(stamp, endpoint, self.bug)
+                || (self.bug == Bug::TrustMovedStamp && s.migrations_left == 0)
+        });
         match self.bug {
             Bug::RunIdOnly => here,
             _ => here && meta == known,
@@ -636,8 +685,12 @@ impl Protocol for Model {
         if s.link_cuts_left > 0 && s.linked {
             actions.push(Action::CutLink);
         }
-        if s.failovers_left > 0 {
+        // A migrated coupon's shard is C, which has no replica to fail over to here.
+        if s.failovers_left > 0 && s.apis[0].endpoint != Node::C {
             actions.push(Action::FailOver);
+        }
+        if s.migrations_left > 0 && s.apis[0].endpoint != Node::C {
+            actions.push(Action::Migrate);
         }
         let undemoted = self.setup.failback == Failback::ToUndemoted;
         if undemoted && s.failbacks_left > 0 && s.failovers_left == 0 {
@@ -762,8 +815,10 @@ impl Protocol for Model {
                 // never hears of it.
                 s.failovers_left -= 1;
                 s.follows[Node::B.index()] = None;
-                s.follows[Node::C.index()] = Some(Node::B);
-                s.full_sync(Node::C, Node::B);
+                if !self.setup.migrate {
+                    s.follows[Node::C.index()] = Some(Node::B);
+                    s.full_sync(Node::C, Node::B);
+                }
                 s.linked = false;
                 s.apis[0].endpoint = Node::B;
                 s.apis[0].socket += 1;
@@ -894,6 +949,21 @@ impl Protocol for Model {
                     data.marked = false;
                 }
             }
+            Action::Migrate => {
+                s.migrations_left -= 1;
+                let from = s.apis[0].endpoint;
+                s.nodes[Node::C.index()] = s.nodes[from.index()];
+                s.nodes[from.index()] = Data::EMPTY;
+                for api in &mut s.apis {
+                    if api.endpoint == from {
+                        api.endpoint = Node::C;
+                        api.socket += 1;
+                    }
+                }
+                if s.worker == from {
+                    s.worker = Node::C;
+                }
+            }
         }
         s.tasks.sort();
         s
@@ -932,6 +1002,7 @@ const KAFKA_REPLICATED: Setup = Setup {
     worker_split: false,
     hand_over: false,
     fence: false,
+    migrate: false,
 };
 /// Kafka mode on a plain endpoint without replicas required: the stamp and the rebuild
 /// alone keep the promise (a split brain needs replicas required, which the README says).
@@ -943,6 +1014,7 @@ const KAFKA_PLAIN: Setup = Setup {
     worker_split: false,
     hand_over: false,
     fence: false,
+    migrate: false,
 };
 /// The Redis queue mode, where the stream is the queue: replicas required; the partition
 /// heals, and A rejoins as B's replica.
@@ -954,6 +1026,7 @@ const STREAM_REPLICATED: Setup = Setup {
     worker_split: false,
     hand_over: false,
     fence: false,
+    migrate: false,
 };
 
 /// The same, with the endpoint moved back to A, never demoted, instead. A's stream then
@@ -1015,6 +1088,18 @@ const STREAM_RESYNCED_FAILBACK: Setup = Setup {
 /// state A verified.
 const KAFKA_PLAIN_RESYNCED_FAILBACK: Setup = Setup {
     failback: Failback::AfterResync,
+    ..KAFKA_PLAIN
+};
+
+/// Kafka mode on a cluster (nothing confirmed) with the hand-over carrying a coupon through
+/// a slot migration (`issuer-api hand-over --to` a primary): closed and marked on its shard,
+/// its slot migrated to C, recorded and opened there if the mark came along. A failover
+/// of A's shard may come before the migration, so the state migrated may be B's, rewound.
+const KAFKA_CLUSTER_MIGRATED: Setup = Setup {
+    fence: true,
+    hand_over: true,
+    migrate: true,
+    failback: Failback::No,
     ..KAFKA_PLAIN
 };
 
@@ -1132,5 +1217,34 @@ fn an_epoch_that_survives_a_resync_is_found() {
     finds(
         &model(Bug::EpochSurvivesResync, STREAM_CLUSTER),
         "every yes a row",
+    );
+}
+
+#[test]
+fn a_hand_over_through_a_slot_migration_keeps_every_invariant() {
+    let (explored, violation) = check(&model(Bug::None, KAFKA_CLUSTER_MIGRATED));
+    assert!(violation.is_none(), "{violation:#?}");
+    assert!(explored > 1_000, "only {explored} states");
+    eprintln!("{explored} states, every invariant held");
+}
+
+#[test]
+fn a_migrated_stamp_trusted_as_it_comes_is_found() {
+    // A admits and publishes user 0; B is promoted without it; B's state, stamped by A,
+    // is migrated to C, which admits on it as it is and sells user 0's slot again.
+    finds(
+        &model(Bug::TrustMovedStamp, KAFKA_CLUSTER_MIGRATED),
+        "no oversell",
+    );
+}
+
+#[test]
+fn a_migration_opened_without_its_mark_is_found() {
+    // The hand-over closes A; B is promoted without user 1's admission, and the stamp is
+    // recorded for B; opened without the mark, B sells the slot again. A migrated copy
+    // opens by the same check.
+    finds(
+        &model(Bug::CarryWithoutMark, KAFKA_CLUSTER_MIGRATED),
+        "no oversell",
     );
 }
