@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::app::connect;
 use crate::config::Config;
 use crate::issuing::{HandedOver, Issuer, Rebuilt};
+use crate::slot_moves::SlotMovePlan;
 
 /// How long the replicas get, in WAITs of REDIS_REPLICA_TIMEOUT_MS each, to acknowledge
 /// the hand-over's marks before the switchover.
@@ -60,13 +61,23 @@ async fn every_coupon(config: &Config) -> anyhow::Result<Vec<CouponId>> {
         .collect())
 }
 
+/// On a Redis Cluster, the slot a hand-over moves: `coupon`'s, to the node at `to`.
+#[derive(Debug, Clone)]
+pub struct SlotMove {
+    pub coupon: CouponId,
+    pub to: String,
+}
+
 /// `issuer-api hand-over`: a planned switchover of the Redis primary that carries every
 /// coupon's state over (`crate::issuing`'s `hand_over` says why that is safe), printing
-/// what happened to each coupon. Fails if the switchover did not happen (the replicas did
-/// not acknowledge the marks, the Sentinels refused, no new primary within `wait`); the
-/// coupons then reopen where they are.
+/// what happened to each coupon. On a Redis Cluster it moves `slot_move`'s slot instead
+/// (`crate::slot_moves`), carrying the coupons the move takes along. Fails if the
+/// switchover did not happen (the replicas did not acknowledge the marks, the Sentinels
+/// refused, no new primary within `wait`, the move failed); the coupons then reopen where
+/// they are.
 pub async fn hand_over(
     config: &Config,
+    slot_move: Option<SlotMove>,
     wait: Duration,
     lease: Duration,
 ) -> anyhow::Result<Vec<(CouponId, HandedOver)>> {
@@ -76,7 +87,22 @@ pub async fn hand_over(
         OPENING_MARGIN.as_secs()
     );
     let issuer = connect(config).await?;
-    let coupons = every_coupon(config).await?;
+    let every = every_coupon(config).await?;
+    let cluster = !config.redis.redis_cluster_nodes.is_empty();
+    // Decided before anything is closed: a move that cannot be made fails with nothing done.
+    let plan = match slot_move {
+        Some(SlotMove { coupon, to }) if cluster => {
+            Some(SlotMovePlan::make(config, coupon, &to, &every).await?)
+        }
+        None if cluster => {
+            anyhow::bail!("on a Redis Cluster, name the slot to move: --coupon ID --to HOST:PORT")
+        }
+        Some(_) => {
+            anyhow::bail!("--coupon and --to move a slot of a Redis Cluster (REDIS_CLUSTER_NODES)")
+        }
+        None => None,
+    };
+    let coupons = plan.as_ref().map_or(every, |plan| plan.coupons.clone());
     let started = Instant::now();
     let (closed, not_verified) = issuer.hand_over_close(&coupons, lease).await?;
     tracing::info!(
@@ -86,7 +112,18 @@ pub async fn hand_over(
     );
     // Whatever fails from here on, the coupons are opened where they can be: left closed,
     // they would answer 503 for the whole lease.
-    let switched = switch_primary(config, &issuer, &closed.on, started + wait).await;
+    let switched = match &plan {
+        Some(plan) => {
+            let marked: Vec<CouponId> =
+                closed.coupons.iter().map(|(held, _)| held.coupon).collect();
+            match plan.execute(config, &marked, started + wait).await {
+                // The cluster client finds each coupon's new node itself.
+                Ok(()) => config.redis.connect().await.map(Some).map_err(Into::into),
+                Err(err) => Err(err),
+            }
+        }
+        None => switch_primary(config, &issuer, &closed.on, started + wait).await,
+    };
     let (primary, switched) = match switched {
         Ok(Some(primary)) => (Some(primary), Ok(())),
         Ok(None) => (

@@ -228,8 +228,18 @@ pub enum Command {
     /// the node behind it to change, while the operator fails the provider's primary over),
     /// then opens each coupon on the new primary where its mark arrived. The rest stay
     /// closed and are rebuilt by their next request. With no new primary in time, the
-    /// coupons reopen where they are and the command fails.
+    /// coupons reopen where they are and the command fails. On a Redis Cluster it moves one
+    /// coupon's slot (`--coupon`, `--to`): to a replica of its primary by a graceful
+    /// `CLUSTER FAILOVER` (the whole shard's coupons carried), or to another primary by a
+    /// slot migration (the coupons of that slot carried).
     HandOver {
+        /// On a Redis Cluster: the coupon whose slot moves.
+        #[arg(long, requires = "to")]
+        coupon: Option<coupon_core::domain::CouponId>,
+        /// On a Redis Cluster: where the coupon's slot goes (`host:port` of a node): a
+        /// replica of the coupon's primary, promoted, or another primary, migrated to.
+        #[arg(long, requires = "coupon")]
+        to: Option<String>,
         /// How long to wait for the new primary once the coupons are closed.
         #[arg(long, env = "HAND_OVER_WAIT_SECS", default_value_t = 30)]
         wait_secs: u64,

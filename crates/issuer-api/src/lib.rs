@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod operations;
 pub mod rate_limit;
 pub mod replication;
+pub mod slot_moves;

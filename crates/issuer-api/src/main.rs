@@ -36,10 +36,15 @@ async fn main() -> anyhow::Result<()> {
         },
         // Not interrupted half-way: what it closed would stay closed for the whole lease.
         Command::HandOver {
+            coupon,
+            to,
             wait_secs,
             lease_secs,
         } => commands::hand_over(
             &config,
+            coupon
+                .zip(to)
+                .map(|(coupon, to)| commands::SlotMove { coupon, to }),
             Duration::from_secs(wait_secs),
             Duration::from_secs(lease_secs),
         )

@@ -599,10 +599,14 @@ async fn a_hand_over_without_a_new_primary_reopens_the_coupons_where_they_are() 
     let coupon = env.coupon_with_quantity(3).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
     let config = env.command(&["hand-over"]);
-    let refused =
-        issuer_api::commands::hand_over(&config, Duration::from_secs(1), Duration::from_secs(11))
-            .await
-            .expect_err("no switchover happened");
+    let refused = issuer_api::commands::hand_over(
+        &config,
+        None,
+        Duration::from_secs(1),
+        Duration::from_secs(11),
+    )
+    .await
+    .expect_err("no switchover happened");
     assert!(
         format!("{refused:#}").contains("no new primary"),
         "{refused:#}"

@@ -539,8 +539,13 @@ async fn a_hand_over_to_a_node_without_its_mark_leaves_the_coupon_to_a_rebuild()
 
     let config = env.command(&["hand-over"]);
     let handing = actix_web::rt::spawn(async move {
-        issuer_api::commands::hand_over(&config, Duration::from_secs(20), Duration::from_secs(40))
-            .await
+        issuer_api::commands::hand_over(
+            &config,
+            None,
+            Duration::from_secs(20),
+            Duration::from_secs(40),
+        )
+        .await
     });
     // Once the coupon is closed on the primary, the provider fails over to the replica.
     let mut on_primary = redis::Client::open(redis.primary.url())

@@ -501,10 +501,14 @@ async fn a_hand_over_carries_the_coupon_to_the_new_primary_without_a_rebuild() {
     }
     let config = env.command(&["hand-over"]);
     let started = Instant::now();
-    let outcomes =
-        issuer_api::commands::hand_over(&config, Duration::from_secs(30), Duration::from_secs(60))
-            .await
-            .unwrap();
+    let outcomes = issuer_api::commands::hand_over(
+        &config,
+        None,
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     let took = started.elapsed();
     assert_eq!(
         outcomes,

@@ -70,9 +70,14 @@ impl Issuer {
     ) -> Result<(Closed, Vec<CouponId>), ApiError> {
         let mut redis = self.redis.clone();
         // The node before the closes counts as old even if no close answers: the new
-        // primary must be another.
-        // A hand-over runs under Sentinel, where one node holds every key: any key names it.
-        let before = instance_epoch(&mut redis, "").await?;
+        // primary must be another. Under Sentinel one node holds every key, and on a
+        // cluster the coupons a hand-over closes are on one node (`crate::slot_moves`):
+        // the first coupon's key names it.
+        let named_by = coupons
+            .first()
+            .map(|coupon| self.scripts.keys(*coupon).meta)
+            .unwrap_or_default();
+        let before = instance_epoch(&mut redis, &named_by).await?;
         let in_force = redis_stamps(&mut *self.pool.get().await?, coupons).await?;
         let mut closed = Closed {
             coupons: Vec::new(),
@@ -152,17 +157,7 @@ impl Issuer {
         deadline: Instant,
     ) -> Vec<(CouponId, HandedOver)> {
         let mut outcomes = Vec::with_capacity(closed.len());
-        let stamped = match instance_epoch(primary, "").await {
-            Ok(epoch) => self.record_hand_over(&epoch, closed).await,
-            Err(err) => {
-                tracing::warn!(error = %err, "hand-over: the primary does not answer; every coupon left to its rebuild");
-                let reason = err.to_string();
-                closed
-                    .iter()
-                    .map(|(held, _)| (held, Err(ApiError::unavailable("Redis", reason.clone()))))
-                    .collect()
-            }
-        };
+        let stamped = self.record_hand_over(primary, closed).await;
         if stamped.iter().any(|(_, stamp)| stamp.is_ok()) {
             tokio::time::sleep(STAMPS_SEEN_BY_ALL).await;
         }
@@ -198,12 +193,13 @@ impl Issuer {
         outcomes
     }
 
-    /// Records a new stamp under `epoch` for each closed coupon whose stamp in force is
-    /// still the one it closed under: Some((record, stamp)) where recorded, None where
-    /// another verification came since.
+    /// Records a new stamp for each closed coupon whose stamp in force is still the one it
+    /// closed under, made under the epoch of the node that holds the coupon now (on a
+    /// cluster each coupon's own): Some((record, stamp)) where recorded, None where another
+    /// verification came since.
     async fn record_hand_over<'a>(
         &self,
-        epoch: &str,
+        primary: &mut RedisConnection,
         closed: &'a [(RebuildLease, Stamp)],
     ) -> Vec<(&'a RebuildLease, RecordedStamp)> {
         let mut conn = match self.pool.get().await {
@@ -224,8 +220,9 @@ impl Issuer {
         };
         let mut recorded = Vec::with_capacity(closed.len());
         for (held, verified) in closed {
-            let stamp = Stamp::fresh(epoch);
             let one = async {
+                let meta = self.scripts.keys(held.coupon).meta;
+                let stamp = Stamp::fresh(&instance_epoch(primary, &meta).await?);
                 let record = find_coupon(&mut conn, held.coupon)
                     .await?
                     .ok_or(ApiError::CouponNotFound(held.coupon.get()))?;
