@@ -468,9 +468,43 @@ impl Cluster {
             .spawn()?)
     }
 
-    /// `issuer-api hand-over`, as an operator would run it for a planned switchover under
-    /// Sentinel: waits for it to exit, and says what it did with the coupons.
-    pub async fn hand_over(&self) -> anyhow::Result<String> {
+    /// `issuer-api hand-over --coupon --to` another primary, as an operator would run it to
+    /// move a selling coupon's slot on a cluster. Returns (from, to, what it did).
+    pub async fn hand_over_coupon(&self, coupon: i64) -> anyhow::Result<(u16, u16, String)> {
+        let cluster = self.redis_cluster()?;
+        let from = cluster.primary_of(&coupon_meta(coupon)?).await?;
+        let to = cluster
+            .primaries()
+            .await?
+            .into_iter()
+            .find(|port| *port != from)
+            .context("another primary")?;
+        let (coupon_arg, to_arg) = (coupon.to_string(), format!("127.0.0.1:{to}"));
+        let did = self
+            .hand_over(&["--coupon", &coupon_arg, "--to", &to_arg])
+            .await?;
+        Ok((from, to, did))
+    }
+
+    /// What the last `issuer-api hand-over` did with the coupons, from its log.
+    fn last_hand_over(&self) -> anyhow::Result<String> {
+        let printed = std::fs::read_to_string(self.log("hand-over"))?;
+        let last_run = printed
+            .rsplit("hand-over: coupons closed")
+            .next()
+            .unwrap_or("");
+        let count = |said: &str| last_run.lines().filter(|line| line.contains(said)).count();
+        Ok(format!(
+            "{} coupons carried over, {} left to a rebuild, {} not verified",
+            count(": carried over"),
+            count(": not carried over"),
+            count(": not verified")
+        ))
+    }
+
+    /// `issuer-api hand-over` with `args`, as an operator would run it for a planned
+    /// switchover: waits for it to exit, and says what it did with the coupons.
+    pub async fn hand_over(&self, args: &[&str]) -> anyhow::Result<String> {
         let log = self.log("hand-over");
         let out = std::fs::File::options()
             .create(true)
@@ -478,6 +512,7 @@ impl Cluster {
             .open(&log)?;
         let mut child = std::process::Command::new(self.bin_dir.join("issuer-api"))
             .arg("hand-over")
+            .args(args)
             .envs(self.service_env())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -494,19 +529,12 @@ impl Cluster {
             }
             actix_rt::time::sleep(Duration::from_millis(100)).await;
         };
-        let printed = std::fs::read_to_string(&log)?;
         anyhow::ensure!(
             status.success(),
             "issuer-api hand-over failed ({status}): see {}",
             log.display()
         );
-        let count = |said: &str| printed.lines().filter(|line| line.contains(said)).count();
-        Ok(format!(
-            "{} coupons carried over, {} left to a rebuild, {} not verified",
-            count(": carried over"),
-            count(": not carried over"),
-            count(": not verified")
-        ))
+        self.last_hand_over()
     }
 
     /// Stops the services gracefully, then the infrastructure, and drops the database.

@@ -88,6 +88,7 @@ enum FaultKind {
     ClusterFailover,
     ClusterFailoverForce,
     MigrateHotSlot,
+    HandOverSlot,
     Poison,
 }
 
@@ -145,6 +146,12 @@ fn faults(queue: QueueKind, topology: RedisTopology) -> Vec<Fault> {
         // replica promoted after cluster-node-timeout, the old one back as a replica).
         RedisTopology::Cluster => {
             let redis_faults = [
+                Fault {
+                    at: 0.28,
+                    kind: FaultKind::HandOverSlot,
+                    name: "a planned slot migration: issuer-api hand-over carries a selling coupon to another primary",
+                    threatens: &["no oversell", "no lost success", "no leaked stock"],
+                },
                 Fault {
                     at: 0.36,
                     kind: FaultKind::MigrateHotSlot,
@@ -459,7 +466,12 @@ pub async fn run(
                 cluster.fail_back_to(old).await?;
                 format!("{old} primary again")
             }
-            FaultKind::HandOver => cluster.hand_over().await?,
+            FaultKind::HandOver => cluster.hand_over(&[]).await?,
+            FaultKind::HandOverSlot => {
+                let coupon = ids[4 % ids.len()];
+                let (from, to, did) = cluster.hand_over_coupon(coupon).await?;
+                format!("coupon {coupon}'s slot carried from {from} to {to}: {did}")
+            }
             // Each on another coupon, so that each meets a shard with its own history.
             FaultKind::MigrateHotSlot => {
                 let (from, to) = cluster.migrate_coupon(ids[0]).await?;
