@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use coupon_core::db::coupons::all_coupon_ids;
 use coupon_core::domain::CouponId;
+use coupon_core::redis::admission::RebuildLease;
 use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::epoch::instance_epoch;
 use tokio::time::Instant;
@@ -114,8 +115,11 @@ pub async fn hand_over(
     // they would answer 503 for the whole lease.
     let switched = match &plan {
         Some(plan) => {
-            let marked: Vec<CouponId> =
-                closed.coupons.iter().map(|(held, _)| held.coupon).collect();
+            let marked: Vec<RebuildLease> = closed
+                .coupons
+                .iter()
+                .map(|(held, _)| held.clone())
+                .collect();
             match plan.execute(config, &marked, started + wait).await {
                 // The cluster client finds each coupon's new node itself.
                 Ok(()) => config.redis.connect().await.map(Some).map_err(Into::into),

@@ -9,18 +9,27 @@
 //! on the source as soon as the target has them, before the target's replicas do, so a
 //! target that dies then loses them (in the Redis queue mode, events never persisted).
 //! Here the keys of the coupons the hand-over closed are copied (`MIGRATE ... COPY
-//! REPLACE`), waited for on every replica of the target, and only then deleted on the
-//! source. What a closed coupon still writes between the copy and the delete (a settle, a
-//! worker's acknowledgement) may be missing on the target: a write a restart could lose
-//! too, resolved again the same way. Any other key of the slot (a rate-limit counter, or
-//! the registry's when it shares the slot) is moved by a plain `MIGRATE`, which loses no
-//! write, and waited for on the target's replicas before the next batch.
+//! REPLACE`), waited for on the target's replicas (every one connected, and at least
+//! REDIS_MIN_REPLICAS), and only then deleted on the source. What a closed coupon still
+//! writes between the copy and the delete (a settle, a worker's acknowledgement) may be
+//! missing on the target: a write a restart could lose too, resolved again the same way.
+//!
+//! Invariant: a copy is deleted on the source only while the coupon is closed there by this
+//! hand-over's mark, which admits nothing. A close whose answer was lost may never have run,
+//! and a lease may run out: what such a coupon admitted between the copy and the delete
+//! would go with the delete (`failover_model.rs`, `Bug::DeleteUnchecked`). So the mark is
+//! looked for on the source before the copy and again before the delete (the lease key
+//! holding the token, with at least [`LEASE_LEFT`] to run, and the meta closed); a coupon
+//! without it, and any other key of the slot (a rate-limit counter, or the registry's when
+//! it shares the slot), is moved by a plain `MIGRATE ... REPLACE`, which moves a key whole
+//! and loses no write, then waited for on the target's replicas the same way.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use coupon_core::domain::CouponId;
+use coupon_core::redis::admission::RebuildLease;
 use coupon_core::redis::keys::CouponKeys;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
@@ -34,6 +43,9 @@ const MIGRATE_TIMEOUT_MS: u64 = 5_000;
 const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between two looks at a node's replicas or role.
 const POLL: Duration = Duration::from_millis(20);
+/// What a closed coupon's lease must still have to run for its keys to be copied, or its
+/// copy's source deleted: far above the few milliseconds between the look and the delete.
+const LEASE_LEFT: Duration = Duration::from_secs(5);
 
 /// A node as `CLUSTER NODES` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +208,7 @@ impl SlotMovePlan {
     pub async fn execute(
         &self,
         config: &Config,
-        closed: &[CouponId],
+        closed: &[RebuildLease],
         deadline: Instant,
     ) -> anyhow::Result<()> {
         tracing::info!(kind = ?self.kind, from = %self.source.address(), to = %self.target.address(),
@@ -239,30 +251,36 @@ impl SlotMovePlan {
         &self,
         config: &Config,
         slot: u16,
-        closed: &[CouponId],
+        closed: &[RebuildLease],
         deadline: Instant,
     ) -> anyhow::Result<()> {
         let mut source = node(config, &self.source.host, self.source.port).await?;
         let mut target = node(config, &self.target.host, self.target.port).await?;
         let prefix = &config.redis.redis_key_prefix;
-        let copied: HashSet<String> = closed
+        let floor = config.replicas.redis_min_replicas as usize;
+        // Which closed coupon each key belongs to.
+        let owners: HashMap<String, (&RebuildLease, CouponKeys)> = closed
             .iter()
-            .flat_map(|coupon| {
-                let keys = CouponKeys::new(prefix, *coupon);
+            .flat_map(|held| {
+                let keys = CouponKeys::new(prefix, held.coupon);
                 [
-                    keys.meta,
-                    keys.issued,
-                    keys.pending,
-                    keys.rebuilding,
-                    keys.stream,
-                    keys.fence,
+                    keys.meta.clone(),
+                    keys.issued.clone(),
+                    keys.pending.clone(),
+                    keys.rebuilding.clone(),
+                    keys.stream.clone(),
+                    keys.fence.clone(),
                 ]
+                .map(|key| (key, (held, keys.clone())))
             })
             .collect();
         set_slot(&mut target, slot, "IMPORTING", &self.source.id).await?;
         set_slot(&mut source, slot, "MIGRATING", &self.target.id).await?;
         let auth = credentials(config)?;
         loop {
+            if Instant::now() >= deadline {
+                bail!("the migration did not end in time");
+            }
             let keys: Vec<String> = redis::cmd("CLUSTER")
                 .arg("GETKEYSINSLOT")
                 .arg(slot)
@@ -272,16 +290,47 @@ impl SlotMovePlan {
             if keys.is_empty() {
                 break;
             }
-            let (carried, others): (Vec<String>, Vec<String>) =
-                keys.into_iter().partition(|key| copied.contains(key));
-            if !carried.is_empty() {
-                self.transfer(&mut source, &carried, true, &auth).await?;
-                await_replicas(&mut target, deadline).await?;
-                delete_copied(&mut source, &carried).await?;
+            let mut carried: Vec<(&RebuildLease, &CouponKeys, Vec<String>)> = Vec::new();
+            let mut moved = Vec::new();
+            for key in keys {
+                let Some((held, keys)) = owners.get(&key) else {
+                    moved.push(key);
+                    continue;
+                };
+                match carried.iter_mut().find(|(h, ..)| h.coupon == held.coupon) {
+                    Some((.., of_coupon)) => of_coupon.push(key),
+                    None => carried.push((held, keys, vec![key])),
+                }
             }
-            if !others.is_empty() {
-                self.transfer(&mut source, &others, false, &auth).await?;
-                await_replicas(&mut target, deadline).await?;
+            let mut copied = Vec::new();
+            for (held, keys, of_coupon) in carried {
+                if still_closed(&mut source, held, keys).await? {
+                    copied.push((held, keys, of_coupon));
+                } else {
+                    moved.extend(of_coupon);
+                }
+            }
+            if !copied.is_empty() {
+                let all: Vec<String> = copied.iter().flat_map(|(.., of)| of.clone()).collect();
+                self.transfer(&mut source, &all, Transfer::Copy, &auth)
+                    .await?;
+                await_replicas(&mut target, floor, deadline).await?;
+                for (held, keys, of_coupon) in copied {
+                    if still_closed(&mut source, held, keys).await? {
+                        delete_copied(&mut source, &of_coupon).await?;
+                    } else {
+                        // Opened since the copy: moved whole, over the stale copy.
+                        tracing::warn!(coupon = %held.coupon, "hand-over: the mark went during the copy; moved whole");
+                        self.transfer(&mut source, &of_coupon, Transfer::Move, &auth)
+                            .await?;
+                        await_replicas(&mut target, floor, deadline).await?;
+                    }
+                }
+            }
+            if !moved.is_empty() {
+                self.transfer(&mut source, &moved, Transfer::Move, &auth)
+                    .await?;
+                await_replicas(&mut target, floor, deadline).await?;
             }
         }
         set_slot(&mut target, slot, "NODE", &self.target.id).await?;
@@ -289,13 +338,13 @@ impl SlotMovePlan {
         Ok(())
     }
 
-    /// `MIGRATE` of `keys` from the source to the target: a copy that replaces what a
-    /// failed run left there, or a move.
+    /// `MIGRATE` of `keys` from the source to the target, replacing what is there (a copy
+    /// made earlier, or a failed run's).
     async fn transfer(
         &self,
         source: &mut MultiplexedConnection,
         keys: &[String],
-        copy: bool,
+        how: Transfer,
         auth: &Option<(Option<String>, String)>,
     ) -> anyhow::Result<()> {
         let mut migrate = redis::cmd("MIGRATE");
@@ -305,9 +354,10 @@ impl SlotMovePlan {
             .arg("")
             .arg(0)
             .arg(MIGRATE_TIMEOUT_MS);
-        if copy {
-            migrate.arg("COPY").arg("REPLACE");
+        if how == Transfer::Copy {
+            migrate.arg("COPY");
         }
+        migrate.arg("REPLACE");
         match auth {
             Some((Some(user), password)) => {
                 migrate.arg("AUTH2").arg(user).arg(password);
@@ -317,17 +367,42 @@ impl SlotMovePlan {
             }
             None => {}
         }
-        match migrate
-            .arg("KEYS")
-            .arg(keys)
-            .query_async::<()>(source)
-            .await
-        {
-            // Every key went between the listing and the MIGRATE (a settle emptied a
-            // pending hash): nothing to move.
-            Err(err) if err.code() == Some("NOKEY") => Ok(()),
-            moved => Ok(moved?),
-        }
+        // `NOKEY` (every key went since the listing: a settle emptied a pending hash) is a
+        // status reply, and nothing to move.
+        let () = migrate.arg("KEYS").arg(keys).query_async(source).await?;
+        Ok(())
+    }
+}
+
+/// How [`SlotMovePlan::transfer`] sends keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transfer {
+    /// Kept on the source, to be deleted once the target's replicas have them.
+    Copy,
+    /// Deleted on the source in the same command.
+    Move,
+}
+
+/// Whether `held`'s coupon is closed on the source by this hand-over's mark, with at least
+/// [`LEASE_LEFT`] of its lease to run: then nothing admits there before the delete. A key
+/// gone from the source (`ASK`) counts as not closed: the coupon is then moved whole.
+async fn still_closed(
+    source: &mut MultiplexedConnection,
+    held: &RebuildLease,
+    keys: &CouponKeys,
+) -> anyhow::Result<bool> {
+    let looked: Result<(Option<String>, i64, Option<String>), _> = redis::pipe()
+        .get(&keys.rebuilding)
+        .pttl(&keys.rebuilding)
+        .hget(&keys.meta, "epoch")
+        .query_async(source)
+        .await;
+    match looked {
+        Ok((token, left, meta)) => Ok(token.as_deref() == Some(held.token())
+            && u128::try_from(left).is_ok_and(|left| left >= LEASE_LEFT.as_millis())
+            && meta.as_deref() == Some("rebuilding")),
+        Err(err) if err.code() == Some("ASK") => Ok(false),
+        Err(err) => Err(err.into()),
     }
 }
 
@@ -356,9 +431,13 @@ fn credentials(config: &Config) -> anyhow::Result<Option<(Option<String>, String
         .map(|password| (settings.username().map(str::to_owned), password.to_owned())))
 }
 
-/// Returns once every replica connected to the node has acknowledged its replication
-/// offset as it was when asked; fails past `deadline`.
-async fn await_replicas(con: &mut MultiplexedConnection, deadline: Instant) -> anyhow::Result<()> {
+/// Returns once every replica connected to the node, and at least `floor` of them, has
+/// acknowledged its replication offset as it was when asked; fails past `deadline`.
+async fn await_replicas(
+    con: &mut MultiplexedConnection,
+    floor: usize,
+    deadline: Instant,
+) -> anyhow::Result<()> {
     let info: String = redis::cmd("INFO")
         .arg("replication")
         .query_async(con)
@@ -369,22 +448,27 @@ async fn await_replicas(con: &mut MultiplexedConnection, deadline: Instant) -> a
             .arg("replication")
             .query_async(con)
             .await?;
-        let behind = info
+        let offsets: Vec<Option<u64>> = info
             .lines()
             .filter(|line| line.starts_with("slave"))
-            .filter(|line| {
-                let offset = line
-                    .split(',')
+            .map(|line| {
+                line.split(',')
                     .find_map(|part| part.strip_prefix("offset="))
-                    .and_then(|offset| offset.parse::<u64>().ok());
-                offset.is_none_or(|offset| offset < written)
+                    .and_then(|offset| offset.parse().ok())
             })
+            .collect();
+        let acknowledged = offsets
+            .iter()
+            .filter(|offset| offset.is_some_and(|offset| offset >= written))
             .count();
-        if behind == 0 {
+        if acknowledged == offsets.len() && acknowledged >= floor {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("{behind} replicas of the target did not acknowledge the keys in time");
+            bail!(
+                "{acknowledged} of the target's {} replicas (at least {floor} required) acknowledged the keys in time",
+                offsets.len()
+            );
         }
         tokio::time::sleep(POLL).await;
     }

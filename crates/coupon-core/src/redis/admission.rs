@@ -44,6 +44,13 @@ pub struct RebuildLease {
     token: String,
 }
 
+impl RebuildLease {
+    /// The lease's token, as the lease key holds it while the lease is this one.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+}
+
 /// Appends the meta's fields as `load_meta.lua` takes them: quantity, start, end.
 fn meta_args<'a>(call: &'a mut Cmd, coupon: &Coupon) -> &'a mut Cmd {
     let millis = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis().to_string());
