@@ -75,6 +75,13 @@ start() { # start DIR PORTS
     log "the cluster on ${ports[*]} is up already: reusing it"
     return 0
   fi
+  # Nodes started again from their nodes.conf (the machine restarted, the processes gone)
+  # know their cluster: they need a moment of gossip, not a second create, which they refuse.
+  if knows_a_cluster "${ports[0]}"; then
+    wait_for 20 "the cluster on ${ports[*]}, started again, ok on every node" cluster_ok "${ports[@]}"
+    log "the cluster on ${ports[*]} started again from its files: reusing it"
+    return 0
+  fi
   local addresses=()
   for port in "${ports[@]}"; do addresses+=("127.0.0.1:$port"); done
   # All on one host: redis-cli warns that a replica shares its primary's host, which is
@@ -86,6 +93,10 @@ start() { # start DIR PORTS
   # for votes (a failover) is refused by those that take it for a primary.
   wait_for 20 "every node knowing every replica" replicas_known "${ports[@]}"
   log "cluster of ${#ports[@]} nodes on 127.0.0.1: REDIS_CLUSTER_NODES=$(IFS=,; echo "${addresses[*]}")"
+}
+
+knows_a_cluster() { # knows_a_cluster PORT: the node lists others besides itself
+  [ "$(redis-cli -p "$1" CLUSTER NODES 2>/dev/null | grep -c .)" -gt 1 ]
 }
 
 add_replica() { # add_replica DIR PORT PRIMARY

@@ -314,16 +314,23 @@ impl Cluster {
     /// Moves `coupon`'s slot, keys and all, to another primary, as `redis-cli --cluster
     /// reshard` does. Returns (from, to).
     pub async fn migrate_coupon(&self, coupon: i64) -> anyhow::Result<(u16, u16)> {
+        let (from, to) = self.coupon_and_another_primary(coupon).await?;
+        self.redis_cluster()?
+            .move_slot_of(&coupon_meta(coupon)?, to)
+            .await?;
+        Ok((from, to))
+    }
+
+    /// The primary holding `coupon`'s slot, and another one.
+    async fn coupon_and_another_primary(&self, coupon: i64) -> anyhow::Result<(u16, u16)> {
         let cluster = self.redis_cluster()?;
-        let key = coupon_meta(coupon)?;
-        let from = cluster.primary_of(&key).await?;
+        let from = cluster.primary_of(&coupon_meta(coupon)?).await?;
         let to = cluster
             .primaries()
             .await?
             .into_iter()
             .find(|port| *port != from)
             .context("another primary")?;
-        cluster.move_slot_of(&key, to).await?;
         Ok((from, to))
     }
 
@@ -471,14 +478,7 @@ impl Cluster {
     /// `issuer-api hand-over --coupon --to` another primary, as an operator would run it to
     /// move a selling coupon's slot on a cluster. Returns (from, to, what it did).
     pub async fn hand_over_coupon(&self, coupon: i64) -> anyhow::Result<(u16, u16, String)> {
-        let cluster = self.redis_cluster()?;
-        let from = cluster.primary_of(&coupon_meta(coupon)?).await?;
-        let to = cluster
-            .primaries()
-            .await?
-            .into_iter()
-            .find(|port| *port != from)
-            .context("another primary")?;
+        let (from, to) = self.coupon_and_another_primary(coupon).await?;
         let (coupon_arg, to_arg) = (coupon.to_string(), format!("127.0.0.1:{to}"));
         let did = self
             .hand_over(&["--coupon", &coupon_arg, "--to", &to_arg])
