@@ -12,7 +12,7 @@ export RUST_LOG ?= info
 RELEASE_BIN := target/release
 SERVICES := -p issuer-api -p issuer-worker
 
-.PHONY: up down build run demo bench test test-cluster chaos contract-fuzz fuzz validate-deploy image lint fmt clean-test-dbs
+.PHONY: up down build run demo bench bench-cluster test test-cluster chaos contract-fuzz fuzz validate-deploy image lint fmt clean-test-dbs
 
 up: ## Redis, PostgreSQL and a Kafka-API broker on their standard ports (installs what is missing)
 	@bash deploy/local/up.sh
@@ -30,6 +30,12 @@ demo: up build ## the seed's experiment in both queue modes: 500 coupons, 5,000 
 	@bash deploy/local/demo.sh
 
 bench: demo ## the seed comparison table (`issuer-bench --help` lists the other scenarios)
+
+bench-cluster: ## one Redis node against a Redis Cluster, alternating rounds (ROUNDS=3), release builds
+	$(MAKE) up
+	$(MAKE) up REDIS_MODE=cluster
+	cargo build --release -p issuer-api -p issuer-worker -p issuer-bench
+	bash deploy/local/bench-cluster.sh
 
 test: up clean-test-dbs test-cluster ## the whole suite against the real services
 	cargo test --workspace --no-fail-fast
