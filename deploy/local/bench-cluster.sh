@@ -75,7 +75,7 @@ run() {
   echo "$topology $shape $rps $busiest $all"
 }
 
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { sort -n | awk '{ v[NR] = $1 } END { printf "%.1f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 results="$OUT/results.txt"
 : >"$results"
@@ -98,6 +98,6 @@ echo "|---|---|---:|---:|---:|---|"
 for shape in admitted soldout; do
   for topology in single cluster; do
     rows=$(awk -v t="$topology" -v s="$shape" '$1 == t && $2 == s' "$results")
-    echo "| $shape | $topology | $(echo "$rows" | awk '{print $3}' | median) | $(echo "$rows" | awk '{print $4}' | median) | $(echo "$rows" | awk '{print $5}' | median) | $(echo "$rows" | awk '{printf "%s%.0f", (NR > 1 ? ", " : ""), $3}') |"
+    echo "| $shape | $topology | $(echo "$rows" | awk '{print $3}' | median | xargs printf "%.0f") | $(echo "$rows" | awk '{print $4}' | median) | $(echo "$rows" | awk '{print $5}' | median) | $(echo "$rows" | awk '{printf "%s%.0f", (NR > 1 ? ", " : ""), $3}') |"
   done
 done
