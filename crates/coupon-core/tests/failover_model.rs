@@ -63,7 +63,7 @@
 //! (it keeps the node's data, and its incarnation with it), and the
 //! registry's shard (`cluster.rs` and `registry.rs` force those).
 
-use testkit::explorer::{Protocol, check, finds};
+use testkit::explorer::{Protocol, finds, holds};
 
 const USERS: u8 = 3;
 const N: usize = USERS as usize;
@@ -1194,10 +1194,7 @@ fn every_reachable_state_keeps_every_invariant() {
         STREAM_RESYNCED_FAILBACK,
         KAFKA_PLAIN_RESYNCED_FAILBACK,
     ] {
-        let (explored, violation) = check(&model(Bug::None, setup));
-        assert!(violation.is_none(), "{setup:?}: {violation:#?}");
-        assert!(explored > 1_000, "{setup:?}: only {explored} states");
-        eprintln!("{setup:?}: {explored} states, every invariant held");
+        holds(&model(Bug::None, setup), setup, 1_000);
     }
 }
 
@@ -1295,10 +1292,7 @@ fn an_epoch_that_survives_a_resync_is_found() {
 #[test]
 fn a_hand_over_through_a_slot_migration_keeps_every_invariant() {
     for setup in [KAFKA_CLUSTER_MIGRATED, STREAM_CLUSTER_MIGRATED] {
-        let (explored, violation) = check(&model(Bug::None, setup));
-        assert!(violation.is_none(), "{setup:?}: {violation:#?}");
-        assert!(explored > 1_000, "{setup:?}: only {explored} states");
-        eprintln!("{setup:?}: {explored} states, every invariant held");
+        holds(&model(Bug::None, setup), setup, 1_000);
     }
 }
 
