@@ -11,6 +11,11 @@
 //!    if it was not already (one script, on the recipient's shard).
 //! 3. `Settle`, on the donor: the entry removed, only if it is still this transfer's.
 //!
+//! A donor gives only stock its own waiting requests are not about to take: a request that
+//! finds its home empty registers its wait there, and a donor with waiting requests gives
+//! nothing (without that, two buckets with users waiting pass one unit back and forth for
+//! ever, a livelock the model found).
+//!
 //! A mover may die after any step, or stall and come back after its lease ran out; another
 //! then takes the entry over (`Recover`, on the donor, only once the lease has run out) and
 //! goes on from `Credit`, which is safe to repeat. SOLD_OUT is answered only from a mark,
@@ -21,15 +26,26 @@
 //! stock anywhere and nothing in flight, none can appear again (no releases here), so a mark
 //! set later is still true when it is read.
 //!
+//! A release (a slot given back after its publish certainly failed; the user was told 503
+//! and asks again) cannot put its unit back into stock at once: a mark on another bucket
+//! would then answer SOLD_OUT while the unit is for sale. The unit waits aside in its
+//! bucket (`returned`, one script with the release), and a mover reopens the coupon: it
+//! clears the mark on every bucket, moving each bucket's mark generation, and only then
+//! puts the unit back into stock. A mark is set only under the generation the check's
+//! collect saw, so a check that saw the coupon empty before the release cannot mark it
+//! again afterwards. A unit aside is not yet for sale: a SOLD_OUT answered before it is
+//! back is one its release came after.
+//!
 //! Invariants, in every state: never more than N admitted; every unit is somewhere (a
-//! bucket's stock, a holder, or a transfer in flight: none lost, none made); SOLD_OUT only
-//! when every bucket's stock was 0 and nothing was in flight at the moment of the decision.
-//! At rest (nothing left to do): no request waits, and no stock is left while a user who
+//! bucket's stock, a holder, a transfer in flight, or aside after a release: none lost,
+//! none made); SOLD_OUT only when every bucket's stock was 0 and nothing was in flight at
+//! the moment of the decision. At rest (nothing left to do): no request waits, every unit
+//! released is back for sale, and, with no release, no stock is left while a user who
 //! asked was refused. One per user holds by construction: a user is decided in one bucket.
 //!
-//! Not modelled yet: releases (a slot given back after a certain publish failure, which
-//! would have to clear the marks before its unit can be sold), the loss of a bucket's shard
-//! and its rebuild from the log and the ledger, and transfers of more than one unit.
+//! Not modelled yet: the loss of a bucket's shard (a replica promoted without its last
+//! takes, credits or admissions) and its rebuild from the log and the ledger, and
+//! transfers of more than one unit.
 
 use testkit::explorer::{Protocol, finds, holds};
 
@@ -59,6 +75,12 @@ enum Bug {
     /// Users pinned to their bucket with no transfer (the public flash-sale implementation
     /// the issue names): an empty home bucket answers SOLD_OUT.
     HomeOnly,
+    /// A release puts its unit straight back into stock: the marks on the other buckets
+    /// still answer SOLD_OUT.
+    ReleaseIntoStock,
+    /// A mark is set whatever the bucket's mark generation: a check that saw the coupon
+    /// empty before a release marks it again after the reopen.
+    MarkAnyGeneration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,6 +100,10 @@ struct Bucket {
     ledger: Option<Entry>,
     credited: [bool; TRANSFERS],
     sold_out: bool,
+    /// Moved by every clearing of the mark (a reopen).
+    generation: u8,
+    /// Units given back by releases, not yet for sale.
+    returned: u8,
     version: u8,
 }
 
@@ -86,6 +112,8 @@ struct Bucket {
 struct Seen {
     stock: u8,
     in_flight: bool,
+    returned: u8,
+    generation: u8,
     version: u8,
 }
 
@@ -112,10 +140,18 @@ enum Mover {
         first: [Option<Seen>; K],
         second: [Option<Seen>; K],
     },
-    /// Every bucket seen empty, nothing in flight: marks bucket `next` and the rest.
+    /// Every bucket seen empty, nothing in flight: marks bucket `next` and the rest, each
+    /// only under the generation the collect saw there.
     Marking {
         next: u8,
+        generations: [u8; K],
     },
+    /// A reopen after a release: clears the mark on bucket `next` and the rest, then puts
+    /// the units aside back into stock.
+    Unmarking {
+        next: u8,
+    },
+    Restocking,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -134,6 +170,7 @@ struct State {
     requests: [Request; USERS],
     next_transfer: u8,
     crashes_left: u8,
+    releases_left: u8,
     /// A SOLD_OUT was decided while stock was left somewhere, or in flight.
     lied: bool,
 }
@@ -163,6 +200,12 @@ enum Action {
     /// One read of the check's collect.
     Collect(u8),
     Mark(u8),
+    /// A holder's slot given back (its publish certainly failed; told 503, it asks again).
+    Release(u8),
+    /// A mover begins a reopen: units are aside somewhere.
+    Reopen(u8),
+    Unmark(u8),
+    Restock(u8),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -171,6 +214,8 @@ struct Setup {
     homes: [u8; USERS],
     /// Each bucket's stock at the start (the coupon's quantity, split).
     stocks: [u8; K],
+    /// Releases that may happen.
+    releases: u8,
 }
 
 impl Setup {
@@ -200,6 +245,13 @@ impl State {
             .sum()
     }
 
+    fn returned(&self) -> usize {
+        self.buckets
+            .iter()
+            .map(|bucket| bucket.returned as usize)
+            .sum()
+    }
+
     fn holders(&self) -> usize {
         self.buckets
             .iter()
@@ -214,12 +266,16 @@ impl Model {
         self.setup.homes[user] as usize
     }
 
+    /// Whether a request waits at `bucket` (the bucket knows: a request that finds it empty
+    /// registers its wait there, in the same script).
+    fn waits_at(&self, s: &State, bucket: usize) -> bool {
+        (0..USERS).any(|u| self.home(u) == bucket && s.requests[u] == Request::Waiting)
+    }
+
     /// Whether `bucket` needs stock: a request waits there, its stock is gone, no mark.
     fn needs_stock(&self, s: &State, bucket: usize) -> bool {
         let b = &s.buckets[bucket];
-        b.stock == 0
-            && !b.sold_out
-            && (0..USERS).any(|u| self.home(u) == bucket && s.requests[u] == Request::Waiting)
+        b.stock == 0 && !b.sold_out && self.waits_at(s, bucket)
     }
 }
 
@@ -234,6 +290,8 @@ impl Protocol for Model {
             ledger: None,
             credited: [false; TRANSFERS],
             sold_out: false,
+            generation: 0,
+            returned: 0,
             version: 0,
         });
         State {
@@ -242,6 +300,7 @@ impl Protocol for Model {
             requests: [Request::NotYet; USERS],
             next_transfer: 0,
             crashes_left: 1,
+            releases_left: self.setup.releases,
             lied: false,
         }
     }
@@ -268,8 +327,12 @@ impl Protocol for Model {
                     for to in (0..K).filter(|to| self.needs_stock(s, *to)) {
                         for from in 0..K {
                             let donor = &s.buckets[from];
+                            // A donor keeps what its own waiting requests are about to take:
+                            // else two buckets with waiting users pass one unit back and
+                            // forth for ever (the model found that livelock).
                             if from != to
                                 && donor.stock > 0
+                                && !self.waits_at(s, from)
                                 && donor.ledger.is_none()
                                 && (s.next_transfer as usize) < TRANSFERS
                             {
@@ -286,6 +349,9 @@ impl Protocol for Model {
                     // whether the coupon is sold out.
                     if takes == 0 && (0..K).any(|to| self.needs_stock(s, to)) {
                         actions.push(Action::Check(m));
+                    }
+                    if s.returned() > 0 {
+                        actions.push(Action::Reopen(m));
                     }
                     if self.bug != Bug::NoRecovery {
                         for from in 0..K {
@@ -305,6 +371,8 @@ impl Protocol for Model {
                 Mover::Credited { .. } => actions.push(Action::Settle(m)),
                 Mover::Collecting { .. } => actions.push(Action::Collect(m)),
                 Mover::Marking { .. } => actions.push(Action::Mark(m)),
+                Mover::Unmarking { .. } => actions.push(Action::Unmark(m)),
+                Mover::Restocking => actions.push(Action::Restock(m)),
             }
             if *mover != Mover::Idle && s.crashes_left > 0 {
                 actions.push(Action::Crash(m));
@@ -313,6 +381,13 @@ impl Protocol for Model {
         for (from, bucket) in s.buckets.iter().enumerate() {
             if bucket.ledger.is_some_and(|entry| entry.owner.is_some()) {
                 actions.push(Action::LeaseExpires(from as u8));
+            }
+        }
+        if s.releases_left > 0 {
+            for user in 0..USERS {
+                if s.buckets[self.home(user)].issued[user] {
+                    actions.push(Action::Release(user as u8));
+                }
             }
         }
         actions
@@ -414,6 +489,8 @@ impl Protocol for Model {
                     let seen = Seen {
                         stock: bucket.stock,
                         in_flight: bucket.ledger.is_some() && self.bug != Bug::IgnoreInFlight,
+                        returned: bucket.returned,
+                        generation: bucket.generation,
                         version: bucket.version,
                     };
                     if pass == 0 {
@@ -439,11 +516,17 @@ impl Protocol for Model {
                         }
                     } else {
                         let empty = first.iter().all(|seen| {
-                            seen.is_some_and(|seen| seen.stock == 0 && !seen.in_flight)
+                            seen.is_some_and(|seen| {
+                                seen.stock == 0 && !seen.in_flight && seen.returned == 0
+                            })
                         });
                         let stable = passes == 1 || first == second;
                         if empty && stable {
-                            Mover::Marking { next: 0 }
+                            Mover::Marking {
+                                next: 0,
+                                generations: first
+                                    .map(|seen| seen.map_or(0, |seen| seen.generation)),
+                            }
                         } else {
                             Mover::Idle
                         }
@@ -451,14 +534,57 @@ impl Protocol for Model {
                 }
             }
             Action::Mark(m) => {
-                if let Mover::Marking { next } = s.movers[m as usize] {
-                    s.buckets[next as usize].sold_out = true;
+                if let Mover::Marking { next, generations } = s.movers[m as usize] {
+                    let bucket = &mut s.buckets[next as usize];
+                    if bucket.generation == generations[next as usize]
+                        || self.bug == Bug::MarkAnyGeneration
+                    {
+                        bucket.sold_out = true;
+                    }
                     s.movers[m as usize] = if next as usize + 1 < K {
-                        Mover::Marking { next: next + 1 }
+                        Mover::Marking {
+                            next: next + 1,
+                            generations,
+                        }
                     } else {
                         Mover::Idle
                     };
                 }
+            }
+            Action::Release(user) => {
+                let u = user as usize;
+                s.releases_left -= 1;
+                let home = &mut s.buckets[self.home(u)];
+                home.issued[u] = false;
+                if self.bug == Bug::ReleaseIntoStock {
+                    home.stock += 1;
+                } else {
+                    home.returned += 1;
+                }
+                home.version += 1;
+                s.requests[u] = Request::NotYet;
+            }
+            Action::Reopen(m) => s.movers[m as usize] = Mover::Unmarking { next: 0 },
+            Action::Unmark(m) => {
+                if let Mover::Unmarking { next } = s.movers[m as usize] {
+                    let bucket = &mut s.buckets[next as usize];
+                    bucket.sold_out = false;
+                    bucket.generation += 1;
+                    bucket.version += 1;
+                    s.movers[m as usize] = if next as usize + 1 < K {
+                        Mover::Unmarking { next: next + 1 }
+                    } else {
+                        Mover::Restocking
+                    };
+                }
+            }
+            Action::Restock(m) => {
+                if let Some(bucket) = s.buckets.iter_mut().find(|bucket| bucket.returned > 0) {
+                    bucket.stock += bucket.returned;
+                    bucket.returned = 0;
+                    bucket.version += 1;
+                }
+                s.movers[m as usize] = Mover::Idle;
             }
         }
         s
@@ -469,7 +595,7 @@ impl Protocol for Model {
         if s.holders() > quantity {
             return Some("never more than N");
         }
-        if s.stock() + s.holders() + s.in_flight() != quantity {
+        if s.stock() + s.holders() + s.in_flight() + s.returned() != quantity {
             return Some("every unit somewhere: none lost, none made");
         }
         if s.lied {
@@ -481,14 +607,18 @@ impl Protocol for Model {
             .actions(s)
             .iter()
             .any(|action| !matches!(action, Action::Check(_)));
-        let sold_out = s.stock() == 0 && s.in_flight() == 0;
+        let sold_out = s.stock() == 0 && s.in_flight() == 0 && s.returned() == 0;
         let idle = s.movers.iter().all(|mover| *mover == Mover::Idle);
         if !moving && idle && !sold_out {
             if s.requests.contains(&Request::Waiting) {
                 return Some("at rest, no request waits");
             }
+            if s.returned() > 0 {
+                return Some("at rest, every unit released is back for sale");
+            }
             let refused = s.requests.contains(&Request::SoldOut);
-            if refused && (s.stock() > 0 || s.in_flight() > 0) {
+            let released = s.releases_left < self.setup.releases;
+            if refused && !released && (s.stock() > 0 || s.in_flight() > 0) {
                 return Some("at rest, no stock left while a user was refused");
             }
         }
@@ -500,11 +630,18 @@ impl Protocol for Model {
 const SPREAD: Setup = Setup {
     homes: [0, 0, 1],
     stocks: [1, 1],
+    releases: 0,
 };
 /// Every user home to one bucket, and all the stock in the other: each unit must move.
 const ONE_HOME: Setup = Setup {
     homes: [0, 0, 0],
     stocks: [0, 2],
+    releases: 0,
+};
+/// The same as `SPREAD`, and one holder's slot released (whenever).
+const SPREAD_RELEASED: Setup = Setup {
+    releases: 1,
+    ..SPREAD
 };
 
 fn model(bug: Bug, setup: Setup) -> Model {
@@ -513,8 +650,8 @@ fn model(bug: Bug, setup: Setup) -> Model {
 
 #[test]
 fn every_reachable_state_keeps_every_invariant() {
-    for setup in [SPREAD, ONE_HOME] {
-        holds(&model(Bug::None, setup), setup, 10_000);
+    for setup in [SPREAD, ONE_HOME, SPREAD_RELEASED] {
+        holds(&model(Bug::None, setup), setup, 1_000);
     }
 }
 
@@ -561,6 +698,22 @@ fn a_settle_of_another_transfer_is_found() {
 fn a_home_bucket_that_answers_for_all_is_found() {
     finds(
         &model(Bug::HomeOnly, ONE_HOME),
+        "SOLD_OUT only when every bucket was empty",
+    );
+}
+
+#[test]
+fn a_release_straight_into_stock_is_found() {
+    finds(
+        &model(Bug::ReleaseIntoStock, SPREAD_RELEASED),
+        "SOLD_OUT only when every bucket was empty",
+    );
+}
+
+#[test]
+fn a_mark_under_any_generation_is_found() {
+    finds(
+        &model(Bug::MarkAnyGeneration, SPREAD_RELEASED),
         "SOLD_OUT only when every bucket was empty",
     );
 }
