@@ -266,6 +266,8 @@ struct Setup {
     releases: u8,
     /// Failovers of a bucket's shard that may happen.
     failovers: u8,
+    /// Mover crashes that may happen.
+    crashes: u8,
 }
 
 impl Setup {
@@ -357,7 +359,7 @@ impl Protocol for Model {
             movers: [Mover::Idle; MOVERS],
             requests: [Request::NotYet; USERS],
             next_transfer: 0,
-            crashes_left: 1,
+            crashes_left: self.setup.crashes,
             releases_left: self.setup.releases,
             replicas: buckets,
             failovers_left: self.setup.failovers,
@@ -815,6 +817,7 @@ const SPREAD: Setup = Setup {
     stocks: [1, 1],
     releases: 0,
     failovers: 0,
+    crashes: 1,
 };
 /// Every user home to one bucket, and all the stock in the other: each unit must move.
 const ONE_HOME: Setup = Setup {
@@ -822,10 +825,14 @@ const ONE_HOME: Setup = Setup {
     stocks: [0, 2],
     releases: 0,
     failovers: 0,
+    crashes: 1,
 };
 /// The same as `ONE_HOME`, and one bucket's node failing over to its replica (whenever).
+/// No mover crash here: a rebuild leaves its donor's last entry without a lease, which a
+/// mover takes over as after a crash, and with a crash too the states pass 21 million.
 const ONE_HOME_FAILOVER: Setup = Setup {
     failovers: 1,
+    crashes: 0,
     ..ONE_HOME
 };
 /// The same as `SPREAD`, and one holder's slot released (whenever).
