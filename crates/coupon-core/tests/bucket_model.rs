@@ -27,21 +27,24 @@
 //! set later is still true when it is read.
 //!
 //! A release (a slot given back after its publish certainly failed; the user was told 503
-//! and asks again) cannot put its unit back into stock at once: a mark on another bucket
-//! would then answer SOLD_OUT while the unit is for sale. The unit waits aside in its
-//! bucket (`returned`, one script with the release), and a mover reopens the coupon: it
-//! clears the mark on every bucket, moving each bucket's mark generation, and only then
-//! puts the unit back into stock. A mark is set only under the generation the check's
-//! collect saw, so a check that saw the coupon empty before the release cannot mark it
-//! again afterwards. A unit aside is not yet for sale: a SOLD_OUT answered before it is
-//! back is one its release came after.
+//! and asks again) cannot free its slot at once: a mark on another bucket would then
+//! answer SOLD_OUT while the unit is for sale, and after the release. So the release only
+//! flags the holder as releasing (one script; the user is still a holder, and its retry is
+//! told to retry), and a mover reopens the coupon: it clears the mark on every bucket,
+//! moving each bucket's mark generation, and only then frees the slot and puts the unit
+//! back into stock (one script on the home bucket). A mark is set only under the
+//! generation the check's collect saw, so a check that saw the coupon empty before the
+//! release cannot mark it again afterwards; a collect counts a releasing holder as stock.
+//! Every SOLD_OUT is thus answered before the release frees its slot.
 //!
 //! Invariants, in every state: never more than N admitted; every unit is somewhere (a
-//! bucket's stock, a holder, a transfer in flight, or aside after a release: none lost,
-//! none made); SOLD_OUT only when every bucket's stock was 0 and nothing was in flight at
-//! the moment of the decision. At rest (nothing left to do): no request waits, every unit
-//! released is back for sale, and, with no release, no stock is left while a user who
-//! asked was refused. One per user holds by construction: a user is decided in one bucket.
+//! bucket's stock, a holder, releasing or not, or a transfer in flight: none lost, none
+//! made); SOLD_OUT only when every bucket's stock was 0 and nothing was in flight at the
+//! moment of the decision; where every bucket's node holds its verified state, Redis's
+//! holders are exactly the users the log has. At rest (nothing left to do): no request
+//! waits, every unit released is back for sale, and, with no release, no stock is left
+//! while a user who asked was refused. One per user holds by construction: a user is
+//! decided in one bucket.
 //!
 //! A bucket's node may fail over to its replica, which lacks what it did not get: takes,
 //! credits, settles, admissions, marks. Each bucket, like each coupon today, is verified
@@ -92,8 +95,8 @@ enum Bug {
     /// Users pinned to their bucket with no transfer (the public flash-sale implementation
     /// the issue names): an empty home bucket answers SOLD_OUT.
     HomeOnly,
-    /// A release puts its unit straight back into stock: the marks on the other buckets
-    /// still answer SOLD_OUT.
+    /// A release frees its slot and puts its unit straight back into stock: the marks on the
+    /// other buckets still answer SOLD_OUT.
     ReleaseIntoStock,
     /// A mark is set whatever the bucket's mark generation: a check that saw the coupon
     /// empty before a release marks it again after the reopen.
@@ -101,6 +104,9 @@ enum Bug {
     /// A transfer is journalled in PostgreSQL whatever happened to its donor since the
     /// take: a take lost in a failover, its donor rebuilt with the unit, is credited too.
     JournalUnfenced,
+    /// A rebuild keeps the holders the promoted replica has, not the log's: an admission
+    /// it never got is forgotten, and its unit sold again.
+    HoldersFromReplica,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -122,8 +128,8 @@ struct Bucket {
     sold_out: bool,
     /// Moved by every clearing of the mark (a reopen).
     generation: u8,
-    /// Units given back by releases, not yet for sale.
-    returned: u8,
+    /// Holders whose slot is being given back: holders still, until every mark is cleared.
+    releasing: [bool; USERS],
     version: u8,
     /// The node's incarnation: a failover to the replica gives another.
     epoch: u8,
@@ -297,11 +303,13 @@ impl State {
             .sum()
     }
 
+    /// Holders whose slot is being given back.
     fn returned(&self) -> usize {
         self.buckets
             .iter()
-            .map(|bucket| bucket.returned as usize)
-            .sum()
+            .flat_map(|bucket| bucket.releasing)
+            .filter(|releasing| *releasing)
+            .count()
     }
 
     fn holders(&self) -> usize {
@@ -350,7 +358,7 @@ impl Protocol for Model {
             credited: [false; TRANSFERS],
             sold_out: false,
             generation: 0,
-            returned: 0,
+            releasing: [false; USERS],
             version: 0,
             epoch: 0,
         });
@@ -380,8 +388,9 @@ impl Protocol for Model {
                 Request::Waiting => home.stock > 0 || home.sold_out,
                 _ => false,
             };
-            // A bucket whose node failed over answers 503 until it is rebuilt.
-            if ready && s.verified(self.home(user)) {
+            // A bucket whose node failed over answers 503 until it is rebuilt, and a holder
+            // whose slot is being given back is told to retry until it is.
+            if ready && s.verified(self.home(user)) && !home.releasing[user] {
                 actions.push(Action::Decide(user as u8));
             }
         }
@@ -615,7 +624,7 @@ impl Protocol for Model {
                     let seen = Seen {
                         stock: bucket.stock,
                         in_flight: bucket.ledger.is_some() && self.bug != Bug::IgnoreInFlight,
-                        returned: bucket.returned,
+                        returned: bucket.releasing.iter().filter(|r| **r).count() as u8,
                         generation: bucket.generation,
                         version: bucket.version,
                     };
@@ -683,11 +692,11 @@ impl Protocol for Model {
                 let u = user as usize;
                 s.releases_left -= 1;
                 let home = &mut s.buckets[self.home(u)];
-                home.issued[u] = false;
                 if self.bug == Bug::ReleaseIntoStock {
+                    home.issued[u] = false;
                     home.stock += 1;
                 } else {
-                    home.returned += 1;
+                    home.releasing[u] = true;
                 }
                 home.version += 1;
                 // Its publish certainly failed: nothing of it is in the log.
@@ -743,8 +752,11 @@ impl Protocol for Model {
                         _ => {}
                     }
                 }
-                let issued: [bool; USERS] =
-                    std::array::from_fn(|u| self.home(u) == b && s.logged[u]);
+                let issued: [bool; USERS] = if self.bug == Bug::HoldersFromReplica {
+                    s.buckets[b].issued
+                } else {
+                    std::array::from_fn(|u| self.home(u) == b && s.logged[u])
+                };
                 let holders = issued.iter().filter(|held| **held).count() as i16;
                 let old = s.buckets[b];
                 s.buckets[b] = Bucket {
@@ -754,17 +766,24 @@ impl Protocol for Model {
                     credited,
                     sold_out: false,
                     generation: old.generation + 1,
-                    returned: 0,
+                    releasing: [false; USERS],
                     version: old.version + 1,
                     epoch: old.epoch,
                 };
                 s.in_force[b] = old.epoch;
             }
             Action::Restock(m) => {
-                if let Some(bucket) = s.buckets.iter_mut().find(|bucket| bucket.returned > 0) {
-                    bucket.stock += bucket.returned;
-                    bucket.returned = 0;
-                    bucket.version += 1;
+                // One script on each home bucket of a releasing holder: the slot freed, the
+                // unit back into stock.
+                for bucket in &mut s.buckets {
+                    for user in 0..USERS {
+                        if bucket.releasing[user] {
+                            bucket.releasing[user] = false;
+                            bucket.issued[user] = false;
+                            bucket.stock += 1;
+                            bucket.version += 1;
+                        }
+                    }
                 }
                 s.movers[m as usize] = Mover::Idle;
             }
@@ -780,7 +799,15 @@ impl Protocol for Model {
         }
         // Counted where every node holds its verified state: a rewound copy is not for sale.
         let all_verified = (0..K).all(|bucket| s.verified(bucket));
-        if all_verified && s.stock() + s.holders() + s.in_flight() + s.returned() != quantity {
+        if all_verified
+            && (0..USERS).any(|u| {
+                let home = &s.buckets[self.home(u)];
+                (home.issued[u] && !home.releasing[u]) != s.logged[u]
+            })
+        {
+            return Some("Redis's holders are exactly the log's");
+        }
+        if all_verified && s.stock() + s.holders() + s.in_flight() != quantity {
             return Some("every unit somewhere: none lost, none made");
         }
         if s.lied {
@@ -920,5 +947,13 @@ fn a_journal_that_ignores_a_rebuilt_donor_is_found() {
     finds(
         &model(Bug::JournalUnfenced, ONE_HOME_FAILOVER),
         "none lost, none made",
+    );
+}
+
+#[test]
+fn a_rebuild_that_keeps_the_replicas_holders_is_found() {
+    finds(
+        &model(Bug::HoldersFromReplica, ONE_HOME_FAILOVER),
+        "Redis's holders are exactly the log's",
     );
 }
