@@ -318,25 +318,24 @@ impl State {
             .sum()
     }
 
+    /// Users flagged by `pick` in the buckets `which` keeps.
+    fn users(&self, pick: fn(&Bucket) -> [bool; USERS], which: impl Fn(usize) -> bool) -> usize {
+        (0..K)
+            .filter(|bucket| which(*bucket))
+            .flat_map(|bucket| pick(&self.buckets[bucket]))
+            .filter(|flagged| *flagged)
+            .count()
+    }
+
     /// Holders whose slot is being given back.
     fn returned(&self) -> usize {
-        self.buckets
-            .iter()
-            .flat_map(|bucket| bucket.releasing)
-            .filter(|releasing| *releasing)
-            .count()
+        self.users(|bucket| bucket.releasing, |_| true)
     }
 
     fn holders(&self) -> usize {
-        self.buckets
-            .iter()
-            .flat_map(|bucket| bucket.issued)
-            .filter(|held| *held)
-            .count()
+        self.users(|bucket| bucket.issued, |_| true)
     }
-}
 
-impl State {
     /// Whether `bucket`'s node holds the state verified last (no failover since).
     fn verified(&self, bucket: usize) -> bool {
         self.buckets[bucket].epoch == self.in_force[bucket]
@@ -844,11 +843,7 @@ impl Protocol for Model {
         let logged = s.logged.iter().filter(|logged| **logged).count();
         // A node that failed over holds a stale copy, which refuses every script until
         // its rebuild: its holders are not counted, the log's are.
-        let verified_holders = (0..K)
-            .filter(|bucket| s.verified(*bucket))
-            .flat_map(|bucket| s.buckets[bucket].issued)
-            .filter(|held| *held)
-            .count();
+        let verified_holders = s.users(|bucket| bucket.issued, |bucket| s.verified(bucket));
         if verified_holders > quantity || logged > quantity {
             return Some("never more than N");
         }
