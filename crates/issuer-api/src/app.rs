@@ -16,11 +16,14 @@ use coupon_core::redis::keys::CouponKeys;
 use coupon_core::startup::prepare;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::auth_throttle::AuthThrottle;
+use crate::client_address::ClientAddresses;
+use crate::config::{Config, OpsListen};
 use crate::delivery::Delivery;
 use crate::delivery::kafka::{KafkaDelivery, KafkaSettings};
 use crate::delivery::stream::StreamDelivery;
 use crate::error::ApiError;
+use crate::http::guards::{MAX_BODY_BYTES, body_in_time, throttle_failed_authentication};
 use crate::http::handlers;
 use crate::http::routes;
 use crate::http::state::AppState;
@@ -32,8 +35,6 @@ use crate::operations::Operations;
 use crate::rate_limit::{Limits, RateLimiter};
 use crate::replication::{Confirmation, Replication, ShardReplication};
 
-/// Requests with bodies larger than this are refused with 413 before they are parsed.
-const MAX_BODY_BYTES: usize = 4 * 1024;
 /// How long in-flight requests get to finish, and events to be acknowledged, at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -134,9 +135,15 @@ impl Application {
     /// Connects to every dependency and binds the listener; serving starts with
     /// [`Application::run`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let identity = Identity::new(&config.identity, config.admin_token()?).await?;
-        let issuer = connect(&config).await?;
-        let operations = Arc::new(Operations::start(&issuer).await);
+        config.check()?;
+        let identity =
+            Identity::new(&config.identity, config.admin_token()?, config.dev_secrets).await?;
+        let addresses = ClientAddresses::new(config.client_address_header.as_deref())?;
+        let issuer = connect(&config)
+            .await?
+            .with_coupon_reads_kept(Duration::from_millis(config.coupon_read_cache_ms));
+        let probe_pool = coupon_core::db::pool::build_pool(&config.database.target()?, 1)?;
+        let operations = Arc::new(Operations::start(&issuer, probe_pool).await);
         let limiter = RateLimiter::new(
             config
                 .redis
@@ -148,12 +155,8 @@ impl Application {
                 window: Duration::from_millis(config.rate_window_ms),
                 per_user: config.rate_per_user,
                 per_address: config.rate_per_address,
-                address_header: config.client_address_header.clone(),
             },
         );
-        if let Some(header) = &config.client_address_header {
-            tracing::warn!(%header, "trusting this header for client addresses: only a proxy in front must be able to set it");
-        }
         // Its own app data, so that the identity extractor needs nothing of the handlers'.
         let identity = web::Data::new(identity);
         let state = web::Data::new(AppState {
@@ -161,10 +164,21 @@ impl Application {
             metrics: issuer.metrics().clone(),
             operations: operations.clone(),
             limiter,
+            addresses,
+            auth_throttle: AuthThrottle::new(
+                config.auth_failures_per_address,
+                Duration::from_millis(config.auth_failure_window_ms),
+            ),
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
         });
         let ops = match config.ops_listen {
-            Some(listen) => Some(ops_server(state.clone(), listen)?),
-            None => None,
+            OpsListen::At(listen) => Some(ops_server(state.clone(), listen)?),
+            OpsListen::Public => {
+                tracing::warn!(
+                    "ISSUER_OPS_LISTEN=public: /metrics, /healthz and /readyz are served to anyone who reaches the API"
+                );
+                None
+            }
         };
         let public_ops = ops.is_none();
 
@@ -172,8 +186,13 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
+        // actix caps connections per worker thread.
+        let connections_per_worker = config.max_connections.div_ceil(workers);
         let bound = HttpServer::new(move || {
+            // The last wrapped runs first: timing, then the throttle, then the body.
             let app = App::new()
+                .wrap(from_fn(body_in_time))
+                .wrap(from_fn(throttle_failed_authentication))
                 .wrap(from_fn(timed))
                 .app_data(state.clone())
                 .app_data(identity.clone())
@@ -191,7 +210,9 @@ impl Application {
         // (the kernel caps it at net.core.somaxconn, see docs/performance.md). actix applies
         // it only to sockets it binds itself, so it binds: a std listener would keep 128.
         .backlog(65_535)
-        .max_connections(50_000)
+        .max_connections(connections_per_worker)
+        .client_request_timeout(Duration::from_millis(config.head_timeout_ms))
+        .keep_alive(Duration::from_millis(config.keep_alive_ms))
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
         .bind(config.listen)

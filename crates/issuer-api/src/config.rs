@@ -21,10 +21,15 @@ pub struct Config {
     /// Address the HTTP server listens on.
     #[arg(long, env = "ISSUER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// A separate address for /metrics, /healthz and /readyz, which then leave the public
-    /// listener; unset, they are served beside the API.
-    #[arg(long, env = "ISSUER_OPS_LISTEN")]
-    pub ops_listen: Option<SocketAddr>,
+    /// Where /metrics, /healthz and /readyz are served: an address of their own (keep it
+    /// inside the cluster), or `public` to serve them beside the API on ISSUER_LISTEN.
+    #[arg(long, env = "ISSUER_OPS_LISTEN", default_value = "127.0.0.1:8081")]
+    pub ops_listen: OpsListen,
+    /// `allow` lets the development secrets the Makefile, the compose file and the README
+    /// print, and an admin token under 32 bytes, through: for `make run`, the demo and the
+    /// tests only. `refuse` (the default) stops the start on them.
+    #[arg(long, env = "ISSUER_DEV_SECRETS", value_enum, default_value_t = DevSecrets::Refuse)]
+    pub dev_secrets: DevSecrets,
     /// Bearer token of the admins (creating coupons, reading anyone's): this variable or
     /// ISSUER_ADMIN_TOKEN_FILE is required. Never logged, and refused on the command line.
     #[arg(long, env = "ISSUER_ADMIN_TOKEN", hide_env_values = true)]
@@ -68,11 +73,38 @@ pub struct Config {
     /// The rate limits' window.
     #[arg(long, env = "ISSUER_RATE_WINDOW_MS", default_value_t = 1000)]
     pub rate_window_ms: u64,
-    /// The header a trusted proxy in front sets to the client's address (its last entry is
-    /// used); unset, the connection's peer address. Set it only behind such a proxy: anyone
-    /// can send any header.
+    /// The header a trusted proxy in front writes the client's address to: the last entry,
+    /// across every line of it, is used (`X-Forwarded-For`-style lists, `ip:port`, or
+    /// RFC 7239 `Forwarded: for=`). Unset, the connection's peer address. Set it only
+    /// behind such a proxy: anyone can send any header.
     #[arg(long, env = "ISSUER_CLIENT_ADDRESS_HEADER")]
     pub client_address_header: Option<String>,
+    /// Failed authentications (401) one client address may make per
+    /// ISSUER_AUTH_FAILURE_WINDOW_MS before its requests are answered 429 unread; counted in
+    /// each instance's memory.
+    #[arg(long, env = "ISSUER_AUTH_FAILURES_PER_ADDRESS", default_value_t = 10)]
+    pub auth_failures_per_address: u32,
+    /// The window failed authentications are counted in.
+    #[arg(long, env = "ISSUER_AUTH_FAILURE_WINDOW_MS", default_value_t = 60_000)]
+    pub auth_failure_window_ms: u64,
+    /// How long a client has to send a request's head (line and headers) once it starts.
+    #[arg(long, env = "ISSUER_HEAD_TIMEOUT_MS", default_value_t = 5_000)]
+    pub head_timeout_ms: u64,
+    /// How long a client has to send a request's body once its head is read; past it, 408
+    /// and the connection is closed.
+    #[arg(long, env = "ISSUER_BODY_TIMEOUT_MS", default_value_t = 5_000)]
+    pub body_timeout_ms: u64,
+    /// How long an idle kept-alive connection stays open.
+    #[arg(long, env = "ISSUER_KEEP_ALIVE_MS", default_value_t = 5_000)]
+    pub keep_alive_ms: u64,
+    /// Most connections open at once, over every HTTP worker: each costs a few tens of
+    /// kilobytes at most, so the default fits a pod of 256 MiB with room to spare.
+    #[arg(long, env = "ISSUER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How long `GET /api/v1/coupons/{id}` (public sale information) is served from this
+    /// instance's memory before PostgreSQL and Redis are asked again; 0 asks every time.
+    #[arg(long, env = "ISSUER_COUPON_READ_CACHE_MS", default_value_t = 1_000)]
+    pub coupon_read_cache_ms: u64,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
@@ -87,12 +119,41 @@ pub struct Config {
     pub command: Option<Command>,
 }
 
+/// Where the operations routes are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpsListen {
+    /// Beside the API, on its public listener (set explicitly).
+    Public,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for OpsListen {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "public" => Ok(Self::Public),
+            address => address.parse().map(Self::At).map_err(|_| {
+                format!("{address:?} is neither `public` nor an address such as 127.0.0.1:8081")
+            }),
+        }
+    }
+}
+
+/// Whether the development secrets are let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DevSecrets {
+    Refuse,
+    Allow,
+}
+
 /// How the issue route and the user's read routes learn who is calling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum UserAuth {
     /// A bearer JWT, verified here.
     Jwt,
-    /// A header set by a gateway in front that has authenticated the user.
+    /// A header set by a gateway in front that has authenticated the user, honoured only
+    /// beside the gateway's secret header (ISSUER_GATEWAY_SECRET).
     GatewayHeader,
 }
 
@@ -105,6 +166,21 @@ pub struct IdentityArgs {
     /// The header naming the user, in gateway-header mode.
     #[arg(long, env = "ISSUER_USER_HEADER", default_value = "x-user-id")]
     pub user_header: String,
+    /// In gateway-header mode, required: the secret (at least 32 bytes) the gateway sends in
+    /// ISSUER_GATEWAY_SECRET_HEADER on every request it forwards, so that a client reaching
+    /// the API directly cannot name a user. Never logged, and refused on the command line.
+    #[arg(long, env = "ISSUER_GATEWAY_SECRET", hide_env_values = true)]
+    pub gateway_secret: Option<String>,
+    /// A file holding the gateway's secret, instead of ISSUER_GATEWAY_SECRET.
+    #[arg(long, env = "ISSUER_GATEWAY_SECRET_FILE")]
+    pub gateway_secret_file: Option<PathBuf>,
+    /// The header carrying the gateway's secret.
+    #[arg(
+        long,
+        env = "ISSUER_GATEWAY_SECRET_HEADER",
+        default_value = "x-gateway-secret"
+    )]
+    pub gateway_secret_header: String,
     /// HS256 shared secret (at least 32 bytes). Never logged, and refused on the command line.
     #[arg(long, env = "ISSUER_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -115,18 +191,38 @@ pub struct IdentityArgs {
     /// unknown kid and every five minutes.
     #[arg(long, env = "ISSUER_JWT_JWKS_FILE")]
     pub jwt_jwks_file: Option<PathBuf>,
-    /// The issuer's JWKS URL, instead of a file (https verified against the system's roots).
+    /// The issuer's JWKS URL, instead of a file: https only, verified against the system's
+    /// roots (and ISSUER_JWT_JWKS_CA_FILE's); redirects are not followed.
     #[arg(long, env = "ISSUER_JWT_JWKS_URL")]
     pub jwt_jwks_url: Option<String>,
-    /// The `iss` every token must carry; unset, any.
+    /// A PEM file of a CA to trust for ISSUER_JWT_JWKS_URL beside the system's roots (an
+    /// identity provider with a private CA).
+    #[arg(long, env = "ISSUER_JWT_JWKS_CA_FILE", requires = "jwt_jwks_url")]
+    pub jwt_jwks_ca_file: Option<PathBuf>,
+    /// The `iss` every token must carry. Required, unless ISSUER_JWT_ANY_ISSUER waives it.
     #[arg(long, env = "ISSUER_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
-    /// The `aud` every token must carry; unset, any.
+    /// Accept tokens of any issuer (no ISSUER_JWT_ISSUER): only where this API's keys sign
+    /// for nobody else.
+    #[arg(long, env = "ISSUER_JWT_ANY_ISSUER")]
+    pub jwt_any_issuer: bool,
+    /// The `aud` every token must carry. Required, unless ISSUER_JWT_ANY_AUDIENCE waives
+    /// it: without it, a token the identity provider issued to another application is
+    /// accepted here.
     #[arg(long, env = "ISSUER_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
-    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    /// Accept tokens for any audience (no ISSUER_JWT_AUDIENCE).
+    #[arg(long, env = "ISSUER_JWT_ANY_AUDIENCE")]
+    pub jwt_any_audience: bool,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds (at most 300).
     #[arg(long, env = "ISSUER_JWT_LEEWAY_SECS", default_value_t = 30)]
     pub jwt_leeway_secs: u64,
+    /// The longest a token may live: `exp − iat`, or, without `iat`, what is left of it.
+    #[arg(long, env = "ISSUER_JWT_MAX_LIFETIME_SECS", default_value_t = 86_400)]
+    pub jwt_max_lifetime_secs: u64,
+    /// How far ahead of our clock a token's `iat` may be (beyond the leeway, it is refused).
+    #[arg(long, env = "ISSUER_JWT_MAX_FUTURE_IAT_SECS", default_value_t = 60)]
+    pub jwt_max_future_iat_secs: u64,
     /// The claim holding the user id.
     #[arg(long, env = "ISSUER_JWT_USER_CLAIM", default_value = "sub")]
     pub jwt_user_claim: String,
@@ -146,11 +242,45 @@ impl IdentityArgs {
             "ISSUER_JWT_SECRET",
         )
     }
+
+    pub fn gateway_secret(&self) -> anyhow::Result<Option<String>> {
+        secret(
+            self.gateway_secret.as_deref(),
+            self.gateway_secret_file.as_ref(),
+            "ISSUER_GATEWAY_SECRET",
+        )
+    }
+
+    /// Settings that would turn a check off without saying so, refused with the reason.
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.jwt_leeway_secs <= MAX_LEEWAY_SECS,
+            "ISSUER_JWT_LEEWAY_SECS is {}: at most {MAX_LEEWAY_SECS} (a leeway is clock skew, \
+             and a larger one keeps expired tokens alive)",
+            self.jwt_leeway_secs
+        );
+        anyhow::ensure!(
+            !self.jwt_admin_role.trim().is_empty(),
+            "ISSUER_JWT_ADMIN_ROLE is empty: name the role that makes an admin"
+        );
+        anyhow::ensure!(
+            self.jwt_max_lifetime_secs > 0,
+            "ISSUER_JWT_MAX_LIFETIME_SECS must be above 0"
+        );
+        Ok(())
+    }
 }
+
+/// The longest any phase of a request (head, body, idle keep-alive) may be given.
+const MAX_PHASE_MS: u64 = 60_000;
+/// The largest clock skew ISSUER_JWT_LEEWAY_SECS may allow.
+const MAX_LEEWAY_SECS: u64 = 300;
+/// The longest rate window: a counter's expiry is a millisecond count Redis must take.
+const MAX_RATE_WINDOW_MS: u64 = 86_400_000;
 
 /// The flags that carry secrets: another user of the machine reads a command line in `ps`.
 /// The API's own, and the shared ones (`coupon_core::config::SHARED_SECRETS`).
-const SECRET_FLAGS: [(&str, &str, &str); 3] = [
+const SECRET_FLAGS: [(&str, &str, &str); 4] = [
     (
         "admin_token",
         "ISSUER_ADMIN_TOKEN",
@@ -160,6 +290,11 @@ const SECRET_FLAGS: [(&str, &str, &str); 3] = [
         "jwt_secret",
         "ISSUER_JWT_SECRET",
         " or ISSUER_JWT_SECRET_FILE",
+    ),
+    (
+        "gateway_secret",
+        "ISSUER_GATEWAY_SECRET",
+        " or ISSUER_GATEWAY_SECRET_FILE",
     ),
     (SHARED_SECRETS[0].0, SHARED_SECRETS[0].1, ""),
 ];
@@ -174,6 +309,37 @@ impl Config {
         args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
     ) -> anyhow::Result<Self> {
         Ok(parse_refusing_secrets(args, &SECRET_FLAGS)?)
+    }
+
+    /// Settings that would turn a protection off without saying so, or fail every request,
+    /// refused at start with the reason.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=MAX_RATE_WINDOW_MS).contains(&self.rate_window_ms),
+            "ISSUER_RATE_WINDOW_MS is {}: it must be 1 to {MAX_RATE_WINDOW_MS} (a day); 0 \
+             would turn the limits off, and a longer one fails every issue request (to turn a \
+             limit off, set ISSUER_RATE_PER_USER or ISSUER_RATE_PER_ADDRESS to 0)",
+            self.rate_window_ms
+        );
+        anyhow::ensure!(
+            (1..=MAX_RATE_WINDOW_MS).contains(&self.auth_failure_window_ms),
+            "ISSUER_AUTH_FAILURE_WINDOW_MS must be 1 to {MAX_RATE_WINDOW_MS}"
+        );
+        for (variable, ms) in [
+            ("ISSUER_HEAD_TIMEOUT_MS", self.head_timeout_ms),
+            ("ISSUER_BODY_TIMEOUT_MS", self.body_timeout_ms),
+            ("ISSUER_KEEP_ALIVE_MS", self.keep_alive_ms),
+        ] {
+            anyhow::ensure!(
+                (1..=MAX_PHASE_MS).contains(&ms),
+                "{variable} is {ms}: it must be 1 to {MAX_PHASE_MS} (a minute)"
+            );
+        }
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "ISSUER_MAX_CONNECTIONS must be above 0"
+        );
+        self.identity.check()
     }
 
     pub fn admin_token(&self) -> anyhow::Result<String> {

@@ -31,6 +31,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
+    /// The request's body did not arrive within the body timeout.
+    #[error("the request's body did not arrive in time")]
+    BodyTimeout,
     /// A dependency failed or timed out: the outcome is unknown, the client should retry.
     #[error("{what} is unavailable")]
     Unavailable {
@@ -70,7 +73,7 @@ impl ApiError {
     }
 
     /// Every code [`ApiError::code`] gives, so that counters can start each at zero.
-    pub const CODES: [&'static str; 11] = [
+    pub const CODES: [&'static str; 12] = [
         "INVALID_REQUEST",
         "UNAUTHORIZED",
         "FORBIDDEN",
@@ -79,6 +82,7 @@ impl ApiError {
         "METHOD_NOT_ALLOWED",
         "PAYLOAD_TOO_LARGE",
         "UNSUPPORTED_MEDIA_TYPE",
+        "REQUEST_TIMEOUT",
         "UNAVAILABLE",
         "RATE_LIMITED",
         "INTERNAL",
@@ -95,6 +99,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::BodyTimeout => "REQUEST_TIMEOUT",
             Self::Unavailable { .. } | Self::Rebuilding(_) | Self::PublishUnresolved => {
                 "UNAVAILABLE"
             }
@@ -114,6 +119,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable { .. } | Self::Rebuilding(_) | Self::PublishUnresolved => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -142,6 +148,11 @@ impl ResponseError for ApiError {
             }
             Self::MethodNotAllowed { allow } => {
                 response.insert_header((ALLOW, allow.as_str()));
+            }
+            // The rest of the body may still be on its way: the connection cannot carry
+            // another request after it.
+            Self::BodyTimeout | Self::PayloadTooLarge { .. } => {
+                response.force_close();
             }
             Self::Internal(cause) => tracing::error!(error = %cause, "answering 500"),
             _ => {}
@@ -249,6 +260,7 @@ mod tests {
             },
             ApiError::PayloadTooLarge { limit: 1 },
             ApiError::UnsupportedMediaType,
+            ApiError::BodyTimeout,
             ApiError::unavailable("redis", "down"),
             ApiError::PublishUnresolved,
             ApiError::RateLimited {

@@ -1,9 +1,12 @@
 //! Who is calling: the user a request acts for, and whether it may act as an admin.
 //!
 //! The user comes from a verified bearer token (`jwt`, the default) or from a header a
-//! gateway in front sets after its own login (`gateway-header`). Admin is the admin token,
-//! or a verified token carrying the admin role. Nothing a client writes in a body or a path
-//! decides who it is.
+//! gateway in front sets after its own login (`gateway-header`), honoured only beside the
+//! gateway's secret: anyone can send a header, and a client that reaches the API directly
+//! must not name a user. Admin is the admin token, or a verified token carrying the admin
+//! role. Nothing a client writes in a body or a path decides who it is, and a credential
+//! sent twice (two `Authorization` headers, two user headers) is refused rather than one
+//! of them picked.
 
 pub mod jwks;
 pub mod jwt;
@@ -17,7 +20,7 @@ use anyhow::Context;
 use coupon_core::domain::UserId;
 use subtle::{Choice, ConstantTimeEq};
 
-use crate::config::{IdentityArgs, UserAuth};
+use crate::config::{DevSecrets, IdentityArgs, UserAuth};
 use crate::error::ApiError;
 use jwt::Refusal;
 
@@ -28,8 +31,31 @@ pub struct Identity {
 
 enum Users {
     Jwt(Box<jwt::Verifier>),
-    GatewayHeader(HeaderName),
+    GatewayHeader(Gateway),
 }
+
+/// What proves a request came through the gateway, and where it names the user.
+struct Gateway {
+    user_header: HeaderName,
+    secret_header: HeaderName,
+    secret: Vec<u8>,
+}
+
+/// The secrets this repository prints (the Makefile, the compose file, the README, the
+/// contract fuzz, the test suites): anyone who read them could sign tokens or act as an
+/// admin, so they are refused unless ISSUER_DEV_SECRETS=allow.
+const DEVELOPMENT_SECRETS: [&str; 8] = [
+    "dev-admin-token",
+    "dev-only-hs256-secret-never-use-in-production",
+    "fuzz-admin-token",
+    "fuzz-only-hs256-secret-of-32-bytes-or-more",
+    "test-admin-token",
+    "test-only-hs256-secret-of-at-least-32-bytes",
+    "chaos-admin-token",
+    "chaos-only-hs256-secret-of-32-bytes-or-more",
+];
+/// The shortest admin token or gateway secret taken (as long as an HS256 key must be).
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// The verified caller of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,30 +68,22 @@ pub struct Caller {
 impl Identity {
     /// Reads the keys (a JWKS at start-up, so a wrong URL or file stops the start, not the
     /// first request) and says loudly what it trusts.
-    pub async fn new(args: &IdentityArgs, admin_token: String) -> anyhow::Result<Self> {
+    pub async fn new(
+        args: &IdentityArgs,
+        admin_token: String,
+        dev: DevSecrets,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             !admin_token.is_empty(),
             "the admin token (ISSUER_ADMIN_TOKEN or ISSUER_ADMIN_TOKEN_FILE) must not be empty"
         );
-        refuse_placeholder(&admin_token, "ISSUER_ADMIN_TOKEN")?;
+        refuse_weak(&admin_token, "ISSUER_ADMIN_TOKEN", dev)?;
+        if let Some(secret) = args.jwt_secret()? {
+            refuse_weak(&secret, "ISSUER_JWT_SECRET", dev)?;
+        }
         let users = match args.user_auth {
             UserAuth::Jwt => Users::Jwt(Box::new(jwt::Verifier::new(args).await?)),
-            UserAuth::GatewayHeader => {
-                let header =
-                    HeaderName::try_from(args.user_header.as_str()).with_context(|| {
-                        format!(
-                            "ISSUER_USER_HEADER {:?} is not a header name",
-                            args.user_header
-                        )
-                    })?;
-                tracing::warn!(
-                    header = %header,
-                    "ISSUER_USER_AUTH=gateway-header: the user is whoever this header names. \
-                     Only a gateway that authenticates users and strips the header from \
-                     clients may stand in front of this API"
-                );
-                Users::GatewayHeader(header)
-            }
+            UserAuth::GatewayHeader => Users::GatewayHeader(Gateway::new(args, dev)?),
         };
         Ok(Self {
             admin_token: admin_token.into_bytes(),
@@ -94,24 +112,78 @@ impl Identity {
                     admin: claims.admin,
                 })
             }
-            Users::GatewayHeader(header) => {
-                let value = req.headers().get(header).ok_or_else(|| {
-                    ApiError::Unauthenticated(format!("the gateway sent no {header} header"))
-                })?;
-                let user = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.parse::<UserId>().ok())
-                    .ok_or_else(|| {
-                        ApiError::Unauthenticated(format!("the {header} header is not a user id"))
-                    })?;
-                Ok(Caller {
-                    user: Some(user),
-                    admin: false,
-                })
-            }
+            Users::GatewayHeader(gateway) => Ok(Caller {
+                user: Some(gateway.user(req)?),
+                admin: false,
+            }),
         }
     }
+}
+
+impl Gateway {
+    fn new(args: &IdentityArgs, dev: DevSecrets) -> anyhow::Result<Self> {
+        let name = |value: &str, variable: &str| {
+            HeaderName::try_from(value)
+                .with_context(|| format!("{variable} {value:?} is not a header name"))
+        };
+        let secret = args.gateway_secret()?.context(
+            "ISSUER_USER_AUTH=gateway-header needs ISSUER_GATEWAY_SECRET (or \
+             ISSUER_GATEWAY_SECRET_FILE): the secret the gateway sends on every request it \
+             forwards, without which any client reaching this API could name any user",
+        )?;
+        refuse_weak(&secret, "ISSUER_GATEWAY_SECRET", dev)?;
+        let gateway = Self {
+            user_header: name(&args.user_header, "ISSUER_USER_HEADER")?,
+            secret_header: name(&args.gateway_secret_header, "ISSUER_GATEWAY_SECRET_HEADER")?,
+            secret: secret.into_bytes(),
+        };
+        tracing::info!(
+            user_header = %gateway.user_header,
+            secret_header = %gateway.secret_header,
+            "ISSUER_USER_AUTH=gateway-header: the user is the one the gateway names, on \
+             requests carrying the gateway's secret"
+        );
+        Ok(gateway)
+    }
+
+    /// The user the gateway names, on a request that proves it came through the gateway.
+    fn user(&self, req: &HttpRequest) -> Result<UserId, ApiError> {
+        let secret = only_one(req, &self.secret_header)?.ok_or_else(|| {
+            ApiError::Unauthenticated("the request did not come through the gateway".into())
+        })?;
+        if !same_token(&self.secret, secret.as_bytes()) {
+            return Err(ApiError::Unauthenticated(
+                "the request did not come through the gateway".into(),
+            ));
+        }
+        let header = &self.user_header;
+        only_one(req, header)?
+            .ok_or_else(|| {
+                ApiError::Unauthenticated(format!("the gateway sent no {header} header"))
+            })?
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<UserId>().ok())
+            .ok_or_else(|| {
+                ApiError::Unauthenticated(format!("the {header} header is not a user id"))
+            })
+    }
+}
+
+/// The one value of `header`, if any; a header sent twice is refused, since which of the
+/// two a sender meant (a client's, or the proxy's appended after it) cannot be told.
+fn only_one<'r>(
+    req: &'r HttpRequest,
+    header: &HeaderName,
+) -> Result<Option<&'r actix_web::http::header::HeaderValue>, ApiError> {
+    let mut values = req.headers().get_all(header);
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::Unauthenticated(format!(
+            "the {header} header is sent more than once"
+        )));
+    }
+    Ok(first)
 }
 
 impl Caller {
@@ -170,22 +242,37 @@ impl From<Refusal> for ApiError {
     }
 }
 
-/// A secret still holding a manifest's placeholder (`CHANGE-ME`) would work as a real one,
-/// and anyone who read the manifest would know it: refuse to start instead.
-pub fn refuse_placeholder(secret: &str, variable: &str) -> anyhow::Result<()> {
+/// Refuses a secret anyone could know: a manifest's placeholder (`CHANGE-ME`) always, and
+/// unless development secrets are allowed, one this repository prints or one shorter than
+/// [`MIN_SECRET_BYTES`]. Allowing them is never implied (not even by a loopback listener).
+fn refuse_weak(secret: &str, variable: &str, dev: DevSecrets) -> anyhow::Result<()> {
     let lower = secret.to_ascii_lowercase();
     anyhow::ensure!(
         !(lower.contains("change-me") || lower.contains("changeme")),
         "{variable} still holds a placeholder (CHANGE-ME): set a secret of your own, e.g. \
          `openssl rand -hex 32`"
     );
+    if dev == DevSecrets::Allow {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        !DEVELOPMENT_SECRETS.contains(&secret),
+        "{variable} is a development secret this project prints: set one of your own, e.g. \
+         `openssl rand -hex 32` (ISSUER_DEV_SECRETS=allow lets it through, for development only)"
+    );
+    anyhow::ensure!(
+        secret.len() >= MIN_SECRET_BYTES,
+        "{variable} is {} bytes: at least {MIN_SECRET_BYTES} are needed, e.g. `openssl rand -hex \
+         32` (ISSUER_DEV_SECRETS=allow lets a short one through, for development only)",
+        secret.len()
+    );
     Ok(())
 }
 
-/// The bearer token, if the request has an Authorization header; any other scheme, or a
-/// header that is not text, is refused rather than ignored.
+/// The bearer token, if the request has an Authorization header; any other scheme, a
+/// header that is not text, or two headers, are refused rather than ignored.
 fn bearer(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
-    let Some(value) = req.headers().get(AUTHORIZATION) else {
+    let Some(value) = only_one(req, &AUTHORIZATION)? else {
         return Ok(None);
     };
     let value = value
@@ -216,7 +303,7 @@ fn same_token(expected: &[u8], given: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{refuse_placeholder, same_token};
+    use super::{DevSecrets, refuse_weak, same_token};
 
     #[test]
     fn a_placeholder_secret_is_refused_with_the_reason() {
@@ -226,13 +313,18 @@ mod tests {
             "ChangeMe123",
             "CHANGE-ME-TO-32-OR-MORE-RANDOM-BYTES",
         ] {
-            let err = refuse_placeholder(placeholder, "ISSUER_ADMIN_TOKEN").unwrap_err();
-            assert!(
-                err.to_string().contains("placeholder"),
-                "{placeholder}: {err}"
-            );
+            for dev in [DevSecrets::Refuse, DevSecrets::Allow] {
+                let err = refuse_weak(placeholder, "ISSUER_ADMIN_TOKEN", dev).unwrap_err();
+                assert!(
+                    err.to_string().contains("placeholder"),
+                    "{placeholder}: {err}"
+                );
+            }
         }
-        assert!(refuse_placeholder("dev-admin-token", "ISSUER_ADMIN_TOKEN").is_ok());
+        assert!(refuse_weak("dev-admin-token", "ISSUER_ADMIN_TOKEN", DevSecrets::Allow).is_ok());
+        let strong = "b".repeat(super::MIN_SECRET_BYTES);
+        assert!(refuse_weak(&strong, "ISSUER_ADMIN_TOKEN", DevSecrets::Refuse).is_ok());
+        assert!(refuse_weak(&strong[1..], "ISSUER_ADMIN_TOKEN", DevSecrets::Refuse).is_err());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! Redis script and publishing each SUCCESS to Kafka before answering it.
 
 pub mod app;
+pub mod auth_throttle;
+pub mod client_address;
 pub mod commands;
 pub mod config;
 pub mod delivery;

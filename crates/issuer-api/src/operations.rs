@@ -6,6 +6,7 @@
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+use coupon_core::db::pool::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Backlog;
@@ -35,16 +36,20 @@ impl Snapshot {
 
 pub struct Operations {
     snapshot: RwLock<Snapshot>,
+    /// Readiness's own connection to PostgreSQL: a flood of requests that empties the
+    /// requests' pool must not make every instance look unready at once.
+    probe_pool: PgPool,
 }
 
 impl Operations {
     /// Takes the first look before anything is served.
-    pub async fn start(issuer: &Issuer) -> Self {
+    pub async fn start(issuer: &Issuer, probe_pool: PgPool) -> Self {
         let operations = Self {
             snapshot: RwLock::new(Snapshot {
                 checks: Vec::new(),
                 taken: Instant::now(),
             }),
+            probe_pool,
         };
         operations.refresh(issuer).await;
         operations
@@ -61,7 +66,7 @@ impl Operations {
     async fn refresh(&self, issuer: &Issuer) {
         // The registry is read once, for the stock gauges and the backlog both.
         let (checks, failed, active) = tokio::join!(
-            issuer.readiness(),
+            issuer.readiness(&self.probe_pool),
             issuer.failed_event_counts(),
             issuer.active_coupons()
         );

@@ -2,14 +2,14 @@
 //! API replica shares them: one script run (`scripts/rate_limit.lua`), one extra round trip
 //! per request, before admission.
 //!
-//! The client address is the connection's peer, or, when a trusted proxy sets it, the header
-//! that proxy writes: a header anyone can send is trusted only when configured.
+//! The client address is `crate::client_address`'s; every request whose address cannot be
+//! told counts as one client, `unknown`, so a header a proxy writes oddly cannot turn the
+//! per-address limit off.
 
 use std::net::IpAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use actix_web::HttpRequest;
 use coupon_core::domain::UserId;
 use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::keys::CouponKeys;
@@ -28,9 +28,6 @@ pub struct Limits {
     pub per_user: u32,
     /// 0 is no limit.
     pub per_address: u32,
-    /// The header a trusted proxy sets to the client's address (its last entry, the one the
-    /// nearest proxy wrote); unset, the connection's peer address.
-    pub address_header: Option<String>,
 }
 
 #[derive(Clone)]
@@ -49,36 +46,20 @@ impl RateLimiter {
         }
     }
 
-    /// The client's address as configured; None if it cannot be told.
-    pub fn client_address(&self, req: &HttpRequest) -> Option<IpAddr> {
-        match &self.limits.address_header {
-            Some(header) => req
-                .headers()
-                .get(header)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.rsplit(',').next())
-                .and_then(|last| last.trim().parse().ok()),
-            None => req.peer_addr().map(|addr| addr.ip()),
-        }
-    }
-
     /// Counts this request; 429 with the wait if either limit is over.
     pub async fn check(&self, user: UserId, address: Option<IpAddr>) -> Result<(), ApiError> {
         let Limits {
             window,
             per_user,
             per_address,
-            ..
         } = &self.limits;
         if *per_user == 0 && *per_address == 0 {
             return Ok(());
         }
         let prefix = &self.key_prefix;
-        // No address known: that counter is not kept.
-        let address_limit = if address.is_some() { *per_address } else { 0 };
         let counters: Vec<(String, u32)> = [
             (CouponKeys::rate_of_user(prefix, user), *per_user),
-            (CouponKeys::rate_of_address(prefix, address), address_limit),
+            (CouponKeys::rate_of_address(prefix, address), *per_address),
         ]
         .into_iter()
         .filter(|(_, limit)| *limit > 0)

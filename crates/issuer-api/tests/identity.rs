@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use testkit::harness::{self, TestEnv};
 
 const ISSUER: &str = "https://login.test";
+/// The secret the gateway in front sends, in gateway-header mode.
+const GATEWAY_SECRET: &str = "a-gateway-secret-of-at-least-32-bytes";
 const AUDIENCE: &str = "coupon-api";
 
 fn keys_dir() -> PathBuf {
@@ -509,9 +511,15 @@ async fn gateway_header_mode_takes_the_user_from_the_header() {
         .start_another_api(&[
             "--user-auth=gateway-header".into(),
             "--user-header=x-authenticated-user".into(),
+            format!("--gateway-secret={GATEWAY_SECRET}"),
         ])
         .await;
-    let as_user = |user: &str| vec![("x-authenticated-user", user.to_owned())];
+    let as_user = |user: &str| {
+        vec![
+            ("x-authenticated-user", user.to_owned()),
+            ("x-gateway-secret", GATEWAY_SECRET.to_owned()),
+        ]
+    };
     assert_eq!(
         issue_with(&env, &base, coupon, &as_user("5"), json!({})).await,
         (201, "SUCCESS".into())

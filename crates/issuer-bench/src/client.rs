@@ -72,10 +72,11 @@ impl ApiClient {
         Self { route, ..self }
     }
 
-    /// Refuses to start a measurement against an API that is not up and ready.
-    pub async fn wait_ready(&self, patience: Duration) -> anyhow::Result<()> {
+    /// Refuses to start a measurement against an API that is not up and ready; `ops` is
+    /// the base URL of its operations listener (ISSUER_OPS_LISTEN).
+    pub async fn wait_ready(&self, ops: &str, patience: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + patience;
-        let url = format!("{}/readyz", self.base);
+        let url = format!("{}/readyz", ops.trim_end_matches('/'));
         loop {
             let last = match self.client.get(&url).send().await {
                 Ok(response) if response.status().is_success() => return Ok(()),
@@ -124,14 +125,15 @@ impl ApiClient {
     /// One issue request: the status and the answer's `result` (or `HTTP <status>`), or the
     /// transport error when no answer came (connection refused or reset, timeout).
     pub async fn try_issue(&self, coupon: i64, user: i64) -> Result<(u16, String), String> {
-        let mut response = self
-            .client
-            .post(match self.route {
-                IssueRoute::Product => format!("{}/api/v1/coupons/{coupon}/issues", self.base),
-                IssueRoute::CeilingFull => format!("{}/full/{coupon}/issues", self.base),
-                IssueRoute::CeilingAdmit => format!("{}/admit/{coupon}/issues", self.base),
-            })
-            .insert_header(self.users.header_for(user))
+        let mut request = self.client.post(match self.route {
+            IssueRoute::Product => format!("{}/api/v1/coupons/{coupon}/issues", self.base),
+            IssueRoute::CeilingFull => format!("{}/full/{coupon}/issues", self.base),
+            IssueRoute::CeilingAdmit => format!("{}/admit/{coupon}/issues", self.base),
+        });
+        for header in self.users.headers_for(user) {
+            request = request.insert_header(header);
+        }
+        let mut response = request
             .send_json(&json!({ "userId": user }))
             .await
             .map_err(|e| e.to_string())?;

@@ -25,6 +25,9 @@ struct Cli {
     /// Base URL of a running issuer-api.
     #[arg(long, env = "BENCH_API", default_value = "http://127.0.0.1:8080")]
     api: String,
+    /// Base URL of that API's operations listener (its ISSUER_OPS_LISTEN), for readiness.
+    #[arg(long, env = "BENCH_OPS", default_value = "http://127.0.0.1:8081")]
+    ops: String,
     /// Admin token of that API (to create the coupons under test).
     #[arg(long, env = "ISSUER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
@@ -38,6 +41,17 @@ struct Cli {
     /// The gateway's user header, in gateway-header mode.
     #[arg(long, env = "ISSUER_USER_HEADER", default_value = "x-user-id")]
     user_header: String,
+    /// The gateway's secret, in gateway-header mode (the bench stands in for the gateway).
+    /// Taken from the environment only.
+    #[arg(long, env = "ISSUER_GATEWAY_SECRET", hide_env_values = true)]
+    gateway_secret: Option<String>,
+    /// The header carrying the gateway's secret.
+    #[arg(
+        long,
+        env = "ISSUER_GATEWAY_SECRET_HEADER",
+        default_value = "x-gateway-secret"
+    )]
+    gateway_secret_header: String,
     /// The database the workers write to, read to time Phase 2.
     #[arg(
         long,
@@ -84,6 +98,7 @@ impl Cli {
         for (id, variable) in [
             ("admin_token", "ISSUER_ADMIN_TOKEN"),
             ("jwt_secret", "ISSUER_JWT_SECRET"),
+            ("gateway_secret", "ISSUER_GATEWAY_SECRET"),
         ] {
             if matches.value_source(id) == Some(ValueSource::CommandLine) {
                 bail!("secrets are not taken on the command line: set {variable}");
@@ -100,7 +115,14 @@ impl Cli {
                 )?;
                 Ok(UserCredentials::jwt(secret)?)
             }
-            UserAuth::GatewayHeader => Ok(UserCredentials::GatewayHeader(self.user_header.clone())),
+            UserAuth::GatewayHeader => Ok(UserCredentials::GatewayHeader {
+                user_header: self.user_header.clone(),
+                secret_header: self.gateway_secret_header.clone(),
+                secret: self
+                    .gateway_secret
+                    .clone()
+                    .context("set ISSUER_GATEWAY_SECRET to the API's gateway secret")?,
+            }),
         }
     }
 }
@@ -280,7 +302,7 @@ async fn main() -> anyhow::Result<()> {
                 cli.users()?,
                 concurrency,
             ));
-            api.wait_ready(Duration::from_secs(30)).await?;
+            api.wait_ready(&cli.ops, Duration::from_secs(30)).await?;
             let mut ids = Vec::new();
             for n in 0..coupons {
                 ids.push(
@@ -317,7 +339,7 @@ async fn main() -> anyhow::Result<()> {
                 ceiling_quantity,
             };
             ApiClient::new(&cli.api, &cli.admin_token, cli.users()?)
-                .wait_ready(Duration::from_secs(30))
+                .wait_ready(&cli.ops, Duration::from_secs(30))
                 .await?;
             let options = ceiling::Options {
                 shapes,
@@ -407,7 +429,7 @@ async fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             let api = ApiClient::new(&cli.api, &cli.admin_token, cli.users()?);
-            api.wait_ready(Duration::from_secs(30)).await?;
+            api.wait_ready(&cli.ops, Duration::from_secs(30)).await?;
             // The API's queue mode is not known from here: its column is the seed's Kafka one.
             let mut comparison = seed::SeedComparison { runs: Vec::new() };
             for model in models {

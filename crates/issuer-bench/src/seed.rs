@@ -23,7 +23,7 @@ use crate::client::ApiClient;
 use crate::html::{Figure, Plot, Series};
 use crate::latency::{Latency, histogram};
 use crate::report::Report;
-use testkit::credentials::UserCredentials;
+use testkit::credentials::{DEV_AUDIENCE, DEV_ISSUER, UserCredentials};
 use testkit::process::{Service, free_port};
 
 const PHASE2_PATIENCE: Duration = Duration::from_secs(120);
@@ -474,6 +474,12 @@ pub async fn compare(
             ("ISSUER_LISTEN", format!("127.0.0.1:{port}")),
             ("ISSUER_ADMIN_TOKEN", services.admin_token.to_owned()),
             ("ISSUER_JWT_SECRET", services.jwt_secret.to_owned()),
+            // The machine's own run, on the development secrets, its readiness asked on
+            // the API's listener.
+            ("ISSUER_DEV_SECRETS", "allow".to_owned()),
+            ("ISSUER_JWT_ISSUER", DEV_ISSUER.to_owned()),
+            ("ISSUER_JWT_AUDIENCE", DEV_AUDIENCE.to_owned()),
+            ("ISSUER_OPS_LISTEN", "public".to_owned()),
             ("DATABASE_URL", services.database_url.to_owned()),
             ("REDIS_URL", services.redis_url.to_owned()),
             ("REDIS_KEY_PREFIX", format!("bench-{queue}:")),
@@ -501,13 +507,14 @@ pub async fn compare(
             &logs,
             &log("api"),
         )?;
+        let base = format!("http://127.0.0.1:{port}");
         let client = ApiClient::new(
-            &format!("http://127.0.0.1:{port}"),
+            &base,
             services.admin_token,
             UserCredentials::jwt(services.jwt_secret)?,
         );
         client
-            .wait_ready(Duration::from_secs(60))
+            .wait_ready(&base, Duration::from_secs(60))
             .await
             .with_context(|| format!("{queue} queue services (logs in {})", logs.display()))?;
         let mut reports = Vec::new();

@@ -163,6 +163,14 @@ impl TestEnv {
             // Tests send one user's requests at once on purpose; the rate limits' own test
             // turns them on.
             "--rate-per-user=0".to_owned(),
+            // The suite's own printed secrets, and its tokens' issuer and audience.
+            "--dev-secrets=allow".to_owned(),
+            format!("--jwt-issuer={}", crate::credentials::DEV_ISSUER),
+            format!("--jwt-audience={}", crate::credentials::DEV_AUDIENCE),
+            // Tests read the operations routes beside the API (the hardening tests check
+            // the default), and read a coupon right after changing it.
+            "--ops-listen=public".to_owned(),
+            "--coupon-read-cache-ms=0".to_owned(),
         ]
         .into_iter()
         .collect();

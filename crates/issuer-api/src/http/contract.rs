@@ -37,6 +37,18 @@ pub struct CreateCouponRequest {
     pub ends_at: Option<DateTime<Utc>>,
 }
 
+/// The format characters that change how the text around them reads without showing
+/// themselves: bidirectional overrides, embeddings and isolates (U+202E shows
+/// `evil\u{202E}gpj.exe` as `evilexe.jpg`), and zero-width ones that make two names look
+/// the same.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}' | '\u{FEFF}'
+    )
+}
+
 impl CreateCouponRequest {
     pub fn validate(self) -> Result<NewCoupon, ApiError> {
         // Measured as sent, as the published schema's maxLength is: trimming first let
@@ -47,9 +59,14 @@ impl CreateCouponRequest {
                 "name must be 1 to {MAX_NAME_CHARS} characters"
             )));
         }
-        if name.chars().any(char::is_control) {
+        if name
+            .chars()
+            .any(|c| c.is_control() || is_invisible_format(c))
+        {
             return Err(ApiError::InvalidRequest(
-                "name must not contain control characters".into(),
+                "name must not contain control characters, bidirectional controls or \
+                 invisible characters"
+                    .into(),
             ));
         }
         for (field, at) in [("startsAt", self.starts_at), ("endsAt", self.ends_at)] {

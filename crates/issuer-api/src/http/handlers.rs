@@ -41,7 +41,7 @@ pub async fn issue_coupon(
             "userId in the body is not the user the token names".into(),
         ));
     }
-    let address = state.limiter.client_address(&req);
+    let address = state.addresses.of(&req);
     let answer = match state.limiter.check(user, address).await {
         Ok(()) => state.issuer.issue(coupon, user).await,
         Err(refused) => Err(refused),

@@ -3,6 +3,7 @@
 //! answers.
 
 pub mod contract;
+pub mod guards;
 pub mod handlers;
 pub mod routes;
 pub mod state;

@@ -1,7 +1,10 @@
 //! What every handler shares, registered once as the app's data.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::auth_throttle::AuthThrottle;
+use crate::client_address::ClientAddresses;
 use crate::issuing::Issuer;
 use crate::metrics::Metrics;
 use crate::operations::Operations;
@@ -12,4 +15,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub operations: Arc<Operations>,
     pub limiter: RateLimiter,
+    pub addresses: ClientAddresses,
+    pub auth_throttle: AuthThrottle,
+    /// How long a client has to send a request's body (`crate::http::guards`).
+    pub body_timeout: Duration,
 }

@@ -4,13 +4,20 @@
 //! again, at most once per [`MIN_REFRESH`], so a stranger sending made-up `kid`s cannot
 //! make us hammer the issuer. The set is also read again when older than [`MAX_AGE`], so a
 //! key the issuer withdrew stops working.
+//!
+//! A reading is counted from its start and runs on a task of its own, which every request
+//! that needs it joins without holding a lock: one that hangs, or whose request goes away,
+//! still spaces the next. A URL is https only and its redirects are not followed, so
+//! nobody on the path, and no other server, can hand us keys.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
@@ -24,6 +31,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A key set is a few kilobytes; this bounds what a misconfigured URL can make us read.
 const MAX_BYTES: usize = 1024 * 1024;
 
+#[derive(Clone)]
 pub enum Source {
     File(PathBuf),
     Url {
@@ -63,25 +71,51 @@ struct Keys {
     read_at: Instant,
 }
 
+/// A reading of the set: what it failed with, if it did. Shared by every request that
+/// waits for it.
+type Reading = Shared<BoxFuture<'static, Result<(), Arc<str>>>>;
+
 pub struct KeySet {
     source: Source,
-    keys: RwLock<Keys>,
-    /// One reading at a time; the time of the last attempt and whether it failed.
-    reading: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    keys: Arc<RwLock<Keys>>,
+    /// When the last reading started, and that reading (under way or done). Never held
+    /// across an await.
+    last: Mutex<Option<(Instant, Reading)>>,
 }
 
 impl Source {
-    /// A URL source; https is verified against the system's trusted roots.
-    pub fn url(url: &str) -> anyhow::Result<Self> {
+    /// A URL source: https only, verified against the system's trusted roots and, if given,
+    /// the CA in `ca_file`.
+    pub fn url(url: &str, ca_file: Option<&Path>) -> anyhow::Result<Self> {
         anyhow::ensure!(
-            url.starts_with("https://") || url.starts_with("http://"),
-            "ISSUER_JWT_JWKS_URL must be an http(s) URL"
+            url.starts_with("https://"),
+            "ISSUER_JWT_JWKS_URL must be an https URL: keys read over http can be replaced by \
+             anyone on the path (a local file is ISSUER_JWT_JWKS_FILE)"
         );
         let mut roots = rustls::RootCertStore::empty();
         let found = rustls_native_certs::load_native_certs();
         for cert in found.certs {
             // A certificate the store cannot parse is skipped, as every TLS client does.
             let _ = roots.add(cert);
+        }
+        if let Some(ca_file) = ca_file {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let mut read = || -> anyhow::Result<usize> {
+                let mut added = 0;
+                for cert in CertificateDer::pem_file_iter(ca_file)? {
+                    roots.add(cert?)?;
+                    added += 1;
+                }
+                Ok(added)
+            };
+            let added =
+                read().with_context(|| format!("ISSUER_JWT_JWKS_CA_FILE {}", ca_file.display()))?;
+            anyhow::ensure!(
+                added > 0,
+                "ISSUER_JWT_JWKS_CA_FILE {} holds no certificate",
+                ca_file.display()
+            );
         }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -111,6 +145,7 @@ impl Source {
                 let client = awc::Client::builder()
                     .connector(awc::Connector::new().rustls_0_23(tls.clone()))
                     .timeout(FETCH_TIMEOUT)
+                    .disable_redirects()
                     .finish();
                 let mut response = client
                     .get(url)
@@ -151,11 +186,11 @@ impl KeySet {
         tracing::info!(source = %source.describe(), keys = by_kid.len(), "JWKS loaded");
         Ok(Self {
             source,
-            keys: RwLock::new(Keys {
+            keys: Arc::new(RwLock::new(Keys {
                 by_kid,
                 read_at: Instant::now(),
-            }),
-            reading: tokio::sync::Mutex::new(None),
+            })),
+            last: Mutex::new(None),
         })
     }
 
@@ -184,38 +219,55 @@ impl KeySet {
         keys.by_kid.get(kid).cloned().map(|key| (key, fresh))
     }
 
-    /// Reads the set again unless another caller just did; returns why the last reading
+    /// Reads the set again unless a reading started less than [`MIN_REFRESH`] ago, in
+    /// which case that one is joined (or its outcome taken); returns why the reading
     /// failed, if it did (the old keys stay in use meanwhile).
     async fn refresh(&self) -> Option<FetchError> {
-        let mut last = self.reading.lock().await;
-        if let Some((at, failed)) = *last
-            && at.elapsed() < MIN_REFRESH
-        {
-            return failed.then(|| FetchError::Url {
-                url: self.source.describe(),
-                reason: "the last reading failed moments ago".into(),
-            });
-        }
-        let result = self.source.read().await.and_then(|bytes| parse(&bytes));
-        *last = Some((Instant::now(), result.is_err()));
-        match result {
-            Ok(by_kid) => {
-                tracing::info!(keys = by_kid.len(), "JWKS read again");
-                let mut keys = self
-                    .keys
-                    .write()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                *keys = Keys {
-                    by_kid,
-                    read_at: Instant::now(),
-                };
-                None
+        let reading = {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            match &*last {
+                Some((started, reading)) if started.elapsed() < MIN_REFRESH => reading.clone(),
+                _ => {
+                    let reading = self.start_reading();
+                    *last = Some((Instant::now(), reading.clone()));
+                    reading
+                }
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read the JWKS again; keeping the keys we have");
-                Some(err)
+        };
+        reading.await.err().map(|reason| FetchError::Url {
+            url: self.source.describe(),
+            reason: reason.to_string(),
+        })
+    }
+
+    /// A reading on a task of its own: the request that started it may go away, and the
+    /// others waiting for it still get its outcome.
+    fn start_reading(&self) -> Reading {
+        let (source, keys) = (self.source.clone(), self.keys.clone());
+        // awc's futures are not Send: the task runs on this worker's thread.
+        let task = actix_web::rt::spawn(async move {
+            let read = source.read().await.and_then(|bytes| parse(&bytes));
+            match read {
+                Ok(by_kid) => {
+                    tracing::info!(keys = by_kid.len(), "JWKS read again");
+                    *keys.write().unwrap_or_else(|p| p.into_inner()) = Keys {
+                        by_kid,
+                        read_at: Instant::now(),
+                    };
+                    Ok(())
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the JWKS again; keeping the keys we have");
+                    Err(Arc::from(err.to_string()))
+                }
             }
+        });
+        async move {
+            task.await
+                .unwrap_or_else(|stopped| Err(Arc::from(format!("the reading stopped: {stopped}"))))
         }
+        .boxed()
+        .shared()
     }
 }
 

@@ -1,5 +1,5 @@
-//! Verifying a bearer JWT: the signature, then `exp`, `nbf`, issuer and audience, then the
-//! user and role claims.
+//! Verifying a bearer JWT: the signature, then `exp`, `nbf`, issuer and audience, then how
+//! long it lives and when it was issued, then the user and role claims.
 //!
 //! Each algorithm has exactly one kind of key. HS256 is verified only with the shared
 //! secret; RS256, ES256 and EdDSA only with a JWKS key whose own algorithm is the token's.
@@ -44,6 +44,10 @@ pub enum Refusal {
     Issuer,
     #[error("the token is for another audience")]
     Audience,
+    #[error("the token lives longer than this API accepts")]
+    Lifetime,
+    #[error("the token was issued in the future")]
+    IssuedAhead,
     #[error("the token lacks the {0} claim")]
     MissingClaim(String),
     #[error("the token's {0} claim is not a user id")]
@@ -70,14 +74,49 @@ pub struct Verifier {
     user_claim: String,
     roles_claim: String,
     admin_role: String,
+    /// The longest `exp − iat` taken (or, without `iat`, `exp − now`), in seconds.
+    max_lifetime: u64,
+    /// How far ahead of our clock `iat` may be, leeway included, in seconds.
+    max_future_iat: u64,
+}
+
+/// The claim an issuer and audience come from, configured or waived, never left open by
+/// omission.
+fn required(
+    value: Option<&str>,
+    waived: bool,
+    variable: &str,
+    waiver: &str,
+) -> anyhow::Result<Option<String>> {
+    match (value.filter(|v| !v.trim().is_empty()), waived) {
+        (Some(value), false) => Ok(Some(value.to_owned())),
+        (None, true) => Ok(None),
+        (Some(_), true) => anyhow::bail!("set {variable} or {waiver}, not both"),
+        (None, false) => anyhow::bail!(
+            "set {variable} to the value your identity provider's tokens carry, or waive the \
+             check with {waiver}=true (tokens issued to other applications are then accepted)"
+        ),
+    }
 }
 
 impl Verifier {
     pub async fn new(args: &IdentityArgs) -> anyhow::Result<Self> {
+        let issuer = required(
+            args.jwt_issuer.as_deref(),
+            args.jwt_any_issuer,
+            "ISSUER_JWT_ISSUER",
+            "ISSUER_JWT_ANY_ISSUER",
+        )?;
+        let audience = required(
+            args.jwt_audience.as_deref(),
+            args.jwt_any_audience,
+            "ISSUER_JWT_AUDIENCE",
+            "ISSUER_JWT_ANY_AUDIENCE",
+        )?;
         let hmac = args
             .jwt_secret()?
             .map(|secret| {
-                super::refuse_placeholder(&secret, "ISSUER_JWT_SECRET")?;
+                // Placeholders and development secrets were refused with the admin token's.
                 anyhow::ensure!(
                     secret.len() >= 32,
                     "the HS256 secret must be at least 32 bytes (RFC 7518 §3.2: as long as the hash)"
@@ -90,7 +129,9 @@ impl Verifier {
                 anyhow::bail!("set ISSUER_JWT_JWKS_FILE or ISSUER_JWT_JWKS_URL, not both")
             }
             (Some(file), None) => Some(KeySet::load(jwks::Source::File(file.clone())).await?),
-            (None, Some(url)) => Some(KeySet::load(jwks::Source::url(url)?).await?),
+            (None, Some(url)) => {
+                Some(KeySet::load(jwks::Source::url(url, args.jwt_jwks_ca_file.as_deref())?).await?)
+            }
             (None, None) => None,
         };
         anyhow::ensure!(
@@ -107,13 +148,22 @@ impl Verifier {
         }
         let validations = algorithms
             .into_iter()
-            .map(|alg| (alg, validation(args, alg)))
+            .map(|alg| {
+                let validation = validation(
+                    alg,
+                    args.jwt_leeway_secs,
+                    issuer.as_deref(),
+                    audience.as_deref(),
+                );
+                (alg, validation)
+            })
             .collect();
         tracing::info!(
             hs256 = hmac.is_some(),
             jwks = keys.is_some(),
-            issuer = args.jwt_issuer.as_deref().unwrap_or("(any)"),
-            audience = args.jwt_audience.as_deref().unwrap_or("(any)"),
+            issuer = issuer.as_deref().unwrap_or("(any, waived)"),
+            audience = audience.as_deref().unwrap_or("(any, waived)"),
+            max_lifetime_secs = args.jwt_max_lifetime_secs,
             user_claim = %args.jwt_user_claim,
             "verifying users' bearer tokens"
         );
@@ -124,6 +174,8 @@ impl Verifier {
             user_claim: args.jwt_user_claim.clone(),
             roles_claim: args.jwt_roles_claim.clone(),
             admin_role: args.jwt_admin_role.clone(),
+            max_lifetime: args.jwt_max_lifetime_secs,
+            max_future_iat: args.jwt_leeway_secs + args.jwt_max_future_iat_secs,
         })
     }
 
@@ -156,10 +208,30 @@ impl Verifier {
                 _ => Refusal::Malformed,
             })?
             .claims;
+        self.timely(&claims)?;
         Ok(Claims {
             user: self.user(&claims)?,
             admin: self.admin(&claims),
         })
+    }
+
+    /// A token issued ahead of our clock, or living longer than allowed, is refused: a
+    /// leaked one would otherwise work for years. `exp` is known to be there and valid.
+    fn timely(&self, claims: &Map<String, Value>) -> Result<(), Refusal> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let seconds = |name: &str| claims.get(name).and_then(Value::as_f64);
+        let exp = seconds("exp").ok_or(Refusal::Malformed)?;
+        let lifetime = match seconds("iat") {
+            Some(iat) if iat > (now + self.max_future_iat) as f64 => {
+                return Err(Refusal::IssuedAhead);
+            }
+            Some(iat) => exp - iat,
+            None => exp - now as f64,
+        };
+        if lifetime > self.max_lifetime as f64 {
+            return Err(Refusal::Lifetime);
+        }
+        Ok(())
     }
 
     /// The user claim, a string or a number; absent, the token names no user (an admin's
@@ -188,23 +260,28 @@ impl Verifier {
     }
 }
 
-/// Every token must expire; issuer and audience are required when configured. `nbf` is
+/// Every token must expire; issuer and audience are required unless waived. `nbf` is
 /// checked when present. The leeway absorbs clock skew between the issuer and us.
-fn validation(args: &IdentityArgs, alg: Algorithm) -> Validation {
+fn validation(
+    alg: Algorithm,
+    leeway: u64,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> Validation {
     let mut validation = Validation::new(alg);
-    validation.leeway = args.jwt_leeway_secs;
+    validation.leeway = leeway;
     validation.validate_nbf = true;
     let mut required = vec!["exp"];
-    if let Some(issuer) = &args.jwt_issuer {
+    if let Some(issuer) = issuer {
         validation.set_issuer(&[issuer]);
         required.push("iss");
     }
-    match &args.jwt_audience {
+    match audience {
         Some(audience) => {
             validation.set_audience(&[audience]);
             required.push("aud");
         }
-        // Without a configured audience an `aud` claim is not ours to judge.
+        // Waived (ISSUER_JWT_ANY_AUDIENCE): an `aud` claim is not ours to judge.
         None => validation.validate_aud = false,
     }
     validation.set_required_spec_claims(&required);

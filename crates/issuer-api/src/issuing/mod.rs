@@ -38,6 +38,7 @@ use lazy_rebuilds::LazyRebuilds;
 
 pub use hand_over::{Closed, HandedOver};
 pub use probes::Stock;
+use reads::CouponReads;
 pub use reads::Holding;
 pub use rebuild::Rebuilt;
 
@@ -65,6 +66,8 @@ pub struct Issuer {
     metrics: Arc<Metrics>,
     /// The coupons requests found unverified, gathered into one rebuild.
     lazy_rebuilds: Arc<LazyRebuilds>,
+    /// Coupon reads kept a short while (`reads`); none kept unless set.
+    coupon_reads: Arc<CouponReads>,
 }
 
 impl Issuer {
@@ -86,6 +89,15 @@ impl Issuer {
             replication,
             metrics,
             lazy_rebuilds: Arc::default(),
+            coupon_reads: Arc::default(),
+        }
+    }
+
+    /// The same, answering coupon reads from memory for `ttl` (0: never).
+    pub fn with_coupon_reads_kept(self, ttl: Duration) -> Self {
+        Self {
+            coupon_reads: Arc::new(CouponReads::new(ttl)),
+            ..self
         }
     }
 

@@ -83,8 +83,12 @@ impl Issuer {
         coupon_core::metrics::record_pool(gauges, &self.pool);
     }
 
-    /// Each dependency's answer: `Err` holds what went wrong.
-    pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
+    /// Each dependency's answer: `Err` holds what went wrong. PostgreSQL is asked on
+    /// `probe_pool`, a pool of readiness's own.
+    pub async fn readiness(
+        &self,
+        probe_pool: &coupon_core::db::pool::PgPool,
+    ) -> Vec<(&'static str, Result<(), String>)> {
         let redis = async {
             let mut con = self.redis.clone();
             con.ping::<String>()
@@ -93,7 +97,7 @@ impl Issuer {
                 .map_err(|e| e.to_string())
         };
         let postgres = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut conn = probe_pool.get().await.map_err(|e| e.to_string())?;
             diesel::sql_query("SELECT 1")
                 .execute(&mut conn)
                 .await

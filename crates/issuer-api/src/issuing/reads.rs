@@ -1,5 +1,14 @@
 //! The reads the HTTP contract makes beside issuing: a coupon, a user's standing with it,
 //! a user's coupons.
+//!
+//! A coupon's read is public sale information anyone may ask for, as often as they like:
+//! each instance answers it from memory for a short while (ISSUER_COUPON_READ_CACHE_MS),
+//! so a flood of reads costs PostgreSQL and Redis one read per coupon and while, not one
+//! per request.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use coupon_core::db::coupons::{find_coupon, find_issue, user_coupons};
@@ -22,19 +31,76 @@ pub enum Holding {
     None,
 }
 
+/// Most coupons whose reads are kept; past it, the whole memory starts over (reads of
+/// made-up ids cost memory up to here, never more).
+const CACHED_COUPONS_MAX: usize = 10_000;
+
+/// One coupon's read: the coupon and its admitted count, or None (it does not exist).
+type CouponRead = Option<(Coupon, i64)>;
+
+/// Coupon reads kept for `ttl`, each with when it was read.
+#[derive(Default)]
+pub struct CouponReads {
+    ttl: Duration,
+    kept: Mutex<HashMap<CouponId, (Instant, CouponRead)>>,
+}
+
+impl CouponReads {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            kept: Mutex::default(),
+        }
+    }
+
+    fn get(&self, id: CouponId) -> Option<CouponRead> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, read) = kept.get(&id)?;
+        (at.elapsed() < self.ttl).then(|| read.clone())
+    }
+
+    fn keep(&self, id: CouponId, read: CouponRead) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= CACHED_COUPONS_MAX {
+            kept.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            if kept.len() >= CACHED_COUPONS_MAX {
+                kept.clear();
+            }
+        }
+        kept.insert(id, (Instant::now(), read));
+    }
+}
+
 impl Issuer {
-    /// The coupon as PostgreSQL holds it, and how many slots admission has taken.
+    /// The coupon as PostgreSQL holds it, and how many slots admission has taken, as read
+    /// at most ISSUER_COUPON_READ_CACHE_MS ago.
     pub async fn coupon(&self, id: CouponId) -> Result<(Coupon, i64), ApiError> {
-        let coupon = {
+        let read = match self.coupon_reads.get(id) {
+            Some(read) => read,
+            None => {
+                let read = self.read_coupon(id).await?;
+                self.coupon_reads.keep(id, read.clone());
+                read
+            }
+        };
+        read.ok_or(ApiError::CouponNotFound(id.get()))
+    }
+
+    async fn read_coupon(&self, id: CouponId) -> Result<CouponRead, ApiError> {
+        let Some(coupon) = ({
             let mut conn = self.pool.get().await?;
             find_coupon(&mut conn, id).await?
-        }
-        .ok_or(ApiError::CouponNotFound(id.get()))?;
+        }) else {
+            return Ok(None);
+        };
         let admitted = self
             .scripts
             .admitted_count(&mut self.redis.clone(), id)
             .await?;
-        Ok((coupon, admitted))
+        Ok(Some((coupon, admitted)))
     }
 
     pub async fn holding(&self, coupon: CouponId, user: UserId) -> Result<Holding, ApiError> {

@@ -16,6 +16,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use coupon_core::config::RedisArgs;
 use coupon_core::redis::connection::RedisConnection;
+use testkit::credentials::{DEV_AUDIENCE, DEV_ISSUER};
 use testkit::kafka_cluster::KafkaCluster;
 use testkit::process::{Service, free_port, wait_for_port};
 use testkit::proxy::CuttableProxy;
@@ -245,6 +246,11 @@ impl Cluster {
             ("WORKER_GROUP_ID", GROUP.into()),
             ("ISSUER_ADMIN_TOKEN", ADMIN_TOKEN.into()),
             ("ISSUER_JWT_SECRET", JWT_SECRET.into()),
+            // A test deployment: its own printed secrets, readiness on the API's listener.
+            ("ISSUER_DEV_SECRETS", "allow".into()),
+            ("ISSUER_JWT_ISSUER", DEV_ISSUER.into()),
+            ("ISSUER_JWT_AUDIENCE", DEV_AUDIENCE.into()),
+            ("ISSUER_OPS_LISTEN", "public".into()),
             ("ISSUER_HTTP_WORKERS", "1".into()),
             ("PUBLISH_TIMEOUT_MS", "5000".into()),
             ("RECONCILE_INTERVAL_MS", "1000".into()),

@@ -322,8 +322,10 @@ pub async fn run(
             })
             .collect(),
     );
-    for api in apis.iter() {
-        api.wait_ready(Duration::from_secs(60)).await?;
+    for (api, port) in apis.iter().zip(&cluster.api_ports) {
+        // Their operations routes are beside the API (`cluster`).
+        api.wait_ready(&format!("http://127.0.0.1:{port}"), Duration::from_secs(60))
+            .await?;
     }
     let mut quantities = BTreeMap::new();
     for n in 0..options.coupons {
