@@ -7,6 +7,11 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export ISSUER_ADMIN_TOKEN ?= dev-admin-token
 # Users' tokens are HS256 JWTs signed with this development secret (README: Authentication).
 export ISSUER_JWT_SECRET ?= dev-only-hs256-secret-never-use-in-production
+# The API refuses the two above unless told this is development; a deployment never says so.
+export ISSUER_DEV_SECRETS ?= allow
+# What the development tokens name as their issuer and audience (mint-token.sh, the bench).
+export ISSUER_JWT_ISSUER ?= coupon-issuance-dev
+export ISSUER_JWT_AUDIENCE ?= coupon-api
 export RUST_LOG ?= info
 
 RELEASE_BIN := target/release

@@ -14,6 +14,7 @@ REQUESTS=${REQUESTS:-20000}
 COUPONS=${COUPONS:-100}
 CONCURRENCY=${CONCURRENCY:-128}
 LISTEN=127.0.0.1:18090
+OPS=127.0.0.1:18091
 SINGLE=127.0.0.1:${REDIS_PORT:-6379}
 CLUSTER_SEED=127.0.0.1:7001
 OUT="$ROOT/.local/bench-cluster"
@@ -53,16 +54,16 @@ run() {
   env "${redis_env[@]}" REDIS_KEY_PREFIX="$prefix" \
     "$BIN/issuer-worker" >"$OUT/worker-$round-$topology-$shape.log" 2>&1 &
   worker=$!
-  env "${redis_env[@]}" REDIS_KEY_PREFIX="$prefix" ISSUER_LISTEN=$LISTEN \
+  env "${redis_env[@]}" REDIS_KEY_PREFIX="$prefix" ISSUER_LISTEN=$LISTEN ISSUER_OPS_LISTEN=$OPS \
     "$BIN/issuer-api" >"$OUT/api-$round-$topology-$shape.log" 2>&1 &
   api=$!
   for _ in $(seq 100); do
-    curl -sf "http://$LISTEN/readyz" >/dev/null && break
+    curl -sf "http://$OPS/readyz" >/dev/null && break
     sleep 0.2
   done
-  curl -sf "http://$LISTEN/readyz" >/dev/null || { log "issuer-api not ready: see $OUT"; exit 1; }
+  curl -sf "http://$OPS/readyz" >/dev/null || { log "issuer-api not ready: see $OUT"; exit 1; }
   local report="$OUT/run-$round-$topology-$shape.txt"
-  BENCH_API="http://$LISTEN" "$BIN/issuer-bench" --json sustained --coupons "$COUPONS" \
+  BENCH_API="http://$LISTEN" BENCH_OPS="http://$OPS" "$BIN/issuer-bench" --json sustained --coupons "$COUPONS" \
     --requests "$REQUESTS" --concurrency "$CONCURRENCY" --quantity "$quantity" \
     --redis-stats "$stats" >"$report"
   stop_services

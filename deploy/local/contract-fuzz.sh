@@ -23,6 +23,14 @@ export REDIS_KEY_PREFIX="fuzz-$$:" RUST_LOG=warn
 # What `make` exports, for a run of this script on its own.
 export ISSUER_ADMIN_TOKEN=${ISSUER_ADMIN_TOKEN:-fuzz-admin-token}
 export ISSUER_JWT_SECRET=${ISSUER_JWT_SECRET:-fuzz-only-hs256-secret-of-32-bytes-or-more}
+export ISSUER_DEV_SECRETS=allow
+export ISSUER_JWT_ISSUER=${ISSUER_JWT_ISSUER:-coupon-issuance-dev}
+export ISSUER_JWT_AUDIENCE=${ISSUER_JWT_AUDIENCE:-coupon-api}
+# The document names the operations routes too: fuzz them on the same listener.
+export ISSUER_OPS_LISTEN=public
+# Many generated requests fail authentication on purpose, all from this one address: the
+# throttle would answer the rest 429 (documented) and leave the routes little tried.
+export ISSUER_AUTH_FAILURES_PER_ADDRESS=1000000
 # Generated requests come from one user: a per-user limit of 10/s would answer most of them
 # 429 (documented, but it would leave the issue path itself little tried).
 export ISSUER_RATE_PER_USER=1000

@@ -5,6 +5,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN="$ROOT/target/release"
 LISTEN=${ISSUER_LISTEN:-127.0.0.1:8080}
+OPS=${ISSUER_OPS_LISTEN:-127.0.0.1:8081}
 
 "$BIN/issuer-worker" &
 worker=$!
@@ -21,6 +22,7 @@ cat <<TXT
        -H 'Content-Type: application/json' -d '{}'
   curl -s http://$LISTEN/api/v1/coupons/1
   curl -s -H "Authorization: Bearer \$TOKEN" http://$LISTEN/api/v1/coupons/1/issues/42
+  curl -s http://$OPS/readyz   # operations: /metrics, /healthz, /readyz (ISSUER_OPS_LISTEN)
 
 TXT
 "$BIN/issuer-api"

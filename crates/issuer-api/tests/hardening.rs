@@ -500,7 +500,7 @@ impl KeyServer {
                 )
         })
         .workers(1)
-        .bind_rustls_0_23("127.0.0.1:0", server_config(&ca))
+        .bind_rustls_0_23("127.0.0.1:0", ca.server_config())
         .unwrap();
         let addr = server.addrs()[0];
         let server = server.run();
@@ -514,23 +514,6 @@ impl KeyServer {
             handle,
         }
     }
-}
-
-/// TLS with the test CA's server certificate (for 127.0.0.1 and localhost).
-fn server_config(ca: &TestCa) -> rustls::ServerConfig {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(ca.dir.join("server.pem"))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(ca.dir.join("server.key")).unwrap();
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap()
 }
 
 /// 8. Keys only over https (a file stays allowed), no redirect followed, and a reading that

@@ -14,10 +14,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use testkit::harness::{self, TestEnv};
 
-const ISSUER: &str = "https://login.test";
+/// The issuer and audience the suite's APIs require (`testkit::harness`).
+const ISSUER: &str = testkit::credentials::DEV_ISSUER;
 /// The secret the gateway in front sends, in gateway-header mode.
 const GATEWAY_SECRET: &str = "a-gateway-secret-of-at-least-32-bytes";
-const AUDIENCE: &str = "coupon-api";
+const AUDIENCE: &str = testkit::credentials::DEV_AUDIENCE;
 
 fn keys_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/keys")
@@ -161,6 +162,8 @@ async fn hs256_tokens_are_verified_and_each_bad_one_refused() {
             &format!("--jwt-issuer={ISSUER}"),
             &format!("--jwt-audience={AUDIENCE}"),
             "--jwt-leeway-secs=5",
+            // Every case is a failed authentication from this one address.
+            "--auth-failures-per-address=1000",
         ],
     )
     .await;
@@ -387,10 +390,12 @@ async fn public_key_tokens_from_a_jwks_file_and_no_algorithm_confusion() {
     std::fs::remove_file(file).unwrap();
 }
 
-/// Keys from a JWKS URL; when the issuer rotates in a new key, the first token signed with
-/// it makes the API read the set again, and is accepted.
+/// Keys from a JWKS URL (https, with the issuer's private CA); when the issuer rotates in a
+/// new key, the first token signed with it makes the API read the set again, and is
+/// accepted.
 #[actix_web::test]
 async fn jwks_url_is_read_again_when_a_token_names_a_new_key() {
+    let ca = testkit::tls::TestCa::new();
     let published = web::Data::new(std::sync::Mutex::new(jwks(&signing_keys())));
     let serving = published.clone();
     let server = HttpServer::new(move || {
@@ -405,7 +410,7 @@ async fn jwks_url_is_read_again_when_a_token_names_a_new_key() {
         )
     })
     .workers(1)
-    .bind("127.0.0.1:0")
+    .bind_rustls_0_23("127.0.0.1:0", ca.server_config())
     .unwrap();
     let addr = server.addrs()[0];
     let server = server.run();
@@ -416,7 +421,10 @@ async fn jwks_url_is_read_again_when_a_token_names_a_new_key() {
         QueueKind::Kafka,
         &harness::brokers(),
         0,
-        &[&format!("--jwt-jwks-url=http://{addr}/jwks.json")],
+        &[
+            &format!("--jwt-jwks-url=https://localhost:{}/jwks.json", addr.port()),
+            &format!("--jwt-jwks-ca-file={}", ca.path("ca.pem")),
+        ],
     )
     .await;
     let coupon = env.coupon_with_quantity(10).await;

@@ -85,6 +85,26 @@ impl TestCa {
     pub fn path(&self, file: &str) -> String {
         self.dir.join(file).display().to_string()
     }
+
+    /// A TLS server's configuration with the server certificate (for 127.0.0.1 and
+    /// localhost), for a test's own HTTPS server.
+    pub fn server_config(&self) -> rustls::ServerConfig {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(self.dir.join("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(self.dir.join("server.key")).unwrap();
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap()
+    }
 }
 
 impl Drop for TestCa {
