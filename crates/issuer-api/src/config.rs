@@ -322,6 +322,11 @@ impl Config {
             self.rate_window_ms
         );
         anyhow::ensure!(
+            self.auth_failures_per_address > 0,
+            "ISSUER_AUTH_FAILURES_PER_ADDRESS must be above 0 (it is how many failures an \
+             address may make before it is throttled)"
+        );
+        anyhow::ensure!(
             (1..=MAX_RATE_WINDOW_MS).contains(&self.auth_failure_window_ms),
             "ISSUER_AUTH_FAILURE_WINDOW_MS must be 1 to {MAX_RATE_WINDOW_MS}"
         );

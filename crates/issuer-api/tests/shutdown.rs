@@ -7,15 +7,23 @@ use testkit::process::{CleanStop, check_stops_cleanly, check_stops_during_start_
 
 const API: &str = env!("CARGO_BIN_EXE_issuer-api");
 
-/// What the API needs besides the shared settings: a listener and its two secrets.
+/// What the API needs besides the shared settings: its listeners, its two secrets (as a
+/// deployment's, no development ones), and its tokens' issuer and audience.
 fn api_secrets() -> Vec<(String, String)> {
     [
         ("ISSUER_LISTEN", "127.0.0.1:0"),
-        ("ISSUER_ADMIN_TOKEN", "shutdown-test"),
+        ("ISSUER_OPS_LISTEN", "127.0.0.1:0"),
+        ("ISSUER_DEV_SECRETS", "refuse"),
+        (
+            "ISSUER_ADMIN_TOKEN",
+            "shutdown-test-admin-token-of-32-bytes-or-more",
+        ),
         (
             "ISSUER_JWT_SECRET",
             "shutdown-test-hs256-secret-32-bytes-long",
         ),
+        ("ISSUER_JWT_ISSUER", "https://login.example"),
+        ("ISSUER_JWT_AUDIENCE", "coupon-api"),
     ]
     .map(|(name, value)| (name.to_owned(), value.to_owned()))
     .to_vec()

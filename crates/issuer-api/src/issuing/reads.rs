@@ -4,7 +4,7 @@
 //! A coupon's read is public sale information anyone may ask for, as often as they like:
 //! each instance answers it from memory for a short while (ISSUER_COUPON_READ_CACHE_MS),
 //! so a flood of reads costs PostgreSQL and Redis one read per coupon and while, not one
-//! per request.
+//! per request (`CouponReads`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,15 +34,36 @@ pub enum Holding {
 /// Most coupons whose reads are kept; past it, the whole memory starts over (reads of
 /// made-up ids cost memory up to here, never more).
 const CACHED_COUPONS_MAX: usize = 10_000;
+/// A read kept past its time is still answered while one request reads it again, for up to
+/// this many times the time: long enough for a read, short enough that a refresher that
+/// died is replaced.
+const STALE_WHILE_READING: u32 = 3;
 
 /// One coupon's read: the coupon and its admitted count, or None (it does not exist).
 type CouponRead = Option<(Coupon, i64)>;
 
-/// Coupon reads kept for `ttl`, each with when it was read.
+struct Kept {
+    at: Instant,
+    read: CouponRead,
+    /// A request is reading it again: the others answer this one meanwhile.
+    reading: bool,
+}
+
+/// What the memory holds for a coupon, for one request.
+enum Lookup {
+    /// Kept and fresh, or being read again by another request: answer it.
+    Answer(CouponRead),
+    /// Read it (this request was chosen to, or nothing usable is kept), then keep it.
+    Read,
+}
+
+/// Coupon reads kept for `ttl`. When one goes stale, one request reads it again while the
+/// others keep answering the stale one, so a flood costs one read per coupon and `ttl`
+/// (not one per request waiting at the moment it expires).
 #[derive(Default)]
 pub struct CouponReads {
     ttl: Duration,
-    kept: Mutex<HashMap<CouponId, (Instant, CouponRead)>>,
+    kept: Mutex<HashMap<CouponId, Kept>>,
 }
 
 impl CouponReads {
@@ -53,37 +74,60 @@ impl CouponReads {
         }
     }
 
-    fn get(&self, id: CouponId) -> Option<CouponRead> {
-        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let (at, read) = kept.get(&id)?;
-        (at.elapsed() < self.ttl).then(|| read.clone())
+    fn lookup(&self, id: CouponId) -> Lookup {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(held) = kept.get_mut(&id) else {
+            return Lookup::Read;
+        };
+        let age = held.at.elapsed();
+        if age < self.ttl || (held.reading && age < self.ttl * STALE_WHILE_READING) {
+            return Lookup::Answer(held.read.clone());
+        }
+        held.reading = true;
+        Lookup::Read
     }
 
-    fn keep(&self, id: CouponId, read: CouponRead) {
+    fn keep(&self, id: CouponId, read: &Result<CouponRead, ApiError>) {
         if self.ttl.is_zero() {
             return;
         }
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(read) = read else {
+            // Another request tries next.
+            if let Some(held) = kept.get_mut(&id) {
+                held.reading = false;
+            }
+            return;
+        };
         if kept.len() >= CACHED_COUPONS_MAX {
-            kept.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            let old = self.ttl * STALE_WHILE_READING;
+            kept.retain(|_, held| held.at.elapsed() < old);
             if kept.len() >= CACHED_COUPONS_MAX {
                 kept.clear();
             }
         }
-        kept.insert(id, (Instant::now(), read));
+        let read = read.clone();
+        kept.insert(
+            id,
+            Kept {
+                at: Instant::now(),
+                read,
+                reading: false,
+            },
+        );
     }
 }
 
 impl Issuer {
     /// The coupon as PostgreSQL holds it, and how many slots admission has taken, as read
-    /// at most ISSUER_COUPON_READ_CACHE_MS ago.
+    /// at most ISSUER_COUPON_READ_CACHE_MS ago (a few times that while it is read again).
     pub async fn coupon(&self, id: CouponId) -> Result<(Coupon, i64), ApiError> {
-        let read = match self.coupon_reads.get(id) {
-            Some(read) => read,
-            None => {
-                let read = self.read_coupon(id).await?;
-                self.coupon_reads.keep(id, read.clone());
-                read
+        let read = match self.coupon_reads.lookup(id) {
+            Lookup::Answer(read) => read,
+            Lookup::Read => {
+                let read = self.read_coupon(id).await;
+                self.coupon_reads.keep(id, &read);
+                read?
             }
         };
         read.ok_or(ApiError::CouponNotFound(id.get()))
