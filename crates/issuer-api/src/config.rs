@@ -97,9 +97,11 @@ pub struct Config {
     /// How long an idle kept-alive connection stays open.
     #[arg(long, env = "ISSUER_KEEP_ALIVE_MS", default_value_t = 5_000)]
     pub keep_alive_ms: u64,
-    /// Most connections open at once, over every HTTP worker: each costs a few tens of
-    /// kilobytes at most, so the default fits a pod of 256 MiB with room to spare.
-    #[arg(long, env = "ISSUER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    /// Most connections open at once, over every HTTP worker. A connection holding a
+    /// half-sent request costs about 19 KiB (measured, docs/performance.md): the default's
+    /// 150 MiB fits a pod of 256 MiB beside the process's own 26 MiB, and holds the
+    /// 5,000 users of a flash sale's first second.
+    #[arg(long, env = "ISSUER_MAX_CONNECTIONS", default_value_t = 8_000)]
     pub max_connections: usize,
     /// How long `GET /api/v1/coupons/{id}` (public sale information) is served from this
     /// instance's memory before PostgreSQL and Redis are asked again; 0 asks every time.
