@@ -85,9 +85,10 @@ impl AuthThrottle {
     }
 }
 
-/// IPv6 addresses by their /64.
+/// IPv6 addresses by their /64; an IPv4 address written as IPv6 (`::ffff:a.b.c.d`, a
+/// dual-stack listener's or proxy's) as itself, or every IPv4 client would share one.
 fn key(address: Option<IpAddr>) -> Option<IpAddr> {
-    address.map(|ip| match ip {
+    address.map(|ip| match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
             IpAddr::V6(bits.into())
@@ -129,6 +130,21 @@ mod tests {
         );
         assert_eq!(
             throttle.refused(Some("2001:db8:0:2::1".parse().unwrap())),
+            None
+        );
+    }
+
+    #[test]
+    fn ipv4_clients_written_as_ipv6_are_each_themselves() {
+        let throttle = AuthThrottle::new(1, Duration::from_secs(60));
+        throttle.failed(Some("::ffff:10.0.0.66".parse().unwrap()));
+        assert!(
+            throttle
+                .refused(Some("10.0.0.66".parse().unwrap()))
+                .is_some()
+        );
+        assert_eq!(
+            throttle.refused(Some("::ffff:10.0.0.1".parse().unwrap())),
             None
         );
     }

@@ -54,12 +54,11 @@ impl ClientAddresses {
         let Some((header, format)) = &self.header else {
             return req.peer_addr().map(|addr| addr.ip());
         };
-        let last = req
-            .headers()
-            .get_all(header)
-            .filter_map(|line| line.to_str().ok())
-            .flat_map(|line| line.split(','))
-            .last()?;
+        // Bytes, not text: a client's byte that is not ASCII must not make the line the
+        // proxy appended its entry to vanish. Only the entry used must be text.
+        let line = req.headers().get_all(header).last()?.as_bytes();
+        let last = line.rsplit(|&byte| byte == b',').next()?;
+        let last = std::str::from_utf8(last).ok()?;
         match format {
             Format::List => node(last),
             Format::Forwarded => last
@@ -116,6 +115,17 @@ mod tests {
         assert_eq!(seen(xff, &["[2001:db8::7]:443"]), ip("2001:db8::7"));
         assert_eq!(seen(xff, &["2001:db8::7"]), ip("2001:db8::7"));
         assert_eq!(seen(xff, &["1.1.1.1, unknown"]), None);
+        let forged =
+            actix_web::http::header::HeaderValue::from_bytes(b"\xff1.1.1.1, 10.0.0.3").unwrap();
+        let request = TestRequest::default()
+            .append_header((xff, forged))
+            .to_http_request();
+        let addresses = ClientAddresses::new(Some(xff)).unwrap();
+        assert_eq!(
+            addresses.of(&request),
+            ip("10.0.0.3"),
+            "a client's non-ASCII byte"
+        );
         assert_eq!(seen(xff, &[]), None);
     }
 

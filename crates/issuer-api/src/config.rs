@@ -266,8 +266,14 @@ impl IdentityArgs {
             "ISSUER_JWT_ADMIN_ROLE is empty: name the role that makes an admin"
         );
         anyhow::ensure!(
-            self.jwt_max_lifetime_secs > 0,
-            "ISSUER_JWT_MAX_LIFETIME_SECS must be above 0"
+            (1..=MAX_TOKEN_LIFETIME_SECS).contains(&self.jwt_max_lifetime_secs),
+            "ISSUER_JWT_MAX_LIFETIME_SECS is {}: it must be 1 to {MAX_TOKEN_LIFETIME_SECS} (a year)",
+            self.jwt_max_lifetime_secs
+        );
+        anyhow::ensure!(
+            self.jwt_max_future_iat_secs <= MAX_FUTURE_IAT_SECS,
+            "ISSUER_JWT_MAX_FUTURE_IAT_SECS is {}: at most {MAX_FUTURE_IAT_SECS} (an hour)",
+            self.jwt_max_future_iat_secs
         );
         Ok(())
     }
@@ -275,6 +281,10 @@ impl IdentityArgs {
 
 /// The longest any phase of a request (head, body, idle keep-alive) may be given.
 const MAX_PHASE_MS: u64 = 60_000;
+/// The longest token lifetime ISSUER_JWT_MAX_LIFETIME_SECS may allow.
+const MAX_TOKEN_LIFETIME_SECS: u64 = 366 * 86_400;
+/// How far ahead ISSUER_JWT_MAX_FUTURE_IAT_SECS may let `iat` be.
+const MAX_FUTURE_IAT_SECS: u64 = 3_600;
 /// The largest clock skew ISSUER_JWT_LEEWAY_SECS may allow.
 const MAX_LEEWAY_SECS: u64 = 300;
 /// The longest rate window: a counter's expiry is a millisecond count Redis must take.

@@ -230,6 +230,19 @@ async fn failed_authentication_is_throttled_per_address() {
         (429, "RATE_LIMITED".into()),
         "the throttled address is refused before its token is looked at"
     );
+    let public_read = env
+        .client
+        .get(format!("{base}/api/v1/coupons/1"))
+        .insert_header(("x-forwarded-for", "10.0.0.66"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(
+        public_read, 404,
+        "a read without credentials guesses nothing"
+    );
     let admin_elsewhere = [("x-forwarded-for", "10.0.0.1"), ("authorization", &admin)];
     assert_eq!(
         post(&env, &base, "/api/v1/coupons", &admin_elsewhere, body)
@@ -278,22 +291,33 @@ async fn a_slow_request_is_cut_off_in_every_phase() {
         started.elapsed()
     );
 
+    // The head and idle timeouts as set: a second, where actix alone would wait five.
+    let (short, _) = env
+        .start_another_api(&[
+            "--head-timeout-ms=1000".into(),
+            "--keep-alive-ms=1000".into(),
+        ])
+        .await;
+    let addr = short.trim_start_matches("http://").to_owned();
     let mut slow_head = TcpStream::connect(&addr).await.unwrap();
     slow_head
         .write_all(b"GET /api/v1/coupons/1 HTTP/1.1\r\nHo")
         .await
         .unwrap();
-    let (_, closed) = read_until_closed(&mut slow_head, Duration::from_secs(12)).await;
-    assert!(closed, "a head that never ends");
+    let (_, closed) = read_until_closed(&mut slow_head, Duration::from_millis(2500)).await;
+    assert!(
+        closed,
+        "a head that never ends, within ISSUER_HEAD_TIMEOUT_MS"
+    );
 
     let mut idle = TcpStream::connect(&addr).await.unwrap();
     idle.write_all(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let (answer, closed) = read_until_closed(&mut idle, Duration::from_secs(12)).await;
+    let (answer, closed) = read_until_closed(&mut idle, Duration::from_millis(2500)).await;
     assert!(
         answer.starts_with("HTTP/1.1 200") && closed,
-        "an idle keep-alive"
+        "an idle keep-alive, within ISSUER_KEEP_ALIVE_MS"
     );
     env.shutdown().await;
 }

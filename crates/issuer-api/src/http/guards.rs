@@ -18,8 +18,10 @@ use crate::error::ApiError;
 /// Requests with bodies larger than this are refused with 413 before they are parsed.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
 
-/// Answers 429 at once to an address that failed authentication too often, before its
-/// credentials are looked at; counts each 401 the address is answered.
+/// Answers 429 at once to a request carrying credentials from an address that failed
+/// authentication too often, before they are looked at; counts each 401 the address is
+/// answered. A request with no credential (a public read) is not refused: it guesses
+/// nothing, and the users behind a shared address (a carrier's NAT) keep reading.
 pub async fn throttle_failed_authentication(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -28,7 +30,11 @@ pub async fn throttle_failed_authentication(
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let address = state.addresses.of(req.request());
-    if let Some(retry_after) = state.auth_throttle.refused(address) {
+    let credentials = state
+        .credential_headers
+        .iter()
+        .any(|header| req.headers().contains_key(header));
+    if credentials && let Some(retry_after) = state.auth_throttle.refused(address) {
         let refused = ApiError::RateLimited { retry_after };
         return Ok(req.error_response(refused).map_into_right_body());
     }

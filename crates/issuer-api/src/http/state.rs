@@ -17,6 +17,9 @@ pub struct AppState {
     pub limiter: RateLimiter,
     pub addresses: ClientAddresses,
     pub auth_throttle: AuthThrottle,
+    /// The headers that carry a credential (`Authorization`, the gateway's secret): only a
+    /// request with one is refused by the throttle.
+    pub credential_headers: Vec<actix_web::http::header::HeaderName>,
     /// How long a client has to send a request's body (`crate::http::guards`).
     pub body_timeout: Duration,
 }

@@ -222,7 +222,7 @@ impl Verifier {
         let seconds = |name: &str| claims.get(name).and_then(Value::as_f64);
         let exp = seconds("exp").ok_or(Refusal::Malformed)?;
         let lifetime = match seconds("iat") {
-            Some(iat) if iat > (now + self.max_future_iat) as f64 => {
+            Some(iat) if iat > now.saturating_add(self.max_future_iat) as f64 => {
                 return Err(Refusal::IssuedAhead);
             }
             Some(iat) => exp - iat,

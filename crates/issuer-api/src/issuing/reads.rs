@@ -31,8 +31,8 @@ pub enum Holding {
     None,
 }
 
-/// Most coupons whose reads are kept; past it, the whole memory starts over (reads of
-/// made-up ids cost memory up to here, never more).
+/// Most coupons whose reads are kept; past it, ids that do not exist are forgotten first
+/// (reads of made-up ids cost memory up to here, never more).
 const CACHED_COUPONS_MAX: usize = 10_000;
 /// A read kept past its time is still answered while one request reads it again, for up to
 /// this many times the time: long enough for a read, short enough that a refresher that
@@ -45,8 +45,9 @@ type CouponRead = Option<(Coupon, i64)>;
 struct Kept {
     at: Instant,
     read: CouponRead,
-    /// A request is reading it again: the others answer this one meanwhile.
-    reading: bool,
+    /// Since when a request is reading it again: the others answer this one meanwhile,
+    /// until that reading is [`STALE_WHILE_READING`] times the keeping time old.
+    reading: Option<Instant>,
 }
 
 /// What the memory holds for a coupon, for one request.
@@ -79,11 +80,14 @@ impl CouponReads {
         let Some(held) = kept.get_mut(&id) else {
             return Lookup::Read;
         };
-        let age = held.at.elapsed();
-        if age < self.ttl || (held.reading && age < self.ttl * STALE_WHILE_READING) {
+        let reading_for_a_while = held
+            .reading
+            .is_some_and(|since| since.elapsed() < self.ttl * STALE_WHILE_READING);
+        if held.at.elapsed() < self.ttl || reading_for_a_while {
             return Lookup::Answer(held.read.clone());
         }
-        held.reading = true;
+        // The first to find it stale, or the one after a reading that never came back.
+        held.reading = Some(Instant::now());
         Lookup::Read
     }
 
@@ -95,13 +99,17 @@ impl CouponReads {
         let Ok(read) = read else {
             // Another request tries next.
             if let Some(held) = kept.get_mut(&id) {
-                held.reading = false;
+                held.reading = None;
             }
             return;
         };
         if kept.len() >= CACHED_COUPONS_MAX {
-            let old = self.ttl * STALE_WHILE_READING;
-            kept.retain(|_, held| held.at.elapsed() < old);
+            // Made-up ids first (a flood of them must not push out a coupon on sale), then
+            // what is stale, then everything.
+            kept.retain(|_, held| held.read.is_some());
+            if kept.len() >= CACHED_COUPONS_MAX {
+                kept.retain(|_, held| held.at.elapsed() < self.ttl);
+            }
             if kept.len() >= CACHED_COUPONS_MAX {
                 kept.clear();
             }
@@ -112,7 +120,7 @@ impl CouponReads {
             Kept {
                 at: Instant::now(),
                 read,
-                reading: false,
+                reading: None,
             },
         );
     }
