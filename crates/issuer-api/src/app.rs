@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::http::header::{AUTHORIZATION, HeaderName};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
@@ -19,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth_throttle::AuthThrottle;
 use crate::client_address::ClientAddresses;
-use crate::config::{Config, OpsListen, UserAuth};
+use crate::config::{Config, OpsListen};
 use crate::delivery::Delivery;
 use crate::delivery::kafka::{KafkaDelivery, KafkaSettings};
 use crate::delivery::stream::StreamDelivery;
@@ -171,7 +170,7 @@ impl Application {
                 Duration::from_millis(config.auth_failure_window_ms),
             ),
             body_timeout: Duration::from_millis(config.body_timeout_ms),
-            credential_headers: credential_headers(&config)?,
+            credential_headers: identity.credential_headers(),
         });
         let ops = match config.ops_listen {
             OpsListen::At(listen) => Some(ops_server(state.clone(), listen)?),
@@ -295,19 +294,6 @@ impl Application {
         tracing::info!("issuer-api stopped");
         Ok(())
     }
-}
-
-/// The headers a credential comes in: `Authorization`, and in gateway-header mode the
-/// gateway's secret.
-fn credential_headers(config: &Config) -> anyhow::Result<Vec<HeaderName>> {
-    let mut headers = vec![AUTHORIZATION];
-    if config.identity.user_auth == UserAuth::GatewayHeader {
-        // Checked by the identity already: a name that does not parse stopped the start.
-        headers.push(HeaderName::try_from(
-            config.identity.gateway_secret_header.as_str(),
-        )?);
-    }
-    Ok(headers)
 }
 
 fn json_config() -> web::JsonConfig {

@@ -78,17 +78,23 @@ impl Identity {
             "the admin token (ISSUER_ADMIN_TOKEN or ISSUER_ADMIN_TOKEN_FILE) must not be empty"
         );
         refuse_weak(&admin_token, "ISSUER_ADMIN_TOKEN", dev)?;
-        if let Some(secret) = args.jwt_secret()? {
-            refuse_weak(&secret, "ISSUER_JWT_SECRET", dev)?;
-        }
         let users = match args.user_auth {
-            UserAuth::Jwt => Users::Jwt(Box::new(jwt::Verifier::new(args).await?)),
+            UserAuth::Jwt => Users::Jwt(Box::new(jwt::Verifier::new(args, dev).await?)),
             UserAuth::GatewayHeader => Users::GatewayHeader(Gateway::new(args, dev)?),
         };
         Ok(Self {
             admin_token: admin_token.into_bytes(),
             users,
         })
+    }
+
+    /// The headers a credential comes in: `Authorization`, and in gateway-header mode the
+    /// gateway's secret (what the failed-authentication throttle refuses).
+    pub fn credential_headers(&self) -> Vec<HeaderName> {
+        match &self.users {
+            Users::Jwt(_) => vec![AUTHORIZATION],
+            Users::GatewayHeader(gateway) => vec![AUTHORIZATION, gateway.secret_header.clone()],
+        }
     }
 
     pub async fn caller(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
@@ -245,7 +251,7 @@ impl From<Refusal> for ApiError {
 /// Refuses a secret anyone could know: a manifest's placeholder (`CHANGE-ME`) always, and
 /// unless development secrets are allowed, one this repository prints or one shorter than
 /// [`MIN_SECRET_BYTES`]. Allowing them is never implied (not even by a loopback listener).
-fn refuse_weak(secret: &str, variable: &str, dev: DevSecrets) -> anyhow::Result<()> {
+pub(crate) fn refuse_weak(secret: &str, variable: &str, dev: DevSecrets) -> anyhow::Result<()> {
     let lower = secret.to_ascii_lowercase();
     anyhow::ensure!(
         !(lower.contains("change-me") || lower.contains("changeme")),

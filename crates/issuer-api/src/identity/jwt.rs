@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::{Map, Value};
 
 use super::jwks::{self, KeyError, KeySet};
-use crate::config::IdentityArgs;
+use crate::config::{DevSecrets, IdentityArgs};
 
 /// What a verified token says about its bearer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +100,7 @@ fn required(
 }
 
 impl Verifier {
-    pub async fn new(args: &IdentityArgs) -> anyhow::Result<Self> {
+    pub async fn new(args: &IdentityArgs, dev: DevSecrets) -> anyhow::Result<Self> {
         let issuer = required(
             args.jwt_issuer.as_deref(),
             args.jwt_any_issuer,
@@ -116,7 +116,7 @@ impl Verifier {
         let hmac = args
             .jwt_secret()?
             .map(|secret| {
-                // Placeholders and development secrets were refused with the admin token's.
+                super::refuse_weak(&secret, "ISSUER_JWT_SECRET", dev)?;
                 anyhow::ensure!(
                     secret.len() >= 32,
                     "the HS256 secret must be at least 32 bytes (RFC 7518 §3.2: as long as the hash)"
