@@ -5,9 +5,11 @@
 //! spans two. A user's home bucket is a fixed hash of the user id; "one per user" and the
 //! admission are decided there alone. A request whose home bucket is empty while stock is
 //! left elsewhere waits, and a mover (any API) brings stock to it:
-//! 1. `Take`, on the donor: one unit out of its stock, into a ledger entry naming the
-//!    transfer, its recipient and the mover's lease (one script, on the donor's shard).
-//! 2. `Credit`, on the recipient: the unit added, the transfer id recorded as credited, only
+//! 1. `Take`, on the donor: some units out of its stock (one, or all it has: the code takes
+//!    what the recipient's waiting requests need, within what the donor has), into a ledger
+//!    entry naming the transfer, its recipient, the units and the mover's lease (one
+//!    script, on the donor's shard).
+//! 2. `Credit`, on the recipient: the units added, the transfer id recorded as credited, only
 //!    if it was not already (one script, on the recipient's shard).
 //! 3. `Settle`, on the donor: the entry removed, only if it is still this transfer's.
 //!
@@ -65,7 +67,7 @@
 //!
 //! Not modelled yet: a failover in the Redis queue mode (the log is the bucket's own
 //! stream there, rewound with it: holders confirmed on the replica first, as today),
-//! releases together with failovers, and transfers of more than one unit.
+//! and releases together with failovers.
 
 use testkit::explorer::{Protocol, finds, holds};
 
@@ -111,12 +113,15 @@ enum Bug {
     /// lost, given back by the rebuild, is for sale while the other buckets answer
     /// SOLD_OUT.
     RebuildKeepsMarks,
+    /// The credit adds one unit whatever the transfer took (the entry's count ignored).
+    CreditOneUnit,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Entry {
     transfer: u8,
     to: u8,
+    units: u8,
     /// The mover whose lease holds the entry; None once the lease ran out.
     owner: Option<u8>,
 }
@@ -159,6 +164,7 @@ enum Mover {
         transfer: u8,
         from: u8,
         to: u8,
+        units: u8,
         epoch: u8,
     },
     /// Journalled in PostgreSQL: the credit comes next.
@@ -166,6 +172,7 @@ enum Mover {
         transfer: u8,
         from: u8,
         to: u8,
+        units: u8,
     },
     /// Credited: the settle on `from` comes next.
     Credited {
@@ -217,9 +224,9 @@ struct State {
     replicas: [Bucket; K],
     failovers_left: u8,
     /// PostgreSQL: each bucket's incarnation its state was last verified (rebuilt) under,
-    /// the transfers journalled (from, to), and Kafka: the users whose admission is logged.
+    /// the transfers journalled (from, to, units), and Kafka: the users whose admission is logged.
     in_force: [u8; K],
-    journal: [Option<(u8, u8)>; TRANSFERS],
+    journal: [Option<(u8, u8, u8)>; TRANSFERS],
     logged: [bool; USERS],
     /// Slots being given back (the model's own record, which no failover rewinds): from the
     /// release until the unit is for sale again, by the reopen or by the home bucket's
@@ -237,6 +244,7 @@ enum Action {
         mover: u8,
         from: u8,
         to: u8,
+        units: u8,
     },
     Credit(u8),
     Settle(u8),
@@ -303,12 +311,14 @@ struct Model {
 }
 
 impl State {
+    /// Units taken and not credited yet.
     fn in_flight(&self) -> usize {
         self.buckets
             .iter()
             .filter_map(|bucket| bucket.ledger)
             .filter(|entry| !self.buckets[entry.to as usize].credited[entry.transfer as usize])
-            .count()
+            .map(|entry| entry.units as usize)
+            .sum()
     }
 
     fn stock(&self) -> usize {
@@ -429,11 +439,17 @@ impl Protocol for Model {
                                 && (s.next_transfer as usize) < TRANSFERS
                             {
                                 takes += 1;
-                                actions.push(Action::Take {
-                                    mover: m,
-                                    from: from as u8,
-                                    to: to as u8,
-                                });
+                                // One unit, or all the donor has.
+                                let mut amounts = vec![1, donor.stock];
+                                amounts.dedup();
+                                for units in amounts {
+                                    actions.push(Action::Take {
+                                        mover: m,
+                                        from: from as u8,
+                                        to: to as u8,
+                                        units,
+                                    });
+                                }
                             }
                         }
                     }
@@ -541,14 +557,20 @@ impl Protocol for Model {
                     s.requests[u] = Request::Waiting;
                 }
             }
-            Action::Take { mover, from, to } => {
+            Action::Take {
+                mover,
+                from,
+                to,
+                units,
+            } => {
                 let transfer = s.next_transfer;
                 s.next_transfer += 1;
                 let donor = &mut s.buckets[from as usize];
-                donor.stock -= 1;
+                donor.stock -= units;
                 donor.ledger = Some(Entry {
                     transfer,
                     to,
+                    units,
                     owner: Some(mover),
                 });
                 donor.version += 1;
@@ -557,6 +579,7 @@ impl Protocol for Model {
                     transfer,
                     from,
                     to,
+                    units,
                     epoch,
                 };
             }
@@ -565,13 +588,19 @@ impl Protocol for Model {
                     transfer,
                     from,
                     to,
+                    units,
                     epoch,
                 } = s.movers[m as usize]
                 {
                     s.movers[m as usize] =
                         if s.in_force[from as usize] == epoch || self.bug == Bug::JournalUnfenced {
-                            s.journal[transfer as usize] = Some((from, to));
-                            Mover::Journaled { transfer, from, to }
+                            s.journal[transfer as usize] = Some((from, to, units));
+                            Mover::Journaled {
+                                transfer,
+                                from,
+                                to,
+                                units,
+                            }
                         } else {
                             // The donor was rebuilt since: its stock counts no such take.
                             Mover::Idle
@@ -579,10 +608,20 @@ impl Protocol for Model {
                 }
             }
             Action::Credit(m) => {
-                if let Mover::Journaled { transfer, from, to } = s.movers[m as usize] {
+                if let Mover::Journaled {
+                    transfer,
+                    from,
+                    to,
+                    units,
+                } = s.movers[m as usize]
+                {
                     let recipient = &mut s.buckets[to as usize];
                     if !recipient.credited[transfer as usize] || self.bug == Bug::CreditTwice {
-                        recipient.stock += 1;
+                        recipient.stock += if self.bug == Bug::CreditOneUnit {
+                            1
+                        } else {
+                            units
+                        };
                         recipient.credited[transfer as usize] = true;
                         recipient.version += 1;
                     }
@@ -618,6 +657,7 @@ impl Protocol for Model {
                         transfer: entry.transfer,
                         from,
                         to: entry.to,
+                        units: entry.units,
                         epoch,
                     };
                 }
@@ -767,15 +807,16 @@ impl Protocol for Model {
                 let mut last_out = None;
                 for (transfer, journalled) in s.journal.iter().enumerate() {
                     match *journalled {
-                        Some((_, to)) if to as usize == b => {
-                            allocation += 1;
+                        Some((_, to, units)) if to as usize == b => {
+                            allocation += units as i16;
                             credited[transfer] = true;
                         }
-                        Some((from, to)) if from as usize == b => {
-                            allocation -= 1;
+                        Some((from, to, units)) if from as usize == b => {
+                            allocation -= units as i16;
                             last_out = Some(Entry {
                                 transfer: transfer as u8,
                                 to,
+                                units,
                                 owner: None,
                             });
                         }
@@ -1010,6 +1051,11 @@ fn a_mark_under_any_generation_is_found() {
         &model(Bug::MarkAnyGeneration, SPREAD_RELEASED),
         "SOLD_OUT only when every bucket was empty",
     );
+}
+
+#[test]
+fn a_credit_of_one_unit_for_a_transfer_of_two_is_found() {
+    finds(&model(Bug::CreditOneUnit, ONE_HOME), "none lost, none made");
 }
 
 #[test]
