@@ -1,6 +1,7 @@
 //! PostgreSQL: schema, pool, migrations and the queries both services run.
 
 pub mod batch_insert;
+pub mod buckets;
 pub mod connect;
 pub mod coupons;
 pub mod failed_events;

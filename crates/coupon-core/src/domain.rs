@@ -6,6 +6,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::buckets::BucketCount;
+
 /// Why a text or JSON value is not an id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0} must be a positive 64-bit integer")]
@@ -82,6 +84,8 @@ pub struct Coupon {
     pub persisted_count: i64,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
+    /// How many buckets its stock is split into (`crate::buckets`); one for most coupons.
+    pub buckets: BucketCount,
 }
 
 /// What the admission script decided for one request.

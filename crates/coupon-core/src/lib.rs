@@ -1,6 +1,7 @@
 //! What issuer-api and issuer-worker share: the domain, the event, Redis admission,
 //! the database layer, Kafka settings, configuration and telemetry.
 
+pub mod buckets;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use coupon_core::buckets::BucketCount;
 use coupon_core::domain::QueueKind;
 use coupon_core::domain::{Coupon, CouponId, UserId};
 use coupon_core::redis::admission::AdmissionScripts;
@@ -52,6 +53,7 @@ pub async fn run(
         persisted_count: 0,
         starts_at: None,
         ends_at: None,
+        buckets: BucketCount::ONE,
     };
     let mut setup = client.get_multiplexed_async_connection().await?;
     scripts.load_meta(&mut setup, &coupon).await?;

@@ -131,6 +131,7 @@ async fn create_coupons(db: &mut AsyncPgConnection, events: usize) -> anyhow::Re
             total_quantity: events as i64,
             starts_at: None,
             ends_at: None,
+            buckets: 1,
         };
         ids.push(insert_coupon(db, &new).await?.id.get());
     }

@@ -2,6 +2,7 @@
 //! non-atomic check-then-add (SCARD, then SADD if there was room) versus the product's
 //! admission script, same load, side by side. The naive path exists only here.
 
+use coupon_core::buckets::BucketCount;
 use coupon_core::domain::QueueKind;
 use coupon_core::domain::{Coupon, CouponId, UserId};
 use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
@@ -129,6 +130,7 @@ async fn scripted(
         persisted_count: 0,
         starts_at: None,
         ends_at: None,
+        buckets: BucketCount::ONE,
     };
     scripts.load_meta(&mut con.clone(), &coupon).await?;
     let answers = join_all((1..=users).map(|user| {

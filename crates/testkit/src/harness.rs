@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use awc::Client;
 use clap::Parser;
-use coupon_core::db::migrate::run_migrations;
 use coupon_core::domain::QueueKind;
 use coupon_core::event::IssueEvent;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -30,11 +29,6 @@ pub fn user_token(user: i64) -> String {
 }
 
 /// The services `make up` starts; override with the usual variables.
-fn base_database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| coupon_core::config::DEFAULT_DATABASE_URL.into())
-}
-
 pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS")
         .unwrap_or_else(|_| coupon_core::config::DEFAULT_KAFKA_BROKERS.into())
@@ -145,7 +139,7 @@ impl TestEnv {
                 .try_init();
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let database_url = create_database(&format!("coupon_test_{id}")).await;
+        let database_url = crate::database::create_database(&format!("coupon_test_{id}")).await;
         let topic = format!("coupon-issue-test-{id}");
         let group = format!("coupon-issue-worker-test-{id}");
         let redis_prefix = format!("test-{id}:");
@@ -702,21 +696,6 @@ fn redis_url() -> String {
 
 pub fn redis_client() -> redis::Client {
     redis::Client::open(redis_url()).unwrap()
-}
-
-/// Creates an empty database next to the configured one and migrates it.
-async fn create_database(name: &str) -> String {
-    let base = base_database_url();
-    let mut admin = AsyncPgConnection::establish(&base).await.unwrap();
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let (server, _) = base.rsplit_once('/').unwrap();
-    let url = format!("{server}/{name}");
-    let target = coupon_core::db::connect::PgTarget::new(&url, Default::default()).unwrap();
-    run_migrations(&target).await.unwrap();
-    url
 }
 
 pub struct TopicMessage {

@@ -11,10 +11,12 @@
 //!   (`intercept`); the `make up` Redis with a key prefix of its own (`shared_redis`).
 //! - The exhaustive model checker the protocol models in coupon-core's tests run on
 //!   (`explorer`).
+//! - A migrated database of a test's own (`database`).
 //! - With the feature `services`: the API and the workers in-process on fresh databases,
 //!   topics and prefixes (`harness`).
 
 pub mod credentials;
+pub mod database;
 pub mod explorer;
 #[cfg(feature = "services")]
 pub mod harness;

@@ -3,6 +3,7 @@
 // A panic here is the failure report wanted.
 #![allow(clippy::unwrap_used)]
 
+use coupon_core::buckets::BucketCount;
 use coupon_core::domain::{Coupon, CouponId};
 use redis::aio::MultiplexedConnection;
 
@@ -26,6 +27,7 @@ pub fn coupon(name: &str, total_quantity: i64) -> Coupon {
         persisted_count: 0,
         starts_at: None,
         ends_at: None,
+        buckets: BucketCount::ONE,
     }
 }
 

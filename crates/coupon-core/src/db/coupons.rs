@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use diesel::result::Error;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use crate::buckets::BucketCount;
 use crate::db::schema::{coupon_issues, coupons};
 use crate::domain::{Coupon, CouponId, UserId};
 use crate::redis::epoch::Stamp;
@@ -18,6 +19,7 @@ struct CouponRow {
     persisted_count: i64,
     starts_at: Option<DateTime<Utc>>,
     ends_at: Option<DateTime<Utc>>,
+    buckets: i16,
 }
 
 impl TryFrom<CouponRow> for Coupon {
@@ -31,6 +33,8 @@ impl TryFrom<CouponRow> for Coupon {
             persisted_count: row.persisted_count,
             starts_at: row.starts_at,
             ends_at: row.ends_at,
+            buckets: BucketCount::new(row.buckets.into())
+                .map_err(|e| Error::DeserializationError(Box::new(e)))?,
         })
     }
 }
@@ -42,6 +46,8 @@ pub struct NewCoupon {
     pub total_quantity: i64,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
+    /// A [`BucketCount`], checked against the quantity (`BucketCount::for_quantity`).
+    pub buckets: i16,
 }
 
 pub async fn insert_coupon(conn: &mut AsyncPgConnection, new: &NewCoupon) -> QueryResult<Coupon> {

@@ -10,6 +10,28 @@ diesel::table! {
         ends_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         redis_stamp -> Nullable<Text>,
+        buckets -> Int2,
+    }
+}
+
+diesel::table! {
+    coupon_buckets (coupon_id, bucket) {
+        coupon_id -> Int8,
+        bucket -> Int2,
+        tag -> Text,
+        share -> Int8,
+        redis_stamp -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    bucket_transfers (coupon_id, transfer_id) {
+        coupon_id -> Int8,
+        transfer_id -> Uuid,
+        from_bucket -> Int2,
+        to_bucket -> Int2,
+        units -> Int8,
+        journalled_at -> Timestamptz,
     }
 }
 
@@ -41,4 +63,11 @@ diesel::table! {
 }
 
 diesel::joinable!(coupon_issues -> coupons (coupon_id));
-diesel::allow_tables_to_appear_in_same_query!(coupons, coupon_issues, failed_events);
+diesel::joinable!(coupon_buckets -> coupons (coupon_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    coupons,
+    coupon_issues,
+    failed_events,
+    coupon_buckets,
+    bucket_transfers
+);

@@ -13,6 +13,7 @@ use redis::aio::ConnectionLike;
 use redis::{AsyncCommands, Cmd, RedisError};
 use uuid::Uuid;
 
+use crate::buckets::BucketCount;
 use crate::domain::QueueKind;
 use crate::domain::{Admission, Coupon, CouponId, UserId};
 use crate::event::{EVENT_VERSION, IssueEvent};
@@ -52,11 +53,30 @@ impl RebuildLease {
 }
 
 /// Appends the meta's fields as `load_meta.lua` takes them: quantity, start, end.
-fn meta_args<'a>(call: &'a mut Cmd, coupon: &Coupon) -> &'a mut Cmd {
+fn meta_args<'a>(call: &'a mut Cmd, coupon: &Coupon, quantity: i64) -> &'a mut Cmd {
     let millis = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis().to_string());
-    call.arg(coupon.total_quantity)
+    call.arg(quantity)
         .arg(millis(coupon.starts_at).unwrap_or_default())
         .arg(millis(coupon.ends_at).unwrap_or_default())
+}
+
+/// Writes a new coupon's meta (or one bucket's, with its allocation as the quantity and the
+/// coupon's number of buckets) at `keys`, stamped as verified here, unless a meta is there
+/// already; the stamp written, if any (`scripts/load_meta.lua`).
+pub(crate) async fn load_fresh<C: ConnectionLike + Send + Sync>(
+    con: &mut C,
+    keys: &CouponKeys,
+    coupon: &Coupon,
+    bucket: Option<(i64, BucketCount)>,
+) -> Result<Option<Stamp>, RedisError> {
+    let mut call = library::call(Function::LoadMeta, &[&keys.meta]);
+    let quantity = bucket.map_or(coupon.total_quantity, |(allocation, _)| allocation);
+    meta_args(&mut call, coupon, quantity)
+        .arg("fresh")
+        .arg(Uuid::new_v4().simple().to_string())
+        .arg("")
+        .arg(bucket.map(|(_, count)| count.get()));
+    library::invoke(con, &call).await
 }
 
 /// What the admission script said.
@@ -75,6 +95,10 @@ pub enum AdmitReply {
     /// another Redis instance (`crate::redis::epoch`): it may be a rewound copy. Learn the stamp
     /// in force, or rebuild the state, then ask again.
     Unverified,
+    /// A bucketed coupon's home bucket has no stock and no sold-out mark
+    /// (`crate::redis::buckets`): its wait is registered there; have stock moved to it, then
+    /// ask again.
+    Dry,
 }
 
 /// Admission and the meta's load, run as functions of the library
@@ -187,20 +211,35 @@ impl AdmissionScripts {
         user: UserId,
         stamp: Option<Stamp>,
     ) -> Result<(AdmitReply, Option<Stamp>), RedisError> {
-        let keys = self.keys(coupon);
+        let reply = self
+            .admit_in(con, &self.keys(coupon), coupon, user, stamp.as_ref())
+            .await?;
+        Ok((reply, stamp))
+    }
+
+    /// Admission in the state at `keys`: a coupon's own, or the user's home bucket's of a
+    /// bucketed coupon (`crate::redis::buckets`), passing that state's stamp in force.
+    pub async fn admit_in<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        keys: &CouponKeys,
+        coupon: CouponId,
+        user: UserId,
+        stamp: Option<&Stamp>,
+    ) -> Result<AdmitReply, RedisError> {
         let event_id = Uuid::new_v4();
         let mut call = library::call(Function::Admit, &keys.state(self.queue));
         call.arg(user.get())
             .arg(event_id.to_string())
             .arg(coupon.get())
-            .arg(stamp.as_ref().map_or("", Stamp::as_str));
+            .arg(stamp.map_or("", Stamp::as_str));
         if self.queue == QueueKind::Redis {
             let trace = TraceParent::current();
             call.arg(trace.as_ref().map_or("", TraceParent::as_str));
         }
         let (code, now_ms): (i64, i64) = library::invoke(con, &call).await?;
         let refused = |admission| Ok(AdmitReply::Refused(admission));
-        let reply = match code {
+        match code {
             0 => Ok(AdmitReply::NotLoaded),
             1 => Ok(AdmitReply::Admitted(IssueEvent {
                 v: EVENT_VERSION,
@@ -216,13 +255,13 @@ impl AdmissionScripts {
             5 => refused(Admission::Ended),
             6 => Ok(AdmitReply::Pending),
             7 => Ok(AdmitReply::Unverified),
+            8 => Ok(AdmitReply::Dry),
             other => Err(RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "admission script returned an unknown code",
                 other.to_string(),
             ))),
-        };
-        Ok((reply?, stamp))
+        }
     }
 
     /// Forgets `coupon`'s stamp (one this process wrote that turned out not to be in force).
@@ -258,11 +297,7 @@ impl AdmissionScripts {
         coupon: &Coupon,
     ) -> Result<Option<Stamp>, RedisError> {
         self.registry.register(con, coupon.id).await?;
-        let mut call = library::call(Function::LoadMeta, &[&self.keys(coupon.id).meta]);
-        meta_args(&mut call, coupon)
-            .arg("fresh")
-            .arg(Uuid::new_v4().simple().to_string());
-        let stamp: Option<Stamp> = library::invoke(con, &call).await?;
+        let stamp = load_fresh(con, &self.keys(coupon.id), coupon, None).await?;
         if let Some(stamp) = &stamp {
             self.learn_stamp(coupon.id, stamp.clone());
         }
@@ -290,7 +325,7 @@ impl AdmissionScripts {
         }
         self.registry.register(con, coupon.id).await?;
         let mut call = library::call(Function::LoadMeta, &[&keys.meta, &keys.rebuilding]);
-        meta_args(&mut call, coupon)
+        meta_args(&mut call, coupon, coupon.total_quantity)
             .arg("verified")
             .arg(stamp.as_str())
             .arg(&lease.token);

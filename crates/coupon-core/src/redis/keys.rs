@@ -22,6 +22,12 @@ pub struct CouponKeys {
     /// Stream of the coupon's issue events in the Redis queue mode, appended by the
     /// admission script itself; entries are trimmed once the worker group acknowledged them.
     pub stream: String,
+    /// A bucketed coupon's bucket (`crate::buckets`): the transfer out of it in flight, if
+    /// any (`scripts/bucket.lua`).
+    pub outgoing: String,
+    /// The same: the ids of the transfers credited to it, so that a credit repeated by a
+    /// mover that took another's transfer over adds nothing.
+    pub credited: String,
     /// On a Redis Cluster, the write each replica confirmation of this coupon's makes just
     /// before its WAIT, on the coupon's own shard (`replication_fence` on one node).
     pub fence: String,
@@ -32,6 +38,13 @@ impl CouponKeys {
     /// sharing coupons; it is prepended verbatim and may be empty.
     pub fn new(prefix: &str, coupon: CouponId) -> Self {
         Self::tagged(prefix, &coupon.to_string())
+    }
+
+    /// The keys of one bucket of a bucketed coupon, under the tag chosen for it at the
+    /// coupon's creation (`crate::buckets::choose_tags`): bucket 0's tag is the coupon id,
+    /// whose keys are [`CouponKeys::new`]'s.
+    pub fn of_bucket(prefix: &str, tag: &str) -> Self {
+        Self::tagged(prefix, tag)
     }
 
     /// Glob patterns (for KEYS or SCAN's MATCH) of these keys of every coupon under
@@ -48,6 +61,8 @@ impl CouponKeys {
             rebuilding: format!("{prefix}coupon:{{{tag}}}:rebuilding"),
             stream: format!("{prefix}coupon:{{{tag}}}:issues"),
             fence: format!("{prefix}coupon:{{{tag}}}:fence"),
+            outgoing: format!("{prefix}coupon:{{{tag}}}:outgoing"),
+            credited: format!("{prefix}coupon:{{{tag}}}:credited"),
         }
     }
 
@@ -59,6 +74,11 @@ impl CouponKeys {
             keys.push(&self.stream);
         }
         keys
+    }
+
+    /// The keys a step of `scripts/bucket.lua` takes, in its order.
+    pub fn bucket_steps(&self) -> [&str; 4] {
+        [&self.meta, &self.issued, &self.outgoing, &self.credited]
     }
 
     /// Hash coupon id → registration generation: the coupons that need work, so the

@@ -1,7 +1,7 @@
 //! The scripts that compare a coupon's epoch with the instance's (`crate::redis::epoch`), as one
 //! Redis function library: admission, the meta's load, the finished check, the rebuild
-//! lease, the hand-over's close, the registry, a cluster's replica fence and the epoch
-//! itself.
+//! lease, the hand-over's close, the registry, a cluster's replica fence, a bucketed
+//! coupon's transfers and sold-out check, and the epoch itself.
 //!
 //! Why a library rather than EVAL: the instance's epoch costs two `INFO`s to read,
 //! and admission reads it on every request, refusals included. A library's locals live as
@@ -42,10 +42,12 @@ pub enum Function {
     Registry,
     /// `scripts/fence.lua`.
     Fence,
+    /// `scripts/bucket.lua`.
+    Bucket,
 }
 
 impl Function {
-    const ALL: [Function; 8] = [
+    const ALL: [Function; 9] = [
         Function::Admit,
         Function::LoadMeta,
         Function::Finished,
@@ -54,6 +56,7 @@ impl Function {
         Function::Epoch,
         Function::Registry,
         Function::Fence,
+        Function::Bucket,
     ];
 
     fn suffix(self) -> &'static str {
@@ -66,6 +69,7 @@ impl Function {
             Function::Epoch => "epoch",
             Function::Registry => "registry",
             Function::Fence => "fence",
+            Function::Bucket => "bucket",
         }
     }
 
@@ -79,6 +83,7 @@ impl Function {
             Function::Epoch => "return instance_epoch()",
             Function::Registry => include_str!("scripts/registry.lua"),
             Function::Fence => include_str!("scripts/fence.lua"),
+            Function::Bucket => include_str!("scripts/bucket.lua"),
         }
     }
 }

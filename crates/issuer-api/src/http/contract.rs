@@ -1,6 +1,7 @@
 //! The HTTP contract: request and response bodies, camelCase JSON, and their validation.
 
 use chrono::{DateTime, Datelike, Utc};
+use coupon_core::buckets::BucketCount;
 use coupon_core::db::coupons::NewCoupon;
 use coupon_core::domain::{Admission, Coupon, CouponId, UserId};
 use serde::de::{DeserializeOwned, Error as _};
@@ -104,6 +105,7 @@ impl CreateCouponRequest {
             total_quantity: self.total_quantity,
             starts_at: self.starts_at,
             ends_at: self.ends_at,
+            buckets: BucketCount::ONE.get() as i16,
         })
     }
 }

@@ -179,6 +179,13 @@ impl Issuer {
                     return Ok(Admission::Success);
                 }
                 AdmitReply::Pending => {}
+                // Only a bucketed coupon's home bucket answers so, and this path admits in a
+                // coupon's own state, which has no buckets field.
+                AdmitReply::Dry => {
+                    return Err(ApiError::Internal(
+                        anyhow::anyhow!("coupon {coupon}'s state answered as a bucket's").into(),
+                    ));
+                }
             }
             match self
                 .delivery

@@ -21,6 +21,10 @@
 --   7 UNVERIFIED: the state's stamp is not the one in force, or was made under another
 --     Redis instance (epoch.lua): the caller learns the stamp in force, or rebuilds the
 --     state, then asks again
+--   8 DRY: a bucketed coupon (KEYS are then the user's home bucket's, buckets.rs) whose
+--     home bucket has no stock left and no sold-out mark: stock may be left in another
+--     bucket. The wait is registered (so this bucket gives none of what comes), and the
+--     caller has stock moved here (bucket.lua), then asks again.
 -- Each redis.call costs about a microsecond of Redis's time beyond its own work, and this
 -- runs for every request, so it calls only what the answer needs.
 local now = 0
@@ -54,7 +58,15 @@ if meta[3] and clock() >= tonumber(meta[3]) then
   return {5, now}
 end
 if redis.call('SCARD', KEYS[2]) >= tonumber(meta[1]) then
-  return {3, now}
+  -- Read only here: a coupon of one bucket, or a request that admits, never pays for it.
+  local bucketed = redis.call('HMGET', KEYS[1], 'buckets', 'sold_out')
+  if not bucketed[1] or bucketed[2] then
+    return {3, now}
+  end
+  -- Registered for WAIT_REGISTERED_MS (coupon-core's redis/buckets.rs); a waiting request
+  -- asks again well within it, which registers it again.
+  redis.call('HSET', KEYS[1], 'waiting_until', clock() + 100)
+  return {8, now}
 end
 redis.call('SADD', KEYS[2], ARGV[1])
 clock()

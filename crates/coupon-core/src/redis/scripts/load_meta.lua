@@ -3,7 +3,9 @@
 -- KEYS[1] coupon meta hash, and in the 'verified' mode KEYS[2] its rebuild lease.
 -- ARGV[1] quantity, ARGV[2] starts_at ms or '', ARGV[3] ends_at ms or '', ARGV[4] the mode,
 -- and ARGV[5] in the 'fresh' mode the stamp's nonce, in the 'verified' mode the whole stamp
--- (recorded in PostgreSQL first) and ARGV[6] the rebuild's lease token:
+-- (recorded in PostgreSQL first) and ARGV[6] the rebuild's lease token ('' when fresh), and
+-- ARGV[7], for one bucket of a bucketed coupon (buckets.rs), the coupon's number of
+-- buckets; ARGV[1] is then the bucket's allocation:
 --   'fresh': the coupon was just created, nothing can have been admitted. An existing meta
 --     (a racing replica loaded it first) is left as it is.
 --   'verified': a rebuild has added every holder it found, reading under the stamp's
@@ -27,6 +29,9 @@ if ARGV[2] ~= '' then
 end
 if ARGV[3] ~= '' then
   redis.call('HSETNX', KEYS[1], 'ends_at', ARGV[3])
+end
+if ARGV[7] and ARGV[7] ~= '' then
+  redis.call('HSETNX', KEYS[1], 'buckets', ARGV[7])
 end
 -- A creation's stamp has the shape of Stamp::fresh's.
 local stamp = ARGV[5]

@@ -1,0 +1,334 @@
+//! A bucketed coupon in Redis (`crate::buckets`): each bucket's state, the steps that move
+//! stock between buckets, and the sold-out check, each step one script on one bucket's shard
+//! (`scripts/bucket.lua`). The protocol is `coupon-core/tests/bucket_model.rs`'s:
+//!
+//! 1. [`BucketSteps::take`] on the donor: units out of its stock into its outgoing entry,
+//!    naming the transfer, the recipient and the mover's lease (Redis's clock).
+//! 2. The transfer journalled in PostgreSQL, only while the donor's stamp in force is the one
+//!    the take ran under (`crate::db::buckets::journal_transfer`): a take lost in a failover
+//!    and not journalled before the donor's rebuild never happened.
+//! 3. [`BucketSteps::credit`] on the recipient, once per transfer id (safe to repeat).
+//! 4. [`BucketSteps::settle`] on the donor, only if the entry is still this transfer's.
+//!
+//! A mover that dies or stalls leaves its entry; once the lease has run out another takes it
+//! over ([`BucketSteps::recover`]) and goes on from step 2, which is safe to repeat. SOLD_OUT
+//! is answered from a mark only, set on every bucket ([`BucketSteps::mark`]) once two
+//! collects in a row ([`BucketSteps::collect`]) read the same every bucket, with no stock and
+//! no transfer in flight anywhere: between them there was a moment when the buckets held
+//! exactly that.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{FromRedisValue, RedisError, Value};
+use uuid::Uuid;
+
+use crate::buckets::Bucket;
+use crate::buckets::BucketCount;
+use crate::domain::Coupon;
+use crate::redis::admission::load_fresh;
+use crate::redis::epoch::Stamp;
+use crate::redis::keys::CouponKeys;
+use crate::redis::library::{self, Function};
+
+/// How long a request's wait on an empty home bucket stays registered there (the admission
+/// script's DRY answer writes it; `scripts/admission.lua`): the bucket gives no stock away
+/// meanwhile. A waiting request asks again well within it.
+pub const WAIT_REGISTERED: Duration = Duration::from_millis(100);
+
+/// One transfer of stock between two buckets of a coupon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TransferId(pub Uuid);
+
+impl TransferId {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl Default for TransferId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A transfer out of a bucket, as its outgoing entry holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outgoing {
+    pub id: TransferId,
+    pub to: Bucket,
+    pub units: i64,
+}
+
+/// One bucket of a coupon as the scripts address it: its keys and its stamp in force.
+#[derive(Debug, Clone)]
+pub struct BucketState<'a> {
+    pub keys: &'a CouponKeys,
+    pub stamp: &'a Stamp,
+}
+
+/// What a step found, whatever the step: the bucket's state is not loaded, or not verified
+/// under the stamp passed (as for admission: learn the stamp in force, or rebuild), or the
+/// step's own answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step<T> {
+    Done(T),
+    NotLoaded,
+    Unverified,
+}
+
+/// What a take did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// This many units left the donor's stock, into its outgoing entry.
+    Taken(i64),
+    /// A transfer out of the donor is in flight already (one at a time).
+    InFlight,
+    /// The donor has no stock, or requests wait there for what it has.
+    NothingToGive,
+}
+
+/// What a recover found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recover {
+    /// The entry's lease had run out: it is the caller's now, to go on from the journal.
+    TakenOver(Outgoing),
+    /// Its mover's lease still runs.
+    Held,
+    /// No transfer out of the bucket.
+    Nothing,
+}
+
+/// What a collect read of one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Seen {
+    pub stock: i64,
+    pub in_flight: bool,
+    /// Moved by every step but an admission, which moves `issued`.
+    pub version: i64,
+    pub issued: i64,
+    /// Moved by every clearing of the sold-out mark.
+    pub generation: i64,
+    pub marked: bool,
+}
+
+/// The steps of `scripts/bucket.lua`, named as the script names them (one codec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepName {
+    Take,
+    Recover,
+    Credit,
+    Settle,
+    Collect,
+    Mark,
+}
+
+impl StepName {
+    fn as_str(self) -> &'static str {
+        match self {
+            StepName::Take => "take",
+            StepName::Recover => "recover",
+            StepName::Credit => "credit",
+            StepName::Settle => "settle",
+            StepName::Collect => "collect",
+            StepName::Mark => "mark",
+        }
+    }
+}
+
+fn unexpected(what: &'static str, detail: String) -> RedisError {
+    RedisError::from((redis::ErrorKind::UnexpectedReturnType, what, detail))
+}
+
+/// Runs one step on `state`, with the step's own arguments, and reads its reply: the code
+/// first, then what the step returns.
+async fn run<C: ConnectionLike + Send + Sync>(
+    con: &mut C,
+    state: &BucketState<'_>,
+    name: StepName,
+    args: &[String],
+) -> Result<Step<Vec<Value>>, RedisError> {
+    let mut call = library::call(Function::Bucket, &state.keys.bucket_steps());
+    call.arg(name.as_str()).arg(state.stamp.as_str()).arg(args);
+    let mut reply: Vec<Value> = library::invoke(con, &call).await?;
+    if reply.is_empty() {
+        return Err(unexpected(
+            "bucket step returned nothing",
+            name.as_str().into(),
+        ));
+    }
+    let code = i64::from_redis_value(reply.remove(0))
+        .map_err(|e| unexpected("bucket step code", e.to_string()))?;
+    Ok(match code {
+        0 => Step::NotLoaded,
+        7 => Step::Unverified,
+        _ => {
+            reply.insert(0, Value::Int(code));
+            Step::Done(reply)
+        }
+    })
+}
+
+/// The reply's `at`th field (0 is the code) as `T`.
+fn field<T: FromRedisValue>(
+    reply: &[Value],
+    at: usize,
+    step: &'static str,
+) -> Result<T, RedisError> {
+    let value = reply
+        .get(at)
+        .cloned()
+        .ok_or_else(|| unexpected("bucket step reply too short", format!("{step}: {reply:?}")))?;
+    T::from_redis_value(value).map_err(|e| unexpected("bucket step reply", format!("{step}: {e}")))
+}
+
+/// The steps on a bucketed coupon's buckets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BucketSteps;
+
+impl BucketSteps {
+    /// Writes a bucket's first state, with `allocation` units, stamped as verified here
+    /// (nothing can have been admitted yet), unless a state is there already; the stamp
+    /// written, if any, which the caller records in PostgreSQL as the one in force.
+    pub async fn load<C: ConnectionLike + Send + Sync>(
+        con: &mut C,
+        keys: &CouponKeys,
+        coupon: &Coupon,
+        allocation: i64,
+        count: BucketCount,
+    ) -> Result<Option<Stamp>, RedisError> {
+        load_fresh(con, keys, coupon, Some((allocation, count))).await
+    }
+
+    /// Takes up to `units` out of the donor's stock for `to`, under `owner`'s lease.
+    pub async fn take<C: ConnectionLike + Send + Sync>(
+        con: &mut C,
+        donor: &BucketState<'_>,
+        transfer: TransferId,
+        to: Bucket,
+        units: i64,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Step<Take>, RedisError> {
+        let args = [
+            transfer.0.to_string(),
+            to.index().to_string(),
+            units.to_string(),
+            owner.to_owned(),
+            lease.as_millis().to_string(),
+        ];
+        Ok(match run(con, donor, StepName::Take, &args).await? {
+            Step::Done(reply) => Step::Done(match field::<i64>(&reply, 0, "take")? {
+                1 => Take::Taken(field(&reply, 1, "take")?),
+                9 => Take::InFlight,
+                10 => Take::NothingToGive,
+                other => return Err(unexpected("take", other.to_string())),
+            }),
+            Step::NotLoaded => Step::NotLoaded,
+            Step::Unverified => Step::Unverified,
+        })
+    }
+
+    /// Takes over the donor's outgoing entry once its lease has run out.
+    pub async fn recover<C: ConnectionLike + Send + Sync>(
+        con: &mut C,
+        donor: &BucketState<'_>,
+        owner: &str,
+        lease: Duration,
+        count: BucketCount,
+    ) -> Result<Step<Recover>, RedisError> {
+        let args = [owner.to_owned(), lease.as_millis().to_string()];
+        Ok(match run(con, donor, StepName::Recover, &args).await? {
+            Step::Done(reply) => Step::Done(match field::<i64>(&reply, 0, "recover")? {
+                1 => {
+                    let id: String = field(&reply, 1, "recover")?;
+                    let id = Uuid::parse_str(&id)
+                        .map_err(|e| unexpected("recover: transfer id", e.to_string()))?;
+                    let to: i64 = field(&reply, 2, "recover")?;
+                    let to = Bucket::of(count, to)
+                        .ok_or_else(|| unexpected("recover: bucket", to.to_string()))?;
+                    Recover::TakenOver(Outgoing {
+                        id: TransferId(id),
+                        to,
+                        units: field(&reply, 3, "recover")?,
+                    })
+                }
+                9 => Recover::Held,
+                11 => Recover::Nothing,
+                other => return Err(unexpected("recover", other.to_string())),
+            }),
+            Step::NotLoaded => Step::NotLoaded,
+            Step::Unverified => Step::Unverified,
+        })
+    }
+
+    /// Credits `units` of `transfer` to the recipient, once: true if this call added them.
+    pub async fn credit<C: ConnectionLike + Send + Sync>(
+        con: &mut C,
+        recipient: &BucketState<'_>,
+        transfer: TransferId,
+        units: i64,
+    ) -> Result<Step<bool>, RedisError> {
+        let args = [transfer.0.to_string(), units.to_string()];
+        Self::yes_or_no(
+            run(con, recipient, StepName::Credit, &args).await?,
+            "credit",
+        )
+    }
+
+    /// Removes the donor's outgoing entry if it is still `transfer`'s: true if removed.
+    pub async fn settle<C: ConnectionLike + Send + Sync>(
+        con: &mut C,
+        donor: &BucketState<'_>,
+        transfer: TransferId,
+    ) -> Result<Step<bool>, RedisError> {
+        let args = [transfer.0.to_string()];
+        Self::yes_or_no(run(con, donor, StepName::Settle, &args).await?, "settle")
+    }
+
+    /// Reads a bucket for the sold-out check.
+    pub async fn collect<C: ConnectionLike + Send + Sync>(
+        con: &mut C,
+        bucket: &BucketState<'_>,
+    ) -> Result<Step<Seen>, RedisError> {
+        Ok(match run(con, bucket, StepName::Collect, &[]).await? {
+            Step::Done(reply) => {
+                let at = |i| field::<i64>(&reply, i, "collect");
+                Step::Done(Seen {
+                    stock: at(1)?,
+                    in_flight: at(2)? == 1,
+                    version: at(3)?,
+                    issued: at(4)?,
+                    generation: at(5)?,
+                    marked: at(6)? == 1,
+                })
+            }
+            Step::NotLoaded => Step::NotLoaded,
+            Step::Unverified => Step::Unverified,
+        })
+    }
+
+    /// Marks the bucket sold out, only under `generation` (the one the check's collect
+    /// saw): true if marked.
+    pub async fn mark<C: ConnectionLike + Send + Sync>(
+        con: &mut C,
+        bucket: &BucketState<'_>,
+        generation: i64,
+    ) -> Result<Step<bool>, RedisError> {
+        let args = [generation.to_string()];
+        Self::yes_or_no(run(con, bucket, StepName::Mark, &args).await?, "mark")
+    }
+
+    /// Code 1 is yes, 2 no.
+    fn yes_or_no(step: Step<Vec<Value>>, what: &'static str) -> Result<Step<bool>, RedisError> {
+        Ok(match step {
+            Step::Done(reply) => Step::Done(match field::<i64>(&reply, 0, what)? {
+                1 => true,
+                2 => false,
+                other => return Err(unexpected(what, other.to_string())),
+            }),
+            Step::NotLoaded => Step::NotLoaded,
+            Step::Unverified => Step::Unverified,
+        })
+    }
+}

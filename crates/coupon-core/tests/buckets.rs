@@ -1,0 +1,446 @@
+//! A bucketed coupon's steps at the scripts, on the real Redis: each interleaving the model
+//! (`bucket_model.rs`) names is put in place by calling the steps in that order, as the
+//! movers would, one of them stalled; a lease runs out on Redis's own clock.
+
+// Helpers outside `#[test]` functions panic too: in a harness that is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use coupon_core::buckets::{Bucket, BucketCount};
+use coupon_core::db::buckets::{
+    Journalled, coupon_buckets, insert_bucketed_coupon, journal, journal_transfer,
+    record_bucket_stamp,
+};
+use coupon_core::db::coupons::{NewCoupon, Verification};
+use coupon_core::domain::{Admission, Coupon, QueueKind, UserId};
+use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
+use coupon_core::redis::buckets::{
+    BucketState, BucketSteps, Recover, Seen, Step, Take, TransferId,
+};
+use coupon_core::redis::epoch::Stamp;
+use coupon_core::redis::keys::CouponKeys;
+use redis::aio::MultiplexedConnection;
+use testkit::shared_redis::{self, redis};
+
+const LEASE: Duration = Duration::from_secs(30);
+const SHORT_LEASE: Duration = Duration::from_millis(1);
+
+/// A coupon of `shares.len()` buckets loaded in Redis, each with its share.
+struct Sale {
+    coupon: Coupon,
+    count: BucketCount,
+    keys: Vec<CouponKeys>,
+    stamps: Vec<Stamp>,
+    scripts: AdmissionScripts,
+    con: MultiplexedConnection,
+}
+
+impl Sale {
+    async fn new(shares: &[i64]) -> Self {
+        let prefix = shared_redis::prefix();
+        let count = BucketCount::new(shares.len() as i64).unwrap();
+        let coupon = Coupon {
+            buckets: count,
+            ..shared_redis::coupon("buckets", shares.iter().sum())
+        };
+        let mut con = redis().await;
+        let mut keys = Vec::new();
+        let mut stamps = Vec::new();
+        for (b, share) in shares.iter().enumerate() {
+            let bucket_keys = CouponKeys::of_bucket(&prefix, &format!("1.{b}"));
+            let stamp = BucketSteps::load(&mut con, &bucket_keys, &coupon, *share, count)
+                .await
+                .unwrap()
+                .expect("a new bucket's state is written");
+            keys.push(bucket_keys);
+            stamps.push(stamp);
+        }
+        Self {
+            coupon,
+            count,
+            keys,
+            stamps,
+            scripts: AdmissionScripts::new(prefix, QueueKind::Kafka),
+            con,
+        }
+    }
+
+    fn bucket(&self, b: u16) -> BucketState<'_> {
+        BucketState {
+            keys: &self.keys[b as usize],
+            stamp: &self.stamps[b as usize],
+        }
+    }
+
+    fn index(&self, b: u16) -> Bucket {
+        Bucket::of(self.count, b.into()).unwrap()
+    }
+
+    /// The `n`th user (from 0) whose home is bucket `b`.
+    fn user_of(&self, b: u16, n: usize) -> UserId {
+        (1..)
+            .map(|id| UserId::new(id).unwrap())
+            .filter(|user| self.count.home(*user).index() == b)
+            .nth(n)
+            .unwrap()
+    }
+
+    async fn admit(&mut self, user: UserId) -> AdmitReply {
+        let b = self.count.home(user).index() as usize;
+        let mut con = self.con.clone();
+        self.scripts
+            .admit_in(
+                &mut con,
+                &self.keys[b],
+                self.coupon.id,
+                user,
+                Some(&self.stamps[b]),
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn take(
+        &self,
+        from: u16,
+        to: u16,
+        units: i64,
+        owner: &str,
+        lease: Duration,
+    ) -> (TransferId, Take) {
+        let id = TransferId::new();
+        let taken = BucketSteps::take(
+            &mut self.con.clone(),
+            &self.bucket(from),
+            id,
+            self.index(to),
+            units,
+            owner,
+            lease,
+        )
+        .await
+        .unwrap();
+        (id, done(taken))
+    }
+
+    async fn credit(&self, to: u16, id: TransferId, units: i64) -> bool {
+        done(
+            BucketSteps::credit(&mut self.con.clone(), &self.bucket(to), id, units)
+                .await
+                .unwrap(),
+        )
+    }
+
+    async fn settle(&self, from: u16, id: TransferId) -> bool {
+        done(
+            BucketSteps::settle(&mut self.con.clone(), &self.bucket(from), id)
+                .await
+                .unwrap(),
+        )
+    }
+
+    async fn seen(&self, b: u16) -> Seen {
+        done(
+            BucketSteps::collect(&mut self.con.clone(), &self.bucket(b))
+                .await
+                .unwrap(),
+        )
+    }
+
+    async fn stock(&self, b: u16) -> i64 {
+        self.seen(b).await.stock
+    }
+}
+
+fn done<T: std::fmt::Debug>(step: Step<T>) -> T {
+    match step {
+        Step::Done(value) => value,
+        other => panic!("the step was refused: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_coupon_of_one_bucket_still_answers_sold_out_itself() {
+    let (scripts, mut con) = (
+        AdmissionScripts::new(shared_redis::prefix(), QueueKind::Kafka),
+        redis().await,
+    );
+    let coupon = shared_redis::coupon("one bucket", 1);
+    scripts.load_meta(&mut con, &coupon).await.unwrap();
+    let first = scripts.admit(&mut con, coupon.id, UserId::new(1).unwrap());
+    assert!(matches!(first.await.unwrap(), AdmitReply::Admitted(_)));
+    let second = scripts.admit(&mut con, coupon.id, UserId::new(2).unwrap());
+    assert_eq!(
+        second.await.unwrap(),
+        AdmitReply::Refused(Admission::SoldOut)
+    );
+}
+
+/// An empty home bucket with stock elsewhere is not SOLD_OUT: the request is told DRY, its
+/// wait registered, and once stock is moved to it, it is admitted.
+#[tokio::test]
+async fn an_empty_home_bucket_waits_for_stock_moved_to_it() {
+    let mut sale = Sale::new(&[1, 1]).await;
+    let (first, second) = (sale.user_of(0, 0), sale.user_of(0, 1));
+    assert!(matches!(sale.admit(first).await, AdmitReply::Admitted(_)));
+    assert_eq!(sale.admit(second).await, AdmitReply::Dry);
+
+    let (id, taken) = sale.take(1, 0, 5, "mover", LEASE).await;
+    assert_eq!(taken, Take::Taken(1), "at most what the donor has");
+    assert_eq!(sale.stock(1).await, 0);
+    assert!(sale.credit(0, id, 1).await);
+    assert!(sale.settle(1, id).await);
+    assert!(matches!(sale.admit(second).await, AdmitReply::Admitted(_)));
+    // Held, its event not acknowledged yet (Kafka mode's write-ahead entry).
+    assert_eq!(sale.admit(second).await, AdmitReply::Pending);
+}
+
+/// A bucket where requests wait gives none of what it gets: else two buckets with users
+/// waiting pass units back and forth (the livelock the model found).
+#[tokio::test]
+async fn a_bucket_with_waiting_requests_gives_nothing() {
+    let mut sale = Sale::new(&[1, 1]).await;
+    let (first, waiting) = (sale.user_of(0, 0), sale.user_of(0, 1));
+    sale.admit(first).await;
+    assert_eq!(sale.admit(waiting).await, AdmitReply::Dry);
+    let (id, _) = sale.take(1, 0, 1, "mover", LEASE).await;
+    sale.credit(0, id, 1).await;
+    sale.settle(1, id).await;
+    assert_eq!(sale.stock(0).await, 1);
+    assert_eq!(
+        sale.take(0, 1, 1, "other", LEASE).await.1,
+        Take::NothingToGive
+    );
+}
+
+/// One transfer out of a bucket at a time: its entry is what a mover taking over finds.
+#[tokio::test]
+async fn a_second_take_waits_for_the_first_to_settle() {
+    let sale = Sale::new(&[1, 4]).await;
+    let (id, taken) = sale.take(1, 0, 1, "mover", LEASE).await;
+    assert_eq!(taken, Take::Taken(1));
+    assert_eq!(sale.take(1, 0, 1, "other", LEASE).await.1, Take::InFlight);
+    sale.credit(0, id, 1).await;
+    sale.settle(1, id).await;
+    assert_eq!(sale.take(1, 0, 2, "other", LEASE).await.1, Take::Taken(2));
+}
+
+/// A mover stalls after its credit; its lease runs out; another takes its entry over and
+/// credits again: the second credit adds nothing (the model's `Bug::CreditTwice`).
+#[tokio::test]
+async fn a_credit_repeated_by_a_mover_that_took_over_adds_nothing() {
+    let sale = Sale::new(&[0, 2]).await;
+    let (id, _) = sale.take(1, 0, 2, "stalled", SHORT_LEASE).await;
+    assert!(sale.credit(0, id, 2).await);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let recovered = BucketSteps::recover(
+        &mut sale.con.clone(),
+        &sale.bucket(1),
+        "next",
+        LEASE,
+        sale.count,
+    )
+    .await
+    .unwrap();
+    let Recover::TakenOver(entry) = done(recovered) else {
+        panic!("the entry's lease ran out, yet it was not taken over");
+    };
+    assert_eq!((entry.id, entry.to, entry.units), (id, sale.index(0), 2));
+    assert!(
+        !sale.credit(0, entry.id, entry.units).await,
+        "credited twice"
+    );
+    assert_eq!(sale.stock(0).await, 2);
+    assert!(sale.settle(1, entry.id).await);
+}
+
+/// An entry whose lease still runs is its mover's.
+#[tokio::test]
+async fn an_entry_is_not_taken_over_while_its_lease_runs() {
+    let sale = Sale::new(&[0, 2]).await;
+    sale.take(1, 0, 1, "mover", LEASE).await;
+    let recovered = BucketSteps::recover(
+        &mut sale.con.clone(),
+        &sale.bucket(1),
+        "other",
+        LEASE,
+        sale.count,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done(recovered), Recover::Held);
+}
+
+/// A stalled mover's late settle must not remove a later transfer's entry before its credit
+/// (the model's `Bug::SettleAnyEntry`): the unit would be lost.
+#[tokio::test]
+async fn a_late_settle_leaves_a_later_transfers_entry() {
+    let sale = Sale::new(&[0, 2]).await;
+    let (first, _) = sale.take(1, 0, 1, "stalled", SHORT_LEASE).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let recovered = BucketSteps::recover(
+        &mut sale.con.clone(),
+        &sale.bucket(1),
+        "next",
+        LEASE,
+        sale.count,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(done(recovered), Recover::TakenOver(_)));
+    sale.credit(0, first, 1).await;
+    assert!(sale.settle(1, first).await);
+    let (second, taken) = sale.take(1, 0, 1, "next", LEASE).await;
+    assert_eq!(taken, Take::Taken(1));
+    assert!(
+        !sale.settle(1, first).await,
+        "the late settle removed the next entry"
+    );
+    let collected = BucketSteps::collect(&mut sale.con.clone(), &sale.bucket(1))
+        .await
+        .unwrap();
+    assert!(done(collected).in_flight);
+    sale.credit(0, second, 1).await;
+    assert!(sale.settle(1, second).await);
+}
+
+/// Only a mark answers SOLD_OUT, and a mark is set only under the generation the check
+/// collected.
+#[tokio::test]
+async fn a_marked_bucket_answers_sold_out_and_a_stale_generation_marks_nothing() {
+    let mut sale = Sale::new(&[1, 1]).await;
+    for b in 0..2 {
+        let user = sale.user_of(b, 0);
+        assert!(matches!(sale.admit(user).await, AdmitReply::Admitted(_)));
+    }
+    let late = sale.user_of(0, 1);
+    assert_eq!(sale.admit(late).await, AdmitReply::Dry);
+    let seen = done(
+        BucketSteps::collect(&mut sale.con.clone(), &sale.bucket(0))
+            .await
+            .unwrap(),
+    );
+    let mut con = sale.con.clone();
+    let stale = BucketSteps::mark(&mut con, &sale.bucket(0), seen.generation + 1).await;
+    assert!(!done(stale.unwrap()));
+    assert_eq!(sale.admit(late).await, AdmitReply::Dry);
+    let marked = BucketSteps::mark(&mut con, &sale.bucket(0), seen.generation).await;
+    assert!(done(marked.unwrap()));
+    assert_eq!(
+        sale.admit(late).await,
+        AdmitReply::Refused(Admission::SoldOut)
+    );
+}
+
+/// A collect's version (with the issued count) moves with every step, so two equal
+/// collects saw a bucket nothing happened to in between.
+#[tokio::test]
+async fn every_step_moves_what_a_collect_reads() {
+    let mut sale = Sale::new(&[2, 2]).await;
+    let mut last = sale.seen(1).await;
+    assert_eq!(sale.seen(1).await, last, "a collect moves nothing");
+    let (id, _) = sale.take(1, 0, 1, "mover", LEASE).await;
+    let now = sale.seen(1).await;
+    assert_ne!(now, last, "take");
+    last = now;
+    sale.settle(1, id).await;
+    let now = sale.seen(1).await;
+    assert_ne!(now, last, "settle");
+    last = now;
+    let user = sale.user_of(1, 0);
+    sale.admit(user).await;
+    let now = sale.seen(1).await;
+    assert_ne!(now, last, "admission");
+    last = now;
+    sale.credit(1, TransferId::new(), 1).await;
+    assert_ne!(sale.seen(1).await, last, "credit");
+}
+
+/// Every step passes the bucket's stamp in force: a state stamped otherwise (a failover's
+/// rewound copy) refuses it, as admission does.
+#[tokio::test]
+async fn a_step_under_another_stamp_is_refused() {
+    let sale = Sale::new(&[1, 1]).await;
+    let stale = Stamp::new("someone-else/0");
+    let state = BucketState {
+        keys: &sale.keys[1],
+        stamp: &stale,
+    };
+    let mut con = sale.con.clone();
+    let taken = BucketSteps::take(
+        &mut con,
+        &state,
+        TransferId::new(),
+        sale.index(0),
+        1,
+        "m",
+        LEASE,
+    );
+    assert_eq!(taken.await.unwrap(), Step::Unverified);
+    assert_eq!(sale.stock(1).await, 1);
+}
+
+/// The journal takes a transfer only while the donor's stamp in force is the one its take
+/// ran under (the model's `Bug::JournalUnfenced`): a donor rebuilt since gave its units back.
+#[tokio::test]
+async fn the_journal_refuses_a_take_under_a_replaced_stamp() {
+    let mut db = testkit::database::scratch_database().await;
+    let new = NewCoupon {
+        name: "journal".into(),
+        total_quantity: 5,
+        starts_at: None,
+        ends_at: None,
+        buckets: 2,
+    };
+    let coupon = insert_bucketed_coupon(&mut db, &new, None).await.unwrap();
+    let rows = coupon_buckets(&mut db, &coupon).await.unwrap();
+    let tags: Vec<_> = rows.iter().map(|row| row.tag.clone()).collect();
+    let shares: Vec<_> = rows.iter().map(|row| row.share).collect();
+    assert_eq!(tags, [coupon.id.to_string(), format!("{}.1", coupon.id)]);
+    assert_eq!(shares, [3, 2]);
+
+    let (from, to) = (Bucket::of(coupon.buckets, 1).unwrap(), Bucket::FIRST);
+    let taken_under = Stamp::new("epoch-a/1");
+    assert!(
+        record_bucket_stamp(
+            &mut db,
+            coupon.id,
+            from,
+            &taken_under,
+            Verification::Created
+        )
+        .await
+        .unwrap()
+    );
+    let transfer = |units| Journalled {
+        id: TransferId::new(),
+        from,
+        to,
+        units,
+    };
+    let first = transfer(1);
+    assert!(
+        journal_transfer(&mut db, coupon.id, &first, &taken_under)
+            .await
+            .unwrap()
+    );
+    assert!(
+        journal_transfer(&mut db, coupon.id, &first, &taken_under)
+            .await
+            .unwrap(),
+        "again: no change"
+    );
+
+    let rebuilt = Stamp::new("epoch-b/2");
+    record_bucket_stamp(&mut db, coupon.id, from, &rebuilt, Verification::Rebuilt)
+        .await
+        .unwrap();
+    let lost = transfer(2);
+    assert!(
+        !journal_transfer(&mut db, coupon.id, &lost, &taken_under)
+            .await
+            .unwrap()
+    );
+    assert_eq!(journal(&mut db, &coupon).await.unwrap(), vec![first]);
+}
