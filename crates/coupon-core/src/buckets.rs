@@ -6,10 +6,14 @@
 //! spread over K shards of a Redis Cluster. A user's home bucket is a fixed hash of the user
 //! id, so "one per user" is still decided in one place, by one script.
 //!
-//! Everything here is pure and decided once, at the coupon's creation, then kept in
+//! Moving stock between the buckets, and the sold-out check, are `mover`'s.
+//!
+//! Everything else here is pure and decided once, at the coupon's creation, then kept in
 //! PostgreSQL (`crate::db::buckets`): every process builds the same keys from it, and a
 //! Redis loss cannot lose it. Bucket 0's tag is the coupon id, so that a coupon of one bucket
 //! has exactly the keys it had before buckets existed.
+
+pub mod mover;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -7,12 +7,15 @@
 
 use std::time::Duration;
 
+use coupon_core::buckets::mover::{MOVER_LEASE, MoveError, Mover, Place, Places, Supply};
 use coupon_core::buckets::{Bucket, BucketCount};
 use coupon_core::db::buckets::{
     Journalled, coupon_buckets, insert_bucketed_coupon, journal, journal_transfer,
     record_bucket_stamp,
 };
+use coupon_core::db::connect::PgTarget;
 use coupon_core::db::coupons::{NewCoupon, Verification};
+use coupon_core::db::pool::{PgPool, build_pool};
 use coupon_core::domain::{Admission, Coupon, QueueKind, UserId};
 use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
 use coupon_core::redis::buckets::{
@@ -443,4 +446,175 @@ async fn the_journal_refuses_a_take_under_a_replaced_stamp() {
             .unwrap()
     );
     assert_eq!(journal(&mut db, &coupon).await.unwrap(), vec![first]);
+}
+
+/// A bucketed coupon created as the API creates one (PostgreSQL first, then each bucket's
+/// state in Redis with its stamp recorded), and a mover on it.
+struct Stocked {
+    sale: Sale,
+    places: Places,
+    pool: PgPool,
+}
+
+impl Stocked {
+    async fn new(quantity: i64, buckets: i64) -> Self {
+        let url = testkit::database::scratch_database_url().await;
+        let pool = build_pool(&PgTarget::new(&url, Default::default()).unwrap(), 4).unwrap();
+        let mut db = pool.get().await.unwrap();
+        let new = NewCoupon {
+            name: "moved".into(),
+            total_quantity: quantity,
+            starts_at: None,
+            ends_at: None,
+            buckets: buckets as i16,
+        };
+        let coupon = insert_bucketed_coupon(&mut db, &new, None).await.unwrap();
+        let prefix = shared_redis::prefix();
+        let mut con = redis().await;
+        let mut places = Vec::new();
+        for row in coupon_buckets(&mut db, &coupon).await.unwrap() {
+            let keys = CouponKeys::of_bucket(&prefix, &row.tag);
+            let stamp = BucketSteps::load(&mut con, &keys, &coupon, row.share, coupon.buckets)
+                .await
+                .unwrap()
+                .unwrap();
+            record_bucket_stamp(
+                &mut db,
+                coupon.id,
+                row.bucket,
+                &stamp,
+                Verification::Created,
+            )
+            .await
+            .unwrap();
+            places.push(Place {
+                bucket: row.bucket,
+                keys,
+                stamp,
+            });
+        }
+        drop(db);
+        let sale = Sale {
+            coupon: coupon.clone(),
+            count: coupon.buckets,
+            keys: places.iter().map(|place| place.keys.clone()).collect(),
+            stamps: places.iter().map(|place| place.stamp.clone()).collect(),
+            scripts: AdmissionScripts::new(prefix, QueueKind::Kafka),
+            con,
+        };
+        let places = Places {
+            coupon: coupon.id,
+            count: coupon.buckets,
+            places,
+        };
+        Self { sale, places, pool }
+    }
+
+    async fn supply(&self, to: u16) -> Result<Supply, MoveError> {
+        let mover = Mover {
+            places: &self.places,
+            pool: &self.pool,
+            owner: "test-mover",
+        };
+        mover
+            .supply(&mut self.sale.con.clone(), self.sale.index(to))
+            .await
+    }
+
+    /// A request as the API decides it: admitted, or SOLD_OUT, moving stock while its home
+    /// bucket is dry (bounded: a test that loops is a failure).
+    async fn decide(&mut self, user: UserId) -> AdmitReply {
+        let home = self.sale.count.home(user).index();
+        for _ in 0..100 {
+            match self.sale.admit(user).await {
+                AdmitReply::Dry => {
+                    self.supply(home).await.unwrap();
+                }
+                other => return other,
+            }
+        }
+        panic!("user {user} never decided");
+    }
+}
+
+/// Acceptance 2 at the protocol's level: every user homes to one bucket, two thirds of the
+/// stock starts elsewhere, and nobody asks twice. Every unit is issued, nobody is told
+/// SOLD_OUT before the last one is gone, and everybody after is.
+#[tokio::test]
+async fn users_all_homed_to_one_bucket_receive_all_the_stock() {
+    let mut stocked = Stocked::new(30, 3).await;
+    let users: Vec<UserId> = (0..40).map(|n| stocked.sale.user_of(0, n)).collect();
+    let mut admitted = 0;
+    for user in users {
+        match stocked.decide(user).await {
+            AdmitReply::Admitted(_) => {
+                admitted += 1;
+            }
+            AdmitReply::Refused(Admission::SoldOut) => {
+                assert_eq!(admitted, 30, "SOLD_OUT with {admitted} of 30 issued");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(admitted, 30);
+    for b in 0..3 {
+        assert_eq!(stocked.sale.stock(b).await, 0, "bucket {b}");
+    }
+    let journalled = journal(&mut stocked.pool.get().await.unwrap(), &stocked.sale.coupon).await;
+    let moved: i64 = journalled.unwrap().iter().map(|t| t.units).sum();
+    assert_eq!(moved, 20, "the two other buckets' shares, moved");
+}
+
+/// A mover that dies after its take leaves its units in the donor's entry; once its lease
+/// has run out, the next supply finishes that transfer (the model's `Bug::NoRecovery`
+/// leaves them there for ever, and the requests waiting).
+#[tokio::test]
+async fn a_dead_movers_transfer_is_finished_by_the_next_supply() {
+    let stocked = Stocked::new(4, 2).await;
+    let (_, taken) = stocked.sale.take(1, 0, 2, "died", SHORT_LEASE).await;
+    assert_eq!(taken, Take::Taken(2));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(stocked.supply(0).await.unwrap(), Supply::Moved(2));
+    assert_eq!(stocked.sale.stock(0).await, 4);
+    assert!(!stocked.sale.seen(1).await.in_flight);
+}
+
+/// While a live mover's transfer is in flight, the coupon is not sold out, whatever the
+/// stock reads: a check blind to it (the model's `Bug::IgnoreInFlight`) would mark it.
+#[tokio::test]
+async fn a_transfer_in_flight_keeps_the_coupon_from_being_marked() {
+    let mut stocked = Stocked::new(2, 2).await;
+    let user = stocked.sale.user_of(1, 0);
+    assert!(matches!(
+        stocked.sale.admit(user).await,
+        AdmitReply::Admitted(_)
+    ));
+    stocked.sale.take(0, 1, 1, "mover", MOVER_LEASE).await;
+    assert_eq!(stocked.supply(1).await.unwrap(), Supply::NotNow);
+    let late = stocked.sale.user_of(1, 1);
+    assert_eq!(stocked.sale.admit(late).await, AdmitReply::Dry);
+}
+
+/// A transfer whose donor was rebuilt after the take is not carried on: the rebuild gave
+/// the donor its units back.
+#[tokio::test]
+async fn a_transfer_out_of_a_rebuilt_donor_is_given_up() {
+    let stocked = Stocked::new(4, 2).await;
+    let donor = stocked.sale.index(1);
+    let rebuilt = Stamp::new("rebuilt-elsewhere/1");
+    record_bucket_stamp(
+        &mut stocked.pool.get().await.unwrap(),
+        stocked.sale.coupon.id,
+        donor,
+        &rebuilt,
+        Verification::Rebuilt,
+    )
+    .await
+    .unwrap();
+    let refused = stocked.supply(0).await;
+    assert!(
+        matches!(refused, Err(MoveError::DonorRebuilt(b)) if b == donor),
+        "{refused:?}"
+    );
+    assert_eq!(stocked.sale.stock(0).await, 2, "nothing credited");
 }

@@ -14,8 +14,14 @@ fn base_database_url() -> String {
 
 /// A connection to a new, migrated database of its own: for a test of queries alone.
 pub async fn scratch_database() -> AsyncPgConnection {
-    let url = create_database(&format!("coupon_test_{}", uuid::Uuid::new_v4().simple())).await;
-    AsyncPgConnection::establish(&url).await.unwrap()
+    AsyncPgConnection::establish(&scratch_database_url().await)
+        .await
+        .unwrap()
+}
+
+/// The URL of a new, migrated database of its own.
+pub async fn scratch_database_url() -> String {
+    create_database(&format!("coupon_test_{}", uuid::Uuid::new_v4().simple())).await
 }
 
 /// Creates an empty database next to the configured one, migrates it, and returns its URL.
