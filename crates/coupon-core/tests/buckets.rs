@@ -17,11 +17,11 @@ use coupon_core::db::connect::PgTarget;
 use coupon_core::db::coupons::{NewCoupon, Verification};
 use coupon_core::db::pool::{PgPool, build_pool};
 use coupon_core::domain::{Admission, Coupon, QueueKind, UserId};
-use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
+use coupon_core::redis::admission::{AdmissionScripts, AdmitReply, LeaseTake};
 use coupon_core::redis::buckets::{
-    BucketState, BucketSteps, Recover, Seen, Step, Take, TransferId,
+    BucketState, BucketSteps, RebuiltBucket, Recover, Seen, Step, Take, TransferId,
 };
-use coupon_core::redis::epoch::Stamp;
+use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use coupon_core::redis::keys::CouponKeys;
 use redis::aio::MultiplexedConnection;
 use testkit::shared_redis::{self, redis};
@@ -617,4 +617,120 @@ async fn a_transfer_out_of_a_rebuilt_donor_is_given_up() {
         "{refused:?}"
     );
     assert_eq!(stocked.sale.stock(0).await, 2, "nothing credited");
+}
+
+/// A bucket's node fails over to a copy that lacks an admission and a transfer out of it (and
+/// holds a user the log does not): the rebuild writes back exactly the log's holders, the
+/// stock the journal gives, and the transfer's entry, which the next mover finishes without
+/// crediting it twice; the other bucket's mark is cleared under a new generation.
+#[tokio::test]
+async fn a_bucket_rebuilt_from_the_log_and_the_journal_holds_exactly_its_units() {
+    let mut stocked = Stocked::new(4, 2).await;
+    let (logged, unlogged) = (stocked.sale.user_of(1, 0), stocked.sale.user_of(1, 1));
+    assert!(matches!(
+        stocked.sale.admit(logged).await,
+        AdmitReply::Admitted(_)
+    ));
+    assert_eq!(stocked.supply(0).await.unwrap(), Supply::Moved(1));
+    let seen = stocked.sale.seen(0).await;
+    let mut con = stocked.sale.con.clone();
+    let marked = BucketSteps::mark(&mut con, &stocked.sale.bucket(0), seen.generation).await;
+    assert!(done(marked.unwrap()));
+
+    // The copy the failover promotes: bucket 1 as created, under another instance, with a
+    // user whose admission never reached the log.
+    let keys = stocked.sale.keys[1].clone();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys.meta)
+        .arg(&keys.issued)
+        .arg(&keys.outgoing)
+        .arg(&keys.credited)
+        .arg(&keys.pending)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.meta)
+        .arg(
+            &[
+                "quantity",
+                "2",
+                "buckets",
+                "2",
+                "epoch",
+                "another-instance/1",
+            ][..],
+        )
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg(&keys.issued)
+        .arg(unlogged.get())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(stocked.sale.admit(logged).await, AdmitReply::Unverified);
+
+    // The rebuild, as the API runs it: lease (closing the bucket), stamp recorded, journal
+    // read after it (a later journal write is fenced off), state restored, marks cleared.
+    let lease = match stocked
+        .sale
+        .scripts
+        .take_rebuild_lease_at(&mut con, &keys, stocked.sale.coupon.id, LEASE, None)
+        .await
+        .unwrap()
+    {
+        LeaseTake::Taken(lease) => lease,
+        other => panic!("{other:?}"),
+    };
+    let stamp = Stamp::fresh(&instance_epoch(&mut con, &keys.meta).await.unwrap());
+    let bucket = stocked.sale.index(1);
+    let mut db = stocked.pool.get().await.unwrap();
+    record_bucket_stamp(
+        &mut db,
+        stocked.sale.coupon.id,
+        bucket,
+        &stamp,
+        Verification::Rebuilt,
+    )
+    .await
+    .unwrap();
+    let journalled = journal(&mut db, &stocked.sale.coupon).await.unwrap();
+    drop(db);
+    let rebuilt = RebuiltBucket::from_journal(bucket, 2, &journalled);
+    assert_eq!(rebuilt.allocation, 1);
+    let holders = [logged.get()];
+    let restored = BucketSteps::restore(
+        &mut con,
+        &keys,
+        &stocked.sale.coupon,
+        &rebuilt,
+        &holders,
+        &stamp,
+        &lease,
+    );
+    assert!(restored.await.unwrap());
+    let cleared = BucketSteps::unmark(&mut con, &stocked.sale.bucket(0)).await;
+    assert!(done(cleared.unwrap()));
+    stocked.sale.stamps[1] = stamp.clone();
+    stocked.places.places[1].stamp = stamp;
+
+    let rebuilt_seen = stocked.sale.seen(1).await;
+    assert_eq!((rebuilt_seen.stock, rebuilt_seen.issued), (0, 1));
+    assert!(
+        rebuilt_seen.in_flight,
+        "the journalled transfer's entry is back"
+    );
+    assert_eq!(
+        stocked.sale.admit(logged).await,
+        AdmitReply::Refused(Admission::AlreadyIssued)
+    );
+    let after = stocked.sale.seen(0).await;
+    assert!(!after.marked && after.generation > seen.generation);
+    assert_eq!(stocked.supply(0).await.unwrap(), Supply::Moved(1));
+    assert_eq!(stocked.sale.stock(0).await, 3, "the transfer credited once");
+    assert!(!stocked.sale.seen(1).await.in_flight);
+    // The user the log never had is not a holder: their unit is for sale.
+    assert_eq!(stocked.sale.admit(unlogged).await, AdmitReply::Dry);
 }

@@ -365,7 +365,26 @@ impl AdmissionScripts {
         lease: Duration,
         unless_verified_under: Option<&Stamp>,
     ) -> Result<LeaseTake, RedisError> {
-        let keys = self.keys(coupon);
+        self.take_rebuild_lease_at(
+            con,
+            &self.keys(coupon),
+            coupon,
+            lease,
+            unless_verified_under,
+        )
+        .await
+    }
+
+    /// [`AdmissionScripts::take_rebuild_lease`] on the state at `keys`: a coupon's own, or
+    /// one bucket's of a bucketed coupon (`crate::redis::buckets`).
+    pub async fn take_rebuild_lease_at<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        keys: &CouponKeys,
+        coupon: CouponId,
+        lease: Duration,
+        unless_verified_under: Option<&Stamp>,
+    ) -> Result<LeaseTake, RedisError> {
         let token = Uuid::new_v4().to_string();
         let mut call = library::call(Function::RebuildLease, &[&keys.rebuilding, &keys.meta]);
         call.arg("take")

@@ -20,13 +20,14 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use redis::{FromRedisValue, RedisError, Value};
+use redis::{AsyncCommands, FromRedisValue, RedisError, Value};
 use uuid::Uuid;
 
 use crate::buckets::Bucket;
 use crate::buckets::BucketCount;
+use crate::db::buckets::Journalled;
 use crate::domain::Coupon;
-use crate::redis::admission::load_fresh;
+use crate::redis::admission::{RebuildLease, load_fresh};
 use crate::redis::epoch::Stamp;
 use crate::redis::keys::CouponKeys;
 use crate::redis::library::{self, Function};
@@ -58,6 +59,47 @@ pub struct Outgoing {
     pub id: TransferId,
     pub to: Bucket,
     pub units: i64,
+}
+
+/// Users added per SADD when restoring a bucket's issued set, so one command never blocks
+/// Redis for long.
+const RESTORE_CHUNK: usize = 10_000;
+
+/// What a bucket's rebuild writes besides its holders, from the journal of transfers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuiltBucket {
+    /// Its share, plus what was journalled to it, minus what was journalled from it.
+    pub allocation: i64,
+    /// The transfers journalled to it: credited, whether or not its lost state had them.
+    pub credited: Vec<TransferId>,
+    /// The last transfer journalled from it, its entry again: a mover takes it over and
+    /// makes sure of its credit (safe to repeat).
+    pub outgoing: Option<Outgoing>,
+}
+
+impl RebuiltBucket {
+    /// Reads `journal` (oldest first) for `bucket`, whose share at creation was `share`.
+    pub fn from_journal(bucket: Bucket, share: i64, journal: &[Journalled]) -> Self {
+        let mut rebuilt = Self {
+            allocation: share,
+            credited: Vec::new(),
+            outgoing: None,
+        };
+        for transfer in journal {
+            if transfer.to == bucket {
+                rebuilt.allocation += transfer.units;
+                rebuilt.credited.push(transfer.id);
+            } else if transfer.from == bucket {
+                rebuilt.allocation -= transfer.units;
+                rebuilt.outgoing = Some(Outgoing {
+                    id: transfer.id,
+                    to: transfer.to,
+                    units: transfer.units,
+                });
+            }
+        }
+        rebuilt
+    }
 }
 
 /// One bucket of a coupon as the scripts address it: its keys and its stamp in force.
@@ -121,6 +163,7 @@ enum StepName {
     Settle,
     Collect,
     Mark,
+    Unmark,
 }
 
 impl StepName {
@@ -132,6 +175,7 @@ impl StepName {
             StepName::Settle => "settle",
             StepName::Collect => "collect",
             StepName::Mark => "mark",
+            StepName::Unmark => "unmark",
         }
     }
 }
@@ -317,6 +361,65 @@ impl BucketSteps {
     ) -> Result<Step<bool>, RedisError> {
         let args = [generation.to_string()];
         Self::yes_or_no(run(con, bucket, StepName::Mark, &args).await?, "mark")
+    }
+
+    /// Clears the bucket's sold-out mark under a new generation (another bucket's rebuild
+    /// may have put a unit back for sale).
+    pub async fn unmark<C: ConnectionLike + Send + Sync>(
+        con: &mut C,
+        bucket: &BucketState<'_>,
+    ) -> Result<Step<bool>, RedisError> {
+        Self::yes_or_no(run(con, bucket, StepName::Unmark, &[]).await?, "unmark")
+    }
+
+    /// Restores a bucket its node lost or rewound, closed by `lease`: its issued set becomes
+    /// exactly `holders` (the log's users whose home it is), then its state is written as
+    /// `rebuilt` says and stamped with `stamp`, which reopens it. False, with the meta left
+    /// closed, if the instance is no longer the one `stamp` names or the lease was lost.
+    pub async fn restore<C: ConnectionLike + Send + Sync>(
+        con: &mut C,
+        keys: &CouponKeys,
+        coupon: &Coupon,
+        rebuilt: &RebuiltBucket,
+        holders: &[i64],
+        stamp: &Stamp,
+        lease: &RebuildLease,
+    ) -> Result<bool, RedisError> {
+        let _: i64 = con.del(&keys.issued).await?;
+        for chunk in holders.chunks(RESTORE_CHUNK) {
+            let _: i64 = con.sadd(&keys.issued, chunk).await?;
+        }
+        let millis = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map_or(String::new(), |t| t.timestamp_millis().to_string())
+        };
+        let mut call = library::call(
+            Function::BucketRestore,
+            &[
+                &keys.meta,
+                &keys.issued,
+                &keys.outgoing,
+                &keys.credited,
+                &keys.rebuilding,
+            ],
+        );
+        call.arg(stamp.as_str())
+            .arg(lease.token())
+            .arg(rebuilt.allocation)
+            .arg(millis(coupon.starts_at))
+            .arg(millis(coupon.ends_at))
+            .arg(coupon.buckets.get());
+        match &rebuilt.outgoing {
+            Some(out) => call
+                .arg(out.id.0.to_string())
+                .arg(out.to.index())
+                .arg(out.units),
+            None => call.arg("").arg("").arg(""),
+        };
+        for id in &rebuilt.credited {
+            call.arg(id.0.to_string());
+        }
+        let restored: i64 = library::invoke(con, &call).await?;
+        Ok(restored == 1)
     }
 
     /// Code 1 is yes, 2 no.

@@ -44,10 +44,12 @@ pub enum Function {
     Fence,
     /// `scripts/bucket.lua`.
     Bucket,
+    /// `scripts/bucket_restore.lua`.
+    BucketRestore,
 }
 
 impl Function {
-    const ALL: [Function; 9] = [
+    const ALL: [Function; 10] = [
         Function::Admit,
         Function::LoadMeta,
         Function::Finished,
@@ -57,6 +59,7 @@ impl Function {
         Function::Registry,
         Function::Fence,
         Function::Bucket,
+        Function::BucketRestore,
     ];
 
     fn suffix(self) -> &'static str {
@@ -70,6 +73,7 @@ impl Function {
             Function::Registry => "registry",
             Function::Fence => "fence",
             Function::Bucket => "bucket",
+            Function::BucketRestore => "bucket_restore",
         }
     }
 
@@ -84,6 +88,7 @@ impl Function {
             Function::Registry => include_str!("scripts/registry.lua"),
             Function::Fence => include_str!("scripts/fence.lua"),
             Function::Bucket => include_str!("scripts/bucket.lua"),
+            Function::BucketRestore => include_str!("scripts/bucket_restore.lua"),
         }
     }
 }

@@ -97,5 +97,13 @@ elseif step == 'mark' then
   end
   redis.call('HSET', KEYS[1], 'sold_out', '1')
   return {1}
+elseif step == 'unmark' then
+  -- Clears the mark under a new generation: {1}. Another bucket's rebuild may give back a
+  -- unit a failover took from an admission whose publish failed, and that unit is for sale
+  -- again; a check that collected before cannot mark under the old generation afterwards.
+  redis.call('HDEL', KEYS[1], 'sold_out')
+  redis.call('HINCRBY', KEYS[1], 'generation', 1)
+  moved()
+  return {1}
 end
 return redis.error_reply('unknown bucket step ' .. tostring(step))

@@ -1,0 +1,41 @@
+-- Restores one bucket of a bucketed coupon after its node lost or rewound it (buckets.rs,
+-- the model's Rebuild): its allocation, credited transfers and outgoing entry as the journal
+-- in PostgreSQL has them, and its stamp, which reopens it. The caller has written the issued
+-- set (the log's holders of this bucket) while the bucket was closed by its rebuild lease.
+-- KEYS[1] meta, KEYS[2] issued set, KEYS[3] outgoing transfer, KEYS[4] credited set, KEYS[5]
+-- the rebuild lease (all with the bucket's hash tag).
+-- ARGV[1] the stamp (recorded in PostgreSQL first), ARGV[2] the lease token, ARGV[3] the
+-- allocation (share, plus journalled to, minus journalled from), ARGV[4] starts_at ms or '',
+-- ARGV[5] ends_at ms or '', ARGV[6] the coupon's number of buckets, ARGV[7] the last transfer
+-- journalled from this bucket ('' for none), ARGV[8] its recipient, ARGV[9] its units, and
+-- ARGV[10...] the transfers journalled to this bucket.
+-- The outgoing entry comes back with no lease, so that a mover takes it over at once and
+-- makes sure of its credit and settle (both safe to repeat). The mark is cleared under a new
+-- generation: a check that collected before the rebuild cannot mark afterwards.
+-- Returns 1 when restored; 0, writing nothing, when the instance is no longer the one the
+-- stamp names or the lease is no longer held (the rebuild starts over).
+if not stamped_here(ARGV[1]) or redis.call('GET', KEYS[5]) ~= ARGV[2] then
+  return 0
+end
+redis.call('DEL', KEYS[4])
+for i = 10, #ARGV do
+  redis.call('SADD', KEYS[4], ARGV[i])
+end
+redis.call('DEL', KEYS[3])
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[3], 'id', ARGV[7], 'to', ARGV[8], 'units', ARGV[9], 'owner', '',
+    'lease_until', 0)
+end
+redis.call('HSET', KEYS[1], 'quantity', ARGV[3], 'buckets', ARGV[6])
+for field, at in pairs({starts_at = ARGV[4], ends_at = ARGV[5]}) do
+  if at ~= '' then
+    redis.call('HSET', KEYS[1], field, at)
+  else
+    redis.call('HDEL', KEYS[1], field)
+  end
+end
+redis.call('HDEL', KEYS[1], 'sold_out', 'waiting_until')
+redis.call('HINCRBY', KEYS[1], 'generation', 1)
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
+return 1
