@@ -23,6 +23,7 @@ use coupon_core::redis::buckets::{
 };
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use coupon_core::redis::keys::CouponKeys;
+use coupon_core::redis::ledger::{Ledger, PendingEntry};
 use redis::aio::MultiplexedConnection;
 use testkit::shared_redis::{self, redis};
 
@@ -521,6 +522,18 @@ impl Stocked {
             .await
     }
 
+    async fn reopen_released(&self) -> Option<i64> {
+        let mover = Mover {
+            places: &self.places,
+            pool: &self.pool,
+            owner: "test-mover",
+        };
+        mover
+            .reopen_released(&mut self.sale.con.clone())
+            .await
+            .unwrap()
+    }
+
     /// A request as the API decides it: admitted, or SOLD_OUT, moving stock while its home
     /// bucket is dry (bounded: a test that loops is a failure).
     async fn decide(&mut self, user: UserId) -> AdmitReply {
@@ -733,4 +746,63 @@ async fn a_bucket_rebuilt_from_the_log_and_the_journal_holds_exactly_its_units()
     assert!(!stocked.sale.seen(1).await.in_flight);
     // The user the log never had is not a holder: their unit is for sale.
     assert_eq!(stocked.sale.admit(unlogged).await, AdmitReply::Dry);
+}
+
+/// A slot given back after every bucket was marked: until its unit is back for sale,
+/// SOLD_OUT stays true (the user is told to retry); the reopen clears every mark before it
+/// frees the slot (the model's `Bug::ReleaseIntoStock` frees it at once, with the marks
+/// still answering SOLD_OUT).
+#[tokio::test]
+async fn a_slot_given_back_is_for_sale_again_only_once_every_mark_is_cleared() {
+    let mut stocked = Stocked::new(2, 2).await;
+    let (given_back, other) = (stocked.sale.user_of(0, 0), stocked.sale.user_of(1, 0));
+    let (late, late_elsewhere) = (stocked.sale.user_of(0, 1), stocked.sale.user_of(1, 1));
+    for user in [given_back, other] {
+        assert!(matches!(
+            stocked.decide(user).await,
+            AdmitReply::Admitted(_)
+        ));
+    }
+    assert_eq!(
+        stocked.decide(late).await,
+        AdmitReply::Refused(Admission::SoldOut)
+    );
+
+    let ledger = Ledger::new(String::new());
+    let keys = stocked.sale.keys[0].clone();
+    let mut con = stocked.sale.con.clone();
+    let text: String = redis::cmd("HGET")
+        .arg(&keys.pending)
+        .arg(given_back.get())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let entry = PendingEntry::decode(stocked.sale.coupon.id, given_back, &text).unwrap();
+    assert!(
+        ledger
+            .release_in_bucket(&mut con, &keys, &entry)
+            .await
+            .unwrap()
+    );
+    // Still a slot, published by nobody: the user is told to retry.
+    assert_eq!(stocked.sale.admit(given_back).await, AdmitReply::Pending);
+    // Not back for sale yet, so SOLD_OUT is still true.
+    assert_eq!(
+        stocked.sale.admit(late_elsewhere).await,
+        AdmitReply::Refused(Admission::SoldOut)
+    );
+
+    assert_eq!(stocked.reopen_released().await, Some(1));
+    for b in 0..2 {
+        assert!(
+            !stocked.sale.seen(b).await.marked,
+            "bucket {b} still marked"
+        );
+    }
+    assert_eq!(stocked.sale.admit(late_elsewhere).await, AdmitReply::Dry);
+    assert!(matches!(
+        stocked.decide(late).await,
+        AdmitReply::Admitted(_)
+    ));
+    assert_eq!(stocked.reopen_released().await, None);
 }

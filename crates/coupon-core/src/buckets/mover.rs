@@ -58,6 +58,8 @@ pub struct Places {
 pub enum Supply {
     /// This many units moved to the bucket (or a dead mover's transfer to it was finished).
     Moved(i64),
+    /// Slots given back were put back for sale (this many), every mark cleared first.
+    Reopened(i64),
     /// Every bucket is marked sold out: there is no stock anywhere, and none in flight.
     SoldOut,
     /// Nothing to move now: stock is left only where requests wait for it, or moving, or
@@ -109,6 +111,9 @@ impl Mover<'_> {
         to: Bucket,
     ) -> Result<Supply, MoveError> {
         let first = self.collect(con).await?;
+        if let Some(reopened) = self.reopen(con, &first).await? {
+            return Ok(reopened);
+        }
         if first.iter().all(|seen| seen.marked) {
             return Ok(Supply::SoldOut);
         }
@@ -159,7 +164,10 @@ impl Mover<'_> {
         con: &mut C,
         first: Vec<Seen>,
     ) -> Result<Supply, MoveError> {
-        let empty = |seen: &[Seen]| seen.iter().all(|s| s.stock <= 0 && !s.in_flight);
+        let empty = |seen: &[Seen]| {
+            seen.iter()
+                .all(|s| s.stock <= 0 && !s.in_flight && s.releasing == 0)
+        };
         if !empty(&first) {
             return Ok(Supply::NotNow);
         }
@@ -173,6 +181,52 @@ impl Mover<'_> {
             all &= done(marked, place.bucket)?;
         }
         Ok(if all { Supply::SoldOut } else { Supply::NotNow })
+    }
+
+    /// Puts the slots being given back up for sale again: every bucket's mark cleared
+    /// first, under a new generation, so that no SOLD_OUT is answered once a unit is back
+    /// (and no check that collected before can mark again), then each slot freed.
+    /// None if no slot is being given back.
+    async fn reopen<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        seen: &[Seen],
+    ) -> Result<Option<Supply>, MoveError> {
+        if seen.iter().all(|seen| seen.releasing == 0) {
+            return Ok(None);
+        }
+        for place in &self.places.places {
+            done(
+                BucketSteps::unmark(con, &place.state()).await?,
+                place.bucket,
+            )?;
+        }
+        let mut restocked = 0;
+        for (place, seen) in self.places.places.iter().zip(seen) {
+            if seen.releasing > 0 {
+                restocked += done(
+                    BucketSteps::restock(con, &place.state()).await?,
+                    place.bucket,
+                )?;
+            }
+        }
+        tracing::info!(coupon = %self.places.coupon, units = restocked,
+            "slots given back put up for sale again");
+        Ok(Some(Supply::Reopened(restocked)))
+    }
+
+    /// Puts the slots being given back up for sale again, if there are any: after a release
+    /// (its releaser runs it at once) and from any process that finds them left (the
+    /// releaser died), since nobody waits on a coupon whose every bucket is marked.
+    pub async fn reopen_released<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+    ) -> Result<Option<i64>, MoveError> {
+        let seen = self.collect(con).await?;
+        Ok(match self.reopen(con, &seen).await? {
+            Some(Supply::Reopened(units)) => Some(units),
+            _ => None,
+        })
     }
 
     /// Takes up to `units` out of `donor` for `to` and carries the transfer through; None

@@ -152,6 +152,8 @@ pub struct Seen {
     /// Moved by every clearing of the sold-out mark.
     pub generation: i64,
     pub marked: bool,
+    /// Slots being given back: holders still, and units for sale again once restocked.
+    pub releasing: i64,
 }
 
 /// The steps of `scripts/bucket.lua`, named as the script names them (one codec).
@@ -164,6 +166,7 @@ enum StepName {
     Collect,
     Mark,
     Unmark,
+    Restock,
 }
 
 impl StepName {
@@ -176,6 +179,7 @@ impl StepName {
             StepName::Collect => "collect",
             StepName::Mark => "mark",
             StepName::Unmark => "unmark",
+            StepName::Restock => "restock",
         }
     }
 }
@@ -345,6 +349,7 @@ impl BucketSteps {
                     issued: at(4)?,
                     generation: at(5)?,
                     marked: at(6)? == 1,
+                    releasing: at(7)?,
                 })
             }
             Step::NotLoaded => Step::NotLoaded,
@@ -370,6 +375,19 @@ impl BucketSteps {
         bucket: &BucketState<'_>,
     ) -> Result<Step<bool>, RedisError> {
         Self::yes_or_no(run(con, bucket, StepName::Unmark, &[]).await?, "unmark")
+    }
+
+    /// Frees the bucket's slots being given back, their units back into stock; run only
+    /// once every bucket's mark is cleared. Returns how many.
+    pub async fn restock<C: ConnectionLike + Send + Sync>(
+        con: &mut C,
+        bucket: &BucketState<'_>,
+    ) -> Result<Step<i64>, RedisError> {
+        Ok(match run(con, bucket, StepName::Restock, &[]).await? {
+            Step::Done(reply) => Step::Done(field(&reply, 1, "restock")?),
+            Step::NotLoaded => Step::NotLoaded,
+            Step::Unverified => Step::Unverified,
+        })
     }
 
     /// Restores a bucket its node lost or rewound, closed by `lease`: its issued set becomes
@@ -400,6 +418,7 @@ impl BucketSteps {
                 &keys.outgoing,
                 &keys.credited,
                 &keys.rebuilding,
+                &keys.releasing,
             ],
         );
         call.arg(stamp.as_str())

@@ -28,6 +28,9 @@ pub struct CouponKeys {
     /// The same: the ids of the transfers credited to it, so that a credit repeated by a
     /// mover that took another's transfer over adds nothing.
     pub credited: String,
+    /// The same: the users whose slot is being given back (`scripts/ledger.lua`), until a
+    /// mover puts their units back for sale.
+    pub releasing: String,
     /// On a Redis Cluster, the write each replica confirmation of this coupon's makes just
     /// before its WAIT, on the coupon's own shard (`replication_fence` on one node).
     pub fence: String,
@@ -63,6 +66,7 @@ impl CouponKeys {
             fence: format!("{prefix}coupon:{{{tag}}}:fence"),
             outgoing: format!("{prefix}coupon:{{{tag}}}:outgoing"),
             credited: format!("{prefix}coupon:{{{tag}}}:credited"),
+            releasing: format!("{prefix}coupon:{{{tag}}}:releasing"),
         }
     }
 
@@ -77,8 +81,15 @@ impl CouponKeys {
     }
 
     /// The keys a step of `scripts/bucket.lua` takes, in its order.
-    pub fn bucket_steps(&self) -> [&str; 4] {
-        [&self.meta, &self.issued, &self.outgoing, &self.credited]
+    pub fn bucket_steps(&self) -> [&str; 6] {
+        [
+            &self.meta,
+            &self.issued,
+            &self.outgoing,
+            &self.credited,
+            &self.releasing,
+            &self.pending,
+        ]
     }
 
     /// Hash coupon id → registration generation: the coupons that need work, so the

@@ -33,6 +33,9 @@ pub enum PendingState {
     Doubt,
     /// A retry or a reconciler took it to publish it again.
     Claimed,
+    /// A bucketed coupon's slot being given back: nobody publishes it
+    /// (`scripts/ledger.lua`).
+    Releasing,
 }
 
 impl PendingState {
@@ -41,6 +44,7 @@ impl PendingState {
             Self::InFlight => "inflight",
             Self::Doubt => "doubt",
             Self::Claimed => "claimed",
+            Self::Releasing => "releasing",
         }
     }
 
@@ -49,6 +53,7 @@ impl PendingState {
             "inflight" => Some(Self::InFlight),
             "doubt" => Some(Self::Doubt),
             "claimed" => Some(Self::Claimed),
+            "releasing" => Some(Self::Releasing),
             _ => None,
         }
     }
@@ -160,9 +165,26 @@ impl Ledger {
         arg: &str,
     ) -> Result<(i64, String), RedisError> {
         let keys = CouponKeys::new(&self.key_prefix, coupon);
-        self.script
-            .key(&keys.issued)
-            .key(&keys.pending)
+        self.run_at(con, &keys, false, user, op, arg).await
+    }
+
+    /// [`Ledger::run`] on the state at `keys`; `bucket` when it is one bucket's of a
+    /// bucketed coupon.
+    async fn run_at<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        keys: &CouponKeys,
+        bucket: bool,
+        user: UserId,
+        op: &str,
+        arg: &str,
+    ) -> Result<(i64, String), RedisError> {
+        let mut invocation = self.script.key(&keys.issued);
+        invocation.key(&keys.pending);
+        if bucket {
+            invocation.key(&keys.releasing);
+        }
+        invocation
             .arg(user.get())
             .arg(op)
             .arg(arg)
@@ -196,6 +218,22 @@ impl Ledger {
         entry: &PendingEntry,
     ) -> Result<bool, RedisError> {
         self.if_unchanged(con, entry, "release").await
+    }
+
+    /// [`Ledger::release`] in one bucket of a bucketed coupon, whose keys are `keys`: the
+    /// slot is flagged as being given back, and a mover frees it once every bucket's
+    /// sold-out mark is cleared (`crate::buckets::mover`).
+    pub async fn release_in_bucket<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        keys: &CouponKeys,
+        entry: &PendingEntry,
+    ) -> Result<bool, RedisError> {
+        let user = entry.event.user_id;
+        let (code, _) = self
+            .run_at(con, keys, true, user, "release", &entry.encode())
+            .await?;
+        Ok(code == 1)
     }
 
     /// The owner's publish ended in doubt: the entry is handed back for anyone to claim.
@@ -276,6 +314,7 @@ mod tests {
             PendingState::InFlight,
             PendingState::Doubt,
             PendingState::Claimed,
+            PendingState::Releasing,
         ] {
             let entry = PendingEntry {
                 state,

@@ -2,8 +2,9 @@
 -- on one bucket (coupon-core/src/redis/buckets.rs says when each runs; the protocol is
 -- checked in coupon-core/tests/bucket_model.rs).
 -- KEYS[1] the bucket's meta hash, KEYS[2] its issued set, KEYS[3] its outgoing transfer (a
--- hash: id, to, units, owner, lease_until), KEYS[4] the set of transfer ids credited to it
--- (all with the bucket's hash tag).
+-- hash: id, to, units, owner, lease_until), KEYS[4] the set of transfer ids credited to it,
+-- KEYS[5] the users whose slot is being given back (ledger.lua's release), KEYS[6] its
+-- pending hash (all with the bucket's hash tag).
 -- ARGV[1] the step, ARGV[2] the bucket's stamp in force (epoch.lua), then the step's own.
 -- The meta's `quantity` is the bucket's allocation: its share, plus what was credited to it,
 -- minus what was taken from it. Its stock is the allocation minus its holders. `version`
@@ -85,10 +86,26 @@ elseif step == 'settle' then
   moved()
   return {1}
 elseif step == 'collect' then
-  -- {1, stock, transfer out in flight (1/0), version, issued, generation, marked (1/0)}.
+  -- {1, stock, transfer out in flight (1/0), version, issued, generation, marked (1/0),
+  -- slots being given back}.
   local issued = redis.call('SCARD', KEYS[2])
   return {1, tonumber(meta[1]) - issued, redis.call('EXISTS', KEYS[3]),
-    tonumber(meta[4] or '0'), issued, tonumber(meta[5] or '0'), meta[6] and 1 or 0}
+    tonumber(meta[4] or '0'), issued, tonumber(meta[5] or '0'), meta[6] and 1 or 0,
+    redis.call('SCARD', KEYS[5])}
+elseif step == 'restock' then
+  -- Frees the slots being given back, their units back into stock: run only once every
+  -- bucket's mark is cleared (the mover's reopen), so no SOLD_OUT is answered after.
+  -- {1, units}.
+  local users = redis.call('SMEMBERS', KEYS[5])
+  for _, user in ipairs(users) do
+    redis.call('HDEL', KEYS[6], user)
+    redis.call('SREM', KEYS[2], user)
+  end
+  redis.call('DEL', KEYS[5])
+  if #users > 0 then
+    moved()
+  end
+  return {1, #users}
 elseif step == 'mark' then
   -- ARGV[3] the generation the check's collect saw: {1} marked sold out; {2} the mark was
   -- cleared since (a reopen, a rebuild), so what the check saw may no longer hold.

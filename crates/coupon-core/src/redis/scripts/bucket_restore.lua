@@ -3,7 +3,8 @@
 -- in PostgreSQL has them, and its stamp, which reopens it. The caller has written the issued
 -- set (the log's holders of this bucket) while the bucket was closed by its rebuild lease.
 -- KEYS[1] meta, KEYS[2] issued set, KEYS[3] outgoing transfer, KEYS[4] credited set, KEYS[5]
--- the rebuild lease (all with the bucket's hash tag).
+-- the rebuild lease, KEYS[6] the users whose slot was being given back (all with the bucket's
+-- hash tag): none is a holder any more, since none is in the log.
 -- ARGV[1] the stamp (recorded in PostgreSQL first), ARGV[2] the lease token, ARGV[3] the
 -- allocation (share, plus journalled to, minus journalled from), ARGV[4] starts_at ms or '',
 -- ARGV[5] ends_at ms or '', ARGV[6] the coupon's number of buckets, ARGV[7] the last transfer
@@ -17,7 +18,7 @@
 if not stamped_here(ARGV[1]) or redis.call('GET', KEYS[5]) ~= ARGV[2] then
   return 0
 end
-redis.call('DEL', KEYS[4])
+redis.call('DEL', KEYS[4], KEYS[6])
 for i = 10, #ARGV do
   redis.call('SADD', KEYS[4], ARGV[i])
 end
