@@ -806,3 +806,79 @@ async fn a_slot_given_back_is_for_sale_again_only_once_every_mark_is_cleared() {
     ));
     assert_eq!(stocked.reopen_released().await, None);
 }
+
+/// On the suite's cluster (three primaries), a coupon of three buckets has one bucket on each
+/// primary, whatever its id: CRC16 puts three naive tags on one primary more often than not.
+#[tokio::test]
+async fn three_buckets_land_on_three_primaries_of_the_cluster() {
+    let nodes = testkit::redis_cluster::shared_nodes();
+    let seeds: Vec<String> = nodes
+        .split(',')
+        .map(|node| format!("redis://{node}"))
+        .collect();
+    let client = redis::cluster::ClusterClient::new(seeds).unwrap();
+    let mut con = client.get_async_connection().await.unwrap();
+    let owners = coupon_core::redis::buckets::slot_owners(&mut con)
+        .await
+        .unwrap();
+    let three = BucketCount::new(3).unwrap();
+    let mut naive_shared = 0;
+    for id in 1..=200 {
+        let coupon = coupon_core::domain::CouponId::new(id).unwrap();
+        let mut primaries = Vec::new();
+        for tag in coupon_core::buckets::choose_tags(coupon, three, Some(&owners)) {
+            let key = CouponKeys::of_bucket("", &tag).meta;
+            // The cluster's own hashing, not ours.
+            let slot: u16 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(&key)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            primaries.push(primary_serving(&mut con, slot).await);
+        }
+        primaries.sort();
+        primaries.dedup();
+        assert_eq!(primaries.len(), 3, "coupon {id}");
+        let naive = [format!("{id}"), format!("{id}.1"), format!("{id}.2")];
+        let mut on = Vec::new();
+        for tag in naive {
+            let slot = coupon_core::buckets::tag_slot(&tag);
+            on.push(primary_serving(&mut con, slot).await);
+        }
+        on.sort();
+        on.dedup();
+        naive_shared += usize::from(on.len() < 3);
+    }
+    // The point of choosing: naive tags would have shared a primary for most coupons.
+    assert!(
+        naive_shared > 100,
+        "naive tags shared a primary for {naive_shared} of 200"
+    );
+}
+
+/// The id of the primary serving `slot`, as the cluster's own `CLUSTER NODES` says (another
+/// listing than the `CLUSTER SLOTS` the choice read).
+async fn primary_serving(con: &mut redis::cluster_async::ClusterConnection, slot: u16) -> String {
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(con)
+        .await
+        .unwrap();
+    nodes
+        .lines()
+        .find(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2).is_some_and(|flags| flags.contains("master"))
+                && fields.iter().skip(8).any(|range| {
+                    let (first, last) = range.split_once('-').unwrap_or((range, range));
+                    match (first.parse::<u16>(), last.parse::<u16>()) {
+                        (Ok(first), Ok(last)) => (first..=last).contains(&slot),
+                        _ => false,
+                    }
+                })
+        })
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap()
+        .to_owned()
+}

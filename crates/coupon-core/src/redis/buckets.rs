@@ -24,7 +24,7 @@ use redis::{AsyncCommands, FromRedisValue, RedisError, Value};
 use uuid::Uuid;
 
 use crate::buckets::Bucket;
-use crate::buckets::BucketCount;
+use crate::buckets::{BucketCount, SlotOwners};
 use crate::db::buckets::Journalled;
 use crate::domain::Coupon;
 use crate::redis::admission::{RebuildLease, load_fresh};
@@ -59,6 +59,27 @@ pub struct Outgoing {
     pub id: TransferId,
     pub to: Bucket,
     pub units: i64,
+}
+
+/// Which primary serves each slot, as the cluster answers `CLUSTER SLOTS` (routed to any
+/// node): `[first, last, [host, port, id, ...], replicas...]` per range. For choosing a new
+/// bucketed coupon's tags (`crate::buckets::choose_tags`).
+pub async fn slot_owners<C: ConnectionLike + Send + Sync>(
+    con: &mut C,
+) -> Result<SlotOwners, RedisError> {
+    let ranges: Vec<Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(con).await?;
+    let mut owners = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let Value::Array(range) = range else {
+            return Err(unexpected("CLUSTER SLOTS", format!("{range:?}")));
+        };
+        let first: u16 = field(&range, 0, "CLUSTER SLOTS")?;
+        let last: u16 = field(&range, 1, "CLUSTER SLOTS")?;
+        let primary: Vec<Value> = field(&range, 2, "CLUSTER SLOTS")?;
+        let id: String = field(&primary, 2, "CLUSTER SLOTS")?;
+        owners.push((first, last, id));
+    }
+    Ok(SlotOwners::new(owners))
 }
 
 /// Users added per SADD when restoring a bucket's issued set, so one command never blocks
