@@ -23,6 +23,9 @@ CREATE TABLE coupon_buckets (
 -- ran under. A bucket's rebuild reads it: its stock is its share, plus what was journalled to
 -- it, minus what was journalled from it, minus its holders.
 CREATE TABLE bucket_transfers (
+    -- The journal's order: a bucket's rebuild takes the last transfer out of it as its entry
+    -- again. A sequence, not the clock, which may step back.
+    seq BIGSERIAL NOT NULL UNIQUE,
     coupon_id BIGINT NOT NULL,
     transfer_id UUID NOT NULL,
     from_bucket SMALLINT NOT NULL,

@@ -66,8 +66,10 @@
 //! when every unit is logged.
 //!
 //! Not modelled yet: a failover in the Redis queue mode (the log is the bucket's own
-//! stream there, rewound with it: holders confirmed on the replica first, as today),
-//! and releases together with failovers.
+//! stream there, rewound with it: holders confirmed on the replica first, as today), and
+//! Kafka mode's pending entries beside the slots (a rebuild reads the unsettled ones as
+//! holders; the code's restore drops an entry being given back, and any entry without a
+//! slot, which the model's rebuild does by taking the log's holders alone).
 
 use testkit::explorer::{Protocol, finds, holds};
 

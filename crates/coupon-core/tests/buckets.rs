@@ -17,7 +17,7 @@ use coupon_core::db::connect::PgTarget;
 use coupon_core::db::coupons::{NewCoupon, Verification};
 use coupon_core::db::pool::{PgPool, build_pool};
 use coupon_core::domain::{Admission, Coupon, QueueKind, UserId};
-use coupon_core::redis::admission::{AdmissionScripts, AdmitReply, LeaseTake};
+use coupon_core::redis::admission::{AdmissionScripts, AdmitReply, LeaseTake, RebuildLease};
 use coupon_core::redis::buckets::{
     BucketState, BucketSteps, RebuiltBucket, Recover, Seen, Step, Take, TransferId,
 };
@@ -326,6 +326,13 @@ async fn a_marked_bucket_answers_sold_out_and_a_stale_generation_marks_nothing()
             .unwrap(),
     );
     let mut con = sale.con.clone();
+    // Bucket 1 has no stock left either, but a mark on a bucket with stock is refused
+    // whatever the generation (a defence against a slot freed outside the protocol).
+    let credited = BucketSteps::credit(&mut con, &sale.bucket(1), TransferId::new(), 1).await;
+    assert!(done(credited.unwrap()));
+    let with_stock = sale.seen(1).await;
+    let refused = BucketSteps::mark(&mut con, &sale.bucket(1), with_stock.generation).await;
+    assert!(!done(refused.unwrap()), "a bucket with stock was marked");
     let stale = BucketSteps::mark(&mut con, &sale.bucket(0), seen.generation + 1).await;
     assert!(!done(stale.unwrap()));
     assert_eq!(sale.admit(late).await, AdmitReply::Dry);
@@ -647,8 +654,16 @@ async fn a_bucket_rebuilt_from_the_log_and_the_journal_holds_exactly_its_units()
     assert_eq!(stocked.supply(0).await.unwrap(), Supply::Moved(1));
     let seen = stocked.sale.seen(0).await;
     let mut con = stocked.sale.con.clone();
-    let marked = BucketSteps::mark(&mut con, &stocked.sale.bucket(0), seen.generation).await;
-    assert!(done(marked.unwrap()));
+    // A mark on bucket 0, written as it stands rather than by the step (which refuses a
+    // bucket with stock): what matters is that the rebuild of bucket 1 clears it.
+    let _: () = redis::cmd("HSET")
+        .arg(&stocked.sale.keys[0].meta)
+        .arg("sold_out")
+        .arg(1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(stocked.sale.seen(0).await.marked);
 
     // The copy the failover promotes: bucket 1 as created, under another instance, with a
     // user whose admission never reached the log.
@@ -713,6 +728,10 @@ async fn a_bucket_rebuilt_from_the_log_and_the_journal_holds_exactly_its_units()
     drop(db);
     let rebuilt = RebuiltBucket::from_journal(bucket, 2, &journalled);
     assert_eq!(rebuilt.allocation, 1);
+    // The other buckets' marks first, the rebuilt bucket still closed: it may give back a
+    // unit whose admission the failover lost.
+    let cleared = BucketSteps::unmark(&mut con, &stocked.sale.bucket(0)).await;
+    assert!(done(cleared.unwrap()));
     let holders = [logged.get()];
     let restored = BucketSteps::restore(
         &mut con,
@@ -724,8 +743,6 @@ async fn a_bucket_rebuilt_from_the_log_and_the_journal_holds_exactly_its_units()
         &lease,
     );
     assert!(restored.await.unwrap());
-    let cleared = BucketSteps::unmark(&mut con, &stocked.sale.bucket(0)).await;
-    assert!(done(cleared.unwrap()));
     stocked.sale.stamps[1] = stamp.clone();
     stocked.places.places[1].stamp = stamp;
 
@@ -881,4 +898,134 @@ async fn primary_serving(con: &mut redis::cluster_async::ClusterConnection, slot
         .and_then(|line| line.split_whitespace().next())
         .unwrap()
         .to_owned()
+}
+
+/// Rebuilds bucket `b` of `stocked` with `holders`, as the API runs it (the rebuild lease
+/// held for `lease`); whether it restored.
+async fn rebuild(stocked: &mut Stocked, b: u16, holders: &[i64], lease: Duration) -> bool {
+    let keys = stocked.sale.keys[b as usize].clone();
+    let mut con = stocked.sale.con.clone();
+    let lease = match stocked
+        .sale
+        .scripts
+        .take_rebuild_lease_at(&mut con, &keys, stocked.sale.coupon.id, lease, None)
+        .await
+        .unwrap()
+    {
+        LeaseTake::Taken(lease) => lease,
+        other => panic!("{other:?}"),
+    };
+    restore_under(stocked, b, holders, &lease).await
+}
+
+async fn restore_under(
+    stocked: &mut Stocked,
+    b: u16,
+    holders: &[i64],
+    lease: &RebuildLease,
+) -> bool {
+    let keys = stocked.sale.keys[b as usize].clone();
+    let mut con = stocked.sale.con.clone();
+    let stamp = Stamp::fresh(&instance_epoch(&mut con, &keys.meta).await.unwrap());
+    let bucket = stocked.sale.index(b);
+    let mut db = stocked.pool.get().await.unwrap();
+    record_bucket_stamp(
+        &mut db,
+        stocked.sale.coupon.id,
+        bucket,
+        &stamp,
+        Verification::Rebuilt,
+    )
+    .await
+    .unwrap();
+    let journalled = journal(&mut db, &stocked.sale.coupon).await.unwrap();
+    let share = coupon_buckets(&mut db, &stocked.sale.coupon).await.unwrap()[b as usize].share;
+    let rebuilt = RebuiltBucket::from_journal(bucket, share, &journalled);
+    let restored = BucketSteps::restore(
+        &mut con,
+        &keys,
+        &stocked.sale.coupon,
+        &rebuilt,
+        holders,
+        &stamp,
+        lease,
+    )
+    .await
+    .unwrap();
+    if restored {
+        stocked.sale.stamps[b as usize] = stamp.clone();
+        stocked.places.places[b as usize].stamp = stamp;
+    }
+    restored
+}
+
+/// A rebuild that reads every pending user as a holder (as a coupon's rebuild reads its
+/// unsettled set) meets a slot being given back: the restore drops it and its entry, so its
+/// unit is for sale again and the user may ask again; an entry the release left flagged would
+/// otherwise answer "retry" for ever, its unit stranded.
+#[tokio::test]
+async fn a_rebuild_drops_a_slot_being_given_back_with_its_entry() {
+    let mut stocked = Stocked::new(4, 2).await;
+    let (given_back, kept) = (stocked.sale.user_of(0, 0), stocked.sale.user_of(0, 1));
+    for user in [given_back, kept] {
+        assert!(matches!(
+            stocked.sale.admit(user).await,
+            AdmitReply::Admitted(_)
+        ));
+    }
+    let keys = stocked.sale.keys[0].clone();
+    let mut con = stocked.sale.con.clone();
+    let text: String = redis::cmd("HGET")
+        .arg(&keys.pending)
+        .arg(given_back.get())
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let entry = PendingEntry::decode(stocked.sale.coupon.id, given_back, &text).unwrap();
+    let ledger = Ledger::new(String::new());
+    assert!(
+        ledger
+            .release_in_bucket(&mut con, &keys, &entry)
+            .await
+            .unwrap()
+    );
+
+    let holders = [given_back.get(), kept.get()];
+    assert!(rebuild(&mut stocked, 0, &holders, LEASE).await);
+    let seen = stocked.sale.seen(0).await;
+    assert_eq!((seen.stock, seen.issued, seen.releasing), (1, 1, 0));
+    assert_eq!(
+        stocked.sale.admit(kept).await,
+        AdmitReply::Pending,
+        "kept, still unsettled"
+    );
+    assert!(matches!(
+        stocked.sale.admit(given_back).await,
+        AdmitReply::Admitted(_)
+    ));
+}
+
+/// A rebuilder that stalled past its lease, while another rebuilt the bucket and reopened it,
+/// writes nothing when it comes back: the holders its successor wrote stay.
+#[tokio::test]
+async fn a_rebuilder_whose_lease_ran_out_erases_nothing() {
+    let mut stocked = Stocked::new(4, 2).await;
+    let holder = stocked.sale.user_of(0, 0);
+    let keys = stocked.sale.keys[0].clone();
+    let mut con = stocked.sale.con.clone();
+    let stalled = match stocked
+        .sale
+        .scripts
+        .take_rebuild_lease_at(&mut con, &keys, stocked.sale.coupon.id, SHORT_LEASE, None)
+        .await
+        .unwrap()
+    {
+        LeaseTake::Taken(lease) => lease,
+        other => panic!("{other:?}"),
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(rebuild(&mut stocked, 0, &[holder.get()], LEASE).await);
+    assert!(!restore_under(&mut stocked, 0, &[], &stalled).await);
+    let seen = stocked.sale.seen(0).await;
+    assert_eq!(seen.issued, 1, "the successor's holder was erased");
 }

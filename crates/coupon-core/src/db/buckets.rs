@@ -174,7 +174,7 @@ struct Found {
     found: i32,
 }
 
-/// Every transfer journalled for a coupon, oldest first.
+/// Every transfer journalled for a coupon, in the order journalled.
 pub async fn journal(
     conn: &mut AsyncPgConnection,
     coupon: &Coupon,
@@ -187,10 +187,7 @@ pub async fn journal(
             bucket_transfers::to_bucket,
             bucket_transfers::units,
         ))
-        .order((
-            bucket_transfers::journalled_at,
-            bucket_transfers::transfer_id,
-        ))
+        .order(bucket_transfers::seq)
         .load(conn)
         .await?;
     let bucket = |index: i16| {

@@ -26,6 +26,7 @@ diesel::table! {
 
 diesel::table! {
     bucket_transfers (coupon_id, transfer_id) {
+        seq -> Int8,
         coupon_id -> Int8,
         transfer_id -> Uuid,
         from_bucket -> Int2,

@@ -412,9 +412,13 @@ impl BucketSteps {
     }
 
     /// Restores a bucket its node lost or rewound, closed by `lease`: its issued set becomes
-    /// exactly `holders` (the log's users whose home it is), then its state is written as
-    /// `rebuilt` says and stamped with `stamp`, which reopens it. False, with the meta left
-    /// closed, if the instance is no longer the one `stamp` names or the lease was lost.
+    /// exactly `holders` (the log's users whose home it is, and those whose events are
+    /// unsettled), then its state is written as `rebuilt` says and stamped with `stamp`,
+    /// which reopens it. The caller clears every other bucket's mark first (the model's
+    /// `Bug::RebuildKeepsMarks`: the rebuild may give back a unit whose admission the
+    /// failover lost, and the other buckets would answer SOLD_OUT while it is for sale).
+    /// False, with nothing written and the meta left closed, if the instance is no longer
+    /// the one `stamp` names or the lease was lost.
     pub async fn restore<C: ConnectionLike + Send + Sync>(
         con: &mut C,
         keys: &CouponKeys,
@@ -424,9 +428,13 @@ impl BucketSteps {
         stamp: &Stamp,
         lease: &RebuildLease,
     ) -> Result<bool, RedisError> {
-        let _: i64 = con.del(&keys.issued).await?;
+        // Staged under the lease's own key, and moved over the issued set by the script
+        // only if the lease is still this one: a rebuilder that stalled past its lease
+        // writes nothing its successor wrote.
+        let staged = keys.staged_holders(lease.token());
+        let _: i64 = con.del(&staged).await?;
         for chunk in holders.chunks(RESTORE_CHUNK) {
-            let _: i64 = con.sadd(&keys.issued, chunk).await?;
+            let _: i64 = con.sadd(&staged, chunk).await?;
         }
         let millis = |t: Option<chrono::DateTime<chrono::Utc>>| {
             t.map_or(String::new(), |t| t.timestamp_millis().to_string())
@@ -440,6 +448,8 @@ impl BucketSteps {
                 &keys.credited,
                 &keys.rebuilding,
                 &keys.releasing,
+                &staged,
+                &keys.pending,
             ],
         );
         call.arg(stamp.as_str())

@@ -80,6 +80,12 @@ impl CouponKeys {
         keys
     }
 
+    /// A bucket's rebuild's holders, staged under its lease token until its restore moves
+    /// them over the issued set (`crate::redis::buckets::BucketSteps::restore`).
+    pub fn staged_holders(&self, token: &str) -> String {
+        format!("{}:staged:{token}", self.issued)
+    }
+
     /// The keys a step of `scripts/bucket.lua` takes, in its order.
     pub fn bucket_steps(&self) -> [&str; 6] {
         [

@@ -74,6 +74,12 @@ elseif step == 'credit' then
   end
   redis.call('HINCRBY', KEYS[1], 'quantity', tonumber(ARGV[4]))
   redis.call('SADD', KEYS[4], ARGV[3])
+  -- The requests waiting here registered before the move began, and their registration may
+  -- have lapsed while it ran (a slow PostgreSQL): renewed, so that no other bucket's mover
+  -- takes the units away before they are taken.
+  if meta[3] then
+    redis.call('HSET', KEYS[1], 'waiting_until', now_ms() + 100)
+  end
   moved()
   return {1}
 elseif step == 'settle' then
@@ -96,20 +102,34 @@ elseif step == 'restock' then
   -- Frees the slots being given back, their units back into stock: run only once every
   -- bucket's mark is cleared (the mover's reopen), so no SOLD_OUT is answered after.
   -- {1, units}.
+  -- A user whose entry is no longer the one being given back (a rebuild dropped it, and
+  -- the user was admitted again since) is only unflagged: that slot is a live admission.
   local users = redis.call('SMEMBERS', KEYS[5])
+  local freed = 0
   for _, user in ipairs(users) do
-    redis.call('HDEL', KEYS[6], user)
-    redis.call('SREM', KEYS[2], user)
+    local entry = redis.call('HGET', KEYS[6], user)
+    if entry and string.match(entry, '^%S+ %S+ (%a+) ') == 'releasing' then
+      redis.call('HDEL', KEYS[6], user)
+      redis.call('SREM', KEYS[2], user)
+      freed = freed + 1
+    end
   end
   redis.call('DEL', KEYS[5])
   if #users > 0 then
     moved()
   end
-  return {1, #users}
+  return {1, freed}
 elseif step == 'mark' then
   -- ARGV[3] the generation the check's collect saw: {1} marked sold out; {2} the mark was
   -- cleared since (a reopen, a rebuild), so what the check saw may no longer hold.
   if tonumber(meta[5] or '0') ~= tonumber(ARGV[3]) then
+    return {2}
+  end
+  -- Never the case after a valid check (every step that makes stock moves the generation
+  -- first, or is a transfer the check saw in flight); refused all the same, as a defence
+  -- against a path that frees a slot outside this protocol.
+  if tonumber(meta[1]) > redis.call('SCARD', KEYS[2]) or redis.call('EXISTS', KEYS[3]) == 1
+      or redis.call('EXISTS', KEYS[5]) == 1 then
     return {2}
   end
   redis.call('HSET', KEYS[1], 'sold_out', '1')

@@ -1,10 +1,16 @@
 -- Restores one bucket of a bucketed coupon after its node lost or rewound it (buckets.rs,
--- the model's Rebuild): its allocation, credited transfers and outgoing entry as the journal
--- in PostgreSQL has them, and its stamp, which reopens it. The caller has written the issued
--- set (the log's holders of this bucket) while the bucket was closed by its rebuild lease.
+-- the model's Rebuild): its holders, allocation, credited transfers and outgoing entry as the
+-- log and the journal in PostgreSQL have them, and its stamp, which reopens it. The caller
+-- has cleared every other bucket's mark first, and has staged the holders (the log's users of
+-- this bucket, and those whose events are unsettled) in KEYS[7], a key named after its lease:
+-- they replace the issued set here, after the checks, so that a rebuilder whose lease ran out
+-- cannot erase the holders its successor wrote back.
 -- KEYS[1] meta, KEYS[2] issued set, KEYS[3] outgoing transfer, KEYS[4] credited set, KEYS[5]
--- the rebuild lease, KEYS[6] the users whose slot was being given back (all with the bucket's
--- hash tag): none is a holder any more, since none is in the log.
+-- the rebuild lease, KEYS[6] the users whose slot was being given back, KEYS[7] the staged
+-- holders, KEYS[8] the pending hash (all with the bucket's hash tag).
+-- The pending hash is made to match the holders: an entry being given back goes (its event
+-- is in no log, so its unit is for sale again, and its flag with it), and so does an entry
+-- of a user who is no holder (a release flagged on a rewound copy, say).
 -- ARGV[1] the stamp (recorded in PostgreSQL first), ARGV[2] the lease token, ARGV[3] the
 -- allocation (share, plus journalled to, minus journalled from), ARGV[4] starts_at ms or '',
 -- ARGV[5] ends_at ms or '', ARGV[6] the coupon's number of buckets, ARGV[7] the last transfer
@@ -16,7 +22,23 @@
 -- Returns 1 when restored; 0, writing nothing, when the instance is no longer the one the
 -- stamp names or the lease is no longer held (the rebuild starts over).
 if not stamped_here(ARGV[1]) or redis.call('GET', KEYS[5]) ~= ARGV[2] then
+  redis.call('DEL', KEYS[7])
   return 0
+end
+if redis.call('EXISTS', KEYS[7]) == 1 then
+  redis.call('RENAME', KEYS[7], KEYS[2])
+else
+  redis.call('DEL', KEYS[2])
+end
+local pending = redis.call('HGETALL', KEYS[8])
+for i = 1, #pending, 2 do
+  local user, entry = pending[i], pending[i + 1]
+  -- The state is the entry's third field (ledger.lua's codec).
+  local state = string.match(entry, '^%S+ %S+ (%a+) ')
+  if state == 'releasing' or redis.call('SISMEMBER', KEYS[2], user) == 0 then
+    redis.call('HDEL', KEYS[8], user)
+    redis.call('SREM', KEYS[2], user)
+  end
 end
 redis.call('DEL', KEYS[4], KEYS[6])
 for i = 10, #ARGV do
