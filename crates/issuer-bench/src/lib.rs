@@ -1,6 +1,7 @@
 //! issuer-bench: load scenarios and the chaos suite against real processes, plus the
 //! pieces of fault injection the integration tests share.
 
+pub mod bucket_spread;
 pub mod ceiling;
 pub mod chaos;
 pub mod client;

@@ -11,7 +11,7 @@ use issuer_bench::ceiling::{self, Shape};
 use issuer_bench::chaos::{self, ChaosOptions, RedisTopology};
 use issuer_bench::client::ApiClient;
 use issuer_bench::report::Report;
-use issuer_bench::{connections, drain, race, seed, sustained};
+use issuer_bench::{bucket_spread, connections, drain, race, seed, sustained};
 use testkit::credentials::UserCredentials;
 use testkit::redis_stats;
 
@@ -208,6 +208,29 @@ enum Scenario {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
+    /// One hot coupon on a Redis Cluster, in 1 and in K buckets, alternating: each
+    /// primary's share of its script calls and µs, and Redis µs per admitted request.
+    /// Coupons are created in PostgreSQL (`DATABASE_URL`), their tags from the slot map.
+    BucketSpread {
+        /// The cluster's nodes (`host:port,...`), as `REDIS_CLUSTER_NODES` takes them; the
+        /// default is the test suite's cluster (`make test-cluster`).
+        #[arg(
+            long,
+            env = "REDIS_CLUSTER_NODES",
+            default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
+        )]
+        cluster_nodes: String,
+        #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+        requests: u64,
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        concurrency: u64,
+        /// Rounds, each on a new coupon (a new id, so new tags) per bucket count.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        coupons: u32,
+        /// The bucket counts compared (repeat the flag).
+        #[arg(long = "buckets", default_values_t = [1, 3], value_parser = clap::value_parser!(u16).range(1..=16))]
+        buckets: Vec<u16>,
+    },
     /// The seed's "before Lua" race against Redis: a naive SCARD-then-SADD versus the
     /// admission script, same load; repeats until the naive path goes wrong.
     Race {
@@ -349,6 +372,25 @@ async fn main() -> anyhow::Result<()> {
                 queue,
             };
             ceiling::run(&targets, &options)
+                .await?
+                .emit(cli.json, cli.report.as_deref())?;
+        }
+        Scenario::BucketSpread {
+            cluster_nodes,
+            requests,
+            concurrency,
+            coupons,
+            buckets,
+        } => {
+            let options = bucket_spread::SpreadOptions {
+                cluster_nodes: &cluster_nodes,
+                database_url: &cli.database_url,
+                requests,
+                concurrency: concurrency as usize,
+                coupons,
+                buckets: &buckets,
+            };
+            bucket_spread::run(options)
                 .await?
                 .emit(cli.json, cli.report.as_deref())?;
         }
