@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use futures_util::future::join_all;
+
 use coupon_core::buckets::mover::{MOVER_LEASE, MoveError, Mover, Place, Places, Supply};
 use coupon_core::buckets::{Bucket, BucketCount};
 use coupon_core::db::buckets::{
@@ -1028,4 +1030,69 @@ async fn a_rebuilder_whose_lease_ran_out_erases_nothing() {
     assert!(!restore_under(&mut stocked, 0, &[], &stalled).await);
     let seen = stocked.sale.seen(0).await;
     assert_eq!(seen.issued, 1, "the successor's holder was erased");
+}
+
+/// The same, with requests at once: many movers race over the same donors (one transfer out
+/// of a bucket at a time, the others told so), and every unit is still issued exactly once:
+/// 60 admitted, the 30 others told SOLD_OUT, nothing left in any bucket or in flight.
+#[tokio::test]
+async fn users_homed_to_one_bucket_at_once_receive_all_the_stock() {
+    let stocked = Stocked::new(60, 3).await;
+    let users: Vec<UserId> = (0..90).map(|n| stocked.sale.user_of(0, n)).collect();
+    let stocked = std::sync::Arc::new(tokio::sync::Mutex::new(stocked));
+    let sold_out = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let admitted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let requests = users.into_iter().map(|user| {
+        let (stocked, sold_out, admitted) = (stocked.clone(), sold_out.clone(), admitted.clone());
+        tokio::spawn(async move {
+            // Each request on its own connection and mover, as on its own API.
+            let (sale, places, pool) = {
+                let stocked = stocked.lock().await;
+                let sale = stocked.sale.con.clone();
+                (sale, stocked.places.clone(), stocked.pool.clone())
+            };
+            let keys = places.places[0].keys.clone();
+            let stamp = places.places[0].stamp.clone();
+            let scripts = AdmissionScripts::new(String::new(), QueueKind::Kafka);
+            let mut con = sale;
+            let owner = format!("mover-{user}");
+            for _ in 0..2_000 {
+                let reply = scripts
+                    .admit_in(&mut con, &keys, places.coupon, user, Some(&stamp))
+                    .await
+                    .unwrap();
+                match reply {
+                    AdmitReply::Admitted(_) => {
+                        admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                    AdmitReply::Refused(Admission::SoldOut) => {
+                        sold_out.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                    AdmitReply::Dry => {
+                        let mover = Mover {
+                            places: &places,
+                            pool: &pool,
+                            owner: &owner,
+                        };
+                        let _ = mover.supply(&mut con, Bucket::FIRST).await.unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            panic!("user {user} never decided");
+        })
+    });
+    for request in join_all(requests).await {
+        request.unwrap();
+    }
+    assert_eq!(admitted.load(std::sync::atomic::Ordering::SeqCst), 60);
+    assert_eq!(sold_out.load(std::sync::atomic::Ordering::SeqCst), 30);
+    let stocked = stocked.lock().await;
+    for b in 0..3 {
+        assert_eq!(stocked.sale.stock(b).await, 0, "bucket {b}");
+        assert!(!stocked.sale.seen(b).await.in_flight, "bucket {b}");
+    }
 }
