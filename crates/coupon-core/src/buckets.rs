@@ -6,7 +6,8 @@
 //! spread over K shards of a Redis Cluster. A user's home bucket is a fixed hash of the user
 //! id, so "one per user" is still decided in one place, by one script.
 //!
-//! Moving stock between the buckets, and the sold-out check, are `mover`'s.
+//! Moving stock between the buckets, and the sold-out check, are `mover`'s; a new coupon's
+//! buckets' first load is `open`'s.
 //!
 //! Everything else here is pure and decided once, at the coupon's creation, then kept in
 //! PostgreSQL (`crate::db::buckets`): every process builds the same keys from it, and a
@@ -14,6 +15,7 @@
 //! has exactly the keys it had before buckets existed.
 
 pub mod mover;
+pub mod open;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
-use coupon_core::buckets::mover::{MOVER_LEASE, MoveError, Mover, Place, Places, Supply};
+use coupon_core::buckets::mover::{MOVER_LEASE, MoveError, Mover, Places, Supply};
+use coupon_core::buckets::open::open_buckets;
 use coupon_core::buckets::{Bucket, BucketCount};
 use coupon_core::db::buckets::{
     Journalled, coupon_buckets, insert_bucketed_coupon, journal, journal_transfer,
@@ -130,6 +131,35 @@ impl Sale {
         (id, done(taken))
     }
 
+    /// `user`'s pending entry in their home bucket.
+    async fn pending_entry(&self, user: UserId) -> PendingEntry {
+        let keys = &self.keys[self.count.home(user).index() as usize];
+        let text: String = redis::cmd("HGET")
+            .arg(&keys.pending)
+            .arg(user.get())
+            .query_async(&mut self.con.clone())
+            .await
+            .unwrap();
+        PendingEntry::decode(self.coupon.id, user, &text).unwrap()
+    }
+
+    /// Gives `user`'s slot back, as a publish that certainly failed does.
+    async fn give_back(&self, user: UserId) {
+        let keys = &self.keys[self.count.home(user).index() as usize];
+        let entry = self.pending_entry(user).await;
+        let ledger = Ledger::new(String::new());
+        let mut con = self.con.clone();
+        let released = ledger.release_in_bucket(&mut con, keys, &entry).await;
+        assert!(released.unwrap(), "the entry changed");
+    }
+
+    async fn recover(&self, from: u16, owner: &str) -> Step<Recover> {
+        let mut con = self.con.clone();
+        BucketSteps::recover(&mut con, &self.bucket(from), owner, LEASE, self.count)
+            .await
+            .unwrap()
+    }
+
     async fn credit(&self, to: u16, id: TransferId, units: i64) -> bool {
         done(
             BucketSteps::credit(&mut self.con.clone(), &self.bucket(to), id, units)
@@ -240,15 +270,7 @@ async fn a_credit_repeated_by_a_mover_that_took_over_adds_nothing() {
     let (id, _) = sale.take(1, 0, 2, "stalled", SHORT_LEASE).await;
     assert!(sale.credit(0, id, 2).await);
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let recovered = BucketSteps::recover(
-        &mut sale.con.clone(),
-        &sale.bucket(1),
-        "next",
-        LEASE,
-        sale.count,
-    )
-    .await
-    .unwrap();
+    let recovered = sale.recover(1, "next").await;
     let Recover::TakenOver(entry) = done(recovered) else {
         panic!("the entry's lease ran out, yet it was not taken over");
     };
@@ -266,15 +288,7 @@ async fn a_credit_repeated_by_a_mover_that_took_over_adds_nothing() {
 async fn an_entry_is_not_taken_over_while_its_lease_runs() {
     let sale = Sale::new(&[0, 2]).await;
     sale.take(1, 0, 1, "mover", LEASE).await;
-    let recovered = BucketSteps::recover(
-        &mut sale.con.clone(),
-        &sale.bucket(1),
-        "other",
-        LEASE,
-        sale.count,
-    )
-    .await
-    .unwrap();
+    let recovered = sale.recover(1, "other").await;
     assert_eq!(done(recovered), Recover::Held);
 }
 
@@ -285,15 +299,7 @@ async fn a_late_settle_leaves_a_later_transfers_entry() {
     let sale = Sale::new(&[0, 2]).await;
     let (first, _) = sale.take(1, 0, 1, "stalled", SHORT_LEASE).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let recovered = BucketSteps::recover(
-        &mut sale.con.clone(),
-        &sale.bucket(1),
-        "next",
-        LEASE,
-        sale.count,
-    )
-    .await
-    .unwrap();
+    let recovered = sale.recover(1, "next").await;
     assert!(matches!(done(recovered), Recover::TakenOver(_)));
     sale.credit(0, first, 1).await;
     assert!(sale.settle(1, first).await);
@@ -481,41 +487,25 @@ impl Stocked {
         let coupon = insert_bucketed_coupon(&mut db, &new, None).await.unwrap();
         let prefix = shared_redis::prefix();
         let mut con = redis().await;
-        let mut places = Vec::new();
-        for row in coupon_buckets(&mut db, &coupon).await.unwrap() {
-            let keys = CouponKeys::of_bucket(&prefix, &row.tag);
-            let stamp = BucketSteps::load(&mut con, &keys, &coupon, row.share, coupon.buckets)
-                .await
-                .unwrap()
-                .unwrap();
-            record_bucket_stamp(
-                &mut db,
-                coupon.id,
-                row.bucket,
-                &stamp,
-                Verification::Created,
-            )
+        let places = open_buckets(&mut con, &mut db, &prefix, &coupon)
             .await
             .unwrap();
-            places.push(Place {
-                bucket: row.bucket,
-                keys,
-                stamp,
-            });
-        }
         drop(db);
         let sale = Sale {
             coupon: coupon.clone(),
             count: coupon.buckets,
-            keys: places.iter().map(|place| place.keys.clone()).collect(),
-            stamps: places.iter().map(|place| place.stamp.clone()).collect(),
+            keys: places
+                .places
+                .iter()
+                .map(|place| place.keys.clone())
+                .collect(),
+            stamps: places
+                .places
+                .iter()
+                .map(|place| place.stamp.clone())
+                .collect(),
             scripts: AdmissionScripts::new(prefix, QueueKind::Kafka),
             con,
-        };
-        let places = Places {
-            coupon: coupon.id,
-            count: coupon.buckets,
-            places,
         };
         Self { sale, places, pool }
     }
@@ -702,52 +692,10 @@ async fn a_bucket_rebuilt_from_the_log_and_the_journal_holds_exactly_its_units()
         .unwrap();
     assert_eq!(stocked.sale.admit(logged).await, AdmitReply::Unverified);
 
-    // The rebuild, as the API runs it: lease (closing the bucket), stamp recorded, journal
-    // read after it (a later journal write is fenced off), state restored, marks cleared.
-    let lease = match stocked
-        .sale
-        .scripts
-        .take_rebuild_lease_at(&mut con, &keys, stocked.sale.coupon.id, LEASE, None)
-        .await
-        .unwrap()
-    {
-        LeaseTake::Taken(lease) => lease,
-        other => panic!("{other:?}"),
-    };
-    let stamp = Stamp::fresh(&instance_epoch(&mut con, &keys.meta).await.unwrap());
-    let bucket = stocked.sale.index(1);
-    let mut db = stocked.pool.get().await.unwrap();
-    record_bucket_stamp(
-        &mut db,
-        stocked.sale.coupon.id,
-        bucket,
-        &stamp,
-        Verification::Rebuilt,
-    )
-    .await
-    .unwrap();
-    let journalled = journal(&mut db, &stocked.sale.coupon).await.unwrap();
-    drop(db);
-    let rebuilt = RebuiltBucket::from_journal(bucket, 2, &journalled);
-    assert_eq!(rebuilt.allocation, 1);
-    // The other buckets' marks first, the rebuilt bucket still closed: it may give back a
-    // unit whose admission the failover lost.
-    let cleared = BucketSteps::unmark(&mut con, &stocked.sale.bucket(0)).await;
-    assert!(done(cleared.unwrap()));
-    let holders = [logged.get()];
-    let restored = BucketSteps::restore(
-        &mut con,
-        &keys,
-        &stocked.sale.coupon,
-        &rebuilt,
-        &holders,
-        &stamp,
-        &lease,
-    );
-    assert!(restored.await.unwrap());
-    stocked.sale.stamps[1] = stamp.clone();
-    stocked.places.places[1].stamp = stamp;
-
+    // The rebuild, as the API runs it (`rebuild`): lease (closing the bucket), stamp
+    // recorded, journal read after it (a later journal write is fenced off), the other
+    // buckets' marks cleared, state restored.
+    assert!(rebuild(&mut stocked, 1, &[logged.get()], LEASE).await);
     let rebuilt_seen = stocked.sale.seen(1).await;
     assert_eq!((rebuilt_seen.stock, rebuilt_seen.issued), (0, 1));
     assert!(
@@ -787,22 +735,7 @@ async fn a_slot_given_back_is_for_sale_again_only_once_every_mark_is_cleared() {
         AdmitReply::Refused(Admission::SoldOut)
     );
 
-    let ledger = Ledger::new(String::new());
-    let keys = stocked.sale.keys[0].clone();
-    let mut con = stocked.sale.con.clone();
-    let text: String = redis::cmd("HGET")
-        .arg(&keys.pending)
-        .arg(given_back.get())
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let entry = PendingEntry::decode(stocked.sale.coupon.id, given_back, &text).unwrap();
-    assert!(
-        ledger
-            .release_in_bucket(&mut con, &keys, &entry)
-            .await
-            .unwrap()
-    );
+    stocked.sale.give_back(given_back).await;
     // Still a slot, published by nobody: the user is told to retry.
     assert_eq!(stocked.sale.admit(given_back).await, AdmitReply::Pending);
     // Not back for sale yet, so SOLD_OUT is still true.
@@ -905,19 +838,24 @@ async fn primary_serving(con: &mut redis::cluster_async::ClusterConnection, slot
 /// Rebuilds bucket `b` of `stocked` with `holders`, as the API runs it (the rebuild lease
 /// held for `lease`); whether it restored.
 async fn rebuild(stocked: &mut Stocked, b: u16, holders: &[i64], lease: Duration) -> bool {
-    let keys = stocked.sale.keys[b as usize].clone();
+    let lease = take_lease(stocked, b, lease).await;
+    restore_under(stocked, b, holders, &lease).await
+}
+
+/// Bucket `b`'s rebuild lease, which closes it.
+async fn take_lease(stocked: &Stocked, b: u16, lease: Duration) -> RebuildLease {
+    let keys = &stocked.sale.keys[b as usize];
     let mut con = stocked.sale.con.clone();
-    let lease = match stocked
-        .sale
-        .scripts
-        .take_rebuild_lease_at(&mut con, &keys, stocked.sale.coupon.id, lease, None)
+    let coupon = stocked.sale.coupon.id;
+    let scripts = &stocked.sale.scripts;
+    match scripts
+        .take_rebuild_lease_at(&mut con, keys, coupon, lease, None)
         .await
         .unwrap()
     {
         LeaseTake::Taken(lease) => lease,
         other => panic!("{other:?}"),
-    };
-    restore_under(stocked, b, holders, &lease).await
+    }
 }
 
 async fn restore_under(
@@ -943,6 +881,12 @@ async fn restore_under(
     let journalled = journal(&mut db, &stocked.sale.coupon).await.unwrap();
     let share = coupon_buckets(&mut db, &stocked.sale.coupon).await.unwrap()[b as usize].share;
     let rebuilt = RebuiltBucket::from_journal(bucket, share, &journalled);
+    // The other buckets' marks first, the rebuilt bucket still closed: it may give back a
+    // unit whose admission the failover lost.
+    for other in (0..stocked.sale.count.get()).filter(|other| *other != b) {
+        let cleared = BucketSteps::unmark(&mut con, &stocked.sale.bucket(other)).await;
+        assert!(done(cleared.unwrap()));
+    }
     let restored = BucketSteps::restore(
         &mut con,
         &keys,
@@ -975,22 +919,7 @@ async fn a_rebuild_drops_a_slot_being_given_back_with_its_entry() {
             AdmitReply::Admitted(_)
         ));
     }
-    let keys = stocked.sale.keys[0].clone();
-    let mut con = stocked.sale.con.clone();
-    let text: String = redis::cmd("HGET")
-        .arg(&keys.pending)
-        .arg(given_back.get())
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let entry = PendingEntry::decode(stocked.sale.coupon.id, given_back, &text).unwrap();
-    let ledger = Ledger::new(String::new());
-    assert!(
-        ledger
-            .release_in_bucket(&mut con, &keys, &entry)
-            .await
-            .unwrap()
-    );
+    stocked.sale.give_back(given_back).await;
 
     let holders = [given_back.get(), kept.get()];
     assert!(rebuild(&mut stocked, 0, &holders, LEASE).await);
@@ -1013,18 +942,7 @@ async fn a_rebuild_drops_a_slot_being_given_back_with_its_entry() {
 async fn a_rebuilder_whose_lease_ran_out_erases_nothing() {
     let mut stocked = Stocked::new(4, 2).await;
     let holder = stocked.sale.user_of(0, 0);
-    let keys = stocked.sale.keys[0].clone();
-    let mut con = stocked.sale.con.clone();
-    let stalled = match stocked
-        .sale
-        .scripts
-        .take_rebuild_lease_at(&mut con, &keys, stocked.sale.coupon.id, SHORT_LEASE, None)
-        .await
-        .unwrap()
-    {
-        LeaseTake::Taken(lease) => lease,
-        other => panic!("{other:?}"),
-    };
+    let stalled = take_lease(&stocked, 0, SHORT_LEASE).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert!(rebuild(&mut stocked, 0, &[holder.get()], LEASE).await);
     assert!(!restore_under(&mut stocked, 0, &[], &stalled).await);

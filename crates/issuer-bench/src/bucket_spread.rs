@@ -10,15 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use coupon_core::buckets::BucketCount;
-use coupon_core::buckets::mover::{Mover, Place, Places};
-use coupon_core::db::buckets::{coupon_buckets, insert_bucketed_coupon, record_bucket_stamp};
+use coupon_core::buckets::mover::{Mover, Places};
+use coupon_core::buckets::open::open_buckets;
+use coupon_core::db::buckets::insert_bucketed_coupon;
 use coupon_core::db::connect::PgTarget;
-use coupon_core::db::coupons::{NewCoupon, Verification};
+use coupon_core::db::coupons::NewCoupon;
 use coupon_core::db::pool::{PgPool, build_pool};
 use coupon_core::domain::{QueueKind, UserId};
 use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
-use coupon_core::redis::buckets::{BucketSteps, slot_owners};
-use coupon_core::redis::keys::CouponKeys;
+use coupon_core::redis::buckets::slot_owners;
 use futures_util::future::join_all;
 use redis::cluster_async::ClusterConnection;
 use testkit::redis_stats;
@@ -129,36 +129,18 @@ async fn one_run(
     let coupon = insert_bucketed_coupon(&mut db, &new, Some(owners)).await?;
     let prefix = format!("spread-{}:", uuid::Uuid::new_v4().simple());
     let scripts = AdmissionScripts::new(prefix.clone(), QueueKind::Kafka);
-    let mut places = Vec::new();
-    if count == BucketCount::ONE {
+    let places = if count == BucketCount::ONE {
         scripts.load_meta(con, &coupon).await?;
-    } else {
-        for row in coupon_buckets(&mut db, &coupon).await? {
-            let keys = CouponKeys::of_bucket(&prefix, &row.tag);
-            let stamp = BucketSteps::load(con, &keys, &coupon, row.share, count)
-                .await?
-                .context("a new bucket's state was there already")?;
-            record_bucket_stamp(
-                &mut db,
-                coupon.id,
-                row.bucket,
-                &stamp,
-                Verification::Created,
-            )
-            .await?;
-            places.push(Place {
-                bucket: row.bucket,
-                keys,
-                stamp,
-            });
+        Places {
+            coupon: coupon.id,
+            count,
+            places: Vec::new(),
         }
-    }
+    } else {
+        open_buckets(con, &mut db, &prefix, &coupon).await?
+    };
     drop(db);
-    let places = Arc::new(Places {
-        coupon: coupon.id,
-        count,
-        places,
-    });
+    let places = Arc::new(places);
     redis_stats::reset(primaries).await?;
     let next = Arc::new(AtomicU64::new(1));
     let admitted = Arc::new(AtomicU64::new(0));
