@@ -1014,3 +1014,21 @@ async fn users_homed_to_one_bucket_at_once_receive_all_the_stock() {
         assert!(!stocked.sale.seen(b).await.in_flight, "bucket {b}");
     }
 }
+
+/// A bucket's rebuild moves the verification count every API watches, as a coupon's does,
+/// so that an API holding the bucket's old stamp forgets it.
+#[tokio::test]
+async fn a_bucket_rebuilt_moves_the_verification_count() {
+    let mut stocked = Stocked::new(4, 2).await;
+    let count = |stocked: &Stocked| {
+        let pool = stocked.pool.clone();
+        async move {
+            coupon_core::db::coupons::redis_verifications(&mut pool.get().await.unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let before = count(&stocked).await;
+    assert!(rebuild(&mut stocked, 1, &[], LEASE).await);
+    assert!(count(&stocked).await > before);
+}

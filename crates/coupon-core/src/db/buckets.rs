@@ -8,7 +8,7 @@ use diesel::result::Error;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::buckets::{Bucket, BucketCount, SlotOwners, choose_tags};
-use crate::db::coupons::{NewCoupon, Verification, insert_coupon};
+use crate::db::coupons::{NewCoupon, Verification, count_verification, insert_coupon};
 use crate::db::schema::{bucket_transfers, coupon_buckets};
 use crate::domain::{Coupon, CouponId};
 use crate::redis::buckets::TransferId;
@@ -119,7 +119,13 @@ pub async fn record_bucket_stamp(
         .filter(coupon_buckets::bucket.eq(bucket.index() as i16));
     let set = coupon_buckets::redis_stamp.eq(stamp.as_str());
     let updated = match verified {
-        Verification::Rebuilt => diesel::update(target).set(set).execute(conn).await?,
+        // A rebuild moves the count every API watches, as a coupon's does: an API that holds
+        // the bucket's old stamp forgets it (a failback to the old node must not admit).
+        Verification::Rebuilt => {
+            let updated = diesel::update(target).set(set).execute(conn).await?;
+            count_verification(conn).await?;
+            updated
+        }
         Verification::Created => {
             diesel::update(target.filter(coupon_buckets::redis_stamp.is_null()))
                 .set(set)

@@ -221,7 +221,7 @@ pub async fn hand_over_stamp(
 /// Moves the verification count every API watches. After the stamp's commit, never inside
 /// its transaction: a sequence moves for everyone at once, and a watcher that saw the count
 /// move before the stamp committed could learn the old stamp again and keep it.
-async fn count_verification(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+pub(crate) async fn count_verification(conn: &mut AsyncPgConnection) -> QueryResult<()> {
     diesel::sql_query("SELECT nextval('redis_verifications')")
         .execute(conn)
         .await?;
