@@ -695,7 +695,7 @@ async fn a_bucket_rebuilt_from_the_log_and_the_journal_holds_exactly_its_units()
     // The rebuild, as the API runs it (`rebuild`): lease (closing the bucket), stamp
     // recorded, journal read after it (a later journal write is fenced off), the other
     // buckets' marks cleared, state restored.
-    assert!(rebuild(&mut stocked, 1, &[logged.get()], LEASE).await);
+    assert!(rebuild(&mut stocked, 1, (&[logged.get()], &[]), LEASE).await);
     let rebuilt_seen = stocked.sale.seen(1).await;
     assert_eq!((rebuilt_seen.stock, rebuilt_seen.issued), (0, 1));
     assert!(
@@ -835,9 +835,12 @@ async fn primary_serving(con: &mut redis::cluster_async::ClusterConnection, slot
         .to_owned()
 }
 
+/// The log's holders of a bucket, and those whose events are unsettled.
+type Holders<'a> = (&'a [i64], &'a [i64]);
+
 /// Rebuilds bucket `b` of `stocked` with `holders`, as the API runs it (the rebuild lease
 /// held for `lease`); whether it restored.
-async fn rebuild(stocked: &mut Stocked, b: u16, holders: &[i64], lease: Duration) -> bool {
+async fn rebuild(stocked: &mut Stocked, b: u16, holders: Holders<'_>, lease: Duration) -> bool {
     let lease = take_lease(stocked, b, lease).await;
     restore_under(stocked, b, holders, &lease).await
 }
@@ -861,7 +864,7 @@ async fn take_lease(stocked: &Stocked, b: u16, lease: Duration) -> RebuildLease 
 async fn restore_under(
     stocked: &mut Stocked,
     b: u16,
-    holders: &[i64],
+    holders: Holders<'_>,
     lease: &RebuildLease,
 ) -> bool {
     let keys = stocked.sale.keys[b as usize].clone();
@@ -922,7 +925,7 @@ async fn a_rebuild_drops_a_slot_being_given_back_with_its_entry() {
     stocked.sale.give_back(given_back).await;
 
     let holders = [given_back.get(), kept.get()];
-    assert!(rebuild(&mut stocked, 0, &holders, LEASE).await);
+    assert!(rebuild(&mut stocked, 0, (&[], &holders), LEASE).await);
     let seen = stocked.sale.seen(0).await;
     assert_eq!((seen.stock, seen.issued, seen.releasing), (1, 1, 0));
     assert_eq!(
@@ -944,8 +947,8 @@ async fn a_rebuilder_whose_lease_ran_out_erases_nothing() {
     let holder = stocked.sale.user_of(0, 0);
     let stalled = take_lease(&stocked, 0, SHORT_LEASE).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert!(rebuild(&mut stocked, 0, &[holder.get()], LEASE).await);
-    assert!(!restore_under(&mut stocked, 0, &[], &stalled).await);
+    assert!(rebuild(&mut stocked, 0, (&[holder.get()], &[]), LEASE).await);
+    assert!(!restore_under(&mut stocked, 0, (&[], &[]), &stalled).await);
     let seen = stocked.sale.seen(0).await;
     assert_eq!(seen.issued, 1, "the successor's holder was erased");
 }
@@ -1029,6 +1032,27 @@ async fn a_bucket_rebuilt_moves_the_verification_count() {
         }
     };
     let before = count(&stocked).await;
-    assert!(rebuild(&mut stocked, 1, &[], LEASE).await);
+    assert!(rebuild(&mut stocked, 1, (&[], &[]), LEASE).await);
     assert!(count(&stocked).await > before);
+}
+
+/// A rewound copy can hold an old admission's slot flagged as being given back while the
+/// user's later admission is in PostgreSQL: the rebuild drops the flag and its entry, but
+/// keeps the slot, or the unit would be sold again to someone else.
+#[tokio::test]
+async fn a_rebuild_keeps_a_logged_users_slot_whatever_flag_the_copy_has() {
+    let mut stocked = Stocked::new(4, 2).await;
+    let user = stocked.sale.user_of(0, 0);
+    assert!(matches!(
+        stocked.sale.admit(user).await,
+        AdmitReply::Admitted(_)
+    ));
+    stocked.sale.give_back(user).await;
+    assert!(rebuild(&mut stocked, 0, (&[user.get()], &[]), LEASE).await);
+    let seen = stocked.sale.seen(0).await;
+    assert_eq!((seen.issued, seen.releasing, seen.stock), (1, 0, 1));
+    assert_eq!(
+        stocked.sale.admit(user).await,
+        AdmitReply::Refused(Admission::AlreadyIssued)
+    );
 }

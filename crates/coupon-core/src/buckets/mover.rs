@@ -175,12 +175,24 @@ impl Mover<'_> {
         if second != first {
             return Ok(Supply::NotNow);
         }
-        let mut all = true;
+        let mut marked: Vec<&Place> = Vec::new();
         for (place, seen) in self.places.places.iter().zip(&first) {
-            let marked = BucketSteps::mark(con, &place.state(), seen.generation).await?;
-            all &= done(marked, place.bucket)?;
+            let step = BucketSteps::mark(con, &place.state(), seen.generation).await?;
+            if !done(step, place.bucket)? {
+                // What the collects saw no longer holds here: the marks this check set go
+                // too (under a new generation), or they would answer SOLD_OUT while this
+                // bucket may hold stock.
+                for place in marked {
+                    done(
+                        BucketSteps::unmark(con, &place.state()).await?,
+                        place.bucket,
+                    )?;
+                }
+                return Ok(Supply::NotNow);
+            }
+            marked.push(place);
         }
-        Ok(if all { Supply::SoldOut } else { Supply::NotNow })
+        Ok(Supply::SoldOut)
     }
 
     /// Puts the slots being given back up for sale again: every bucket's mark cleared

@@ -26,9 +26,15 @@ pub async fn open_buckets<C: ConnectionLike + Send + Sync>(
         let keys = CouponKeys::of_bucket(prefix, &row.tag);
         let loaded = BucketSteps::load(con, &keys, coupon, row.share, coupon.buckets).await?;
         let stamp = match loaded {
+            // Not in force if a rebuild recorded one first: this load then wrote over a lost
+            // state, and the bucket waits for its rebuild.
             Some(stamp) => {
-                record_bucket_stamp(db, coupon.id, row.bucket, &stamp, Verification::Created)
-                    .await?;
+                let recorded =
+                    record_bucket_stamp(db, coupon.id, row.bucket, &stamp, Verification::Created)
+                        .await?;
+                if !recorded {
+                    return Err(MoveError::Unverified(row.bucket));
+                }
                 stamp
             }
             None => row.stamp.ok_or(MoveError::Unverified(row.bucket))?,

@@ -37,6 +37,10 @@ use crate::redis::library::{self, Function};
 /// meanwhile. A waiting request asks again well within it.
 pub const WAIT_REGISTERED: Duration = Duration::from_millis(100);
 
+/// A credit renews its recipient's wait registration only if it ran out within this long (a
+/// move's longest, its mover's lease): a wait older than that has no request behind it.
+const RENEWAL_WINDOW: Duration = Duration::from_secs(1);
+
 /// One transfer of stock between two buckets of a coupon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TransferId(pub Uuid);
@@ -85,6 +89,10 @@ pub async fn slot_owners<C: ConnectionLike + Send + Sync>(
 /// Users added per SADD when restoring a bucket's issued set, so one command never blocks
 /// Redis for long.
 const RESTORE_CHUNK: usize = 10_000;
+
+/// How long a rebuild's staged holders outlive a rebuilder that died before its restore:
+/// longer than any rebuild lease.
+const STAGED_TTL: Duration = Duration::from_secs(3_600);
 
 /// What a bucket's rebuild writes besides its holders, from the journal of transfers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,7 +346,12 @@ impl BucketSteps {
         transfer: TransferId,
         units: i64,
     ) -> Result<Step<bool>, RedisError> {
-        let args = [transfer.0.to_string(), units.to_string()];
+        let args = [
+            transfer.0.to_string(),
+            units.to_string(),
+            WAIT_REGISTERED.as_millis().to_string(),
+            RENEWAL_WINDOW.as_millis().to_string(),
+        ];
         Self::yes_or_no(
             run(con, recipient, StepName::Credit, &args).await?,
             "credit",
@@ -412,8 +425,8 @@ impl BucketSteps {
     }
 
     /// Restores a bucket its node lost or rewound, closed by `lease`: its issued set becomes
-    /// exactly `holders` (the log's users whose home it is, and those whose events are
-    /// unsettled), then its state is written as `rebuilt` says and stamped with `stamp`,
+    /// exactly `logged` (PostgreSQL's users whose home it is) and `unsettled` (those whose
+    /// pending entries were read before PostgreSQL), then its state is written as `rebuilt` says and stamped with `stamp`,
     /// which reopens it. The caller clears every other bucket's mark first (the model's
     /// `Bug::RebuildKeepsMarks`: the rebuild may give back a unit whose admission the
     /// failover lost, and the other buckets would answer SOLD_OUT while it is for sale).
@@ -424,17 +437,23 @@ impl BucketSteps {
         keys: &CouponKeys,
         coupon: &Coupon,
         rebuilt: &RebuiltBucket,
-        holders: &[i64],
+        (logged, unsettled): (&[i64], &[i64]),
         stamp: &Stamp,
         lease: &RebuildLease,
     ) -> Result<bool, RedisError> {
-        // Staged under the lease's own key, and moved over the issued set by the script
+        // Staged under the lease's own keys, and moved over the issued set by the script
         // only if the lease is still this one: a rebuilder that stalled past its lease
-        // writes nothing its successor wrote.
-        let staged = keys.staged_holders(lease.token());
-        let _: i64 = con.del(&staged).await?;
-        for chunk in holders.chunks(RESTORE_CHUNK) {
-            let _: i64 = con.sadd(&staged, chunk).await?;
+        // writes nothing its successor wrote. Kept apart, since a slot being given back is
+        // freed only if the log lacks its user.
+        let staged_logged = keys.staged_holders(lease.token(), "logged");
+        let staged_unsettled = keys.staged_holders(lease.token(), "unsettled");
+        for (staged, holders) in [(&staged_logged, logged), (&staged_unsettled, unsettled)] {
+            let _: i64 = con.del(staged).await?;
+            for chunk in holders.chunks(RESTORE_CHUNK) {
+                let _: i64 = con.sadd(staged, chunk).await?;
+                // Gone on their own if this rebuilder dies before its restore.
+                let _: bool = con.pexpire(staged, STAGED_TTL.as_millis() as i64).await?;
+            }
         }
         let millis = |t: Option<chrono::DateTime<chrono::Utc>>| {
             t.map_or(String::new(), |t| t.timestamp_millis().to_string())
@@ -448,8 +467,9 @@ impl BucketSteps {
                 &keys.credited,
                 &keys.rebuilding,
                 &keys.releasing,
-                &staged,
+                &staged_logged,
                 &keys.pending,
+                &staged_unsettled,
             ],
         );
         call.arg(stamp.as_str())
@@ -483,5 +503,17 @@ impl BucketSteps {
             Step::NotLoaded => Step::NotLoaded,
             Step::Unverified => Step::Unverified,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admission_script_registers_a_wait_for_as_long_as_the_code_says() {
+        let script = include_str!("scripts/admission.lua");
+        let registered = format!("clock() + {}", WAIT_REGISTERED.as_millis());
+        assert!(script.contains(&registered), "{registered}");
     }
 }

@@ -82,8 +82,8 @@ impl CouponKeys {
 
     /// A bucket's rebuild's holders, staged under its lease token until its restore moves
     /// them over the issued set (`crate::redis::buckets::BucketSteps::restore`).
-    pub fn staged_holders(&self, token: &str) -> String {
-        format!("{}:staged:{token}", self.issued)
+    pub fn staged_holders(&self, token: &str, part: &str) -> String {
+        format!("{}:staged:{token}:{part}", self.issued)
     }
 
     /// The keys a step of `scripts/bucket.lua` takes, in its order.

@@ -63,8 +63,8 @@ if redis.call('SCARD', KEYS[2]) >= tonumber(meta[1]) then
   if not bucketed[1] or bucketed[2] then
     return {3, now}
   end
-  -- Registered for WAIT_REGISTERED_MS (coupon-core's redis/buckets.rs); a waiting request
-  -- asks again well within it, which registers it again.
+  -- Registered for WAIT_REGISTERED (coupon-core's redis/buckets.rs, whose test holds the
+  -- two together); a waiting request asks again well within it, which registers it again.
   redis.call('HSET', KEYS[1], 'waiting_until', clock() + 100)
   return {8, now}
 end

@@ -68,7 +68,8 @@ elseif step == 'recover' then
   redis.call('HSET', KEYS[3], 'owner', ARGV[3], 'lease_until', now + tonumber(ARGV[4]))
   return {1, entry[1], tonumber(entry[2]), tonumber(entry[3])}
 elseif step == 'credit' then
-  -- ARGV[3] transfer id, ARGV[4] units: {1} credited; {2} credited before (safe to repeat).
+  -- ARGV[3] transfer id, ARGV[4] units, ARGV[5] how long a wait stays registered (ms),
+  -- ARGV[6] the renewal window (ms): {1} credited; {2} credited before (safe to repeat).
   if redis.call('SISMEMBER', KEYS[4], ARGV[3]) == 1 then
     return {2}
   end
@@ -77,8 +78,11 @@ elseif step == 'credit' then
   -- The requests waiting here registered before the move began, and their registration may
   -- have lapsed while it ran (a slow PostgreSQL): renewed, so that no other bucket's mover
   -- takes the units away before they are taken.
-  if meta[3] then
-    redis.call('HSET', KEYS[1], 'waiting_until', now_ms() + 100)
+  -- Not a registration older than a move: no request is behind it, and renewing it would
+  -- keep this bucket's stock from the others.
+  local now = now_ms()
+  if meta[3] and now < tonumber(meta[3]) + tonumber(ARGV[6]) then
+    redis.call('HSET', KEYS[1], 'waiting_until', now + tonumber(ARGV[5]))
   end
   moved()
   return {1}

@@ -1,16 +1,18 @@
 -- Restores one bucket of a bucketed coupon after its node lost or rewound it (buckets.rs,
 -- the model's Rebuild): its holders, allocation, credited transfers and outgoing entry as the
 -- log and the journal in PostgreSQL have them, and its stamp, which reopens it. The caller
--- has cleared every other bucket's mark first, and has staged the holders (the log's users of
--- this bucket, and those whose events are unsettled) in KEYS[7], a key named after its lease:
--- they replace the issued set here, after the checks, so that a rebuilder whose lease ran out
--- cannot erase the holders its successor wrote back.
+-- has cleared every other bucket's mark first, and has staged the holders in two keys named
+-- after its lease: KEYS[7] the log's users of this bucket (PostgreSQL's rows), KEYS[9] those
+-- whose events are unsettled (pending entries read before PostgreSQL). They replace the
+-- issued set here, after the checks, so that a rebuilder whose lease ran out cannot erase the
+-- holders its successor wrote back.
 -- KEYS[1] meta, KEYS[2] issued set, KEYS[3] outgoing transfer, KEYS[4] credited set, KEYS[5]
--- the rebuild lease, KEYS[6] the users whose slot was being given back, KEYS[7] the staged
--- holders, KEYS[8] the pending hash (all with the bucket's hash tag).
--- The pending hash is made to match the holders: an entry being given back goes (its event
--- is in no log, so its unit is for sale again, and its flag with it), and so does an entry
--- of a user who is no holder (a release flagged on a rewound copy, say).
+-- the rebuild lease, KEYS[6] the users whose slot was being given back, KEYS[7] and KEYS[9]
+-- the staged holders, KEYS[8] the pending hash (all with the bucket's hash tag).
+-- The pending hash is made to match the holders. An entry being given back goes, and its
+-- slot with it unless the log has the user (a rewound copy may hold an old admission's flag
+-- while the user's later admission is in PostgreSQL): its event is in no log, so its unit is
+-- for sale again. An entry of a user who is no holder goes too.
 -- ARGV[1] the stamp (recorded in PostgreSQL first), ARGV[2] the lease token, ARGV[3] the
 -- allocation (share, plus journalled to, minus journalled from), ARGV[4] starts_at ms or '',
 -- ARGV[5] ends_at ms or '', ARGV[6] the coupon's number of buckets, ARGV[7] the last transfer
@@ -22,24 +24,26 @@
 -- Returns 1 when restored; 0, writing nothing, when the instance is no longer the one the
 -- stamp names or the lease is no longer held (the rebuild starts over).
 if not stamped_here(ARGV[1]) or redis.call('GET', KEYS[5]) ~= ARGV[2] then
-  redis.call('DEL', KEYS[7])
+  redis.call('DEL', KEYS[7], KEYS[9])
   return 0
 end
-if redis.call('EXISTS', KEYS[7]) == 1 then
-  redis.call('RENAME', KEYS[7], KEYS[2])
-else
-  redis.call('DEL', KEYS[2])
-end
+-- A new key, with no expiry (the staged keys have one, in case their rebuilder dies).
+redis.call('SUNIONSTORE', KEYS[2], KEYS[7], KEYS[9])
 local pending = redis.call('HGETALL', KEYS[8])
 for i = 1, #pending, 2 do
   local user, entry = pending[i], pending[i + 1]
   -- The state is the entry's third field (ledger.lua's codec).
   local state = string.match(entry, '^%S+ %S+ (%a+) ')
-  if state == 'releasing' or redis.call('SISMEMBER', KEYS[2], user) == 0 then
+  if state == 'releasing' then
     redis.call('HDEL', KEYS[8], user)
-    redis.call('SREM', KEYS[2], user)
+    if redis.call('SISMEMBER', KEYS[7], user) == 0 then
+      redis.call('SREM', KEYS[2], user)
+    end
+  elseif redis.call('SISMEMBER', KEYS[2], user) == 0 then
+    redis.call('HDEL', KEYS[8], user)
   end
 end
+redis.call('DEL', KEYS[7], KEYS[9])
 redis.call('DEL', KEYS[4], KEYS[6])
 for i = 10, #ARGV do
   redis.call('SADD', KEYS[4], ARGV[i])
