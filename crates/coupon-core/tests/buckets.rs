@@ -1056,3 +1056,30 @@ async fn a_rebuild_keeps_a_logged_users_slot_whatever_flag_the_copy_has() {
         AdmitReply::Refused(Admission::AlreadyIssued)
     );
 }
+
+/// A mover that dies between its credit and its settle leaves an entry whose units are
+/// already with the recipient: the next supply takes it over, journals it again (already
+/// there), credits nothing more, and settles it.
+#[tokio::test]
+async fn a_mover_dead_after_its_credit_is_finished_without_a_second_credit() {
+    let stocked = Stocked::new(4, 2).await;
+    let (id, taken) = stocked.sale.take(1, 0, 2, "died", SHORT_LEASE).await;
+    assert_eq!(taken, Take::Taken(2));
+    let journalled = Journalled {
+        id,
+        from: stocked.sale.index(1),
+        to: stocked.sale.index(0),
+        units: 2,
+    };
+    let mut db = stocked.pool.get().await.unwrap();
+    let donor_stamp = &stocked.places.places[1].stamp;
+    let fenced = journal_transfer(&mut db, stocked.sale.coupon.id, &journalled, donor_stamp);
+    assert!(fenced.await.unwrap());
+    drop(db);
+    assert!(stocked.sale.credit(0, id, 2).await);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    assert_eq!(stocked.supply(0).await.unwrap(), Supply::Moved(2));
+    assert_eq!(stocked.sale.stock(0).await, 4, "credited twice");
+    assert!(!stocked.sale.seen(1).await.in_flight);
+}

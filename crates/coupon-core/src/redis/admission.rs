@@ -52,8 +52,9 @@ impl RebuildLease {
     }
 }
 
-/// Appends the meta's fields as `load_meta.lua` takes them: quantity, start, end.
-fn meta_args<'a>(call: &'a mut Cmd, coupon: &Coupon, quantity: i64) -> &'a mut Cmd {
+/// Appends the meta's fields as `load_meta.lua` (and `bucket_restore.lua`) take them:
+/// quantity, start, end.
+pub(crate) fn meta_args<'a>(call: &'a mut Cmd, coupon: &Coupon, quantity: i64) -> &'a mut Cmd {
     let millis = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis().to_string());
     call.arg(quantity)
         .arg(millis(coupon.starts_at).unwrap_or_default())

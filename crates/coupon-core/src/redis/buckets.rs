@@ -27,7 +27,7 @@ use crate::buckets::Bucket;
 use crate::buckets::{BucketCount, SlotOwners};
 use crate::db::buckets::Journalled;
 use crate::domain::Coupon;
-use crate::redis::admission::{RebuildLease, load_fresh};
+use crate::redis::admission::{RebuildLease, load_fresh, meta_args};
 use crate::redis::epoch::Stamp;
 use crate::redis::keys::CouponKeys;
 use crate::redis::library::{self, Function};
@@ -148,6 +148,17 @@ pub enum Step<T> {
     Unverified,
 }
 
+impl<T> Step<T> {
+    /// The step's own answer read by `read`; the other two passed on as they are.
+    fn read<U>(self, read: impl FnOnce(T) -> Result<U, RedisError>) -> Result<Step<U>, RedisError> {
+        Ok(match self {
+            Step::Done(value) => Step::Done(read(value)?),
+            Step::NotLoaded => Step::NotLoaded,
+            Step::Unverified => Step::Unverified,
+        })
+    }
+}
+
 /// What a take did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Take {
@@ -227,36 +238,26 @@ async fn run<C: ConnectionLike + Send + Sync>(
 ) -> Result<Step<Vec<Value>>, RedisError> {
     let mut call = library::call(Function::Bucket, &state.keys.bucket_steps());
     call.arg(name.as_str()).arg(state.stamp.as_str()).arg(args);
-    let mut reply: Vec<Value> = library::invoke(con, &call).await?;
-    if reply.is_empty() {
-        return Err(unexpected(
-            "bucket step returned nothing",
-            name.as_str().into(),
-        ));
-    }
-    let code = i64::from_redis_value(reply.remove(0))
-        .map_err(|e| unexpected("bucket step code", e.to_string()))?;
-    Ok(match code {
+    let reply: Vec<Value> = library::invoke(con, &call).await?;
+    Ok(match field::<i64>(&reply, 0, name.as_str())? {
         0 => Step::NotLoaded,
         7 => Step::Unverified,
-        _ => {
-            reply.insert(0, Value::Int(code));
-            Step::Done(reply)
-        }
+        _ => Step::Done(reply),
     })
 }
 
-/// The reply's `at`th field (0 is the code) as `T`.
+/// A reply's `at`th field as `T` (for a step, 0 is its code); `what` names the reply.
 fn field<T: FromRedisValue>(
     reply: &[Value],
     at: usize,
-    step: &'static str,
+    what: &'static str,
 ) -> Result<T, RedisError> {
     let value = reply
         .get(at)
         .cloned()
-        .ok_or_else(|| unexpected("bucket step reply too short", format!("{step}: {reply:?}")))?;
-    T::from_redis_value(value).map_err(|e| unexpected("bucket step reply", format!("{step}: {e}")))
+        .ok_or_else(|| unexpected("reply too short", format!("{what}: {reply:?}")))?;
+    T::from_redis_value(value)
+        .map_err(|e| unexpected("reply not understood", format!("{what}: {e}")))
 }
 
 /// The steps on a bucketed coupon's buckets.
@@ -294,15 +295,12 @@ impl BucketSteps {
             owner.to_owned(),
             lease.as_millis().to_string(),
         ];
-        Ok(match run(con, donor, StepName::Take, &args).await? {
-            Step::Done(reply) => Step::Done(match field::<i64>(&reply, 0, "take")? {
-                1 => Take::Taken(field(&reply, 1, "take")?),
-                9 => Take::InFlight,
-                10 => Take::NothingToGive,
-                other => return Err(unexpected("take", other.to_string())),
-            }),
-            Step::NotLoaded => Step::NotLoaded,
-            Step::Unverified => Step::Unverified,
+        let step = run(con, donor, StepName::Take, &args).await?;
+        step.read(|reply| match field::<i64>(&reply, 0, "take")? {
+            1 => Ok(Take::Taken(field(&reply, 1, "take")?)),
+            9 => Ok(Take::InFlight),
+            10 => Ok(Take::NothingToGive),
+            other => Err(unexpected("take", other.to_string())),
         })
     }
 
@@ -315,27 +313,24 @@ impl BucketSteps {
         count: BucketCount,
     ) -> Result<Step<Recover>, RedisError> {
         let args = [owner.to_owned(), lease.as_millis().to_string()];
-        Ok(match run(con, donor, StepName::Recover, &args).await? {
-            Step::Done(reply) => Step::Done(match field::<i64>(&reply, 0, "recover")? {
-                1 => {
-                    let id: String = field(&reply, 1, "recover")?;
-                    let id = Uuid::parse_str(&id)
-                        .map_err(|e| unexpected("recover: transfer id", e.to_string()))?;
-                    let to: i64 = field(&reply, 2, "recover")?;
-                    let to = Bucket::of(count, to)
-                        .ok_or_else(|| unexpected("recover: bucket", to.to_string()))?;
-                    Recover::TakenOver(Outgoing {
-                        id: TransferId(id),
-                        to,
-                        units: field(&reply, 3, "recover")?,
-                    })
-                }
-                9 => Recover::Held,
-                11 => Recover::Nothing,
-                other => return Err(unexpected("recover", other.to_string())),
-            }),
-            Step::NotLoaded => Step::NotLoaded,
-            Step::Unverified => Step::Unverified,
+        let step = run(con, donor, StepName::Recover, &args).await?;
+        step.read(|reply| match field::<i64>(&reply, 0, "recover")? {
+            1 => {
+                let id: String = field(&reply, 1, "recover")?;
+                let id = Uuid::parse_str(&id)
+                    .map_err(|e| unexpected("recover: transfer id", e.to_string()))?;
+                let to: i64 = field(&reply, 2, "recover")?;
+                let to = Bucket::of(count, to)
+                    .ok_or_else(|| unexpected("recover: bucket", to.to_string()))?;
+                Ok(Recover::TakenOver(Outgoing {
+                    id: TransferId(id),
+                    to,
+                    units: field(&reply, 3, "recover")?,
+                }))
+            }
+            9 => Ok(Recover::Held),
+            11 => Ok(Recover::Nothing),
+            other => Err(unexpected("recover", other.to_string())),
         })
     }
 
@@ -373,21 +368,18 @@ impl BucketSteps {
         con: &mut C,
         bucket: &BucketState<'_>,
     ) -> Result<Step<Seen>, RedisError> {
-        Ok(match run(con, bucket, StepName::Collect, &[]).await? {
-            Step::Done(reply) => {
-                let at = |i| field::<i64>(&reply, i, "collect");
-                Step::Done(Seen {
-                    stock: at(1)?,
-                    in_flight: at(2)? == 1,
-                    version: at(3)?,
-                    issued: at(4)?,
-                    generation: at(5)?,
-                    marked: at(6)? == 1,
-                    releasing: at(7)?,
-                })
-            }
-            Step::NotLoaded => Step::NotLoaded,
-            Step::Unverified => Step::Unverified,
+        let step = run(con, bucket, StepName::Collect, &[]).await?;
+        step.read(|reply| {
+            let at = |i| field::<i64>(&reply, i, "collect");
+            Ok(Seen {
+                stock: at(1)?,
+                in_flight: at(2)? == 1,
+                version: at(3)?,
+                issued: at(4)?,
+                generation: at(5)?,
+                marked: at(6)? == 1,
+                releasing: at(7)?,
+            })
         })
     }
 
@@ -417,11 +409,8 @@ impl BucketSteps {
         con: &mut C,
         bucket: &BucketState<'_>,
     ) -> Result<Step<i64>, RedisError> {
-        Ok(match run(con, bucket, StepName::Restock, &[]).await? {
-            Step::Done(reply) => Step::Done(field(&reply, 1, "restock")?),
-            Step::NotLoaded => Step::NotLoaded,
-            Step::Unverified => Step::Unverified,
-        })
+        let step = run(con, bucket, StepName::Restock, &[]).await?;
+        step.read(|reply| field(&reply, 1, "restock"))
     }
 
     /// Restores a bucket its node lost or rewound, closed by `lease`: its issued set becomes
@@ -455,9 +444,6 @@ impl BucketSteps {
                 let _: bool = con.pexpire(staged, STAGED_TTL.as_millis() as i64).await?;
             }
         }
-        let millis = |t: Option<chrono::DateTime<chrono::Utc>>| {
-            t.map_or(String::new(), |t| t.timestamp_millis().to_string())
-        };
         let mut call = library::call(
             Function::BucketRestore,
             &[
@@ -472,11 +458,9 @@ impl BucketSteps {
                 &staged_unsettled,
             ],
         );
-        call.arg(stamp.as_str())
+        meta_args(&mut call, coupon, rebuilt.allocation)
+            .arg(stamp.as_str())
             .arg(lease.token())
-            .arg(rebuilt.allocation)
-            .arg(millis(coupon.starts_at))
-            .arg(millis(coupon.ends_at))
             .arg(coupon.buckets.get());
         match &rebuilt.outgoing {
             Some(out) => call
@@ -494,14 +478,10 @@ impl BucketSteps {
 
     /// Code 1 is yes, 2 no.
     fn yes_or_no(step: Step<Vec<Value>>, what: &'static str) -> Result<Step<bool>, RedisError> {
-        Ok(match step {
-            Step::Done(reply) => Step::Done(match field::<i64>(&reply, 0, what)? {
-                1 => true,
-                2 => false,
-                other => return Err(unexpected(what, other.to_string())),
-            }),
-            Step::NotLoaded => Step::NotLoaded,
-            Step::Unverified => Step::Unverified,
+        step.read(|reply| match field::<i64>(&reply, 0, what)? {
+            1 => Ok(true),
+            2 => Ok(false),
+            other => Err(unexpected(what, other.to_string())),
         })
     }
 }

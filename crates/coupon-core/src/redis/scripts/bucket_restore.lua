@@ -13,17 +13,17 @@
 -- slot with it unless the log has the user (a rewound copy may hold an old admission's flag
 -- while the user's later admission is in PostgreSQL): its event is in no log, so its unit is
 -- for sale again. An entry of a user who is no holder goes too.
--- ARGV[1] the stamp (recorded in PostgreSQL first), ARGV[2] the lease token, ARGV[3] the
--- allocation (share, plus journalled to, minus journalled from), ARGV[4] starts_at ms or '',
--- ARGV[5] ends_at ms or '', ARGV[6] the coupon's number of buckets, ARGV[7] the last transfer
--- journalled from this bucket ('' for none), ARGV[8] its recipient, ARGV[9] its units, and
--- ARGV[10...] the transfers journalled to this bucket.
+-- ARGV[1] the allocation (share, plus journalled to, minus journalled from), ARGV[2]
+-- starts_at ms or '', ARGV[3] ends_at ms or '' (load_meta.lua's first three), ARGV[4] the
+-- stamp (recorded in PostgreSQL first), ARGV[5] the lease token, ARGV[6] the coupon's number
+-- of buckets, ARGV[7] the last transfer journalled from this bucket ('' for none), ARGV[8]
+-- its recipient, ARGV[9] its units, and ARGV[10...] the transfers journalled to this bucket.
 -- The outgoing entry comes back with no lease, so that a mover takes it over at once and
 -- makes sure of its credit and settle (both safe to repeat). The mark is cleared under a new
 -- generation: a check that collected before the rebuild cannot mark afterwards.
 -- Returns 1 when restored; 0, writing nothing, when the instance is no longer the one the
 -- stamp names or the lease is no longer held (the rebuild starts over).
-if not stamped_here(ARGV[1]) or redis.call('GET', KEYS[5]) ~= ARGV[2] then
+if not stamped_here(ARGV[4]) or redis.call('GET', KEYS[5]) ~= ARGV[5] then
   redis.call('DEL', KEYS[7], KEYS[9])
   return 0
 end
@@ -53,8 +53,8 @@ if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[3], 'id', ARGV[7], 'to', ARGV[8], 'units', ARGV[9], 'owner', '',
     'lease_until', 0)
 end
-redis.call('HSET', KEYS[1], 'quantity', ARGV[3], 'buckets', ARGV[6])
-for field, at in pairs({starts_at = ARGV[4], ends_at = ARGV[5]}) do
+redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'buckets', ARGV[6])
+for field, at in pairs({starts_at = ARGV[2], ends_at = ARGV[3]}) do
   if at ~= '' then
     redis.call('HSET', KEYS[1], field, at)
   else
@@ -64,5 +64,5 @@ end
 redis.call('HDEL', KEYS[1], 'sold_out', 'waiting_until')
 redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[4])
 return 1
