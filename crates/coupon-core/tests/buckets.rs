@@ -26,7 +26,7 @@ use coupon_core::redis::buckets::{
 };
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use coupon_core::redis::keys::CouponKeys;
-use coupon_core::redis::ledger::{Ledger, PendingEntry};
+use coupon_core::redis::ledger::{Ledger, LedgerAt, PendingEntry};
 use redis::aio::MultiplexedConnection;
 use testkit::shared_redis::{self, redis};
 
@@ -149,7 +149,9 @@ impl Sale {
         let entry = self.pending_entry(user).await;
         let ledger = Ledger::new(String::new());
         let mut con = self.con.clone();
-        let released = ledger.release_in_bucket(&mut con, keys, &entry).await;
+        let released = ledger
+            .release(&mut con, &LedgerAt::Bucket(keys.clone()), &entry)
+            .await;
         assert!(released.unwrap(), "the entry changed");
     }
 

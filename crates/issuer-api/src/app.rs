@@ -30,6 +30,7 @@ use crate::http::state::AppState;
 use crate::http::timing::timed;
 use crate::identity::Identity;
 use crate::issuing::Issuer;
+use crate::layouts::Layouts;
 use crate::metrics::Metrics;
 use crate::operations::Operations;
 use crate::rate_limit::{Limits, RateLimiter};
@@ -69,7 +70,6 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
                     .connect()
                     .await
                     .context("cannot connect to Redis for replica confirmations")?,
-                prefix.clone(),
                 replicas,
                 config.replicas.timeout(),
             )))
@@ -85,6 +85,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         ))),
         None => None,
     };
+    let layouts = Arc::new(Layouts::new(prefix.clone(), pool.clone(), redis.clone()));
     let delivery = match kafka {
         Some(kafka) => Delivery::Kafka(Box::new(KafkaDelivery::new(
             KafkaSettings {
@@ -96,6 +97,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
                 reconcile_interval: Duration::from_millis(config.reconcile_interval_ms),
                 pool: pool.clone(),
                 replication: replication.as_ref().and_then(Confirmation::socket).cloned(),
+                layouts: layouts.clone(),
             },
             redis.clone(),
             metrics.clone(),
@@ -119,6 +121,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         rebuild_timeout,
         replication,
         metrics,
+        layouts,
     ))
 }
 

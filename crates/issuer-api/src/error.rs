@@ -8,6 +8,7 @@ use actix_web::error::{JsonPayloadError, ResponseError};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{ALLOW, RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpResponse, HttpResponseBuilder};
+use coupon_core::buckets::mover::MoveError;
 use coupon_core::db::pool::PoolError;
 use serde::Serialize;
 
@@ -167,6 +168,21 @@ impl ResponseError for ApiError {
 impl From<redis::RedisError> for ApiError {
     fn from(err: redis::RedisError) -> Self {
         Self::unavailable("redis", err)
+    }
+}
+
+/// A move of stock between buckets that failed, or met a bucket not verified under the
+/// stamp this process passed: the outcome is unknown, and a retry may succeed.
+impl From<MoveError> for ApiError {
+    fn from(err: MoveError) -> Self {
+        match err {
+            MoveError::Redis(err) => err.into(),
+            MoveError::Postgres(err) => err.into(),
+            MoveError::Pool(err) => err.into(),
+            unverified @ (MoveError::Unverified(_) | MoveError::DonorRebuilt(_)) => {
+                Self::unavailable("redis", unverified)
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod issuing;
+pub mod layouts;
 pub mod metrics;
 pub mod operations;
 pub mod rate_limit;

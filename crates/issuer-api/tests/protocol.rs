@@ -87,7 +87,11 @@ async fn a_stale_release_cannot_free_a_slot_that_is_being_republished() {
     // The first request's report arrives now.
     let ledger = Ledger::new(env.redis_prefix.clone());
     let released = ledger
-        .release(&mut redis, &PendingEntry::admitted(event))
+        .release(
+            &mut redis,
+            &ledger.of_coupon(event.coupon_id),
+            &PendingEntry::admitted(event.clone()),
+        )
         .await
         .unwrap();
     assert!(!released, "the release found its entry unchanged");
@@ -191,7 +195,12 @@ async fn a_reconciler_publishes_each_entry_as_soon_as_it_claims_it() {
             panic!("not admitted: {reply:?}")
         };
         let entry = PendingEntry::admitted(event);
-        assert!(ledger.mark_in_doubt(&mut redis, &entry).await.unwrap());
+        assert!(
+            ledger
+                .mark_in_doubt(&mut redis, &ledger.of_coupon(coupon_id), &entry)
+                .await
+                .unwrap()
+        );
     }
 
     let claims = std::sync::atomic::AtomicUsize::new(0);
@@ -219,7 +228,10 @@ async fn a_reconciler_publishes_each_entry_as_soon_as_it_claims_it() {
         "the first claimed entry was not published before the pass's next claim"
     );
     assert_eq!(settled, 2);
-    let left = ledger.entries(&mut redis, coupon_id).await.unwrap();
+    let left = ledger
+        .entries(&mut redis, &ledger.of_coupon(coupon_id), coupon_id)
+        .await
+        .unwrap();
     assert!(left.is_empty(), "still pending: {left:?}");
     env.shutdown().await;
 }

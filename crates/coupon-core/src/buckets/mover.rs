@@ -15,7 +15,7 @@ use redis::aio::ConnectionLike;
 use crate::buckets::{Bucket, BucketCount};
 use crate::db::buckets::{Journalled, journal_transfer};
 use crate::db::pool::{PgPool, PoolError};
-use crate::domain::CouponId;
+use crate::domain::{CouponId, UserId};
 use crate::redis::buckets::{
     BucketState, BucketSteps, Outgoing, Recover, Seen, Step, Take, TransferId,
 };
@@ -51,6 +51,13 @@ pub struct Places {
     pub coupon: CouponId,
     pub count: BucketCount,
     pub places: Vec<Place>,
+}
+
+impl Places {
+    /// `user`'s home bucket, where their slot is decided.
+    pub fn home(&self, user: UserId) -> &Place {
+        &self.places[usize::from(self.count.home(user).index())]
+    }
 }
 
 /// What a supply did.

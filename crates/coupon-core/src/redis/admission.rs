@@ -38,11 +38,14 @@ pub enum LeaseTake {
     Verified,
 }
 
-/// A rebuild lease this process holds on one coupon: its token is what proves ownership.
+/// A rebuild lease this process holds on one coupon (or one bucket of it): its token is
+/// what proves ownership.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuildLease {
     pub coupon: CouponId,
     token: String,
+    /// The state it closes: the coupon's own, or one bucket's.
+    keys: CouponKeys,
 }
 
 impl RebuildLease {
@@ -394,7 +397,11 @@ impl AdmissionScripts {
             .arg(unless_verified_under.map_or("", Stamp::as_str));
         let taken: i64 = library::invoke(con, &call).await?;
         Ok(match taken {
-            1 => LeaseTake::Taken(RebuildLease { coupon, token }),
+            1 => LeaseTake::Taken(RebuildLease {
+                coupon,
+                token,
+                keys: keys.clone(),
+            }),
             2 => LeaseTake::Verified,
             _ => LeaseTake::Held,
         })
@@ -406,6 +413,7 @@ impl AdmissionScripts {
         RebuildLease {
             coupon,
             token: Uuid::new_v4().to_string(),
+            keys: self.keys(coupon),
         }
     }
 
@@ -435,7 +443,7 @@ impl AdmissionScripts {
         con: &mut C,
         lease: &RebuildLease,
     ) -> Result<(), RedisError> {
-        let keys = self.keys(lease.coupon);
+        let keys = &lease.keys;
         let mut call = library::call(Function::RebuildLease, &[&keys.rebuilding, &keys.meta]);
         call.arg("end").arg(&lease.token);
         let _: i64 = library::invoke(con, &call).await?;
@@ -447,15 +455,25 @@ impl AdmissionScripts {
         con: &mut C,
         coupon: CouponId,
     ) -> Result<i64, RedisError> {
-        con.scard(self.keys(coupon).issued).await
+        self.admitted_count_at(con, &self.keys(coupon)).await
     }
 
-    pub async fn is_admitted<C: ConnectionLike + Send + Sync>(
+    /// Slots taken in the state at `keys`: a coupon's own, or one bucket's.
+    pub async fn admitted_count_at<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
-        coupon: CouponId,
+        keys: &CouponKeys,
+    ) -> Result<i64, RedisError> {
+        con.scard(&keys.issued).await
+    }
+
+    /// Whether `user` holds a slot in the state at `keys`.
+    pub async fn is_admitted_at<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        keys: &CouponKeys,
         user: UserId,
     ) -> Result<bool, RedisError> {
-        con.sismember(self.keys(coupon).issued, user.get()).await
+        con.sismember(&keys.issued, user.get()).await
     }
 }

@@ -6,7 +6,7 @@
 use crate::domain::CouponId;
 use crate::domain::QueueKind;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CouponKeys {
     /// Hash: `quantity`, and `starts_at` / `ends_at` in epoch milliseconds when set.
     pub meta: String,

@@ -140,6 +140,26 @@ pub enum Claim {
     Absent,
 }
 
+/// Where one coupon's pending entries are kept, and so what giving a slot back there does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LedgerAt {
+    /// A coupon's own state (a coupon of one bucket): a release frees the slot at once.
+    Coupon(CouponKeys),
+    /// One bucket of a bucketed coupon (`crate::buckets`): a release flags the slot, and a
+    /// mover frees it once every bucket's sold-out mark is cleared
+    /// (`crate::buckets::mover::Mover::reopen_released`); freed at once, a bucket marked
+    /// sold out would answer SOLD_OUT while the unit is for sale.
+    Bucket(CouponKeys),
+}
+
+impl LedgerAt {
+    pub fn keys(&self) -> &CouponKeys {
+        match self {
+            Self::Coupon(keys) | Self::Bucket(keys) => keys,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Ledger {
     key_prefix: String,
@@ -156,32 +176,23 @@ impl Ledger {
         }
     }
 
+    /// A coupon of one bucket's entries.
+    pub fn of_coupon(&self, coupon: CouponId) -> LedgerAt {
+        LedgerAt::Coupon(CouponKeys::new(&self.key_prefix, coupon))
+    }
+
     async fn run<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
-        coupon: CouponId,
+        at: &LedgerAt,
         user: UserId,
         op: &str,
         arg: &str,
     ) -> Result<(i64, String), RedisError> {
-        let keys = CouponKeys::new(&self.key_prefix, coupon);
-        self.run_at(con, &keys, false, user, op, arg).await
-    }
-
-    /// [`Ledger::run`] on the state at `keys`; `bucket` when it is one bucket's of a
-    /// bucketed coupon.
-    async fn run_at<C: ConnectionLike + Send + Sync>(
-        &self,
-        con: &mut C,
-        keys: &CouponKeys,
-        bucket: bool,
-        user: UserId,
-        op: &str,
-        arg: &str,
-    ) -> Result<(i64, String), RedisError> {
+        let keys = at.keys();
         let mut invocation = self.script.key(&keys.issued);
         invocation.key(&keys.pending);
-        if bucket {
+        if let LedgerAt::Bucket(keys) = at {
             invocation.key(&keys.releasing);
         }
         invocation
@@ -197,12 +208,13 @@ impl Ledger {
     pub async fn claim<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
+        at: &LedgerAt,
         coupon: CouponId,
         user: UserId,
         publish_window: Duration,
     ) -> Result<Claim, RedisError> {
         let window = publish_window.as_millis().to_string();
-        let (code, text) = self.run(con, coupon, user, "claim", &window).await?;
+        let (code, text) = self.run(con, at, user, "claim", &window).await?;
         match code {
             0 => Ok(Claim::Absent),
             1 => PendingEntry::decode(coupon, user, &text).map(Claim::Claimed),
@@ -210,30 +222,16 @@ impl Ledger {
         }
     }
 
-    /// The owner's publish certainly never reached the log: entry and slot go. False if
-    /// the entry is no longer `entry` (someone else owns its fate now).
+    /// The owner's publish certainly never reached the log: the entry goes, and the slot
+    /// is given back as `at` says. False if the entry is no longer `entry` (someone else
+    /// owns its fate now).
     pub async fn release<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
+        at: &LedgerAt,
         entry: &PendingEntry,
     ) -> Result<bool, RedisError> {
-        self.if_unchanged(con, entry, "release").await
-    }
-
-    /// [`Ledger::release`] in one bucket of a bucketed coupon, whose keys are `keys`: the
-    /// slot is flagged as being given back, and a mover frees it once every bucket's
-    /// sold-out mark is cleared (`crate::buckets::mover`).
-    pub async fn release_in_bucket<C: ConnectionLike + Send + Sync>(
-        &self,
-        con: &mut C,
-        keys: &CouponKeys,
-        entry: &PendingEntry,
-    ) -> Result<bool, RedisError> {
-        let user = entry.event.user_id;
-        let (code, _) = self
-            .run_at(con, keys, true, user, "release", &entry.encode())
-            .await?;
-        Ok(code == 1)
+        self.if_unchanged(con, at, entry, "release").await
     }
 
     /// The owner's publish ended in doubt: the entry is handed back for anyone to claim.
@@ -241,36 +239,35 @@ impl Ledger {
     pub async fn mark_in_doubt<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
+        at: &LedgerAt,
         entry: &PendingEntry,
     ) -> Result<bool, RedisError> {
-        self.if_unchanged(con, entry, "doubt").await
+        self.if_unchanged(con, at, entry, "doubt").await
     }
 
     /// Runs `op` on the entry only if it still reads exactly `entry`.
     async fn if_unchanged<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
+        at: &LedgerAt,
         entry: &PendingEntry,
         op: &str,
     ) -> Result<bool, RedisError> {
-        let (coupon, user) = (entry.event.coupon_id, entry.event.user_id);
-        let (code, _) = self.run(con, coupon, user, op, &entry.encode()).await?;
+        let user = entry.event.user_id;
+        let (code, _) = self.run(con, at, user, op, &entry.encode()).await?;
         Ok(code == 1)
     }
 
-    /// These events of one coupon are acknowledged, whoever published them: their entries
-    /// go, in one script run. Returns how many were still pending.
+    /// These events, all kept `at`, are acknowledged, whoever published them: their
+    /// entries go, in one script run. Returns how many were still pending.
     pub async fn settle<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
-        coupon: CouponId,
+        at: &LedgerAt,
         events: &[&IssueEvent],
     ) -> Result<usize, RedisError> {
-        let mut invocation = self
-            .settle
-            .key(CouponKeys::new(&self.key_prefix, coupon).pending);
+        let mut invocation = self.settle.key(&at.keys().pending);
         for event in events {
-            debug_assert_eq!(event.coupon_id, coupon);
             invocation
                 .arg(event.user_id.get())
                 .arg(event.event_id.to_string());
@@ -278,14 +275,14 @@ impl Ledger {
         invocation.invoke_async(con).await
     }
 
-    /// Every pending entry of a coupon.
+    /// Every pending entry of `coupon` kept `at`.
     pub async fn entries<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
+        at: &LedgerAt,
         coupon: CouponId,
     ) -> Result<Vec<PendingEntry>, RedisError> {
-        let pending = CouponKeys::new(&self.key_prefix, coupon).pending;
-        let entries: Vec<(i64, String)> = con.hgetall(pending).await?;
+        let entries: Vec<(i64, String)> = con.hgetall(&at.keys().pending).await?;
         entries
             .into_iter()
             .filter_map(|(user, text)| UserId::new(user).ok().map(|user| (user, text)))

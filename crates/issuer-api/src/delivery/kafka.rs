@@ -16,6 +16,7 @@ pub mod settler;
 use std::sync::Arc;
 use std::time::Duration;
 
+use coupon_core::buckets::mover::Mover;
 use coupon_core::config::KafkaArgs;
 use coupon_core::db::pool::PgPool;
 use coupon_core::db::publish_window;
@@ -24,12 +25,13 @@ use coupon_core::event::{Fence, IssueEvent};
 use coupon_core::kafka::offsets::{GroupOffsets, wait_for_group};
 use coupon_core::kafka::producer::Persistence;
 use coupon_core::redis::connection::RedisConnection;
-use coupon_core::redis::ledger::{Claim, Ledger, PendingEntry};
+use coupon_core::redis::ledger::{Claim, Ledger, LedgerAt, PendingEntry, PendingState};
 use coupon_core::redis::registry::Registry;
 use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 
 use crate::error::ApiError;
+use crate::layouts::{Layout, Layouts};
 use crate::metrics::Metrics;
 use crate::replication::Replication;
 use publisher::Publisher;
@@ -59,6 +61,8 @@ pub struct KafkaDelivery {
     reconcile_interval: Duration,
     pool: PgPool,
     replication: Option<Replication>,
+    /// Where each coupon's pending entries are kept, for the reconciler.
+    layouts: Arc<Layouts>,
 }
 
 /// How a KafkaDelivery is put together.
@@ -74,6 +78,7 @@ pub struct KafkaSettings {
     pub pool: PgPool,
     /// When replicas must confirm: a claim is confirmed before its republish.
     pub replication: Option<Replication>,
+    pub layouts: Arc<Layouts>,
 }
 
 impl KafkaDelivery {
@@ -91,6 +96,7 @@ impl KafkaDelivery {
             reconcile_interval,
             pool,
             replication,
+            layouts,
         } = settings;
         // With replicas required, a publish starts only after its confirmation: up to two
         // WAITs (the one under way, then the asker's own).
@@ -118,6 +124,7 @@ impl KafkaDelivery {
             reconcile_interval,
             pool,
             replication,
+            layouts,
         })
     }
 
@@ -136,23 +143,34 @@ impl KafkaDelivery {
         Ok(publish_window::longest(&mut conn, self.publish_window).await?)
     }
 
-    /// The first publish of a new admission, by the request that owns its entry.
-    pub async fn publish_new(&self, event: IssueEvent) -> Result<(), ApiError> {
+    /// The first publish of a new admission, by the request that owns its entry, kept `at`.
+    pub async fn publish_new(&self, event: IssueEvent, at: LedgerAt) -> Result<(), ApiError> {
         let entry = PendingEntry::admitted(event);
         let mut redis = self.redis.clone();
         let (coupon, user) = (entry.event.coupon_id, entry.event.user_id);
         let Err(failure) = self.publisher.publish(&entry.event).await else {
             // Acknowledged: the answer need not wait for the entry to go (`settler`).
-            self.settler.settle(entry.event);
+            self.settler.settle(at, entry.event);
             return Ok(());
         };
         let handed_over = match failure.persistence {
             // The event never reached the log: the slot goes back to the stock now.
-            Persistence::NotPersisted => self.ledger.release(&mut redis, &entry).await,
+            Persistence::NotPersisted => self.ledger.release(&mut redis, &at, &entry).await,
             // The broker may have it: the slot stays, for anyone to publish again.
-            Persistence::PossiblyPersisted => self.ledger.mark_in_doubt(&mut redis, &entry).await,
+            Persistence::PossiblyPersisted => {
+                self.ledger.mark_in_doubt(&mut redis, &at, &entry).await
+            }
         };
         match handed_over {
+            // In a bucket the slot was only flagged: it is put up for sale at once.
+            Ok(true) if matches!(at, LedgerAt::Bucket(_)) => {
+                if failure.persistence == Persistence::NotPersisted
+                    && let Err(err) = self.reopen_released(coupon).await
+                {
+                    // Left flagged, it is reopened by the reconciler's next pass.
+                    tracing::warn!(%coupon, error = %err, "could not put a slot given back up for sale");
+                }
+            }
             Ok(true) => {}
             // Past the window a retry or a reconciler took the entry: its fate is theirs.
             Ok(false) => {
@@ -172,19 +190,20 @@ impl KafkaDelivery {
     pub async fn claim<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
+        at: &LedgerAt,
         coupon: CouponId,
         user: UserId,
     ) -> Result<Claim, ApiError> {
         let Some(replication) = &self.replication else {
             return Ok(self
                 .ledger
-                .claim(con, coupon, user, self.publish_window)
+                .claim(con, at, coupon, user, self.publish_window)
                 .await?);
         };
         let mut bound = replication.connection().await?;
         let claim = self
             .ledger
-            .claim(&mut bound.connection, coupon, user, self.publish_window)
+            .claim(&mut bound.connection, at, coupon, user, self.publish_window)
             .await
             .inspect_err(|err| replication.failed(bound.generation, err))?;
         if let Claim::Claimed(_) = &claim {
@@ -196,16 +215,16 @@ impl KafkaDelivery {
     /// Publishes a claimed entry again. On acknowledgement the slot is settled; on any
     /// failure the entry is handed back in doubt (an earlier attempt may have reached the
     /// log), for the next retry or reconciler pass.
-    pub async fn republish(&self, entry: PendingEntry) -> Result<(), ApiError> {
+    pub async fn republish(&self, entry: PendingEntry, at: LedgerAt) -> Result<(), ApiError> {
         match self.publisher.publish(&entry.event).await {
             Ok(()) => {
-                self.settler.settle(entry.event);
+                self.settler.settle(at, entry.event);
                 Ok(())
             }
             Err(failure) => {
                 let handed_back = self
                     .ledger
-                    .mark_in_doubt(&mut self.redis.clone(), &entry)
+                    .mark_in_doubt(&mut self.redis.clone(), &at, &entry)
                     .await;
                 if let Err(err) = handed_back {
                     // Left claimed, it is claimable again once its window passes.
@@ -217,17 +236,37 @@ impl KafkaDelivery {
         }
     }
 
-    /// Users whose events the broker has not acknowledged yet.
+    /// Users whose events the broker has not acknowledged yet, of those kept `at`. A slot
+    /// being given back (a bucket's `releasing` entry) is not among them: its event
+    /// certainly never reached the log.
     pub async fn unsettled_users<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
+        at: &LedgerAt,
         coupon: CouponId,
     ) -> Result<Vec<i64>, ApiError> {
-        let pending = self.ledger.entries(con, coupon).await?;
+        let pending = self.ledger.entries(con, at, coupon).await?;
         Ok(pending
             .iter()
+            .filter(|entry| entry.state != PendingState::Releasing)
             .map(|entry| entry.event.user_id.get())
             .collect())
+    }
+
+    /// Puts a bucketed coupon's slots being given back up for sale again; how many.
+    pub async fn reopen_released(&self, coupon: CouponId) -> Result<i64, ApiError> {
+        let Some(Layout::Buckets(places)) = self.layouts.get(coupon).await? else {
+            return Ok(0);
+        };
+        let mover = Mover {
+            places: &places,
+            pool: &self.pool,
+            owner: self.layouts.owner(),
+        };
+        Ok(mover
+            .reopen_released(&mut self.redis.clone())
+            .await?
+            .unwrap_or(0))
     }
 
     /// Lets every publish started before Redis lost its entries report, then settles what

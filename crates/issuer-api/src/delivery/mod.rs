@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
-use coupon_core::redis::ledger::Claim;
+use coupon_core::redis::ledger::{Claim, LedgerAt};
 use redis::aio::ConnectionLike;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -54,10 +54,10 @@ pub enum Delivery {
 }
 
 impl Delivery {
-    /// Hands a newly admitted event on; `Ok` means it is durably queued.
-    pub async fn deliver(&self, event: IssueEvent) -> Result<(), ApiError> {
+    /// Hands a newly admitted event on, its slot kept `at`; `Ok` means it is durably queued.
+    pub async fn deliver(&self, event: IssueEvent, at: LedgerAt) -> Result<(), ApiError> {
         match self {
-            Self::Kafka(kafka) => kafka.publish_new(event).await,
+            Self::Kafka(kafka) => kafka.publish_new(event, at).await,
             Self::Stream(_) => Ok(()),
         }
     }
@@ -68,6 +68,7 @@ impl Delivery {
     pub async fn resolve_pending<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
+        at: &LedgerAt,
         coupon: CouponId,
         user: UserId,
     ) -> Result<Pending, ApiError> {
@@ -78,8 +79,11 @@ impl Delivery {
                 "a Kafka-mode pending slot met a Redis-queue-mode API".into(),
             ));
         };
-        match kafka.claim(con, coupon, user).await? {
-            Claim::Claimed(entry) => kafka.republish(entry).await.map(|()| Pending::Delivered),
+        match kafka.claim(con, at, coupon, user).await? {
+            Claim::Claimed(entry) => kafka
+                .republish(entry, at.clone())
+                .await
+                .map(|()| Pending::Delivered),
             Claim::Busy(_) => Ok(Pending::Busy),
             Claim::Absent => Ok(Pending::Absent),
         }
@@ -149,18 +153,26 @@ impl Delivery {
         }
     }
 
-    /// Users admitted to `coupon` whose events may not be in PostgreSQL yet. Read before
-    /// PostgreSQL by a rebuild: an event leaves this set only once it is on its way there
-    /// (see [`Delivery::await_persisted`]).
+    /// Users admitted to `coupon` in the state at `at` whose events may not be in
+    /// PostgreSQL yet. Read before PostgreSQL by a rebuild: an event leaves this set only
+    /// once it is on its way there (see [`Delivery::await_persisted`]).
     pub async fn unsettled_users<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
+        at: &LedgerAt,
         coupon: CouponId,
     ) -> Result<Vec<i64>, ApiError> {
         match self {
-            Self::Kafka(kafka) => kafka.unsettled_users(con, coupon).await,
-            Self::Stream(stream) => stream.unsettled_users(con, coupon).await,
+            Self::Kafka(kafka) => kafka.unsettled_users(con, at, coupon).await,
+            Self::Stream(stream) => stream.unsettled_users(con, at, coupon).await,
         }
+    }
+
+    /// Whether this mode keeps a bucketed coupon (`coupon_core::buckets`): Kafka mode does;
+    /// the Redis queue mode's stream is one per coupon, appended by admission in the
+    /// coupon's own slot, so buckets on different shards could not append to it.
+    pub fn keeps_buckets(&self) -> bool {
+        matches!(self, Self::Kafka(_))
     }
 
     /// Returns once every event that left the unsettled set before now is in PostgreSQL.

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use coupon_core::domain::CouponId;
 use coupon_core::event::IssueEvent;
 use coupon_core::redis::keys::CouponKeys;
+use coupon_core::redis::ledger::LedgerAt;
 use redis::AsyncCommands;
 use redis::aio::ConnectionLike;
 use redis::streams::StreamRangeReply;
@@ -81,13 +82,14 @@ impl StreamDelivery {
     pub async fn unsettled_users<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
+        at: &LedgerAt,
         coupon: CouponId,
     ) -> Result<Vec<i64>, ApiError> {
-        let stream = CouponKeys::new(&self.key_prefix, coupon).stream;
+        let stream = &at.keys().stream;
         let mut users = Vec::new();
         let mut start = "-".to_owned();
         loop {
-            let page: StreamRangeReply = con.xrange_count(&stream, &start, "+", PAGE).await?;
+            let page: StreamRangeReply = con.xrange_count(stream, &start, "+", PAGE).await?;
             let Some(last) = page.ids.last() else { break };
             // The next page starts just after this one's last id ("(" = exclusive).
             start = format!("({}", last.id);

@@ -36,6 +36,8 @@ pub struct CreateCouponRequest {
     pub total_quantity: i64,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
+    /// How many buckets the stock is split into (`coupon_core::buckets`); 1 unless given.
+    pub buckets: Option<i64>,
 }
 
 /// The format characters that change how the text around them reads without showing
@@ -100,12 +102,17 @@ impl CreateCouponRequest {
                 "startsAt must be before endsAt".into(),
             ));
         }
+        let buckets = match self.buckets {
+            None => BucketCount::ONE,
+            Some(count) => BucketCount::for_quantity(count, self.total_quantity)
+                .map_err(|invalid| ApiError::InvalidRequest(invalid.to_string()))?,
+        };
         Ok(NewCoupon {
             name: name.to_owned(),
             total_quantity: self.total_quantity,
             starts_at: self.starts_at,
             ends_at: self.ends_at,
-            buckets: BucketCount::ONE.get() as i16,
+            buckets: buckets.get() as i16,
         })
     }
 }
@@ -118,6 +125,7 @@ pub struct CouponCreated {
     pub total_quantity: i64,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
+    pub buckets: BucketCount,
 }
 
 impl From<Coupon> for CouponCreated {
@@ -128,6 +136,7 @@ impl From<Coupon> for CouponCreated {
             total_quantity: c.total_quantity,
             starts_at: c.starts_at,
             ends_at: c.ends_at,
+            buckets: c.buckets,
         }
     }
 }
@@ -145,6 +154,7 @@ pub struct CouponView {
     pub persisted_count: i64,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
+    pub buckets: BucketCount,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +246,26 @@ mod tests {
             "startsAt must be before endsAt"
         );
         assert!(request(r#"{"name":"x","totalQuantity":1,"startsAt":"tomorrow"}"#).is_err());
+    }
+
+    #[test]
+    fn buckets_are_one_unless_given_and_never_more_than_the_quantity() {
+        assert_eq!(
+            request(r#"{"name":"x","totalQuantity":5}"#)
+                .unwrap()
+                .buckets,
+            1
+        );
+        let three = request(r#"{"name":"x","totalQuantity":5,"buckets":3}"#).unwrap();
+        assert_eq!(three.buckets, 3);
+        for (buckets, message) in [
+            (0, "buckets must be between 1 and 16"),
+            (17, "buckets must be between 1 and 16"),
+            (6, "buckets must not exceed the quantity (5)"),
+        ] {
+            let json = format!(r#"{{"name":"x","totalQuantity":5,"buckets":{buckets}}}"#);
+            assert_eq!(request(&json).unwrap_err(), message);
+        }
     }
 
     /// The published schema bounds the name as sent; a name trimmed to 200 characters was

@@ -76,6 +76,7 @@ pub async fn get_coupon(
         persisted_count: coupon.persisted_count,
         starts_at: coupon.starts_at,
         ends_at: coupon.ends_at,
+        buckets: coupon.buckets,
     }))
 }
 

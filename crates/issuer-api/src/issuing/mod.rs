@@ -9,6 +9,7 @@
 //! `crate::delivery`). A user is told "yours" only when it is known: while someone else's
 //! delivery of their event is unresolved, the answer is 503, retry.
 
+mod buckets;
 mod hand_over;
 mod lazy_rebuilds;
 mod probes;
@@ -27,13 +28,17 @@ use coupon_core::domain::{Admission, Coupon, CouponId, UserId};
 use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
 use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::epoch::Stamp;
+use coupon_core::redis::keys::CouponKeys;
+use coupon_core::redis::ledger::LedgerAt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::delivery::{Delivery, Pending};
 use crate::error::ApiError;
+use crate::layouts::{Layout, Layouts};
 use crate::metrics::Metrics;
 use crate::replication::{Confirmation, Written};
+use buckets::BucketRebuilds;
 use lazy_rebuilds::LazyRebuilds;
 
 pub use hand_over::{Closed, HandedOver};
@@ -68,6 +73,10 @@ pub struct Issuer {
     lazy_rebuilds: Arc<LazyRebuilds>,
     /// Coupon reads kept a short while (`reads`); none kept unless set.
     coupon_reads: Arc<CouponReads>,
+    /// Which state holds each coupon: its own keys or its buckets'.
+    layouts: Arc<Layouts>,
+    /// The buckets this process is rebuilding (`buckets`).
+    bucket_rebuilds: Arc<BucketRebuilds>,
 }
 
 impl Issuer {
@@ -79,6 +88,7 @@ impl Issuer {
         rebuild_timeout: Duration,
         replication: Option<Confirmation>,
         metrics: Arc<Metrics>,
+        layouts: Arc<Layouts>,
     ) -> Self {
         Self {
             redis,
@@ -90,6 +100,8 @@ impl Issuer {
             metrics,
             lazy_rebuilds: Arc::default(),
             coupon_reads: Arc::default(),
+            layouts,
+            bucket_rebuilds: Arc::default(),
         }
     }
 
@@ -126,6 +138,17 @@ impl Issuer {
         coupon: CouponId,
         user: UserId,
     ) -> Result<Admission, ApiError> {
+        match self.layouts.get(coupon).await? {
+            None => Err(ApiError::CouponNotFound(coupon.get())),
+            Some(Layout::Single) => self.issue_in_coupon(coupon, user).await,
+            Some(Layout::Buckets(places)) => self.issue_in_buckets(places, user).await,
+        }
+    }
+
+    /// Decides in the coupon's own state (a coupon of one bucket).
+    async fn issue_in_coupon(&self, coupon: CouponId, user: UserId) -> Result<Admission, ApiError> {
+        let keys = self.scripts.keys(coupon);
+        let at = LedgerAt::Coupon(keys.clone());
         let mut redis = self.redis.clone();
         let waiting_since = tokio::time::Instant::now();
         let mut pause = BUSY_FIRST_PAUSE;
@@ -136,7 +159,7 @@ impl Issuer {
             let started = std::time::Instant::now();
             let pass = learnt.clone().unwrap_or_else(|| self.scripts.stamp(coupon));
             let admitted = self
-                .run_admission(&mut redis, coupon, user, pass)
+                .run_admission(&mut redis, &keys, coupon, user, pass)
                 .instrument(tracing::debug_span!("admission_script", %coupon, %user))
                 .await;
             self.metrics
@@ -175,12 +198,12 @@ impl Issuer {
                     // event queued: a primary cut off from its replicas (a split brain)
                     // queues nothing a promoted replica does not know of.
                     self.replicated(written_on).await?;
-                    self.delivery.deliver(event).await?;
+                    self.delivery.deliver(event, at).await?;
                     return Ok(Admission::Success);
                 }
                 AdmitReply::Pending => {}
                 // Only a bucketed coupon's home bucket answers so, and this path admits in a
-                // coupon's own state, which has no buckets field.
+                // coupon's own state, whose meta has no buckets field.
                 AdmitReply::Dry => {
                     return Err(ApiError::Internal(
                         anyhow::anyhow!("coupon {coupon}'s state answered as a bucket's").into(),
@@ -189,7 +212,7 @@ impl Issuer {
             }
             match self
                 .delivery
-                .resolve_pending(&mut redis, coupon, user)
+                .resolve_pending(&mut redis, &at, coupon, user)
                 .await?
             {
                 Pending::Delivered => return Ok(Admission::Success),
@@ -209,14 +232,15 @@ impl Issuer {
         }
     }
 
-    /// Runs the admission script; returns its reply, the stamp it passed, and, when
-    /// replicas must confirm, where it was written: on one node, the number of the
-    /// replication socket it ran on (a WAIT counts only on the socket that carried the
-    /// write); on a cluster, the coupon and the stamp, which names the instance
-    /// (`crate::replication`).
+    /// Runs the admission script in the state at `keys` (the coupon's own, or the user's
+    /// home bucket's); returns its reply, the stamp it passed, and, when replicas must
+    /// confirm, where it was written: on one node, the number of the replication socket it
+    /// ran on (a WAIT counts only on the socket that carried the write); on a cluster, the
+    /// state and the stamp, which names the instance (`crate::replication`).
     async fn run_admission(
         &self,
         redis: &mut RedisConnection,
+        keys: &CouponKeys,
         coupon: CouponId,
         user: UserId,
         pass: Option<Stamp>,
@@ -224,24 +248,24 @@ impl Issuer {
         let replication = match &self.replication {
             Some(Confirmation::Socket(replication)) => replication,
             Some(Confirmation::Shards(_)) | None => {
-                let (reply, sent) = self
+                let reply = self
                     .scripts
-                    .admit_passing(redis, coupon, user, pass)
+                    .admit_in(redis, keys, coupon, user, pass.as_ref())
                     .await?;
                 let written = self.replication.as_ref().map(|_| Written::Shard {
-                    coupon,
-                    stamp: sent.clone(),
+                    keys: keys.clone(),
+                    stamp: pass.clone(),
                 });
-                return Ok((reply, sent, written));
+                return Ok((reply, pass, written));
             }
         };
         let mut bound = replication.connection().await?;
         match self
             .scripts
-            .admit_passing(&mut bound.connection, coupon, user, pass)
+            .admit_in(&mut bound.connection, keys, coupon, user, pass.as_ref())
             .await
         {
-            Ok((reply, sent)) => Ok((reply, sent, Some(Written::Socket(bound.generation)))),
+            Ok(reply) => Ok((reply, pass, Some(Written::Socket(bound.generation)))),
             Err(err) => {
                 replication.failed(bound.generation, &err);
                 Err(err.into())
@@ -262,6 +286,16 @@ impl Issuer {
     /// for the load. If Redis is down now, the first request loads it lazily instead: the
     /// coupon exists either way.
     pub async fn create_coupon(&self, new: &NewCoupon) -> Result<Coupon, ApiError> {
+        if new.buckets != 1 {
+            if !self.delivery.keeps_buckets() {
+                return Err(ApiError::InvalidRequest(
+                    "buckets above 1 need the Kafka queue mode (ISSUE_QUEUE=kafka): the Redis \
+                     queue mode keeps one stream per coupon"
+                        .into(),
+                ));
+            }
+            return self.layouts.create_bucketed(new).await;
+        }
         let coupon = {
             let mut conn = self.pool.get().await?;
             insert_coupon(&mut conn, new).await?
@@ -331,6 +365,7 @@ impl Issuer {
                             "a rebuild replaced a stamp in force; stamps forgotten"
                         );
                         self.scripts.forget_stamps();
+                        self.layouts.forget_stamps();
                     }
                     seen = Some(count);
                 }
@@ -339,6 +374,7 @@ impl Issuer {
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot read the verification count; stamps forgotten");
                     self.scripts.forget_stamps();
+                    self.layouts.forget_stamps();
                 }
             }
             tokio::select! {

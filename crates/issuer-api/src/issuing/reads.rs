@@ -17,6 +17,7 @@ use coupon_core::domain::{Coupon, CouponId, UserId};
 
 use super::Issuer;
 use crate::error::ApiError;
+use crate::layouts::Layout;
 
 /// Where a user stands with a coupon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,10 +149,20 @@ impl Issuer {
         }) else {
             return Ok(None);
         };
-        let admitted = self
-            .scripts
-            .admitted_count(&mut self.redis.clone(), id)
-            .await?;
+        let mut redis = self.redis.clone();
+        let admitted = match self.layouts.get(id).await? {
+            Some(Layout::Buckets(places)) => {
+                let mut admitted = 0;
+                for place in &places.places {
+                    admitted += self
+                        .scripts
+                        .admitted_count_at(&mut redis, &place.keys)
+                        .await?;
+                }
+                admitted
+            }
+            Some(Layout::Single) | None => self.scripts.admitted_count(&mut redis, id).await?,
+        };
         Ok(Some((coupon, admitted)))
     }
 
@@ -169,16 +180,22 @@ impl Issuer {
         Ok(match (issued_at, refusal) {
             (Some(at), _) => Holding::Persisted(at),
             (None, Some(reason)) => Holding::Refused(reason),
-            (None, None)
-                if self
-                    .scripts
-                    .is_admitted(&mut self.redis.clone(), coupon, user)
-                    .await? =>
-            {
-                Holding::Admitted
-            }
+            (None, None) if self.is_admitted(coupon, user).await? => Holding::Admitted,
             (None, None) => Holding::None,
         })
+    }
+
+    /// Whether `user` holds a slot of `coupon` in Redis: in its own state, or in the
+    /// user's home bucket.
+    async fn is_admitted(&self, coupon: CouponId, user: UserId) -> Result<bool, ApiError> {
+        let keys = match self.layouts.get(coupon).await? {
+            Some(Layout::Buckets(places)) => places.home(user).keys.clone(),
+            Some(Layout::Single) | None => self.scripts.keys(coupon),
+        };
+        Ok(self
+            .scripts
+            .is_admitted_at(&mut self.redis.clone(), &keys, user)
+            .await?)
     }
 
     /// The user's coupons with their rows' times.

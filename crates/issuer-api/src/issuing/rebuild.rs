@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use coupon_core::buckets::BucketCount;
 use coupon_core::db::coupons::{
     Verification, coupon_holders, find_coupon, record_redis_stamp, redis_stamps,
 };
@@ -22,6 +23,7 @@ use coupon_core::domain::{Coupon, CouponId};
 use coupon_core::redis::admission::{LeaseTake, RebuildLease};
 use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
+use coupon_core::redis::ledger::LedgerAt;
 use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 
@@ -32,7 +34,7 @@ use crate::metrics::OutcomeLabels;
 
 /// A rebuild lease outlives the longest rebuild wait, so two never overlap; a crashed
 /// rebuilder's lease runs out and the next request starts over.
-const REBUILD_LEASE_MARGIN: Duration = Duration::from_secs(30);
+pub(super) const REBUILD_LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// Most coupons one gathered rebuild takes on: past a few hundred, the reads and restores
 /// after the wait for the workers approach the lease's margin.
 const GATHERED_PER_REBUILD: usize = 64;
@@ -262,7 +264,8 @@ impl Issuer {
         let coupons = self.delivery.let_in_flight_report(coupons).await?;
         let mut unsettled = Vec::with_capacity(coupons.len());
         for &coupon in &coupons {
-            unsettled.push(self.delivery.unsettled_users(con, coupon).await?);
+            let at = LedgerAt::Coupon(self.scripts.keys(coupon));
+            unsettled.push(self.delivery.unsettled_users(con, &at, coupon).await?);
         }
         self.delivery.await_persisted().await?;
         let mut conn = self.pool.get().await?;
@@ -271,6 +274,12 @@ impl Issuer {
             let record = find_coupon(&mut conn, coupon)
                 .await?
                 .ok_or(ApiError::CouponNotFound(coupon.get()))?;
+            // Its own keys are its bucket 0's, which holds one share: a bucketed coupon is
+            // rebuilt bucket by bucket (`bucket_rebuild`), never here.
+            if record.buckets != BucketCount::ONE {
+                tracing::warn!(%coupon, "a bucketed coupon left out of a coupon's rebuild");
+                continue;
+            }
             let mut holders = coupon_holders(&mut conn, coupon).await?;
             holders.extend(unsettled);
             found.push((record, holders));

@@ -5,8 +5,8 @@
 mod shards;
 mod socket;
 
-use coupon_core::domain::CouponId;
 use coupon_core::redis::epoch::Stamp;
+use coupon_core::redis::keys::CouponKeys;
 
 pub use shards::ShardReplication;
 pub use socket::Replication;
@@ -18,7 +18,7 @@ use crate::error::ApiError;
 pub enum Confirmation {
     /// One node (a URL, or the primary Sentinel names): on the socket the write went out on.
     Socket(Replication),
-    /// A Redis Cluster: on the shard that holds the coupon.
+    /// A Redis Cluster: on the shard that holds the coupon (or the bucket) admitted in.
     Shards(ShardReplication),
 }
 
@@ -26,9 +26,10 @@ pub enum Confirmation {
 pub enum Written {
     /// On the replication socket of this number.
     Socket(u64),
-    /// On the instance `stamp` names (the stamp the admission passed and was decided under).
+    /// On the instance `stamp` names (the stamp the admission passed and was decided
+    /// under), in the state at `keys`: a coupon's, or one of its buckets'.
     Shard {
-        coupon: CouponId,
+        keys: CouponKeys,
         stamp: Option<Stamp>,
     },
 }
@@ -41,8 +42,8 @@ impl Confirmation {
             (Self::Socket(replication), Written::Socket(generation)) => {
                 replication.confirm(generation).await
             }
-            (Self::Shards(replication), Written::Shard { coupon, stamp }) => {
-                replication.confirm(coupon, stamp).await
+            (Self::Shards(replication), Written::Shard { keys, stamp }) => {
+                replication.confirm(keys, stamp).await
             }
             _ => Err(ApiError::Internal(
                 "a write meant for one kind of replica confirmation reached the other".into(),

@@ -1,4 +1,5 @@
-//! Replica confirmations on a Redis Cluster: each coupon's on its own shard.
+//! Replica confirmations on a Redis Cluster: each coupon's (or each bucket's, for a bucketed
+//! coupon) on its own shard.
 //!
 //! Invariant, as on one node (`super::socket`): a write counts as confirmed only by a WAIT
 //! that follows, on one connection, a write of its own applied after it on the same
@@ -23,7 +24,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use coupon_core::domain::CouponId;
 use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::epoch::Stamp;
 use coupon_core::redis::keys::CouponKeys;
@@ -38,8 +38,9 @@ use crate::error::ApiError;
 
 /// What one WAIT found: how many replicas confirmed, of how many it waited for.
 type Confirmed = Result<(u32, u32), String>;
-/// An asker: the coupon and stamp its admission ran under, and where its answer goes.
-type Asker = (CouponId, Stamp, oneshot::Sender<Confirmed>);
+/// An asker: the state (a coupon's or a bucket's) and stamp its admission ran under, and
+/// where its answer goes.
+type Asker = (CouponKeys, Stamp, oneshot::Sender<Confirmed>);
 
 #[derive(Clone)]
 pub struct ShardReplication {
@@ -50,22 +51,15 @@ pub struct ShardReplication {
 impl ShardReplication {
     /// Starts the task that sends the fences and WAITs on `redis`, a cluster connection of
     /// their own. The task ends when the last handle is dropped.
-    pub fn start(
-        redis: RedisConnection,
-        key_prefix: String,
-        required: Required,
-        timeout: Duration,
-    ) -> Self {
+    pub fn start(redis: RedisConnection, required: Required, timeout: Duration) -> Self {
         let (askers, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(confirm_in_groups(
-            redis, key_prefix, required, timeout, waiting,
-        ));
+        tokio::spawn(confirm_in_groups(redis, required, timeout, waiting));
         Self { timeout, askers }
     }
 
     /// Returns once the required replicas of the instance `stamp` names have everything it
     /// applied before this call (the admission decided under `stamp` among it).
-    pub async fn confirm(&self, coupon: CouponId, stamp: Option<Stamp>) -> Result<(), ApiError> {
+    pub async fn confirm(&self, keys: CouponKeys, stamp: Option<Stamp>) -> Result<(), ApiError> {
         let Some(stamp) = stamp else {
             return Err(ApiError::unavailable(
                 "redis replicas",
@@ -75,7 +69,7 @@ impl ShardReplication {
         let (tell, told) = oneshot::channel();
         let stopped = || ApiError::Internal("the replication task has stopped".into());
         self.askers
-            .send((coupon, stamp, tell))
+            .send((keys.clone(), stamp, tell))
             .map_err(|_| stopped())?;
         let (confirmed, required) = told
             .await
@@ -85,9 +79,9 @@ impl ShardReplication {
             return Err(ApiError::unavailable(
                 "redis replicas",
                 format!(
-                    "{confirmed} of {required} replicas of coupon {coupon}'s shard confirmed in \
-                     {:?} at most",
-                    self.timeout
+                    "{confirmed} of {required} replicas of the shard of {} confirmed in {:?} \
+                     at most",
+                    keys.meta, self.timeout
                 ),
             ));
         }
@@ -109,35 +103,34 @@ const PROBE: Duration = Duration::from_millis(50);
 /// at most, doubled at each further shortfall, until one confirms.
 async fn confirm_in_groups(
     redis: RedisConnection,
-    key_prefix: String,
     required: Required,
     timeout: Duration,
     mut waiting: mpsc::UnboundedReceiver<Asker>,
 ) {
-    let mut queued: HashMap<(CouponId, Stamp), Vec<oneshot::Sender<Confirmed>>> = HashMap::new();
-    let mut flying: FuturesUnordered<BoxFuture<'static, ((CouponId, Stamp), bool)>> =
+    let mut queued: HashMap<(CouponKeys, Stamp), Vec<oneshot::Sender<Confirmed>>> = HashMap::new();
+    let mut flying: FuturesUnordered<BoxFuture<'static, ((CouponKeys, Stamp), bool)>> =
         FuturesUnordered::new();
-    let mut busy: HashSet<(CouponId, Stamp)> = HashSet::new();
+    let mut busy: HashSet<(CouponKeys, Stamp)> = HashSet::new();
     // Shortfalls in a row, by coupon.
-    let mut short: HashMap<CouponId, u32> = HashMap::new();
+    let mut short: HashMap<CouponKeys, u32> = HashMap::new();
     let mut open = true;
     while open || !flying.is_empty() {
         tokio::select! {
             asker = waiting.recv(), if open => match asker {
-                Some((coupon, stamp, tell)) => queued.entry((coupon, stamp)).or_default().push(tell),
+                Some((keys, stamp, tell)) => queued.entry((keys, stamp)).or_default().push(tell),
                 // Every handle is gone: what is in flight still answers its askers.
                 None => open = false,
             },
-            Some(((coupon, stamp), confirmed)) = flying.next() => {
+            Some((key, confirmed)) = flying.next() => {
                 if confirmed {
-                    short.remove(&coupon);
+                    short.remove(&key.0);
                 } else {
-                    *short.entry(coupon).or_default() += 1;
+                    *short.entry(key.0.clone()).or_default() += 1;
                 }
-                busy.remove(&(coupon, stamp));
+                busy.remove(&key);
             }
         }
-        let ready: Vec<(CouponId, Stamp)> = queued
+        let ready: Vec<(CouponKeys, Stamp)> = queued
             .keys()
             .filter(|key| !busy.contains(*key))
             .cloned()
@@ -148,7 +141,7 @@ async fn confirm_in_groups(
             };
             busy.insert(key.clone());
             let mut redis = redis.clone();
-            let keys = CouponKeys::new(&key_prefix, key.0);
+            let keys = key.0.clone();
             let min = required.count();
             let wait = short
                 .get(&key.0)

@@ -3,7 +3,10 @@
 //! which judges ages on Redis's clock, then published again until the broker acknowledges
 //! it. Every API replica runs one; a claim gives each entry to one of them at a time.
 //! A coupon with nothing pending that can take no more slots leaves the registry, and so
-//! these passes (`coupon_core::redis::registry`).
+//! these passes (`coupon_core::redis::registry`). A bucketed coupon's buckets are each
+//! looked at; slots being given back there whose releaser died before putting them up for
+//! sale are put up here (nobody waits on a coupon whose every bucket is marked sold out, so
+//! no mover would), and it stays in the registry: an empty bucket is not a finished coupon.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::KafkaDelivery;
 use crate::error::ApiError;
+use crate::layouts::Layout;
 use crate::metrics::StateLabels;
 
 pub async fn run(delivery: KafkaDelivery, shutdown: CancellationToken) {
@@ -45,6 +49,7 @@ pub async fn reconcile_once<C: ConnectionLike + Send + Sync>(
         PendingState::InFlight,
         PendingState::Doubt,
         PendingState::Claimed,
+        PendingState::Releasing,
     ]
     .iter()
     .map(|state| (state.as_str(), 0))
@@ -52,31 +57,49 @@ pub async fn reconcile_once<C: ConnectionLike + Send + Sync>(
     let mut oldest_ms: Option<i64> = None;
     for registration in delivery.registry.members(con).await? {
         let coupon = registration.coupon;
-        let pending = delivery.ledger.entries(con, coupon).await?;
-        for entry in &pending {
-            *by_state.entry(entry.state.as_str()).or_default() += 1;
-            let issued_ms = entry.event.issued_at.timestamp_millis();
-            oldest_ms = Some(oldest_ms.map_or(issued_ms, |oldest| oldest.min(issued_ms)));
+        // A registered coupon PostgreSQL lacks was registered by a test or by hand: its own
+        // keys are all there is.
+        let layout = delivery
+            .layouts
+            .get(coupon)
+            .await?
+            .unwrap_or(Layout::Single);
+        let mut releasing = false;
+        let mut nothing_pending = true;
+        for at in layout.ledgers(delivery.layouts.prefix(), coupon) {
+            let pending = delivery.ledger.entries(con, &at, coupon).await?;
+            for entry in &pending {
+                *by_state.entry(entry.state.as_str()).or_default() += 1;
+                let issued_ms = entry.event.issued_at.timestamp_millis();
+                oldest_ms = Some(oldest_ms.map_or(issued_ms, |oldest| oldest.min(issued_ms)));
+                releasing |= entry.state == PendingState::Releasing;
+            }
+            nothing_pending &= pending.is_empty();
+            for entry in pending {
+                let user = entry.event.user_id;
+                if let Claim::Claimed(entry) = delivery.claim(con, &at, coupon, user).await? {
+                    // Started now, not after the pass's other claims: a rebuild waits one
+                    // publish window after Redis last knew an entry, and no longer.
+                    let (delivery, at) = (delivery.clone(), at.clone());
+                    publishes.push(tokio::spawn(async move {
+                        delivery.republish(entry, at).await.inspect_err(
+                            |err| tracing::debug!(%coupon, %user, error = %err, "still pending"),
+                        )
+                    }));
+                }
+            }
         }
-        if pending.is_empty() {
+        if releasing {
+            let reopened = delivery.reopen_released(coupon).await?;
+            if reopened > 0 {
+                tracing::info!(%coupon, units = reopened, "slots left being given back put up for sale");
+            }
+        }
+        if nothing_pending && matches!(layout, Layout::Single) {
             delivery
                 .registry
                 .retire_if_finished(con, registration, "")
                 .await?;
-            continue;
-        }
-        for entry in pending {
-            let user = entry.event.user_id;
-            if let Claim::Claimed(entry) = delivery.claim(con, coupon, user).await? {
-                // Started now, not after the pass's other claims: a rebuild waits one publish
-                // window after Redis last knew an entry, and no longer.
-                let delivery = delivery.clone();
-                publishes.push(tokio::spawn(async move {
-                    delivery.republish(entry).await.inspect_err(
-                        |err| tracing::debug!(%coupon, %user, error = %err, "still pending"),
-                    )
-                }));
-            }
         }
     }
     let metrics = &delivery.metrics;

@@ -4,15 +4,14 @@
 //! a retry of that user waits for it (the entry is in flight), and if it never goes (this
 //! process dies first) a reconciler publishes the event again after the publish window, a
 //! duplicate the worker ignores. So the answer does not wait for the settle, and the
-//! settles of many requests share one script run per coupon.
+//! settles of many requests share one script run per coupon (per bucket).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use coupon_core::domain::CouponId;
 use coupon_core::event::IssueEvent;
 use coupon_core::redis::connection::RedisConnection;
-use coupon_core::redis::ledger::Ledger;
+use coupon_core::redis::ledger::{Ledger, LedgerAt};
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -23,7 +22,7 @@ const MAX_BATCH: usize = 1024;
 
 #[derive(Clone)]
 pub struct Settler {
-    events: mpsc::UnboundedSender<IssueEvent>,
+    events: mpsc::UnboundedSender<(LedgerAt, IssueEvent)>,
     stop: CancellationToken,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
@@ -56,18 +55,19 @@ impl Settler {
         }
     }
 
-    /// The event is acknowledged: its entry goes soon. Never waits.
-    pub fn settle(&self, event: IssueEvent) {
-        if let Err(unsent) = self.events.send(event) {
+    /// The event is acknowledged: its entry, kept `at`, goes soon. Never waits.
+    pub fn settle(&self, at: LedgerAt, event: IssueEvent) {
+        if let Err(unsent) = self.events.send((at, event)) {
             // Only at shutdown: the entry stays, and is published once more later.
-            tracing::warn!(coupon = %unsent.0.coupon_id, user = %unsent.0.user_id,
+            let event = &(unsent.0).1;
+            tracing::warn!(coupon = %event.coupon_id, user = %event.user_id,
                 "acknowledged after settling stopped; the pending entry stays until claimed");
         }
     }
 }
 
 async fn run(
-    mut received: mpsc::UnboundedReceiver<IssueEvent>,
+    mut received: mpsc::UnboundedReceiver<(LedgerAt, IssueEvent)>,
     ledger: Ledger,
     redis: RedisConnection,
     stop: CancellationToken,
@@ -85,16 +85,17 @@ async fn run(
         if taken == 0 {
             return;
         }
-        let mut by_coupon: BTreeMap<CouponId, Vec<&IssueEvent>> = BTreeMap::new();
-        for event in &batch {
-            by_coupon.entry(event.coupon_id).or_default().push(event);
+        let mut by_place: HashMap<&LedgerAt, Vec<&IssueEvent>> = HashMap::new();
+        for (at, event) in &batch {
+            by_place.entry(at).or_default().push(event);
         }
-        // One script run per coupon, all sent at once over the multiplexed connection.
-        let settles = by_coupon.iter().map(|(coupon, events)| {
+        // One script run per coupon (per bucket of a bucketed one), all sent at once over
+        // the multiplexed connection.
+        let settles = by_place.iter().map(|(at, events)| {
             let (ledger, mut redis) = (&ledger, redis.clone());
             async move {
-                if let Err(err) = ledger.settle(&mut redis, *coupon, events).await {
-                    tracing::warn!(%coupon, events = events.len(), error = %err,
+                if let Err(err) = ledger.settle(&mut redis, at, events).await {
+                    tracing::warn!(pending = %at.keys().pending, events = events.len(), error = %err,
                         "acknowledged, but the pending entries stay until they are claimed");
                 }
             }

@@ -1,0 +1,288 @@
+//! Issuing in a coupon created in buckets (`coupon_core::buckets`): the user's home bucket
+//! decides, alone, so "one per user" stays one slot's question. A home bucket found empty
+//! while the coupon is not marked sold out has stock moved to it by the request itself (the
+//! mover), then decides again; and a bucket whose state was lost is rebuilt on its own.
+//!
+//! Invariants, beside `super`'s: SOLD_OUT is answered only by a bucket marked sold out,
+//! which the mover marks only once every bucket was seen empty with nothing in flight; a
+//! request whose home stays empty past [`SUPPLY_WAIT`] is answered 503 (retry), never
+//! SOLD_OUT. A bucket's rebuild (`rebuild_bucket`) follows the model's order: lease (which
+//! closes the bucket), holders (unsettled first, then PostgreSQL once persisted), the new
+//! stamp recorded, the journal read after it, every other bucket's mark cleared, restore.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coupon_core::buckets::Bucket;
+use coupon_core::buckets::mover::{MoveError, Mover, Places, Supply};
+use coupon_core::db::buckets::{coupon_buckets, journal, record_bucket_stamp};
+use coupon_core::db::coupons::{Verification, coupon_holders, find_coupon};
+use coupon_core::domain::{Admission, CouponId, UserId};
+use coupon_core::redis::admission::{AdmitReply, LeaseTake};
+use coupon_core::redis::buckets::{BucketState, BucketSteps, RebuiltBucket};
+use coupon_core::redis::epoch::{Stamp, instance_epoch};
+use coupon_core::redis::keys::CouponKeys;
+use coupon_core::redis::ledger::LedgerAt;
+use tokio::time::Instant;
+
+use super::rebuild::REBUILD_LEASE_MARGIN;
+use super::{BUSY_FIRST_PAUSE, BUSY_WAIT, Issuer, STAMPS_SEEN_BY_ALL};
+use crate::delivery::Pending;
+use crate::error::ApiError;
+use crate::layouts::Layout;
+
+/// How long a request whose home bucket is empty waits for stock moved to it: past it, 503.
+pub const SUPPLY_WAIT: Duration = Duration::from_millis(500);
+
+/// The buckets this process is rebuilding now: a request that finds one closed starts its
+/// rebuild only if none runs here (another process's is refused by the lease).
+#[derive(Default)]
+pub struct BucketRebuilds(Mutex<HashSet<(CouponId, Bucket)>>);
+
+impl BucketRebuilds {
+    fn start(&self, coupon: CouponId, bucket: Bucket) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert((coupon, bucket))
+    }
+
+    fn end(&self, coupon: CouponId, bucket: Bucket) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&(coupon, bucket));
+    }
+}
+
+impl Issuer {
+    /// Decides `user`'s request in their home bucket of the coupon laid out in `places`.
+    pub(super) async fn issue_in_buckets(
+        &self,
+        mut places: Arc<Places>,
+        user: UserId,
+    ) -> Result<Admission, ApiError> {
+        let coupon = places.coupon;
+        let mut redis = self.redis.clone();
+        let started = Instant::now();
+        let mut pause = BUSY_FIRST_PAUSE;
+        // The stamps are learnt again from PostgreSQL at most once a request: another
+        // process may have rebuilt a bucket since this one read them.
+        let mut relearnt = false;
+        loop {
+            let home = places.home(user).clone();
+            let at = LedgerAt::Bucket(home.keys.clone());
+            let (reply, _, written) = self
+                .run_admission(
+                    &mut redis,
+                    &home.keys,
+                    coupon,
+                    user,
+                    Some(home.stamp.clone()),
+                )
+                .await?;
+            match reply {
+                AdmitReply::Admitted(event) => {
+                    self.replicated(written).await?;
+                    self.delivery.deliver(event, at).await?;
+                    return Ok(Admission::Success);
+                }
+                AdmitReply::Refused(
+                    admission @ (Admission::AlreadyIssued | Admission::SoldOut),
+                ) => {
+                    self.replicated(written).await?;
+                    return Ok(admission);
+                }
+                AdmitReply::Refused(admission) => return Ok(admission),
+                AdmitReply::Pending => {
+                    match self
+                        .delivery
+                        .resolve_pending(&mut redis, &at, coupon, user)
+                        .await?
+                    {
+                        Pending::Delivered => return Ok(Admission::Success),
+                        Pending::Busy if started.elapsed() < BUSY_WAIT => {
+                            tokio::time::sleep(pause).await;
+                            pause *= 2;
+                        }
+                        Pending::Busy => return Err(ApiError::PublishUnresolved),
+                        Pending::Absent => {}
+                    }
+                }
+                AdmitReply::Dry if started.elapsed() >= SUPPLY_WAIT => {
+                    return Err(ApiError::unavailable(
+                        "stock",
+                        format!(
+                            "no stock reached bucket {} within {SUPPLY_WAIT:?}",
+                            home.bucket
+                        ),
+                    ));
+                }
+                AdmitReply::Dry => {
+                    let mover = Mover {
+                        places: &places,
+                        pool: &self.pool,
+                        owner: self.layouts.owner(),
+                    };
+                    match mover.supply(&mut redis, home.bucket).await {
+                        // The home has stock now, or is marked: admission decides.
+                        Ok(Supply::Moved(_) | Supply::Reopened(_) | Supply::SoldOut) => {}
+                        Ok(Supply::NotNow) => {
+                            tokio::time::sleep(pause).await;
+                            pause *= 2;
+                        }
+                        Err(MoveError::Unverified(bucket) | MoveError::DonorRebuilt(bucket)) => {
+                            match self.relearn(coupon, &mut relearnt).await? {
+                                Some(fresh) => places = fresh,
+                                None => {
+                                    self.start_bucket_rebuild(&places, bucket);
+                                    tokio::time::sleep(pause).await;
+                                    pause *= 2;
+                                }
+                            }
+                        }
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+                AdmitReply::NotLoaded | AdmitReply::Unverified => {
+                    match self.relearn(coupon, &mut relearnt).await? {
+                        Some(fresh) => places = fresh,
+                        None => {
+                            self.start_bucket_rebuild(&places, home.bucket);
+                            return Err(ApiError::Rebuilding(coupon.get()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The coupon's buckets as PostgreSQL has them now, unless they were read already in
+    /// this request.
+    async fn relearn(
+        &self,
+        coupon: CouponId,
+        relearnt: &mut bool,
+    ) -> Result<Option<Arc<Places>>, ApiError> {
+        if std::mem::replace(relearnt, true) {
+            return Ok(None);
+        }
+        self.layouts.forget(coupon);
+        match self.layouts.get(coupon).await? {
+            Some(Layout::Buckets(places)) => Ok(Some(places)),
+            _ => Err(ApiError::Internal(
+                format!("coupon {coupon} lost its buckets").into(),
+            )),
+        }
+    }
+
+    /// Rebuilds `bucket` in the background unless this process is at it already.
+    fn start_bucket_rebuild(&self, places: &Arc<Places>, bucket: Bucket) {
+        let coupon = places.coupon;
+        if !self.bucket_rebuilds.start(coupon, bucket) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.rebuild_bucket(coupon, bucket).await {
+                Ok(true) => tracing::info!(%coupon, %bucket, "bucket rebuilt"),
+                Ok(false) => {
+                    tracing::info!(%coupon, %bucket, "bucket not rebuilt here: its lease is held or was lost")
+                }
+                Err(err) => tracing::warn!(%coupon, %bucket, error = %err, "bucket rebuild failed"),
+            }
+            this.bucket_rebuilds.end(coupon, bucket);
+        });
+    }
+
+    /// Restores one bucket's Redis state from PostgreSQL's rows, the delivery's unsettled
+    /// entries and the journal of transfers; false if another process holds its lease or
+    /// this one lost it.
+    pub async fn rebuild_bucket(&self, coupon: CouponId, bucket: Bucket) -> Result<bool, ApiError> {
+        let mut redis = self.redis.clone();
+        let record = {
+            let mut db = self.pool.get().await?;
+            find_coupon(&mut db, coupon)
+                .await?
+                .ok_or(ApiError::CouponNotFound(coupon.get()))?
+        };
+        let rows = coupon_buckets(&mut *self.pool.get().await?, &record).await?;
+        let row = rows
+            .get(usize::from(bucket.index()))
+            .ok_or_else(|| ApiError::Internal(format!("coupon {coupon} has no {bucket}").into()))?;
+        let keys = CouponKeys::of_bucket(self.layouts.prefix(), &row.tag);
+        let lease = 2 * self.delivery.in_flight_window().await?
+            + self.rebuild_timeout
+            + REBUILD_LEASE_MARGIN;
+        let held = match self
+            .scripts
+            .take_rebuild_lease_at(&mut redis, &keys, coupon, lease, None)
+            .await?
+        {
+            LeaseTake::Taken(held) => held,
+            LeaseTake::Held | LeaseTake::Verified => return Ok(false),
+        };
+        let restored = async {
+            let epoch = instance_epoch(&mut redis, &keys.meta).await?;
+            // The holders: the unsettled entries first, then the rows once everything that
+            // left them is persisted (as a coupon's rebuild reads them, `super::rebuild`).
+            if self
+                .delivery
+                .let_in_flight_report(&[coupon])
+                .await?
+                .is_empty()
+            {
+                return Ok(false);
+            }
+            let at = LedgerAt::Bucket(keys.clone());
+            let unsettled = self
+                .delivery
+                .unsettled_users(&mut redis, &at, coupon)
+                .await?;
+            self.delivery.await_persisted().await?;
+            let mut db = self.pool.get().await?;
+            let logged: Vec<i64> = coupon_holders(&mut db, coupon)
+                .await?
+                .into_iter()
+                .filter(|user| {
+                    UserId::new(*user).is_ok_and(|user| record.buckets.home(user) == bucket)
+                })
+                .collect();
+            // Recorded before the journal is read: a take under the old stamp is journalled
+            // before this (and read below) or refused after it.
+            let stamp = Stamp::fresh(&epoch);
+            record_bucket_stamp(&mut db, coupon, bucket, &stamp, Verification::Rebuilt).await?;
+            tokio::time::sleep(STAMPS_SEEN_BY_ALL).await;
+            let journalled = journal(&mut db, &record).await?;
+            let rebuilt = RebuiltBucket::from_journal(bucket, row.share, &journalled);
+            // Every other bucket's mark first, this one still closed: it may give back a
+            // unit whose admission the loss undid, and a marked bucket would answer
+            // SOLD_OUT while that unit is for sale. A bucket not verified answers nothing.
+            for other in coupon_buckets(&mut db, &record).await? {
+                if other.bucket == bucket {
+                    continue;
+                }
+                if let Some(stamp) = &other.stamp {
+                    let keys = CouponKeys::of_bucket(self.layouts.prefix(), &other.tag);
+                    BucketSteps::unmark(&mut redis, &BucketState { keys: &keys, stamp }).await?;
+                }
+            }
+            let restored = BucketSteps::restore(
+                &mut redis,
+                &keys,
+                &record,
+                &rebuilt,
+                (&logged, &unsettled),
+                &stamp,
+                &held,
+            )
+            .await?;
+            Ok::<_, ApiError>(restored)
+        }
+        .await;
+        self.end_lease(&mut redis, &held).await;
+        self.layouts.forget(coupon);
+        restored
+    }
+}

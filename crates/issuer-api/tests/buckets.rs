@@ -1,0 +1,220 @@
+//! A coupon created in buckets (`coupon_core::buckets`), served by the API end to end: on
+//! one node and on the cluster, with the worker writing the rows. The protocol's steps are
+//! forced one by one in coupon-core's `tests/buckets.rs`; here the API runs them.
+
+// The harness below is test code too: a panic is exactly the failure report wanted.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use coupon_core::buckets::{Bucket, BucketCount};
+use coupon_core::db::buckets::coupon_buckets;
+use coupon_core::db::coupons::find_coupon;
+use coupon_core::domain::{CouponId, QueueKind, UserId};
+use coupon_core::redis::keys::CouponKeys;
+use futures_util::future::join_all;
+use serde_json::json;
+use testkit::harness::{RedisTopology, TestEnv};
+
+macro_rules! on_both_topologies {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            use super::RedisTopology;
+
+            #[actix_web::test]
+            async fn node() {
+                super::$test(RedisTopology::Node).await
+            }
+
+            #[actix_web::test]
+            async fn cluster() {
+                super::$test(RedisTopology::Cluster).await
+            }
+        }
+    )*};
+}
+
+on_both_topologies!(
+    users_all_homed_to_one_bucket_receive_every_unit_one_by_one,
+    users_all_homed_to_one_bucket_at_once_receive_every_unit,
+    a_bucket_whose_state_is_lost_is_rebuilt_alone,
+);
+
+/// The first `n` user ids whose home, among `count` buckets, is `bucket`.
+fn homed_to(count: BucketCount, bucket: u16, n: usize) -> Vec<i64> {
+    (1..)
+        .filter(|user| count.home(UserId::new(*user).unwrap()).index() == bucket)
+        .take(n)
+        .collect()
+}
+
+async fn bucketed_coupon(env: &TestEnv, quantity: i64, buckets: i64) -> i64 {
+    env.create_coupon(json!({ "name": "hot", "totalQuantity": quantity, "buckets": buckets }))
+        .await
+}
+
+/// Acceptance 2: everyone homes to bucket 0, which holds a third of the stock; all of it is
+/// issued, each request answered in turn, and no SOLD_OUT comes before the last unit.
+async fn users_all_homed_to_one_bucket_receive_every_unit_one_by_one(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let coupon = bucketed_coupon(&env, 30, 3).await;
+    let users = homed_to(BucketCount::new(3).unwrap(), 0, 31);
+
+    for &user in &users[..30] {
+        let (status, body) = env.issue(coupon, user).await;
+        assert_eq!(
+            (status, body),
+            (
+                201,
+                json!({"result": "SUCCESS", "couponId": coupon, "userId": user})
+            )
+        );
+    }
+    let (status, body) = env.issue(coupon, users[30]).await;
+    assert_eq!(
+        (status, body),
+        (
+            410,
+            json!({"result": "SOLD_OUT", "couponId": coupon, "userId": users[30]})
+        )
+    );
+    assert_eq!(
+        env.rows_when_settled(coupon, 30).await,
+        users[..30].to_vec()
+    );
+    let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
+    assert_eq!(
+        (&view["issuedCount"], &view["remaining"], &view["buckets"]),
+        (&json!(30), &json!(0), &json!(3))
+    );
+    env.shutdown().await;
+}
+
+/// The same, all at once: exactly the quantity is issued, to distinct users, every other
+/// answer is SOLD_OUT, and none of those came while a request of the stock's was still
+/// being decided (the 201s number the quantity, whatever order they came in).
+async fn users_all_homed_to_one_bucket_at_once_receive_every_unit(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let coupon = bucketed_coupon(&env, 60, 3).await;
+    let users = homed_to(BucketCount::new(3).unwrap(), 1, 90);
+
+    let answers = {
+        let env = &env;
+        join_all(
+            users
+                .iter()
+                .map(|&user| async move { (user, env.issue_retrying(coupon, user).await.0) }),
+        )
+        .await
+    };
+    let mut by_status: BTreeMap<u16, Vec<i64>> = BTreeMap::new();
+    for (user, status) in answers {
+        by_status.entry(status).or_default().push(user);
+    }
+    let winners = by_status.remove(&201).unwrap_or_default();
+    assert_eq!(winners.len(), 60, "{by_status:?}");
+    assert_eq!(
+        by_status.keys().collect::<Vec<_>>(),
+        vec![&410],
+        "{by_status:?}"
+    );
+    let mut winners = winners;
+    winners.sort_unstable();
+    assert_eq!(env.rows_when_settled(coupon, 60).await, winners);
+    env.shutdown().await;
+}
+
+/// One bucket's state lost (its keys deleted, as a shard that restarted empty leaves them):
+/// only that bucket is rebuilt, from the rows and the journal; its users keep their slots,
+/// and the coupon still issues exactly its quantity.
+async fn a_bucket_whose_state_is_lost_is_rebuilt_alone(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let coupon = bucketed_coupon(&env, 12, 3).await;
+    let count = BucketCount::new(3).unwrap();
+    let first = homed_to(count, 2, 6);
+    // Bucket 2 holds 4 units: the two beyond them are moved in from the others.
+    for &user in &first {
+        assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
+    }
+    assert_eq!(env.rows_when_settled(coupon, 6).await, first);
+
+    let keys = bucket_keys(&env, coupon, 2).await;
+    let mut con = env.redis().await;
+    for key in [
+        &keys.meta,
+        &keys.issued,
+        &keys.pending,
+        &keys.credited,
+        &keys.outgoing,
+    ] {
+        let _: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+
+    // The first request finds the bucket gone and starts its rebuild; the retries wait it out.
+    let (status, body) = env.issue_retrying(coupon, first[0]).await;
+    assert_eq!(
+        (status, &body["result"]),
+        (409, &json!("ALREADY_ISSUED")),
+        "{body}"
+    );
+    let everyone = homed_to(count, 2, 40);
+    let mut won = first.clone();
+    for &user in &everyone[6..] {
+        match env.issue_retrying(coupon, user).await.0 {
+            201 => won.push(user),
+            410 => {}
+            other => panic!("user {user}: {other}"),
+        }
+    }
+    won.sort_unstable();
+    assert_eq!(won.len(), 12, "{won:?}");
+    assert_eq!(env.rows_when_settled(coupon, 12).await, won);
+    env.shutdown().await;
+}
+
+async fn bucket_keys(env: &TestEnv, coupon: i64, bucket: u16) -> CouponKeys {
+    let mut db = env.pg().await;
+    let record = find_coupon(&mut db, CouponId::new(coupon).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let rows = coupon_buckets(&mut db, &record).await.unwrap();
+    let row = &rows[usize::from(bucket)];
+    assert_eq!(
+        row.bucket,
+        Bucket::of(record.buckets, bucket.into()).unwrap()
+    );
+    CouponKeys::of_bucket(&env.redis_prefix, &row.tag)
+}
+
+/// Buckets are refused, with the reason, where they cannot be kept or make no sense.
+#[actix_web::test]
+async fn buckets_refused_are_answered_400_with_the_reason() {
+    let env = TestEnv::start_in(QueueKind::Redis, 0).await;
+    for (body, message) in [
+        (
+            json!({"name": "x", "totalQuantity": 5, "buckets": 3}),
+            "buckets above 1 need the Kafka queue mode",
+        ),
+        (
+            json!({"name": "x", "totalQuantity": 5, "buckets": 6}),
+            "buckets must not exceed the quantity (5)",
+        ),
+        (
+            json!({"name": "x", "totalQuantity": 5, "buckets": 0}),
+            "buckets must be between 1 and 16",
+        ),
+    ] {
+        let (status, answer) = env
+            .post("/api/v1/coupons", testkit::harness::ADMIN_TOKEN, &body)
+            .await;
+        assert_eq!(status, 400, "{answer}");
+        let said = answer["message"].as_str().unwrap();
+        assert!(said.starts_with(message), "{said}");
+    }
+    env.shutdown().await;
+}
