@@ -85,7 +85,12 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         ))),
         None => None,
     };
-    let layouts = Arc::new(Layouts::new(prefix.clone(), pool.clone(), redis.clone()));
+    let layouts = Arc::new(Layouts::new(
+        prefix.clone(),
+        pool.clone(),
+        redis.clone(),
+        config.queue,
+    ));
     let delivery = match kafka {
         Some(kafka) => Delivery::Kafka(Box::new(KafkaDelivery::new(
             KafkaSettings {

@@ -16,11 +16,12 @@ use coupon_core::buckets::open::open_buckets;
 use coupon_core::db::buckets::{coupon_buckets, insert_bucketed_coupon};
 use coupon_core::db::coupons::{NewCoupon, find_coupon};
 use coupon_core::db::pool::PgPool;
-use coupon_core::domain::{Coupon, CouponId, UserId};
+use coupon_core::domain::{Coupon, CouponId, QueueKind, UserId};
 use coupon_core::redis::buckets::slot_owners;
 use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::ledger::LedgerAt;
+use coupon_core::redis::registry::Registry;
 
 use crate::error::ApiError;
 
@@ -57,6 +58,9 @@ impl Layout {
 
 pub struct Layouts {
     prefix: String,
+    /// Where a bucketed coupon is registered before its buckets open, as a coupon is before
+    /// its meta is loaded: a coupon that admits is always one the reconciler looks at.
+    registry: Registry,
     pool: PgPool,
     redis: RedisConnection,
     known: RwLock<HashMap<CouponId, Layout>>,
@@ -65,8 +69,9 @@ pub struct Layouts {
 }
 
 impl Layouts {
-    pub fn new(prefix: String, pool: PgPool, redis: RedisConnection) -> Self {
+    pub fn new(prefix: String, pool: PgPool, redis: RedisConnection, queue: QueueKind) -> Self {
         Self {
+            registry: Registry::new(prefix.clone(), queue),
             prefix,
             pool,
             redis,
@@ -132,7 +137,9 @@ impl Layouts {
                     places,
                 },
                 None => {
-                    open_buckets(&mut self.redis.clone(), &mut db, &self.prefix, coupon).await?
+                    let mut redis = self.redis.clone();
+                    self.registry.register(&mut redis, coupon.id).await?;
+                    open_buckets(&mut redis, &mut db, &self.prefix, coupon).await?
                 }
             };
             Layout::Buckets(Arc::new(places))

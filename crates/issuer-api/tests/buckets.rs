@@ -11,7 +11,10 @@ use coupon_core::buckets::{Bucket, BucketCount};
 use coupon_core::db::buckets::coupon_buckets;
 use coupon_core::db::coupons::find_coupon;
 use coupon_core::domain::{CouponId, QueueKind, UserId};
+use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
+use coupon_core::redis::epoch::Stamp;
 use coupon_core::redis::keys::CouponKeys;
+use coupon_core::redis::ledger::{Ledger, LedgerAt, PendingEntry};
 use futures_util::future::join_all;
 use serde_json::json;
 use testkit::harness::{RedisTopology, TestEnv};
@@ -38,6 +41,7 @@ on_both_topologies!(
     users_all_homed_to_one_bucket_receive_every_unit_one_by_one,
     users_all_homed_to_one_bucket_at_once_receive_every_unit,
     a_bucket_whose_state_is_lost_is_rebuilt_alone,
+    a_slot_in_doubt_in_a_bucket_is_published_by_the_reconciler,
 );
 
 /// The first `n` user ids whose home, among `count` buckets, is `bucket`.
@@ -176,7 +180,35 @@ async fn a_bucket_whose_state_is_lost_is_rebuilt_alone(redis: RedisTopology) {
     env.shutdown().await;
 }
 
-async fn bucket_keys(env: &TestEnv, coupon: i64, bucket: u16) -> CouponKeys {
+/// A slot admitted in a bucket whose first publish ended in doubt (its API died after
+/// sending, say): the reconciler, which walks every bucket of every registered coupon,
+/// publishes it again, and the row comes.
+async fn a_slot_in_doubt_in_a_bucket_is_published_by_the_reconciler(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let coupon = bucketed_coupon(&env, 9, 3).await;
+    let user = homed_to(BucketCount::new(3).unwrap(), 1, 1)[0];
+    let (keys, stamp) = bucket_state(&env, coupon, 1).await;
+    let scripts = AdmissionScripts::new(env.redis_prefix.clone(), QueueKind::Kafka);
+    let mut con = env.redis().await;
+    let (id, user_id) = (CouponId::new(coupon).unwrap(), UserId::new(user).unwrap());
+    let reply = scripts
+        .admit_in(&mut con, &keys, id, user_id, Some(&stamp))
+        .await
+        .unwrap();
+    let AdmitReply::Admitted(event) = reply else {
+        panic!("not admitted: {reply:?}")
+    };
+    let at = LedgerAt::Bucket(keys);
+    let entry = PendingEntry::admitted(event);
+    let ledger = Ledger::new(env.redis_prefix.clone());
+    assert!(ledger.mark_in_doubt(&mut con, &at, &entry).await.unwrap());
+
+    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![user]);
+    env.shutdown().await;
+}
+
+/// Bucket `bucket`'s keys and its stamp in force, as PostgreSQL keeps them.
+async fn bucket_state(env: &TestEnv, coupon: i64, bucket: u16) -> (CouponKeys, Stamp) {
     let mut db = env.pg().await;
     let record = find_coupon(&mut db, CouponId::new(coupon).unwrap())
         .await
@@ -188,7 +220,12 @@ async fn bucket_keys(env: &TestEnv, coupon: i64, bucket: u16) -> CouponKeys {
         row.bucket,
         Bucket::of(record.buckets, bucket.into()).unwrap()
     );
-    CouponKeys::of_bucket(&env.redis_prefix, &row.tag)
+    let keys = CouponKeys::of_bucket(&env.redis_prefix, &row.tag);
+    (keys, row.stamp.clone().expect("loaded at its creation"))
+}
+
+async fn bucket_keys(env: &TestEnv, coupon: i64, bucket: u16) -> CouponKeys {
+    bucket_state(env, coupon, bucket).await.0
 }
 
 /// Buckets are refused, with the reason, where they cannot be kept or make no sense.
