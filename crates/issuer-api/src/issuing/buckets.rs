@@ -24,10 +24,11 @@ use coupon_core::redis::buckets::{BucketState, BucketSteps, RebuiltBucket};
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::ledger::LedgerAt;
+use futures_util::future::join_all;
 use tokio::time::Instant;
 
 use super::rebuild::REBUILD_LEASE_MARGIN;
-use super::{BUSY_FIRST_PAUSE, BUSY_WAIT, Issuer, STAMPS_SEEN_BY_ALL};
+use super::{BUSY_FIRST_PAUSE, BUSY_WAIT, Issuer, Rebuilt, STAMPS_SEEN_BY_ALL};
 use crate::delivery::Pending;
 use crate::error::ApiError;
 use crate::layouts::Layout;
@@ -186,8 +187,8 @@ impl Issuer {
         let this = self.clone();
         tokio::spawn(async move {
             match this.rebuild_bucket(coupon, bucket).await {
-                Ok(true) => tracing::info!(%coupon, %bucket, "bucket rebuilt"),
-                Ok(false) => {
+                Ok(Some(holders)) => tracing::info!(%coupon, %bucket, holders, "bucket rebuilt"),
+                Ok(None) => {
                     tracing::info!(%coupon, %bucket, "bucket not rebuilt here: its lease is held or was lost")
                 }
                 Err(err) => tracing::warn!(%coupon, %bucket, error = %err, "bucket rebuild failed"),
@@ -197,9 +198,13 @@ impl Issuer {
     }
 
     /// Restores one bucket's Redis state from PostgreSQL's rows, the delivery's unsettled
-    /// entries and the journal of transfers; false if another process holds its lease or
-    /// this one lost it.
-    pub async fn rebuild_bucket(&self, coupon: CouponId, bucket: Bucket) -> Result<bool, ApiError> {
+    /// entries and the journal of transfers; how many holders it restored, None if another
+    /// process holds its lease, this one lost it, or the coupon's partition cannot commit.
+    pub async fn rebuild_bucket(
+        &self,
+        coupon: CouponId,
+        bucket: Bucket,
+    ) -> Result<Option<usize>, ApiError> {
         let mut redis = self.redis.clone();
         let record = {
             let mut db = self.pool.get().await?;
@@ -221,7 +226,7 @@ impl Issuer {
             .await?
         {
             LeaseTake::Taken(held) => held,
-            LeaseTake::Held | LeaseTake::Verified => return Ok(false),
+            LeaseTake::Held | LeaseTake::Verified => return Ok(None),
         };
         let restored = async {
             let epoch = instance_epoch(&mut redis, &keys.meta).await?;
@@ -233,7 +238,7 @@ impl Issuer {
                 .await?
                 .is_empty()
             {
-                return Ok(false);
+                return Ok(None);
             }
             let at = LedgerAt::Bucket(keys.clone());
             let unsettled = self
@@ -278,11 +283,27 @@ impl Issuer {
                 &held,
             )
             .await?;
-            Ok::<_, ApiError>(restored)
+            Ok::<_, ApiError>(restored.then_some(logged.len() + unsettled.len()))
         }
         .await;
         self.end_lease(&mut redis, &held).await;
         self.layouts.forget(coupon);
         restored
+    }
+
+    /// Rebuilds every bucket of a bucketed coupon (`issuer-api rebuild-redis`), at once.
+    pub(super) async fn rebuild_every_bucket(&self, places: &Places) -> Result<Rebuilt, ApiError> {
+        let rebuilds = places
+            .count
+            .all()
+            .map(|bucket| self.rebuild_bucket(places.coupon, bucket));
+        let mut holders = 0;
+        for rebuilt in join_all(rebuilds).await {
+            match rebuilt? {
+                Some(restored) => holders += restored,
+                None => return Ok(Rebuilt::AlreadyRunning),
+            }
+        }
+        Ok(Rebuilt::Restored { holders })
     }
 }

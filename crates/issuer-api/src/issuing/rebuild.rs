@@ -30,6 +30,7 @@ use redis::aio::ConnectionLike;
 use super::lazy_rebuilds::{GATHERING, Gathering};
 use super::{Issuer, STAMPS_SEEN_BY_ALL};
 use crate::error::ApiError;
+use crate::layouts::Layout;
 use crate::metrics::OutcomeLabels;
 
 /// A rebuild lease outlives the longest rebuild wait, so two never overlap; a crashed
@@ -99,11 +100,22 @@ impl Issuer {
     /// Restores coupons' Redis state, each under a lease so only one process rebuilds a
     /// coupon at a time, and each closed to admission for the whole rebuild (the lease
     /// closes it), open or not before. Many coupons share one wait.
+    /// A bucketed coupon's buckets are each rebuilt (`super::buckets`).
     pub async fn rebuild(
         &self,
         coupons: &[CouponId],
     ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
-        self.rebuild_leased(coupons, false).await
+        let (mut single, mut done) = (Vec::new(), Vec::new());
+        for &coupon in coupons {
+            match self.layouts.get(coupon).await? {
+                Some(Layout::Buckets(places)) => {
+                    done.push((coupon, self.rebuild_every_bucket(&places).await?));
+                }
+                Some(Layout::Single) | None => single.push(coupon),
+            }
+        }
+        done.extend(self.rebuild_leased(&single, false).await?);
+        Ok(done)
     }
 
     /// [`Issuer::rebuild`]; with `unless_verified`, the coupons whose state is verified
