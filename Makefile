@@ -61,12 +61,14 @@ test-cluster:
 CHAOS_SECONDS ?= 120
 CHAOS_QUEUES ?= kafka redis
 CHAOS_REDIS ?= single sentinel
+# Each chaos coupon's buckets (above 1: Kafka mode only).
+CHAOS_BUCKETS ?= 1
 
 chaos: up ## faults under load on a cluster of its own, in each queue mode and Redis topology, then every invariant checked
 	cargo build -p issuer-api -p issuer-worker -p issuer-bench
 	for queue in $(CHAOS_QUEUES); do for redis in $(CHAOS_REDIS); do \
 	  target/debug/issuer-bench chaos --queue $$queue --redis-topology $$redis \
-	    --duration-secs $(CHAOS_SECONDS) || exit 1; \
+	    --duration-secs $(CHAOS_SECONDS) --buckets $(CHAOS_BUCKETS) || exit 1; \
 	done; done
 
 # Seconds the contract fuzz runs (CI: this default).

@@ -119,9 +119,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         "in-flight window every rebuild honours"
     );
     Ok(Issuer::new(
-        redis,
         AdmissionScripts::new(prefix, config.queue),
-        pool,
         delivery,
         rebuild_timeout,
         replication,

@@ -89,6 +89,14 @@ impl Layouts {
         &self.prefix
     }
 
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn redis(&self) -> &RedisConnection {
+        &self.redis
+    }
+
     /// The coupon's layout; None if PostgreSQL has no such coupon (not remembered: it may
     /// be created later).
     pub async fn get(&self, coupon: CouponId) -> Result<Option<Layout>, ApiError> {

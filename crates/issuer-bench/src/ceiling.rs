@@ -200,7 +200,7 @@ async fn product_coupons(api: &ApiClient, shape: Shape, requests: u64) -> anyhow
             Shape::SoldOut => 1,
         };
         let id = api
-            .create_coupon(&format!("ceiling comparison {n}"), quantity)
+            .create_coupon(&format!("ceiling comparison {n}"), quantity, 1)
             .await?;
         if shape == Shape::SoldOut {
             api.issue(id, i64::MAX - n as i64).await;

@@ -96,12 +96,18 @@ impl ApiClient {
         }
     }
 
-    pub async fn create_coupon(&self, name: &str, quantity: i64) -> anyhow::Result<i64> {
+    /// Creates a coupon of `quantity` units in `buckets` buckets (1: today's keys).
+    pub async fn create_coupon(
+        &self,
+        name: &str,
+        quantity: i64,
+        buckets: u16,
+    ) -> anyhow::Result<i64> {
         let mut response = self
             .client
             .post(format!("{}/api/v1/coupons", self.base))
             .bearer_auth(&self.admin_token)
-            .send_json(&json!({ "name": name, "totalQuantity": quantity }))
+            .send_json(&json!({ "name": name, "totalQuantity": quantity, "buckets": buckets }))
             .await
             .map_err(|e| anyhow::anyhow!("cannot create a coupon: {e}"))?;
         let body: Value = response.json().await.context("unreadable coupon answer")?;

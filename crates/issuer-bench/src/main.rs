@@ -147,6 +147,9 @@ enum Scenario {
         /// concurrency by Little's law); 0 runs all at once only.
         #[arg(long, default_value_t = seed::SEED_CLIENTS)]
         clients: u64,
+        /// How many buckets the coupon's stock is split into (above 1: Kafka mode only).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        buckets: u16,
     },
     /// Many coupons, a stream of requests at a fixed rate (`--rate`, open model, latency
     /// corrected for coordinated omission) or from fixed clients (`--concurrency`).
@@ -271,6 +274,9 @@ enum Scenario {
         coupons: u64,
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..))]
         quantity: i64,
+        /// How many buckets each coupon's stock is split into (above 1: Kafka mode only).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        buckets: u16,
         /// Where issuer-api and issuer-worker are; default: beside this binary.
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -291,6 +297,7 @@ async fn main() -> anyhow::Result<()> {
         modes: Vec::new(),
         bin_dir: None,
         clients: seed::SEED_CLIENTS,
+        buckets: 1,
     });
     match scenario {
         Scenario::Drain {
@@ -329,7 +336,7 @@ async fn main() -> anyhow::Result<()> {
             let mut ids = Vec::new();
             for n in 0..coupons {
                 ids.push(
-                    api.create_coupon(&format!("sustained {n}"), quantity)
+                    api.create_coupon(&format!("sustained {n}"), quantity, 1)
                         .await?,
                 );
             }
@@ -418,6 +425,7 @@ async fn main() -> anyhow::Result<()> {
             duration_secs,
             coupons,
             quantity,
+            buckets,
             bin_dir,
             keep,
         } => {
@@ -428,6 +436,7 @@ async fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(duration_secs),
                 coupons: coupons as usize,
                 quantity,
+                buckets,
                 keep,
             };
             if !chaos::run(&bin_dir, &cli.database_url, options).await? {
@@ -440,6 +449,7 @@ async fn main() -> anyhow::Result<()> {
             modes,
             bin_dir,
             clients,
+            buckets,
         } => {
             let mut models = vec![seed::LoadModel::AllAtOnce];
             if clients > 0 {
@@ -462,7 +472,8 @@ async fn main() -> anyhow::Result<()> {
                         "set ISSUER_JWT_SECRET: the services started here verify users' tokens with it",
                     )?,
                 };
-                let comparison = seed::compare(&services, &modes, users, quantity, &models).await?;
+                let comparison =
+                    seed::compare(&services, &modes, users, quantity, buckets, &models).await?;
                 comparison.emit(cli.json, cli.report.as_deref())?;
                 let wrong = comparison.violations();
                 if !wrong.is_empty() {
@@ -475,7 +486,8 @@ async fn main() -> anyhow::Result<()> {
             // The API's queue mode is not known from here: its column is the seed's Kafka one.
             let mut comparison = seed::SeedComparison { runs: Vec::new() };
             for model in models {
-                let report = seed::run(&api, &cli.database_url, users, quantity, model).await?;
+                let report =
+                    seed::run(&api, &cli.database_url, users, quantity, buckets, model).await?;
                 comparison.runs.push((QueueKind::Kafka, report));
             }
             comparison.emit(cli.json, cli.report.as_deref())?;

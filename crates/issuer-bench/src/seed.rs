@@ -62,6 +62,14 @@ pub struct SeedReport {
     pub success: u64,
     pub rows: i64,
     pub rps: f64,
+    /// How many buckets the coupon's stock was split into (`coupon_core::buckets`).
+    pub buckets: u16,
+    /// When the last SUCCESS answer arrived, after the first send.
+    pub last_unit_ms: f64,
+    /// From when every answer that arrived was SOLD_OUT: the last answer that was neither
+    /// SUCCESS nor SOLD_OUT (a 503 while stock moved between buckets, say), or the last
+    /// unit if none came later.
+    pub sold_out_for_all_ms: f64,
     #[serde(flatten)]
     pub latency: Latency,
     /// Every answer by kind, SUCCESS included.
@@ -76,9 +84,12 @@ pub async fn run(
     database_url: &str,
     users: u64,
     quantity: i64,
+    buckets: u16,
     model: LoadModel,
 ) -> anyhow::Result<SeedReport> {
-    let coupon = api.create_coupon("seed experiment", quantity).await?;
+    let coupon = api
+        .create_coupon("seed experiment", quantity, buckets)
+        .await?;
     let mut db = AsyncPgConnection::establish(database_url).await?;
 
     let started = Instant::now();
@@ -113,9 +124,15 @@ pub async fn run(
     let mut latency = histogram();
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
     let mut samples = Vec::with_capacity(answers.len());
+    let (mut last_unit, mut last_unsure) = (Duration::ZERO, Duration::ZERO);
     for (kind, took, at) in answers {
         latency.saturating_record(took.as_micros() as u64);
         samples.push((ms(at), ms(took)));
+        match kind.as_str() {
+            "SUCCESS" => last_unit = last_unit.max(at),
+            "SOLD_OUT" => {}
+            _ => last_unsure = last_unsure.max(at),
+        }
         *kinds.entry(kind).or_default() += 1;
     }
     let success = kinds.get("SUCCESS").copied().unwrap_or(0);
@@ -149,6 +166,9 @@ pub async fn run(
         success,
         rows,
         rps: users as f64 / phase1.as_secs_f64(),
+        buckets,
+        last_unit_ms: ms(last_unit),
+        sold_out_for_all_ms: ms(last_unit.max(last_unsure)),
         latency: Latency::of(&latency),
         answers: kinds,
         samples,
@@ -251,7 +271,7 @@ fn comparison_table(runs: &[(QueueKind, &SeedReport)]) -> String {
         format!("{:.1}×", seed / ours.max(0.001))
     }
     type Metric = fn(&Seed, &SeedReport) -> [String; 3];
-    let metrics: [(&str, Metric); 9] = [
+    let metrics: [(&str, Metric); 10] = [
         ("Phase 1, answering requests", |s, r| {
             [
                 ms(s.phase1_ms),
@@ -277,6 +297,16 @@ fn comparison_table(runs: &[(QueueKind, &SeedReport)]) -> String {
             [
                 "500 / 500".into(),
                 format!("{} / {}", r.success, r.rows),
+                String::new(),
+            ]
+        }),
+        ("Buckets; last unit → SOLD_OUT for all", |_, r| {
+            [
+                "1".into(),
+                format!(
+                    "{}; {:.0} ms → {:.0} ms",
+                    r.buckets, r.last_unit_ms, r.sold_out_for_all_ms
+                ),
                 String::new(),
             ]
         }),
@@ -462,6 +492,7 @@ pub async fn compare(
     modes: &[QueueKind],
     users: u64,
     quantity: i64,
+    buckets: u16,
     models: &[LoadModel],
 ) -> anyhow::Result<SeedComparison> {
     let logs = std::env::temp_dir().join("issuer-bench");
@@ -519,7 +550,17 @@ pub async fn compare(
             .with_context(|| format!("{queue} queue services (logs in {})", logs.display()))?;
         let mut reports = Vec::new();
         for &model in models {
-            reports.push(run(&client, services.database_url, users, quantity, model).await);
+            reports.push(
+                run(
+                    &client,
+                    services.database_url,
+                    users,
+                    quantity,
+                    buckets,
+                    model,
+                )
+                .await,
+            );
         }
         api.terminate(Duration::from_secs(15));
         worker.terminate(Duration::from_secs(15));

@@ -44,8 +44,9 @@ pub enum LeaseTake {
 pub struct RebuildLease {
     pub coupon: CouponId,
     token: String,
-    /// The state it closes: the coupon's own, or one bucket's.
-    keys: CouponKeys,
+    /// The state it closes, the coupon's own or one bucket's: its lease key and its meta.
+    rebuilding: String,
+    meta: String,
 }
 
 impl RebuildLease {
@@ -400,7 +401,8 @@ impl AdmissionScripts {
             1 => LeaseTake::Taken(RebuildLease {
                 coupon,
                 token,
-                keys: keys.clone(),
+                rebuilding: keys.rebuilding.clone(),
+                meta: keys.meta.clone(),
             }),
             2 => LeaseTake::Verified,
             _ => LeaseTake::Held,
@@ -410,10 +412,12 @@ impl AdmissionScripts {
     /// A hand-over's lease on `coupon`, not taken yet: its token exists before the close
     /// is sent, so that a close whose answer was lost can still be opened (or ended) by it.
     pub fn hand_over_lease(&self, coupon: CouponId) -> RebuildLease {
+        let keys = self.keys(coupon);
         RebuildLease {
             coupon,
             token: Uuid::new_v4().to_string(),
-            keys: self.keys(coupon),
+            rebuilding: keys.rebuilding,
+            meta: keys.meta,
         }
     }
 
@@ -443,8 +447,7 @@ impl AdmissionScripts {
         con: &mut C,
         lease: &RebuildLease,
     ) -> Result<(), RedisError> {
-        let keys = &lease.keys;
-        let mut call = library::call(Function::RebuildLease, &[&keys.rebuilding, &keys.meta]);
+        let mut call = library::call(Function::RebuildLease, &[&lease.rebuilding, &lease.meta]);
         call.arg("end").arg(&lease.token);
         let _: i64 = library::invoke(con, &call).await?;
         Ok(())

@@ -80,10 +80,10 @@ pub struct Issuer {
 }
 
 impl Issuer {
+    /// Reaches Redis and PostgreSQL through `layouts`' connections: the same stores every
+    /// coupon's layout is read from.
     pub fn new(
-        redis: RedisConnection,
         scripts: AdmissionScripts,
-        pool: PgPool,
         delivery: Delivery,
         rebuild_timeout: Duration,
         replication: Option<Confirmation>,
@@ -91,9 +91,9 @@ impl Issuer {
         layouts: Arc<Layouts>,
     ) -> Self {
         Self {
-            redis,
+            redis: layouts.redis().clone(),
             scripts,
-            pool,
+            pool: layouts.pool().clone(),
             delivery,
             rebuild_timeout,
             replication,
@@ -253,7 +253,7 @@ impl Issuer {
                     .admit_in(redis, keys, coupon, user, pass.as_ref())
                     .await?;
                 let written = self.replication.as_ref().map(|_| Written::Shard {
-                    keys: keys.clone(),
+                    keys: Box::new(keys.clone()),
                     stamp: pass.clone(),
                 });
                 return Ok((reply, pass, written));

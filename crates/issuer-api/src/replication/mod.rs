@@ -29,7 +29,7 @@ pub enum Written {
     /// On the instance `stamp` names (the stamp the admission passed and was decided
     /// under), in the state at `keys`: a coupon's, or one of its buckets'.
     Shard {
-        keys: CouponKeys,
+        keys: Box<CouponKeys>,
         stamp: Option<Stamp>,
     },
 }
@@ -43,7 +43,7 @@ impl Confirmation {
                 replication.confirm(generation).await
             }
             (Self::Shards(replication), Written::Shard { keys, stamp }) => {
-                replication.confirm(keys, stamp).await
+                replication.confirm(*keys, stamp).await
             }
             _ => Err(ApiError::Internal(
                 "a write meant for one kind of replica confirmation reached the other".into(),

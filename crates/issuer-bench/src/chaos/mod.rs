@@ -37,6 +37,8 @@ pub struct ChaosOptions {
     pub duration: Duration,
     pub coupons: usize,
     pub quantity: i64,
+    /// Each coupon's buckets (`coupon_core::buckets`).
+    pub buckets: u16,
     pub keep: bool,
 }
 
@@ -330,7 +332,7 @@ pub async fn run(
     let mut quantities = BTreeMap::new();
     for n in 0..options.coupons {
         let id = apis[0]
-            .create_coupon(&format!("chaos {n}"), options.quantity)
+            .create_coupon(&format!("chaos {n}"), options.quantity, options.buckets)
             .await?;
         quantities.insert(id, options.quantity);
     }
