@@ -61,6 +61,12 @@ pub struct CouponLabels {
     pub coupon: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BucketLabels {
+    pub coupon: String,
+    pub bucket: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     answers: Family<ResultLabels, Counter>,
@@ -78,6 +84,8 @@ pub struct Metrics {
     pub coupon_issued: GaugeSet<CouponLabels>,
     pub coupon_remaining: GaugeSet<CouponLabels>,
     pub coupon_persisted: GaugeSet<CouponLabels>,
+    pub bucket_stock: GaugeSet<BucketLabels>,
+    pub bucket_issued: GaugeSet<BucketLabels>,
     pub queue_lag: GaugeSet<PartitionLabels>,
     pub stream_unread: Gauge,
     pub stream_pending: Gauge,
@@ -195,6 +203,17 @@ impl Default for Metrics {
             "coupon_active_persisted",
             "Rows in PostgreSQL, per active coupon",
         );
+        let bucket_stock = GaugeSet::register(
+            &mut registry,
+            "coupon_bucket_stock",
+            "A coupon in buckets: units for sale in each bucket now, per active coupon (stock \
+             moves to a bucket whose users ask)",
+        );
+        let bucket_issued = GaugeSet::register(
+            &mut registry,
+            "coupon_bucket_issued",
+            "A coupon in buckets: slots taken in each bucket, per active coupon",
+        );
         let queue_lag = GaugeSet::register(
             &mut registry,
             "coupon_queue_lag",
@@ -232,6 +251,8 @@ impl Default for Metrics {
             coupon_issued,
             coupon_remaining,
             coupon_persisted,
+            bucket_stock,
+            bucket_issued,
             queue_lag,
             stream_unread,
             stream_pending,

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Backlog;
 use crate::issuing::Issuer;
-use crate::metrics::{CouponLabels, DependencyLabels, FailedLabels, PartitionLabels};
+use crate::metrics::{BucketLabels, CouponLabels, DependencyLabels, FailedLabels, PartitionLabels};
 
 /// How often the dependencies are checked and the failed events counted.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -128,6 +128,20 @@ impl Operations {
                         .iter()
                         .map(|s| (label(s), (s.quantity - s.issued).max(0))),
                 );
+                let per_bucket = |read: fn(&crate::issuing::BucketStock) -> i64| {
+                    stock
+                        .iter()
+                        .flat_map(|s| s.buckets.iter().map(move |b| (s.coupon, b)))
+                        .map(move |(coupon, b)| {
+                            let labels = BucketLabels {
+                                coupon: coupon.to_string(),
+                                bucket: b.bucket.index().to_string(),
+                            };
+                            (labels, read(b))
+                        })
+                };
+                metrics.bucket_stock.replace(per_bucket(|b| b.stock));
+                metrics.bucket_issued.replace(per_bucket(|b| b.issued));
             }
             Err(err) => {
                 tracing::warn!(error = %err, "active coupons' stock not read; their gauges stand")

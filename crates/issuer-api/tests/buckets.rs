@@ -91,6 +91,16 @@ async fn users_all_homed_to_one_bucket_receive_every_unit_one_by_one(redis: Redi
         (&view["issuedCount"], &view["remaining"], &view["buckets"]),
         (&json!(30), &json!(0), &json!(3))
     );
+    let stock = view["bucketStock"].as_array().unwrap();
+    assert_eq!(stock.len(), 3, "{view}");
+    for (b, bucket) in stock.iter().enumerate() {
+        assert_eq!(
+            (&bucket["bucket"], &bucket["stock"]),
+            (&json!(b), &json!(0)),
+            "{view}"
+        );
+        assert_eq!(bucket["soldOut"], json!(true), "{view}");
+    }
     env.shutdown().await;
 }
 

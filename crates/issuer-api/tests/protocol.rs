@@ -183,7 +183,7 @@ async fn a_reconciler_publishes_each_entry_as_soon_as_it_claims_it() {
     let ledger = Ledger::new(prefix.clone());
     let mut redis = env.redis().await;
     let coupon_id = CouponId::new(coupon).unwrap();
-    let (record, _) = issuer.coupon(coupon_id).await.unwrap();
+    let record = issuer.coupon(coupon_id).await.unwrap().coupon;
     scripts.load_meta(&mut redis, &record).await.unwrap();
     // Two slots whose first publish ended in doubt: both claimable at once.
     for user in [1, 2] {

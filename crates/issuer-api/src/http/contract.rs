@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::issuing::BucketStock;
 
 const MAX_NAME_CHARS: usize = 200;
 /// The years a sale's window may name. PostgreSQL itself takes 4713 BC to 294276 AD; a
@@ -155,6 +156,29 @@ pub struct CouponView {
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub buckets: BucketCount,
+    /// A coupon in buckets: each one's stock, as its Redis state reads now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bucket_stock: Vec<BucketStockView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketStockView {
+    pub bucket: u16,
+    pub issued_count: i64,
+    pub stock: i64,
+    pub sold_out: bool,
+}
+
+impl From<&BucketStock> for BucketStockView {
+    fn from(read: &BucketStock) -> Self {
+        Self {
+            bucket: read.bucket.index(),
+            issued_count: read.issued,
+            stock: read.stock,
+            sold_out: read.sold_out,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

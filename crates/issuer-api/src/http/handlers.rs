@@ -6,13 +6,13 @@ use coupon_core::domain::{Admission, CouponId, UserId};
 use serde_json::json;
 
 use super::contract::{
-    CouponCreated, CouponView, CreateCouponRequest, IssueAnswer, IssueRequest, IssueStatus,
-    IssueStatusView, Object, UserCoupon, UserCouponsView, path_id,
+    BucketStockView, CouponCreated, CouponView, CreateCouponRequest, IssueAnswer, IssueRequest,
+    IssueStatus, IssueStatusView, Object, UserCoupon, UserCouponsView, path_id,
 };
 use super::state::AppState;
 use crate::error::ApiError;
 use crate::identity::Caller;
-use crate::issuing::Holding;
+use crate::issuing::{CouponState, Holding};
 
 pub async fn create_coupon(
     caller: Caller,
@@ -66,7 +66,11 @@ pub async fn get_coupon(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id: CouponId = path_id(&path)?;
-    let (coupon, admitted) = state.issuer.coupon(id).await?;
+    let CouponState {
+        coupon,
+        admitted,
+        buckets,
+    } = state.issuer.coupon(id).await?;
     Ok(HttpResponse::Ok().json(CouponView {
         coupon_id: coupon.id,
         name: coupon.name,
@@ -77,6 +81,7 @@ pub async fn get_coupon(
         starts_at: coupon.starts_at,
         ends_at: coupon.ends_at,
         buckets: coupon.buckets,
+        bucket_stock: buckets.iter().map(BucketStockView::from).collect(),
     }))
 }
 

@@ -20,7 +20,7 @@ use coupon_core::db::buckets::{coupon_buckets, journal, record_bucket_stamp};
 use coupon_core::db::coupons::{Verification, coupon_holders, find_coupon};
 use coupon_core::domain::{Admission, CouponId, UserId};
 use coupon_core::redis::admission::{AdmitReply, LeaseTake};
-use coupon_core::redis::buckets::{BucketState, BucketSteps, RebuiltBucket};
+use coupon_core::redis::buckets::{BucketState, BucketSteps, RebuiltBucket, Step};
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::ledger::LedgerAt;
@@ -57,7 +57,41 @@ impl BucketRebuilds {
     }
 }
 
+/// One bucket's stock as its collect read it, for the coupon's view and the gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketStock {
+    pub bucket: Bucket,
+    /// Slots taken in it.
+    pub issued: i64,
+    /// Units for sale in it now.
+    pub stock: i64,
+    /// Marked sold out (every bucket was seen empty with nothing in flight).
+    pub sold_out: bool,
+}
+
 impl Issuer {
+    /// Each bucket's stock as it stands; a bucket not verified under the stamp this
+    /// process knows (closed for its rebuild, say) is left out.
+    pub(super) async fn bucket_stock(&self, places: &Places) -> Result<Vec<BucketStock>, ApiError> {
+        let mut redis = self.redis.clone();
+        let mut read = Vec::with_capacity(places.places.len());
+        for place in &places.places {
+            let state = BucketState {
+                keys: &place.keys,
+                stamp: &place.stamp,
+            };
+            if let Step::Done(seen) = BucketSteps::collect(&mut redis, &state).await? {
+                read.push(BucketStock {
+                    bucket: place.bucket,
+                    issued: seen.issued,
+                    stock: seen.stock,
+                    sold_out: seen.marked,
+                });
+            }
+        }
+        Ok(read)
+    }
+
     /// Decides `user`'s request in their home bucket of the coupon laid out in `places`.
     pub(super) async fn issue_in_buckets(
         &self,

@@ -41,10 +41,11 @@ use crate::replication::{Confirmation, Written};
 use buckets::BucketRebuilds;
 use lazy_rebuilds::LazyRebuilds;
 
+pub use buckets::BucketStock;
 pub use hand_over::{Closed, HandedOver};
 pub use probes::Stock;
 use reads::CouponReads;
-pub use reads::Holding;
+pub use reads::{CouponState, Holding};
 pub use rebuild::Rebuilt;
 
 /// How often each API reads the verification count (`Issuer::watch_stamps`), and how long a

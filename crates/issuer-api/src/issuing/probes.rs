@@ -8,8 +8,10 @@ use diesel_async::RunQueryDsl;
 use redis::AsyncCommands;
 
 use super::Issuer;
+use super::buckets::BucketStock;
 use crate::delivery::Backlog;
 use crate::error::ApiError;
+use crate::layouts::Layout;
 use crate::metrics::StateLabels;
 
 /// One active coupon's stock, for the per-coupon gauges.
@@ -21,6 +23,8 @@ pub struct Stock {
     pub issued: i64,
     /// Rows the workers have written (PostgreSQL).
     pub persisted: i64,
+    /// A coupon in buckets: each one's (those verified under the stamps known here).
+    pub buckets: Vec<BucketStock>,
 }
 
 impl Issuer {
@@ -67,15 +71,27 @@ impl Issuer {
             let mut conn = self.pool.get().await?;
             find_coupons(&mut conn, ids).await?
         };
-        Ok(coupons
-            .into_iter()
-            .map(|coupon| Stock {
+        let mut stock = Vec::with_capacity(coupons.len());
+        for coupon in coupons {
+            let (issued, buckets) = match self.layouts.get(coupon.id).await? {
+                Some(Layout::Buckets(places)) => {
+                    let buckets = self.bucket_stock(&places).await?;
+                    (buckets.iter().map(|read| read.issued).sum(), buckets)
+                }
+                Some(Layout::Single) | None => (
+                    issued.get(&coupon.id).copied().unwrap_or_default(),
+                    Vec::new(),
+                ),
+            };
+            stock.push(Stock {
                 coupon: coupon.id,
                 quantity: coupon.total_quantity,
-                issued: issued.get(&coupon.id).copied().unwrap_or_default(),
+                issued,
                 persisted: coupon.persisted_count,
-            })
-            .collect())
+                buckets,
+            });
+        }
+        Ok(stock)
     }
 
     /// Sets the database pool's gauges.

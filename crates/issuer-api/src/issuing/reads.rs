@@ -16,6 +16,7 @@ use coupon_core::db::failed_events;
 use coupon_core::domain::{Coupon, CouponId, UserId};
 
 use super::Issuer;
+use super::buckets::BucketStock;
 use crate::error::ApiError;
 use crate::layouts::Layout;
 
@@ -40,8 +41,17 @@ const CACHED_COUPONS_MAX: usize = 10_000;
 /// died is replaced.
 const STALE_WHILE_READING: u32 = 3;
 
-/// One coupon's read: the coupon and its admitted count, or None (it does not exist).
-type CouponRead = Option<(Coupon, i64)>;
+/// One coupon's read, or None (it does not exist).
+type CouponRead = Option<CouponState>;
+
+/// A coupon as PostgreSQL holds it, and how many slots admission has taken; for a coupon
+/// in buckets, each bucket's stock too.
+#[derive(Debug, Clone)]
+pub struct CouponState {
+    pub coupon: Coupon,
+    pub admitted: i64,
+    pub buckets: Vec<BucketStock>,
+}
 
 struct Kept {
     at: Instant,
@@ -130,7 +140,7 @@ impl CouponReads {
 impl Issuer {
     /// The coupon as PostgreSQL holds it, and how many slots admission has taken, as read
     /// at most ISSUER_COUPON_READ_CACHE_MS ago (a few times that while it is read again).
-    pub async fn coupon(&self, id: CouponId) -> Result<(Coupon, i64), ApiError> {
+    pub async fn coupon(&self, id: CouponId) -> Result<CouponState, ApiError> {
         let read = match self.coupon_reads.lookup(id) {
             Lookup::Answer(read) => read,
             Lookup::Read => {
@@ -150,7 +160,7 @@ impl Issuer {
             return Ok(None);
         };
         let mut redis = self.redis.clone();
-        let admitted = match self.layouts.get(id).await? {
+        let (admitted, buckets) = match self.layouts.get(id).await? {
             Some(Layout::Buckets(places)) => {
                 let mut admitted = 0;
                 for place in &places.places {
@@ -159,11 +169,18 @@ impl Issuer {
                         .admitted_count_at(&mut redis, &place.keys)
                         .await?;
                 }
-                admitted
+                (admitted, self.bucket_stock(&places).await?)
             }
-            Some(Layout::Single) | None => self.scripts.admitted_count(&mut redis, id).await?,
+            Some(Layout::Single) | None => (
+                self.scripts.admitted_count(&mut redis, id).await?,
+                Vec::new(),
+            ),
         };
-        Ok(Some((coupon, admitted)))
+        Ok(Some(CouponState {
+            coupon,
+            admitted,
+            buckets,
+        }))
     }
 
     pub async fn holding(&self, coupon: CouponId, user: UserId) -> Result<Holding, ApiError> {
