@@ -11,14 +11,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use coupon_core::buckets::BucketCount;
-use coupon_core::buckets::mover::{Place, Places};
+use coupon_core::buckets::mover::{MoveError, Place, Places};
 use coupon_core::buckets::open::open_buckets;
-use coupon_core::db::buckets::{coupon_buckets, insert_bucketed_coupon};
+use coupon_core::db::buckets::{BucketRow, coupon_buckets, insert_bucketed_coupon};
 use coupon_core::db::coupons::{NewCoupon, find_coupon};
 use coupon_core::db::pool::PgPool;
 use coupon_core::domain::{Coupon, CouponId, QueueKind, UserId};
 use coupon_core::redis::buckets::slot_owners;
 use coupon_core::redis::connection::RedisConnection;
+use coupon_core::redis::epoch::Stamp;
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::ledger::LedgerAt;
 use coupon_core::redis::registry::Registry;
@@ -56,6 +57,15 @@ impl Layout {
     }
 }
 
+/// The layouts learnt, and how many times the bucketed ones were forgotten: stamps read
+/// from PostgreSQL before a forget must not be kept after it (the one a rebuild replaced
+/// would be passed to a node a failback made primary again, on its old state).
+#[derive(Default)]
+struct Known {
+    layouts: HashMap<CouponId, Layout>,
+    forgotten: u64,
+}
+
 pub struct Layouts {
     prefix: String,
     /// Where a bucketed coupon is registered before its buckets open, as a coupon is before
@@ -63,7 +73,7 @@ pub struct Layouts {
     registry: Registry,
     pool: PgPool,
     redis: RedisConnection,
-    known: RwLock<HashMap<CouponId, Layout>>,
+    known: RwLock<Known>,
     /// Names this process in the leases its movers take.
     owner: String,
 }
@@ -113,49 +123,75 @@ impl Layouts {
     }
 
     fn cached(&self, coupon: CouponId) -> Option<Layout> {
+        self.read().layouts.get(&coupon).cloned()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Known> {
         self.known
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&coupon)
-            .cloned()
     }
 
-    /// Reads `coupon`'s buckets (loading any that was never loaded: its creation could
-    /// not reach Redis) and remembers its layout.
-    async fn learn(&self, coupon: &Coupon) -> Result<Layout, ApiError> {
-        let layout = if coupon.buckets == BucketCount::ONE {
-            Layout::Single
-        } else {
-            let mut db = self.pool.get().await?;
-            let rows = coupon_buckets(&mut db, coupon).await?;
-            let places = match rows
-                .iter()
-                .map(|row| {
-                    row.stamp.clone().map(|stamp| Place {
-                        bucket: row.bucket,
-                        keys: CouponKeys::of_bucket(&self.prefix, &row.tag),
-                        stamp,
-                    })
-                })
-                .collect::<Option<Vec<_>>>()
-            {
-                Some(places) => Places {
-                    coupon: coupon.id,
-                    count: coupon.buckets,
-                    places,
-                },
-                None => {
-                    let mut redis = self.redis.clone();
-                    self.registry.register(&mut redis, coupon.id).await?;
-                    open_buckets(&mut redis, &mut db, &self.prefix, coupon).await?
-                }
-            };
-            Layout::Buckets(Arc::new(places))
-        };
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Known> {
         self.known
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(coupon.id, layout.clone());
+    }
+
+    /// Reads `coupon`'s buckets (loading any that was never loaded: its creation could
+    /// not reach Redis) and remembers its layout, unless the stamps were forgotten while
+    /// they were read.
+    async fn learn(&self, coupon: &Coupon) -> Result<Layout, ApiError> {
+        if coupon.buckets == BucketCount::ONE {
+            self.write().layouts.insert(coupon.id, Layout::Single);
+            return Ok(Layout::Single);
+        }
+        let forgotten = self.read().forgotten;
+        let mut db = self.pool.get().await?;
+        let rows = coupon_buckets(&mut db, coupon).await?;
+        let place = |row: &BucketRow, stamp: Stamp| Place {
+            bucket: row.bucket,
+            keys: CouponKeys::of_bucket(&self.prefix, &row.tag),
+            stamp,
+        };
+        let stamped = rows
+            .iter()
+            .map(|row| row.stamp.clone().map(|stamp| place(row, stamp)))
+            .collect::<Option<Vec<_>>>();
+        let places = match stamped {
+            Some(places) => Places {
+                coupon: coupon.id,
+                count: coupon.buckets,
+                places,
+            },
+            None => {
+                let mut redis = self.redis.clone();
+                self.registry.register(&mut redis, coupon.id).await?;
+                match open_buckets(&mut redis, &mut db, &self.prefix, coupon).await {
+                    Ok(places) => places,
+                    // A bucket loaded whose stamp PostgreSQL lacks (its creator died between
+                    // the two, or lost PostgreSQL): known by no stamp, every step there is
+                    // refused, and its first request has it rebuilt.
+                    Err(MoveError::Unverified(_)) => Places {
+                        coupon: coupon.id,
+                        count: coupon.buckets,
+                        places: rows
+                            .iter()
+                            .map(|row| {
+                                let stamp = row.stamp.clone().unwrap_or_else(Stamp::unknown);
+                                place(row, stamp)
+                            })
+                            .collect(),
+                    },
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        };
+        let layout = Layout::Buckets(Arc::new(places));
+        let mut known = self.write();
+        if known.forgotten == forgotten {
+            known.layouts.insert(coupon.id, layout.clone());
+        }
         Ok(layout)
     }
 
@@ -181,17 +217,15 @@ impl Layouts {
 
     /// Forgets one coupon's layout: its buckets' stamps are read again at its next request.
     pub fn forget(&self, coupon: CouponId) {
-        self.known
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&coupon);
+        self.write().layouts.remove(&coupon);
     }
 
     /// Forgets every bucketed coupon's stamps: the verification count moved.
     pub fn forget_stamps(&self) {
-        self.known
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        let mut known = self.write();
+        known
+            .layouts
             .retain(|_, layout| matches!(layout, Layout::Single));
+        known.forgotten += 1;
     }
 }

@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 
 use coupon_core::buckets::{Bucket, BucketCount};
 use coupon_core::db::buckets::coupon_buckets;
-use coupon_core::db::coupons::find_coupon;
+use coupon_core::db::coupons::{find_coupon, redis_verifications};
 use coupon_core::domain::{CouponId, QueueKind, UserId};
 use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
 use coupon_core::redis::epoch::Stamp;
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::ledger::{Ledger, LedgerAt, PendingEntry};
+use diesel_async::RunQueryDsl;
 use futures_util::future::join_all;
 use serde_json::json;
 use testkit::harness::{RedisTopology, TestEnv};
@@ -42,6 +43,9 @@ on_both_topologies!(
     users_all_homed_to_one_bucket_at_once_receive_every_unit,
     a_bucket_whose_state_is_lost_is_rebuilt_alone,
     a_slot_in_doubt_in_a_bucket_is_published_by_the_reconciler,
+    a_late_rebuild_leaves_a_bucket_verified_under_the_stamp_in_force,
+    a_bucket_whose_first_load_was_not_recorded_is_rebuilt,
+    a_bucketed_coupon_the_reconciler_cannot_finish_holds_up_no_other,
 );
 
 /// The first `n` user ids whose home, among `count` buckets, is `bucket`.
@@ -214,6 +218,111 @@ async fn a_slot_in_doubt_in_a_bucket_is_published_by_the_reconciler(redis: Redis
     assert!(ledger.mark_in_doubt(&mut con, &at, &entry).await.unwrap());
 
     assert_eq!(env.rows_when_settled(coupon, 1).await, vec![user]);
+    env.shutdown().await;
+}
+
+/// A rebuild asked for by a request that found a bucket closed, run after another
+/// process's rebuild reopened it (every request homed there asks while it is closed): it
+/// finds the bucket verified under the stamp in force and leaves it open, as a coupon's
+/// does. Taken blindly, its lease would close the bucket again for a whole rebuild, and
+/// the next late one again.
+async fn a_late_rebuild_leaves_a_bucket_verified_under_the_stamp_in_force(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let coupon = bucketed_coupon(&env, 9, 3).await;
+    let issuer = env.issuer(&env.redis_prefix).await;
+    let id = CouponId::new(coupon).unwrap();
+    let bucket = Bucket::of(BucketCount::new(3).unwrap(), 1).unwrap();
+    let before = redis_verifications(&mut env.pg().await).await.unwrap();
+
+    let rebuilt = issuer.rebuild_bucket(id, bucket).await.unwrap();
+
+    assert_eq!(rebuilt, None, "a verified bucket was rebuilt");
+    let after = redis_verifications(&mut env.pg().await).await.unwrap();
+    assert_eq!(after, before, "the verification count moved");
+    env.shutdown().await;
+}
+
+/// A bucket whose first load reached Redis but whose stamp never reached PostgreSQL (the
+/// creating API died in between, or PostgreSQL went away): the coupon is not stuck. A
+/// request finds the bucket unverified, has it rebuilt, and is decided.
+async fn a_bucket_whose_first_load_was_not_recorded_is_rebuilt(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let coupon = bucketed_coupon(&env, 9, 3).await;
+    let mut db = env.pg().await;
+    diesel::sql_query(
+        "UPDATE coupon_buckets SET redis_stamp = NULL WHERE coupon_id = $1 AND bucket = 1",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(coupon)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    // An API that never met the coupon: it learns the buckets from PostgreSQL.
+    let (other, _) = env.start_another_api(&[]).await;
+    let user = homed_to(BucketCount::new(3).unwrap(), 1, 1)[0];
+
+    let (status, body) = env.issue_retrying_at(&other, coupon, user).await;
+
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![user]);
+    env.shutdown().await;
+}
+
+/// The reconciler meets a bucketed coupon it cannot finish now (a slot being given back,
+/// and another bucket's state gone, so no reopen can run): it goes on to the coupons after
+/// it, and a slot in doubt there is published.
+async fn a_bucketed_coupon_the_reconciler_cannot_finish_holds_up_no_other(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let bucketed = bucketed_coupon(&env, 4, 2).await;
+    let (keys, stamp) = bucket_state(&env, bucketed, 0).await;
+    let scripts = AdmissionScripts::new(env.redis_prefix.clone(), QueueKind::Kafka);
+    let ledger = Ledger::new(env.redis_prefix.clone());
+    let mut con = env.redis().await;
+    let giver = homed_to(BucketCount::new(2).unwrap(), 0, 1)[0];
+    let reply = scripts
+        .admit_in(
+            &mut con,
+            &keys,
+            CouponId::new(bucketed).unwrap(),
+            UserId::new(giver).unwrap(),
+            Some(&stamp),
+        )
+        .await
+        .unwrap();
+    let AdmitReply::Admitted(event) = reply else {
+        panic!("not admitted: {reply:?}")
+    };
+    let at = LedgerAt::Bucket(keys);
+    assert!(
+        ledger
+            .release(&mut con, &at, &PendingEntry::admitted(event))
+            .await
+            .unwrap()
+    );
+    let other = bucket_keys(&env, bucketed, 1).await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(&other.meta)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    // Registered after the bucketed one: the reconciler reaches it second.
+    let single = env.coupon_with_quantity(5).await;
+    let scripts = env.scripts_for(single).await;
+    let reply = scripts
+        .admit(
+            &mut con,
+            CouponId::new(single).unwrap(),
+            UserId::new(7).unwrap(),
+        )
+        .await
+        .unwrap();
+    let AdmitReply::Admitted(event) = reply else {
+        panic!("not admitted: {reply:?}")
+    };
+    let at = ledger.of_coupon(event.coupon_id);
+    let entry = PendingEntry::admitted(event);
+    assert!(ledger.mark_in_doubt(&mut con, &at, &entry).await.unwrap());
+
+    assert_eq!(env.rows_when_settled(single, 1).await, vec![7]);
     env.shutdown().await;
 }
 

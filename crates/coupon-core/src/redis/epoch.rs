@@ -49,6 +49,13 @@ impl Stamp {
         Self::new(format!("{epoch}/{}", uuid::Uuid::new_v4().simple()))
     }
 
+    /// The stamp of a state whose stamp in force is not known: no state carries it (a
+    /// loaded state's stamp is never empty), so every step passed it is refused as
+    /// unverified, and the state is rebuilt.
+    pub fn unknown() -> Self {
+        Self::new("")
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

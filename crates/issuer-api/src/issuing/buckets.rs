@@ -106,6 +106,11 @@ impl Issuer {
         // process may have rebuilt a bucket since this one read them.
         let mut relearnt = false;
         loop {
+            // Read again each time round: a forget (the verification count moved) must not
+            // leave this request passing a stamp every other step here has dropped.
+            if let Some(Layout::Buckets(known)) = self.layouts.get(coupon).await? {
+                places = known;
+            }
             let home = places.home(user).clone();
             let at = LedgerAt::Bucket(home.keys.clone());
             let (reply, _, written) = self
@@ -223,7 +228,7 @@ impl Issuer {
             match this.rebuild_bucket(coupon, bucket).await {
                 Ok(Some(holders)) => tracing::info!(%coupon, %bucket, holders, "bucket rebuilt"),
                 Ok(None) => {
-                    tracing::info!(%coupon, %bucket, "bucket not rebuilt here: its lease is held or was lost")
+                    tracing::info!(%coupon, %bucket, "bucket not rebuilt here: another process is at it, or it is verified")
                 }
                 Err(err) => tracing::warn!(%coupon, %bucket, error = %err, "bucket rebuild failed"),
             }
@@ -233,7 +238,10 @@ impl Issuer {
 
     /// Restores one bucket's Redis state from PostgreSQL's rows, the delivery's unsettled
     /// entries and the journal of transfers; how many holders it restored, None if another
-    /// process holds its lease, this one lost it, or the coupon's partition cannot commit.
+    /// process holds its lease or the bucket is verified under the stamp in force. A
+    /// rebuild that cannot finish now (the coupon's partition cannot commit, the lease was
+    /// lost, the instance changed) is `ApiError::Rebuilding`: the bucket stays closed, and
+    /// its next request starts over.
     pub async fn rebuild_bucket(
         &self,
         coupon: CouponId,
@@ -256,7 +264,10 @@ impl Issuer {
             + REBUILD_LEASE_MARGIN;
         let held = match self
             .scripts
-            .take_rebuild_lease_at(&mut redis, &keys, coupon, lease, None)
+            // Not if the bucket is verified under the stamp in force: every request homed
+            // to a closed bucket asks for its rebuild, and one that comes after another
+            // process's rebuild reopened it would close it again.
+            .take_rebuild_lease_at(&mut redis, &keys, coupon, lease, row.stamp.as_ref())
             .await?
         {
             LeaseTake::Taken(held) => held,
@@ -272,7 +283,7 @@ impl Issuer {
                 .await?
                 .is_empty()
             {
-                return Ok(None);
+                return Err(ApiError::Rebuilding(coupon.get()));
             }
             let at = LedgerAt::Bucket(keys.clone());
             let unsettled = self
@@ -317,7 +328,10 @@ impl Issuer {
                 &held,
             )
             .await?;
-            Ok::<_, ApiError>(restored.then_some(logged.len() + unsettled.len()))
+            if !restored {
+                return Err(ApiError::Rebuilding(coupon.get()));
+            }
+            Ok::<_, ApiError>(Some(logged.len() + unsettled.len()))
         }
         .await;
         self.end_lease(&mut redis, &held).await;

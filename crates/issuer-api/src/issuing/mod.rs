@@ -142,6 +142,12 @@ impl Issuer {
         match self.layouts.get(coupon).await? {
             None => Err(ApiError::CouponNotFound(coupon.get())),
             Some(Layout::Single) => self.issue_in_coupon(coupon, user).await,
+            // Buckets 1 and up would append to streams no worker reads: a deployment that
+            // switched queue modes under a bucketed coupon, which no retry mends.
+            Some(Layout::Buckets(_)) if !self.delivery.keeps_buckets() => Err(ApiError::Internal(
+                format!("coupon {coupon} is in buckets, which the Redis queue mode cannot serve")
+                    .into(),
+            )),
             Some(Layout::Buckets(places)) => self.issue_in_buckets(places, user).await,
         }
     }

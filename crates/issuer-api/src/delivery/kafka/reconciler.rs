@@ -59,11 +59,14 @@ pub async fn reconcile_once<C: ConnectionLike + Send + Sync>(
         let coupon = registration.coupon;
         // A registered coupon PostgreSQL lacks was registered by a test or by hand: its own
         // keys are all there is.
-        let layout = delivery
-            .layouts
-            .get(coupon)
-            .await?
-            .unwrap_or(Layout::Single);
+        let layout = match delivery.layouts.get(coupon).await {
+            Ok(layout) => layout.unwrap_or(Layout::Single),
+            // This coupon waits for the next pass; the others are not held up.
+            Err(err) => {
+                tracing::warn!(%coupon, error = %err, "reconciler: the coupon's layout is not known now");
+                continue;
+            }
+        };
         let mut releasing = false;
         let mut nothing_pending = true;
         for at in layout.ledgers(delivery.layouts.prefix(), coupon) {
@@ -90,9 +93,16 @@ pub async fn reconcile_once<C: ConnectionLike + Send + Sync>(
             }
         }
         if releasing {
-            let reopened = delivery.reopen_released(coupon).await?;
-            if reopened > 0 {
-                tracing::info!(%coupon, units = reopened, "slots left being given back put up for sale");
+            // A bucket closed for its rebuild (or not verified under the stamps known here)
+            // refuses the reopen until it is open again: the next pass tries again.
+            match delivery.reopen_released(coupon).await {
+                Ok(0) => {}
+                Ok(reopened) => {
+                    tracing::info!(%coupon, units = reopened, "slots left being given back put up for sale")
+                }
+                Err(err) => {
+                    tracing::warn!(%coupon, error = %err, "reconciler: slots being given back not reopened now")
+                }
             }
         }
         if nothing_pending && matches!(layout, Layout::Single) {
