@@ -117,6 +117,10 @@ enum Bug {
     RebuildKeepsMarks,
     /// The credit adds one unit whatever the transfer took (the entry's count ignored).
     CreditOneUnit,
+    /// A rebuild reads the journal before it records its new stamp: a transfer out of the
+    /// bucket journalled in between (its take fenced on the old stamp, still in force) is
+    /// credited to its recipient and counted in the rebuilt donor's stock too.
+    JournalReadBeforeStamp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -236,6 +240,12 @@ struct State {
     giving_back: [bool; USERS],
     /// A SOLD_OUT was decided while stock was left somewhere, or in flight.
     lied: bool,
+    /// Each bucket's rebuild under way: its new stamp recorded (the first of its two steps
+    /// here, as in the code, where the journal is read after the record), its state not
+    /// restored yet; the bucket is closed meanwhile (its lease).
+    stamped: [bool; K],
+    /// `Bug::JournalReadBeforeStamp`: the journal as each rebuild read it, first.
+    read_journal: [Option<[Option<(u8, u8, u8)>; TRANSFERS]>; K],
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -279,6 +289,9 @@ enum Action {
     Replicate(u8),
     /// The bucket's primary fails over to its replica, which lacks what it did not get.
     FailOver(u8),
+    /// A rebuild's first step: its new stamp recorded in PostgreSQL as the one in force (the
+    /// bucket stays closed), which fences off any journal of a take under the old one.
+    RebuildStamp(u8),
     /// The bucket rebuilt from PostgreSQL and the log: holders from the log, stock from
     /// its share and the journal, the credited transfers and the donor's last entry from
     /// the journal; marks cleared under a new generation.
@@ -348,9 +361,10 @@ impl State {
         self.users(|bucket| bucket.issued, |_| true)
     }
 
-    /// Whether `bucket`'s node holds the state verified last (no failover since).
+    /// Whether `bucket`'s node holds the state verified last (no failover since), and no
+    /// rebuild holds it closed.
     fn verified(&self, bucket: usize) -> bool {
-        self.buckets[bucket].epoch == self.in_force[bucket]
+        self.buckets[bucket].epoch == self.in_force[bucket] && !self.stamped[bucket]
     }
 }
 
@@ -402,6 +416,8 @@ impl Protocol for Model {
             logged: [false; USERS],
             giving_back: [false; USERS],
             lied: false,
+            stamped: [false; K],
+            read_journal: [None; K],
         }
     }
 
@@ -519,7 +535,13 @@ impl Protocol for Model {
             // The rebuild lets every publish in flight report first (its publish window).
             let publishing =
                 (0..USERS).any(|u| self.home(u) == bucket && s.requests[u] == Request::Admitted);
-            if !s.verified(bucket) && !publishing {
+            // First the new stamp (again, if the node failed over since the last one);
+            // then, under it, the restore.
+            let rewound = s.buckets[bucket].epoch != s.in_force[bucket];
+            if rewound && !publishing {
+                actions.push(Action::RebuildStamp(bucket as u8));
+            }
+            if s.stamped[bucket] && (!rewound || self.bug == Bug::JournalReadBeforeStamp) {
                 actions.push(Action::Rebuild(bucket as u8));
             }
         }
@@ -802,12 +824,23 @@ impl Protocol for Model {
                 };
                 s.replicas[b] = s.buckets[b];
             }
+            Action::RebuildStamp(bucket) => {
+                let b = bucket as usize;
+                if self.bug == Bug::JournalReadBeforeStamp {
+                    s.read_journal[b] = Some(s.journal);
+                } else {
+                    s.in_force[b] = s.buckets[b].epoch;
+                }
+                s.stamped[b] = true;
+            }
             Action::Rebuild(bucket) => {
                 let b = bucket as usize;
                 let mut allocation = self.setup.stocks[b] as i16;
                 let mut credited = [false; TRANSFERS];
                 let mut last_out = None;
-                for (transfer, journalled) in s.journal.iter().enumerate() {
+                let journal = s.read_journal[b].take().unwrap_or(s.journal);
+                s.stamped[b] = false;
+                for (transfer, journalled) in journal.iter().enumerate() {
                     match *journalled {
                         Some((_, to, units)) if to as usize == b => {
                             allocation += units as i16;
@@ -837,7 +870,7 @@ impl Protocol for Model {
                 // with the rebuilt bucket still closed).
                 if self.bug != Bug::RebuildKeepsMarks {
                     for (other, bucket) in s.buckets.iter_mut().enumerate() {
-                        if other != b && s.in_force[other] == bucket.epoch {
+                        if other != b && s.in_force[other] == bucket.epoch && !s.stamped[other] {
                             bucket.sold_out = false;
                             bucket.generation += 1;
                             bucket.version += 1;
@@ -1073,6 +1106,14 @@ fn a_rebuild_that_keeps_the_replicas_holders_is_found() {
     finds(
         &model(Bug::HoldersFromReplica, ONE_HOME_FAILOVER),
         "Redis's holders are exactly the log's",
+    );
+}
+
+#[test]
+fn a_rebuild_that_reads_the_journal_before_its_stamp_is_found() {
+    finds(
+        &model(Bug::JournalReadBeforeStamp, ONE_HOME_FAILOVER),
+        "none lost, none made",
     );
 }
 
