@@ -17,7 +17,7 @@ export RUST_LOG ?= info
 RELEASE_BIN := target/release
 SERVICES := -p issuer-api -p issuer-worker
 
-.PHONY: up down build run demo bench bench-cluster test test-cluster chaos contract-fuzz fuzz validate-deploy image lint fmt clean-test-dbs
+.PHONY: up down build run demo bench bench-cluster bench-buckets test test-cluster chaos contract-fuzz fuzz validate-deploy image lint fmt clean-test-dbs
 
 up: ## Redis, PostgreSQL and a Kafka-API broker on their standard ports (installs what is missing)
 	@bash deploy/local/up.sh
@@ -41,6 +41,12 @@ bench-cluster: ## one Redis node against a Redis Cluster, alternating rounds (RO
 	$(MAKE) up REDIS_MODE=cluster
 	cargo build --release -p issuer-api -p issuer-worker -p issuer-bench
 	bash deploy/local/bench-cluster.sh
+
+bench-buckets: ## one hot coupon on a Redis Cluster in 1 bucket and in 3, alternating (ROUNDS=3), release builds
+	$(MAKE) up
+	$(MAKE) up REDIS_MODE=cluster
+	cargo build --release -p issuer-api -p issuer-worker -p issuer-bench
+	bash deploy/local/bench-buckets.sh
 
 test: up clean-test-dbs test-cluster ## the whole suite against the real services
 	cargo test --workspace --no-fail-fast

@@ -171,6 +171,10 @@ enum Scenario {
         /// the nodes shared the scripts.
         #[arg(long, value_delimiter = ',')]
         redis_stats: Vec<String>,
+        /// How many buckets each coupon's stock is split into (above 1: Kafka mode only):
+        /// with `--coupons 1`, one hot coupon's spread over a cluster's primaries.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        buckets: u16,
     },
     /// The product against the hand-built ceiling (`../shared/tools/ceiling`), same closed
     /// load, alternating, in one run: the ratio of their medians per shape and connections.
@@ -325,6 +329,7 @@ async fn main() -> anyhow::Result<()> {
             rate,
             concurrency,
             redis_stats: stats_nodes,
+            buckets,
         } => {
             let api = std::rc::Rc::new(ApiClient::pooled(
                 &cli.api,
@@ -336,7 +341,7 @@ async fn main() -> anyhow::Result<()> {
             let mut ids = Vec::new();
             for n in 0..coupons {
                 ids.push(
-                    api.create_coupon(&format!("sustained {n}"), quantity, 1)
+                    api.create_coupon(&format!("sustained {n}"), quantity, buckets)
                         .await?,
                 );
             }
