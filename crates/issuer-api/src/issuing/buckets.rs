@@ -5,8 +5,8 @@
 //!
 //! Invariants, beside `super`'s: SOLD_OUT is answered only by a bucket marked sold out,
 //! which the mover marks only once every bucket was seen empty with nothing in flight; a
-//! request whose home stays empty past [`SUPPLY_WAIT`] is answered 503 (retry), never
-//! SOLD_OUT. A bucket's rebuild (`rebuild_bucket`) follows the model's order: lease (which
+//! request whose home stays empty for [`SUPPLY_WAIT`] after it first found it so is
+//! answered 503 (retry), never SOLD_OUT. A bucket's rebuild (`rebuild_bucket`) follows the model's order: lease (which
 //! closes the bucket), holders (unsettled first, then PostgreSQL once persisted), the new
 //! stamp recorded, the journal read after it, every other bucket's mark cleared, restore.
 
@@ -100,7 +100,10 @@ impl Issuer {
     ) -> Result<Admission, ApiError> {
         let coupon = places.coupon;
         let mut redis = self.redis.clone();
-        let started = Instant::now();
+        // Each wait counts from the first answer that calls for it, not from the request's
+        // start: under load an admission's answer alone may take longer than the wait, and
+        // a request must still try (the sold-out check among it) at least once.
+        let (mut busy_since, mut dry_since) = (None, None);
         let mut pause = BUSY_FIRST_PAUSE;
         // The stamps are learnt again from PostgreSQL at most once a request: another
         // process may have rebuilt a bucket since this one read them.
@@ -142,7 +145,10 @@ impl Issuer {
                         .await?
                     {
                         Pending::Delivered => return Ok(Admission::Success),
-                        Pending::Busy if started.elapsed() < BUSY_WAIT => {
+                        Pending::Busy
+                            if busy_since.get_or_insert_with(Instant::now).elapsed()
+                                < BUSY_WAIT =>
+                        {
                             tokio::time::sleep(pause).await;
                             pause *= 2;
                         }
@@ -150,7 +156,9 @@ impl Issuer {
                         Pending::Absent => {}
                     }
                 }
-                AdmitReply::Dry if started.elapsed() >= SUPPLY_WAIT => {
+                AdmitReply::Dry
+                    if dry_since.get_or_insert_with(Instant::now).elapsed() >= SUPPLY_WAIT =>
+                {
                     return Err(ApiError::unavailable(
                         "stock",
                         format!(

@@ -41,7 +41,7 @@ use crate::replication::{Confirmation, Written};
 use buckets::BucketRebuilds;
 use lazy_rebuilds::LazyRebuilds;
 
-pub use buckets::BucketStock;
+pub use buckets::{BucketStock, SUPPLY_WAIT};
 pub use hand_over::{Closed, HandedOver};
 pub use probes::Stock;
 use reads::CouponReads;
