@@ -10,7 +10,8 @@
 //! closes the bucket), holders (unsettled first, then PostgreSQL once persisted), the new
 //! stamp recorded, the journal read after it, every other bucket's mark cleared, restore.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +36,33 @@ use crate::layouts::Layout;
 
 /// How long a request whose home bucket is empty waits for stock moved to it: past it, 503.
 pub const SUPPLY_WAIT: Duration = Duration::from_millis(500);
+
+/// One coupon's supplies in this process, one at a time: when its last unit goes, every
+/// request then in flight finds its home dry, and thousands of sold-out checks at once (each
+/// reads every bucket twice) queue up behind each other on Redis past its timeout, where one
+/// check marks the coupon for all of them. The others wait their turn and, if a supply ran
+/// meanwhile, ask admission again instead. Other processes' movers run beside it, as the
+/// protocol allows any number.
+#[derive(Default)]
+pub struct SupplyGates(Mutex<HashMap<CouponId, Arc<SupplyGate>>>);
+
+#[derive(Default)]
+pub struct SupplyGate {
+    turn: tokio::sync::Mutex<()>,
+    /// Supplies run through this gate so far.
+    supplies: AtomicU64,
+}
+
+impl SupplyGates {
+    fn of(&self, coupon: CouponId) -> Arc<SupplyGate> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(coupon)
+            .or_default()
+            .clone()
+    }
+}
 
 /// The buckets this process is rebuilding now: a request that finds one closed starts its
 /// rebuild only if none runs here (another process's is refused by the lease).
@@ -168,12 +196,26 @@ impl Issuer {
                     ));
                 }
                 AdmitReply::Dry => {
+                    let gate = self.supply_gates.of(coupon);
+                    let supplies_seen = gate.supplies.load(Ordering::Acquire);
+                    let left = SUPPLY_WAIT
+                        .saturating_sub(dry_since.map_or(Duration::ZERO, |since| since.elapsed()));
+                    let Ok(_turn) = tokio::time::timeout(left, gate.turn.lock()).await else {
+                        continue;
+                    };
+                    // Another request's supply ran while this one waited for its turn:
+                    // admission may decide now (stock came, or the mark).
+                    if gate.supplies.load(Ordering::Acquire) != supplies_seen {
+                        continue;
+                    }
                     let mover = Mover {
                         places: &places,
                         pool: &self.pool,
                         owner: self.layouts.owner(),
                     };
-                    match mover.supply(&mut redis, home.bucket).await {
+                    let supplied = mover.supply(&mut redis, home.bucket).await;
+                    gate.supplies.fetch_add(1, Ordering::AcqRel);
+                    match supplied {
                         // The home has stock now, or is marked: admission decides.
                         Ok(Supply::Moved(_) | Supply::Reopened(_) | Supply::SoldOut) => {}
                         Ok(Supply::NotNow) => {

@@ -38,7 +38,7 @@ use crate::error::ApiError;
 use crate::layouts::{Layout, Layouts};
 use crate::metrics::Metrics;
 use crate::replication::{Confirmation, Written};
-use buckets::BucketRebuilds;
+use buckets::{BucketRebuilds, SupplyGates};
 use lazy_rebuilds::LazyRebuilds;
 
 pub use buckets::{BucketStock, SUPPLY_WAIT};
@@ -78,6 +78,8 @@ pub struct Issuer {
     layouts: Arc<Layouts>,
     /// The buckets this process is rebuilding (`buckets`).
     bucket_rebuilds: Arc<BucketRebuilds>,
+    /// Each bucketed coupon's supplies, one at a time in this process (`buckets`).
+    supply_gates: Arc<SupplyGates>,
 }
 
 impl Issuer {
@@ -103,6 +105,7 @@ impl Issuer {
             coupon_reads: Arc::default(),
             layouts,
             bucket_rebuilds: Arc::default(),
+            supply_gates: Arc::default(),
         }
     }
 
