@@ -122,7 +122,8 @@ impl Layouts {
         self.learn(&record).await.map(Some)
     }
 
-    fn cached(&self, coupon: CouponId) -> Option<Layout> {
+    /// The coupon's layout if this process holds it, without asking PostgreSQL.
+    pub fn cached(&self, coupon: CouponId) -> Option<Layout> {
         self.read().layouts.get(&coupon).cloned()
     }
 

@@ -27,7 +27,14 @@ pub async fn run(delivery: KafkaDelivery, shutdown: CancellationToken) {
             () = tokio::time::sleep(delivery.reconcile_interval) => {}
         }
         let mut redis = delivery.redis.clone();
-        match reconcile_once(&delivery, &mut redis).await {
+        // A pass waits on its dependencies (PostgreSQL's pool for a coupon's layout, say):
+        // shutdown does not wait for it. A pass cut short leaves its claims to lapse, as
+        // an API that died would, and its publishes under way run to their end.
+        let pass = tokio::select! {
+            () = shutdown.cancelled() => return,
+            pass = reconcile_once(&delivery, &mut redis) => pass,
+        };
+        match pass {
             Ok(0) => {}
             Ok(settled) => tracing::info!(settled, "reconciler settled pending slots"),
             Err(err) => tracing::warn!(error = %err, "reconciler pass failed"),
@@ -55,18 +62,28 @@ pub async fn reconcile_once<C: ConnectionLike + Send + Sync>(
     .map(|state| (state.as_str(), 0))
     .collect();
     let mut oldest_ms: Option<i64> = None;
+    let mut postgres_away = false;
     for registration in delivery.registry.members(con).await? {
         let coupon = registration.coupon;
         // A registered coupon PostgreSQL lacks was registered by a test or by hand: its own
         // keys are all there is.
-        let layout = match delivery.layouts.get(coupon).await {
-            Ok(layout) => layout.unwrap_or(Layout::Single),
-            // This coupon waits for the next pass; the others are not held up.
-            Err(err) => {
-                tracing::warn!(%coupon, error = %err, "reconciler: the coupon's layout is not known now");
-                continue;
+        // Unknown only while PostgreSQL is away (a layout is read from it once): the rest
+        // of the pass looks only at the coupons whose layout this process holds, rather
+        // than wait out the pool's timeout for each of the others in turn.
+        let known = if postgres_away {
+            delivery.layouts.cached(coupon).map(Some)
+        } else {
+            match delivery.layouts.get(coupon).await {
+                Ok(layout) => Some(layout),
+                Err(err) => {
+                    tracing::warn!(%coupon, error = %err, "reconciler: the coupon's layout is not known now");
+                    postgres_away = true;
+                    None
+                }
             }
         };
+        let Some(layout) = known else { continue };
+        let layout = layout.unwrap_or(Layout::Single);
         let mut releasing = false;
         let mut nothing_pending = true;
         for at in layout.ledgers(delivery.layouts.prefix(), coupon) {
