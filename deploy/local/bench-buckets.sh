@@ -19,36 +19,14 @@ mkdir -p "$OUT"
 
 log() { echo "[bench-buckets] $*" >&2; }
 
-primaries() {
-  redis-cli -p "${CLUSTER_SEED#*:}" CLUSTER NODES |
-    awk '$3 ~ /master/ && $3 !~ /fail/ { split($2, a, "@"); print a[1] }' | paste -sd, -
-}
-
-api=""
-worker=""
-stop_services() {
-  for pid in $api $worker; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in $api $worker; do wait "$pid" 2>/dev/null || true; done
-  api=""
-  worker=""
-}
-trap stop_services EXIT
+# shellcheck source=deploy/local/bench-services.sh
+source "$ROOT/deploy/local/bench-services.sh"
 
 # run BUCKETS ROUND: one measured run, its report in $OUT.
 run() {
   local buckets=$1 round=$2
   local prefix="bench-buckets-$round-$buckets-$$:"
-  env REDIS_CLUSTER_NODES="$CLUSTER_SEED" REDIS_KEY_PREFIX="$prefix" \
-    "$BIN/issuer-worker" >"$OUT/worker-$round-$buckets.log" 2>&1 &
-  worker=$!
-  env REDIS_CLUSTER_NODES="$CLUSTER_SEED" REDIS_KEY_PREFIX="$prefix" ISSUER_LISTEN=$LISTEN \
-    ISSUER_OPS_LISTEN=$OPS "$BIN/issuer-api" >"$OUT/api-$round-$buckets.log" 2>&1 &
-  api=$!
-  for _ in $(seq 100); do
-    curl -sf "http://$OPS/readyz" >/dev/null && break
-    sleep 0.2
-  done
-  curl -sf "http://$OPS/readyz" >/dev/null || { log "issuer-api not ready: see $OUT"; exit 1; }
+  start_services "$round-$buckets" REDIS_CLUSTER_NODES="$CLUSTER_SEED" REDIS_KEY_PREFIX="$prefix"
   local report="$OUT/run-$round-$buckets.txt"
   BENCH_API="http://$LISTEN" BENCH_OPS="http://$OPS" "$BIN/issuer-bench" sustained --coupons 1 \
     --buckets "$buckets" --requests "$REQUESTS" --concurrency "$CONCURRENCY" \

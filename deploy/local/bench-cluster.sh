@@ -22,21 +22,8 @@ mkdir -p "$OUT"
 
 log() { echo "[bench-cluster] $*" >&2; }
 
-# The cluster's primaries now, for their commandstats.
-primaries() {
-  redis-cli -p "${CLUSTER_SEED#*:}" CLUSTER NODES |
-    awk '$3 ~ /master/ && $3 !~ /fail/ { split($2, a, "@"); print a[1] }' | paste -sd, -
-}
-
-api=""
-worker=""
-stop_services() {
-  for pid in $api $worker; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in $api $worker; do wait "$pid" 2>/dev/null || true; done
-  api=""
-  worker=""
-}
-trap stop_services EXIT
+# shellcheck source=deploy/local/bench-services.sh
+source "$ROOT/deploy/local/bench-services.sh"
 
 # run TOPOLOGY SHAPE ROUND: one measured run; prints "topology shape rps busiest_us all_us".
 run() {
@@ -51,17 +38,7 @@ run() {
   quantity=1000000
   [ "$shape" = soldout ] && quantity=1
   local prefix="bench-$round-$topology-$shape-$$:"
-  env "${redis_env[@]}" REDIS_KEY_PREFIX="$prefix" \
-    "$BIN/issuer-worker" >"$OUT/worker-$round-$topology-$shape.log" 2>&1 &
-  worker=$!
-  env "${redis_env[@]}" REDIS_KEY_PREFIX="$prefix" ISSUER_LISTEN=$LISTEN ISSUER_OPS_LISTEN=$OPS \
-    "$BIN/issuer-api" >"$OUT/api-$round-$topology-$shape.log" 2>&1 &
-  api=$!
-  for _ in $(seq 100); do
-    curl -sf "http://$OPS/readyz" >/dev/null && break
-    sleep 0.2
-  done
-  curl -sf "http://$OPS/readyz" >/dev/null || { log "issuer-api not ready: see $OUT"; exit 1; }
+  start_services "$round-$topology-$shape" "${redis_env[@]}" REDIS_KEY_PREFIX="$prefix"
   local report="$OUT/run-$round-$topology-$shape.txt"
   BENCH_API="http://$LISTEN" BENCH_OPS="http://$OPS" "$BIN/issuer-bench" --json sustained --coupons "$COUPONS" \
     --requests "$REQUESTS" --concurrency "$CONCURRENCY" --quantity "$quantity" \
