@@ -218,6 +218,9 @@ enum Request {
     SoldOut,
 }
 
+/// PostgreSQL's journal of transfers: each one's (from, to, units), once journalled.
+type Journal = [Option<(u8, u8, u8)>; TRANSFERS];
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct State {
     buckets: [Bucket; K],
@@ -232,7 +235,7 @@ struct State {
     /// PostgreSQL: each bucket's incarnation its state was last verified (rebuilt) under,
     /// the transfers journalled (from, to, units), and Kafka: the users whose admission is logged.
     in_force: [u8; K],
-    journal: [Option<(u8, u8, u8)>; TRANSFERS],
+    journal: Journal,
     logged: [bool; USERS],
     /// Slots being given back (the model's own record, which no failover rewinds): from the
     /// release until the unit is for sale again, by the reopen or by the home bucket's
@@ -245,7 +248,7 @@ struct State {
     /// restored yet; the bucket is closed meanwhile (its lease).
     stamped: [bool; K],
     /// `Bug::JournalReadBeforeStamp`: the journal as each rebuild read it, first.
-    read_journal: [Option<[Option<(u8, u8, u8)>; TRANSFERS]>; K],
+    read_journal: [Option<Journal>; K],
 }
 
 #[derive(Clone, Copy, Debug)]

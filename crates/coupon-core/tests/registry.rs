@@ -243,12 +243,20 @@ async fn a_generation_lost_in_a_failover_is_never_given_again() {
     let registry = Registry::new(prefix(), QueueKind::Redis);
     let coupon = CouponId::new(7).unwrap();
     registry.register(&mut old, coupon).await.unwrap();
-    let acknowledged: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(5_000)
-        .query_async(&mut old)
-        .await
-        .unwrap();
+    // Each WAIT shorter than the client's response timeout: a replica still in its first
+    // sync (slow while the suite loads the machine) acknowledges only once it is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let acknowledged = loop {
+        let acknowledged: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(200)
+            .query_async(&mut old)
+            .await
+            .unwrap();
+        if acknowledged == 1 || std::time::Instant::now() > deadline {
+            break acknowledged;
+        }
+    };
     assert_eq!(acknowledged, 1, "the replica has the first registration");
 
     replica.promote().await.unwrap();

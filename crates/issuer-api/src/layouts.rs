@@ -173,10 +173,12 @@ impl Layouts {
                     // A bucket loaded whose stamp PostgreSQL lacks (its creator died between
                     // the two, or lost PostgreSQL): known by no stamp, every step there is
                     // refused, and its first request has it rebuilt.
+                    // Read again: the stamps this open (or a rebuild meanwhile) recorded count.
                     Err(MoveError::Unverified(_)) => Places {
                         coupon: coupon.id,
                         count: coupon.buckets,
-                        places: rows
+                        places: coupon_buckets(&mut db, coupon)
+                            .await?
                             .iter()
                             .map(|row| {
                                 let stamp = row.stamp.clone().unwrap_or_else(Stamp::unknown);

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use coupon_core::buckets::Bucket;
 use coupon_core::buckets::mover::{MoveError, Mover, Places, Supply};
+use coupon_core::buckets::{Bucket, BucketCount};
 use coupon_core::db::buckets::{coupon_buckets, journal, record_bucket_stamp};
 use coupon_core::db::coupons::{Verification, coupon_holders, find_coupon};
 use coupon_core::domain::{Admission, CouponId, UserId};
@@ -41,16 +41,39 @@ pub const SUPPLY_WAIT: Duration = Duration::from_millis(500);
 /// request then in flight finds its home dry, and thousands of sold-out checks at once (each
 /// reads every bucket twice) queue up behind each other on Redis past its timeout, where one
 /// check marks the coupon for all of them. The others wait their turn and, if a supply ran
-/// meanwhile, ask admission again instead. Other processes' movers run beside it, as the
-/// protocol allows any number.
+/// meanwhile for their home (or for all: the coupon marked, slots reopened), ask admission
+/// again instead. A turn lasts one supply, bounded by the holder's own wait: a supply stuck
+/// on PostgreSQL holds up the others no longer than that. Other processes' movers run beside
+/// it, as the protocol allows any number.
 #[derive(Default)]
 pub struct SupplyGates(Mutex<HashMap<CouponId, Arc<SupplyGate>>>);
 
 #[derive(Default)]
 pub struct SupplyGate {
     turn: tokio::sync::Mutex<()>,
-    /// Supplies run through this gate so far.
-    supplies: AtomicU64,
+    /// Supplies run through this gate so far, by the home bucket they served.
+    supplies: [AtomicU64; BucketCount::MAX as usize],
+}
+
+impl SupplyGate {
+    fn supplied(&self, home: Bucket) -> u64 {
+        self.supplies[usize::from(home.index())].load(Ordering::Acquire)
+    }
+
+    /// A supply for `home` ended so: one that marked the coupon or reopened slots served
+    /// every home.
+    fn record(&self, home: Bucket, outcome: &Result<Supply, MoveError>) {
+        match outcome {
+            Ok(Supply::SoldOut | Supply::Reopened(_)) => {
+                for served in &self.supplies {
+                    served.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            _ => {
+                self.supplies[usize::from(home.index())].fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
 }
 
 impl SupplyGates {
@@ -197,24 +220,38 @@ impl Issuer {
                 }
                 AdmitReply::Dry => {
                     let gate = self.supply_gates.of(coupon);
-                    let supplies_seen = gate.supplies.load(Ordering::Acquire);
+                    let supplies_seen = gate.supplied(home.bucket);
                     let left = SUPPLY_WAIT
                         .saturating_sub(dry_since.map_or(Duration::ZERO, |since| since.elapsed()));
-                    let Ok(_turn) = tokio::time::timeout(left, gate.turn.lock()).await else {
-                        continue;
+                    let deadline = Instant::now() + left;
+                    let supplied = {
+                        let Ok(_turn) = tokio::time::timeout_at(deadline, gate.turn.lock()).await
+                        else {
+                            continue;
+                        };
+                        // Another request's supply for this home ran while this one waited
+                        // for its turn: admission may decide now (stock came, or the mark).
+                        if gate.supplied(home.bucket) != supplies_seen {
+                            continue;
+                        }
+                        let mover = Mover {
+                            places: &places,
+                            pool: &self.pool,
+                            owner: self.layouts.owner(),
+                        };
+                        // Cut short, it is a mover that died mid-way, which the next supply
+                        // finishes (the transfer's lease runs out).
+                        let Ok(supplied) = tokio::time::timeout_at(
+                            deadline,
+                            mover.supply(&mut redis, home.bucket),
+                        )
+                        .await
+                        else {
+                            continue;
+                        };
+                        gate.record(home.bucket, &supplied);
+                        supplied
                     };
-                    // Another request's supply ran while this one waited for its turn:
-                    // admission may decide now (stock came, or the mark).
-                    if gate.supplies.load(Ordering::Acquire) != supplies_seen {
-                        continue;
-                    }
-                    let mover = Mover {
-                        places: &places,
-                        pool: &self.pool,
-                        owner: self.layouts.owner(),
-                    };
-                    let supplied = mover.supply(&mut redis, home.bucket).await;
-                    gate.supplies.fetch_add(1, Ordering::AcqRel);
                     match supplied {
                         // The home has stock now, or is marked: admission decides.
                         Ok(Supply::Moved(_) | Supply::Reopened(_) | Supply::SoldOut) => {}

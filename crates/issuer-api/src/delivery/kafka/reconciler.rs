@@ -77,7 +77,13 @@ pub async fn reconcile_once<C: ConnectionLike + Send + Sync>(
                 Ok(layout) => Some(layout),
                 Err(err) => {
                     tracing::warn!(%coupon, error = %err, "reconciler: the coupon's layout is not known now");
-                    postgres_away = true;
+                    postgres_away = matches!(
+                        err,
+                        ApiError::Unavailable {
+                            what: "postgresql",
+                            ..
+                        }
+                    );
                     None
                 }
             }
