@@ -16,7 +16,7 @@ use coupon_core::buckets::open::open_buckets;
 use coupon_core::db::buckets::{BucketRow, coupon_buckets, insert_bucketed_coupon};
 use coupon_core::db::coupons::{NewCoupon, find_coupon};
 use coupon_core::db::pool::PgPool;
-use coupon_core::domain::{Coupon, CouponId, QueueKind, UserId};
+use coupon_core::domain::{Coupon, CouponId, QueueKind};
 use coupon_core::redis::buckets::slot_owners;
 use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::epoch::Stamp;
@@ -36,14 +36,6 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// Where `user`'s slot and pending entry of `coupon` are kept.
-    pub fn ledger_for(&self, prefix: &str, coupon: CouponId, user: UserId) -> LedgerAt {
-        match self {
-            Self::Single => LedgerAt::Coupon(CouponKeys::new(prefix, coupon)),
-            Self::Buckets(places) => LedgerAt::Bucket(places.home(user).keys.clone()),
-        }
-    }
-
     /// Every place `coupon`'s pending entries may be kept.
     pub fn ledgers(&self, prefix: &str, coupon: CouponId) -> Vec<LedgerAt> {
         match self {
