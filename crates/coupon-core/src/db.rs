@@ -8,5 +8,6 @@ pub mod failed_events;
 pub mod migrate;
 pub mod pool;
 pub mod publish_window;
+pub mod raise;
 pub mod redrive;
 pub mod schema;

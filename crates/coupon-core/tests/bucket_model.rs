@@ -65,6 +65,19 @@
 //! every unit not logged as admitted is for sale somewhere, so a SOLD_OUT is true exactly
 //! when every unit is logged.
 //!
+//! A raise of the quantity (the console's action) is committed in PostgreSQL first, the
+//! quantity and each bucket's share in one transaction: Redis never holds more stock than
+//! the database's quantity guard would take. Then every bucket is flagged (the flag clears
+//! its mark under a new generation, and no mark is set anywhere while one is up), then each
+//! bucket's allocation grows to its new share (its `share` field says what it holds, so a
+//! grow counts once), then the flags are cleared, then PostgreSQL records the raise as
+//! landed. A raiser may die anywhere: the reconciler lands whatever PostgreSQL says has not
+//! landed, and clears any flag it finds up, the same way (flags, grows to the shares it
+//! reads, clears). A rebuild reads its bucket's share from PostgreSQL; a grow is
+//! refused on a bucket that is closed for its rebuild, as every step is. (The code's flag
+//! holds the highest quantity raised to, and is cleared only by whoever grew every bucket to
+//! it; with one raise here, it is a yes or no.)
+//!
 //! Not modelled yet: a failover in the Redis queue mode (the log is the bucket's own
 //! stream there, rewound with it: holders confirmed on the replica first, as today), and
 //! Kafka mode's pending entries beside the slots (a rebuild reads the unsettled ones as
@@ -121,6 +134,20 @@ enum Bug {
     /// bucket journalled in between (its take fenced on the old stamp, still in force) is
     /// credited to its recipient and counted in the rebuilt donor's stock too.
     JournalReadBeforeStamp,
+    /// A raise grows the buckets in Redis first and commits PostgreSQL after: Redis admits
+    /// what the database's guard would refuse.
+    RaiseBeforeDatabase,
+    /// A raise grows the buckets with no flag first: a check that saw every bucket empty
+    /// marks them while the new units are for sale.
+    RaiseUnflagged,
+    /// Nobody lands a raise whose raiser died.
+    RaiseNotLanded,
+    /// A rebuild allocates its bucket's share at the coupon's creation, not the one
+    /// PostgreSQL holds now.
+    RebuildIgnoresRaise,
+    /// A raise's flag and grow run on a bucket closed for its rebuild, whose restore then
+    /// writes the share it read before the raise.
+    RaiseOnClosedBucket,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -148,6 +175,10 @@ struct Bucket {
     version: u8,
     /// The node's incarnation: a failover to the replica gives another.
     epoch: u8,
+    /// The share its allocation includes (a grow adds only what it lacks).
+    share: u8,
+    /// A raise is landing: no mark is set while any bucket has this up.
+    raising: bool,
 }
 
 /// What a bucket looked like to a collect.
@@ -158,6 +189,7 @@ struct Seen {
     returned: u8,
     generation: u8,
     version: u8,
+    raising: bool,
 }
 
 /// Where a mover is in its work.
@@ -218,6 +250,30 @@ enum Request {
     SoldOut,
 }
 
+/// A raise landing in the buckets: the API's (after its commit in PostgreSQL) or the
+/// reconciler's (for a raise whose raiser died).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Raiser {
+    Idle,
+    /// Flags bucket `next` and the rest.
+    Flagging {
+        next: u8,
+    },
+    /// Grows bucket `next` and the rest to `shares` (read from PostgreSQL).
+    Growing {
+        next: u8,
+        shares: [u8; K],
+    },
+    /// Clears the flag on bucket `next` and the rest.
+    Clearing {
+        next: u8,
+    },
+}
+
+/// The API's raise, and the reconciler's landing of a dead raiser's.
+const RAISER: usize = 0;
+const LANDER: usize = 1;
+
 /// PostgreSQL's journal of transfers: each one's (from, to, units), once journalled.
 type Journal = [Option<(u8, u8, u8)>; TRANSFERS];
 
@@ -249,6 +305,21 @@ struct State {
     stamped: [bool; K],
     /// `Bug::JournalReadBeforeStamp`: the journal as each rebuild read it, first.
     read_journal: [Option<Journal>; K],
+    /// PostgreSQL: each bucket's share (the quantity is their sum), and each rebuild's
+    /// reading of its own, taken at its first step (the code reads it before its lease).
+    shares: [u8; K],
+    read_share: [u8; K],
+    /// The most each bucket's share was in Redis (the model's own record, which no failover
+    /// rewinds): the units ever put up for sale.
+    granted: [u8; K],
+    raisers: [Raiser; 2],
+    raises_left: u8,
+    raiser_crashes_left: u8,
+    /// PostgreSQL: every unit of its quantity is known to be in the buckets' shares.
+    landed: bool,
+    /// A SOLD_OUT was answered while Redis held every unit PostgreSQL has (no raise yet to
+    /// land): one answered before a raise is not contradicted by the raise's stock.
+    refused_at_full: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -299,6 +370,17 @@ enum Action {
     /// its share and the journal, the credited transfers and the donor's last entry from
     /// the journal; marks cleared under a new generation.
     Rebuild(u8),
+    /// The quantity and the shares raised in PostgreSQL, in one transaction.
+    RaiseCommit,
+    /// One step of a raiser (`RAISER` or `LANDER`) on its next bucket.
+    Flag(u8),
+    Grow(u8),
+    Clear(u8),
+    /// The raiser dies: its flags stay up.
+    RaiserCrash,
+    /// The reconciler lands a raise PostgreSQL has not recorded as landed, or one whose flag
+    /// it finds up.
+    Land,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -315,12 +397,13 @@ struct Setup {
     crashes: u8,
     /// Movers at work (of [`MOVERS`]).
     movers: usize,
-}
-
-impl Setup {
-    fn quantity(&self) -> usize {
-        self.stocks.iter().map(|stock| *stock as usize).sum()
-    }
+    /// What a raise adds to each bucket's share, if one happens (whenever), and whether its
+    /// raiser may die.
+    raise: Option<[u8; K]>,
+    raiser_crashes: u8,
+    /// Whether the reconciler lands a raise while its raiser still runs (else only once it
+    /// died or finished: fewer states, where a failover is what the setup is about).
+    lander_beside_raiser: bool,
 }
 
 struct Model {
@@ -364,6 +447,19 @@ impl State {
         self.users(|bucket| bucket.issued, |_| true)
     }
 
+    /// PostgreSQL's quantity: what its guard lets the log hold.
+    fn quantity(&self) -> usize {
+        self.shares.iter().map(|share| *share as usize).sum()
+    }
+
+    /// The units Redis puts up for sale: every bucket's share.
+    fn allocated(&self) -> usize {
+        self.buckets
+            .iter()
+            .map(|bucket| bucket.share as usize)
+            .sum()
+    }
+
     /// Whether `bucket`'s node holds the state verified last (no failover since), and no
     /// rebuild holds it closed.
     fn verified(&self, bucket: usize) -> bool {
@@ -404,6 +500,8 @@ impl Protocol for Model {
             releasing: [false; USERS],
             version: 0,
             epoch: 0,
+            share: stock,
+            raising: false,
         });
         State {
             buckets,
@@ -421,6 +519,14 @@ impl Protocol for Model {
             lied: false,
             stamped: [false; K],
             read_journal: [None; K],
+            shares: self.setup.stocks,
+            read_share: [0; K],
+            granted: self.setup.stocks,
+            raisers: [Raiser::Idle; 2],
+            raises_left: u8::from(self.setup.raise.is_some()),
+            raiser_crashes_left: self.setup.raiser_crashes,
+            landed: true,
+            refused_at_full: false,
         }
     }
 
@@ -548,6 +654,37 @@ impl Protocol for Model {
                 actions.push(Action::Rebuild(bucket as u8));
             }
         }
+        if s.raises_left > 0 && s.raisers[RAISER] == Raiser::Idle {
+            actions.push(Action::RaiseCommit);
+        }
+        if s.raisers[RAISER] != Raiser::Idle && s.raiser_crashes_left > 0 {
+            actions.push(Action::RaiserCrash);
+        }
+        for (r, raiser) in s.raisers.iter().enumerate() {
+            // A step on a bucket that is not verified is refused; the raiser tries again
+            // once it is rebuilt.
+            let ready = |next: u8| {
+                s.verified(next as usize)
+                    || (self.bug == Bug::RaiseOnClosedBucket && s.stamped[next as usize])
+            };
+            match *raiser {
+                Raiser::Flagging { next } if ready(next) => actions.push(Action::Flag(r as u8)),
+                Raiser::Growing { next, .. } if ready(next) => actions.push(Action::Grow(r as u8)),
+                Raiser::Clearing { next } if s.verified(next as usize) => {
+                    actions.push(Action::Clear(r as u8))
+                }
+                _ => {}
+            }
+        }
+        let flagged = (0..K).any(|b| s.verified(b) && s.buckets[b].raising);
+        let beside = self.setup.lander_beside_raiser || s.raisers[RAISER] == Raiser::Idle;
+        if (flagged || !s.landed)
+            && s.raisers[LANDER] == Raiser::Idle
+            && beside
+            && self.bug != Bug::RaiseNotLanded
+        {
+            actions.push(Action::Land);
+        }
         actions
     }
 
@@ -565,7 +702,7 @@ impl Protocol for Model {
                             s.logged[*u] || s.requests[*u] == Request::Admitted || s.giving_back[*u]
                         })
                         .count();
-                    held == self.setup.quantity()
+                    held == s.granted.iter().map(|g| *g as usize).sum::<usize>()
                 } else {
                     s.stock() == 0 && s.in_flight() == 0
                 };
@@ -580,6 +717,7 @@ impl Protocol for Model {
                 } else if home.sold_out || self.bug == Bug::HomeOnly {
                     s.requests[u] = Request::SoldOut;
                     s.lied |= !truly_out;
+                    s.refused_at_full |= s.raises_left == 0 && s.allocated() == s.quantity();
                 } else {
                     s.requests[u] = Request::Waiting;
                 }
@@ -717,6 +855,7 @@ impl Protocol for Model {
                         returned: bucket.releasing.iter().filter(|r| **r).count() as u8,
                         generation: bucket.generation,
                         version: bucket.version,
+                        raising: bucket.raising,
                     };
                     if pass == 0 {
                         first[next as usize] = Some(seen);
@@ -742,7 +881,10 @@ impl Protocol for Model {
                     } else {
                         let empty = first.iter().all(|seen| {
                             seen.is_some_and(|seen| {
-                                seen.stock == 0 && !seen.in_flight && seen.returned == 0
+                                seen.stock == 0
+                                    && !seen.in_flight
+                                    && seen.returned == 0
+                                    && !seen.raising
                             })
                         });
                         let stable = passes == 1 || first == second;
@@ -763,6 +905,7 @@ impl Protocol for Model {
                     let verified = s.verified(next as usize);
                     let bucket = &mut s.buckets[next as usize];
                     if verified
+                        && !bucket.raising
                         && (bucket.generation == generations[next as usize]
                             || self.bug == Bug::MarkAnyGeneration)
                     {
@@ -829,6 +972,11 @@ impl Protocol for Model {
             }
             Action::RebuildStamp(bucket) => {
                 let b = bucket as usize;
+                s.read_share[b] = if self.bug == Bug::RebuildIgnoresRaise {
+                    self.setup.stocks[b]
+                } else {
+                    s.shares[b]
+                };
                 if self.bug == Bug::JournalReadBeforeStamp {
                     s.read_journal[b] = Some(s.journal);
                 } else {
@@ -838,7 +986,7 @@ impl Protocol for Model {
             }
             Action::Rebuild(bucket) => {
                 let b = bucket as usize;
-                let mut allocation = self.setup.stocks[b] as i16;
+                let mut allocation = s.read_share[b] as i16;
                 let mut credited = [false; TRANSFERS];
                 let mut last_out = None;
                 let journal = s.read_journal[b].take().unwrap_or(s.journal);
@@ -894,9 +1042,105 @@ impl Protocol for Model {
                     releasing: [false; USERS],
                     version: old.version + 1,
                     epoch: old.epoch,
+                    share: s.read_share[b],
+                    // The restore writes the fields it knows; a flag the copy has stays.
+                    raising: old.raising,
                 };
+                s.granted[b] = s.granted[b].max(s.read_share[b]);
+                // Read again by the next rebuild (one record, not two states).
+                s.read_share[b] = 0;
                 s.in_force[b] = old.epoch;
             }
+            Action::RaiseCommit => {
+                s.raises_left -= 1;
+                let mut raised = s.shares;
+                for (share, more) in raised.iter_mut().zip(self.setup.raise.unwrap_or([0; K])) {
+                    *share += more;
+                }
+                s.raisers[RAISER] = match self.bug {
+                    // PostgreSQL last: at the end of the clears, below.
+                    Bug::RaiseBeforeDatabase => Raiser::Growing {
+                        next: 0,
+                        shares: raised,
+                    },
+                    Bug::RaiseUnflagged => {
+                        s.shares = raised;
+                        s.landed = false;
+                        Raiser::Growing {
+                            next: 0,
+                            shares: raised,
+                        }
+                    }
+                    _ => {
+                        s.shares = raised;
+                        s.landed = false;
+                        Raiser::Flagging { next: 0 }
+                    }
+                };
+            }
+            Action::Flag(r) => {
+                if let Raiser::Flagging { next } = s.raisers[r as usize] {
+                    let bucket = &mut s.buckets[next as usize];
+                    bucket.raising = true;
+                    bucket.sold_out = false;
+                    bucket.generation += 1;
+                    bucket.version += 1;
+                    s.raisers[r as usize] = if next as usize + 1 < K {
+                        Raiser::Flagging { next: next + 1 }
+                    } else {
+                        // The shares are read after the flags (the API raised them itself).
+                        Raiser::Growing {
+                            next: 0,
+                            shares: s.shares,
+                        }
+                    };
+                }
+            }
+            Action::Grow(r) => {
+                if let Raiser::Growing { next, shares } = s.raisers[r as usize] {
+                    let b = next as usize;
+                    let bucket = &mut s.buckets[b];
+                    if bucket.share < shares[b] {
+                        bucket.stock += shares[b] - bucket.share;
+                        bucket.share = shares[b];
+                        bucket.version += 1;
+                        s.granted[b] = s.granted[b].max(shares[b]);
+                    }
+                    s.raisers[r as usize] = if b + 1 < K {
+                        Raiser::Growing {
+                            next: next + 1,
+                            shares,
+                        }
+                    } else {
+                        Raiser::Clearing { next: 0 }
+                    };
+                }
+            }
+            Action::Clear(r) => {
+                if let Raiser::Clearing { next } = s.raisers[r as usize] {
+                    s.buckets[next as usize].raising = false;
+                    s.raisers[r as usize] = if next as usize + 1 < K {
+                        Raiser::Clearing { next: next + 1 }
+                    } else {
+                        if self.bug == Bug::RaiseBeforeDatabase && r as usize == RAISER {
+                            for (share, more) in
+                                s.shares.iter_mut().zip(self.setup.raise.unwrap_or([0; K]))
+                            {
+                                *share += more;
+                            }
+                        }
+                        // Every bucket grew to the shares read, which hold every raise
+                        // committed before (one raise here).
+                        s.landed = true;
+                        Raiser::Idle
+                    };
+                }
+            }
+            Action::RaiserCrash => {
+                s.raiser_crashes_left -= 1;
+                s.raisers[RAISER] = Raiser::Idle;
+            }
+            Action::Land => s.raisers[LANDER] = Raiser::Flagging { next: 0 },
             Action::Restock(m) => {
                 // One script on each home bucket of a releasing holder: the slot freed, the
                 // unit back into stock.
@@ -918,13 +1162,20 @@ impl Protocol for Model {
     }
 
     fn violation(&self, s: &State) -> Option<&'static str> {
-        let quantity = self.setup.quantity();
+        let quantity = s.quantity();
         let logged = s.logged.iter().filter(|logged| **logged).count();
         // A node that failed over holds a stale copy, which refuses every script until
         // its rebuild: its holders are not counted, the log's are.
         let verified_holders = s.users(|bucket| bucket.issued, |bucket| s.verified(bucket));
         if verified_holders > quantity || logged > quantity {
             return Some("never more than N");
+        }
+        let verified_shares: usize = (0..K)
+            .filter(|b| s.verified(*b))
+            .map(|b| s.buckets[b].share as usize)
+            .sum();
+        if verified_shares > quantity {
+            return Some("Redis allocates no more than PostgreSQL's quantity");
         }
         // Counted where every node holds its verified state: a rewound copy is not for sale.
         let all_verified = (0..K).all(|bucket| s.verified(bucket));
@@ -937,7 +1188,7 @@ impl Protocol for Model {
         {
             return Some("Redis's holders are exactly the log's");
         }
-        if all_verified && s.stock() + s.holders() + s.in_flight() != quantity {
+        if all_verified && s.stock() + s.holders() + s.in_flight() != s.allocated() {
             return Some("every unit somewhere: none lost, none made");
         }
         if s.lied {
@@ -950,7 +1201,16 @@ impl Protocol for Model {
             .iter()
             .any(|action| !matches!(action, Action::Check(_)));
         let sold_out = s.stock() == 0 && s.in_flight() == 0 && s.returned() == 0;
-        let idle = s.movers.iter().all(|mover| *mover == Mover::Idle);
+        let idle = s.movers.iter().all(|mover| *mover == Mover::Idle)
+            && s.raisers.iter().all(|raiser| *raiser == Raiser::Idle);
+        if !moving && idle {
+            if s.allocated() < quantity {
+                return Some("at rest, a raise lands in every bucket");
+            }
+            if s.buckets.iter().any(|bucket| bucket.raising) {
+                return Some("at rest, no raise flag is left up");
+            }
+        }
         if !moving && idle && !sold_out {
             if s.requests.contains(&Request::Waiting) {
                 return Some("at rest, no request waits");
@@ -958,7 +1218,7 @@ impl Protocol for Model {
             if s.returned() > 0 {
                 return Some("at rest, every unit released is back for sale");
             }
-            let refused = s.requests.contains(&Request::SoldOut);
+            let refused = s.refused_at_full;
             let released = s.releases_left < self.setup.releases;
             if refused && !released && (s.stock() > 0 || s.in_flight() > 0) {
                 return Some("at rest, no stock left while a user was refused");
@@ -976,6 +1236,9 @@ const SPREAD: Setup = Setup {
     failovers: 0,
     crashes: 1,
     movers: MOVERS,
+    raise: None,
+    raiser_crashes: 0,
+    lander_beside_raiser: false,
 };
 /// Every user home to one bucket, and all the stock in the other: each unit must move.
 const ONE_HOME: Setup = Setup {
@@ -985,6 +1248,9 @@ const ONE_HOME: Setup = Setup {
     failovers: 0,
     crashes: 1,
     movers: MOVERS,
+    raise: None,
+    raiser_crashes: 0,
+    lander_beside_raiser: false,
 };
 /// The same as `ONE_HOME`, and one bucket's node failing over to its replica (whenever).
 /// No mover crash, and one mover, here: a rebuild leaves its donor's last entry without a
@@ -1011,6 +1277,27 @@ const SPREAD_RELEASED: Setup = Setup {
     ..SPREAD
 };
 
+/// `SPREAD`, and a raise of one unit into the bucket fewer users home to, whose raiser may
+/// die: the users of the other bucket are served by a move.
+const SPREAD_RAISED: Setup = Setup {
+    raise: Some([0, 1]),
+    raiser_crashes: 1,
+    lander_beside_raiser: true,
+    crashes: 0,
+    movers: 1,
+    ..SPREAD
+};
+/// `ONE_HOME_FAILOVER` with one unit less, and a raise of one unit into the home bucket,
+/// whose raiser may die:
+/// the home bucket's node may fail over before, during or after the raise. The reconciler
+/// lands it only once its raiser is gone (`SPREAD_RAISED` has the two at once).
+const ONE_HOME_FAILOVER_RAISED: Setup = Setup {
+    stocks: [0, 1],
+    raise: Some([1, 0]),
+    raiser_crashes: 1,
+    ..ONE_HOME_FAILOVER
+};
+
 fn model(bug: Bug, setup: Setup) -> Model {
     Model { bug, setup }
 }
@@ -1023,6 +1310,8 @@ fn every_reachable_state_keeps_every_invariant() {
         SPREAD_RELEASED,
         ONE_HOME_FAILOVER,
         SPREAD_FAILOVER_RELEASED,
+        SPREAD_RAISED,
+        ONE_HOME_FAILOVER_RAISED,
     ] {
         holds(&model(Bug::None, setup), setup, 1_000);
     }
@@ -1126,4 +1415,48 @@ fn a_rebuild_that_keeps_the_other_marks_is_found() {
         &model(Bug::RebuildKeepsMarks, SPREAD_FAILOVER_RELEASED),
         "SOLD_OUT only when every bucket was empty",
     );
+}
+
+#[test]
+fn a_raise_in_redis_before_the_database_is_found() {
+    finds(
+        &model(Bug::RaiseBeforeDatabase, SPREAD_RAISED),
+        "Redis allocates no more than PostgreSQL's quantity",
+    );
+}
+
+#[test]
+fn a_raise_without_flags_is_found() {
+    finds(
+        &model(Bug::RaiseUnflagged, SPREAD_RAISED),
+        "SOLD_OUT only when every bucket was empty",
+    );
+}
+
+#[test]
+fn a_dead_raisers_raise_left_alone_is_found() {
+    finds(&model(Bug::RaiseNotLanded, SPREAD_RAISED), "at rest");
+}
+
+#[test]
+fn a_rebuild_that_forgets_a_raise_is_found() {
+    finds(
+        &model(Bug::RebuildIgnoresRaise, ONE_HOME_FAILOVER_RAISED),
+        "none lost, none made",
+    );
+}
+
+#[test]
+fn a_raise_on_a_bucket_closed_for_its_rebuild_is_found() {
+    finds(
+        &model(Bug::RaiseOnClosedBucket, ONE_HOME_FAILOVER_RAISED),
+        "at rest, a raise lands in every bucket",
+    );
+}
+
+#[test]
+fn scratch_measure() {
+    for setup in [ONE_HOME_FAILOVER_RAISED] {
+        holds(&model(Bug::None, setup), setup, 1_000);
+    }
 }

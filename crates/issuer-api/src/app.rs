@@ -269,6 +269,10 @@ impl Application {
             let (issuer, stop) = (self.issuer.clone(), stop_background.clone());
             tokio::spawn(async move { issuer.watch_registry(stop).await })
         };
+        let raises = {
+            let (issuer, stop) = (self.issuer.clone(), stop_background.clone());
+            tokio::spawn(async move { issuer.land_raises(stop).await })
+        };
         let watching = {
             let stop = stop_background.clone();
             tokio::spawn(async move { operations.run(issuer, stop).await })
@@ -293,6 +297,7 @@ impl Application {
         watching.await?;
         stamps.await?;
         registry.await?;
+        raises.await?;
         if let Some(upkeep) = upkeep {
             upkeep.await?;
         }

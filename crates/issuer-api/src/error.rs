@@ -24,6 +24,10 @@ pub enum ApiError {
     Forbidden(String),
     #[error("coupon {0} does not exist")]
     CouponNotFound(i64),
+    /// The request is well formed, and the coupon's state does not allow it (a retry gets
+    /// the same answer).
+    #[error("{0}")]
+    Conflict(String),
     #[error("no such route")]
     RouteNotFound,
     #[error("method not allowed on this route")]
@@ -74,11 +78,12 @@ impl ApiError {
     }
 
     /// Every code [`ApiError::code`] gives, so that counters can start each at zero.
-    pub const CODES: [&'static str; 12] = [
+    pub const CODES: [&'static str; 13] = [
         "INVALID_REQUEST",
         "UNAUTHORIZED",
         "FORBIDDEN",
         "COUPON_NOT_FOUND",
+        "CONFLICT",
         "NOT_FOUND",
         "METHOD_NOT_ALLOWED",
         "PAYLOAD_TOO_LARGE",
@@ -96,6 +101,7 @@ impl ApiError {
             Self::Unauthenticated(_) => "UNAUTHORIZED",
             Self::Forbidden(_) => "FORBIDDEN",
             Self::CouponNotFound(_) => "COUPON_NOT_FOUND",
+            Self::Conflict(_) => "CONFLICT",
             Self::RouteNotFound => "NOT_FOUND",
             Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
@@ -117,6 +123,7 @@ impl ResponseError for ApiError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::CouponNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -182,6 +189,7 @@ impl From<MoveError> for ApiError {
             unverified @ (MoveError::Unverified(_) | MoveError::DonorRebuilt(_)) => {
                 Self::unavailable("redis", unverified)
             }
+            mismatch @ MoveError::LayoutMismatch(_) => Self::Internal(mismatch.into()),
         }
     }
 }

@@ -5,7 +5,10 @@
 //! Invariants: no unit is lost or made by a move, whoever dies or stalls where (each step is
 //! one script; the journal is fenced on the donor's stamp; a credit counts once; a settle
 //! removes its own entry only); SOLD_OUT is marked only once two collects in a row saw every
-//! bucket empty with nothing in flight, and only under the generation they saw.
+//! bucket empty with nothing in flight and no raise landing, and only under the generation
+//! they saw. A raised quantity lands in every bucket (`Mover::land`), whoever dies where:
+//! PostgreSQL records it as not landed until it has, and a flag left up is landed by the
+//! next mover that finds it.
 
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use redis::aio::ConnectionLike;
 use crate::buckets::{Bucket, BucketCount};
 use crate::db::buckets::{Journalled, journal_transfer};
 use crate::db::pool::{PgPool, PoolError};
+use crate::db::raise::{Raised, raised, record_landed};
 use crate::domain::{CouponId, UserId};
 use crate::redis::buckets::{
     BucketState, BucketSteps, Outgoing, Recover, Seen, Step, Take, TransferId,
@@ -69,6 +73,9 @@ pub enum Supply {
     Reopened(i64),
     /// Every bucket is marked sold out: there is no stock anywhere, and none in flight.
     SoldOut,
+    /// A raised quantity landed in every bucket (this many units added): a raise's flag was
+    /// up, its raiser still at it or dead.
+    Landed(i64),
     /// Nothing to move now: stock is left only where requests wait for it, or moving, or
     /// the buckets changed while they were read. Ask again shortly.
     NotNow,
@@ -90,6 +97,10 @@ pub enum MoveError {
     /// never happened (its entry was rebuilt away, or is another's).
     #[error("bucket {0} was rebuilt during a transfer out of it")]
     DonorRebuilt(Bucket),
+    /// PostgreSQL's shares are not this layout's buckets (the coupon is gone, or its row
+    /// disagrees with its buckets).
+    #[error("coupon {0}'s buckets in PostgreSQL do not match its layout")]
+    LayoutMismatch(CouponId),
 }
 
 fn done<T>(step: Step<T>, bucket: Bucket) -> Result<T, MoveError> {
@@ -145,7 +156,59 @@ impl Mover<'_> {
                 return Ok(Supply::Moved(moved));
             }
         }
+        if first.iter().any(|seen| seen.raising) {
+            // No bucket is marked while a raise's flag is up: landed here, whoever raised
+            // it, else a raiser that died after its flags would keep every request waiting.
+            return self.land_from_database(con).await.map(Supply::Landed);
+        }
         self.check_sold_out(con, first).await
+    }
+
+    /// Lands `raised` (PostgreSQL raised first): every bucket flagged, its mark cleared under
+    /// a new generation, so that no check that collected before marks after and none marks
+    /// while a unit is coming; then each bucket grown to its share; then the flags cleared
+    /// and the raise recorded as landed. The units added. Safe to repeat, and beside another
+    /// lander: a grow adds only what a bucket's share lacks, and a flag names the largest
+    /// quantity landing, cleared only by a lander that grew every bucket to it.
+    pub async fn land<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        raised: &Raised,
+    ) -> Result<i64, MoveError> {
+        if raised.shares.len() != self.places.places.len() {
+            return Err(MoveError::LayoutMismatch(self.places.coupon));
+        }
+        for place in &self.places.places {
+            let step = BucketSteps::flag(con, &place.state(), raised.quantity).await?;
+            done(step, place.bucket)?;
+        }
+        let mut grown = 0;
+        for (place, share) in self.places.places.iter().zip(&raised.shares) {
+            grown += done(
+                BucketSteps::grow(con, &place.state(), *share).await?,
+                place.bucket,
+            )?;
+        }
+        for place in &self.places.places {
+            let step = BucketSteps::clear(con, &place.state(), raised.quantity).await?;
+            done(step, place.bucket)?;
+        }
+        record_landed(&mut *self.pool.get().await?, self.places.coupon, raised.quantity).await?;
+        tracing::info!(coupon = %self.places.coupon, quantity = raised.quantity, units = grown,
+            "raised quantity landed in every bucket");
+        Ok(grown)
+    }
+
+    /// Lands the quantity PostgreSQL has now (for a flag found up, or a raise whose raiser
+    /// died before Redis held it).
+    pub async fn land_from_database<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+    ) -> Result<i64, MoveError> {
+        let raised = raised(&mut *self.pool.get().await?, self.places.coupon)
+            .await?
+            .ok_or(MoveError::LayoutMismatch(self.places.coupon))?;
+        self.land(con, &raised).await
     }
 
     /// Reads every bucket once, in order.
@@ -173,7 +236,7 @@ impl Mover<'_> {
     ) -> Result<Supply, MoveError> {
         let empty = |seen: &[Seen]| {
             seen.iter()
-                .all(|s| s.stock <= 0 && !s.in_flight && s.releasing == 0)
+                .all(|s| s.stock <= 0 && !s.in_flight && s.releasing == 0 && !s.raising)
         };
         if !empty(&first) {
             return Ok(Supply::NotNow);

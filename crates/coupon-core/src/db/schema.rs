@@ -11,6 +11,7 @@ diesel::table! {
         created_at -> Timestamptz,
         redis_stamp -> Nullable<Text>,
         buckets -> Int2,
+        landed_quantity -> Nullable<Int8>,
     }
 }
 

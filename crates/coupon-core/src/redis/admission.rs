@@ -309,6 +309,24 @@ impl AdmissionScripts {
         Ok(stamp)
     }
 
+    /// Lands a raised quantity (PostgreSQL raised first, `crate::db::raise`) in a coupon of
+    /// one bucket: registered again first (a sold-out coupon may have been retired from the
+    /// registry, and admission reopens with the raise), then its meta's quantity raised.
+    /// False if its state is not loaded: its rebuild reads the quantity from PostgreSQL,
+    /// and the raise stays recorded as not landed until a later call finds the meta.
+    pub async fn raise_quantity<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: CouponId,
+        quantity: i64,
+    ) -> Result<bool, RedisError> {
+        self.registry.register(con, coupon).await?;
+        let mut call = library::call(Function::Raise, &[&self.keys(coupon).meta]);
+        call.arg(quantity);
+        let landed: i64 = library::invoke(con, &call).await?;
+        Ok(landed == 1)
+    }
+
     /// Restores a coupon's state after Redis lost it (or may have rewound it): adds the
     /// users PostgreSQL (and the caller) know to hold the coupon, then writes the meta with
     /// `stamp`, last, because a verified meta is what opens admission. Users already in the

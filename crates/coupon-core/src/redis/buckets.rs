@@ -97,6 +97,8 @@ const STAGED_TTL: Duration = Duration::from_secs(3_600);
 /// What a bucket's rebuild writes besides its holders, from the journal of transfers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuiltBucket {
+    /// Its share, as PostgreSQL has it.
+    pub share: i64,
     /// Its share, plus what was journalled to it, minus what was journalled from it.
     pub allocation: i64,
     /// The transfers journalled to it: credited, whether or not its lost state had them.
@@ -107,9 +109,10 @@ pub struct RebuiltBucket {
 }
 
 impl RebuiltBucket {
-    /// Reads `journal` (oldest first) for `bucket`, whose share at creation was `share`.
+    /// Reads `journal` (oldest first) for `bucket`, whose share is `share`.
     pub fn from_journal(bucket: Bucket, share: i64, journal: &[Journalled]) -> Self {
         let mut rebuilt = Self {
+            share,
             allocation: share,
             credited: Vec::new(),
             outgoing: None,
@@ -194,6 +197,8 @@ pub struct Seen {
     pub marked: bool,
     /// Slots being given back: holders still, and units for sale again once restocked.
     pub releasing: i64,
+    /// A raise of the quantity is landing: no bucket is marked until it has.
+    pub raising: bool,
 }
 
 /// The steps of `scripts/bucket.lua`, named as the script names them (one codec).
@@ -207,6 +212,9 @@ enum StepName {
     Mark,
     Unmark,
     Restock,
+    Flag,
+    Grow,
+    Clear,
 }
 
 impl StepName {
@@ -220,6 +228,9 @@ impl StepName {
             StepName::Mark => "mark",
             StepName::Unmark => "unmark",
             StepName::Restock => "restock",
+            StepName::Flag => "flag",
+            StepName::Grow => "grow",
+            StepName::Clear => "clear",
         }
     }
 }
@@ -379,6 +390,7 @@ impl BucketSteps {
                 generation: at(5)?,
                 marked: at(6)? == 1,
                 releasing: at(7)?,
+                raising: at(8)? == 1,
             })
         })
     }
@@ -411,6 +423,40 @@ impl BucketSteps {
     ) -> Result<Step<i64>, RedisError> {
         let step = run(con, bucket, StepName::Restock, &[]).await?;
         step.read(|reply| field(&reply, 1, "restock"))
+    }
+
+    /// Flags the bucket while a raise to `quantity` lands: its mark goes under a new
+    /// generation, and no bucket is marked until the flag is cleared.
+    pub async fn flag<C: ConnectionLike + Send + Sync>(
+        con: &mut C,
+        bucket: &BucketState<'_>,
+        quantity: i64,
+    ) -> Result<Step<bool>, RedisError> {
+        let args = [quantity.to_string()];
+        Self::yes_or_no(run(con, bucket, StepName::Flag, &args).await?, "flag")
+    }
+
+    /// Grows the bucket's allocation to `share`, its share in PostgreSQL now: the units
+    /// added (none if it holds that share already).
+    pub async fn grow<C: ConnectionLike + Send + Sync>(
+        con: &mut C,
+        bucket: &BucketState<'_>,
+        share: i64,
+    ) -> Result<Step<i64>, RedisError> {
+        let args = [share.to_string()];
+        let step = run(con, bucket, StepName::Grow, &args).await?;
+        step.read(|reply| field(&reply, 1, "grow"))
+    }
+
+    /// Clears the bucket's flag once every bucket has grown to `quantity`'s shares; false if
+    /// it names a larger quantity, still landing.
+    pub async fn clear<C: ConnectionLike + Send + Sync>(
+        con: &mut C,
+        bucket: &BucketState<'_>,
+        quantity: i64,
+    ) -> Result<Step<bool>, RedisError> {
+        let args = [quantity.to_string()];
+        Self::yes_or_no(run(con, bucket, StepName::Clear, &args).await?, "clear")
     }
 
     /// Restores a bucket its node lost or rewound, closed by `lease`: its issued set becomes
@@ -469,6 +515,7 @@ impl BucketSteps {
                 .arg(out.units),
             None => call.arg("").arg("").arg(""),
         };
+        call.arg(rebuilt.share);
         for id in &rebuilt.credited {
             call.arg(id.0.to_string());
         }

@@ -46,10 +46,12 @@ pub enum Function {
     Bucket,
     /// `scripts/bucket_restore.lua`.
     BucketRestore,
+    /// `scripts/raise.lua`.
+    Raise,
 }
 
 impl Function {
-    const ALL: [Function; 10] = [
+    const ALL: [Function; 11] = [
         Function::Admit,
         Function::LoadMeta,
         Function::Finished,
@@ -60,6 +62,7 @@ impl Function {
         Function::Fence,
         Function::Bucket,
         Function::BucketRestore,
+        Function::Raise,
     ];
 
     fn suffix(self) -> &'static str {
@@ -74,6 +77,7 @@ impl Function {
             Function::Fence => "fence",
             Function::Bucket => "bucket",
             Function::BucketRestore => "bucket_restore",
+            Function::Raise => "raise",
         }
     }
 
@@ -89,6 +93,7 @@ impl Function {
             Function::Fence => include_str!("scripts/fence.lua"),
             Function::Bucket => include_str!("scripts/bucket.lua"),
             Function::BucketRestore => include_str!("scripts/bucket_restore.lua"),
+            Function::Raise => include_str!("scripts/raise.lua"),
         }
     }
 }

@@ -118,6 +118,35 @@ impl CreateCouponRequest {
     }
 }
 
+/// A raise of a coupon's quantity: the quantity it is to have (never below the current one;
+/// the current one again lands a raise that did not land).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RaiseQuantityRequest {
+    pub total_quantity: i64,
+}
+
+impl RaiseQuantityRequest {
+    pub fn validate(self) -> Result<i64, ApiError> {
+        if self.total_quantity <= 0 {
+            return Err(ApiError::InvalidRequest(
+                "totalQuantity must be a positive integer".into(),
+            ));
+        }
+        Ok(self.total_quantity)
+    }
+}
+
+/// A raise's answer: `landed` when admission sells the new quantity now, else PostgreSQL
+/// holds it and Redis will within a second of the coupon's state being open.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuantityRaised {
+    pub coupon_id: CouponId,
+    pub total_quantity: i64,
+    pub landed: bool,
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CouponCreated {

@@ -7,12 +7,13 @@ use serde_json::json;
 
 use super::contract::{
     BucketStockView, CouponCreated, CouponView, CreateCouponRequest, IssueAnswer, IssueRequest,
-    IssueStatus, IssueStatusView, Object, UserCoupon, UserCouponsView, path_id,
+    IssueStatus, IssueStatusView, Object, QuantityRaised, RaiseQuantityRequest, UserCoupon,
+    UserCouponsView, path_id,
 };
 use super::state::AppState;
 use crate::error::ApiError;
 use crate::identity::Caller;
-use crate::issuing::{CouponState, Holding};
+use crate::issuing::{CouponState, Holding, Raise};
 
 pub async fn create_coupon(
     caller: Caller,
@@ -24,6 +25,31 @@ pub async fn create_coupon(
     let coupon = state.issuer.create_coupon(&new).await?;
     tracing::info!(coupon = %coupon.id, quantity = coupon.total_quantity, "coupon created");
     Ok(HttpResponse::Created().json(CouponCreated::from(coupon)))
+}
+
+/// 200 when admission sells the new quantity now, 202 when PostgreSQL holds it and Redis
+/// will once the coupon's state is open (a bucket being rebuilt).
+pub async fn raise_quantity(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<Object<RaiseQuantityRequest>>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let coupon: CouponId = path_id(&path)?;
+    let quantity = body.into_inner().0.validate()?;
+    let raise = state.issuer.raise_quantity(coupon, quantity).await?;
+    let (mut answer, landed) = match raise {
+        Raise::Landed(_) => (HttpResponse::Ok(), true),
+        Raise::Landing(_) => (HttpResponse::Accepted(), false),
+    };
+    tracing::info!(%coupon, quantity, landed, by = ?caller.user, admin_token = caller.user.is_none(),
+        "coupon quantity raised");
+    Ok(answer.json(QuantityRaised {
+        coupon_id: coupon,
+        total_quantity: quantity,
+        landed,
+    }))
 }
 
 pub async fn issue_coupon(

@@ -17,7 +17,7 @@ pub struct Route {
 /// The routes of the contract. The hot route first: actix tries resources in order, and
 /// each dynamic one it passes costs a regex match (the largest user-space cost of a
 /// sold-out request in a profile).
-pub const PUBLIC: [Route; 6] = [
+pub const PUBLIC: [Route; 7] = [
     Route {
         path: "/api/v1/coupons/{couponId}/issues",
         method: Method::POST,
@@ -32,6 +32,11 @@ pub const PUBLIC: [Route; 6] = [
         path: "/api/v1/coupons/{couponId}",
         method: Method::GET,
         serve: |path, method| resource(path, method, handlers::get_coupon),
+    },
+    Route {
+        path: "/api/v1/coupons/{couponId}/quantity",
+        method: Method::PUT,
+        serve: |path, method| resource(path, method, handlers::raise_quantity),
     },
     Route {
         path: "/api/v1/coupons/{couponId}/issues/{userId}",

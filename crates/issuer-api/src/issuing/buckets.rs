@@ -60,11 +60,11 @@ impl SupplyGate {
         self.supplies[usize::from(home.index())].load(Ordering::Acquire)
     }
 
-    /// A supply for `home` ended so: one that marked the coupon or reopened slots served
-    /// every home.
+    /// A supply for `home` ended so: one that marked the coupon, reopened slots or landed a
+    /// raise served every home.
     fn record(&self, home: Bucket, outcome: &Result<Supply, MoveError>) {
         match outcome {
-            Ok(Supply::SoldOut | Supply::Reopened(_)) => {
+            Ok(Supply::SoldOut | Supply::Reopened(_) | Supply::Landed(_)) => {
                 for served in &self.supplies {
                     served.fetch_add(1, Ordering::AcqRel);
                 }
@@ -254,7 +254,12 @@ impl Issuer {
                     };
                     match supplied {
                         // The home has stock now, or is marked: admission decides.
-                        Ok(Supply::Moved(_) | Supply::Reopened(_) | Supply::SoldOut) => {}
+                        Ok(
+                            Supply::Moved(_)
+                            | Supply::Reopened(_)
+                            | Supply::SoldOut
+                            | Supply::Landed(_),
+                        ) => {}
                         Ok(Supply::NotNow) => {
                             tokio::time::sleep(pause).await;
                             pause *= 2;

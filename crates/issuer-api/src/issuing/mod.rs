@@ -14,6 +14,7 @@ mod hand_over;
 mod lazy_rebuilds;
 mod probes;
 mod reads;
+mod raise;
 mod rebuild;
 mod registry_check;
 
@@ -45,6 +46,7 @@ pub use buckets::{BucketStock, SUPPLY_WAIT};
 pub use hand_over::{Closed, HandedOver};
 pub use probes::Stock;
 use reads::CouponReads;
+pub use raise::Raise;
 pub use reads::{CouponState, Holding};
 pub use rebuild::Rebuilt;
 

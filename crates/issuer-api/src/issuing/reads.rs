@@ -102,6 +102,14 @@ impl CouponReads {
         Lookup::Read
     }
 
+    /// Drops a kept read: the coupon changed (its quantity was raised).
+    pub fn forget(&self, id: CouponId) {
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
     fn keep(&self, id: CouponId, read: &Result<CouponRead, ApiError>) {
         if self.ttl.is_zero() {
             return;

@@ -7,14 +7,17 @@
 -- pending hash (all with the bucket's hash tag).
 -- ARGV[1] the step, ARGV[2] the bucket's stamp in force (epoch.lua), then the step's own.
 -- The meta's `quantity` is the bucket's allocation: its share, plus what was credited to it,
--- minus what was taken from it. Its stock is the allocation minus its holders. `version`
+-- minus what was taken from it. Its stock is the allocation minus its holders. Its `share` is
+-- the share the allocation includes (PostgreSQL's, which a raise of the quantity moves up),
+-- and `raising`, while a raise lands, the highest quantity raised to: no mark is set on any
+-- bucket while one of them has it. `version`
 -- moves with every step that changes stock or transfers but an admission, which moves the
 -- issued set's size instead: a collect reads both, so that two collects that read the same
 -- saw a bucket nothing happened to in between.
 -- Returns {code, ...}: 0 meta not loaded, 7 stamp not in force (the caller rebuilds or learns
 -- the stamp, as for admission), else the step's codes below.
 local meta = redis.call('HMGET', KEYS[1], 'quantity', 'epoch', 'waiting_until', 'version',
-  'generation', 'sold_out')
+  'generation', 'sold_out', 'raising', 'share')
 if not meta[1] then
   return {0}
 end
@@ -97,11 +100,11 @@ elseif step == 'settle' then
   return {1}
 elseif step == 'collect' then
   -- {1, stock, transfer out in flight (1/0), version, issued, generation, marked (1/0),
-  -- slots being given back}.
+  -- slots being given back, a raise landing (1/0)}.
   local issued = redis.call('SCARD', KEYS[2])
   return {1, tonumber(meta[1]) - issued, redis.call('EXISTS', KEYS[3]),
     tonumber(meta[4] or '0'), issued, tonumber(meta[5] or '0'), meta[6] and 1 or 0,
-    redis.call('SCARD', KEYS[5])}
+    redis.call('SCARD', KEYS[5]), meta[7] and 1 or 0}
 elseif step == 'restock' then
   -- Frees the slots being given back, their units back into stock: run only once every
   -- bucket's mark is cleared (the mover's reopen), so no SOLD_OUT is answered after.
@@ -133,7 +136,7 @@ elseif step == 'mark' then
   -- first, or is a transfer the check saw in flight); refused all the same, as a defence
   -- against a path that frees a slot outside this protocol.
   if tonumber(meta[1]) > redis.call('SCARD', KEYS[2]) or redis.call('EXISTS', KEYS[3]) == 1
-      or redis.call('EXISTS', KEYS[5]) == 1 then
+      or redis.call('EXISTS', KEYS[5]) == 1 or meta[7] then
     return {2}
   end
   redis.call('HSET', KEYS[1], 'sold_out', '1')
@@ -145,6 +148,39 @@ elseif step == 'unmark' then
   redis.call('HDEL', KEYS[1], 'sold_out')
   redis.call('HINCRBY', KEYS[1], 'generation', 1)
   moved()
+  return {1}
+end
+elseif step == 'flag' then
+  -- ARGV[3] the quantity a raise lands: the flag holds the highest such, the mark goes under
+  -- a new generation (a check that collected before cannot mark after). {1}.
+  if not meta[7] or tonumber(meta[7]) < tonumber(ARGV[3]) then
+    redis.call('HSET', KEYS[1], 'raising', ARGV[3])
+  end
+  redis.call('HDEL', KEYS[1], 'sold_out')
+  redis.call('HINCRBY', KEYS[1], 'generation', 1)
+  moved()
+  return {1}
+elseif step == 'grow' then
+  -- ARGV[3] the bucket's share as PostgreSQL has it now: the allocation gains what its share
+  -- lacks, once (a grow repeated, or one older than a later one, adds nothing). {1, units}.
+  if not meta[8] then
+    return redis.error_reply('bucket ' .. KEYS[1] .. ' records no share: rebuild it')
+  end
+  local more = tonumber(ARGV[3]) - tonumber(meta[8])
+  if more <= 0 then
+    return {1, 0}
+  end
+  redis.call('HINCRBY', KEYS[1], 'quantity', more)
+  redis.call('HSET', KEYS[1], 'share', ARGV[3])
+  moved()
+  return {1, more}
+elseif step == 'clear' then
+  -- ARGV[3] the quantity every bucket has grown to: the flag goes if it names no more (a
+  -- raise to more is still landing). {1} cleared or none; {2} kept.
+  if meta[7] and tonumber(meta[7]) > tonumber(ARGV[3]) then
+    return {2}
+  end
+  redis.call('HDEL', KEYS[1], 'raising')
   return {1}
 end
 return redis.error_reply('unknown bucket step ' .. tostring(step))

@@ -17,7 +17,10 @@
 -- starts_at ms or '', ARGV[3] ends_at ms or '' (load_meta.lua's first three), ARGV[4] the
 -- stamp (recorded in PostgreSQL first), ARGV[5] the lease token, ARGV[6] the coupon's number
 -- of buckets, ARGV[7] the last transfer journalled from this bucket ('' for none), ARGV[8]
--- its recipient, ARGV[9] its units, and ARGV[10...] the transfers journalled to this bucket.
+-- its recipient, ARGV[9] its units, ARGV[10] the share ARGV[1] includes (PostgreSQL's, read
+-- before the lease: a raise's grow is refused while the bucket is closed, and lands after),
+-- and ARGV[11...] the transfers journalled to this bucket. A raise's flag the copy has
+-- stays: whoever set it clears it once every bucket has grown.
 -- The outgoing entry comes back with no lease, so that a mover takes it over at once and
 -- makes sure of its credit and settle (both safe to repeat). The mark is cleared under a new
 -- generation: a check that collected before the rebuild cannot mark afterwards.
@@ -45,7 +48,7 @@ for i = 1, #pending, 2 do
 end
 redis.call('DEL', KEYS[7], KEYS[9])
 redis.call('DEL', KEYS[4], KEYS[6])
-for i = 10, #ARGV do
+for i = 11, #ARGV do
   redis.call('SADD', KEYS[4], ARGV[i])
 end
 redis.call('DEL', KEYS[3])
@@ -53,7 +56,7 @@ if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[3], 'id', ARGV[7], 'to', ARGV[8], 'units', ARGV[9], 'owner', '',
     'lease_until', 0)
 end
-redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'buckets', ARGV[6])
+redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'buckets', ARGV[6], 'share', ARGV[10])
 for field, at in pairs({starts_at = ARGV[2], ends_at = ARGV[3]}) do
   if at ~= '' then
     redis.call('HSET', KEYS[1], field, at)

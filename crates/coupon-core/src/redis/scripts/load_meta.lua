@@ -9,9 +9,9 @@
 --   'fresh': the coupon was just created, nothing can have been admitted. An existing meta
 --     (a racing replica loaded it first) is left as it is.
 --   'verified': a rebuild has added every holder it found, reading under the stamp's
---     epoch. The meta is written (an existing one keeps its fields) and stamped, if the
---     instance is still the one the stamp names and the rebuild still holds its lease (else Redis restarted
---     or failed over meanwhile, or the lease ran out and another rebuild owns the coupon
+--     epoch. The meta is written (an existing one keeps its window, and the larger quantity)
+--     and stamped, if the instance is still the one the stamp names and the rebuild still
+--     holds its lease (else Redis restarted or failed over meanwhile, or the lease ran out and another rebuild owns the coupon
 --     now: this one's reading may be stale).
 -- Returns the stamp written, or false when it wrote nothing. The issued set is not touched.
 local mode = ARGV[4]
@@ -23,7 +23,13 @@ elseif mode ~= 'verified' or not stamped_here(ARGV[5])
     or redis.call('GET', KEYS[2]) ~= ARGV[6] then
   return false
 end
-redis.call('HSETNX', KEYS[1], 'quantity', ARGV[1])
+-- The larger of the two: the quantity only grows, and a raise commits PostgreSQL before it
+-- raises Redis's (raise.lua), so neither is ever above PostgreSQL's, and a rebuild that
+-- read PostgreSQL before a raise landed here meanwhile does not undo it.
+local quantity = redis.call('HGET', KEYS[1], 'quantity')
+if not quantity or tonumber(quantity) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'quantity', ARGV[1])
+end
 if ARGV[2] ~= '' then
   redis.call('HSETNX', KEYS[1], 'starts_at', ARGV[2])
 end
@@ -32,6 +38,8 @@ if ARGV[3] ~= '' then
 end
 if ARGV[7] and ARGV[7] ~= '' then
   redis.call('HSETNX', KEYS[1], 'buckets', ARGV[7])
+  -- A first load: the allocation is the share (bucket.lua's grow adds to it).
+  redis.call('HSETNX', KEYS[1], 'share', ARGV[1])
 end
 -- A creation's stamp has the shape of Stamp::fresh's.
 local stamp = ARGV[5]
