@@ -1287,14 +1287,14 @@ const SPREAD_RAISED: Setup = Setup {
     movers: 1,
     ..SPREAD
 };
-/// `ONE_HOME_FAILOVER` with one unit less, and a raise of one unit into the home bucket,
-/// whose raiser may die:
-/// the home bucket's node may fail over before, during or after the raise. The reconciler
-/// lands it only once its raiser is gone (`SPREAD_RAISED` has the two at once).
+/// `ONE_HOME_FAILOVER` with one unit, and a raise of one more into the home bucket: the home
+/// bucket's node may fail over before, during or after the raise, and a rebuild must take
+/// the raise from PostgreSQL. Its raiser does not die here (with that too, the states pass
+/// 25 million); `SPREAD_RAISED` has the dead raiser and its lander.
 const ONE_HOME_FAILOVER_RAISED: Setup = Setup {
-    stocks: [0, 1],
+    stocks: [1, 0],
     raise: Some([1, 0]),
-    raiser_crashes: 1,
+    raiser_crashes: 0,
     ..ONE_HOME_FAILOVER
 };
 
@@ -1452,11 +1452,4 @@ fn a_raise_on_a_bucket_closed_for_its_rebuild_is_found() {
         &model(Bug::RaiseOnClosedBucket, ONE_HOME_FAILOVER_RAISED),
         "at rest, a raise lands in every bucket",
     );
-}
-
-#[test]
-fn scratch_measure() {
-    for setup in [ONE_HOME_FAILOVER_RAISED] {
-        holds(&model(Bug::None, setup), setup, 1_000);
-    }
 }

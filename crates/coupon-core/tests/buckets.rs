@@ -354,6 +354,60 @@ async fn a_marked_bucket_answers_sold_out_and_a_stale_generation_marks_nothing()
     );
 }
 
+/// A raise's steps on one bucket: the flag lifts the mark under a new generation and keeps
+/// the bucket from being marked; a grow adds the share's difference once, however often it
+/// is repeated; a clear for a smaller quantity than the flag names leaves it up.
+#[tokio::test]
+async fn a_raise_flags_grows_once_and_clears_only_for_its_largest_quantity() {
+    let mut sale = Sale::new(&[1, 1]).await;
+    let first = sale.user_of(0, 0);
+    assert!(matches!(sale.admit(first).await, AdmitReply::Admitted(_)));
+    let late = sale.user_of(0, 1);
+    let mut con = sale.con.clone();
+    let before = sale.seen(0).await;
+    assert!(done(
+        BucketSteps::mark(&mut con, &sale.bucket(0), before.generation)
+            .await
+            .unwrap()
+    ));
+    assert_eq!(
+        sale.admit(late).await,
+        AdmitReply::Refused(Admission::SoldOut)
+    );
+
+    assert!(done(
+        BucketSteps::flag(&mut con, &sale.bucket(0), 6)
+            .await
+            .unwrap()
+    ));
+    // A smaller raise landing beside it does not lower the flag.
+    assert!(done(
+        BucketSteps::flag(&mut con, &sale.bucket(0), 4)
+            .await
+            .unwrap()
+    ));
+    let flagged = sale.seen(0).await;
+    assert!(flagged.raising && !flagged.marked, "{flagged:?}");
+    assert!(flagged.generation > before.generation, "{flagged:?}");
+    // Not grown yet: no stock, but no SOLD_OUT either, and no mark while the flag is up.
+    assert_eq!(sale.admit(late).await, AdmitReply::Dry);
+    let refused = BucketSteps::mark(&mut con, &sale.bucket(0), flagged.generation).await;
+    assert!(!done(refused.unwrap()), "a flagged bucket was marked");
+
+    for added in [2, 0] {
+        let grown = BucketSteps::grow(&mut con, &sale.bucket(0), 3).await;
+        assert_eq!(done(grown.unwrap()), added);
+    }
+    assert_eq!(sale.stock(0).await, 2);
+    let cleared = BucketSteps::clear(&mut con, &sale.bucket(0), 4).await;
+    assert!(!done(cleared.unwrap()), "cleared for a smaller raise");
+    assert!(sale.seen(0).await.raising);
+    let cleared = BucketSteps::clear(&mut con, &sale.bucket(0), 6).await;
+    assert!(done(cleared.unwrap()));
+    assert!(!sale.seen(0).await.raising);
+    assert!(matches!(sale.admit(late).await, AdmitReply::Admitted(_)));
+}
+
 /// A collect's version (with the issued count) moves with every step, so two equal
 /// collects saw a bucket nothing happened to in between.
 #[tokio::test]

@@ -8,11 +8,9 @@
 use std::collections::BTreeMap;
 
 use coupon_core::buckets::{Bucket, BucketCount};
-use coupon_core::db::buckets::coupon_buckets;
-use coupon_core::db::coupons::{find_coupon, redis_verifications};
+use coupon_core::db::coupons::redis_verifications;
 use coupon_core::domain::{CouponId, QueueKind, UserId};
 use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
-use coupon_core::redis::epoch::Stamp;
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::ledger::{Ledger, LedgerAt, PendingEntry};
 use diesel_async::RunQueryDsl;
@@ -208,7 +206,7 @@ async fn a_slot_in_doubt_in_a_bucket_is_published_by_the_reconciler(redis: Redis
     let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
     let coupon = bucketed_coupon(&env, 9, 3).await;
     let user = homed_to(BucketCount::new(3).unwrap(), 1, 1)[0];
-    let (keys, stamp) = bucket_state(&env, coupon, 1).await;
+    let (keys, stamp) = env.bucket_state(coupon, 1).await;
     let scripts = AdmissionScripts::new(env.redis_prefix.clone(), QueueKind::Kafka);
     let mut con = env.redis().await;
     let (id, user_id) = (CouponId::new(coupon).unwrap(), UserId::new(user).unwrap());
@@ -280,7 +278,7 @@ async fn a_bucket_whose_first_load_was_not_recorded_is_rebuilt(redis: RedisTopol
 async fn a_bucketed_coupon_the_reconciler_cannot_finish_holds_up_no_other(redis: RedisTopology) {
     let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
     let bucketed = bucketed_coupon(&env, 4, 2).await;
-    let (keys, stamp) = bucket_state(&env, bucketed, 0).await;
+    let (keys, stamp) = env.bucket_state(bucketed, 0).await;
     let scripts = AdmissionScripts::new(env.redis_prefix.clone(), QueueKind::Kafka);
     let ledger = Ledger::new(env.redis_prefix.clone());
     let mut con = env.redis().await;
@@ -333,25 +331,8 @@ async fn a_bucketed_coupon_the_reconciler_cannot_finish_holds_up_no_other(redis:
     env.shutdown().await;
 }
 
-/// Bucket `bucket`'s keys and its stamp in force, as PostgreSQL keeps them.
-async fn bucket_state(env: &TestEnv, coupon: i64, bucket: u16) -> (CouponKeys, Stamp) {
-    let mut db = env.pg().await;
-    let record = find_coupon(&mut db, CouponId::new(coupon).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    let rows = coupon_buckets(&mut db, &record).await.unwrap();
-    let row = &rows[usize::from(bucket)];
-    assert_eq!(
-        row.bucket,
-        Bucket::of(record.buckets, bucket.into()).unwrap()
-    );
-    let keys = CouponKeys::of_bucket(&env.redis_prefix, &row.tag);
-    (keys, row.stamp.clone().expect("loaded at its creation"))
-}
-
 async fn bucket_keys(env: &TestEnv, coupon: i64, bucket: u16) -> CouponKeys {
-    bucket_state(env, coupon, bucket).await.0
+    env.bucket_state(coupon, bucket).await.0
 }
 
 /// Buckets are refused, with the reason, where they cannot be kept or make no sense.

@@ -316,13 +316,16 @@ impl TestEnv {
 
     /// The same to the API at `base` (another one this test started).
     pub async fn post_at(&self, base: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {
-        let mut response = self
-            .client
-            .post(format!("{base}{path}"))
-            .bearer_auth(token)
-            .send_json(body)
-            .await
-            .unwrap();
+        Self::send(self.client.post(format!("{base}{path}")), token, body).await
+    }
+
+    /// PUT JSON with a bearer token, returning (status, body as JSON or Null).
+    pub async fn put(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        Self::send(self.client.put(self.url(path)), token, body).await
+    }
+
+    async fn send(request: awc::ClientRequest, token: &str, body: &Value) -> (u16, Value) {
+        let mut response = request.bearer_auth(token).send_json(body).await.unwrap();
         let bytes = response.body().await.unwrap();
         (
             response.status().as_u16(),
@@ -457,6 +460,36 @@ impl TestEnv {
             .expect("the coupon's state was verified at its creation");
         scripts.learn_stamp(id, stamp);
         scripts
+    }
+
+    /// A bucketed coupon's bucket `bucket`: its keys and its stamp in force, as PostgreSQL
+    /// keeps them.
+    pub async fn bucket_state(
+        &self,
+        coupon: i64,
+        bucket: u16,
+    ) -> (
+        coupon_core::redis::keys::CouponKeys,
+        coupon_core::redis::epoch::Stamp,
+    ) {
+        let mut db = self.pg().await;
+        let record = coupon_core::db::coupons::find_coupon(
+            &mut db,
+            coupon_core::domain::CouponId::new(coupon).unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let rows = coupon_core::db::buckets::coupon_buckets(&mut db, &record)
+            .await
+            .unwrap();
+        let row = &rows[usize::from(bucket)];
+        assert_eq!(
+            row.bucket,
+            coupon_core::buckets::Bucket::of(record.buckets, bucket.into()).unwrap()
+        );
+        let keys = coupon_core::redis::keys::CouponKeys::of_bucket(&self.redis_prefix, &row.tag);
+        (keys, row.stamp.clone().expect("loaded at its creation"))
     }
 
     pub async fn pg(&self) -> AsyncPgConnection {

@@ -193,7 +193,12 @@ impl Mover<'_> {
             let step = BucketSteps::clear(con, &place.state(), raised.quantity).await?;
             done(step, place.bucket)?;
         }
-        record_landed(&mut *self.pool.get().await?, self.places.coupon, raised.quantity).await?;
+        record_landed(
+            &mut *self.pool.get().await?,
+            self.places.coupon,
+            raised.quantity,
+        )
+        .await?;
         tracing::info!(coupon = %self.places.coupon, quantity = raised.quantity, units = grown,
             "raised quantity landed in every bucket");
         Ok(grown)

@@ -74,8 +74,7 @@ pub async fn raise_quantity(
             if count != BucketCount::ONE {
                 for (bucket, more) in count.all().zip(count.shares(quantity - current)) {
                     diesel::update(
-                        coupon_buckets::table
-                            .find((coupon.get(), bucket.index() as i16)),
+                        coupon_buckets::table.find((coupon.get(), bucket.index() as i16)),
                     )
                     .set(coupon_buckets::share.eq(coupon_buckets::share + more))
                     .execute(conn)

@@ -13,8 +13,8 @@ mod buckets;
 mod hand_over;
 mod lazy_rebuilds;
 mod probes;
-mod reads;
 mod raise;
+mod reads;
 mod rebuild;
 mod registry_check;
 
@@ -45,8 +45,8 @@ use lazy_rebuilds::LazyRebuilds;
 pub use buckets::{BucketStock, SUPPLY_WAIT};
 pub use hand_over::{Closed, HandedOver};
 pub use probes::Stock;
-use reads::CouponReads;
 pub use raise::Raise;
+use reads::CouponReads;
 pub use reads::{CouponState, Holding};
 pub use rebuild::Rebuilt;
 

@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use coupon_core::buckets::mover::{MoveError, Mover};
-use coupon_core::db::raise::{RaiseRefused, Raised, raise_quantity, record_landed, unlanded_raises};
+use coupon_core::db::raise::{
+    RaiseRefused, Raised, raise_quantity, record_landed, unlanded_raises,
+};
 use coupon_core::domain::CouponId;
 use tokio_util::sync::CancellationToken;
 

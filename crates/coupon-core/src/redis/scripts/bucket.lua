@@ -10,10 +10,9 @@
 -- minus what was taken from it. Its stock is the allocation minus its holders. Its `share` is
 -- the share the allocation includes (PostgreSQL's, which a raise of the quantity moves up),
 -- and `raising`, while a raise lands, the highest quantity raised to: no mark is set on any
--- bucket while one of them has it. `version`
--- moves with every step that changes stock or transfers but an admission, which moves the
--- issued set's size instead: a collect reads both, so that two collects that read the same
--- saw a bucket nothing happened to in between.
+-- bucket while one of them has it. `version` moves with every step that changes stock or
+-- transfers but an admission, which moves the issued set's size instead: a collect reads
+-- both, so that two collects that read the same saw a bucket nothing happened to in between.
 -- Returns {code, ...}: 0 meta not loaded, 7 stamp not in force (the caller rebuilds or learns
 -- the stamp, as for admission), else the step's codes below.
 local meta = redis.call('HMGET', KEYS[1], 'quantity', 'epoch', 'waiting_until', 'version',
@@ -149,7 +148,6 @@ elseif step == 'unmark' then
   redis.call('HINCRBY', KEYS[1], 'generation', 1)
   moved()
   return {1}
-end
 elseif step == 'flag' then
   -- ARGV[3] the quantity a raise lands: the flag holds the highest such, the mark goes under
   -- a new generation (a check that collected before cannot mark after). {1}.

@@ -1,0 +1,300 @@
+//! A coupon's quantity raised during its sale (`PUT /api/v1/coupons/{id}/quantity`), end to
+//! end with the worker writing the rows: PostgreSQL first, then Redis, in every bucket, so
+//! that users told SOLD_OUT before get in again and no more than the new quantity is ever
+//! issued. The protocol is `coupon-core/tests/bucket_model.rs`'s raise; its bucket steps are
+//! forced one by one in coupon-core's `tests/buckets.rs`.
+
+// A panic is exactly the failure report wanted here.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use coupon_core::buckets::BucketCount;
+use coupon_core::db::raise::raise_quantity;
+use coupon_core::domain::{CouponId, QueueKind, UserId};
+use coupon_core::redis::buckets::{BucketState, BucketSteps, Step};
+use coupon_core::redis::keys::CouponKeys;
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use testkit::harness::{self, RedisTopology, TestEnv};
+
+macro_rules! on_both_topologies {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            use super::RedisTopology;
+
+            #[actix_web::test]
+            async fn node() {
+                super::$test(RedisTopology::Node).await
+            }
+
+            #[actix_web::test]
+            async fn cluster() {
+                super::$test(RedisTopology::Cluster).await
+            }
+        }
+    )*};
+}
+
+on_both_topologies!(
+    a_sold_out_coupon_raised_sells_the_new_units,
+    a_bucketed_coupon_sold_out_everywhere_raised_admits_the_users_of_every_bucket,
+    a_raise_during_the_rush_issues_exactly_the_new_quantity,
+    a_raise_whose_api_died_midway_is_landed_by_the_lander,
+);
+
+async fn raise(env: &TestEnv, coupon: i64, quantity: Value) -> (u16, Value) {
+    env.put(
+        &format!("/api/v1/coupons/{coupon}/quantity"),
+        harness::ADMIN_TOKEN,
+        &json!({ "totalQuantity": quantity }),
+    )
+    .await
+}
+
+/// The first `n` user ids, from `from` on, whose home among `count` buckets is `bucket`.
+fn homed_to(count: BucketCount, bucket: u16, from: i64, n: usize) -> Vec<i64> {
+    (from..)
+        .filter(|user| count.home(UserId::new(*user).unwrap()).index() == bucket)
+        .take(n)
+        .collect()
+}
+
+/// A coupon of one state, sold out: raised, it admits exactly the new units, and the
+/// coupon's view and its rows show the new quantity.
+async fn a_sold_out_coupon_raised_sells_the_new_units(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let coupon = env.coupon_with_quantity(3).await;
+    for user in 1..=3 {
+        assert_eq!(env.issue(coupon, user).await.0, 201);
+    }
+    assert_eq!(env.issue(coupon, 4).await.0, 410);
+
+    assert_eq!(
+        raise(&env, coupon, json!(5)).await,
+        (
+            200,
+            json!({"couponId": coupon, "totalQuantity": 5, "landed": true})
+        )
+    );
+    // The same quantity again changes nothing, and answers as the raise did.
+    assert_eq!(raise(&env, coupon, json!(5)).await.0, 200);
+    for user in 4..=5 {
+        assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
+    }
+    assert_eq!(env.issue(coupon, 6).await.0, 410);
+    assert_eq!(env.rows_when_settled(coupon, 5).await, vec![1, 2, 3, 4, 5]);
+    let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
+    assert_eq!(
+        (&view["totalQuantity"], &view["remaining"]),
+        (&json!(5), &json!(0)),
+        "{view}"
+    );
+    env.shutdown().await;
+}
+
+/// Every bucket of a bucketed coupon sold out and marked so: raised, each bucket gets its
+/// share of the new units, its mark is lifted, and a user of every home is admitted again
+/// (directly or through a move), exactly up to the new quantity.
+async fn a_bucketed_coupon_sold_out_everywhere_raised_admits_the_users_of_every_bucket(
+    redis: RedisTopology,
+) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let count = BucketCount::new(3).unwrap();
+    let coupon = env
+        .create_coupon(json!({ "name": "hot", "totalQuantity": 3, "buckets": 3 }))
+        .await;
+    let firsts: Vec<i64> = (0..3).map(|b| homed_to(count, b, 1, 1)[0]).collect();
+    for &user in &firsts {
+        assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
+    }
+    // One refused user of each home: every bucket is marked sold out.
+    let refused: Vec<i64> = (0..3).map(|b| homed_to(count, b, 1_000, 1)[0]).collect();
+    for &user in &refused {
+        assert_eq!(env.issue(coupon, user).await.0, 410, "user {user}");
+    }
+
+    assert_eq!(
+        raise(&env, coupon, json!(9)).await,
+        (
+            200,
+            json!({"couponId": coupon, "totalQuantity": 9, "landed": true})
+        )
+    );
+    let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
+    let stock: Vec<&Value> = view["bucketStock"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|bucket| &bucket["stock"])
+        .collect();
+    assert_eq!(stock, vec![&json!(2); 3], "each bucket its share: {view}");
+    // Those refused get in, then more of bucket 0's users than its share: the rest moves.
+    for &user in &refused {
+        assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
+    }
+    let more = homed_to(count, 0, 2_000, 4);
+    for &user in &more[..3] {
+        assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
+    }
+    assert_eq!(env.issue(coupon, more[3]).await.0, 410);
+    let mut winners: Vec<i64> = firsts
+        .iter()
+        .chain(&refused)
+        .chain(&more[..3])
+        .copied()
+        .collect();
+    winners.sort_unstable();
+    assert_eq!(env.rows_when_settled(coupon, 9).await, winners);
+    env.shutdown().await;
+}
+
+/// Users rush a bucketed coupon while an admin raises it: exactly the new quantity is
+/// issued, every 201 has its row, and every other answer is SOLD_OUT.
+async fn a_raise_during_the_rush_issues_exactly_the_new_quantity(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let coupon = env
+        .create_coupon(json!({ "name": "hot", "totalQuantity": 30, "buckets": 3 }))
+        .await;
+    let users: Vec<i64> = (1..=90).collect();
+    let (answers, raised) = {
+        let env = &env;
+        let issues = join_all(
+            users
+                .iter()
+                .map(|&user| async move { (user, env.issue_retrying(coupon, user).await.0) }),
+        );
+        futures_util::join!(issues, raise(env, coupon, json!(50)))
+    };
+    assert_eq!(raised.0, 200, "{raised:?}");
+    let mut by_status: BTreeMap<u16, Vec<i64>> = BTreeMap::new();
+    for (user, status) in answers {
+        by_status.entry(status).or_default().push(user);
+    }
+    // Users refused before the raise landed are not owed a unit: the rest of the 50 are
+    // sold to those who ask after it.
+    let mut winners = by_status.remove(&201).unwrap_or_default();
+    assert!(winners.len() <= 50, "{by_status:?}");
+    for user in 100.. {
+        if winners.len() == 50 {
+            break;
+        }
+        match env.issue_retrying(coupon, user).await.0 {
+            201 => winners.push(user),
+            status => panic!("user {user}: {status} with {} issued", winners.len()),
+        }
+    }
+    assert_eq!(env.issue(coupon, 1_000).await.0, 410);
+    assert!(
+        by_status.keys().all(|status| *status == 410),
+        "{by_status:?}"
+    );
+    winners.sort_unstable();
+    assert_eq!(env.rows_when_settled(coupon, 50).await, winners);
+    env.shutdown().await;
+}
+
+/// An API that died midway through a raise: PostgreSQL raised, and one bucket flagged but
+/// not grown (no bucket can be marked sold out, and none has the new units). The landers
+/// land it from PostgreSQL: every bucket grows to its share, and its users get in.
+async fn a_raise_whose_api_died_midway_is_landed_by_the_lander(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let count = BucketCount::new(2).unwrap();
+    let coupon = env
+        .create_coupon(json!({ "name": "hot", "totalQuantity": 2, "buckets": 2 }))
+        .await;
+    let firsts: Vec<i64> = (0..2).map(|b| homed_to(count, b, 1, 1)[0]).collect();
+    for &user in &firsts {
+        assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
+    }
+
+    let id = CouponId::new(coupon).unwrap();
+    let raised = raise_quantity(&mut env.pg().await, id, 6)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(raised.shares, vec![3, 3]);
+    let (keys, stamp): (CouponKeys, _) = env.bucket_state(coupon, 0).await;
+    let flagged = BucketSteps::flag(
+        &mut env.redis().await,
+        &BucketState {
+            keys: &keys,
+            stamp: &stamp,
+        },
+        6,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(flagged, Step::Done(true)), "{flagged:?}");
+
+    // Landed within a few of the landers' rounds (one a second).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while coupon_core::db::raise::unlanded_raises(&mut env.pg().await)
+        .await
+        .unwrap()
+        .contains(&id)
+    {
+        assert!(Instant::now() < deadline, "the raise was never landed");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut winners = firsts.clone();
+    for b in 0..2 {
+        for user in homed_to(count, b, 1_000, 2) {
+            assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
+            winners.push(user);
+        }
+    }
+    assert_eq!(env.issue(coupon, 5_000).await.0, 410);
+    winners.sort_unstable();
+    assert_eq!(env.rows_when_settled(coupon, 6).await, winners);
+    env.shutdown().await;
+}
+
+/// What a raise refuses, and how: nothing is changed by any of these.
+#[actix_web::test]
+async fn a_raise_refused_is_answered_with_the_reason() {
+    let env = TestEnv::start_in(QueueKind::Kafka, 0).await;
+    let coupon = env.coupon_with_quantity(10).await;
+    let path = format!("/api/v1/coupons/{coupon}/quantity");
+
+    let (status, body) = raise(&env, coupon, json!(9)).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (409, &json!("CONFLICT")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("it is 10 now"),
+        "{body}"
+    );
+    for bad in [json!(0), json!(-1), json!("11"), json!(1.5), Value::Null] {
+        let (status, body) = raise(&env, coupon, bad.clone()).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (400, &json!("INVALID_REQUEST")),
+            "{bad}: {body}"
+        );
+    }
+    let (status, body) = env.put(&path, harness::ADMIN_TOKEN, &json!([11])).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = raise(&env, 987_654_321, json!(11)).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (404, &json!("COUPON_NOT_FOUND")),
+        "{body}"
+    );
+    let user = harness::user_token(1);
+    let (status, body) = env.put(&path, &user, &json!({ "totalQuantity": 11 })).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (403, &json!("FORBIDDEN")),
+        "{body}"
+    );
+    let (status, _) = env.put(&path, "", &json!({ "totalQuantity": 11 })).await;
+    assert_eq!(status, 401);
+
+    let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
+    assert_eq!(view["totalQuantity"], json!(10), "{view}");
+    env.shutdown().await;
+}
