@@ -74,6 +74,7 @@ pub struct Metrics {
     pub admission_script: Histogram,
     pub publish_ack: Histogram,
     pub republished: Counter,
+    pub bucket_moves: Counter,
     pub rebuilds: Family<OutcomeLabels, Counter>,
     pub pending: GaugeSet<StateLabels>,
     pub pending_oldest_age: Gauge<f64, AtomicU64>,
@@ -139,6 +140,12 @@ impl Default for Metrics {
             "coupon_reconciler_republished",
             "Pending events the reconciler claimed and the broker then acknowledged",
             republished.clone(),
+        );
+        let bucket_moves = Counter::default();
+        registry.register(
+            "coupon_bucket_units_moved",
+            "A coupon in buckets: units moved to a bucket whose users asked and found it dry",
+            bucket_moves.clone(),
         );
         let rebuilds = Family::<OutcomeLabels, Counter>::default();
         for outcome in ["started", "finished", "failed"] {
@@ -241,6 +248,7 @@ impl Default for Metrics {
             admission_script,
             publish_ack,
             republished,
+            bucket_moves,
             rebuilds,
             pending,
             pending_oldest_age,

@@ -103,11 +103,14 @@ async fn users_all_homed_to_one_bucket_receive_every_unit_one_by_one(redis: Redi
         );
         assert_eq!(bucket["soldOut"], json!(true), "{view}");
     }
-    // The operations view's gauges, per bucket: all 30 slots in bucket 0, none left anywhere.
+    // The operations view's gauges, per bucket: all 30 slots in bucket 0, none left anywhere,
+    // and the 20 units of buckets 1 and 2 moved to it.
     let issued = format!("coupon_bucket_issued{{coupon=\"{coupon}\",bucket=\"0\"}} 30");
     let stock = format!("coupon_bucket_stock{{coupon=\"{coupon}\",bucket=\"1\"}} 0");
     env.scrape_until(&env.url("/metrics"), &issued, |text| {
-        text.contains(&issued) && text.contains(&stock)
+        text.contains(&issued)
+            && text.contains(&stock)
+            && text.contains("coupon_bucket_units_moved_total 20\n")
     })
     .await;
     env.shutdown().await;

@@ -188,15 +188,16 @@ async fn alert_rules_fire_on_a_real_prometheus_and_the_dashboard_names_real_metr
     assert_eq!(firing["value"], "2e+00", "{firing}");
 
     // The first coupon sold out and settled, so it left the active set; one with stock
-    // left keeps the per-coupon gauges in the scrape, as during a sale.
+    // left keeps the per-coupon gauges in the scrape, as during a sale, and in buckets the
+    // per-bucket ones.
     let open = env
-        .create_coupon(json!({"name": "still selling", "totalQuantity": 10}))
+        .create_coupon(json!({"name": "still selling", "totalQuantity": 10, "buckets": 2}))
         .await;
     assert_eq!(env.issue(open, 1).await.0, 201);
     env.scrape_until(
         &env.url("/metrics"),
-        "per-coupon gauges for an open coupon",
-        |text| text.contains("coupon_active_issued{"),
+        "per-coupon and per-bucket gauges for an open coupon",
+        |text| text.contains("coupon_active_issued{") && text.contains("coupon_bucket_stock{"),
     )
     .await;
 

@@ -94,6 +94,43 @@ async fn a_sold_out_coupon_raised_sells_the_new_units(redis: RedisTopology) {
     env.shutdown().await;
 }
 
+/// A coupon sold out and finished (every row written) leaves the hot loops (the registry
+/// that the reconciler and, in the Redis queue mode, the stream workers read); raised, it
+/// is taken back into them: the new winners' events are read and their rows written.
+async fn a_finished_coupon_raised_is_taken_back_into_the_hot_loops(queue: QueueKind) {
+    let env = TestEnv::start_under(queue, RedisTopology::Node, 1).await;
+    let coupon = env.coupon_with_quantity(1).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![1]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while env.registered().await.contains(&coupon) {
+        assert!(
+            Instant::now() < deadline,
+            "the finished coupon was never retired"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert_eq!(raise(&env, coupon, json!(3)).await.0, 200);
+    assert!(env.registered().await.contains(&coupon));
+    for user in 2..=3 {
+        assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
+    }
+    assert_eq!(env.issue(coupon, 4).await.0, 410);
+    assert_eq!(env.rows_when_settled(coupon, 3).await, vec![1, 2, 3]);
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn a_finished_coupon_raised_is_taken_back_into_the_hot_loops_kafka() {
+    a_finished_coupon_raised_is_taken_back_into_the_hot_loops(QueueKind::Kafka).await
+}
+
+#[actix_web::test]
+async fn a_finished_coupon_raised_is_taken_back_into_the_hot_loops_redis_queue() {
+    a_finished_coupon_raised_is_taken_back_into_the_hot_loops(QueueKind::Redis).await
+}
+
 /// Every bucket of a bucketed coupon sold out and marked so: raised, each bucket gets its
 /// share of the new units, its mark is lifted, and a user of every home is admitted again
 /// (directly or through a move), exactly up to the new quantity.

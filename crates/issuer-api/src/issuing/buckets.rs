@@ -250,6 +250,9 @@ impl Issuer {
                             continue;
                         };
                         gate.record(home.bucket, &supplied);
+                        if let Ok(Supply::Moved(units)) = supplied {
+                            self.metrics().bucket_moves.inc_by(units.unsigned_abs());
+                        }
                         supplied
                     };
                     match supplied {
