@@ -395,7 +395,7 @@ async fn a_raise_flags_grows_once_and_clears_only_for_its_largest_quantity() {
     assert!(!done(refused.unwrap()), "a flagged bucket was marked");
 
     for added in [2, 0] {
-        let grown = BucketSteps::grow(&mut con, &sale.bucket(0), 3).await;
+        let grown = BucketSteps::grow(&mut con, &sale.bucket(0), 3, 1).await;
         assert_eq!(done(grown.unwrap()), added);
     }
     assert_eq!(sale.stock(0).await, 2);
@@ -410,6 +410,36 @@ async fn a_raise_flags_grows_once_and_clears_only_for_its_largest_quantity() {
 
 /// A collect's version (with the issued count) moves with every step, so two equal
 /// collects saw a bucket nothing happened to in between.
+/// A bucket loaded by a version that did not record its share in Redis (an upgrade in
+/// place): a grow takes its allocation to hold the share of the quantity last landed, adds
+/// the difference once, and records the share, so that the next grow counts from it.
+#[tokio::test]
+async fn a_bucket_that_records_no_share_grows_from_its_landed_share() {
+    let mut sale = Sale::new(&[2, 1]).await;
+    let mut con = sale.con.clone();
+    let _: i64 = redis::cmd("HDEL")
+        .arg(&sale.keys[0].meta)
+        .arg("share")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+
+    for added in [3, 0] {
+        let grown = BucketSteps::grow(&mut con, &sale.bucket(0), 5, 2).await;
+        assert_eq!(done(grown.unwrap()), added);
+    }
+    assert_eq!(sale.stock(0).await, 5);
+    let share: Option<i64> = redis::cmd("HGET")
+        .arg(&sale.keys[0].meta)
+        .arg("share")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(share, Some(5));
+    let user = sale.user_of(0, 0);
+    assert!(matches!(sale.admit(user).await, AdmitReply::Admitted(_)));
+}
+
 #[tokio::test]
 async fn every_step_moves_what_a_collect_reads() {
     let mut sale = Sale::new(&[2, 2]).await;

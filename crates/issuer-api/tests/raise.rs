@@ -10,14 +10,16 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use coupon_core::buckets::BucketCount;
+use coupon_core::buckets::{Bucket, BucketCount};
 use coupon_core::db::raise::raise_quantity;
 use coupon_core::domain::{CouponId, QueueKind, UserId};
 use coupon_core::redis::buckets::{BucketState, BucketSteps, Step};
 use coupon_core::redis::keys::CouponKeys;
 use futures_util::future::join_all;
+use issuer_api::issuing::Raise;
 use serde_json::{Value, json};
 use testkit::harness::{self, RedisTopology, TestEnv};
+use testkit::intercept::{At, Intercepted, has_arg};
 
 macro_rules! on_both_topologies {
     ($($test:ident),* $(,)?) => {$(
@@ -42,6 +44,7 @@ on_both_topologies!(
     a_bucketed_coupon_sold_out_everywhere_raised_admits_the_users_of_every_bucket,
     a_raise_during_the_rush_issues_exactly_the_new_quantity,
     a_raise_whose_api_died_midway_is_landed_by_the_lander,
+    a_late_rebuild_keeps_a_raise_that_landed_after_it_read_its_bucket,
 );
 
 async fn raise(env: &TestEnv, coupon: i64, quantity: Value) -> (u16, Value) {
@@ -279,6 +282,82 @@ async fn a_raise_whose_api_died_midway_is_landed_by_the_lander(redis: RedisTopol
     for b in 0..2 {
         for user in homed_to(count, b, 1_000, 2) {
             assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
+            winners.push(user);
+        }
+    }
+    assert_eq!(env.issue(coupon, 5_000).await.0, 410);
+    winners.sort_unstable();
+    assert_eq!(env.rows_when_settled(coupon, 6).await, winners);
+    env.shutdown().await;
+}
+
+/// The model's `Bug::RebuildReadsShareEarly`, forced: a rebuild started by a request that
+/// found bucket 0 unverified reads the bucket's row, and before it takes its lease another
+/// rebuild verifies the bucket and a raise lands there. The late rebuild's lease is granted
+/// (the stamp it read is no longer the bucket's), and its restore must write the share
+/// PostgreSQL holds now, not the one it saw first: the raised units stay for sale.
+async fn a_late_rebuild_keeps_a_raise_that_landed_after_it_read_its_bucket(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let count = BucketCount::new(2).unwrap();
+    let coupon = env
+        .create_coupon(json!({ "name": "hot", "totalQuantity": 2, "buckets": 2 }))
+        .await;
+    let id = CouponId::new(coupon).unwrap();
+    let bucket = Bucket::of(count, 0).unwrap();
+    // Bucket 0 unverified: its stamp never reached PostgreSQL.
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(
+            "UPDATE coupon_buckets SET redis_stamp = NULL WHERE coupon_id = $1 AND bucket = 0",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(coupon),
+        &mut env.pg().await,
+    )
+    .await
+    .unwrap();
+    let issuer = env.issuer(&env.redis_prefix).await;
+    let first = issuer.clone();
+    let mut late = Intercepted::new(
+        env.redis().await,
+        At::Before,
+        // The lease's take: the rebuild's first command, after its reads of PostgreSQL.
+        |cmd: &redis::Cmd| has_arg(cmd, "take"),
+        move || async move {
+            let rebuilt = first.rebuild_bucket(id, bucket).await.unwrap();
+            assert_eq!(rebuilt, Some(0), "the first rebuild did not run");
+            let raised = first.raise_quantity(id, 6).await.unwrap();
+            assert!(matches!(raised, Raise::Landed(_)), "{raised:?}");
+            Ok(())
+        },
+    );
+
+    let rebuilt = issuer.rebuild_bucket_on(&mut late, id, bucket).await;
+
+    assert_eq!(rebuilt.unwrap(), Some(0), "the late rebuild did not run");
+    // The API serving the reads keeps a coupon's read a second; it did not raise it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let view = loop {
+        let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
+        if view["totalQuantity"] == json!(6) {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "the raise is not shown: {view}");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stock: Vec<&Value> = view["bucketStock"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|bucket| &bucket["stock"])
+        .collect();
+    assert_eq!(
+        stock,
+        vec![&json!(3); 2],
+        "each bucket its raised share: {view}"
+    );
+    let mut winners = Vec::new();
+    for b in 0..2 {
+        for user in homed_to(count, b, 1, 3) {
+            assert_eq!(env.issue_retrying(coupon, user).await.0, 201, "user {user}");
             winners.push(user);
         }
     }

@@ -175,7 +175,9 @@ impl Mover<'_> {
         con: &mut C,
         raised: &Raised,
     ) -> Result<i64, MoveError> {
-        if raised.shares.len() != self.places.places.len() {
+        if raised.shares.len() != self.places.places.len()
+            || raised.landed_shares.len() != self.places.places.len()
+        {
             return Err(MoveError::LayoutMismatch(self.places.coupon));
         }
         for place in &self.places.places {
@@ -183,9 +185,10 @@ impl Mover<'_> {
             done(step, place.bucket)?;
         }
         let mut grown = 0;
-        for (place, share) in self.places.places.iter().zip(&raised.shares) {
+        let shares = raised.shares.iter().zip(&raised.landed_shares);
+        for (place, (share, landed)) in self.places.places.iter().zip(shares) {
             grown += done(
-                BucketSteps::grow(con, &place.state(), *share).await?,
+                BucketSteps::grow(con, &place.state(), *share, *landed).await?,
                 place.bucket,
             )?;
         }

@@ -20,7 +20,7 @@ pub struct BucketRow {
     pub bucket: Bucket,
     /// The hash tag of its keys (`crate::redis::keys::CouponKeys::of_bucket`).
     pub tag: String,
-    /// Its stock at creation.
+    /// Its share of the quantity: its stock at creation, plus what raises added to it.
     pub share: i64,
     /// Its Redis state's stamp in force, if it was ever verified.
     pub stamp: Option<Stamp>,

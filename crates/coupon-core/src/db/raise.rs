@@ -33,6 +33,11 @@ pub struct Raised {
     pub coupon: CouponId,
     pub quantity: i64,
     pub shares: Vec<i64>,
+    /// Each bucket's share of the quantity last landed, as its creation split it: what a
+    /// bucket loaded before Redis recorded shares holds. No raise has landed in such a
+    /// bucket (a grow records its share), so the quantity last landed is the one it was
+    /// created with, split as a creation splits it.
+    pub landed_shares: Vec<i64>,
 }
 
 /// Raises `coupon`'s quantity to `quantity`, the new units split over its buckets as a
@@ -86,6 +91,7 @@ pub async fn raise_quantity(
             coupon,
             quantity,
             shares: shares(conn, coupon, buckets).await?,
+            landed_shares: landed_shares(count, landed.unwrap_or(current)),
         }))
     })
     .await
@@ -94,20 +100,35 @@ pub async fn raise_quantity(
 /// What Redis must hold for `coupon` now, as [`raise_quantity`] answers it; None if the
 /// coupon does not exist.
 pub async fn raised(conn: &mut AsyncPgConnection, coupon: CouponId) -> QueryResult<Option<Raised>> {
-    let row: Option<(i64, i16)> = coupons::table
+    let row: Option<(i64, Option<i64>, i16)> = coupons::table
         .find(coupon.get())
-        .select((coupons::total_quantity, coupons::buckets))
+        .select((
+            coupons::total_quantity,
+            coupons::landed_quantity,
+            coupons::buckets,
+        ))
         .first(conn)
         .await
         .optional()?;
-    let Some((quantity, buckets)) = row else {
+    let Some((quantity, landed, buckets)) = row else {
         return Ok(None);
     };
+    let count =
+        BucketCount::new(buckets.into()).map_err(|e| Error::DeserializationError(Box::new(e)))?;
     Ok(Some(Raised {
         coupon,
         quantity,
         shares: shares(conn, coupon, buckets).await?,
+        landed_shares: landed_shares(count, landed.unwrap_or(quantity)),
     }))
+}
+
+/// `landed` split over `count` buckets as a creation splits it; none for one bucket.
+fn landed_shares(count: BucketCount, landed: i64) -> Vec<i64> {
+    if count == BucketCount::ONE {
+        return Vec::new();
+    }
+    count.shares(landed)
 }
 
 /// Each bucket's share, in order; none for a coupon of one bucket (`buckets` 1).

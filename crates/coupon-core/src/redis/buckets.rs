@@ -437,13 +437,15 @@ impl BucketSteps {
     }
 
     /// Grows the bucket's allocation to `share`, its share in PostgreSQL now: the units
-    /// added (none if it holds that share already).
+    /// added (none if it holds that share already). `landed` is what its allocation holds
+    /// if it records no share (`Raised::landed_shares`).
     pub async fn grow<C: ConnectionLike + Send + Sync>(
         con: &mut C,
         bucket: &BucketState<'_>,
         share: i64,
+        landed: i64,
     ) -> Result<Step<i64>, RedisError> {
-        let args = [share.to_string()];
+        let args = [share.to_string(), landed.to_string()];
         let step = run(con, bucket, StepName::Grow, &args).await?;
         step.read(|reply| field(&reply, 1, "grow"))
     }

@@ -17,15 +17,16 @@ use std::time::Duration;
 
 use coupon_core::buckets::mover::{MoveError, Mover, Places, Supply};
 use coupon_core::buckets::{Bucket, BucketCount};
-use coupon_core::db::buckets::{coupon_buckets, journal, record_bucket_stamp};
+use coupon_core::db::buckets::{BucketRow, coupon_buckets, journal, record_bucket_stamp};
 use coupon_core::db::coupons::{Verification, coupon_holders, find_coupon};
-use coupon_core::domain::{Admission, CouponId, UserId};
+use coupon_core::domain::{Admission, Coupon, CouponId, UserId};
 use coupon_core::redis::admission::{AdmitReply, LeaseTake};
 use coupon_core::redis::buckets::{BucketState, BucketSteps, RebuiltBucket, Step};
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::ledger::LedgerAt;
 use futures_util::future::join_all;
+use redis::aio::ConnectionLike;
 use tokio::time::Instant;
 
 use super::rebuild::REBUILD_LEASE_MARGIN;
@@ -342,17 +343,19 @@ impl Issuer {
         coupon: CouponId,
         bucket: Bucket,
     ) -> Result<Option<usize>, ApiError> {
-        let mut redis = self.redis.clone();
-        let record = {
-            let mut db = self.pool.get().await?;
-            find_coupon(&mut db, coupon)
-                .await?
-                .ok_or(ApiError::CouponNotFound(coupon.get()))?
-        };
-        let rows = coupon_buckets(&mut *self.pool.get().await?, &record).await?;
-        let row = rows
-            .get(usize::from(bucket.index()))
-            .ok_or_else(|| ApiError::Internal(format!("coupon {coupon} has no {bucket}").into()))?;
+        self.rebuild_bucket_on(&mut self.redis.clone(), coupon, bucket)
+            .await
+    }
+
+    /// `rebuild_bucket` on the connection given (a test's, to run another actor at an exact
+    /// step).
+    pub async fn rebuild_bucket_on<C: ConnectionLike + Send + Sync>(
+        &self,
+        redis: &mut C,
+        coupon: CouponId,
+        bucket: Bucket,
+    ) -> Result<Option<usize>, ApiError> {
+        let (_, row) = self.bucket_row(coupon, bucket).await?;
         let keys = CouponKeys::of_bucket(self.layouts.prefix(), &row.tag);
         let lease = 2 * self.delivery.in_flight_window().await?
             + self.rebuild_timeout
@@ -362,14 +365,20 @@ impl Issuer {
             // Not if the bucket is verified under the stamp in force: every request homed
             // to a closed bucket asks for its rebuild, and one that comes after another
             // process's rebuild reopened it would close it again.
-            .take_rebuild_lease_at(&mut redis, &keys, coupon, lease, row.stamp.as_ref())
+            .take_rebuild_lease_at(redis, &keys, coupon, lease, row.stamp.as_ref())
             .await?
         {
             LeaseTake::Taken(held) => held,
             LeaseTake::Held | LeaseTake::Verified => return Ok(None),
         };
         let restored = async {
-            let epoch = instance_epoch(&mut redis, &keys.meta).await?;
+            // Read again under the lease: a lease is granted against the stamp read above,
+            // and another process's rebuild may have verified the bucket since, and a raise
+            // landed in it, so the share read above may be from before the raise (the
+            // model's `Bug::RebuildReadsShareEarly`). A raise committed after this read
+            // grows the bucket once the restore reopens it.
+            let (record, row) = self.bucket_row(coupon, bucket).await?;
+            let epoch = instance_epoch(redis, &keys.meta).await?;
             // The holders: the unsettled entries first, then the rows once everything that
             // left them is persisted (as a coupon's rebuild reads them, `super::rebuild`).
             if self
@@ -381,10 +390,7 @@ impl Issuer {
                 return Err(ApiError::Rebuilding(coupon.get()));
             }
             let at = LedgerAt::Bucket(keys.clone());
-            let unsettled = self
-                .delivery
-                .unsettled_users(&mut redis, &at, coupon)
-                .await?;
+            let unsettled = self.delivery.unsettled_users(redis, &at, coupon).await?;
             self.delivery.await_persisted().await?;
             let mut db = self.pool.get().await?;
             let logged: Vec<i64> = coupon_holders(&mut db, coupon)
@@ -410,11 +416,11 @@ impl Issuer {
                 }
                 if let Some(stamp) = &other.stamp {
                     let keys = CouponKeys::of_bucket(self.layouts.prefix(), &other.tag);
-                    BucketSteps::unmark(&mut redis, &BucketState { keys: &keys, stamp }).await?;
+                    BucketSteps::unmark(redis, &BucketState { keys: &keys, stamp }).await?;
                 }
             }
             let restored = BucketSteps::restore(
-                &mut redis,
+                redis,
                 &keys,
                 &record,
                 &rebuilt,
@@ -429,9 +435,27 @@ impl Issuer {
             Ok::<_, ApiError>(Some(logged.len() + unsettled.len()))
         }
         .await;
-        self.end_lease(&mut redis, &held).await;
+        self.end_lease(redis, &held).await;
         self.layouts.forget(coupon);
         restored
+    }
+
+    /// The coupon's record and one bucket's row, as PostgreSQL has them now.
+    async fn bucket_row(
+        &self,
+        coupon: CouponId,
+        bucket: Bucket,
+    ) -> Result<(Coupon, BucketRow), ApiError> {
+        let mut db = self.pool.get().await?;
+        let record = find_coupon(&mut db, coupon)
+            .await?
+            .ok_or(ApiError::CouponNotFound(coupon.get()))?;
+        let row = coupon_buckets(&mut db, &record)
+            .await?
+            .into_iter()
+            .nth(usize::from(bucket.index()))
+            .ok_or_else(|| ApiError::Internal(format!("coupon {coupon} has no {bucket}").into()))?;
+        Ok((record, row))
     }
 
     /// Rebuilds every bucket of a bucketed coupon (`issuer-api rebuild-redis`), at once.

@@ -21,7 +21,6 @@ use coupon_core::db::coupons::{
 };
 use coupon_core::domain::{Coupon, CouponId};
 use coupon_core::redis::admission::{LeaseTake, RebuildLease};
-use coupon_core::redis::connection::RedisConnection;
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use coupon_core::redis::ledger::LedgerAt;
 use futures_util::future::join_all;
@@ -186,7 +185,11 @@ impl Issuer {
     /// Ends a lease, trying again for a while: a rebuild that failed because Redis refused
     /// writes (a new primary whose replicas have not joined yet answers NOREPLICAS) would
     /// otherwise leave its lease to expire, and the coupon closed, for the whole lease.
-    pub(super) async fn end_lease(&self, redis: &mut RedisConnection, held: &RebuildLease) {
+    pub(super) async fn end_lease<C: ConnectionLike + Send + Sync>(
+        &self,
+        redis: &mut C,
+        held: &RebuildLease,
+    ) {
         let deadline = tokio::time::Instant::now() + LEASE_END_PATIENCE;
         loop {
             match self.scripts.end_rebuild_lease(redis, held).await {

@@ -160,11 +160,11 @@ elseif step == 'flag' then
   return {1}
 elseif step == 'grow' then
   -- ARGV[3] the bucket's share as PostgreSQL has it now: the allocation gains what its share
-  -- lacks, once (a grow repeated, or one older than a later one, adds nothing). {1, units}.
-  if not meta[8] then
-    return redis.error_reply('bucket ' .. KEYS[1] .. ' records no share: rebuild it')
-  end
-  local more = tonumber(ARGV[3]) - tonumber(meta[8])
+  -- lacks, once (a grow repeated, or one older than a later one, adds nothing). ARGV[4] the
+  -- share it holds if it records none: loaded by a version that did not record shares, it
+  -- has had no raise land in it, so it holds its share of the quantity last landed.
+  -- {1, units}.
+  local more = tonumber(ARGV[3]) - tonumber(meta[8] or ARGV[4])
   if more <= 0 then
     return {1, 0}
   end
