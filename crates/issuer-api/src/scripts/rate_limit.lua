@@ -4,6 +4,12 @@
 -- ARGV[1] window ms, then each key's limit in KEYS' order; a limit of 0 is no limit.
 -- A refused request still counts, so a client that keeps hammering stays refused.
 -- Returns 0 when allowed, else the ms until the window that refused it ends.
+-- The counters live a window (a second by default) and are worth nothing after a restart or
+-- a failover: kept out of the append-only file and the replication stream, so that under
+-- `appendfsync always` a request Redis only refuses or counts (a sold-out answer, a 429)
+-- waits for no disk sync, and replicas are not sent a write per request. A counter lost
+-- with its primary only lets a client start its window again.
+redis.set_repl(redis.REPL_NONE)
 local window = tonumber(ARGV[1])
 local wait = 0
 for i, key in ipairs(KEYS) do

@@ -1,0 +1,81 @@
+//! The rate limit's counters (`issuer-api/src/scripts/rate_limit.lua`) are not durable
+//! writes: a request that Redis only counts and refuses (a sold-out answer, a 429) adds
+//! nothing to the append-only file, so under `appendfsync always` it waits for no disk
+//! sync, and sends nothing to the replicas. Checked on a primary and replica of the test's
+//! own, on the project's Redis configuration.
+
+// A panic is exactly the failure report wanted here.
+#![allow(clippy::unwrap_used)]
+
+use coupon_core::domain::QueueKind;
+use coupon_core::redis::keys::CouponKeys;
+use redis::AsyncCommands;
+use testkit::harness::{self, TestEnv};
+use testkit::redis_server::RedisServer;
+
+fn data_dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "coupon-rate-limit-{name}-{}",
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
+#[actix_web::test]
+async fn counted_and_refused_requests_write_nothing_durable() {
+    let primary = RedisServer::start(&data_dir("primary"), &[]).await.unwrap();
+    let replica = RedisServer::replica_of(primary.port, &data_dir("replica"))
+        .await
+        .unwrap();
+    let args = [
+        format!("--redis-url={}", primary.url()),
+        "--rate-per-user=2".to_owned(),
+        "--rate-window-ms=60000".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 0, &args).await;
+    let coupon = env.coupon_with_quantity(1).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    let mut on_primary = redis::Client::open(primary.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Everything written so far is in the file (appendfsync always) and on the replica.
+    let synced: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5_000)
+        .query_async(&mut on_primary)
+        .await
+        .unwrap();
+    assert_eq!(synced, 1, "the replica never caught up");
+    let before = primary.aof_len().unwrap();
+
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(env.issue(coupon, 2).await.0);
+    }
+
+    assert_eq!(answers, [410, 410, 429]);
+    let counter = CouponKeys::rate_of_user(&env.redis_prefix, 2);
+    let counted: Option<i64> = on_primary.get(&counter).await.unwrap();
+    assert_eq!(counted, Some(3), "the primary counts every request");
+    assert_eq!(
+        primary.aof_len().unwrap(),
+        before,
+        "a request that was only counted and refused grew the append-only file"
+    );
+    let _: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5_000)
+        .query_async(&mut on_primary)
+        .await
+        .unwrap();
+    let mut on_replica = redis::Client::open(replica.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let replicated: bool = on_replica.exists(&counter).await.unwrap();
+    assert!(!replicated, "the counter was sent to the replica");
+    env.shutdown().await;
+}
