@@ -408,11 +408,11 @@ async fn a_raise_flags_grows_once_and_clears_only_for_its_largest_quantity() {
     assert!(matches!(sale.admit(late).await, AdmitReply::Admitted(_)));
 }
 
-/// A collect's version (with the issued count) moves with every step, so two equal
-/// collects saw a bucket nothing happened to in between.
 /// A bucket loaded by a version that did not record its share in Redis (an upgrade in
 /// place): a grow takes its allocation to hold the share of the quantity last landed, adds
-/// the difference once, and records the share, so that the next grow counts from it.
+/// the difference once, and records the share, so that the next grow counts from it. A
+/// grow that adds nothing records it too: once the raise lands, the quantity last landed
+/// is no longer the one the bucket was created with, and a later grow must not guess.
 #[tokio::test]
 async fn a_bucket_that_records_no_share_grows_from_its_landed_share() {
     let mut sale = Sale::new(&[2, 1]).await;
@@ -438,7 +438,30 @@ async fn a_bucket_that_records_no_share_grows_from_its_landed_share() {
     assert_eq!(share, Some(5));
     let user = sale.user_of(0, 0);
     assert!(matches!(sale.admit(user).await, AdmitReply::Admitted(_)));
+
+    let _: i64 = redis::cmd("HDEL")
+        .arg(&sale.keys[1].meta)
+        .arg("share")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let grown = BucketSteps::grow(&mut con, &sale.bucket(1), 1, 1).await;
+    assert_eq!(done(grown.unwrap()), 0);
+    let share: Option<i64> = redis::cmd("HGET")
+        .arg(&sale.keys[1].meta)
+        .arg("share")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(
+        share,
+        Some(1),
+        "a grow of nothing left the share unrecorded"
+    );
 }
+
+/// A collect's version (with the issued count) moves with every step, so two equal
+/// collects saw a bucket nothing happened to in between.
 
 #[tokio::test]
 async fn every_step_moves_what_a_collect_reads() {

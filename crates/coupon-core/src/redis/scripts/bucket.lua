@@ -162,10 +162,15 @@ elseif step == 'grow' then
   -- ARGV[3] the bucket's share as PostgreSQL has it now: the allocation gains what its share
   -- lacks, once (a grow repeated, or one older than a later one, adds nothing). ARGV[4] the
   -- share it holds if it records none: loaded by a version that did not record shares, it
-  -- has had no raise land in it, so it holds its share of the quantity last landed.
-  -- {1, units}.
-  local more = tonumber(ARGV[3]) - tonumber(meta[8] or ARGV[4])
+  -- has had no raise land in it, so it holds its share of the quantity last landed. Such a
+  -- bucket records its share even when it gains nothing: once the raise lands, the quantity
+  -- last landed is no longer the one it was created with. {1, units}.
+  local held = tonumber(meta[8] or ARGV[4])
+  local more = tonumber(ARGV[3]) - held
   if more <= 0 then
+    if not meta[8] then
+      redis.call('HSET', KEYS[1], 'share', held)
+    end
     return {1, 0}
   end
   redis.call('HINCRBY', KEYS[1], 'quantity', more)

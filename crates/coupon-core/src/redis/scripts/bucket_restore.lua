@@ -18,7 +18,7 @@
 -- stamp (recorded in PostgreSQL first), ARGV[5] the lease token, ARGV[6] the coupon's number
 -- of buckets, ARGV[7] the last transfer journalled from this bucket ('' for none), ARGV[8]
 -- its recipient, ARGV[9] its units, ARGV[10] the share ARGV[1] includes (PostgreSQL's, read
--- before the lease: a raise's grow is refused while the bucket is closed, and lands after),
+-- under the lease: a raise's grow is refused while the bucket is closed, and lands after),
 -- and ARGV[11...] the transfers journalled to this bucket. A raise's flag the copy has
 -- stays: whoever set it clears it once every bucket has grown.
 -- The outgoing entry comes back with no lease, so that a mover takes it over at once and
