@@ -27,6 +27,7 @@ use coupon_core::redis::buckets::{
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::ledger::{Ledger, LedgerAt, PendingEntry};
+use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use testkit::shared_redis::{self, redis};
 
@@ -188,6 +189,23 @@ impl Sale {
 
     async fn stock(&self, b: u16) -> i64 {
         self.seen(b).await.stock
+    }
+
+    /// The share bucket `b`'s meta records, if any.
+    async fn share(&self, b: u16) -> Option<i64> {
+        let mut con = self.con.clone();
+        con.hget(&self.keys[b as usize].meta, "share")
+            .await
+            .unwrap()
+    }
+
+    /// Bucket `b`'s meta as a version that did not record shares leaves it.
+    async fn forget_share(&self, b: u16) {
+        let mut con = self.con.clone();
+        let _: i64 = con
+            .hdel(&self.keys[b as usize].meta, "share")
+            .await
+            .unwrap();
     }
 }
 
@@ -417,44 +435,22 @@ async fn a_raise_flags_grows_once_and_clears_only_for_its_largest_quantity() {
 async fn a_bucket_that_records_no_share_grows_from_its_landed_share() {
     let mut sale = Sale::new(&[2, 1]).await;
     let mut con = sale.con.clone();
-    let _: i64 = redis::cmd("HDEL")
-        .arg(&sale.keys[0].meta)
-        .arg("share")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    sale.forget_share(0).await;
 
     for added in [3, 0] {
         let grown = BucketSteps::grow(&mut con, &sale.bucket(0), 5, 2).await;
         assert_eq!(done(grown.unwrap()), added);
     }
     assert_eq!(sale.stock(0).await, 5);
-    let share: Option<i64> = redis::cmd("HGET")
-        .arg(&sale.keys[0].meta)
-        .arg("share")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    assert_eq!(share, Some(5));
+    assert_eq!(sale.share(0).await, Some(5));
     let user = sale.user_of(0, 0);
     assert!(matches!(sale.admit(user).await, AdmitReply::Admitted(_)));
 
-    let _: i64 = redis::cmd("HDEL")
-        .arg(&sale.keys[1].meta)
-        .arg("share")
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    sale.forget_share(1).await;
     let grown = BucketSteps::grow(&mut con, &sale.bucket(1), 1, 1).await;
     assert_eq!(done(grown.unwrap()), 0);
-    let share: Option<i64> = redis::cmd("HGET")
-        .arg(&sale.keys[1].meta)
-        .arg("share")
-        .query_async(&mut con)
-        .await
-        .unwrap();
     assert_eq!(
-        share,
+        sale.share(1).await,
         Some(1),
         "a grow of nothing left the share unrecorded"
     );
@@ -462,7 +458,6 @@ async fn a_bucket_that_records_no_share_grows_from_its_landed_share() {
 
 /// A collect's version (with the issued count) moves with every step, so two equal
 /// collects saw a bucket nothing happened to in between.
-
 #[tokio::test]
 async fn every_step_moves_what_a_collect_reads() {
     let mut sale = Sale::new(&[2, 2]).await;

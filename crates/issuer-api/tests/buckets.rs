@@ -18,25 +18,7 @@ use futures_util::future::join_all;
 use serde_json::json;
 use testkit::harness::{RedisTopology, TestEnv};
 
-macro_rules! on_both_topologies {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            use super::RedisTopology;
-
-            #[actix_web::test]
-            async fn node() {
-                super::$test(RedisTopology::Node).await
-            }
-
-            #[actix_web::test]
-            async fn cluster() {
-                super::$test(RedisTopology::Cluster).await
-            }
-        }
-    )*};
-}
-
-on_both_topologies!(
+testkit::on_both_topologies!(
     users_all_homed_to_one_bucket_receive_every_unit_one_by_one,
     users_all_homed_to_one_bucket_at_once_receive_every_unit,
     a_bucket_whose_state_is_lost_is_rebuilt_alone,

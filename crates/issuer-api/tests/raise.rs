@@ -21,25 +21,7 @@ use serde_json::{Value, json};
 use testkit::harness::{self, RedisTopology, TestEnv};
 use testkit::intercept::{At, Intercepted, has_arg};
 
-macro_rules! on_both_topologies {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            use super::RedisTopology;
-
-            #[actix_web::test]
-            async fn node() {
-                super::$test(RedisTopology::Node).await
-            }
-
-            #[actix_web::test]
-            async fn cluster() {
-                super::$test(RedisTopology::Cluster).await
-            }
-        }
-    )*};
-}
-
-on_both_topologies!(
+testkit::on_both_topologies!(
     a_sold_out_coupon_raised_sells_the_new_units,
     a_bucketed_coupon_sold_out_everywhere_raised_admits_the_users_of_every_bucket,
     a_raise_during_the_rush_issues_exactly_the_new_quantity,
@@ -62,6 +44,34 @@ fn homed_to(count: BucketCount, bucket: u16, from: i64, n: usize) -> Vec<i64> {
         .filter(|user| count.home(UserId::new(*user).unwrap()).index() == bucket)
         .take(n)
         .collect()
+}
+
+/// Each bucket's stock in a coupon's read.
+fn bucket_stock(view: &Value) -> Vec<&Value> {
+    view["bucketStock"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|bucket| &bucket["stock"])
+        .collect()
+}
+
+/// `n` users of each of `count`'s buckets, from user id `from` on, each admitted (201).
+async fn admit_from_each_bucket(
+    env: &TestEnv,
+    coupon: i64,
+    count: BucketCount,
+    from: i64,
+    n: usize,
+) -> Vec<i64> {
+    let mut admitted = Vec::new();
+    for b in count.all() {
+        for user in homed_to(count, b.index(), from, n) {
+            assert_eq!(env.issue_retrying(coupon, user).await.0, 201, "user {user}");
+            admitted.push(user);
+        }
+    }
+    admitted
 }
 
 /// A coupon of one state, sold out: raised, it admits exactly the new units, and the
@@ -163,13 +173,11 @@ async fn a_bucketed_coupon_sold_out_everywhere_raised_admits_the_users_of_every_
         )
     );
     let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
-    let stock: Vec<&Value> = view["bucketStock"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|bucket| &bucket["stock"])
-        .collect();
-    assert_eq!(stock, vec![&json!(2); 3], "each bucket its share: {view}");
+    assert_eq!(
+        bucket_stock(&view),
+        vec![&json!(2); 3],
+        "each bucket its share: {view}"
+    );
     // Those refused get in, then more of bucket 0's users than its share: the rest moves.
     for &user in &refused {
         assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
@@ -279,12 +287,7 @@ async fn a_raise_whose_api_died_midway_is_landed_by_the_lander(redis: RedisTopol
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
     let mut winners = firsts.clone();
-    for b in 0..2 {
-        for user in homed_to(count, b, 1_000, 2) {
-            assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
-            winners.push(user);
-        }
-    }
+    winners.extend(admit_from_each_bucket(&env, coupon, count, 1_000, 2).await);
     assert_eq!(env.issue(coupon, 5_000).await.0, 410);
     winners.sort_unstable();
     assert_eq!(env.rows_when_settled(coupon, 6).await, winners);
@@ -343,24 +346,12 @@ async fn a_late_rebuild_keeps_a_raise_that_landed_after_it_read_its_bucket(redis
         assert!(Instant::now() < deadline, "the raise is not shown: {view}");
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     };
-    let stock: Vec<&Value> = view["bucketStock"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|bucket| &bucket["stock"])
-        .collect();
     assert_eq!(
-        stock,
+        bucket_stock(&view),
         vec![&json!(3); 2],
         "each bucket its raised share: {view}"
     );
-    let mut winners = Vec::new();
-    for b in 0..2 {
-        for user in homed_to(count, b, 1, 3) {
-            assert_eq!(env.issue_retrying(coupon, user).await.0, 201, "user {user}");
-            winners.push(user);
-        }
-    }
+    let mut winners = admit_from_each_bucket(&env, coupon, count, 1, 3).await;
     assert_eq!(env.issue(coupon, 5_000).await.0, 410);
     winners.sort_unstable();
     assert_eq!(env.rows_when_settled(coupon, 6).await, winners);

@@ -20,6 +20,17 @@ fn data_dir(name: &str) -> std::path::PathBuf {
     ))
 }
 
+/// Waits until the replica has everything the primary propagated so far.
+async fn replicated(on_primary: &mut redis::aio::MultiplexedConnection) {
+    let synced: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5_000)
+        .query_async(on_primary)
+        .await
+        .unwrap();
+    assert_eq!(synced, 1, "the replica never caught up");
+}
+
 #[actix_web::test]
 async fn counted_and_refused_requests_write_nothing_durable() {
     let primary = RedisServer::start(&data_dir("primary"), &[]).await.unwrap();
@@ -41,13 +52,7 @@ async fn counted_and_refused_requests_write_nothing_durable() {
         .await
         .unwrap();
     // Everything written so far is in the file (appendfsync always) and on the replica.
-    let synced: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(5_000)
-        .query_async(&mut on_primary)
-        .await
-        .unwrap();
-    assert_eq!(synced, 1, "the replica never caught up");
+    replicated(&mut on_primary).await;
     let before = primary.aof_len().unwrap();
 
     let mut answers = Vec::new();
@@ -64,12 +69,7 @@ async fn counted_and_refused_requests_write_nothing_durable() {
         before,
         "a request that was only counted and refused grew the append-only file"
     );
-    let _: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(5_000)
-        .query_async(&mut on_primary)
-        .await
-        .unwrap();
+    replicated(&mut on_primary).await;
     let mut on_replica = redis::Client::open(replica.url())
         .unwrap()
         .get_multiplexed_async_connection()

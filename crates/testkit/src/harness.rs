@@ -895,3 +895,24 @@ pub fn partitions_on(brokers: &str, topic: &str) -> usize {
         .unwrap();
     metadata.topics()[0].partitions().len()
 }
+
+/// One test module per named test, running it as `node` and as `cluster` (each an
+/// `actix_web::test` calling `$test(RedisTopology)` of the enclosing module).
+#[macro_export]
+macro_rules! on_both_topologies {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            use $crate::harness::RedisTopology;
+
+            #[actix_web::test]
+            async fn node() {
+                super::$test(RedisTopology::Node).await
+            }
+
+            #[actix_web::test]
+            async fn cluster() {
+                super::$test(RedisTopology::Cluster).await
+            }
+        }
+    )*};
+}
