@@ -15,6 +15,7 @@ use coupon_core::redis::keys::CouponKeys;
 use coupon_core::redis::ledger::{Ledger, LedgerAt, PendingEntry};
 use diesel_async::RunQueryDsl;
 use futures_util::future::join_all;
+use issuer_api::issuing::{BucketRebuild, Rebuilt};
 use serde_json::json;
 use testkit::harness::{RedisTopology, TestEnv};
 
@@ -24,6 +25,7 @@ testkit::on_both_topologies!(
     a_bucket_whose_state_is_lost_is_rebuilt_alone,
     a_slot_in_doubt_in_a_bucket_is_published_by_the_reconciler,
     a_late_rebuild_leaves_a_bucket_verified_under_the_stamp_in_force,
+    the_operators_rebuild_restores_every_bucket_verified_or_not,
     a_bucket_whose_first_load_was_not_recorded_is_rebuilt,
     a_bucketed_coupon_the_reconciler_cannot_finish_holds_up_no_other,
 );
@@ -224,11 +226,56 @@ async fn a_late_rebuild_leaves_a_bucket_verified_under_the_stamp_in_force(redis:
     let bucket = Bucket::of(BucketCount::new(3).unwrap(), 1).unwrap();
     let before = redis_verifications(&mut env.pg().await).await.unwrap();
 
-    let rebuilt = issuer.rebuild_bucket(id, bucket).await.unwrap();
+    let rebuilt = issuer
+        .rebuild_bucket(id, bucket, BucketRebuild::IfUnverified)
+        .await
+        .unwrap();
 
     assert_eq!(rebuilt, None, "a verified bucket was rebuilt");
     let after = redis_verifications(&mut env.pg().await).await.unwrap();
     assert_eq!(after, before, "the verification count moved");
+    env.shutdown().await;
+}
+
+/// The operator's `issuer-api rebuild-redis` on a bucketed coupon rebuilds every bucket,
+/// verified or not, as it rebuilds a coupon's own state whatever its stamp (an operator who
+/// suspects a state asks for it to be rebuilt), and says how many holders it restored:
+/// "another process is rebuilding it" only when another process is.
+async fn the_operators_rebuild_restores_every_bucket_verified_or_not(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let count = BucketCount::new(3).unwrap();
+    let coupon = bucketed_coupon(&env, 6, 3).await;
+    let holders: Vec<i64> = (0..3).map(|b| homed_to(count, b, 1)[0]).collect();
+    for &user in &holders {
+        assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
+    }
+    let mut sorted = holders.clone();
+    sorted.sort_unstable();
+    assert_eq!(env.rows_when_settled(coupon, 3).await, sorted);
+    let issuer = env.issuer(&env.redis_prefix).await;
+    let id = CouponId::new(coupon).unwrap();
+    let before = redis_verifications(&mut env.pg().await).await.unwrap();
+
+    let rebuilt = issuer.rebuild(&[id]).await.unwrap();
+
+    assert_eq!(rebuilt, vec![(id, Rebuilt::Restored { holders: 3 })]);
+    let after = redis_verifications(&mut env.pg().await).await.unwrap();
+    assert_eq!(after, before + 3, "one verification per bucket");
+    for &user in &holders {
+        let (status, _) = env.issue_retrying(coupon, user).await;
+        assert_eq!(status, 409, "user {user} keeps the slot");
+    }
+    let mut won = sorted;
+    for user in 1_000.. {
+        match env.issue_retrying(coupon, user).await.0 {
+            201 => won.push(user),
+            410 => break,
+            other => panic!("user {user}: {other}"),
+        }
+    }
+    won.sort_unstable();
+    assert_eq!(won.len(), 6, "{won:?}");
+    assert_eq!(env.rows_when_settled(coupon, 6).await, won);
     env.shutdown().await;
 }
 

@@ -16,7 +16,7 @@ use coupon_core::domain::{CouponId, QueueKind, UserId};
 use coupon_core::redis::buckets::{BucketState, BucketSteps, Step};
 use coupon_core::redis::keys::CouponKeys;
 use futures_util::future::join_all;
-use issuer_api::issuing::Raise;
+use issuer_api::issuing::{BucketRebuild, Raise};
 use serde_json::{Value, json};
 use testkit::harness::{self, RedisTopology, TestEnv};
 use testkit::intercept::{At, Intercepted, has_arg};
@@ -325,7 +325,10 @@ async fn a_late_rebuild_keeps_a_raise_that_landed_after_it_read_its_bucket(redis
         // The lease's take: the rebuild's first command, after its reads of PostgreSQL.
         |cmd: &redis::Cmd| has_arg(cmd, "take"),
         move || async move {
-            let rebuilt = first.rebuild_bucket(id, bucket).await.unwrap();
+            let rebuilt = first
+                .rebuild_bucket(id, bucket, BucketRebuild::IfUnverified)
+                .await
+                .unwrap();
             assert_eq!(rebuilt, Some(0), "the first rebuild did not run");
             let raised = first.raise_quantity(id, 6).await.unwrap();
             assert!(matches!(raised, Raise::Landed(_)), "{raised:?}");
@@ -333,7 +336,9 @@ async fn a_late_rebuild_keeps_a_raise_that_landed_after_it_read_its_bucket(redis
         },
     );
 
-    let rebuilt = issuer.rebuild_bucket_on(&mut late, id, bucket).await;
+    let rebuilt = issuer
+        .rebuild_bucket_on(&mut late, id, bucket, BucketRebuild::IfUnverified)
+        .await;
 
     assert_eq!(rebuilt.unwrap(), Some(0), "the late rebuild did not run");
     // The API serving the reads keeps a coupon's read a second; it did not raise it.

@@ -88,6 +88,18 @@ impl SupplyGates {
     }
 }
 
+/// Whether a bucket's rebuild leaves alone a bucket verified under the stamp in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketRebuild {
+    /// Asked for by a request that found the bucket closed: every request homed to a
+    /// closed bucket asks, and one that comes after another process's rebuild reopened it
+    /// would close it again.
+    IfUnverified,
+    /// The operator's `issuer-api rebuild-redis`: every bucket, as a coupon's own state is
+    /// rebuilt whatever its stamp.
+    Forced,
+}
+
 /// The buckets this process is rebuilding now: a request that finds one closed starts its
 /// rebuild only if none runs here (another process's is refused by the lease).
 #[derive(Default)]
@@ -321,7 +333,10 @@ impl Issuer {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            match this.rebuild_bucket(coupon, bucket).await {
+            match this
+                .rebuild_bucket(coupon, bucket, BucketRebuild::IfUnverified)
+                .await
+            {
                 Ok(Some(holders)) => tracing::info!(%coupon, %bucket, holders, "bucket rebuilt"),
                 Ok(None) => {
                     tracing::info!(%coupon, %bucket, "bucket not rebuilt here: another process is at it, or it is verified")
@@ -334,16 +349,17 @@ impl Issuer {
 
     /// Restores one bucket's Redis state from PostgreSQL's rows, the delivery's unsettled
     /// entries and the journal of transfers; how many holders it restored, None if another
-    /// process holds its lease or the bucket is verified under the stamp in force. A
-    /// rebuild that cannot finish now (the coupon's partition cannot commit, the lease was
-    /// lost, the instance changed) is `ApiError::Rebuilding`: the bucket stays closed, and
-    /// its next request starts over.
+    /// process holds its lease or (`BucketRebuild::IfUnverified`) the bucket is verified
+    /// under the stamp in force. A rebuild that cannot finish now (the coupon's partition
+    /// cannot commit, the lease was lost, the instance changed) is `ApiError::Rebuilding`:
+    /// the bucket stays closed, and its next request starts over.
     pub async fn rebuild_bucket(
         &self,
         coupon: CouponId,
         bucket: Bucket,
+        when: BucketRebuild,
     ) -> Result<Option<usize>, ApiError> {
-        self.rebuild_bucket_on(&mut self.redis.clone(), coupon, bucket)
+        self.rebuild_bucket_on(&mut self.redis.clone(), coupon, bucket, when)
             .await
     }
 
@@ -354,18 +370,20 @@ impl Issuer {
         redis: &mut C,
         coupon: CouponId,
         bucket: Bucket,
+        when: BucketRebuild,
     ) -> Result<Option<usize>, ApiError> {
         let (_, row) = self.bucket_row(coupon, bucket).await?;
         let keys = CouponKeys::of_bucket(self.layouts.prefix(), &row.tag);
         let lease = 2 * self.delivery.in_flight_window().await?
             + self.rebuild_timeout
             + REBUILD_LEASE_MARGIN;
+        let unless_verified_under = match when {
+            BucketRebuild::IfUnverified => row.stamp.as_ref(),
+            BucketRebuild::Forced => None,
+        };
         let held = match self
             .scripts
-            // Not if the bucket is verified under the stamp in force: every request homed
-            // to a closed bucket asks for its rebuild, and one that comes after another
-            // process's rebuild reopened it would close it again.
-            .take_rebuild_lease_at(redis, &keys, coupon, lease, row.stamp.as_ref())
+            .take_rebuild_lease_at(redis, &keys, coupon, lease, unless_verified_under)
             .await?
         {
             LeaseTake::Taken(held) => held,
@@ -463,7 +481,7 @@ impl Issuer {
         let rebuilds = places
             .count
             .all()
-            .map(|bucket| self.rebuild_bucket(places.coupon, bucket));
+            .map(|bucket| self.rebuild_bucket(places.coupon, bucket, BucketRebuild::Forced));
         let mut holders = 0;
         for rebuilt in join_all(rebuilds).await {
             match rebuilt? {

@@ -42,7 +42,7 @@ use crate::replication::{Confirmation, Written};
 use buckets::{BucketRebuilds, SupplyGates};
 use lazy_rebuilds::LazyRebuilds;
 
-pub use buckets::{BucketStock, SUPPLY_WAIT};
+pub use buckets::{BucketRebuild, BucketStock, SUPPLY_WAIT};
 pub use hand_over::{Closed, HandedOver};
 pub use probes::Stock;
 pub use raise::Raise;
