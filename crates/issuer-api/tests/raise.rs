@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use coupon_core::buckets::{Bucket, BucketCount};
 use coupon_core::db::raise::raise_quantity;
 use coupon_core::domain::{CouponId, QueueKind, UserId};
+use coupon_core::event::IssueEvent;
 use coupon_core::redis::buckets::{BucketState, BucketSteps, Step};
 use coupon_core::redis::keys::CouponKeys;
 use futures_util::future::join_all;
@@ -360,6 +361,42 @@ async fn a_late_rebuild_keeps_a_raise_that_landed_after_it_read_its_bucket(redis
     assert_eq!(env.issue(coupon, 5_000).await.0, 410);
     winners.sort_unstable();
     assert_eq!(env.rows_when_settled(coupon, 6).await, winners);
+    env.shutdown().await;
+}
+
+/// An event the database guard set aside as OVER_QUANTITY for a user Redis never admitted
+/// (a forged event, say) is not made a row by its scheduled retry after a raise: the row
+/// would spend a unit of the new quantity that Redis still sells, and the user Redis then
+/// admits for it, told 201, would be refused by the guard. It is abandoned for a person,
+/// who replays it only if Redis holds the user's slot (README, runbook).
+#[actix_web::test]
+async fn a_raise_does_not_make_room_for_an_over_quantity_event() {
+    let env = TestEnv::start_in(QueueKind::Kafka, 1).await;
+    let coupon = env.coupon_with_quantity(1).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    let forged = IssueEvent::new(
+        CouponId::new(coupon).unwrap(),
+        UserId::new(99).unwrap(),
+        chrono::Utc::now(),
+    );
+    env.produce_raw(&env.topic, &forged.key(), &forged.encode())
+        .await;
+    let failed = harness::wait_for_failed(&env, "the forged event is set aside", |rows| {
+        rows.iter().any(|row| row.reason == "OVER_QUANTITY")
+    })
+    .await;
+    assert_eq!(raise(&env, coupon, json!(2)).await.0, 200);
+
+    harness::make_retries_due(&env).await;
+    let failed = harness::wait_for_failed(&env, "its scheduled retry", |rows| {
+        rows.iter()
+            .any(|row| row.id == failed[0].id && row.attempts == 1)
+    })
+    .await;
+
+    assert_eq!(failed[0].status, "ABANDONED", "{failed:?}");
+    assert_eq!(env.issue(coupon, 2).await.0, 201);
+    assert_eq!(env.rows_when_settled(coupon, 2).await, vec![1, 2]);
     env.shutdown().await;
 }
 

@@ -3,12 +3,21 @@
 //!
 //! A retry runs the event through the same guarded batch insert as the live path, so it
 //! can never oversell or duplicate.
+//!
+//! An OVER_QUANTITY event is not retried on schedule: it is abandoned for a person at its
+//! first retry, never inserted. The quantity it was refused under only grows by a raise,
+//! whose new units are Redis's to sell, and only a person knows whether a slot in Redis
+//! accounts for the event (a user Redis admitted beyond the quantity is in its issued set,
+//! so a raise by their number sells nothing more and a replay honours them; a forged event
+//! is in no set, and its row would spend a unit that Redis then sells to a user told 201,
+//! whom the guard refuses). The operator's replay inserts it (the README's runbook says
+//! when); a replay that takes a slot in Redis first is the console's (issue 27).
 
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use crate::db::batch_insert::{SourcedIssue, is_transient, persist_batch};
+use crate::db::batch_insert::{FailureReason, SourcedIssue, is_transient, persist_batch};
 use crate::db::failed_events::{FailedEventRow, RETRY_SCHEDULE, Status};
 use crate::db::schema::failed_events;
 use crate::event::IssueEvent;
@@ -89,8 +98,15 @@ async fn redrive(
     row: &FailedEventRow,
     by_operator: bool,
 ) -> QueryResult<Redriven> {
+    // Read where it is used below: whether a retry may insert it, and whether it is retried.
+    let over_quantity = row.reason == FailureReason::OverQuantity.as_str();
     let failure = match IssueEvent::decode(&row.payload) {
         Err(err) => Some(err.to_string()),
+        Ok(_) if over_quantity && !by_operator => Some(format!(
+            "{}: not retried on schedule: a raise's units are Redis's to sell; replay it only \
+             if Redis holds the user's slot (README, runbook)",
+            row.reason
+        )),
         Ok(event) => {
             let issue = SourcedIssue {
                 event,
@@ -119,7 +135,7 @@ async fn redrive(
     let (status, next, result) = match failure {
         None => (Status::Recovered, None, Redriven::Recovered),
         Some(reason) => match RETRY_SCHEDULE.get(attempts as usize) {
-            Some(wait) if !by_operator => (
+            Some(wait) if !by_operator && !over_quantity => (
                 Status::Retrying,
                 Some(now + *wait),
                 Redriven::RetryAt(now + *wait),
