@@ -368,7 +368,7 @@ async fn a_late_rebuild_keeps_a_raise_that_landed_after_it_read_its_bucket(redis
 /// (a forged event, say) is not made a row by its scheduled retry after a raise: the row
 /// would spend a unit of the new quantity that Redis still sells, and the user Redis then
 /// admits for it, told 201, would be refused by the guard. It is abandoned for a person,
-/// who replays it only if Redis holds the user's slot (README, runbook).
+/// who replays it only if an admission made it (README, runbook).
 #[actix_web::test]
 async fn a_raise_does_not_make_room_for_an_over_quantity_event() {
     let env = TestEnv::start_in(QueueKind::Kafka, 1).await;

@@ -5,13 +5,13 @@
 //! can never oversell or duplicate.
 //!
 //! An OVER_QUANTITY event is not retried on schedule: it is abandoned for a person at its
-//! first retry, never inserted. The quantity it was refused under only grows by a raise,
-//! whose new units are Redis's to sell, and only a person knows whether a slot in Redis
-//! accounts for the event (a user Redis admitted beyond the quantity is in its issued set,
-//! so a raise by their number sells nothing more and a replay honours them; a forged event
-//! is in no set, and its row would spend a unit that Redis then sells to a user told 201,
-//! whom the guard refuses). The operator's replay inserts it (the README's runbook says
-//! when); a replay that takes a slot in Redis first is the console's (issue 27).
+//! first retry, never inserted. The quantity it was refused under grows by a raise, whose
+//! new units are Redis's to sell: the row of an event no admission made (a forged one)
+//! would spend one of them, and the user Redis then admits for it, told 201, would be
+//! refused by the guard. Only a person knows whether an admission made the event. The
+//! operator's replay inserts it: the README's runbook honours users told 201 by raising
+//! PostgreSQL's quantity alone, recorded as landed, so that Redis sells nothing more. A
+//! replay that takes a slot in Redis first is the console's (issue 27).
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -103,8 +103,8 @@ async fn redrive(
     let failure = match IssueEvent::decode(&row.payload) {
         Err(err) => Some(err.to_string()),
         Ok(_) if over_quantity && !by_operator => Some(format!(
-            "{}: not retried on schedule: a raise's units are Redis's to sell; replay it only \
-             if Redis holds the user's slot (README, runbook)",
+            "{}: not retried on schedule: replay it only if an admission made it, once \
+             PostgreSQL's quantity alone is raised (README, runbook)",
             row.reason
         )),
         Ok(event) => {
