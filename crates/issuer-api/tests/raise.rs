@@ -28,6 +28,7 @@ testkit::on_both_topologies!(
     a_raise_during_the_rush_issues_exactly_the_new_quantity,
     a_raise_whose_api_died_midway_is_landed_by_the_lander,
     a_late_rebuild_keeps_a_raise_that_landed_after_it_read_its_bucket,
+    a_raise_during_a_buckets_rebuild_lands_after_its_restore,
 );
 
 async fn raise(env: &TestEnv, coupon: i64, quantity: Value) -> (u16, Value) {
@@ -295,20 +296,12 @@ async fn a_raise_whose_api_died_midway_is_landed_by_the_lander(redis: RedisTopol
     env.shutdown().await;
 }
 
-/// The model's `Bug::RebuildReadsShareEarly`, forced: a rebuild started by a request that
-/// found bucket 0 unverified reads the bucket's row, and before it takes its lease another
-/// rebuild verifies the bucket and a raise lands there. The late rebuild's lease is granted
-/// (the stamp it read is no longer the bucket's), and its restore must write the share
-/// PostgreSQL holds now, not the one it saw first: the raised units stay for sale.
-async fn a_late_rebuild_keeps_a_raise_that_landed_after_it_read_its_bucket(redis: RedisTopology) {
-    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
-    let count = BucketCount::new(2).unwrap();
+/// A coupon of 2 units in 2 buckets whose bucket 0 is not verified (its stamp never
+/// reached PostgreSQL), so that a rebuild of it is due: its id, and bucket 0.
+async fn two_buckets_the_first_unverified(env: &TestEnv) -> (i64, CouponId, Bucket) {
     let coupon = env
         .create_coupon(json!({ "name": "hot", "totalQuantity": 2, "buckets": 2 }))
         .await;
-    let id = CouponId::new(coupon).unwrap();
-    let bucket = Bucket::of(count, 0).unwrap();
-    // Bucket 0 unverified: its stamp never reached PostgreSQL.
     diesel_async::RunQueryDsl::execute(
         diesel::sql_query(
             "UPDATE coupon_buckets SET redis_stamp = NULL WHERE coupon_id = $1 AND bucket = 0",
@@ -318,6 +311,19 @@ async fn a_late_rebuild_keeps_a_raise_that_landed_after_it_read_its_bucket(redis
     )
     .await
     .unwrap();
+    let bucket = Bucket::of(BucketCount::new(2).unwrap(), 0).unwrap();
+    (coupon, CouponId::new(coupon).unwrap(), bucket)
+}
+
+/// The model's `Bug::RebuildReadsShareEarly`, forced: a rebuild started by a request that
+/// found bucket 0 unverified reads the bucket's row, and before it takes its lease another
+/// rebuild verifies the bucket and a raise lands there. The late rebuild's lease is granted
+/// (the stamp it read is no longer the bucket's), and its restore must write the share
+/// PostgreSQL holds now, not the one it saw first: the raised units stay for sale.
+async fn a_late_rebuild_keeps_a_raise_that_landed_after_it_read_its_bucket(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let (coupon, id, bucket) = two_buckets_the_first_unverified(&env).await;
+    let count = BucketCount::new(2).unwrap();
     let issuer = env.issuer(&env.redis_prefix).await;
     let first = issuer.clone();
     let mut late = Intercepted::new(
@@ -357,6 +363,53 @@ async fn a_late_rebuild_keeps_a_raise_that_landed_after_it_read_its_bucket(redis
         vec![&json!(3); 2],
         "each bucket its raised share: {view}"
     );
+    let mut winners = admit_from_each_bucket(&env, coupon, count, 1, 3).await;
+    assert_eq!(env.issue(coupon, 5_000).await.0, 410);
+    winners.sort_unstable();
+    assert_eq!(env.rows_when_settled(coupon, 6).await, winners);
+    env.shutdown().await;
+}
+
+/// A raise committed while a bucket's rebuild holds it closed, after the rebuild read the
+/// bucket's share and right before its restore: the raise cannot grow the closed bucket
+/// (it answers that it is landing), the restore writes the share from before it, and the
+/// lander grows the bucket once the restore has reopened it.
+async fn a_raise_during_a_buckets_rebuild_lands_after_its_restore(redis: RedisTopology) {
+    let env = TestEnv::start_under(QueueKind::Kafka, redis, 1).await;
+    let (coupon, id, bucket) = two_buckets_the_first_unverified(&env).await;
+    let issuer = env.issuer(&env.redis_prefix).await;
+    let raiser = issuer.clone();
+    let mut rebuilding = Intercepted::new(
+        env.redis().await,
+        At::Before,
+        |cmd: &redis::Cmd| {
+            cmd.args_iter().any(
+                |arg| matches!(arg, redis::Arg::Simple(name) if name.ends_with(b"_bucket_restore")),
+            )
+        },
+        move || async move {
+            let raised = raiser.raise_quantity(id, 6).await.unwrap();
+            assert!(matches!(raised, Raise::Landing(_)), "{raised:?}");
+            Ok(())
+        },
+    );
+
+    let rebuilt = issuer
+        .rebuild_bucket_on(&mut rebuilding, id, bucket, BucketRebuild::IfUnverified)
+        .await;
+
+    assert_eq!(rebuilt.unwrap(), Some(0), "the rebuild did not run");
+    // The lander's rounds come once a second; the read is kept a second too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
+        if bucket_stock(&view) == vec![&json!(3); 2] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the raise never landed: {view}");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let count = BucketCount::new(2).unwrap();
     let mut winners = admit_from_each_bucket(&env, coupon, count, 1, 3).await;
     assert_eq!(env.issue(coupon, 5_000).await.0, 410);
     winners.sort_unstable();

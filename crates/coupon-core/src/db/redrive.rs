@@ -98,7 +98,7 @@ async fn redrive(
     row: &FailedEventRow,
     by_operator: bool,
 ) -> QueryResult<Redriven> {
-    // Read where it is used below: whether a retry may insert it, and whether it is retried.
+    // Neither inserted nor rescheduled on a scheduled retry (the module's doc says why).
     let over_quantity = row.reason == FailureReason::OverQuantity.as_str();
     let failure = match IssueEvent::decode(&row.payload) {
         Err(err) => Some(err.to_string()),
