@@ -500,3 +500,46 @@ async fn a_raise_refused_is_answered_with_the_reason() {
     assert_eq!(view["totalQuantity"], json!(10), "{view}");
     env.shutdown().await;
 }
+
+/// The largest quantity is JSON's largest exact integer (2^53 - 1), which every step holds
+/// exactly: a bucketed coupon raised to it sells, and a quantity past it, at creation or in
+/// a raise, is refused with a 400 before PostgreSQL changes. The contract fuzz found a raise
+/// to 2^63 - 2 answered 503: the buckets' grow took the difference as a Lua number, which
+/// Redis printed in exponent form and refused as no integer, and the lander would have
+/// retried it every second for ever.
+#[actix_web::test]
+async fn a_quantity_past_the_largest_exact_integer_is_refused() {
+    const LARGEST: i64 = (1 << 53) - 1;
+    let env = TestEnv::start_in(QueueKind::Kafka, 0).await;
+    let coupon = env
+        .create_coupon(json!({ "name": "huge", "totalQuantity": 9, "buckets": 3 }))
+        .await;
+    for past in [json!(LARGEST + 1), json!(i64::MAX - 1)] {
+        let (status, body) = raise(&env, coupon, past.clone()).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (400, &json!("INVALID_REQUEST")),
+            "{past}: {body}"
+        );
+        let (status, body) = env
+            .post(
+                "/api/v1/coupons",
+                harness::ADMIN_TOKEN,
+                &json!({ "name": "past", "totalQuantity": past, "buckets": 3 }),
+            )
+            .await;
+        assert_eq!(status, 400, "{past}: {body}");
+    }
+    let (status, body) = raise(&env, coupon, json!(LARGEST)).await;
+    assert_eq!((status, &body["landed"]), (200, &json!(true)), "{body}");
+    for user in 1..=30 {
+        assert_eq!(env.issue(coupon, user).await.0, 201, "user {user}");
+    }
+    let (_, view) = env.get(&format!("/api/v1/coupons/{coupon}")).await;
+    assert_eq!(view["totalQuantity"], json!(LARGEST), "{view}");
+    let created = env
+        .create_coupon(json!({ "name": "largest", "totalQuantity": LARGEST, "buckets": 3 }))
+        .await;
+    assert_eq!(env.issue(created, 1).await.0, 201);
+    env.shutdown().await;
+}

@@ -15,6 +15,21 @@ const MAX_NAME_CHARS: usize = 200;
 /// The years a sale's window may name. PostgreSQL itself takes 4713 BC to 294276 AD; a
 /// window outside these is a client's mistake, and is refused before it reaches the database.
 const YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
+/// The largest quantity a coupon may have: JSON's largest exact integer (2^53 - 1), which
+/// every step holds exactly, Lua's numbers in the scripts included (a bucket's grow passes
+/// a difference of quantities to Redis as a Lua number, printed in exponent form past it).
+pub const MAX_QUANTITY: i64 = (1 << 53) - 1;
+
+/// A quantity as sent, checked against what every coupon may have.
+fn quantity(sent: i64) -> Result<i64, ApiError> {
+    if (1..=MAX_QUANTITY).contains(&sent) {
+        Ok(sent)
+    } else {
+        Err(ApiError::InvalidRequest(format!(
+            "totalQuantity must be an integer from 1 to {MAX_QUANTITY}"
+        )))
+    }
+}
 
 /// A request body that must be a JSON object. serde's derive also reads a struct from an
 /// array of its fields in order (`[1]` as `{"userId":1}`), which no client means.
@@ -91,11 +106,7 @@ impl CreateCouponRequest {
                 "endsAt is in the past: the coupon could never be issued".into(),
             ));
         }
-        if self.total_quantity <= 0 {
-            return Err(ApiError::InvalidRequest(
-                "totalQuantity must be a positive integer".into(),
-            ));
-        }
+        let total_quantity = quantity(self.total_quantity)?;
         if let (Some(starts), Some(ends)) = (self.starts_at, self.ends_at)
             && starts >= ends
         {
@@ -105,12 +116,12 @@ impl CreateCouponRequest {
         }
         let buckets = match self.buckets {
             None => BucketCount::ONE,
-            Some(count) => BucketCount::for_quantity(count, self.total_quantity)
+            Some(count) => BucketCount::for_quantity(count, total_quantity)
                 .map_err(|invalid| ApiError::InvalidRequest(invalid.to_string()))?,
         };
         Ok(NewCoupon {
             name: name.to_owned(),
-            total_quantity: self.total_quantity,
+            total_quantity,
             starts_at: self.starts_at,
             ends_at: self.ends_at,
             buckets: buckets.get() as i16,
@@ -128,12 +139,7 @@ pub struct RaiseQuantityRequest {
 
 impl RaiseQuantityRequest {
     pub fn validate(self) -> Result<i64, ApiError> {
-        if self.total_quantity <= 0 {
-            return Err(ApiError::InvalidRequest(
-                "totalQuantity must be a positive integer".into(),
-            ));
-        }
-        Ok(self.total_quantity)
+        quantity(self.total_quantity)
     }
 }
 
