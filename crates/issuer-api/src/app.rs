@@ -57,6 +57,9 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         .context("cannot connect to Redis")?;
     let prefix = config.redis.redis_key_prefix.clone();
     let rebuild_timeout = Duration::from_millis(config.rebuild_timeout_ms);
+    // The gates' hold, and how long stock that comes back is held before it is sold: every
+    // process that gives stock back (a release, a raise, a rebuild) holds it as long.
+    let gate_hold = Duration::from_millis(config.finished_gate_ms);
     let metrics = Arc::new(Metrics::default());
     let pool = config.database.pool()?;
     // On one node, replicas confirm on a socket of their own, which the admissions needing
@@ -103,6 +106,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
                 pool: pool.clone(),
                 replication: replication.as_ref().and_then(Confirmation::socket).cloned(),
                 layouts: layouts.clone(),
+                reopen_hold: gate_hold,
             },
             redis.clone(),
             metrics.clone(),
@@ -119,13 +123,14 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         "in-flight window every rebuild honours"
     );
     Ok(Issuer::new(
-        AdmissionScripts::new(prefix, config.queue),
+        AdmissionScripts::new(prefix, config.queue).with_reopen_hold(gate_hold),
         delivery,
         rebuild_timeout,
         replication,
         metrics,
         layouts,
-    ))
+    )
+    .with_finished_gates(gate_hold))
 }
 
 pub struct Application {

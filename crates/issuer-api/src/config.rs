@@ -107,6 +107,13 @@ pub struct Config {
     /// instance's memory before PostgreSQL and Redis are asked again; 0 asks every time.
     #[arg(long, env = "ISSUER_COUPON_READ_CACHE_MS", default_value_t = 1_000)]
     pub coupon_read_cache_ms: u64,
+    /// How long, after admission answered SOLD_OUT or ENDED for a coupon, this instance
+    /// answers the same from memory without asking Redis (holders still get their 409):
+    /// SOLD_OUT then means "no stock was left at most this long ago" (README). At most
+    /// 1,000; 0 asks Redis every time.
+    #[arg(long, env = "ISSUER_FINISHED_GATE_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(0..=1_000))]
+    pub finished_gate_ms: u64,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]

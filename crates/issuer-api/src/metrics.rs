@@ -75,6 +75,7 @@ pub struct Metrics {
     pub publish_ack: Histogram,
     pub republished: Counter,
     pub bucket_moves: Counter,
+    pub finished_gate_answers: Counter,
     pub rebuilds: Family<OutcomeLabels, Counter>,
     pub pending: GaugeSet<StateLabels>,
     pub pending_oldest_age: Gauge<f64, AtomicU64>,
@@ -146,6 +147,13 @@ impl Default for Metrics {
             "coupon_bucket_units_moved",
             "A coupon in buckets: units moved to a bucket whose users asked and found it dry",
             bucket_moves.clone(),
+        );
+        let finished_gate_answers = Counter::default();
+        registry.register(
+            "coupon_finished_gate_answers",
+            "Issue requests for a finished coupon answered from memory, without Redis \
+             (ISSUER_FINISHED_GATE_MS)",
+            finished_gate_answers.clone(),
         );
         let rebuilds = Family::<OutcomeLabels, Counter>::default();
         for outcome in ["started", "finished", "failed"] {
@@ -249,6 +257,7 @@ impl Default for Metrics {
             publish_ack,
             republished,
             bucket_moves,
+            finished_gate_answers,
             rebuilds,
             pending,
             pending_oldest_age,

@@ -165,6 +165,9 @@ impl TestEnv {
             // the default), and read a coupon right after changing it.
             "--ops-listen=public".to_owned(),
             "--coupon-read-cache-ms=0".to_owned(),
+            // Tests give stock back (a slot released, a rebuild) and ask again at once; the
+            // finished gate's own test turns it on.
+            "--finished-gate-ms=0".to_owned(),
         ]
         .into_iter()
         .collect();

@@ -104,6 +104,18 @@ pub enum AdmitReply {
     /// (`crate::redis::buckets`): its wait is registered there; have stock moved to it, then
     /// ask again.
     Dry,
+    /// SOLD_OUT while stock that came back is held (`scripts/stock_hold.lua`): answered
+    /// SOLD_OUT, but no finished gate is shut on it.
+    Held,
+}
+
+/// Who holds a slot in a coupon's state (`scripts/holders.lua`), as user ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holders {
+    /// Every user with a slot, the pending ones among them.
+    pub issued: Vec<i64>,
+    /// Those whose event the broker has not acknowledged yet: they may still lose it.
+    pub pending: Vec<i64>,
 }
 
 /// Admission and the meta's load, run as functions of the library
@@ -117,6 +129,9 @@ pub struct AdmissionScripts {
     /// it last wrote or learnt it: passed with every admission, learnt again from
     /// PostgreSQL when admission answers UNVERIFIED.
     stamps: Arc<RwLock<Stamps>>,
+    /// How long a sold-out coupon's raised stock is held before it is sold
+    /// (`scripts/stock_hold.lua`): the API's finished gates' hold.
+    reopen_hold: Duration,
 }
 
 /// The stamps learnt, and how many times they were all forgotten: a stamp read from
@@ -135,6 +150,18 @@ impl AdmissionScripts {
             key_prefix,
             queue,
             stamps: Arc::default(),
+            reopen_hold: Duration::ZERO,
+        }
+    }
+
+    /// The same, holding a sold-out coupon's raised stock for `hold` before it is sold:
+    /// every API's finished gate shut before has run out by then
+    /// (`coupon-core/tests/finished_gate_model.rs`). Every process that raises must be
+    /// given the same hold as the APIs' gates.
+    pub fn with_reopen_hold(self, hold: Duration) -> Self {
+        Self {
+            reopen_hold: hold,
+            ..self
         }
     }
 
@@ -261,6 +288,7 @@ impl AdmissionScripts {
             6 => Ok(AdmitReply::Pending),
             7 => Ok(AdmitReply::Unverified),
             8 => Ok(AdmitReply::Dry),
+            9 => Ok(AdmitReply::Held),
             other => Err(RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "admission script returned an unknown code",
@@ -321,10 +349,29 @@ impl AdmissionScripts {
         quantity: i64,
     ) -> Result<bool, RedisError> {
         self.registry.register(con, coupon).await?;
-        let mut call = library::call(Function::Raise, &[&self.keys(coupon).meta]);
-        call.arg(quantity);
+        let keys = self.keys(coupon);
+        let mut call = library::call(Function::Raise, &[&keys.meta, &keys.issued]);
+        call.arg(quantity).arg(self.reopen_hold.as_millis() as u64);
         let landed: i64 = library::invoke(con, &call).await?;
         Ok(landed == 1)
+    }
+
+    /// The users holding a slot in the coupon's state at `keys`, verified under `stamp`;
+    /// None when it is not (a rewound copy may lack holders), or holds more than `most`.
+    pub async fn holders_in<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        keys: &CouponKeys,
+        stamp: &Stamp,
+        most: usize,
+    ) -> Result<Option<Holders>, RedisError> {
+        let mut call = library::call(
+            Function::Holders,
+            &[&keys.meta, &keys.issued, &keys.pending],
+        );
+        call.arg(stamp.as_str()).arg(most);
+        let read: Option<(Vec<i64>, Vec<i64>)> = library::invoke(con, &call).await?;
+        Ok(read.map(|(issued, pending)| Holders { issued, pending }))
     }
 
     /// Restores a coupon's state after Redis lost it (or may have rewound it): adds the

@@ -165,14 +165,30 @@ pub struct Ledger {
     key_prefix: String,
     script: Script,
     settle: Script,
+    /// How long a slot given back to a sold-out coupon is held before it is sold again
+    /// (`scripts/stock_hold.lua`).
+    reopen_hold: Duration,
 }
 
 impl Ledger {
     pub fn new(key_prefix: impl Into<String>) -> Self {
         Self {
             key_prefix: key_prefix.into(),
-            script: Script::new(include_str!("scripts/ledger.lua")),
+            script: Script::new(concat!(
+                include_str!("scripts/stock_hold.lua"),
+                include_str!("scripts/ledger.lua")
+            )),
             settle: Script::new(include_str!("scripts/settle.lua")),
+            reopen_hold: Duration::ZERO,
+        }
+    }
+
+    /// The same, holding a slot given back for `hold` before it is sold again: the API's
+    /// finished gates' hold (`crate::redis::admission::AdmissionScripts::with_reopen_hold`).
+    pub fn with_reopen_hold(self, hold: Duration) -> Self {
+        Self {
+            reopen_hold: hold,
+            ..self
         }
     }
 
@@ -191,7 +207,7 @@ impl Ledger {
     ) -> Result<(i64, String), RedisError> {
         let keys = at.keys();
         let mut invocation = self.script.key(&keys.issued);
-        invocation.key(&keys.pending);
+        invocation.key(&keys.pending).key(&keys.meta);
         if let LedgerAt::Bucket(keys) = at {
             invocation.key(&keys.releasing);
         }
@@ -199,6 +215,7 @@ impl Ledger {
             .arg(user.get())
             .arg(op)
             .arg(arg)
+            .arg(self.reopen_hold.as_millis() as u64)
             .invoke_async(con)
             .await
     }

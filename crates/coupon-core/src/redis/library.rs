@@ -1,7 +1,7 @@
 //! The scripts that compare a coupon's epoch with the instance's (`crate::redis::epoch`), as one
 //! Redis function library: admission, the meta's load, the finished check, the rebuild
 //! lease, the hand-over's close, the registry, a cluster's replica fence, a bucketed
-//! coupon's transfers and sold-out check, and the epoch itself.
+//! coupon's transfers and sold-out check, a raise, a state's holders, and the epoch itself.
 //!
 //! Why a library rather than EVAL: the instance's epoch costs two `INFO`s to read,
 //! and admission reads it on every request, refusals included. A library's locals live as
@@ -48,10 +48,12 @@ pub enum Function {
     BucketRestore,
     /// `scripts/raise.lua`.
     Raise,
+    /// `scripts/holders.lua`.
+    Holders,
 }
 
 impl Function {
-    const ALL: [Function; 11] = [
+    const ALL: [Function; 12] = [
         Function::Admit,
         Function::LoadMeta,
         Function::Finished,
@@ -63,6 +65,7 @@ impl Function {
         Function::Bucket,
         Function::BucketRestore,
         Function::Raise,
+        Function::Holders,
     ];
 
     fn suffix(self) -> &'static str {
@@ -78,6 +81,7 @@ impl Function {
             Function::Bucket => "bucket",
             Function::BucketRestore => "bucket_restore",
             Function::Raise => "raise",
+            Function::Holders => "holders",
         }
     }
 
@@ -94,6 +98,7 @@ impl Function {
             Function::Bucket => include_str!("scripts/bucket.lua"),
             Function::BucketRestore => include_str!("scripts/bucket_restore.lua"),
             Function::Raise => include_str!("scripts/raise.lua"),
+            Function::Holders => include_str!("scripts/holders.lua"),
         }
     }
 }
@@ -104,7 +109,11 @@ struct Library {
 }
 
 static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    let epoch = include_str!("scripts/epoch.lua");
+    // Shared by the functions that read the epoch and those that hold stock that came back.
+    let epoch = concat!(
+        include_str!("scripts/epoch.lua"),
+        include_str!("scripts/stock_hold.lua")
+    );
     // The version is a hash of every script the library holds (redis-rs's script hash,
     // SHA-1 of the text): any edit gives a new name, and nothing else needs to.
     let scripts: String = Function::ALL.iter().map(|f| f.body()).collect();

@@ -79,6 +79,8 @@ pub struct KafkaSettings {
     /// When replicas must confirm: a claim is confirmed before its republish.
     pub replication: Option<Replication>,
     pub layouts: Arc<Layouts>,
+    /// How long a slot given back is held before it is sold again (the finished gates').
+    pub reopen_hold: Duration,
 }
 
 impl KafkaDelivery {
@@ -97,6 +99,7 @@ impl KafkaDelivery {
             pool,
             replication,
             layouts,
+            reopen_hold,
         } = settings;
         // With replicas required, a publish starts only after its confirmation: up to two
         // WAITs (the one under way, then the asker's own).
@@ -108,7 +111,7 @@ impl KafkaDelivery {
         Ok(Self {
             publisher: Publisher::new(&kafka, publish_timeout, metrics.publish_ack.clone())
                 .map_err(|e| ApiError::unavailable("kafka", e))?,
-            ledger: Ledger::new(key_prefix.clone()),
+            ledger: Ledger::new(key_prefix.clone()).with_reopen_hold(reopen_hold),
             settler: Settler::start(Ledger::new(key_prefix.clone()), redis.clone()),
             registry: Registry::new(key_prefix, coupon_core::domain::QueueKind::Kafka),
             offsets: Arc::new(

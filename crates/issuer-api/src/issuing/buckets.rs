@@ -202,6 +202,12 @@ impl Issuer {
                     return Ok(admission);
                 }
                 AdmitReply::Refused(admission) => return Ok(admission),
+                // Nothing holds a bucket's stock (`scripts/stock_hold.lua`); were it held,
+                // SOLD_OUT would be the answer until then.
+                AdmitReply::Held => {
+                    self.replicated(written).await?;
+                    return Ok(Admission::SoldOut);
+                }
                 AdmitReply::Pending => {
                     match self
                         .delivery

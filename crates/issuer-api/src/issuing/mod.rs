@@ -10,6 +10,7 @@
 //! delivery of their event is unresolved, the answer is 503, retry.
 
 mod buckets;
+mod finished_gate;
 mod hand_over;
 mod lazy_rebuilds;
 mod probes;
@@ -19,7 +20,7 @@ mod rebuild;
 mod registry_check;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use coupon_core::db::coupons::{
     NewCoupon, Verification, insert_coupon, record_redis_stamp, redis_stamp, redis_verifications,
@@ -40,6 +41,7 @@ use crate::layouts::{Layout, Layouts};
 use crate::metrics::Metrics;
 use crate::replication::{Confirmation, Written};
 use buckets::{BucketRebuilds, SupplyGates};
+use finished_gate::{FinishedGates, MOST_HOLDERS};
 use lazy_rebuilds::LazyRebuilds;
 
 pub use buckets::{BucketRebuild, BucketStock, SUPPLY_WAIT};
@@ -82,6 +84,8 @@ pub struct Issuer {
     bucket_rebuilds: Arc<BucketRebuilds>,
     /// Each bucketed coupon's supplies, one at a time in this process (`buckets`).
     supply_gates: Arc<SupplyGates>,
+    /// Finished coupons' refusals answered from memory (`finished_gate`); none unless set.
+    finished_gates: Arc<FinishedGates>,
 }
 
 impl Issuer {
@@ -108,6 +112,7 @@ impl Issuer {
             layouts,
             bucket_rebuilds: Arc::default(),
             supply_gates: Arc::default(),
+            finished_gates: Arc::new(FinishedGates::new(Duration::ZERO)),
         }
     }
 
@@ -115,6 +120,15 @@ impl Issuer {
     pub fn with_coupon_reads_kept(self, ttl: Duration) -> Self {
         Self {
             coupon_reads: Arc::new(CouponReads::new(ttl)),
+            ..self
+        }
+    }
+
+    /// The same, answering a finished coupon's requests from memory for `hold` after
+    /// admission refused one (0: never).
+    pub fn with_finished_gates(self, hold: Duration) -> Self {
+        Self {
+            finished_gates: Arc::new(FinishedGates::new(hold)),
             ..self
         }
     }
@@ -144,6 +158,10 @@ impl Issuer {
         coupon: CouponId,
         user: UserId,
     ) -> Result<Admission, ApiError> {
+        if let Some(answer) = self.finished_gates.answer(coupon, user) {
+            self.metrics.finished_gate_answers.inc();
+            return Ok(answer);
+        }
         match self.layouts.get(coupon).await? {
             None => Err(ApiError::CouponNotFound(coupon.get())),
             Some(Layout::Single) => self.issue_in_coupon(coupon, user).await,
@@ -154,6 +172,35 @@ impl Issuer {
                     .into(),
             )),
             Some(Layout::Buckets(places)) => self.issue_in_buckets(places, user).await,
+        }
+    }
+
+    /// Shuts `coupon`'s finished gate on `answer`, which admission gave, under `stamp`, to
+    /// a request sent at `asked`, with a snapshot of its holders read now; unless the state
+    /// is no longer the one `stamp` names, or holds too many to keep (the gate then stays
+    /// open). A bucketed coupon's gate stays open: stock comes back to its buckets through
+    /// the movers' steps, which hold none of it (`scripts/stock_hold.lua`).
+    async fn shut_gate(
+        &self,
+        coupon: CouponId,
+        answer: Admission,
+        asked: Instant,
+        stamp: Option<&Stamp>,
+    ) {
+        let Some(stamp) = stamp.filter(|_| self.finished_gates.enabled()) else {
+            return;
+        };
+        let keys = self.scripts.keys(coupon);
+        match self
+            .scripts
+            .holders_in(&mut self.redis.clone(), &keys, stamp, MOST_HOLDERS)
+            .await
+        {
+            Ok(Some(holders)) => self.finished_gates.shut(coupon, answer, asked, holders),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::debug!(%coupon, error = %err, "finished gate left open: no holders read")
+            }
         }
     }
 
@@ -202,7 +249,22 @@ impl Issuer {
                     admission @ (Admission::AlreadyIssued | Admission::SoldOut),
                 ) => {
                     self.replicated(written_on).await?;
+                    if admission == Admission::SoldOut {
+                        self.shut_gate(coupon, admission, started, sent.as_ref())
+                            .await;
+                    }
                     return Ok(admission);
+                }
+                // Stock that came back is held: sold out until then, but no gate is shut
+                // on it, or the gate would outlive the hold (`finished_gate`).
+                AdmitReply::Held => {
+                    self.replicated(written_on).await?;
+                    return Ok(Admission::SoldOut);
+                }
+                AdmitReply::Refused(Admission::Ended) => {
+                    self.shut_gate(coupon, Admission::Ended, started, sent.as_ref())
+                        .await;
+                    return Ok(Admission::Ended);
                 }
                 AdmitReply::Refused(admission) => return Ok(admission),
                 AdmitReply::Admitted(event) => {

@@ -210,6 +210,9 @@ impl Issuer {
         con: &mut C,
         leased: &[RebuildLease],
     ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
+        // The leases closed the coupons just before: a finished gate shut on one before
+        // that has run out once the gates' hold has passed from here (`finished_gate`).
+        let gates_shut_before = tokio::time::Instant::now() + self.finished_gates.hold();
         // Everything read from here on is verified under the instance that holds each
         // coupon now (on a cluster, each coupon's own primary) only.
         let mut epochs = std::collections::HashMap::with_capacity(leased.len());
@@ -235,7 +238,12 @@ impl Issuer {
                 stamped.push((record, holders, stamp));
             }
         }
-        tokio::time::sleep(STAMPS_SEEN_BY_ALL).await;
+        // A rebuild may give back slots whose events never reached the log: it opens only
+        // once no gate shut before can tell a user admitted on them SOLD_OUT.
+        tokio::time::sleep_until(
+            (tokio::time::Instant::now() + STAMPS_SEEN_BY_ALL).max(gates_shut_before),
+        )
+        .await;
         // Each coupon on its own: one that cannot be restored now (its fence refused, the
         // instance changed under it) stays closed, and the others open.
         let mut rebuilt = Vec::with_capacity(stamped.len());

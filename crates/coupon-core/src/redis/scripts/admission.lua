@@ -25,6 +25,8 @@
 --     home bucket has no stock left and no sold-out mark: stock may be left in another
 --     bucket. The wait is registered (so this bucket gives none of what comes), and the
 --     caller has stock moved here (bucket.lua), then asks again.
+--   9 HELD: SOLD_OUT while stock that came back is held (stock_hold.lua): the caller
+--     answers SOLD_OUT, but does not shut its finished gate on it.
 -- Each redis.call costs about a microsecond of Redis's time beyond its own work, and this
 -- runs for every request, so it calls only what the answer needs.
 local now = 0
@@ -36,10 +38,11 @@ local function clock()
   return now
 end
 
--- 'buckets' and 'sold_out' are a bucketed coupon's (buckets.rs), read in the same call: a
--- second call only where they matter would cost every SOLD_OUT answer another microsecond.
+-- 'buckets' and 'sold_out' are a bucketed coupon's (buckets.rs), and 'sells_from' is set
+-- only while stock that came back is held (stock_hold.lua), read in the same call: a second
+-- call only where they matter would cost every SOLD_OUT answer another microsecond.
 local meta = redis.call('HMGET', KEYS[1], 'quantity', 'starts_at', 'ends_at', 'epoch',
-  'buckets', 'sold_out')
+  'buckets', 'sold_out', 'sells_from')
 if not meta[1] then
   return {0, now}
 end
@@ -68,6 +71,9 @@ if redis.call('SCARD', KEYS[2]) >= tonumber(meta[1]) then
   -- two together); a waiting request asks again well within it, which registers it again.
   redis.call('HSET', KEYS[1], 'waiting_until', clock() + 100)
   return {8, now}
+end
+if meta[7] and clock() < tonumber(meta[7]) then
+  return {9, now}
 end
 redis.call('SADD', KEYS[2], ARGV[1])
 clock()

@@ -11,14 +11,16 @@
 -- acts only on the entry it owns, so a report that comes late finds it changed, and does
 -- nothing. All ages are measured on Redis's clock, the one every replica shares.
 --
--- KEYS[1] issued-user set, KEYS[2] pending hash, and for a bucket of a bucketed coupon
--- KEYS[3] its set of users whose slot is being given back. ARGV[1] user id, ARGV[2] operation:
+-- KEYS[1] issued-user set, KEYS[2] pending hash, KEYS[3] meta hash, and for a bucket of a
+-- bucketed coupon KEYS[4] its set of users whose slot is being given back. ARGV[1] user id,
+-- ARGV[4] the finished gates' hold in ms (stock_hold.lua), ARGV[2] operation:
 --   claim   ARGV[3] publish window ms. Takes the entry if it is in doubt, or inflight or
 --           claimed for a full window (its publisher died). Returns {1, new entry},
 --           {2, entry} while someone is publishing it or giving it back, {0, ''} if there
 --           is no entry.
 --   release ARGV[3] the entry. Its publish certainly never reached the log: entry and slot
---           go. Returns {1, ''} if released, {0, ''} if the entry changed. In a bucket, the
+--           go (the unit held for the gates' hold if none was left). Returns {1, ''} if released, {0, ''} if
+--           the entry changed. In a bucket, the
 --           slot is only flagged as being given back: freed at once, the unit would be for
 --           sale while other buckets' marks answer SOLD_OUT (bucket_model.rs,
 --           Bug::ReleaseIntoStock).
@@ -56,11 +58,12 @@ elseif op == 'release' then
   if entry ~= arg then
     return {0, ''}
   end
-  if KEYS[3] then
+  if KEYS[4] then
     put('releasing', attempt)
-    redis.call('SADD', KEYS[3], user)
+    redis.call('SADD', KEYS[4], user)
     return {1, ''}
   end
+  hold_returned_stock(KEYS[3], KEYS[1], ARGV[4])
   redis.call('HDEL', KEYS[2], user)
   redis.call('SREM', KEYS[1], user)
   return {1, ''}
