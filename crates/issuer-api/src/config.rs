@@ -110,7 +110,7 @@ pub struct Config {
     /// How long, after admission answered SOLD_OUT or ENDED for a coupon, this instance
     /// answers the same from memory without asking Redis (holders still get their 409):
     /// SOLD_OUT then means "no stock was left at most this long ago" (README). At most
-    /// 1,000; 0 asks Redis every time.
+    /// 1,000 (a rebuild reopens a coupon no sooner than that); 0 asks Redis every time.
     #[arg(long, env = "ISSUER_FINISHED_GATE_MS", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(0..=1_000))]
     pub finished_gate_ms: u64,
@@ -447,6 +447,17 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         super::Config::command().debug_assert();
+    }
+
+    #[test]
+    fn the_finished_gate_is_never_held_longer_than_rebuilds_wait() {
+        use clap::Parser;
+        let most = crate::issuing::LONGEST_HOLD.as_millis();
+        let parse = |ms: u128| {
+            super::Config::try_parse_from(["issuer-api", &format!("--finished-gate-ms={ms}")])
+        };
+        assert!(parse(most).is_ok());
+        assert!(parse(most + 1).is_err());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use redis::RedisError;
 use tokio::time::Instant;
 
-use super::{Issuer, STAMPS_SEEN_BY_ALL};
+use super::{Issuer, LONGEST_HOLD, STAMPS_SEEN_BY_ALL};
 use crate::error::ApiError;
 
 /// Pause between two tries of a write the new primary refused (`NOREPLICAS` until its
@@ -159,7 +159,10 @@ impl Issuer {
         let mut outcomes = Vec::with_capacity(closed.len());
         let stamped = self.record_hand_over(primary, closed).await;
         if stamped.iter().any(|(_, stamp)| stamp.is_ok()) {
-            tokio::time::sleep(STAMPS_SEEN_BY_ALL).await;
+            // Closed before this, a coupon may hold stock the old node gave back after
+            // its mark (a release, a raise), which no hold covers here: opened once every
+            // API's finished gate shut before the close has run out (`finished_gate`).
+            tokio::time::sleep(STAMPS_SEEN_BY_ALL.max(LONGEST_HOLD)).await;
         }
         for (held, stamp) in stamped {
             let outcome = match stamp {

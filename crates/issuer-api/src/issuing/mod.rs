@@ -41,6 +41,7 @@ use crate::layouts::{Layout, Layouts};
 use crate::metrics::Metrics;
 use crate::replication::{Confirmation, Written};
 use buckets::{BucketRebuilds, SupplyGates};
+pub(crate) use finished_gate::LONGEST_HOLD;
 use finished_gate::{FinishedGates, MOST_HOLDERS};
 use lazy_rebuilds::LazyRebuilds;
 
@@ -176,18 +177,20 @@ impl Issuer {
     }
 
     /// Shuts `coupon`'s finished gate on `answer`, which admission gave, under `stamp`, to
-    /// a request sent at `asked`, with a snapshot of its holders read now; unless the state
-    /// is no longer the one `stamp` names, or holds too many to keep (the gate then stays
-    /// open). A bucketed coupon's gate stays open: stock comes back to its buckets through
-    /// the movers' steps, which hold none of it (`scripts/stock_hold.lua`).
+    /// a request sent at `asked` when the gates' generation was `generation`, with a
+    /// snapshot of its holders read now; unless another request is shutting it, the state
+    /// is no longer the one `stamp` names, or it holds too many to keep (the gate then
+    /// stays open). A bucketed coupon's gate stays open: stock comes back to its buckets
+    /// through the movers' steps, which hold none of it (`scripts/stock_hold.lua`).
     async fn shut_gate(
         &self,
         coupon: CouponId,
         answer: Admission,
         asked: Instant,
+        generation: u64,
         stamp: Option<&Stamp>,
     ) {
-        let Some(stamp) = stamp.filter(|_| self.finished_gates.enabled()) else {
+        let (Some(stamp), Some(turn)) = (stamp, self.finished_gates.turn(coupon)) else {
             return;
         };
         let keys = self.scripts.keys(coupon);
@@ -196,7 +199,9 @@ impl Issuer {
             .holders_in(&mut self.redis.clone(), &keys, stamp, MOST_HOLDERS)
             .await
         {
-            Ok(Some(holders)) => self.finished_gates.shut(coupon, answer, asked, holders),
+            Ok(Some(holders)) => self
+                .finished_gates
+                .shut(turn, answer, asked, generation, holders),
             Ok(None) => {}
             Err(err) => {
                 tracing::debug!(%coupon, error = %err, "finished gate left open: no holders read")
@@ -216,6 +221,7 @@ impl Issuer {
         let mut learnt = None;
         loop {
             let started = std::time::Instant::now();
+            let generation = self.finished_gates.generation();
             let pass = learnt.clone().unwrap_or_else(|| self.scripts.stamp(coupon));
             let admitted = self
                 .run_admission(&mut redis, &keys, coupon, user, pass)
@@ -250,7 +256,7 @@ impl Issuer {
                 ) => {
                     self.replicated(written_on).await?;
                     if admission == Admission::SoldOut {
-                        self.shut_gate(coupon, admission, started, sent.as_ref())
+                        self.shut_gate(coupon, admission, started, generation, sent.as_ref())
                             .await;
                     }
                     return Ok(admission);
@@ -261,8 +267,11 @@ impl Issuer {
                     self.replicated(written_on).await?;
                     return Ok(Admission::SoldOut);
                 }
-                AdmitReply::Refused(Admission::Ended) => {
-                    self.shut_gate(coupon, Admission::Ended, started, sent.as_ref())
+                // A gate shut on it tells its holders 409 from memory: as for SOLD_OUT, only
+                // once the slots it rests on are on the replicas.
+                AdmitReply::Refused(Admission::Ended) if self.finished_gates.enabled() => {
+                    self.replicated(written_on).await?;
+                    self.shut_gate(coupon, Admission::Ended, started, generation, sent.as_ref())
                         .await;
                     return Ok(Admission::Ended);
                 }
@@ -440,6 +449,7 @@ impl Issuer {
                         );
                         self.scripts.forget_stamps();
                         self.layouts.forget_stamps();
+                        self.finished_gates.open_all();
                     }
                     seen = Some(count);
                 }
@@ -449,6 +459,7 @@ impl Issuer {
                     tracing::warn!(error = %err, "cannot read the verification count; stamps forgotten");
                     self.scripts.forget_stamps();
                     self.layouts.forget_stamps();
+                    self.finished_gates.open_all();
                 }
             }
             tokio::select! {

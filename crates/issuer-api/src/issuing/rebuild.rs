@@ -27,7 +27,7 @@ use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 
 use super::lazy_rebuilds::{GATHERING, Gathering};
-use super::{Issuer, STAMPS_SEEN_BY_ALL};
+use super::{Issuer, LONGEST_HOLD, STAMPS_SEEN_BY_ALL};
 use crate::error::ApiError;
 use crate::layouts::Layout;
 use crate::metrics::OutcomeLabels;
@@ -211,8 +211,9 @@ impl Issuer {
         leased: &[RebuildLease],
     ) -> Result<Vec<(CouponId, Rebuilt)>, ApiError> {
         // The leases closed the coupons just before: a finished gate shut on one before
-        // that has run out once the gates' hold has passed from here (`finished_gate`).
-        let gates_shut_before = tokio::time::Instant::now() + self.finished_gates.hold();
+        // that, on any API, has run out once the longest hold has passed from here
+        // (`finished_gate`).
+        let gates_shut_before = tokio::time::Instant::now() + LONGEST_HOLD;
         // Everything read from here on is verified under the instance that holds each
         // coupon now (on a cluster, each coupon's own primary) only.
         let mut epochs = std::collections::HashMap::with_capacity(leased.len());

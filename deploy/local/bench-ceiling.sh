@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The product against the hand-built ceiling (`../shared/tools/ceiling`), every request sold
+# out, with the finished gate off (ISSUER_FINISHED_GATE_MS=0) and on (the default), in two
+# settings: as shipped (users by JWT, the per-user rate limit, a worker running) and like for
+# like (users by the gateway header, no rate limit, no worker: the ceiling's work plus the
+# protocol's). Each run is a fresh issuer-api (and worker) and one `issuer-bench ceiling`
+# round, which alternates product and ceiling itself; the gate's two settings alternate too.
+# Prints each run, then the medians. Needs `make up`, the release builds and the ceiling:
+#   cargo build --release -p issuer-api -p issuer-worker -p issuer-bench
+#   CARGO_TARGET_DIR=.local/ceiling-target cargo build --release \
+#     --manifest-path ../shared/tools/ceiling/Cargo.toml
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN="$ROOT/target/release"
+CEILING=${CEILING:-$ROOT/.local/ceiling-target/release/ceiling}
+ROUNDS=${ROUNDS:-3}
+REQUESTS=${REQUESTS:-40000}
+CONNECTIONS=${CONNECTIONS:-100 400}
+SETTINGS=${SETTINGS:-shipped like-for-like}
+LISTEN=127.0.0.1:18090
+OPS=127.0.0.1:18091
+CEILING_LISTEN=127.0.0.1:18080
+OUT="$ROOT/.local/bench-ceiling"
+mkdir -p "$OUT"
+# The bench's users: the same secrets as the API's (`make`'s development ones unless set).
+export ISSUER_ADMIN_TOKEN=${ISSUER_ADMIN_TOKEN:-dev-admin-token}
+export ISSUER_JWT_SECRET=${ISSUER_JWT_SECRET:-dev-only-hs256-secret-never-use-in-production}
+export ISSUER_JWT_ISSUER=${ISSUER_JWT_ISSUER:-coupon-issuance-dev}
+export ISSUER_JWT_AUDIENCE=${ISSUER_JWT_AUDIENCE:-coupon-api}
+export ISSUER_DEV_SECRETS=${ISSUER_DEV_SECRETS:-allow}
+export RUST_LOG=${RUST_LOG:-warn}
+GATEWAY_SECRET=bench-gateway-secret-of-at-least-32-bytes
+
+log() { echo "[bench-ceiling] $*" >&2; }
+
+# shellcheck source=deploy/local/bench-services.sh
+source "$ROOT/deploy/local/bench-services.sh"
+
+REDIS_URL=redis://127.0.0.1:6379/9 KAFKA=127.0.0.1:9092 TOPIC=ceiling QTY=1 \
+  LISTEN=$CEILING_LISTEN "$CEILING" >"$OUT/ceiling.log" 2>&1 &
+ceiling=$!
+trap 'stop_services; kill -TERM $ceiling 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+  curl -s -o /dev/null "http://$CEILING_LISTEN/" && break
+  sleep 0.2
+done
+
+# run SETTING GATE_MS CONNECTIONS ROUND: one measured run; prints
+# "setting gate connections product_rps ceiling_rps".
+run() {
+  local setting=$1 gate=$2 connections=$3 round=$4 name="$1-$2-$3-$4"
+  local env=(ISSUER_FINISHED_GATE_MS="$gate" REDIS_KEY_PREFIX="bench-ceiling-$name-$$:")
+  local bench=()
+  if [ "$setting" = like-for-like ]; then
+    env+=(ISSUER_RATE_PER_USER=0 ISSUER_USER_AUTH=gateway-header
+      ISSUER_GATEWAY_SECRET="$GATEWAY_SECRET")
+    bench=(env ISSUER_USER_AUTH=gateway-header ISSUER_GATEWAY_SECRET="$GATEWAY_SECRET")
+  fi
+  start_services "$name" "${env[@]}"
+  # No worker beside the ceiling's like: it has none.
+  if [ "$setting" = like-for-like ]; then
+    kill -TERM "$worker" 2>/dev/null || true
+    wait "$worker" 2>/dev/null || true
+    worker=""
+  fi
+  local report="$OUT/run-$name.json"
+  "${bench[@]}" "$BIN/issuer-bench" --api "http://$LISTEN" --ops "http://$OPS" --json ceiling \
+    --ceiling "http://$CEILING_LISTEN" --ceiling-quantity 1 --shape sold-out \
+    --connections "$connections" --rounds 1 --requests "$REQUESTS" >"$report"
+  stop_services
+  local product ceiling_rps
+  product=$(tr -d ' \n' <"$report" | grep -o '"productRps":\[[0-9.]*' | grep -o '[0-9.]*$')
+  ceiling_rps=$(tr -d ' \n' <"$report" | grep -o '"ceilingRps":\[[0-9.]*' | grep -o '[0-9.]*$')
+  echo "$setting $gate $connections $product $ceiling_rps"
+}
+
+median() { sort -n | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+results="$OUT/results.txt"
+: >"$results"
+for round in $(seq "$ROUNDS"); do
+  for setting in $SETTINGS; do
+    for connections in $CONNECTIONS; do
+      # Alternating which goes first, so neither always meets a warmer machine.
+      order="0 500"
+      [ $((round % 2)) -eq 0 ] && order="500 0"
+      for gate in $order; do
+        line=$(run "$setting" "$gate" "$connections" "$round")
+        log "round $round: $line"
+        echo "$line" >>"$results"
+      done
+    done
+  done
+done
+
+echo
+echo "| setting | gate | connections | product req/s (median) | ceiling req/s (median) | ratio (median of runs) | ratios per run |"
+echo "|---|---|---:|---:|---:|---:|---|"
+for setting in $SETTINGS; do
+  for connections in $CONNECTIONS; do
+    for gate in 0 500; do
+      rows=$(awk -v s="$setting" -v g="$gate" -v c="$connections" '$1 == s && $2 == g && $3 == c' "$results")
+      ratios=$(echo "$rows" | awk '{ printf "%.2f\n", $4 / $5 }')
+      echo "| $setting | ${gate} ms | $connections | $(echo "$rows" | awk '{print $4}' | median | xargs printf "%.0f") | $(echo "$rows" | awk '{print $5}' | median | xargs printf "%.0f") | $(echo "$ratios" | median) | $(echo "$ratios" | paste -sd, -) |"
+    done
+  done
+done
