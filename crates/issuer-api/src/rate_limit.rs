@@ -2,13 +2,21 @@
 //! API replica shares them: one script run (`scripts/rate_limit.lua`), one extra round trip
 //! per request, before admission.
 //!
+//! A request a finished gate answers from memory (`crate::issuing`'s `finished_gate`) asks
+//! Redis nothing, and its limit is counted in this instance's memory instead
+//! ([`RateLimiter::check_here`]): a round trip to count a request that costs no other one
+//! would halve a sold-out sale's rate. The limits then hold per instance for such answers:
+//! a client spread over R replicas gets at most R times each limit of them per window,
+//! beside the limit of the requests Redis counts.
+//!
 //! The client address is `crate::client_address`'s; every request whose address cannot be
 //! told counts as one client, `unknown`, so a header a proxy writes oddly cannot turn the
 //! per-address limit off.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::LazyLock;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coupon_core::domain::UserId;
 use coupon_core::redis::connection::RedisConnection;
@@ -35,6 +43,21 @@ pub struct RateLimiter {
     redis: RedisConnection,
     key_prefix: String,
     limits: Limits,
+    here: Arc<Mutex<CountedHere>>,
+}
+
+/// The requests counted in this instance's memory, in the current window.
+#[derive(Default)]
+struct CountedHere {
+    /// The window's number since the epoch (windows of `Limits::window`).
+    window: u64,
+    counts: HashMap<Counter, u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Counter {
+    User(UserId),
+    Address(Option<IpAddr>),
 }
 
 impl RateLimiter {
@@ -43,7 +66,53 @@ impl RateLimiter {
             redis,
             key_prefix,
             limits,
+            here: Arc::default(),
         }
+    }
+
+    /// Counts a request answered without Redis in this instance's memory; 429 with the
+    /// wait if either limit is over here.
+    pub fn check_here(&self, user: UserId, address: Option<IpAddr>) -> Result<(), ApiError> {
+        let Limits {
+            window,
+            per_user,
+            per_address,
+        } = &self.limits;
+        if *per_user == 0 && *per_address == 0 {
+            return Ok(());
+        }
+        let window_ms = (window.as_millis() as u64).max(1);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let current = now_ms / window_ms;
+        let mut here = self
+            .here
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A new window forgets the last one's counts, every client's at once.
+        if here.window != current {
+            here.window = current;
+            here.counts.clear();
+        }
+        let mut over = false;
+        for (counter, limit) in [
+            (Counter::User(user), *per_user),
+            (Counter::Address(address), *per_address),
+        ] {
+            if limit > 0 {
+                let count = here.counts.entry(counter).or_default();
+                *count = count.saturating_add(1);
+                over |= *count > limit;
+            }
+        }
+        if over {
+            return Err(ApiError::RateLimited {
+                retry_after: Duration::from_millis((current + 1) * window_ms - now_ms),
+            });
+        }
+        Ok(())
     }
 
     /// Counts this request; 429 with the wait if either limit is over.

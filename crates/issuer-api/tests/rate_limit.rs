@@ -78,3 +78,43 @@ async fn counted_and_refused_requests_write_nothing_durable() {
     assert!(!replicated, "the counter was sent to the replica");
     env.shutdown().await;
 }
+
+/// A finished coupon's answers from memory (the finished gate) ask Redis nothing, their
+/// count included: they are counted against the per-user limit in the instance's memory,
+/// and past it answered 429 all the same.
+#[actix_web::test]
+async fn answers_from_the_finished_gate_are_limited_in_memory() {
+    let args = [
+        "--rate-per-user=2",
+        "--rate-window-ms=60000",
+        "--finished-gate-ms=1000",
+    ];
+    let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 0, &args).await;
+    let coupon = env.coupon_with_quantity(1).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    let shut = std::time::Instant::now();
+    assert_eq!(
+        env.issue(coupon, 2).await.0,
+        410,
+        "admission's, which shuts the gate"
+    );
+
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(env.issue(coupon, 3).await.0);
+    }
+    assert!(
+        shut.elapsed() < std::time::Duration::from_secs(1),
+        "too slow to ask within the gate's hold: {:?}",
+        shut.elapsed()
+    );
+
+    assert_eq!(answers, [410, 410, 429]);
+    let mut redis = testkit::shared_redis::redis().await;
+    let counted: Option<i64> = redis
+        .get(CouponKeys::rate_of_user(&env.redis_prefix, 3))
+        .await
+        .unwrap();
+    assert_eq!(counted, None, "Redis counted a request it never saw");
+    env.shutdown().await;
+}

@@ -142,6 +142,14 @@ impl Issuer {
         &self.delivery
     }
 
+    /// The answer this instance's finished gate gives `user` for `coupon` from memory
+    /// (`finished_gate`), if it is shut; else None, and [`Issuer::issue`] decides.
+    pub fn gated(&self, coupon: CouponId, user: UserId) -> Option<Admission> {
+        let answer = self.finished_gates.answer(coupon, user)?;
+        self.metrics.finished_gate_answers.inc();
+        Some(answer)
+    }
+
     /// Runs the whole decision on its own task: if the client goes away mid-request, the
     /// admission and its publish (or release) still finish, so no slot is left taken
     /// without an event behind it.
@@ -159,10 +167,6 @@ impl Issuer {
         coupon: CouponId,
         user: UserId,
     ) -> Result<Admission, ApiError> {
-        if let Some(answer) = self.finished_gates.answer(coupon, user) {
-            self.metrics.finished_gate_answers.inc();
-            return Ok(answer);
-        }
         match self.layouts.get(coupon).await? {
             None => Err(ApiError::CouponNotFound(coupon.get())),
             Some(Layout::Single) => self.issue_in_coupon(coupon, user).await,
