@@ -38,6 +38,13 @@ pub struct Limits {
     pub per_address: u32,
 }
 
+impl Limits {
+    /// These limits, unless both are off.
+    fn on(&self) -> Option<&Self> {
+        (self.per_user > 0 || self.per_address > 0).then_some(self)
+    }
+}
+
 #[derive(Clone)]
 pub struct RateLimiter {
     redis: RedisConnection,
@@ -73,15 +80,10 @@ impl RateLimiter {
     /// Counts a request answered without Redis in this instance's memory; 429 with the
     /// wait if either limit is over here.
     pub fn check_here(&self, user: UserId, address: Option<IpAddr>) -> Result<(), ApiError> {
-        let Limits {
-            window,
-            per_user,
-            per_address,
-        } = &self.limits;
-        if *per_user == 0 && *per_address == 0 {
+        let Some(limits) = self.limits.on() else {
             return Ok(());
-        }
-        let window_ms = (window.as_millis() as u64).max(1);
+        };
+        let window_ms = (limits.window.as_millis() as u64).max(1);
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -98,8 +100,8 @@ impl RateLimiter {
         }
         let mut over = false;
         for (counter, limit) in [
-            (Counter::User(user), *per_user),
-            (Counter::Address(address), *per_address),
+            (Counter::User(user), limits.per_user),
+            (Counter::Address(address), limits.per_address),
         ] {
             if limit > 0 {
                 let count = here.counts.entry(counter).or_default();
@@ -117,14 +119,14 @@ impl RateLimiter {
 
     /// Counts this request; 429 with the wait if either limit is over.
     pub async fn check(&self, user: UserId, address: Option<IpAddr>) -> Result<(), ApiError> {
-        let Limits {
+        let Some(Limits {
             window,
             per_user,
             per_address,
-        } = &self.limits;
-        if *per_user == 0 && *per_address == 0 {
+        }) = self.limits.on()
+        else {
             return Ok(());
-        }
+        };
         let prefix = &self.key_prefix;
         let counters: Vec<(String, u32)> = [
             (CouponKeys::rate_of_user(prefix, user), *per_user),
