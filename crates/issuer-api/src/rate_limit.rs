@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use coupon_core::domain::UserId;
 use coupon_core::redis::connection::RedisConnection;
@@ -53,10 +53,16 @@ pub struct RateLimiter {
     here: Arc<Mutex<CountedHere>>,
 }
 
+/// Most clients counted in this instance's memory in one window; past it, a client not
+/// counted yet is let through uncounted (a flood of addresses costs memory up to here,
+/// never more; what it is let through costs no Redis).
+const MOST_COUNTED_HERE: usize = 100_000;
+
 /// The requests counted in this instance's memory, in the current window.
-#[derive(Default)]
 struct CountedHere {
-    /// The window's number since the epoch (windows of `Limits::window`).
+    /// Windows (of `Limits::window`) are counted from here, on the monotonic clock.
+    since: Instant,
+    /// The current window's number: it only moves forward.
     window: u64,
     counts: HashMap<Counter, u32>,
 }
@@ -73,7 +79,11 @@ impl RateLimiter {
             redis,
             key_prefix,
             limits,
-            here: Arc::default(),
+            here: Arc::new(Mutex::new(CountedHere {
+                since: Instant::now(),
+                window: 0,
+                counts: HashMap::new(),
+            })),
         }
     }
 
@@ -83,35 +93,38 @@ impl RateLimiter {
         let Some(limits) = self.limits.on() else {
             return Ok(());
         };
+        // At least a millisecond, as the configuration requires.
         let window_ms = (limits.window.as_millis() as u64).max(1);
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        let current = now_ms / window_ms;
         let mut here = self
             .here
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // A new window forgets the last one's counts, every client's at once.
-        if here.window != current {
+        let now_ms = here.since.elapsed().as_millis() as u64;
+        let current = now_ms / window_ms;
+        // A new window forgets the last one's counts, every client's at once, and the
+        // memory a flood took with them.
+        if current > here.window {
             here.window = current;
-            here.counts.clear();
+            here.counts = HashMap::new();
         }
         let mut over = false;
         for (counter, limit) in [
             (Counter::User(user), limits.per_user),
             (Counter::Address(address), limits.per_address),
         ] {
-            if limit > 0 {
-                let count = here.counts.entry(counter).or_default();
-                *count = count.saturating_add(1);
-                over |= *count > limit;
+            if limit == 0 {
+                continue;
             }
+            if here.counts.len() >= MOST_COUNTED_HERE && !here.counts.contains_key(&counter) {
+                continue;
+            }
+            let count = here.counts.entry(counter).or_default();
+            *count = count.saturating_add(1);
+            over |= *count > limit;
         }
         if over {
             return Err(ApiError::RateLimited {
-                retry_after: Duration::from_millis((current + 1) * window_ms - now_ms),
+                retry_after: Duration::from_millis((here.window + 1) * window_ms - now_ms),
             });
         }
         Ok(())

@@ -46,9 +46,15 @@ async fn counted_and_refused_requests_write_nothing_durable() {
     let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 0, &args).await;
     let coupon = env.coupon_with_quantity(1).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
+    // Its replies may wait as long as the WAIT below: the client's default response
+    // timeout is shorter than a replica's first sync can take, which failed this test now
+    // and then ("timed out").
     let mut on_primary = redis::Client::open(primary.url())
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(std::time::Duration::from_secs(10))),
+        )
         .await
         .unwrap();
 
@@ -86,7 +92,8 @@ async fn counted_and_refused_requests_write_nothing_durable() {
 async fn answers_from_the_finished_gate_are_limited_in_memory() {
     let args = [
         "--rate-per-user=2",
-        "--rate-window-ms=60000",
+        // A day: no window ends between the requests.
+        "--rate-window-ms=86400000",
         "--finished-gate-ms=1000",
     ];
     let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 0, &args).await;

@@ -71,7 +71,10 @@ pub async fn issue_coupon(
     // A finished coupon's answer from this instance's memory asks Redis nothing, and is
     // counted against the limits here (`rate_limit`).
     let answer = match state.issuer.gated(coupon, user) {
-        Some(gated) => state.limiter.check_here(user, address).map(|()| gated),
+        Some(gated) => state.limiter.check_here(user, address).map(|()| {
+            state.metrics.finished_gate_answers.inc();
+            gated
+        }),
         None => match state.limiter.check(user, address).await {
             Ok(()) => state.issuer.issue(coupon, user).await,
             Err(refused) => Err(refused),

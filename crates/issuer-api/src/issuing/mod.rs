@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::replication::{Confirmation, Written};
 use buckets::{BucketRebuilds, SupplyGates};
 pub(crate) use finished_gate::LONGEST_HOLD;
-use finished_gate::{FinishedGates, MOST_HOLDERS};
+use finished_gate::{FinishedGates, MOST_HOLDERS, ShutTurn};
 use lazy_rebuilds::LazyRebuilds;
 
 pub use buckets::{BucketRebuild, BucketStock, SUPPLY_WAIT};
@@ -145,9 +145,7 @@ impl Issuer {
     /// The answer this instance's finished gate gives `user` for `coupon` from memory
     /// (`finished_gate`), if it is shut; else None, and [`Issuer::issue`] decides.
     pub fn gated(&self, coupon: CouponId, user: UserId) -> Option<Admission> {
-        let answer = self.finished_gates.answer(coupon, user)?;
-        self.metrics.finished_gate_answers.inc();
-        Some(answer)
+        self.finished_gates.answer(coupon, user)
     }
 
     /// Runs the whole decision on its own task: if the client goes away mid-request, the
@@ -180,21 +178,21 @@ impl Issuer {
         }
     }
 
-    /// Shuts `coupon`'s finished gate on `answer`, which admission gave, under `stamp`, to
-    /// a request sent at `asked` when the gates' generation was `generation`, with a
-    /// snapshot of its holders read now; unless another request is shutting it, the state
-    /// is no longer the one `stamp` names, or it holds too many to keep (the gate then
-    /// stays open). A bucketed coupon's gate stays open: stock comes back to its buckets
-    /// through the movers' steps, which hold none of it (`scripts/stock_hold.lua`).
+    /// Shuts `coupon`'s finished gate, with `turn`, on `answer`, which admission gave,
+    /// under `stamp`, to a request sent at `asked` when the gates' generation was
+    /// `generation`, with a snapshot of its holders read now; unless the state is no longer
+    /// the one `stamp` names, or it holds too many to keep (the gate then stays open). A
+    /// bucketed coupon's gate stays open: stock comes back to its buckets through the
+    /// movers' steps, which hold none of it (`scripts/stock_hold.lua`).
     async fn shut_gate(
         &self,
+        turn: ShutTurn<'_>,
         coupon: CouponId,
         answer: Admission,
-        asked: Instant,
-        generation: u64,
+        (asked, generation): (Instant, u64),
         stamp: Option<&Stamp>,
     ) {
-        let (Some(stamp), Some(turn)) = (stamp, self.finished_gates.turn(coupon)) else {
+        let Some(stamp) = stamp else {
             return;
         };
         let keys = self.scripts.keys(coupon);
@@ -223,9 +221,11 @@ impl Issuer {
         // The stamp in force is learnt from PostgreSQL at most once a request, and the retry
         // passes what was read (a forget may have emptied the cache meanwhile).
         let mut learnt = None;
+        // Read before any stamp is: a gate is not shut on a refusal under a stamp read
+        // before the gates were last opened (`finished_gate`).
+        let generation = self.finished_gates.generation();
         loop {
             let started = std::time::Instant::now();
-            let generation = self.finished_gates.generation();
             let pass = learnt.clone().unwrap_or_else(|| self.scripts.stamp(coupon));
             let admitted = self
                 .run_admission(&mut redis, &keys, coupon, user, pass)
@@ -259,9 +259,17 @@ impl Issuer {
                     admission @ (Admission::AlreadyIssued | Admission::SoldOut),
                 ) => {
                     self.replicated(written_on).await?;
-                    if admission == Admission::SoldOut {
-                        self.shut_gate(coupon, admission, started, generation, sent.as_ref())
-                            .await;
+                    if admission == Admission::SoldOut
+                        && let Some(turn) = self.finished_gates.turn(coupon)
+                    {
+                        self.shut_gate(
+                            turn,
+                            coupon,
+                            admission,
+                            (started, generation),
+                            sent.as_ref(),
+                        )
+                        .await;
                     }
                     return Ok(admission);
                 }
@@ -272,11 +280,21 @@ impl Issuer {
                     return Ok(Admission::SoldOut);
                 }
                 // A gate shut on it tells its holders 409 from memory: as for SOLD_OUT, only
-                // once the slots it rests on are on the replicas.
-                AdmitReply::Refused(Admission::Ended) if self.finished_gates.enabled() => {
-                    self.replicated(written_on).await?;
-                    self.shut_gate(coupon, Admission::Ended, started, generation, sent.as_ref())
+                // once the slots it rests on are on the replicas. The answer itself rests on
+                // the clock, and waits for no replica unless a gate is to be shut.
+                AdmitReply::Refused(Admission::Ended) => {
+                    if let Some(turn) = self.finished_gates.turn(coupon)
+                        && self.replicated(written_on).await.is_ok()
+                    {
+                        self.shut_gate(
+                            turn,
+                            coupon,
+                            Admission::Ended,
+                            (started, generation),
+                            sent.as_ref(),
+                        )
                         .await;
+                    }
                     return Ok(Admission::Ended);
                 }
                 AdmitReply::Refused(admission) => return Ok(admission),
