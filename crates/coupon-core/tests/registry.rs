@@ -276,3 +276,55 @@ async fn a_generation_lost_in_a_failover_is_never_given_again() {
     drop((primary, replica));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `registry_model.rs`'s trace, forced: a retirer reads the registration a raise just
+/// made, finds the coupon still sold out, and retires it once the raise has landed. The
+/// raise registers again after landing, so that retire finds another generation.
+#[tokio::test]
+async fn a_raise_between_the_finished_check_and_the_retire_keeps_the_coupon() {
+    let prefix = prefix();
+    let scripts = AdmissionScripts::new(prefix.clone(), QueueKind::Kafka);
+    let registry = Registry::new(prefix.clone(), QueueKind::Kafka);
+    let mut con = redis().await;
+    // Sold out (1 of 1) with nothing pending: finished.
+    let sold_out = with_quantity(1);
+    scripts.load_meta(&mut con, &sold_out).await.unwrap();
+    let _: () = con.sadd(scripts.keys(sold_out.id).issued, 5).await.unwrap();
+
+    // Right before the raise's landing (its second command, after the registration), a
+    // retirer reads the registration and judges the coupon finished.
+    let judged = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let mut sent = 0;
+    let mut raising = Intercepted::new(
+        con.clone(),
+        At::Before,
+        move |_: &Cmd| {
+            sent += 1;
+            sent == 2
+        },
+        {
+            let (mut con, registry, judged) = (con.clone(), registry.clone(), judged.clone());
+            move || async move {
+                let registration = registry.members(&mut con).await?.remove(0);
+                let finished = registry
+                    .is_finished(&mut con, registration.coupon, "")
+                    .await?;
+                *judged.lock().unwrap() = Some((registration, finished));
+                Ok(())
+            }
+        },
+    );
+    assert!(
+        scripts
+            .raise_quantity(&mut raising, sold_out.id, 2)
+            .await
+            .unwrap()
+    );
+    let (registration, finished) = judged.lock().unwrap().take().expect("the hook ran");
+    assert!(finished, "judged before the raise landed");
+    registry.retire(&mut con, registration).await.unwrap();
+    assert!(
+        registered(&mut con, &prefix, sold_out.id).await,
+        "the raised coupon admits again: it must stay registered"
+    );
+}

@@ -29,7 +29,7 @@ pub struct ResultLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     /// The route's pattern (`/api/v1/coupons/{couponId}/issues`), or `unmatched`: bounded.
-    pub route: String,
+    pub route: &'static str,
     /// A standard method's name, or `other`.
     pub method: &'static str,
     pub status: u16,
@@ -314,9 +314,8 @@ mod tests {
             },
             3,
         )]);
-        let route = "/api/v1/coupons/{couponId}/issues".to_owned();
         let labels = HttpLabels {
-            route,
+            route: "/api/v1/coupons/{couponId}/issues",
             method: "POST",
             status: 201,
         };

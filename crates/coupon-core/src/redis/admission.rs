@@ -339,9 +339,13 @@ impl AdmissionScripts {
 
     /// Lands a raised quantity (PostgreSQL raised first, `crate::db::raise`) in a coupon of
     /// one bucket: registered again first (a sold-out coupon may have been retired from the
-    /// registry, and admission reopens with the raise), then its meta's quantity raised.
-    /// False if its state is not loaded: its rebuild reads the quantity from PostgreSQL,
-    /// and the raise stays recorded as not landed until a later call finds the meta.
+    /// registry, and admission reopens with the raise), then its meta's quantity raised,
+    /// then registered once more: a retirer may have read the first registration and
+    /// judged the coupon finished before the raise landed, and its retire then finds
+    /// another generation (`tests/registry_model.rs`). The caller records the raise as
+    /// landed only after this returns. False if its state is not loaded: its rebuild reads
+    /// the quantity from PostgreSQL, and the raise stays recorded as not landed until a
+    /// later call finds the meta.
     pub async fn raise_quantity<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
@@ -353,6 +357,9 @@ impl AdmissionScripts {
         let mut call = library::call(Function::Raise, &[&keys.meta, &keys.issued]);
         call.arg(quantity).arg(self.reopen_hold.as_millis() as u64);
         let landed: i64 = library::invoke(con, &call).await?;
+        if landed == 1 {
+            self.registry.register(con, coupon).await?;
+        }
         Ok(landed == 1)
     }
 

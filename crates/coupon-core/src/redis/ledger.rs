@@ -275,16 +275,19 @@ impl Ledger {
         Ok(code == 1)
     }
 
-    /// These events, all kept `at`, are acknowledged, whoever published them: their
-    /// entries go, in one script run. Returns how many were still pending.
+    /// These events, each group kept at its place, are acknowledged, whoever published
+    /// them: their entries go, in one script run. On a Redis Cluster the places must share a
+    /// slot (one place: a coupon, or a bucket). Returns how many were still pending.
     pub async fn settle<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
-        at: &LedgerAt,
-        events: &[&IssueEvent],
+        places: &[(&LedgerAt, Vec<&IssueEvent>)],
     ) -> Result<usize, RedisError> {
-        let mut invocation = self.settle.key(&at.keys().pending);
-        for event in events {
+        let mut invocation = self.settle.prepare_invoke();
+        for (at, events) in places {
+            invocation.key(&at.keys().pending).arg(events.len());
+        }
+        for event in places.iter().flat_map(|(_, events)| events) {
             invocation
                 .arg(event.user_id.get())
                 .arg(event.event_id.to_string());

@@ -89,8 +89,14 @@ fn register(cfg: &mut web::ServiceConfig, table: &[Route]) {
     }
 }
 
+/// A route's pattern, kept with its resource for the request timing's label: read back from
+/// the request it served, it costs no second match of the path against the routes
+/// (`HttpRequest::match_pattern` matches every pattern again, a regex each).
+#[derive(Debug, Clone, Copy)]
+pub struct RoutePattern(pub &'static str);
+
 /// A path served with one method; any other answers 405 with `Allow` naming it (RFC 9110).
-fn resource<F, Args>(path: &str, method: Method, handler: F) -> Resource
+fn resource<F, Args>(path: &'static str, method: Method, handler: F) -> Resource
 where
     F: Handler<Args>,
     Args: FromRequest + 'static,
@@ -98,6 +104,7 @@ where
 {
     let allow = method.clone();
     web::resource(path)
+        .app_data(RoutePattern(path))
         .route(web::method(method).to(handler))
         .default_service(web::to(move || handlers::method_not_allowed(allow.clone())))
 }

@@ -8,6 +8,7 @@ use actix_web::middleware::Next;
 use actix_web::web;
 use tracing::Instrument;
 
+use super::routes::RoutePattern;
 use super::state::AppState;
 use crate::metrics::HttpLabels;
 
@@ -36,13 +37,16 @@ pub async fn timed(
     // The request's span (a trace's root when tracing is on; never built otherwise).
     let span = tracing::debug_span!("request", method, route = tracing::field::Empty);
     let response = next.call(req).instrument(span.clone()).await;
-    // The pattern is known once routing ran, inside the call.
+    // The pattern is known once routing ran, inside the call: its resource left it there.
     let (route, status) = match &response {
-        Ok(response) => (response.request().match_pattern(), response.status()),
+        Ok(response) => (
+            response.request().app_data::<RoutePattern>().map(|p| p.0),
+            response.status(),
+        ),
         Err(err) => (None, err.as_response_error().status_code()),
     };
-    let route = route.unwrap_or_else(|| "unmatched".to_owned());
-    span.record("route", route.as_str());
+    let route = route.unwrap_or("unmatched");
+    span.record("route", route);
     if let Some(metrics) = metrics {
         let labels = HttpLabels {
             route,
