@@ -24,6 +24,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("coupon {0} does not exist")]
     CouponNotFound(i64),
+    #[error("failed event {0} does not exist")]
+    FailedEventNotFound(i64),
     /// The request is well formed, and the coupon's state does not allow it (a retry gets
     /// the same answer).
     #[error("{0}")]
@@ -78,11 +80,12 @@ impl ApiError {
     }
 
     /// Every code [`ApiError::code`] gives, so that counters can start each at zero.
-    pub const CODES: [&'static str; 13] = [
+    pub const CODES: [&'static str; 14] = [
         "INVALID_REQUEST",
         "UNAUTHORIZED",
         "FORBIDDEN",
         "COUPON_NOT_FOUND",
+        "FAILED_EVENT_NOT_FOUND",
         "CONFLICT",
         "NOT_FOUND",
         "METHOD_NOT_ALLOWED",
@@ -101,6 +104,7 @@ impl ApiError {
             Self::Unauthenticated(_) => "UNAUTHORIZED",
             Self::Forbidden(_) => "FORBIDDEN",
             Self::CouponNotFound(_) => "COUPON_NOT_FOUND",
+            Self::FailedEventNotFound(_) => "FAILED_EVENT_NOT_FOUND",
             Self::Conflict(_) => "CONFLICT",
             Self::RouteNotFound => "NOT_FOUND",
             Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
@@ -122,7 +126,9 @@ impl ResponseError for ApiError {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::CouponNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::CouponNotFound(_) | Self::FailedEventNotFound(_) | Self::RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

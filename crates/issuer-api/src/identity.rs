@@ -200,6 +200,14 @@ impl Caller {
         ))
     }
 
+    /// Who the caller is, for the record of an admin's action.
+    pub fn who(&self) -> String {
+        match self.user {
+            Some(user) => format!("user {user}"),
+            None => "the admin token".to_owned(),
+        }
+    }
+
     pub fn require_admin(&self) -> Result<(), ApiError> {
         if self.admin {
             Ok(())

@@ -64,7 +64,8 @@ async fn the_running_api_serves_the_document_and_each_route_as_documented() {
     for path in paths {
         let concrete = path
             .replace("{couponId}", "987654321")
-            .replace("{userId}", "1");
+            .replace("{userId}", "1")
+            .replace("{failedEventId}", "987654321");
         for method in METHODS {
             let mut response = env
                 .client

@@ -6,6 +6,9 @@ use coupon_core::db::redrive::{Redriven, replay};
 
 use crate::config::{Config, DlqCommand};
 
+/// Who a replay from this command is recorded as made by (`failed_events.resolved_by`).
+const DLQ_OPERATOR: &str = "issuer-worker dlq replay";
+
 pub async fn run(config: &Config, command: &DlqCommand) -> anyhow::Result<()> {
     let mut conn = config
         .database
@@ -48,7 +51,7 @@ pub async fn run(config: &Config, command: &DlqCommand) -> anyhow::Result<()> {
             };
             let mut abandoned = 0;
             for id in ids {
-                match replay(&mut conn, id).await? {
+                match replay(&mut conn, id, DLQ_OPERATOR).await? {
                     None => bail!("there is no failed event {id}"),
                     Some(Redriven::Recovered) => println!("{id}: RECOVERED"),
                     Some(Redriven::RetryAt(at)) => println!("{id}: RETRYING at {at}"),

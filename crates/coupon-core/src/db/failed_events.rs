@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::db::schema::failed_events;
 use crate::domain::{CouponId, UserId};
@@ -21,20 +21,36 @@ pub enum Status {
     Retrying,
     Recovered,
     Abandoned,
+    /// Set aside for good by an operator: never retried, and not replayed by `--all`.
+    Discarded,
 }
 
 impl Status {
+    pub const ALL: [Status; 5] = [
+        Self::Pending,
+        Self::Retrying,
+        Self::Recovered,
+        Self::Abandoned,
+        Self::Discarded,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "PENDING",
             Self::Retrying => "RETRYING",
             Self::Recovered => "RECOVERED",
             Self::Abandoned => "ABANDONED",
+            Self::Discarded => "DISCARDED",
         }
+    }
+
+    /// The status a stored name stands for.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == name)
     }
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = failed_events, check_for_backend(diesel::pg::Pg))]
 pub struct FailedEventRow {
     pub id: i64,
@@ -48,6 +64,9 @@ pub struct FailedEventRow {
     pub attempts: i32,
     pub next_retry_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Who resolved it by hand (a discard or a replay), if anyone did.
+    pub resolved_by: Option<String>,
 }
 
 /// Why the user's event for this coupon was set aside for good, if it was: a failed event
@@ -91,10 +110,12 @@ pub async fn list(
     query.load(conn).await
 }
 
-/// Ids of every failed event not yet recovered, oldest first.
+/// Ids of every failed event neither recovered nor discarded, oldest first.
 pub async fn unrecovered_ids(conn: &mut AsyncPgConnection) -> QueryResult<Vec<i64>> {
     failed_events::table
-        .filter(failed_events::status.ne(Status::Recovered.as_str()))
+        .filter(
+            failed_events::status.ne_all([Status::Recovered.as_str(), Status::Discarded.as_str()]),
+        )
         .select(failed_events::id)
         .order(failed_events::id)
         .load(conn)
@@ -113,4 +134,58 @@ pub async fn counts(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(String, St
         .order((failed_events::reason, failed_events::status))
         .load(conn)
         .await
+}
+
+/// What an operator's discard did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discard {
+    /// Set aside now, or already.
+    Discarded(FailedEventRow),
+    /// The event is a row: there is nothing to set aside.
+    Recovered,
+    NotFound,
+}
+
+/// Sets a failed event aside for good, recording `by` (who): it is never retried again,
+/// and a replay by `--all` passes it over. A discarded event can still be replayed by its
+/// id, which is how a discard is undone.
+pub async fn discard(conn: &mut AsyncPgConnection, id: i64, by: &str) -> QueryResult<Discard> {
+    conn.transaction(async |conn| {
+        let row: Option<FailedEventRow> = failed_events::table
+            .find(id)
+            .select(FailedEventRow::as_select())
+            .for_update()
+            .first(conn)
+            .await
+            .optional()?;
+        let Some(row) = row else {
+            return Ok(Discard::NotFound);
+        };
+        match Status::parse(&row.status) {
+            Some(Status::Recovered) => Ok(Discard::Recovered),
+            Some(Status::Discarded) => Ok(Discard::Discarded(row)),
+            _ => diesel::update(failed_events::table.find(id))
+                .set((
+                    failed_events::status.eq(Status::Discarded.as_str()),
+                    failed_events::next_retry_at.eq(None::<DateTime<Utc>>),
+                    failed_events::resolved_by.eq(by),
+                    failed_events::updated_at.eq(Utc::now()),
+                ))
+                .returning(FailedEventRow::as_returning())
+                .get_result(conn)
+                .await
+                .map(Discard::Discarded),
+        }
+    })
+    .await
+}
+
+/// One failed event, if there is one by that id.
+pub async fn find(conn: &mut AsyncPgConnection, id: i64) -> QueryResult<Option<FailedEventRow>> {
+    failed_events::table
+        .find(id)
+        .select(FailedEventRow::as_select())
+        .first(conn)
+        .await
+        .optional()
 }

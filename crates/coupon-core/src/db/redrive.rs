@@ -60,7 +60,7 @@ pub async fn redrive_due(
                 match due {
                     Some(row) => Ok::<_, diesel::result::Error>(Some((
                         row.id,
-                        redrive(conn, &row, false).await?,
+                        redrive(conn, &row, None).await?,
                     ))),
                     None => Ok(None),
                 }
@@ -74,9 +74,14 @@ pub async fn redrive_due(
     Ok(done)
 }
 
-/// An operator's replay of one failed event, whatever its schedule says; None if there
-/// is no such event. A replay that fails leaves the event ABANDONED with the new reason.
-pub async fn replay(conn: &mut AsyncPgConnection, id: i64) -> QueryResult<Option<Redriven>> {
+/// An operator's replay of one failed event, whatever its schedule says (a discarded one
+/// too), recording `by` (who); None if there is no such event. A replay that fails leaves
+/// the event ABANDONED with the new reason.
+pub async fn replay(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    by: &str,
+) -> QueryResult<Option<Redriven>> {
     conn.transaction(async |conn| {
         let row: Option<FailedEventRow> = failed_events::table
             .find(id)
@@ -86,18 +91,20 @@ pub async fn replay(conn: &mut AsyncPgConnection, id: i64) -> QueryResult<Option
             .await
             .optional()?;
         match row {
-            Some(row) => Ok(Some(redrive(conn, &row, true).await?)),
+            Some(row) => Ok(Some(redrive(conn, &row, Some(by)).await?)),
             None => Ok(None),
         }
     })
     .await
 }
 
+/// Retries `row`: on its schedule (`by` None), or replayed by an operator (`by` names them).
 async fn redrive(
     conn: &mut AsyncPgConnection,
     row: &FailedEventRow,
-    by_operator: bool,
+    by: Option<&str>,
 ) -> QueryResult<Redriven> {
+    let by_operator = by.is_some();
     // Neither inserted nor rescheduled on a scheduled retry (the module's doc says why).
     let over_quantity = row.reason == FailureReason::OverQuantity.as_str();
     let failure = match IssueEvent::decode(&row.payload) {
@@ -155,6 +162,7 @@ async fn redrive(
             failed_events::next_retry_at.eq(next),
             failed_events::detail.eq(detail),
             failed_events::updated_at.eq(now),
+            failed_events::resolved_by.eq(by.or(row.resolved_by.as_deref())),
         ))
         .execute(conn)
         .await?;

@@ -61,6 +61,7 @@ diesel::table! {
         next_retry_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        resolved_by -> Nullable<Text>,
     }
 }
 

@@ -3,6 +3,8 @@
 use chrono::{DateTime, Datelike, Utc};
 use coupon_core::buckets::BucketCount;
 use coupon_core::db::coupons::NewCoupon;
+use coupon_core::db::failed_events::{FailedEventRow, Status};
+use coupon_core::db::redrive::Redriven;
 use coupon_core::domain::{Admission, Coupon, CouponId, UserId};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -273,6 +275,119 @@ pub struct UserCouponsView {
 
 /// Ids in paths are parsed here rather than by the router, so that a bad one answers
 /// the contract's 400 JSON body.
+/// The query of the failed events' list: `status` one of theirs, `limit` 1 to 1,000.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedEventsQuery {
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// The most failed events one list answers with.
+pub const MAX_FAILED_EVENTS: i64 = 1_000;
+
+impl FailedEventsQuery {
+    /// The list's query from the raw query string, checked: (status, limit).
+    pub fn parse(raw: &str) -> Result<(Option<Status>, i64), ApiError> {
+        let query = actix_web::web::Query::<FailedEventsQuery>::from_query(raw)
+            .map_err(|err| ApiError::InvalidRequest(format!("the query: {err}")))?
+            .into_inner();
+        let status = match query.status {
+            None => None,
+            Some(name) => Some(Status::parse(&name).ok_or_else(|| {
+                ApiError::InvalidRequest(format!(
+                    "status must be one of {}",
+                    Status::ALL.map(Status::as_str).join(", ")
+                ))
+            })?),
+        };
+        let limit = query.limit.unwrap_or(100);
+        if !(1..=MAX_FAILED_EVENTS).contains(&limit) {
+            return Err(ApiError::InvalidRequest(format!(
+                "limit must be an integer from 1 to {MAX_FAILED_EVENTS}"
+            )));
+        }
+        Ok((status, limit))
+    }
+}
+
+/// A failed event as an operator sees it (the payload stays in the database).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedEventView {
+    pub id: i64,
+    pub reason: String,
+    pub detail: String,
+    pub source: String,
+    pub coupon_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub status: String,
+    pub attempts: i32,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub resolved_by: Option<String>,
+}
+
+impl From<FailedEventRow> for FailedEventView {
+    fn from(row: FailedEventRow) -> Self {
+        Self {
+            id: row.id,
+            reason: row.reason,
+            detail: row.detail,
+            source: row.source,
+            coupon_id: row.coupon_id,
+            user_id: row.user_id,
+            status: row.status,
+            attempts: row.attempts,
+            next_retry_at: row.next_retry_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            resolved_by: row.resolved_by,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedEventsView {
+    pub failed_events: Vec<FailedEventView>,
+}
+
+/// What a replay did: RECOVERED (a row now), or ABANDONED with why.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedEventReplayed {
+    pub id: i64,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl FailedEventReplayed {
+    pub fn new(id: i64, replayed: Redriven) -> Self {
+        let (status, detail) = match replayed {
+            Redriven::Recovered => (Status::Recovered, None),
+            // An operator's replay is never rescheduled (`coupon_core::db::redrive`).
+            Redriven::RetryAt(at) => (Status::Retrying, Some(format!("retried at {at}"))),
+            Redriven::Abandoned(why) => (Status::Abandoned, Some(why)),
+        };
+        Self {
+            id,
+            status: status.as_str(),
+            detail,
+        }
+    }
+}
+
+/// A failed event's id in a path: a positive integer.
+pub fn failed_event_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::InvalidRequest("failedEventId must be a positive integer".into()))
+}
+
 pub fn path_id<T: std::str::FromStr<Err = coupon_core::domain::InvalidId>>(
     raw: &str,
 ) -> Result<T, ApiError> {

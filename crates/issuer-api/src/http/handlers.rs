@@ -6,9 +6,10 @@ use coupon_core::domain::{Admission, CouponId, UserId};
 use serde_json::json;
 
 use super::contract::{
-    BucketStockView, CouponCreated, CouponView, CreateCouponRequest, IssueAnswer, IssueRequest,
-    IssueStatus, IssueStatusView, Object, QuantityRaised, RaiseQuantityRequest, UserCoupon,
-    UserCouponsView, path_id,
+    BucketStockView, CouponCreated, CouponView, CreateCouponRequest, FailedEventReplayed,
+    FailedEventView, FailedEventsQuery, FailedEventsView, IssueAnswer, IssueRequest, IssueStatus,
+    IssueStatusView, Object, QuantityRaised, RaiseQuantityRequest, UserCoupon, UserCouponsView,
+    failed_event_id, path_id,
 };
 use super::state::AppState;
 use crate::error::ApiError;
@@ -93,6 +94,50 @@ pub async fn issue_coupon(
         coupon_id: coupon,
         user_id: user,
     }))
+}
+
+pub async fn list_failed_events(
+    caller: Caller,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let (status, limit) = FailedEventsQuery::parse(req.query_string())?;
+    let rows = state.issuer.failed_events(status, limit).await?;
+    Ok(HttpResponse::Ok().json(FailedEventsView {
+        failed_events: rows.into_iter().map(FailedEventView::from).collect(),
+    }))
+}
+
+pub async fn replay_failed_event(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let id = failed_event_id(&path)?;
+    let by = caller.who();
+    let replayed = FailedEventReplayed::new(id, state.issuer.replay_failed_event(id, &by).await?);
+    tracing::info!(
+        failed_event = id,
+        status = replayed.status,
+        by,
+        "failed event replayed"
+    );
+    Ok(HttpResponse::Ok().json(replayed))
+}
+
+pub async fn discard_failed_event(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let id = failed_event_id(&path)?;
+    let by = caller.who();
+    let row = state.issuer.discard_failed_event(id, &by).await?;
+    tracing::info!(failed_event = id, reason = %row.reason, by, "failed event discarded");
+    Ok(HttpResponse::Ok().json(FailedEventView::from(row)))
 }
 
 pub async fn get_coupon(

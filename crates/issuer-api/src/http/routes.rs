@@ -17,7 +17,7 @@ pub struct Route {
 /// The routes of the contract. The hot route first: actix tries resources in order, and
 /// each dynamic one it passes costs a regex match (the largest user-space cost of a
 /// sold-out request in a profile).
-pub const PUBLIC: [Route; 7] = [
+pub const PUBLIC: [Route; 10] = [
     Route {
         path: "/api/v1/coupons/{couponId}/issues",
         method: Method::POST,
@@ -47,6 +47,21 @@ pub const PUBLIC: [Route; 7] = [
         path: "/api/v1/users/{userId}/coupons",
         method: Method::GET,
         serve: |path, method| resource(path, method, handlers::list_user_coupons),
+    },
+    Route {
+        path: "/api/v1/failed-events",
+        method: Method::GET,
+        serve: |path, method| resource(path, method, handlers::list_failed_events),
+    },
+    Route {
+        path: "/api/v1/failed-events/{failedEventId}/replay",
+        method: Method::POST,
+        serve: |path, method| resource(path, method, handlers::replay_failed_event),
+    },
+    Route {
+        path: "/api/v1/failed-events/{failedEventId}/discard",
+        method: Method::POST,
+        serve: |path, method| resource(path, method, handlers::discard_failed_event),
     },
     Route {
         path: "/openapi.json",

@@ -10,6 +10,7 @@
 //! delivery of their event is unresolved, the answer is 503, retry.
 
 mod buckets;
+mod failed_events;
 mod finished_gate;
 mod hand_over;
 mod lazy_rebuilds;

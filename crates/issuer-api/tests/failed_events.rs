@@ -1,0 +1,165 @@
+//! Failed events in an operator's hands through the admin routes (`GET
+//! /api/v1/failed-events`, `POST .../{id}/replay`, `POST .../{id}/discard`), on the real
+//! PostgreSQL: each event is put in the exact state wanted by writing its row directly, as
+//! the workers would have.
+
+// A panic is exactly the failure report wanted here.
+#![allow(clippy::unwrap_used)]
+
+use coupon_core::db::failed_events::unrecovered_ids;
+use coupon_core::db::schema::failed_events;
+use coupon_core::domain::{CouponId, UserId};
+use coupon_core::event::IssueEvent;
+use diesel_async::RunQueryDsl;
+use serde_json::{Value, json};
+use testkit::harness::{self, TestEnv};
+
+/// A failed event's row as a worker writes it; its id.
+async fn failed(env: &TestEnv, reason: &str, status: &str, payload: Vec<u8>, user: i64) -> i64 {
+    use diesel::ExpressionMethods;
+    let source = format!("test:{}", uuid::Uuid::new_v4());
+    diesel::insert_into(failed_events::table)
+        .values((
+            failed_events::reason.eq(reason),
+            failed_events::detail.eq("set aside by the test"),
+            failed_events::source.eq(source),
+            failed_events::user_id.eq(user),
+            failed_events::payload.eq(payload),
+            failed_events::status.eq(status),
+        ))
+        .returning(failed_events::id)
+        .get_result(&mut env.pg().await)
+        .await
+        .unwrap()
+}
+
+fn event(coupon: i64, user: i64) -> Vec<u8> {
+    IssueEvent::new(
+        CouponId::new(coupon).unwrap(),
+        UserId::new(user).unwrap(),
+        chrono::Utc::now(),
+    )
+    .encode()
+}
+
+async fn get_as(env: &TestEnv, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = env.client.get(env.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let mut response = request.send().await.unwrap();
+    let body = response.body().await.unwrap();
+    (
+        response.status().as_u16(),
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+async fn act(env: &TestEnv, id: impl std::fmt::Display, action: &str) -> (u16, Value) {
+    env.post(
+        &format!("/api/v1/failed-events/{id}/{action}"),
+        harness::ADMIN_TOKEN,
+        &json!({}),
+    )
+    .await
+}
+
+/// The listed event `id`, if the list holds it.
+fn listed(list: &Value, id: i64) -> Option<Value> {
+    list["failedEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["id"] == id)
+        .cloned()
+}
+
+#[actix_web::test]
+async fn failed_events_are_listed_replayed_and_discarded_by_admins_only() {
+    let env = TestEnv::start(0).await;
+    let coupon = env.coupon_with_quantity(10).await;
+    let rejected = failed(&env, "REJECTED", "ABANDONED", event(coupon, 7), 7).await;
+    let over = failed(&env, "OVER_QUANTITY", "ABANDONED", event(coupon, 8), 8).await;
+    let undecodable = failed(&env, "UNDECODABLE", "PENDING", b"{not an event".to_vec(), 9).await;
+
+    // Admins only.
+    let path = "/api/v1/failed-events";
+    assert_eq!(get_as(&env, path, None).await.0, 401);
+    let user = harness::user_token(7);
+    assert_eq!(get_as(&env, path, Some(&user)).await.0, 403);
+    let (status, _) = env
+        .post(&format!("{path}/{rejected}/discard"), &user, &json!({}))
+        .await;
+    assert_eq!(status, 403, "a user may not discard");
+
+    // Listed, by status, with a bounded limit; a bad query is the client's mistake.
+    let (status, abandoned) = env
+        .get(&format!("{path}?status=ABANDONED&limit=1000"))
+        .await;
+    assert_eq!(status, 200, "{abandoned}");
+    assert!(listed(&abandoned, rejected).is_some() && listed(&abandoned, over).is_some());
+    assert!(listed(&abandoned, undecodable).is_none(), "{abandoned}");
+    for bad in [
+        "?limit=0",
+        "?limit=1001",
+        "?status=LOST",
+        "?limit=x",
+        "?colour=red",
+    ] {
+        let (status, body) = env.get(&format!("{path}{bad}")).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (400, &json!("INVALID_REQUEST")),
+            "{bad}"
+        );
+    }
+
+    // A replay makes the event a row, and records who did it.
+    let (status, replayed) = act(&env, rejected, "replay").await;
+    assert_eq!(
+        (status, &replayed["status"]),
+        (200, &json!("RECOVERED")),
+        "{replayed}"
+    );
+    assert_eq!(env.rows(coupon).await, vec![7]);
+    let (_, all) = env.get(&format!("{path}?limit=1000")).await;
+    let row = listed(&all, rejected).unwrap();
+    assert_eq!(row["status"], "RECOVERED");
+    assert_eq!(row["resolvedBy"], "the admin token");
+
+    // An OVER_QUANTITY event needs a slot in Redis first: refused, untouched.
+    let (status, body) = act(&env, over, "replay").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(env.rows(coupon).await == vec![7]);
+
+    // A discard sets the event aside for good: `--all` passes it over.
+    let (status, discarded) = act(&env, undecodable, "discard").await;
+    assert_eq!(
+        (status, &discarded["status"]),
+        (200, &json!("DISCARDED")),
+        "{discarded}"
+    );
+    assert_eq!(discarded["resolvedBy"], "the admin token");
+    assert_eq!(discarded["nextRetryAt"], Value::Null);
+    let left = unrecovered_ids(&mut env.pg().await).await.unwrap();
+    assert!(
+        left.contains(&over) && !left.contains(&undecodable),
+        "{left:?}"
+    );
+    // Again: answered as it is.
+    assert_eq!(act(&env, undecodable, "discard").await.0, 200);
+
+    // A recovered event is a row: nothing to discard.
+    assert_eq!(act(&env, rejected, "discard").await.0, 409);
+    // No such event; no such id.
+    for action in ["replay", "discard"] {
+        let (status, body) = act(&env, 987_654_321, action).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (404, &json!("FAILED_EVENT_NOT_FOUND"))
+        );
+        let (status, body) = act(&env, "abc", action).await;
+        assert_eq!((status, &body["error"]), (400, &json!("INVALID_REQUEST")));
+    }
+    env.shutdown().await;
+}
