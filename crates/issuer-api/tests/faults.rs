@@ -436,7 +436,7 @@ async fn poison_events_are_set_aside_retried_on_schedule_and_replayable() {
     // The coupon now exists: an operator replays the orphan, and it becomes a row.
     assert_eq!(env.coupon_with_quantity(5).await, ghost);
     let mut conn = env.pg().await;
-    let replayed = coupon_core::db::redrive::replay(&mut conn, orphan_id)
+    let replayed = coupon_core::db::redrive::replay(&mut conn, orphan_id, "the test")
         .await
         .unwrap();
     assert_eq!(replayed, Some(Redriven::Recovered));
@@ -461,7 +461,7 @@ async fn poison_events_are_set_aside_retried_on_schedule_and_replayable() {
         failed.iter().find(|r| r.id == orphan_id).unwrap().status,
         "RECOVERED"
     );
-    let replayed = coupon_core::db::redrive::replay(&mut conn, garbage_id)
+    let replayed = coupon_core::db::redrive::replay(&mut conn, garbage_id, "the test")
         .await
         .unwrap();
     assert!(
@@ -469,7 +469,7 @@ async fn poison_events_are_set_aside_retried_on_schedule_and_replayable() {
         "{replayed:?}"
     );
     assert_eq!(
-        coupon_core::db::redrive::replay(&mut conn, 999_999)
+        coupon_core::db::redrive::replay(&mut conn, 999_999, "the test")
             .await
             .unwrap(),
         None

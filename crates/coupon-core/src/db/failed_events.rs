@@ -139,8 +139,8 @@ pub async fn counts(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(String, St
 /// What an operator's discard did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discard {
-    /// Set aside now, or already.
-    Discarded(FailedEventRow),
+    /// Set aside now, or already (boxed: a row is large beside the other answers).
+    Discarded(Box<FailedEventRow>),
     /// The event is a row: there is nothing to set aside.
     Recovered,
     NotFound,
@@ -163,7 +163,7 @@ pub async fn discard(conn: &mut AsyncPgConnection, id: i64, by: &str) -> QueryRe
         };
         match Status::parse(&row.status) {
             Some(Status::Recovered) => Ok(Discard::Recovered),
-            Some(Status::Discarded) => Ok(Discard::Discarded(row)),
+            Some(Status::Discarded) => Ok(Discard::Discarded(Box::new(row))),
             _ => diesel::update(failed_events::table.find(id))
                 .set((
                     failed_events::status.eq(Status::Discarded.as_str()),
@@ -174,7 +174,7 @@ pub async fn discard(conn: &mut AsyncPgConnection, id: i64, by: &str) -> QueryRe
                 .returning(FailedEventRow::as_returning())
                 .get_result(conn)
                 .await
-                .map(Discard::Discarded),
+                .map(|row| Discard::Discarded(Box::new(row))),
         }
     })
     .await

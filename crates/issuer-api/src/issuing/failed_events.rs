@@ -51,7 +51,7 @@ impl Issuer {
     ) -> Result<FailedEventRow, ApiError> {
         let mut db = self.pool.get().await?;
         match discard(&mut db, id, by).await? {
-            Discard::Discarded(row) => Ok(row),
+            Discard::Discarded(row) => Ok(*row),
             Discard::Recovered => Err(ApiError::Conflict(format!(
                 "failed event {id} is RECOVERED: it is a row, and there is nothing to discard"
             ))),
