@@ -11,3 +11,4 @@ pub mod publish_window;
 pub mod raise;
 pub mod redrive;
 pub mod schema;
+pub mod settings;

@@ -86,6 +86,18 @@ pub struct Coupon {
     pub ends_at: Option<DateTime<Utc>>,
     /// How many buckets its stock is split into (`crate::buckets`); one for most coupons.
     pub buckets: BucketCount,
+    /// What an operator set: paused or not, under the version that set it.
+    pub settings: CouponSettings,
+}
+
+/// A coupon's operator settings as PostgreSQL holds them. Redis's meta takes them only from
+/// a higher version (`coupon-core/tests/settings_model.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CouponSettings {
+    /// Admission refuses new users (`PAUSED`) while set.
+    pub paused: bool,
+    /// Moved by every change; 0 for a coupon never changed.
+    pub version: i64,
 }
 
 /// What the admission script decided for one request.
@@ -98,15 +110,18 @@ pub enum Admission {
     SoldOut,
     NotStarted,
     Ended,
+    /// An operator paused the coupon's admission.
+    Paused,
 }
 
 impl Admission {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Success,
         Self::AlreadyIssued,
         Self::SoldOut,
         Self::NotStarted,
         Self::Ended,
+        Self::Paused,
     ];
 
     /// The answer's name, as the HTTP contract's `result` and the metrics' label spell it
@@ -118,6 +133,7 @@ impl Admission {
             Self::SoldOut => "SOLD_OUT",
             Self::NotStarted => "NOT_STARTED",
             Self::Ended => "ENDED",
+            Self::Paused => "PAUSED",
         }
     }
 }

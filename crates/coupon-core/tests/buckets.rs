@@ -50,6 +50,7 @@ impl Sale {
         let count = BucketCount::new(shares.len() as i64).unwrap();
         let coupon = Coupon {
             buckets: count,
+            settings: Default::default(),
             ..shared_redis::coupon("buckets", shares.iter().sum())
         };
         let mut con = redis().await;

@@ -15,8 +15,8 @@
 //! rebuild's read and its load (the model found it), and the load then creates the meta
 //! from what it read, older than what was recorded as landed. A rebuilt meta admits only
 //! once the rebuild records its stamp in PostgreSQL (closed until then), so that record
-//! also lowers PostgreSQL's record of what landed to the version the rebuild read, in the
-//! same transaction: anything newer is landed again by the landers. (After a loss of
+//! also sets PostgreSQL's record of what landed back to 0, in the same transaction: the
+//! landers land the setting again (a no-op where the meta has it). (After a loss of
 //! Redis's state mid-rebuild, a change answered 200 may so be out of force for up to the
 //! landers' second: the window is stated, not closed. Lowering before the load is not
 //! enough: the model found a change recorded between the two.) And a change records itself
@@ -76,7 +76,7 @@ enum Rebuild {
     /// Closed the meta and read PostgreSQL; the load is next.
     Read(Setting),
     /// Loaded it; recording its stamp (which opens it) is next.
-    Loaded(Setting),
+    Loaded,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -202,7 +202,7 @@ impl Protocol for Model {
                 actions.push(Action::RebuildReads)
             }
             Rebuild::Read(_) => actions.push(Action::RebuildLoads),
-            Rebuild::Loaded(_) => actions.push(Action::RebuildOpens),
+            Rebuild::Loaded => actions.push(Action::RebuildOpens),
             Rebuild::Idle => {}
         }
         actions
@@ -277,16 +277,13 @@ impl Protocol for Model {
                     unreachable!()
                 };
                 self.load(&mut s, read);
-                s.rebuild = Rebuild::Loaded(read);
+                s.rebuild = Rebuild::Loaded;
             }
             Action::RebuildOpens => {
-                let Rebuild::Loaded(read) = s.rebuild else {
-                    unreachable!()
-                };
-                // Its stamp recorded, and in the same transaction what landed lowered; a
+                // Its stamp recorded, and in the same transaction what landed set back to 0; a
                 // meta lost since the load stays closed, for the next rebuild.
                 if self.bug != Bug::NoLowering {
-                    s.landed = s.landed.min(read.version);
+                    s.landed = 0;
                 }
                 s.open = s.meta.is_some();
                 s.stamp += 1;

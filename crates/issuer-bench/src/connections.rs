@@ -54,6 +54,7 @@ pub async fn run(
         starts_at: None,
         ends_at: None,
         buckets: BucketCount::ONE,
+        settings: Default::default(),
     };
     let mut setup = client.get_multiplexed_async_connection().await?;
     scripts.load_meta(&mut setup, &coupon).await?;

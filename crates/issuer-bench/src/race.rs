@@ -131,6 +131,7 @@ async fn scripted(
         starts_at: None,
         ends_at: None,
         buckets: BucketCount::ONE,
+        settings: Default::default(),
     };
     scripts.load_meta(&mut con.clone(), &coupon).await?;
     let answers = join_all((1..=users).map(|user| {

@@ -28,6 +28,7 @@ pub fn coupon(name: &str, total_quantity: i64) -> Coupon {
         starts_at: None,
         ends_at: None,
         buckets: BucketCount::ONE,
+        settings: Default::default(),
     }
 }
 

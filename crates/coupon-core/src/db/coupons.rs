@@ -7,7 +7,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::buckets::BucketCount;
 use crate::db::schema::{coupon_issues, coupons};
-use crate::domain::{Coupon, CouponId, UserId};
+use crate::domain::{Coupon, CouponId, CouponSettings, UserId};
 use crate::redis::epoch::Stamp;
 
 #[derive(Queryable, Selectable)]
@@ -20,6 +20,8 @@ struct CouponRow {
     starts_at: Option<DateTime<Utc>>,
     ends_at: Option<DateTime<Utc>>,
     buckets: i16,
+    paused: bool,
+    settings_version: i64,
 }
 
 impl TryFrom<CouponRow> for Coupon {
@@ -35,6 +37,10 @@ impl TryFrom<CouponRow> for Coupon {
             ends_at: row.ends_at,
             buckets: BucketCount::new(row.buckets.into())
                 .map_err(|e| Error::DeserializationError(Box::new(e)))?,
+            settings: CouponSettings {
+                paused: row.paused,
+                version: row.settings_version,
+            },
         })
     }
 }
@@ -177,7 +183,13 @@ pub async fn record_redis_stamp(
     verified: Verification,
 ) -> QueryResult<bool> {
     let target = coupons::table.filter(coupons::id.eq(coupon.get()));
-    let set = coupons::redis_stamp.eq(stamp.as_str());
+    // A new stamp may name a state loaded from a read older than a change of the settings
+    // that was recorded as landed (a meta lost between a rebuild's read and its load): the
+    // landers land the settings again into it (`crate::db::settings`).
+    let set = (
+        coupons::redis_stamp.eq(stamp.as_str()),
+        coupons::landed_settings.eq(0),
+    );
     match verified {
         Verification::Rebuilt => {
             diesel::update(target).set(set).execute(conn).await?;
@@ -209,7 +221,12 @@ pub async fn hand_over_stamp(
             .filter(coupons::id.eq(coupon.get()))
             .filter(coupons::redis_stamp.eq(verified.as_str())),
     )
-    .set(coupons::redis_stamp.eq(stamp.as_str()))
+    // A change of the settings may have landed on the old node after the hand-over read its
+    // state: the landers land them again into the new one (`crate::db::settings`).
+    .set((
+        coupons::redis_stamp.eq(stamp.as_str()),
+        coupons::landed_settings.eq(0),
+    ))
     .execute(conn)
     .await?;
     if replaced == 1 {

@@ -12,6 +12,9 @@ diesel::table! {
         redis_stamp -> Nullable<Text>,
         buckets -> Int2,
         landed_quantity -> Nullable<Int8>,
+        paused -> Bool,
+        settings_version -> Int8,
+        landed_settings -> Int8,
     }
 }
 

@@ -65,6 +65,13 @@ pub(crate) fn meta_args<'a>(call: &'a mut Cmd, coupon: &Coupon, quantity: i64) -
         .arg(millis(coupon.ends_at).unwrap_or_default())
 }
 
+/// Appends the operator's settings as `load_meta.lua` and `settings.lua` take them: the
+/// version, then '1' if paused.
+fn settings_args<'a>(call: &'a mut Cmd, coupon: &Coupon) -> &'a mut Cmd {
+    call.arg(coupon.settings.version)
+        .arg(if coupon.settings.paused { "1" } else { "" })
+}
+
 /// Writes a new coupon's meta (or one bucket's, with its allocation as the quantity and the
 /// coupon's number of buckets) at `keys`, stamped as verified here, unless a meta is there
 /// already; the stamp written, if any (`scripts/load_meta.lua`).
@@ -80,7 +87,8 @@ pub(crate) async fn load_fresh<C: ConnectionLike + Send + Sync>(
         .arg("fresh")
         .arg(Uuid::new_v4().simple().to_string())
         .arg("")
-        .arg(bucket.map(|(_, count)| count.get()));
+        .arg(bucket.map_or(String::new(), |(_, count)| count.get().to_string()));
+    settings_args(&mut call, coupon);
     library::invoke(con, &call).await
 }
 
@@ -289,6 +297,7 @@ impl AdmissionScripts {
             7 => Ok(AdmitReply::Unverified),
             8 => Ok(AdmitReply::Dry),
             9 => Ok(AdmitReply::Held),
+            10 => refused(Admission::Paused),
             other => Err(RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "admission script returned an unknown code",
@@ -363,6 +372,21 @@ impl AdmissionScripts {
         Ok(landed == 1)
     }
 
+    /// Lands an operator's settings (PostgreSQL changed first, `crate::db::settings`) in a
+    /// coupon of one bucket's meta, unless it holds a newer version. False if its state is
+    /// not loaded: its rebuild reads them from PostgreSQL, and the landers make sure.
+    pub async fn land_settings<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: &Coupon,
+    ) -> Result<bool, RedisError> {
+        let keys = self.keys(coupon.id);
+        let mut call = library::call(Function::Settings, &[&keys.meta]);
+        settings_args(&mut call, coupon);
+        let landed: i64 = library::invoke(con, &call).await?;
+        Ok(landed == 1)
+    }
+
     /// The users holding a slot in the coupon's state at `keys`, verified under `stamp`;
     /// None when it is not (a rewound copy may lack holders), or holds more than `most`.
     pub async fn holders_in<C: ConnectionLike + Send + Sync>(
@@ -405,7 +429,9 @@ impl AdmissionScripts {
         meta_args(&mut call, coupon, coupon.total_quantity)
             .arg("verified")
             .arg(stamp.as_str())
-            .arg(&lease.token);
+            .arg(&lease.token)
+            .arg("");
+        settings_args(&mut call, coupon);
         let written: Option<Stamp> = library::invoke(con, &call).await?;
         let restored = written.as_ref() == Some(stamp);
         if restored {

@@ -1,7 +1,8 @@
 //! The scripts that compare a coupon's epoch with the instance's (`crate::redis::epoch`), as one
 //! Redis function library: admission, the meta's load, the finished check, the rebuild
 //! lease, the hand-over's close, the registry, a cluster's replica fence, a bucketed
-//! coupon's transfers and sold-out check, a raise, a state's holders, and the epoch itself.
+//! coupon's transfers and sold-out check, a raise, the operator's settings, a state's
+//! holders, and the epoch itself.
 //!
 //! Why a library rather than EVAL: the instance's epoch costs two `INFO`s to read,
 //! and admission reads it on every request, refusals included. A library's locals live as
@@ -50,10 +51,12 @@ pub enum Function {
     Raise,
     /// `scripts/holders.lua`.
     Holders,
+    /// `scripts/settings.lua`.
+    Settings,
 }
 
 impl Function {
-    const ALL: [Function; 12] = [
+    const ALL: [Function; 13] = [
         Function::Admit,
         Function::LoadMeta,
         Function::Finished,
@@ -66,6 +69,7 @@ impl Function {
         Function::BucketRestore,
         Function::Raise,
         Function::Holders,
+        Function::Settings,
     ];
 
     fn suffix(self) -> &'static str {
@@ -82,6 +86,7 @@ impl Function {
             Function::BucketRestore => "bucket_restore",
             Function::Raise => "raise",
             Function::Holders => "holders",
+            Function::Settings => "settings",
         }
     }
 
@@ -99,6 +104,7 @@ impl Function {
             Function::BucketRestore => include_str!("scripts/bucket_restore.lua"),
             Function::Raise => include_str!("scripts/raise.lua"),
             Function::Holders => include_str!("scripts/holders.lua"),
+            Function::Settings => include_str!("scripts/settings.lua"),
         }
     }
 }
@@ -109,10 +115,12 @@ struct Library {
 }
 
 static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    // Shared by the functions that read the epoch and those that hold stock that came back.
+    // Shared by the functions that read the epoch, those that hold stock that came back,
+    // and those that write the operator's settings.
     let epoch = concat!(
         include_str!("scripts/epoch.lua"),
-        include_str!("scripts/stock_hold.lua")
+        include_str!("scripts/stock_hold.lua"),
+        include_str!("scripts/write_settings.lua")
     );
     // The version is a hash of every script the library holds (redis-rs's script hash,
     // SHA-1 of the text): any edit gives a new name, and nothing else needs to.

@@ -145,6 +145,23 @@ impl RaiseQuantityRequest {
     }
 }
 
+/// Pausing or resuming a coupon's admission.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseRequest {
+    pub paused: bool,
+}
+
+/// A pause's (or resume's) answer: `landed` when it is in force on every API now, else
+/// PostgreSQL holds it and Redis will within a second of the coupon's state being open.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseChanged {
+    pub coupon_id: CouponId,
+    pub paused: bool,
+    pub landed: bool,
+}
+
 /// A raise's answer: `landed` when admission sells the new quantity now, else PostgreSQL
 /// holds it and Redis will within a second of the coupon's state being open.
 #[derive(Debug, Serialize)]
@@ -193,6 +210,8 @@ pub struct CouponView {
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub buckets: BucketCount,
+    /// An operator paused its admission (PostgreSQL's setting).
+    pub paused: bool,
     /// A coupon in buckets: each one's stock, as its Redis state reads now.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bucket_stock: Vec<BucketStockView>,

@@ -8,13 +8,13 @@ use serde_json::json;
 use super::contract::{
     BucketStockView, CouponCreated, CouponView, CreateCouponRequest, FailedEventReplayed,
     FailedEventView, FailedEventsQuery, FailedEventsView, IssueAnswer, IssueRequest, IssueStatus,
-    IssueStatusView, Object, QuantityRaised, RaiseQuantityRequest, UserCoupon, UserCouponsView,
-    failed_event_id, path_id,
+    IssueStatusView, Object, PauseChanged, PauseRequest, QuantityRaised, RaiseQuantityRequest,
+    UserCoupon, UserCouponsView, failed_event_id, path_id,
 };
 use super::state::AppState;
 use crate::error::ApiError;
 use crate::identity::Caller;
-use crate::issuing::{CouponState, Holding, Raise};
+use crate::issuing::{CouponState, Holding, Raise, SettingsChange};
 
 pub async fn create_coupon(
     caller: Caller,
@@ -53,6 +53,30 @@ pub async fn raise_quantity(
     }))
 }
 
+/// 200 when the setting is in force on every API, 202 when PostgreSQL holds it and Redis
+/// will once the coupon's state is open.
+pub async fn set_paused(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<Object<PauseRequest>>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let coupon: CouponId = path_id(&path)?;
+    let paused = body.into_inner().0.paused;
+    let (mut answer, landed, now) = match state.issuer.set_paused(coupon, paused).await? {
+        SettingsChange::Landed(now) => (HttpResponse::Ok(), true, now),
+        SettingsChange::Landing(now) => (HttpResponse::Accepted(), false, now),
+    };
+    tracing::info!(%coupon, paused, landed, version = now.settings.version, by = caller.who(),
+        "coupon admission paused or resumed");
+    Ok(answer.json(PauseChanged {
+        coupon_id: coupon,
+        paused: now.settings.paused,
+        landed,
+    }))
+}
+
 pub async fn issue_coupon(
     caller: Caller,
     req: HttpRequest,
@@ -87,7 +111,7 @@ pub async fn issue_coupon(
         Admission::Success => StatusCode::CREATED,
         Admission::AlreadyIssued => StatusCode::CONFLICT,
         Admission::SoldOut => StatusCode::GONE,
-        Admission::NotStarted | Admission::Ended => StatusCode::FORBIDDEN,
+        Admission::NotStarted | Admission::Ended | Admission::Paused => StatusCode::FORBIDDEN,
     };
     Ok(HttpResponse::build(status).json(IssueAnswer {
         result,
@@ -160,6 +184,7 @@ pub async fn get_coupon(
         starts_at: coupon.starts_at,
         ends_at: coupon.ends_at,
         buckets: coupon.buckets,
+        paused: coupon.settings.paused,
         bucket_stock: buckets.iter().map(BucketStockView::from).collect(),
     }))
 }

@@ -17,7 +17,7 @@ pub struct Route {
 /// The routes of the contract. The hot route first: actix tries resources in order, and
 /// each dynamic one it passes costs a regex match (the largest user-space cost of a
 /// sold-out request in a profile).
-pub const PUBLIC: [Route; 10] = [
+pub const PUBLIC: [Route; 11] = [
     Route {
         path: "/api/v1/coupons/{couponId}/issues",
         method: Method::POST,
@@ -37,6 +37,11 @@ pub const PUBLIC: [Route; 10] = [
         path: "/api/v1/coupons/{couponId}/quantity",
         method: Method::PUT,
         serve: |path, method| resource(path, method, handlers::raise_quantity),
+    },
+    Route {
+        path: "/api/v1/coupons/{couponId}/paused",
+        method: Method::PUT,
+        serve: |path, method| resource(path, method, handlers::set_paused),
     },
     Route {
         path: "/api/v1/coupons/{couponId}/issues/{userId}",

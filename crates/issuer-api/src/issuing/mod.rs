@@ -19,6 +19,7 @@ mod raise;
 mod reads;
 mod rebuild;
 mod registry_check;
+mod settings;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +54,7 @@ pub use raise::Raise;
 use reads::CouponReads;
 pub use reads::{CouponState, Holding};
 pub use rebuild::Rebuilt;
+pub use settings::SettingsChange;
 
 /// How often each API reads the verification count (`Issuer::watch_stamps`), and how long a
 /// rebuild waits after moving it before it opens Redis: by then every live API has read it

@@ -93,12 +93,16 @@ impl Issuer {
         }
     }
 
-    /// Until `stop`: lands every raise PostgreSQL has not recorded as landed (its API died
-    /// or could not land it), each with whatever PostgreSQL holds then.
+    /// Until `stop`: lands every raise and every change of settings (`settings.rs`) that
+    /// PostgreSQL has not recorded as landed (its API died or could not land it), each with
+    /// whatever PostgreSQL holds then.
     pub async fn land_raises(&self, stop: CancellationToken) {
         loop {
             if let Err(err) = self.land_unlanded().await {
                 tracing::warn!(error = %err, "cannot land raised quantities now; again shortly");
+            }
+            if let Err(err) = self.land_unlanded_settings().await {
+                tracing::warn!(error = %err, "cannot land coupon settings now; again shortly");
             }
             tokio::select! {
                 () = stop.cancelled() => return,

@@ -27,6 +27,8 @@
 --     caller has stock moved here (bucket.lua), then asks again.
 --   9 HELD: SOLD_OUT while stock that came back is held (stock_hold.lua): the caller
 --     answers SOLD_OUT, but does not shut its finished gate on it.
+--   10 PAUSED: an operator paused the coupon (settings.lua); a holder is still told the
+--     truth about its slot, which a retry after a 503 needs.
 -- Each redis.call costs about a microsecond of Redis's time beyond its own work, and this
 -- runs for every request, so it calls only what the answer needs.
 local now = 0
@@ -38,11 +40,12 @@ local function clock()
   return now
 end
 
--- 'buckets' and 'sold_out' are a bucketed coupon's (buckets.rs), and 'sells_from' is set
--- only while stock that came back is held (stock_hold.lua), read in the same call: a second
--- call only where they matter would cost every SOLD_OUT answer another microsecond.
+-- 'buckets' and 'sold_out' are a bucketed coupon's (buckets.rs), 'sells_from' is set only
+-- while stock that came back is held (stock_hold.lua), and 'paused' only while an operator
+-- paused the coupon, read in the same call: a second call only where they matter would
+-- cost every SOLD_OUT answer another microsecond.
 local meta = redis.call('HMGET', KEYS[1], 'quantity', 'starts_at', 'ends_at', 'epoch',
-  'buckets', 'sold_out', 'sells_from')
+  'buckets', 'sold_out', 'sells_from', 'paused')
 if not meta[1] then
   return {0, now}
 end
@@ -56,6 +59,9 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
     return {6, now}
   end
   return {2, now}
+end
+if meta[8] then
+  return {10, now}
 end
 if meta[2] and clock() < tonumber(meta[2]) then
   return {4, now}

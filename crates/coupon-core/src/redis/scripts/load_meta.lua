@@ -5,7 +5,9 @@
 -- and ARGV[5] in the 'fresh' mode the stamp's nonce, in the 'verified' mode the whole stamp
 -- (recorded in PostgreSQL first) and ARGV[6] the rebuild's lease token ('' when fresh), and
 -- ARGV[7], for one bucket of a bucketed coupon (buckets.rs), the coupon's number of
--- buckets; ARGV[1] is then the bucket's allocation:
+-- buckets ('' for a coupon's own meta; ARGV[1] is then the bucket's allocation), ARGV[8]
+-- the operator settings' version and ARGV[9] '1' if paused, else '' (as PostgreSQL has
+-- them; written only over an older version: coupon-core/tests/settings_model.rs):
 --   'fresh': the coupon was just created, nothing can have been admitted. An existing meta
 --     (a racing replica loaded it first) is left as it is.
 --   'verified': a rebuild has added every holder it found, reading under the stamp's
@@ -36,10 +38,14 @@ end
 if ARGV[3] ~= '' then
   redis.call('HSETNX', KEYS[1], 'ends_at', ARGV[3])
 end
-if ARGV[7] and ARGV[7] ~= '' then
+if ARGV[7] ~= '' then
   redis.call('HSETNX', KEYS[1], 'buckets', ARGV[7])
   -- A first load: the allocation is the share (bucket.lua's grow adds to it).
   redis.call('HSETNX', KEYS[1], 'share', ARGV[1])
+end
+-- A rebuild that read PostgreSQL before a change landed here meanwhile does not undo it.
+if tonumber(ARGV[8]) > tonumber(redis.call('HGET', KEYS[1], 'settings') or '-1') then
+  write_settings(KEYS[1], ARGV[8], ARGV[9])
 end
 -- A creation's stamp has the shape of Stamp::fresh's.
 local stamp = ARGV[5]

@@ -1,0 +1,92 @@
+//! A coupon paused or resumed during its sale (the operators' action): PostgreSQL first,
+//! under a version every change moves, then Redis's meta, as
+//! `coupon-core/tests/settings_model.rs` checks.
+//!
+//! The API that changes a setting lands it at once, and records it as landed under the
+//! stamp in force when it committed: then the answer is 200, and the setting is in force on
+//! every API (admission reads it in the meta). One it could not land or record (the state is
+//! not loaded, or was rebuilt meanwhile; Redis failed; the API died) answers 202, and every
+//! API's lander lands it within a second of Redis being able to hold it.
+
+use coupon_core::db::settings::{
+    Changed, SettingsRefused, record_settings_landed, set_paused, unlanded_settings,
+};
+use coupon_core::domain::{Coupon, CouponId};
+
+use super::Issuer;
+use crate::error::ApiError;
+
+/// Where a change of settings stands once the API answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingsChange {
+    /// In force: Redis holds it, recorded under the stamp in force.
+    Landed(Coupon),
+    /// PostgreSQL holds it, and Redis will within a second of the coupon's state being open.
+    Landing(Coupon),
+}
+
+impl Issuer {
+    /// Pauses or resumes `coupon` (the same again lands a change that did not land).
+    pub async fn set_paused(
+        &self,
+        coupon: CouponId,
+        paused: bool,
+    ) -> Result<SettingsChange, ApiError> {
+        let changed = {
+            let mut db = self.pool.get().await?;
+            set_paused(&mut db, coupon, paused).await?
+        };
+        let changed = changed.map_err(|refused| match refused {
+            SettingsRefused::NotFound(id) => ApiError::CouponNotFound(id),
+            bucketed @ SettingsRefused::Bucketed(_) => ApiError::Conflict(bucketed.to_string()),
+        })?;
+        // The coupon's read is kept a second: the next one shows the new setting.
+        self.coupon_reads.forget(coupon);
+        Ok(match self.land_settings(&changed).await? {
+            true => SettingsChange::Landed(changed.coupon),
+            false => SettingsChange::Landing(changed.coupon),
+        })
+    }
+
+    /// Lands `changed` in Redis and records it under the stamp it was read with: false if
+    /// the coupon's state is not loaded, or a new stamp came since (its state may lack it).
+    async fn land_settings(&self, changed: &Changed) -> Result<bool, ApiError> {
+        let coupon = &changed.coupon;
+        if !self
+            .scripts
+            .land_settings(&mut self.redis.clone(), coupon)
+            .await?
+        {
+            return Ok(false);
+        }
+        let mut db = self.pool.get().await?;
+        let recorded = record_settings_landed(
+            &mut db,
+            coupon.id,
+            coupon.settings.version,
+            changed.stamp.as_deref(),
+        )
+        .await?;
+        if recorded {
+            tracing::info!(coupon = %coupon.id, paused = coupon.settings.paused,
+                version = coupon.settings.version, "coupon settings landed");
+        }
+        Ok(recorded)
+    }
+
+    /// One pass of the landers for settings: how many landed.
+    pub async fn land_unlanded_settings(&self) -> Result<usize, ApiError> {
+        let changes = unlanded_settings(&mut *self.pool.get().await?).await?;
+        let mut landed = 0;
+        for changed in changes {
+            match self.land_settings(&changed).await {
+                Ok(true) => landed += 1,
+                Ok(false) => tracing::info!(coupon = %changed.coupon.id,
+                    "coupon settings not landed yet: the coupon's state is not open"),
+                Err(err) => tracing::warn!(coupon = %changed.coupon.id, error = %err,
+                    "coupon settings not landed now"),
+            }
+        }
+        Ok(landed)
+    }
+}
