@@ -163,3 +163,57 @@ async fn failed_events_are_listed_replayed_and_discarded_by_admins_only() {
     }
     env.shutdown().await;
 }
+
+/// A failed event's reason is its last failure's: an event set aside as COUPON_NOT_FOUND
+/// whose retry meets a full coupon is OVER_QUANTITY from then on, abandoned for a person
+/// (never retried on schedule), and its replay is refused like any OVER_QUANTITY one: a
+/// raise's new units are Redis's to sell.
+#[actix_web::test]
+async fn a_retry_that_meets_a_full_coupon_makes_the_event_over_quantity() {
+    use diesel::{ExpressionMethods, QueryDsl};
+    let env = TestEnv::start(0).await;
+    let coupon = env.coupon_with_quantity(1).await;
+    // The coupon's one unit is a row already.
+    let taken = failed(&env, "REJECTED", "ABANDONED", event(coupon, 1), 1).await;
+    assert_eq!(act(&env, taken, "replay").await.1["status"], "RECOVERED");
+    let orphan = failed(&env, "COUPON_NOT_FOUND", "RETRYING", event(coupon, 2), 2).await;
+    diesel::update(failed_events::table.find(orphan))
+        .set(failed_events::next_retry_at.eq(chrono::Utc::now()))
+        .execute(&mut env.pg().await)
+        .await
+        .unwrap();
+
+    coupon_core::db::redrive::redrive_due(&mut env.pg().await, 10)
+        .await
+        .unwrap();
+    let (_, all) = env.get("/api/v1/failed-events?limit=1000").await;
+    let row = listed(&all, orphan).unwrap();
+    assert_eq!(
+        (&row["reason"], &row["status"]),
+        (&json!("OVER_QUANTITY"), &json!("ABANDONED")),
+        "{row}"
+    );
+    assert_eq!(act(&env, orphan, "replay").await.0, 409);
+    assert_eq!(env.rows(coupon).await, vec![1]);
+    env.shutdown().await;
+}
+
+/// A replay of a RECOVERED event answers it as it is: it is a row, and whoever recovered
+/// it stays recorded.
+#[actix_web::test]
+async fn a_replay_of_a_recovered_event_changes_nothing() {
+    let env = TestEnv::start(0).await;
+    let coupon = env.coupon_with_quantity(10).await;
+    let id = failed(&env, "REJECTED", "ABANDONED", event(coupon, 1), 1).await;
+    assert_eq!(act(&env, id, "replay").await.1["status"], "RECOVERED");
+    let (_, before) = env.get("/api/v1/failed-events?limit=1000").await;
+    let (status, again) = act(&env, id, "replay").await;
+    assert_eq!((status, &again["status"]), (200, &json!("RECOVERED")));
+    let (_, after) = env.get("/api/v1/failed-events?limit=1000").await;
+    assert_eq!(
+        listed(&before, id),
+        listed(&after, id),
+        "attempts, resolvedBy kept"
+    );
+    env.shutdown().await;
+}

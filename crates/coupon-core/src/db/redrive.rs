@@ -91,6 +91,8 @@ pub async fn replay(
             .await
             .optional()?;
         match row {
+            // A row already, whoever recovered it: nothing to do, nothing to re-record.
+            Some(row) if row.status == Status::Recovered.as_str() => Ok(Some(Redriven::Recovered)),
             Some(row) => Ok(Some(redrive(conn, &row, Some(by)).await?)),
             None => Ok(None),
         }
@@ -107,12 +109,16 @@ async fn redrive(
     let by_operator = by.is_some();
     // Neither inserted nor rescheduled on a scheduled retry (the module's doc says why).
     let over_quantity = row.reason == FailureReason::OverQuantity.as_str();
-    let failure = match IssueEvent::decode(&row.payload) {
-        Err(err) => Some(err.to_string()),
-        Ok(_) if over_quantity && !by_operator => Some(format!(
-            "{}: not retried on schedule: replay it only if an admission made it, once \
-             PostgreSQL's quantity alone is raised (README, runbook)",
-            row.reason
+    // What the try met: the reason it failed for (when it is one of the insert's), and why.
+    let failure: Option<(Option<FailureReason>, String)> = match IssueEvent::decode(&row.payload) {
+        Err(err) => Some((None, err.to_string())),
+        Ok(_) if over_quantity && !by_operator => Some((
+            None,
+            format!(
+                "{}: not retried on schedule: replay it only if an admission made it, once \
+                 PostgreSQL's quantity alone is raised (README, runbook)",
+                row.reason
+            ),
         )),
         Ok(event) => {
             let issue = SourcedIssue {
@@ -125,18 +131,29 @@ async fn redrive(
             // PostgreSQL refuses again is a failure of the event (its insert ran in a
             // savepoint, so this transaction goes on); a failing database is the caller's.
             match persist_batch(conn, &[issue], Vec::new()).await {
-                Ok(outcome) => outcome
-                    .failed
-                    .as_slice()
-                    .first()
-                    .map(|f| format!("{}: {}", f.reason.as_str(), f.detail)),
-                Err(err) if !is_transient(&err) => {
-                    Some(format!("REJECTED: PostgreSQL refused the event: {err}"))
-                }
+                Ok(outcome) => outcome.failed.as_slice().first().map(|f| {
+                    (
+                        Some(f.reason),
+                        format!("{}: {}", f.reason.as_str(), f.detail),
+                    )
+                }),
+                Err(err) if !is_transient(&err) => Some((
+                    Some(FailureReason::Rejected),
+                    format!("REJECTED: PostgreSQL refused the event: {err}"),
+                )),
                 Err(err) => return Err(err),
             }
         }
     };
+    // The event's reason is its last failure's: one that now meets a full coupon is
+    // OVER_QUANTITY, and is abandoned like one (never retried on schedule, and the API
+    // refuses its replay), whatever it first failed for.
+    let reason = match &failure {
+        Some((Some(now), _)) => now.as_str(),
+        _ => row.reason.as_str(),
+    };
+    let over_quantity = reason == FailureReason::OverQuantity.as_str();
+    let failure = failure.map(|(_, why)| why);
     let attempts = row.attempts + 1;
     let now = Utc::now();
     let (status, next, result) = match failure {
@@ -161,6 +178,7 @@ async fn redrive(
             failed_events::attempts.eq(attempts),
             failed_events::next_retry_at.eq(next),
             failed_events::detail.eq(detail),
+            failed_events::reason.eq(reason),
             failed_events::updated_at.eq(now),
             failed_events::resolved_by.eq(by.or(row.resolved_by.as_deref())),
         ))
