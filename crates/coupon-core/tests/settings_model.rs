@@ -7,23 +7,20 @@
 //! that is gone (Redis lost it) takes nothing: the change answers 202, and stays unlanded.
 //! Every API's lander lands what PostgreSQL says has not landed. An API may die anywhere.
 //!
-//! A rebuild (Redis lost the meta, or it is not verified under the instance's stamp) reads
-//! the coupon from PostgreSQL, then loads the meta (`load_meta.lua`): a change may commit
-//! and land between the two. So a meta's settings are written only by a higher version:
-//! the load never puts back a setting older than the one the meta holds, and a change never
-//! writes over a newer one. That is not enough: Redis may lose the meta again between the
-//! rebuild's read and its load (the model found it), and the load then creates the meta
-//! from what it read, older than what was recorded as landed. A rebuilt meta admits only
-//! once the rebuild records its stamp in PostgreSQL (closed until then), so that record
-//! also sets PostgreSQL's record of what landed back to 0, in the same transaction: the
-//! landers land the setting again (a no-op where the meta has it). (After a loss of
-//! Redis's state mid-rebuild, a change answered 200 may so be out of force for up to the
-//! landers' second: the window is stated, not closed. Lowering before the load is not
-//! enough: the model found a change recorded between the two.) And a change records itself
-//! as landed only under the stamp in force when it committed (read in the commit's
-//! transaction): a change that landed in a meta lost afterwards, and rebuilt from a read
-//! older than the change, would otherwise record itself after the rebuild lowered the
-//! record (the model found that too); under another stamp it answers 202, for the landers.
+//! A rebuild (Redis lost the meta, or it is not verified under the instance's stamp) closes
+//! the meta, reads the coupon from PostgreSQL, records its new stamp there, then loads the
+//! meta (`load_meta.lua`), which writes the stamp into it and so opens it. A change is
+//! written into any meta, but taken as landed, and so recorded, only where the meta is open
+//! under the stamp the change was read with (`settings.lua`): a meta closed for its rebuild
+//! may be replaced by the load from an older read, and Redis may lose it between the two
+//! (the model found that trace, `LandedInAnyMeta`).
+//!
+//! The code keeps three more guards that this model, with one copy of the meta, shows no
+//! need of: the load writes settings only over an older version, a new stamp sets the
+//! record of what landed back to 0 (so the landers land again), and the record is taken
+//! only under the stamp read at the commit. They are for a second copy of the state,
+//! which this model lacks: a replica promoted, or an old primary failed back to, whose
+//! meta may open without a change that landed in the other (the failover model's traces).
 //!
 //! Invariants: a change answered 200, while it is the last one, is in force in the open
 //! meta (a pause answered 200 is in force on every API), unless Redis lost the meta since
@@ -36,14 +33,10 @@ use testkit::explorer::{Protocol, finds, holds};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bug {
     None,
-    /// The load writes the settings it read whatever the meta holds.
-    LoadOverwrites,
     /// A change recorded as landed though the meta was gone.
     RecordedWithoutMeta,
-    /// The rebuild opens the meta without lowering the record of what landed.
-    NoLowering,
-    /// A change recorded as landed whatever the stamp in force.
-    RecordUnderAnyStamp,
+    /// A change taken as landed in any meta, open under its stamp or not.
+    LandedInAnyMeta,
 }
 
 /// A setting and the version it was committed under.
@@ -73,10 +66,11 @@ enum Lander {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Rebuild {
     Idle,
-    /// Closed the meta and read PostgreSQL; the load is next.
+    /// Closed the meta and read PostgreSQL; recording its stamp is next.
     Read(Setting),
-    /// Loaded it; recording its stamp (which opens it) is next.
-    Loaded,
+    /// Recorded its stamp (the record of what landed set back to 0); the load, which
+    /// writes the stamp into the meta and so opens it, is next.
+    Recorded(Setting),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -107,8 +101,8 @@ enum Action {
     Lander,
     Lose,
     RebuildReads,
+    RebuildRecords,
     RebuildLoads,
-    RebuildOpens,
 }
 
 const CHANGES: u8 = 2;
@@ -122,22 +116,21 @@ struct Model {
 }
 
 impl Model {
-    /// `settings.lua`: 1 when the meta holds `setting` or newer, 0 when there is no meta.
-    fn land(&self, s: &mut State, setting: Setting) -> bool {
-        match &mut s.meta {
-            None => false,
-            Some(meta) => {
-                if meta.version < setting.version {
-                    *meta = setting;
-                }
-                true
-            }
+    /// `settings.lua`: writes a newer version into any meta; true only when the meta is open
+    /// under `stamp`, the one in force when the setting was read (then it may be recorded).
+    fn land(&self, s: &mut State, setting: Setting, stamp: u8) -> bool {
+        let Some(meta) = &mut s.meta else {
+            return false;
+        };
+        if meta.version < setting.version {
+            *meta = setting;
         }
+        (s.open && s.stamp == stamp) || self.bug == Bug::LandedInAnyMeta
     }
 
     /// PostgreSQL records `setting` as landed, if the stamp in force is still `stamp`.
     fn record(&self, s: &mut State, setting: Setting, stamp: u8) -> bool {
-        let recorded = s.stamp == stamp || self.bug == Bug::RecordUnderAnyStamp;
+        let recorded = s.stamp == stamp;
         if recorded {
             s.landed = s.landed.max(setting.version);
         }
@@ -147,7 +140,7 @@ impl Model {
     /// `load_meta.lua` with what the rebuild read.
     fn load(&self, s: &mut State, read: Setting) {
         s.meta = Some(match (s.meta, self.bug) {
-            (None, _) | (Some(_), Bug::LoadOverwrites) => read,
+            (None, _) => read,
             (Some(meta), _) if meta.version >= read.version => meta,
             (Some(_), _) => read,
         });
@@ -201,8 +194,8 @@ impl Protocol for Model {
             Rebuild::Idle if s.meta.is_none() || s.rebuilds < REBUILDS => {
                 actions.push(Action::RebuildReads)
             }
-            Rebuild::Read(_) => actions.push(Action::RebuildLoads),
-            Rebuild::Loaded => actions.push(Action::RebuildOpens),
+            Rebuild::Read(_) => actions.push(Action::RebuildRecords),
+            Rebuild::Recorded(_) => actions.push(Action::RebuildLoads),
             Rebuild::Idle => {}
         }
         actions
@@ -221,11 +214,11 @@ impl Protocol for Model {
                         Changer::Land(s.pg, s.stamp)
                     }
                     Changer::Land(setting, stamp) => {
-                        let landed = self.land(&mut s, setting);
+                        let landed = self.land(&mut s, setting, stamp);
                         if landed {
                             s.lost_since_landing = false;
                         }
-                        match landed || self.bug == Bug::RecordedWithoutMeta {
+                        match landed || (self.bug == Bug::RecordedWithoutMeta && s.meta.is_none()) {
                             true => Changer::Record(setting, stamp),
                             // 202: the lander lands it.
                             false => next_change(setting),
@@ -251,7 +244,7 @@ impl Protocol for Model {
             Action::Lander => {
                 s.lander = match s.lander {
                     Lander::Idle => Lander::Land(s.pg, s.stamp),
-                    Lander::Land(setting, stamp) => match self.land(&mut s, setting) {
+                    Lander::Land(setting, stamp) => match self.land(&mut s, setting, stamp) {
                         true => Lander::Record(setting, stamp),
                         false => Lander::Idle,
                     },
@@ -272,21 +265,22 @@ impl Protocol for Model {
                 s.open = false;
                 s.rebuild = Rebuild::Read(s.pg);
             }
-            Action::RebuildLoads => {
+            Action::RebuildRecords => {
                 let Rebuild::Read(read) = s.rebuild else {
                     unreachable!()
                 };
-                self.load(&mut s, read);
-                s.rebuild = Rebuild::Loaded;
-            }
-            Action::RebuildOpens => {
-                // Its stamp recorded, and in the same transaction what landed set back to 0; a
-                // meta lost since the load stays closed, for the next rebuild.
-                if self.bug != Bug::NoLowering {
-                    s.landed = 0;
-                }
-                s.open = s.meta.is_some();
+                // Its stamp recorded in PostgreSQL, and in the same transaction the record
+                // of what landed set back to 0.
                 s.stamp += 1;
+                s.landed = 0;
+                s.rebuild = Rebuild::Recorded(read);
+            }
+            Action::RebuildLoads => {
+                let Rebuild::Recorded(read) = s.rebuild else {
+                    unreachable!()
+                };
+                self.load(&mut s, read);
+                s.open = true;
                 s.rebuild = Rebuild::Idle;
             }
         }
@@ -345,18 +339,6 @@ fn every_reachable_state_keeps_every_invariant() {
 }
 
 #[test]
-fn a_load_that_overwrites_a_newer_setting_is_found() {
-    // A rebuild reads PostgreSQL, the pause commits and lands, the load puts back "open".
-    finds(
-        &Model {
-            bug: Bug::LoadOverwrites,
-            loaded: true,
-        },
-        "is in force",
-    );
-}
-
-#[test]
 fn a_change_recorded_without_a_meta_is_found() {
     // The meta is not loaded yet; the pause finds none, and answers 200 all the same; the
     // first request's load, which read before it, opens the meta unpaused.
@@ -370,27 +352,12 @@ fn a_change_recorded_without_a_meta_is_found() {
 }
 
 #[test]
-fn a_change_recorded_under_another_stamp_is_found() {
-    // The rebuild reads, the pause commits and lands, Redis loses the meta, the rebuild
-    // loads what it read and opens, and the pause records itself as landed.
+fn a_change_taken_as_landed_in_a_closed_meta_is_found() {
     finds(
         &Model {
-            bug: Bug::RecordUnderAnyStamp,
+            bug: Bug::LandedInAnyMeta,
             loaded: true,
         },
-        "recorded as landed is in force",
-    );
-}
-
-#[test]
-fn a_rebuild_that_keeps_the_record_of_what_landed_is_found() {
-    // The rebuild reads, the pause commits, lands and is recorded, Redis loses the meta,
-    // and the load creates it from what the rebuild read: opened so, recorded as paused.
-    finds(
-        &Model {
-            bug: Bug::NoLowering,
-            loaded: true,
-        },
-        "recorded as landed is in force",
+        "is in force",
     );
 }

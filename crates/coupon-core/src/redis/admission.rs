@@ -373,16 +373,18 @@ impl AdmissionScripts {
     }
 
     /// Lands an operator's settings (PostgreSQL changed first, `crate::db::settings`) in a
-    /// coupon of one bucket's meta, unless it holds a newer version. False if its state is
-    /// not loaded: its rebuild reads them from PostgreSQL, and the landers make sure.
+    /// coupon of one bucket's meta, unless it holds a newer version: whether they are in
+    /// force, in a meta open under `stamp` (the one in force when they were read), so that
+    /// the change may be recorded as landed (`scripts/settings.lua`).
     pub async fn land_settings<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: &Coupon,
+        stamp: Option<&str>,
     ) -> Result<bool, RedisError> {
         let keys = self.keys(coupon.id);
         let mut call = library::call(Function::Settings, &[&keys.meta]);
-        settings_args(&mut call, coupon);
+        settings_args(&mut call, coupon).arg(stamp.unwrap_or_default());
         let landed: i64 = library::invoke(con, &call).await?;
         Ok(landed == 1)
     }

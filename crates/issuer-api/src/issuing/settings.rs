@@ -49,24 +49,21 @@ impl Issuer {
     }
 
     /// Lands `changed` in Redis and records it under the stamp it was read with: false if
-    /// the coupon's state is not loaded, or a new stamp came since (its state may lack it).
+    /// the coupon's state is not loaded or not open under that stamp (closed for its
+    /// rebuild, a copy on a node not verified), or a new stamp came since.
     async fn land_settings(&self, changed: &Changed) -> Result<bool, ApiError> {
         let coupon = &changed.coupon;
+        let stamp = changed.stamp.as_deref();
         if !self
             .scripts
-            .land_settings(&mut self.redis.clone(), coupon)
+            .land_settings(&mut self.redis.clone(), coupon, stamp)
             .await?
         {
             return Ok(false);
         }
         let mut db = self.pool.get().await?;
-        let recorded = record_settings_landed(
-            &mut db,
-            coupon.id,
-            coupon.settings.version,
-            changed.stamp.as_deref(),
-        )
-        .await?;
+        let recorded =
+            record_settings_landed(&mut db, coupon.id, coupon.settings.version, stamp).await?;
         if recorded {
             tracing::info!(coupon = %coupon.id, paused = coupon.settings.paused,
                 version = coupon.settings.version, "coupon settings landed");

@@ -27,8 +27,8 @@
 --     caller has stock moved here (bucket.lua), then asks again.
 --   9 HELD: SOLD_OUT while stock that came back is held (stock_hold.lua): the caller
 --     answers SOLD_OUT, but does not shut its finished gate on it.
---   10 PAUSED: an operator paused the coupon (settings.lua); a holder is still told the
---     truth about its slot, which a retry after a 503 needs.
+--   10 PAUSED: an operator paused the coupon (settings.lua) and it would admit; a holder
+--     is still told the truth about its slot, which a retry after a 503 needs.
 -- Each redis.call costs about a microsecond of Redis's time beyond its own work, and this
 -- runs for every request, so it calls only what the answer needs.
 local now = 0
@@ -60,9 +60,6 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   end
   return {2, now}
 end
-if meta[8] then
-  return {10, now}
-end
 if meta[2] and clock() < tonumber(meta[2]) then
   return {4, now}
 end
@@ -77,6 +74,11 @@ if redis.call('SCARD', KEYS[2]) >= tonumber(meta[1]) then
   -- two together); a waiting request asks again well within it, which registers it again.
   redis.call('HSET', KEYS[1], 'waiting_until', clock() + 100)
   return {8, now}
+end
+-- Paused only where it would admit: a sold-out or ended coupon is told so (and shuts the
+-- finished gates), a truth a pause does not change.
+if meta[8] then
+  return {10, now}
 end
 if meta[7] and clock() < tonumber(meta[7]) then
   return {9, now}
