@@ -645,8 +645,11 @@ async fn a_hand_over_carries_a_coupon_through_a_move_under_load(queue: QueueKind
         seen.unknown.len(),
         seen.seconds_of_503()
     );
+    // The hand-over reopens no sooner than the finished gates' longest hold (1 s, since the
+    // gate came), on top of the move itself: alone it shows 1.0-1.7 s here, and 2.14 s was
+    // seen under the whole suite's load on two cores.
     assert!(
-        seen.seconds_of_503() < 2.0,
+        seen.seconds_of_503() < 3.0,
         "503s for {:.2} s",
         seen.seconds_of_503()
     );
