@@ -151,14 +151,7 @@ pub enum Discard {
 /// id, which is how a discard is undone.
 pub async fn discard(conn: &mut AsyncPgConnection, id: i64, by: &str) -> QueryResult<Discard> {
     conn.transaction(async |conn| {
-        let row: Option<FailedEventRow> = failed_events::table
-            .find(id)
-            .select(FailedEventRow::as_select())
-            .for_update()
-            .first(conn)
-            .await
-            .optional()?;
-        let Some(row) = row else {
+        let Some(row) = locked(conn, id).await? else {
             return Ok(Discard::NotFound);
         };
         match Status::parse(&row.status) {
@@ -185,6 +178,21 @@ pub async fn find(conn: &mut AsyncPgConnection, id: i64) -> QueryResult<Option<F
     failed_events::table
         .find(id)
         .select(FailedEventRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// One failed event, locked until the caller's transaction ends (an operator's action on it
+/// waits for a worker's retry of it, and the other way round).
+pub(crate) async fn locked(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+) -> QueryResult<Option<FailedEventRow>> {
+    failed_events::table
+        .find(id)
+        .select(FailedEventRow::as_select())
+        .for_update()
         .first(conn)
         .await
         .optional()

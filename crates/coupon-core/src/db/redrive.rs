@@ -18,7 +18,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::db::batch_insert::{FailureReason, SourcedIssue, is_transient, persist_batch};
-use crate::db::failed_events::{FailedEventRow, RETRY_SCHEDULE, Status};
+use crate::db::failed_events::{FailedEventRow, RETRY_SCHEDULE, Status, locked};
 use crate::db::schema::failed_events;
 use crate::event::IssueEvent;
 
@@ -83,14 +83,7 @@ pub async fn replay(
     by: &str,
 ) -> QueryResult<Option<Redriven>> {
     conn.transaction(async |conn| {
-        let row: Option<FailedEventRow> = failed_events::table
-            .find(id)
-            .select(FailedEventRow::as_select())
-            .for_update()
-            .first(conn)
-            .await
-            .optional()?;
-        match row {
+        match locked(conn, id).await? {
             // A row already, whoever recovered it: nothing to do, nothing to re-record.
             Some(row) if row.status == Status::Recovered.as_str() => Ok(Some(Redriven::Recovered)),
             Some(row) => Ok(Some(redrive(conn, &row, Some(by)).await?)),
