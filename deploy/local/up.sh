@@ -138,4 +138,11 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   as_root service prometheus-node-exporter stop >/dev/null 2>&1 || true
 fi
 
+# --- Chromium and its WebDriver (tools only) ----------------------------------------------
+# The console's browser tests (crates/issuer-api/tests/console.rs) drive Debian's chromium
+# headless through chromium-driver; nothing else uses them.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt_install --no-install-recommends chromium chromium-driver fonts-dejavu-core
+fi
+
 log "ready: redis://127.0.0.1:$REDIS_PORT  postgres://$DB_USER@127.0.0.1:$PG_PORT/$DB_NAME  kafka 127.0.0.1:$KAFKA_PORT"

@@ -85,6 +85,15 @@ where
         }
         *present = now;
     }
+
+    /// The last reading, as replaced: for the console, which shows what `/metrics` does.
+    pub fn read(&self) -> Vec<(L, i64)> {
+        let present = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        present
+            .iter()
+            .filter_map(|labels| Some((labels.clone(), self.family.get(labels)?.get())))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -108,5 +117,6 @@ mod tests {
         let text = render(&registry);
         assert!(text.contains("things{reason=\"b\"} 5\n"), "{text}");
         assert!(!text.contains("reason=\"a\""), "{text}");
+        assert_eq!(set.read(), vec![(labels("b"), 5)], "read as rendered");
     }
 }

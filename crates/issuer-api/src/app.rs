@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth_throttle::AuthThrottle;
 use crate::client_address::ClientAddresses;
-use crate::config::{Config, OpsListen};
+use crate::config::{Config, OpsListen, Switch};
+use crate::console::{self, Sessions};
 use crate::delivery::Delivery;
 use crate::delivery::kafka::{KafkaDelivery, KafkaSettings};
 use crate::delivery::stream::StreamDelivery;
@@ -183,8 +184,24 @@ impl Application {
             body_timeout: Duration::from_millis(config.body_timeout_ms),
             credential_headers: identity.credential_headers(),
         });
+        let console = match (config.console, config.ops_listen) {
+            (Switch::On, OpsListen::At(_)) => {
+                Some(web::Data::new(Sessions::new(config.console_secure_cookie)))
+            }
+            (Switch::On, OpsListen::Public) => {
+                tracing::info!(
+                    "the console is not served: it is served on the operations listener only, and ISSUER_OPS_LISTEN=public"
+                );
+                None
+            }
+            (Switch::Off, _) => None,
+        };
         let ops = match config.ops_listen {
-            OpsListen::At(listen) => Some(ops_server(state.clone(), listen)?),
+            OpsListen::At(listen) => Some(ops_server(
+                state.clone(),
+                listen,
+                console.map(|sessions| (sessions, identity.clone())),
+            )?),
             OpsListen::Public => {
                 tracing::warn!(
                     "ISSUER_OPS_LISTEN=public: /metrics, /healthz and /readyz are served to anyone who reaches the API"
@@ -319,16 +336,27 @@ fn json_config() -> web::JsonConfig {
 }
 
 /// A small server for the operations routes alone, so that they need not be exposed with
-/// the public API.
+/// the public API; and the console, when it is on.
 fn ops_server(
     state: web::Data<AppState>,
     listen: SocketAddr,
+    console: Option<(web::Data<Sessions>, web::Data<Identity>)>,
 ) -> anyhow::Result<(Server, SocketAddr)> {
+    if console.is_some() {
+        tracing::info!(%listen, "the console is served at /console on the operations listener");
+    }
     let bound = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(state.clone())
-            .configure(routes::operations)
-            .default_service(web::to(handlers::route_not_found))
+            .configure(routes::operations);
+        let app = match &console {
+            Some((sessions, identity)) => app
+                .app_data(sessions.clone())
+                .app_data(identity.clone())
+                .configure(console::routes),
+            None => app,
+        };
+        app.default_service(web::to(handlers::route_not_found))
     })
     .workers(1)
     .disable_signals()

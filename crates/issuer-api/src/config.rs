@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::console::SecureCookie;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use coupon_core::config::{
@@ -25,6 +26,15 @@ pub struct Config {
     /// inside the cluster), or `public` to serve them beside the API on ISSUER_LISTEN.
     #[arg(long, env = "ISSUER_OPS_LISTEN", default_value = "127.0.0.1:8081")]
     pub ops_listen: OpsListen,
+    /// The operator console at /console on the operations listener: `on` (the default) or
+    /// `off`. Never served on the public listener: with ISSUER_OPS_LISTEN=public it is off.
+    #[arg(long, env = "ISSUER_CONSOLE", value_enum, default_value_t = Switch::On)]
+    pub console: Switch,
+    /// The console's session cookie: `auto` (the default) marks it Secure unless the console
+    /// is reached over plain HTTP from a loopback address; `always` marks it Secure there too
+    /// (a TLS proxy on the same host).
+    #[arg(long, env = "ISSUER_CONSOLE_SECURE_COOKIE", value_enum, default_value_t = SecureCookie::Auto)]
+    pub console_secure_cookie: SecureCookie,
     /// `allow` lets the development secrets the Makefile, the compose file and the README
     /// print, and an admin token under 32 bytes, through: for `make run`, the demo and the
     /// tests only. `refuse` (the default) stops the start on them.
@@ -147,6 +157,13 @@ impl std::str::FromStr for OpsListen {
             }),
         }
     }
+}
+
+/// A feature turned on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Whether the development secrets are let through.

@@ -99,9 +99,26 @@ impl Identity {
 
     pub async fn caller(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
         let bearer = bearer(req)?;
-        if let Some(token) = bearer
-            && same_token(&self.admin_token, token.as_bytes())
-        {
+        match (&self.users, bearer) {
+            (Users::GatewayHeader(gateway), bearer)
+                if !bearer.is_some_and(|token| self.is_admin_token(token)) =>
+            {
+                Ok(Caller {
+                    user: Some(gateway.user(req)?),
+                    admin: false,
+                })
+            }
+            (_, Some(token)) => self.token(token).await,
+            (_, None) => Err(ApiError::Unauthenticated(
+                "a bearer token is required".into(),
+            )),
+        }
+    }
+
+    /// Who a token (the admin token, or in JWT mode a user's token) names: the console's
+    /// sign-in, which takes a token typed into a form rather than a header.
+    pub async fn token(&self, token: &str) -> Result<Caller, ApiError> {
+        if self.is_admin_token(token) {
             return Ok(Caller {
                 user: None,
                 admin: true,
@@ -109,20 +126,22 @@ impl Identity {
         }
         match &self.users {
             Users::Jwt(verifier) => {
-                let token = bearer.ok_or(ApiError::Unauthenticated(
-                    "a bearer token is required".into(),
-                ))?;
                 let claims = verifier.verify(token).await?;
                 Ok(Caller {
                     user: claims.user,
                     admin: claims.admin,
                 })
             }
-            Users::GatewayHeader(gateway) => Ok(Caller {
-                user: Some(gateway.user(req)?),
-                admin: false,
-            }),
+            Users::GatewayHeader(_) => Err(ApiError::Unauthenticated(
+                "this is not the admin token (with gateway-header users, only the admin \
+                 token is a credential of this API's own)"
+                    .into(),
+            )),
         }
+    }
+
+    fn is_admin_token(&self, token: &str) -> bool {
+        same_token(&self.admin_token, token.as_bytes())
     }
 }
 

@@ -6,6 +6,7 @@ pub mod auth_throttle;
 pub mod client_address;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod error;
 pub mod http;

@@ -287,6 +287,23 @@ impl Metrics {
         self.answers.get_or_create(&ResultLabels { result }).inc();
     }
 
+    /// How many answers of each kind this instance has given since it started: every
+    /// admission result, then the refusals a client can act on (the console's chart).
+    pub fn answer_counts(&self) -> Vec<(&'static str, u64)> {
+        Admission::ALL
+            .map(Admission::label)
+            .into_iter()
+            .chain(["RATE_LIMITED", "UNAVAILABLE"])
+            .map(|result| {
+                let count = self
+                    .answers
+                    .get(&ResultLabels { result })
+                    .map_or(0, |counter| counter.get());
+                (result, count)
+            })
+            .collect()
+    }
+
     pub fn record_http(&self, labels: HttpLabels, seconds: f64) {
         self.http.get_or_create(&labels).observe(seconds);
     }
@@ -320,6 +337,10 @@ mod tests {
             status: 201,
         };
         metrics.record_http(labels, 0.003);
+        let counts = metrics.answer_counts();
+        assert!(counts.contains(&("SUCCESS", 2)), "{counts:?}");
+        assert!(counts.contains(&("UNAVAILABLE", 2)), "{counts:?}");
+        assert!(counts.contains(&("SOLD_OUT", 0)), "{counts:?}");
         let text = metrics.render();
         for line in [
             "coupon_issue_answers_total{result=\"SUCCESS\"} 2\n",

@@ -3,12 +3,15 @@
 //! polling them cannot load the database. And neither shows raw error text: an answer says
 //! which dependency is unavailable, and the details go to the log.
 
+pub mod history;
+
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use coupon_core::db::pool::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use self::history::{History, Sample};
 use crate::delivery::Backlog;
 use crate::issuing::Issuer;
 use crate::metrics::{BucketLabels, CouponLabels, DependencyLabels, FailedLabels, PartitionLabels};
@@ -39,6 +42,8 @@ pub struct Operations {
     /// Readiness's own connection to PostgreSQL: a flood of requests that empties the
     /// requests' pool must not make every instance look unready at once.
     probe_pool: PgPool,
+    /// The console's charts, sampled at each refresh.
+    history: History,
 }
 
 impl Operations {
@@ -50,6 +55,7 @@ impl Operations {
                 taken: Instant::now(),
             }),
             probe_pool,
+            history: History::default(),
         };
         operations.refresh(issuer).await;
         operations
@@ -61,6 +67,10 @@ impl Operations {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     async fn refresh(&self, issuer: &Issuer) {
@@ -112,6 +122,14 @@ impl Operations {
         // however many are active.
         let newest = &active[..active.len().min(COUPON_GAUGES_MAX)];
         let (stock, backlog) = tokio::join!(issuer.active_stock(newest), issuer.backlog(&active));
+        self.history.record(Sample {
+            answers: metrics.answer_counts(),
+            coupons: stock
+                .iter()
+                .flatten()
+                .map(|s| (s.coupon, (s.issued, s.persisted)))
+                .collect(),
+        });
         match stock {
             Ok(stock) => {
                 let label = |coupon: &crate::issuing::Stock| CouponLabels {

@@ -13,8 +13,10 @@
 //!   (`explorer`).
 //! - A migrated database of a test's own (`database`).
 //! - With the feature `services`: the API and the workers in-process on fresh databases,
-//!   topics and prefixes (`harness`).
+//!   topics and prefixes (`harness`); a headless chromium driven over WebDriver (`browser`).
 
+#[cfg(feature = "services")]
+pub mod browser;
 pub mod credentials;
 pub mod database;
 pub mod explorer;

@@ -96,6 +96,19 @@ pub async fn find_coupons(
         .collect()
 }
 
+/// The newest `limit` coupons, newest first (the console's list of sales).
+pub async fn recent_coupons(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<Coupon>> {
+    coupons::table
+        .order(coupons::id.desc())
+        .limit(limit)
+        .select(CouponRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(Coupon::try_from)
+        .collect()
+}
+
 /// When the user's row for this coupon was written by admission, if it is in PostgreSQL.
 pub async fn find_issue(
     conn: &mut AsyncPgConnection,

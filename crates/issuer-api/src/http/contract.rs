@@ -33,6 +33,14 @@ fn quantity(sent: i64) -> Result<i64, ApiError> {
     }
 }
 
+/// A quantity typed into a form (the console's): text that is no integer is answered as a
+/// JSON body's integer out of range is, so both say the same.
+pub fn quantity_from_text(raw: &str) -> Result<i64, ApiError> {
+    raw.trim()
+        .parse::<i64>()
+        .map_or_else(|_| quantity(0), quantity)
+}
+
 /// A request body that must be a JSON object. serde's derive also reads a struct from an
 /// array of its fields in order (`[1]` as `{"userId":1}`), which no client means.
 #[derive(Debug)]

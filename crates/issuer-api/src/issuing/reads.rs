@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use coupon_core::db::coupons::{find_coupon, find_issue, user_coupons};
+use coupon_core::db::coupons::{find_coupon, find_issue, recent_coupons, user_coupons};
 use coupon_core::db::failed_events;
 use coupon_core::domain::{Coupon, CouponId, UserId};
 
@@ -189,6 +189,13 @@ impl Issuer {
             admitted,
             buckets,
         }))
+    }
+
+    /// The newest `limit` coupons as PostgreSQL holds them, newest first (the console's
+    /// list of sales).
+    pub async fn recent_coupons(&self, limit: i64) -> Result<Vec<Coupon>, ApiError> {
+        let mut conn = self.pool.get().await?;
+        Ok(recent_coupons(&mut conn, limit).await?)
     }
 
     pub async fn holding(&self, coupon: CouponId, user: UserId) -> Result<Holding, ApiError> {
