@@ -99,12 +99,30 @@ async fn failed_events_are_listed_replayed_and_discarded_by_admins_only() {
     assert_eq!(status, 200, "{abandoned}");
     assert!(listed(&abandoned, rejected).is_some() && listed(&abandoned, over).is_some());
     assert!(listed(&abandoned, undecodable).is_none(), "{abandoned}");
+    // Narrowed to one coupon's (the console's list of a sale's events).
+    let other = env.coupon_with_quantity(10).await;
+    let others = failed(&env, "REJECTED", "ABANDONED", event(other, 7), 7).await;
+    {
+        use diesel::{ExpressionMethods, QueryDsl};
+        // The coupon the worker read from the event, as it records it.
+        diesel::update(failed_events::table.find(others))
+            .set(failed_events::coupon_id.eq(other))
+            .execute(&mut env.pg().await)
+            .await
+            .unwrap();
+    }
+    let (status, one) = env.get(&format!("{path}?couponId={other}")).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["failedEvents"].as_array().unwrap().len(), 1, "{one}");
+    assert!(listed(&one, others).is_some(), "{one}");
     for bad in [
         "?limit=0",
         "?limit=1001",
         "?status=LOST",
         "?limit=x",
         "?colour=red",
+        "?couponId=0",
+        "?couponId=x",
     ] {
         let (status, body) = env.get(&format!("{path}{bad}")).await;
         assert_eq!(

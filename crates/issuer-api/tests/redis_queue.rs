@@ -140,7 +140,7 @@ async fn a_poison_entry_becomes_a_failed_event_and_the_stream_flows_on() {
     let (_, payload) = &harness::failed_events(&env).await[0];
     let fields: Value = serde_json::from_slice(payload).unwrap();
     assert_eq!(fields["userId"], "not-a-user");
-    let rows = coupon_core::db::failed_events::list(&mut env.pg().await, None, 10)
+    let rows = coupon_core::db::failed_events::list(&mut env.pg().await, Default::default(), 10)
         .await
         .unwrap();
     assert!(

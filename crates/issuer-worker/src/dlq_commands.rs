@@ -1,7 +1,7 @@
 //! `issuer-worker dlq list|replay`: what an operator runs to see and re-drive failed events.
 
 use anyhow::{Context, bail};
-use coupon_core::db::failed_events::{list, unrecovered_ids};
+use coupon_core::db::failed_events::{Filter, list, unrecovered_ids};
 use coupon_core::db::redrive::{Redriven, replay};
 
 use crate::config::{Config, DlqCommand};
@@ -18,7 +18,11 @@ pub async fn run(config: &Config, command: &DlqCommand) -> anyhow::Result<()> {
         .context("cannot connect to PostgreSQL")?;
     match command {
         DlqCommand::List { status, limit } => {
-            let rows = list(&mut conn, *status, *limit).await?;
+            let filter = Filter {
+                status: *status,
+                coupon: None,
+            };
+            let rows = list(&mut conn, filter, *limit).await?;
             println!(
                 "{:>6}  {:<9}  {:<16}  {:>8}  {:>8}  {:>3}  {:<20}  {:<36}  detail",
                 "id", "status", "reason", "coupon", "user", "try", "next retry", "source"

@@ -71,6 +71,8 @@ impl Browser {
         }
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            // The page's console, for `console_errors` (a CSP violation is logged there).
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
                 "args": [
@@ -179,6 +181,25 @@ impl Browser {
             .await?;
         let png = png.as_str().context("no screenshot")?;
         Ok(base64::engine::general_purpose::STANDARD.decode(png)?)
+    }
+
+    /// What the pages logged to the console as errors since the last call (chromedriver's
+    /// log endpoint; a Content-Security-Policy violation is one).
+    pub async fn console_errors(&self) -> anyhow::Result<Vec<String>> {
+        let log = self
+            .send(
+                awc::http::Method::POST,
+                "/se/log",
+                Some(json!({"type": "browser"})),
+            )
+            .await?;
+        Ok(log
+            .as_array()
+            .context("no log")?
+            .iter()
+            .filter(|entry| entry["level"] == "SEVERE")
+            .map(|entry| entry["message"].as_str().unwrap_or_default().to_owned())
+            .collect())
     }
 
     /// The browser's cookie `name` for the current page, as WebDriver describes it.

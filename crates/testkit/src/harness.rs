@@ -819,9 +819,13 @@ pub struct Failed {
 /// Every failed event with its schedule, oldest first, read through the same query the
 /// operator's `issuer-worker dlq list` uses.
 pub async fn failed_schedule(env: &TestEnv) -> Vec<Failed> {
-    let mut rows = coupon_core::db::failed_events::list(&mut env.pg().await, None, 10_000)
-        .await
-        .unwrap();
+    let mut rows = coupon_core::db::failed_events::list(
+        &mut env.pg().await,
+        coupon_core::db::failed_events::Filter::default(),
+        10_000,
+    )
+    .await
+    .unwrap();
     rows.reverse();
     rows.into_iter()
         .map(|row| Failed {

@@ -96,7 +96,7 @@ pub fn first_retry_at(now: DateTime<Utc>) -> DateTime<Utc> {
 /// Failed events, newest first, optionally of one status.
 pub async fn list(
     conn: &mut AsyncPgConnection,
-    status: Option<Status>,
+    filter: Filter,
     limit: i64,
 ) -> QueryResult<Vec<FailedEventRow>> {
     let mut query = failed_events::table
@@ -104,10 +104,20 @@ pub async fn list(
         .order(failed_events::id.desc())
         .limit(limit)
         .into_boxed();
-    if let Some(status) = status {
+    if let Some(status) = filter.status {
         query = query.filter(failed_events::status.eq(status.as_str()));
     }
+    if let Some(coupon) = filter.coupon {
+        query = query.filter(failed_events::coupon_id.eq(coupon.get()));
+    }
     query.load(conn).await
+}
+
+/// Which failed events a list takes: every one unless narrowed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub status: Option<Status>,
+    pub coupon: Option<CouponId>,
 }
 
 /// Ids of every failed event neither recovered nor discarded, oldest first.

@@ -20,6 +20,7 @@ pub use session::{SecureCookie, Sessions};
 pub const HTMX: &str = "htmx-2.0.11.min.js";
 const HTMX_JS: &[u8] = include_bytes!("../../console/htmx.min.js");
 const CSS: &[u8] = include_bytes!("../../console/console.css");
+const FAVICON: &[u8] = include_bytes!("../../console/favicon.svg");
 
 /// Scripts and styles from this origin only (no inline script or style, no eval); no
 /// framing, no form posted elsewhere, nothing fetched from another origin.
@@ -66,6 +67,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             )
             .route(&format!("/static/{HTMX}"), web::get().to(htmx))
             .route("/static/console.css", web::get().to(css))
+            .route("/static/favicon.svg", web::get().to(favicon))
             .default_service(web::to(pages::not_found)),
     );
 }
@@ -78,6 +80,13 @@ async fn htmx() -> HttpResponse {
             HeaderValue::from_static("public, max-age=31536000, immutable"),
         ))
         .body(HTMX_JS)
+}
+
+async fn favicon() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("image/svg+xml")
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+        .body(FAVICON)
 }
 
 async fn css() -> HttpResponse {

@@ -8,12 +8,12 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use askama::Template;
 use chrono::{DateTime, NaiveDateTime, Utc};
-use coupon_core::db::failed_events::{FailedEventRow, Status};
+use coupon_core::db::failed_events::{FailedEventRow, Filter, Status};
 use coupon_core::domain::{Coupon, CouponId};
 use serde::Deserialize;
 
 use super::HTMX;
-use super::session::{SIGN_IN_COOKIE, Session, Sessions, same_token};
+use super::session::{Notice, SIGN_IN_COOKIE, Session, Sessions, same_token};
 use crate::error::ApiError;
 use crate::http::contract::{
     CreateCouponRequest, FailedEventReplayed, failed_event_id, path_id, quantity_from_text,
@@ -23,6 +23,7 @@ use crate::identity::Identity;
 use crate::issuing::{CouponState, Raise, SettingsChange};
 use crate::operations::history::Chart;
 
+const SIGN_IN: &str = "/console/sign-in";
 /// Sales listed, newest first.
 const LISTED: i64 = 50;
 /// Failed events listed.
@@ -31,8 +32,12 @@ const FAILED_LISTED: i64 = 500;
 /// Why a page or action was not served.
 #[derive(Debug)]
 pub enum Refusal {
-    /// A page asked for without a live session: the sign-in page.
-    SignIn,
+    /// A page asked for without a live session: the sign-in page. For a page's refresh
+    /// (htmx's request), 401 and `HX-Redirect`, so the whole page goes there rather than
+    /// the sign-in page into the refreshed part.
+    SignIn {
+        refresh: bool,
+    },
     Status(StatusCode, String),
 }
 
@@ -49,7 +54,7 @@ impl From<ApiError> for Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::SignIn => f.write_str("sign in first"),
+            Self::SignIn { .. } => f.write_str("sign in first"),
             Self::Status(_, message) => f.write_str(message),
         }
     }
@@ -58,14 +63,18 @@ impl std::fmt::Display for Refusal {
 impl ResponseError for Refusal {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::SignIn => StatusCode::SEE_OTHER,
+            Self::SignIn { refresh: false } => StatusCode::SEE_OTHER,
+            Self::SignIn { refresh: true } => StatusCode::UNAUTHORIZED,
             Self::Status(status, _) => *status,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         match self {
-            Self::SignIn => see_other("/console/sign-in"),
+            Self::SignIn { refresh: false } => see_other(SIGN_IN),
+            Self::SignIn { refresh: true } => HttpResponse::Unauthorized()
+                .insert_header(("HX-Redirect", SIGN_IN))
+                .finish(),
             Self::Status(status, message) => html(
                 *status,
                 ErrorPage {
@@ -84,7 +93,7 @@ type Page = Result<HttpResponse, Refusal>;
 struct Frame {
     who: String,
     csrf: String,
-    notice: Option<String>,
+    notice: Option<Notice>,
     htmx: &'static str,
 }
 
@@ -153,6 +162,8 @@ struct SaleLive {
 struct FailedEventsPage {
     frame: Frame,
     statuses: Vec<(&'static str, bool)>,
+    /// The coupon the list is narrowed to, if it is.
+    coupon: Option<CouponId>,
     events: Vec<FailedEventRow>,
 }
 
@@ -242,7 +253,7 @@ pub struct SignInForm {
     token: String,
 }
 
-/// A form whose only field is its CSRF token (sign-out, replay, discard).
+/// A form whose only field is its CSRF token (sign-out).
 #[derive(Debug, Deserialize)]
 pub struct CsrfForm {
     #[serde(default)]
@@ -267,7 +278,27 @@ pub struct QuantityForm {
 #[derive(Debug, Deserialize)]
 pub struct FailedEventsQuery {
     status: Option<String>,
-    coupon: Option<i64>,
+    coupon: Option<String>,
+}
+
+/// A failed event's action form: its CSRF token, and the coupon the list it came from was
+/// narrowed to (where the operator goes back to).
+#[derive(Debug, Deserialize)]
+pub struct FailedEventForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    coupon: String,
+}
+
+impl FailedEventForm {
+    /// The list to go back to: a coupon id, checked, or the whole list.
+    fn back(&self) -> String {
+        match path_id::<CouponId>(&self.coupon) {
+            Ok(coupon) => format!("/console/failed-events?coupon={coupon}"),
+            Err(_) => "/console/failed-events".to_owned(),
+        }
+    }
 }
 
 pub fn form_refused(err: actix_web::error::UrlencodedError, _: &HttpRequest) -> actix_web::Error {
@@ -301,13 +332,26 @@ pub async fn sign_in(
     identity: web::Data<Identity>,
     form: web::Form<SignInForm>,
 ) -> Page {
+    same_site(&req)?;
     let expected = req.cookie(SIGN_IN_COOKIE);
     if !expected.is_some_and(|cookie| same_token(cookie.value(), &form.csrf)) {
         return Err(forbidden("the sign-in form has expired: load it again"));
     }
-    let address = state.addresses.of(&req);
+    // The peer, not ISSUER_CLIENT_ADDRESS_HEADER: that header is the public listener's
+    // proxy's, and nothing stands in front of this listener to set it, so anyone could.
+    let address = req.peer_addr().map(|peer| peer.ip().to_canonical());
     if let Some(retry_after) = state.auth_throttle.refused(address) {
-        return Err(ApiError::RateLimited { retry_after }.into());
+        let mut answer = sign_in_form(
+            &req,
+            &sessions,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(ApiError::RateLimited { retry_after }.to_string()),
+        );
+        answer.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after.as_secs().max(1)),
+        );
+        return Ok(answer);
     }
     let caller = match identity.token(form.token.trim()).await {
         Ok(caller) => caller,
@@ -335,6 +379,8 @@ pub async fn sign_in(
     }
     let who = caller.who();
     tracing::info!(who, "console: signed in");
+    // A session this browser still had is over: one browser, one session.
+    sessions.close(&req);
     let mut spent = sessions.sign_in_token(&req).1;
     spent.make_removal();
     let mut answer = see_other("/console/sales");
@@ -350,9 +396,13 @@ pub async fn sign_out(
     sessions: web::Data<Sessions>,
     form: web::Form<CsrfForm>,
 ) -> Page {
-    let session = action(&sessions, &req, &form.csrf)?;
-    tracing::info!(who = session.who, "console: signed out");
-    let mut answer = see_other("/console/sign-in");
+    // Without a live session there is nothing to end, and nothing a forged form could do:
+    // the stale cookie is cleared.
+    if sessions.live(&req) {
+        let session = action(&sessions, &req, &form.csrf)?;
+        tracing::info!(who = session.who, "console: signed out");
+    }
+    let mut answer = see_other(SIGN_IN);
     answer
         .add_cookie(&sessions.close(&req))
         .map_err(|err| Refusal::Status(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
@@ -383,7 +433,7 @@ pub async fn sales_rows(
     state: web::Data<AppState>,
     sessions: web::Data<Sessions>,
 ) -> Page {
-    page(&sessions, &req)?;
+    refresh(&sessions, &req)?;
     let sales = listed_sales(&state).await?;
     Ok(html(StatusCode::OK, SalesRows { sales }.render()))
 }
@@ -435,7 +485,7 @@ pub async fn create_sale(
         Ok(coupon) => {
             tracing::info!(coupon = %coupon.id, quantity = coupon.total_quantity, by = session.who,
                 "console: coupon created");
-            sessions.notify(&req, format!("Sale {} created.", coupon.id));
+            sessions.notify(&req, format!("Sale {} created.", coupon.id), false);
             Ok(see_other(&format!("/console/sales/{}", coupon.id)))
         }
         // The API's own message, on the form as typed.
@@ -501,7 +551,7 @@ pub async fn sale_live(
     sessions: web::Data<Sessions>,
     path: web::Path<String>,
 ) -> Page {
-    page(&sessions, &req)?;
+    refresh(&sessions, &req)?;
     let live = live(&state, &path).await?;
     Ok(html(StatusCode::OK, SaleLive { live }.render()))
 }
@@ -572,20 +622,22 @@ pub async fn set_paused(
     let session = action(&sessions, &req, &form.csrf)?;
     let coupon: CouponId = path_id(&path)?;
     let paused = form.paused;
-    let (landed, now) = match state.issuer.set_paused(coupon, paused).await? {
-        SettingsChange::Landed(now) => (true, now),
-        SettingsChange::Landing(now) => (false, now),
-    };
-    tracing::info!(%coupon, paused, landed, version = now.settings.version, by = session.who,
-        "console: coupon admission paused or resumed");
-    let what = if paused { "paused" } else { "resumed" };
-    let when = if landed {
-        "in force on every API"
-    } else {
-        "in force within a second, once Redis holds the sale again"
-    };
-    sessions.notify(&req, format!("Admission {what}: {when}."));
-    Ok(see_other(&format!("/console/sales/{coupon}")))
+    let done = state.issuer.set_paused(coupon, paused).await.map(|change| {
+        let (landed, now) = match change {
+            SettingsChange::Landed(now) => (true, now),
+            SettingsChange::Landing(now) => (false, now),
+        };
+        tracing::info!(%coupon, paused, landed, version = now.settings.version,
+            by = session.who, "console: coupon admission paused or resumed");
+        let what = if paused { "paused" } else { "resumed" };
+        let when = if landed {
+            "in force on every API"
+        } else {
+            "in force within a second, once Redis holds the sale again"
+        };
+        format!("Admission {what}: {when}.")
+    });
+    back(&sessions, &req, &format!("/console/sales/{coupon}"), done)
 }
 
 pub async fn raise_quantity(
@@ -597,19 +649,25 @@ pub async fn raise_quantity(
 ) -> Page {
     let session = action(&sessions, &req, &form.csrf)?;
     let coupon: CouponId = path_id(&path)?;
-    let quantity = quantity_from_text(&form.total_quantity)?;
-    let landed = match state.issuer.raise_quantity(coupon, quantity).await? {
-        Raise::Landed(_) => true,
-        Raise::Landing(_) => false,
+    let done = match quantity_from_text(&form.total_quantity) {
+        Ok(quantity) => state
+            .issuer
+            .raise_quantity(coupon, quantity)
+            .await
+            .map(|raise| {
+                let landed = matches!(raise, Raise::Landed(_));
+                tracing::info!(%coupon, quantity, landed, by = session.who,
+                    "console: coupon quantity raised");
+                let when = if landed {
+                    "on sale now"
+                } else {
+                    "on sale once Redis holds the sale again"
+                };
+                format!("Quantity raised to {quantity}: {when}.")
+            }),
+        Err(err) => Err(err),
     };
-    tracing::info!(%coupon, quantity, landed, by = session.who, "console: coupon quantity raised");
-    let when = if landed {
-        "on sale now"
-    } else {
-        "on sale once Redis holds the sale again"
-    };
-    sessions.notify(&req, format!("Quantity raised to {quantity}: {when}."));
-    Ok(see_other(&format!("/console/sales/{coupon}")))
+    back(&sessions, &req, &format!("/console/sales/{coupon}"), done)
 }
 
 pub async fn failed_events(
@@ -625,10 +683,14 @@ pub async fn failed_events(
             Refusal::Status(StatusCode::BAD_REQUEST, format!("{name:?} is no status"))
         })?),
     };
-    let mut events = state.issuer.failed_events(status, FAILED_LISTED).await?;
-    if let Some(coupon) = query.coupon {
-        events.retain(|event| event.coupon_id == Some(coupon));
-    }
+    let coupon = match query.coupon.as_deref() {
+        None | Some("") => None,
+        Some(raw) => Some(path_id::<CouponId>(raw)?),
+    };
+    let events = state
+        .issuer
+        .failed_events(Filter { status, coupon }, FAILED_LISTED)
+        .await?;
     let statuses = Status::ALL
         .iter()
         .map(|s| (s.as_str(), Some(*s) == status))
@@ -638,6 +700,7 @@ pub async fn failed_events(
         FailedEventsPage {
             frame,
             statuses,
+            coupon,
             events,
         }
         .render(),
@@ -649,29 +712,29 @@ pub async fn replay(
     state: web::Data<AppState>,
     sessions: web::Data<Sessions>,
     path: web::Path<String>,
-    form: web::Form<CsrfForm>,
+    form: web::Form<FailedEventForm>,
 ) -> Page {
     let session = action(&sessions, &req, &form.csrf)?;
     let id = failed_event_id(&path)?;
-    let replayed = FailedEventReplayed::new(
-        id,
-        state.issuer.replay_failed_event(id, &session.who).await?,
-    );
-    tracing::info!(
-        failed_event = id,
-        status = replayed.status,
-        by = session.who,
-        "console: failed event replayed"
-    );
-    let detail = replayed
-        .detail
-        .map(|d| format!(" ({d})"))
-        .unwrap_or_default();
-    sessions.notify(
-        &req,
-        format!("Failed event {id} replayed: {}{detail}.", replayed.status),
-    );
-    Ok(see_other("/console/failed-events"))
+    let done = state
+        .issuer
+        .replay_failed_event(id, &session.who)
+        .await
+        .map(|replayed| {
+            let replayed = FailedEventReplayed::new(id, replayed);
+            tracing::info!(
+                failed_event = id,
+                status = replayed.status,
+                by = session.who,
+                "console: failed event replayed"
+            );
+            let detail = replayed
+                .detail
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            format!("Failed event {id} replayed: {}{detail}.", replayed.status)
+        });
+    back(&sessions, &req, &form.back(), done)
 }
 
 pub async fn discard(
@@ -679,25 +742,76 @@ pub async fn discard(
     state: web::Data<AppState>,
     sessions: web::Data<Sessions>,
     path: web::Path<String>,
-    form: web::Form<CsrfForm>,
+    form: web::Form<FailedEventForm>,
 ) -> Page {
     let session = action(&sessions, &req, &form.csrf)?;
     let id = failed_event_id(&path)?;
-    let row = state.issuer.discard_failed_event(id, &session.who).await?;
-    tracing::info!(failed_event = id, reason = %row.reason, by = session.who,
-        "console: failed event discarded");
-    sessions.notify(&req, format!("Failed event {id} discarded."));
-    Ok(see_other("/console/failed-events"))
+    let done = state
+        .issuer
+        .discard_failed_event(id, &session.who)
+        .await
+        .map(|row| {
+            tracing::info!(failed_event = id, reason = %row.reason, by = session.who,
+                "console: failed event discarded");
+            format!("Failed event {id} discarded.")
+        });
+    back(&sessions, &req, &form.back(), done)
+}
+
+/// Back to `location` with what an action did; refused as the API would refuse it (a raise
+/// below what is issued, a replay the database refuses), the reason is shown there instead,
+/// where the operator can act on it. A dependency that failed is the error page's (503).
+fn back(
+    sessions: &Sessions,
+    req: &HttpRequest,
+    location: &str,
+    done: Result<String, ApiError>,
+) -> Page {
+    match done {
+        Ok(text) => sessions.notify(req, text, false),
+        Err(err) if err.status_code().is_client_error() => {
+            sessions.notify(req, err.to_string(), true)
+        }
+        Err(err) => return Err(err.into()),
+    }
+    Ok(see_other(location))
 }
 
 /// The session a page needs; without one, the sign-in page.
 fn page(sessions: &Sessions, req: &HttpRequest) -> Result<Session, Refusal> {
-    sessions.current(req).ok_or(Refusal::SignIn)
+    sessions
+        .current(req)
+        .ok_or(Refusal::SignIn { refresh: false })
+}
+
+/// A live part's refresh: it needs a live session, and leaves it as it is
+/// ([`Sessions::live`]).
+fn refresh(sessions: &Sessions, req: &HttpRequest) -> Result<(), Refusal> {
+    if sessions.live(req) {
+        Ok(())
+    } else {
+        Err(Refusal::SignIn { refresh: true })
+    }
+}
+
+/// A form posted from another site is refused whatever it carries: browsers say where a
+/// request comes from (`Sec-Fetch-Site`), beside the CSRF token and the cookie's SameSite.
+/// `none` is the operator's own doing (a bookmark, the address bar).
+fn same_site(req: &HttpRequest) -> Result<(), Refusal> {
+    match req
+        .headers()
+        .get("sec-fetch-site")
+        .map(HeaderValue::as_bytes)
+    {
+        None | Some(b"same-origin" | b"none") => Ok(()),
+        Some(_) => Err(forbidden("a form posted from another site is refused")),
+    }
 }
 
 /// The session an action needs, and its CSRF token sent back: without either, 403 and
 /// nothing done (a redirect would drop what the form said).
 fn action(sessions: &Sessions, req: &HttpRequest, csrf: &str) -> Result<Session, Refusal> {
+    same_site(req)?;
     let session = sessions
         .current(req)
         .ok_or_else(|| forbidden("sign in first: this action needs a session"))?;

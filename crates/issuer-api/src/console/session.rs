@@ -43,7 +43,14 @@ pub struct Session {
     /// The token every form of this session carries.
     pub csrf: String,
     /// What the last action did, shown once on the next page.
-    pub notice: Option<String>,
+    pub notice: Option<Notice>,
+}
+
+/// What an action did, or why it was refused.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub text: String,
+    pub refused: bool,
 }
 
 struct Held {
@@ -110,12 +117,23 @@ impl Sessions {
         Some(session)
     }
 
+    /// Whether the request names a live session, leaving it as it is: a page's refresh is no
+    /// sign of an operator there (an open tab must not keep a session from going idle), and
+    /// must not take the notice meant for the next page.
+    pub fn live(&self, req: &HttpRequest) -> bool {
+        req.cookie(SESSION_COOKIE).is_some_and(|id| {
+            self.lock()
+                .get(id.value())
+                .is_some_and(|held| live(held, Instant::now()))
+        })
+    }
+
     /// Leaves a notice for the session's next page.
-    pub fn notify(&self, req: &HttpRequest, notice: String) {
+    pub fn notify(&self, req: &HttpRequest, text: String, refused: bool) {
         if let Some(id) = req.cookie(SESSION_COOKIE)
             && let Some(entry) = self.lock().get_mut(id.value())
         {
-            entry.session.notice = Some(notice);
+            entry.session.notice = Some(Notice { text, refused });
         }
     }
 
@@ -137,7 +155,10 @@ impl Sessions {
 
     /// A cookie of the console's: never readable by scripts, never sent by another site.
     fn cookie(&self, req: &HttpRequest, name: &'static str, value: String) -> Cookie<'static> {
-        let plain_loopback = req.peer_addr().is_some_and(|peer| peer.ip().is_loopback())
+        // Canonical: a dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1.
+        let plain_loopback = req
+            .peer_addr()
+            .is_some_and(|peer| peer.ip().to_canonical().is_loopback())
             && req.connection_info().scheme() == "http";
         Cookie::build(name, value)
             .path("/console")

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Datelike, Utc};
 use coupon_core::buckets::BucketCount;
 use coupon_core::db::coupons::NewCoupon;
-use coupon_core::db::failed_events::{FailedEventRow, Status};
+use coupon_core::db::failed_events::{FailedEventRow, Filter, Status};
 use coupon_core::db::redrive::Redriven;
 use coupon_core::domain::{Admission, Coupon, CouponId, UserId};
 use serde::de::{DeserializeOwned, Error as _};
@@ -302,11 +302,13 @@ pub struct UserCouponsView {
 
 /// Ids in paths are parsed here rather than by the router, so that a bad one answers
 /// the contract's 400 JSON body.
-/// The query of the failed events' list: `status` one of theirs, `limit` 1 to 1,000.
+/// The query of the failed events' list: `status` one of theirs, `couponId` a coupon's,
+/// `limit` 1 to 1,000.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FailedEventsQuery {
     pub status: Option<String>,
+    pub coupon_id: Option<String>,
     pub limit: Option<i64>,
 }
 
@@ -314,8 +316,8 @@ pub struct FailedEventsQuery {
 pub const MAX_FAILED_EVENTS: i64 = 1_000;
 
 impl FailedEventsQuery {
-    /// The list's query from the raw query string, checked: (status, limit).
-    pub fn parse(raw: &str) -> Result<(Option<Status>, i64), ApiError> {
+    /// The list's query from the raw query string, checked: (which events, how many).
+    pub fn parse(raw: &str) -> Result<(Filter, i64), ApiError> {
         let query = actix_web::web::Query::<FailedEventsQuery>::from_query(raw)
             .map_err(|err| ApiError::InvalidRequest(format!("the query: {err}")))?
             .into_inner();
@@ -328,13 +330,17 @@ impl FailedEventsQuery {
                 ))
             })?),
         };
+        let coupon = match query.coupon_id.as_deref() {
+            None | Some("") => None,
+            Some(raw) => Some(path_id::<CouponId>(raw)?),
+        };
         let limit = query.limit.unwrap_or(100);
         if !(1..=MAX_FAILED_EVENTS).contains(&limit) {
             return Err(ApiError::InvalidRequest(format!(
                 "limit must be an integer from 1 to {MAX_FAILED_EVENTS}"
             )));
         }
-        Ok((status, limit))
+        Ok((Filter { status, coupon }, limit))
     }
 }
 

@@ -126,8 +126,8 @@ pub async fn list_failed_events(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
-    let (status, limit) = FailedEventsQuery::parse(req.query_string())?;
-    let rows = state.issuer.failed_events(status, limit).await?;
+    let (filter, limit) = FailedEventsQuery::parse(req.query_string())?;
+    let rows = state.issuer.failed_events(filter, limit).await?;
     Ok(HttpResponse::Ok().json(FailedEventsView {
         failed_events: rows.into_iter().map(FailedEventView::from).collect(),
     }))

@@ -7,7 +7,7 @@
 //! first, which is not built yet; the README's runbook gives the shell's way meanwhile.
 
 use coupon_core::db::batch_insert::FailureReason;
-use coupon_core::db::failed_events::{Discard, FailedEventRow, Status, discard, find, list};
+use coupon_core::db::failed_events::{Discard, FailedEventRow, Filter, discard, find, list};
 use coupon_core::db::redrive::{Redriven, replay};
 
 use super::Issuer;
@@ -17,11 +17,11 @@ impl Issuer {
     /// Failed events, newest first, of one status or all.
     pub async fn failed_events(
         &self,
-        status: Option<Status>,
+        filter: Filter,
         limit: i64,
     ) -> Result<Vec<FailedEventRow>, ApiError> {
         let mut db = self.pool.get().await?;
-        Ok(list(&mut db, status, limit).await?)
+        Ok(list(&mut db, filter, limit).await?)
     }
 
     /// Replays failed event `id` through the workers' guarded insert, whatever its

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use coupon_core::domain::CouponId;
 
@@ -24,7 +25,9 @@ pub struct Sample {
 
 #[derive(Default)]
 pub struct History {
-    samples: Mutex<VecDeque<Sample>>,
+    /// Each sample with when it was taken: the refresher's second is a second plus its
+    /// reads, and a refresh that failed takes none, so rates divide by the time between.
+    samples: Mutex<VecDeque<(Instant, Sample)>>,
 }
 
 /// One line of a chart: its name, its CSS class, and its points in the SVG's units.
@@ -47,11 +50,15 @@ pub struct Chart {
 
 impl History {
     pub fn record(&self, sample: Sample) {
+        self.record_at(Instant::now(), sample);
+    }
+
+    fn record_at(&self, at: Instant, sample: Sample) {
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         if samples.len() == KEPT {
             samples.pop_front();
         }
-        samples.push_back(sample);
+        samples.push_back((at, sample));
     }
 
     /// Slots taken and rows written per active coupon with gauges, at the last look.
@@ -59,7 +66,7 @@ impl History {
         let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         samples
             .back()
-            .map(|s| s.coupons.clone())
+            .map(|(_, s)| s.coupons.clone())
             .unwrap_or_default()
     }
 
@@ -69,10 +76,10 @@ impl History {
         let series = |pick: fn(&(i64, i64)) -> i64| -> Vec<i64> {
             samples
                 .iter()
-                .map(|s| s.coupons.get(&coupon).map_or(0, pick))
+                .map(|(_, s)| s.coupons.get(&coupon).map_or(0, pick))
                 .collect()
         };
-        if !samples.iter().any(|s| s.coupons.contains_key(&coupon)) {
+        if !samples.iter().any(|(_, s)| s.coupons.contains_key(&coupon)) {
             return None;
         }
         Some(chart(vec![
@@ -95,8 +102,8 @@ impl History {
             samples
                 .iter()
                 .zip(samples.iter().skip(1))
-                .map(|(before, after)| {
-                    i64::try_from(total(after).saturating_sub(total(before))).unwrap_or(i64::MAX)
+                .map(|((then, before), (now, after))| {
+                    rate(total(after).saturating_sub(total(before)), *now - *then)
                 })
                 .collect()
         };
@@ -111,15 +118,24 @@ impl History {
         let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let mut last = samples.iter().rev();
         match (last.next(), last.next()) {
-            (Some(now), Some(before)) => now
+            (Some((now, after)), Some((then, before))) => after
                 .answers
                 .iter()
                 .zip(&before.answers)
-                .map(|((kind, n), (_, m))| (*kind, n.saturating_sub(*m)))
+                .map(|((kind, n), (_, m))| {
+                    let per_second = rate(n.saturating_sub(*m), *now - *then);
+                    (*kind, u64::try_from(per_second).unwrap_or(0))
+                })
                 .collect(),
             _ => Vec::new(),
         }
     }
+}
+
+/// `count` over `elapsed`, per second, rounded.
+fn rate(count: u64, elapsed: std::time::Duration) -> i64 {
+    let seconds = elapsed.as_secs_f64().max(0.001);
+    (count as f64 / seconds).round() as i64
 }
 
 fn chart(series: Vec<(&'static str, &'static str, Vec<i64>)>) -> Chart {
@@ -176,14 +192,18 @@ mod tests {
     }
 
     #[test]
-    fn answers_per_second_are_the_differences_of_the_counts() {
+    fn answers_per_second_are_the_differences_of_the_counts_over_the_time_between() {
         let history = History::default();
-        history.record(sample(0, 0, None));
-        history.record(sample(10, 2, None));
-        history.record(sample(15, 40, None));
+        let start = Instant::now();
+        let at = |ms: u64| start + std::time::Duration::from_millis(ms);
+        history.record_at(at(0), sample(0, 0, None));
+        history.record_at(at(1_000), sample(10, 2, None));
+        // Two seconds later: a refresh took none.
+        history.record_at(at(3_000), sample(20, 78, None));
         let chart = history.answers();
-        assert_eq!(chart.lines[0].last, 5, "admitted in the last second");
-        assert_eq!(chart.lines[1].last, 38, "refused in the last second");
+        assert_eq!(chart.lines[0].last, 5, "admitted per second, over two");
+        assert_eq!(chart.lines[1].last, 38, "refused per second, over two");
+        assert_eq!(chart.lines[0].points.split(' ').count(), 2);
         assert_eq!(chart.max, 38);
         assert_eq!(
             history.last_second(),
