@@ -149,8 +149,8 @@ async fn world(env: &TestEnv, coupon: i64, event: i64) -> String {
         .await
         .unwrap();
     format!(
-        "paused {} quantity {} coupons {coupons} event {event}",
-        body["paused"], body["totalQuantity"]
+        "paused {} quantity {} ends {} coupons {coupons} event {event}",
+        body["paused"], body["totalQuantity"], body["endsAt"]
     )
 }
 
@@ -318,7 +318,10 @@ async fn every_page_needs_a_session_and_every_action_its_csrf_token() {
         .start_another_api(&["--ops-listen=127.0.0.1:0".into()])
         .await;
     let ops = ops.unwrap();
-    let coupon = env.coupon_with_quantity(10).await;
+    let ends = chrono::Utc::now() + chrono::Duration::hours(1);
+    let coupon = env
+        .create_coupon(json!({ "name": "guarded", "totalQuantity": 10, "endsAt": ends }))
+        .await;
     let event = failed(&env, coupon, 100).await;
     let (session, csrf) = signed_in(&ops).await;
     let (other_session, other_csrf) = signed_in(&ops).await;
@@ -389,6 +392,7 @@ async fn every_page_needs_a_session_and_every_action_its_csrf_token() {
             format!("/console/sales/{coupon}/quantity"),
             vec![("totalQuantity", "20")],
         ),
+        (format!("/console/sales/{coupon}/end"), vec![("noEnd", "1")]),
         (format!("/console/failed-events/{event}/replay"), vec![]),
         (format!("/console/failed-events/{event}/discard"), vec![]),
         ("/console/sign-out".to_owned(), vec![]),
@@ -484,7 +488,10 @@ async fn every_page_needs_a_session_and_every_action_its_csrf_token() {
         }
     }
     let after = world(&env, coupon, event).await;
-    assert!(after.starts_with("paused true quantity 20"), "{after}");
+    assert!(
+        after.starts_with("paused true quantity 20 ends null"),
+        "{after}"
+    );
     assert!(after.ends_with("event RECOVERED"), "{after}");
     let gone = send(
         &format!("{ops}/console/sales"),
@@ -777,6 +784,38 @@ async fn an_operator_runs_a_sale_in_a_real_browser() {
         .await
         .unwrap();
     assert_eq!(holders, vec![100], "the replayed event is a row");
+
+    // An end moved: here, removed.
+    let ends = chrono::Utc::now() + chrono::Duration::hours(1);
+    let ending = env
+        .create_coupon(json!({ "name": "Ending sale", "totalQuantity": 5, "endsAt": ends }))
+        .await;
+    browser
+        .goto(&format!("{ops}/console/sales/{ending}"))
+        .await
+        .unwrap();
+    browser
+        .find("input[name=noEnd]")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .find("#move-end")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for_text(".notice", "the end moved", |t| {
+            t.contains("The end is now no end")
+        })
+        .await
+        .unwrap();
+    let (_, read) = env.get(&format!("/api/v1/coupons/{ending}")).await;
+    assert_eq!(read["endsAt"], serde_json::Value::Null, "{read}");
 
     // Readable on a phone-sized window.
     browser.resize(390, 844).await.unwrap();

@@ -1,12 +1,13 @@
-//! A coupon's operator settings (paused or not) changed during its sale: PostgreSQL first,
-//! under a version every change moves, then Redis's meta, as
-//! `coupon-core/tests/settings_model.rs` checks.
+//! A coupon's operator settings (paused or not, when the sale ends) changed during its
+//! sale: PostgreSQL first, under a version every change moves, then Redis's meta, as
+//! `coupon-core/tests/settings_model.rs` checks (the settings are one value to it).
 //!
 //! A change is recorded as landed only under the stamp in force when it committed: a new
 //! stamp (a rebuild, a hand-over) may name a state loaded from an older read, and sets the
 //! record back to 0 (`crate::db::coupons::record_redis_stamp`), so that the landers land
 //! the settings into it again.
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
@@ -26,39 +27,80 @@ pub struct Changed {
 pub enum SettingsRefused {
     #[error("coupon {0} does not exist")]
     NotFound(i64),
-    #[error("coupon {0} is in buckets, which cannot be paused yet")]
+    #[error("coupon {0} is in buckets, whose settings cannot be changed yet")]
     Bucketed(i64),
+    /// An end is only ever moved later (or removed): a sale cut short would take back
+    /// what its users were told was open.
+    #[error("the sale's end can only be moved later: it ends at {0}")]
+    EndNotLater(String),
+    #[error("the sale has no end: there is nothing to move later")]
+    NoEnd,
+    #[error("endsAt is in the past: the sale would never open again")]
+    EndPassed,
 }
 
-/// Pauses or resumes `coupon`: a new version if that changes anything (the same setting
+/// One change an operator asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Paused(bool),
+    /// The sale's end moved later, or removed (None: no end).
+    EndsAt(Option<DateTime<Utc>>),
+}
+
+/// Changes `coupon`'s settings: a new version if that changes anything (the same setting
 /// again lands the last change, if it did not land).
-pub async fn set_paused(
+pub async fn change_settings(
     conn: &mut AsyncPgConnection,
     coupon: CouponId,
-    paused: bool,
+    change: Change,
 ) -> QueryResult<Result<Changed, SettingsRefused>> {
     conn.transaction(async |conn| {
-        let row: Option<(bool, i16, Option<String>)> = coupons::table
+        let row: Option<(bool, Option<DateTime<Utc>>, i16, Option<String>)> = coupons::table
             .find(coupon.get())
-            .select((coupons::paused, coupons::buckets, coupons::redis_stamp))
+            .select((
+                coupons::paused,
+                coupons::ends_at,
+                coupons::buckets,
+                coupons::redis_stamp,
+            ))
             .for_update()
             .first(conn)
             .await
             .optional()?;
-        let Some((was, buckets, stamp)) = row else {
+        let Some((paused, ends_at, buckets, stamp)) = row else {
             return Ok(Err(SettingsRefused::NotFound(coupon.get())));
         };
         if buckets > 1 {
             return Ok(Err(SettingsRefused::Bucketed(coupon.get())));
         }
-        if was != paused {
-            diesel::update(coupons::table.find(coupon.get()))
-                .set((
-                    coupons::paused.eq(paused),
-                    coupons::settings_version.eq(coupons::settings_version + 1),
-                ))
-                .execute(conn)
-                .await?;
+        let changes = match change {
+            Change::Paused(now) => paused != now,
+            Change::EndsAt(now) if now == ends_at => false,
+            Change::EndsAt(now) => {
+                if let (Some(was), Some(new)) = (ends_at, now)
+                    && new <= was
+                {
+                    return Ok(Err(SettingsRefused::EndNotLater(was.to_rfc3339())));
+                }
+                if ends_at.is_none() {
+                    return Ok(Err(SettingsRefused::NoEnd));
+                }
+                if now.is_some_and(|new| new <= Utc::now()) {
+                    return Ok(Err(SettingsRefused::EndPassed));
+                }
+                true
+            }
+        };
+        if changes {
+            let version = coupons::settings_version.eq(coupons::settings_version + 1);
+            let update = diesel::update(coupons::table.find(coupon.get()));
+            match change {
+                Change::Paused(now) => update.set((coupons::paused.eq(now), version)).execute(conn),
+                Change::EndsAt(now) => update
+                    .set((coupons::ends_at.eq(now), version))
+                    .execute(conn),
+            }
+            .await?;
         }
         let Some(now) = find_coupon(conn, coupon).await? else {
             return Ok(Err(SettingsRefused::NotFound(coupon.get())));

@@ -65,8 +65,8 @@ pub(crate) fn meta_args<'a>(call: &'a mut Cmd, coupon: &Coupon, quantity: i64) -
         .arg(millis(coupon.ends_at).unwrap_or_default())
 }
 
-/// Appends the operator's settings as `load_meta.lua` and `settings.lua` take them: the
-/// version, then '1' if paused.
+/// Appends the operator's settings as `load_meta.lua` takes them (and `settings.lua`
+/// first): the version, then '1' if paused.
 fn settings_args<'a>(call: &'a mut Cmd, coupon: &Coupon) -> &'a mut Cmd {
     call.arg(coupon.settings.version)
         .arg(if coupon.settings.paused { "1" } else { "" })
@@ -112,9 +112,10 @@ pub enum AdmitReply {
     /// (`crate::redis::buckets`): its wait is registered there; have stock moved to it, then
     /// ask again.
     Dry,
-    /// SOLD_OUT while stock that came back is held (`scripts/stock_hold.lua`): answered
-    /// SOLD_OUT, but no finished gate is shut on it.
-    Held,
+    /// SOLD_OUT while stock that came back is held (`scripts/stock_hold.lua`), or ENDED
+    /// while an end moved later after it came is (`scripts/write_settings.lua`): answered
+    /// so, but no finished gate is shut on it.
+    Held(Admission),
 }
 
 /// Who holds a slot in a coupon's state (`scripts/holders.lua`), as user ids.
@@ -296,8 +297,9 @@ impl AdmissionScripts {
             6 => Ok(AdmitReply::Pending),
             7 => Ok(AdmitReply::Unverified),
             8 => Ok(AdmitReply::Dry),
-            9 => Ok(AdmitReply::Held),
+            9 => Ok(AdmitReply::Held(Admission::SoldOut)),
             10 => refused(Admission::Paused),
+            11 => Ok(AdmitReply::Held(Admission::Ended)),
             other => Err(RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "admission script returned an unknown code",
@@ -382,10 +384,22 @@ impl AdmissionScripts {
         coupon: &Coupon,
         stamp: Option<&str>,
     ) -> Result<bool, RedisError> {
+        // Registered before and after landing, as a raise is: a coupon that had finished
+        // (ended) and was retired may admit again once its end is moved later, and a retirer
+        // that read the first registration before the landing is undone by the second
+        // (`coupon-core/tests/registry_model.rs`).
+        self.registry.register(con, coupon.id).await?;
         let keys = self.keys(coupon.id);
         let mut call = library::call(Function::Settings, &[&keys.meta]);
-        settings_args(&mut call, coupon).arg(stamp.unwrap_or_default());
+        let ends_at = coupon.ends_at.map(|t| t.timestamp_millis().to_string());
+        settings_args(&mut call, coupon)
+            .arg(ends_at.unwrap_or_default())
+            .arg(self.reopen_hold.as_millis() as u64)
+            .arg(stamp.unwrap_or_default());
         let landed: i64 = library::invoke(con, &call).await?;
+        if landed != 0 {
+            self.registry.register(con, coupon.id).await?;
+        }
         Ok(landed == 1)
     }
 

@@ -59,6 +59,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 "/sales/{couponId}/quantity",
                 web::post().to(pages::raise_quantity),
             )
+            .route("/sales/{couponId}/end", web::post().to(pages::move_end))
             .route("/failed-events", web::get().to(pages::failed_events))
             .route("/failed-events/{id}/replay", web::post().to(pages::replay))
             .route(

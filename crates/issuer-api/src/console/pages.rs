@@ -9,6 +9,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use askama::Template;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use coupon_core::db::failed_events::{FailedEventRow, Filter, Status};
+use coupon_core::db::settings::Change;
 use coupon_core::domain::{Coupon, CouponId};
 use serde::Deserialize;
 
@@ -276,6 +277,18 @@ pub struct QuantityForm {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    ends_at: String,
+    /// The checkbox: present when ticked.
+    #[serde(default)]
+    no_end: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
 pub struct FailedEventsQuery {
     status: Option<String>,
     coupon: Option<String>,
@@ -503,20 +516,22 @@ pub async fn create_sale(
 }
 
 /// The form's text as the API's request: an empty time or bucket count is left out.
+/// A datetime-local field's time, read as UTC; None when empty.
+fn form_time(raw: &str, field: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    // A datetime-local field sends seconds only when they are not zero.
+    NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S")
+        .or_else(|_| NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M"))
+        .map(|t| Some(t.and_utc()))
+        .map_err(|_| {
+            ApiError::InvalidRequest(format!("{field} must be a time such as 2026-12-24T18:00"))
+        })
+}
+
 fn sale_request(form: &SaleForm) -> Result<CreateCouponRequest, ApiError> {
-    let time = |raw: &str, field: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
-        let raw = raw.trim();
-        if raw.is_empty() {
-            return Ok(None);
-        }
-        // A datetime-local field sends seconds only when they are not zero.
-        NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S")
-            .or_else(|_| NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M"))
-            .map(|t| Some(t.and_utc()))
-            .map_err(|_| {
-                ApiError::InvalidRequest(format!("{field} must be a time such as 2026-12-24T18:00"))
-            })
-    };
     let buckets =
         match form.buckets.trim() {
             "" => None,
@@ -527,8 +542,8 @@ fn sale_request(form: &SaleForm) -> Result<CreateCouponRequest, ApiError> {
     Ok(CreateCouponRequest {
         name: form.name.clone(),
         total_quantity: quantity_from_text(&form.total_quantity)?,
-        starts_at: time(&form.starts_at, "startsAt")?,
-        ends_at: time(&form.ends_at, "endsAt")?,
+        starts_at: form_time(&form.starts_at, "startsAt")?,
+        ends_at: form_time(&form.ends_at, "endsAt")?,
         buckets,
     })
 }
@@ -622,21 +637,26 @@ pub async fn set_paused(
     let session = action(&sessions, &req, &form.csrf)?;
     let coupon: CouponId = path_id(&path)?;
     let paused = form.paused;
-    let done = state.issuer.set_paused(coupon, paused).await.map(|change| {
-        let (landed, now) = match change {
-            SettingsChange::Landed(now) => (true, now),
-            SettingsChange::Landing(now) => (false, now),
-        };
-        tracing::info!(%coupon, paused, landed, version = now.settings.version,
+    let change = Change::Paused(paused);
+    let done = state
+        .issuer
+        .change_settings(coupon, change)
+        .await
+        .map(|change| {
+            let (landed, now) = match change {
+                SettingsChange::Landed(now) => (true, now),
+                SettingsChange::Landing(now) => (false, now),
+            };
+            tracing::info!(%coupon, paused, landed, version = now.settings.version,
             by = session.who, "console: coupon admission paused or resumed");
-        let what = if paused { "paused" } else { "resumed" };
-        let when = if landed {
-            "in force on every API"
-        } else {
-            "in force within a second, once Redis holds the sale again"
-        };
-        format!("Admission {what}: {when}.")
-    });
+            let what = if paused { "paused" } else { "resumed" };
+            let when = if landed {
+                "in force on every API"
+            } else {
+                "in force within a second, once Redis holds the sale again"
+            };
+            format!("Admission {what}: {when}.")
+        });
     back(&sessions, &req, &format!("/console/sales/{coupon}"), done)
 }
 
@@ -664,6 +684,45 @@ pub async fn raise_quantity(
                     "on sale once Redis holds the sale again"
                 };
                 format!("Quantity raised to {quantity}: {when}.")
+            }),
+        Err(err) => Err(err),
+    };
+    back(&sessions, &req, &format!("/console/sales/{coupon}"), done)
+}
+
+pub async fn move_end(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    sessions: web::Data<Sessions>,
+    path: web::Path<String>,
+    form: web::Form<EndForm>,
+) -> Page {
+    let session = action(&sessions, &req, &form.csrf)?;
+    let coupon: CouponId = path_id(&path)?;
+    let ends_at = match form.no_end {
+        Some(_) => Ok(None),
+        None => form_time(&form.ends_at, "endsAt").and_then(|at| {
+            at.map(Some).ok_or_else(|| {
+                ApiError::InvalidRequest("give the new end, or tick \"No end at all\"".into())
+            })
+        }),
+    };
+    let done = match ends_at {
+        Ok(ends_at) => state
+            .issuer
+            .change_settings(coupon, Change::EndsAt(ends_at))
+            .await
+            .map(|change| {
+                let landed = matches!(change, SettingsChange::Landed(_));
+                tracing::info!(%coupon, ?ends_at, landed, by = session.who,
+                    "console: coupon end moved later");
+                let end = ends_at.map_or_else(|| "no end".to_owned(), |at| format!("{at}"));
+                let when = if landed {
+                    "in force on every API (a sale that had ended reopens after the gates' hold)"
+                } else {
+                    "in force within a second, once Redis holds the sale again"
+                };
+                format!("The end is now {end}: {when}.")
             }),
         Err(err) => Err(err),
     };

@@ -170,6 +170,50 @@ pub struct PauseChanged {
     pub landed: bool,
 }
 
+/// Moving a sale's end later: `endsAt` a later time, or null for no end. Required: a body
+/// without it is a mistake, not a wish to remove the end.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndRequest {
+    #[serde(default, deserialize_with = "present")]
+    pub ends_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// A field that may be null, told apart from one not sent: `Some(None)` is null.
+fn present<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<DateTime<Utc>>>, D::Error> {
+    Option::<DateTime<Utc>>::deserialize(deserializer).map(Some)
+}
+
+impl EndRequest {
+    pub fn validate(self) -> Result<Option<DateTime<Utc>>, ApiError> {
+        let ends_at = self.ends_at.ok_or_else(|| {
+            ApiError::InvalidRequest("endsAt is required: a later time, or null for no end".into())
+        })?;
+        if let Some(at) = ends_at
+            && !YEARS.contains(&at.year())
+        {
+            return Err(ApiError::InvalidRequest(format!(
+                "endsAt must be in the years {} to {}",
+                YEARS.start(),
+                YEARS.end()
+            )));
+        }
+        Ok(ends_at)
+    }
+}
+
+/// A moved end's answer: `landed` when it is in force on every API now, else PostgreSQL
+/// holds it and Redis will within a second of the coupon's state being open.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndMoved {
+    pub coupon_id: CouponId,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub landed: bool,
+}
+
 /// A raise's answer: `landed` when admission sells the new quantity now, else PostgreSQL
 /// holds it and Redis will within a second of the coupon's state being open.
 #[derive(Debug, Serialize)]

@@ -1,15 +1,16 @@
 //! Request handlers: parse, call the domain, answer with the contract's shapes.
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::{HttpRequest, HttpResponse, web};
-use coupon_core::domain::{Admission, CouponId, UserId};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
+use coupon_core::db::settings::Change;
+use coupon_core::domain::{Admission, Coupon, CouponId, UserId};
 use serde_json::json;
 
 use super::contract::{
-    BucketStockView, CouponCreated, CouponView, CreateCouponRequest, FailedEventReplayed,
-    FailedEventView, FailedEventsQuery, FailedEventsView, IssueAnswer, IssueRequest, IssueStatus,
-    IssueStatusView, Object, PauseChanged, PauseRequest, QuantityRaised, RaiseQuantityRequest,
-    UserCoupon, UserCouponsView, failed_event_id, path_id,
+    BucketStockView, CouponCreated, CouponView, CreateCouponRequest, EndMoved, EndRequest,
+    FailedEventReplayed, FailedEventView, FailedEventsQuery, FailedEventsView, IssueAnswer,
+    IssueRequest, IssueStatus, IssueStatusView, Object, PauseChanged, PauseRequest, QuantityRaised,
+    RaiseQuantityRequest, UserCoupon, UserCouponsView, failed_event_id, path_id,
 };
 use super::state::AppState;
 use crate::error::ApiError;
@@ -64,10 +65,11 @@ pub async fn set_paused(
     caller.require_admin()?;
     let coupon: CouponId = path_id(&path)?;
     let paused = body.into_inner().0.paused;
-    let (mut answer, landed, now) = match state.issuer.set_paused(coupon, paused).await? {
-        SettingsChange::Landed(now) => (HttpResponse::Ok(), true, now),
-        SettingsChange::Landing(now) => (HttpResponse::Accepted(), false, now),
-    };
+    let change = state
+        .issuer
+        .change_settings(coupon, Change::Paused(paused))
+        .await?;
+    let (mut answer, landed, now) = settings_answer(change);
     tracing::info!(%coupon, paused, landed, version = now.settings.version, by = caller.who(),
         "coupon admission paused or resumed");
     Ok(answer.json(PauseChanged {
@@ -75,6 +77,41 @@ pub async fn set_paused(
         paused: now.settings.paused,
         landed,
     }))
+}
+
+/// 200 when the new end is in force on every API, 202 when PostgreSQL holds it and Redis
+/// will once the coupon's state is open. An end moved after it came reopens the sale once
+/// the finished gates' hold has passed (`scripts/write_settings.lua`).
+pub async fn move_end(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<Object<EndRequest>>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let coupon: CouponId = path_id(&path)?;
+    let ends_at = body.into_inner().0.validate()?;
+    let change = state
+        .issuer
+        .change_settings(coupon, Change::EndsAt(ends_at))
+        .await?;
+    let (mut answer, landed, now) = settings_answer(change);
+    tracing::info!(%coupon, ?ends_at, landed, version = now.settings.version, by = caller.who(),
+        "coupon end moved later");
+    Ok(answer.json(EndMoved {
+        coupon_id: coupon,
+        ends_at: now.ends_at,
+        landed,
+    }))
+}
+
+/// A change of settings' status (200 landed, 202 landing), whether it landed, and the
+/// coupon as it is now.
+fn settings_answer(change: SettingsChange) -> (HttpResponseBuilder, bool, Coupon) {
+    match change {
+        SettingsChange::Landed(now) => (HttpResponse::Ok(), true, now),
+        SettingsChange::Landing(now) => (HttpResponse::Accepted(), false, now),
+    }
 }
 
 pub async fn issue_coupon(

@@ -17,7 +17,7 @@ pub struct Route {
 /// The routes of the contract. The hot route first: actix tries resources in order, and
 /// each dynamic one it passes costs a regex match (the largest user-space cost of a
 /// sold-out request in a profile).
-pub const PUBLIC: [Route; 11] = [
+pub const PUBLIC: [Route; 12] = [
     Route {
         path: "/api/v1/coupons/{couponId}/issues",
         method: Method::POST,
@@ -42,6 +42,11 @@ pub const PUBLIC: [Route; 11] = [
         path: "/api/v1/coupons/{couponId}/paused",
         method: Method::PUT,
         serve: |path, method| resource(path, method, handlers::set_paused),
+    },
+    Route {
+        path: "/api/v1/coupons/{couponId}/end",
+        method: Method::PUT,
+        serve: |path, method| resource(path, method, handlers::move_end),
     },
     Route {
         path: "/api/v1/coupons/{couponId}/issues/{userId}",

@@ -202,11 +202,12 @@ impl Issuer {
                     return Ok(admission);
                 }
                 AdmitReply::Refused(admission) => return Ok(admission),
-                // Nothing holds a bucket's stock (`scripts/stock_hold.lua`); were it held,
-                // SOLD_OUT would be the answer until then.
-                AdmitReply::Held => {
+                // Nothing holds a bucket's stock (`scripts/stock_hold.lua`), nor its end (a
+                // bucketed coupon's cannot be moved yet); were either held, its answer would
+                // be given until then.
+                AdmitReply::Held(admission) => {
                     self.replicated(written).await?;
-                    return Ok(Admission::SoldOut);
+                    return Ok(admission);
                 }
                 AdmitReply::Pending => {
                     match self

@@ -277,11 +277,14 @@ impl Issuer {
                     return Ok(admission);
                 }
                 // Stock that came back is held: sold out until then, but no gate is shut
-                // on it, or the gate would outlive the hold (`finished_gate`).
-                AdmitReply::Held => {
+                // on it, or the gate would outlive the hold (`finished_gate`). An end moved
+                // later after it came is held the same way, and as ENDED rests on the
+                // clock alone, waits for no replica.
+                AdmitReply::Held(Admission::SoldOut) => {
                     self.replicated(written_on).await?;
                     return Ok(Admission::SoldOut);
                 }
+                AdmitReply::Held(admission) => return Ok(admission),
                 // A gate shut on it tells its holders 409 from memory: as for SOLD_OUT, only
                 // once the slots it rests on are on the replicas. The answer itself rests on
                 // the clock, and waits for no replica unless a gate is to be shut.

@@ -1,6 +1,8 @@
-//! A coupon paused or resumed during its sale (the operators' action): PostgreSQL first,
-//! under a version every change moves, then Redis's meta, as
-//! `coupon-core/tests/settings_model.rs` checks.
+//! A coupon paused or resumed, or its end moved later, during its sale (the operators'
+//! actions): PostgreSQL first, under a version every change moves, then Redis's meta, as
+//! `coupon-core/tests/settings_model.rs` checks. An end moved later after it came holds
+//! admission for the finished gates' hold (`scripts/write_settings.lua`,
+//! `coupon-core/tests/finished_gate_model.rs`).
 //!
 //! The API that changes a setting lands it at once, and records it as landed under the
 //! stamp in force when it committed: then the answer is 200, and the setting is in force on
@@ -9,7 +11,7 @@
 //! API's lander lands it within a second of Redis being able to hold it.
 
 use coupon_core::db::settings::{
-    Changed, SettingsRefused, record_settings_landed, set_paused, unlanded_settings,
+    Change, Changed, SettingsRefused, change_settings, record_settings_landed, unlanded_settings,
 };
 use coupon_core::domain::{Coupon, CouponId};
 
@@ -26,19 +28,23 @@ pub enum SettingsChange {
 }
 
 impl Issuer {
-    /// Pauses or resumes `coupon` (the same again lands a change that did not land).
-    pub async fn set_paused(
+    /// Pauses or resumes `coupon`, or moves its end later (the same again lands a change
+    /// that did not land).
+    pub async fn change_settings(
         &self,
         coupon: CouponId,
-        paused: bool,
+        change: Change,
     ) -> Result<SettingsChange, ApiError> {
         let changed = {
             let mut db = self.pool.get().await?;
-            set_paused(&mut db, coupon, paused).await?
+            change_settings(&mut db, coupon, change).await?
         };
         let changed = changed.map_err(|refused| match refused {
             SettingsRefused::NotFound(id) => ApiError::CouponNotFound(id),
-            bucketed @ SettingsRefused::Bucketed(_) => ApiError::Conflict(bucketed.to_string()),
+            passed @ SettingsRefused::EndPassed => ApiError::InvalidRequest(passed.to_string()),
+            state @ (SettingsRefused::Bucketed(_)
+            | SettingsRefused::EndNotLater(_)
+            | SettingsRefused::NoEnd) => ApiError::Conflict(state.to_string()),
         })?;
         // The coupon's read is kept a second: the next one shows the new setting.
         self.coupon_reads.forget(coupon);
@@ -66,7 +72,8 @@ impl Issuer {
             record_settings_landed(&mut db, coupon.id, coupon.settings.version, stamp).await?;
         if recorded {
             tracing::info!(coupon = %coupon.id, paused = coupon.settings.paused,
-                version = coupon.settings.version, "coupon settings landed");
+                ends_at = ?coupon.ends_at, version = coupon.settings.version,
+                "coupon settings landed");
         }
         Ok(recorded)
     }

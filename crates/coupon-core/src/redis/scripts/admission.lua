@@ -29,6 +29,8 @@
 --     answers SOLD_OUT, but does not shut its finished gate on it.
 --   10 PAUSED: an operator paused the coupon (settings.lua) and it would admit; a holder
 --     is still told the truth about its slot, which a retry after a 503 needs.
+--   11 ENDED while an end moved later after it came is held (write_settings.lua): the
+--     caller answers ENDED, but does not shut its finished gate on it.
 -- Each redis.call costs about a microsecond of Redis's time beyond its own work, and this
 -- runs for every request, so it calls only what the answer needs.
 local now = 0
@@ -41,11 +43,12 @@ local function clock()
 end
 
 -- 'buckets' and 'sold_out' are a bucketed coupon's (buckets.rs), 'sells_from' is set only
--- while stock that came back is held (stock_hold.lua), and 'paused' only while an operator
--- paused the coupon, read in the same call: a second call only where they matter would
--- cost every SOLD_OUT answer another microsecond.
+-- while stock that came back is held (stock_hold.lua), 'paused' only while an operator
+-- paused the coupon, and 'opens_from' once an end was moved later after it came
+-- (write_settings.lua), read in the same call: a second call only where they matter
+-- would cost every SOLD_OUT answer another microsecond.
 local meta = redis.call('HMGET', KEYS[1], 'quantity', 'starts_at', 'ends_at', 'epoch',
-  'buckets', 'sold_out', 'sells_from', 'paused')
+  'buckets', 'sold_out', 'sells_from', 'paused', 'opens_from')
 if not meta[1] then
   return {0, now}
 end
@@ -65,6 +68,9 @@ if meta[2] and clock() < tonumber(meta[2]) then
 end
 if meta[3] and clock() >= tonumber(meta[3]) then
   return {5, now}
+end
+if meta[9] and clock() < tonumber(meta[9]) then
+  return {11, now}
 end
 if redis.call('SCARD', KEYS[2]) >= tonumber(meta[1]) then
   if not meta[5] or meta[6] then

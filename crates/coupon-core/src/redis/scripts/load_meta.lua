@@ -35,9 +35,6 @@ end
 if ARGV[2] ~= '' then
   redis.call('HSETNX', KEYS[1], 'starts_at', ARGV[2])
 end
-if ARGV[3] ~= '' then
-  redis.call('HSETNX', KEYS[1], 'ends_at', ARGV[3])
-end
 if ARGV[7] ~= '' then
   redis.call('HSETNX', KEYS[1], 'buckets', ARGV[7])
   -- A first load: the allocation is the share (bucket.lua's grow adds to it).
@@ -45,7 +42,9 @@ if ARGV[7] ~= '' then
 end
 -- A rebuild that read PostgreSQL before a change landed here meanwhile does not undo it.
 if tonumber(ARGV[8]) > tonumber(redis.call('HGET', KEYS[1], 'settings') or '-1') then
-  write_settings(KEYS[1], ARGV[8], ARGV[9])
+  -- The end is one of the settings: written with them, held by nothing (a rebuild opens a
+  -- hold after it closed the coupon; a first load follows no gate).
+  write_settings(KEYS[1], ARGV[8], ARGV[9], ARGV[3], '0')
 end
 -- A creation's stamp has the shape of Stamp::fresh's.
 local stamp = ARGV[5]

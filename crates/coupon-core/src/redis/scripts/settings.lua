@@ -1,7 +1,9 @@
--- Lands an operator's settings (paused or not) in a coupon's meta: PostgreSQL committed
--- them first, under a version every change moves (coupon-core's db/settings.rs).
--- KEYS[1] the meta. ARGV[1] the version, ARGV[2] '1' if paused, else '', ARGV[3] the stamp
--- in force when the change was read from PostgreSQL ('' if none).
+-- Lands an operator's settings (paused or not, the sale's end) in a coupon's meta:
+-- PostgreSQL committed them first, under a version every change moves (coupon-core's
+-- db/settings.rs).
+-- KEYS[1] the meta. ARGV[1] the version, ARGV[2] '1' if paused, else '', ARGV[3] the end
+-- in ms, '' for none, ARGV[4] the finished gates' hold in ms (write_settings.lua), ARGV[5]
+-- the stamp in force when the change was read from PostgreSQL ('' if none).
 -- Written only over an older version: a later change landed first is left, and so is a
 -- meta a rebuild loaded from a newer read (load_meta.lua). Written into any meta, even one
 -- closed for its rebuild or a copy on a node not verified, as a raise is (raise.lua); but
@@ -16,9 +18,9 @@ if not redis.call('HGET', KEYS[1], 'quantity') then
   return 0
 end
 if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'settings') or '-1') then
-  write_settings(KEYS[1], ARGV[1], ARGV[2])
+  write_settings(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 end
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'epoch') == ARGV[3] and stamped_here(ARGV[3]) then
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'epoch') == ARGV[5] and stamped_here(ARGV[5]) then
   return 1
 end
 return 2
