@@ -39,6 +39,9 @@ pub enum SettingsRefused {
     EndPassed,
 }
 
+/// What a change reads first: paused, the end, the buckets, the stamp in force.
+type SettingsRow = (bool, Option<DateTime<Utc>>, i16, Option<String>);
+
 /// One change an operator asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -55,7 +58,7 @@ pub async fn change_settings(
     change: Change,
 ) -> QueryResult<Result<Changed, SettingsRefused>> {
     conn.transaction(async |conn| {
-        let row: Option<(bool, Option<DateTime<Utc>>, i16, Option<String>)> = coupons::table
+        let row: Option<SettingsRow> = coupons::table
             .find(coupon.get())
             .select((
                 coupons::paused,
