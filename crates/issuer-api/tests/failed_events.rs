@@ -145,10 +145,15 @@ async fn failed_events_are_listed_replayed_and_discarded_by_admins_only() {
     assert_eq!(row["status"], "RECOVERED");
     assert_eq!(row["resolvedBy"], "the admin token");
 
-    // An OVER_QUANTITY event needs a slot in Redis first: refused, untouched.
+    // An OVER_QUANTITY event takes a slot in Redis first (one is free here), then its row.
     let (status, body) = act(&env, over, "replay").await;
-    assert_eq!(status, 409, "{body}");
-    assert!(env.rows(coupon).await == vec![7]);
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("RECOVERED")),
+        "{body}"
+    );
+    assert_eq!(env.rows(coupon).await, vec![7, 8]);
+    assert_eq!(env.redis_holders(coupon).await, vec![8]);
 
     // A discard sets the event aside for good: `--all` passes it over.
     let (status, discarded) = act(&env, undecodable, "discard").await;
@@ -161,7 +166,7 @@ async fn failed_events_are_listed_replayed_and_discarded_by_admins_only() {
     assert_eq!(discarded["nextRetryAt"], Value::Null);
     let left = unrecovered_ids(&mut env.pg().await).await.unwrap();
     assert!(
-        left.contains(&over) && !left.contains(&undecodable),
+        !left.contains(&over) && !left.contains(&undecodable),
         "{left:?}"
     );
     // Again: answered as it is.
@@ -184,8 +189,8 @@ async fn failed_events_are_listed_replayed_and_discarded_by_admins_only() {
 
 /// A failed event's reason is its last failure's: an event set aside as COUPON_NOT_FOUND
 /// whose retry meets a full coupon is OVER_QUANTITY from then on, abandoned for a person
-/// (never retried on schedule), and its replay is refused like any OVER_QUANTITY one: a
-/// raise's new units are Redis's to sell.
+/// (never retried on schedule). Its replay takes a free slot in Redis, meets the full
+/// coupon again, and gives the slot back.
 #[actix_web::test]
 async fn a_retry_that_meets_a_full_coupon_makes_the_event_over_quantity() {
     use diesel::{ExpressionMethods, QueryDsl};
@@ -211,8 +216,18 @@ async fn a_retry_that_meets_a_full_coupon_makes_the_event_over_quantity() {
         (&json!("OVER_QUANTITY"), &json!("ABANDONED")),
         "{row}"
     );
-    assert_eq!(act(&env, orphan, "replay").await.0, 409);
+    let (status, body) = act(&env, orphan, "replay").await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("ABANDONED")),
+        "{body}"
+    );
     assert_eq!(env.rows(coupon).await, vec![1]);
+    assert_eq!(
+        env.redis_holders(coupon).await,
+        Vec::<i64>::new(),
+        "given back"
+    );
     env.shutdown().await;
 }
 
@@ -232,6 +247,69 @@ async fn a_replay_of_a_recovered_event_changes_nothing() {
         listed(&before, id),
         listed(&after, id),
         "attempts, resolvedBy kept"
+    );
+    env.shutdown().await;
+}
+
+/// A user Redis admitted beyond the quantity (its state lost, the slot with it) and the
+/// database's guard refused: the replay takes a slot in Redis first. None free: 409, and
+/// nothing written. After a raise, the slot is the raised unit's, and the row follows: a
+/// newcomer is told SOLD_OUT, not admitted on a unit the row spent and then refused.
+/// And the row is written only in the state the slot is in (`replay_model.rs`).
+#[actix_web::test]
+async fn an_over_quantity_event_is_replayed_onto_a_slot_taken_first() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(1).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![1]);
+    let over = failed(&env, "OVER_QUANTITY", "ABANDONED", event(coupon, 2), 2).await;
+
+    let (status, body) = act(&env, over, "replay").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("raise the quantity first"),
+        "{body}"
+    );
+    assert_eq!(env.redis_holders(coupon).await, vec![1]);
+    assert_eq!(env.rows(coupon).await, vec![1]);
+
+    // The row is written only while the coupon's state is the one the slot was taken in.
+    let moved = coupon_core::db::redrive::replay_in_state(
+        &mut env.pg().await,
+        over,
+        "the test",
+        CouponId::new(coupon).unwrap(),
+        Some("a stamp no longer in force"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, coupon_core::db::redrive::InState::Moved);
+    assert_eq!(env.rows(coupon).await, vec![1]);
+
+    let (status, body) = env
+        .put(
+            &format!("/api/v1/coupons/{coupon}/quantity"),
+            harness::ADMIN_TOKEN,
+            &json!({ "totalQuantity": 2 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = act(&env, over, "replay").await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("RECOVERED")),
+        "{body}"
+    );
+    assert_eq!(env.redis_holders(coupon).await, vec![1, 2]);
+    assert_eq!(env.rows(coupon).await, vec![1, 2]);
+    let (status, body) = env.issue(coupon, 3).await;
+    assert_eq!(
+        (status, &body["result"]),
+        (410, &json!("SOLD_OUT")),
+        "{body}"
     );
     env.shutdown().await;
 }

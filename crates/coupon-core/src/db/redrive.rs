@@ -9,9 +9,11 @@
 //! new units are Redis's to sell: the row of an event no admission made (a forged one)
 //! would spend one of them, and the user Redis then admits for it, told 201, would be
 //! refused by the guard. Only a person knows whether an admission made the event. The
-//! operator's replay inserts it: the README's runbook honours users told 201 by raising
-//! PostgreSQL's quantity alone, recorded as landed, so that Redis sells nothing more. A
-//! replay that takes a slot in Redis first is the console's (issue 27).
+//! operator's replay inserts it: the admin route (and the console) takes the user's slot in
+//! Redis first and writes the row only in the state that slot is in ([`replay_in_state`],
+//! `coupon-core/tests/replay_model.rs`); the shell's `dlq replay` takes none, and the
+//! README's runbook then raises PostgreSQL's quantity alone, recorded as landed, so that
+//! Redis sells nothing more.
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -19,7 +21,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::db::batch_insert::{FailureReason, SourcedIssue, is_transient, persist_batch};
 use crate::db::failed_events::{FailedEventRow, RETRY_SCHEDULE, Status, locked};
-use crate::db::schema::failed_events;
+use crate::db::schema::{coupons, failed_events};
+use crate::domain::CouponId;
 use crate::event::IssueEvent;
 
 /// What one retry did.
@@ -82,15 +85,59 @@ pub async fn replay(
     id: i64,
     by: &str,
 ) -> QueryResult<Option<Redriven>> {
+    conn.transaction(async |conn| replay_locked(conn, id, by).await)
+        .await
+}
+
+/// Where a replay in a given state of Redis's stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InState {
+    /// Replayed (None: no such event).
+    Replayed(Option<Redriven>),
+    /// The coupon's state in Redis is no longer the one stamped `stamp`: rebuilt since the
+    /// user's slot was taken there, from rows without theirs. Nothing was written; take
+    /// the slot again.
+    Moved,
+}
+
+/// [`replay`], only while `coupon`'s Redis state is still the one stamped `stamp`, where
+/// the user's slot was taken: the coupon's row is locked first, and a rebuild records its
+/// new stamp on it before it reads the rows, so it either waits for this row (and loads
+/// its slot) or this replay sees the new stamp and writes nothing.
+pub async fn replay_in_state(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    by: &str,
+    coupon: CouponId,
+    stamp: Option<&str>,
+) -> QueryResult<InState> {
     conn.transaction(async |conn| {
-        match locked(conn, id).await? {
-            // A row already, whoever recovered it: nothing to do, nothing to re-record.
-            Some(row) if row.status == Status::Recovered.as_str() => Ok(Some(Redriven::Recovered)),
-            Some(row) => Ok(Some(redrive(conn, &row, Some(by)).await?)),
-            None => Ok(None),
+        let in_force: Option<Option<String>> = coupons::table
+            .find(coupon.get())
+            .select(coupons::redis_stamp)
+            .for_update()
+            .first(conn)
+            .await
+            .optional()?;
+        if in_force.as_ref().map(Option::as_deref) != Some(stamp) {
+            return Ok(InState::Moved);
         }
+        Ok(InState::Replayed(replay_locked(conn, id, by).await?))
     })
     .await
+}
+
+async fn replay_locked(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    by: &str,
+) -> QueryResult<Option<Redriven>> {
+    match locked(conn, id).await? {
+        // A row already, whoever recovered it: nothing to do, nothing to re-record.
+        Some(row) if row.status == Status::Recovered.as_str() => Ok(Some(Redriven::Recovered)),
+        Some(row) => Ok(Some(redrive(conn, &row, Some(by)).await?)),
+        None => Ok(None),
+    }
 }
 
 /// Retries `row`: on its schedule (`by` None), or replayed by an operator (`by` names them).

@@ -118,6 +118,19 @@ pub enum AdmitReply {
     Held(Admission),
 }
 
+/// What taking a slot for a replayed OVER_QUANTITY event found (`scripts/replay_slot.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaySlot {
+    /// The state is not loaded, or not verified under the stamp in force here: retry.
+    NotVerified,
+    /// The user holds one already: their admission's.
+    Held,
+    /// Taken now (given back if the row is refused).
+    Taken,
+    /// None is free: the quantity must be raised first.
+    NoneFree,
+}
+
 /// Who holds a slot in a coupon's state (`scripts/holders.lua`), as user ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Holders {
@@ -401,6 +414,45 @@ impl AdmissionScripts {
             self.registry.register(con, coupon.id).await?;
         }
         Ok(landed == 1)
+    }
+
+    /// Takes a slot for `user`, whose OVER_QUANTITY event an operator replays, in
+    /// `coupon`'s state verified here under `stamp` (PostgreSQL's in force), before its row
+    /// is written (`scripts/replay_slot.lua`).
+    pub async fn replay_slot<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: CouponId,
+        user: UserId,
+        stamp: Option<&str>,
+    ) -> Result<ReplaySlot, RedisError> {
+        let keys = self.keys(coupon);
+        let mut call = library::call(Function::ReplaySlot, &[&keys.meta, &keys.issued]);
+        call.arg(user.get()).arg(stamp.unwrap_or_default());
+        let code: i64 = library::invoke(con, &call).await?;
+        match code {
+            0 => Ok(ReplaySlot::NotVerified),
+            1 => Ok(ReplaySlot::Held),
+            2 => Ok(ReplaySlot::Taken),
+            3 => Ok(ReplaySlot::NoneFree),
+            other => Err(RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "replay_slot returned an unknown code",
+                other.to_string(),
+            ))),
+        }
+    }
+
+    /// Gives back a slot [`AdmissionScripts::replay_slot`] took, for a row the database
+    /// refused all the same.
+    pub async fn give_back_replay_slot<C: ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        coupon: CouponId,
+        user: UserId,
+    ) -> Result<(), RedisError> {
+        let _: i64 = con.srem(self.keys(coupon).issued, user.get()).await?;
+        Ok(())
     }
 
     /// The users holding a slot in the coupon's state at `keys`, verified under `stamp`;

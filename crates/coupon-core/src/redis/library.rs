@@ -53,10 +53,12 @@ pub enum Function {
     Holders,
     /// `scripts/settings.lua`.
     Settings,
+    /// `scripts/replay_slot.lua`.
+    ReplaySlot,
 }
 
 impl Function {
-    const ALL: [Function; 13] = [
+    const ALL: [Function; 14] = [
         Function::Admit,
         Function::LoadMeta,
         Function::Finished,
@@ -70,6 +72,7 @@ impl Function {
         Function::Raise,
         Function::Holders,
         Function::Settings,
+        Function::ReplaySlot,
     ];
 
     fn suffix(self) -> &'static str {
@@ -87,6 +90,7 @@ impl Function {
             Function::Raise => "raise",
             Function::Holders => "holders",
             Function::Settings => "settings",
+            Function::ReplaySlot => "replay_slot",
         }
     }
 
@@ -105,6 +109,7 @@ impl Function {
             Function::Raise => include_str!("scripts/raise.lua"),
             Function::Holders => include_str!("scripts/holders.lua"),
             Function::Settings => include_str!("scripts/settings.lua"),
+            Function::ReplaySlot => include_str!("scripts/replay_slot.lua"),
         }
     }
 }

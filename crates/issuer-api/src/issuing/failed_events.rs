@@ -1,17 +1,26 @@
 //! Failed events in an operator's hands, as admin routes: listed, replayed, discarded
 //! (`issuer-worker dlq` does the first two on a shell). Each action records who took it.
 //!
-//! An OVER_QUANTITY event is not replayed here: its row would spend a unit of a raised
-//! quantity that no Redis slot accounts for, and the user Redis admits for that unit, told
-//! 201, would then be refused by the quantity guard. Its replay must take a slot in Redis
-//! first, which is not built yet; the README's runbook gives the shell's way meanwhile.
+//! An OVER_QUANTITY event's row would spend a unit of the quantity (raised to honour it),
+//! and the raise gives Redis as many units to sell: a row no slot accounts for makes a
+//! user Redis admits on that unit, told 201, refused by the quantity guard. So its replay
+//! takes the user's slot in Redis first (their admission's, if the state still holds it;
+//! else a free one, else 409: raise first), then writes the row only while the coupon's
+//! state is still the one that slot is in (`coupon-core/tests/replay_model.rs` found the
+//! rebuild between the two), and gives back a slot it took for a row refused all the same.
+//! No replica confirms the slot before the row: a failover that loses it is a state
+//! verified under another instance, rebuilt from the rows, this one's among them.
 
 use coupon_core::db::batch_insert::FailureReason;
+use coupon_core::db::coupons::redis_stamp;
 use coupon_core::db::failed_events::{Discard, FailedEventRow, Filter, discard, find, list};
-use coupon_core::db::redrive::{Redriven, replay};
+use coupon_core::db::redrive::{InState, Redriven, replay, replay_in_state};
+use coupon_core::event::IssueEvent;
+use coupon_core::redis::admission::ReplaySlot;
 
 use super::Issuer;
 use crate::error::ApiError;
+use crate::layouts::Layout;
 
 impl Issuer {
     /// Failed events, newest first, of one status or all.
@@ -32,14 +41,79 @@ impl Issuer {
             .await?
             .ok_or(ApiError::FailedEventNotFound(id))?;
         if row.reason == FailureReason::OverQuantity.as_str() {
-            return Err(ApiError::Conflict(format!(
-                "failed event {id} is OVER_QUANTITY: its replay must first take a slot in \
-                 Redis, which this route does not do; see the README's runbook"
-            )));
+            drop(db);
+            return self.replay_over_quantity(&row, by).await;
         }
         replay(&mut db, id, by)
             .await?
             .ok_or(ApiError::FailedEventNotFound(id))
+    }
+
+    /// Replays an OVER_QUANTITY event onto a Redis slot taken first (the module's doc).
+    async fn replay_over_quantity(
+        &self,
+        row: &FailedEventRow,
+        by: &str,
+    ) -> Result<Redriven, ApiError> {
+        let id = row.id;
+        let event = IssueEvent::decode(&row.payload).map_err(|err| {
+            ApiError::Conflict(format!(
+                "failed event {id} cannot be read ({err}): discard it"
+            ))
+        })?;
+        let (coupon, user) = (event.coupon_id, event.user_id);
+        match self.layouts.get(coupon).await? {
+            None => return Err(ApiError::CouponNotFound(coupon.get())),
+            Some(Layout::Buckets(_)) => {
+                return Err(ApiError::Conflict(format!(
+                    "coupon {coupon} is in buckets, whose OVER_QUANTITY events cannot be \
+                     replayed here yet: see the README's runbook"
+                )));
+            }
+            Some(Layout::Single) => {}
+        }
+        let stamp = redis_stamp(&mut *self.pool.get().await?, coupon).await?;
+        let stamp = stamp.as_ref().map(|stamp| stamp.as_str());
+        let mut redis = self.redis.clone();
+        let took = match self
+            .scripts
+            .replay_slot(&mut redis, coupon, user, stamp)
+            .await?
+        {
+            ReplaySlot::Held => false,
+            ReplaySlot::Taken => true,
+            // Loaded and verified by the rebuild this starts; the operator replays again.
+            ReplaySlot::NotVerified => return Err(self.start_rebuild(coupon).await),
+            ReplaySlot::NoneFree => {
+                return Err(ApiError::Conflict(format!(
+                    "no unit of coupon {coupon} is free in Redis for user {user}: raise the \
+                     quantity first, then replay"
+                )));
+            }
+        };
+        let replayed = replay_in_state(&mut *self.pool.get().await?, id, by, coupon, stamp).await;
+        // A slot taken for a row that is not there is given back; one whose row's fate is
+        // unknown (the database failed) is kept: a unit unsold, never one sold twice.
+        if took
+            && matches!(
+                replayed,
+                Ok(InState::Replayed(
+                    None | Some(Redriven::Abandoned(_) | Redriven::RetryAt(_))
+                ))
+            )
+        {
+            self.scripts
+                .give_back_replay_slot(&mut redis, coupon, user)
+                .await?;
+        }
+        tracing::info!(failed_event = id, %coupon, %user, took, outcome = ?replayed,
+            "OVER_QUANTITY event replayed onto a Redis slot");
+        match replayed? {
+            InState::Replayed(Some(redriven)) => Ok(redriven),
+            InState::Replayed(None) => Err(ApiError::FailedEventNotFound(id)),
+            // Rebuilt since the slot was taken, from rows without this one: take it again.
+            InState::Moved => Err(ApiError::Rebuilding(coupon.get())),
+        }
     }
 
     /// Sets failed event `id` aside for good, recorded as done `by`; a RECOVERED one is a
