@@ -55,6 +55,8 @@ enum Bug {
     ExtendedAtOnce,
     /// A refusal while an extended end is held shuts the gate, which outlives the hold.
     HeldEndShuts,
+    /// An end moved later before it came is held all the same: its refusals are false.
+    HoldBeforeTheEnd,
 }
 
 /// What a gate answers, as the admission's refusal that shut it did.
@@ -147,8 +149,10 @@ enum Action {
     GiveBack(usize),
     /// A raise landed: Redis holds one more unit.
     Raise,
-    /// The sale's end comes, now.
-    End,
+    /// The sale's end is set to come `after` ticks from now (0: now).
+    End {
+        after: u8,
+    },
     /// An extension landed: the sale has no end any more.
     Extend,
     /// The coupon's Redis state is lost (a restart without its file, say).
@@ -221,7 +225,8 @@ impl Protocol for Model {
         match s.lost_at {
             None if self.scope == Scope::End => {
                 if s.ends_at.is_none() && !s.extended {
-                    actions.push(Action::End);
+                    actions.push(Action::End { after: 0 });
+                    actions.push(Action::End { after: 1 });
                 }
                 if s.ends_at.is_some() {
                     actions.push(Action::Extend);
@@ -332,10 +337,12 @@ impl Protocol for Model {
                 s.raised = true;
                 s.quantity += 1;
             }
-            Action::End => s.ends_at = Some(s.now),
+            Action::End { after } => s.ends_at = Some(s.now + after),
             Action::Extend => {
                 // settings.lua: an end extended after it came opens a hold from now.
-                if s.ended() && self.bug != Bug::ExtendedAtOnce {
+                if (s.ended() || self.bug == Bug::HoldBeforeTheEnd)
+                    && self.bug != Bug::ExtendedAtOnce
+                {
                     s.opens_from = s.opens_from.max(s.now + HOLD);
                 }
                 s.ends_at = None;
@@ -512,5 +519,16 @@ fn a_refusal_while_an_extended_end_is_held_shutting_the_gate_is_found() {
             scope: Scope::End,
         },
         "ENDED never to a holder",
+    );
+}
+
+#[test]
+fn an_end_moved_before_it_came_held_all_the_same_is_found() {
+    finds(
+        &Model {
+            bug: Bug::HoldBeforeTheEnd,
+            scope: Scope::End,
+        },
+        "ENDED only when the sale was over within the hold",
     );
 }

@@ -390,12 +390,15 @@ impl AdmissionScripts {
     /// Lands an operator's settings (PostgreSQL changed first, `crate::db::settings`) in a
     /// coupon of one bucket's meta, unless it holds a newer version: whether they are in
     /// force, in a meta open under `stamp` (the one in force when they were read), so that
-    /// the change may be recorded as landed (`scripts/settings.lua`).
+    /// the change may be recorded as landed (`scripts/settings.lua`). An end moved later
+    /// after it came holds the reopened sale for `hold`: the longest any API's finished gate
+    /// may hold, since any API may land the change.
     pub async fn land_settings<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: &Coupon,
         stamp: Option<&str>,
+        hold: Duration,
     ) -> Result<bool, RedisError> {
         // Registered before and after landing, as a raise is: a coupon that had finished
         // (ended) and was retired may admit again once its end is moved later, and a retirer
@@ -407,7 +410,7 @@ impl AdmissionScripts {
         let ends_at = coupon.ends_at.map(|t| t.timestamp_millis().to_string());
         settings_args(&mut call, coupon)
             .arg(ends_at.unwrap_or_default())
-            .arg(self.reopen_hold.as_millis() as u64)
+            .arg(hold.as_millis() as u64)
             .arg(stamp.unwrap_or_default());
         let landed: i64 = library::invoke(con, &call).await?;
         if landed != 0 {

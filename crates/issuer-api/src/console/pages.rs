@@ -17,7 +17,8 @@ use super::HTMX;
 use super::session::{Notice, SIGN_IN_COOKIE, Session, Sessions, same_token};
 use crate::error::ApiError;
 use crate::http::contract::{
-    CreateCouponRequest, FailedEventReplayed, failed_event_id, path_id, quantity_from_text,
+    CreateCouponRequest, EndRequest, FailedEventReplayed, failed_event_id, path_id,
+    quantity_from_text,
 };
 use crate::http::state::AppState;
 use crate::identity::Identity;
@@ -702,9 +703,14 @@ pub async fn move_end(
     let ends_at = match form.no_end {
         Some(_) => Ok(None),
         None => form_time(&form.ends_at, "endsAt").and_then(|at| {
-            at.map(Some).ok_or_else(|| {
+            let at = at.ok_or_else(|| {
                 ApiError::InvalidRequest("give the new end, or tick \"No end at all\"".into())
-            })
+            })?;
+            // The API's own checks of the time (its years), as a JSON body's.
+            EndRequest {
+                ends_at: Some(Some(at)),
+            }
+            .validate()
         }),
     };
     let done = match ends_at {

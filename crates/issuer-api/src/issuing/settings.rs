@@ -15,7 +15,7 @@ use coupon_core::db::settings::{
 };
 use coupon_core::domain::{Coupon, CouponId};
 
-use super::Issuer;
+use super::{Issuer, LONGEST_HOLD};
 use crate::error::ApiError;
 
 /// Where a change of settings stands once the API answers.
@@ -48,9 +48,16 @@ impl Issuer {
         })?;
         // The coupon's read is kept a second: the next one shows the new setting.
         self.coupon_reads.forget(coupon);
-        Ok(match self.land_settings(&changed).await? {
-            true => SettingsChange::Landed(changed.coupon),
-            false => SettingsChange::Landing(changed.coupon),
+        // Committed: a failure to land it now leaves it to the landers, as a landing that
+        // found no open state does (202, not 503: a retry would change nothing).
+        Ok(match self.land_settings(&changed).await {
+            Ok(true) => SettingsChange::Landed(changed.coupon),
+            Ok(false) => SettingsChange::Landing(changed.coupon),
+            Err(err) => {
+                tracing::warn!(coupon = %changed.coupon.id, error = %err,
+                    "coupon settings not landed now; the landers will");
+                SettingsChange::Landing(changed.coupon)
+            }
         })
     }
 
@@ -62,7 +69,7 @@ impl Issuer {
         let stamp = changed.stamp.as_deref();
         if !self
             .scripts
-            .land_settings(&mut self.redis.clone(), coupon, stamp)
+            .land_settings(&mut self.redis.clone(), coupon, stamp, LONGEST_HOLD)
             .await?
         {
             return Ok(false);

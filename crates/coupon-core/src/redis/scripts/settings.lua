@@ -4,7 +4,7 @@
 -- KEYS[1] the meta. ARGV[1] the version, ARGV[2] '1' if paused, else '', ARGV[3] the end
 -- in ms, '' for none, ARGV[4] the finished gates' hold in ms (write_settings.lua), ARGV[5]
 -- the stamp in force when the change was read from PostgreSQL ('' if none).
--- Written only over an older version: a later change landed first is left, and so is a
+-- Written only over an older version (or the same one): a later change landed first is left, and so is a
 -- meta a rebuild loaded from a newer read (load_meta.lua). Written into any meta, even one
 -- closed for its rebuild or a copy on a node not verified, as a raise is (raise.lua); but
 -- it is in force only where the meta is open under that stamp on this instance, and only
@@ -17,7 +17,10 @@
 if not redis.call('HGET', KEYS[1], 'quantity') then
   return 0
 end
-if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'settings') or '-1') then
+-- At an equal version too: PostgreSQL's row of one version is one, so a meta that differs
+-- was written by an older API's script, which knew no end (write_settings writes only
+-- what differs, and holds a reopened sale as a newer version would).
+if tonumber(ARGV[1]) >= tonumber(redis.call('HGET', KEYS[1], 'settings') or '-1') then
   write_settings(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 end
 if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'epoch') == ARGV[5] and stamped_here(ARGV[5]) then
