@@ -73,10 +73,16 @@ impl History {
     /// The coupon's slots taken and rows written over the kept seconds, if it had gauges.
     pub fn stock(&self, coupon: CouponId) -> Option<Chart> {
         let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        // A coupon that left the active ones (finished, settled) keeps its last reading:
+        // it did not drop to zero. Before its first reading there is nothing to draw.
         let series = |pick: fn(&(i64, i64)) -> i64| -> Vec<i64> {
+            let mut last = None;
             samples
                 .iter()
-                .map(|(_, s)| s.coupons.get(&coupon).map_or(0, pick))
+                .filter_map(|(_, s)| {
+                    last = s.coupons.get(&coupon).map(pick).or(last);
+                    last
+                })
                 .collect()
         };
         if !samples.iter().any(|(_, s)| s.coupons.contains_key(&coupon)) {
@@ -228,5 +234,9 @@ mod tests {
         );
         assert_eq!(chart.lines[1].last, 1);
         assert!(history.stock(CouponId::new(8).unwrap()).is_none());
+        // Gone from the active coupons: the last reading stands.
+        history.record(sample(0, 0, None));
+        let chart = history.stock(coupon).unwrap();
+        assert_eq!((chart.lines[0].last, chart.lines[1].last), (3, 1));
     }
 }
