@@ -563,20 +563,8 @@ async fn an_operator_runs_a_sale_in_a_real_browser() {
     // Sign in.
     browser.goto(&format!("{ops}/console")).await.unwrap();
     assert!(browser.url().await.unwrap().ends_with("/console/sign-in"));
-    browser
-        .find("#token")
-        .await
-        .unwrap()
-        .type_text(harness::ADMIN_TOKEN)
-        .await
-        .unwrap();
-    browser
-        .find("button[type=submit]")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.fill("#token", harness::ADMIN_TOKEN).await.unwrap();
+    browser.click("button[type=submit]").await.unwrap();
     browser
         .wait_for_text("h1", "signed in", |t| t == "Sales")
         .await
@@ -592,27 +580,9 @@ async fn an_operator_runs_a_sale_in_a_real_browser() {
         .goto(&format!("{ops}/console/sales/new"))
         .await
         .unwrap();
-    browser
-        .find("#name")
-        .await
-        .unwrap()
-        .type_text("Browser sale")
-        .await
-        .unwrap();
-    browser
-        .find("#totalQuantity")
-        .await
-        .unwrap()
-        .type_text("0")
-        .await
-        .unwrap();
-    browser
-        .find("#create")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.fill("#name", "Browser sale").await.unwrap();
+    browser.fill("#totalQuantity", "0").await.unwrap();
+    browser.click("#create").await.unwrap();
     browser
         .wait_for_text(".error", "the API's message", |t| {
             t.contains("totalQuantity must be an integer from 1")
@@ -622,13 +592,7 @@ async fn an_operator_runs_a_sale_in_a_real_browser() {
     let quantity = browser.find("#totalQuantity").await.unwrap();
     quantity.clear().await.unwrap();
     quantity.type_text("10").await.unwrap();
-    browser
-        .find("#create")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#create").await.unwrap();
     browser
         .wait_for_text(".notice", "created", |t| t.contains("created"))
         .await
@@ -654,20 +618,14 @@ async fn an_operator_runs_a_sale_in_a_real_browser() {
     shoot("sale.png").await;
 
     // Pause: users are refused; resume: admitted again.
-    browser.find("#pause").await.unwrap().click().await.unwrap();
+    browser.click("#pause").await.unwrap();
     browser
         .wait_for_text(".notice", "paused", |t| t.contains("Admission paused"))
         .await
         .unwrap();
     let (status, body) = env.issue(coupon, 7).await;
     assert_eq!((status, &body["result"]), (403, &json!("PAUSED")), "{body}");
-    browser
-        .find("#resume")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#resume").await.unwrap();
     browser
         .wait_for_text(".notice", "resumed", |t| t.contains("Admission resumed"))
         .await
@@ -675,14 +633,8 @@ async fn an_operator_runs_a_sale_in_a_real_browser() {
     assert_eq!(env.issue(coupon, 7).await.0, 201);
 
     // Raise the quantity by 2: exactly 2 more are admitted.
-    browser
-        .find("#totalQuantity")
-        .await
-        .unwrap()
-        .type_text("12")
-        .await
-        .unwrap();
-    browser.find("#raise").await.unwrap().click().await.unwrap();
+    browser.fill("#totalQuantity", "12").await.unwrap();
+    browser.click("#raise").await.unwrap();
     browser
         .wait_for_text(".notice", "raised", |t| t.contains("Quantity raised to 12"))
         .await
@@ -720,36 +672,25 @@ async fn an_operator_runs_a_sale_in_a_real_browser() {
         .goto(&format!("{ops}/console/failed-events?coupon={other}"))
         .await
         .unwrap();
-    browser
-        .find(&format!(
-            "#failed-event-{replayed} form[action$=replay] button"
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait_for_text(".notice", "replayed", |t| t.contains("RECOVERED"))
-        .await
-        .unwrap();
-    browser
-        .goto(&format!("{ops}/console/failed-events?coupon={other}"))
-        .await
-        .unwrap();
-    browser
-        .find(&format!(
-            "#failed-event-{discarded} form[action$=discard] button"
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait_for_text(".notice", "discarded", |t| t.contains("discarded"))
-        .await
-        .unwrap();
+    for (id, action, done) in [
+        (replayed, "replay", "RECOVERED"),
+        (discarded, "discard", "discarded"),
+    ] {
+        // Each goes back to the list narrowed to the coupon, with what it did.
+        let button = format!("#failed-event-{id} form[action$={action}] button");
+        browser.click(&button).await.unwrap();
+        browser
+            .wait_for_text(".notice", action, |t| t.contains(done))
+            .await
+            .unwrap();
+        assert!(
+            browser
+                .url()
+                .await
+                .unwrap()
+                .ends_with(&format!("?coupon={other}"))
+        );
+    }
     shoot("failed-events.png").await;
     let rows: Vec<(i64, String, Option<String>)> = failed_events::table
         .filter(failed_events::id.eq_any([replayed, discarded]))
@@ -794,20 +735,8 @@ async fn an_operator_runs_a_sale_in_a_real_browser() {
         .goto(&format!("{ops}/console/sales/{ending}"))
         .await
         .unwrap();
-    browser
-        .find("input[name=noEnd]")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .find("#move-end")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("input[name=noEnd]").await.unwrap();
+    browser.click("#move-end").await.unwrap();
     browser
         .wait_for_text(".notice", "the end moved", |t| {
             t.contains("The end is now no end")
@@ -841,13 +770,7 @@ async fn an_operator_runs_a_sale_in_a_real_browser() {
     assert!(unexpected.is_empty(), "{unexpected:#?}");
 
     // Sign out: the pages lead to the sign-in again.
-    browser
-        .find("#sign-out")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#sign-out").await.unwrap();
     browser.goto(&format!("{ops}/console/sales")).await.unwrap();
     assert!(browser.url().await.unwrap().ends_with("/console/sign-in"));
     browser.quit().await;

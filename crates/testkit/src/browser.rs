@@ -150,6 +150,16 @@ impl Browser {
         Ok(Element { browser: self, id })
     }
 
+    /// Clicks the first element matching the CSS selector.
+    pub async fn click(&self, css: &str) -> anyhow::Result<()> {
+        self.find(css).await?.click().await
+    }
+
+    /// Types `text` into the first field matching the CSS selector.
+    pub async fn fill(&self, css: &str, text: &str) -> anyhow::Result<()> {
+        self.find(css).await?.type_text(text).await
+    }
+
     /// Waits until the element's text satisfies `holds` (live parts refresh every second).
     pub async fn wait_for_text(
         &self,
