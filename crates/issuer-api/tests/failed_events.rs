@@ -255,7 +255,7 @@ async fn a_replay_of_a_recovered_event_changes_nothing() {
 /// database's guard refused: the replay takes a slot in Redis first. None free: 409, and
 /// nothing written. After a raise, the slot is the raised unit's, and the row follows: a
 /// newcomer is told SOLD_OUT, not admitted on a unit the row spent and then refused.
-/// And the row is written only in the state the slot is in (`replay_model.rs`).
+/// A state closed for its rebuild takes no slot and gets no row (`replay_model.rs`).
 #[actix_web::test]
 async fn an_over_quantity_event_is_replayed_onto_a_slot_taken_first() {
     let env = TestEnv::start(1).await;
@@ -276,18 +276,29 @@ async fn an_over_quantity_event_is_replayed_onto_a_slot_taken_first() {
     assert_eq!(env.redis_holders(coupon).await, vec![1]);
     assert_eq!(env.rows(coupon).await, vec![1]);
 
-    // The row is written only while the coupon's state is the one the slot was taken in.
-    let moved = coupon_core::db::redrive::replay_in_state(
-        &mut env.pg().await,
-        over,
-        "the test",
-        CouponId::new(coupon).unwrap(),
-        Some("a stamp no longer in force"),
+    // Closed for its rebuild (as a lease closes it): nothing is taken, nothing written,
+    // and the rebuild it starts opens it again for the next try.
+    let _: () = redis::AsyncCommands::hset(
+        &mut env.redis().await,
+        &env.keys(coupon).meta,
+        "epoch",
+        "rebuilding",
     )
     .await
     .unwrap();
-    assert_eq!(moved, coupon_core::db::redrive::InState::Moved);
+    let (status, body) = act(&env, over, "replay").await;
+    assert_eq!(status, 503, "{body}");
     assert_eq!(env.rows(coupon).await, vec![1]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let again = loop {
+        let answer = act(&env, over, "replay").await;
+        if answer.0 != 503 || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(again.0, 409, "rebuilt, and still none free: {}", again.1);
+    assert_eq!(env.redis_holders(coupon).await, vec![1]);
 
     let (status, body) = env
         .put(
@@ -311,5 +322,28 @@ async fn an_over_quantity_event_is_replayed_onto_a_slot_taken_first() {
         (410, &json!("SOLD_OUT")),
         "{body}"
     );
+
+    // A user whose own admission is still pending (its event not acknowledged, so its slot
+    // may yet be given back) cannot carry the row: 409, nothing written.
+    let other = env.coupon_with_quantity(5).await;
+    let pending = failed(&env, "OVER_QUANTITY", "ABANDONED", event(other, 5), 5).await;
+    let keys = env.keys(other);
+    let mut redis = env.redis().await;
+    let _: () = redis::AsyncCommands::sadd(&mut redis, &keys.issued, 5)
+        .await
+        .unwrap();
+    let _: () = redis::AsyncCommands::hset(&mut redis, &keys.pending, 5, "in flight")
+        .await
+        .unwrap();
+    let (status, body) = act(&env, pending, "replay").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("still being delivered"),
+        "{body}"
+    );
+    assert_eq!(env.rows(other).await, Vec::<i64>::new());
     env.shutdown().await;
 }

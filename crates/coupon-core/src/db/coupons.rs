@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::Error;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::buckets::BucketCount;
 use crate::db::schema::{coupon_issues, coupons};
@@ -144,11 +144,40 @@ pub async fn coupon_holders(
     conn: &mut AsyncPgConnection,
     coupon: CouponId,
 ) -> QueryResult<Vec<i64>> {
-    coupon_issues::table
-        .filter(coupon_issues::coupon_id.eq(coupon.get()))
-        .select(coupon_issues::user_id)
-        .load(conn)
+    // Under a share lock of the coupon's row: an operator's replay holds it (FOR UPDATE)
+    // from the slot it takes in Redis until its row commits, so a rebuild reading the
+    // holders either reads before that (and had closed the state, so the replay takes
+    // nothing) or reads the row (`coupon-core/tests/replay_model.rs`).
+    conn.transaction(async |conn| {
+        coupons::table
+            .find(coupon.get())
+            .select(coupons::id)
+            .for_share()
+            .first::<i64>(conn)
+            .await
+            .optional()?;
+        coupon_issues::table
+            .filter(coupon_issues::coupon_id.eq(coupon.get()))
+            .select(coupon_issues::user_id)
+            .load(conn)
+            .await
+    })
+    .await
+}
+
+/// The coupon's stamp in force (None: never verified), its row locked until the caller's
+/// transaction ends; None if there is no such coupon.
+pub async fn lock_redis_stamp(
+    conn: &mut AsyncPgConnection,
+    coupon: CouponId,
+) -> QueryResult<Option<Option<String>>> {
+    coupons::table
+        .find(coupon.get())
+        .select(coupons::redis_stamp)
+        .for_update()
+        .first(conn)
         .await
+        .optional()
 }
 
 /// The stamp of the coupon's Redis state in force (`crate::redis::epoch::Stamp`): None if the

@@ -10,7 +10,7 @@
 //! would spend one of them, and the user Redis then admits for it, told 201, would be
 //! refused by the guard. Only a person knows whether an admission made the event. The
 //! operator's replay inserts it: the admin route (and the console) takes the user's slot in
-//! Redis first and writes the row only in the state that slot is in ([`replay_in_state`],
+//! Redis first, holding the coupon's row until the row commits ([`replay_within`],
 //! `coupon-core/tests/replay_model.rs`); the shell's `dlq replay` takes none, and the
 //! README's runbook then raises PostgreSQL's quantity alone, recorded as landed, so that
 //! Redis sells nothing more.
@@ -21,8 +21,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::db::batch_insert::{FailureReason, SourcedIssue, is_transient, persist_batch};
 use crate::db::failed_events::{FailedEventRow, RETRY_SCHEDULE, Status, locked};
-use crate::db::schema::{coupons, failed_events};
-use crate::domain::CouponId;
+use crate::db::schema::failed_events;
 use crate::event::IssueEvent;
 
 /// What one retry did.
@@ -85,49 +84,13 @@ pub async fn replay(
     id: i64,
     by: &str,
 ) -> QueryResult<Option<Redriven>> {
-    conn.transaction(async |conn| replay_locked(conn, id, by).await)
+    conn.transaction(async |conn| replay_within(conn, id, by).await)
         .await
 }
 
-/// Where a replay in a given state of Redis's stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InState {
-    /// Replayed (None: no such event).
-    Replayed(Option<Redriven>),
-    /// The coupon's state in Redis is no longer the one stamped `stamp`: rebuilt since the
-    /// user's slot was taken there, from rows without theirs. Nothing was written; take
-    /// the slot again.
-    Moved,
-}
-
-/// [`replay`], only while `coupon`'s Redis state is still the one stamped `stamp`, where
-/// the user's slot was taken: the coupon's row is locked first, and a rebuild records its
-/// new stamp on it before it reads the rows, so it either waits for this row (and loads
-/// its slot) or this replay sees the new stamp and writes nothing.
-pub async fn replay_in_state(
-    conn: &mut AsyncPgConnection,
-    id: i64,
-    by: &str,
-    coupon: CouponId,
-    stamp: Option<&str>,
-) -> QueryResult<InState> {
-    conn.transaction(async |conn| {
-        let in_force: Option<Option<String>> = coupons::table
-            .find(coupon.get())
-            .select(coupons::redis_stamp)
-            .for_update()
-            .first(conn)
-            .await
-            .optional()?;
-        if in_force.as_ref().map(Option::as_deref) != Some(stamp) {
-            return Ok(InState::Moved);
-        }
-        Ok(InState::Replayed(replay_locked(conn, id, by).await?))
-    })
-    .await
-}
-
-async fn replay_locked(
+/// [`replay`], in the caller's transaction: the OVER_QUANTITY replay's, which holds the
+/// coupon's row from the Redis slot it takes until this row commits.
+pub async fn replay_within(
     conn: &mut AsyncPgConnection,
     id: i64,
     by: &str,

@@ -129,6 +129,8 @@ pub enum ReplaySlot {
     Taken,
     /// None is free: the quantity must be raised first.
     NoneFree,
+    /// The user's slot is pending: an admission of theirs is still being delivered.
+    Pending,
 }
 
 /// Who holds a slot in a coupon's state (`scripts/holders.lua`), as user ids.
@@ -421,7 +423,7 @@ impl AdmissionScripts {
 
     /// Takes a slot for `user`, whose OVER_QUANTITY event an operator replays, in
     /// `coupon`'s state verified here under `stamp` (PostgreSQL's in force), before its row
-    /// is written (`scripts/replay_slot.lua`).
+    /// is written; the caller holds the coupon's row until then (`scripts/replay_slot.lua`).
     pub async fn replay_slot<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
@@ -430,7 +432,10 @@ impl AdmissionScripts {
         stamp: Option<&str>,
     ) -> Result<ReplaySlot, RedisError> {
         let keys = self.keys(coupon);
-        let mut call = library::call(Function::ReplaySlot, &[&keys.meta, &keys.issued]);
+        let mut call = library::call(
+            Function::ReplaySlot,
+            &[&keys.meta, &keys.issued, &keys.pending],
+        );
         call.arg(user.get()).arg(stamp.unwrap_or_default());
         let code: i64 = library::invoke(con, &call).await?;
         match code {
@@ -438,6 +443,7 @@ impl AdmissionScripts {
             1 => Ok(ReplaySlot::Held),
             2 => Ok(ReplaySlot::Taken),
             3 => Ok(ReplaySlot::NoneFree),
+            4 => Ok(ReplaySlot::Pending),
             other => Err(RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "replay_slot returned an unknown code",
@@ -447,14 +453,22 @@ impl AdmissionScripts {
     }
 
     /// Gives back a slot [`AdmissionScripts::replay_slot`] took, for a row the database
-    /// refused all the same.
+    /// refused all the same, holding it for the gates' hold if the coupon was sold out
+    /// (`scripts/replay_slot_back.lua`). Registered before and after, as a raise is: a
+    /// coupon judged finished and retired while the slot was taken admits again.
     pub async fn give_back_replay_slot<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
         coupon: CouponId,
         user: UserId,
     ) -> Result<(), RedisError> {
-        let _: i64 = con.srem(self.keys(coupon).issued, user.get()).await?;
+        self.registry.register(con, coupon).await?;
+        let keys = self.keys(coupon);
+        let mut call = library::call(Function::ReplaySlotBack, &[&keys.meta, &keys.issued]);
+        call.arg(user.get())
+            .arg(self.reopen_hold.as_millis() as u64);
+        let _: i64 = library::invoke(con, &call).await?;
+        self.registry.register(con, coupon).await?;
         Ok(())
     }
 

@@ -55,10 +55,12 @@ pub enum Function {
     Settings,
     /// `scripts/replay_slot.lua`.
     ReplaySlot,
+    /// `scripts/replay_slot_back.lua`.
+    ReplaySlotBack,
 }
 
 impl Function {
-    const ALL: [Function; 14] = [
+    const ALL: [Function; 15] = [
         Function::Admit,
         Function::LoadMeta,
         Function::Finished,
@@ -73,6 +75,7 @@ impl Function {
         Function::Holders,
         Function::Settings,
         Function::ReplaySlot,
+        Function::ReplaySlotBack,
     ];
 
     fn suffix(self) -> &'static str {
@@ -91,6 +94,7 @@ impl Function {
             Function::Holders => "holders",
             Function::Settings => "settings",
             Function::ReplaySlot => "replay_slot",
+            Function::ReplaySlotBack => "replay_slot_back",
         }
     }
 
@@ -110,6 +114,7 @@ impl Function {
             Function::Holders => include_str!("scripts/holders.lua"),
             Function::Settings => include_str!("scripts/settings.lua"),
             Function::ReplaySlot => include_str!("scripts/replay_slot.lua"),
+            Function::ReplaySlotBack => include_str!("scripts/replay_slot_back.lua"),
         }
     }
 }

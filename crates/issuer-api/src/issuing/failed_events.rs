@@ -5,18 +5,23 @@
 //! and the raise gives Redis as many units to sell: a row no slot accounts for makes a
 //! user Redis admits on that unit, told 201, refused by the quantity guard. So its replay
 //! takes the user's slot in Redis first (their admission's, if the state still holds it;
-//! else a free one, else 409: raise first), then writes the row only while the coupon's
-//! state is still the one that slot is in (`coupon-core/tests/replay_model.rs` found the
-//! rebuild between the two), and gives back a slot it took for a row refused all the same.
+//! else a free one, else 409: raise first), then writes the row, holding the coupon's row
+//! in PostgreSQL from before the slot until the row commits: a rebuild reads the holders
+//! under a share lock of it (`coupon-core/tests/replay_model.rs` found the rebuild reading
+//! between the two otherwise). A slot taken for a row refused all the same is given back
+//! before the commit.
 //! No replica confirms the slot before the row: a failover that loses it is a state
 //! verified under another instance, rebuilt from the rows, this one's among them.
 
 use coupon_core::db::batch_insert::FailureReason;
-use coupon_core::db::coupons::redis_stamp;
-use coupon_core::db::failed_events::{Discard, FailedEventRow, Filter, discard, find, list};
-use coupon_core::db::redrive::{InState, Redriven, replay, replay_in_state};
+use coupon_core::db::coupons::lock_redis_stamp;
+use coupon_core::db::failed_events::{
+    Discard, FailedEventRow, Filter, Status, discard, find, list,
+};
+use coupon_core::db::redrive::{Redriven, replay, replay_within};
 use coupon_core::event::IssueEvent;
 use coupon_core::redis::admission::ReplaySlot;
+use diesel_async::AsyncConnection;
 
 use super::Issuer;
 use crate::error::ApiError;
@@ -40,7 +45,10 @@ impl Issuer {
         let row = find(&mut db, id)
             .await?
             .ok_or(ApiError::FailedEventNotFound(id))?;
-        if row.reason == FailureReason::OverQuantity.as_str() {
+        // A row already: answered as it is, whatever its reason (nothing to take a slot for).
+        if row.reason == FailureReason::OverQuantity.as_str()
+            && row.status != Status::Recovered.as_str()
+        {
             drop(db);
             return self.replay_over_quantity(&row, by).await;
         }
@@ -63,7 +71,11 @@ impl Issuer {
         })?;
         let (coupon, user) = (event.coupon_id, event.user_id);
         match self.layouts.get(coupon).await? {
-            None => return Err(ApiError::CouponNotFound(coupon.get())),
+            None => {
+                return Err(ApiError::Conflict(format!(
+                    "coupon {coupon} of failed event {id} does not exist: discard it"
+                )));
+            }
             Some(Layout::Buckets(_)) => {
                 return Err(ApiError::Conflict(format!(
                     "coupon {coupon} is in buckets, whose OVER_QUANTITY events cannot be \
@@ -72,47 +84,61 @@ impl Issuer {
             }
             Some(Layout::Single) => {}
         }
-        let stamp = redis_stamp(&mut *self.pool.get().await?, coupon).await?;
-        let stamp = stamp.as_ref().map(|stamp| stamp.as_str());
         let mut redis = self.redis.clone();
-        let took = match self
-            .scripts
-            .replay_slot(&mut redis, coupon, user, stamp)
-            .await?
-        {
-            ReplaySlot::Held => false,
-            ReplaySlot::Taken => true,
-            // Loaded and verified by the rebuild this starts; the operator replays again.
-            ReplaySlot::NotVerified => return Err(self.start_rebuild(coupon).await),
-            ReplaySlot::NoneFree => {
-                return Err(ApiError::Conflict(format!(
-                    "no unit of coupon {coupon} is free in Redis for user {user}: raise the \
-                     quantity first, then replay"
-                )));
-            }
-        };
-        let replayed = replay_in_state(&mut *self.pool.get().await?, id, by, coupon, stamp).await;
-        // A slot taken for a row that is not there is given back; one whose row's fate is
-        // unknown (the database failed) is kept: a unit unsold, never one sold twice.
-        if took
-            && matches!(
-                replayed,
-                Ok(InState::Replayed(
-                    None | Some(Redriven::Abandoned(_) | Redriven::RetryAt(_))
-                ))
-            )
-        {
-            self.scripts
-                .give_back_replay_slot(&mut redis, coupon, user)
-                .await?;
-        }
-        tracing::info!(failed_event = id, %coupon, %user, took, outcome = ?replayed,
-            "OVER_QUANTITY event replayed onto a Redis slot");
-        match replayed? {
-            InState::Replayed(Some(redriven)) => Ok(redriven),
-            InState::Replayed(None) => Err(ApiError::FailedEventNotFound(id)),
-            // Rebuilt since the slot was taken, from rows without this one: take it again.
-            InState::Moved => Err(ApiError::Rebuilding(coupon.get())),
+        let mut db = self.pool.get().await?;
+        // One transaction holds the coupon's row from the slot to the row's commit: a
+        // rebuild reads the holders under a share lock of it, and a raise, a batch and a
+        // second replay wait (`coupon-core/tests/replay_model.rs`).
+        let outcome = db
+            .transaction(async |conn| {
+                let stamp = lock_redis_stamp(conn, coupon)
+                    .await?
+                    .ok_or(ApiError::CouponNotFound(coupon.get()))?;
+                let took = match self
+                    .scripts
+                    .replay_slot(&mut redis, coupon, user, stamp.as_deref())
+                    .await?
+                {
+                    ReplaySlot::Held => false,
+                    ReplaySlot::Taken => true,
+                    ReplaySlot::NotVerified => return Ok(None),
+                    ReplaySlot::NoneFree => {
+                        return Err(ApiError::Conflict(format!(
+                            "no unit of coupon {coupon} is free in Redis for user {user}: \
+                             raise the quantity first, then replay"
+                        )));
+                    }
+                    ReplaySlot::Pending => {
+                        return Err(ApiError::Conflict(format!(
+                            "user {user} has an admission of coupon {coupon} still being \
+                             delivered: replay once it is settled (or given back)"
+                        )));
+                    }
+                };
+                let replayed = replay_within(conn, id, by).await?;
+                // A slot taken for a row that is not there is given back before the commit.
+                // One that cannot be is kept: a unit unsold, never one sold twice.
+                if took
+                    && !matches!(replayed, Some(Redriven::Recovered))
+                    && let Err(err) = self
+                        .scripts
+                        .give_back_replay_slot(&mut redis, coupon, user)
+                        .await
+                {
+                    tracing::warn!(failed_event = id, %coupon, %user, error = %err,
+                        "a replay's slot not given back: the unit stays unsold");
+                }
+                tracing::info!(failed_event = id, %coupon, %user, took, outcome = ?replayed,
+                    "OVER_QUANTITY event replayed onto a Redis slot");
+                Ok(Some(replayed))
+            })
+            .await?;
+        match outcome {
+            Some(Some(redriven)) => Ok(redriven),
+            Some(None) => Err(ApiError::FailedEventNotFound(id)),
+            // Not open here (closed for its rebuild, not loaded, a copy not verified): the
+            // rebuild this starts opens it; the operator replays again.
+            None => Err(self.start_rebuild(coupon).await),
         }
     }
 
