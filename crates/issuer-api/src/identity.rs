@@ -63,6 +63,8 @@ pub struct Caller {
     /// The user the caller is, if it is one (the admin token is nobody's).
     pub user: Option<UserId>,
     pub admin: bool,
+    /// When its credential expires (a JWT's `exp`, Unix seconds); the admin token's never.
+    pub expires_at: Option<u64>,
 }
 
 impl Identity {
@@ -106,6 +108,7 @@ impl Identity {
                 Ok(Caller {
                     user: Some(gateway.user(req)?),
                     admin: false,
+                    expires_at: None,
                 })
             }
             (_, Some(token)) => self.token(token).await,
@@ -122,6 +125,7 @@ impl Identity {
             return Ok(Caller {
                 user: None,
                 admin: true,
+                expires_at: None,
             });
         }
         match &self.users {
@@ -130,6 +134,7 @@ impl Identity {
                 Ok(Caller {
                     user: claims.user,
                     admin: claims.admin,
+                    expires_at: claims.expires_at,
                 })
             }
             Users::GatewayHeader(_) => Err(ApiError::Unauthenticated(

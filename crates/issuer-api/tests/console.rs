@@ -287,6 +287,34 @@ async fn signing_in_takes_the_form_token_a_credential_and_the_admin_role() {
     }
     assert!(!set.contains("Secure"), "plain HTTP over loopback: {set}");
 
+    // A session ends when the admin JWT it was opened with expires.
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let exp = unix.as_secs() + 2;
+    let claims = json!({
+        "sub": "1",
+        "iss": testkit::credentials::DEV_ISSUER,
+        "aud": testkit::credentials::DEV_AUDIENCE,
+        "exp": exp,
+        "roles": ["coupon-admin"],
+    });
+    let key = jsonwebtoken::EncodingKey::from_secret(harness::JWT_SECRET.as_bytes()).unwrap();
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+    let short = sign_in(&ops, &token).await;
+    assert_eq!(short.status, 303, "{}", short.body);
+    let cookie = short.cookie("console-session");
+    let sales = format!("{ops}/console/sales");
+    let page = send(&sales, &[("console-session", &cookie)], None).await;
+    assert_eq!(page.status, 200, "before the JWT's expiry");
+    let expired = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp + 1);
+    let wait = expired
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    actix_web::rt::time::sleep(wait).await;
+    let page = send(&sales, &[("console-session", &cookie)], None).await;
+    assert!(page.to_sign_in(), "after the JWT's expiry: {}", page.status);
+
     // Failed sign-ins are throttled per address (the test's limit is the default's).
     let mut throttled = None;
     for _ in 0..50 {

@@ -399,7 +399,7 @@ pub async fn sign_in(
     spent.make_removal();
     let mut answer = see_other("/console/sales");
     answer
-        .add_cookie(&sessions.open(&req, who))
+        .add_cookie(&sessions.open(&req, who, caller.expires_at))
         .and_then(|()| answer.add_cookie(&spent))
         .map_err(|err| Refusal::Status(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
     Ok(answer)

@@ -57,6 +57,9 @@ struct Held {
     session: Session,
     created: Instant,
     used: Instant,
+    /// Its end at the latest: [`LIFETIME`] after sign-in, or the credential's expiry if
+    /// sooner (a session never outlives the JWT it was opened with).
+    ends: Instant,
 }
 
 pub struct Sessions {
@@ -72,10 +75,17 @@ impl Sessions {
         }
     }
 
-    /// A new session for `who`, and the cookie naming it.
-    pub fn open(&self, req: &HttpRequest, who: String) -> Cookie<'static> {
+    /// A new session for `who`, whose credential expires at `expires_at` (Unix seconds),
+    /// and the cookie naming it.
+    pub fn open(&self, req: &HttpRequest, who: String, expires_at: Option<u64>) -> Cookie<'static> {
         let id = random_token();
         let now = Instant::now();
+        let left = expires_at.map_or(LIFETIME, |exp| {
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            Duration::from_secs(exp).saturating_sub(unix).min(LIFETIME)
+        });
         let mut held = self.lock();
         held.retain(|_, s| live(s, now));
         if held.len() >= SESSIONS_MAX
@@ -96,6 +106,7 @@ impl Sessions {
                 },
                 created: now,
                 used: now,
+                ends: now + left,
             },
         );
         self.cookie(req, SESSION_COOKIE, id)
@@ -175,7 +186,9 @@ impl Sessions {
 }
 
 fn live(held: &Held, now: Instant) -> bool {
-    now.duration_since(held.used) < IDLE && now.duration_since(held.created) < LIFETIME
+    now.duration_since(held.used) < IDLE
+        && now.duration_since(held.created) < LIFETIME
+        && now < held.ends
 }
 
 /// Whether `sent` is `expected`, in time that does not depend on where they differ.

@@ -20,6 +20,8 @@ use crate::config::{DevSecrets, IdentityArgs};
 pub struct Claims {
     pub user: Option<UserId>,
     pub admin: bool,
+    /// When the token expires (`exp`, Unix seconds): what it grants ends then.
+    pub expires_at: Option<u64>,
 }
 
 /// Why a token was refused; each answers 401, but for `KeysUnavailable` (503: the keys
@@ -212,6 +214,10 @@ impl Verifier {
         Ok(Claims {
             user: self.user(&claims)?,
             admin: self.admin(&claims),
+            expires_at: claims
+                .get("exp")
+                .and_then(Value::as_f64)
+                .map(|exp| exp as u64),
         })
     }
 
