@@ -22,10 +22,20 @@
 //! which this model lacks: a replica promoted, or an old primary failed back to, whose
 //! meta may open without a change that landed in the other (the failover model's traces).
 //!
-//! Invariants: a change answered 200, while it is the last one, is in force in the open
-//! meta (a pause answered 200 is in force on every API), unless Redis lost the meta since
-//! the change landed in it;
-//! whenever the last change is recorded as landed, the open meta holds it; at rest (nothing
+//! A bucketed coupon (issue 24) has a meta per bucket, each with its own stamp, rebuild
+//! (`bucket_restore.lua`) and record of what landed (`coupon_buckets.landed_settings`). A
+//! change reads every bucket's stamp in force when it commits, lands in every bucket's meta
+//! in turn, and is answered 200 only when every one took it and every record is taken under
+//! its stamp; the landers look for a bucket whose record is behind. The model found a
+//! change landed in the coupon's own keys alone, bucket 0's (`FirstBucketOnly`), and a
+//! restore that writes no settings (`RestoreWithoutSettings`: a lost bucket comes back
+//! unpaused, although its rebuild read the pause).
+//!
+//! Invariants, in every meta (a coupon's own, or each bucket's): a change answered 200, while
+//! it is the last one, is in force in the open meta (a pause answered 200 is in force on
+//! every API), unless Redis lost the meta since the change landed in it and its rebuild read
+//! PostgreSQL before the change; whenever the last change is recorded as landed, the open
+//! meta holds it; an open meta holds at least the version its rebuild read; at rest (nothing
 //! left to do), the meta is open and holds PostgreSQL's setting and version.
 
 use testkit::explorer::{Protocol, finds, holds};
@@ -37,6 +47,12 @@ enum Bug {
     RecordedWithoutMeta,
     /// A change taken as landed in any meta, open under its stamp or not.
     LandedInAnyMeta,
+    /// A bucketed coupon's change landed and recorded in its own keys only (bucket 0's,
+    /// whose tag is the coupon id), as a single coupon's is.
+    FirstBucketOnly,
+    /// A bucket's restore writes no settings (it wrote the end alone, before buckets could
+    /// be paused): a lost bucket comes back unpaused.
+    RestoreWithoutSettings,
 }
 
 /// A setting and the version it was committed under.
@@ -46,21 +62,35 @@ struct Setting {
     version: u8,
 }
 
+/// The most buckets a model has (2: each bucket's protocol is the same, and two are
+/// enough for one to be rebuilt or lost while the other lands).
+const MAX_BUCKETS: usize = 2;
+
+/// Landing a change: the stamp of every bucket in force when it committed, the bucket
+/// whose meta is next, and whether every one so far took it as landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Landing {
+    setting: Setting,
+    stamps: [u8; MAX_BUCKETS],
+    at: u8,
+    all: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Changer {
     /// About to commit change number `.0` (0: pause, 1: resume).
     Commit(u8),
-    /// The setting committed, and the stamp in force read with it.
-    Land(Setting, u8),
-    Record(Setting, u8),
+    Land(Landing),
+    /// Every bucket took it: each recorded under its stamp, in one transaction.
+    Record(Landing),
     Done,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Lander {
     Idle,
-    Land(Setting, u8),
-    Record(Setting, u8),
+    Land(Landing),
+    Record(Landing),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,23 +103,32 @@ enum Rebuild {
     Recorded(Setting),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct State {
-    pg: Setting,
-    landed: u8,
-    meta: Option<Setting>,
+/// One meta (a single coupon's, or one bucket's) and what PostgreSQL keeps of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Meta {
+    setting: Option<Setting>,
     /// Whether the meta admits (verified under the stamp in force).
     open: bool,
     /// The stamp in force: a new one at every rebuild's opening.
     stamp: u8,
+    /// PostgreSQL's record of the version landed under that stamp.
+    landed: u8,
+    /// Whether Redis lost the meta since the last change answered 200 landed in it.
+    lost_since_landing: bool,
+    /// The version the load that opened the meta last read from PostgreSQL.
+    loaded_from: u8,
+    rebuild: Rebuild,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct State {
+    pg: Setting,
+    metas: [Meta; MAX_BUCKETS],
     /// The last change answered 200 (recorded as landed by its own API).
     answered: Option<Setting>,
-    /// Whether Redis lost the meta since that change landed in it.
-    lost_since_landing: bool,
     changer: Changer,
     changer_died: bool,
     lander: Lander,
-    rebuild: Rebuild,
     losses: u8,
     rebuilds: u8,
 }
@@ -99,10 +138,10 @@ enum Action {
     Change,
     ChangerDies,
     Lander,
-    Lose,
-    RebuildReads,
-    RebuildRecords,
-    RebuildLoads,
+    Lose(usize),
+    RebuildReads(usize),
+    RebuildRecords(usize),
+    RebuildLoads(usize),
 }
 
 const CHANGES: u8 = 2;
@@ -111,39 +150,84 @@ const REBUILDS: u8 = 2;
 
 struct Model {
     bug: Bug,
-    /// Whether the coupon's meta is loaded at first (else its first request loads it).
+    /// Whether the coupon's metas are loaded at first (else its first request loads them).
     loaded: bool,
+    /// 1 for a coupon of one bucket, 2 for a bucketed one.
+    buckets: usize,
 }
 
 impl Model {
-    /// `settings.lua`: writes a newer version into any meta; true only when the meta is open
-    /// under `stamp`, the one in force when the setting was read (then it may be recorded).
-    fn land(&self, s: &mut State, setting: Setting, stamp: u8) -> bool {
-        let Some(meta) = &mut s.meta else {
-            return false;
+    /// The metas a change lands in and records (all of them, unless the bug).
+    fn landed_in(&self) -> usize {
+        match self.bug {
+            Bug::FirstBucketOnly => 1,
+            _ => self.buckets,
+        }
+    }
+
+    /// A change just committed (or read by the landers), with the stamps in force.
+    fn landing(&self, s: &State) -> Landing {
+        Landing {
+            setting: s.pg,
+            stamps: s.metas.map(|meta| meta.stamp),
+            at: 0,
+            all: true,
+        }
+    }
+
+    /// `settings.lua` on the next meta: writes a newer version into any meta; taken as
+    /// landed only when the meta is open under the stamp in force when the setting was read
+    /// (then it may be recorded). The landing after it: the next meta, or None when every
+    /// meta was written.
+    fn land(&self, s: &mut State, landing: Landing) -> (bool, Option<Landing>) {
+        let at = usize::from(landing.at);
+        let meta = &mut s.metas[at];
+        let landed = match &mut meta.setting {
+            None => self.bug == Bug::RecordedWithoutMeta,
+            Some(setting) => {
+                if setting.version < landing.setting.version {
+                    *setting = landing.setting;
+                }
+                (meta.open && meta.stamp == landing.stamps[at]) || self.bug == Bug::LandedInAnyMeta
+            }
         };
-        if meta.version < setting.version {
-            *meta = setting;
-        }
-        (s.open && s.stamp == stamp) || self.bug == Bug::LandedInAnyMeta
+        let landing = Landing {
+            at: landing.at + 1,
+            all: landing.all && landed,
+            ..landing
+        };
+        (
+            landed,
+            (usize::from(landing.at) < self.landed_in()).then_some(landing),
+        )
     }
 
-    /// PostgreSQL records `setting` as landed, if the stamp in force is still `stamp`.
-    fn record(&self, s: &mut State, setting: Setting, stamp: u8) -> bool {
-        let recorded = s.stamp == stamp;
-        if recorded {
-            s.landed = s.landed.max(setting.version);
+    /// PostgreSQL records the setting as landed in every meta whose stamp in force is still
+    /// the one read with it; whether it recorded them all.
+    fn record(&self, s: &mut State, landing: Landing) -> bool {
+        let mut all = true;
+        for (at, meta) in s.metas.iter_mut().enumerate().take(self.landed_in()) {
+            if meta.stamp == landing.stamps[at] {
+                meta.landed = meta.landed.max(landing.setting.version);
+            } else {
+                all = false;
+            }
         }
-        recorded
+        all
     }
 
-    /// `load_meta.lua` with what the rebuild read.
-    fn load(&self, s: &mut State, read: Setting) {
-        s.meta = Some(match (s.meta, self.bug) {
-            (None, _) => read,
-            (Some(meta), _) if meta.version >= read.version => meta,
-            (Some(_), _) => read,
+    /// `load_meta.lua` (a coupon's own meta) or `bucket_restore.lua` (a bucket's) with what
+    /// the rebuild read.
+    fn load(&self, meta: &mut Meta, read: Setting) {
+        meta.setting = Some(match meta.setting {
+            _ if self.bug == Bug::RestoreWithoutSettings => meta.setting.unwrap_or(Setting {
+                paused: false,
+                version: 0,
+            }),
+            Some(setting) if setting.version >= read.version => setting,
+            _ => read,
         });
+        meta.loaded_from = read.version;
     }
 }
 
@@ -156,18 +240,22 @@ impl Protocol for Model {
             paused: false,
             version: 0,
         };
-        State {
-            pg: setting,
-            landed: 0,
-            meta: self.loaded.then_some(setting),
+        let meta = Meta {
+            setting: self.loaded.then_some(setting),
             open: self.loaded,
             stamp: 0,
-            answered: None,
+            landed: 0,
             lost_since_landing: false,
+            loaded_from: 0,
+            rebuild: Rebuild::Idle,
+        };
+        State {
+            pg: setting,
+            metas: [meta; MAX_BUCKETS],
+            answered: None,
             changer: Changer::Commit(0),
             changer_died: false,
             lander: Lander::Idle,
-            rebuild: Rebuild::Idle,
             losses: 0,
             rebuilds: 0,
         }
@@ -181,22 +269,29 @@ impl Protocol for Model {
                 actions.push(Action::ChangerDies);
             }
         }
-        // The lander runs its pass only when there is something unlanded; a pass started
-        // goes on (it may also be the one whose API dies: the next pass redoes it).
-        if s.lander != Lander::Idle || s.landed < s.pg.version {
+        let metas = &s.metas[..self.buckets];
+        // The lander runs its pass only when there is something unlanded (in any bucket);
+        // a pass started goes on (it may also be the one whose API dies: the next pass
+        // redoes it).
+        let unlanded = metas[..self.landed_in()]
+            .iter()
+            .any(|meta| meta.landed < s.pg.version);
+        if s.lander != Lander::Idle || unlanded {
             actions.push(Action::Lander);
         }
-        if s.losses < LOSSES && s.meta.is_some() {
-            actions.push(Action::Lose);
-        }
-        match s.rebuild {
-            // A lost meta is rebuilt (a request finds it gone); one not verified is too.
-            Rebuild::Idle if s.meta.is_none() || s.rebuilds < REBUILDS => {
-                actions.push(Action::RebuildReads)
+        for (at, meta) in metas.iter().enumerate() {
+            if s.losses < LOSSES && meta.setting.is_some() {
+                actions.push(Action::Lose(at));
             }
-            Rebuild::Read(_) => actions.push(Action::RebuildRecords),
-            Rebuild::Recorded(_) => actions.push(Action::RebuildLoads),
-            Rebuild::Idle => {}
+            match meta.rebuild {
+                // A lost meta is rebuilt (a request finds it gone); one not verified is too.
+                Rebuild::Idle if meta.setting.is_none() || s.rebuilds < REBUILDS => {
+                    actions.push(Action::RebuildReads(at))
+                }
+                Rebuild::Read(_) => actions.push(Action::RebuildRecords(at)),
+                Rebuild::Recorded(_) => actions.push(Action::RebuildLoads(at)),
+                Rebuild::Idle => {}
+            }
         }
         actions
     }
@@ -211,25 +306,27 @@ impl Protocol for Model {
                             paused: n == 0,
                             version: s.pg.version + 1,
                         };
-                        Changer::Land(s.pg, s.stamp)
+                        Changer::Land(self.landing(&s))
                     }
-                    Changer::Land(setting, stamp) => {
-                        let landed = self.land(&mut s, setting, stamp);
+                    Changer::Land(landing) => {
+                        let at = usize::from(landing.at);
+                        let (landed, next) = self.land(&mut s, landing);
                         if landed {
-                            s.lost_since_landing = false;
+                            s.metas[at].lost_since_landing = false;
                         }
-                        match landed || (self.bug == Bug::RecordedWithoutMeta && s.meta.is_none()) {
-                            true => Changer::Record(setting, stamp),
+                        match next {
+                            Some(next) => Changer::Land(next),
+                            None if landing.all && landed => Changer::Record(landing),
                             // 202: the lander lands it.
-                            false => next_change(setting),
+                            None => next_change(landing.setting),
                         }
                     }
-                    Changer::Record(setting, stamp) => {
-                        // 200 if recorded, else 202 (the landers land it).
-                        if self.record(&mut s, setting, stamp) {
-                            s.answered = Some(setting);
+                    Changer::Record(landing) => {
+                        // 200 if recorded in every meta, else 202 (the landers land it).
+                        if self.record(&mut s, landing) {
+                            s.answered = Some(landing.setting);
                         }
-                        next_change(setting)
+                        next_change(landing.setting)
                     }
                     Changer::Done => unreachable!(),
                 };
@@ -237,74 +334,92 @@ impl Protocol for Model {
             Action::ChangerDies => {
                 s.changer_died = true;
                 s.changer = match s.changer {
-                    Changer::Land(setting, _) | Changer::Record(setting, _) => next_change(setting),
+                    Changer::Land(landing) | Changer::Record(landing) => {
+                        next_change(landing.setting)
+                    }
                     other => other,
                 };
             }
             Action::Lander => {
                 s.lander = match s.lander {
-                    Lander::Idle => Lander::Land(s.pg, s.stamp),
-                    Lander::Land(setting, stamp) => match self.land(&mut s, setting, stamp) {
-                        true => Lander::Record(setting, stamp),
-                        false => Lander::Idle,
+                    Lander::Idle => Lander::Land(self.landing(&s)),
+                    Lander::Land(landing) => match self.land(&mut s, landing) {
+                        (_, Some(next)) => Lander::Land(next),
+                        (true, None) if landing.all => Lander::Record(landing),
+                        _ => Lander::Idle,
                     },
-                    Lander::Record(setting, stamp) => {
-                        self.record(&mut s, setting, stamp);
+                    Lander::Record(landing) => {
+                        self.record(&mut s, landing);
                         Lander::Idle
                     }
                 };
             }
-            Action::Lose => {
+            Action::Lose(at) => {
                 s.losses += 1;
-                s.meta = None;
-                s.open = false;
-                s.lost_since_landing = true;
+                let meta = &mut s.metas[*at];
+                meta.setting = None;
+                meta.open = false;
+                meta.lost_since_landing = true;
             }
-            Action::RebuildReads => {
+            Action::RebuildReads(at) => {
                 s.rebuilds += 1;
-                s.open = false;
-                s.rebuild = Rebuild::Read(s.pg);
+                let pg = s.pg;
+                let meta = &mut s.metas[*at];
+                meta.open = false;
+                meta.rebuild = Rebuild::Read(pg);
             }
-            Action::RebuildRecords => {
-                let Rebuild::Read(read) = s.rebuild else {
+            Action::RebuildRecords(at) => {
+                let meta = &mut s.metas[*at];
+                let Rebuild::Read(read) = meta.rebuild else {
                     unreachable!()
                 };
                 // Its stamp recorded in PostgreSQL, and in the same transaction the record
-                // of what landed set back to 0.
-                s.stamp += 1;
-                s.landed = 0;
-                s.rebuild = Rebuild::Recorded(read);
+                // of what landed (in this meta) set back to 0.
+                meta.stamp += 1;
+                meta.landed = 0;
+                meta.rebuild = Rebuild::Recorded(read);
             }
-            Action::RebuildLoads => {
-                let Rebuild::Recorded(read) = s.rebuild else {
+            Action::RebuildLoads(at) => {
+                let meta = &mut s.metas[*at];
+                let Rebuild::Recorded(read) = meta.rebuild else {
                     unreachable!()
                 };
-                self.load(&mut s, read);
-                s.open = true;
-                s.rebuild = Rebuild::Idle;
+                self.load(meta, read);
+                meta.open = true;
+                meta.rebuild = Rebuild::Idle;
             }
         }
         s
     }
 
     fn violation(&self, s: &State) -> Option<&'static str> {
-        // An answer 200 is true while the change is the last one, unless Redis lost the
-        // meta since the change landed (the landers put it back within their second).
-        if s.answered == Some(s.pg)
-            && !s.lost_since_landing
-            && s.open
-            && s.meta.is_some_and(|meta| meta.paused != s.pg.paused)
-        {
-            return Some("a change answered 200 is in force");
-        }
-        if s.landed == s.pg.version
-            && s.open
-            && s.meta.is_some_and(|meta| meta.paused != s.pg.paused)
-        {
-            return Some("a change recorded as landed is in force");
-        }
-        if self.actions(s).is_empty() && (s.meta != Some(s.pg) || !s.open) {
-            return Some("at rest, Redis holds PostgreSQL's setting");
+        let differs = |meta: &Meta| {
+            meta.open
+                && meta
+                    .setting
+                    .is_some_and(|setting| setting.paused != s.pg.paused)
+        };
+        for meta in &s.metas[..self.buckets] {
+            // An answer 200 is true in every meta while the change is the last one, unless
+            // Redis lost the meta since the change landed and its rebuild read PostgreSQL
+            // before the change (the landers put it back within their second).
+            let stale_rebuild = meta.lost_since_landing && meta.loaded_from < s.pg.version;
+            if s.answered == Some(s.pg) && !stale_rebuild && differs(meta) {
+                return Some("a change answered 200 is in force");
+            }
+            if meta.landed == s.pg.version && differs(meta) {
+                return Some("a change recorded as landed is in force");
+            }
+            if meta.open
+                && meta
+                    .setting
+                    .is_some_and(|setting| setting.version < meta.loaded_from)
+            {
+                return Some("a rebuilt meta holds at least what its rebuild read");
+            }
+            if self.actions(s).is_empty() && (meta.setting != Some(s.pg) || !meta.open) {
+                return Some("at rest, Redis holds PostgreSQL's setting");
+            }
         }
         None
     }
@@ -318,23 +433,35 @@ fn next_change(setting: Setting) -> Changer {
     }
 }
 
+fn model(bug: Bug, loaded: bool, buckets: usize) -> Model {
+    Model {
+        bug,
+        loaded,
+        buckets,
+    }
+}
+
 #[test]
 fn every_reachable_state_keeps_every_invariant() {
     holds(
-        &Model {
-            bug: Bug::None,
-            loaded: true,
-        },
+        &model(Bug::None, true, 1),
         "pause and resume, loaded",
         1_000,
     );
     holds(
-        &Model {
-            bug: Bug::None,
-            loaded: false,
-        },
+        &model(Bug::None, false, 1),
         "pause and resume, not loaded yet",
         1_000,
+    );
+    holds(
+        &model(Bug::None, true, 2),
+        "pause and resume, two buckets",
+        10_000,
+    );
+    holds(
+        &model(Bug::None, false, 2),
+        "pause and resume, two buckets not loaded yet",
+        10_000,
     );
 }
 
@@ -343,21 +470,28 @@ fn a_change_recorded_without_a_meta_is_found() {
     // The meta is not loaded yet; the pause finds none, and answers 200 all the same; the
     // first request's load, which read before it, opens the meta unpaused.
     finds(
-        &Model {
-            bug: Bug::RecordedWithoutMeta,
-            loaded: false,
-        },
+        &model(Bug::RecordedWithoutMeta, false, 1),
         "answered 200 is in force",
     );
 }
 
 #[test]
 fn a_change_taken_as_landed_in_a_closed_meta_is_found() {
+    finds(&model(Bug::LandedInAnyMeta, true, 1), "is in force");
+}
+
+#[test]
+fn a_bucketed_change_landed_in_the_first_bucket_only_is_found() {
     finds(
-        &Model {
-            bug: Bug::LandedInAnyMeta,
-            loaded: true,
-        },
-        "is in force",
+        &model(Bug::FirstBucketOnly, true, 2),
+        "answered 200 is in force",
+    );
+}
+
+#[test]
+fn a_bucket_restored_without_its_settings_is_found() {
+    finds(
+        &model(Bug::RestoreWithoutSettings, true, 2),
+        "holds at least what its rebuild read",
     );
 }
