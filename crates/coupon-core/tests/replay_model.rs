@@ -26,11 +26,27 @@
 //! read, load), a raise of one (PostgreSQL, then Redis), and a replay of each refused event
 //! in its steps (lock, slot, row and commit), which may be tried again.
 //!
+//! A bucketed coupon (issue 24) keeps a user's slot in their home bucket, with an
+//! allocation of its own: there, the same three users are homed to two buckets (two to
+//! bucket 0, one to bucket 1), the quantity is two (one unit each), a raise grows bucket 0,
+//! a mover's supply moves a free unit from one open bucket to the other (its own protocol
+//! is `bucket_model.rs`'s), and each bucket is rebuilt on its own, from the rows of its
+//! users. The replay takes the slot in the user's home bucket, under that bucket's stamp,
+//! read under the coupon's row lock; when the home has no free unit it is refused, and a
+//! supply may bring one before the operator replays again. A bucket's stamp is recorded
+//! without the coupon's row lock, but after its rebuild read the rows under the share lock,
+//! so it cannot change between the replay's read and its slot unless the bucket was closed
+//! before the slot (which then writes nothing): the model's `open` is that check. The
+//! model found a replay that takes the slot in the coupon's own keys (bucket 0's), as a
+//! coupon of one bucket's does (`OwnKeysOnly`).
+//!
 //! Invariants, in every state:
-//! - every row's user holds a Redis slot once no rebuild is under way: no unit of the
-//!   database's quantity is spent that no slot accounts for (or a user Redis admits on
-//!   that unit, told 201, is refused);
-//! - rows never exceed PostgreSQL's quantity.
+//! - every row's user holds a Redis slot in their home bucket once no rebuild of it is
+//!   under way: no unit of the database's quantity is spent that no slot accounts for (or
+//!   a user Redis admits on that unit, told 201, is refused);
+//! - rows never exceed PostgreSQL's quantity;
+//! - no bucket holds more slots than its allocation, and the allocations add up to the
+//!   quantity Redis sells (beyond the one over-admission, the fault).
 //!
 //! A slot taken for a row refused for want of quantity cannot happen here (a slot taken in
 //! the state in force always finds a unit); the give-back is for the database's other
@@ -39,6 +55,9 @@
 use testkit::explorer::{Protocol, finds, holds};
 
 const USERS: usize = 3;
+const BUCKETS: usize = 2;
+/// Each user's home bucket, in the bucketed model.
+const HOMES: [usize; USERS] = [0, 0, 1];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bug {
@@ -49,6 +68,8 @@ enum Bug {
     ReadWithoutLock,
     /// The replay takes no lock across its steps.
     NoReplayLock,
+    /// A bucketed coupon's replay takes the slot in the coupon's own keys (bucket 0's).
+    OwnKeysOnly,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,10 +93,13 @@ enum Replay {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct State {
     quantity_db: u8,
-    quantity_redis: u8,
+    /// Each bucket's allocation in Redis (a coupon of one bucket has bucket 0 only).
+    alloc: [u8; BUCKETS],
     raised: bool,
-    /// Redis's issued set.
+    /// Redis's issued sets: a user's slot is in their home bucket's.
     slots: [bool; USERS],
+    /// A slot taken in bucket 0 for a user homed elsewhere (`Bug::OwnKeysOnly`).
+    stray: [bool; USERS],
     rows: [bool; USERS],
     /// Admitted, the event on its way to the guarded insert.
     in_flight: [bool; USERS],
@@ -83,15 +107,11 @@ struct State {
     refused: [bool; USERS],
     replays: [Replay; USERS],
     over_admitted: bool,
-    rebuild: Rebuild,
-    rebuilt: bool,
+    rebuild: [Rebuild; BUCKETS],
+    rebuilt: [bool; BUCKETS],
 }
 
 impl State {
-    fn taken(&self) -> u8 {
-        self.slots.iter().filter(|s| **s).count() as u8
-    }
-
     fn written(&self) -> u8 {
         self.rows.iter().filter(|r| **r).count() as u8
     }
@@ -99,10 +119,6 @@ impl State {
     /// The coupon's row is locked FOR UPDATE by a replay.
     fn locked(&self) -> bool {
         self.replays.iter().any(|r| *r != Replay::Idle)
-    }
-
-    fn open(&self) -> bool {
-        self.rebuild == Rebuild::Idle
     }
 }
 
@@ -112,9 +128,11 @@ enum Action {
     /// Admitted beyond the quantity (the fault).
     OverAdmit(usize),
     Deliver(usize),
-    RebuildClose,
-    RebuildRead,
-    RebuildLoad,
+    RebuildClose(usize),
+    RebuildRead(usize),
+    RebuildLoad(usize),
+    /// A mover's supply: a free unit from one bucket to the other.
+    Supply(usize, usize),
     RaiseDatabase,
     RaiseRedis,
     ReplayLock(usize),
@@ -124,6 +142,38 @@ enum Action {
 
 struct Model {
     bug: Bug,
+    /// A bucketed coupon (else one of one bucket: every user's home is bucket 0).
+    buckets: bool,
+}
+
+impl Model {
+    fn home(&self, user: usize) -> usize {
+        if self.buckets { HOMES[user] } else { 0 }
+    }
+
+    /// Where the replay takes `user`'s slot.
+    fn replay_home(&self, user: usize) -> usize {
+        if self.bug == Bug::OwnKeysOnly {
+            0
+        } else {
+            self.home(user)
+        }
+    }
+
+    fn buckets(&self) -> usize {
+        if self.buckets { BUCKETS } else { 1 }
+    }
+
+    /// Slots taken in `bucket` (with the strays, in bucket 0).
+    fn taken(&self, s: &State, bucket: usize) -> u8 {
+        let homed = (0..USERS).filter(|u| s.slots[*u] && self.home(*u) == bucket);
+        let stray = (0..USERS).filter(|u| bucket == 0 && s.stray[*u]);
+        (homed.count() + stray.count()) as u8
+    }
+
+    fn open(&self, s: &State, bucket: usize) -> bool {
+        s.rebuild[bucket] == Rebuild::Idle
+    }
 }
 
 impl Protocol for Model {
@@ -132,17 +182,18 @@ impl Protocol for Model {
 
     fn initial(&self) -> State {
         State {
-            quantity_db: 1,
-            quantity_redis: 1,
+            quantity_db: if self.buckets { 2 } else { 1 },
+            alloc: if self.buckets { [1, 1] } else { [1, 0] },
             raised: false,
             slots: [false; USERS],
+            stray: [false; USERS],
             rows: [false; USERS],
             in_flight: [false; USERS],
             refused: [false; USERS],
             replays: [Replay::Idle; USERS],
             over_admitted: false,
-            rebuild: Rebuild::Idle,
-            rebuilt: false,
+            rebuild: [Rebuild::Idle; BUCKETS],
+            rebuilt: [false; BUCKETS],
         }
     }
 
@@ -150,8 +201,9 @@ impl Protocol for Model {
         let mut actions = Vec::new();
         let lock_free = !s.locked() || self.bug == Bug::NoReplayLock;
         for user in 0..USERS {
-            if s.open() && !s.slots[user] && !s.rows[user] && !s.refused[user] {
-                if s.taken() < s.quantity_redis {
+            let home = self.home(user);
+            if self.open(s, home) && !s.slots[user] && !s.rows[user] && !s.refused[user] {
+                if self.taken(s, home) < s.alloc[home] {
                     actions.push(Action::Admit(user));
                 } else if !s.over_admitted {
                     actions.push(Action::OverAdmit(user));
@@ -170,22 +222,34 @@ impl Protocol for Model {
                 }
             }
         }
-        match s.rebuild {
-            Rebuild::Idle if !s.rebuilt && !s.in_flight.contains(&true) => {
-                actions.push(Action::RebuildClose)
+        for bucket in 0..self.buckets() {
+            let in_flight = (0..USERS).any(|u| s.in_flight[u] && self.home(u) == bucket);
+            match s.rebuild[bucket] {
+                Rebuild::Idle if !s.rebuilt[bucket] && !in_flight => {
+                    actions.push(Action::RebuildClose(bucket))
+                }
+                // The share lock waits for a replay's (and a batch's) row lock.
+                Rebuild::Closed
+                    if !s.locked()
+                        || matches!(self.bug, Bug::ReadWithoutLock | Bug::NoReplayLock) =>
+                {
+                    actions.push(Action::RebuildRead(bucket))
+                }
+                Rebuild::Read(_) => actions.push(Action::RebuildLoad(bucket)),
+                _ => {}
             }
-            // The share lock waits for a replay's (and a batch's) row lock.
-            Rebuild::Closed
-                if !s.locked() || matches!(self.bug, Bug::ReadWithoutLock | Bug::NoReplayLock) =>
-            {
-                actions.push(Action::RebuildRead)
-            }
-            Rebuild::Read(_) => actions.push(Action::RebuildLoad),
-            _ => {}
         }
+        if self.buckets {
+            for (from, to) in [(0, 1), (1, 0)] {
+                if self.open(s, from) && self.open(s, to) && self.taken(s, from) < s.alloc[from] {
+                    actions.push(Action::Supply(from, to));
+                }
+            }
+        }
+        let quantity_redis: u8 = s.alloc.iter().sum();
         if !s.raised {
             actions.push(Action::RaiseDatabase);
-        } else if s.quantity_redis < s.quantity_db {
+        } else if quantity_redis < s.quantity_db {
             actions.push(Action::RaiseRedis);
         }
         actions
@@ -209,32 +273,54 @@ impl Protocol for Model {
                     s.refused[user] = true;
                 }
             }
-            Action::RebuildClose => s.rebuild = Rebuild::Closed,
-            Action::RebuildRead => s.rebuild = Rebuild::Read(s.rows),
-            Action::RebuildLoad => {
-                if let Rebuild::Read(rows) = s.rebuild {
-                    s.slots = rows;
+            Action::RebuildClose(bucket) => s.rebuild[bucket] = Rebuild::Closed,
+            Action::RebuildRead(bucket) => s.rebuild[bucket] = Rebuild::Read(s.rows),
+            Action::RebuildLoad(bucket) => {
+                if let Rebuild::Read(rows) = s.rebuild[bucket] {
+                    for user in 0..USERS {
+                        if self.home(user) == bucket {
+                            s.slots[user] = rows[user];
+                        }
+                        if bucket == 0 {
+                            s.stray[user] = false;
+                        }
+                    }
                 }
-                s.rebuild = Rebuild::Idle;
-                s.rebuilt = true;
+                s.rebuild[bucket] = Rebuild::Idle;
+                s.rebuilt[bucket] = true;
+            }
+            Action::Supply(from, to) => {
+                s.alloc[from] -= 1;
+                s.alloc[to] += 1;
             }
             Action::RaiseDatabase => {
                 s.raised = true;
                 s.quantity_db += 1;
             }
-            Action::RaiseRedis => s.quantity_redis += 1,
+            Action::RaiseRedis => s.alloc[0] += 1,
             Action::ReplayLock(user) => s.replays[user] = Replay::Locked,
             Action::ReplaySlot(user) => {
-                s.replays[user] = if !s.open() {
+                let at = self.replay_home(user);
+                let held = if at == self.home(user) {
+                    s.slots[user]
+                } else {
+                    s.stray[user]
+                };
+                s.replays[user] = if !self.open(&s, at) {
                     // Closed for its rebuild: nothing is taken, nothing written (503).
                     Replay::Idle
-                } else if self.bug == Bug::NoSlot || s.slots[user] {
+                } else if self.bug == Bug::NoSlot || held {
                     Replay::Slotted(false)
-                } else if s.taken() < s.quantity_redis {
-                    s.slots[user] = true;
+                } else if self.taken(&s, at) < s.alloc[at] {
+                    if at == self.home(user) {
+                        s.slots[user] = true;
+                    } else {
+                        s.stray[user] = true;
+                    }
                     Replay::Slotted(true)
                 } else {
-                    // None free (409): the operator raises first.
+                    // None free in the home (409): the operator raises first, or a
+                    // supply brings a unit, then replays again.
                     Replay::Idle
                 };
             }
@@ -247,6 +333,7 @@ impl Protocol for Model {
                 } else if took {
                     // Given back before the commit.
                     s.slots[user] = false;
+                    s.stray[user] = false;
                 }
             }
         }
@@ -257,46 +344,72 @@ impl Protocol for Model {
         if s.written() > s.quantity_db {
             return Some("rows never exceed PostgreSQL's quantity");
         }
-        if s.open() && (0..USERS).any(|u| s.rows[u] && !s.slots[u]) {
+        let holds_no_slot = |u: usize| s.rows[u] && !s.slots[u] && self.open(s, self.home(u));
+        if (0..USERS).any(holds_no_slot) {
             return Some("every row's user holds a Redis slot");
+        }
+        let over = u8::from(s.over_admitted);
+        for bucket in 0..self.buckets() {
+            if self.open(s, bucket) && self.taken(s, bucket) > s.alloc[bucket] + over {
+                return Some("no bucket holds more slots than its allocation");
+            }
         }
         None
     }
 }
 
+fn model(bug: Bug, buckets: bool) -> Model {
+    Model { bug, buckets }
+}
+
 #[test]
 fn every_reachable_state_keeps_every_invariant() {
     holds(
-        &Model { bug: Bug::None },
+        &model(Bug::None, false),
         "the OVER_QUANTITY replay model",
         400,
+    );
+    holds(
+        &model(Bug::None, true),
+        "the OVER_QUANTITY replay model, two buckets",
+        5_000,
     );
 }
 
 #[test]
 fn a_replay_that_takes_no_slot_is_found() {
-    finds(
-        &Model { bug: Bug::NoSlot },
-        "every row's user holds a Redis slot",
-    );
+    for buckets in [false, true] {
+        finds(
+            &model(Bug::NoSlot, buckets),
+            "every row's user holds a Redis slot",
+        );
+    }
 }
 
 #[test]
 fn a_rebuild_reading_the_rows_without_the_share_lock_is_found() {
-    finds(
-        &Model {
-            bug: Bug::ReadWithoutLock,
-        },
-        "every row's user holds a Redis slot",
-    );
+    for buckets in [false, true] {
+        finds(
+            &model(Bug::ReadWithoutLock, buckets),
+            "every row's user holds a Redis slot",
+        );
+    }
 }
 
 #[test]
 fn a_replay_without_the_lock_across_its_steps_is_found() {
+    for buckets in [false, true] {
+        finds(
+            &model(Bug::NoReplayLock, buckets),
+            "every row's user holds a Redis slot",
+        );
+    }
+}
+
+#[test]
+fn a_bucketed_replay_taking_the_slot_in_the_coupons_own_keys_is_found() {
     finds(
-        &Model {
-            bug: Bug::NoReplayLock,
-        },
+        &model(Bug::OwnKeysOnly, true),
         "every row's user holds a Redis slot",
     );
 }
