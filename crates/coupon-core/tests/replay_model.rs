@@ -277,13 +277,13 @@ impl Protocol for Model {
             Action::RebuildRead(bucket) => s.rebuild[bucket] = Rebuild::Read(s.rows),
             Action::RebuildLoad(bucket) => {
                 if let Rebuild::Read(rows) = s.rebuild[bucket] {
-                    for user in 0..USERS {
+                    for (user, row) in rows.into_iter().enumerate() {
                         if self.home(user) == bucket {
-                            s.slots[user] = rows[user];
+                            s.slots[user] = row;
                         }
-                        if bucket == 0 {
-                            s.stray[user] = false;
-                        }
+                    }
+                    if bucket == 0 {
+                        s.stray = [false; USERS];
                     }
                 }
                 s.rebuild[bucket] = Rebuild::Idle;

@@ -12,8 +12,9 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use coupon_core::buckets::BucketCount;
 use coupon_core::db::settings::Change;
-use coupon_core::domain::{CouponId, QueueKind};
+use coupon_core::domain::{CouponId, QueueKind, UserId};
 use serde_json::{Value, json};
 use testkit::harness::{self, TestEnv};
 
@@ -94,12 +95,40 @@ async fn an_end_moves_only_later_and_is_answered_as_documented() {
     assert_eq!((status, &body["endsAt"]), (200, &Value::Null), "{body}");
     let (status, body) = move_end(&env, coupon, json!(in_minutes(200))).await;
     assert_eq!(status, 409, "{body}");
+    env.shutdown().await;
+}
 
-    // Not yet for a coupon in buckets.
-    let bucketed = env
+/// A bucketed coupon's end is in every bucket's meta: one that ended, moved later, reopens
+/// in every bucket, at once (no finished gate shuts on a bucket's answers, so none is held).
+#[actix_web::test]
+async fn a_bucketed_sale_that_ended_reopens_in_every_bucket_when_moved_later() {
+    let env = TestEnv::start(0).await;
+    let count = BucketCount::new(2).unwrap();
+    let homed = |bucket: u16, from: i64| {
+        (from..)
+            .find(|user| count.home(UserId::new(*user).unwrap()).index() == bucket)
+            .unwrap()
+    };
+    let ends = Utc::now() + chrono::Duration::milliseconds(1_000);
+    let coupon = env
         .create_coupon(json!({ "name": "b", "totalQuantity": 100, "buckets": 2, "endsAt": ends }))
         .await;
-    assert_eq!(move_end(&env, bucketed, json!(later)).await.0, 409);
+    let left = (ends - Utc::now()).to_std().unwrap_or_default();
+    actix_web::rt::time::sleep(left + Duration::from_millis(50)).await;
+    for bucket in 0..2 {
+        let (status, body) = env.issue(coupon, homed(bucket, 1)).await;
+        assert_eq!((status, &body["result"]), (403, &json!("ENDED")), "{body}");
+    }
+
+    let (status, body) = move_end(&env, coupon, json!(in_minutes(60))).await;
+    assert_eq!((status, &body["landed"]), (200, &json!(true)), "{body}");
+    for bucket in 0..2 {
+        assert_eq!(
+            env.issue(coupon, homed(bucket, 1)).await.0,
+            201,
+            "bucket {bucket}"
+        );
+    }
     env.shutdown().await;
 }
 

@@ -6,6 +6,7 @@
 // A panic is exactly the failure report wanted here.
 #![allow(clippy::unwrap_used)]
 
+use coupon_core::buckets::BucketCount;
 use coupon_core::db::failed_events::unrecovered_ids;
 use coupon_core::db::schema::failed_events;
 use coupon_core::domain::{CouponId, UserId};
@@ -345,5 +346,77 @@ async fn an_over_quantity_event_is_replayed_onto_a_slot_taken_first() {
         "{body}"
     );
     assert_eq!(env.rows(other).await, Vec::<i64>::new());
+    env.shutdown().await;
+}
+
+/// A bucketed coupon's OVER_QUANTITY event: the slot is taken in the user's home bucket,
+/// under its stamp. None free anywhere: 409. After a raise, which grows another bucket, a
+/// supply moves the unit into the home, and the row follows; newcomers are told SOLD_OUT
+/// in both buckets.
+#[actix_web::test]
+async fn a_bucketed_over_quantity_event_is_replayed_onto_a_slot_in_its_home_bucket() {
+    let env = TestEnv::start(1).await;
+    let count = BucketCount::new(2).unwrap();
+    let homed = |bucket: u16, from: i64| {
+        (from..)
+            .find(|user| count.home(UserId::new(*user).unwrap()).index() == bucket)
+            .unwrap()
+    };
+    let coupon = env
+        .create_coupon(json!({ "name": "hot", "totalQuantity": 2, "buckets": 2 }))
+        .await;
+    let (first, second, over_user) = (homed(0, 1), homed(1, 1), homed(1, 100));
+    // Bucket 1's one unit is the second user's; bucket 0's the first's.
+    assert_eq!(env.issue(coupon, first).await.0, 201);
+    assert_eq!(env.issue(coupon, second).await.0, 201);
+    let mut rows = vec![first, second];
+    rows.sort_unstable();
+    assert_eq!(env.rows_when_settled(coupon, 2).await, rows);
+    let over = failed(
+        &env,
+        "OVER_QUANTITY",
+        "ABANDONED",
+        event(coupon, over_user),
+        over_user,
+    )
+    .await;
+
+    let (status, body) = act(&env, over, "replay").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(env.rows(coupon).await, rows);
+
+    // The raise's unit goes to bucket 0 (shares of 3 over 2 buckets: 2 and 1).
+    let (status, body) = env
+        .put(
+            &format!("/api/v1/coupons/{coupon}/quantity"),
+            harness::ADMIN_TOKEN,
+            &json!({ "totalQuantity": 3 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = act(&env, over, "replay").await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("RECOVERED")),
+        "{body}"
+    );
+    let home = env.bucket_state(coupon, 1).await.0;
+    let mut holders: Vec<i64> =
+        redis::AsyncCommands::smembers(&mut env.redis().await, &home.issued)
+            .await
+            .unwrap();
+    holders.sort_unstable();
+    assert_eq!(holders, vec![second.min(over_user), second.max(over_user)]);
+    rows.push(over_user);
+    rows.sort_unstable();
+    assert_eq!(env.rows(coupon).await, rows);
+    for bucket in 0..2 {
+        let (status, body) = env.issue(coupon, homed(bucket, 1000)).await;
+        assert_eq!(
+            (status, &body["result"]),
+            (410, &json!("SOLD_OUT")),
+            "bucket {bucket}: {body}"
+        );
+    }
     env.shutdown().await;
 }

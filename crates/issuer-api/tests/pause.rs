@@ -3,15 +3,21 @@
 //! traces are forced here on the running API: a pause whose coupon Redis lost (202, then in
 //! force after the rebuild), and a rebuild that loads the meta from a read older than a pause
 //! recorded as landed (the new stamp sets the record back, and the landers land it again).
+//! A bucketed coupon is paused in every bucket, and stays paused in one that Redis lost and
+//! its rebuild restored.
 
 // A panic is exactly the failure report wanted here.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
+use coupon_core::buckets::BucketCount;
 use coupon_core::db::coupons::{Verification, find_coupon, record_redis_stamp};
-use coupon_core::domain::{CouponId, CouponSettings};
+use coupon_core::db::schema::bucket_transfers;
+use coupon_core::domain::{CouponId, CouponSettings, UserId};
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
 use serde_json::{Value, json};
 use testkit::harness::{self, TestEnv};
 
@@ -132,5 +138,97 @@ async fn a_rebuild_from_a_read_older_than_a_landed_pause_is_paused_again() {
     // The landers land the pause again into the new state.
     let (status, body) = answer_to_new_users(&env, coupon, 100, 201).await;
     assert_eq!((status, &body["result"]), (403, &json!("PAUSED")), "{body}");
+    env.shutdown().await;
+}
+
+/// The next user id from `from` on whose home, among `count` buckets, is `bucket`.
+fn homed_to(count: BucketCount, bucket: u16, from: i64) -> i64 {
+    (from..)
+        .find(|user| count.home(UserId::new(*user).unwrap()).index() == bucket)
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn a_bucketed_coupon_is_paused_in_every_bucket_and_in_one_restored() {
+    // A worker: a bucket's rebuild reads the holders once the log is persisted.
+    let env = TestEnv::start(1).await;
+    let count = BucketCount::new(3).unwrap();
+    let coupon = env
+        .create_coupon(json!({ "name": "hot", "totalQuantity": 30, "buckets": 3 }))
+        .await;
+    for bucket in 0..3 {
+        let user = homed_to(count, bucket, 1);
+        assert_eq!(env.issue(coupon, user).await.0, 201, "bucket {bucket}");
+    }
+
+    let (status, body) = pause(&env, coupon, true).await;
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({ "couponId": coupon, "paused": true, "landed": true })
+        )
+    );
+    for bucket in 0..3 {
+        let user = homed_to(count, bucket, 1000);
+        let (status, body) = env.issue(coupon, user).await;
+        assert_eq!(
+            (status, &body["result"]),
+            (403, &json!("PAUSED")),
+            "bucket {bucket}: {body}"
+        );
+    }
+
+    // Redis loses bucket 2's state; the next request homed there has it restored, paused
+    // (the restore writes the settings it read, as a coupon's load does).
+    let keys = env.bucket_state(coupon, 2).await.0;
+    let mut con = env.redis().await;
+    for key in [
+        &keys.meta,
+        &keys.issued,
+        &keys.pending,
+        &keys.credited,
+        &keys.outgoing,
+    ] {
+        let _: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let user = homed_to(count, 2, 2000);
+    let (status, body) = env.issue_retrying(coupon, user).await;
+    assert_eq!((status, &body["result"]), (403, &json!("PAUSED")), "{body}");
+
+    let (status, body) = pause(&env, coupon, false).await;
+    assert_eq!((status, &body["landed"]), (200, &json!(true)), "{body}");
+    for bucket in 0..3 {
+        let user = homed_to(count, bucket, 3000);
+        assert_eq!(env.issue(coupon, user).await.0, 201, "bucket {bucket}");
+    }
+    env.shutdown().await;
+}
+
+#[actix_web::test]
+async fn a_paused_bucket_with_no_stock_moves_none_in() {
+    let env = TestEnv::start(0).await;
+    let count = BucketCount::new(2).unwrap();
+    let coupon = env
+        .create_coupon(json!({ "name": "hot", "totalQuantity": 2, "buckets": 2 }))
+        .await;
+    // Bucket 0's one unit taken: it is dry, and bucket 1 still has its unit.
+    assert_eq!(env.issue(coupon, homed_to(count, 0, 1)).await.0, 201);
+    assert_eq!(pause(&env, coupon, true).await.0, 200);
+
+    let (status, body) = env.issue(coupon, homed_to(count, 0, 100)).await;
+    assert_eq!((status, &body["result"]), (403, &json!("PAUSED")), "{body}");
+    // Paused where it would admit once stock came: no transfer was made for it.
+    let transfers: i64 = bucket_transfers::table
+        .filter(bucket_transfers::coupon_id.eq(coupon))
+        .count()
+        .get_result(&mut env.pg().await)
+        .await
+        .unwrap();
+    assert_eq!(transfers, 0);
     env.shutdown().await;
 }

@@ -117,7 +117,13 @@ pub async fn record_bucket_stamp(
     let target = coupon_buckets::table
         .filter(coupon_buckets::coupon_id.eq(coupon.get()))
         .filter(coupon_buckets::bucket.eq(bucket.index() as i16));
-    let set = coupon_buckets::redis_stamp.eq(stamp.as_str());
+    // As a coupon's new stamp does: the state it names may be loaded from a read older
+    // than a change of the settings recorded as landed, so the landers land it again
+    // (`crate::db::settings`).
+    let set = (
+        coupon_buckets::redis_stamp.eq(stamp.as_str()),
+        coupon_buckets::landed_settings.eq(0),
+    );
     let updated = match verified {
         // A rebuild moves the count every API watches, as a coupon's does: an API that holds
         // the bucket's old stamp forgets it (a failback to the old node must not admit).
@@ -134,6 +140,22 @@ pub async fn record_bucket_stamp(
         }
     };
     Ok(updated == 1)
+}
+
+/// The stamp in force of one bucket's Redis state, None if it was never verified (read
+/// under the coupon's row lock by a replay: `issuer-api`'s `issuing/failed_events.rs`).
+pub async fn bucket_stamp(
+    conn: &mut AsyncPgConnection,
+    coupon: CouponId,
+    bucket: Bucket,
+) -> QueryResult<Option<Stamp>> {
+    let stamp: Option<String> = coupon_buckets::table
+        .filter(coupon_buckets::coupon_id.eq(coupon.get()))
+        .filter(coupon_buckets::bucket.eq(bucket.index() as i16))
+        .select(coupon_buckets::redis_stamp)
+        .first(conn)
+        .await?;
+    Ok(stamp.map(Stamp::new))
 }
 
 /// Journals a transfer, only while the donor's stamp in force is `donor_stamp`, the one its

@@ -25,6 +25,7 @@ diesel::table! {
         tag -> Text,
         share -> Int8,
         redis_stamp -> Nullable<Text>,
+        landed_settings -> Int8,
     }
 }
 

@@ -5,21 +5,35 @@
 //! A change is recorded as landed only under the stamp in force when it committed: a new
 //! stamp (a rebuild, a hand-over) may name a state loaded from an older read, and sets the
 //! record back to 0 (`crate::db::coupons::record_redis_stamp`), so that the landers land
-//! the settings into it again.
+//! the settings into it again. A bucketed coupon's settings land in every bucket's meta,
+//! each recorded under the bucket's own stamp (`coupon_buckets.landed_settings`, set back
+//! to 0 by `crate::db::buckets::record_bucket_stamp`).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+use crate::buckets::{Bucket, BucketCount};
+use crate::db::buckets::coupon_buckets;
 use crate::db::coupons::find_coupon;
-use crate::db::schema::coupons;
+use crate::db::schema::{coupon_buckets, coupons};
 use crate::domain::{Coupon, CouponId};
+use crate::redis::epoch::Stamp;
 
-/// A change committed: the coupon as it is now, and the stamp in force when it committed.
+/// The stamps in force when a change committed, under which it may be recorded as landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stamps {
+    /// A coupon of one bucket: its own state's (none before its first load).
+    Own(Option<Stamp>),
+    /// A bucketed coupon: each bucket's, in order.
+    Buckets(Vec<(Bucket, Option<Stamp>)>),
+}
+
+/// A change committed: the coupon as it is now, and the stamps in force when it committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changed {
     pub coupon: Coupon,
-    pub stamp: Option<String>,
+    pub stamps: Stamps,
 }
 
 /// Why a change was refused.
@@ -27,8 +41,6 @@ pub struct Changed {
 pub enum SettingsRefused {
     #[error("coupon {0} does not exist")]
     NotFound(i64),
-    #[error("coupon {0} is in buckets, whose settings cannot be changed yet")]
-    Bucketed(i64),
     /// An end is only ever moved later (or removed): a sale cut short would take back
     /// what its users were told was open.
     #[error("the sale's end can only be moved later: it ends at {0}")]
@@ -39,8 +51,8 @@ pub enum SettingsRefused {
     EndPassed,
 }
 
-/// What a change reads first: paused, the end, the buckets, the stamp in force.
-type SettingsRow = (bool, Option<DateTime<Utc>>, i16, Option<String>);
+/// What a change reads first: paused, and the end.
+type SettingsRow = (bool, Option<DateTime<Utc>>);
 
 /// One change an operator asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,22 +72,14 @@ pub async fn change_settings(
     conn.transaction(async |conn| {
         let row: Option<SettingsRow> = coupons::table
             .find(coupon.get())
-            .select((
-                coupons::paused,
-                coupons::ends_at,
-                coupons::buckets,
-                coupons::redis_stamp,
-            ))
+            .select((coupons::paused, coupons::ends_at))
             .for_update()
             .first(conn)
             .await
             .optional()?;
-        let Some((paused, ends_at, buckets, stamp)) = row else {
+        let Some((paused, ends_at)) = row else {
             return Ok(Err(SettingsRefused::NotFound(coupon.get())));
         };
-        if buckets > 1 {
-            return Ok(Err(SettingsRefused::Bucketed(coupon.get())));
-        }
         let changes = match change {
             Change::Paused(now) => paused != now,
             Change::EndsAt(now) if now == ends_at => false,
@@ -108,54 +112,111 @@ pub async fn change_settings(
         let Some(now) = find_coupon(conn, coupon).await? else {
             return Ok(Err(SettingsRefused::NotFound(coupon.get())));
         };
-        Ok(Ok(Changed { coupon: now, stamp }))
+        // Read in the change's transaction: a stamp recorded after it is newer than the
+        // change's read, and the change is not recorded under it (the landers land it).
+        let stamps = stamps_in_force(conn, &now).await?;
+        Ok(Ok(Changed {
+            coupon: now,
+            stamps,
+        }))
     })
     .await
 }
 
-/// Records that Redis holds `coupon`'s settings of `version`, if the stamp in force is
-/// still `stamp` (else a new state may lack them: the landers land them there). Returns
-/// whether it is recorded.
-pub async fn record_settings_landed(
-    conn: &mut AsyncPgConnection,
-    coupon: CouponId,
-    version: i64,
-    stamp: Option<&str>,
-) -> QueryResult<bool> {
-    let under_stamp = || {
-        coupons::table
-            .filter(coupons::id.eq(coupon.get()))
-            .filter(coupons::redis_stamp.is_not_distinct_from(stamp))
-    };
-    let raised = diesel::update(under_stamp().filter(coupons::landed_settings.lt(version)))
-        .set(coupons::landed_settings.eq(version))
-        .execute(conn)
-        .await?;
-    if raised == 1 {
-        return Ok(true);
+/// The stamps in force for `coupon`'s state: its own, or each bucket's.
+async fn stamps_in_force(conn: &mut AsyncPgConnection, coupon: &Coupon) -> QueryResult<Stamps> {
+    if coupon.buckets == BucketCount::ONE {
+        let stamp: Option<String> = coupons::table
+            .find(coupon.id.get())
+            .select(coupons::redis_stamp)
+            .first(conn)
+            .await?;
+        return Ok(Stamps::Own(stamp.map(Stamp::new)));
     }
-    // Already recorded at this version or a later one, under the same stamp.
-    under_stamp()
-        .select(coupons::id)
-        .first::<i64>(conn)
-        .await
-        .optional()
-        .map(|found| found.is_some())
+    let rows = coupon_buckets(conn, coupon).await?;
+    Ok(Stamps::Buckets(
+        rows.into_iter()
+            .map(|row| (row.bucket, row.stamp))
+            .collect(),
+    ))
 }
 
-/// Every coupon whose settings are not known to be in Redis, each with the stamp in force.
+/// Records that Redis holds `changed`'s settings, in the coupon's own meta or in each
+/// bucket's, where the stamp in force is still the one read with the change (else a new state
+/// may lack them: the landers land them there). Returns whether every one is recorded.
+pub async fn record_settings_landed(
+    conn: &mut AsyncPgConnection,
+    changed: &Changed,
+) -> QueryResult<bool> {
+    let (coupon, version) = (changed.coupon.id.get(), changed.coupon.settings.version);
+    let stamp = |stamp: &Option<Stamp>| stamp.as_ref().map(|stamp| stamp.as_str().to_owned());
+    match &changed.stamps {
+        Stamps::Own(own) => {
+            let under_stamp = || {
+                coupons::table
+                    .filter(coupons::id.eq(coupon))
+                    .filter(coupons::redis_stamp.is_not_distinct_from(stamp(own)))
+            };
+            let raised = diesel::update(under_stamp().filter(coupons::landed_settings.lt(version)))
+                .set(coupons::landed_settings.eq(version))
+                .execute(conn)
+                .await?;
+            // Else already recorded at this version or a later one, under the same stamp.
+            let found = under_stamp().select(coupons::id).first::<i64>(conn).await;
+            Ok(raised == 1 || found.optional()?.is_some())
+        }
+        Stamps::Buckets(buckets) => {
+            let mut all = true;
+            for (bucket, own) in buckets {
+                let under_stamp = || {
+                    coupon_buckets::table
+                        .filter(coupon_buckets::coupon_id.eq(coupon))
+                        .filter(coupon_buckets::bucket.eq(bucket.index() as i16))
+                        .filter(coupon_buckets::redis_stamp.is_not_distinct_from(stamp(own)))
+                };
+                let raised = diesel::update(
+                    under_stamp().filter(coupon_buckets::landed_settings.lt(version)),
+                )
+                .set(coupon_buckets::landed_settings.eq(version))
+                .execute(conn)
+                .await?;
+                let found = under_stamp()
+                    .select(coupon_buckets::coupon_id)
+                    .first::<i64>(conn)
+                    .await;
+                all &= raised == 1 || found.optional()?.is_some();
+            }
+            Ok(all)
+        }
+    }
+}
+
+/// Every coupon whose settings are not known to be in Redis (in its own meta, or in one of
+/// its buckets'), each with the stamps in force. A bucketed coupon's are found by a scan of
+/// the buckets, a few rows per bucketed coupon, once a second.
 pub async fn unlanded_settings(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Changed>> {
-    let ids: Vec<(i64, Option<String>)> = coupons::table
+    let mut ids: Vec<i64> = coupons::table
         .filter(coupons::landed_settings.lt(coupons::settings_version))
-        .select((coupons::id, coupons::redis_stamp))
-        .order(coupons::id)
+        .filter(coupons::buckets.eq(1))
+        .select(coupons::id)
         .load(conn)
         .await?;
+    ids.extend(
+        coupon_buckets::table
+            .inner_join(coupons::table)
+            .filter(coupon_buckets::landed_settings.lt(coupons::settings_version))
+            .select(coupon_buckets::coupon_id)
+            .distinct()
+            .load::<i64>(conn)
+            .await?,
+    );
+    ids.sort_unstable();
     let mut changed = Vec::with_capacity(ids.len());
-    for (id, stamp) in ids {
+    for id in ids {
         let Ok(id) = CouponId::new(id) else { continue };
         if let Some(coupon) = find_coupon(conn, id).await? {
-            changed.push(Changed { coupon, stamp });
+            let stamps = stamps_in_force(conn, &coupon).await?;
+            changed.push(Changed { coupon, stamps });
         }
     }
     Ok(changed)

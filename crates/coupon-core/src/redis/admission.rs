@@ -65,9 +65,9 @@ pub(crate) fn meta_args<'a>(call: &'a mut Cmd, coupon: &Coupon, quantity: i64) -
         .arg(millis(coupon.ends_at).unwrap_or_default())
 }
 
-/// Appends the operator's settings as `load_meta.lua` takes them (and `settings.lua`
-/// first): the version, then '1' if paused.
-fn settings_args<'a>(call: &'a mut Cmd, coupon: &Coupon) -> &'a mut Cmd {
+/// Appends the operator's settings as `load_meta.lua` takes them (and `settings.lua` and
+/// `bucket_restore.lua`): the version, then '1' if paused.
+pub(crate) fn settings_args<'a>(call: &'a mut Cmd, coupon: &Coupon) -> &'a mut Cmd {
     call.arg(coupon.settings.version)
         .arg(if coupon.settings.paused { "1" } else { "" })
 }
@@ -389,17 +389,18 @@ impl AdmissionScripts {
         Ok(landed == 1)
     }
 
-    /// Lands an operator's settings (PostgreSQL changed first, `crate::db::settings`) in a
-    /// coupon of one bucket's meta, unless it holds a newer version: whether they are in
-    /// force, in a meta open under `stamp` (the one in force when they were read), so that
-    /// the change may be recorded as landed (`scripts/settings.lua`). An end moved later
-    /// after it came holds the reopened sale for `hold`: the longest any API's finished gate
-    /// may hold, since any API may land the change.
+    /// Lands an operator's settings (PostgreSQL changed first, `crate::db::settings`) in the
+    /// meta `at` (a coupon's own, or one of its buckets'), unless it holds a newer version:
+    /// whether they are in force, in a meta open under `stamp` (the one in force when they
+    /// were read), so that the change may be recorded as landed (`scripts/settings.lua`). An
+    /// end moved later after it came holds the reopened sale for `hold`: the longest any
+    /// API's finished gate may hold, since any API may land the change.
     pub async fn land_settings<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
+        at: &CouponKeys,
         coupon: &Coupon,
-        stamp: Option<&str>,
+        stamp: Option<&Stamp>,
         hold: Duration,
     ) -> Result<bool, RedisError> {
         // Registered before and after landing, as a raise is: a coupon that had finished
@@ -407,13 +408,12 @@ impl AdmissionScripts {
         // that read the first registration before the landing is undone by the second
         // (`coupon-core/tests/registry_model.rs`).
         self.registry.register(con, coupon.id).await?;
-        let keys = self.keys(coupon.id);
-        let mut call = library::call(Function::Settings, &[&keys.meta]);
+        let mut call = library::call(Function::Settings, &[&at.meta]);
         let ends_at = coupon.ends_at.map(|t| t.timestamp_millis().to_string());
         settings_args(&mut call, coupon)
             .arg(ends_at.unwrap_or_default())
             .arg(hold.as_millis() as u64)
-            .arg(stamp.unwrap_or_default());
+            .arg(stamp.map(Stamp::as_str).unwrap_or_default());
         let landed: i64 = library::invoke(con, &call).await?;
         if landed != 0 {
             self.registry.register(con, coupon.id).await?;
@@ -421,17 +421,17 @@ impl AdmissionScripts {
         Ok(landed == 1)
     }
 
-    /// Takes a slot for `user`, whose OVER_QUANTITY event an operator replays, in
-    /// `coupon`'s state verified here under `stamp` (PostgreSQL's in force), before its row
-    /// is written; the caller holds the coupon's row until then (`scripts/replay_slot.lua`).
+    /// Takes a slot for `user`, whose OVER_QUANTITY event an operator replays, in the state
+    /// at `keys` (the coupon's own, or the user's home bucket's) verified here under `stamp`
+    /// (PostgreSQL's in force), before its row is written; the caller holds the coupon's row
+    /// until then (`scripts/replay_slot.lua`).
     pub async fn replay_slot<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
-        coupon: CouponId,
+        keys: &CouponKeys,
         user: UserId,
         stamp: Option<&str>,
     ) -> Result<ReplaySlot, RedisError> {
-        let keys = self.keys(coupon);
         let mut call = library::call(
             Function::ReplaySlot,
             &[&keys.meta, &keys.issued, &keys.pending],
@@ -459,14 +459,19 @@ impl AdmissionScripts {
     pub async fn give_back_replay_slot<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,
-        coupon: CouponId,
+        (coupon, keys): (CouponId, &CouponKeys),
         user: UserId,
+        bucketed: bool,
     ) -> Result<(), RedisError> {
         self.registry.register(con, coupon).await?;
-        let keys = self.keys(coupon);
         let mut call = library::call(Function::ReplaySlotBack, &[&keys.meta, &keys.issued]);
-        call.arg(user.get())
-            .arg(self.reopen_hold.as_millis() as u64);
+        // No finished gate shuts on a bucket's answers: a bucket's unit is sold at once.
+        let hold = if bucketed {
+            Duration::ZERO
+        } else {
+            self.reopen_hold
+        };
+        call.arg(user.get()).arg(hold.as_millis() as u64);
         let _: i64 = library::invoke(con, &call).await?;
         self.registry.register(con, coupon).await?;
         Ok(())

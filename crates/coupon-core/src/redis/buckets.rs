@@ -27,7 +27,7 @@ use crate::buckets::Bucket;
 use crate::buckets::{BucketCount, SlotOwners};
 use crate::db::buckets::Journalled;
 use crate::domain::Coupon;
-use crate::redis::admission::{RebuildLease, load_fresh, meta_args};
+use crate::redis::admission::{RebuildLease, load_fresh, meta_args, settings_args};
 use crate::redis::epoch::Stamp;
 use crate::redis::keys::CouponKeys;
 use crate::redis::library::{self, Function};
@@ -518,6 +518,7 @@ impl BucketSteps {
             None => call.arg("").arg("").arg(""),
         };
         call.arg(rebuilt.share);
+        settings_args(&mut call, coupon);
         for id in &rebuilt.credited {
             call.arg(id.0.to_string());
         }

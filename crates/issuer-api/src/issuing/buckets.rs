@@ -203,7 +203,8 @@ impl Issuer {
                 }
                 AdmitReply::Refused(admission) => return Ok(admission),
                 // Nothing holds a bucket's stock (`scripts/stock_hold.lua`), nor its end (a
-                // bucketed coupon's cannot be moved yet); were either held, its answer would
+                // bucketed coupon's end moved later lands with no hold, since no gate shuts
+                // on a bucket's answers: `settings.rs`); were either held, its answer would
                 // be given until then.
                 AdmitReply::Held(admission) => {
                     self.replicated(written).await?;
@@ -254,25 +255,16 @@ impl Issuer {
                         if gate.supplied(home.bucket) != supplies_seen {
                             continue;
                         }
-                        let mover = Mover {
-                            places: &places,
-                            pool: &self.pool,
-                            owner: self.layouts.owner(),
-                        };
                         // Cut short, it is a mover that died mid-way, which the next supply
                         // finishes (the transfer's lease runs out).
                         let Ok(supplied) = tokio::time::timeout_at(
                             deadline,
-                            mover.supply(&mut redis, home.bucket),
+                            self.run_supply(&gate, &places, home.bucket),
                         )
                         .await
                         else {
                             continue;
                         };
-                        gate.record(home.bucket, &supplied);
-                        if let Ok(Supply::Moved(units)) = supplied {
-                            self.metrics().bucket_moves.inc_by(units.unsigned_abs());
-                        }
                         supplied
                     };
                     match supplied {
@@ -333,7 +325,47 @@ impl Issuer {
     }
 
     /// Rebuilds `bucket` in the background unless this process is at it already.
-    fn start_bucket_rebuild(&self, places: &Arc<Places>, bucket: Bucket) {
+    /// A mover's supply for `home`, in `gate`'s turn (the caller holds it), recorded there.
+    async fn run_supply(
+        &self,
+        gate: &SupplyGate,
+        places: &Places,
+        home: Bucket,
+    ) -> Result<Supply, MoveError> {
+        let mover = Mover {
+            places,
+            pool: &self.pool,
+            owner: self.layouts.owner(),
+        };
+        let supplied = mover.supply(&mut self.redis.clone(), home).await;
+        gate.record(home, &supplied);
+        if let Ok(Supply::Moved(units)) = supplied {
+            self.metrics().bucket_moves.inc_by(units.unsigned_abs());
+        }
+        supplied
+    }
+
+    /// Brings stock to `home` for a replay whose user's home bucket has no free unit
+    /// (`failed_events.rs`), in the coupon's supply turn: whether some may have come (moved,
+    /// reopened, or a raise landed), so that the replay tries again.
+    pub(super) async fn supply_for_replay(
+        &self,
+        places: &Places,
+        home: Bucket,
+    ) -> Result<bool, ApiError> {
+        let gate = self.supply_gates.of(places.coupon);
+        let _turn = gate.turn.lock().await;
+        match self.run_supply(&gate, places, home).await {
+            Ok(Supply::Moved(_) | Supply::Reopened(_) | Supply::Landed(_)) => Ok(true),
+            Ok(Supply::SoldOut | Supply::NotNow) => Ok(false),
+            Err(MoveError::Unverified(_) | MoveError::DonorRebuilt(_)) => {
+                Err(ApiError::Rebuilding(places.coupon.get()))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    pub(super) fn start_bucket_rebuild(&self, places: &Arc<Places>, bucket: Bucket) {
         let coupon = places.coupon;
         if !self.bucket_rebuilds.start(coupon, bucket) {
             return;

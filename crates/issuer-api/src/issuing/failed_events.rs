@@ -12,15 +12,25 @@
 //! before the commit.
 //! No replica confirms the slot before the row: a failover that loses it is a state
 //! verified under another instance, rebuilt from the rows, this one's among them.
+//!
+//! A bucketed coupon's slot is taken in the user's home bucket, under that bucket's stamp
+//! read under the coupon's row lock (a bucket's rebuild reads the rows under the same share
+//! lock). A home with no free unit has a mover's supply bring one from another bucket, as
+//! a dry admission does, and the replay tries once more; 409 if none came (sold out: raise
+//! first). The model has two buckets (`replay_model.rs`).
 
+use coupon_core::buckets::Bucket;
 use coupon_core::db::batch_insert::FailureReason;
+use coupon_core::db::buckets::bucket_stamp;
 use coupon_core::db::coupons::lock_redis_stamp;
 use coupon_core::db::failed_events::{
     Discard, FailedEventRow, Filter, Status, discard, find, list,
 };
 use coupon_core::db::redrive::{Redriven, replay, replay_within};
+use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
 use coupon_core::redis::admission::ReplaySlot;
+use coupon_core::redis::keys::CouponKeys;
 use diesel_async::AsyncConnection;
 
 use super::Issuer;
@@ -70,76 +80,124 @@ impl Issuer {
             ))
         })?;
         let (coupon, user) = (event.coupon_id, event.user_id);
-        match self.layouts.get(coupon).await? {
+        let places = match self.layouts.get(coupon).await? {
             None => {
                 return Err(ApiError::Conflict(format!(
                     "coupon {coupon} of failed event {id} does not exist: discard it"
                 )));
             }
-            Some(Layout::Buckets(_)) => {
-                return Err(ApiError::Conflict(format!(
-                    "coupon {coupon} is in buckets, whose OVER_QUANTITY events cannot be \
-                     replayed here yet: see the README's runbook"
-                )));
+            Some(Layout::Single) => None,
+            Some(Layout::Buckets(places)) => Some(places),
+        };
+        let slot = match &places {
+            None => SlotAt {
+                coupon,
+                user,
+                keys: self.scripts.keys(coupon),
+                bucket: None,
+            },
+            Some(places) => {
+                let home = places.home(user);
+                SlotAt {
+                    coupon,
+                    user,
+                    keys: home.keys.clone(),
+                    bucket: Some(home.bucket),
+                }
             }
-            Some(Layout::Single) => {}
+        };
+        let mut supplied = false;
+        loop {
+            match self.replay_onto_slot(id, &slot, by).await? {
+                Replayed::Done(redriven) => return Ok(redriven),
+                Replayed::NotFound => return Err(ApiError::FailedEventNotFound(id)),
+                // Not open here (closed for its rebuild, not loaded, a copy not verified):
+                // the rebuild this starts opens it; the operator replays again.
+                Replayed::Closed => {
+                    return Err(match (&places, slot.bucket) {
+                        (Some(places), Some(bucket)) => {
+                            self.start_bucket_rebuild(places, bucket);
+                            ApiError::Rebuilding(coupon.get())
+                        }
+                        _ => self.start_rebuild(coupon).await,
+                    });
+                }
+                Replayed::NoneFree => {
+                    if let (Some(places), Some(bucket), false) = (&places, slot.bucket, supplied) {
+                        supplied = true;
+                        if self.supply_for_replay(places, bucket).await? {
+                            continue;
+                        }
+                    }
+                    return Err(ApiError::Conflict(format!(
+                        "no unit of coupon {coupon} is free in Redis for user {user}: \
+                         raise the quantity first, then replay"
+                    )));
+                }
+            }
         }
+    }
+
+    /// One try: the slot at `at` and the row, in one transaction holding the coupon's row.
+    async fn replay_onto_slot(&self, id: i64, at: &SlotAt, by: &str) -> Result<Replayed, ApiError> {
+        let (coupon, user) = (at.coupon, at.user);
         let mut redis = self.redis.clone();
         let mut db = self.pool.get().await?;
         // One transaction holds the coupon's row from the slot to the row's commit: a
         // rebuild reads the holders under a share lock of it, and a raise, a batch and a
         // second replay wait (`coupon-core/tests/replay_model.rs`).
-        let outcome = db
-            .transaction(async |conn| {
-                let stamp = lock_redis_stamp(conn, coupon)
+        db.transaction(async |conn| {
+            let own = lock_redis_stamp(conn, coupon)
+                .await?
+                .ok_or(ApiError::CouponNotFound(coupon.get()))?;
+            let stamp = match at.bucket {
+                None => own,
+                Some(bucket) => bucket_stamp(conn, coupon, bucket)
                     .await?
-                    .ok_or(ApiError::CouponNotFound(coupon.get()))?;
-                let took = match self
-                    .scripts
-                    .replay_slot(&mut redis, coupon, user, stamp.as_deref())
-                    .await?
-                {
-                    ReplaySlot::Held => false,
-                    ReplaySlot::Taken => true,
-                    ReplaySlot::NotVerified => return Ok(None),
-                    ReplaySlot::NoneFree => {
-                        return Err(ApiError::Conflict(format!(
-                            "no unit of coupon {coupon} is free in Redis for user {user}: \
-                             raise the quantity first, then replay"
-                        )));
-                    }
-                    ReplaySlot::Pending => {
-                        return Err(ApiError::Conflict(format!(
-                            "user {user} has an admission of coupon {coupon} still being \
-                             delivered: replay once it is settled (or given back)"
-                        )));
-                    }
-                };
-                let replayed = replay_within(conn, id, by).await?;
-                // A slot taken for a row that is not there is given back before the commit.
-                // One that cannot be is kept: a unit unsold, never one sold twice.
-                if took
-                    && !matches!(replayed, Some(Redriven::Recovered))
-                    && let Err(err) = self
-                        .scripts
-                        .give_back_replay_slot(&mut redis, coupon, user)
-                        .await
-                {
-                    tracing::warn!(failed_event = id, %coupon, %user, error = %err,
-                        "a replay's slot not given back: the unit stays unsold");
+                    .map(|stamp| stamp.as_str().to_owned()),
+            };
+            let took = match self
+                .scripts
+                .replay_slot(&mut redis, &at.keys, user, stamp.as_deref())
+                .await?
+            {
+                ReplaySlot::Held => false,
+                ReplaySlot::Taken => true,
+                ReplaySlot::NotVerified => return Ok(Replayed::Closed),
+                ReplaySlot::NoneFree => return Ok(Replayed::NoneFree),
+                ReplaySlot::Pending => {
+                    return Err(ApiError::Conflict(format!(
+                        "user {user} has an admission of coupon {coupon} still being \
+                         delivered: replay once it is settled (or given back)"
+                    )));
                 }
-                tracing::info!(failed_event = id, %coupon, %user, took, outcome = ?replayed,
-                    "OVER_QUANTITY event replayed onto a Redis slot");
-                Ok(Some(replayed))
+            };
+            let replayed = replay_within(conn, id, by).await?;
+            // A slot taken for a row that is not there is given back before the commit.
+            // One that cannot be is kept: a unit unsold, never one sold twice.
+            if took
+                && !matches!(replayed, Some(Redriven::Recovered))
+                && let Err(err) = self
+                    .scripts
+                    .give_back_replay_slot(
+                        &mut redis,
+                        (coupon, &at.keys),
+                        user,
+                        at.bucket.is_some(),
+                    )
+                    .await
+            {
+                tracing::warn!(failed_event = id, %coupon, %user, error = %err,
+                    "a replay's slot not given back: the unit stays unsold");
+            }
+            tracing::info!(failed_event = id, %coupon, %user, bucket = ?at.bucket, took,
+                outcome = ?replayed, "OVER_QUANTITY event replayed onto a Redis slot");
+            Ok(match replayed {
+                Some(redriven) => Replayed::Done(redriven),
+                None => Replayed::NotFound,
             })
-            .await?;
-        match outcome {
-            Some(Some(redriven)) => Ok(redriven),
-            Some(None) => Err(ApiError::FailedEventNotFound(id)),
-            // Not open here (closed for its rebuild, not loaded, a copy not verified): the
-            // rebuild this starts opens it; the operator replays again.
-            None => Err(self.start_rebuild(coupon).await),
-        }
+        })
+        .await
     }
 
     /// Sets failed event `id` aside for good, recorded as done `by`; a RECOVERED one is a
@@ -158,4 +216,22 @@ impl Issuer {
             Discard::NotFound => Err(ApiError::FailedEventNotFound(id)),
         }
     }
+}
+
+/// Where a replay takes its user's slot: the coupon's own state, or the user's home bucket.
+struct SlotAt {
+    coupon: CouponId,
+    user: UserId,
+    keys: CouponKeys,
+    bucket: Option<Bucket>,
+}
+
+/// How one try of a replay ended.
+enum Replayed {
+    Done(Redriven),
+    NotFound,
+    /// The slot's state is not open under the stamp in force: nothing written.
+    Closed,
+    /// No unit free in the slot's state: nothing written.
+    NoneFree,
 }

@@ -76,6 +76,10 @@ if redis.call('SCARD', KEYS[2]) >= tonumber(meta[1]) then
   if not meta[5] or meta[6] then
     return {3, now}
   end
+  -- A paused bucket would admit once stock came: PAUSED, and no stock moved for it.
+  if meta[8] then
+    return {10, now}
+  end
   -- Registered for WAIT_REGISTERED (coupon-core's redis/buckets.rs, whose test holds the
   -- two together); a waiting request asks again well within it, which registers it again.
   redis.call('HSET', KEYS[1], 'waiting_until', clock() + 100)

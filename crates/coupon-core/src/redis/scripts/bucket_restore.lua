@@ -19,7 +19,10 @@
 -- of buckets, ARGV[7] the last transfer journalled from this bucket ('' for none), ARGV[8]
 -- its recipient, ARGV[9] its units, ARGV[10] the share ARGV[1] includes (PostgreSQL's, read
 -- under the lease: a raise's grow is refused while the bucket is closed, and lands after),
--- and ARGV[11...] the transfers journalled to this bucket. A raise's flag the copy has
+-- ARGV[11] the operator settings' version and ARGV[12] '1' if paused, else '' (read with
+-- the rest, before the stamp was recorded: written, with the end, unless the copy holds a
+-- newer version, as load_meta.lua does; coupon-core/tests/settings_model.rs's
+-- RestoreWithoutSettings), and ARGV[13...] the transfers journalled to this bucket. A raise's flag the copy has
 -- stays: whoever set it clears it once every bucket has grown.
 -- The outgoing entry comes back with no lease, so that a mover takes it over at once and
 -- makes sure of its credit and settle (both safe to repeat). The mark is cleared under a new
@@ -48,7 +51,7 @@ for i = 1, #pending, 2 do
 end
 redis.call('DEL', KEYS[7], KEYS[9])
 redis.call('DEL', KEYS[4], KEYS[6])
-for i = 11, #ARGV do
+for i = 13, #ARGV do
   redis.call('SADD', KEYS[4], ARGV[i])
 end
 redis.call('DEL', KEYS[3])
@@ -57,12 +60,15 @@ if ARGV[7] ~= '' then
     'lease_until', 0)
 end
 redis.call('HSET', KEYS[1], 'quantity', ARGV[1], 'buckets', ARGV[6], 'share', ARGV[10])
-for field, at in pairs({starts_at = ARGV[2], ends_at = ARGV[3]}) do
-  if at ~= '' then
-    redis.call('HSET', KEYS[1], field, at)
-  else
-    redis.call('HDEL', KEYS[1], field)
-  end
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'starts_at', ARGV[2])
+else
+  redis.call('HDEL', KEYS[1], 'starts_at')
+end
+-- At an equal version too, as settings.lua writes: a copy of one version that differs was
+-- written before the settings were (by an older API's script).
+if tonumber(ARGV[11]) >= tonumber(redis.call('HGET', KEYS[1], 'settings') or '-1') then
+  write_settings(KEYS[1], ARGV[11], ARGV[12], ARGV[3], '0')
 end
 redis.call('HDEL', KEYS[1], 'sold_out', 'waiting_until')
 redis.call('HINCRBY', KEYS[1], 'generation', 1)

@@ -1,0 +1,1 @@
+ALTER TABLE coupon_buckets DROP COLUMN landed_settings;
