@@ -40,13 +40,25 @@
 //! model found a replay that takes the slot in the coupon's own keys (bucket 0's), as a
 //! coupon of one bucket's does (`OwnKeysOnly`).
 //!
+//! A bucket's sold-out mark answers SOLD_OUT without looking at stock: the sold-out check
+//! marks every bucket once all are empty with nothing being given back (one step here; its
+//! two collects and generations are `bucket_model.rs`'s), and a raise or a bucket's rebuild
+//! clears the marks. A row the database refuses for another reason than the quantity (a
+//! constraint: REJECTED) has its slot given back before the commit. A fresh-eyes review
+//! found that a bucket's slot freed at once (as a coupon of one bucket's is) can put a unit
+//! up for sale under the other buckets' marks, taken while the slot was held: a unit nobody
+//! homed elsewhere can get (`GiveBackIntoStock`). So in a bucket the slot is flagged as
+//! being given back, as a release's is (`ledger.lua`), and a mover's reopen clears every
+//! mark, then frees it; the check marks nothing while a slot is flagged.
+//!
 //! Invariants, in every state:
 //! - every row's user holds a Redis slot in their home bucket once no rebuild of it is
 //!   under way: no unit of the database's quantity is spent that no slot accounts for (or
 //!   a user Redis admits on that unit, told 201, is refused);
 //! - rows never exceed PostgreSQL's quantity;
-//! - no bucket holds more slots than its allocation, and the allocations add up to the
-//!   quantity Redis sells (beyond the one over-admission, the fault).
+//! - no bucket holds more slots than its allocation (beyond the one over-admission, the
+//!   fault);
+//! - no bucket is marked sold out while an open bucket has a unit for sale.
 //!
 //! A slot taken for a row refused for want of quantity cannot happen here (a slot taken in
 //! the state in force always finds a unit); the give-back is for the database's other
@@ -70,6 +82,8 @@ enum Bug {
     NoReplayLock,
     /// A bucketed coupon's replay takes the slot in the coupon's own keys (bucket 0's).
     OwnKeysOnly,
+    /// A bucket's replay slot, for a row refused all the same, is freed at once.
+    GiveBackIntoStock,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -100,6 +114,14 @@ struct State {
     slots: [bool; USERS],
     /// A slot taken in bucket 0 for a user homed elsewhere (`Bug::OwnKeysOnly`).
     stray: [bool; USERS],
+    /// A slot flagged as being given back (it stays a slot until a reopen frees it).
+    releasing: [bool; USERS],
+    /// Each bucket's sold-out mark.
+    marked: [bool; BUCKETS],
+    /// A mover's reopen cleared every mark; freeing the flagged slots is next.
+    reopening: bool,
+    /// Whether a replay's row has been refused for another reason (once).
+    rejected: bool,
     rows: [bool; USERS],
     /// Admitted, the event on its way to the guarded insert.
     in_flight: [bool; USERS],
@@ -133,6 +155,13 @@ enum Action {
     RebuildLoad(usize),
     /// A mover's supply: a free unit from one bucket to the other.
     Supply(usize, usize),
+    /// The sold-out check: every bucket marked.
+    Mark,
+    /// A mover's reopen: every mark cleared, then the flagged slots freed.
+    ReopenUnmark,
+    ReopenRestock,
+    /// The replay's row refused for another reason than the quantity (REJECTED).
+    ReplayRejected(usize),
     RaiseDatabase,
     RaiseRedis,
     ReplayLock(usize),
@@ -187,6 +216,10 @@ impl Protocol for Model {
             raised: false,
             slots: [false; USERS],
             stray: [false; USERS],
+            releasing: [false; USERS],
+            marked: [false; BUCKETS],
+            reopening: false,
+            rejected: false,
             rows: [false; USERS],
             in_flight: [false; USERS],
             refused: [false; USERS],
@@ -218,7 +251,12 @@ impl Protocol for Model {
                     Replay::Idle if lock_free => actions.push(Action::ReplayLock(user)),
                     Replay::Idle => {}
                     Replay::Locked => actions.push(Action::ReplaySlot(user)),
-                    Replay::Slotted(_) => actions.push(Action::ReplayRow(user)),
+                    Replay::Slotted(_) => {
+                        actions.push(Action::ReplayRow(user));
+                        if !s.rejected {
+                            actions.push(Action::ReplayRejected(user));
+                        }
+                    }
                 }
             }
         }
@@ -244,6 +282,15 @@ impl Protocol for Model {
                 if self.open(s, from) && self.open(s, to) && self.taken(s, from) < s.alloc[from] {
                     actions.push(Action::Supply(from, to));
                 }
+            }
+            let empty = (0..BUCKETS).all(|b| self.open(s, b) && self.taken(s, b) >= s.alloc[b]);
+            if empty && !s.releasing.contains(&true) && s.marked.contains(&false) {
+                actions.push(Action::Mark);
+            }
+            if s.reopening {
+                actions.push(Action::ReopenRestock);
+            } else if s.releasing.contains(&true) && (0..BUCKETS).all(|b| self.open(s, b)) {
+                actions.push(Action::ReopenUnmark);
             }
         }
         let quantity_redis: u8 = s.alloc.iter().sum();
@@ -285,6 +332,14 @@ impl Protocol for Model {
                     if bucket == 0 {
                         s.stray = [false; USERS];
                     }
+                    // Every other bucket's mark cleared first, its own with the restore;
+                    // a slot being given back goes unless its user has a row.
+                    s.marked = [false; BUCKETS];
+                    for user in 0..USERS {
+                        if self.home(user) == bucket {
+                            s.releasing[user] = false;
+                        }
+                    }
                 }
                 s.rebuild[bucket] = Rebuild::Idle;
                 s.rebuilt[bucket] = true;
@@ -293,11 +348,29 @@ impl Protocol for Model {
                 s.alloc[from] -= 1;
                 s.alloc[to] += 1;
             }
+            Action::Mark => s.marked = [true; BUCKETS],
+            Action::ReopenUnmark => {
+                s.marked = [false; BUCKETS];
+                s.reopening = true;
+            }
+            Action::ReopenRestock => {
+                for user in 0..USERS {
+                    if s.releasing[user] {
+                        s.releasing[user] = false;
+                        s.slots[user] = false;
+                    }
+                }
+                s.reopening = false;
+            }
             Action::RaiseDatabase => {
                 s.raised = true;
                 s.quantity_db += 1;
             }
-            Action::RaiseRedis => s.alloc[0] += 1,
+            Action::RaiseRedis => {
+                // The raise's landing clears every mark before it grows a bucket.
+                s.marked = [false; BUCKETS];
+                s.alloc[0] += 1;
+            }
             Action::ReplayLock(user) => s.replays[user] = Replay::Locked,
             Action::ReplaySlot(user) => {
                 let at = self.replay_home(user);
@@ -308,6 +381,10 @@ impl Protocol for Model {
                 };
                 s.replays[user] = if !self.open(&s, at) {
                     // Closed for its rebuild: nothing is taken, nothing written (503).
+                    Replay::Idle
+                } else if s.releasing[user] {
+                    // Its slot is being given back: a pending entry, which cannot carry
+                    // the row (409) until the reopen has freed it.
                     Replay::Idle
                 } else if self.bug == Bug::NoSlot || held {
                     Replay::Slotted(false)
@@ -324,16 +401,25 @@ impl Protocol for Model {
                     Replay::Idle
                 };
             }
-            Action::ReplayRow(user) => {
+            Action::ReplayRow(user) if s.written() < s.quantity_db => {
+                s.replays[user] = Replay::Idle;
+                s.rows[user] = true;
+                s.refused[user] = false;
+            }
+            Action::ReplayRow(user) | Action::ReplayRejected(user) => {
                 let took = s.replays[user] == Replay::Slotted(true);
                 s.replays[user] = Replay::Idle;
-                if s.written() < s.quantity_db {
-                    s.rows[user] = true;
-                    s.refused[user] = false;
-                } else if took {
-                    // Given back before the commit.
-                    s.slots[user] = false;
-                    s.stray[user] = false;
+                if matches!(action, Action::ReplayRejected(_)) {
+                    s.rejected = true;
+                }
+                if took {
+                    // Given back before the commit: in a bucket, flagged for a reopen.
+                    if self.buckets && self.bug != Bug::GiveBackIntoStock && s.slots[user] {
+                        s.releasing[user] = true;
+                    } else {
+                        s.slots[user] = false;
+                        s.stray[user] = false;
+                    }
                 }
             }
         }
@@ -353,6 +439,11 @@ impl Protocol for Model {
             if self.open(s, bucket) && self.taken(s, bucket) > s.alloc[bucket] + over {
                 return Some("no bucket holds more slots than its allocation");
             }
+        }
+        let for_sale =
+            (0..self.buckets()).any(|b| self.open(s, b) && self.taken(s, b) < s.alloc[b]);
+        if for_sale && s.marked.contains(&true) {
+            return Some("no bucket is marked sold out while a unit is for sale");
         }
         None
     }
@@ -404,6 +495,14 @@ fn a_replay_without_the_lock_across_its_steps_is_found() {
             "every row's user holds a Redis slot",
         );
     }
+}
+
+#[test]
+fn a_bucketed_replay_slot_freed_at_once_under_the_marks_is_found() {
+    finds(
+        &model(Bug::GiveBackIntoStock, true),
+        "marked sold out while a unit is for sale",
+    );
 }
 
 #[test]
