@@ -8,14 +8,19 @@
 // A panic is exactly the failure report wanted here.
 #![allow(clippy::unwrap_used)]
 
+use std::rc::Rc;
+
 use actix_web::http::header::{self, HeaderMap};
 use coupon_core::db::schema::{coupon_issues, failed_events};
 use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
 use diesel::{ExpressionMethods, QueryDsl};
 use diesel_async::RunQueryDsl;
+use issuer_bench::client::ApiClient;
+use issuer_bench::sustained::{self, Load};
 use serde_json::json;
 use testkit::browser::Browser;
+use testkit::credentials::UserCredentials;
 use testkit::harness::{self, TestEnv};
 
 /// Names and values: cookies, headers, a form's fields.
@@ -628,9 +633,31 @@ async fn an_operator_runs_a_sale_in_a_real_browser() {
     let url = browser.url().await.unwrap();
     let coupon: i64 = url.rsplit('/').next().unwrap().parse().unwrap();
 
-    // Load; the live part moves without a reload.
-    let statuses = issue_all(&env, coupon, 1..=6).await;
-    assert_eq!(count(&statuses, 201), 6, "{statuses:?}");
+    // issuer-bench sends load (six users, two a second); the live part moves while it runs,
+    // without a reload.
+    let bench = Rc::new(ApiClient::new(
+        &env.base,
+        harness::ADMIN_TOKEN,
+        UserCredentials::jwt(harness::JWT_SECRET).unwrap(),
+    ));
+    let load =
+        actix_web::rt::spawn(
+            async move { sustained::run(bench, &[coupon], 6, Load::Rate(2.0)).await },
+        );
+    browser
+        .wait_for_text("#issued", "issued in Redis, under load", |t| {
+            matches!(t, "1" | "2" | "3" | "4" | "5")
+        })
+        .await
+        .unwrap();
+    assert!(!load.is_finished(), "the counter moved only after the load");
+    let report = load.await.unwrap().unwrap();
+    assert_eq!(
+        report.answers.get("SUCCESS"),
+        Some(&6),
+        "{:?}",
+        report.answers
+    );
     browser
         .wait_for_text("#issued", "issued in Redis", |t| t == "6")
         .await

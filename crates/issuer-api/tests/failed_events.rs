@@ -420,3 +420,78 @@ async fn a_bucketed_over_quantity_event_is_replayed_onto_a_slot_in_its_home_buck
     }
     env.shutdown().await;
 }
+
+/// A bucketed replay's slot, taken for a row refused all the same, is given back under the
+/// sold-out marks set while it was held (`replay_model.rs`'s `GiveBackIntoStock`): it is
+/// flagged, every mark cleared, then freed, so no bucket answers SOLD_OUT while the unit is
+/// for sale. Forced: Redis lost the first user's slot in bucket 0 (the fault that makes
+/// OVER_QUANTITY events), the database is full, and both buckets carry the marks a check
+/// would have set once the replay's slot filled bucket 0.
+#[actix_web::test]
+async fn a_bucketed_replay_slot_given_back_leaves_no_bucket_marked() {
+    let env = TestEnv::start(1).await;
+    let count = BucketCount::new(2).unwrap();
+    let homed = |bucket: u16, from: i64| {
+        (from..)
+            .find(|user| count.home(UserId::new(*user).unwrap()).index() == bucket)
+            .unwrap()
+    };
+    let coupon = env
+        .create_coupon(json!({ "name": "hot", "totalQuantity": 2, "buckets": 2 }))
+        .await;
+    let (first, second, over_user) = (homed(0, 1), homed(1, 1), homed(0, 100));
+    assert_eq!(env.issue(coupon, first).await.0, 201);
+    assert_eq!(env.issue(coupon, second).await.0, 201);
+    assert_eq!(env.rows_when_settled(coupon, 2).await.len(), 2);
+    let (zero, one) = (
+        env.bucket_state(coupon, 0).await.0,
+        env.bucket_state(coupon, 1).await.0,
+    );
+    let mut redis = env.redis().await;
+    let _: i64 = redis::AsyncCommands::srem(&mut redis, &zero.issued, first)
+        .await
+        .unwrap();
+    for meta in [&zero.meta, &one.meta] {
+        let _: () = redis::AsyncCommands::hset(&mut redis, meta, "sold_out", "1")
+            .await
+            .unwrap();
+    }
+    let over = failed(
+        &env,
+        "OVER_QUANTITY",
+        "ABANDONED",
+        event(coupon, over_user),
+        over_user,
+    )
+    .await;
+
+    // The slot is taken in bucket 0, the row refused again (the database is full), and the
+    // slot given back.
+    let (status, body) = act(&env, over, "replay").await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("ABANDONED")),
+        "{body}"
+    );
+    for meta in [&zero.meta, &one.meta] {
+        let mark: Option<String> = redis::AsyncCommands::hget(&mut redis, meta, "sold_out")
+            .await
+            .unwrap();
+        assert_eq!(
+            mark, None,
+            "{meta} still marked while bucket 0 has a unit for sale"
+        );
+    }
+    let held: bool = redis::AsyncCommands::sismember(&mut redis, &zero.issued, over_user)
+        .await
+        .unwrap();
+    let entry: Option<String> = redis::AsyncCommands::hget(&mut redis, &zero.pending, over_user)
+        .await
+        .unwrap();
+    assert_eq!(
+        (held, entry),
+        (false, None),
+        "the slot is freed, its flag gone"
+    );
+    env.shutdown().await;
+}

@@ -232,3 +232,28 @@ async fn a_paused_bucket_with_no_stock_moves_none_in() {
     assert_eq!(transfers, 0);
     env.shutdown().await;
 }
+
+#[actix_web::test]
+async fn a_bucket_redis_fails_on_stops_no_other_buckets_pause() {
+    let env = TestEnv::start(0).await;
+    let count = BucketCount::new(2).unwrap();
+    let coupon = env
+        .create_coupon(json!({ "name": "hot", "totalQuantity": 20, "buckets": 2 }))
+        .await;
+    // Bucket 0's meta turned into a string: every script on it fails (WRONGTYPE), as a
+    // shard failing over fails its calls.
+    let keys = env.bucket_state(coupon, 0).await.0;
+    let _: () = redis::cmd("SET")
+        .arg(&keys.meta)
+        .arg("broken")
+        .query_async(&mut env.redis().await)
+        .await
+        .unwrap();
+
+    let (status, body) = pause(&env, coupon, true).await;
+    assert_eq!((status, &body["landed"]), (202, &json!(false)), "{body}");
+    // Bucket 1 took it all the same, at once.
+    let (status, body) = env.issue(coupon, homed_to(count, 1, 1)).await;
+    assert_eq!((status, &body["result"]), (403, &json!("PAUSED")), "{body}");
+    env.shutdown().await;
+}

@@ -75,7 +75,8 @@ pub async fn insert_bucketed_coupon(
     .await
 }
 
-/// A coupon's buckets, in order; empty for a coupon of one bucket.
+/// A coupon's buckets, in order (an error unless every one is stored); empty for a coupon
+/// of one bucket.
 pub async fn coupon_buckets(
     conn: &mut AsyncPgConnection,
     coupon: &Coupon,
@@ -91,6 +92,17 @@ pub async fn coupon_buckets(
         .order(coupon_buckets::bucket)
         .load(conn)
         .await?;
+    // Every bucket or none: a coupon is stored with its buckets in one transaction, and a
+    // caller that walks fewer would take a change as landed everywhere, or a user's home
+    // as missing.
+    let count = usize::from(coupon.buckets.get());
+    if coupon.buckets != BucketCount::ONE && rows.len() != count {
+        return Err(corrupt(format!(
+            "coupon {}: {} bucket rows for {count} buckets",
+            coupon.id,
+            rows.len()
+        )));
+    }
     rows.into_iter()
         .map(|(bucket, tag, share, stamp)| {
             Ok(BucketRow {

@@ -346,22 +346,57 @@ impl Issuer {
     }
 
     /// Brings stock to `home` for a replay whose user's home bucket has no free unit
-    /// (`failed_events.rs`), in the coupon's supply turn: whether some may have come (moved,
-    /// reopened, or a raise landed), so that the replay tries again.
+    /// (`failed_events.rs`), in the coupon's supply turn: true once some may have come
+    /// (moved, reopened, or a raise landed), so that the replay tries again; false when the
+    /// coupon is sold out. No answer yet (a transfer into the home in flight, the sold-out
+    /// check's two reads differing under traffic) is tried again for [`SUPPLY_WAIT`], then
+    /// 503; a bucket not verified has its rebuild started, and 503.
     pub(super) async fn supply_for_replay(
         &self,
-        places: &Places,
+        places: &Arc<Places>,
         home: Bucket,
     ) -> Result<bool, ApiError> {
         let gate = self.supply_gates.of(places.coupon);
-        let _turn = gate.turn.lock().await;
-        match self.run_supply(&gate, places, home).await {
-            Ok(Supply::Moved(_) | Supply::Reopened(_) | Supply::Landed(_)) => Ok(true),
-            Ok(Supply::SoldOut | Supply::NotNow) => Ok(false),
-            Err(MoveError::Unverified(_) | MoveError::DonorRebuilt(_)) => {
-                Err(ApiError::Rebuilding(places.coupon.get()))
+        let deadline = Instant::now() + SUPPLY_WAIT;
+        let mut pause = BUSY_FIRST_PAUSE;
+        loop {
+            let supplied = {
+                let _turn = gate.turn.lock().await;
+                self.run_supply(&gate, places, home).await
+            };
+            match supplied {
+                Ok(Supply::Moved(_) | Supply::Reopened(_) | Supply::Landed(_)) => return Ok(true),
+                Ok(Supply::SoldOut) => return Ok(false),
+                Ok(Supply::NotNow) if Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Ok(Supply::NotNow) => {
+                    return Err(ApiError::unavailable(
+                        "stock",
+                        format!("no stock reached bucket {home} within {SUPPLY_WAIT:?}"),
+                    ));
+                }
+                Err(MoveError::Unverified(bucket) | MoveError::DonorRebuilt(bucket)) => {
+                    self.start_bucket_rebuild(places, bucket);
+                    return Err(ApiError::Rebuilding(places.coupon.get()));
+                }
+                Err(err) => return Err(err.into()),
             }
-            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// A mover's reopen of the slots given back in `places`' buckets (every mark cleared,
+    /// then the slots freed): the reconciler runs one for any left, so a failure is logged.
+    pub(super) async fn reopen_given_back(&self, places: &Places) {
+        let mover = Mover {
+            places,
+            pool: &self.pool,
+            owner: self.layouts.owner(),
+        };
+        if let Err(err) = mover.reopen_released(&mut self.redis.clone()).await {
+            tracing::warn!(coupon = %places.coupon, error = %err,
+                "slots given back not reopened now; the reconciler will");
         }
     }
 

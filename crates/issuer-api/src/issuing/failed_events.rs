@@ -17,7 +17,9 @@
 //! read under the coupon's row lock (a bucket's rebuild reads the rows under the same share
 //! lock). A home with no free unit has a mover's supply bring one from another bucket, as
 //! a dry admission does, and the replay tries once more; 409 if none came (sold out: raise
-//! first). The model has two buckets (`replay_model.rs`).
+//! first). A bucket's slot given back is flagged, as a release's is, and a mover's reopen
+//! clears every sold-out mark before it frees it (the reconciler's, should this API die
+//! first). The model has two buckets, their marks and the reopen (`replay_model.rs`).
 
 use coupon_core::buckets::Bucket;
 use coupon_core::db::batch_insert::FailureReason;
@@ -27,7 +29,6 @@ use coupon_core::db::failed_events::{
     Discard, FailedEventRow, Filter, Status, discard, find, list,
 };
 use coupon_core::db::redrive::{Redriven, replay, replay_within};
-use coupon_core::domain::{CouponId, UserId};
 use coupon_core::event::IssueEvent;
 use coupon_core::redis::admission::ReplaySlot;
 use coupon_core::redis::keys::CouponKeys;
@@ -91,25 +92,31 @@ impl Issuer {
         };
         let slot = match &places {
             None => SlotAt {
-                coupon,
-                user,
                 keys: self.scripts.keys(coupon),
                 bucket: None,
+                event,
             },
             Some(places) => {
                 let home = places.home(user);
                 SlotAt {
-                    coupon,
-                    user,
                     keys: home.keys.clone(),
                     bucket: Some(home.bucket),
+                    event,
                 }
             }
         };
         let mut supplied = false;
         loop {
             match self.replay_onto_slot(id, &slot, by).await? {
-                Replayed::Done(redriven) => return Ok(redriven),
+                Replayed::Done {
+                    redriven,
+                    gave_back,
+                } => {
+                    if let (Some(places), true) = (&places, gave_back) {
+                        self.reopen_given_back(places).await;
+                    }
+                    return Ok(redriven);
+                }
                 Replayed::NotFound => return Err(ApiError::FailedEventNotFound(id)),
                 // Not open here (closed for its rebuild, not loaded, a copy not verified):
                 // the rebuild this starts opens it; the operator replays again.
@@ -140,7 +147,7 @@ impl Issuer {
 
     /// One try: the slot at `at` and the row, in one transaction holding the coupon's row.
     async fn replay_onto_slot(&self, id: i64, at: &SlotAt, by: &str) -> Result<Replayed, ApiError> {
-        let (coupon, user) = (at.coupon, at.user);
+        let (coupon, user) = (at.event.coupon_id, at.event.user_id);
         let mut redis = self.redis.clone();
         let mut db = self.pool.get().await?;
         // One transaction holds the coupon's row from the slot to the row's commit: a
@@ -175,16 +182,11 @@ impl Issuer {
             let replayed = replay_within(conn, id, by).await?;
             // A slot taken for a row that is not there is given back before the commit.
             // One that cannot be is kept: a unit unsold, never one sold twice.
-            if took
-                && !matches!(replayed, Some(Redriven::Recovered))
+            let gave_back = took && !matches!(replayed, Some(Redriven::Recovered));
+            if gave_back
                 && let Err(err) = self
                     .scripts
-                    .give_back_replay_slot(
-                        &mut redis,
-                        (coupon, &at.keys),
-                        user,
-                        at.bucket.is_some(),
-                    )
+                    .give_back_replay_slot(&mut redis, &at.keys, &at.event, at.bucket.is_some())
                     .await
             {
                 tracing::warn!(failed_event = id, %coupon, %user, error = %err,
@@ -193,7 +195,10 @@ impl Issuer {
             tracing::info!(failed_event = id, %coupon, %user, bucket = ?at.bucket, took,
                 outcome = ?replayed, "OVER_QUANTITY event replayed onto a Redis slot");
             Ok(match replayed {
-                Some(redriven) => Replayed::Done(redriven),
+                Some(redriven) => Replayed::Done {
+                    redriven,
+                    gave_back,
+                },
                 None => Replayed::NotFound,
             })
         })
@@ -218,17 +223,21 @@ impl Issuer {
     }
 }
 
-/// Where a replay takes its user's slot: the coupon's own state, or the user's home bucket.
+/// Where a replay takes its event's user's slot: the coupon's own state, or the user's home
+/// bucket.
 struct SlotAt {
-    coupon: CouponId,
-    user: UserId,
     keys: CouponKeys,
     bucket: Option<Bucket>,
+    event: IssueEvent,
 }
 
 /// How one try of a replay ended.
 enum Replayed {
-    Done(Redriven),
+    /// Replayed; `gave_back` when the slot it took was given back (the row refused).
+    Done {
+        redriven: Redriven,
+        gave_back: bool,
+    },
     NotFound,
     /// The slot's state is not open under the stamp in force: nothing written.
     Closed,

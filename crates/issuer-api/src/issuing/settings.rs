@@ -88,12 +88,15 @@ impl Issuer {
                 let Some(Layout::Buckets(places)) = self.layouts.get(coupon.id).await? else {
                     return Err(ApiError::CouponNotFound(coupon.id.get()));
                 };
+                // One bucket's error (its shard failing over) stops no other bucket's
+                // landing: a pause is wanted most during an incident.
+                let mut failed = None;
                 for (bucket, stamp) in stamps {
                     let Some(place) = places.places.iter().find(|at| at.bucket == *bucket) else {
                         everywhere = false;
                         continue;
                     };
-                    everywhere &= self
+                    match self
                         .scripts
                         .land_settings(
                             &mut redis,
@@ -102,7 +105,17 @@ impl Issuer {
                             stamp.as_ref(),
                             Duration::ZERO,
                         )
-                        .await?;
+                        .await
+                    {
+                        Ok(landed) => everywhere &= landed,
+                        Err(err) => {
+                            everywhere = false;
+                            failed = Some(err);
+                        }
+                    }
+                }
+                if let Some(err) = failed {
+                    return Err(err.into());
                 }
             }
         }
