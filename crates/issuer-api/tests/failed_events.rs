@@ -154,7 +154,7 @@ async fn failed_events_are_listed_replayed_and_discarded_by_admins_only() {
         "{body}"
     );
     assert_eq!(env.rows(coupon).await, vec![7, 8]);
-    assert_eq!(env.redis_holders(coupon).await, vec![8]);
+    assert_eq!(env.redis_holders(coupon).await, vec![7, 8]);
 
     // A discard sets the event aside for good: `--all` passes it over.
     let (status, discarded) = act(&env, undecodable, "discard").await;
@@ -197,9 +197,16 @@ async fn a_retry_that_meets_a_full_coupon_makes_the_event_over_quantity() {
     use diesel::{ExpressionMethods, QueryDsl};
     let env = TestEnv::start(0).await;
     let coupon = env.coupon_with_quantity(1).await;
-    // The coupon's one unit is a row already.
+    // The coupon's one unit is a row no slot accounts for: what a replay wrote before
+    // every replay took a slot first (the guarded insert alone), still in older databases.
     let taken = failed(&env, "REJECTED", "ABANDONED", event(coupon, 1), 1).await;
-    assert_eq!(act(&env, taken, "replay").await.1["status"], "RECOVERED");
+    let written = coupon_core::db::redrive::replay(&mut env.pg().await, taken, "an older API")
+        .await
+        .unwrap();
+    assert!(matches!(
+        written,
+        Some(coupon_core::db::redrive::Redriven::Recovered)
+    ));
     let orphan = failed(&env, "COUPON_NOT_FOUND", "RETRYING", event(coupon, 2), 2).await;
     diesel::update(failed_events::table.find(orphan))
         .set(failed_events::next_retry_at.eq(chrono::Utc::now()))
@@ -492,6 +499,39 @@ async fn a_bucketed_replay_slot_given_back_leaves_no_bucket_marked() {
         (held, entry),
         (false, None),
         "the slot is freed, its flag gone"
+    );
+    env.shutdown().await;
+}
+
+/// Any replay that may write a row takes its user's slot first, whatever the event's
+/// reason: a REJECTED one (an OVER_QUANTITY event whose replay was refused for another
+/// reason becomes one, its slot given back) written on no slot would spend a unit Redis
+/// still sells, and the user admitted on it would be told 201 and refused.
+#[actix_web::test]
+async fn a_rejected_event_is_replayed_onto_a_slot_too() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(2).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![1]);
+    let rejected = failed(&env, "REJECTED", "ABANDONED", event(coupon, 5), 5).await;
+
+    let (status, body) = act(&env, rejected, "replay").await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("RECOVERED")),
+        "{body}"
+    );
+    assert_eq!(env.rows(coupon).await, vec![1, 5]);
+    assert_eq!(
+        env.redis_holders(coupon).await,
+        vec![1, 5],
+        "the row's unit has its slot"
+    );
+    let (status, body) = env.issue(coupon, 6).await;
+    assert_eq!(
+        (status, &body["result"]),
+        (410, &json!("SOLD_OUT")),
+        "{body}"
     );
     env.shutdown().await;
 }

@@ -286,15 +286,48 @@ impl RedisCluster {
                 cmd.arg("TAKEOVER");
             }
         }
-        let () = cmd.query_async(&mut node(replica).await?).await?;
+        let mut con = node(replica).await?;
+        let id = node_id(&mut con).await?;
+        let () = cmd.query_async(&mut con).await?;
         let deadline = Instant::now() + PATIENCE;
-        while role(replica).await.ok().as_deref() != Some("master") {
+        while role(replica).await.ok().as_deref() != Some("master")
+            || !self.known_everywhere_as_primary(&id).await
+        {
             if Instant::now() > deadline {
                 bail!("{replica} was not promoted within {PATIENCE:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
+    }
+
+    /// Whether every node that answers takes node `id` for a primary. The promoted replica
+    /// says so first, the others once its gossip reached them: a caller that asks one of
+    /// them right after the promotion was seen to be told the old primary (CI, stop 42).
+    async fn known_everywhere_as_primary(&self, id: &str) -> bool {
+        for &port in &self.nodes {
+            let Ok(mut con) = node(port).await else {
+                continue;
+            };
+            let Ok(nodes) = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut con)
+                .await
+            else {
+                continue;
+            };
+            let primary = nodes.lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.first() == Some(&id)
+                    && fields
+                        .get(2)
+                        .is_some_and(|flags| flags.split(',').any(|flag| flag == "master"))
+            });
+            if !primary {
+                return false;
+            }
+        }
+        true
     }
 
     /// Returns once the node on `port` replicates from the primary on `primary`, its link up

@@ -349,15 +349,15 @@ impl Issuer {
     /// (`failed_events.rs`), in the coupon's supply turn: true once some may have come
     /// (moved, reopened, or a raise landed), so that the replay tries again; false when the
     /// coupon is sold out. No answer yet (a transfer into the home in flight, the sold-out
-    /// check's two reads differing under traffic) is tried again for [`SUPPLY_WAIT`], then
+    /// check's two reads differing under traffic) is tried again until `deadline`, then
     /// 503; a bucket not verified has its rebuild started, and 503.
     pub(super) async fn supply_for_replay(
         &self,
         places: &Arc<Places>,
         home: Bucket,
+        deadline: Instant,
     ) -> Result<bool, ApiError> {
         let gate = self.supply_gates.of(places.coupon);
-        let deadline = Instant::now() + SUPPLY_WAIT;
         let mut pause = BUSY_FIRST_PAUSE;
         loop {
             let supplied = {
@@ -368,13 +368,13 @@ impl Issuer {
                 Ok(Supply::Moved(_) | Supply::Reopened(_) | Supply::Landed(_)) => return Ok(true),
                 Ok(Supply::SoldOut) => return Ok(false),
                 Ok(Supply::NotNow) if Instant::now() < deadline => {
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
                     pause *= 2;
                 }
                 Ok(Supply::NotNow) => {
                     return Err(ApiError::unavailable(
                         "stock",
-                        format!("no stock reached bucket {home} within {SUPPLY_WAIT:?}"),
+                        format!("no stock reached bucket {home} in time for a replay"),
                     ));
                 }
                 Err(MoveError::Unverified(bucket) | MoveError::DonorRebuilt(bucket)) => {
