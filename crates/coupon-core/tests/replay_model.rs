@@ -1,30 +1,46 @@
-//! An exhaustive check of an operator's replay of an OVER_QUANTITY event (issuer-api's
+//! An exhaustive check of an operator's replay of a failed event (issuer-api's
 //! `issuing/failed_events.rs`, `scripts/replay_slot.lua`).
 //!
 //! An OVER_QUANTITY event is a user Redis admitted beyond the quantity (a fault outside the
 //! other models: Redis lost state without the epoch check catching it), refused by the
 //! database's quantity guard. Honouring them takes a raise, and the raise gives Redis as
-//! many units to sell as PostgreSQL. So the replay must take a slot in Redis first: where
-//! the user holds none (their slot was lost with the state, rebuilt from PostgreSQL's
-//! rows), one is taken if one is free, else the replay is refused; only then is the row
-//! written.
+//! many units to sell as PostgreSQL. So the replay's row must stand on a slot in Redis:
+//! where the user holds none (their slot was lost with the state, rebuilt from PostgreSQL's
+//! rows), one is taken if one is free, else the replay is refused and its row not written.
+//! The same holds for any event that may become a row: an OVER_QUANTITY event refused on
+//! replay for another reason (a constraint) is REJECTED from then on, and a fresh-eyes
+//! review found such an event replayed through the guarded insert alone, on no slot
+//! (`RejectedWithoutSlot`).
 //!
 //! A rebuild closes the coupon's state (its lease), reads the rows, and loads the slots
 //! from them. A first version took the slot and wrote the row as two steps checked by the
 //! stamp; this model, given the rebuild's real order (it reads the rows before it records
 //! its stamp), found a rebuild reading the rows between them, without the replay's row, and
-//! loading a state without its slot. So the replay now holds the coupon's row lock (FOR
-//! UPDATE) from before the slot until the row commits, and the rebuild reads the rows under
-//! a share lock of the same row (`coupon_holders`): it reads either before the replay locks
-//! (and has closed the state first, so the replay finds it closed and writes nothing) or
-//! after the row committed. A slot taken for a row the database refuses is given back
-//! before the commit.
+//! loading a state without its slot. So the replay holds the coupon's row lock (FOR UPDATE)
+//! from before its row until the row commits, and the rebuild reads the rows under a share
+//! lock of the same row (`coupon_holders`): it reads either before the replay locks (and has
+//! closed the state first, so the replay finds it closed and writes nothing) or after the
+//! row committed.
+//!
+//! The replay's steps, in one transaction: lock (the failed event's row, then the coupon's,
+//! in the order the workers' scheduled retry takes them, so neither waits on the other in a
+//! cycle), the row through the guarded insert (not visible before the commit; refused, the
+//! replay ends there with nothing taken, answered with its reason), the slot (none free, or
+//! the state closed: rolled back, the row with it), the commit. An earlier version took the
+//! slot first and gave it back when the row was refused, which answered a REJECTED event
+//! refused again "raise first" on a sold-out coupon, and needed a bucket's slot given back
+//! flagged until a mover's reopen had cleared the other buckets' marks (a slot freed at
+//! once can put a unit up for sale under them, set while it was held). Row first, a
+//! refused row takes no slot, and nothing is ever given back. The API may die between the
+//! slot and the commit: the row is rolled back and the slot stays, a unit unsold until a
+//! rebuild (never one sold twice); a replay again finds it held and writes the row.
 //!
 //! Modelled: three users, a quantity of one in PostgreSQL and in Redis; admissions (a slot
 //! taken, then the event delivered to the guarded insert, which locks the coupon's row too),
 //! one admission beyond the quantity (the fault), a rebuild in its three steps (close,
 //! read, load), a raise of one (PostgreSQL, then Redis), and a replay of each refused event
-//! in its steps (lock, slot, row and commit), which may be tried again.
+//! in its steps (lock, row, slot, commit; the API's death before the commit), which may be
+//! tried again; one refusal of a replay's row for another reason (REJECTED).
 //!
 //! A bucketed coupon (issue 24) keeps a user's slot in their home bucket, with an
 //! allocation of its own: there, the same three users are homed to two buckets (two to
@@ -32,24 +48,16 @@
 //! a mover's supply moves a free unit from one open bucket to the other (its own protocol
 //! is `bucket_model.rs`'s), and each bucket is rebuilt on its own, from the rows of its
 //! users. The replay takes the slot in the user's home bucket, under that bucket's stamp,
-//! read under the coupon's row lock; when the home has no free unit it is refused, and a
-//! supply may bring one before the operator replays again. A bucket's stamp is recorded
-//! without the coupon's row lock, but after its rebuild read the rows under the share lock,
-//! so it cannot change between the replay's read and its slot unless the bucket was closed
-//! before the slot (which then writes nothing): the model's `open` is that check. The
-//! model found a replay that takes the slot in the coupon's own keys (bucket 0's), as a
-//! coupon of one bucket's does (`OwnKeysOnly`).
-//!
-//! A bucket's sold-out mark answers SOLD_OUT without looking at stock: the sold-out check
-//! marks every bucket once all are empty with nothing being given back (one step here; its
+//! read under the coupon's row lock; when the home has no free unit it is rolled back, and a
+//! supply may bring one before it tries again. A bucket's stamp is recorded without the
+//! coupon's row lock, but after its rebuild read the rows under the share lock, so it cannot
+//! change between the replay's read and its slot unless the bucket was closed before the
+//! slot (which then writes nothing): the model's `open` is that check. The model found a
+//! replay that takes the slot in the coupon's own keys (bucket 0's), as a coupon of one
+//! bucket's does (`OwnKeysOnly`). A bucket's sold-out mark answers SOLD_OUT without looking
+//! at stock: the sold-out check marks every bucket once all are empty (one step here; its
 //! two collects and generations are `bucket_model.rs`'s), and a raise or a bucket's rebuild
-//! clears the marks. A row the database refuses for another reason than the quantity (a
-//! constraint: REJECTED) has its slot given back before the commit. A fresh-eyes review
-//! found that a bucket's slot freed at once (as a coupon of one bucket's is) can put a unit
-//! up for sale under the other buckets' marks, taken while the slot was held: a unit nobody
-//! homed elsewhere can get (`GiveBackIntoStock`). So in a bucket the slot is flagged as
-//! being given back, as a release's is (`ledger.lua`), and a mover's reopen clears every
-//! mark, then frees it; the check marks nothing while a slot is flagged.
+//! clears the marks.
 //!
 //! Invariants, in every state:
 //! - every row's user holds a Redis slot in their home bucket once no rebuild of it is
@@ -59,10 +67,6 @@
 //! - no bucket holds more slots than its allocation (beyond the one over-admission, the
 //!   fault);
 //! - no bucket is marked sold out while an open bucket has a unit for sale.
-//!
-//! A slot taken for a row refused for want of quantity cannot happen here (a slot taken in
-//! the state in force always finds a unit); the give-back is for the database's other
-//! refusals (a constraint: REJECTED), which this model lacks.
 
 use testkit::explorer::{Protocol, finds, holds};
 
@@ -82,8 +86,9 @@ enum Bug {
     NoReplayLock,
     /// A bucketed coupon's replay takes the slot in the coupon's own keys (bucket 0's).
     OwnKeysOnly,
-    /// A bucket's replay slot, for a row refused all the same, is freed at once.
-    GiveBackIntoStock,
+    /// An event REJECTED (its replay's row refused for another reason once) is replayed
+    /// through the guarded insert alone, as only OVER_QUANTITY ones took a slot.
+    RejectedWithoutSlot,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -98,10 +103,13 @@ enum Rebuild {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Replay {
     Idle,
-    /// Holds the coupon's row lock; takes the slot next.
+    /// Holds the failed event's and the coupon's row locks; writes the row next.
     Locked,
-    /// Took (true) or found (false) the slot; writes the row and commits next.
-    Slotted(bool),
+    /// The row written in the transaction (the guard let it), not yet visible; takes the
+    /// slot next.
+    Written,
+    /// Took or found the slot; commits next.
+    Slotted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -114,14 +122,11 @@ struct State {
     slots: [bool; USERS],
     /// A slot taken in bucket 0 for a user homed elsewhere (`Bug::OwnKeysOnly`).
     stray: [bool; USERS],
-    /// A slot flagged as being given back (it stays a slot until a reopen frees it).
-    releasing: [bool; USERS],
     /// Each bucket's sold-out mark.
     marked: [bool; BUCKETS],
-    /// A mover's reopen cleared every mark; freeing the flagged slots is next.
-    reopening: bool,
-    /// Whether a replay's row has been refused for another reason (once).
-    rejected: bool,
+    /// Whose replay's row has been refused for another reason (once in all): their event
+    /// is REJECTED from then on.
+    rejected: Option<usize>,
     rows: [bool; USERS],
     /// Admitted, the event on its way to the guarded insert.
     in_flight: [bool; USERS],
@@ -157,16 +162,16 @@ enum Action {
     Supply(usize, usize),
     /// The sold-out check: every bucket marked.
     Mark,
-    /// A mover's reopen: every mark cleared, then the flagged slots freed.
-    ReopenUnmark,
-    ReopenRestock,
     /// The replay's row refused for another reason than the quantity (REJECTED).
     ReplayRejected(usize),
     RaiseDatabase,
     RaiseRedis,
     ReplayLock(usize),
-    ReplaySlot(usize),
     ReplayRow(usize),
+    ReplaySlot(usize),
+    ReplayCommit(usize),
+    /// The API dies before the commit: the transaction rolls back, a slot taken stays.
+    ReplayDies(usize),
 }
 
 struct Model {
@@ -216,10 +221,8 @@ impl Protocol for Model {
             raised: false,
             slots: [false; USERS],
             stray: [false; USERS],
-            releasing: [false; USERS],
             marked: [false; BUCKETS],
-            reopening: false,
-            rejected: false,
+            rejected: None,
             rows: [false; USERS],
             in_flight: [false; USERS],
             refused: [false; USERS],
@@ -250,12 +253,16 @@ impl Protocol for Model {
                 match s.replays[user] {
                     Replay::Idle if lock_free => actions.push(Action::ReplayLock(user)),
                     Replay::Idle => {}
-                    Replay::Locked => actions.push(Action::ReplaySlot(user)),
-                    Replay::Slotted(_) => {
+                    Replay::Locked => {
                         actions.push(Action::ReplayRow(user));
-                        if !s.rejected {
+                        if s.rejected.is_none() {
                             actions.push(Action::ReplayRejected(user));
                         }
+                    }
+                    Replay::Written => actions.push(Action::ReplaySlot(user)),
+                    Replay::Slotted => {
+                        actions.push(Action::ReplayCommit(user));
+                        actions.push(Action::ReplayDies(user));
                     }
                 }
             }
@@ -284,13 +291,8 @@ impl Protocol for Model {
                 }
             }
             let empty = (0..BUCKETS).all(|b| self.open(s, b) && self.taken(s, b) >= s.alloc[b]);
-            if empty && !s.releasing.contains(&true) && s.marked.contains(&false) {
+            if empty && s.marked.contains(&false) {
                 actions.push(Action::Mark);
-            }
-            if s.reopening {
-                actions.push(Action::ReopenRestock);
-            } else if s.releasing.contains(&true) && (0..BUCKETS).all(|b| self.open(s, b)) {
-                actions.push(Action::ReopenUnmark);
             }
         }
         let quantity_redis: u8 = s.alloc.iter().sum();
@@ -332,14 +334,8 @@ impl Protocol for Model {
                     if bucket == 0 {
                         s.stray = [false; USERS];
                     }
-                    // Every other bucket's mark cleared first, its own with the restore;
-                    // a slot being given back goes unless its user has a row.
+                    // Every other bucket's mark cleared first, its own with the restore.
                     s.marked = [false; BUCKETS];
-                    for user in 0..USERS {
-                        if self.home(user) == bucket {
-                            s.releasing[user] = false;
-                        }
-                    }
                 }
                 s.rebuild[bucket] = Rebuild::Idle;
                 s.rebuilt[bucket] = true;
@@ -349,19 +345,6 @@ impl Protocol for Model {
                 s.alloc[to] += 1;
             }
             Action::Mark => s.marked = [true; BUCKETS],
-            Action::ReopenUnmark => {
-                s.marked = [false; BUCKETS];
-                s.reopening = true;
-            }
-            Action::ReopenRestock => {
-                for user in 0..USERS {
-                    if s.releasing[user] {
-                        s.releasing[user] = false;
-                        s.slots[user] = false;
-                    }
-                }
-                s.reopening = false;
-            }
             Action::RaiseDatabase => {
                 s.raised = true;
                 s.quantity_db += 1;
@@ -372,6 +355,20 @@ impl Protocol for Model {
                 s.alloc[0] += 1;
             }
             Action::ReplayLock(user) => s.replays[user] = Replay::Locked,
+            // The guarded insert: the coupon's row is locked, so no other row commits
+            // before this one does, and the guard's answer still holds at the commit.
+            Action::ReplayRow(user) => {
+                s.replays[user] = if s.written() < s.quantity_db {
+                    Replay::Written
+                } else {
+                    // Refused (ABANDONED, with its reason): nothing taken, nothing to undo.
+                    Replay::Idle
+                };
+            }
+            Action::ReplayRejected(user) => {
+                s.rejected = Some(user);
+                s.replays[user] = Replay::Idle;
+            }
             Action::ReplaySlot(user) => {
                 let at = self.replay_home(user);
                 let held = if at == self.home(user) {
@@ -379,49 +376,32 @@ impl Protocol for Model {
                 } else {
                     s.stray[user]
                 };
+                let no_slot = self.bug == Bug::NoSlot
+                    || (self.bug == Bug::RejectedWithoutSlot && s.rejected == Some(user));
                 s.replays[user] = if !self.open(&s, at) {
-                    // Closed for its rebuild: nothing is taken, nothing written (503).
+                    // Closed for its rebuild: rolled back, the row with it (503).
                     Replay::Idle
-                } else if s.releasing[user] {
-                    // Its slot is being given back: a pending entry, which cannot carry
-                    // the row (409) until the reopen has freed it.
-                    Replay::Idle
-                } else if self.bug == Bug::NoSlot || held {
-                    Replay::Slotted(false)
+                } else if no_slot || held {
+                    Replay::Slotted
                 } else if self.taken(&s, at) < s.alloc[at] {
                     if at == self.home(user) {
                         s.slots[user] = true;
                     } else {
                         s.stray[user] = true;
                     }
-                    Replay::Slotted(true)
+                    Replay::Slotted
                 } else {
-                    // None free in the home (409): the operator raises first, or a
-                    // supply brings a unit, then replays again.
+                    // None free in the home: rolled back; a supply may bring a unit, then
+                    // it tries again (409 once the coupon is sold out: raise first).
                     Replay::Idle
                 };
             }
-            Action::ReplayRow(user) if s.written() < s.quantity_db => {
+            Action::ReplayCommit(user) => {
                 s.replays[user] = Replay::Idle;
                 s.rows[user] = true;
                 s.refused[user] = false;
             }
-            Action::ReplayRow(user) | Action::ReplayRejected(user) => {
-                let took = s.replays[user] == Replay::Slotted(true);
-                s.replays[user] = Replay::Idle;
-                if matches!(action, Action::ReplayRejected(_)) {
-                    s.rejected = true;
-                }
-                if took {
-                    // Given back before the commit: in a bucket, flagged for a reopen.
-                    if self.buckets && self.bug != Bug::GiveBackIntoStock && s.slots[user] {
-                        s.releasing[user] = true;
-                    } else {
-                        s.slots[user] = false;
-                        s.stray[user] = false;
-                    }
-                }
-            }
+            Action::ReplayDies(user) => s.replays[user] = Replay::Idle,
         }
         s
     }
@@ -457,12 +437,12 @@ fn model(bug: Bug, buckets: bool) -> Model {
 fn every_reachable_state_keeps_every_invariant() {
     holds(
         &model(Bug::None, false),
-        "the OVER_QUANTITY replay model",
+        "the failed-event replay model",
         400,
     );
     holds(
         &model(Bug::None, true),
-        "the OVER_QUANTITY replay model, two buckets",
+        "the failed-event replay model, two buckets",
         5_000,
     );
 }
@@ -498,11 +478,13 @@ fn a_replay_without_the_lock_across_its_steps_is_found() {
 }
 
 #[test]
-fn a_bucketed_replay_slot_freed_at_once_under_the_marks_is_found() {
-    finds(
-        &model(Bug::GiveBackIntoStock, true),
-        "marked sold out while a unit is for sale",
-    );
+fn a_rejected_event_replayed_without_a_slot_is_found() {
+    for buckets in [false, true] {
+        finds(
+            &model(Bug::RejectedWithoutSlot, buckets),
+            "every row's user holds a Redis slot",
+        );
+    }
 }
 
 #[test]

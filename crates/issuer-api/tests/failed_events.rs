@@ -190,23 +190,15 @@ async fn failed_events_are_listed_replayed_and_discarded_by_admins_only() {
 
 /// A failed event's reason is its last failure's: an event set aside as COUPON_NOT_FOUND
 /// whose retry meets a full coupon is OVER_QUANTITY from then on, abandoned for a person
-/// (never retried on schedule). Its replay takes a free slot in Redis, meets the full
-/// coupon again, and gives the slot back.
+/// (never retried on schedule). Its replay meets the full coupon again, and takes no slot.
 #[actix_web::test]
 async fn a_retry_that_meets_a_full_coupon_makes_the_event_over_quantity() {
     use diesel::{ExpressionMethods, QueryDsl};
     let env = TestEnv::start(0).await;
     let coupon = env.coupon_with_quantity(1).await;
-    // The coupon's one unit is a row no slot accounts for: what a replay wrote before
-    // every replay took a slot first (the guarded insert alone), still in older databases.
+    // The coupon's one unit is a row already, on its slot.
     let taken = failed(&env, "REJECTED", "ABANDONED", event(coupon, 1), 1).await;
-    let written = coupon_core::db::redrive::replay(&mut env.pg().await, taken, "an older API")
-        .await
-        .unwrap();
-    assert!(matches!(
-        written,
-        Some(coupon_core::db::redrive::Redriven::Recovered)
-    ));
+    assert_eq!(act(&env, taken, "replay").await.1["status"], "RECOVERED");
     let orphan = failed(&env, "COUPON_NOT_FOUND", "RETRYING", event(coupon, 2), 2).await;
     diesel::update(failed_events::table.find(orphan))
         .set(failed_events::next_retry_at.eq(chrono::Utc::now()))
@@ -231,11 +223,7 @@ async fn a_retry_that_meets_a_full_coupon_makes_the_event_over_quantity() {
         "{body}"
     );
     assert_eq!(env.rows(coupon).await, vec![1]);
-    assert_eq!(
-        env.redis_holders(coupon).await,
-        Vec::<i64>::new(),
-        "given back"
-    );
+    assert_eq!(env.redis_holders(coupon).await, vec![1], "nothing taken");
     env.shutdown().await;
 }
 
@@ -260,12 +248,15 @@ async fn a_replay_of_a_recovered_event_changes_nothing() {
 }
 
 /// A user Redis admitted beyond the quantity (its state lost, the slot with it) and the
-/// database's guard refused: the replay takes a slot in Redis first. None free: 409, and
-/// nothing written. After a raise, the slot is the raised unit's, and the row follows: a
-/// newcomer is told SOLD_OUT, not admitted on a unit the row spent and then refused.
-/// A state closed for its rebuild takes no slot and gets no row (`replay_model.rs`).
+/// database's guard refused: the replay's row stands on a slot in Redis. The database full,
+/// the guard refuses it again, with its reason, and nothing is taken. After a raise, the
+/// slot is the raised unit's, and the row follows: a newcomer is told SOLD_OUT, not
+/// admitted on a unit the row spent and then refused. A state closed for its rebuild, or
+/// one with no unit free while PostgreSQL has room (its quantity raised alone), gets no
+/// slot, and the row written before it is rolled back (`replay_model.rs`).
 #[actix_web::test]
 async fn an_over_quantity_event_is_replayed_onto_a_slot_taken_first() {
+    use diesel::{ExpressionMethods, QueryDsl};
     let env = TestEnv::start(1).await;
     let coupon = env.coupon_with_quantity(1).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
@@ -273,19 +264,30 @@ async fn an_over_quantity_event_is_replayed_onto_a_slot_taken_first() {
     let over = failed(&env, "OVER_QUANTITY", "ABANDONED", event(coupon, 2), 2).await;
 
     let (status, body) = act(&env, over, "replay").await;
-    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("ABANDONED")),
+        "{body}"
+    );
     assert!(
-        body["message"]
+        body["detail"]
             .as_str()
-            .unwrap()
-            .contains("raise the quantity first"),
+            .is_some_and(|detail| detail.contains("already holds its quantity")),
         "{body}"
     );
     assert_eq!(env.redis_holders(coupon).await, vec![1]);
     assert_eq!(env.rows(coupon).await, vec![1]);
 
-    // Closed for its rebuild (as a lease closes it): nothing is taken, nothing written,
-    // and the rebuild it starts opens it again for the next try.
+    let (status, body) = env
+        .put(
+            &format!("/api/v1/coupons/{coupon}/quantity"),
+            harness::ADMIN_TOKEN,
+            &json!({ "totalQuantity": 2 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Closed for its rebuild (as a lease closes it): the row passes the guard, no slot is
+    // taken, the row is rolled back, and the rebuild it starts opens it for the next try.
     let _: () = redis::AsyncCommands::hset(
         &mut env.redis().await,
         &env.keys(coupon).meta,
@@ -298,29 +300,17 @@ async fn an_over_quantity_event_is_replayed_onto_a_slot_taken_first() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(env.rows(coupon).await, vec![1]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let again = loop {
+    let (status, body) = loop {
         let answer = act(&env, over, "replay").await;
         if answer.0 != 503 || std::time::Instant::now() > deadline {
             break answer;
         }
         actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
     };
-    assert_eq!(again.0, 409, "rebuilt, and still none free: {}", again.1);
-    assert_eq!(env.redis_holders(coupon).await, vec![1]);
-
-    let (status, body) = env
-        .put(
-            &format!("/api/v1/coupons/{coupon}/quantity"),
-            harness::ADMIN_TOKEN,
-            &json!({ "totalQuantity": 2 }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = act(&env, over, "replay").await;
     assert_eq!(
         (status, &body["status"]),
         (200, &json!("RECOVERED")),
-        "{body}"
+        "rebuilt, and the raised unit free: {body}"
     );
     assert_eq!(env.redis_holders(coupon).await, vec![1, 2]);
     assert_eq!(env.rows(coupon).await, vec![1, 2]);
@@ -330,6 +320,28 @@ async fn an_over_quantity_event_is_replayed_onto_a_slot_taken_first() {
         (410, &json!("SOLD_OUT")),
         "{body}"
     );
+
+    // PostgreSQL's quantity raised alone (by hand, or a raise whose Redis side has not
+    // landed): the row passes the guard, finds no unit free in Redis, and is rolled back.
+    let full = env.coupon_with_quantity(1).await;
+    assert_eq!(env.issue(full, 1).await.0, 201);
+    assert_eq!(env.rows_when_settled(full, 1).await, vec![1]);
+    let beyond = failed(&env, "OVER_QUANTITY", "ABANDONED", event(full, 2), 2).await;
+    diesel::update(coupon_core::db::schema::coupons::table.find(full))
+        .set(coupon_core::db::schema::coupons::total_quantity.eq(2))
+        .execute(&mut env.pg().await)
+        .await
+        .unwrap();
+    let (status, body) = act(&env, beyond, "replay").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("raise the quantity first")),
+        "{body}"
+    );
+    assert_eq!(env.rows(full).await, vec![1], "the row rolled back");
+    assert_eq!(env.redis_holders(full).await, vec![1]);
 
     // A user whose own admission is still pending (its event not acknowledged, so its slot
     // may yet be given back) cannot carry the row: 409, nothing written.
@@ -357,7 +369,7 @@ async fn an_over_quantity_event_is_replayed_onto_a_slot_taken_first() {
 }
 
 /// A bucketed coupon's OVER_QUANTITY event: the slot is taken in the user's home bucket,
-/// under its stamp. None free anywhere: 409. After a raise, which grows another bucket, a
+/// under its stamp. The database full: refused again. After a raise, which grows another bucket, a
 /// supply moves the unit into the home, and the row follows; newcomers are told SOLD_OUT
 /// in both buckets.
 #[actix_web::test]
@@ -388,8 +400,13 @@ async fn a_bucketed_over_quantity_event_is_replayed_onto_a_slot_in_its_home_buck
     )
     .await;
 
+    // The database is full: refused again with the guard's reason, nothing taken.
     let (status, body) = act(&env, over, "replay").await;
-    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("ABANDONED")),
+        "{body}"
+    );
     assert_eq!(env.rows(coupon).await, rows);
 
     // The raise's unit goes to bucket 0 (shares of 3 over 2 buckets: 2 and 1).
@@ -428,14 +445,12 @@ async fn a_bucketed_over_quantity_event_is_replayed_onto_a_slot_in_its_home_buck
     env.shutdown().await;
 }
 
-/// A bucketed replay's slot, taken for a row refused all the same, is given back under the
-/// sold-out marks set while it was held (`replay_model.rs`'s `GiveBackIntoStock`): it is
-/// flagged, every mark cleared, then freed, so no bucket answers SOLD_OUT while the unit is
-/// for sale. Forced: Redis lost the first user's slot in bucket 0 (the fault that makes
-/// OVER_QUANTITY events), the database is full, and both buckets carry the marks a check
-/// would have set once the replay's slot filled bucket 0.
+/// A bucketed replay whose row the database refuses takes nothing in its home bucket: the
+/// row comes first, and the slot only for a row written. Forced: Redis lost the first
+/// user's slot in bucket 0 (the fault that makes OVER_QUANTITY events), so bucket 0 has a
+/// unit free while the database is full.
 #[actix_web::test]
-async fn a_bucketed_replay_slot_given_back_leaves_no_bucket_marked() {
+async fn a_bucketed_replay_whose_row_is_refused_takes_nothing() {
     let env = TestEnv::start(1).await;
     let count = BucketCount::new(2).unwrap();
     let homed = |bucket: u16, from: i64| {
@@ -450,19 +465,11 @@ async fn a_bucketed_replay_slot_given_back_leaves_no_bucket_marked() {
     assert_eq!(env.issue(coupon, first).await.0, 201);
     assert_eq!(env.issue(coupon, second).await.0, 201);
     assert_eq!(env.rows_when_settled(coupon, 2).await.len(), 2);
-    let (zero, one) = (
-        env.bucket_state(coupon, 0).await.0,
-        env.bucket_state(coupon, 1).await.0,
-    );
+    let zero = env.bucket_state(coupon, 0).await.0;
     let mut redis = env.redis().await;
     let _: i64 = redis::AsyncCommands::srem(&mut redis, &zero.issued, first)
         .await
         .unwrap();
-    for meta in [&zero.meta, &one.meta] {
-        let _: () = redis::AsyncCommands::hset(&mut redis, meta, "sold_out", "1")
-            .await
-            .unwrap();
-    }
     let over = failed(
         &env,
         "OVER_QUANTITY",
@@ -472,34 +479,125 @@ async fn a_bucketed_replay_slot_given_back_leaves_no_bucket_marked() {
     )
     .await;
 
-    // The slot is taken in bucket 0, the row refused again (the database is full), and the
-    // slot given back.
     let (status, body) = act(&env, over, "replay").await;
     assert_eq!(
         (status, &body["status"]),
         (200, &json!("ABANDONED")),
         "{body}"
     );
-    for meta in [&zero.meta, &one.meta] {
-        let mark: Option<String> = redis::AsyncCommands::hget(&mut redis, meta, "sold_out")
-            .await
-            .unwrap();
-        assert_eq!(
-            mark, None,
-            "{meta} still marked while bucket 0 has a unit for sale"
-        );
-    }
-    let held: bool = redis::AsyncCommands::sismember(&mut redis, &zero.issued, over_user)
+    let held: Vec<i64> = redis::AsyncCommands::smembers(&mut redis, &zero.issued)
         .await
         .unwrap();
     let entry: Option<String> = redis::AsyncCommands::hget(&mut redis, &zero.pending, over_user)
         .await
         .unwrap();
+    assert_eq!((held, entry), (vec![], None), "bucket 0 as it was");
+    env.shutdown().await;
+}
+
+/// A REJECTED event the database refuses again for its own reason is answered with that
+/// reason, whatever Redis has free: its row is tried before any slot. Taking the slot
+/// first (before), a sold-out coupon answered 409 "raise the quantity first", and a raise
+/// would have had its unit taken, given back and sold to someone else.
+#[actix_web::test]
+async fn a_rejected_event_refused_again_is_answered_with_its_reason_on_a_sold_out_coupon() {
+    let env = TestEnv::start(1).await;
+    let coupon = env.coupon_with_quantity(1).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![1]);
+    // Refused by name before the insert: a time before PostgreSQL's first.
+    let ancient = chrono::NaiveDate::from_ymd_opt(-5000, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let payload = IssueEvent::new(
+        CouponId::new(coupon).unwrap(),
+        UserId::new(5).unwrap(),
+        ancient,
+    )
+    .encode();
+    let rejected = failed(&env, "REJECTED", "ABANDONED", payload, 5).await;
+
+    let (status, body) = act(&env, rejected, "replay").await;
     assert_eq!(
-        (held, entry),
-        (false, None),
-        "the slot is freed, its flag gone"
+        (status, &body["status"]),
+        (200, &json!("ABANDONED")),
+        "{body}"
     );
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("earliest timestamp")),
+        "{body}"
+    );
+    assert_eq!(env.rows(coupon).await, vec![1]);
+    assert_eq!(env.redis_holders(coupon).await, vec![1]);
+    env.shutdown().await;
+}
+
+/// The workers' scheduled retry locks a failed event, then its coupon's row; a replay takes
+/// them in the same order. Forced: a session holds the event locked, as a retry does, while
+/// the replay comes; once the replay waits, the session locks the coupon's row. With the
+/// coupon's row locked first (before), each waited on the other and PostgreSQL aborted one
+/// (deadlock detected): a replay answered 503 with its slot left taken, or the retry lost.
+#[actix_web::test]
+async fn a_replay_and_a_scheduled_retry_lock_in_one_order() {
+    let env = TestEnv::start(0).await;
+    let coupon = env.coupon_with_quantity(2).await;
+    let id = failed(&env, "REJECTED", "RETRYING", event(coupon, 5), 5).await;
+    let mut retry = env.pg().await;
+    for statement in [
+        "BEGIN".to_owned(),
+        format!("SELECT id FROM failed_events WHERE id = {id} FOR UPDATE"),
+    ] {
+        diesel::sql_query(statement)
+            .execute(&mut retry)
+            .await
+            .unwrap();
+    }
+    let retry_goes_on = async {
+        let mut watch = env.pg().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let waiting: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "(SELECT count(*) FROM pg_stat_activity \
+                  WHERE datname = current_database() AND wait_event_type = 'Lock')",
+            ))
+            .get_result(&mut watch)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the replay never waited on the event"
+            );
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let locked = diesel::sql_query(format!(
+            "SELECT id FROM coupons WHERE id = {coupon} FOR UPDATE"
+        ))
+        .execute(&mut retry)
+        .await;
+        diesel::sql_query("COMMIT")
+            .execute(&mut retry)
+            .await
+            .unwrap();
+        locked
+    };
+    let ((status, body), locked) =
+        futures_util::future::join(act(&env, id, "replay"), retry_goes_on).await;
+
+    assert!(locked.is_ok(), "the retry's lock of the coupon: {locked:?}");
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("RECOVERED")),
+        "{body}"
+    );
+    assert_eq!(env.rows(coupon).await, vec![5]);
+    assert_eq!(env.redis_holders(coupon).await, vec![5]);
     env.shutdown().await;
 }
 

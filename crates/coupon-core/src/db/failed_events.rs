@@ -194,11 +194,9 @@ pub async fn find(conn: &mut AsyncPgConnection, id: i64) -> QueryResult<Option<F
 }
 
 /// One failed event, locked until the caller's transaction ends (an operator's action on it
-/// waits for a worker's retry of it, and the other way round).
-pub(crate) async fn locked(
-    conn: &mut AsyncPgConnection,
-    id: i64,
-) -> QueryResult<Option<FailedEventRow>> {
+/// waits for a worker's retry of it, and the other way round). Taken before the coupon's row
+/// wherever both are: the workers' scheduled retry locks them in that order.
+pub async fn locked(conn: &mut AsyncPgConnection, id: i64) -> QueryResult<Option<FailedEventRow>> {
     failed_events::table
         .find(id)
         .select(FailedEventRow::as_select())

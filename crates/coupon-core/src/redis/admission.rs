@@ -452,39 +452,6 @@ impl AdmissionScripts {
         }
     }
 
-    /// Gives back a slot [`AdmissionScripts::replay_slot`] took for `event`'s user, for a
-    /// row the database refused all the same (`scripts/replay_slot_back.lua`): in a
-    /// coupon's own state, freed (held for the gates' hold if the coupon was sold out); in
-    /// a bucket (`bucketed`), flagged as being given back, for a mover's reopen. Registered
-    /// before and after, as a raise is: a coupon judged finished and retired while the slot
-    /// was taken admits again.
-    pub async fn give_back_replay_slot<C: ConnectionLike + Send + Sync>(
-        &self,
-        con: &mut C,
-        keys: &CouponKeys,
-        event: &IssueEvent,
-        bucketed: bool,
-    ) -> Result<(), RedisError> {
-        self.registry.register(con, event.coupon_id).await?;
-        let mut call = if bucketed {
-            library::call(
-                Function::ReplaySlotBack,
-                &[&keys.meta, &keys.issued, &keys.pending, &keys.releasing],
-            )
-        } else {
-            library::call(Function::ReplaySlotBack, &[&keys.meta, &keys.issued])
-        };
-        call.arg(event.user_id.get())
-            .arg(self.reopen_hold.as_millis() as u64);
-        if bucketed {
-            call.arg(event.event_id.to_string())
-                .arg(event.issued_at.timestamp_millis());
-        }
-        let _: i64 = library::invoke(con, &call).await?;
-        self.registry.register(con, event.coupon_id).await?;
-        Ok(())
-    }
-
     /// The users holding a slot in the coupon's state at `keys`, verified under `stamp`;
     /// None when it is not (a rewound copy may lack holders), or holds more than `most`.
     pub async fn holders_in<C: ConnectionLike + Send + Sync>(

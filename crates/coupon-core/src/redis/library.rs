@@ -55,12 +55,10 @@ pub enum Function {
     Settings,
     /// `scripts/replay_slot.lua`.
     ReplaySlot,
-    /// `scripts/replay_slot_back.lua`.
-    ReplaySlotBack,
 }
 
 impl Function {
-    const ALL: [Function; 15] = [
+    const ALL: [Function; 14] = [
         Function::Admit,
         Function::LoadMeta,
         Function::Finished,
@@ -75,7 +73,6 @@ impl Function {
         Function::Holders,
         Function::Settings,
         Function::ReplaySlot,
-        Function::ReplaySlotBack,
     ];
 
     fn suffix(self) -> &'static str {
@@ -94,7 +91,6 @@ impl Function {
             Function::Holders => "holders",
             Function::Settings => "settings",
             Function::ReplaySlot => "replay_slot",
-            Function::ReplaySlotBack => "replay_slot_back",
         }
     }
 
@@ -114,7 +110,6 @@ impl Function {
             Function::Holders => include_str!("scripts/holders.lua"),
             Function::Settings => include_str!("scripts/settings.lua"),
             Function::ReplaySlot => include_str!("scripts/replay_slot.lua"),
-            Function::ReplaySlotBack => include_str!("scripts/replay_slot_back.lua"),
         }
     }
 }

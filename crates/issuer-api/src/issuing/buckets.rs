@@ -386,20 +386,6 @@ impl Issuer {
         }
     }
 
-    /// A mover's reopen of the slots given back in `places`' buckets (every mark cleared,
-    /// then the slots freed): the reconciler runs one for any left, so a failure is logged.
-    pub(super) async fn reopen_given_back(&self, places: &Places) {
-        let mover = Mover {
-            places,
-            pool: &self.pool,
-            owner: self.layouts.owner(),
-        };
-        if let Err(err) = mover.reopen_released(&mut self.redis.clone()).await {
-            tracing::warn!(coupon = %places.coupon, error = %err,
-                "slots given back not reopened now; the reconciler will");
-        }
-    }
-
     pub(super) fn start_bucket_rebuild(&self, places: &Arc<Places>, bucket: Bucket) {
         let coupon = places.coupon;
         if !self.bucket_rebuilds.start(coupon, bucket) {

@@ -3,36 +3,37 @@
 //!
 //! An OVER_QUANTITY event's row would spend a unit of the quantity (raised to honour it),
 //! and the raise gives Redis as many units to sell: a row no slot accounts for makes a
-//! user Redis admits on that unit, told 201, refused by the quantity guard. So a replay
-//! takes the user's slot in Redis first, whatever the event's reason (an OVER_QUANTITY
-//! event whose replay was refused for another reason is REJECTED since, its slot given
-//! back: a fresh-eyes review found it written on no slot when replayed again); only an
-//! event that is a row already, or can never be one (unreadable, its coupon gone), is
-//! answered by the guarded insert alone. The slot is their admission's, if the state still
-//! holds it, else a free one, else 409 (raise first); the row is written after it, holding
-//! the coupon's row
-//! in PostgreSQL from before the slot until the row commits: a rebuild reads the holders
-//! under a share lock of it (`coupon-core/tests/replay_model.rs` found the rebuild reading
-//! between the two otherwise). A slot taken for a row refused all the same is given back
-//! before the commit.
-//! No replica confirms the slot before the row: a failover that loses it is a state
-//! verified under another instance, rebuilt from the rows, this one's among them.
+//! user Redis admits on that unit, told 201, refused by the quantity guard. So a replay's
+//! row stands on the user's slot in Redis, whatever the event's reason (an OVER_QUANTITY
+//! event refused on replay for another reason is REJECTED since: a fresh-eyes review found
+//! it written on no slot when replayed again); only an event that is a row already, or can
+//! never be one (unreadable, its coupon gone), is answered by the guarded insert alone.
+//!
+//! One transaction, in the order `coupon-core/tests/replay_model.rs` checks: the failed
+//! event's row and the coupon's row locked (in that order, the workers' scheduled retry's,
+//! so that neither waits on the other in a cycle), the row written through the guarded
+//! insert, then the slot (their admission's, if the state still holds it, else a free one),
+//! then the commit. A row refused ends the replay there, answered with its reason, having
+//! taken nothing; a slot none free or a state closed rolls the row back (409: raise first,
+//! or 503 while the state is rebuilt). A rebuild reads the holders under a share lock of
+//! the coupon's row, so it reads before the replay locks (having closed the state, where no
+//! slot is taken) or after the row commits. No replica confirms the slot before the row: a
+//! failover that loses it is a state verified under another instance, rebuilt from the
+//! rows, this one's among them. An API that dies between the slot and the commit leaves a
+//! slot without a row (a unit unsold, never one sold twice), which a replay again finds.
 //!
 //! A bucketed coupon's slot is taken in the user's home bucket, under that bucket's stamp
 //! read under the coupon's row lock (a bucket's rebuild reads the rows under the same share
 //! lock). A home with no free unit has a mover's supply bring one from another bucket, as
-//! a dry admission does, and the replay tries again (another request may take what came)
-//! until [`REPLAY_SUPPLY_WAIT`]: 409 only once a supply found the coupon sold out (raise
-//! first), 503 past the wait. A bucket's slot given back is flagged, as a release's is,
-//! and a mover's reopen clears every sold-out mark before it frees it, on every path out
-//! of the replay, its commit failed included (the reconciler's, should this API die
-//! first). The model has two buckets, their marks and the reopen (`replay_model.rs`).
+//! a dry admission does, and the replay tries again (another request may take what came):
+//! 409 only once a supply found the coupon sold out (raise first), 503 when supplies kept
+//! failing to hold a unit for [`REPLAY_SUPPLY_WAIT`].
 
 use coupon_core::buckets::Bucket;
 use coupon_core::db::buckets::bucket_stamp;
 use coupon_core::db::coupons::lock_redis_stamp;
 use coupon_core::db::failed_events::{
-    Discard, FailedEventRow, Filter, Status, discard, find, list,
+    Discard, FailedEventRow, Filter, Status, discard, find, list, locked,
 };
 use coupon_core::db::redrive::{Redriven, replay, replay_within};
 use coupon_core::event::IssueEvent;
@@ -66,24 +67,23 @@ impl Issuer {
     /// schedule or status, recorded as done `by`: onto its user's Redis slot, taken first,
     /// if it may become a row (the module's doc).
     pub async fn replay_failed_event(&self, id: i64, by: &str) -> Result<Redriven, ApiError> {
-        let mut db = self.pool.get().await?;
-        let row = find(&mut db, id)
+        // Not held across the layout's read, which may take a connection of its own.
+        let row = find(&mut *self.pool.get().await?, id)
             .await?
             .ok_or(ApiError::FailedEventNotFound(id))?;
         if row.status != Status::Recovered.as_str()
             && let Ok(event) = IssueEvent::decode(&row.payload)
             && let Some(layout) = self.layouts.get(event.coupon_id).await?
         {
-            drop(db);
             return self.replay_onto_a_slot(id, event, layout, by).await;
         }
         // A row already, or never one: the guarded insert answers it as it is.
-        replay(&mut db, id, by)
+        replay(&mut *self.pool.get().await?, id, by)
             .await?
             .ok_or(ApiError::FailedEventNotFound(id))
     }
 
-    /// Replays event `id` onto its user's Redis slot, taken first (the module's doc).
+    /// Replays event `id` onto its user's Redis slot (the module's doc).
     async fn replay_onto_a_slot(
         &self,
         id: i64,
@@ -112,14 +112,9 @@ impl Issuer {
             }
         };
         let deadline = Instant::now() + REPLAY_SUPPLY_WAIT;
+        let mut supplied = false;
         loop {
-            let (replayed, flagged) = self.replay_onto_slot(id, &slot, by).await;
-            // A bucket's slot flagged as given back is reopened whatever came of the
-            // transaction: a commit that failed after the flag leaves it flagged too.
-            if let (Some(places), true) = (&places, flagged) {
-                self.reopen_given_back(places).await;
-            }
-            match replayed? {
+            match self.replay_in_transaction(id, &slot, by).await? {
                 Replayed::Done(redriven) => return Ok(redriven),
                 Replayed::NotFound => return Err(ApiError::FailedEventNotFound(id)),
                 // Not open here (closed for its rebuild, not loaded, a copy not verified):
@@ -143,7 +138,8 @@ impl Issuer {
                     let (Some(places), Some(bucket)) = (&places, slot.bucket) else {
                         return Err(sold_out());
                     };
-                    if Instant::now() >= deadline {
+                    // Supplied at least once: units came and others took them first.
+                    if supplied && Instant::now() >= deadline {
                         return Err(ApiError::unavailable(
                             "stock",
                             format!(
@@ -152,6 +148,7 @@ impl Issuer {
                             ),
                         ));
                     }
+                    supplied = true;
                     if !self.supply_for_replay(places, bucket, deadline).await? {
                         return Err(sold_out());
                     }
@@ -160,81 +157,60 @@ impl Issuer {
         }
     }
 
-    /// One try: the slot at `at` and the row, in one transaction holding the coupon's row;
-    /// beside its outcome, whether a bucket's slot was flagged as given back (to reopen).
-    async fn replay_onto_slot(
-        &self,
-        id: i64,
-        at: &SlotAt,
-        by: &str,
-    ) -> (Result<Replayed, ApiError>, bool) {
-        let mut flagged = false;
-        let replayed = self.replay_in_transaction(id, at, by, &mut flagged).await;
-        (replayed, flagged && at.bucket.is_some())
-    }
-
+    /// One try (the module's doc): committed when the row is written on a slot, or refused;
+    /// rolled back, the row with it, when the slot cannot be had.
     async fn replay_in_transaction(
         &self,
         id: i64,
         at: &SlotAt,
         by: &str,
-        flagged: &mut bool,
     ) -> Result<Replayed, ApiError> {
         let (coupon, user) = (at.event.coupon_id, at.event.user_id);
         let mut redis = self.redis.clone();
         let mut db = self.pool.get().await?;
-        // One transaction holds the coupon's row from the slot to the row's commit: a
-        // rebuild reads the holders under a share lock of it, and a raise, a batch and a
-        // second replay wait (`coupon-core/tests/replay_model.rs`).
-        db.transaction(async |conn| {
-            let own = lock_redis_stamp(conn, coupon)
-                .await?
-                .ok_or(ApiError::CouponNotFound(coupon.get()))?;
-            let stamp = match at.bucket {
-                None => own,
-                Some(bucket) => bucket_stamp(conn, coupon, bucket)
+        let tried = db
+            .transaction(async |conn| {
+                if locked(conn, id).await?.is_none() {
+                    return Ok(Replayed::NotFound);
+                }
+                let own = lock_redis_stamp(conn, coupon)
                     .await?
-                    .map(|stamp| stamp.as_str().to_owned()),
-            };
-            let took = match self
-                .scripts
-                .replay_slot(&mut redis, &at.keys, user, stamp.as_deref())
-                .await?
-            {
-                ReplaySlot::Held => false,
-                ReplaySlot::Taken => true,
-                ReplaySlot::NotVerified => return Ok(Replayed::Closed),
-                ReplaySlot::NoneFree => return Ok(Replayed::NoneFree),
-                ReplaySlot::Pending => {
-                    return Err(ApiError::Conflict(format!(
+                    .ok_or(ApiError::CouponNotFound(coupon.get()))?;
+                let Some(replayed) = replay_within(conn, id, by).await? else {
+                    return Ok(Replayed::NotFound);
+                };
+                // Refused again: answered with its reason, nothing taken.
+                if !matches!(replayed, Redriven::Recovered) {
+                    return Ok(Replayed::Done(replayed));
+                }
+                let stamp = match at.bucket {
+                    None => own,
+                    Some(bucket) => bucket_stamp(conn, coupon, bucket)
+                        .await?
+                        .map(|stamp| stamp.as_str().to_owned()),
+                };
+                let taken = self
+                    .scripts
+                    .replay_slot(&mut redis, &at.keys, user, stamp.as_deref())
+                    .await?;
+                tracing::info!(failed_event = id, %coupon, %user, bucket = ?at.bucket,
+                    slot = ?taken, "failed event's row written onto a Redis slot");
+                match taken {
+                    ReplaySlot::Held | ReplaySlot::Taken => Ok(Replayed::Done(replayed)),
+                    ReplaySlot::NotVerified => Err(RolledBack::Replayed(Replayed::Closed)),
+                    ReplaySlot::NoneFree => Err(RolledBack::Replayed(Replayed::NoneFree)),
+                    ReplaySlot::Pending => Err(ApiError::Conflict(format!(
                         "user {user} has an admission of coupon {coupon} still being \
                          delivered: replay once it is settled (or given back)"
-                    )));
+                    ))
+                    .into()),
                 }
-            };
-            let replayed = replay_within(conn, id, by).await?;
-            // A slot taken for a row that is not there is given back before the commit.
-            // One that cannot be is kept: a unit unsold, never one sold twice.
-            if took && !matches!(replayed, Some(Redriven::Recovered)) {
-                // Flagged from the call on: one that timed out may have run.
-                *flagged = true;
-                if let Err(err) = self
-                    .scripts
-                    .give_back_replay_slot(&mut redis, &at.keys, &at.event, at.bucket.is_some())
-                    .await
-                {
-                    tracing::warn!(failed_event = id, %coupon, %user, error = %err,
-                        "a replay's slot not given back: the unit stays unsold");
-                }
-            }
-            tracing::info!(failed_event = id, %coupon, %user, bucket = ?at.bucket, took,
-                outcome = ?replayed, "failed event replayed onto a Redis slot");
-            Ok(match replayed {
-                Some(redriven) => Replayed::Done(redriven),
-                None => Replayed::NotFound,
             })
-        })
-        .await
+            .await;
+        match tried {
+            Ok(replayed) | Err(RolledBack::Replayed(replayed)) => Ok(replayed),
+            Err(RolledBack::Error(err)) => Err(err),
+        }
     }
 
     /// Sets failed event `id` aside for good, recorded as done `by`; a RECOVERED one is a
@@ -271,4 +247,28 @@ enum Replayed {
     Closed,
     /// No unit free in the slot's state: nothing written.
     NoneFree,
+}
+
+/// Why a try's transaction rolled back: its row stands on no slot (an outcome), or an error.
+enum RolledBack {
+    Replayed(Replayed),
+    Error(ApiError),
+}
+
+impl From<ApiError> for RolledBack {
+    fn from(err: ApiError) -> Self {
+        Self::Error(err)
+    }
+}
+
+impl From<diesel::result::Error> for RolledBack {
+    fn from(err: diesel::result::Error) -> Self {
+        Self::Error(err.into())
+    }
+}
+
+impl From<redis::RedisError> for RolledBack {
+    fn from(err: redis::RedisError) -> Self {
+        Self::Error(err.into())
+    }
 }

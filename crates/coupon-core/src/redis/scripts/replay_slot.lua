@@ -1,7 +1,8 @@
--- Takes a slot for a user whose OVER_QUANTITY event an operator replays (issuer-api's
--- issuing/failed_events.rs), before its row is written: the row then spends a unit of the
--- quantity that a slot accounts for (coupon-core/tests/replay_model.rs). The caller holds
--- the coupon's row in PostgreSQL until the row commits.
+-- Takes a slot for a user whose failed event an operator replays (issuer-api's
+-- issuing/failed_events.rs), once its row is written in the caller's transaction and before
+-- it commits: the row then spends a unit of the quantity that a slot accounts for
+-- (coupon-core/tests/replay_model.rs). The caller holds the coupon's row in PostgreSQL until
+-- the row commits, and rolls the row back when no slot is had.
 -- KEYS[1] the coupon's meta, KEYS[2] its issued set, KEYS[3] its pending hash (Kafka
 -- mode's ledger). ARGV[1] the user, ARGV[2] the stamp in force (PostgreSQL's).
 -- Returns 0 when the state is not loaded, or not open under that stamp here (closed for
