@@ -24,7 +24,8 @@
 //!
 //! The replay's steps, in one transaction: lock (the failed event's row, then the coupon's,
 //! in the order the workers' scheduled retry takes them, so neither waits on the other in a
-//! cycle), the row through the guarded insert (not visible before the commit; refused, the
+//! cycle: one lock here, the order checked by `issuer-api/tests/failed_events.rs` against a
+//! session holding the event), the row through the guarded insert (not visible before the commit; refused, the
 //! replay ends there with nothing taken, answered with its reason), the slot (none free, or
 //! the state closed: rolled back, the row with it), the commit. An earlier version took the
 //! slot first and gave it back when the row was refused, which answered a REJECTED event
@@ -89,6 +90,12 @@ enum Bug {
     /// An event REJECTED (its replay's row refused for another reason once) is replayed
     /// through the guarded insert alone, as only OVER_QUANTITY ones took a slot.
     RejectedWithoutSlot,
+    /// A supply moves a unit out of a bucket with none free: the check that no bucket
+    /// holds more than its allocation can fail.
+    SupplyWithoutStock,
+    /// A raise's landing grows the allocation without clearing the sold-out marks: the
+    /// check that no bucket is marked while a unit is for sale can fail.
+    RaiseKeepsMarks,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -286,7 +293,9 @@ impl Protocol for Model {
         }
         if self.buckets {
             for (from, to) in [(0, 1), (1, 0)] {
-                if self.open(s, from) && self.open(s, to) && self.taken(s, from) < s.alloc[from] {
+                let free = self.taken(s, from) < s.alloc[from]
+                    || (self.bug == Bug::SupplyWithoutStock && s.alloc[from] > 0);
+                if self.open(s, from) && self.open(s, to) && free {
                     actions.push(Action::Supply(from, to));
                 }
             }
@@ -351,7 +360,9 @@ impl Protocol for Model {
             }
             Action::RaiseRedis => {
                 // The raise's landing clears every mark before it grows a bucket.
-                s.marked = [false; BUCKETS];
+                if self.bug != Bug::RaiseKeepsMarks {
+                    s.marked = [false; BUCKETS];
+                }
                 s.alloc[0] += 1;
             }
             Action::ReplayLock(user) => s.replays[user] = Replay::Locked,
@@ -485,6 +496,22 @@ fn a_rejected_event_replayed_without_a_slot_is_found() {
             "every row's user holds a Redis slot",
         );
     }
+}
+
+#[test]
+fn a_supply_moving_a_unit_none_free_is_found() {
+    finds(
+        &model(Bug::SupplyWithoutStock, true),
+        "no bucket holds more slots than its allocation",
+    );
+}
+
+#[test]
+fn a_raise_landing_under_the_marks_is_found() {
+    finds(
+        &model(Bug::RaiseKeepsMarks, true),
+        "marked sold out while a unit is for sale",
+    );
 }
 
 #[test]

@@ -145,9 +145,9 @@ pub async fn coupon_holders(
     coupon: CouponId,
 ) -> QueryResult<Vec<i64>> {
     // Under a share lock of the coupon's row: an operator's replay holds it (FOR UPDATE)
-    // from the slot it takes in Redis until its row commits, so a rebuild reading the
-    // holders either reads before that (and had closed the state, so the replay takes
-    // nothing) or reads the row (`coupon-core/tests/replay_model.rs`).
+    // from before its row and the slot it takes in Redis until the row commits, so a
+    // rebuild reading the holders either reads before that (and had closed the state, so
+    // the replay takes nothing) or reads the row (`coupon-core/tests/replay_model.rs`).
     conn.transaction(async |conn| {
         coupons::table
             .find(coupon.get())

@@ -9,9 +9,10 @@
 //! new units are Redis's to sell: the row of an event no admission made (a forged one)
 //! would spend one of them, and the user Redis then admits for it, told 201, would be
 //! refused by the guard. Only a person knows whether an admission made the event. The
-//! operator's replay inserts it: the admin route (and the console) takes the user's slot in
-//! Redis first, holding the coupon's row until the row commits ([`replay_within`],
-//! `coupon-core/tests/replay_model.rs`); the shell's `dlq replay` takes none, and the
+//! operator's replay inserts it: the admin route (and the console) writes the row and then
+//! takes the user's slot in Redis in one transaction, holding the coupon's row until the row
+//! commits ([`replay_within`], `coupon-core/tests/replay_model.rs`); the shell's `dlq
+//! replay` takes none, and the
 //! README's runbook then raises PostgreSQL's quantity alone, recorded as landed, so that
 //! Redis sells nothing more.
 
@@ -88,8 +89,9 @@ pub async fn replay(
         .await
 }
 
-/// [`replay`], in the caller's transaction: the OVER_QUANTITY replay's, which holds the
-/// coupon's row from the Redis slot it takes until this row commits.
+/// [`replay`], in the caller's transaction: the admin route's, which holds the failed
+/// event's row and then the coupon's, and takes the user's Redis slot after this row is
+/// written, before the commit.
 pub async fn replay_within(
     conn: &mut AsyncPgConnection,
     id: i64,

@@ -118,14 +118,14 @@ pub enum AdmitReply {
     Held(Admission),
 }
 
-/// What taking a slot for a replayed OVER_QUANTITY event found (`scripts/replay_slot.lua`).
+/// What taking a slot for a replayed failed event's row found (`scripts/replay_slot.lua`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplaySlot {
     /// The state is not loaded, or not verified under the stamp in force here: retry.
     NotVerified,
     /// The user holds one already: their admission's.
     Held,
-    /// Taken now (given back if the row is refused).
+    /// Taken now.
     Taken,
     /// None is free: the quantity must be raised first.
     NoneFree,
@@ -421,10 +421,10 @@ impl AdmissionScripts {
         Ok(landed == 1)
     }
 
-    /// Takes a slot for `user`, whose OVER_QUANTITY event an operator replays, in the state
-    /// at `keys` (the coupon's own, or the user's home bucket's) verified here under `stamp`
-    /// (PostgreSQL's in force), before its row is written; the caller holds the coupon's row
-    /// until then (`scripts/replay_slot.lua`).
+    /// Takes a slot for `user`, whose failed event an operator replays, in the state at
+    /// `keys` (the coupon's own, or the user's home bucket's) verified here under `stamp`
+    /// (PostgreSQL's in force), once its row is written in the caller's transaction, which
+    /// holds the coupon's row until it commits (`scripts/replay_slot.lua`).
     pub async fn replay_slot<C: ConnectionLike + Send + Sync>(
         &self,
         con: &mut C,

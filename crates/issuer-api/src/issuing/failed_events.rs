@@ -64,8 +64,8 @@ impl Issuer {
     }
 
     /// Replays failed event `id` through the workers' guarded insert, whatever its
-    /// schedule or status, recorded as done `by`: onto its user's Redis slot, taken first,
-    /// if it may become a row (the module's doc).
+    /// schedule or status, recorded as done `by`: onto its user's Redis slot if it may
+    /// become a row (the module's doc).
     pub async fn replay_failed_event(&self, id: i64, by: &str) -> Result<Redriven, ApiError> {
         // Not held across the layout's read, which may take a connection of its own.
         let row = find(&mut *self.pool.get().await?, id)
@@ -170,8 +170,14 @@ impl Issuer {
         let mut db = self.pool.get().await?;
         let tried = db
             .transaction(async |conn| {
-                if locked(conn, id).await?.is_none() {
-                    return Ok(Replayed::NotFound);
+                // Read again under its lock: a replay on the shell may have made it a row
+                // since, without a slot, which this one must not take one for.
+                match locked(conn, id).await? {
+                    None => return Ok(Replayed::NotFound),
+                    Some(row) if row.status == Status::Recovered.as_str() => {
+                        return Ok(Replayed::Done(Redriven::Recovered));
+                    }
+                    Some(_) => {}
                 }
                 let own = lock_redis_stamp(conn, coupon)
                     .await?
@@ -194,7 +200,7 @@ impl Issuer {
                     .replay_slot(&mut redis, &at.keys, user, stamp.as_deref())
                     .await?;
                 tracing::info!(failed_event = id, %coupon, %user, bucket = ?at.bucket,
-                    slot = ?taken, "failed event's row written onto a Redis slot");
+                    slot = ?taken, "failed event's row written; its Redis slot asked for");
                 match taken {
                     ReplaySlot::Held | ReplaySlot::Taken => Ok(Replayed::Done(replayed)),
                     ReplaySlot::NotVerified => Err(RolledBack::Replayed(Replayed::Closed)),
