@@ -50,6 +50,13 @@ log() { echo "[bench-ceiling] $*" >&2; }
 # shellcheck source=deploy/local/bench-services.sh
 source "$ROOT/deploy/local/bench-services.sh"
 
+# The ceiling's `/full` produces to its own topic, which the broker does not create on use
+# (`auto.create.topics.enable=false`): an API started once on it creates it as it would its own.
+if [ "$SHAPE" = admitted ]; then
+  start_services ceiling-topic ISSUE_TOPIC=ceiling REDIS_KEY_PREFIX="bench-ceiling-topic-$$:"
+  stop_services
+fi
+
 REDIS_URL=redis://127.0.0.1:6379/9 KAFKA=127.0.0.1:9092 TOPIC=ceiling QTY=$CEILING_QTY \
   LISTEN=$CEILING_LISTEN "$CEILING" >"$OUT/ceiling.log" 2>&1 &
 ceiling=$!
