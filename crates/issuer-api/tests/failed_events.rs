@@ -34,6 +34,14 @@ async fn failed(env: &TestEnv, reason: &str, status: &str, payload: Vec<u8>, use
         .unwrap()
 }
 
+/// A coupon of `quantity` units whose first is user 1's, admitted and its row written.
+async fn coupon_held_by_user_one(env: &TestEnv, quantity: i64) -> i64 {
+    let coupon = env.coupon_with_quantity(quantity).await;
+    assert_eq!(env.issue(coupon, 1).await.0, 201);
+    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![1]);
+    coupon
+}
+
 fn event(coupon: i64, user: i64) -> Vec<u8> {
     IssueEvent::new(
         CouponId::new(coupon).unwrap(),
@@ -258,9 +266,7 @@ async fn a_replay_of_a_recovered_event_changes_nothing() {
 async fn an_over_quantity_event_is_replayed_onto_a_slot_taken_first() {
     use diesel::{ExpressionMethods, QueryDsl};
     let env = TestEnv::start(1).await;
-    let coupon = env.coupon_with_quantity(1).await;
-    assert_eq!(env.issue(coupon, 1).await.0, 201);
-    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![1]);
+    let coupon = coupon_held_by_user_one(&env, 1).await;
     let over = failed(&env, "OVER_QUANTITY", "ABANDONED", event(coupon, 2), 2).await;
 
     let (status, body) = act(&env, over, "replay").await;
@@ -323,9 +329,7 @@ async fn an_over_quantity_event_is_replayed_onto_a_slot_taken_first() {
 
     // PostgreSQL's quantity raised alone (by hand, or a raise whose Redis side has not
     // landed): the row passes the guard, finds no unit free in Redis, and is rolled back.
-    let full = env.coupon_with_quantity(1).await;
-    assert_eq!(env.issue(full, 1).await.0, 201);
-    assert_eq!(env.rows_when_settled(full, 1).await, vec![1]);
+    let full = coupon_held_by_user_one(&env, 1).await;
     let beyond = failed(&env, "OVER_QUANTITY", "ABANDONED", event(full, 2), 2).await;
     diesel::update(coupon_core::db::schema::coupons::table.find(full))
         .set(coupon_core::db::schema::coupons::total_quantity.eq(2))
@@ -502,9 +506,7 @@ async fn a_bucketed_replay_whose_row_is_refused_takes_nothing() {
 #[actix_web::test]
 async fn a_rejected_event_refused_again_is_answered_with_its_reason_on_a_sold_out_coupon() {
     let env = TestEnv::start(1).await;
-    let coupon = env.coupon_with_quantity(1).await;
-    assert_eq!(env.issue(coupon, 1).await.0, 201);
-    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![1]);
+    let coupon = coupon_held_by_user_one(&env, 1).await;
     // Refused by name before the insert: a time before PostgreSQL's first.
     let ancient = chrono::NaiveDate::from_ymd_opt(-5000, 1, 1)
         .unwrap()
@@ -601,16 +603,14 @@ async fn a_replay_and_a_scheduled_retry_lock_in_one_order() {
     env.shutdown().await;
 }
 
-/// Any replay that may write a row takes its user's slot first, whatever the event's
+/// Any replay that may write a row writes it on its user's slot, whatever the event's
 /// reason: a REJECTED one (an OVER_QUANTITY event whose replay was refused for another
-/// reason becomes one, its slot given back) written on no slot would spend a unit Redis
-/// still sells, and the user admitted on it would be told 201 and refused.
+/// reason becomes one) written on no slot would spend a unit Redis still sells, and the
+/// user admitted on it would be told 201 and refused.
 #[actix_web::test]
 async fn a_rejected_event_is_replayed_onto_a_slot_too() {
     let env = TestEnv::start(1).await;
-    let coupon = env.coupon_with_quantity(2).await;
-    assert_eq!(env.issue(coupon, 1).await.0, 201);
-    assert_eq!(env.rows_when_settled(coupon, 1).await, vec![1]);
+    let coupon = coupon_held_by_user_one(&env, 2).await;
     let rejected = failed(&env, "REJECTED", "ABANDONED", event(coupon, 5), 5).await;
 
     let (status, body) = act(&env, rejected, "replay").await;

@@ -305,29 +305,33 @@ impl RedisCluster {
     /// says so first, the others once its gossip reached them: a caller that asks one of
     /// them right after the promotion was seen to be told the old primary (CI, stop 42).
     async fn known_everywhere_as_primary(&self, id: &str) -> bool {
-        for &port in &self.nodes {
-            let Ok(mut con) = node(port).await else {
-                continue;
-            };
-            let Ok(nodes) = redis::cmd("CLUSTER")
-                .arg("NODES")
-                .query_async::<String>(&mut con)
-                .await
-            else {
-                continue;
-            };
-            let primary = nodes.lines().any(|line| {
+        self.views().await.iter().all(|nodes| {
+            nodes.lines().any(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
                 fields.first() == Some(&id)
                     && fields
                         .get(2)
                         .is_some_and(|flags| flags.split(',').any(|flag| flag == "master"))
-            });
-            if !primary {
-                return false;
+            })
+        })
+    }
+
+    /// `CLUSTER NODES` as each node that answers sees the cluster.
+    async fn views(&self) -> Vec<String> {
+        let mut views = Vec::new();
+        for &port in &self.nodes {
+            let Ok(mut con) = node(port).await else {
+                continue;
+            };
+            if let Ok(nodes) = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut con)
+                .await
+            {
+                views.push(nodes);
             }
         }
-        true
+        views
     }
 
     /// Returns once the node on `port` replicates from the primary on `primary`, its link up
@@ -340,24 +344,13 @@ impl RedisCluster {
         let primary_id = node_id(&mut node(primary).await?).await?;
         let follower_id = node_id(&mut node(port).await?).await?;
         loop {
-            let mut known = true;
-            for &other in &self.nodes {
-                let Ok(mut con) = node(other).await else {
-                    continue;
-                };
-                let Ok(nodes) = redis::cmd("CLUSTER")
-                    .arg("NODES")
-                    .query_async::<String>(&mut con)
-                    .await
-                else {
-                    continue;
-                };
-                known &= nodes.lines().any(|line| {
+            let known = self.views().await.iter().all(|nodes| {
+                nodes.lines().any(|line| {
                     let fields: Vec<&str> = line.split_whitespace().collect();
                     fields.first() == Some(&follower_id.as_str())
                         && fields.get(3) == Some(&primary_id.as_str())
-                });
-            }
+                })
+            });
             let info: String = redis::cmd("INFO")
                 .arg("replication")
                 .query_async(&mut node(port).await?)
