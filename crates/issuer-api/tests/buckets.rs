@@ -148,21 +148,7 @@ async fn a_bucket_whose_state_is_lost_is_rebuilt_alone(redis: RedisTopology) {
     }
     assert_eq!(env.rows_when_settled(coupon, 6).await, first);
 
-    let keys = bucket_keys(&env, coupon, 2).await;
-    let mut con = env.redis().await;
-    for key in [
-        &keys.meta,
-        &keys.issued,
-        &keys.pending,
-        &keys.credited,
-        &keys.outgoing,
-    ] {
-        let _: i64 = redis::cmd("DEL")
-            .arg(key)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-    }
+    env.lose_bucket_state(coupon, 2).await;
 
     // The first request finds the bucket gone and starts its rebuild; the retries wait it out.
     let (status, body) = env.issue_retrying(coupon, first[0]).await;

@@ -181,21 +181,7 @@ async fn a_bucketed_coupon_is_paused_in_every_bucket_and_in_one_restored() {
 
     // Redis loses bucket 2's state; the next request homed there has it restored, paused
     // (the restore writes the settings it read, as a coupon's load does).
-    let keys = env.bucket_state(coupon, 2).await.0;
-    let mut con = env.redis().await;
-    for key in [
-        &keys.meta,
-        &keys.issued,
-        &keys.pending,
-        &keys.credited,
-        &keys.outgoing,
-    ] {
-        let _: i64 = redis::cmd("DEL")
-            .arg(key)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-    }
+    env.lose_bucket_state(coupon, 2).await;
     let user = homed_to(count, 2, 2000);
     let (status, body) = env.issue_retrying(coupon, user).await;
     assert_eq!((status, &body["result"]), (403, &json!("PAUSED")), "{body}");

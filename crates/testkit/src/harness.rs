@@ -495,6 +495,21 @@ impl TestEnv {
         (keys, row.stamp.clone().expect("loaded at its creation"))
     }
 
+    /// Deletes every key of `coupon`'s bucket `bucket` in Redis: its state lost, as a
+    /// restart without its file would lose it.
+    pub async fn lose_bucket_state(&self, coupon: i64, bucket: u16) {
+        let keys = self.bucket_state(coupon, bucket).await.0;
+        let _: i64 = redis::cmd("DEL")
+            .arg(&keys.meta)
+            .arg(&keys.issued)
+            .arg(&keys.pending)
+            .arg(&keys.credited)
+            .arg(&keys.outgoing)
+            .query_async(&mut self.redis().await)
+            .await
+            .unwrap();
+    }
+
     pub async fn pg(&self) -> AsyncPgConnection {
         AsyncPgConnection::establish(&self.database_url)
             .await
