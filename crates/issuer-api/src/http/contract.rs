@@ -374,8 +374,10 @@ impl FailedEventsQuery {
                 ))
             })?),
         };
+        // `couponId=` names no coupon, so it is refused like any other bad id rather than
+        // read as "every coupon" (the console's form has its own query and never sends it).
         let coupon = match query.coupon_id.as_deref() {
-            None | Some("") => None,
+            None => None,
             Some(raw) => Some(path_id::<CouponId>(raw)?),
         };
         let limit = query.limit.unwrap_or(100);
