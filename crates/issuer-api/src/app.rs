@@ -141,6 +141,7 @@ pub struct Application {
     ops: Option<(Server, SocketAddr)>,
     issuer: Issuer,
     operations: Arc<Operations>,
+    limiter: RateLimiter,
 }
 
 impl Application {
@@ -167,6 +168,7 @@ impl Application {
                 window: Duration::from_millis(config.rate_window_ms),
                 per_user: config.rate_per_user,
                 per_address: config.rate_per_address,
+                sync: Duration::from_millis(config.rate_sync_ms),
             },
         );
         // Its own app data, so that the identity extractor needs nothing of the handlers'.
@@ -175,7 +177,7 @@ impl Application {
             issuer: issuer.clone(),
             metrics: issuer.metrics().clone(),
             operations: operations.clone(),
-            limiter,
+            limiter: limiter.clone(),
             addresses,
             auth_throttle: AuthThrottle::new(
                 config.auth_failures_per_address,
@@ -258,6 +260,7 @@ impl Application {
             ops,
             issuer,
             operations,
+            limiter,
         })
     }
 
@@ -295,6 +298,11 @@ impl Application {
             let (issuer, stop) = (self.issuer.clone(), stop_background.clone());
             tokio::spawn(async move { issuer.land_raises(stop).await })
         };
+        let limits = {
+            let (limiter, stop) = (self.limiter.clone(), stop_background.clone());
+            let metrics = self.issuer.metrics().clone();
+            tokio::spawn(async move { limiter.run(metrics, stop).await })
+        };
         let watching = {
             let stop = stop_background.clone();
             tokio::spawn(async move { operations.run(issuer, stop).await })
@@ -320,6 +328,7 @@ impl Application {
         stamps.await?;
         registry.await?;
         raises.await?;
+        limits.await?;
         if let Some(upkeep) = upkeep {
             upkeep.await?;
         }

@@ -83,6 +83,11 @@ pub struct Config {
     /// The rate limits' window.
     #[arg(long, env = "ISSUER_RATE_WINDOW_MS", default_value_t = 1000)]
     pub rate_window_ms: u64,
+    /// How often each instance adds its rate-limit counts to the shared ones in Redis and
+    /// learns the other replicas': a client spread over replicas can get, beyond its limit,
+    /// what it sends each other replica in this long (never more than the limit on each).
+    #[arg(long, env = "ISSUER_RATE_SYNC_MS", default_value_t = 20)]
+    pub rate_sync_ms: u64,
     /// The header a trusted proxy in front writes the client's address to: the last entry,
     /// across every line of it, is used (`X-Forwarded-For`-style lists, `ip:port`, or
     /// RFC 7239 `Forwarded: for=`). Unset, the connection's peer address. Set it only
@@ -314,6 +319,9 @@ const MAX_LEEWAY_SECS: u64 = 300;
 /// The longest rate window: a counter's expiry is a millisecond count Redis must take.
 const MAX_RATE_WINDOW_MS: u64 = 86_400_000;
 
+/// The longest rate-limit sync interval: past a second, replicas would share little.
+const MAX_RATE_SYNC_MS: u64 = 1_000;
+
 /// The flags that carry secrets: another user of the machine reads a command line in `ps`.
 /// The API's own, and the shared ones (`coupon_core::config::SHARED_SECRETS`).
 const SECRET_FLAGS: [(&str, &str, &str); 4] = [
@@ -356,6 +364,12 @@ impl Config {
              would turn the limits off, and a longer one fails every issue request (to turn a \
              limit off, set ISSUER_RATE_PER_USER or ISSUER_RATE_PER_ADDRESS to 0)",
             self.rate_window_ms
+        );
+        anyhow::ensure!(
+            (1..=MAX_RATE_SYNC_MS).contains(&self.rate_sync_ms),
+            "ISSUER_RATE_SYNC_MS is {}: it must be 1 to {MAX_RATE_SYNC_MS} (the longer, the \
+             more a client spread over replicas gets past its limit)",
+            self.rate_sync_ms
         );
         anyhow::ensure!(
             self.auth_failures_per_address > 0,

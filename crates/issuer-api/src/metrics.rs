@@ -76,6 +76,8 @@ pub struct Metrics {
     pub republished: Counter,
     pub bucket_moves: Counter,
     pub finished_gate_answers: Counter,
+    pub rate_limit_syncs: Counter,
+    pub rate_limit_sync_failures: Counter,
     pub rebuilds: Family<OutcomeLabels, Counter>,
     pub pending: GaugeSet<StateLabels>,
     pub pending_oldest_age: Gauge<f64, AtomicU64>,
@@ -154,6 +156,20 @@ impl Default for Metrics {
             "Issue requests for a finished coupon answered from memory, without Redis \
              (ISSUER_FINISHED_GATE_MS)",
             finished_gate_answers.clone(),
+        );
+        let rate_limit_syncs = Counter::default();
+        registry.register(
+            "coupon_rate_limit_syncs",
+            "Syncs of this instance's rate-limit counts with the shared ones that sent some \
+             (ISSUER_RATE_SYNC_MS)",
+            rate_limit_syncs.clone(),
+        );
+        let rate_limit_sync_failures = Counter::default();
+        registry.register(
+            "coupon_rate_limit_sync_failures",
+            "Syncs of the rate-limit counts Redis did not answer: meanwhile each instance \
+             limits on its own counts",
+            rate_limit_sync_failures.clone(),
         );
         let rebuilds = Family::<OutcomeLabels, Counter>::default();
         for outcome in ["started", "finished", "failed"] {
@@ -258,6 +274,8 @@ impl Default for Metrics {
             republished,
             bucket_moves,
             finished_gate_answers,
+            rate_limit_syncs,
+            rate_limit_sync_failures,
             rebuilds,
             pending,
             pending_oldest_age,

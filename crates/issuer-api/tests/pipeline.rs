@@ -358,6 +358,33 @@ async fn issue_at(
     (response.status().as_u16(), retry_after, body)
 }
 
+/// Waits until `user`'s shared rate counter (window `window_ms`) is `count` in Redis.
+async fn synced_user_count(env: &TestEnv, user: i64, count: i64, window_ms: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut redis = env.redis().await;
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        // This window's, or the last one's if it ended since the requests.
+        let mut counted = 0;
+        for window in [now / window_ms, now / window_ms - 1] {
+            let key = CouponKeys::rate_of_user(&env.redis_prefix, user, window);
+            let here: Option<i64> = redis::AsyncCommands::get(&mut redis, key).await.unwrap();
+            counted = counted.max(here.unwrap_or(0));
+        }
+        if counted == count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "user {user}'s shared count stays {counted}, not {count}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Per user and per client address, shared by every API replica: over the limit the answer
 /// is 429 with Retry-After, and nothing is admitted. On a cluster the two counters of one
 /// request are on two slots.
@@ -397,7 +424,21 @@ async fn rate_limits_answer_429_with_retry_after_across_replicas(redis: RedisTop
     let seconds: u64 = retry_after.expect("Retry-After").parse().unwrap();
     assert!((1..=60).contains(&seconds), "Retry-After {seconds}");
 
-    let (other, _) = env.start_another_api(&[]).await;
+    // Each replica judges its own counts at once and learns the others' one sync late
+    // (`rate_limit`'s stated overshoot): once this one's four are in Redis, another lets
+    // user 1 through until its own sync has told it, then refuses.
+    let (other, other_ops) = env.start_another_api(&[]).await;
+    synced_user_count(&env, 1, 4, 60_000).await;
+    assert_eq!(
+        issue_at(&env, &other, coupon, 1, None).await.0,
+        409,
+        "the overshoot: the other replica had not heard of user 1"
+    );
+    let metrics = format!("{}/metrics", other_ops.as_deref().unwrap_or(&other));
+    env.scrape_until(&metrics, "the other replica's first sync", |text| {
+        text.contains("coupon_rate_limit_syncs_total 1\n")
+    })
+    .await;
     assert_eq!(
         issue_at(&env, &other, coupon, 1, None).await.0,
         429,
@@ -452,16 +493,23 @@ async fn rate_limits_answer_429_with_retry_after_across_replicas(redis: RedisTop
         "the user's limit"
     );
     assert_eq!(
-        issue_at(&env, &by_both, coupon, 21, Some("10.0.0.1"))
+        issue_at(&env, &by_both, coupon, 21, Some("10.0.0.9"))
+            .await
+            .0,
+        201,
+        "the address's third, the user's first"
+    );
+    assert_eq!(
+        issue_at(&env, &by_both, coupon, 22, Some("10.0.0.9"))
             .await
             .0,
         429,
-        "the address's limit: the fourth request from 10.0.0.1 (three above)"
+        "the address's limit: the fourth request from 10.0.0.9, the user's first"
     );
     assert_eq!(
         env.redis_set_size(coupon).await,
-        6,
-        "users 1, 2, 10, 11, 13 and 20: nobody refused was admitted"
+        7,
+        "users 1, 2, 10, 11, 13, 20 and 21: nobody refused was admitted"
     );
     env.shutdown().await;
 }

@@ -1,14 +1,19 @@
-//! The rate limit's counters (`issuer-api/src/scripts/rate_limit.lua`) are not durable
-//! writes: a request that Redis only counts and refuses (a sold-out answer, a 429) writes
-//! nothing to the append-only file, so under `appendfsync always` it waits for no disk
-//! sync, and sends nothing to the replicas. Checked on a primary and replica of the test's
-//! own, on the project's Redis configuration.
+//! The rate limits (`issuer-api/src/rate_limit.rs`): counted in each instance's memory,
+//! shared through Redis once per sync interval, with the overshoot the module states; and
+//! the shared counters are not durable writes: a sync writes nothing to the append-only
+//! file, so under `appendfsync always` it waits for no disk sync, and sends nothing to the
+//! replicas. Checked on a primary and replica of the test's own, on the project's Redis
+//! configuration.
 
 // A panic is exactly the failure report wanted here.
 #![allow(clippy::unwrap_used)]
 
-use coupon_core::domain::QueueKind;
-use coupon_core::redis::keys::CouponKeys;
+use std::time::{Duration, Instant};
+
+use coupon_core::domain::{QueueKind, UserId};
+use coupon_core::redis::connection::RedisConnection;
+use issuer_api::error::ApiError;
+use issuer_api::rate_limit::{Limits, RateLimiter};
 use redis::AsyncCommands;
 use testkit::harness::{self, TestEnv};
 use testkit::redis_server::RedisServer;
@@ -64,9 +69,8 @@ async fn counted_and_refused_requests_write_nothing_durable() {
     }
 
     assert_eq!(answers, [410, 410, 429]);
-    let counter = CouponKeys::rate_of_user(&env.redis_prefix, 2);
-    let counted: Option<i64> = on_primary.get(&counter).await.unwrap();
-    assert_eq!(counted, Some(3), "the primary counts every request");
+    let pattern = format!("{}rate:{{user:2}}:*", env.redis_prefix);
+    let counter = synced_count(&mut on_primary, &pattern, 3).await;
     // Looked for by name: the API's own background writes (a settle, say) go on beside.
     let aof = std::fs::read(primary.aof_tail().unwrap()).unwrap();
     assert!(
@@ -85,11 +89,37 @@ async fn counted_and_refused_requests_write_nothing_durable() {
     env.shutdown().await;
 }
 
-/// A finished coupon's answers from memory (the finished gate) ask Redis nothing, their
-/// count included: they are counted against the per-user limit in the instance's memory,
-/// and past it answered 429 all the same.
+/// The shared counter matching `pattern` once a sync has brought it to `count` (the API
+/// syncs every 20 ms by default); its key.
+async fn synced_count(
+    redis: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+    count: i64,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys: Vec<String> = redis.keys(pattern).await.unwrap();
+        if let [key] = &keys[..] {
+            let counted: Option<i64> = redis.get(key).await.unwrap();
+            if counted == Some(count) {
+                return key.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{key} stays at {counted:?}, not {count}"
+            );
+        } else {
+            assert!(Instant::now() < deadline, "counters {keys:?}");
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A finished coupon's answers from memory (the finished gate) ask Redis nothing on their
+/// way, yet are counted against the per-user limit like any other, and shared: the counter
+/// reaches Redis by the next sync.
 #[actix_web::test]
-async fn answers_from_the_finished_gate_are_limited_in_memory() {
+async fn answers_from_the_finished_gate_count_against_the_shared_limit() {
     let args = [
         "--rate-per-user=2",
         // A day: no window ends between the requests.
@@ -99,7 +129,7 @@ async fn answers_from_the_finished_gate_are_limited_in_memory() {
     let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 0, &args).await;
     let coupon = env.coupon_with_quantity(1).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
-    let shut = std::time::Instant::now();
+    let shut = Instant::now();
     assert_eq!(
         env.issue(coupon, 2).await.0,
         410,
@@ -111,17 +141,105 @@ async fn answers_from_the_finished_gate_are_limited_in_memory() {
         answers.push(env.issue(coupon, 3).await.0);
     }
     assert!(
-        shut.elapsed() < std::time::Duration::from_secs(1),
+        shut.elapsed() < Duration::from_secs(1),
         "too slow to ask within the gate's hold: {:?}",
         shut.elapsed()
     );
 
     assert_eq!(answers, [410, 410, 429]);
     let mut redis = testkit::shared_redis::redis().await;
-    let counted: Option<i64> = redis
-        .get(CouponKeys::rate_of_user(&env.redis_prefix, 3))
+    synced_count(
+        &mut redis,
+        &format!("{}rate:{{user:3}}:*", env.redis_prefix),
+        3,
+    )
+    .await;
+    env.shutdown().await;
+}
+
+/// A limiter on the shared Redis under `prefix`, of 3 per user and `per_address` per
+/// address per day, synced only by hand.
+async fn limiter(prefix: &str, per_address: u32) -> RateLimiter {
+    let url = std::env::var("REDIS_URL")
+        .unwrap_or_else(|_| coupon_core::config::DEFAULT_REDIS_URL.into());
+    let manager = redis::aio::ConnectionManager::new(redis::Client::open(url).unwrap())
         .await
         .unwrap();
-    assert_eq!(counted, None, "Redis counted a request it never saw");
-    env.shutdown().await;
+    RateLimiter::new(
+        RedisConnection::Managed(manager),
+        prefix.to_owned(),
+        Limits {
+            // A day: no window ends between the requests.
+            window: Duration::from_secs(86_400),
+            per_user: 3,
+            per_address,
+            sync: Duration::from_secs(3600),
+        },
+    )
+}
+
+/// Two limiters on one Redis, as two replicas, synced by hand: the stated overshoot
+/// exactly. One replica refuses past the limit on its own counts at once; another lets
+/// the client through until its own sync tells it what the first counted, then refuses.
+#[actix_web::test]
+async fn replicas_share_each_limit_one_sync_late() {
+    let prefix = testkit::shared_redis::prefix();
+    let (a, b) = (limiter(&prefix, 0).await, limiter(&prefix, 0).await);
+    let user = UserId::new(7).unwrap();
+    let refused = |answer: Result<(), ApiError>| match answer {
+        Err(ApiError::RateLimited { retry_after }) => {
+            assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(86_400));
+            true
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(()) => false,
+    };
+
+    let on_a: Vec<bool> = (0..4).map(|_| refused(a.check(user, None))).collect();
+    assert_eq!(on_a, [false, false, false, true], "A's own counts, at once");
+    // Nothing reached Redis yet: B has not heard of the user.
+    assert!(!refused(b.check(user, None)), "the overshoot: B's first");
+    assert_eq!(a.sync().await.unwrap(), 1, "A's one counter");
+    assert!(!refused(b.check(user, None)), "B has not synced yet");
+    assert_eq!(b.sync().await.unwrap(), 1);
+    // B now counts A's 4, its own 2, and this one.
+    assert!(refused(b.check(user, None)), "B after its sync");
+    let mut redis = testkit::shared_redis::redis().await;
+    let keys: Vec<String> = redis.keys(format!("{prefix}rate:*")).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let shared: i64 = redis.get(&keys[0]).await.unwrap();
+    assert_eq!(
+        shared, 6,
+        "every request synced counted once, refused ones too"
+    );
+    let ttl: i64 = redis.pttl(&keys[0]).await.unwrap();
+    assert!(
+        ttl > 86_400_000 && ttl <= 2 * 86_400_000,
+        "a window after its window ends: {ttl} ms"
+    );
+
+    // A client address (of a limit of 2), shared the same way; a user under its limit is
+    // refused for it.
+    let (a, b) = (limiter(&prefix, 2).await, limiter(&prefix, 2).await);
+    let address = Some("10.0.0.1".parse().unwrap());
+    let others = [11, 12, 13].map(|id| UserId::new(id).unwrap());
+    assert!(!refused(a.check(others[0], address)));
+    assert!(!refused(a.check(others[1], address)));
+    assert_eq!(
+        a.sync().await.unwrap(),
+        3,
+        "two users' counters and the address's"
+    );
+    assert!(!refused(b.check(others[2], address)), "B's first of it");
+    b.sync().await.unwrap();
+    assert!(
+        refused(b.check(others[2], address)),
+        "the address's fourth, though user 13's second"
+    );
+    assert_eq!(
+        b.sync().await.unwrap(),
+        2,
+        "only what was counted since: user 13's and the address's"
+    );
+    assert_eq!(b.sync().await.unwrap(), 0, "nothing new, nothing sent");
 }

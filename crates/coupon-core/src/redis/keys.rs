@@ -116,18 +116,23 @@ impl CouponKeys {
         format!("{prefix}{{coupons}}:checked")
     }
 
-    /// Counter of a user's issue requests in the rate-limit window (`issuer-api`'s
-    /// `rate_limit`). Each counter is its own hash tag: on a cluster, counters spread over
-    /// every slot as users do, and no shard sees every request.
-    pub fn rate_of_user(prefix: &str, user: impl std::fmt::Display) -> String {
-        format!("{prefix}rate:{{user:{user}}}")
+    /// Counter of a user's issue requests in rate-limit window number `window` (unix ms
+    /// divided by the window; `issuer-api`'s `rate_limit`). Each counter is its own hash
+    /// tag: on a cluster, counters spread over every slot as users do, and no shard sees
+    /// every request.
+    pub fn rate_of_user(prefix: &str, user: impl std::fmt::Display, window: u64) -> String {
+        format!("{prefix}rate:{{user:{user}}}:{window}")
     }
 
     /// The same for a client address; `unknown` when none is known.
-    pub fn rate_of_address(prefix: &str, address: Option<impl std::fmt::Display>) -> String {
+    pub fn rate_of_address(
+        prefix: &str,
+        address: Option<impl std::fmt::Display>,
+        window: u64,
+    ) -> String {
         match address {
-            Some(address) => format!("{prefix}rate:{{address:{address}}}"),
-            None => format!("{prefix}rate:{{address:unknown}}"),
+            Some(address) => format!("{prefix}rate:{{address:{address}}}:{window}"),
+            None => format!("{prefix}rate:{{address:unknown}}:{window}"),
         }
     }
 
@@ -165,10 +170,10 @@ mod tests {
 
     #[test]
     fn rate_counters_are_each_their_own_slot_and_never_a_coupons() {
-        let user = CouponKeys::rate_of_user("", 42);
-        let address = CouponKeys::rate_of_address("", Some("10.0.0.1"));
-        assert_eq!(user, "rate:{user:42}");
-        assert_eq!(address, "rate:{address:10.0.0.1}");
+        let user = CouponKeys::rate_of_user("", 42, 7);
+        let address = CouponKeys::rate_of_address("", Some("10.0.0.1"), 7);
+        assert_eq!(user, "rate:{user:42}:7");
+        assert_eq!(address, "rate:{address:10.0.0.1}:7");
         // User 42's counter must not share coupon 42's slot (tag "42").
         let coupon = CouponKeys::new("", CouponId::new(42).unwrap());
         assert_ne!(Slot::for_key(&user), Slot::for_key(&coupon.meta));
