@@ -34,7 +34,7 @@ use crate::issuing::Issuer;
 use crate::layouts::Layouts;
 use crate::metrics::Metrics;
 use crate::operations::Operations;
-use crate::rate_limit::{Limits, RateLimiter};
+use crate::rate_limit::{self, Limits, RateLimiter};
 use crate::replication::{Confirmation, Replication, ShardReplication};
 
 /// How long in-flight requests get to finish, and events to be acknowledged, at shutdown.
@@ -169,6 +169,7 @@ impl Application {
                 per_user: config.rate_per_user,
                 per_address: config.rate_per_address,
                 sync: Duration::from_millis(config.rate_sync_ms),
+                most_counted_here: rate_limit::MOST_COUNTED_HERE,
             },
         );
         // Its own app data, so that the identity extractor needs nothing of the handlers'.
@@ -328,11 +329,12 @@ impl Application {
         stamps.await?;
         registry.await?;
         raises.await?;
-        limits.await?;
         if let Some(upkeep) = upkeep {
             upkeep.await?;
         }
         delivery.flush(SHUTDOWN_GRACE).await?;
+        // After the flush: the limiter's last counts are worth less than the events.
+        limits.await?;
         tracing::info!("issuer-api stopped");
         Ok(())
     }

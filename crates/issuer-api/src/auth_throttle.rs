@@ -15,6 +15,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::client_address::one_client;
+
 /// Most addresses tracked at once; past it the expired ones are forgotten first, then all
 /// (a flood of addresses costs memory up to here, never more).
 const MAX_TRACKED: usize = 100_000;
@@ -43,7 +45,7 @@ impl AuthThrottle {
     /// How long `address` must wait, if it has failed too often in this window.
     pub fn refused(&self, address: Option<IpAddr>) -> Option<Duration> {
         let strikes = self.strikes.lock().unwrap_or_else(|p| p.into_inner());
-        let held = strikes.get(&key(address))?;
+        let held = strikes.get(&one_client(address))?;
         let left = self.window.checked_sub(held.since.elapsed())?;
         (held.failures >= self.limit).then_some(left)
     }
@@ -62,7 +64,7 @@ impl AuthThrottle {
             }
         }
         let now = Instant::now();
-        let held = strikes.entry(key(address)).or_insert(Strikes {
+        let held = strikes.entry(one_client(address)).or_insert(Strikes {
             since: now,
             failures: 0,
         });
@@ -83,18 +85,6 @@ impl AuthThrottle {
             );
         }
     }
-}
-
-/// IPv6 addresses by their /64; an IPv4 address written as IPv6 (`::ffff:a.b.c.d`, a
-/// dual-stack listener's or proxy's) as itself, or every IPv4 client would share one.
-fn key(address: Option<IpAddr>) -> Option<IpAddr> {
-    address.map(|ip| match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(bits.into())
-        }
-        v4 => v4,
-    })
 }
 
 #[cfg(test)]

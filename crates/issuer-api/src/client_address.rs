@@ -15,6 +15,20 @@ use actix_web::HttpRequest;
 use actix_web::http::header::HeaderName;
 use anyhow::Context;
 
+/// The client an address stands for, as the limits count them: IPv6 addresses by their
+/// /64, which one client usually holds whole (else one client could take a fresh address
+/// per request); an IPv4 address written as IPv6 (`::ffff:a.b.c.d`, a dual-stack
+/// listener's or proxy's) as itself, or every IPv4 client would share one.
+pub fn one_client(address: Option<IpAddr>) -> Option<IpAddr> {
+    address.map(|ip| match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    })
+}
+
 /// How to read the trusted proxy's header.
 #[derive(Debug, Clone)]
 enum Format {

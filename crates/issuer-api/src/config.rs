@@ -372,6 +372,13 @@ impl Config {
             self.rate_sync_ms
         );
         anyhow::ensure!(
+            self.rate_window_ms >= 2 * self.rate_sync_ms,
+            "ISSUER_RATE_WINDOW_MS ({}) must be at least twice ISSUER_RATE_SYNC_MS ({}): a \
+             window that ends before its counts are shared is not shared at all",
+            self.rate_window_ms,
+            self.rate_sync_ms
+        );
+        anyhow::ensure!(
             self.auth_failures_per_address > 0,
             "ISSUER_AUTH_FAILURES_PER_ADDRESS must be above 0 (it is how many failures an \
              address may make before it is throttled)"

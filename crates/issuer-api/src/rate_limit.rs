@@ -3,33 +3,41 @@
 //!
 //! A request is counted in this instance's memory and judged there, against the shared
 //! count Redis last answered plus what this instance counted since
-//! ([`RateLimiter::check`], no await). Every `sync` interval ([`RateLimiter::run`]) the
-//! counts of the interval are added to Redis's counters in one script run per node
-//! (`scripts/rate_limit.lua`), which answers each counter's shared total: the next
-//! requests here are judged against it. A flash sale's request then costs no Redis call of
-//! the limit's own; Redis sees one call per interval and node, not one per request.
+//! ([`RateLimiter::check`], which awaits nothing but in a flood, below). Every `sync`
+//! interval ([`RateLimiter::run`]) the counts of the interval are added to Redis's counters
+//! (`scripts/rate_limit.lua`: one script run for up to 500 counters on one node, one per
+//! counter on a cluster, where each is on a slot of its own), which answers each counter's
+//! shared total: the next requests here are judged against it. A flash sale's request then
+//! costs no Redis call of the limit's own.
 //!
-//! The overshoot, stated: an instance learns what the others counted one sync interval
-//! (and a round trip) late, and only for a client it counted itself this window. So within
-//! a window a client gets at most the limit, plus what it sends each other replica in the
-//! interval after that replica first sees it; never more than the limit on each replica
-//! (each judges its own counts at once). Redis down: each instance still limits on its own.
+//! The overshoot, stated: an instance learns what the others counted only by syncing a
+//! counter it counted itself, so it judges a client on counts at most one sync interval
+//! (and a round trip) old while the client keeps sending it, and older after a pause.
+//! Within a window a client gets the limit, plus what it sends each other replica in the
+//! first sync interval after each pause of its requests there; never more than the limit
+//! on each replica, which judges its own counts at once (R times the limit over R
+//! replicas at the very worst). While Redis does not answer, each instance limits on its
+//! own; a sync that fails sends its counts again with the next.
 //!
-//! Windows are the wall clock's (`unix ms / window`), so every replica and Redis agree on
-//! which window a count belongs to without asking: a counter's key names its window, and
-//! expires a window after it ends (room for the replicas' clocks to differ).
+//! Windows are the wall clock's (`unix ms / window`), read from the monotonic clock from
+//! where the wall clock stood at start (a clock set back must not hold a window open): so
+//! every replica and Redis agree on which window a count belongs to without asking. A
+//! counter's key names its window, and expires a window after it ends (room for the
+//! replicas' clocks to differ by less than a window).
 //!
 //! A finished gate's answer (`crate::issuing`'s `finished_gate`) is counted the same way,
 //! so a client hammering a sold-out coupon is limited across replicas too.
 //!
-//! The client address is `crate::client_address`'s; every request whose address cannot be
-//! told counts as one client, `unknown`, so a header a proxy writes oddly cannot turn the
-//! per-address limit off.
+//! The client address is `crate::client_address`'s, IPv6 by its /64; every request whose
+//! address cannot be told counts as one client, `unknown`, so a header a proxy writes
+//! oddly cannot turn the per-address limit off. Past `most_counted_here` clients in one
+//! window (a flood of them), a new client is counted straight in Redis, one round trip
+//! per request, never let through uncounted.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coupon_core::domain::UserId;
 use coupon_core::redis::connection::RedisConnection;
@@ -37,6 +45,7 @@ use coupon_core::redis::keys::CouponKeys;
 use redis::{RedisError, Script};
 use tokio_util::sync::CancellationToken;
 
+use crate::client_address::one_client;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -53,6 +62,9 @@ pub struct Limits {
     pub per_address: u32,
     /// How often this instance's counts are added to the shared ones, and it learns theirs.
     pub sync: Duration,
+    /// Most clients counted in this instance's memory in one window (each a few dozen
+    /// bytes); past it, a new one is counted straight in Redis.
+    pub most_counted_here: usize,
 }
 
 impl Limits {
@@ -72,13 +84,39 @@ pub struct RateLimiter {
     redis: RedisConnection,
     key_prefix: String,
     limits: Limits,
+    clock: WallClock,
     counts: Arc<Mutex<Counts>>,
 }
 
-/// Most clients counted in this instance's memory in one window; past it, a client not
-/// counted yet is let through uncounted (a flood of addresses costs memory up to here,
-/// never more).
-const MOST_COUNTED_HERE: usize = 100_000;
+/// The wall clock as it stood at start, moved on by the monotonic clock.
+#[derive(Clone, Copy)]
+struct WallClock {
+    unix_ms_at_start: u64,
+    start: Instant,
+}
+
+impl WallClock {
+    fn start() -> Self {
+        Self {
+            unix_ms_at_start: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64),
+            start: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.unix_ms_at_start + self.start.elapsed().as_millis() as u64
+    }
+}
+
+/// The longest a sync at shutdown may take: the replica's last counts are worth less than
+/// the delivery's flush that waits behind it.
+const LAST_SYNC: Duration = Duration::from_secs(1);
+
+/// Most clients an instance counts in its memory in one window, unless set otherwise: a
+/// few MB.
+pub const MOST_COUNTED_HERE: usize = 100_000;
 
 /// Most counters one script run adds to: each is two commands, and a script holds Redis
 /// for its whole run.
@@ -86,9 +124,12 @@ const MOST_PER_RUN: usize = 500;
 
 /// The counts of the current window.
 struct Counts {
-    /// The window's number (unix ms / window): it only moves forward, whatever the clock.
+    /// The window's number (unix ms / window).
     window: u64,
     tallies: HashMap<Counter, Tally>,
+    /// The counters with counts not sent yet: what the next sync sends, found without a
+    /// scan of every tally under the lock each request waits for.
+    unsent: Vec<Counter>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,10 +158,11 @@ struct Batch {
     counts: Vec<(Counter, u32)>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
+/// Counts added to the shared counters: each counter's total, or None where its script run
+/// failed (the first such failure in `failed`).
+struct Added {
+    totals: Vec<Option<u64>>,
+    failed: Option<RedisError>,
 }
 
 impl RateLimiter {
@@ -129,9 +171,11 @@ impl RateLimiter {
             redis,
             key_prefix,
             limits,
+            clock: WallClock::start(),
             counts: Arc::new(Mutex::new(Counts {
                 window: 0,
                 tallies: HashMap::new(),
+                unsent: Vec::new(),
             })),
         }
     }
@@ -144,65 +188,102 @@ impl RateLimiter {
 
     /// Counts this request (a refused one too, so that a client that keeps hammering stays
     /// refused); 429 with the wait until the window ends if either limit is over.
-    pub fn check(&self, user: UserId, address: Option<IpAddr>) -> Result<(), ApiError> {
+    pub async fn check(&self, user: UserId, address: Option<IpAddr>) -> Result<(), ApiError> {
         let Some(limits) = self.limits.on() else {
             return Ok(());
         };
         let window_ms = limits.window_ms();
-        let now = now_ms();
-        let mut counts = self.counts();
-        // A new window forgets the last one's counts, every client's at once, and the
-        // memory a flood took with them.
-        if now / window_ms > counts.window {
-            counts.window = now / window_ms;
-            counts.tallies = HashMap::new();
-        }
-        let mut over = false;
-        for (counter, limit) in [
-            (Counter::User(user), limits.per_user),
-            (Counter::Address(address), limits.per_address),
-        ] {
-            if limit == 0 {
-                continue;
+        let now = self.clock.now_ms();
+        let window = now / window_ms;
+        let mut past_most = Vec::new();
+        let mut over = {
+            let mut guard = self.counts();
+            let counts = &mut *guard;
+            // A new window forgets the last one's counts, every client's at once, and the
+            // memory a flood took with them.
+            if window > counts.window {
+                counts.window = window;
+                counts.tallies = HashMap::new();
+                counts.unsent = Vec::new();
             }
-            if counts.tallies.len() >= MOST_COUNTED_HERE && !counts.tallies.contains_key(&counter) {
-                continue;
+            let mut over = false;
+            for (counter, limit) in [
+                (Counter::User(user), limits.per_user),
+                (Counter::Address(one_client(address)), limits.per_address),
+            ] {
+                if limit == 0 {
+                    continue;
+                }
+                if counts.tallies.len() >= limits.most_counted_here
+                    && !counts.tallies.contains_key(&counter)
+                {
+                    past_most.push((counter, limit));
+                    continue;
+                }
+                let tally = counts.tallies.entry(counter).or_default();
+                if tally.unsent == 0 {
+                    counts.unsent.push(counter);
+                }
+                tally.unsent = tally.unsent.saturating_add(1);
+                over |= tally.count() > limit;
             }
-            let tally = counts.tallies.entry(counter).or_default();
-            tally.unsent = tally.unsent.saturating_add(1);
-            over |= tally.count() > limit;
+            over
+        };
+        if !past_most.is_empty() {
+            let counted: Vec<(Counter, u32)> =
+                past_most.iter().map(|(counter, _)| (*counter, 1)).collect();
+            let added = self.add(window, &counted).await;
+            if let Some(err) = added.failed {
+                return Err(err.into());
+            }
+            over |= past_most
+                .iter()
+                .zip(added.totals)
+                .any(|((_, limit), total)| total.is_some_and(|total| total > u64::from(*limit)));
         }
         if over {
-            // Until the window ends, and never longer than a window (a clock set back).
-            let ends = (counts.window + 1) * window_ms;
             return Err(ApiError::RateLimited {
-                retry_after: Duration::from_millis(ends.saturating_sub(now).clamp(1, window_ms)),
+                retry_after: Duration::from_millis(((window + 1) * window_ms - now).max(1)),
             });
         }
         Ok(())
     }
 
-    /// Syncs every `sync` interval until `stop`, then once more, so that a replica shutting
-    /// down hands its last counts to the others.
+    /// Syncs every `sync` interval until `stop`, then once more (for at most
+    /// [`LAST_SYNC`]), so that a replica shutting down hands its last counts to the others.
     pub async fn run(&self, metrics: Arc<Metrics>, stop: CancellationToken) {
         if self.limits.on().is_none() {
             return;
         }
-        let mut ticks = tokio::time::interval(self.limits.sync);
+        let mut ticks = tokio::time::interval(self.limits.sync.max(Duration::from_millis(1)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let stopping = tokio::select! {
-                _ = ticks.tick() => false,
+                biased;
                 () = stop.cancelled() => true,
+                _ = ticks.tick() => false,
             };
-            match self.sync().await {
+            let synced = if stopping {
+                match tokio::time::timeout(LAST_SYNC, self.sync()).await {
+                    Ok(synced) => synced,
+                    Err(_) => {
+                        tracing::warn!(
+                            "the last rate-limit counts not shared: Redis did not answer in time"
+                        );
+                        return;
+                    }
+                }
+            } else {
+                self.sync().await
+            };
+            match synced {
                 Ok(0) => {}
                 Ok(_) => {
                     metrics.rate_limit_syncs.inc();
                 }
                 Err(err) => {
                     metrics.rate_limit_sync_failures.inc();
-                    tracing::warn!(error = %err, "rate limit counts not shared this interval; each replica limits on its own until Redis answers");
+                    tracing::warn!(error = %err, "rate-limit counts not shared this interval; each replica limits on its own until Redis answers");
                 }
             }
             if stopping {
@@ -212,27 +293,82 @@ impl RateLimiter {
     }
 
     /// Adds what this instance counted since the last sync to the shared counters, and
-    /// takes their totals for the next requests' judging; the counters synced.
+    /// takes their totals for the next requests' judging; the counters synced. A counter
+    /// whose run failed is sent again with the next sync (twice, if its run did reach
+    /// Redis: that errs on the side of refusing).
     pub async fn sync(&self) -> Result<usize, RedisError> {
-        let Some(limits) = self.limits.on() else {
+        if self.limits.on().is_none() {
             return Ok(0);
-        };
+        }
         let batch = self.take_unsent();
         if batch.counts.is_empty() {
             return Ok(0);
         }
-        let window_ms = limits.window_ms();
+        let added = self.add(batch.window, &batch.counts).await;
+        {
+            let mut guard = self.counts();
+            let counts = &mut *guard;
+            // A window that ended meanwhile took its counts with it.
+            if counts.window == batch.window {
+                for ((counter, sent), total) in batch.counts.iter().zip(&added.totals) {
+                    let Some(tally) = counts.tallies.get_mut(counter) else {
+                        continue;
+                    };
+                    match total {
+                        Some(total) => {
+                            tally.shared =
+                                tally.shared.max(u32::try_from(*total).unwrap_or(u32::MAX));
+                        }
+                        None => {
+                            tally.shared = tally.shared.saturating_sub(*sent);
+                            if tally.unsent == 0 {
+                                counts.unsent.push(*counter);
+                            }
+                            tally.unsent = tally.unsent.saturating_add(*sent);
+                        }
+                    }
+                }
+            }
+        }
+        match added.failed {
+            Some(err) => Err(err),
+            None => Ok(batch.counts.len()),
+        }
+    }
+
+    /// The counts not sent yet, moved to the shared ones (they are, once sent).
+    fn take_unsent(&self) -> Batch {
+        let mut guard = self.counts();
+        let counts = &mut *guard;
+        let sent = counts
+            .unsent
+            .drain(..)
+            .filter_map(|counter| {
+                let tally = counts.tallies.get_mut(&counter)?;
+                let unsent = std::mem::take(&mut tally.unsent);
+                tally.shared = tally.shared.saturating_add(unsent);
+                Some((counter, unsent))
+            })
+            .collect();
+        Batch {
+            window: counts.window,
+            counts: sent,
+        }
+    }
+
+    /// Adds `counts` to window `window`'s shared counters, every script run side by side; a
+    /// run that fails leaves the others' totals.
+    async fn add(&self, window: u64, counts: &[(Counter, u32)]) -> Added {
+        let window_ms = self.limits.window_ms();
         // A window after the counter's window ends: a replica whose clock is behind still
         // finds its count there.
-        let expire_at = (batch.window + 2) * window_ms;
-        let keys: Vec<String> = batch
-            .counts
+        let expire_at = (window + 2) * window_ms;
+        let keys: Vec<String> = counts
             .iter()
-            .map(|(counter, _)| self.key(*counter, batch.window))
+            .map(|(counter, _)| self.key(*counter, window))
             .collect();
-        // One run per chunk on one node. On a cluster each counter is on a slot of its own
-        // (its own hash tag: no shard sees every request), and a script takes the keys of
-        // one slot: one run each, side by side.
+        // On a cluster each counter is on a slot of its own (its own hash tag: no shard sees
+        // every request), and a script takes the keys of one slot.
         let per_run = if self.redis.is_cluster() {
             1
         } else {
@@ -240,45 +376,33 @@ impl RateLimiter {
         };
         let all: Vec<usize> = (0..keys.len()).collect();
         let runs: Vec<&[usize]> = all.chunks(per_run).collect();
-        let totals = futures_util::future::try_join_all(runs.iter().map(|run| {
+        let answers = futures_util::future::join_all(runs.iter().map(|run| {
             let mut invocation = RATE_LIMIT.prepare_invoke();
             invocation.arg(expire_at);
             for &at in *run {
-                invocation.key(&keys[at]).arg(batch.counts[at].1);
+                invocation.key(&keys[at]).arg(counts[at].1);
             }
             let mut redis = self.redis.clone();
             async move { invocation.invoke_async::<Vec<u64>>(&mut redis).await }
         }))
-        .await?;
-        let mut counts = self.counts();
-        // A window that ended meanwhile took its counts with it.
-        if counts.window == batch.window {
-            for (run, totals) in runs.iter().zip(totals) {
-                for (&at, total) in run.iter().zip(totals) {
-                    let tally = counts.tallies.entry(batch.counts[at].0).or_default();
-                    tally.shared = tally.shared.max(u32::try_from(total).unwrap_or(u32::MAX));
+        .await;
+        let mut added = Added {
+            totals: vec![None; counts.len()],
+            failed: None,
+        };
+        for (run, answer) in runs.iter().zip(answers) {
+            match answer {
+                Ok(totals) => {
+                    for (&at, total) in run.iter().zip(totals) {
+                        added.totals[at] = Some(total);
+                    }
+                }
+                Err(err) => {
+                    added.failed.get_or_insert(err);
                 }
             }
         }
-        Ok(batch.counts.len())
-    }
-
-    /// The counts not sent yet, moved to the shared ones (they are, once sent: a sync that
-    /// fails keeps them counted here, never forgets them).
-    fn take_unsent(&self) -> Batch {
-        let mut counts = self.counts();
-        let window = counts.window;
-        let counts = counts
-            .tallies
-            .iter_mut()
-            .filter(|(_, tally)| tally.unsent > 0)
-            .map(|(counter, tally)| {
-                let unsent = std::mem::take(&mut tally.unsent);
-                tally.shared = tally.shared.saturating_add(unsent);
-                (*counter, unsent)
-            })
-            .collect();
-        Batch { window, counts }
+        added
     }
 
     fn key(&self, counter: Counter, window: u64) -> String {

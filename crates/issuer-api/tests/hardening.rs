@@ -401,6 +401,7 @@ async fn two_authorization_headers_are_refused() {
 /// holds; a header that is no header name stops the start.
 #[actix_web::test]
 async fn the_client_address_is_the_proxys_last_entry() {
+    harness::at_a_fresh_rate_window(3_600_000).await;
     let env = TestEnv::start(0).await;
     let coupon = env.coupon_with_quantity(100).await;
     let path = issues(coupon);
@@ -408,7 +409,8 @@ async fn the_client_address_is_the_proxys_last_entry() {
         vec![
             format!("--client-address-header={header}"),
             "--rate-per-address=2".into(),
-            "--rate-window-ms=60000".into(),
+            // An hour: no window ends between the requests.
+            "--rate-window-ms=3600000".into(),
         ]
     };
     let (xff, _) = env.start_another_api(&limited("x-forwarded-for")).await;
@@ -788,6 +790,10 @@ async fn silent_misconfiguration_is_refused() {
     for (flag, said) in [
         ("--rate-window-ms=0", "ISSUER_RATE_WINDOW_MS"),
         ("--rate-window-ms=172800000", "ISSUER_RATE_WINDOW_MS"),
+        ("--rate-sync-ms=0", "ISSUER_RATE_SYNC_MS"),
+        ("--rate-sync-ms=1001", "ISSUER_RATE_SYNC_MS"),
+        // Shorter than two syncs (of 20 ms): a window would end before it is shared.
+        ("--rate-window-ms=30", "ISSUER_RATE_SYNC_MS"),
         ("--jwt-leeway-secs=1000000000", "ISSUER_JWT_LEEWAY_SECS"),
         (
             "--auth-failures-per-address=0",

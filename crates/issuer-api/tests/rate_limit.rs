@@ -45,9 +45,11 @@ async fn counted_and_refused_requests_write_nothing_durable() {
     let args = [
         format!("--redis-url={}", primary.url()),
         "--rate-per-user=2".to_owned(),
-        "--rate-window-ms=60000".to_owned(),
+        // A day: no window ends between the requests.
+        "--rate-window-ms=86400000".to_owned(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    harness::at_a_fresh_rate_window(86_400_000).await;
     let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 0, &args).await;
     let coupon = env.coupon_with_quantity(1).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
@@ -126,6 +128,7 @@ async fn answers_from_the_finished_gate_count_against_the_shared_limit() {
         "--rate-window-ms=86400000",
         "--finished-gate-ms=1000",
     ];
+    harness::at_a_fresh_rate_window(86_400_000).await;
     let env = TestEnv::start_with_args(QueueKind::Kafka, &harness::brokers(), 0, &args).await;
     let coupon = env.coupon_with_quantity(1).await;
     assert_eq!(env.issue(coupon, 1).await.0, 201);
@@ -162,6 +165,16 @@ async fn answers_from_the_finished_gate_count_against_the_shared_limit() {
 async fn limiter(prefix: &str, per_address: u32) -> RateLimiter {
     let url = std::env::var("REDIS_URL")
         .unwrap_or_else(|_| coupon_core::config::DEFAULT_REDIS_URL.into());
+    limiter_on(&url, prefix, per_address, 100_000).await
+}
+
+/// The same on Redis at `url`, counting at most `most_counted_here` clients in memory.
+async fn limiter_on(
+    url: &str,
+    prefix: &str,
+    per_address: u32,
+    most_counted_here: usize,
+) -> RateLimiter {
     let manager = redis::aio::ConnectionManager::new(redis::Client::open(url).unwrap())
         .await
         .unwrap();
@@ -174,6 +187,7 @@ async fn limiter(prefix: &str, per_address: u32) -> RateLimiter {
             per_user: 3,
             per_address,
             sync: Duration::from_secs(3600),
+            most_counted_here,
         },
     )
 }
@@ -183,6 +197,7 @@ async fn limiter(prefix: &str, per_address: u32) -> RateLimiter {
 /// the client through until its own sync tells it what the first counted, then refuses.
 #[actix_web::test]
 async fn replicas_share_each_limit_one_sync_late() {
+    harness::at_a_fresh_rate_window(86_400_000).await;
     let prefix = testkit::shared_redis::prefix();
     let (a, b) = (limiter(&prefix, 0).await, limiter(&prefix, 0).await);
     let user = UserId::new(7).unwrap();
@@ -195,15 +210,21 @@ async fn replicas_share_each_limit_one_sync_late() {
         Ok(()) => false,
     };
 
-    let on_a: Vec<bool> = (0..4).map(|_| refused(a.check(user, None))).collect();
+    let mut on_a = Vec::new();
+    for _ in 0..4 {
+        on_a.push(refused(a.check(user, None).await));
+    }
     assert_eq!(on_a, [false, false, false, true], "A's own counts, at once");
     // Nothing reached Redis yet: B has not heard of the user.
-    assert!(!refused(b.check(user, None)), "the overshoot: B's first");
+    assert!(
+        !refused(b.check(user, None).await),
+        "the overshoot: B's first"
+    );
     assert_eq!(a.sync().await.unwrap(), 1, "A's one counter");
-    assert!(!refused(b.check(user, None)), "B has not synced yet");
+    assert!(!refused(b.check(user, None).await), "B has not synced yet");
     assert_eq!(b.sync().await.unwrap(), 1);
     // B now counts A's 4, its own 2, and this one.
-    assert!(refused(b.check(user, None)), "B after its sync");
+    assert!(refused(b.check(user, None).await), "B after its sync");
     let mut redis = testkit::shared_redis::redis().await;
     let keys: Vec<String> = redis.keys(format!("{prefix}rate:*")).await.unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
@@ -223,17 +244,20 @@ async fn replicas_share_each_limit_one_sync_late() {
     let (a, b) = (limiter(&prefix, 2).await, limiter(&prefix, 2).await);
     let address = Some("10.0.0.1".parse().unwrap());
     let others = [11, 12, 13].map(|id| UserId::new(id).unwrap());
-    assert!(!refused(a.check(others[0], address)));
-    assert!(!refused(a.check(others[1], address)));
+    assert!(!refused(a.check(others[0], address).await));
+    assert!(!refused(a.check(others[1], address).await));
     assert_eq!(
         a.sync().await.unwrap(),
         3,
         "two users' counters and the address's"
     );
-    assert!(!refused(b.check(others[2], address)), "B's first of it");
+    assert!(
+        !refused(b.check(others[2], address).await),
+        "B's first of it"
+    );
     b.sync().await.unwrap();
     assert!(
-        refused(b.check(others[2], address)),
+        refused(b.check(others[2], address).await),
         "the address's fourth, though user 13's second"
     );
     assert_eq!(
@@ -242,4 +266,73 @@ async fn replicas_share_each_limit_one_sync_late() {
         "only what was counted since: user 13's and the address's"
     );
     assert_eq!(b.sync().await.unwrap(), 0, "nothing new, nothing sent");
+}
+
+/// A sync that fails keeps its counts and sends them with the next: none is lost to the
+/// other replicas. The limiter's Redis is killed and started again (empty: the counters
+/// are never written to its append-only file).
+#[actix_web::test]
+async fn a_failed_sync_sends_its_counts_with_the_next() {
+    harness::at_a_fresh_rate_window(86_400_000).await;
+    let mut redis = RedisServer::start(&data_dir("sync"), &[]).await.unwrap();
+    let prefix = testkit::shared_redis::prefix();
+    let limiter = limiter_on(&redis.url(), &prefix, 0, 100_000).await;
+    let user = UserId::new(7).unwrap();
+    limiter.check(user, None).await.unwrap();
+    limiter.check(user, None).await.unwrap();
+    redis.kill();
+    limiter.sync().await.unwrap_err();
+    redis.restart().await.unwrap();
+    // The connection finds the new process on its own, a try or two later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let synced = loop {
+        match limiter.sync().await {
+            Ok(synced) => break synced,
+            Err(err) => assert!(Instant::now() < deadline, "{err}"),
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(synced, 1, "the user's counter, sent again");
+    let mut on_redis = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = on_redis.keys(format!("{prefix}rate:*")).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let shared: i64 = on_redis.get(&keys[0]).await.unwrap();
+    assert_eq!(shared, 2, "both requests, once each");
+}
+
+/// Past the most clients an instance counts in memory, a new one is counted straight in
+/// Redis on its request's way, and refused past its limit like any other: a flood of
+/// clients gets nobody through uncounted.
+#[actix_web::test]
+async fn past_the_most_counted_here_a_client_is_counted_in_redis() {
+    harness::at_a_fresh_rate_window(86_400_000).await;
+    let prefix = testkit::shared_redis::prefix();
+    let url = std::env::var("REDIS_URL")
+        .unwrap_or_else(|_| coupon_core::config::DEFAULT_REDIS_URL.into());
+    let limiter = limiter_on(&url, &prefix, 0, 2).await;
+    for id in [1, 2] {
+        limiter.check(UserId::new(id).unwrap(), None).await.unwrap();
+    }
+    let third = UserId::new(3).unwrap();
+    let mut refused = Vec::new();
+    for _ in 0..4 {
+        refused.push(matches!(
+            limiter.check(third, None).await,
+            Err(ApiError::RateLimited { .. })
+        ));
+    }
+    assert_eq!(refused, [false, false, false, true]);
+    let mut redis = testkit::shared_redis::redis().await;
+    let keys: Vec<String> = redis
+        .keys(format!("{prefix}rate:{{user:3}}:*"))
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let shared: i64 = redis.get(&keys[0]).await.unwrap();
+    assert_eq!(shared, 4, "every request of the third, with no sync");
+    assert_eq!(limiter.sync().await.unwrap(), 2, "the two counted here");
 }

@@ -132,7 +132,7 @@ pub async fn issue_coupon(
     let address = state.addresses.of(&req);
     // Counted in this instance's memory, shared with the other replicas in the background
     // (`rate_limit`); a finished coupon's answer from memory then asks Redis nothing at all.
-    let answer = match state.limiter.check(user, address) {
+    let answer = match state.limiter.check(user, address).await {
         Err(refused) => Err(refused),
         Ok(()) => match state.issuer.gated(coupon, user) {
             Some(gated) => {
