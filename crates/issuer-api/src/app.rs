@@ -332,9 +332,11 @@ impl Application {
         if let Some(upkeep) = upkeep {
             upkeep.await?;
         }
-        delivery.flush(SHUTDOWN_GRACE).await?;
-        // After the flush: the limiter's last counts are worth less than the events.
+        // The limiter's last sync runs beside the flush (both began at the cancel above);
+        // awaited whatever the flush's result, so that it never outlives the call.
+        let flushed = delivery.flush(SHUTDOWN_GRACE).await;
         limits.await?;
+        flushed?;
         tracing::info!("issuer-api stopped");
         Ok(())
     }

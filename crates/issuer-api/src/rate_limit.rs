@@ -11,33 +11,37 @@
 //! costs no Redis call of the limit's own.
 //!
 //! The overshoot, stated: an instance learns what the others counted only by syncing a
-//! counter it counted itself, so it judges a client on counts at most one sync interval
-//! (and a round trip) old while the client keeps sending it, and older after a pause.
-//! Within a window a client gets the limit, plus what it sends each other replica in the
-//! first sync interval after each pause of its requests there; never more than the limit
-//! on each replica, which judges its own counts at once (R times the limit over R
+//! counter it counted itself, and a total Redis answers holds another replica's counts only
+//! up to that replica's last sync: so it judges a client it keeps hearing from on counts
+//! at most two sync intervals (and a round trip) old, and older after a pause. Within a
+//! window a client gets the limit, plus what it sends the other replicas in those two
+//! intervals, and after each pause of its requests to one of them; never more than the
+//! limit on each replica, which judges its own counts at once (R times the limit over R
 //! replicas at the very worst). While Redis does not answer, each instance limits on its
-//! own; a sync that fails sends its counts again with the next.
+//! own; a sync that fails sends its counts again with the next (so once more for each
+//! failed try, if a try did reach Redis: that errs on the side of refusing).
 //!
-//! Windows are the wall clock's (`unix ms / window`), read from the monotonic clock from
-//! where the wall clock stood at start (a clock set back must not hold a window open): so
-//! every replica and Redis agree on which window a count belongs to without asking. A
-//! counter's key names its window, and expires a window after it ends (room for the
-//! replicas' clocks to differ by less than a window).
+//! Windows are the wall clock's (`unix ms / window`), read at every request, so every
+//! replica and Redis agree on which window a count belongs to without asking, as long as
+//! their clocks differ by less than a window. A counter's key names its window and expires
+//! a window after it ends, as the replica reckons it (a relative expiry: Redis's own clock
+//! does not matter). A clock stepped back starts the window it names again: a window is
+//! never held open by a clock that went back.
 //!
 //! A finished gate's answer (`crate::issuing`'s `finished_gate`) is counted the same way,
 //! so a client hammering a sold-out coupon is limited across replicas too.
 //!
 //! The client address is `crate::client_address`'s, IPv6 by its /64; every request whose
 //! address cannot be told counts as one client, `unknown`, so a header a proxy writes
-//! oddly cannot turn the per-address limit off. Past `most_counted_here` clients in one
-//! window (a flood of them), a new client is counted straight in Redis, one round trip
-//! per request, never let through uncounted.
+//! oddly cannot turn the per-address limit off. Past `most_counted_here` counters (a user
+//! and an address are one each) in one window, a flood of them, a new client is counted
+//! straight in Redis, one round trip per request, never let through uncounted (and while
+//! Redis does not answer, such a client is answered 503).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coupon_core::domain::UserId;
 use coupon_core::redis::connection::RedisConnection;
@@ -84,34 +88,18 @@ pub struct RateLimiter {
     redis: RedisConnection,
     key_prefix: String,
     limits: Limits,
-    clock: WallClock,
     counts: Arc<Mutex<Counts>>,
 }
 
-/// The wall clock as it stood at start, moved on by the monotonic clock.
-#[derive(Clone, Copy)]
-struct WallClock {
-    unix_ms_at_start: u64,
-    start: Instant,
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
-impl WallClock {
-    fn start() -> Self {
-        Self {
-            unix_ms_at_start: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| since.as_millis() as u64),
-            start: Instant::now(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.unix_ms_at_start + self.start.elapsed().as_millis() as u64
-    }
-}
-
-/// The longest a sync at shutdown may take: the replica's last counts are worth less than
-/// the delivery's flush that waits behind it.
+/// The longest the last sync at shutdown may take (it runs beside the delivery's flush; a
+/// sync already running when the stop came finishes first, each of its calls bounded by the
+/// connection's timeout).
 const LAST_SYNC: Duration = Duration::from_secs(1);
 
 /// Most clients an instance counts in its memory in one window, unless set otherwise: a
@@ -171,7 +159,6 @@ impl RateLimiter {
             redis,
             key_prefix,
             limits,
-            clock: WallClock::start(),
             counts: Arc::new(Mutex::new(Counts {
                 window: 0,
                 tallies: HashMap::new(),
@@ -193,15 +180,15 @@ impl RateLimiter {
             return Ok(());
         };
         let window_ms = limits.window_ms();
-        let now = self.clock.now_ms();
+        let now = now_ms();
         let window = now / window_ms;
         let mut past_most = Vec::new();
         let mut over = {
             let mut guard = self.counts();
             let counts = &mut *guard;
             // A new window forgets the last one's counts, every client's at once, and the
-            // memory a flood took with them.
-            if window > counts.window {
+            // memory a flood took with them; so does a clock stepped back.
+            if window != counts.window {
                 counts.window = window;
                 counts.tallies = HashMap::new();
                 counts.unsent = Vec::new();
@@ -229,7 +216,8 @@ impl RateLimiter {
             }
             over
         };
-        if !past_most.is_empty() {
+        // Past the most counted here, and not refused already by the counts here.
+        if !over && !past_most.is_empty() {
             let counted: Vec<(Counter, u32)> =
                 past_most.iter().map(|(counter, _)| (*counter, 1)).collect();
             let added = self.add(window, &counted).await;
@@ -294,8 +282,8 @@ impl RateLimiter {
 
     /// Adds what this instance counted since the last sync to the shared counters, and
     /// takes their totals for the next requests' judging; the counters synced. A counter
-    /// whose run failed is sent again with the next sync (twice, if its run did reach
-    /// Redis: that errs on the side of refusing).
+    /// whose run failed is sent again with the next sync (once more for each failed try
+    /// that did reach Redis: that errs on the side of refusing).
     pub async fn sync(&self) -> Result<usize, RedisError> {
         if self.limits.on().is_none() {
             return Ok(0);
@@ -360,9 +348,9 @@ impl RateLimiter {
     /// run that fails leaves the others' totals.
     async fn add(&self, window: u64, counts: &[(Counter, u32)]) -> Added {
         let window_ms = self.limits.window_ms();
-        // A window after the counter's window ends: a replica whose clock is behind still
-        // finds its count there.
-        let expire_at = (window + 2) * window_ms;
+        // A window after the counter's window ends (a replica whose clock is behind still
+        // finds its count there), from now: relative, so Redis's clock does not matter.
+        let expire_in = ((window + 2) * window_ms).saturating_sub(now_ms()).max(1);
         let keys: Vec<String> = counts
             .iter()
             .map(|(counter, _)| self.key(*counter, window))
@@ -378,7 +366,7 @@ impl RateLimiter {
         let runs: Vec<&[usize]> = all.chunks(per_run).collect();
         let answers = futures_util::future::join_all(runs.iter().map(|run| {
             let mut invocation = RATE_LIMIT.prepare_invoke();
-            invocation.arg(expire_at);
+            invocation.arg(expire_in);
             for &at in *run {
                 invocation.key(&keys[at]).arg(counts[at].1);
             }

@@ -401,7 +401,7 @@ async fn two_authorization_headers_are_refused() {
 /// holds; a header that is no header name stops the start.
 #[actix_web::test]
 async fn the_client_address_is_the_proxys_last_entry() {
-    harness::at_a_fresh_rate_window(3_600_000).await;
+    harness::at_a_fresh_rate_window(86_400_000).await;
     let env = TestEnv::start(0).await;
     let coupon = env.coupon_with_quantity(100).await;
     let path = issues(coupon);
@@ -409,8 +409,8 @@ async fn the_client_address_is_the_proxys_last_entry() {
         vec![
             format!("--client-address-header={header}"),
             "--rate-per-address=2".into(),
-            // An hour: no window ends between the requests.
-            "--rate-window-ms=3600000".into(),
+            // A day: no window ends between the requests.
+            "--rate-window-ms=86400000".into(),
         ]
     };
     let (xff, _) = env.start_another_api(&limited("x-forwarded-for")).await;

@@ -404,9 +404,9 @@ mod rate_limits_answer_429_with_retry_after_across_replicas {
 
 async fn rate_limits_answer_429_with_retry_after_across_replicas(redis: RedisTopology) {
     let topology = redis.args(QueueKind::Kafka);
-    // An hour: no window ends between the requests (nor can one start between them, below).
-    harness::at_a_fresh_rate_window(3_600_000).await;
-    let limits: Vec<&str> = ["--rate-per-user=3", "--rate-window-ms=3600000"]
+    // A day, begun at least two minutes ago: no window ends between the requests.
+    harness::at_a_fresh_rate_window(86_400_000).await;
+    let limits: Vec<&str> = ["--rate-per-user=3", "--rate-window-ms=86400000"]
         .into_iter()
         .chain(topology.iter().map(String::as_str))
         .collect();
@@ -424,13 +424,13 @@ async fn rate_limits_answer_429_with_retry_after_across_replicas(redis: RedisTop
         "{body}"
     );
     let seconds: u64 = retry_after.expect("Retry-After").parse().unwrap();
-    assert!((1..=3_600).contains(&seconds), "Retry-After {seconds}");
+    assert!((1..=86_400).contains(&seconds), "Retry-After {seconds}");
 
     // Each replica judges its own counts at once and learns the others' one sync late
     // (`rate_limit`'s stated overshoot): once this one's four are in Redis, another lets
     // user 1 through until its own sync has told it, then refuses.
     let (other, other_ops) = env.start_another_api(&[]).await;
-    synced_user_count(&env, 1, 4, 3_600_000).await;
+    synced_user_count(&env, 1, 4, 86_400_000).await;
     assert_eq!(
         issue_at(&env, &other, coupon, 1, None).await.0,
         409,

@@ -175,9 +175,15 @@ async fn limiter_on(
     per_address: u32,
     most_counted_here: usize,
 ) -> RateLimiter {
-    let manager = redis::aio::ConnectionManager::new(redis::Client::open(url).unwrap())
-        .await
-        .unwrap();
+    // A reply may be slow on a busy box: past the client's default 500 ms, a sync whose
+    // script ran would be taken for failed and its counts sent twice.
+    let manager = redis::aio::ConnectionManager::new_with_config(
+        redis::Client::open(url).unwrap(),
+        redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(10))),
+    )
+    .await
+    .unwrap();
     RateLimiter::new(
         RedisConnection::Managed(manager),
         prefix.to_owned(),
@@ -266,6 +272,19 @@ async fn replicas_share_each_limit_one_sync_late() {
         "only what was counted since: user 13's and the address's"
     );
     assert_eq!(b.sync().await.unwrap(), 0, "nothing new, nothing sent");
+
+    // An IPv6 client is its /64: a fresh address in it per request is the same client.
+    let in_one_64 = ["2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:1::ffff"];
+    let mut answers = Vec::new();
+    for (id, address) in (21..).zip(in_one_64) {
+        let user = UserId::new(id).unwrap();
+        answers.push(refused(a.check(user, Some(address.parse().unwrap())).await));
+    }
+    assert_eq!(answers, [false, false, true]);
+    let another_64 = Some("2001:db8:0:2::1".parse().unwrap());
+    assert!(!refused(
+        a.check(UserId::new(24).unwrap(), another_64).await
+    ));
 }
 
 /// A sync that fails keeps its counts and sends them with the next: none is lost to the

@@ -940,15 +940,16 @@ macro_rules! on_both_topologies {
 }
 
 /// Waits, if the rate limits' wall-clock window of `window_ms` (`issuer-api`'s
-/// `rate_limit`) ends within 15 s, for the next one to begin: a test's requests then all
-/// fall in one window, whatever the time of day it runs at.
+/// `rate_limit`) ends within two minutes, for the next one to begin: a test's requests
+/// (under two minutes, on a day's window) then all fall in one window, whatever the time of
+/// day it runs at.
 pub async fn at_a_fresh_rate_window(window_ms: u64) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     let left = window_ms - now % window_ms;
-    if left < 15_000 {
+    if left < 120_000 {
         actix_web::rt::time::sleep(Duration::from_millis(left + 10)).await;
     }
 }

@@ -2,8 +2,9 @@
 -- (`rate_limit.rs`), and answers each counter's total: every replica counts what the others
 -- did.
 -- KEYS the counters (on a cluster, one: each is on a slot of its own).
--- ARGV[1] when the counters expire (unix ms: a window after theirs ends), then each key's
--- count in KEYS' order.
+-- ARGV[1] in how many ms the counters expire (a window after theirs ends, as the API
+-- reckons it: relative, so Redis's clock does not matter), then each key's count in KEYS'
+-- order.
 -- Returns each counter's total, in KEYS' order.
 -- The counters live a window (a second by default) and are worth nothing after a restart or
 -- a failover: kept out of the append-only file and the replication stream, so that under
@@ -13,6 +14,6 @@ redis.set_repl(redis.REPL_NONE)
 local totals = {}
 for i, key in ipairs(KEYS) do
   totals[i] = redis.call('INCRBY', key, ARGV[i + 1])
-  redis.call('PEXPIREAT', key, ARGV[1])
+  redis.call('PEXPIRE', key, ARGV[1])
 end
 return totals
