@@ -245,6 +245,7 @@ impl RateLimiter {
         }
         let mut ticks = tokio::time::interval(self.limits.sync.max(Duration::from_millis(1)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
         loop {
             let stopping = tokio::select! {
                 biased;
@@ -264,14 +265,23 @@ impl RateLimiter {
             } else {
                 self.sync().await
             };
+            // Said once when the syncs start failing and once when they work again: at 50
+            // syncs a second, a line each would flood the log through a Redis outage (the
+            // metric counts every one).
             match synced {
-                Ok(0) => {}
-                Ok(_) => {
-                    metrics.rate_limit_syncs.inc();
+                Ok(synced) => {
+                    if synced > 0 {
+                        metrics.rate_limit_syncs.inc();
+                    }
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("rate-limit counts shared again");
+                    }
                 }
                 Err(err) => {
                     metrics.rate_limit_sync_failures.inc();
-                    tracing::warn!(error = %err, "rate-limit counts not shared this interval; each replica limits on its own until Redis answers");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(error = %err, "rate-limit counts not shared; each replica limits on its own until Redis answers");
+                    }
                 }
             }
             if stopping {

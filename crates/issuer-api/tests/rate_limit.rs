@@ -165,22 +165,33 @@ async fn answers_from_the_finished_gate_count_against_the_shared_limit() {
 async fn limiter(prefix: &str, per_address: u32) -> RateLimiter {
     let url = std::env::var("REDIS_URL")
         .unwrap_or_else(|_| coupon_core::config::DEFAULT_REDIS_URL.into());
-    limiter_on(&url, prefix, per_address, 100_000).await
+    limiter_on(
+        &url,
+        prefix,
+        per_address,
+        100_000,
+        Duration::from_secs(3600),
+    )
+    .await
 }
 
-/// The same on Redis at `url`, counting at most `most_counted_here` clients in memory.
+/// The same on Redis at `url`, counting at most `most_counted_here` clients in memory,
+/// syncing every `sync` when run.
 async fn limiter_on(
     url: &str,
     prefix: &str,
     per_address: u32,
     most_counted_here: usize,
+    sync: Duration,
 ) -> RateLimiter {
     // A reply may be slow on a busy box: past the client's default 500 ms, a sync whose
-    // script ran would be taken for failed and its counts sent twice.
+    // script ran would be taken for failed and its counts sent twice. A Redis that is down
+    // fails a sync after one reconnect, not the default six (seconds of backoff).
     let manager = redis::aio::ConnectionManager::new_with_config(
         redis::Client::open(url).unwrap(),
         redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(10))),
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_number_of_retries(1),
     )
     .await
     .unwrap();
@@ -192,7 +203,7 @@ async fn limiter_on(
             window: Duration::from_secs(86_400),
             per_user: 3,
             per_address,
-            sync: Duration::from_secs(3600),
+            sync,
             most_counted_here,
         },
     )
@@ -295,7 +306,7 @@ async fn a_failed_sync_sends_its_counts_with_the_next() {
     harness::at_a_fresh_rate_window(86_400_000).await;
     let mut redis = RedisServer::start(&data_dir("sync"), &[]).await.unwrap();
     let prefix = testkit::shared_redis::prefix();
-    let limiter = limiter_on(&redis.url(), &prefix, 0, 100_000).await;
+    let limiter = limiter_on(&redis.url(), &prefix, 0, 100_000, Duration::from_secs(3600)).await;
     let user = UserId::new(7).unwrap();
     limiter.check(user, None).await.unwrap();
     limiter.check(user, None).await.unwrap();
@@ -332,7 +343,7 @@ async fn past_the_most_counted_here_a_client_is_counted_in_redis() {
     let prefix = testkit::shared_redis::prefix();
     let url = std::env::var("REDIS_URL")
         .unwrap_or_else(|_| coupon_core::config::DEFAULT_REDIS_URL.into());
-    let limiter = limiter_on(&url, &prefix, 0, 2).await;
+    let limiter = limiter_on(&url, &prefix, 0, 2, Duration::from_secs(3600)).await;
     for id in [1, 2] {
         limiter.check(UserId::new(id).unwrap(), None).await.unwrap();
     }
@@ -354,4 +365,69 @@ async fn past_the_most_counted_here_a_client_is_counted_in_redis() {
     let shared: i64 = redis.get(&keys[0]).await.unwrap();
     assert_eq!(shared, 4, "every request of the third, with no sync");
     assert_eq!(limiter.sync().await.unwrap(), 2, "the two counted here");
+}
+
+/// A log that a test reads back: what the limiter said, line by line.
+#[derive(Clone, Default)]
+struct Said(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Said {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Through a Redis outage the syncs fail 50 times a second: the log says so once, and
+/// once more when they work again, while the metric counts every failure.
+#[actix_web::test]
+async fn an_outage_is_said_once_not_at_every_sync() {
+    harness::at_a_fresh_rate_window(86_400_000).await;
+    let said = Said::default();
+    let writer = said.clone();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let mut redis = RedisServer::start(&data_dir("outage"), &[]).await.unwrap();
+    let prefix = testkit::shared_redis::prefix();
+    let limiter = limiter_on(&redis.url(), &prefix, 0, 100_000, Duration::from_millis(20)).await;
+    let metrics = std::sync::Arc::new(issuer_api::metrics::Metrics::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let user = UserId::new(7).unwrap();
+    let drive = async {
+        redis.kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Counts to send, so that every sync tries.
+        while metrics.rate_limit_sync_failures.get() < 5 {
+            limiter.check(user, None).await.ok();
+            assert!(Instant::now() < deadline, "the syncs never failed");
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        redis.restart().await.unwrap();
+        while metrics.rate_limit_syncs.get() < 1 {
+            limiter.check(user, None).await.ok();
+            assert!(Instant::now() < deadline, "the syncs never worked again");
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+    };
+    tokio::join!(limiter.run(metrics.clone(), stop.clone()), drive);
+    let log = String::from_utf8(said.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        log.matches("rate-limit counts not shared").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("rate-limit counts shared again").count(),
+        1,
+        "{log}"
+    );
 }
