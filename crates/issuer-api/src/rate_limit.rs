@@ -21,6 +21,9 @@
 //! own; a sync that fails sends its counts again with the next (so once more for each
 //! failed try, if a try did reach Redis: that errs on the side of refusing).
 //!
+//! The sharing, a sync in its three steps (counts taken, script run, reply) with a failure
+//! after either, is checked exhaustively in `coupon-core/tests/rate_limit_model.rs`.
+//!
 //! Windows are the wall clock's (`unix ms / window`), read at every request, so every
 //! replica and Redis agree on which window a count belongs to without asking, as long as
 //! their clocks differ by less than a window. A counter's key names its window and expires
