@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
-# Redis's time per admitted request (issue 26, acceptance 4), under the ceiling's load: 100
-# coupons, every request admitted, like for like (users by the gateway header, no rate limit,
-# no worker: the admission and the settle are the API's), on the one node at 127.0.0.1:6379.
-# Each run is a fresh issuer-api on its own key prefix and one `issuer-bench sustained`, which
-# resets and reads the node's INFO commandstats. With BEFORE set to another issuer-api binary,
-# each round runs it and this tree's (BIN) alternately, which goes first alternating too.
-# Prints each run's script calls and µs per admitted request, then the medians.
-#   cargo build --release -p issuer-api -p issuer-bench
+# Redis's time per admitted request (issue 26, acceptance 4), the product beside the
+# hand-built ceiling under the same load: `issuer-bench ceiling --shape admitted`, 100
+# coupons, every request admitted, product and ceiling alternating within each run. Like for
+# like (users by the gateway header, no rate limit, no worker: the admission and the settle
+# are the API's). Each side has a Redis of its own, both from deploy/redis/redis.conf (the
+# shipped `appendfsync always`), so each one's INFO commandstats counts only its side:
+# the product on `make up`'s (127.0.0.1:6379), the ceiling on one this script starts.
+# Redis's accounting counts the time a command was descheduled too, and here Redis shares
+# two cores with both servers, Kafka and the load: only figures of one run compare.
+# Each run is a fresh issuer-api (its own database and key prefix). With BEFORE set to
+# another issuer-api binary, each round runs it and this tree's (BIN) in turn, which goes
+# first alternating. Prints each run, then the medians. Needs `make up`, the release builds
+# and the ceiling (deploy/local/bench-ceiling.sh says how to build them).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=${BIN:-"$ROOT/target/release"}
+CEILING=${CEILING:-$ROOT/.local/ceiling-target/release/ceiling}
 BEFORE=${BEFORE:-}
 ROUNDS=${ROUNDS:-3}
 REQUESTS=${REQUESTS:-40000}
-CONCURRENCY=${CONCURRENCY:-100}
-REDIS=${REDIS:-127.0.0.1:6379}
+CONNECTIONS=${CONNECTIONS:-100}
+REDIS=127.0.0.1:6379
+CEILING_REDIS_PORT=6390
 LISTEN=127.0.0.1:18094
 OPS=127.0.0.1:18095
+CEILING_LISTEN=127.0.0.1:18082
 OUT="$ROOT/.local/bench-redis-cost"
-mkdir -p "$OUT"
+mkdir -p "$OUT/ceiling-redis"
 export ISSUER_ADMIN_TOKEN=${ISSUER_ADMIN_TOKEN:-dev-admin-token}
 export ISSUER_DEV_SECRETS=${ISSUER_DEV_SECRETS:-allow}
 export RUST_LOG=${RUST_LOG:-warn}
@@ -31,25 +39,55 @@ log() { echo "[bench-redis-cost] $*" >&2; }
 # shellcheck source=deploy/local/bench-services.sh
 source "$ROOT/deploy/local/bench-services.sh"
 
-# run BUILD API_BINARY ROUND: one measured run; prints "build script_calls script_usec admitted".
+rm -f "$OUT/ceiling-redis/"*
+redis-server "$ROOT/deploy/redis/redis.conf" --daemonize yes --bind 127.0.0.1 \
+  --port "$CEILING_REDIS_PORT" --dir "$OUT/ceiling-redis" \
+  --pidfile "$OUT/ceiling-redis/redis.pid" --logfile "$OUT/ceiling-redis/redis.log"
+for _ in $(seq 50); do
+  redis-cli -p "$CEILING_REDIS_PORT" PING >/dev/null 2>&1 && break
+  sleep 0.1
+done
+REDIS_URL=redis://127.0.0.1:$CEILING_REDIS_PORT/9 KAFKA=127.0.0.1:9092 TOPIC=ceiling QTY=500 \
+  LISTEN=$CEILING_LISTEN "$CEILING" >"$OUT/ceiling.log" 2>&1 &
+ceiling=$!
+trap 'stop_services; kill -TERM $ceiling 2>/dev/null || true; redis-cli -p $CEILING_REDIS_PORT SHUTDOWN NOSAVE >/dev/null 2>&1 || true' EXIT
+for _ in $(seq 50); do
+  curl -s -o /dev/null "http://$CEILING_LISTEN/" && break
+  sleep 0.2
+done
+
+# The ceiling's `/full` produces to its own topic, which the broker does not create on use:
+# an API started once on it creates it as it would its own.
+start_services ceiling-topic ISSUE_TOPIC=ceiling REDIS_KEY_PREFIX="bench-redis-cost-topic-$$:"
+stop_services
+
+# scripts PORT: "calls µs" of every script and function run on that Redis since its reset.
+scripts() {
+  redis-cli -p "$1" INFO commandstats |
+    awk -F'[:=,]' '/^cmdstat_(fcall|fcall_ro|evalsha|eval):/ { calls += $3; usec += $5 } END { print calls + 0, usec + 0 }'
+}
+
+# run BUILD API_BINARY ROUND: one measured run; prints
+# "build product_calls product_usec ceiling_calls ceiling_usec admitted product_rps ceiling_rps".
 run() {
-  local build=$1 binary=$2 round=$3 prefix="bench-redis-cost-$build-$round-$$:"
-  ISSUER_LISTEN="$LISTEN" ISSUER_OPS_LISTEN="$OPS" REDIS_KEY_PREFIX="$prefix" \
-    "$binary" >"$OUT/api-$build-$round.log" 2>&1 &
-  api=$!
-  for _ in $(seq 100); do
-    curl -sf "http://$OPS/readyz" >/dev/null && break
-    sleep 0.2
-  done
-  registry_complete REDIS_KEY_PREFIX="$prefix" REDIS_URL="redis://$REDIS"
-  local report="$OUT/run-$build-$round.txt"
-  "$BIN/issuer-bench" --api "http://$LISTEN" --ops "http://$OPS" sustained --coupons 100 \
-    --requests "$REQUESTS" --concurrency "$CONCURRENCY" --quantity "$REQUESTS" \
-    --redis-stats "$REDIS" >"$report"
+  local build=$1 binary=$2 round=$3
+  fresh_database "$build-$round"
+  start_api "$build-$round" "$binary" REDIS_KEY_PREFIX="bench-redis-cost-$build-$round-$$:" \
+    REDIS_URL="redis://$REDIS" DATABASE_URL="$database_url"
+  redis-cli -p "${REDIS#*:}" CONFIG RESETSTAT >/dev/null
+  redis-cli -p "$CEILING_REDIS_PORT" CONFIG RESETSTAT >/dev/null
+  local report="$OUT/run-$build-$round.json"
+  "$BIN/issuer-bench" --api "http://$LISTEN" --ops "http://$OPS" --json ceiling \
+    --ceiling "http://$CEILING_LISTEN" --ceiling-quantity 500 --shape admitted \
+    --connections "$CONNECTIONS" --rounds 1 --requests "$REQUESTS" >"$report"
+  local product ceiling_side
+  product=$(scripts "${REDIS#*:}")
+  ceiling_side=$(scripts "$CEILING_REDIS_PORT")
   stop_services
-  local admitted
-  admitted=$(awk -F'|' '$2 ~ /^ SUCCESS $/ { print $3 + 0 }' "$report")
-  awk -v b="$build" -v a="$admitted" '$1 ~ /:[0-9]+$/ { print b, $2, $3, a }' "$report"
+  local product_rps ceiling_rps
+  product_rps=$(tr -d ' \n' <"$report" | grep -o '"productRps":\[[0-9.]*' | grep -o '[0-9.]*$')
+  ceiling_rps=$(tr -d ' \n' <"$report" | grep -o '"ceilingRps":\[[0-9.]*' | grep -o '[0-9.]*$')
+  echo "$build $product $ceiling_side $REQUESTS $product_rps $ceiling_rps"
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -65,16 +103,15 @@ for round in $(seq "$ROUNDS"); do
     binary="$BIN/issuer-api"
     [ "$build" = before ] && binary=$BEFORE
     line=$(run "$build" "$binary" "$round")
-    log "round $round: $line ($(echo "$line" | awk '{ printf "%.2f script µs per admitted", $3 / $4 }'))"
+    log "round $round: $line ($(echo "$line" | awk '{ printf "script µs per admitted: product %.2f, ceiling %.2f", $3 / $6, $5 / $6 }'))"
     echo "$line" >>"$results"
   done
 done
 
 echo
-echo "| build | script calls per admitted (median) | script µs per admitted (median) | per run |"
-echo "|---|---:|---:|---|"
+echo "| build | product script µs per admitted | ceiling script µs per admitted | product / ceiling | per run (product, ceiling) |"
+echo "|---|---:|---:|---:|---|"
 for build in $builds; do
   rows=$(awk -v b="$build" '$1 == b' "$results")
-  per=$(echo "$rows" | awk '{ printf "%.2f\n", $3 / $4 }')
-  echo "| $build | $(echo "$rows" | awk '{ printf "%.3f\n", $2 / $4 }' | median) | $(echo "$per" | median) | $(echo "$per" | paste -sd, -) |"
+  echo "| $build | $(echo "$rows" | awk '{ printf "%.2f\n", $3 / $6 }' | median) | $(echo "$rows" | awk '{ printf "%.2f\n", $5 / $6 }' | median) | $(echo "$rows" | awk '{ printf "%.2f\n", $3 / $5 }' | median) | $(echo "$rows" | awk '{ printf "%.1f/%.1f\n", $3 / $6, $5 / $6 }' | paste -sd' ' -) |"
 done

@@ -11,22 +11,40 @@ primaries() {
 
 api=""
 worker=""
+database=""
 stop_services() {
   for pid in $api $worker; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in $api $worker; do wait "$pid" 2>/dev/null || true; done
   api=""
   worker=""
+  if [ -n "$database" ]; then
+    PGOPTIONS=--client-min-messages=warning psql "$POSTGRES" -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" >/dev/null 2>&1 || true
+    database=""
+  fi
 }
 trap stop_services EXIT
 
-# start_services NAME ENV...: a worker and an API with ENV (VAR=value words), their logs
-# $OUT/worker-NAME.log and $OUT/api-NAME.log; returns once the API is ready.
-start_services() {
-  local name=$1
-  shift
-  env "$@" "$BIN/issuer-worker" >"$OUT/worker-$name.log" 2>&1 &
-  worker=$!
-  env "$@" ISSUER_LISTEN="$LISTEN" ISSUER_OPS_LISTEN="$OPS" "$BIN/issuer-api" \
+# Each run's services get a database of their own, made here and dropped by stop_services:
+# a run on the shared one found every coupon earlier runs left with stock (thousands),
+# which the API registers at start under a fresh key prefix and its reconciler then reads
+# on every pass, so each run measured more of them than the last.
+POSTGRES=${DATABASE_URL:-postgres://coupon:coupon@127.0.0.1:5432/coupon_issuance}
+# fresh_database NAME: makes the run's database; its URL is then $database_url.
+database_url=""
+fresh_database() {
+  database="coupon_bench_$$_$1"
+  database=${database//[^a-zA-Z0-9_]/_}
+  PGOPTIONS=--client-min-messages=warning psql "$POSTGRES" -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" >/dev/null
+  PGOPTIONS=--client-min-messages=warning psql "$POSTGRES" -qc "CREATE DATABASE $database" >/dev/null
+  database_url="${POSTGRES%/*}/$database"
+}
+
+# start_api NAME BINARY ENV...: an API (BINARY) with ENV (VAR=value words) on a fresh
+# database, its log $OUT/api-NAME.log; returns once it is ready and its registry complete.
+start_api() {
+  local name=$1 binary=$2
+  shift 2
+  env "$@" ISSUER_LISTEN="$LISTEN" ISSUER_OPS_LISTEN="$OPS" "$binary" \
     >"$OUT/api-$name.log" 2>&1 &
   api=$!
   local ready=""
@@ -41,10 +59,21 @@ start_services() {
   registry_complete "$@"
 }
 
+# start_services NAME ENV...: a worker and an API with ENV on a fresh database, their logs
+# $OUT/worker-NAME.log and $OUT/api-NAME.log; returns once the API is ready.
+start_services() {
+  local name=$1
+  shift
+  fresh_database "$name"
+  env "$@" DATABASE_URL="$database_url" "$BIN/issuer-worker" >"$OUT/worker-$name.log" 2>&1 &
+  worker=$!
+  start_api "$name" "$BIN/issuer-api" "$@" DATABASE_URL="$database_url"
+}
+
 # registry_complete ENV...: waits until the API started with ENV has completed the registry
-# of coupons with work under its key prefix. A fresh prefix's registry is empty, so the API
-# registers every coupon PostgreSQL has with work, which grows by each run's coupons: a
-# measurement begun before that ends counts thousands of registrations as the load's.
+# of coupons with work under its key prefix: a fresh prefix's registry is empty, so the API
+# registers every coupon its database has with work, and a measurement begun before that
+# ends would count those registrations as the load's.
 registry_complete() {
   local prefix="" cli=(redis-cli -p 6379) word
   for word in "$@"; do
