@@ -50,21 +50,9 @@ log() { echo "[bench-ceiling] $*" >&2; }
 # shellcheck source=deploy/local/bench-services.sh
 source "$ROOT/deploy/local/bench-services.sh"
 
-# The ceiling's `/full` produces to its own topic, which the broker does not create on use
-# (`auto.create.topics.enable=false`): an API started once on it creates it as it would its own.
-if [ "$SHAPE" = admitted ]; then
-  start_services ceiling-topic ISSUE_TOPIC=ceiling REDIS_KEY_PREFIX="bench-ceiling-topic-$$:"
-  stop_services
-fi
-
-REDIS_URL=redis://127.0.0.1:6379/9 KAFKA=127.0.0.1:9092 TOPIC=ceiling QTY=$CEILING_QTY \
-  LISTEN=$CEILING_LISTEN "$CEILING" >"$OUT/ceiling.log" 2>&1 &
-ceiling=$!
+[ "$SHAPE" = admitted ] && start_ceiling_topic
+start_ceiling redis://127.0.0.1:6379/9 "$CEILING_QTY"
 trap 'stop_services; kill -TERM $ceiling 2>/dev/null || true' EXIT
-for _ in $(seq 50); do
-  curl -s -o /dev/null "http://$CEILING_LISTEN/" && break
-  sleep 0.2
-done
 
 # run SETTING GATE_MS CONNECTIONS ROUND: one measured run; prints
 # "setting gate connections product_rps ceiling_rps".
@@ -92,13 +80,8 @@ run() {
     --ceiling "http://$CEILING_LISTEN" --ceiling-quantity "$CEILING_QTY" --shape "$SHAPE" \
     --connections "$connections" --rounds 1 --requests "$REQUESTS" >"$report"
   stop_services
-  local product ceiling_rps
-  product=$(tr -d ' \n' <"$report" | grep -o '"productRps":\[[0-9.]*' | grep -o '[0-9.]*$')
-  ceiling_rps=$(tr -d ' \n' <"$report" | grep -o '"ceilingRps":\[[0-9.]*' | grep -o '[0-9.]*$')
-  echo "$setting $gate $connections $product $ceiling_rps"
+  echo "$setting $gate $connections $(rps_of "$report")"
 }
-
-median() { sort -n | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 results="$OUT/results.txt"
 : >"$results"

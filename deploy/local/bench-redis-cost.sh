@@ -26,7 +26,7 @@ LISTEN=127.0.0.1:18094
 OPS=127.0.0.1:18095
 CEILING_LISTEN=127.0.0.1:18082
 OUT="$ROOT/.local/bench-redis-cost"
-mkdir -p "$OUT/ceiling-redis"
+mkdir -p "$OUT"
 export ISSUER_ADMIN_TOKEN=${ISSUER_ADMIN_TOKEN:-dev-admin-token}
 export ISSUER_DEV_SECRETS=${ISSUER_DEV_SECRETS:-allow}
 export RUST_LOG=${RUST_LOG:-warn}
@@ -39,7 +39,7 @@ log() { echo "[bench-redis-cost] $*" >&2; }
 # shellcheck source=deploy/local/bench-services.sh
 source "$ROOT/deploy/local/bench-services.sh"
 
-rm -f "$OUT/ceiling-redis/"*
+rm -rf "$OUT/ceiling-redis" && mkdir -p "$OUT/ceiling-redis"
 redis-server "$ROOT/deploy/redis/redis.conf" --daemonize yes --bind 127.0.0.1 \
   --port "$CEILING_REDIS_PORT" --dir "$OUT/ceiling-redis" \
   --pidfile "$OUT/ceiling-redis/redis.pid" --logfile "$OUT/ceiling-redis/redis.log"
@@ -47,19 +47,9 @@ for _ in $(seq 50); do
   redis-cli -p "$CEILING_REDIS_PORT" PING >/dev/null 2>&1 && break
   sleep 0.1
 done
-REDIS_URL=redis://127.0.0.1:$CEILING_REDIS_PORT/9 KAFKA=127.0.0.1:9092 TOPIC=ceiling QTY=500 \
-  LISTEN=$CEILING_LISTEN "$CEILING" >"$OUT/ceiling.log" 2>&1 &
-ceiling=$!
+start_ceiling_topic
+start_ceiling "redis://127.0.0.1:$CEILING_REDIS_PORT/9" 500
 trap 'stop_services; kill -TERM $ceiling 2>/dev/null || true; redis-cli -p $CEILING_REDIS_PORT SHUTDOWN NOSAVE >/dev/null 2>&1 || true' EXIT
-for _ in $(seq 50); do
-  curl -s -o /dev/null "http://$CEILING_LISTEN/" && break
-  sleep 0.2
-done
-
-# The ceiling's `/full` produces to its own topic, which the broker does not create on use:
-# an API started once on it creates it as it would its own.
-start_services ceiling-topic ISSUE_TOPIC=ceiling REDIS_KEY_PREFIX="bench-redis-cost-topic-$$:"
-stop_services
 
 # scripts PORT: "calls µs" of every script and function run on that Redis since its reset.
 scripts() {
@@ -84,13 +74,8 @@ run() {
   product=$(scripts "${REDIS#*:}")
   ceiling_side=$(scripts "$CEILING_REDIS_PORT")
   stop_services
-  local product_rps ceiling_rps
-  product_rps=$(tr -d ' \n' <"$report" | grep -o '"productRps":\[[0-9.]*' | grep -o '[0-9.]*$')
-  ceiling_rps=$(tr -d ' \n' <"$report" | grep -o '"ceilingRps":\[[0-9.]*' | grep -o '[0-9.]*$')
-  echo "$build $product $ceiling_side $REQUESTS $product_rps $ceiling_rps"
+  echo "$build $product $ceiling_side $REQUESTS $(rps_of "$report")"
 }
-
-median() { sort -n | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 builds="after"
 [ -n "$BEFORE" ] && builds="before after"

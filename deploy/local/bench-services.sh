@@ -1,7 +1,7 @@
 # Sourced by the bench scripts that start their own issuer-api and issuer-worker per run
 # (bench-cluster.sh, bench-buckets.sh, bench-ceiling.sh, bench-redis-cost.sh). Expects BIN
-# (the binaries), LISTEN and OPS (the API's listeners), CLUSTER_SEED (a cluster node) and
-# OUT (where logs go).
+# (the binaries), LISTEN and OPS (the API's listeners), CLUSTER_SEED (a cluster node), OUT
+# (where logs go), and for the hand-built ceiling CEILING (its binary) and CEILING_LISTEN.
 
 # The cluster's primaries now, for their commandstats.
 primaries() {
@@ -89,4 +89,37 @@ registry_complete() {
   done
   echo "the registry under '$prefix' was not completed in 60 s" >&2
   exit 1
+}
+
+# rps_of REPORT: "PRODUCT CEILING", the req/s of an `issuer-bench --json ceiling` report's
+# one round.
+rps_of() {
+  local flat
+  flat=$(tr -d ' \n' <"$1")
+  echo "$(grep -o '"productRps":\[[0-9.]*' <<<"$flat" | grep -o '[0-9.]*$')" \
+    "$(grep -o '"ceilingRps":\[[0-9.]*' <<<"$flat" | grep -o '[0-9.]*$')"
+}
+
+# The median of the numbers on standard input, one a line.
+median() { sort -n | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# start_ceiling REDIS_URL QTY: the hand-built ceiling ($CEILING) on $CEILING_LISTEN, its log
+# $OUT/ceiling.log, producing to the topic `ceiling` (start_ceiling_topic); returns once it
+# answers. Its pid is $ceiling, for the caller's exit trap.
+ceiling=""
+start_ceiling() {
+  REDIS_URL=$1 KAFKA=127.0.0.1:9092 TOPIC=ceiling QTY=$2 LISTEN=$CEILING_LISTEN "$CEILING" \
+    >"$OUT/ceiling.log" 2>&1 &
+  ceiling=$!
+  for _ in $(seq 50); do
+    curl -s -o /dev/null "http://$CEILING_LISTEN/" && return 0
+    sleep 0.2
+  done
+}
+
+# The ceiling's `/full` produces to its own topic, which the broker does not create on use
+# (`auto.create.topics.enable=false`): an API started once on it creates it as it would its own.
+start_ceiling_topic() {
+  start_services ceiling-topic ISSUE_TOPIC=ceiling REDIS_KEY_PREFIX="bench-ceiling-topic-$$:"
+  stop_services
 }
