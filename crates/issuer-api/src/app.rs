@@ -96,7 +96,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Issuer> {
         config.queue,
     ));
     let delivery = match kafka {
-        Some(kafka) => Delivery::Kafka(Box::new(KafkaDelivery::new(
+        Some(kafka) => Delivery::Kafka(Arc::new(KafkaDelivery::new(
             KafkaSettings {
                 kafka: kafka.clone(),
                 key_prefix: prefix.clone(),

@@ -11,6 +11,7 @@
 pub mod kafka;
 pub mod stream;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::domain::{CouponId, UserId};
@@ -47,9 +48,11 @@ pub enum Pending {
     Absent,
 }
 
+/// Cloned with the issuer for every request's task (`Issuer::issue`): the Kafka side is
+/// shared, not copied (a deep clone copied its scripts' text, kilobytes a request).
 #[derive(Clone)]
 pub enum Delivery {
-    Kafka(Box<KafkaDelivery>),
+    Kafka(Arc<KafkaDelivery>),
     Stream(StreamDelivery),
 }
 
