@@ -17,7 +17,7 @@ export RUST_LOG ?= info
 RELEASE_BIN := target/release
 SERVICES := -p issuer-api -p issuer-worker
 
-.PHONY: up down build run demo bench bench-cluster bench-buckets test test-cluster chaos contract-fuzz fuzz validate-deploy image lint fmt clean-test-dbs
+.PHONY: up down build run demo bench bench-cluster bench-redis-cost bench-buckets test test-cluster chaos contract-fuzz fuzz validate-deploy image lint fmt clean-test-dbs
 
 up: ## Redis, PostgreSQL and a Kafka-API broker on their standard ports (installs what is missing)
 	@bash deploy/local/up.sh
@@ -41,6 +41,12 @@ bench-cluster: ## one Redis node against a Redis Cluster, alternating rounds (RO
 	$(MAKE) up REDIS_MODE=cluster
 	cargo build --release -p issuer-api -p issuer-worker -p issuer-bench
 	bash deploy/local/bench-cluster.sh
+
+bench-redis-cost: ## Redis µs per admitted request, the product beside the ceiling (ROUNDS=3; BEFORE=<issuer-api> to compare builds), release builds
+	$(MAKE) up
+	cargo build --release -p issuer-api -p issuer-worker -p issuer-bench
+	CARGO_TARGET_DIR=.local/ceiling-target cargo build --release --manifest-path ../shared/tools/ceiling/Cargo.toml
+	bash deploy/local/bench-redis-cost.sh
 
 bench-buckets: ## one hot coupon on a Redis Cluster in 1 bucket and in 3, alternating (ROUNDS=3), release builds
 	$(MAKE) up
