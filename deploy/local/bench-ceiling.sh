@@ -36,13 +36,6 @@ OPS=127.0.0.1:18091
 CEILING_LISTEN=127.0.0.1:18080
 OUT="$ROOT/.local/bench-ceiling"
 mkdir -p "$OUT"
-# The bench's users: the same secrets as the API's (`make`'s development ones unless set).
-export ISSUER_ADMIN_TOKEN=${ISSUER_ADMIN_TOKEN:-dev-admin-token}
-export ISSUER_JWT_SECRET=${ISSUER_JWT_SECRET:-dev-only-hs256-secret-never-use-in-production}
-export ISSUER_JWT_ISSUER=${ISSUER_JWT_ISSUER:-coupon-issuance-dev}
-export ISSUER_JWT_AUDIENCE=${ISSUER_JWT_AUDIENCE:-coupon-api}
-export ISSUER_DEV_SECRETS=${ISSUER_DEV_SECRETS:-allow}
-export RUST_LOG=${RUST_LOG:-warn}
 GATEWAY_SECRET=bench-gateway-secret-of-at-least-32-bytes
 
 log() { echo "[bench-ceiling] $*" >&2; }

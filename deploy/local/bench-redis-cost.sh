@@ -27,9 +27,6 @@ OPS=127.0.0.1:18095
 CEILING_LISTEN=127.0.0.1:18082
 OUT="$ROOT/.local/bench-redis-cost"
 mkdir -p "$OUT"
-export ISSUER_ADMIN_TOKEN=${ISSUER_ADMIN_TOKEN:-dev-admin-token}
-export ISSUER_DEV_SECRETS=${ISSUER_DEV_SECRETS:-allow}
-export RUST_LOG=${RUST_LOG:-warn}
 export ISSUER_USER_AUTH=gateway-header
 export ISSUER_GATEWAY_SECRET=bench-gateway-secret-of-at-least-32-bytes
 export ISSUER_RATE_PER_USER=0

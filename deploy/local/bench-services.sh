@@ -3,6 +3,14 @@
 # (the binaries), LISTEN and OPS (the API's listeners), CLUSTER_SEED (a cluster node), OUT
 # (where logs go), and for the hand-built ceiling CEILING (its binary) and CEILING_LISTEN.
 
+# The bench's users: the same secrets as the API's (`make`'s development ones unless set).
+export ISSUER_ADMIN_TOKEN=${ISSUER_ADMIN_TOKEN:-dev-admin-token}
+export ISSUER_JWT_SECRET=${ISSUER_JWT_SECRET:-dev-only-hs256-secret-never-use-in-production}
+export ISSUER_JWT_ISSUER=${ISSUER_JWT_ISSUER:-coupon-issuance-dev}
+export ISSUER_JWT_AUDIENCE=${ISSUER_JWT_AUDIENCE:-coupon-api}
+export ISSUER_DEV_SECRETS=${ISSUER_DEV_SECRETS:-allow}
+export RUST_LOG=${RUST_LOG:-warn}
+
 # The cluster's primaries now, for their commandstats.
 primaries() {
   redis-cli -p "${CLUSTER_SEED#*:}" CLUSTER NODES |
