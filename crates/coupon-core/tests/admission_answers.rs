@@ -3,16 +3,20 @@
 //! a holder is told about its slot, then the windows, the stock, a pause, stock held. The
 //! script asks whether the user holds a slot only where the answer depends on it (to save
 //! a Redis call on every admission), so the order it asks in is not the order of the rules;
-//! this test is what holds the two together, on a real Redis.
+//! this test is what holds the two together, on a real Redis, in both queue modes.
 
 // Helpers outside `#[test]` functions panic too: in a harness that is the failure report.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
+
 use coupon_core::domain::{CouponId, QueueKind, UserId};
+use coupon_core::event::IssueEvent;
 use coupon_core::redis::admission::{AdmissionScripts, AdmitReply};
 use coupon_core::redis::epoch::{Stamp, instance_epoch};
 use coupon_core::redis::keys::CouponKeys;
-use redis::AsyncCommands;
+use redis::streams::StreamRangeReply;
+use redis::{AsyncCommands, FromRedisValue};
 
 use testkit::shared_redis::{self, redis};
 
@@ -187,8 +191,19 @@ async fn write(
 
 #[tokio::test]
 async fn every_state_gets_the_answer_of_its_priority() {
+    every_state_answers(QueueKind::Kafka).await;
+}
+
+/// The same in the Redis queue mode, where an admission appends its event to the coupon's
+/// stream instead of writing a pending entry: the entry must decode to the event answered.
+#[tokio::test]
+async fn every_state_gets_the_answer_of_its_priority_in_the_redis_queue_mode() {
+    every_state_answers(QueueKind::Redis).await;
+}
+
+async fn every_state_answers(queue: QueueKind) {
     let prefix = shared_redis::prefix();
-    let scripts = AdmissionScripts::new(prefix.clone(), QueueKind::Kafka);
+    let scripts = AdmissionScripts::new(prefix.clone(), queue);
     let mut con = redis().await;
     let stamp = Stamp::fresh(&instance_epoch(&mut con, "").await.unwrap());
     let states = every_state();
@@ -224,12 +239,35 @@ async fn every_state_gets_the_answer_of_its_priority() {
             issued_before + i64::from(admitted),
             "{state:?}"
         );
+        let writes_entry = admitted && queue == QueueKind::Kafka;
         assert_eq!(
             pending,
-            admitted || state.holder == Holder::Pending,
+            writes_entry || state.holder == Holder::Pending,
             "{state:?}"
         );
         assert_eq!(waiting, got == 8, "{state:?}");
+        let stream: StreamRangeReply = con.xrange_all(&keys.stream).await.unwrap();
+        match (&reply, queue) {
+            (AdmitReply::Admitted(event), QueueKind::Redis) => {
+                assert_eq!(stream.ids.len(), 1, "{state:?}");
+                let fields: HashMap<String, String> = stream.ids[0]
+                    .map
+                    .iter()
+                    .map(|(field, value)| {
+                        (
+                            field.clone(),
+                            String::from_redis_value(value.clone()).unwrap(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(
+                    &IssueEvent::from_stream_fields(&fields).unwrap(),
+                    event,
+                    "{state:?}"
+                );
+            }
+            _ => assert!(stream.ids.is_empty(), "{state:?}"),
+        }
     }
     assert!(
         wrong.is_empty(),
