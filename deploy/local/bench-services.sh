@@ -47,8 +47,9 @@ fresh_database() {
   database_url="${POSTGRES%/*}/$database"
 }
 
-# start_api NAME BINARY ENV...: an API (BINARY) with ENV (VAR=value words) on a fresh
-# database, its log $OUT/api-NAME.log; returns once it is ready and its registry complete.
+# start_api NAME BINARY ENV...: an API (BINARY) with ENV (VAR=value words, DATABASE_URL
+# among them: fresh_database's), its log $OUT/api-NAME.log; returns once it is ready and its
+# registry complete.
 start_api() {
   local name=$1 binary=$2
   shift 2

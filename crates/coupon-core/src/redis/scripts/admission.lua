@@ -61,58 +61,53 @@ if meta[4] ~= ARGV[4] or not stamped_here(meta[4]) then
   return {7, now}
 end
 
--- What a user who holds a slot is told, whatever else holds: a pending entry exists only
--- beside its slot (both taken below, both released by ledger.lua), so only a holder can
--- be pending.
-local function holder()
+-- The refusal the state gives, if any, before asking about the user.
+local refusal = nil
+if meta[2] and clock() < tonumber(meta[2]) then
+  refusal = 4
+elseif meta[3] and clock() >= tonumber(meta[3]) then
+  refusal = 5
+elseif meta[9] and clock() < tonumber(meta[9]) then
+  refusal = 11
+elseif redis.call('SCARD', KEYS[2]) >= tonumber(meta[1]) then
+  if not meta[5] or meta[6] then
+    refusal = 3
+  elseif meta[8] then
+    -- A paused bucket would admit once stock came: PAUSED, and no stock moved for it.
+    refusal = 10
+  else
+    refusal = 8
+  end
+elseif meta[8] then
+  -- Paused only where it would admit: a sold-out or ended coupon is told so (and shuts
+  -- the finished gates), a truth a pause does not change.
+  refusal = 10
+elseif meta[7] and clock() < tonumber(meta[7]) then
+  refusal = 9
+end
+
+-- A holder is told about its slot, whatever the state: asked for a refusal, and answered
+-- by the SADD of an admission. A pending entry exists only beside its slot (both taken
+-- below, both released by ledger.lua), so only a holder can be pending.
+local holds
+if refusal then
+  holds = redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1
+else
+  holds = redis.call('SADD', KEYS[2], ARGV[1]) == 0
+end
+if holds then
   if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
     return {6, now}
   end
   return {2, now}
 end
--- A refusal with `code`, unless the user holds a slot.
-local function refuse(code)
-  if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
-    return holder()
-  end
-  return {code, now}
-end
-
-if meta[2] and clock() < tonumber(meta[2]) then
-  return refuse(4)
-end
-if meta[3] and clock() >= tonumber(meta[3]) then
-  return refuse(5)
-end
-if meta[9] and clock() < tonumber(meta[9]) then
-  return refuse(11)
-end
-if redis.call('SCARD', KEYS[2]) >= tonumber(meta[1]) then
-  if not meta[5] or meta[6] then
-    return refuse(3)
-  end
-  -- A paused bucket would admit once stock came: PAUSED, and no stock moved for it.
-  if meta[8] then
-    return refuse(10)
-  end
-  if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
-    return holder()
-  end
+if refusal == 8 then
   -- Registered for WAIT_REGISTERED (coupon-core's redis/buckets.rs, whose test holds the
   -- two together); a waiting request asks again well within it, which registers it again.
   redis.call('HSET', KEYS[1], 'waiting_until', clock() + 100)
-  return {8, now}
 end
--- Paused only where it would admit: a sold-out or ended coupon is told so (and shuts the
--- finished gates), a truth a pause does not change.
-if meta[8] then
-  return refuse(10)
-end
-if meta[7] and clock() < tonumber(meta[7]) then
-  return refuse(9)
-end
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
-  return holder()
+if refusal then
+  return {refusal, now}
 end
 -- Formatted once as an integer: a number put in a string is otherwise formatted as a
 -- float, which costs more than the whole HSET.
