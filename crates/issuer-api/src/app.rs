@@ -175,7 +175,7 @@ impl Application {
         // Its own app data, so that the identity extractor needs nothing of the handlers'.
         let identity = web::Data::new(identity);
         let state = web::Data::new(AppState {
-            issuer: issuer.clone(),
+            issuer: Arc::new(issuer.clone()),
             metrics: issuer.metrics().clone(),
             operations: operations.clone(),
             limiter: limiter.clone(),

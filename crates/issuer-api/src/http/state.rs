@@ -11,7 +11,8 @@ use crate::operations::Operations;
 use crate::rate_limit::RateLimiter;
 
 pub struct AppState {
-    pub issuer: Issuer,
+    /// Shared with every request's task (`Issuer::issue`).
+    pub issuer: Arc<Issuer>,
     pub metrics: Arc<Metrics>,
     pub operations: Arc<Operations>,
     pub limiter: RateLimiter,

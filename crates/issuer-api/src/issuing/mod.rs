@@ -153,9 +153,14 @@ impl Issuer {
 
     /// Runs the whole decision on its own task: if the client goes away mid-request, the
     /// admission and its publish (or release) still finish, so no slot is left taken
-    /// without an event behind it.
-    pub async fn issue(&self, coupon: CouponId, user: UserId) -> Result<Admission, ApiError> {
-        let this = self.clone();
+    /// without an event behind it. The task shares the issuer: a clone of it copies its key
+    /// prefixes, allocations every request would pay for.
+    pub async fn issue(
+        self: &Arc<Self>,
+        coupon: CouponId,
+        user: UserId,
+    ) -> Result<Admission, ApiError> {
+        let this = Arc::clone(self);
         // The task carries the request's span: its admission and publish are in its trace.
         let work = async move { this.admit_and_deliver(coupon, user).await };
         tokio::spawn(work.instrument(tracing::Span::current()))
@@ -216,8 +221,9 @@ impl Issuer {
 
     /// Decides in the coupon's own state (a coupon of one bucket).
     async fn issue_in_coupon(&self, coupon: CouponId, user: UserId) -> Result<Admission, ApiError> {
-        let keys = self.scripts.keys(coupon);
-        let at = LedgerAt::Coupon(keys.clone());
+        // Built once a request: the admission reads the keys where the ledger keeps them.
+        let at = LedgerAt::Coupon(self.scripts.keys(coupon));
+        let keys = at.keys();
         let mut redis = self.redis.clone();
         let waiting_since = tokio::time::Instant::now();
         let mut pause = BUSY_FIRST_PAUSE;
@@ -231,7 +237,7 @@ impl Issuer {
             let started = std::time::Instant::now();
             let pass = learnt.clone().unwrap_or_else(|| self.scripts.stamp(coupon));
             let admitted = self
-                .run_admission(&mut redis, &keys, coupon, user, pass)
+                .run_admission(&mut redis, keys, coupon, user, pass)
                 .instrument(tracing::debug_span!("admission_script", %coupon, %user))
                 .await;
             self.metrics
