@@ -57,16 +57,20 @@ impl CouponKeys {
     }
 
     fn tagged(prefix: &str, tag: &str) -> Self {
+        // The common part formatted once, each key its suffix appended: built for every
+        // admission, nine formats were a visible part of the issue path's profile.
+        let base = format!("{prefix}coupon:{{{tag}}}:");
+        let key = |suffix: &str| [base.as_str(), suffix].concat();
         Self {
-            meta: format!("{prefix}coupon:{{{tag}}}:meta"),
-            issued: format!("{prefix}coupon:{{{tag}}}:issued"),
-            pending: format!("{prefix}coupon:{{{tag}}}:pending"),
-            rebuilding: format!("{prefix}coupon:{{{tag}}}:rebuilding"),
-            stream: format!("{prefix}coupon:{{{tag}}}:issues"),
-            fence: format!("{prefix}coupon:{{{tag}}}:fence"),
-            outgoing: format!("{prefix}coupon:{{{tag}}}:outgoing"),
-            credited: format!("{prefix}coupon:{{{tag}}}:credited"),
-            releasing: format!("{prefix}coupon:{{{tag}}}:releasing"),
+            meta: key("meta"),
+            issued: key("issued"),
+            pending: key("pending"),
+            rebuilding: key("rebuilding"),
+            stream: key("issues"),
+            fence: key("fence"),
+            outgoing: key("outgoing"),
+            credited: key("credited"),
+            releasing: key("releasing"),
         }
     }
 
@@ -164,6 +168,11 @@ mod tests {
         assert_eq!(keys.issued, "coupon:{42}:issued");
         assert_eq!(keys.pending, "coupon:{42}:pending");
         assert_eq!(keys.stream, "coupon:{42}:issues");
+        assert_eq!(keys.rebuilding, "coupon:{42}:rebuilding");
+        assert_eq!(keys.fence, "coupon:{42}:fence");
+        assert_eq!(keys.outgoing, "coupon:{42}:outgoing");
+        assert_eq!(keys.credited, "coupon:{42}:credited");
+        assert_eq!(keys.releasing, "coupon:{42}:releasing");
         let prefixed = CouponKeys::new("test-1:", CouponId::new(7).unwrap());
         assert_eq!(prefixed.issued, "test-1:coupon:{7}:issued");
     }
