@@ -42,7 +42,7 @@ bench-cluster: ## one Redis node against a Redis Cluster, alternating rounds (RO
 	cargo build --release -p issuer-api -p issuer-worker -p issuer-bench
 	bash deploy/local/bench-cluster.sh
 
-bench-redis-cost: ## Redis µs per admitted request, the product beside the ceiling (ROUNDS=3; BEFORE=<issuer-api> to compare builds), release builds
+bench-redis-cost: ## Redis µs and CPU µs per admitted request, the product beside the ceiling (ROUNDS=3; BEFORE=<issuer-api> to compare builds), release builds
 	$(MAKE) up
 	cargo build --release -p issuer-api -p issuer-worker -p issuer-bench
 	CARGO_TARGET_DIR=.local/ceiling-target cargo build --release --manifest-path ../shared/tools/ceiling/Cargo.toml

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Redis's time per admitted request (issue 26, acceptance 4), the product beside the
-# hand-built ceiling under the same load: `issuer-bench ceiling --shape admitted`, 100
-# coupons, every request admitted, product and ceiling alternating within each run. Like for
-# like (users by the gateway header, no rate limit, no worker: the admission and the settle
-# are the API's). Each side has a Redis of its own, both from deploy/redis/redis.conf (the
-# shipped `appendfsync always`), so each one's INFO commandstats counts only its side:
-# the product on `make up`'s (127.0.0.1:6379), the ceiling on one this script starts.
-# Redis's accounting counts the time a command was descheduled too, and here Redis shares
-# two cores with both servers, Kafka and the load: only figures of one run compare.
+# What each admitted request costs (issue 26, acceptances 2 and 4), the product beside the
+# hand-built ceiling under the same load: Redis's time (`INFO commandstats`) and each
+# server's CPU (utime and stime from /proc), per admitted request, and the req/s ratio.
+# `issuer-bench ceiling --shape admitted`, 100 coupons, every request admitted, product and
+# ceiling alternating within each run. Like for like (users by the gateway header, no rate
+# limit, no worker: the admission and the settle are the API's). Each side has a Redis of
+# its own, both from deploy/redis/redis.conf (the shipped `appendfsync always`), so each
+# one's INFO commandstats counts only its side: the product on `make up`'s (127.0.0.1:6379),
+# the ceiling on one this script starts. Redis's accounting counts the time a command was
+# descheduled too, and here Redis shares two cores with both servers, Kafka and the load:
+# only figures of one run compare. The ceiling's CPU is read over the whole run, and it is
+# idle while the product is measured.
 # Each run is a fresh issuer-api (its own database and key prefix). With BEFORE set to
 # another issuer-api binary, each round runs it and this tree's (BIN) in turn, which goes
 # first alternating. Prints each run, then the medians. Needs `make up`, the release builds
@@ -54,8 +57,12 @@ scripts() {
     awk -F'[:=,]' '/^cmdstat_(fcall|fcall_ro|evalsha|eval):/ { calls += $3; usec += $5 } END { print calls + 0, usec + 0 }'
 }
 
-# run BUILD API_BINARY ROUND: one measured run; prints
-# "build product_calls product_usec ceiling_calls ceiling_usec admitted product_rps ceiling_rps".
+# cpu PID: the process's CPU time so far, in clock ticks (utime + stime).
+cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+# run BUILD API_BINARY ROUND: one measured run; prints "build product_calls product_usec
+# ceiling_calls ceiling_usec admitted product_rps ceiling_rps product_cpu_us ceiling_cpu_us".
 run() {
   local build=$1 binary=$2 round=$3
   fresh_database "$build-$round"
@@ -64,14 +71,19 @@ run() {
   redis-cli -p "${REDIS#*:}" CONFIG RESETSTAT >/dev/null
   redis-cli -p "$CEILING_REDIS_PORT" CONFIG RESETSTAT >/dev/null
   local report="$OUT/run-$build-$round.json"
+  local api_cpu ceiling_cpu
+  api_cpu=$(cpu "$api")
+  ceiling_cpu=$(cpu "$ceiling")
   "$BIN/issuer-bench" --api "http://$LISTEN" --ops "http://$OPS" --json ceiling \
     --ceiling "http://$CEILING_LISTEN" --ceiling-quantity 500 --shape admitted \
     --connections "$CONNECTIONS" --rounds 1 --requests "$REQUESTS" >"$report"
+  api_cpu=$((($(cpu "$api") - api_cpu) * TICK_US))
+  ceiling_cpu=$((($(cpu "$ceiling") - ceiling_cpu) * TICK_US))
   local product ceiling_side
   product=$(scripts "${REDIS#*:}")
   ceiling_side=$(scripts "$CEILING_REDIS_PORT")
   stop_services
-  echo "$build $product $ceiling_side $REQUESTS $(rps_of "$report")"
+  echo "$build $product $ceiling_side $REQUESTS $(rps_of "$report") $api_cpu $ceiling_cpu"
 }
 
 builds="after"
@@ -85,7 +97,7 @@ for round in $(seq "$ROUNDS"); do
     binary="$BIN/issuer-api"
     [ "$build" = before ] && binary=$BEFORE
     line=$(run "$build" "$binary" "$round")
-    log "round $round: $line ($(echo "$line" | awk '{ printf "script µs per admitted: product %.2f, ceiling %.2f", $3 / $6, $5 / $6 }'))"
+    log "round $round: $line ($(echo "$line" | awk '{ printf "per admitted: script µs product %.2f, ceiling %.2f; CPU µs API %.1f, ceiling %.1f", $3 / $6, $5 / $6, $9 / $6, $10 / $6 }'))"
     echo "$line" >>"$results"
   done
 done
@@ -96,4 +108,11 @@ echo "|---|---:|---:|---:|---|"
 for build in $builds; do
   rows=$(awk -v b="$build" '$1 == b' "$results")
   echo "| $build | $(echo "$rows" | awk '{ printf "%.2f\n", $3 / $6 }' | median) | $(echo "$rows" | awk '{ printf "%.2f\n", $5 / $6 }' | median) | $(echo "$rows" | awk '{ printf "%.2f\n", $3 / $5 }' | median) | $(echo "$rows" | awk '{ printf "%.1f/%.1f\n", $3 / $6, $5 / $6 }' | paste -sd' ' -) |"
+done
+echo
+echo "| build | API CPU µs per request | ceiling CPU µs per request | req/s product / ceiling | per run (API CPU, ratio) |"
+echo "|---|---:|---:|---:|---|"
+for build in $builds; do
+  rows=$(awk -v b="$build" '$1 == b' "$results")
+  echo "| $build | $(echo "$rows" | awk '{ printf "%.1f\n", $9 / $6 }' | median) | $(echo "$rows" | awk '{ printf "%.1f\n", $10 / $6 }' | median) | $(echo "$rows" | awk '{ printf "%.3f\n", $7 / $8 }' | median) | $(echo "$rows" | awk '{ printf "%.0f/%.2f\n", $9 / $6, $7 / $8 }' | paste -sd' ' -) |"
 done

@@ -114,6 +114,17 @@ impl Function {
     }
 }
 
+// [`call`] finds a function's name at its position in `Function::ALL`: every function is
+// listed there, in declaration order, or the crate does not compile.
+const _: () = {
+    assert!(Function::ALL.len() == Function::ReplaySlot as usize + 1);
+    let mut i = 0;
+    while i < Function::ALL.len() {
+        assert!(Function::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
 struct Library {
     source: String,
     /// Each function's full name, in [`Function::ALL`]'s order: formatted once, not on
@@ -155,7 +166,6 @@ static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
 /// with [`invoke`].
 pub fn call(function: Function, keys: &[&str]) -> Cmd {
     let mut cmd = redis::cmd("FCALL");
-    // ALL lists the functions in their declaration order (a test holds them together).
     cmd.arg(&LIBRARY.functions[function as usize])
         .arg(keys.len())
         .arg(keys);

@@ -47,7 +47,7 @@ pub fn quantity_from_text(raw: &str) -> Result<i64, ApiError> {
 /// array of its fields in order (`[1]` as `{"userId":1}`), which no client means. Read
 /// straight from the object's entries: gathering them into a map of values first cost the
 /// issue path an allocation per field and a second pass (a profile of the admitted path).
-/// A field named twice is refused, where the map kept the last.
+/// A field of the struct named twice is refused, where the map kept the last.
 #[derive(Debug)]
 pub struct Object<T>(pub T);
 
