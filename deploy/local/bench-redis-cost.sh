@@ -102,17 +102,21 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
+# med BUILD FORMAT EXPR: the median, over BUILD's runs, of the awk expression EXPR of a run's
+# fields (as `run` prints them), each formatted with FORMAT.
+med() { awk -v b="$1" '$1 == b { printf "'"$2"'\n", '"$3"' }' "$results" | median; }
+# each BUILD FORMAT EXPRS: every run of BUILD, EXPRS formatted with FORMAT, on one line.
+each() { awk -v b="$1" '$1 == b { printf "'"$2"'\n", '"$3"' }' "$results" | paste -sd' ' -; }
+
 echo
 echo "| build | product script µs per admitted | ceiling script µs per admitted | product / ceiling | per run (product, ceiling) |"
 echo "|---|---:|---:|---:|---|"
 for build in $builds; do
-  rows=$(awk -v b="$build" '$1 == b' "$results")
-  echo "| $build | $(echo "$rows" | awk '{ printf "%.2f\n", $3 / $6 }' | median) | $(echo "$rows" | awk '{ printf "%.2f\n", $5 / $6 }' | median) | $(echo "$rows" | awk '{ printf "%.2f\n", $3 / $5 }' | median) | $(echo "$rows" | awk '{ printf "%.1f/%.1f\n", $3 / $6, $5 / $6 }' | paste -sd' ' -) |"
+  echo "| $build | $(med "$build" %.2f '$3 / $6') | $(med "$build" %.2f '$5 / $6') | $(med "$build" %.2f '$3 / $5') | $(each "$build" %.1f/%.1f '$3 / $6, $5 / $6') |"
 done
 echo
 echo "| build | API CPU µs per request | ceiling CPU µs per request | req/s product / ceiling | per run (API CPU, ratio) |"
 echo "|---|---:|---:|---:|---|"
 for build in $builds; do
-  rows=$(awk -v b="$build" '$1 == b' "$results")
-  echo "| $build | $(echo "$rows" | awk '{ printf "%.1f\n", $9 / $6 }' | median) | $(echo "$rows" | awk '{ printf "%.1f\n", $10 / $6 }' | median) | $(echo "$rows" | awk '{ printf "%.3f\n", $7 / $8 }' | median) | $(echo "$rows" | awk '{ printf "%.0f/%.2f\n", $9 / $6, $7 / $8 }' | paste -sd' ' -) |"
+  echo "| $build | $(med "$build" %.1f '$9 / $6') | $(med "$build" %.1f '$10 / $6') | $(med "$build" %.3f '$7 / $8') | $(each "$build" %.0f/%.2f '$9 / $6, $7 / $8') |"
 done
