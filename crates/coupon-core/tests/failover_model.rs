@@ -799,11 +799,15 @@ impl Protocol for Model {
                     let data = &mut s.nodes[node.index()];
                     // A holder whose event is still pending is never told 409: the request
                     // claims the entry and publishes it again (`Delivery::resolve_pending`),
-                    // confirmed like an admission.
-                    let (delivers, refusal) = if data.pending[user] {
-                        (true, None)
-                    } else if data.issued[user] {
-                        (false, Some(Answer::AlreadyIssued))
+                    // confirmed like an admission. In admission.lua's order: whether the user
+                    // holds a slot, then only a holder's pending entry (an entry lives only
+                    // beside its slot, an invariant below).
+                    let (delivers, refusal) = if data.issued[user] {
+                        if data.pending[user] {
+                            (true, None)
+                        } else {
+                            (false, Some(Answer::AlreadyIssued))
+                        }
                     } else if data.issued.iter().filter(|i| **i).count() >= QUANTITY {
                         (false, Some(Answer::SoldOut))
                     } else {
@@ -1039,6 +1043,13 @@ impl Protocol for Model {
     fn violation(&self, s: &State) -> Option<&'static str> {
         if s.over_quantity {
             return Some("no oversell: a winner's event ended OVER_QUANTITY");
+        }
+        // On every node, as a node's data is replaced or copied whole.
+        if s.nodes
+            .iter()
+            .any(|data| (0..N).any(|user| data.pending[user] && !data.issued[user]))
+        {
+            return Some("a pending entry only beside its slot: an entry without a holder");
         }
         if s.at_rest(self.setup.queue) {
             for user in 0..N {

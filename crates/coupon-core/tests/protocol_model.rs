@@ -48,6 +48,9 @@ enum Bug {
     /// reported "possibly persisted" can still be committed after that (a follower in the
     /// in-sync set holds the high watermark back for as long as it stays there).
     RebuildWithoutFence,
+    /// A release gave the slot back and left its pending entry: admission, which asks about
+    /// an entry only for a holder, would take the slot anew and write over it.
+    ReleaseKeepsEntry,
 }
 
 /// Where a rebuild is, between its round trips.
@@ -486,19 +489,27 @@ impl Protocol for Model {
                 });
             }
             Action::Admit(i) => {
+                // In admission.lua's order: the refusal the state gives first, then whether
+                // the user holds a slot (SISMEMBER for a refusal, the SADD's answer for an
+                // admission), and a holder's pending entry only then. That a pending entry
+                // exists only beside its slot is an invariant below: the script never asks
+                // a non-holder about one.
                 let task = s.tasks[i];
                 let user = task.user as usize;
                 if !s.meta {
                     s.finish(i, Some(Answer::Unavailable));
-                } else if let Some(entry) = s.pending[user] {
-                    let unresolved = entry.state != EntryState::Doubt && !entry.stale;
-                    if self.bug == Bug::AlreadyIssuedWhileUnresolved && unresolved {
-                        s.finish(i, Some(Answer::AlreadyIssued));
-                    } else {
-                        s.tasks[i].phase = Phase::Claiming;
-                    }
                 } else if s.issued[user] {
-                    s.finish(i, Some(Answer::AlreadyIssued));
+                    match s.pending[user] {
+                        Some(entry) => {
+                            let unresolved = entry.state != EntryState::Doubt && !entry.stale;
+                            if self.bug == Bug::AlreadyIssuedWhileUnresolved && unresolved {
+                                s.finish(i, Some(Answer::AlreadyIssued));
+                            } else {
+                                s.tasks[i].phase = Phase::Claiming;
+                            }
+                        }
+                        None => s.finish(i, Some(Answer::AlreadyIssued)),
+                    }
                 } else if s.admitted() >= QUANTITY {
                     s.finish(i, Some(Answer::SoldOut));
                 } else {
@@ -571,7 +582,9 @@ impl Protocol for Model {
                 if first {
                     // publish_new: release, only the entry it owns.
                     if s.pending[user as usize].is_some_and(|e| e.same_text(&expected)) {
-                        s.pending[user as usize] = None;
+                        if self.bug != Bug::ReleaseKeepsEntry {
+                            s.pending[user as usize] = None;
+                        }
                         s.issued[user as usize] = false;
                     }
                 } else {
@@ -700,6 +713,9 @@ impl Protocol for Model {
         if let Some(lie) = s.lie {
             return Some(lie);
         }
+        if (0..N).any(|user| s.pending[user].is_some() && !s.issued[user]) {
+            return Some("a pending entry only beside its slot: an entry without a holder");
+        }
         if s.at_rest() && s.issued != s.rows {
             return Some(
                 "every yes a row, no leaked stock: at rest, Redis's holders are not exactly the rows",
@@ -774,5 +790,13 @@ fn a_rebuild_without_a_fence_is_found() {
     finds(
         &model(Bug::RebuildWithoutFence, API_AND_REDIS),
         "Redis's holders are not exactly the rows",
+    );
+}
+
+#[test]
+fn a_release_that_keeps_its_entry_is_found() {
+    finds(
+        &model(Bug::ReleaseKeepsEntry, API_AND_REDIS),
+        "a pending entry only beside its slot",
     );
 }
